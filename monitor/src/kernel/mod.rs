@@ -1,0 +1,8 @@
+//! The kernel side seen from the daemon: loading and attaching the eBPF programs,
+//! the maps the daemon writes (sessions, prefixes, config), the counters it reads, and
+//! the decoder for the ring-buffer records.
+pub mod decode;
+pub mod loader;
+pub mod tracefs;
+
+pub use loader::{AttachReport, Kernel, KernelError, KernelSettings};

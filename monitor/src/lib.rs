@@ -1,0 +1,2 @@
+//! confgate: host daemon, CLI and approval service.
+pub mod kernel;

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything confgate needs to build and test on a fresh Debian 12 x86_64 host.
+# Idempotent: every step checks whether it is already done and skips it if so.
+# Toolchain facts (versions that build on rustc 1.95) come from ../shared/ENVIRONMENT.md.
+set -euo pipefail
+
+log() { printf '[bootstrap] %s\n' "$*"; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: must run as root (loads eBPF, installs packages)" >&2
+        exit 1
+    fi
+}
+need_root
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# 1. Debian packages: LLVM 22 for bpf-linker, protoc for the gRPC build, tools the e2e tests drive.
+PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev protobuf-compiler cron python3)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        apt-get update >/dev/null
+        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+else
+    log "Debian packages present"
+fi
+
+# 2. Nightly rust-src: aya-build compiles the eBPF crate with -Z build-std=core.
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    log "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+else
+    log "nightly rust-src present"
+fi
+
+# 3. bpf-linker built against the packaged LLVM 22 (the default feature wants LLVM 23).
+if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
+    log "building bpf-linker 0.13.0 against LLVM 22 (takes a few minutes)"
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version 0.13.0 \
+        --no-default-features --features llvm-22 --locked 2>&1 | tail -n 3
+else
+    log "bpf-linker present"
+fi
+
+# 4. Kernel filesystems the daemon uses (the daemon mounts tracefs itself too).
+if [ -z "$(ls -A /sys/kernel/tracing 2>/dev/null)" ]; then
+    log "mounting tracefs"
+    mount -t tracefs none /sys/kernel/tracing
+fi
+log "done"
