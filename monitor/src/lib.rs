@@ -1,2 +1,29 @@
 //! confgate: host daemon, CLI and approval service.
+//!
+//! Module map (one job each):
+//! - `kernel`: load/attach the eBPF programs, maps, counters, ring-buffer decoding.
+//! - `fanotify`: the notification group over the watched trees.
+//! - `config`, `watch`: TOML configuration and the watched-path set derived from it.
+//! - `proctable`, `resolve`: process table and path resolution for attribution.
+//! - `session`, `detect`, `store`: agent sessions, auto-detection rules, embedded store.
+//! - `event`, `escape`, `correlate`, `sink`: the event contract, byte-safe path encoding,
+//!   merging of eBPF and fanotify observations, NDJSON/human output.
+//! - `rpc`: the gRPC API over the daemon's Unix socket.
+//! - `daemon`, `cli`: wiring and the commands people type.
+pub mod cli;
+pub mod config;
+pub mod correlate;
+pub mod daemon;
+pub mod detect;
+pub mod escape;
+pub mod event;
+pub mod fanotify;
 pub mod kernel;
+pub mod metrics;
+pub mod proctable;
+pub mod resolve;
+pub mod rpc;
+pub mod session;
+pub mod sink;
+pub mod store;
+pub mod watch;

@@ -1,0 +1,1 @@
+//! fanotify notification group (being written)
