@@ -1,1 +1,355 @@
-//! (being written)
+//! `confgate daemon`: wires the kernel programs, fanotify, the pipeline, the outputs and
+//! the gRPC API together and runs until SIGTERM/SIGINT.
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::broadcast};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::Config,
+    detect::Detector,
+    fanotify::NotifyWatcher,
+    kernel::{Kernel, KernelSettings, decode::decode},
+    metrics::Metrics,
+    pipeline::{Action, Pipeline},
+    rpc::server::{ApiError, Caller, DaemonApi},
+    session::{NewSession, SessionInfo, SessionRegistry, SessionSource},
+    sink::Sink,
+    store::Store,
+    watch::WatchSet,
+};
+
+const TICK: Duration = Duration::from_millis(50);
+const BROADCAST_CAPACITY: usize = 8192;
+/// Files primed into the chmod/chown classification cache per watched tree.
+const ATTRIB_PRIME_LIMIT: usize = 100_000;
+
+/// State shared between the event loop and the gRPC handlers.
+struct Shared {
+    kernel: Mutex<Kernel>,
+    registry: SessionRegistry,
+    metrics: Arc<Metrics>,
+    tx: broadcast::Sender<Arc<str>>,
+    admin_gid: Option<u32>,
+}
+
+fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
+    // A panic while holding the lock leaves the maps valid: keep going.
+    k.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    fn tag(&self, pid: u32, session: u64) -> bool {
+        match lock(&self.kernel).tag_session(pid, session) {
+            Ok(()) => true,
+            Err(e) => {
+                Metrics::inc(&self.metrics.session_tag_errors);
+                warn!(pid, session, error = %e, "could not tag process into session");
+                false
+            }
+        }
+    }
+}
+
+/// Supplementary groups of a process, from /proc.
+fn groups_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:").map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect()))
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl DaemonApi for Shared {
+    async fn register_session(
+        &self,
+        caller: Caller,
+        agent: String,
+        reason: Option<String>,
+        command: Vec<String>,
+        cwd: String,
+    ) -> Result<SessionInfo, ApiError> {
+        let current = lock(&self.kernel).session_of(caller.pid);
+        if current != 0 {
+            return Err(ApiError::AlreadyInSession(current));
+        }
+        let info = self
+            .registry
+            .create(NewSession { agent, reason, root_pid: caller.pid, uid: caller.uid, source: SessionSource::Wrapper, command, cwd })
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !self.tag(caller.pid, info.id) {
+            let _ = self.registry.end(info.id);
+            return Err(ApiError::Internal("could not tag the process in the kernel session map".into()));
+        }
+        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, "session registered");
+        Ok(info)
+    }
+
+    fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {
+        if include_ended { self.registry.all() } else { self.registry.live() }
+    }
+
+    fn stats(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> =
+            lock(&self.kernel).counters().into_iter().map(|(n, v)| (format!("kernel_{n}"), v)).collect();
+        out.extend(self.metrics.snapshot().into_iter().map(|(n, v)| (n.to_string(), v)));
+        out
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tx.subscribe()
+    }
+
+    fn is_admin(&self, caller: &Caller) -> bool {
+        caller.uid == 0
+            || self.admin_gid.is_some_and(|g| caller.gid == g || groups_of(caller.pid).contains(&g))
+    }
+}
+
+/// Put back into their sessions the processes of sessions that outlived a restart, and
+/// end sessions with no live process left.
+fn restore_sessions(shared: &Shared, pipeline: &mut Pipeline) {
+    for s in shared.registry.live() {
+        let root_alive = Path::new(&format!("/proc/{}", s.root_pid)).exists();
+        if !root_alive {
+            info!(session = s.id, "session root gone across restart; ending session");
+            let _ = shared.registry.end(s.id);
+            continue;
+        }
+        let mut members = vec![s.root_pid];
+        members.extend(pipeline.procs.descendants(s.root_pid));
+        for pid in members {
+            if shared.tag(pid, s.id) {
+                pipeline.procs.set_session(pid, s.id);
+            }
+        }
+        info!(session = s.id, agent = %s.agent, "session restored after restart");
+    }
+}
+
+fn handle_actions(shared: &Shared, pipeline: &mut Pipeline, actions: Vec<Action>) {
+    for a in actions {
+        match a {
+            Action::Detected { pid, uid, detection } => {
+                let (command, cwd) = match pipeline.procs.get(pid) {
+                    Some(p) => (
+                        p.argv.iter().map(|a| crate::escape::encode(a)).collect(),
+                        p.cwd.as_deref().map(crate::escape::encode).unwrap_or_default(),
+                    ),
+                    None => (Vec::new(), String::new()),
+                };
+                let new = NewSession {
+                    agent: detection.agent.clone(),
+                    reason: None,
+                    root_pid: pid,
+                    uid,
+                    source: SessionSource::Detected { rule: detection.rule.clone() },
+                    command,
+                    cwd,
+                };
+                match shared.registry.create(new) {
+                    Ok(info) => {
+                        Metrics::inc(&shared.metrics.sessions_detected);
+                        let mut members = vec![pid];
+                        members.extend(pipeline.procs.descendants(pid));
+                        for m in members {
+                            if shared.tag(m, info.id) {
+                                pipeline.procs.set_session(m, info.id);
+                            }
+                        }
+                        info!(session = info.id, agent = %info.agent, pid, rule = %detection.rule, "agent detected");
+                    }
+                    Err(e) => warn!(pid, error = %e, "could not create a detected session"),
+                }
+            }
+            Action::ForgetFds { tgid, fds } => {
+                let mut k = lock(&shared.kernel);
+                for fd in fds {
+                    k.forget_fd(tgid, fd as u32);
+                }
+            }
+            Action::SessionEnded(id) => {
+                debug!(session = id, "last session member exited");
+                if let Err(e) = shared.registry.end(id) {
+                    warn!(session = id, error = %e, "could not record session end");
+                }
+            }
+        }
+    }
+}
+
+fn admin_gid(name: Option<&str>) -> anyhow::Result<Option<u32>> {
+    let Some(name) = name else { return Ok(None) };
+    let g = nix::unistd::Group::from_name(name)
+        .with_context(|| format!("looking up admin group {name}"))?
+        .with_context(|| format!("admin group {name} does not exist"))?;
+    Ok(Some(g.gid.as_raw()))
+}
+
+/// Run the daemon until a termination signal.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::default());
+    let store_path: PathBuf = cfg.daemon.state_dir.join("confgate.redb");
+    let store = Store::open(&store_path).with_context(|| format!("opening store {}", store_path.display()))?;
+    let registry = SessionRegistry::open(store).context("loading sessions")?;
+    let watch = WatchSet::new(&cfg.watch).context("watch set")?;
+    let detector = Detector::new(&cfg.detect).context("detect rules")?;
+
+    let settings = KernelSettings { ringbuf_bytes: cfg.kernel.ringbuf_bytes, path_filter: cfg.kernel.path_filter };
+    let (mut kernel, report) = Kernel::load(&settings).context("loading eBPF programs")?;
+    for (name, err) in &report.missing {
+        warn!(program = %name, error = %err, "tracepoint not attached (not available on this kernel)");
+    }
+    let prefixes = watch.kernel_prefixes();
+    for p in &prefixes {
+        kernel.add_prefix(p).context("watched prefix")?;
+    }
+    let ringbuf = kernel.events.take().context("ring buffer already taken")?;
+
+    let mut pipeline = Pipeline::new(watch, detector, Duration::from_millis(cfg.correlation.window_ms), metrics.clone());
+    let procs = pipeline.procs.scan_procfs();
+
+    let mut fan = NotifyWatcher::new().context("fanotify notification group")?;
+    for tree in pipeline.watch().fanotify_trees() {
+        match fan.add_tree(&tree) {
+            Ok(n) => debug!(tree = %tree.display(), marks = n, "watching tree"),
+            Err(e) => warn!(tree = %tree.display(), error = %e, "could not watch tree"),
+        }
+        pipeline.correlator_mut().prime_attributes(&tree, ATTRIB_PRIME_LIMIT);
+    }
+    for file in pipeline.watch().fanotify_files() {
+        if let Err(e) = fan.add_file(&file) {
+            warn!(file = %file.display(), error = %e, "could not watch file");
+        }
+    }
+
+    let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+    let mut sink = Sink::open(&cfg.output.events_file, cfg.output.stdout, tx.clone()).context("events output")?;
+    let shared = Arc::new(Shared {
+        kernel: Mutex::new(kernel),
+        registry,
+        metrics: metrics.clone(),
+        tx,
+        admin_gid: admin_gid(cfg.daemon.admin_group.as_deref())?,
+    });
+    restore_sessions(&shared, &mut pipeline);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api: Arc<dyn DaemonApi> = shared.clone();
+    let socket = cfg.daemon.socket.clone();
+    let mode = cfg.daemon.socket_mode;
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
+        crate::rpc::server::serve(&socket, mode, api, shutdown).await
+    });
+
+    let mut rb = AsyncFd::new(ringbuf).context("polling the ring buffer")?;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stats_every = cfg.output.stats_interval_secs;
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    info!(
+        programs = report.attached.len(),
+        prefixes = prefixes.len(),
+        marks = fan.marks(),
+        processes = procs,
+        socket = %cfg.daemon.socket.display(),
+        events_file = %cfg.output.events_file.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "confgate ready"
+    );
+
+    loop {
+        tokio::select! {
+            guard = rb.readable_mut() => {
+                let mut guard = guard.context("ring buffer poll")?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    let decoded = decode(&item);
+                    drop(item);
+                    match decoded {
+                        Ok(rec) => {
+                            let actions = pipeline.on_record(rec);
+                            handle_actions(&shared, &mut pipeline, actions);
+                        }
+                        Err(e) => {
+                            Metrics::inc(&metrics.decode_errors);
+                            debug!(error = %e, "undecodable ring-buffer record");
+                        }
+                    }
+                }
+                guard.clear_ready();
+            }
+            batch = fan.next_batch() => {
+                match batch {
+                    Ok(events) => {
+                        for ev in events {
+                            pipeline.on_fanotify(ev);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "fanotify read failed"),
+                }
+                let s = fan.stats();
+                metrics.fanotify_overflows.store(s.overflows, Ordering::Relaxed);
+                metrics.fanotify_unresolved.store(s.unresolved, Ordering::Relaxed);
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for event in pipeline.flush(now, &shared.registry) {
+                    Metrics::inc(&metrics.events_emitted);
+                    if let Err(e) = sink.emit(&event) {
+                        Metrics::inc(&metrics.sink_errors);
+                        warn!(error = %e, "event not written to the events file");
+                    }
+                }
+                if let Err(e) = sink.flush() {
+                    Metrics::inc(&metrics.sink_errors);
+                    warn!(error = %e, "flushing the events file");
+                }
+            }
+            _ = stats_tick.tick(), if stats_every > 0 => {
+                pipeline.gc(Instant::now());
+                if let Err(e) = shared.registry.flush() {
+                    warn!(error = %e, "persisting session counters");
+                }
+                let c = pipeline.correlator().stats();
+                metrics.correlated_merged.store(c.merged, Ordering::Relaxed);
+                metrics.correlated_folded.store(c.folded, Ordering::Relaxed);
+                metrics.attrib_ignored.store(c.attrib_ignored, Ordering::Relaxed);
+                let stats = shared.stats();
+                let line: Vec<String> = stats.iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
+                let drops = stats.iter().find(|(n, _)| n == "kernel_ringbuf_drops").map_or(0, |(_, v)| *v);
+                if drops > 0 {
+                    warn!(drops, "kernel events were dropped (ring buffer full)");
+                }
+                info!(counters = %line.join(" "), "stats");
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("shutting down");
+    // Emit what is still buffered, then stop the API.
+    for event in pipeline.flush(Instant::now() + Duration::from_secs(3600), &shared.registry) {
+        let _ = sink.emit(&event);
+    }
+    let _ = sink.flush();
+    let _ = shared.registry.flush();
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    let _ = std::fs::remove_file(&cfg.daemon.socket);
+    Ok(())
+}

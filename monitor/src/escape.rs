@@ -1,1 +1,121 @@
-//! (being written)
+//! Lossless text encoding of byte strings (paths, argv) for the event contract.
+//!
+//! Linux paths are bytes: they may hold newlines or bytes that are not UTF-8. The JSON
+//! contract stores them as strings with one reversible rule:
+//! - a backslash is written `\\`;
+//! - a byte that is not part of valid UTF-8 is written `\xNN` (two lowercase hex digits);
+//! - everything else, newlines and other control characters included, is kept as is
+//!   (JSON then escapes control characters on the wire).
+//!
+//! [`decode`] inverts [`encode`] exactly. [`for_terminal`] additionally makes control
+//! characters visible, for the human output only.
+use std::fmt::Write as _;
+
+/// Encode bytes as described in the module documentation.
+pub fn encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// Inverse of [`encode`]. Returns `None` for text that `encode` cannot have produced.
+pub fn decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1)? {
+            b'\\' => {
+                out.push(b'\\');
+                i += 2;
+            }
+            b'x' => {
+                let hex = text.get(i + 2..i + 4)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 4;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Text safe to print on a terminal: [`encode`] plus `\n`, `\t`, `\r` and `\u{..}` for
+/// other control characters, so a hostile file name cannot forge output lines.
+pub fn for_terminal(bytes: &[u8]) -> String {
+    let encoded = encode(bytes);
+    let mut out = String::with_capacity(encoded.len());
+    for c in encoded.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_utf8_is_unchanged() {
+        assert_eq!(encode("/etc/nginx/nginx.conf".as_bytes()), "/etc/nginx/nginx.conf");
+        assert_eq!(encode("/srv/app/ünïcode.env".as_bytes()), "/srv/app/ünïcode.env");
+    }
+
+    #[test]
+    fn invalid_bytes_and_backslashes_are_escaped() {
+        let raw = b"/tmp/a\xff\\b\nc";
+        let enc = encode(raw);
+        assert_eq!(enc, "/tmp/a\\xff\\\\b\nc");
+        assert_eq!(decode(&enc).as_deref(), Some(&raw[..]));
+    }
+
+    #[test]
+    fn round_trip_all_bytes() {
+        let raw: Vec<u8> = (0..=255u8).chain([0xe2, 0x82, 0xac, 0xe2, 0x82]).collect();
+        assert_eq!(decode(&encode(&raw)), Some(raw));
+    }
+
+    #[test]
+    fn literal_backslash_x_is_not_confused_with_an_escape() {
+        let raw = b"C:\\x41";
+        let enc = encode(raw);
+        assert_eq!(enc, "C:\\\\x41");
+        assert_eq!(decode(&enc).as_deref(), Some(&raw[..]));
+    }
+
+    #[test]
+    fn decode_rejects_malformed() {
+        assert_eq!(decode("\\q"), None);
+        assert_eq!(decode("\\x4"), None);
+        assert_eq!(decode("trailing\\"), None);
+    }
+
+    #[test]
+    fn terminal_form_hides_control_characters() {
+        assert_eq!(for_terminal(b"a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
+    }
+}

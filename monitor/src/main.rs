@@ -1,19 +1,112 @@
-use monitor::kernel::{Kernel, KernelSettings};
-fn main() -> anyhow::Result<()> {
-    let (mut k, report) = Kernel::load(&KernelSettings { ringbuf_bytes: 16 << 20, path_filter: true })?;
-    println!("attached {} missing {:?}", report.attached.len(), report.missing);
-    k.add_prefix(b"/tmp/cgtest/")?;
-    let mut rb = k.events.take().unwrap();
-    let t0 = std::time::Instant::now();
-    let mut n = 0;
-    while t0.elapsed().as_secs() < 4 {
-        while let Some(item) = rb.next() {
-            let kind = u32::from_ne_bytes(item[0..4].try_into().unwrap());
-            n += 1;
-            if kind == 5 { let p = &item[108..]; println!("syscall op={} comm={:?} path={:?}", u32::from_ne_bytes(item[64..68].try_into().unwrap()), String::from_utf8_lossy(&item[48..64]), String::from_utf8_lossy(p)); }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+//! `confgate`: the daemon and the commands people type.
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use monitor::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser)]
+#[command(name = "confgate", version, about = "Detect, attribute and gate configuration writes by AI agents")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "CONFGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Daemon socket (default: daemon.socket from the configuration).
+    #[arg(long, global = true, env = "CONFGATE_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host daemon (root): load the eBPF programs, watch the configured paths.
+    Daemon,
+    /// Run a command as an agent session: every write it or its descendants make is attributed.
+    Run {
+        /// Agent name shown in events and approvals.
+        #[arg(long)]
+        agent: String,
+        /// Why the agent runs (travels with its events).
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// List agent sessions.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+        /// Include ended sessions.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show the daemon's counters (kernel drops, fallbacks, errors).
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream events from the running daemon as NDJSON.
+    Events,
+    /// Validate a configuration file (errors with line and column).
+    CheckConfig {
+        /// File to check (default: --config or /etc/confgate/config.toml).
+        path: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONFGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    Ok(Config::load_or_default(&path, explicit)?)
+}
+
+fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
+    match &cli.socket {
+        Some(s) => Ok(s.clone()),
+        None => Ok(load_config(cli)?.daemon.socket),
     }
-    println!("records {n} counters {:?}", k.counters());
-    Ok(())
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result: anyhow::Result<i32> = (|| match &cli.command {
+        Command::Daemon => {
+            let cfg = load_config(&cli)?;
+            let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
+            rt.block_on(monitor::daemon::run(cfg))?;
+            Ok(0)
+        }
+        Command::Run { agent, reason, command } => {
+            let socket = socket(&cli)?;
+            Ok(monitor::cli::run::run(&socket, agent, reason.as_deref(), command))
+        }
+        Command::Sessions { json, all } => monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all),
+        Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
+        Command::Events => monitor::cli::stats::events(&socket(&cli)?),
+        Command::CheckConfig { path } => {
+            let path = path.clone().or_else(|| cli.config.clone());
+            monitor::cli::check_config::run(path.as_deref())
+        }
+    })();
+    match result {
+        Ok(c) => code(c),
+        Err(e) => {
+            eprintln!("confgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,42 @@
-//! (being written)
+//! Userspace counters of the daemon. Every loss, fallback and error path increments one;
+//! they are reported with the kernel counters by `confgate stats` and in the periodic
+//! log line.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        #[derive(Default, Debug)]
+        pub struct Metrics { $(#[doc = $doc] pub $name: AtomicU64,)* }
+        impl Metrics {
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    records: "ring-buffer records decoded",
+    decode_errors: "ring-buffer records that could not be decoded (malformed or unknown)",
+    exits_without_enter: "syscall exits with no matching enter (enter lost or raced the daemon start)",
+    enters_without_exit: "syscall enters whose exit never arrived (flushed as result unknown)",
+    unresolved_paths: "paths whose base directory could not be determined",
+    unwatched_dropped: "session operations on paths outside the watch set (not reported)",
+    fanotify_events: "fanotify events read",
+    fanotify_overflows: "fanotify queue overflows (events lost in the kernel queue)",
+    fanotify_unresolved: "fanotify file handles that could not be resolved to a path",
+    events_emitted: "events written to the outputs",
+    sink_errors: "failed writes to the events file (the event still went to stdout/subscribers)",
+    subscriber_lag: "events skipped by slow gRPC subscribers",
+    sessions_detected: "sessions created by detection rules",
+    session_tag_errors: "failures to tag a process into a session in the kernel map",
+    correlated_merged: "fanotify observations merged into an eBPF event (source: both)",
+    correlated_folded: "repeated fanotify MODIFY/CLOSE_WRITE folded into an earlier write",
+    attrib_ignored: "fanotify ATTRIB changes that were neither chmod nor chown (times, xattrs)",
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

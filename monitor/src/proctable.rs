@@ -1,1 +1,357 @@
-//! (being written)
+//! The process table: what the daemon knows of every process, built from a `/proc` scan
+//! at start and then from the kernel's fork/exec/exit records, so that a short-lived
+//! writer (`sed`, `mv`) is still described after it has exited.
+use std::{
+    collections::HashMap,
+    os::unix::ffi::OsStrExt,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::kernel::decode::Header;
+
+/// How long an exited process stays in the table for late attribution.
+pub const EXITED_RETENTION: Duration = Duration::from_secs(30);
+/// Longest ancestor chain reported (guards against cycles from pid reuse).
+pub const MAX_ANCESTORS: usize = 64;
+
+#[derive(Clone, Debug, Default)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: Vec<u8>,
+    pub exe: Vec<u8>,
+    pub argv: Vec<Vec<u8>>,
+    pub argv_truncated: bool,
+    /// Current working directory, when known.
+    pub cwd: Option<Vec<u8>>,
+    /// Agent session (0 = none).
+    pub session: u64,
+    pub cgroup_id: u64,
+    /// Created by a fork record and not yet confirmed as a process: may be a thread.
+    pub tentative: bool,
+    pub exited: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct ProcTable {
+    procs: HashMap<u32, Proc>,
+    /// argv of exec attempts, by calling tid, until the matching exec record.
+    pending_argv: HashMap<u32, (Vec<Vec<u8>>, bool, Instant)>,
+    /// (tgid, fd) -> path of files opened by reported opens.
+    fds: HashMap<(u32, i32), Vec<u8>>,
+}
+
+fn read_proc_file(pid: u32, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/{name}")).ok()
+}
+
+fn read_proc_link(pid: u32, name: &str) -> Option<Vec<u8>> {
+    std::fs::read_link(format!("/proc/{pid}/{name}"))
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
+/// Describe a live process from `/proc` (None if it is gone).
+pub fn proc_from_procfs(pid: u32) -> Option<Proc> {
+    let stat = read_proc_file(pid, "stat")?;
+    // "pid (comm) state ppid ...": comm may contain ')' so split at the last one.
+    let close = stat.iter().rposition(|&c| c == b')')?;
+    let open = stat.iter().position(|&c| c == b'(')?;
+    let comm = stat.get(open + 1..close)?.to_vec();
+    let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
+    let ppid = rest.split(' ').nth(1)?.parse().ok()?;
+    let status = read_proc_file(pid, "status").unwrap_or_default();
+    let uid = status
+        .split(|&c| c == b'\n')
+        .find(|l| l.starts_with(b"Uid:"))
+        .and_then(|l| std::str::from_utf8(&l[4..]).ok())
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u32::MAX);
+    let argv = read_proc_file(pid, "cmdline")
+        .map(|c| {
+            c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect()
+        })
+        .unwrap_or_default();
+    Some(Proc {
+        pid,
+        ppid,
+        uid,
+        comm,
+        exe: read_proc_link(pid, "exe").unwrap_or_default(),
+        argv,
+        argv_truncated: false,
+        cwd: read_proc_link(pid, "cwd"),
+        session: 0,
+        cgroup_id: 0,
+        tentative: false,
+        exited: None,
+    })
+}
+
+impl ProcTable {
+    /// Fill the table from `/proc` (processes that started before the daemon).
+    pub fn scan_procfs(&mut self) -> usize {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(p) = proc_from_procfs(pid) {
+                self.procs.insert(pid, p);
+            }
+        }
+        self.procs.len()
+    }
+
+    #[cfg(test)]
+    pub fn insert_for_test(&mut self, p: Proc) {
+        self.procs.insert(p.pid, p);
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Proc> {
+        self.procs.get(&pid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Look a process up, falling back to `/proc` for one the table missed.
+    pub fn get_or_load(&mut self, pid: u32) -> Option<&Proc> {
+        if !self.procs.contains_key(&pid) {
+            let p = proc_from_procfs(pid)?;
+            self.procs.insert(pid, p);
+        }
+        self.procs.get(&pid)
+    }
+
+    pub fn on_fork(&mut self, parent: &Header, child_pid: u32) {
+        let mut child = match self.procs.get(&parent.tgid) {
+            Some(p) => p.clone(),
+            None => Proc { comm: parent.comm.clone(), uid: parent.uid, ..Proc::default() },
+        };
+        child.pid = child_pid;
+        child.ppid = parent.tgid;
+        child.session = parent.session_id;
+        child.tentative = true;
+        child.exited = None;
+        self.procs.insert(child_pid, child);
+    }
+
+    pub fn on_exec_args(&mut self, h: &Header, argv: Vec<Vec<u8>>, truncated: bool) {
+        self.pending_argv.insert(h.tid, (argv, truncated, Instant::now()));
+    }
+
+    pub fn on_exec(&mut self, h: &Header, old_tid: u32, filename: Vec<u8>) {
+        let (argv, truncated) = match self.pending_argv.remove(&old_tid) {
+            Some((argv, t, _)) => (argv, t),
+            None => (
+                read_proc_file(h.tgid, "cmdline")
+                    .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default(),
+                false,
+            ),
+        };
+        let fallback = || proc_from_procfs(h.tgid).unwrap_or_default();
+        let p = self.procs.entry(h.tgid).or_insert_with(fallback);
+        p.pid = h.tgid;
+        p.uid = h.uid;
+        p.comm = h.comm.clone();
+        p.exe = filename;
+        p.argv = argv;
+        p.argv_truncated = truncated;
+        p.session = h.session_id;
+        p.cgroup_id = h.cgroup_id;
+        p.tentative = false;
+        p.exited = None;
+        // exec closes O_CLOEXEC descriptors; forget them all (reopened ones are re-reported).
+        self.fds.retain(|(tgid, _), _| *tgid != h.tgid);
+    }
+
+    /// Returns the descriptors the process had tracked, so the kernel map can drop them.
+    pub fn on_exit(&mut self, h: &Header, group_dead: bool) -> Vec<i32> {
+        if h.tid != h.tgid {
+            // A thread: drop the entry its creation made, if it was never a process.
+            if self.procs.get(&h.tid).is_some_and(|p| p.tentative) {
+                self.procs.remove(&h.tid);
+            }
+        }
+        if !group_dead {
+            return Vec::new();
+        }
+        if let Some(p) = self.procs.get_mut(&h.tgid) {
+            p.exited = Some(Instant::now());
+            p.tentative = false;
+        }
+        let mut fds = Vec::new();
+        self.fds.retain(|(tgid, fd), _| {
+            if *tgid == h.tgid {
+                fds.push(*fd);
+                false
+            } else {
+                true
+            }
+        });
+        fds
+    }
+
+    /// Record a process's kernel-side session (seen on any of its records).
+    pub fn note_session(&mut self, h: &Header) {
+        if let Some(p) = self.procs.get_mut(&h.tgid) {
+            p.session = h.session_id;
+        }
+    }
+
+    pub fn set_session(&mut self, pid: u32, session: u64) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.session = session;
+        }
+    }
+
+    pub fn set_cwd(&mut self, pid: u32, cwd: Vec<u8>) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.cwd = Some(cwd);
+        }
+    }
+
+    pub fn set_fd(&mut self, tgid: u32, fd: i32, path: Vec<u8>) {
+        self.fds.insert((tgid, fd), path);
+    }
+
+    pub fn fd_path(&self, tgid: u32, fd: i32) -> Option<&[u8]> {
+        self.fds.get(&(tgid, fd)).map(Vec::as_slice)
+    }
+
+    /// Live descendants of `pid` (children, grandchildren, ...).
+    pub fn descendants(&self, pid: u32) -> Vec<u32> {
+        let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+        for p in self.procs.values().filter(|p| p.exited.is_none()) {
+            children.entry(p.ppid).or_default().push(p.pid);
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![pid];
+        while let Some(p) = stack.pop() {
+            for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+                if c != pid && !out.contains(&c) {
+                    out.push(c);
+                    stack.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any live, non-thread process still belongs to `session`.
+    pub fn session_alive(&self, session: u64) -> bool {
+        self.procs
+            .values()
+            .any(|p| p.session == session && p.exited.is_none() && !p.tentative)
+    }
+
+    /// Parent first, up to pid 1 or the first unknown process.
+    pub fn ancestors(&self, pid: u32) -> Vec<&Proc> {
+        let mut out = Vec::new();
+        let mut cur = self.procs.get(&pid).map(|p| p.ppid);
+        while let Some(ppid) = cur {
+            if ppid == 0 || out.len() >= MAX_ANCESTORS {
+                break;
+            }
+            let Some(p) = self.procs.get(&ppid) else { break };
+            out.push(p);
+            if ppid == 1 {
+                break;
+            }
+            cur = Some(p.ppid);
+        }
+        out
+    }
+
+    /// Drop exited processes past their retention and stale exec argv.
+    pub fn gc(&mut self, now: Instant) {
+        self.procs.retain(|_, p| p.exited.is_none_or(|t| now.duration_since(t) < EXITED_RETENTION));
+        self.pending_argv.retain(|_, (_, _, t)| now.duration_since(*t) < EXITED_RETENTION);
+    }
+}
+
+/// A path for `/proc/<pid>/...` links, when the process is alive.
+pub fn live_link(pid: u32, what: &str) -> Option<Vec<u8>> {
+    let p = Path::new("/proc").join(pid.to_string()).join(what);
+    std::fs::read_link(p).ok().map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(tgid: u32, tid: u32, session: u64) -> Header {
+        Header { flags: 0, ktime_ns: 0, tgid, tid, uid: 0, gid: 0, session_id: session, cgroup_id: 0, comm: b"sh".to_vec() }
+    }
+
+    #[test]
+    fn fork_exec_exit_lifecycle() {
+        let mut t = ProcTable::default();
+        t.procs.insert(10, Proc { pid: 10, ppid: 1, comm: b"bash".to_vec(), cwd: Some(b"/srv".to_vec()), ..Proc::default() });
+        t.on_fork(&hdr(10, 10, 7), 11);
+        assert!(t.get(11).is_some_and(|p| p.tentative && p.ppid == 10 && p.session == 7));
+        assert_eq!(t.get(11).and_then(|p| p.cwd.clone()), Some(b"/srv".to_vec()));
+        t.on_exec_args(&hdr(11, 11, 7), vec![b"sed".to_vec(), b"-i".to_vec()], false);
+        t.on_exec(&Header { comm: b"sed".to_vec(), ..hdr(11, 11, 7) }, 11, b"/usr/bin/sed".to_vec());
+        let p = t.get(11).expect("present");
+        assert!(!p.tentative);
+        assert_eq!(p.argv, vec![b"sed".to_vec(), b"-i".to_vec()]);
+        assert_eq!(p.exe, b"/usr/bin/sed");
+        t.set_fd(11, 3, b"/etc/x".to_vec());
+        assert_eq!(t.on_exit(&hdr(11, 11, 7), true), vec![3]);
+        assert!(t.get(11).is_some_and(|p| p.exited.is_some()), "kept after exit for attribution");
+        assert!(t.session_alive(7) == false);
+        t.gc(Instant::now() + EXITED_RETENTION + Duration::from_secs(1));
+        assert!(t.get(11).is_none());
+    }
+
+    #[test]
+    fn thread_entries_are_dropped_at_thread_exit() {
+        let mut t = ProcTable::default();
+        t.procs.insert(20, Proc { pid: 20, ..Proc::default() });
+        t.on_fork(&hdr(20, 20, 0), 21);
+        t.on_exit(&hdr(20, 21, 0), false);
+        assert!(t.get(21).is_none());
+        assert!(t.get(20).is_some_and(|p| p.exited.is_none()));
+    }
+
+    #[test]
+    fn ancestors_and_descendants() {
+        let mut t = ProcTable::default();
+        for (pid, ppid) in [(1, 0), (5, 1), (6, 5), (7, 6), (8, 5)] {
+            t.procs.insert(pid, Proc { pid, ppid, ..Proc::default() });
+        }
+        let a: Vec<u32> = t.ancestors(7).iter().map(|p| p.pid).collect();
+        assert_eq!(a, vec![6, 5, 1]);
+        let mut d = t.descendants(5);
+        d.sort();
+        assert_eq!(d, vec![6, 7, 8]);
+    }
+
+    #[test]
+    fn ancestor_cycle_is_bounded() {
+        let mut t = ProcTable::default();
+        t.procs.insert(2, Proc { pid: 2, ppid: 3, ..Proc::default() });
+        t.procs.insert(3, Proc { pid: 3, ppid: 2, ..Proc::default() });
+        assert_eq!(t.ancestors(2).len(), MAX_ANCESTORS);
+    }
+
+    #[test]
+    fn procfs_describes_this_process() {
+        let me = std::process::id();
+        let p = proc_from_procfs(me).expect("own /proc entry");
+        assert_eq!(p.pid, me);
+        assert!(!p.argv.is_empty());
+        assert!(p.cwd.is_some());
+    }
+}

@@ -1,1 +1,259 @@
-//! Helpers for the end-to-end tests.
+//! Harness for confgate's end-to-end tests: each test starts a real `confgate daemon`
+//! (real eBPF programs, real fanotify) on a scratch watched tree with its own socket,
+//! store and events file, drives real programs, and reads the NDJSON events it wrote.
+//!
+//! The tests need root. Without it they print why they are skipped and return.
+use std::{
+    io::Read as _,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the test can run; prints the skip reason when it cannot.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        true
+    } else {
+        println!("SKIP {test}: needs root (loads eBPF programs, fanotify)");
+        false
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `confgate` binary: $CONFGATE_BIN, or the workspace's debug build (built on demand).
+pub fn confgate_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CONFGATE_BIN") {
+            return PathBuf::from(p);
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "monitor", "--bin", "confgate"])
+            .current_dir(workspace())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building confgate failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+        target.join("debug/confgate")
+    })
+    .clone()
+}
+
+pub struct DaemonOptions {
+    /// Extra watched paths besides the scratch tree.
+    pub extra_watch: Vec<PathBuf>,
+    /// Extra TOML appended to the config (e.g. `[[detect]]` rules).
+    pub extra_toml: String,
+    pub path_filter: bool,
+}
+
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        DaemonOptions { extra_watch: Vec::new(), extra_toml: String::new(), path_filter: true }
+    }
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    /// The watched scratch tree (canonical).
+    pub watched: PathBuf,
+    pub socket: PathBuf,
+    pub events_file: PathBuf,
+    pub config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Self::start_with(DaemonOptions::default())
+    }
+
+    pub fn start_with(opts: DaemonOptions) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("confgate-e2e-").tempdir_in("/tmp").expect("tempdir");
+        let root = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
+        let watched = root.join("watched");
+        std::fs::create_dir(&watched).expect("mkdir watched");
+        let socket = root.join("confgate.sock");
+        let events_file = root.join("out/events.ndjson");
+        let log = root.join("daemon.log");
+        let mut paths = vec![watched.clone()];
+        paths.extend(opts.extra_watch);
+        let paths: Vec<String> = paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let config = root.join("config.toml");
+        let toml = format!(
+            "[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
+             [kernel]\npath_filter = {pf}\nringbuf_bytes = 4194304\n\n[watch]\npaths = [{paths}]\nproject_roots = []\n\n[correlation]\nwindow_ms = 150\n\n{extra}\n",
+            socket = socket.display().to_string(),
+            state = root.join("state").display().to_string(),
+            events = events_file.display().to_string(),
+            pf = opts.path_filter,
+            paths = paths.join(", "),
+            extra = if opts.extra_toml.is_empty() { "detect = []".to_string() } else { opts.extra_toml },
+        );
+        std::fs::write(&config, toml).expect("write config");
+        let logf = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("daemon")
+            .env("CONFGATE_LOG", "info,monitor=debug")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn confgate daemon");
+        let mut d = Daemon { dir, watched, socket, events_file, config, log, child: Some(child) };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("confgate ready"))
+                && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    panic!("daemon exited early ({status}):\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon not ready after 60 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// `confgate <args>` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run confgate")
+    }
+
+    /// Run `sh -c script` in an agent session (cwd = the watched tree).
+    pub fn in_session(&self, agent: &str, reason: &str, script: &str) -> Output {
+        Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["run", "--agent", agent, "--reason", reason, "--", "sh", "-c", script])
+            .current_dir(&self.watched)
+            .output()
+            .expect("confgate run")
+    }
+
+    /// All events written so far.
+    pub fn events(&self) -> Vec<Value> {
+        let Ok(text) = std::fs::read(&self.events_file) else { return Vec::new() };
+        text.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("bad NDJSON line {:?}: {e}", String::from_utf8_lossy(l))))
+            .collect()
+    }
+
+    /// Wait until `pred` holds for the events, returning them.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let ev = self.events();
+            if pred(&ev) {
+                return ev;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; events:\n{}\n--- daemon log ---\n{}",
+                    ev.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Let the correlation window pass so that no further event for an operation is pending.
+    pub fn settle(&self) {
+        std::thread::sleep(Duration::from_millis(600));
+    }
+
+    /// Path inside the watched tree, as the event contract encodes it.
+    pub fn w(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.watched.display())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Run `sh -c script` outside any session.
+pub fn sh(cwd: &Path, script: &str) -> Output {
+    Command::new("sh").arg("-c").arg(script).current_dir(cwd).output().expect("sh")
+}
+
+pub fn ok(o: &Output) {
+    assert!(o.status.success(), "command failed: {}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
+
+/// Events about `path` (as `path` or as `target`).
+pub fn about<'a>(events: &'a [Value], path: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["path"] == path || e["target"] == path).collect()
+}
+
+pub fn kinds(events: &[&Value]) -> Vec<String> {
+    events.iter().map(|e| e["kind"].as_str().unwrap_or("?").to_string()).collect()
+}
+
+pub fn has(events: &[Value], kind: &str, path: &str) -> bool {
+    events.iter().any(|e| e["kind"] == kind && e["path"] == path)
+}
+
+/// Encode bytes like the event contract does (`\\` and `\xNN`).
+pub fn encoded(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+pub fn path_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}

@@ -1,1 +1,303 @@
-//! decoder
+//! Decoding of ring-buffer records into owned Rust values. Every length is checked
+//! against the record size: a short or inconsistent record is an error, never a panic.
+use std::mem::offset_of;
+
+use monitor_common::{
+    ARG_LEN, ARGV_SLOTS, COMM_LEN, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD, EventHeader,
+    EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_PATH1_OFFSET,
+    SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent, SyscallExitEvent, WriteEvent,
+};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("unknown record kind {0}")]
+    UnknownKind(u32),
+    #[error("unknown syscall op {0}")]
+    UnknownOp(u32),
+    #[error("{kind:?} record of {len} bytes is truncated (needs {need})")]
+    Truncated { kind: EventKind, len: usize, need: usize },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub flags: u32,
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub session_id: u64,
+    pub cgroup_id: u64,
+    pub comm: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyscallRecord {
+    pub header: Header,
+    pub op: SysOp,
+    pub flags: u32,
+    pub dfd1: i32,
+    pub dfd2: i32,
+    pub fd: i32,
+    pub mode: u32,
+    pub arg_uid: u32,
+    pub arg_gid: u32,
+    pub length: u64,
+    pub path1: Vec<u8>,
+    pub path2: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Fork { header: Header, child_pid: u32 },
+    Exec { header: Header, old_tid: u32, filename: Vec<u8> },
+    ExecArgs { header: Header, argv: Vec<Vec<u8>>, truncated: bool },
+    Exit { header: Header, group_dead: bool },
+    Syscall(SyscallRecord),
+    SyscallExit { header: Header, op: SysOp, ret: i64 },
+    Write { header: Header, op: SysOp, fd: i32, count: u64 },
+}
+
+impl Record {
+    pub fn header(&self) -> &Header {
+        match self {
+            Record::Fork { header, .. }
+            | Record::Exec { header, .. }
+            | Record::ExecArgs { header, .. }
+            | Record::Exit { header, .. }
+            | Record::SyscallExit { header, .. }
+            | Record::Write { header, .. } => header,
+            Record::Syscall(s) => &s.header,
+        }
+    }
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[off..off + 4]);
+    u32::from_ne_bytes(a)
+}
+
+fn i32_at(b: &[u8], off: usize) -> i32 {
+    u32_at(b, off) as i32
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_ne_bytes(a)
+}
+
+/// Bytes up to the first NUL.
+fn c_bytes(b: &[u8]) -> Vec<u8> {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    b[..end].to_vec()
+}
+
+fn need(kind: EventKind, b: &[u8], n: usize) -> Result<(), DecodeError> {
+    if b.len() < n {
+        Err(DecodeError::Truncated { kind, len: b.len(), need: n })
+    } else {
+        Ok(())
+    }
+}
+
+/// A length-prefixed path at `len_off` (u32) followed by its bytes at `data_off`.
+fn path_at(kind: EventKind, b: &[u8], len_off: usize, data_off: usize) -> Result<Vec<u8>, DecodeError> {
+    need(kind, b, len_off + 4)?;
+    let len = (u32_at(b, len_off) as usize).min(PATH_MAX - 1);
+    need(kind, b, data_off + len)?;
+    Ok(b[data_off..data_off + len].to_vec())
+}
+
+fn header(b: &[u8]) -> Header {
+    Header {
+        flags: u32_at(b, offset_of!(EventHeader, flags)),
+        ktime_ns: u64_at(b, offset_of!(EventHeader, ktime_ns)),
+        tgid: u32_at(b, offset_of!(EventHeader, tgid)),
+        tid: u32_at(b, offset_of!(EventHeader, tid)),
+        uid: u32_at(b, offset_of!(EventHeader, uid)),
+        gid: u32_at(b, offset_of!(EventHeader, gid)),
+        session_id: u64_at(b, offset_of!(EventHeader, session_id)),
+        cgroup_id: u64_at(b, offset_of!(EventHeader, cgroup_id)),
+        comm: c_bytes(&b[offset_of!(EventHeader, comm)..offset_of!(EventHeader, comm) + COMM_LEN]),
+    }
+}
+
+fn op(v: u32) -> Result<SysOp, DecodeError> {
+    SysOp::from_u32(v).ok_or(DecodeError::UnknownOp(v))
+}
+
+/// Decode one ring-buffer record.
+pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
+    if b.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(b.len()));
+    }
+    let raw_kind = u32_at(b, 0);
+    let kind = EventKind::from_u32(raw_kind).ok_or(DecodeError::UnknownKind(raw_kind))?;
+    let header = header(b);
+    Ok(match kind {
+        EventKind::Fork => {
+            need(kind, b, size_of::<ForkEvent>())?;
+            Record::Fork { header, child_pid: u32_at(b, offset_of!(ForkEvent, child_pid)) }
+        }
+        EventKind::Exec => {
+            let filename = path_at(kind, b, offset_of!(ExecEvent, filename_len), EXEC_FILENAME_OFFSET)?;
+            Record::Exec { header, old_tid: u32_at(b, offset_of!(ExecEvent, old_tid)), filename }
+        }
+        EventKind::ExecArgs => {
+            need(kind, b, size_of::<ExecArgsEvent>())?;
+            let argc = (u32_at(b, offset_of!(ExecArgsEvent, argc)) as usize).min(ARGV_SLOTS);
+            let lens = offset_of!(ExecArgsEvent, arg_len);
+            let args = offset_of!(ExecArgsEvent, args);
+            let argv = (0..argc)
+                .map(|i| {
+                    let len = (u32_at(b, lens + 4 * i) as usize).min(ARG_LEN - 1);
+                    let start = args + i * ARG_LEN;
+                    b[start..start + len].to_vec()
+                })
+                .collect();
+            let truncated = u32_at(b, offset_of!(ExecArgsEvent, truncated)) != 0;
+            Record::ExecArgs { header, argv, truncated }
+        }
+        EventKind::Exit => {
+            let group_dead = header.flags & EXIT_FLAG_GROUP_DEAD != 0;
+            Record::Exit { header, group_dead }
+        }
+        EventKind::Syscall => {
+            need(kind, b, SYSCALL_PATH1_OFFSET)?;
+            let path1 = path_at(kind, b, offset_of!(SyscallEvent, path1_len), SYSCALL_PATH1_OFFSET)?;
+            // Two-path records are emitted up to the end of path2; one-path records stop
+            // after path1, so path2 is absent.
+            let path2 = if b.len() >= SYSCALL_PATH2_OFFSET {
+                path_at(kind, b, offset_of!(SyscallEvent, path2_len), SYSCALL_PATH2_OFFSET)?
+            } else {
+                Vec::new()
+            };
+            Record::Syscall(SyscallRecord {
+                header,
+                op: op(u32_at(b, offset_of!(SyscallEvent, op)))?,
+                flags: u32_at(b, offset_of!(SyscallEvent, flags)),
+                dfd1: i32_at(b, offset_of!(SyscallEvent, dfd1)),
+                dfd2: i32_at(b, offset_of!(SyscallEvent, dfd2)),
+                fd: i32_at(b, offset_of!(SyscallEvent, fd)),
+                mode: u32_at(b, offset_of!(SyscallEvent, mode)),
+                arg_uid: u32_at(b, offset_of!(SyscallEvent, arg_uid)),
+                arg_gid: u32_at(b, offset_of!(SyscallEvent, arg_gid)),
+                length: u64_at(b, offset_of!(SyscallEvent, length)),
+                path1,
+                path2,
+            })
+        }
+        EventKind::SyscallExit => {
+            need(kind, b, size_of::<SyscallExitEvent>())?;
+            Record::SyscallExit {
+                header,
+                op: op(u32_at(b, offset_of!(SyscallExitEvent, op)))?,
+                ret: u64_at(b, offset_of!(SyscallExitEvent, ret)) as i64,
+            }
+        }
+        EventKind::Write => {
+            need(kind, b, size_of::<WriteEvent>())?;
+            Record::Write {
+                header,
+                op: op(u32_at(b, offset_of!(WriteEvent, op)))?,
+                fd: i32_at(b, offset_of!(WriteEvent, fd)),
+                count: u64_at(b, offset_of!(WriteEvent, count)),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use monitor_common::{AT_FDCWD, SYSCALL_PATH1_OFFSET};
+
+    fn put_u32(b: &mut [u8], off: usize, v: u32) {
+        b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+
+    fn header_bytes(kind: EventKind, size: usize) -> Vec<u8> {
+        let mut b = vec![0u8; size];
+        put_u32(&mut b, 0, kind as u32);
+        put_u32(&mut b, offset_of!(EventHeader, tgid), 100);
+        put_u32(&mut b, offset_of!(EventHeader, tid), 101);
+        b[offset_of!(EventHeader, comm)..offset_of!(EventHeader, comm) + 3].copy_from_slice(b"sed");
+        b
+    }
+
+    fn syscall(op: SysOp, p1: &[u8], p2: Option<&[u8]>) -> Vec<u8> {
+        let size = match p2 {
+            Some(p2) => SYSCALL_PATH2_OFFSET + p2.len(),
+            None => SYSCALL_PATH1_OFFSET + p1.len(),
+        };
+        let mut b = header_bytes(EventKind::Syscall, size);
+        put_u32(&mut b, offset_of!(SyscallEvent, op), op as u32);
+        put_u32(&mut b, offset_of!(SyscallEvent, dfd1), AT_FDCWD as u32);
+        put_u32(&mut b, offset_of!(SyscallEvent, path1_len), p1.len() as u32);
+        b[SYSCALL_PATH1_OFFSET..SYSCALL_PATH1_OFFSET + p1.len()].copy_from_slice(p1);
+        if let Some(p2) = p2 {
+            put_u32(&mut b, offset_of!(SyscallEvent, path2_len), p2.len() as u32);
+            b[SYSCALL_PATH2_OFFSET..SYSCALL_PATH2_OFFSET + p2.len()].copy_from_slice(p2);
+        }
+        b
+    }
+
+    #[test]
+    fn one_path_syscall() {
+        let rec = decode(&syscall(SysOp::Openat, b"/etc/hosts", None)).expect("decodes");
+        let Record::Syscall(s) = rec else { panic!("wrong kind {rec:?}") };
+        assert_eq!(s.op, SysOp::Openat);
+        assert_eq!(s.path1, b"/etc/hosts");
+        assert!(s.path2.is_empty());
+        assert_eq!(s.dfd1, AT_FDCWD);
+        assert_eq!(s.header.comm, b"sed");
+        assert_eq!((s.header.tgid, s.header.tid), (100, 101));
+    }
+
+    #[test]
+    fn two_path_syscall_with_odd_bytes() {
+        let rec = decode(&syscall(SysOp::Renameat2, b"/tmp/a\nb", Some(b"/etc/\xff.conf"))).expect("decodes");
+        let Record::Syscall(s) = rec else { panic!("wrong kind") };
+        assert_eq!(s.path1, b"/tmp/a\nb");
+        assert_eq!(s.path2, b"/etc/\xff.conf");
+    }
+
+    #[test]
+    fn lying_length_is_rejected_not_trusted() {
+        let mut b = syscall(SysOp::Openat, b"/etc/x", None);
+        put_u32(&mut b, offset_of!(SyscallEvent, path1_len), 4000);
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
+    }
+
+    #[test]
+    fn short_and_unknown_records() {
+        assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Short(10)));
+        let b = header_bytes(EventKind::Fork, 64);
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
+        let mut b = header_bytes(EventKind::Fork, 72);
+        put_u32(&mut b, 0, 99);
+        assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
+        let mut b = syscall(SysOp::Openat, b"/x", None);
+        put_u32(&mut b, offset_of!(SyscallEvent, op), 999);
+        assert_eq!(decode(&b), Err(DecodeError::UnknownOp(999)));
+    }
+
+    #[test]
+    fn exec_args() {
+        let mut b = header_bytes(EventKind::ExecArgs, size_of::<ExecArgsEvent>());
+        put_u32(&mut b, offset_of!(ExecArgsEvent, argc), 2);
+        let lens = offset_of!(ExecArgsEvent, arg_len);
+        let args = offset_of!(ExecArgsEvent, args);
+        put_u32(&mut b, lens, 3);
+        put_u32(&mut b, lens + 4, 2);
+        b[args..args + 3].copy_from_slice(b"sed");
+        b[args + ARG_LEN..args + ARG_LEN + 2].copy_from_slice(b"-i");
+        let rec = decode(&b).expect("decodes");
+        assert_eq!(rec, Record::ExecArgs { header: header(&b), argv: vec![b"sed".to_vec(), b"-i".to_vec()], truncated: false });
+    }
+}

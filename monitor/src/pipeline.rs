@@ -1,0 +1,332 @@
+//! The daemon's processing core, free of I/O wiring: kernel records and fanotify events
+//! go in; attributed [`Event`]s and actions for the daemon (tag a detected agent, drop
+//! descriptors, end sessions) come out.
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::{
+    correlate::{Correlator, Observation},
+    detect::{Detection, Detector},
+    escape::encode,
+    event::{Ancestor, Details, Event, Kind, SCHEMA_VERSION, SessionRef, Source},
+    fanotify::{self, FanEvent},
+    kernel::decode::{Record, SyscallRecord},
+    metrics::Metrics,
+    proctable::ProcTable,
+    session::SessionRegistry,
+    syscalls::{Outcome, interpret},
+    watch::WatchSet,
+};
+
+/// A syscall enter whose exit has not arrived after this long is reported as is.
+const ENTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Work the daemon must do outside the pipeline.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// A detection rule matched this process: create a session and tag it.
+    Detected { pid: u32, uid: u32, detection: Detection },
+    /// The process exited: drop these tracked descriptors from the kernel map.
+    ForgetFds { tgid: u32, fds: Vec<i32> },
+    /// The last member of this session exited.
+    SessionEnded(u64),
+}
+
+pub struct Pipeline {
+    pub procs: ProcTable,
+    correlator: Correlator,
+    enters: HashMap<u32, (SyscallRecord, Instant)>,
+    watch: WatchSet,
+    detector: Detector,
+    metrics: Arc<Metrics>,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC, to date kernel records.
+    boot_offset_ns: i128,
+    id_prefix: String,
+    seq: u64,
+}
+
+fn clock_ns(clock: nix::time::ClockId) -> i128 {
+    nix::time::clock_gettime(clock)
+        .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+        .unwrap_or(0)
+}
+
+fn now_ns() -> i128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+}
+
+pub fn rfc3339(ns: i128) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(ns)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// Thread group of a thread id reported by fanotify.
+fn tgid_of(procs: &ProcTable, tid: u32) -> u32 {
+    if procs.get(tid).is_some_and(|p| !p.tentative) {
+        return tid;
+    }
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(tid)
+}
+
+impl Pipeline {
+    pub fn new(watch: WatchSet, detector: Detector, window: Duration, metrics: Arc<Metrics>) -> Self {
+        let boot_offset_ns = clock_ns(nix::time::ClockId::CLOCK_REALTIME) - clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
+        Pipeline {
+            procs: ProcTable::default(),
+            correlator: Correlator::new(window),
+            enters: HashMap::new(),
+            watch,
+            detector,
+            metrics,
+            boot_offset_ns,
+            id_prefix: format!("{:x}", now_ns()),
+            seq: 0,
+        }
+    }
+
+    pub fn correlator_mut(&mut self) -> &mut Correlator {
+        &mut self.correlator
+    }
+
+    pub fn correlator(&self) -> &Correlator {
+        &self.correlator
+    }
+
+    pub fn watch(&self) -> &WatchSet {
+        &self.watch
+    }
+
+    fn watched(&self, o: &Observation) -> bool {
+        let m = |p: &[u8]| self.watch.matches(Path::new(OsStr::from_bytes(p)));
+        m(&o.path) || (o.kind != Kind::Symlink && o.target.as_deref().is_some_and(m))
+    }
+
+    fn push_ebpf(&mut self, obs: Observation) {
+        if self.watched(&obs) {
+            self.correlator.push_ebpf(obs);
+        } else {
+            Metrics::inc(&self.metrics.unwatched_dropped);
+        }
+    }
+
+    fn complete(&mut self, s: SyscallRecord, ret: Option<i64>) {
+        let time_ns = i128::from(s.header.ktime_ns) + self.boot_offset_ns;
+        match interpret(&self.procs, &s, ret, time_ns) {
+            Outcome::Op(obs) => {
+                if obs.details.unresolved {
+                    Metrics::inc(&self.metrics.unresolved_paths);
+                }
+                if matches!(obs.kind, Kind::OpenWrite | Kind::Create) {
+                    if let Some(fd) = ret.filter(|r| *r >= 0) {
+                        self.procs.set_fd(s.header.tgid, fd as i32, obs.path.clone());
+                    }
+                }
+                self.push_ebpf(obs);
+            }
+            Outcome::Chdir(cwd) => self.procs.set_cwd(s.header.tgid, cwd),
+            Outcome::Nothing => {}
+        }
+    }
+
+    /// Handle one kernel record.
+    pub fn on_record(&mut self, rec: Record) -> Vec<Action> {
+        Metrics::inc(&self.metrics.records);
+        let mut actions = Vec::new();
+        match rec {
+            Record::Fork { header, child_pid } => self.procs.on_fork(&header, child_pid),
+            Record::ExecArgs { header, argv, truncated } => self.procs.on_exec_args(&header, argv, truncated),
+            Record::Exec { header, old_tid, filename } => {
+                self.procs.on_exec(&header, old_tid, filename);
+                if !self.detector.is_empty() {
+                    if let Some(p) = self.procs.get(header.tgid) {
+                        if let Some(detection) = self.detector.detect(p) {
+                            actions.push(Action::Detected { pid: header.tgid, uid: header.uid, detection });
+                        }
+                    }
+                }
+            }
+            Record::Exit { header, group_dead } => {
+                let session = header.session_id;
+                let fds = self.procs.on_exit(&header, group_dead);
+                if !fds.is_empty() {
+                    actions.push(Action::ForgetFds { tgid: header.tgid, fds });
+                }
+                if group_dead && session != 0 && !self.procs.session_alive(session) {
+                    actions.push(Action::SessionEnded(session));
+                }
+            }
+            Record::Syscall(s) => {
+                self.procs.note_session(&s.header);
+                if let Some((stale, _)) = self.enters.insert(s.header.tid, (s, Instant::now())) {
+                    Metrics::inc(&self.metrics.enters_without_exit);
+                    self.complete(stale, None);
+                }
+            }
+            Record::SyscallExit { header, op, ret } => match self.enters.remove(&header.tid) {
+                Some((s, _)) if s.op == op => self.complete(s, Some(ret)),
+                Some((s, t)) => {
+                    self.enters.insert(header.tid, (s, t));
+                    Metrics::inc(&self.metrics.exits_without_enter);
+                }
+                None => Metrics::inc(&self.metrics.exits_without_enter),
+            },
+            Record::Write { header, op: _, fd, count } => {
+                let path = self
+                    .procs
+                    .fd_path(header.tgid, fd)
+                    .map(<[u8]>::to_vec)
+                    .or_else(|| crate::proctable::live_link(header.tgid, &format!("fd/{fd}")));
+                let Some(path) = path else {
+                    Metrics::inc(&self.metrics.unresolved_paths);
+                    return actions;
+                };
+                let obs = Observation {
+                    kind: Kind::Write,
+                    path,
+                    target: None,
+                    tid: header.tid,
+                    tgid: header.tgid,
+                    result: Some(0),
+                    source: Source::Ebpf,
+                    time_ns: i128::from(header.ktime_ns) + self.boot_offset_ns,
+                    details: Details { count: Some(count), ..Details::default() },
+                    session: header.session_id,
+                    uid: Some(header.uid),
+                    comm: header.comm,
+                    open_flags: 0,
+                    attrib: false,
+                    arrived: Instant::now(),
+                };
+                self.push_ebpf(obs);
+            }
+        }
+        actions
+    }
+
+    /// Handle one fanotify event (it may carry several operations in its mask).
+    pub fn on_fanotify(&mut self, ev: FanEvent) {
+        Metrics::inc(&self.metrics.fanotify_events);
+        let base = Observation {
+            kind: Kind::Write,
+            path: ev.path.as_os_str().as_bytes().to_vec(),
+            target: None,
+            tid: ev.pid,
+            tgid: 0,
+            result: None,
+            source: Source::Fanotify,
+            time_ns: now_ns(),
+            details: Details { dir: ev.is_dir, ..Details::default() },
+            session: 0,
+            uid: None,
+            comm: Vec::new(),
+            open_flags: 0,
+            attrib: false,
+            arrived: Instant::now(),
+        };
+        let m = ev.mask;
+        let mut parts = Vec::new();
+        if m & fanotify::FAN_CREATE != 0 {
+            parts.push(Observation { kind: if ev.is_dir { Kind::Mkdir } else { Kind::Create }, ..base.clone() });
+        }
+        if m & fanotify::FAN_MODIFY != 0 {
+            parts.push(Observation { kind: Kind::Write, ..base.clone() });
+        }
+        if m & fanotify::FAN_ATTRIB != 0 {
+            parts.push(Observation { kind: Kind::Chmod, attrib: true, ..base.clone() });
+        }
+        if m & fanotify::FAN_CLOSE_WRITE != 0 {
+            parts.push(Observation { kind: Kind::OpenWrite, ..base.clone() });
+        }
+        if m & fanotify::FAN_RENAME != 0 {
+            let target = ev.new_path.as_ref().map(|p| p.as_os_str().as_bytes().to_vec());
+            parts.push(Observation { kind: Kind::Rename, target, ..base.clone() });
+        }
+        if m & fanotify::FAN_DELETE != 0 {
+            parts.push(Observation { kind: Kind::Unlink, ..base.clone() });
+        }
+        for obs in parts {
+            if self.watched(&obs) {
+                self.correlator.push_fanotify(obs);
+            }
+        }
+    }
+
+    /// Events whose correlation window has passed, attributed.
+    pub fn flush(&mut self, now: Instant, sessions: &SessionRegistry) -> Vec<Event> {
+        let stale: Vec<u32> = self
+            .enters
+            .iter()
+            .filter(|(_, (_, t))| now.duration_since(*t) > ENTER_TIMEOUT)
+            .map(|(tid, _)| *tid)
+            .collect();
+        for tid in stale {
+            if let Some((s, _)) = self.enters.remove(&tid) {
+                Metrics::inc(&self.metrics.enters_without_exit);
+                self.complete(s, None);
+            }
+        }
+        let ready = self.correlator.flush(now);
+        ready.into_iter().map(|o| self.attribute(o, sessions)).collect()
+    }
+
+    fn attribute(&mut self, o: Observation, sessions: &SessionRegistry) -> Event {
+        let tgid = if o.tgid != 0 { o.tgid } else { tgid_of(&self.procs, o.tid) };
+        self.seq += 1;
+        let id = format!("{}-{}", self.id_prefix, self.seq);
+        let proc = self.procs.get_or_load(tgid).cloned();
+        let session_id = if o.session != 0 { o.session } else { proc.as_ref().map_or(0, |p| p.session) };
+        let session = (session_id != 0).then(|| {
+            sessions.note_event(session_id);
+            match sessions.get(session_id) {
+                Some(s) => SessionRef { id: s.id, agent: s.agent, reason: s.reason, root_pid: s.root_pid },
+                None => SessionRef { id: session_id, agent: "unknown".into(), reason: None, root_pid: 0 },
+            }
+        });
+        let ancestors = self
+            .procs
+            .ancestors(tgid)
+            .into_iter()
+            .map(|a| Ancestor { pid: a.pid, comm: encode(&a.comm), exe: encode(&a.exe) })
+            .collect();
+        let comm = if o.comm.is_empty() { proc.as_ref().map(|p| p.comm.clone()).unwrap_or_default() } else { o.comm.clone() };
+        Event {
+            v: SCHEMA_VERSION,
+            time: rfc3339(o.time_ns),
+            id,
+            kind: o.kind,
+            path: encode(&o.path),
+            target: o.target.as_deref().map(encode),
+            result: o.result,
+            pid: tgid,
+            tid: o.tid,
+            ppid: proc.as_ref().map(|p| p.ppid),
+            uid: o.uid.or(proc.as_ref().map(|p| p.uid)),
+            comm: encode(&comm),
+            exe: proc.as_ref().map(|p| encode(&p.exe)),
+            argv: proc.as_ref().map(|p| p.argv.iter().map(|a| encode(a)).collect()).unwrap_or_default(),
+            cwd: proc.as_ref().and_then(|p| p.cwd.as_deref().map(encode)),
+            ancestors,
+            session,
+            source: o.source,
+            details: (o.details != Details::default()).then_some(o.details),
+        }
+    }
+
+    /// Drop state of exited processes past retention.
+    pub fn gc(&mut self, now: Instant) {
+        self.procs.gc(now);
+    }
+}

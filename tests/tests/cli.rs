@@ -1,0 +1,48 @@
+//! End-to-end: the commands people type.
+use e2e::*;
+
+#[test]
+fn run_passes_the_exit_code_and_sessions_lists_it() {
+    if !require_root("run_passes_the_exit_code_and_sessions_lists_it") {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.in_session("claude", "exit code check", "echo x > s.conf; exit 7");
+    assert_eq!(out.status.code(), Some(7));
+    let s = d.w("s.conf");
+    d.wait_for("event", |ev| has(ev, "create", &s));
+    let out = d.cli(&["sessions", "--all", "--json"]);
+    ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let s = v.as_array().and_then(|a| a.iter().find(|s| s["agent"] == "claude")).expect("session listed");
+    assert_eq!(s["reason"], "exit code check");
+    let stats = d.cli(&["stats", "--json"]);
+    ok(&stats);
+    let st: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
+    assert_eq!(st["kernel_ringbuf_drops"], 0, "{st}");
+    assert!(st["events_emitted"].as_u64().is_some_and(|n| n >= 1), "{st}");
+}
+
+#[test]
+fn run_refuses_to_start_unmonitored() {
+    let out = std::process::Command::new(confgate_bin())
+        .args(["--socket", "/nonexistent/confgate.sock", "run", "--agent", "a", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(125), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_config_reports_line_and_column() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[kernel]\nringbuf_bytes = \"big\"\n").expect("write");
+    let out = std::process::Command::new(confgate_bin()).arg("check-config").arg(&bad).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2:", bad.display())), "line reported: {err}");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[watch]\npaths = [\"/etc\"]\n").expect("write");
+    let out = std::process::Command::new(confgate_bin()).arg("check-config").arg(&good).output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,289 @@
+//! End-to-end: real programs write to a watched tree; the daemon must report each
+//! operation once, with the right kind, canonical path and session.
+use std::{ffi::OsStr, os::unix::ffi::OsStrExt, process::Command};
+
+use e2e::*;
+use serde_json::Value;
+
+fn session_agent(e: &Value) -> Option<&str> {
+    e["session"]["agent"].as_str()
+}
+
+#[test]
+fn sed_in_place_inside_a_session() {
+    if !require_root("sed_in_place_inside_a_session") {
+        return;
+    }
+    let d = Daemon::start();
+    std::fs::write(d.watched.join("app.conf"), "debug=false\n").expect("seed");
+    ok(&d.in_session("claude", "turn on debug", "sed -i s/false/true/ app.conf"));
+    let target = d.w("app.conf");
+    let ev = d.wait_for("rename onto app.conf", |ev| ev.iter().any(|e| e["kind"] == "rename" && e["target"] == target));
+    d.settle();
+    let ev = d.events();
+    let on_target = about(&ev, &target);
+    assert_eq!(kinds(&on_target), ["rename"], "exactly one operation replaced app.conf: {on_target:#?}");
+    let r = on_target[0];
+    assert_eq!(r["comm"], "sed");
+    assert_eq!(session_agent(r), Some("claude"));
+    assert_eq!(r["session"]["reason"], "turn on debug");
+    assert_eq!(r["result"], 0);
+    assert!(r["argv"].as_array().is_some_and(|a| a.iter().any(|x| x == "s/false/true/")), "argv recorded: {r}");
+    // The temp file sed wrote is reported as created and written, in the same session.
+    let tmp = r["path"].as_str().expect("rename source");
+    assert!(tmp.starts_with(&d.w("sed")), "temp file in the same dir: {tmp}");
+    let tmp_kinds = kinds(&ev.iter().filter(|e| e["path"] == tmp).collect::<Vec<_>>());
+    assert!(tmp_kinds.contains(&"create".to_string()) && tmp_kinds.contains(&"write".to_string()), "{tmp_kinds:?}");
+    assert_eq!(std::fs::read_to_string(d.watched.join("app.conf")).ok().as_deref(), Some("debug=true\n"));
+    assert!(ev.iter().all(|e| session_agent(e) == Some("claude")), "nothing else wrote: {ev:#?}");
+}
+
+#[test]
+fn relative_append_from_another_cwd() {
+    if !require_root("relative_append_from_another_cwd") {
+        return;
+    }
+    let d = Daemon::start();
+    std::fs::create_dir(d.watched.join("proj")).expect("mkdir");
+    std::fs::write(d.watched.join("proj/.env"), "A=1\n").expect("seed");
+    // cwd is the watched dir's parent's child: path is relative to it, through "..".
+    std::fs::create_dir(d.dir.path().join("elsewhere")).expect("mkdir");
+    let out = Command::new(confgate_bin())
+        .args([OsStr::new("--config"), d.config.as_os_str()])
+        .args(["run", "--agent", "codex", "--", "sh", "-c", "echo DEBUG=true >> ../watched/proj/.env"])
+        .current_dir(d.dir.path().join("elsewhere"))
+        .output()
+        .expect("run");
+    ok(&out);
+    let env = d.w("proj/.env");
+    let ev = d.wait_for("open_write and write on .env", |ev| has(ev, "open_write", &env) && has(ev, "write", &env));
+    d.settle();
+    let ev = d.events();
+    assert_eq!(kinds(&about(&ev, &env)), ["open_write", "write"]);
+    for e in about(&ev, &env) {
+        assert_eq!(session_agent(e), Some("codex"));
+        assert_eq!(e["comm"], "sh");
+        assert_eq!(e["cwd"], format!("{}/elsewhere", d.dir.path().canonicalize().expect("c").display()));
+    }
+    assert_eq!(about(&ev, &env)[0]["details"]["flags"], "O_WRONLY|O_CREAT|O_APPEND");
+}
+
+#[test]
+fn python_script_creates_a_file() {
+    if !require_root("python_script_creates_a_file") {
+        return;
+    }
+    let d = Daemon::start();
+    ok(&d.in_session("aider", "", "python3 -c \"open('settings.json','w').write('{\\\"tls_verify\\\": false}')\""));
+    let p = d.w("settings.json");
+    d.wait_for("create + write", |ev| has(ev, "create", &p) && has(ev, "write", &p));
+    d.settle();
+    let ev = d.events();
+    let mine = about(&ev, &p);
+    assert_eq!(kinds(&mine), ["create", "write"]);
+    assert!(mine.iter().all(|e| e["comm"] == "python3" && session_agent(e) == Some("aider")));
+    assert_eq!(mine[0]["source"], "both", "seen by eBPF and fanotify: {}", mine[0]);
+}
+
+#[test]
+fn mv_temp_file_over_watched_file_same_dir_and_from_tmp() {
+    if !require_root("mv_temp_file_over_watched_file_same_dir_and_from_tmp") {
+        return;
+    }
+    let d = Daemon::start();
+    std::fs::write(d.watched.join("pool.conf"), "size=10\n").expect("seed");
+    std::fs::write(d.watched.join("other.conf"), "x\n").expect("seed");
+    // Same directory, inside a session.
+    ok(&d.in_session("claude", "", "printf 'size=100\\n' > .pool.tmp && mv .pool.tmp pool.conf"));
+    let target = d.w("pool.conf");
+    let ev = d.wait_for("rename onto pool.conf", |ev| ev.iter().any(|e| e["kind"] == "rename" && e["target"] == target));
+    let r = ev.iter().find(|e| e["kind"] == "rename" && e["target"] == target).expect("rename");
+    assert_eq!((r["path"].as_str(), r["comm"].as_str(), session_agent(r)), (Some(d.w(".pool.tmp").as_str()), Some("mv"), Some("claude")));
+
+    // From /tmp (same filesystem), outside any session.
+    let tmp = tempfile::NamedTempFile::new_in("/tmp").expect("tmp file");
+    std::fs::write(tmp.path(), "x=2\n").expect("write tmp");
+    let (_, tmp_path) = tmp.keep().expect("keep");
+    let target2 = d.w("other.conf");
+    ok(&sh(&d.watched, &format!("mv {} other.conf", tmp_path.display())));
+    let ev = d.wait_for("rename from /tmp", |ev| ev.iter().any(|e| e["kind"] == "rename" && e["target"] == target2));
+    d.settle();
+    let ev = d.events();
+    let on = about(&ev, &target2);
+    assert_eq!(kinds(&on), ["rename"], "{on:#?}");
+    assert_eq!(on[0]["path"], tmp_path.display().to_string());
+    assert!(on[0]["session"].is_null());
+    assert_eq!(on[0]["comm"], "mv");
+    assert_eq!(on[0]["source"], "both");
+}
+
+#[test]
+fn crontab_writes_the_spool() {
+    if !require_root("crontab_writes_the_spool") {
+        return;
+    }
+    let Ok(crontab) = which("crontab") else {
+        println!("SKIP crontab_writes_the_spool: crontab(1) not installed (scripts/bootstrap.sh installs cron)");
+        return;
+    };
+    let spool = std::path::Path::new("/var/spool/cron/crontabs");
+    if !spool.is_dir() {
+        println!("SKIP crontab_writes_the_spool: {} missing", spool.display());
+        return;
+    }
+    // Use a dedicated user's crontab so that root's is never touched.
+    let user = "confgate-e2e";
+    if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+        ok(&Command::new("useradd").args(["--system", "--no-create-home", user]).output().expect("useradd"));
+    }
+    let d = Daemon::start_with(DaemonOptions { extra_watch: vec!["/var/spool/cron".into()], ..DaemonOptions::default() });
+    std::fs::write(d.watched.join("job"), "*/5 * * * * /usr/bin/true\n").expect("crontab file");
+    ok(&d.in_session("ops-agent", "schedule cleanup", &format!("{} -u {user} job", crontab.display())));
+    let spool_file = format!("/var/spool/cron/crontabs/{user}");
+    let ev = d.wait_for("crontab spool write", |ev| ev.iter().any(|e| e["target"] == spool_file || (e["path"] == spool_file && e["kind"] != "chmod")));
+    let e = ev.iter().find(|e| e["target"] == spool_file || e["path"] == spool_file).expect("event");
+    assert_eq!(e["comm"], "crontab");
+    assert_eq!(session_agent(e), Some("ops-agent"));
+    let _ = Command::new(&crontab).args(["-u", user, "-r"]).output();
+}
+
+fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+#[test]
+fn truncate_and_chmod() {
+    if !require_root("truncate_and_chmod") {
+        return;
+    }
+    let d = Daemon::start();
+    std::fs::write(d.watched.join("t.conf"), "long content\n").expect("seed");
+    std::fs::write(d.watched.join("c.conf"), "x\n").expect("seed");
+    std::fs::write(d.watched.join("r.conf"), "x\n").expect("seed");
+    ok(&d.in_session("claude", "", "truncate -s 0 t.conf"));
+    let t = d.w("t.conf");
+    let ev = d.wait_for("truncate", |ev| has(ev, "truncate", &t));
+    let e = ev.iter().find(|e| e["kind"] == "truncate" && e["path"] == t).expect("truncate");
+    assert_eq!((e["comm"].as_str(), e["details"]["length"].as_u64()), (Some("truncate"), Some(0)));
+    // Absolute chmod outside a session: seen by the kernel prefix filter and fanotify.
+    let c = d.w("c.conf");
+    ok(&sh(&d.watched, &format!("chmod 600 {c}")));
+    let ev = d.wait_for("chmod", |ev| has(ev, "chmod", &c));
+    let e = ev.iter().find(|e| e["kind"] == "chmod" && e["path"] == c).expect("chmod");
+    assert_eq!((e["details"]["mode"].as_str(), e["source"].as_str()), (Some("0600"), Some("both")));
+    assert!(e["session"].is_null());
+    // Relative chmod outside a session: only fanotify sees it; still classified as chmod.
+    let r = d.w("r.conf");
+    ok(&sh(&d.watched, "chmod 640 r.conf"));
+    let ev = d.wait_for("relative chmod", |ev| has(ev, "chmod", &r));
+    let e = ev.iter().find(|e| e["kind"] == "chmod" && e["path"] == r).expect("chmod");
+    assert_eq!((e["source"].as_str(), e["comm"].as_str()), (Some("fanotify"), Some("chmod")));
+    d.settle();
+    assert_eq!(kinds(&about(&d.events(), &c)), ["chmod"], "one event per operation");
+}
+
+#[test]
+fn symlink_to_watched_file_and_hardlink() {
+    if !require_root("symlink_to_watched_file_and_hardlink") {
+        return;
+    }
+    let d = Daemon::start();
+    std::fs::write(d.watched.join("s.conf"), "a\n").expect("seed");
+    std::fs::write(d.watched.join("h.conf"), "a\n").expect("seed");
+    let link = d.dir.path().join("link-to-s");
+    std::os::unix::fs::symlink(d.watched.join("s.conf"), &link).expect("symlink");
+    // Writer in a session writes through the symlink: resolved to the real file.
+    ok(&d.in_session("claude", "", &format!("echo b > {}", link.display())));
+    let s = d.w("s.conf");
+    let ev = d.wait_for("write through symlink", |ev| has(ev, "write", &s));
+    assert!(ev.iter().filter(|e| e["path"] == s).all(|e| session_agent(e) == Some("claude")));
+    // Outside a session through the symlink: only fanotify can see it, canonical path.
+    ok(&sh(d.dir.path(), &format!("echo c >> {}", link.display())));
+    d.wait_for("outside write through symlink", |ev| ev.iter().any(|e| e["path"] == s && e["session"].is_null() && e["kind"] == "write"));
+    // A hard link to a watched file.
+    let hl = d.dir.path().join("hl");
+    ok(&sh(d.dir.path(), &format!("ln {} {}", d.w("h.conf"), hl.display())));
+    let h = d.w("h.conf");
+    let ev = d.wait_for("link", |ev| has(ev, "link", &h));
+    let e = ev.iter().find(|e| e["kind"] == "link" && e["path"] == h).expect("link");
+    assert_eq!((e["target"].as_str(), e["comm"].as_str()), (Some(hl.display().to_string().as_str()), Some("ln")));
+}
+
+#[test]
+fn names_with_newline_and_invalid_utf8() {
+    if !require_root("names_with_newline_and_invalid_utf8") {
+        return;
+    }
+    let d = Daemon::start();
+    let script = "import os\nfor n in [b'new\\nline.conf', b'bad\\xff\\xfe.conf']:\n    f = os.open(n, os.O_WRONLY | os.O_CREAT, 0o644); os.write(f, b'x'); os.close(f)\n";
+    std::fs::write(d.watched.join("w.py"), script).expect("script");
+    ok(&d.in_session("claude", "", "python3 w.py"));
+    let nl = d.w("new\nline.conf");
+    let bad = encoded(&[d.watched.as_os_str().as_bytes(), b"/bad\xff\xfe.conf"].concat());
+    let ev = d.wait_for("odd names", |ev| has(ev, "create", &nl) && has(ev, "create", &bad));
+    assert!(bad.ends_with("/bad\\xff\\xfe.conf"), "{bad}");
+    assert!(has(&ev, "write", &nl) && has(&ev, "write", &bad));
+    // Every line of the file is one valid JSON object (checked by events()).
+}
+
+#[test]
+fn double_fork_and_setsid_stay_in_the_session() {
+    if !require_root("double_fork_and_setsid_stay_in_the_session") {
+        return;
+    }
+    let d = Daemon::start();
+    let script = "import os, time\n\
+if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(0.5)\n        open('escaped.conf', 'w').write('x')\n        os._exit(0)\n    os._exit(0)\n\
+os._exit(0)\n";
+    std::fs::write(d.watched.join("df.py"), script).expect("script");
+    ok(&d.in_session("sneaky", "", "nohup python3 df.py >/dev/null 2>&1"));
+    let p = d.w("escaped.conf");
+    let ev = d.wait_for("daemonized write", |ev| has(ev, "create", &p));
+    let e = ev.iter().find(|e| e["path"] == p).expect("event");
+    assert_eq!(session_agent(e), Some("sneaky"), "{e}");
+    assert_eq!(e["ppid"], 1, "reparented to init after its parent exited: {e}");
+}
+
+#[test]
+fn writer_outside_any_session() {
+    if !require_root("writer_outside_any_session") {
+        return;
+    }
+    let d = Daemon::start();
+    ok(&sh(&d.watched, "echo x > plain.conf"));
+    let p = d.w("plain.conf");
+    d.wait_for("create", |ev| has(ev, "create", &p));
+    d.settle();
+    let ev = d.events();
+    let mine = about(&ev, &p);
+    assert_eq!(kinds(&mine), ["create", "write"]);
+    for e in mine {
+        assert!(e["session"].is_null());
+        assert_eq!(e["comm"], "sh");
+        assert!(e["ancestors"].as_array().is_some_and(|a| !a.is_empty()));
+    }
+}
+
+#[test]
+fn agent_detected_by_rule_without_wrapper() {
+    if !require_root("agent_detected_by_rule_without_wrapper") {
+        return;
+    }
+    let d = Daemon::start_with(DaemonOptions {
+        extra_toml: "[[detect]]\nagent = \"fake-agent\"\ncomm = [\"cg-fake-agent\"]\n".into(),
+        ..DaemonOptions::default()
+    });
+    let agent = d.dir.path().join("cg-fake-agent");
+    std::fs::copy("/bin/sh", &agent).expect("copy sh");
+    // The detected agent starts, then (after tagging) writes via a child.
+    ok(&sh(&d.watched, &format!("{} -c 'sleep 0.3; echo 1 > detected.conf'", agent.display())));
+    let p = d.w("detected.conf");
+    let ev = d.wait_for("detected write", |ev| has(ev, "create", &p));
+    let e = ev.iter().find(|e| e["path"] == p).expect("event");
+    assert_eq!(session_agent(e), Some("fake-agent"), "{e}");
+}
