@@ -1,1 +1,2 @@
 //! Commands of the `confgate` binary.
+pub mod check_config;
