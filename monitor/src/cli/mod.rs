@@ -1,2 +1,5 @@
 //! Commands of the `confgate` binary.
 pub mod check_config;
+pub mod run;
+pub mod sessions;
+pub mod stats;
