@@ -1,1 +1,3 @@
 //! Commands of the `confgate` binary.
+pub mod run;
+pub mod sessions;
