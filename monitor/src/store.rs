@@ -1,1 +1,501 @@
-//! (being written)
+//! Embedded store: one redb file (`<state_dir>/confgate.redb`) holding the daemon's durable state.
+//!
+//! The store is deliberately generic. Records live in [`RecordTable`]s: `u64` key -> JSON bytes
+//! of one serde type. Adding a table (approval requests, grants, an audit ledger, ...) is one
+//! `pub const` next to [`SESSIONS`]; nothing else here changes. Monotonic ids come from named
+//! sequences in the `meta` table ([`WriteTx::next_id`]).
+//!
+//! Every write goes through [`Store::write`]: one redb transaction, committed with
+//! `Durability::Immediate` (fsync'd) before the call returns. Several tables can be updated
+//! atomically in the same closure. Reads see the last committed state.
+//!
+//! redb takes an exclusive lock on the file, so a second daemon on the same state directory
+//! fails with [`StoreError::Locked`] instead of corrupting it.
+use std::fs::{DirBuilder, OpenOptions};
+use std::marker::PhantomData;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::session::SessionInfo;
+
+/// File name of the store inside the state directory.
+pub const STORE_FILE: &str = "confgate.redb";
+
+/// Layout version written into `meta`. Bump it (and migrate in [`Store::open`]) when a table's
+/// key or value format changes incompatibly.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Agent sessions, by session id.
+pub const SESSIONS: RecordTable<SessionInfo> = RecordTable::new("sessions");
+
+/// Sequence name of session ids.
+pub const SESSION_IDS: &str = "session_id";
+
+/// `meta`: small named `u64` values (schema version, id sequences).
+const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
+const META_SCHEMA: &str = "schema_version";
+const META_SEQ_PREFIX: &str = "next_id.";
+
+/// Errors of the embedded store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open store {path}: {source}")]
+    OpenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store {path} is in use by another process (is another confgate daemon running?)")]
+    Locked { path: PathBuf },
+    #[error("store {path} has schema version {found}, this confgate understands up to {supported}")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: u64,
+        supported: u64,
+    },
+    #[error("store: {0}")]
+    Db(Box<redb::Error>),
+    #[error("store table {table}, key {key}: cannot encode/decode record: {source}")]
+    Codec {
+        table: &'static str,
+        key: u64,
+        source: serde_json::Error,
+    },
+    #[error("store sequence {0} is exhausted")]
+    SequenceExhausted(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(redb::Error::from(e)))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A table of JSON-encoded records of type `V`, keyed by `u64`. Declare one as a `const`.
+pub struct RecordTable<V> {
+    name: &'static str,
+    _record: PhantomData<fn() -> V>,
+}
+
+impl<V> RecordTable<V> {
+    pub const fn new(name: &'static str) -> Self {
+        RecordTable {
+            name,
+            _record: PhantomData,
+        }
+    }
+
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+
+    const fn def(&self) -> TableDefinition<'static, u64, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
+impl<V> Clone for RecordTable<V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for RecordTable<V> {}
+
+/// Handle to the store. Cheap to clone; all clones share one open database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`. Missing parent directories are created with mode
+    /// 0700 and a new file with mode 0600: the store holds command lines and reasons, which
+    /// may be sensitive. Existing directories and files keep their modes.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| StoreError::CreateDir {
+                    path: parent.to_owned(),
+                    source,
+                })?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StoreError::OpenFile {
+                path: path.to_owned(),
+                source,
+            })?;
+        let db = match Database::builder().create_file(file) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked {
+                    path: path.to_owned(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_owned(),
+            }),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// Path of the store file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let path = self.inner.path.clone();
+        self.write(|tx| {
+            let mut meta = tx.txn.open_table(META)?;
+            let found = meta.get(META_SCHEMA)?.map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaTooNew {
+                        path,
+                        found: v,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+                }
+            }
+            drop(meta);
+            // Create the known record tables so that readers never see them missing.
+            tx.txn.open_table(SESSIONS.def())?;
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits it durably (fsync) before returning.
+    /// If `f` fails, nothing it wrote is kept.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let out = f(&WriteTx { txn: &txn })?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Stores one record (one durable transaction).
+    pub fn put<V: Serialize>(
+        &self,
+        table: RecordTable<V>,
+        key: u64,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| tx.put(table, key, value))
+    }
+
+    /// Reads one record.
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        table: RecordTable<V>,
+        key: u64,
+    ) -> Result<Option<V>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = match txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(bytes) = t.get(key)? else {
+            return Ok(None);
+        };
+        decode(table, key, bytes.value()).map(Some)
+    }
+
+    /// Reads every record of `table`, in key order.
+    pub fn scan<V: DeserializeOwned>(
+        &self,
+        table: RecordTable<V>,
+    ) -> Result<Vec<(u64, V)>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = match txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            let key = k.value();
+            out.push((key, decode(table, key, v.value())?));
+        }
+        Ok(out)
+    }
+}
+
+/// An open write transaction, handed to the closure of [`Store::write`].
+pub struct WriteTx<'a> {
+    txn: &'a redb::WriteTransaction,
+}
+
+impl WriteTx<'_> {
+    /// Inserts or replaces a record.
+    pub fn put<V: Serialize>(
+        &self,
+        table: RecordTable<V>,
+        key: u64,
+        value: &V,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Codec {
+            table: table.name,
+            key,
+            source,
+        })?;
+        self.txn
+            .open_table(table.def())?
+            .insert(key, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Reads a record, including this transaction's uncommitted writes.
+    pub fn get<V: DeserializeOwned>(
+        &self,
+        table: RecordTable<V>,
+        key: u64,
+    ) -> Result<Option<V>, StoreError> {
+        let t = self.txn.open_table(table.def())?;
+        let Some(bytes) = t.get(key)? else {
+            return Ok(None);
+        };
+        decode(table, key, bytes.value()).map(Some)
+    }
+
+    /// Removes a record; returns whether it existed.
+    pub fn remove<V>(&self, table: RecordTable<V>, key: u64) -> Result<bool, StoreError> {
+        Ok(self.txn.open_table(table.def())?.remove(key)?.is_some())
+    }
+
+    /// Allocates the next id of the named sequence (1, 2, 3, ...). Ids are never reused: the
+    /// counter is part of this transaction, so it commits together with the record using it.
+    pub fn next_id(&self, sequence: &str) -> Result<u64, StoreError> {
+        let key = format!("{META_SEQ_PREFIX}{sequence}");
+        let mut meta = self.txn.open_table(META)?;
+        let id = meta.get(key.as_str())?.map_or(1, |v| v.value());
+        let next = id
+            .checked_add(1)
+            .ok_or_else(|| StoreError::SequenceExhausted(sequence.to_owned()))?;
+        meta.insert(key.as_str(), next)?;
+        Ok(id)
+    }
+
+    /// The underlying redb transaction, for tables that are not [`RecordTable`]s (e.g. an
+    /// append-only ledger with its own key type).
+    pub fn raw(&self) -> &redb::WriteTransaction {
+        self.txn
+    }
+}
+
+fn decode<V: DeserializeOwned>(
+    table: RecordTable<V>,
+    key: u64,
+    bytes: &[u8],
+) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Codec {
+        table: table.name,
+        key,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        name: String,
+        n: u64,
+    }
+    const RECS: RecordTable<Rec> = RecordTable::new("test_recs");
+
+    fn rec(name: &str, n: u64) -> Rec {
+        Rec {
+            name: name.into(),
+            n,
+        }
+    }
+
+    #[test]
+    fn creates_private_dirs_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/confgate.redb");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.path(), path);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let store = Store::open(&path).unwrap();
+            store.put(RECS, 7, &rec("seven", 7)).unwrap();
+            store.put(RECS, 3, &rec("three", 3)).unwrap();
+            store.put(RECS, 7, &rec("seven again", 77)).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get(RECS, 7).unwrap(), Some(rec("seven again", 77)));
+        assert_eq!(store.get(RECS, 8).unwrap(), None);
+        let all = store.scan(RECS).unwrap();
+        assert_eq!(all, vec![(3, rec("three", 3)), (7, rec("seven again", 77))]);
+    }
+
+    #[test]
+    fn missing_table_reads_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        assert_eq!(store.get(RECS, 1).unwrap(), None);
+        assert!(store.scan(RECS).unwrap().is_empty());
+        assert!(store.scan(SESSIONS).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sequences_are_monotonic_independent_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.write(|tx| tx.next_id("a")).unwrap(), 1);
+            assert_eq!(store.write(|tx| tx.next_id("a")).unwrap(), 2);
+            assert_eq!(store.write(|tx| tx.next_id("b")).unwrap(), 1);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.write(|tx| tx.next_id("a")).unwrap(), 3);
+    }
+
+    #[test]
+    fn failed_transaction_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        let r: Result<(), StoreError> = store.write(|tx| {
+            let id = tx.next_id("a")?;
+            tx.put(RECS, id, &rec("doomed", id))?;
+            assert_eq!(tx.get(RECS, id)?, Some(rec("doomed", id)));
+            Err(StoreError::SequenceExhausted("test".into()))
+        });
+        assert!(r.is_err());
+        assert_eq!(store.get(RECS, 1).unwrap(), None);
+        assert_eq!(store.write(|tx| tx.next_id("a")).unwrap(), 1);
+    }
+
+    #[test]
+    fn remove_reports_existence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        store.put(RECS, 1, &rec("x", 1)).unwrap();
+        assert!(store.write(|tx| tx.remove(RECS, 1)).unwrap());
+        assert!(!store.write(|tx| tx.remove(RECS, 1)).unwrap());
+        assert_eq!(store.get(RECS, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn second_open_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        let _first = Store::open(&path).unwrap();
+        match Store::open(&path) {
+            Err(StoreError::Locked { path: p }) => assert_eq!(p, path),
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .write(|tx| {
+                    tx.raw()
+                        .open_table(META)?
+                        .insert(META_SCHEMA, SCHEMA_VERSION + 1)?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        assert!(
+            matches!(Store::open(&path), Err(StoreError::SchemaTooNew { found, .. }) if found == SCHEMA_VERSION + 1)
+        );
+    }
+
+    #[test]
+    fn undecodable_record_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        store
+            .write(|tx| {
+                tx.raw()
+                    .open_table(RECS.def())?
+                    .insert(5, b"not json".as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(matches!(
+            store.get(RECS, 5),
+            Err(StoreError::Codec { key: 5, .. })
+        ));
+        assert!(store.scan(RECS).is_err());
+    }
+}

@@ -1,0 +1,574 @@
+//! The daemon side of the gRPC API: [`DaemonApi`] (implemented by the daemon) and [`serve`].
+//!
+//! Identity comes only from the kernel: every call's [`Caller`] is the peer credential
+//! (SO_PEERCRED) of its connection, taken when the client connected. Authorization:
+//!
+//! | call              | who                                                         |
+//! |-------------------|-------------------------------------------------------------|
+//! | `RegisterSession` | anyone (it puts the caller itself into a session)           |
+//! | `ListSessions`, `GetStats`, `SubscribeEvents` | [`DaemonApi::is_admin`] callers |
+//!
+//! The socket's file mode is a second fence, not the authorization.
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::UnixListener;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, UnixListenerStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::{RpcError, pb};
+use crate::session::{SessionError, SessionInfo, validate_agent, validate_reason};
+
+/// The process at the other end of a connection, as the kernel reported it when it connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub pid: u32,
+    /// Effective uid of the caller at connect time.
+    pub uid: u32,
+    /// Effective gid of the caller at connect time.
+    pub gid: u32,
+}
+
+/// Errors the daemon returns from [`DaemonApi`] calls; each maps to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// `INVALID_ARGUMENT`: bad agent name, reason, ...
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// `ALREADY_EXISTS`: the caller is already inside an agent session and may not relabel itself.
+    #[error("process {pid} is already in agent session {session}")]
+    AlreadyInSession { pid: u32, session: u64 },
+    /// `PERMISSION_DENIED`
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// `FAILED_PRECONDITION`: e.g. the caller exited before it could be registered.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// `UNAVAILABLE`: e.g. the daemon is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// `INTERNAL`
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Invalid(m) => ApiError::InvalidArgument(m),
+            e @ (SessionError::NotFound(_) | SessionError::Store(_)) => {
+                ApiError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ApiError::AlreadyInSession { .. } => Status::already_exists(msg),
+            ApiError::PermissionDenied(_) => Status::permission_denied(msg),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// What the daemon provides to the API. The RPC layer authenticates callers, enforces the
+/// admin check and validates input shape; the daemon enforces everything that needs its
+/// state (e.g. refusing a caller that is already in a session with
+/// [`ApiError::AlreadyInSession`]).
+#[tonic::async_trait]
+pub trait DaemonApi: Send + Sync + 'static {
+    /// Puts `caller.pid` into a new wrapper session. `agent` and `reason` have passed
+    /// [`validate_agent`] / [`validate_reason`]; `reason` is `None` when empty. `command`
+    /// and `cwd` are the caller's claims, informational only.
+    async fn register_session(
+        &self,
+        caller: Caller,
+        agent: String,
+        reason: Option<String>,
+        command: Vec<String>,
+        cwd: String,
+    ) -> Result<SessionInfo, ApiError>;
+    /// Sessions by id; ended ones only if `include_ended`.
+    fn sessions(&self, include_ended: bool) -> Vec<SessionInfo>;
+    /// Named counters, in a stable order.
+    fn stats(&self) -> Vec<(String, u64)>;
+    /// A new receiver of NDJSON event lines (one event each, no newline).
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>>;
+    /// Whether `caller` may read sessions, stats and events (root or the admin group).
+    fn is_admin(&self, caller: &Caller) -> bool;
+}
+
+/// Events that `SubscribeEvents` streams skipped because their subscriber fell behind, since
+/// the process started (all subscribers). For the daemon's stats.
+pub fn subscriber_lagged_total() -> u64 {
+    SUBSCRIBER_LAGGED.load(Ordering::Relaxed)
+}
+
+static SUBSCRIBER_LAGGED: AtomicU64 = AtomicU64::new(0);
+
+/// Serves the API on the Unix socket `socket` until `shutdown` completes.
+///
+/// Creates the socket's parent directory (mode 0755) if missing. A stale socket file (nobody
+/// accepting) is replaced; a live one makes this fail with [`RpcError::SocketInUse`], and a
+/// non-socket file with [`RpcError::NotASocket`]. The socket is chmod'ed to `mode` (e.g.
+/// 0o666 so every user can register sessions; the per-call checks do the authorization) and
+/// removed again on shutdown.
+pub async fn serve(
+    socket: &Path,
+    mode: u32,
+    api: Arc<dyn DaemonApi>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RpcError> {
+    prepare_socket_path(socket).await?;
+    let io = |action, source| RpcError::Io {
+        action,
+        path: socket.to_owned(),
+        source,
+    };
+    let listener = UnixListener::bind(socket).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", e))?;
+    let bound = std::fs::symlink_metadata(socket).map_err(|e| io("stat", e))?;
+    tracing::info!(socket = %socket.display(), mode = format_args!("{mode:o}"), "API listening");
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RpcError::Reflection(e.to_string()))?;
+    let result = tonic::transport::Server::builder()
+        .add_service(pb::daemon_server::DaemonServer::new(DaemonService { api }))
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+
+    // Remove the socket only if it is still the one we bound.
+    if let Ok(now) = std::fs::symlink_metadata(socket)
+        && (now.dev(), now.ino()) == (bound.dev(), bound.ino())
+        && let Err(e) = std::fs::remove_file(socket)
+    {
+        tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket");
+    }
+    result.map_err(RpcError::from)
+}
+
+async fn prepare_socket_path(socket: &Path) -> Result<(), RpcError> {
+    let io = |action, path: &Path, source| RpcError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| io("create directory", parent, e))?;
+    }
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("stat", socket, e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(RpcError::NotASocket {
+            socket: socket.to_owned(),
+        });
+    }
+    match tokio::net::UnixStream::connect(socket).await {
+        Ok(_) => Err(RpcError::SocketInUse {
+            socket: socket.to_owned(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %socket.display(), "removing stale socket");
+            std::fs::remove_file(socket).map_err(|e| io("remove stale socket", socket, e))
+        }
+        Err(e) => Err(io("probe existing socket", socket, e)),
+    }
+}
+
+/// The caller of a request, from the connection's peer credentials.
+fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
+    let cred = req
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .ok_or_else(|| Status::unauthenticated("no peer credentials on this connection"))?;
+    // pid 0: the caller is in a pid namespace where the daemon cannot name it.
+    let pid = cred
+        .pid()
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Status::unauthenticated("the caller's pid is not visible to the daemon"))?;
+    Ok(Caller {
+        pid,
+        uid: cred.uid(),
+        gid: cred.gid(),
+    })
+}
+
+struct DaemonService {
+    api: Arc<dyn DaemonApi>,
+}
+
+impl DaemonService {
+    fn admin<T>(&self, req: &Request<T>, what: &str) -> Result<Caller, Status> {
+        let caller = caller(req)?;
+        if self.api.is_admin(&caller) {
+            Ok(caller)
+        } else {
+            tracing::info!(
+                pid = caller.pid,
+                uid = caller.uid,
+                call = what,
+                "permission denied"
+            );
+            Err(Status::permission_denied(format!(
+                "{what} needs root or membership in confgate's admin group (uid {} is neither)",
+                caller.uid
+            )))
+        }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::EventRecord, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::daemon_server::Daemon for DaemonService {
+    async fn register_session(
+        &self,
+        request: Request<pb::RegisterSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        validate_agent(&r.agent).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_reason(&r.reason).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reason = (!r.reason.is_empty()).then_some(r.reason);
+        tracing::debug!(pid = caller.pid, uid = caller.uid, agent = %r.agent, "RegisterSession");
+        let info = self
+            .api
+            .register_session(caller, r.agent, reason, r.command, r.cwd)
+            .await?;
+        Ok(Response::new(pb::SessionInfo::from(&info)))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        self.admin(&request, "ListSessions")?;
+        let sessions = self.api.sessions(request.get_ref().include_ended);
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions.iter().map(pb::SessionInfo::from).collect(),
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::Stats>, Status> {
+        self.admin(&request, "GetStats")?;
+        let counters = self
+            .api
+            .stats()
+            .into_iter()
+            .map(|(name, value)| pb::Counter { name, value })
+            .collect();
+        Ok(Response::new(pb::Stats { counters }))
+    }
+
+    type SubscribeEventsStream = EventStream;
+
+    async fn subscribe_events(
+        &self,
+        request: Request<pb::SubscribeEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = self.admin(&request, "SubscribeEvents")?;
+        tracing::debug!(
+            pid = caller.pid,
+            uid = caller.uid,
+            "event subscriber connected"
+        );
+        Ok(Response::new(Box::pin(event_stream(
+            self.api.subscribe(),
+            caller,
+        ))))
+    }
+}
+
+/// The broadcast receiver as a gRPC stream. A lagging subscriber loses the oldest events: the
+/// gap is counted and logged, nothing is sent in its place, and streaming goes on.
+fn event_stream(
+    rx: broadcast::Receiver<Arc<str>>,
+    caller: Caller,
+) -> impl Stream<Item = Result<pb::EventRecord, Status>> + Send + 'static {
+    BroadcastStream::new(rx).filter_map(move |item| match item {
+        Ok(line) => Some(Ok(pb::EventRecord {
+            json: line.to_string(),
+        })),
+        Err(BroadcastStreamRecvError::Lagged(skipped)) => {
+            SUBSCRIBER_LAGGED.fetch_add(skipped, Ordering::Relaxed);
+            tracing::warn!(
+                pid = caller.pid,
+                uid = caller.uid,
+                skipped,
+                "event subscriber too slow; events skipped"
+            );
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::testing::{FakeDaemon, TestServer};
+    use crate::rpc::{client, pb};
+    use tonic::Code;
+
+    fn register_req(agent: &str) -> pb::RegisterSessionRequest {
+        pb::RegisterSessionRequest {
+            agent: agent.into(),
+            reason: "testing".into(),
+            command: vec!["agent".into(), "--flag".into()],
+            cwd: "/work".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn register_uses_the_kernel_pid_and_refuses_relabeling() {
+        let fake = FakeDaemon::new(true);
+        let server = TestServer::start(fake.clone()).await;
+        let mut c = client::connect(&server.socket).await.unwrap();
+
+        let s = c
+            .register_session(register_req("claude-code"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.root_pid, std::process::id());
+        assert_eq!(s.uid, nix::unistd::geteuid().as_raw());
+        assert_eq!(
+            (s.agent.as_str(), s.reason.as_str(), s.source.as_str()),
+            ("claude-code", "testing", "wrapper")
+        );
+        let calls = fake.registered();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].caller.pid, std::process::id());
+        assert_eq!(calls[0].caller.gid, nix::unistd::getegid().as_raw());
+        assert_eq!(calls[0].command, ["agent", "--flag"]);
+
+        // Same process again: the (fake) daemon refuses, mapped to ALREADY_EXISTS.
+        let err = c
+            .register_session(register_req("innocent-tool"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn register_validates_input_before_the_daemon_sees_it() {
+        let fake = FakeDaemon::new(true);
+        let server = TestServer::start(fake.clone()).await;
+        let mut c = client::connect(&server.socket).await.unwrap();
+        let err = c
+            .register_session(register_req("evil\u{1b}[2J"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let mut req = register_req("ok");
+        req.reason = "line\nbreak".into();
+        assert_eq!(
+            c.register_session(req).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert!(fake.registered().is_empty());
+        // Empty reason means none.
+        let mut req = register_req("ok");
+        req.reason.clear();
+        c.register_session(req).await.unwrap();
+        assert_eq!(fake.registered()[0].reason, None);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn non_admin_is_denied_the_admin_calls_but_may_register() {
+        let fake = FakeDaemon::new(false);
+        let server = TestServer::start(fake.clone()).await;
+        let mut c = client::connect(&server.socket).await.unwrap();
+        let denied = |r: Result<_, Status>| match r {
+            Err(s) => s.code(),
+            Ok(_) => Code::Ok,
+        };
+        assert_eq!(
+            denied(
+                c.list_sessions(pb::ListSessionsRequest {
+                    include_ended: true
+                })
+                .await
+                .map(|_| ())
+            ),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            denied(c.get_stats(pb::GetStatsRequest {}).await.map(|_| ())),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            denied(
+                c.subscribe_events(pb::SubscribeEventsRequest {})
+                    .await
+                    .map(|_| ())
+            ),
+            Code::PermissionDenied
+        );
+        c.register_session(register_req("codex")).await.unwrap();
+
+        fake.set_admin(true);
+        let list = c
+            .list_sessions(pb::ListSessionsRequest {
+                include_ended: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(list.sessions.len(), 1);
+        assert_eq!(list.sessions[0].agent, "codex");
+        let stats = c
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stats.counters[0].name, "sessions");
+        assert_eq!(stats.counters[0].value, 1);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn subscribe_streams_lines_and_survives_lag() {
+        let fake = FakeDaemon::with_event_capacity(true, 4);
+        let server = TestServer::start(fake.clone()).await;
+        let mut c = client::connect(&server.socket).await.unwrap();
+        let mut stream = c
+            .subscribe_events(pb::SubscribeEventsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+
+        // The handler subscribed before answering, so these are all delivered.
+        for i in 0..3 {
+            fake.publish(&format!("{{\"n\":{i}}}"));
+        }
+        for i in 0..3 {
+            let rec = stream.message().await.unwrap().unwrap();
+            assert_eq!(rec.json, format!("{{\"n\":{i}}}"));
+        }
+
+        // Overrun the 4-slot channel while nothing reads (current-thread runtime: the server
+        // task cannot run in between): the oldest 6 are skipped and counted, the rest arrive.
+        let lagged_before = subscriber_lagged_total();
+        for i in 100..110 {
+            fake.publish(&format!("{{\"n\":{i}}}"));
+        }
+        for i in 106..110 {
+            let rec = stream.message().await.unwrap().unwrap();
+            assert_eq!(rec.json, format!("{{\"n\":{i}}}"));
+        }
+        assert!(subscriber_lagged_total() >= lagged_before + 6);
+        fake.publish("{\"n\":\"after\"}");
+        assert_eq!(
+            stream.message().await.unwrap().unwrap().json,
+            "{\"n\":\"after\"}"
+        );
+        drop(stream);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn serve_replaces_stale_socket_and_refuses_live_or_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/confgate.sock");
+
+        // A stale socket (bound, then its listener dropped) is replaced.
+        std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        let server = TestServer::start_at(FakeDaemon::new(true), socket.clone(), 0o660).await;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        client::connect(&socket).await.unwrap();
+
+        // While it runs, a second server must not steal the path.
+        let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let second = serve(&socket, 0o600, FakeDaemon::new(true), async {
+            let _ = rx.await;
+        })
+        .await;
+        assert!(
+            matches!(second, Err(RpcError::SocketInUse { .. })),
+            "{second:?}"
+        );
+        server.stop().await;
+        assert!(!socket.exists(), "socket removed on shutdown");
+
+        // A regular file in the way is never deleted.
+        std::fs::write(&socket, b"precious").unwrap();
+        let r = serve(&socket, 0o600, FakeDaemon::new(true), async {}).await;
+        assert!(matches!(r, Err(RpcError::NotASocket { .. })), "{r:?}");
+        assert_eq!(std::fs::read(&socket).unwrap(), b"precious");
+    }
+
+    #[tokio::test]
+    async fn connect_to_missing_socket_says_daemon_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("confgate.sock");
+        let err = client::connect(&socket).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("is `confgate daemon` running? socket "),
+            "{msg}"
+        );
+        assert!(msg.contains("No such file"), "{msg}");
+    }
+
+    #[test]
+    fn api_errors_map_to_grpc_codes() {
+        let code = |e: ApiError| Status::from(e).code();
+        assert_eq!(
+            code(ApiError::InvalidArgument("x".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(ApiError::AlreadyInSession { pid: 1, session: 2 }),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(ApiError::PermissionDenied("x".into())),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(ApiError::FailedPrecondition("x".into())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(ApiError::Unavailable("x".into())), Code::Unavailable);
+        assert_eq!(code(ApiError::Internal("x".into())), Code::Internal);
+        assert_eq!(
+            code(SessionError::Invalid("bad".into()).into()),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(SessionError::NotFound(3).into()), Code::Internal);
+    }
+}
