@@ -79,7 +79,7 @@ impl DaemonApi for Shared {
     ) -> Result<SessionInfo, ApiError> {
         let current = lock(&self.kernel).session_of(caller.pid);
         if current != 0 {
-            return Err(ApiError::AlreadyInSession(current));
+            return Err(ApiError::AlreadyInSession { pid: caller.pid, session: current });
         }
         let info = self
             .registry
@@ -100,6 +100,7 @@ impl DaemonApi for Shared {
     fn stats(&self) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> =
             lock(&self.kernel).counters().into_iter().map(|(n, v)| (format!("kernel_{n}"), v)).collect();
+        self.metrics.subscriber_lag.store(crate::rpc::server::subscriber_lagged_total(), Ordering::Relaxed);
         out.extend(self.metrics.snapshot().into_iter().map(|(n, v)| (n.to_string(), v)));
         out
     }
@@ -254,7 +255,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         crate::rpc::server::serve(&socket, mode, api, shutdown).await
     });
 
-    let mut rb = AsyncFd::new(ringbuf).context("polling the ring buffer")?;
+    // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both
+    // are dropped together at the end of this function.
+    let mut rb = unsafe { AsyncFd::register(ringbuf) }.map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = cfg.output.stats_interval_secs;
@@ -277,7 +280,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             guard = rb.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll")?;
                 let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
+                while let Some(item) = aya::maps::RingBuf::next(ring) {
                     let decoded = decode(&item);
                     drop(item);
                     match decoded {

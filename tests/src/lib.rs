@@ -92,14 +92,16 @@ impl Daemon {
         let paths: Vec<String> = paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
         let config = root.join("config.toml");
         let toml = format!(
-            "[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
+            "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
              [kernel]\npath_filter = {pf}\nringbuf_bytes = 4194304\n\n[watch]\npaths = [{paths}]\nproject_roots = []\n\n[correlation]\nwindow_ms = 150\n\n{extra}\n",
             socket = socket.display().to_string(),
             state = root.join("state").display().to_string(),
             events = events_file.display().to_string(),
             pf = opts.path_filter,
             paths = paths.join(", "),
-            extra = if opts.extra_toml.is_empty() { "detect = []".to_string() } else { opts.extra_toml },
+            // Without test rules, no detection at all (top-level keys precede the tables).
+            top = if opts.extra_toml.is_empty() { "detect = []\n" } else { "" },
+            extra = opts.extra_toml,
         );
         std::fs::write(&config, toml).expect("write config");
         let logf = std::fs::File::create(&log).expect("log file");

@@ -1,1 +1,27 @@
-fn main() {}
+//! Developer automation for confgate: `cargo xtask bench`.
+mod bench;
+mod worker;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Measure the daemon's cost against a no-daemon baseline in the same run (root).
+    Bench(bench::Args),
+    /// The benchmark workload (internal; run by `bench`).
+    Worker(worker::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Worker(a) => worker::run(a),
+    }
+}
