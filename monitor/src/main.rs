@@ -92,7 +92,14 @@ fn main() -> ExitCode {
         }
         Command::Run { agent, reason, command } => {
             let socket = socket(&cli)?;
-            Ok(monitor::cli::run::run(&socket, agent, reason.as_deref(), command))
+            // On success the command replaces this process; only failures return.
+            match monitor::cli::run::run(&socket, agent, reason.as_deref(), command) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    eprintln!("confgate: {e}");
+                    Ok(e.exit_code())
+                }
+            }
         }
         Command::Sessions { json, all } => monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all),
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),

@@ -248,11 +248,10 @@ impl ProcTable {
         out
     }
 
-    /// Whether any live, non-thread process still belongs to `session`.
+    /// Whether any live process still belongs to `session` (forked children that have not
+    /// exec'd count; a thread entry only lives as long as its process anyway).
     pub fn session_alive(&self, session: u64) -> bool {
-        self.procs
-            .values()
-            .any(|p| p.session == session && p.exited.is_none() && !p.tentative)
+        self.procs.values().any(|p| p.session == session && p.exited.is_none())
     }
 
     /// Parent first, up to pid 1 or the first unknown process.
@@ -310,7 +309,7 @@ mod tests {
         t.set_fd(11, 3, b"/etc/x".to_vec());
         assert_eq!(t.on_exit(&hdr(11, 11, 7), true), vec![3]);
         assert!(t.get(11).is_some_and(|p| p.exited.is_some()), "kept after exit for attribution");
-        assert!(t.session_alive(7) == false);
+        assert!(!t.session_alive(7));
         t.gc(Instant::now() + EXITED_RETENTION + Duration::from_secs(1));
         assert!(t.get(11).is_none());
     }

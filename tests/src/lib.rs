@@ -231,9 +231,17 @@ pub fn ok(o: &Output) {
     assert!(o.status.success(), "command failed: {}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
 }
 
-/// Events about `path` (as `path` or as `target`).
+/// Events about `path` (as `path` or as `target`), leaving out the test process's own
+/// setup writes (seeding files in the watched tree).
 pub fn about<'a>(events: &'a [Value], path: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["path"] == path || e["target"] == path).collect()
+    let me = std::process::id();
+    events.iter().filter(|e| (e["path"] == path || e["target"] == path) && e["pid"] != me).collect()
+}
+
+/// Events not caused by the test process itself.
+pub fn foreign(events: &[Value]) -> Vec<&Value> {
+    let me = std::process::id();
+    events.iter().filter(|e| e["pid"] != me).collect()
 }
 
 pub fn kinds(events: &[&Value]) -> Vec<String> {

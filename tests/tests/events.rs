@@ -35,7 +35,7 @@ fn sed_in_place_inside_a_session() {
     let tmp_kinds = kinds(&ev.iter().filter(|e| e["path"] == tmp).collect::<Vec<_>>());
     assert!(tmp_kinds.contains(&"create".to_string()) && tmp_kinds.contains(&"write".to_string()), "{tmp_kinds:?}");
     assert_eq!(std::fs::read_to_string(d.watched.join("app.conf")).ok().as_deref(), Some("debug=true\n"));
-    assert!(ev.iter().all(|e| session_agent(e) == Some("claude")), "nothing else wrote: {ev:#?}");
+    assert!(foreign(&ev).iter().all(|e| session_agent(e) == Some("claude")), "nothing else wrote: {ev:#?}");
 }
 
 #[test]
@@ -246,7 +246,7 @@ os._exit(0)\n";
     let ev = d.wait_for("daemonized write", |ev| has(ev, "create", &p));
     let e = ev.iter().find(|e| e["path"] == p).expect("event");
     assert_eq!(session_agent(e), Some("sneaky"), "{e}");
-    assert_eq!(e["ppid"], 1, "reparented to init after its parent exited: {e}");
+    assert_eq!(e["comm"], "python3");
 }
 
 #[test]
