@@ -5,9 +5,15 @@ use std::path::Path;
 fn main() -> aya_build::Result<()> {
     let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
     let root = Path::new(&manifest).join("../monitor-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "monitor-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "monitor-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

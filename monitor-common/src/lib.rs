@@ -95,8 +95,8 @@ impl SysOp {
         const ALL: [SysOp; 33] = [
             Open, Openat, Openat2, Creat, Write, Pwrite64, Writev, Pwritev, Pwritev2, Rename,
             Renameat, Renameat2, Unlink, Unlinkat, Rmdir, Truncate, Ftruncate, Chmod, Fchmod,
-            Fchmodat, Fchmodat2, Chown, Lchown, Fchown, Fchownat, Link, Linkat, Symlink,
-            Symlinkat, Mkdir, Mkdirat, Chdir, Fchdir,
+            Fchmodat, Fchmodat2, Chown, Lchown, Fchown, Fchownat, Link, Linkat, Symlink, Symlinkat,
+            Mkdir, Mkdirat, Chdir, Fchdir,
         ];
         if v >= 1 && v as usize <= ALL.len() {
             Some(ALL[v as usize - 1])

@@ -26,10 +26,10 @@ use aya_ebpf::{
 };
 use monitor_common::{
     ARG_LEN, ARGV_SLOTS, AT_FDCWD, COUNTER_SLOTS, Counter, EXEC_FILENAME_OFFSET,
-    EXIT_FLAG_GROUP_DEAD, EventHeader, EventKind, ExecArgsEvent, ExecEvent, ExitEvent,
-    FdKey, FdState, ForkEvent, KernelConfig, NO_FD, PATH_MAX, PREFIX_DIR, PREFIX_EXACT,
-    PREFIX_KEY_LEN, Pending, PrefixValue, SYSCALL_PATH1_OFFSET, SYSCALL_PATH2_OFFSET, SysOp,
-    SyscallEvent, SyscallExitEvent, WriteEvent,
+    EXIT_FLAG_GROUP_DEAD, EventHeader, EventKind, ExecArgsEvent, ExecEvent, ExitEvent, FdKey,
+    FdState, ForkEvent, KernelConfig, NO_FD, PATH_MAX, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN,
+    Pending, PrefixValue, SYSCALL_PATH1_OFFSET, SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent,
+    SyscallExitEvent, WriteEvent,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -148,7 +148,11 @@ fn watched(len_field: &mut u32) -> bool {
     if unsafe { *data } != b'/' {
         return false;
     }
-    let key_bytes = if (len as usize) < PREFIX_KEY_LEN { len } else { PREFIX_KEY_LEN as u32 };
+    let key_bytes = if (len as usize) < PREFIX_KEY_LEN {
+        len
+    } else {
+        PREFIX_KEY_LEN as u32
+    };
     *len_field = key_bytes * 8;
     let key = unsafe { &*(len_field as *const u32 as *const Key<[u8; PREFIX_KEY_LEN]>) };
     let hit = match PREFIXES.get(key) {
@@ -206,7 +210,11 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
         return Ok(());
     }
 
-    let mut flags: u32 = if s.flags >= 0 { arg(ctx, s.flags as usize) as u32 } else { 0 };
+    let mut flags: u32 = if s.flags >= 0 {
+        arg(ctx, s.flags as usize) as u32
+    } else {
+        0
+    };
     match s.op {
         SysOp::Openat2 => {
             // struct open_how { u64 flags; u64 mode; u64 resolve; }
@@ -221,7 +229,11 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
     }
 
     let session_id = session_of(tgid);
-    let fd: i32 = if s.fd >= 0 { arg(ctx, s.fd as usize) as i32 } else { NO_FD };
+    let fd: i32 = if s.fd >= 0 {
+        arg(ctx, s.fd as usize) as i32
+    } else {
+        NO_FD
+    };
     if session_id == 0 {
         if s.op == SysOp::Chdir || s.op == SysOp::Fchdir {
             // The working directory only matters for resolving session paths.
@@ -229,7 +241,10 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
         }
         if s.fd >= 0 {
             // fd-based op outside a session: only on descriptors we already track.
-            let key = FdKey { tgid, fd: fd as u32 };
+            let key = FdKey {
+                tgid,
+                fd: fd as u32,
+            };
             if unsafe { TRACKED_FDS.get(&key) }.is_none() {
                 return Ok(());
             }
@@ -241,15 +256,51 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
     let ev = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0).ok_or(())? };
     ev.op = s.op as u32;
     ev.flags = flags;
-    ev.dfd1 = if s.dfd1 >= 0 { arg(ctx, s.dfd1 as usize) as i32 } else if s.path1 >= 0 { AT_FDCWD } else { NO_FD };
-    ev.dfd2 = if s.dfd2 >= 0 { arg(ctx, s.dfd2 as usize) as i32 } else if s.path2 >= 0 { AT_FDCWD } else { NO_FD };
+    ev.dfd1 = if s.dfd1 >= 0 {
+        arg(ctx, s.dfd1 as usize) as i32
+    } else if s.path1 >= 0 {
+        AT_FDCWD
+    } else {
+        NO_FD
+    };
+    ev.dfd2 = if s.dfd2 >= 0 {
+        arg(ctx, s.dfd2 as usize) as i32
+    } else if s.path2 >= 0 {
+        AT_FDCWD
+    } else {
+        NO_FD
+    };
     ev.fd = fd;
-    ev.mode = if s.mode >= 0 { arg(ctx, s.mode as usize) as u32 } else { 0 };
-    ev.arg_uid = if s.uid >= 0 { arg(ctx, s.uid as usize) as u32 } else { u32::MAX };
-    ev.arg_gid = if s.gid >= 0 { arg(ctx, s.gid as usize) as u32 } else { u32::MAX };
-    ev.length = if s.length >= 0 { arg(ctx, s.length as usize) } else { 0 };
-    ev.path1_len = if s.path1 >= 0 { read_user_path(arg(ctx, s.path1 as usize), &mut ev.path1) } else { 0 };
-    ev.path2_len = if s.path2 >= 0 { read_user_path(arg(ctx, s.path2 as usize), &mut ev.path2) } else { 0 };
+    ev.mode = if s.mode >= 0 {
+        arg(ctx, s.mode as usize) as u32
+    } else {
+        0
+    };
+    ev.arg_uid = if s.uid >= 0 {
+        arg(ctx, s.uid as usize) as u32
+    } else {
+        u32::MAX
+    };
+    ev.arg_gid = if s.gid >= 0 {
+        arg(ctx, s.gid as usize) as u32
+    } else {
+        u32::MAX
+    };
+    ev.length = if s.length >= 0 {
+        arg(ctx, s.length as usize)
+    } else {
+        0
+    };
+    ev.path1_len = if s.path1 >= 0 {
+        read_user_path(arg(ctx, s.path1 as usize), &mut ev.path1)
+    } else {
+        0
+    };
+    ev.path2_len = if s.path2 >= 0 {
+        read_user_path(arg(ctx, s.path2 as usize), &mut ev.path2)
+    } else {
+        0
+    };
 
     if session_id == 0 && s.fd < 0 {
         let hit1 = s.match1 && watched(&mut ev.path1_len);
@@ -265,13 +316,17 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
     } else {
         SYSCALL_PATH1_OFFSET + (ev.path1_len as usize & (PATH_MAX - 1))
     };
-    let bytes = unsafe { core::slice::from_raw_parts((ev as *const SyscallEvent).cast::<u8>(), size) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts((ev as *const SyscallEvent).cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count(Counter::RingbufDrops);
         return Ok(());
     }
     count(Counter::EventsEmitted);
-    let pending = Pending { op: s.op as u32, track_fd: s.is_open as u32 };
+    let pending = Pending {
+        op: s.op as u32,
+        track_fd: s.is_open as u32,
+    };
     if PENDING.insert(&tid, &pending, 0).is_err() {
         count(Counter::PendingMapFull);
     }
@@ -289,7 +344,10 @@ fn on_exit(ctx: &TracePointContext, op: SysOp, is_open: bool) {
         None => {
             if is_open && ret >= 0 {
                 // An unreported open reused this fd number: it is no longer the tracked file.
-                let _ = TRACKED_FDS.remove(&FdKey { tgid, fd: ret as u32 });
+                let _ = TRACKED_FDS.remove(&FdKey {
+                    tgid,
+                    fd: ret as u32,
+                });
             }
             return;
         }
@@ -300,8 +358,21 @@ fn on_exit(ctx: &TracePointContext, op: SysOp, is_open: bool) {
         return;
     }
     if pending.track_fd != 0 && ret >= 0 {
-        let key = FdKey { tgid, fd: ret as u32 };
-        if TRACKED_FDS.insert(&key, &FdState { written: 0, _pad: 0 }, 0).is_err() {
+        let key = FdKey {
+            tgid,
+            fd: ret as u32,
+        };
+        if TRACKED_FDS
+            .insert(
+                &key,
+                &FdState {
+                    written: 0,
+                    _pad: 0,
+                },
+                0,
+            )
+            .is_err()
+        {
             count(Counter::FdMapFull);
         }
     }
@@ -309,7 +380,12 @@ fn on_exit(ctx: &TracePointContext, op: SysOp, is_open: bool) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
             unsafe {
-                fill_header(&mut (*ev).header, EventKind::SyscallExit, pid_tgid, session_of(tgid));
+                fill_header(
+                    &mut (*ev).header,
+                    EventKind::SyscallExit,
+                    pid_tgid,
+                    session_of(tgid),
+                );
                 (*ev).op = op as u32;
                 (*ev)._pad = 0;
                 (*ev).ret = ret;
@@ -341,7 +417,12 @@ fn on_write(ctx: &TracePointContext, op: SysOp) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
             unsafe {
-                fill_header(&mut (*ev).header, EventKind::Write, pid_tgid, session_of(tgid));
+                fill_header(
+                    &mut (*ev).header,
+                    EventKind::Write,
+                    pid_tgid,
+                    session_of(tgid),
+                );
                 (*ev).op = op as u32;
                 (*ev).fd = fd as i32;
                 // write/pwrite64: count is arg 2; writev family: iovec count (vlen).
@@ -386,10 +467,45 @@ macro_rules! write_hook {
 }
 
 // ---- opens -------------------------------------------------------------------------
-enter!(sys_enter_open, Spec { path1: 0, flags: 1, mode: 2, is_open: true, ..spec(SysOp::Open) });
-enter!(sys_enter_openat, Spec { dfd1: 0, path1: 1, flags: 2, mode: 3, is_open: true, ..spec(SysOp::Openat) });
-enter!(sys_enter_openat2, Spec { dfd1: 0, path1: 1, is_open: true, ..spec(SysOp::Openat2) });
-enter!(sys_enter_creat, Spec { path1: 0, mode: 1, is_open: true, ..spec(SysOp::Creat) });
+enter!(
+    sys_enter_open,
+    Spec {
+        path1: 0,
+        flags: 1,
+        mode: 2,
+        is_open: true,
+        ..spec(SysOp::Open)
+    }
+);
+enter!(
+    sys_enter_openat,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        flags: 2,
+        mode: 3,
+        is_open: true,
+        ..spec(SysOp::Openat)
+    }
+);
+enter!(
+    sys_enter_openat2,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        is_open: true,
+        ..spec(SysOp::Openat2)
+    }
+);
+enter!(
+    sys_enter_creat,
+    Spec {
+        path1: 0,
+        mode: 1,
+        is_open: true,
+        ..spec(SysOp::Creat)
+    }
+);
 exit!(sys_exit_open, SysOp::Open, true);
 exit!(sys_exit_openat, SysOp::Openat, true);
 exit!(sys_exit_openat2, SysOp::Openat2, true);
@@ -411,18 +527,113 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 }
 
 // ---- namespace changes --------------------------------------------------------------
-enter!(sys_enter_rename, Spec { path1: 0, path2: 1, ..spec(SysOp::Rename) });
-enter!(sys_enter_renameat, Spec { dfd1: 0, path1: 1, dfd2: 2, path2: 3, ..spec(SysOp::Renameat) });
-enter!(sys_enter_renameat2, Spec { dfd1: 0, path1: 1, dfd2: 2, path2: 3, flags: 4, ..spec(SysOp::Renameat2) });
-enter!(sys_enter_unlink, Spec { path1: 0, ..spec(SysOp::Unlink) });
-enter!(sys_enter_unlinkat, Spec { dfd1: 0, path1: 1, flags: 2, ..spec(SysOp::Unlinkat) });
-enter!(sys_enter_rmdir, Spec { path1: 0, ..spec(SysOp::Rmdir) });
-enter!(sys_enter_link, Spec { path1: 0, path2: 1, ..spec(SysOp::Link) });
-enter!(sys_enter_linkat, Spec { dfd1: 0, path1: 1, dfd2: 2, path2: 3, flags: 4, ..spec(SysOp::Linkat) });
-enter!(sys_enter_symlink, Spec { path1: 0, path2: 1, match1: false, ..spec(SysOp::Symlink) });
-enter!(sys_enter_symlinkat, Spec { path1: 0, dfd2: 1, path2: 2, match1: false, ..spec(SysOp::Symlinkat) });
-enter!(sys_enter_mkdir, Spec { path1: 0, mode: 1, ..spec(SysOp::Mkdir) });
-enter!(sys_enter_mkdirat, Spec { dfd1: 0, path1: 1, mode: 2, ..spec(SysOp::Mkdirat) });
+enter!(
+    sys_enter_rename,
+    Spec {
+        path1: 0,
+        path2: 1,
+        ..spec(SysOp::Rename)
+    }
+);
+enter!(
+    sys_enter_renameat,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        dfd2: 2,
+        path2: 3,
+        ..spec(SysOp::Renameat)
+    }
+);
+enter!(
+    sys_enter_renameat2,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        dfd2: 2,
+        path2: 3,
+        flags: 4,
+        ..spec(SysOp::Renameat2)
+    }
+);
+enter!(
+    sys_enter_unlink,
+    Spec {
+        path1: 0,
+        ..spec(SysOp::Unlink)
+    }
+);
+enter!(
+    sys_enter_unlinkat,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        flags: 2,
+        ..spec(SysOp::Unlinkat)
+    }
+);
+enter!(
+    sys_enter_rmdir,
+    Spec {
+        path1: 0,
+        ..spec(SysOp::Rmdir)
+    }
+);
+enter!(
+    sys_enter_link,
+    Spec {
+        path1: 0,
+        path2: 1,
+        ..spec(SysOp::Link)
+    }
+);
+enter!(
+    sys_enter_linkat,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        dfd2: 2,
+        path2: 3,
+        flags: 4,
+        ..spec(SysOp::Linkat)
+    }
+);
+enter!(
+    sys_enter_symlink,
+    Spec {
+        path1: 0,
+        path2: 1,
+        match1: false,
+        ..spec(SysOp::Symlink)
+    }
+);
+enter!(
+    sys_enter_symlinkat,
+    Spec {
+        path1: 0,
+        dfd2: 1,
+        path2: 2,
+        match1: false,
+        ..spec(SysOp::Symlinkat)
+    }
+);
+enter!(
+    sys_enter_mkdir,
+    Spec {
+        path1: 0,
+        mode: 1,
+        ..spec(SysOp::Mkdir)
+    }
+);
+enter!(
+    sys_enter_mkdirat,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        mode: 2,
+        ..spec(SysOp::Mkdirat)
+    }
+);
 exit!(sys_exit_rename, SysOp::Rename, false);
 exit!(sys_exit_renameat, SysOp::Renameat, false);
 exit!(sys_exit_renameat2, SysOp::Renameat2, false);
@@ -437,16 +648,95 @@ exit!(sys_exit_mkdir, SysOp::Mkdir, false);
 exit!(sys_exit_mkdirat, SysOp::Mkdirat, false);
 
 // ---- content and metadata -----------------------------------------------------------
-enter!(sys_enter_truncate, Spec { path1: 0, length: 1, ..spec(SysOp::Truncate) });
-enter!(sys_enter_ftruncate, Spec { fd: 0, length: 1, ..spec(SysOp::Ftruncate) });
-enter!(sys_enter_chmod, Spec { path1: 0, mode: 1, ..spec(SysOp::Chmod) });
-enter!(sys_enter_fchmod, Spec { fd: 0, mode: 1, ..spec(SysOp::Fchmod) });
-enter!(sys_enter_fchmodat, Spec { dfd1: 0, path1: 1, mode: 2, ..spec(SysOp::Fchmodat) });
-enter!(sys_enter_fchmodat2, Spec { dfd1: 0, path1: 1, mode: 2, flags: 3, ..spec(SysOp::Fchmodat2) });
-enter!(sys_enter_chown, Spec { path1: 0, uid: 1, gid: 2, ..spec(SysOp::Chown) });
-enter!(sys_enter_lchown, Spec { path1: 0, uid: 1, gid: 2, ..spec(SysOp::Lchown) });
-enter!(sys_enter_fchown, Spec { fd: 0, uid: 1, gid: 2, ..spec(SysOp::Fchown) });
-enter!(sys_enter_fchownat, Spec { dfd1: 0, path1: 1, uid: 2, gid: 3, flags: 4, ..spec(SysOp::Fchownat) });
+enter!(
+    sys_enter_truncate,
+    Spec {
+        path1: 0,
+        length: 1,
+        ..spec(SysOp::Truncate)
+    }
+);
+enter!(
+    sys_enter_ftruncate,
+    Spec {
+        fd: 0,
+        length: 1,
+        ..spec(SysOp::Ftruncate)
+    }
+);
+enter!(
+    sys_enter_chmod,
+    Spec {
+        path1: 0,
+        mode: 1,
+        ..spec(SysOp::Chmod)
+    }
+);
+enter!(
+    sys_enter_fchmod,
+    Spec {
+        fd: 0,
+        mode: 1,
+        ..spec(SysOp::Fchmod)
+    }
+);
+enter!(
+    sys_enter_fchmodat,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        mode: 2,
+        ..spec(SysOp::Fchmodat)
+    }
+);
+enter!(
+    sys_enter_fchmodat2,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        mode: 2,
+        flags: 3,
+        ..spec(SysOp::Fchmodat2)
+    }
+);
+enter!(
+    sys_enter_chown,
+    Spec {
+        path1: 0,
+        uid: 1,
+        gid: 2,
+        ..spec(SysOp::Chown)
+    }
+);
+enter!(
+    sys_enter_lchown,
+    Spec {
+        path1: 0,
+        uid: 1,
+        gid: 2,
+        ..spec(SysOp::Lchown)
+    }
+);
+enter!(
+    sys_enter_fchown,
+    Spec {
+        fd: 0,
+        uid: 1,
+        gid: 2,
+        ..spec(SysOp::Fchown)
+    }
+);
+enter!(
+    sys_enter_fchownat,
+    Spec {
+        dfd1: 0,
+        path1: 1,
+        uid: 2,
+        gid: 3,
+        flags: 4,
+        ..spec(SysOp::Fchownat)
+    }
+);
 exit!(sys_exit_truncate, SysOp::Truncate, false);
 exit!(sys_exit_ftruncate, SysOp::Ftruncate, false);
 exit!(sys_exit_chmod, SysOp::Chmod, false);
@@ -459,8 +749,20 @@ exit!(sys_exit_fchown, SysOp::Fchown, false);
 exit!(sys_exit_fchownat, SysOp::Fchownat, false);
 
 // ---- working directory of session processes ------------------------------------------
-enter!(sys_enter_chdir, Spec { path1: 0, ..spec(SysOp::Chdir) });
-enter!(sys_enter_fchdir, Spec { fd: 0, ..spec(SysOp::Fchdir) });
+enter!(
+    sys_enter_chdir,
+    Spec {
+        path1: 0,
+        ..spec(SysOp::Chdir)
+    }
+);
+enter!(
+    sys_enter_fchdir,
+    Spec {
+        fd: 0,
+        ..spec(SysOp::Fchdir)
+    }
+);
 exit!(sys_exit_chdir, SysOp::Chdir, false);
 exit!(sys_exit_fchdir, SysOp::Fchdir, false);
 
@@ -516,10 +818,13 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), ()> {
     // __data_loc char[] filename at offset 8: low 16 bits offset, high 16 bits length.
     let loc = unsafe { ctx.read_at::<u32>(8) }.map_err(|_| ())?;
     let src = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const _;
-    let n = unsafe {
-        bpf_probe_read_kernel_str(ev.filename.as_mut_ptr().cast(), PATH_MAX as u32, src)
+    let n =
+        unsafe { bpf_probe_read_kernel_str(ev.filename.as_mut_ptr().cast(), PATH_MAX as u32, src) };
+    ev.filename_len = if n > 0 {
+        ((n - 1) as u32) & (PATH_MAX as u32 - 1)
+    } else {
+        0
     };
-    ev.filename_len = if n > 0 { ((n - 1) as u32) & (PATH_MAX as u32 - 1) } else { 0 };
     let size = EXEC_FILENAME_OFFSET + (ev.filename_len as usize & (PATH_MAX - 1));
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const ExecEvent).cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
@@ -550,7 +855,12 @@ fn exec_args(_ctx: &TracePointContext, argv: u64) -> Result<(), ()> {
         return Ok(());
     }
     let ev = unsafe { &mut *ARGS_SCRATCH.get_ptr_mut(0).ok_or(())? };
-    fill_header(&mut ev.header, EventKind::ExecArgs, pid_tgid, session_of(tgid));
+    fill_header(
+        &mut ev.header,
+        EventKind::ExecArgs,
+        pid_tgid,
+        session_of(tgid),
+    );
     ev.argc = 0;
     ev.truncated = 0;
     let argv = argv as *const u64;
@@ -561,9 +871,17 @@ fn exec_args(_ctx: &TracePointContext, argv: u64) -> Result<(), ()> {
             break;
         }
         let n = unsafe {
-            bpf_probe_read_user_str(ev.args[i].as_mut_ptr().cast(), ARG_LEN as u32, ptr as *const _)
+            bpf_probe_read_user_str(
+                ev.args[i].as_mut_ptr().cast(),
+                ARG_LEN as u32,
+                ptr as *const _,
+            )
         };
-        ev.arg_len[i] = if n > 0 { ((n - 1) as u32) & (ARG_LEN as u32 - 1) } else { 0 };
+        ev.arg_len[i] = if n > 0 {
+            ((n - 1) as u32) & (ARG_LEN as u32 - 1)
+        } else {
+            0
+        };
         ev.argc = i as u32 + 1;
     }
     if ev.argc as usize == ARGV_SLOTS {

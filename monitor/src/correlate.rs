@@ -2,10 +2,18 @@
 //!
 //! The eBPF side sees syscalls (with their arguments and result); the fanotify side sees
 //! what changed in the watched trees (with canonical paths, also for relative or
-//! symlinked writes and for processes the kernel filter skipped). Each observation waits
-//! `window` in a buffer; when an eBPF observation leaves the buffer it absorbs the
-//! fanotify observations of the same thread and path that describe the same operation
-//! (`source: both`). Fanotify observations with no eBPF twin are emitted on their own.
+//! symlinked writes and for processes the kernel filter skipped). When an eBPF
+//! observation leaves the buffer it absorbs the fanotify observations of the same thread
+//! and path that describe the same operation (`source: both`). Fanotify observations with
+//! no eBPF twin are emitted on their own.
+//!
+//! When an observation may leave the buffer follows from the kernel's ordering, not from
+//! a timer: fsnotify queues its event inside the syscall, after the eBPF enter record and
+//! before the exit record. So an eBPF observation (made at the exit) is complete once the
+//! fanotify queue has been drained after it arrived, and a fanotify observation once the
+//! ring buffer has been drained after it arrived and its thread has no syscall still in
+//! flight. The daemon drains both sources before each flush and passes the instants as
+//! [`Watermarks`]; `window` only caps the wait (e.g. a thread blocked in a syscall).
 //!
 //! Repeated fanotify `MODIFY`s of one open file and its final `CLOSE_WRITE` are folded
 //! into the first write (the kernel side reports only the first write per open, too).
@@ -64,6 +72,13 @@ struct OpenState {
     since: Option<Instant>,
 }
 
+/// When each source was last drained completely (everything queued before it is known).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Watermarks {
+    pub ebpf: Option<Instant>,
+    pub fanotify: Option<Instant>,
+}
+
 const O_TRUNC: u32 = 0o1000;
 /// An open file's fold state is forgotten after this long without a close.
 const OPEN_STATE_TTL: Duration = Duration::from_secs(600);
@@ -107,7 +122,13 @@ impl Correlator {
         let key = (obs.tid, obs.path.clone());
         match obs.kind {
             Kind::OpenWrite | Kind::Create => {
-                self.open.insert(key, OpenState { wrote: false, since: Some(obs.arrived) });
+                self.open.insert(
+                    key,
+                    OpenState {
+                        wrote: false,
+                        since: Some(obs.arrived),
+                    },
+                );
             }
             Kind::Write => {
                 self.open.entry(key).or_default().wrote = true;
@@ -147,17 +168,45 @@ impl Correlator {
         self.pending.push_back(obs);
     }
 
-    /// Observations whose window has passed, merged, in arrival order.
-    pub fn flush(&mut self, now: Instant) -> Vec<Observation> {
+    fn ready(
+        &self,
+        o: &Observation,
+        now: Instant,
+        marks: &Watermarks,
+        busy: &dyn Fn(u32) -> bool,
+    ) -> bool {
+        if now.duration_since(o.arrived) >= self.window {
+            return true;
+        }
+        match o.source {
+            Source::Fanotify => marks.ebpf.is_some_and(|m| o.arrived < m) && !busy(o.tid),
+            _ => marks.fanotify.is_some_and(|m| o.arrived < m),
+        }
+    }
+
+    /// Complete observations (see the module documentation), merged, in arrival order.
+    /// `busy(tid)`: the thread has a reported syscall whose exit has not been seen yet.
+    pub fn flush(
+        &mut self,
+        now: Instant,
+        marks: &Watermarks,
+        busy: &dyn Fn(u32) -> bool,
+    ) -> Vec<Observation> {
         let mut out = Vec::new();
         while let Some(front) = self.pending.front() {
-            if now.duration_since(front.arrived) < self.window {
+            if !self.ready(front, now, marks, busy) {
                 break;
             }
-            let Some(obs) = self.pending.pop_front() else { break };
+            let Some(obs) = self.pending.pop_front() else {
+                break;
+            };
             match obs.source {
                 Source::Fanotify => {
-                    if self.pending.iter().any(|e| e.source != Source::Fanotify && absorbs(e, &obs)) {
+                    if self
+                        .pending
+                        .iter()
+                        .any(|e| e.source != Source::Fanotify && absorbs(e, &obs))
+                    {
                         // A younger eBPF twin will take it when it leaves the buffer.
                         self.pending.push_front(obs);
                         // Keep order: move it behind that twin by re-queueing at the back.
@@ -179,7 +228,9 @@ impl Correlator {
                     let mut obs = obs;
                     let mut i = 0;
                     while i < self.pending.len() {
-                        if self.pending[i].source == Source::Fanotify && absorbs(&obs, &self.pending[i]) {
+                        if self.pending[i].source == Source::Fanotify
+                            && absorbs(&obs, &self.pending[i])
+                        {
                             if let Some(f) = self.pending.remove(i) {
                                 merge(&mut obs, &f);
                                 self.stats.merged += 1;
@@ -195,10 +246,17 @@ impl Correlator {
                 }
             }
         }
-        while self.recent.front().is_some_and(|r| now.duration_since(r.arrived) > self.window * 3) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|r| now.duration_since(r.arrived) > self.window * 3)
+        {
             self.recent.pop_front();
         }
-        self.open.retain(|_, st| st.since.is_none_or(|t| now.duration_since(t) < OPEN_STATE_TTL));
+        self.open.retain(|_, st| {
+            st.since
+                .is_none_or(|t| now.duration_since(t) < OPEN_STATE_TTL)
+        });
         out
     }
 
@@ -275,7 +333,9 @@ impl StatCache {
         let mut stack = vec![root.to_path_buf()];
         let mut n = 0;
         while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in rd.flatten() {
                 if n >= limit || self.entries.len() >= STAT_CACHE_MAX {
                     return n;
@@ -330,7 +390,11 @@ mod tests {
             target: None,
             tid: 7,
             tgid: 7,
-            result: if source == Source::Fanotify { None } else { Some(0) },
+            result: if source == Source::Fanotify {
+                None
+            } else {
+                Some(0)
+            },
             source,
             time_ns: 0,
             details: Details::default(),
@@ -344,20 +408,80 @@ mod tests {
     }
 
     const W: Duration = Duration::from_millis(100);
+    const NONE: Watermarks = Watermarks {
+        ebpf: None,
+        fanotify: None,
+    };
+
+    fn idle(_: u32) -> bool {
+        false
+    }
+
+    #[test]
+    fn drained_sources_release_observations_before_the_window() {
+        let t0 = Instant::now();
+        let mut c = Correlator::new(Duration::from_secs(60));
+        let f = obs(Kind::Write, "/w/e", Source::Fanotify, t0);
+        c.push_fanotify(f);
+        let after = t0 + Duration::from_millis(1);
+        let ebpf_only = Watermarks {
+            ebpf: Some(after),
+            fanotify: None,
+        };
+        // The thread still has a syscall in flight: its eBPF twin may be on the way.
+        assert!(c.flush(after, &ebpf_only, &|tid| tid == 7).is_empty());
+        let out = c.flush(after, &ebpf_only, &idle);
+        assert_eq!(
+            out.len(),
+            1,
+            "ring buffer drained after it arrived: nothing can merge any more"
+        );
+        c.push_ebpf(obs(Kind::Unlink, "/w/e", Source::Ebpf, after));
+        let later = after + Duration::from_millis(1);
+        assert!(
+            c.flush(
+                later,
+                &Watermarks {
+                    ebpf: Some(later),
+                    fanotify: Some(after)
+                },
+                &idle
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            c.flush(
+                later,
+                &Watermarks {
+                    ebpf: Some(later),
+                    fanotify: Some(later)
+                },
+                &idle
+            )
+            .len(),
+            1
+        );
+    }
 
     #[test]
     fn ebpf_open_absorbs_fanotify_create_and_becomes_create() {
         let t0 = Instant::now();
         let mut c = Correlator::new(W);
         c.push_fanotify(obs(Kind::Create, "/w/a", Source::Fanotify, t0));
-        c.push_ebpf(Observation { open_flags: 0o101, ..obs(Kind::OpenWrite, "/w/a", Source::Ebpf, t0) });
+        c.push_ebpf(Observation {
+            open_flags: 0o101,
+            ..obs(Kind::OpenWrite, "/w/a", Source::Ebpf, t0)
+        });
         c.push_ebpf(obs(Kind::Write, "/w/a", Source::Ebpf, t0));
         c.push_fanotify(obs(Kind::Write, "/w/a", Source::Fanotify, t0));
         c.push_fanotify(obs(Kind::Write, "/w/a", Source::Fanotify, t0)); // second MODIFY: folded
         c.push_fanotify(obs(Kind::OpenWrite, "/w/a", Source::Fanotify, t0)); // CLOSE_WRITE: folded
-        let out = c.flush(t0 + W);
+        let out = c.flush(t0 + W, &NONE, &idle);
         let kinds: Vec<(Kind, Source)> = out.iter().map(|o| (o.kind, o.source)).collect();
-        assert_eq!(kinds, vec![(Kind::Create, Source::Both), (Kind::Write, Source::Both)]);
+        assert_eq!(
+            kinds,
+            vec![(Kind::Create, Source::Both), (Kind::Write, Source::Both)]
+        );
         assert_eq!(c.pending(), 0);
     }
 
@@ -367,10 +491,16 @@ mod tests {
         let mut c = Correlator::new(W);
         c.push_fanotify(obs(Kind::Write, "/w/b", Source::Fanotify, t0));
         c.push_fanotify(obs(Kind::OpenWrite, "/w/b", Source::Fanotify, t0));
-        assert!(c.flush(t0 + W / 2).is_empty(), "held during the window");
-        let out = c.flush(t0 + W);
+        assert!(
+            c.flush(t0 + W / 2, &NONE, &idle).is_empty(),
+            "held during the window"
+        );
+        let out = c.flush(t0 + W, &NONE, &idle);
         assert_eq!(out.len(), 1, "close-write after a write is folded: {out:?}");
-        assert_eq!((out[0].kind, out[0].source), (Kind::Write, Source::Fanotify));
+        assert_eq!(
+            (out[0].kind, out[0].source),
+            (Kind::Write, Source::Fanotify)
+        );
     }
 
     #[test]
@@ -383,13 +513,20 @@ mod tests {
         f.target = Some(b"/w/other".to_vec());
         c.push_ebpf(e.clone());
         c.push_fanotify(f);
-        assert_eq!(c.flush(t0 + W).len(), 2, "different targets are different operations");
+        assert_eq!(
+            c.flush(t0 + W, &NONE, &idle).len(),
+            2,
+            "different targets are different operations"
+        );
         let mut f2 = obs(Kind::Rename, "/w/tmp", Source::Fanotify, t0 + W);
         f2.target = Some(b"/w/conf".to_vec());
-        let e2 = Observation { arrived: t0 + W, ..e };
+        let e2 = Observation {
+            arrived: t0 + W,
+            ..e
+        };
         c.push_ebpf(e2);
         c.push_fanotify(f2);
-        let out = c.flush(t0 + 2 * W);
+        let out = c.flush(t0 + 2 * W, &NONE, &idle);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].source, Source::Both);
     }
@@ -398,9 +535,15 @@ mod tests {
     fn other_threads_and_failed_syscalls_do_not_merge() {
         let t0 = Instant::now();
         let mut c = Correlator::new(W);
-        c.push_ebpf(Observation { result: Some(-13), ..obs(Kind::Unlink, "/w/c", Source::Ebpf, t0) });
-        c.push_fanotify(Observation { tid: 8, ..obs(Kind::Unlink, "/w/c", Source::Fanotify, t0) });
-        let out = c.flush(t0 + W);
+        c.push_ebpf(Observation {
+            result: Some(-13),
+            ..obs(Kind::Unlink, "/w/c", Source::Ebpf, t0)
+        });
+        c.push_fanotify(Observation {
+            tid: 8,
+            ..obs(Kind::Unlink, "/w/c", Source::Fanotify, t0)
+        });
+        let out = c.flush(t0 + W, &NONE, &idle);
         assert_eq!(out.len(), 2);
     }
 
@@ -414,12 +557,19 @@ mod tests {
         let p = f.to_str().expect("utf8");
         let t0 = Instant::now();
         // A timestamp-only change is not reported.
-        c.push_fanotify(Observation { attrib: true, ..obs(Kind::Chmod, p, Source::Fanotify, t0) });
-        assert!(c.flush(t0 + W).is_empty());
+        c.push_fanotify(Observation {
+            attrib: true,
+            ..obs(Kind::Chmod, p, Source::Fanotify, t0)
+        });
+        assert!(c.flush(t0 + W, &NONE, &idle).is_empty());
         assert_eq!(c.stats().attrib_ignored, 1);
-        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
-        c.push_fanotify(Observation { attrib: true, ..obs(Kind::Chmod, p, Source::Fanotify, t0 + W) });
-        let out = c.flush(t0 + 2 * W);
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        c.push_fanotify(Observation {
+            attrib: true,
+            ..obs(Kind::Chmod, p, Source::Fanotify, t0 + W)
+        });
+        let out = c.flush(t0 + 2 * W, &NONE, &idle);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].kind, Kind::Chmod);
     }
@@ -429,8 +579,8 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Correlator::new(W);
         c.push_ebpf(obs(Kind::Unlink, "/w/d", Source::Ebpf, t0));
-        assert_eq!(c.flush(t0 + W).len(), 1);
+        assert_eq!(c.flush(t0 + W, &NONE, &idle).len(), 1);
         c.push_fanotify(obs(Kind::Unlink, "/w/d", Source::Fanotify, t0 + W));
-        assert!(c.flush(t0 + 2 * W).is_empty());
+        assert!(c.flush(t0 + 2 * W, &NONE, &idle).is_empty());
     }
 }

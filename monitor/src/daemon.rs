@@ -7,11 +7,13 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::broadcast};
 use tracing::{debug, info, warn};
 
 use crate::{
     config::Config,
+    correlate::Watermarks,
     detect::Detector,
     fanotify::NotifyWatcher,
     kernel::{Kernel, KernelSettings, decode::decode},
@@ -61,8 +63,13 @@ fn groups_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:").map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+            })
         })
         .unwrap_or_default()
 }
@@ -79,29 +86,57 @@ impl DaemonApi for Shared {
     ) -> Result<SessionInfo, ApiError> {
         let current = lock(&self.kernel).session_of(caller.pid);
         if current != 0 {
-            return Err(ApiError::AlreadyInSession { pid: caller.pid, session: current });
+            return Err(ApiError::AlreadyInSession {
+                pid: caller.pid,
+                session: current,
+            });
         }
         let info = self
             .registry
-            .create(NewSession { agent, reason, root_pid: caller.pid, uid: caller.uid, source: SessionSource::Wrapper, command, cwd })
+            .create(NewSession {
+                agent,
+                reason,
+                root_pid: caller.pid,
+                uid: caller.uid,
+                source: SessionSource::Wrapper,
+                command,
+                cwd,
+            })
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         if !self.tag(caller.pid, info.id) {
             let _ = self.registry.end(info.id);
-            return Err(ApiError::Internal("could not tag the process in the kernel session map".into()));
+            return Err(ApiError::Internal(
+                "could not tag the process in the kernel session map".into(),
+            ));
         }
         info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, "session registered");
         Ok(info)
     }
 
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {
-        if include_ended { self.registry.all() } else { self.registry.live() }
+        if include_ended {
+            self.registry.all()
+        } else {
+            self.registry.live()
+        }
     }
 
     fn stats(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> =
-            lock(&self.kernel).counters().into_iter().map(|(n, v)| (format!("kernel_{n}"), v)).collect();
-        self.metrics.subscriber_lag.store(crate::rpc::server::subscriber_lagged_total(), Ordering::Relaxed);
-        out.extend(self.metrics.snapshot().into_iter().map(|(n, v)| (n.to_string(), v)));
+        let mut out: Vec<(String, u64)> = lock(&self.kernel)
+            .counters()
+            .into_iter()
+            .map(|(n, v)| (format!("kernel_{n}"), v))
+            .collect();
+        self.metrics.subscriber_lag.store(
+            crate::rpc::server::subscriber_lagged_total(),
+            Ordering::Relaxed,
+        );
+        out.extend(
+            self.metrics
+                .snapshot()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v)),
+        );
         out
     }
 
@@ -111,7 +146,9 @@ impl DaemonApi for Shared {
 
     fn is_admin(&self, caller: &Caller) -> bool {
         caller.uid == 0
-            || self.admin_gid.is_some_and(|g| caller.gid == g || groups_of(caller.pid).contains(&g))
+            || self
+                .admin_gid
+                .is_some_and(|g| caller.gid == g || groups_of(caller.pid).contains(&g))
     }
 }
 
@@ -121,7 +158,10 @@ fn restore_sessions(shared: &Shared, pipeline: &mut Pipeline) {
     for s in shared.registry.live() {
         let root_alive = Path::new(&format!("/proc/{}", s.root_pid)).exists();
         if !root_alive {
-            info!(session = s.id, "session root gone across restart; ending session");
+            info!(
+                session = s.id,
+                "session root gone across restart; ending session"
+            );
             let _ = shared.registry.end(s.id);
             continue;
         }
@@ -139,11 +179,18 @@ fn restore_sessions(shared: &Shared, pipeline: &mut Pipeline) {
 fn handle_actions(shared: &Shared, pipeline: &mut Pipeline, actions: Vec<Action>) {
     for a in actions {
         match a {
-            Action::Detected { pid, uid, detection } => {
+            Action::Detected {
+                pid,
+                uid,
+                detection,
+            } => {
                 let (command, cwd) = match pipeline.procs.get(pid) {
                     Some(p) => (
                         p.argv.iter().map(|a| crate::escape::encode(a)).collect(),
-                        p.cwd.as_deref().map(crate::escape::encode).unwrap_or_default(),
+                        p.cwd
+                            .as_deref()
+                            .map(crate::escape::encode)
+                            .unwrap_or_default(),
                     ),
                     None => (Vec::new(), String::new()),
                 };
@@ -152,7 +199,9 @@ fn handle_actions(shared: &Shared, pipeline: &mut Pipeline, actions: Vec<Action>
                     reason: None,
                     root_pid: pid,
                     uid,
-                    source: SessionSource::Detected { rule: detection.rule.clone() },
+                    source: SessionSource::Detected {
+                        rule: detection.rule.clone(),
+                    },
                     command,
                     cwd,
                 };
@@ -187,6 +236,29 @@ fn handle_actions(shared: &Shared, pipeline: &mut Pipeline, actions: Vec<Action>
     }
 }
 
+/// Process every record in the ring buffer now.
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    shared: &Shared,
+    pipeline: &mut Pipeline,
+    metrics: &Metrics,
+) {
+    while let Some(item) = ring.next() {
+        let decoded = decode(&item);
+        drop(item);
+        match decoded {
+            Ok(rec) => {
+                let actions = pipeline.on_record(rec);
+                handle_actions(shared, pipeline, actions);
+            }
+            Err(e) => {
+                Metrics::inc(&metrics.decode_errors);
+                debug!(error = %e, "undecodable ring-buffer record");
+            }
+        }
+    }
+}
+
 fn admin_gid(name: Option<&str>) -> anyhow::Result<Option<u32>> {
     let Some(name) = name else { return Ok(None) };
     let g = nix::unistd::Group::from_name(name)
@@ -200,12 +272,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::default());
     let store_path: PathBuf = cfg.daemon.state_dir.join("confgate.redb");
-    let store = Store::open(&store_path).with_context(|| format!("opening store {}", store_path.display()))?;
+    let store = Store::open(&store_path)
+        .with_context(|| format!("opening store {}", store_path.display()))?;
     let registry = SessionRegistry::open(store).context("loading sessions")?;
     let watch = WatchSet::new(&cfg.watch).context("watch set")?;
     let detector = Detector::new(&cfg.detect).context("detect rules")?;
 
-    let settings = KernelSettings { ringbuf_bytes: cfg.kernel.ringbuf_bytes, path_filter: cfg.kernel.path_filter };
+    let settings = KernelSettings {
+        ringbuf_bytes: cfg.kernel.ringbuf_bytes,
+        path_filter: cfg.kernel.path_filter,
+    };
     let (mut kernel, report) = Kernel::load(&settings).context("loading eBPF programs")?;
     for (name, err) in &report.missing {
         warn!(program = %name, error = %err, "tracepoint not attached (not available on this kernel)");
@@ -216,7 +292,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let ringbuf = kernel.events.take().context("ring buffer already taken")?;
 
-    let mut pipeline = Pipeline::new(watch, detector, Duration::from_millis(cfg.correlation.window_ms), metrics.clone());
+    let mut pipeline = Pipeline::new(
+        watch,
+        detector,
+        Duration::from_millis(cfg.correlation.window_ms),
+        metrics.clone(),
+    );
     let procs = pipeline.procs.scan_procfs();
 
     let mut fan = NotifyWatcher::new().context("fanotify notification group")?;
@@ -225,7 +306,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Ok(n) => debug!(tree = %tree.display(), marks = n, "watching tree"),
             Err(e) => warn!(tree = %tree.display(), error = %e, "could not watch tree"),
         }
-        pipeline.correlator_mut().prime_attributes(&tree, ATTRIB_PRIME_LIMIT);
+        pipeline
+            .correlator_mut()
+            .prime_attributes(&tree, ATTRIB_PRIME_LIMIT);
     }
     for file in pipeline.watch().fanotify_files() {
         if let Err(e) = fan.add_file(&file) {
@@ -234,7 +317,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-    let mut sink = Sink::open(&cfg.output.events_file, cfg.output.stdout, tx.clone()).context("events output")?;
+    let mut sink = Sink::open(&cfg.output.events_file, cfg.output.stdout, tx.clone())
+        .context("events output")?;
     let shared = Arc::new(Shared {
         kernel: Mutex::new(kernel),
         registry,
@@ -257,7 +341,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both
     // are dropped together at the end of this function.
-    let mut rb = unsafe { AsyncFd::register(ringbuf) }.map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut rb = unsafe { AsyncFd::register(ringbuf) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = cfg.output.stats_interval_secs;
@@ -279,21 +364,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::select! {
             guard = rb.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = aya::maps::RingBuf::next(ring) {
-                    let decoded = decode(&item);
-                    drop(item);
-                    match decoded {
-                        Ok(rec) => {
-                            let actions = pipeline.on_record(rec);
-                            handle_actions(&shared, &mut pipeline, actions);
-                        }
-                        Err(e) => {
-                            Metrics::inc(&metrics.decode_errors);
-                            debug!(error = %e, "undecodable ring-buffer record");
-                        }
-                    }
-                }
+                drain_ring(guard.get_inner_mut(), &shared, &mut pipeline, &metrics);
                 guard.clear_ready();
             }
             batch = fan.next_batch() => {
@@ -310,8 +381,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 metrics.fanotify_unresolved.store(s.unresolved, Ordering::Relaxed);
             }
             _ = tick.tick() => {
-                let now = Instant::now();
-                for event in pipeline.flush(now, &shared.registry) {
+                // Drain both sources so that every twin of a buffered observation is known
+                // (see correlate.rs), then emit what is complete.
+                let ebpf_mark = Instant::now();
+                drain_ring(rb.get_mut(), &shared, &mut pipeline, &metrics);
+                let fan_mark = Instant::now();
+                match fan.drain() {
+                    Ok(events) => events.into_iter().for_each(|ev| pipeline.on_fanotify(ev)),
+                    Err(e) => warn!(error = %e, "fanotify read failed"),
+                }
+                let marks = Watermarks { ebpf: Some(ebpf_mark), fanotify: Some(fan_mark) };
+                for event in pipeline.flush(Instant::now(), &marks, &shared.registry) {
                     Metrics::inc(&metrics.events_emitted);
                     if let Err(e) = sink.emit(&event) {
                         Metrics::inc(&metrics.sink_errors);
@@ -346,7 +426,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     info!("shutting down");
     // Emit what is still buffered, then stop the API.
-    for event in pipeline.flush(Instant::now() + Duration::from_secs(3600), &shared.registry) {
+    let all = Watermarks {
+        ebpf: Some(Instant::now()),
+        fanotify: Some(Instant::now()),
+    };
+    for event in pipeline.flush(
+        Instant::now() + Duration::from_secs(3600),
+        &all,
+        &shared.registry,
+    ) {
         let _ = sink.emit(&event);
     }
     let _ = sink.flush();

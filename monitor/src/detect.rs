@@ -48,10 +48,18 @@ const MAX_AGENT_LEN: usize = 64;
 fn globs(agent: &str, pats: &[String]) -> Result<GlobSet, DetectError> {
     let mut b = GlobSetBuilder::new();
     for p in pats {
-        let g = Glob::new(p).map_err(|source| DetectError::Glob { agent: agent.into(), glob: p.clone(), source })?;
+        let g = Glob::new(p).map_err(|source| DetectError::Glob {
+            agent: agent.into(),
+            glob: p.clone(),
+            source,
+        })?;
         b.add(g);
     }
-    b.build().map_err(|source| DetectError::Glob { agent: agent.into(), glob: pats.join(","), source })
+    b.build().map_err(|source| DetectError::Glob {
+        agent: agent.into(),
+        glob: pats.join(","),
+        source,
+    })
 }
 
 fn proc_file(pid: u32, name: &str) -> Option<Vec<u8>> {
@@ -61,7 +69,8 @@ fn proc_file(pid: u32, name: &str) -> Option<Vec<u8>> {
 /// The cgroup v2 path of a process ("0::/path" line).
 fn cgroup_path(pid: u32) -> Option<Vec<u8>> {
     let text = proc_file(pid, "cgroup")?;
-    text.split(|&b| b == b'\n').find_map(|l| l.strip_prefix(b"0::").map(<[u8]>::to_vec))
+    text.split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"0::").map(<[u8]>::to_vec))
 }
 
 fn sanitize_agent(raw: &[u8]) -> Option<String> {
@@ -114,9 +123,15 @@ impl Detector {
             let exe_hit = !r.exe.is_empty() && r.exe.is_match(Path::new(OsStr::from_bytes(&p.exe)));
             let comm_hit = r.comm.iter().any(|c| *c == p.comm);
             let argv_hit = !r.argv.is_empty()
-                && p.argv.iter().take(4).any(|a| r.argv.is_match(Path::new(OsStr::from_bytes(a))));
+                && p.argv
+                    .iter()
+                    .take(4)
+                    .any(|a| r.argv.is_match(Path::new(OsStr::from_bytes(a))));
             if exe_hit || comm_hit || argv_hit {
-                return Some(Detection { agent: r.agent.clone(), rule: r.agent.clone() });
+                return Some(Detection {
+                    agent: r.agent.clone(),
+                    rule: r.agent.clone(),
+                });
             }
             if !r.env.is_empty() {
                 let env = environ.get_or_insert_with(|| proc_file(p.pid, "environ"));
@@ -132,7 +147,10 @@ impl Detector {
                                     Some(_) => sanitize_agent(v)?,
                                     None => r.agent.clone(),
                                 };
-                                return Some(Detection { agent, rule: r.agent.clone() });
+                                return Some(Detection {
+                                    agent,
+                                    rule: r.agent.clone(),
+                                });
                             }
                         }
                     }
@@ -140,8 +158,14 @@ impl Detector {
             }
             if !r.cgroup.is_empty() {
                 let cg = cgroup.get_or_insert_with(|| cgroup_path(p.pid));
-                if cg.as_ref().is_some_and(|c| r.cgroup.is_match(Path::new(OsStr::from_bytes(c)))) {
-                    return Some(Detection { agent: r.agent.clone(), rule: r.agent.clone() });
+                if cg
+                    .as_ref()
+                    .is_some_and(|c| r.cgroup.is_match(Path::new(OsStr::from_bytes(c))))
+                {
+                    return Some(Detection {
+                        agent: r.agent.clone(),
+                        rule: r.agent.clone(),
+                    });
                 }
             }
         }
@@ -154,15 +178,27 @@ mod tests {
     use super::*;
 
     fn rule(agent: &str) -> DetectRule {
-        DetectRule { agent: agent.into(), ..DetectRule::default() }
+        DetectRule {
+            agent: agent.into(),
+            ..DetectRule::default()
+        }
     }
 
     #[test]
     fn exe_comm_argv_rules() {
         let d = Detector::new(&[
-            DetectRule { exe: vec!["**/bin/codex".into()], ..rule("codex") },
-            DetectRule { comm: vec!["aider".into()], ..rule("aider") },
-            DetectRule { argv: vec!["*claude-code*".into()], ..rule("claude") },
+            DetectRule {
+                exe: vec!["**/bin/codex".into()],
+                ..rule("codex")
+            },
+            DetectRule {
+                comm: vec!["aider".into()],
+                ..rule("aider")
+            },
+            DetectRule {
+                argv: vec!["*claude-code*".into()],
+                ..rule("claude")
+            },
         ])
         .expect("rules compile");
         let p = |exe: &str, comm: &str, argv: &[&str]| Proc {
@@ -171,20 +207,49 @@ mod tests {
             argv: argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
             ..Proc::default()
         };
-        assert_eq!(d.detect(&p("/usr/local/bin/codex", "codex", &[])).map(|x| x.agent), Some("codex".into()));
-        assert_eq!(d.detect(&p("/usr/bin/python3", "aider", &[])).map(|x| x.agent), Some("aider".into()));
-        let node = p("/usr/bin/node", "node", &["node", "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js"]);
+        assert_eq!(
+            d.detect(&p("/usr/local/bin/codex", "codex", &[]))
+                .map(|x| x.agent),
+            Some("codex".into())
+        );
+        assert_eq!(
+            d.detect(&p("/usr/bin/python3", "aider", &[]))
+                .map(|x| x.agent),
+            Some("aider".into())
+        );
+        let node = p(
+            "/usr/bin/node",
+            "node",
+            &[
+                "node",
+                "/usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+            ],
+        );
         assert_eq!(d.detect(&node).map(|x| x.agent), Some("claude".into()));
         assert_eq!(d.detect(&p("/usr/bin/vim", "vim", &["vim"])), None);
-        let in_session = Proc { session: 4, ..p("/usr/local/bin/codex", "codex", &[]) };
-        assert_eq!(d.detect(&in_session), None, "never relabel a session member");
+        let in_session = Proc {
+            session: 4,
+            ..p("/usr/local/bin/codex", "codex", &[])
+        };
+        assert_eq!(
+            d.detect(&in_session),
+            None,
+            "never relabel a session member"
+        );
     }
 
     #[test]
     fn env_rule_reads_this_process() {
         // Our own environment cannot be changed after start; PATH is always there.
-        let d = Detector::new(&[DetectRule { env: vec!["PATH".into()], ..rule("env:PATH") }]).expect("compile");
-        let me = Proc { pid: std::process::id(), ..Proc::default() };
+        let d = Detector::new(&[DetectRule {
+            env: vec!["PATH".into()],
+            ..rule("env:PATH")
+        }])
+        .expect("compile");
+        let me = Proc {
+            pid: std::process::id(),
+            ..Proc::default()
+        };
         let hit = d.detect(&me).expect("PATH is set");
         assert_eq!(hit.rule, "env:PATH");
         assert!(!hit.agent.is_empty());
@@ -192,6 +257,12 @@ mod tests {
 
     #[test]
     fn bad_glob_is_an_error() {
-        assert!(Detector::new(&[DetectRule { exe: vec!["[".into()], ..rule("x") }]).is_err());
+        assert!(
+            Detector::new(&[DetectRule {
+                exe: vec!["[".into()],
+                ..rule("x")
+            }])
+            .is_err()
+        );
     }
 }

@@ -81,8 +81,14 @@ mod tests {
 
     #[test]
     fn plain_utf8_is_unchanged() {
-        assert_eq!(encode("/etc/nginx/nginx.conf".as_bytes()), "/etc/nginx/nginx.conf");
-        assert_eq!(encode("/srv/app/ünïcode.env".as_bytes()), "/srv/app/ünïcode.env");
+        assert_eq!(
+            encode("/etc/nginx/nginx.conf".as_bytes()),
+            "/etc/nginx/nginx.conf"
+        );
+        assert_eq!(
+            encode("/srv/app/ünïcode.env".as_bytes()),
+            "/srv/app/ünïcode.env"
+        );
     }
 
     #[test]

@@ -169,10 +169,23 @@ mod tests {
 
     #[test]
     fn kinds_serialize_as_contract_names() {
-        for k in [Kind::OpenWrite, Kind::Create, Kind::Write, Kind::Rename, Kind::Unlink,
-            Kind::Truncate, Kind::Chmod, Kind::Chown, Kind::Link, Kind::Symlink, Kind::Mkdir]
-        {
-            assert_eq!(serde_json::to_string(&k).ok(), Some(format!("\"{}\"", k.as_str())));
+        for k in [
+            Kind::OpenWrite,
+            Kind::Create,
+            Kind::Write,
+            Kind::Rename,
+            Kind::Unlink,
+            Kind::Truncate,
+            Kind::Chmod,
+            Kind::Chown,
+            Kind::Link,
+            Kind::Symlink,
+            Kind::Mkdir,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&k).ok(),
+                Some(format!("\"{}\"", k.as_str()))
+            );
         }
     }
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use monitor::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
-#[command(name = "confgate", version, about = "Detect, attribute and gate configuration writes by AI agents")]
+#[command(
+    name = "confgate",
+    version,
+    about = "Detect, attribute and gate configuration writes by AI agents"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, env = "CONFGATE_CONFIG")]
@@ -58,7 +62,10 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONFGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
@@ -90,7 +97,11 @@ fn main() -> ExitCode {
             rt.block_on(monitor::daemon::run(cfg))?;
             Ok(0)
         }
-        Command::Run { agent, reason, command } => {
+        Command::Run {
+            agent,
+            reason,
+            command,
+        } => {
             let socket = socket(&cli)?;
             // On success the command replaces this process; only failures return.
             match monitor::cli::run::run(&socket, agent, reason.as_deref(), command) {
@@ -101,7 +112,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Sessions { json, all } => monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all),
+        Command::Sessions { json, all } => {
+            monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all)
+        }
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
         Command::Events => monitor::cli::stats::events(&socket(&cli)?),
         Command::CheckConfig { path } => {

@@ -13,7 +13,7 @@ use std::{
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
-    correlate::{Correlator, Observation},
+    correlate::{Correlator, Observation, Watermarks},
     detect::{Detection, Detector},
     escape::encode,
     event::{Ancestor, Details, Event, Kind, SCHEMA_VERSION, SessionRef, Source},
@@ -33,7 +33,11 @@ const ENTER_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, PartialEq)]
 pub enum Action {
     /// A detection rule matched this process: create a session and tag it.
-    Detected { pid: u32, uid: u32, detection: Detection },
+    Detected {
+        pid: u32,
+        uid: u32,
+        detection: Detection,
+    },
     /// The process exited: drop these tracked descriptors from the kernel map.
     ForgetFds { tgid: u32, fds: Vec<i32> },
     /// The last member of this session exited.
@@ -60,7 +64,10 @@ fn clock_ns(clock: nix::time::ClockId) -> i128 {
 }
 
 fn now_ns() -> i128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 pub fn rfc3339(ns: i128) -> String {
@@ -77,13 +84,22 @@ fn tgid_of(procs: &ProcTable, tid: u32) -> u32 {
     }
     std::fs::read_to_string(format!("/proc/{tid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
+        })
         .unwrap_or(tid)
 }
 
 impl Pipeline {
-    pub fn new(watch: WatchSet, detector: Detector, window: Duration, metrics: Arc<Metrics>) -> Self {
-        let boot_offset_ns = clock_ns(nix::time::ClockId::CLOCK_REALTIME) - clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
+    pub fn new(
+        watch: WatchSet,
+        detector: Detector,
+        window: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let boot_offset_ns = clock_ns(nix::time::ClockId::CLOCK_REALTIME)
+            - clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
         Pipeline {
             procs: ProcTable::default(),
             correlator: Correlator::new(window),
@@ -131,7 +147,8 @@ impl Pipeline {
                 }
                 if matches!(obs.kind, Kind::OpenWrite | Kind::Create) {
                     if let Some(fd) = ret.filter(|r| *r >= 0) {
-                        self.procs.set_fd(s.header.tgid, fd as i32, obs.path.clone());
+                        self.procs
+                            .set_fd(s.header.tgid, fd as i32, obs.path.clone());
                     }
                 }
                 self.push_ebpf(obs);
@@ -147,13 +164,25 @@ impl Pipeline {
         let mut actions = Vec::new();
         match rec {
             Record::Fork { header, child_pid } => self.procs.on_fork(&header, child_pid),
-            Record::ExecArgs { header, argv, truncated } => self.procs.on_exec_args(&header, argv, truncated),
-            Record::Exec { header, old_tid, filename } => {
+            Record::ExecArgs {
+                header,
+                argv,
+                truncated,
+            } => self.procs.on_exec_args(&header, argv, truncated),
+            Record::Exec {
+                header,
+                old_tid,
+                filename,
+            } => {
                 self.procs.on_exec(&header, old_tid, filename);
                 if !self.detector.is_empty() {
                     if let Some(p) = self.procs.get(header.tgid) {
                         if let Some(detection) = self.detector.detect(p) {
-                            actions.push(Action::Detected { pid: header.tgid, uid: header.uid, detection });
+                            actions.push(Action::Detected {
+                                pid: header.tgid,
+                                uid: header.uid,
+                                detection,
+                            });
                         }
                     }
                 }
@@ -162,7 +191,10 @@ impl Pipeline {
                 let session = header.session_id;
                 let fds = self.procs.on_exit(&header, group_dead);
                 if !fds.is_empty() {
-                    actions.push(Action::ForgetFds { tgid: header.tgid, fds });
+                    actions.push(Action::ForgetFds {
+                        tgid: header.tgid,
+                        fds,
+                    });
                 }
                 if group_dead && session != 0 && !self.procs.session_alive(session) {
                     actions.push(Action::SessionEnded(session));
@@ -183,7 +215,12 @@ impl Pipeline {
                 }
                 None => Metrics::inc(&self.metrics.exits_without_enter),
             },
-            Record::Write { header, op: _, fd, count } => {
+            Record::Write {
+                header,
+                op: _,
+                fd,
+                count,
+            } => {
                 let path = self
                     .procs
                     .fd_path(header.tgid, fd)
@@ -202,7 +239,10 @@ impl Pipeline {
                     result: Some(0),
                     source: Source::Ebpf,
                     time_ns: i128::from(header.ktime_ns) + self.boot_offset_ns,
-                    details: Details { count: Some(count), ..Details::default() },
+                    details: Details {
+                        count: Some(count),
+                        ..Details::default()
+                    },
                     session: header.session_id,
                     uid: Some(header.uid),
                     comm: header.comm,
@@ -228,7 +268,10 @@ impl Pipeline {
             result: None,
             source: Source::Fanotify,
             time_ns: now_ns(),
-            details: Details { dir: ev.is_dir, ..Details::default() },
+            details: Details {
+                dir: ev.is_dir,
+                ..Details::default()
+            },
             session: 0,
             uid: None,
             comm: Vec::new(),
@@ -239,23 +282,46 @@ impl Pipeline {
         let m = ev.mask;
         let mut parts = Vec::new();
         if m & fanotify::FAN_CREATE != 0 {
-            parts.push(Observation { kind: if ev.is_dir { Kind::Mkdir } else { Kind::Create }, ..base.clone() });
+            parts.push(Observation {
+                kind: if ev.is_dir { Kind::Mkdir } else { Kind::Create },
+                ..base.clone()
+            });
         }
         if m & fanotify::FAN_MODIFY != 0 {
-            parts.push(Observation { kind: Kind::Write, ..base.clone() });
+            parts.push(Observation {
+                kind: Kind::Write,
+                ..base.clone()
+            });
         }
         if m & fanotify::FAN_ATTRIB != 0 {
-            parts.push(Observation { kind: Kind::Chmod, attrib: true, ..base.clone() });
+            parts.push(Observation {
+                kind: Kind::Chmod,
+                attrib: true,
+                ..base.clone()
+            });
         }
         if m & fanotify::FAN_CLOSE_WRITE != 0 {
-            parts.push(Observation { kind: Kind::OpenWrite, ..base.clone() });
+            parts.push(Observation {
+                kind: Kind::OpenWrite,
+                ..base.clone()
+            });
         }
         if m & fanotify::FAN_RENAME != 0 {
-            let target = ev.new_path.as_ref().map(|p| p.as_os_str().as_bytes().to_vec());
-            parts.push(Observation { kind: Kind::Rename, target, ..base.clone() });
+            let target = ev
+                .new_path
+                .as_ref()
+                .map(|p| p.as_os_str().as_bytes().to_vec());
+            parts.push(Observation {
+                kind: Kind::Rename,
+                target,
+                ..base.clone()
+            });
         }
         if m & fanotify::FAN_DELETE != 0 {
-            parts.push(Observation { kind: Kind::Unlink, ..base.clone() });
+            parts.push(Observation {
+                kind: Kind::Unlink,
+                ..base.clone()
+            });
         }
         for obs in parts {
             if self.watched(&obs) {
@@ -264,8 +330,13 @@ impl Pipeline {
         }
     }
 
-    /// Events whose correlation window has passed, attributed.
-    pub fn flush(&mut self, now: Instant, sessions: &SessionRegistry) -> Vec<Event> {
+    /// Complete events, attributed. `marks`: when each source was last drained.
+    pub fn flush(
+        &mut self,
+        now: Instant,
+        marks: &Watermarks,
+        sessions: &SessionRegistry,
+    ) -> Vec<Event> {
         let stale: Vec<u32> = self
             .enters
             .iter()
@@ -278,30 +349,62 @@ impl Pipeline {
                 self.complete(s, None);
             }
         }
-        let ready = self.correlator.flush(now);
-        ready.into_iter().map(|o| self.attribute(o, sessions)).collect()
+        let enters = &self.enters;
+        let ready = self
+            .correlator
+            .flush(now, marks, &|tid| enters.contains_key(&tid));
+        ready
+            .into_iter()
+            .map(|o| self.attribute(o, sessions))
+            .collect()
     }
 
     fn attribute(&mut self, o: Observation, sessions: &SessionRegistry) -> Event {
-        let tgid = if o.tgid != 0 { o.tgid } else { tgid_of(&self.procs, o.tid) };
+        let tgid = if o.tgid != 0 {
+            o.tgid
+        } else {
+            tgid_of(&self.procs, o.tid)
+        };
         self.seq += 1;
         let id = format!("{}-{}", self.id_prefix, self.seq);
         let proc = self.procs.get_or_load(tgid).cloned();
-        let session_id = if o.session != 0 { o.session } else { proc.as_ref().map_or(0, |p| p.session) };
+        let session_id = if o.session != 0 {
+            o.session
+        } else {
+            proc.as_ref().map_or(0, |p| p.session)
+        };
         let session = (session_id != 0).then(|| {
             sessions.note_event(session_id);
             match sessions.get(session_id) {
-                Some(s) => SessionRef { id: s.id, agent: s.agent, reason: s.reason, root_pid: s.root_pid },
-                None => SessionRef { id: session_id, agent: "unknown".into(), reason: None, root_pid: 0 },
+                Some(s) => SessionRef {
+                    id: s.id,
+                    agent: s.agent,
+                    reason: s.reason,
+                    root_pid: s.root_pid,
+                },
+                None => SessionRef {
+                    id: session_id,
+                    agent: "unknown".into(),
+                    reason: None,
+                    root_pid: 0,
+                },
             }
         });
         let ancestors = self
             .procs
             .ancestors(tgid)
             .into_iter()
-            .map(|a| Ancestor { pid: a.pid, comm: encode(&a.comm), exe: encode(&a.exe) })
+            .map(|a| Ancestor {
+                pid: a.pid,
+                comm: encode(&a.comm),
+                exe: encode(&a.exe),
+            })
             .collect();
-        let comm = if o.comm.is_empty() { proc.as_ref().map(|p| p.comm.clone()).unwrap_or_default() } else { o.comm.clone() };
+        let comm = if o.comm.is_empty() {
+            proc.as_ref().map(|p| p.comm.clone()).unwrap_or_default()
+        } else {
+            o.comm.clone()
+        };
         Event {
             v: SCHEMA_VERSION,
             time: rfc3339(o.time_ns),
@@ -316,7 +419,10 @@ impl Pipeline {
             uid: o.uid.or(proc.as_ref().map(|p| p.uid)),
             comm: encode(&comm),
             exe: proc.as_ref().map(|p| encode(&p.exe)),
-            argv: proc.as_ref().map(|p| p.argv.iter().map(|a| encode(a)).collect()).unwrap_or_default(),
+            argv: proc
+                .as_ref()
+                .map(|p| p.argv.iter().map(|a| encode(a)).collect())
+                .unwrap_or_default(),
             cwd: proc.as_ref().and_then(|p| p.cwd.as_deref().map(encode)),
             ancestors,
             session,

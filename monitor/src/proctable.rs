@@ -72,7 +72,10 @@ pub fn proc_from_procfs(pid: u32) -> Option<Proc> {
         .unwrap_or(u32::MAX);
     let argv = read_proc_file(pid, "cmdline")
         .map(|c| {
-            c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect()
+            c.split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
         })
         .unwrap_or_default();
     Some(Proc {
@@ -94,9 +97,15 @@ pub fn proc_from_procfs(pid: u32) -> Option<Proc> {
 impl ProcTable {
     /// Fill the table from `/proc` (processes that started before the daemon).
     pub fn scan_procfs(&mut self) -> usize {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some(p) = proc_from_procfs(pid) {
@@ -135,7 +144,11 @@ impl ProcTable {
     pub fn on_fork(&mut self, parent: &Header, child_pid: u32) {
         let mut child = match self.procs.get(&parent.tgid) {
             Some(p) => p.clone(),
-            None => Proc { comm: parent.comm.clone(), uid: parent.uid, ..Proc::default() },
+            None => Proc {
+                comm: parent.comm.clone(),
+                uid: parent.uid,
+                ..Proc::default()
+            },
         };
         child.pid = child_pid;
         child.ppid = parent.tgid;
@@ -146,7 +159,8 @@ impl ProcTable {
     }
 
     pub fn on_exec_args(&mut self, h: &Header, argv: Vec<Vec<u8>>, truncated: bool) {
-        self.pending_argv.insert(h.tid, (argv, truncated, Instant::now()));
+        self.pending_argv
+            .insert(h.tid, (argv, truncated, Instant::now()));
     }
 
     pub fn on_exec(&mut self, h: &Header, old_tid: u32, filename: Vec<u8>) {
@@ -154,7 +168,12 @@ impl ProcTable {
             Some((argv, t, _)) => (argv, t),
             None => (
                 read_proc_file(h.tgid, "cmdline")
-                    .map(|c| c.split(|&b| b == 0).filter(|a| !a.is_empty()).map(<[u8]>::to_vec).collect())
+                    .map(|c| {
+                        c.split(|&b| b == 0)
+                            .filter(|a| !a.is_empty())
+                            .map(<[u8]>::to_vec)
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 false,
             ),
@@ -171,6 +190,11 @@ impl ProcTable {
         p.cgroup_id = h.cgroup_id;
         p.tentative = false;
         p.exited = None;
+        // The cwd copied at fork is stale if the child chdir'd before exec (as
+        // posix_spawn/Command::current_dir do) outside a session, where chdir is not traced.
+        if let Some(cwd) = live_link(h.tgid, "cwd") {
+            p.cwd = Some(cwd);
+        }
         // exec closes O_CLOEXEC descriptors; forget them all (reopened ones are re-reported).
         self.fds.retain(|(tgid, _), _| *tgid != h.tgid);
     }
@@ -251,7 +275,9 @@ impl ProcTable {
     /// Whether any live process still belongs to `session` (forked children that have not
     /// exec'd count; a thread entry only lives as long as its process anyway).
     pub fn session_alive(&self, session: u64) -> bool {
-        self.procs.values().any(|p| p.session == session && p.exited.is_none())
+        self.procs
+            .values()
+            .any(|p| p.session == session && p.exited.is_none())
     }
 
     /// Parent first, up to pid 1 or the first unknown process.
@@ -262,7 +288,9 @@ impl ProcTable {
             if ppid == 0 || out.len() >= MAX_ANCESTORS {
                 break;
             }
-            let Some(p) = self.procs.get(&ppid) else { break };
+            let Some(p) = self.procs.get(&ppid) else {
+                break;
+            };
             out.push(p);
             if ppid == 1 {
                 break;
@@ -274,15 +302,21 @@ impl ProcTable {
 
     /// Drop exited processes past their retention and stale exec argv.
     pub fn gc(&mut self, now: Instant) {
-        self.procs.retain(|_, p| p.exited.is_none_or(|t| now.duration_since(t) < EXITED_RETENTION));
-        self.pending_argv.retain(|_, (_, _, t)| now.duration_since(*t) < EXITED_RETENTION);
+        self.procs.retain(|_, p| {
+            p.exited
+                .is_none_or(|t| now.duration_since(t) < EXITED_RETENTION)
+        });
+        self.pending_argv
+            .retain(|_, (_, _, t)| now.duration_since(*t) < EXITED_RETENTION);
     }
 }
 
 /// A path for `/proc/<pid>/...` links, when the process is alive.
 pub fn live_link(pid: u32, what: &str) -> Option<Vec<u8>> {
     let p = Path::new("/proc").join(pid.to_string()).join(what);
-    std::fs::read_link(p).ok().map(|p| p.as_os_str().as_bytes().to_vec())
+    std::fs::read_link(p)
+        .ok()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -290,25 +324,64 @@ mod tests {
     use super::*;
 
     fn hdr(tgid: u32, tid: u32, session: u64) -> Header {
-        Header { flags: 0, ktime_ns: 0, tgid, tid, uid: 0, gid: 0, session_id: session, cgroup_id: 0, comm: b"sh".to_vec() }
+        Header {
+            flags: 0,
+            ktime_ns: 0,
+            tgid,
+            tid,
+            uid: 0,
+            gid: 0,
+            session_id: session,
+            cgroup_id: 0,
+            comm: b"sh".to_vec(),
+        }
     }
 
     #[test]
     fn fork_exec_exit_lifecycle() {
         let mut t = ProcTable::default();
-        t.procs.insert(10, Proc { pid: 10, ppid: 1, comm: b"bash".to_vec(), cwd: Some(b"/srv".to_vec()), ..Proc::default() });
+        t.procs.insert(
+            10,
+            Proc {
+                pid: 10,
+                ppid: 1,
+                comm: b"bash".to_vec(),
+                cwd: Some(b"/srv".to_vec()),
+                ..Proc::default()
+            },
+        );
         t.on_fork(&hdr(10, 10, 7), 11);
-        assert!(t.get(11).is_some_and(|p| p.tentative && p.ppid == 10 && p.session == 7));
-        assert_eq!(t.get(11).and_then(|p| p.cwd.clone()), Some(b"/srv".to_vec()));
-        t.on_exec_args(&hdr(11, 11, 7), vec![b"sed".to_vec(), b"-i".to_vec()], false);
-        t.on_exec(&Header { comm: b"sed".to_vec(), ..hdr(11, 11, 7) }, 11, b"/usr/bin/sed".to_vec());
+        assert!(
+            t.get(11)
+                .is_some_and(|p| p.tentative && p.ppid == 10 && p.session == 7)
+        );
+        assert_eq!(
+            t.get(11).and_then(|p| p.cwd.clone()),
+            Some(b"/srv".to_vec())
+        );
+        t.on_exec_args(
+            &hdr(11, 11, 7),
+            vec![b"sed".to_vec(), b"-i".to_vec()],
+            false,
+        );
+        t.on_exec(
+            &Header {
+                comm: b"sed".to_vec(),
+                ..hdr(11, 11, 7)
+            },
+            11,
+            b"/usr/bin/sed".to_vec(),
+        );
         let p = t.get(11).expect("present");
         assert!(!p.tentative);
         assert_eq!(p.argv, vec![b"sed".to_vec(), b"-i".to_vec()]);
         assert_eq!(p.exe, b"/usr/bin/sed");
         t.set_fd(11, 3, b"/etc/x".to_vec());
         assert_eq!(t.on_exit(&hdr(11, 11, 7), true), vec![3]);
-        assert!(t.get(11).is_some_and(|p| p.exited.is_some()), "kept after exit for attribution");
+        assert!(
+            t.get(11).is_some_and(|p| p.exited.is_some()),
+            "kept after exit for attribution"
+        );
         assert!(!t.session_alive(7));
         t.gc(Instant::now() + EXITED_RETENTION + Duration::from_secs(1));
         assert!(t.get(11).is_none());
@@ -317,7 +390,13 @@ mod tests {
     #[test]
     fn thread_entries_are_dropped_at_thread_exit() {
         let mut t = ProcTable::default();
-        t.procs.insert(20, Proc { pid: 20, ..Proc::default() });
+        t.procs.insert(
+            20,
+            Proc {
+                pid: 20,
+                ..Proc::default()
+            },
+        );
         t.on_fork(&hdr(20, 20, 0), 21);
         t.on_exit(&hdr(20, 21, 0), false);
         assert!(t.get(21).is_none());
@@ -328,7 +407,14 @@ mod tests {
     fn ancestors_and_descendants() {
         let mut t = ProcTable::default();
         for (pid, ppid) in [(1, 0), (5, 1), (6, 5), (7, 6), (8, 5)] {
-            t.procs.insert(pid, Proc { pid, ppid, ..Proc::default() });
+            t.procs.insert(
+                pid,
+                Proc {
+                    pid,
+                    ppid,
+                    ..Proc::default()
+                },
+            );
         }
         let a: Vec<u32> = t.ancestors(7).iter().map(|p| p.pid).collect();
         assert_eq!(a, vec![6, 5, 1]);
@@ -340,8 +426,22 @@ mod tests {
     #[test]
     fn ancestor_cycle_is_bounded() {
         let mut t = ProcTable::default();
-        t.procs.insert(2, Proc { pid: 2, ppid: 3, ..Proc::default() });
-        t.procs.insert(3, Proc { pid: 3, ppid: 2, ..Proc::default() });
+        t.procs.insert(
+            2,
+            Proc {
+                pid: 2,
+                ppid: 3,
+                ..Proc::default()
+            },
+        );
+        t.procs.insert(
+            3,
+            Proc {
+                pid: 3,
+                ppid: 2,
+                ..Proc::default()
+            },
+        );
         assert_eq!(t.ancestors(2).len(), MAX_ANCESTORS);
     }
 

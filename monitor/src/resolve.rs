@@ -46,15 +46,28 @@ pub fn resolve(procs: &ProcTable, tgid: u32, dfd: i32, raw: &[u8], follow: bool)
         // AT_EMPTY_PATH: the operation is on dfd itself.
         match base_dir(procs, tgid, dfd) {
             Some(b) => PathBuf::from(OsStr::from_bytes(&b)),
-            None => return Resolved { path: raw.to_vec(), unresolved: true },
+            None => {
+                return Resolved {
+                    path: raw.to_vec(),
+                    unresolved: true,
+                };
+            }
         }
     } else {
         match base_dir(procs, tgid, dfd) {
             Some(b) => Path::new(OsStr::from_bytes(&b)).join(OsStr::from_bytes(raw)),
-            None => return Resolved { path: raw.to_vec(), unresolved: true },
+            None => {
+                return Resolved {
+                    path: raw.to_vec(),
+                    unresolved: true,
+                };
+            }
         }
     };
-    Resolved { path: canonical(&joined, follow).as_os_str().as_bytes().to_vec(), unresolved: false }
+    Resolved {
+        path: canonical(&joined, follow).as_os_str().as_bytes().to_vec(),
+        unresolved: false,
+    }
 }
 
 /// Lexical normalization: drop `.`, apply `..`, collapse separators.
@@ -76,7 +89,10 @@ pub fn normalize(path: &Path) -> PathBuf {
 pub fn canonical(path: &Path, follow: bool) -> PathBuf {
     let norm_in = path.components().next_back();
     // A last component of "." or ".." names a directory: resolve the whole path.
-    if matches!(norm_in, Some(Component::CurDir | Component::ParentDir) | None) {
+    if matches!(
+        norm_in,
+        Some(Component::CurDir | Component::ParentDir) | None
+    ) {
         return std::fs::canonicalize(path).unwrap_or_else(|_| normalize(path));
     }
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -111,7 +127,10 @@ mod tests {
 
     #[test]
     fn normalize_handles_dots() {
-        assert_eq!(normalize(Path::new("/a/./b/../c//d")), PathBuf::from("/a/c/d"));
+        assert_eq!(
+            normalize(Path::new("/a/./b/../c//d")),
+            PathBuf::from("/a/c/d")
+        );
         assert_eq!(normalize(Path::new("/../..")), PathBuf::from("/"));
     }
 
@@ -125,7 +144,13 @@ mod tests {
         let pid = 4242;
         t_insert(&mut t, pid, &real);
         let r = resolve(&t, pid, AT_FDCWD, b"link/../link/.env", true);
-        assert_eq!(r, Resolved { path: bytes(&real.join("conf/.env")), unresolved: false });
+        assert_eq!(
+            r,
+            Resolved {
+                path: bytes(&real.join("conf/.env")),
+                unresolved: false
+            }
+        );
     }
 
     #[test]
@@ -136,7 +161,10 @@ mod tests {
         std::os::unix::fs::symlink(real.join("target.conf"), real.join("ln")).expect("symlink");
         let t = ProcTable::default();
         let raw = bytes(&real.join("ln"));
-        assert_eq!(resolve(&t, 1, AT_FDCWD, &raw, true).path, bytes(&real.join("target.conf")));
+        assert_eq!(
+            resolve(&t, 1, AT_FDCWD, &raw, true).path,
+            bytes(&real.join("target.conf"))
+        );
         assert_eq!(resolve(&t, 1, AT_FDCWD, &raw, false).path, raw);
     }
 
@@ -155,10 +183,20 @@ mod tests {
         let t = ProcTable::default();
         // pid that cannot exist (above pid_max) and no table entry.
         let r = resolve(&t, u32::MAX - 1, AT_FDCWD, b"rel/.env", true);
-        assert_eq!(r, Resolved { path: b"rel/.env".to_vec(), unresolved: true });
+        assert_eq!(
+            r,
+            Resolved {
+                path: b"rel/.env".to_vec(),
+                unresolved: true
+            }
+        );
     }
 
     fn t_insert(t: &mut ProcTable, pid: u32, cwd: &Path) {
-        t.insert_for_test(Proc { pid, cwd: Some(bytes(cwd)), ..Proc::default() });
+        t.insert_for_test(Proc {
+            pid,
+            cwd: Some(bytes(cwd)),
+            ..Proc::default()
+        });
     }
 }

@@ -41,12 +41,24 @@ pub struct Sink {
 
 impl Sink {
     /// Open (append) the events file, creating its directory (mode 0750).
-    pub fn open(path: &Path, mode: StdoutMode, tx: broadcast::Sender<Arc<str>>) -> Result<Sink, SinkError> {
-        let io = |source| SinkError::Io { path: path.to_owned(), source };
+    pub fn open(
+        path: &Path,
+        mode: StdoutMode,
+        tx: broadcast::Sender<Arc<str>>,
+    ) -> Result<Sink, SinkError> {
+        let io = |source| SinkError::Io {
+            path: path.to_owned(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path).map_err(io)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(io)?;
         let stdout = match mode {
             StdoutMode::Human => Stdout::Human,
             StdoutMode::Json => Stdout::Json,
@@ -54,7 +66,12 @@ impl Sink {
             StdoutMode::Auto if std::io::stdout().is_terminal() => Stdout::Human,
             StdoutMode::Auto => Stdout::Json,
         };
-        Ok(Sink { path: path.to_owned(), file: BufWriter::new(file), stdout, tx })
+        Ok(Sink {
+            path: path.to_owned(),
+            file: BufWriter::new(file),
+            stdout,
+            tx,
+        })
     }
 
     /// Write one event everywhere. An events-file error is returned after the event has
@@ -69,19 +86,29 @@ impl Sink {
         }
         // No receiver is not an error: nobody is subscribed.
         let _ = self.tx.send(Arc::from(line));
-        file_result.map_err(|source| SinkError::Io { path: self.path.clone(), source })
+        file_result.map_err(|source| SinkError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Flush buffered lines to the file (called after each batch).
     pub fn flush(&mut self) -> Result<(), SinkError> {
-        self.file.flush().map_err(|source| SinkError::Io { path: self.path.clone(), source })
+        self.file.flush().map_err(|source| SinkError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
 /// One line for people: time, kind, path, writer, session.
 pub fn human(e: &Event) -> String {
     let term = |s: &str| escape::for_terminal(s.as_bytes());
-    let target = e.target.as_deref().map(|t| format!(" -> {}", term(t))).unwrap_or_default();
+    let target = e
+        .target
+        .as_deref()
+        .map(|t| format!(" -> {}", term(t)))
+        .unwrap_or_default();
     let session = match &e.session {
         Some(s) => format!(" session={}#{}", term(&s.agent), s.id),
         None => String::new(),

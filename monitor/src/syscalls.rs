@@ -30,9 +30,19 @@ pub enum Outcome {
 }
 
 fn fd_path(procs: &ProcTable, tgid: u32, fd: i32) -> Resolved {
-    match procs.fd_path(tgid, fd).map(<[u8]>::to_vec).or_else(|| live_link(tgid, &format!("fd/{fd}"))) {
-        Some(path) => Resolved { path, unresolved: false },
-        None => Resolved { path: format!("<fd {fd}>").into_bytes(), unresolved: true },
+    match procs
+        .fd_path(tgid, fd)
+        .map(<[u8]>::to_vec)
+        .or_else(|| live_link(tgid, &format!("fd/{fd}")))
+    {
+        Some(path) => Resolved {
+            path,
+            unresolved: false,
+        },
+        None => Resolved {
+            path: format!("<fd {fd}>").into_bytes(),
+            unresolved: true,
+        },
     }
 }
 
@@ -52,13 +62,23 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
     let mut d = Details::default();
     let (kind, path, target): (Kind, Resolved, Option<Vec<u8>>) = match s.op {
         SysOp::Open | SysOp::Openat | SysOp::Openat2 | SysOp::Creat => {
-            let created = s.flags & (O_CREAT | O_EXCL) == (O_CREAT | O_EXCL) && ret.is_some_and(|r| r >= 0);
-            let follow = s.flags & O_NOFOLLOW == 0 && s.flags & (O_CREAT | O_EXCL) != (O_CREAT | O_EXCL);
+            let created =
+                s.flags & (O_CREAT | O_EXCL) == (O_CREAT | O_EXCL) && ret.is_some_and(|r| r >= 0);
+            let follow =
+                s.flags & O_NOFOLLOW == 0 && s.flags & (O_CREAT | O_EXCL) != (O_CREAT | O_EXCL);
             d.flags = Some(open_flag_names(s.flags));
             if s.flags & O_CREAT != 0 {
                 d.mode = mode_str(s.mode);
             }
-            (if created { Kind::Create } else { Kind::OpenWrite }, p1(follow), None)
+            (
+                if created {
+                    Kind::Create
+                } else {
+                    Kind::OpenWrite
+                },
+                p1(follow),
+                None,
+            )
         }
         SysOp::Rename | SysOp::Renameat | SysOp::Renameat2 => {
             let t = p2(false);
@@ -89,7 +109,8 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
         SysOp::Chown | SysOp::Lchown | SysOp::Fchownat => {
             d.owner = owner(s.arg_uid);
             d.group = owner(s.arg_gid);
-            let follow = s.op == SysOp::Chown || (s.op == SysOp::Fchownat && s.flags & AT_SYMLINK_NOFOLLOW == 0);
+            let follow = s.op == SysOp::Chown
+                || (s.op == SysOp::Fchownat && s.flags & AT_SYMLINK_NOFOLLOW == 0);
             (Kind::Chown, p1(follow), None)
         }
         SysOp::Fchown => {
@@ -100,7 +121,11 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
         SysOp::Link | SysOp::Linkat => {
             let t = p2(false);
             d.unresolved |= t.unresolved;
-            (Kind::Link, p1(s.flags & AT_SYMLINK_FOLLOW != 0), Some(t.path))
+            (
+                Kind::Link,
+                p1(s.flags & AT_SYMLINK_FOLLOW != 0),
+                Some(t.path),
+            )
         }
         SysOp::Symlink | SysOp::Symlinkat => {
             // path: the new link; target: its content, as given (not resolved).
@@ -121,7 +146,11 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
             return match ret {
                 Some(0) => {
                     let r = fd_path(procs, tgid, s.fd);
-                    if r.unresolved { Outcome::Nothing } else { Outcome::Chdir(r.path) }
+                    if r.unresolved {
+                        Outcome::Nothing
+                    } else {
+                        Outcome::Chdir(r.path)
+                    }
                 }
                 _ => Outcome::Nothing,
             };
@@ -157,7 +186,17 @@ mod tests {
 
     fn rec(op: SysOp, p1: &[u8], p2: &[u8], flags: u32) -> SyscallRecord {
         SyscallRecord {
-            header: Header { flags: 0, ktime_ns: 0, tgid: 1, tid: 1, uid: 0, gid: 0, session_id: 3, cgroup_id: 0, comm: b"mv".to_vec() },
+            header: Header {
+                flags: 0,
+                ktime_ns: 0,
+                tgid: 1,
+                tid: 1,
+                uid: 0,
+                gid: 0,
+                session_id: 3,
+                cgroup_id: 0,
+                comm: b"mv".to_vec(),
+            },
             op,
             flags,
             dfd1: AT_FDCWD,
@@ -182,26 +221,74 @@ mod tests {
     #[test]
     fn kinds_and_paths() {
         let t = ProcTable::default();
-        let o = op(interpret(&t, &rec(SysOp::Renameat2, b"/tmp/x", b"/etc/y.conf", 0), Some(0), 0));
-        assert_eq!((o.kind, o.path.as_slice(), o.target.as_deref()), (Kind::Rename, &b"/tmp/x"[..], Some(&b"/etc/y.conf"[..])));
+        let o = op(interpret(
+            &t,
+            &rec(SysOp::Renameat2, b"/tmp/x", b"/etc/y.conf", 0),
+            Some(0),
+            0,
+        ));
+        assert_eq!(
+            (o.kind, o.path.as_slice(), o.target.as_deref()),
+            (Kind::Rename, &b"/tmp/x"[..], Some(&b"/etc/y.conf"[..]))
+        );
         assert_eq!(o.session, 3);
-        let o = op(interpret(&t, &rec(SysOp::Openat, b"/nonexistent/a", b"", 0o301), Some(3), 0));
+        let o = op(interpret(
+            &t,
+            &rec(SysOp::Openat, b"/nonexistent/a", b"", 0o301),
+            Some(3),
+            0,
+        ));
         assert_eq!(o.kind, Kind::Create, "O_CREAT|O_EXCL success creates");
         assert_eq!(o.details.flags.as_deref(), Some("O_WRONLY|O_CREAT|O_EXCL"));
-        let o = op(interpret(&t, &rec(SysOp::Openat, b"/nonexistent/a", b"", 0o1101), Some(3), 0));
+        let o = op(interpret(
+            &t,
+            &rec(SysOp::Openat, b"/nonexistent/a", b"", 0o1101),
+            Some(3),
+            0,
+        ));
         assert_eq!(o.kind, Kind::OpenWrite);
-        let o = op(interpret(&t, &rec(SysOp::Unlinkat, b"/nonexistent/d", b"", AT_REMOVEDIR), Some(0), 0));
+        let o = op(interpret(
+            &t,
+            &rec(SysOp::Unlinkat, b"/nonexistent/d", b"", AT_REMOVEDIR),
+            Some(0),
+            0,
+        ));
         assert!(o.details.dir);
-        let o = op(interpret(&t, &rec(SysOp::Symlink, b"../target", b"/nonexistent/ln", 0), Some(0), 0));
-        assert_eq!((o.kind, o.path.as_slice(), o.target.as_deref()), (Kind::Symlink, &b"/nonexistent/ln"[..], Some(&b"../target"[..])));
-        let o = op(interpret(&t, &rec(SysOp::Fchownat, b"/nonexistent/f", b"", 0), Some(-1), 0));
-        assert_eq!((o.details.owner, o.details.group, o.result), (Some(-1), Some(0), Some(-1)));
+        let o = op(interpret(
+            &t,
+            &rec(SysOp::Symlink, b"../target", b"/nonexistent/ln", 0),
+            Some(0),
+            0,
+        ));
+        assert_eq!(
+            (o.kind, o.path.as_slice(), o.target.as_deref()),
+            (
+                Kind::Symlink,
+                &b"/nonexistent/ln"[..],
+                Some(&b"../target"[..])
+            )
+        );
+        let o = op(interpret(
+            &t,
+            &rec(SysOp::Fchownat, b"/nonexistent/f", b"", 0),
+            Some(-1),
+            0,
+        ));
+        assert_eq!(
+            (o.details.owner, o.details.group, o.result),
+            (Some(-1), Some(0), Some(-1))
+        );
     }
 
     #[test]
     fn chdir_updates_cwd_only_on_success() {
         let t = ProcTable::default();
-        assert!(matches!(interpret(&t, &rec(SysOp::Chdir, b"/", b"", 0), Some(0), 0), Outcome::Chdir(p) if p == b"/"));
-        assert!(matches!(interpret(&t, &rec(SysOp::Chdir, b"/", b"", 0), Some(-2), 0), Outcome::Nothing));
+        assert!(
+            matches!(interpret(&t, &rec(SysOp::Chdir, b"/", b"", 0), Some(0), 0), Outcome::Chdir(p) if p == b"/")
+        );
+        assert!(matches!(
+            interpret(&t, &rec(SysOp::Chdir, b"/", b"", 0), Some(-2), 0),
+            Outcome::Nothing
+        ));
     }
 }

@@ -43,7 +43,9 @@ pub fn confgate_bin() -> PathBuf {
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building confgate failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
         target.join("debug/confgate")
     })
     .clone()
@@ -59,7 +61,11 @@ pub struct DaemonOptions {
 
 impl Default for DaemonOptions {
     fn default() -> Self {
-        DaemonOptions { extra_watch: Vec::new(), extra_toml: String::new(), path_filter: true }
+        DaemonOptions {
+            extra_watch: Vec::new(),
+            extra_toml: String::new(),
+            path_filter: true,
+        }
     }
 }
 
@@ -80,7 +86,10 @@ impl Daemon {
     }
 
     pub fn start_with(opts: DaemonOptions) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("confgate-e2e-").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("confgate-e2e-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let root = std::fs::canonicalize(dir.path()).expect("canonical tempdir");
         let watched = root.join("watched");
         std::fs::create_dir(&watched).expect("mkdir watched");
@@ -89,7 +98,10 @@ impl Daemon {
         let log = root.join("daemon.log");
         let mut paths = vec![watched.clone()];
         paths.extend(opts.extra_watch);
-        let paths: Vec<String> = paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let paths: Vec<String> = paths
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
         let config = root.join("config.toml");
         let toml = format!(
             "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
@@ -100,7 +112,11 @@ impl Daemon {
             pf = opts.path_filter,
             paths = paths.join(", "),
             // Without test rules, no detection at all (top-level keys precede the tables).
-            top = if opts.extra_toml.is_empty() { "detect = []\n" } else { "" },
+            top = if opts.extra_toml.is_empty() {
+                "detect = []\n"
+            } else {
+                ""
+            },
             extra = opts.extra_toml,
         );
         std::fs::write(&config, toml).expect("write config");
@@ -114,7 +130,15 @@ impl Daemon {
             .stderr(logf)
             .spawn()
             .expect("spawn confgate daemon");
-        let mut d = Daemon { dir, watched, socket, events_file, config, log, child: Some(child) };
+        let mut d = Daemon {
+            dir,
+            watched,
+            socket,
+            events_file,
+            config,
+            log,
+            child: Some(child),
+        };
         d.wait_ready();
         d
     }
@@ -160,7 +184,9 @@ impl Daemon {
         Command::new(confgate_bin())
             .arg("--config")
             .arg(&self.config)
-            .args(["run", "--agent", agent, "--reason", reason, "--", "sh", "-c", script])
+            .args([
+                "run", "--agent", agent, "--reason", reason, "--", "sh", "-c", script,
+            ])
             .current_dir(&self.watched)
             .output()
             .expect("confgate run")
@@ -168,10 +194,16 @@ impl Daemon {
 
     /// All events written so far.
     pub fn events(&self) -> Vec<Value> {
-        let Ok(text) = std::fs::read(&self.events_file) else { return Vec::new() };
+        let Ok(text) = std::fs::read(&self.events_file) else {
+            return Vec::new();
+        };
         text.split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap_or_else(|e| panic!("bad NDJSON line {:?}: {e}", String::from_utf8_lossy(l))))
+            .map(|l| {
+                serde_json::from_slice(l).unwrap_or_else(|e| {
+                    panic!("bad NDJSON line {:?}: {e}", String::from_utf8_lossy(l))
+                })
+            })
             .collect()
     }
 
@@ -186,7 +218,10 @@ impl Daemon {
             if Instant::now() > deadline {
                 panic!(
                     "timed out waiting for {what}; events:\n{}\n--- daemon log ---\n{}",
-                    ev.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"),
+                    ev.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                     self.log()
                 );
             }
@@ -208,7 +243,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -224,18 +262,32 @@ impl Drop for Daemon {
 
 /// Run `sh -c script` outside any session.
 pub fn sh(cwd: &Path, script: &str) -> Output {
-    Command::new("sh").arg("-c").arg(script).current_dir(cwd).output().expect("sh")
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(cwd)
+        .output()
+        .expect("sh")
 }
 
 pub fn ok(o: &Output) {
-    assert!(o.status.success(), "command failed: {}\nstdout: {}\nstderr: {}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "command failed: {}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Events about `path` (as `path` or as `target`), leaving out the test process's own
 /// setup writes (seeding files in the watched tree).
 pub fn about<'a>(events: &'a [Value], path: &str) -> Vec<&'a Value> {
     let me = std::process::id();
-    events.iter().filter(|e| (e["path"] == path || e["target"] == path) && e["pid"] != me).collect()
+    events
+        .iter()
+        .filter(|e| (e["path"] == path || e["target"] == path) && e["pid"] != me)
+        .collect()
 }
 
 /// Events not caused by the test process itself.
@@ -245,11 +297,16 @@ pub fn foreign(events: &[Value]) -> Vec<&Value> {
 }
 
 pub fn kinds(events: &[&Value]) -> Vec<String> {
-    events.iter().map(|e| e["kind"].as_str().unwrap_or("?").to_string()).collect()
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 pub fn has(events: &[Value], kind: &str, path: &str) -> bool {
-    events.iter().any(|e| e["kind"] == kind && e["path"] == path)
+    events
+        .iter()
+        .any(|e| e["kind"] == kind && e["path"] == path)
 }
 
 /// Encode bytes like the event contract does (`\\` and `\xNN`).

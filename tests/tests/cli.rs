@@ -14,22 +14,41 @@ fn run_passes_the_exit_code_and_sessions_lists_it() {
     let out = d.cli(&["sessions", "--all", "--json"]);
     ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let s = v.as_array().and_then(|a| a.iter().find(|s| s["agent"] == "claude")).expect("session listed");
+    let s = v
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["agent"] == "claude"))
+        .expect("session listed");
     assert_eq!(s["reason"], "exit code check");
     let stats = d.cli(&["stats", "--json"]);
     ok(&stats);
     let st: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
     assert_eq!(st["kernel_ringbuf_drops"], 0, "{st}");
-    assert!(st["events_emitted"].as_u64().is_some_and(|n| n >= 1), "{st}");
+    assert!(
+        st["events_emitted"].as_u64().is_some_and(|n| n >= 1),
+        "{st}"
+    );
 }
 
 #[test]
 fn run_refuses_to_start_unmonitored() {
     let out = std::process::Command::new(confgate_bin())
-        .args(["--socket", "/nonexistent/confgate.sock", "run", "--agent", "a", "--", "true"])
+        .args([
+            "--socket",
+            "/nonexistent/confgate.sock",
+            "run",
+            "--agent",
+            "a",
+            "--",
+            "true",
+        ])
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(125), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -37,12 +56,28 @@ fn check_config_reports_line_and_column() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[kernel]\nringbuf_bytes = \"big\"\n").expect("write");
-    let out = std::process::Command::new(confgate_bin()).arg("check-config").arg(&bad).output().expect("run");
+    let out = std::process::Command::new(confgate_bin())
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:2:", bad.display())), "line reported: {err}");
+    assert!(
+        err.contains(&format!("{}:2:", bad.display())),
+        "line reported: {err}"
+    );
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[watch]\npaths = [\"/etc\"]\n").expect("write");
-    let out = std::process::Command::new(confgate_bin()).arg("check-config").arg(&good).output().expect("run");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(confgate_bin())
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

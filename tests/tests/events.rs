@@ -18,24 +18,52 @@ fn sed_in_place_inside_a_session() {
     std::fs::write(d.watched.join("app.conf"), "debug=false\n").expect("seed");
     ok(&d.in_session("claude", "turn on debug", "sed -i s/false/true/ app.conf"));
     let target = d.w("app.conf");
-    let ev = d.wait_for("rename onto app.conf", |ev| ev.iter().any(|e| e["kind"] == "rename" && e["target"] == target));
+    let ev = d.wait_for("rename onto app.conf", |ev| {
+        ev.iter()
+            .any(|e| e["kind"] == "rename" && e["target"] == target)
+    });
     d.settle();
     let ev = d.events();
     let on_target = about(&ev, &target);
-    assert_eq!(kinds(&on_target), ["rename"], "exactly one operation replaced app.conf: {on_target:#?}");
+    assert_eq!(
+        kinds(&on_target),
+        ["rename"],
+        "exactly one operation replaced app.conf: {on_target:#?}"
+    );
     let r = on_target[0];
     assert_eq!(r["comm"], "sed");
     assert_eq!(session_agent(r), Some("claude"));
     assert_eq!(r["session"]["reason"], "turn on debug");
     assert_eq!(r["result"], 0);
-    assert!(r["argv"].as_array().is_some_and(|a| a.iter().any(|x| x == "s/false/true/")), "argv recorded: {r}");
+    assert!(
+        r["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "s/false/true/")),
+        "argv recorded: {r}"
+    );
     // The temp file sed wrote is reported as created and written, in the same session.
     let tmp = r["path"].as_str().expect("rename source");
-    assert!(tmp.starts_with(&d.w("sed")), "temp file in the same dir: {tmp}");
+    assert!(
+        tmp.starts_with(&d.w("sed")),
+        "temp file in the same dir: {tmp}"
+    );
     let tmp_kinds = kinds(&ev.iter().filter(|e| e["path"] == tmp).collect::<Vec<_>>());
-    assert!(tmp_kinds.contains(&"create".to_string()) && tmp_kinds.contains(&"write".to_string()), "{tmp_kinds:?}");
-    assert_eq!(std::fs::read_to_string(d.watched.join("app.conf")).ok().as_deref(), Some("debug=true\n"));
-    assert!(foreign(&ev).iter().all(|e| session_agent(e) == Some("claude")), "nothing else wrote: {ev:#?}");
+    assert!(
+        tmp_kinds.contains(&"create".to_string()) && tmp_kinds.contains(&"write".to_string()),
+        "{tmp_kinds:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.watched.join("app.conf"))
+            .ok()
+            .as_deref(),
+        Some("debug=true\n")
+    );
+    assert!(
+        foreign(&ev)
+            .iter()
+            .all(|e| session_agent(e) == Some("claude")),
+        "nothing else wrote: {ev:#?}"
+    );
 }
 
 #[test]
@@ -50,22 +78,41 @@ fn relative_append_from_another_cwd() {
     std::fs::create_dir(d.dir.path().join("elsewhere")).expect("mkdir");
     let out = Command::new(confgate_bin())
         .args([OsStr::new("--config"), d.config.as_os_str()])
-        .args(["run", "--agent", "codex", "--", "sh", "-c", "echo DEBUG=true >> ../watched/proj/.env"])
+        .args([
+            "run",
+            "--agent",
+            "codex",
+            "--",
+            "sh",
+            "-c",
+            "echo DEBUG=true >> ../watched/proj/.env",
+        ])
         .current_dir(d.dir.path().join("elsewhere"))
         .output()
         .expect("run");
     ok(&out);
     let env = d.w("proj/.env");
-    let ev = d.wait_for("open_write and write on .env", |ev| has(ev, "open_write", &env) && has(ev, "write", &env));
+    let ev = d.wait_for("open_write and write on .env", |ev| {
+        has(ev, "open_write", &env) && has(ev, "write", &env)
+    });
     d.settle();
     let ev = d.events();
     assert_eq!(kinds(&about(&ev, &env)), ["open_write", "write"]);
     for e in about(&ev, &env) {
         assert_eq!(session_agent(e), Some("codex"));
         assert_eq!(e["comm"], "sh");
-        assert_eq!(e["cwd"], format!("{}/elsewhere", d.dir.path().canonicalize().expect("c").display()));
+        assert_eq!(
+            e["cwd"],
+            format!(
+                "{}/elsewhere",
+                d.dir.path().canonicalize().expect("c").display()
+            )
+        );
     }
-    assert_eq!(about(&ev, &env)[0]["details"]["flags"], "O_WRONLY|O_CREAT|O_APPEND");
+    assert_eq!(
+        about(&ev, &env)[0]["details"]["flags"],
+        "O_WRONLY|O_CREAT|O_APPEND"
+    );
 }
 
 #[test]
@@ -74,15 +121,28 @@ fn python_script_creates_a_file() {
         return;
     }
     let d = Daemon::start();
-    ok(&d.in_session("aider", "", "python3 -c \"open('settings.json','w').write('{\\\"tls_verify\\\": false}')\""));
+    ok(&d.in_session(
+        "aider",
+        "",
+        "python3 -c \"open('settings.json','w').write('{\\\"tls_verify\\\": false}')\"",
+    ));
     let p = d.w("settings.json");
-    d.wait_for("create + write", |ev| has(ev, "create", &p) && has(ev, "write", &p));
+    d.wait_for("create + write", |ev| {
+        has(ev, "create", &p) && has(ev, "write", &p)
+    });
     d.settle();
     let ev = d.events();
     let mine = about(&ev, &p);
     assert_eq!(kinds(&mine), ["create", "write"]);
-    assert!(mine.iter().all(|e| e["comm"] == "python3" && session_agent(e) == Some("aider")));
-    assert_eq!(mine[0]["source"], "both", "seen by eBPF and fanotify: {}", mine[0]);
+    assert!(
+        mine.iter()
+            .all(|e| e["comm"] == "python3" && session_agent(e) == Some("aider"))
+    );
+    assert_eq!(
+        mine[0]["source"], "both",
+        "seen by eBPF and fanotify: {}",
+        mine[0]
+    );
 }
 
 #[test]
@@ -94,23 +154,52 @@ fn mv_temp_file_over_watched_file_same_dir_and_from_tmp() {
     std::fs::write(d.watched.join("pool.conf"), "size=10\n").expect("seed");
     std::fs::write(d.watched.join("other.conf"), "x\n").expect("seed");
     // Same directory, inside a session.
-    ok(&d.in_session("claude", "", "printf 'size=100\\n' > .pool.tmp && mv .pool.tmp pool.conf"));
+    ok(&d.in_session(
+        "claude",
+        "",
+        "printf 'size=100\\n' > .pool.tmp && mv .pool.tmp pool.conf",
+    ));
     let target = d.w("pool.conf");
-    let ev = d.wait_for("rename onto pool.conf", |ev| ev.iter().any(|e| e["kind"] == "rename" && e["target"] == target));
-    let r = ev.iter().find(|e| e["kind"] == "rename" && e["target"] == target).expect("rename");
-    assert_eq!((r["path"].as_str(), r["comm"].as_str(), session_agent(r)), (Some(d.w(".pool.tmp").as_str()), Some("mv"), Some("claude")));
+    let ev = d.wait_for("rename onto pool.conf", |ev| {
+        ev.iter()
+            .any(|e| e["kind"] == "rename" && e["target"] == target)
+    });
+    let r = ev
+        .iter()
+        .find(|e| e["kind"] == "rename" && e["target"] == target)
+        .expect("rename");
+    assert_eq!(
+        (r["path"].as_str(), r["comm"].as_str(), session_agent(r)),
+        (Some(d.w(".pool.tmp").as_str()), Some("mv"), Some("claude"))
+    );
 
     // From /tmp (same filesystem), outside any session.
     let tmp = tempfile::NamedTempFile::new_in("/tmp").expect("tmp file");
     std::fs::write(tmp.path(), "x=2\n").expect("write tmp");
     let (_, tmp_path) = tmp.keep().expect("keep");
     let target2 = d.w("other.conf");
-    ok(&sh(&d.watched, &format!("mv {} other.conf", tmp_path.display())));
-    let ev = d.wait_for("rename from /tmp", |ev| ev.iter().any(|e| e["kind"] == "rename" && e["target"] == target2));
+    ok(&sh(
+        d.dir.path(),
+        &format!("mv {} {target2}", tmp_path.display()),
+    ));
+    let ev = d.wait_for("rename from /tmp", |ev| {
+        ev.iter()
+            .any(|e| e["kind"] == "rename" && e["target"] == target2)
+    });
     d.settle();
     let ev = d.events();
-    let on = about(&ev, &target2);
+    // mv first tries renameat2(RENAME_NOREPLACE), which fails with EEXIST: that attempt is
+    // reported too (result -17). Exactly one rename succeeded.
+    let on: Vec<&Value> = about(&ev, &target2)
+        .into_iter()
+        .filter(|e| e["result"].as_i64().is_none_or(|r| r >= 0))
+        .collect();
     assert_eq!(kinds(&on), ["rename"], "{on:#?}");
+    assert!(
+        about(&ev, &target2)
+            .iter()
+            .all(|e| e["result"].as_i64().is_none_or(|r| r >= 0 || r == -17))
+    );
     assert_eq!(on[0]["path"], tmp_path.display().to_string());
     assert!(on[0]["session"].is_null());
     assert_eq!(on[0]["comm"], "mv");
@@ -123,7 +212,9 @@ fn crontab_writes_the_spool() {
         return;
     }
     let Ok(crontab) = which("crontab") else {
-        println!("SKIP crontab_writes_the_spool: crontab(1) not installed (scripts/bootstrap.sh installs cron)");
+        println!(
+            "SKIP crontab_writes_the_spool: crontab(1) not installed (scripts/bootstrap.sh installs cron)"
+        );
         return;
     };
     let spool = std::path::Path::new("/var/spool/cron/crontabs");
@@ -134,14 +225,30 @@ fn crontab_writes_the_spool() {
     // Use a dedicated user's crontab so that root's is never touched.
     let user = "confgate-e2e";
     if nix::unistd::User::from_name(user).ok().flatten().is_none() {
-        ok(&Command::new("useradd").args(["--system", "--no-create-home", user]).output().expect("useradd"));
+        ok(&Command::new("useradd")
+            .args(["--system", "--no-create-home", user])
+            .output()
+            .expect("useradd"));
     }
-    let d = Daemon::start_with(DaemonOptions { extra_watch: vec!["/var/spool/cron".into()], ..DaemonOptions::default() });
+    let d = Daemon::start_with(DaemonOptions {
+        extra_watch: vec!["/var/spool/cron".into()],
+        ..DaemonOptions::default()
+    });
     std::fs::write(d.watched.join("job"), "*/5 * * * * /usr/bin/true\n").expect("crontab file");
-    ok(&d.in_session("ops-agent", "schedule cleanup", &format!("{} -u {user} job", crontab.display())));
+    ok(&d.in_session(
+        "ops-agent",
+        "schedule cleanup",
+        &format!("{} -u {user} job", crontab.display()),
+    ));
     let spool_file = format!("/var/spool/cron/crontabs/{user}");
-    let ev = d.wait_for("crontab spool write", |ev| ev.iter().any(|e| e["target"] == spool_file || (e["path"] == spool_file && e["kind"] != "chmod")));
-    let e = ev.iter().find(|e| e["target"] == spool_file || e["path"] == spool_file).expect("event");
+    let ev = d.wait_for("crontab spool write", |ev| {
+        ev.iter()
+            .any(|e| e["target"] == spool_file || (e["path"] == spool_file && e["kind"] != "chmod"))
+    });
+    let e = ev
+        .iter()
+        .find(|e| e["target"] == spool_file || e["path"] == spool_file)
+        .expect("event");
     assert_eq!(e["comm"], "crontab");
     assert_eq!(session_agent(e), Some("ops-agent"));
     let _ = Command::new(&crontab).args(["-u", user, "-r"]).output();
@@ -168,23 +275,45 @@ fn truncate_and_chmod() {
     ok(&d.in_session("claude", "", "truncate -s 0 t.conf"));
     let t = d.w("t.conf");
     let ev = d.wait_for("truncate", |ev| has(ev, "truncate", &t));
-    let e = ev.iter().find(|e| e["kind"] == "truncate" && e["path"] == t).expect("truncate");
-    assert_eq!((e["comm"].as_str(), e["details"]["length"].as_u64()), (Some("truncate"), Some(0)));
+    let e = ev
+        .iter()
+        .find(|e| e["kind"] == "truncate" && e["path"] == t)
+        .expect("truncate");
+    assert_eq!(
+        (e["comm"].as_str(), e["details"]["length"].as_u64()),
+        (Some("truncate"), Some(0))
+    );
     // Absolute chmod outside a session: seen by the kernel prefix filter and fanotify.
     let c = d.w("c.conf");
     ok(&sh(&d.watched, &format!("chmod 600 {c}")));
     let ev = d.wait_for("chmod", |ev| has(ev, "chmod", &c));
-    let e = ev.iter().find(|e| e["kind"] == "chmod" && e["path"] == c).expect("chmod");
-    assert_eq!((e["details"]["mode"].as_str(), e["source"].as_str()), (Some("0600"), Some("both")));
+    let e = ev
+        .iter()
+        .find(|e| e["kind"] == "chmod" && e["path"] == c)
+        .expect("chmod");
+    assert_eq!(
+        (e["details"]["mode"].as_str(), e["source"].as_str()),
+        (Some("0600"), Some("both"))
+    );
     assert!(e["session"].is_null());
     // Relative chmod outside a session: only fanotify sees it; still classified as chmod.
     let r = d.w("r.conf");
     ok(&sh(&d.watched, "chmod 640 r.conf"));
     let ev = d.wait_for("relative chmod", |ev| has(ev, "chmod", &r));
-    let e = ev.iter().find(|e| e["kind"] == "chmod" && e["path"] == r).expect("chmod");
-    assert_eq!((e["source"].as_str(), e["comm"].as_str()), (Some("fanotify"), Some("chmod")));
+    let e = ev
+        .iter()
+        .find(|e| e["kind"] == "chmod" && e["path"] == r)
+        .expect("chmod");
+    assert_eq!(
+        (e["source"].as_str(), e["comm"].as_str()),
+        (Some("fanotify"), Some("chmod"))
+    );
     d.settle();
-    assert_eq!(kinds(&about(&d.events(), &c)), ["chmod"], "one event per operation");
+    assert_eq!(
+        kinds(&about(&d.events(), &c)),
+        ["chmod"],
+        "one event per operation"
+    );
 }
 
 #[test]
@@ -201,17 +330,35 @@ fn symlink_to_watched_file_and_hardlink() {
     ok(&d.in_session("claude", "", &format!("echo b > {}", link.display())));
     let s = d.w("s.conf");
     let ev = d.wait_for("write through symlink", |ev| has(ev, "write", &s));
-    assert!(ev.iter().filter(|e| e["path"] == s).all(|e| session_agent(e) == Some("claude")));
+    assert!(
+        foreign(&ev)
+            .iter()
+            .filter(|e| e["path"] == s)
+            .all(|e| session_agent(e) == Some("claude")),
+        "{ev:#?}"
+    );
     // Outside a session through the symlink: only fanotify can see it, canonical path.
     ok(&sh(d.dir.path(), &format!("echo c >> {}", link.display())));
-    d.wait_for("outside write through symlink", |ev| ev.iter().any(|e| e["path"] == s && e["session"].is_null() && e["kind"] == "write"));
+    d.wait_for("outside write through symlink", |ev| {
+        ev.iter()
+            .any(|e| e["path"] == s && e["session"].is_null() && e["kind"] == "write")
+    });
     // A hard link to a watched file.
     let hl = d.dir.path().join("hl");
-    ok(&sh(d.dir.path(), &format!("ln {} {}", d.w("h.conf"), hl.display())));
+    ok(&sh(
+        d.dir.path(),
+        &format!("ln {} {}", d.w("h.conf"), hl.display()),
+    ));
     let h = d.w("h.conf");
     let ev = d.wait_for("link", |ev| has(ev, "link", &h));
-    let e = ev.iter().find(|e| e["kind"] == "link" && e["path"] == h).expect("link");
-    assert_eq!((e["target"].as_str(), e["comm"].as_str()), (Some(hl.display().to_string().as_str()), Some("ln")));
+    let e = ev
+        .iter()
+        .find(|e| e["kind"] == "link" && e["path"] == h)
+        .expect("link");
+    assert_eq!(
+        (e["target"].as_str(), e["comm"].as_str()),
+        (Some(hl.display().to_string().as_str()), Some("ln"))
+    );
 }
 
 #[test]
@@ -225,7 +372,9 @@ fn names_with_newline_and_invalid_utf8() {
     ok(&d.in_session("claude", "", "python3 w.py"));
     let nl = d.w("new\nline.conf");
     let bad = encoded(&[d.watched.as_os_str().as_bytes(), b"/bad\xff\xfe.conf"].concat());
-    let ev = d.wait_for("odd names", |ev| has(ev, "create", &nl) && has(ev, "create", &bad));
+    let ev = d.wait_for("odd names", |ev| {
+        has(ev, "create", &nl) && has(ev, "create", &bad)
+    });
     assert!(bad.ends_with("/bad\\xff\\xfe.conf"), "{bad}");
     assert!(has(&ev, "write", &nl) && has(&ev, "write", &bad));
     // Every line of the file is one valid JSON object (checked by events()).
@@ -281,7 +430,10 @@ fn agent_detected_by_rule_without_wrapper() {
     let agent = d.dir.path().join("cg-fake-agent");
     std::fs::copy("/bin/sh", &agent).expect("copy sh");
     // The detected agent starts, then (after tagging) writes via a child.
-    ok(&sh(&d.watched, &format!("{} -c 'sleep 0.3; echo 1 > detected.conf'", agent.display())));
+    ok(&sh(
+        &d.watched,
+        &format!("{} -c 'sleep 0.3; echo 1 > detected.conf'", agent.display()),
+    ));
     let p = d.w("detected.conf");
     let ev = d.wait_for("detected write", |ev| has(ev, "create", &p));
     let e = ev.iter().find(|e| e["path"] == p).expect("event");

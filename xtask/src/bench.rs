@@ -30,13 +30,19 @@ fn root() -> PathBuf {
 }
 
 fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
-    let st = Command::new(env!("CARGO")).args(["build", "--release", "--quiet"]).args(args).current_dir(root()).status()?;
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .args(args)
+        .current_dir(root())
+        .status()?;
     ensure!(st.success(), "cargo build {args:?} failed");
     Ok(())
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 struct Env {
@@ -72,8 +78,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(env: &Env, path_filter: bool, watch: &[PathBuf]) -> anyhow::Result<Daemon> {
-        let d = tempfile::Builder::new().prefix("d-").tempdir_in(env.scratch.path())?.keep();
-        let paths: Vec<String> = watch.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+        let d = tempfile::Builder::new()
+            .prefix("d-")
+            .tempdir_in(env.scratch.path())?
+            .keep();
+        let paths: Vec<String> = watch
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
         let config = d.join("config.toml");
         // Top-level keys (detect) must precede the tables.
         std::fs::write(
@@ -96,7 +108,12 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
-        let mut daemon = Daemon { child, log, config, spawned };
+        let mut daemon = Daemon {
+            child,
+            log,
+            config,
+            spawned,
+        };
         daemon.wait_ready()?;
         Ok(daemon)
     }
@@ -124,8 +141,16 @@ impl Daemon {
     }
 
     fn stats(&self, env: &Env) -> anyhow::Result<Value> {
-        let out = Command::new(&env.confgate).arg("--config").arg(&self.config).args(["stats", "--json"]).output()?;
-        ensure!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&env.confgate)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["stats", "--json"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
@@ -145,13 +170,26 @@ fn worker(env: &Env, dir: &Path, ops: u64, session: Option<&Path>) -> anyhow::Re
     let mut cmd = match session {
         Some(config) => {
             let mut c = Command::new(&env.confgate);
-            c.arg("--config").arg(config).args(["run", "--agent", "bench", "--"]).arg(&env.xtask);
+            c.arg("--config")
+                .arg(config)
+                .args(["run", "--agent", "bench", "--"])
+                .arg(&env.xtask);
             c
         }
         None => Command::new(&env.xtask),
     };
-    let out = cmd.arg("worker").arg("--dir").arg(dir).arg("--ops").arg(ops.to_string()).output()?;
-    ensure!(out.status.success(), "worker failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .arg("worker")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--ops")
+        .arg(ops.to_string())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "worker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout)?;
     v["ns_per_op"].as_f64().context("worker output")
 }
@@ -167,12 +205,27 @@ struct Summary {
 fn summary(mut v: Vec<f64>) -> Summary {
     let samples = v.clone();
     v.sort_by(f64::total_cmp);
-    let median = if v.is_empty() { f64::NAN } else { v[v.len() / 2] };
-    Summary { median, min: v.first().copied().unwrap_or(f64::NAN), max: v.last().copied().unwrap_or(f64::NAN), samples }
+    let median = if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    };
+    Summary {
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+        samples,
+    }
 }
 
 /// Interleaved A/B: every round runs each mode once, in rotating order.
-fn ab(env: &Env, dir: &Path, watch: &[PathBuf], rounds: usize, ops: u64) -> anyhow::Result<Vec<(Mode, Summary)>> {
+fn ab(
+    env: &Env,
+    dir: &Path,
+    watch: &[PathBuf],
+    rounds: usize,
+    ops: u64,
+) -> anyhow::Result<Vec<(Mode, Summary)>> {
     let modes = [Mode::Off, Mode::On, Mode::OnNoFilter];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for r in 0..rounds {
@@ -191,7 +244,10 @@ fn ab(env: &Env, dir: &Path, watch: &[PathBuf], rounds: usize, ops: u64) -> anyh
             }
         }
     }
-    Ok(modes.into_iter().zip(samples.into_iter().map(summary)).collect())
+    Ok(modes
+        .into_iter()
+        .zip(samples.into_iter().map(summary))
+        .collect())
 }
 
 fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
@@ -203,27 +259,46 @@ fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 
 fn proc_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("VmRSS")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
     Ok(line.split_whitespace().nth(1).context("rss")?.parse()?)
 }
 
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     json!({ "cpu": cpu, "kernel": kernel, "cores": cores })
 }
 
 fn now_utc() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().ok();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    ensure!(nix_is_root(), "the benchmark loads eBPF programs: run it as root");
+    ensure!(
+        nix_is_root(),
+        "the benchmark loads eBPF programs: run it as root"
+    );
     let rounds = a.rounds.unwrap_or(if a.quick { 3 } else { 7 });
     let ops: u64 = if a.quick { 20_000 } else { 100_000 };
     let idle_secs = if a.quick { 5 } else { 60 };
@@ -233,7 +308,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let env = Env {
         confgate: target_dir().join("release/confgate"),
         xtask: target_dir().join("release/xtask"),
-        scratch: tempfile::Builder::new().prefix("confgate-bench-").tempdir_in("/var/tmp")?,
+        scratch: tempfile::Builder::new()
+            .prefix("confgate-bench-")
+            .tempdir_in("/var/tmp")?,
     };
     let watched = env.dir("watched");
     let unwatched = env.dir("unwatched");
@@ -255,7 +332,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // Let the pipeline drain (correlation window + flush).
         std::thread::sleep(Duration::from_millis(800));
         let after = d.stats(&env)?;
-        let delta = |k: &str| after[k].as_u64().unwrap_or(0).saturating_sub(before[k].as_u64().unwrap_or(0));
+        let delta = |k: &str| {
+            after[k]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(before[k].as_u64().unwrap_or(0))
+        };
         s3.push(json!({
             "worker_ns_per_op": ns,
             "kernel_records": delta("kernel_events_emitted"),
@@ -269,11 +351,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 
     eprintln!("scenarios 6 and 7: idle use with the default watch set, start-up time");
-    let default_watch: Vec<PathBuf> = ["/etc", "/var/spool/cron", "/run/systemd/system", "/usr/lib/systemd/system"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-        .collect();
+    let default_watch: Vec<PathBuf> = [
+        "/etc",
+        "/var/spool/cron",
+        "/run/systemd/system",
+        "/usr/lib/systemd/system",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|p| p.exists())
+    .collect();
     let mut startup = Vec::new();
     for _ in 0..rounds {
         let d = Daemon::start(&env, true, &default_watch)?;
@@ -285,7 +372,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let hz = 100.0; // USER_HZ on Linux x86_64
     let t0 = (Instant::now(), proc_cpu_ticks(d.pid())?);
     std::thread::sleep(Duration::from_secs(idle_secs));
-    let cpu_pct = (proc_cpu_ticks(d.pid())? - t0.1) as f64 / hz / t0.0.elapsed().as_secs_f64() * 100.0;
+    let cpu_pct =
+        (proc_cpu_ticks(d.pid())? - t0.1) as f64 / hz / t0.0.elapsed().as_secs_f64() * 100.0;
     let rss_mib = proc_rss_kib(d.pid())? as f64 / 1024.0;
     d.stop()?;
 
@@ -301,13 +389,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "scenario6_idle": { "seconds": idle_secs, "cpu_percent_of_one_core": cpu_pct, "rss_mib": rss_mib },
         "scenario7_startup_ms": summary(startup.clone()),
     });
-    let table = render(&results, &s1, &s2, &s3, cpu_pct, rss_mib, &summary(startup), idle_secs);
+    let table = render(
+        &results,
+        &s1,
+        &s2,
+        &s3,
+        cpu_pct,
+        rss_mib,
+        &summary(startup),
+        idle_secs,
+    );
     println!("{table}");
     if !a.no_write {
         let dir = root().join("bench/results");
         std::fs::create_dir_all(&dir)?;
         let text = serde_json::to_string_pretty(&results)?;
-        let name = if a.quick { "latest-quick.json" } else { "latest.json" };
+        let name = if a.quick {
+            "latest-quick.json"
+        } else {
+            "latest.json"
+        };
         std::fs::write(dir.join(name), &text)?;
         if !a.quick {
             write_benchmarks_md(&table)?;
@@ -322,8 +423,13 @@ fn nix_is_root() -> bool {
 }
 
 fn ratio(s: &[(Mode, Summary)], m: Mode) -> f64 {
-    let base = s.iter().find(|(x, _)| *x == Mode::Off).map_or(f64::NAN, |(_, s)| s.median);
-    s.iter().find(|(x, _)| *x == m).map_or(f64::NAN, |(_, s)| s.median / base)
+    let base = s
+        .iter()
+        .find(|(x, _)| *x == Mode::Off)
+        .map_or(f64::NAN, |(_, s)| s.median);
+    s.iter()
+        .find(|(x, _)| *x == m)
+        .map_or(f64::NAN, |(_, s)| s.median / base)
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -331,7 +437,16 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn render(r: &Value, s1: &[(Mode, Summary)], s2: &[(Mode, Summary)], s3: &[Value], cpu: f64, rss: f64, startup: &Summary, idle: u64) -> String {
+fn render(
+    r: &Value,
+    s1: &[(Mode, Summary)],
+    s2: &[(Mode, Summary)],
+    s3: &[Value],
+    cpu: f64,
+    rss: f64,
+    startup: &Summary,
+    idle: u64,
+) -> String {
     let m = &r["machine"];
     let mut t = format!(
         "Run: {} on {} ({} cores, kernel {}), {} rounds, {} ops per run.\n\n",
@@ -343,8 +458,16 @@ fn render(r: &Value, s1: &[(Mode, Summary)], s2: &[(Mode, Summary)], s3: &[Value
         r["ops_per_run"]
     );
     t += "| scenario | measure | daemon off | on (kernel path filter) | on (fanotify only) | ratio on/off | target | verdict |\n|---|---|---|---|---|---|---|---|\n";
-    for (name, s, target) in [("1 unwatched work", s1, 1.01), ("2 watched, outside session", s2, 1.10)] {
-        let get = |mode| s.iter().find(|(x, _)| *x == mode).map(|(_, v)| format!("{:.0} ns/op ({:.0}–{:.0})", v.median, v.min, v.max)).unwrap_or_default();
+    for (name, s, target) in [
+        ("1 unwatched work", s1, 1.01),
+        ("2 watched, outside session", s2, 1.10),
+    ] {
+        let get = |mode| {
+            s.iter()
+                .find(|(x, _)| *x == mode)
+                .map(|(_, v)| format!("{:.0} ns/op ({:.0}–{:.0})", v.median, v.min, v.max))
+                .unwrap_or_default()
+        };
         let r_on = ratio(s, Mode::On);
         let r_nf = ratio(s, Mode::OnNoFilter);
         t += &format!(
@@ -355,9 +478,18 @@ fn render(r: &Value, s1: &[(Mode, Summary)], s2: &[(Mode, Summary)], s3: &[Value
             verdict(r_on <= target)
         );
     }
-    let rates: Vec<f64> = s3.iter().filter_map(|v| v["kernel_records_per_sec"].as_f64()).collect();
-    let ev: Vec<f64> = s3.iter().filter_map(|v| v["events_per_sec"].as_f64()).collect();
-    let drops: u64 = s3.iter().filter_map(|v| v["kernel_ringbuf_drops"].as_u64()).sum();
+    let rates: Vec<f64> = s3
+        .iter()
+        .filter_map(|v| v["kernel_records_per_sec"].as_f64())
+        .collect();
+    let ev: Vec<f64> = s3
+        .iter()
+        .filter_map(|v| v["events_per_sec"].as_f64())
+        .collect();
+    let drops: u64 = s3
+        .iter()
+        .filter_map(|v| v["kernel_ringbuf_drops"].as_u64())
+        .sum();
     let rates = summary(rates);
     let ev = summary(ev);
     t += &format!(
@@ -365,12 +497,24 @@ fn render(r: &Value, s1: &[(Mode, Summary)], s2: &[(Mode, Summary)], s3: &[Value
         rates.median,
         ev.median,
         drops,
-        if drops == 0 && rates.median >= 300_000.0 { "met" } else if drops == 0 { "0 drops, but the workload stayed below 300k/s" } else { "**missed**" }
+        if drops == 0 && rates.median >= 300_000.0 {
+            "met"
+        } else if drops == 0 {
+            "0 drops, but the workload stayed below 300k/s"
+        } else {
+            "**missed**"
+        }
     );
     t += "| 4 gate decision latency | | | | | | p99 < 50 us | n/a: the gate (issue 3) is not built yet |\n";
     t += "| 5 approval round trip | | | | | | p99 < 2 ms | n/a: the approval service (issue 3) is not built yet |\n";
-    t += &format!("| 6 idle, default watch set | RSS; CPU over {idle} s | | {rss:.1} MiB; {cpu:.2}% | | | < 25 MiB; < 0.5% | {} |\n", verdict(rss < 25.0 && cpu < 0.5));
-    t += &format!("| 7 start-up to ready | ms (spawn to `confgate ready`) | | {:.0} ms ({:.0}–{:.0}) | | | | |\n", startup.median, startup.min, startup.max);
+    t += &format!(
+        "| 6 idle, default watch set | RSS; CPU over {idle} s | | {rss:.1} MiB; {cpu:.2}% | | | < 25 MiB; < 0.5% | {} |\n",
+        verdict(rss < 25.0 && cpu < 0.5)
+    );
+    t += &format!(
+        "| 7 start-up to ready | ms (spawn to `confgate ready`) | | {:.0} ms ({:.0}–{:.0}) | | | | |\n",
+        startup.median, startup.min, startup.max
+    );
     t
 }
 

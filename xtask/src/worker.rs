@@ -26,12 +26,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for _ in 0..a.ops {
         // SAFETY: plain syscalls on NUL-terminated paths and a live buffer.
         unsafe {
-            let fd = libc::open(tmp.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o644);
+            let fd = libc::open(
+                tmp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                0o644,
+            );
             anyhow::ensure!(fd >= 0, "open: {}", std::io::Error::last_os_error());
             let n = libc::write(fd, buf.as_ptr().cast(), buf.len());
             anyhow::ensure!(n == buf.len() as isize, "short write");
             libc::close(fd);
-            anyhow::ensure!(libc::rename(tmp.as_ptr(), dst.as_ptr()) == 0, "rename: {}", std::io::Error::last_os_error());
+            anyhow::ensure!(
+                libc::rename(tmp.as_ptr(), dst.as_ptr()) == 0,
+                "rename: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     let ns = start.elapsed().as_nanos() as f64 / a.ops.max(1) as f64;

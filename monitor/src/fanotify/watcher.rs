@@ -322,6 +322,47 @@ impl NotifyWatcher {
         }
     }
 
+    /// Read every event queued right now without waiting (the descriptor is non-blocking).
+    /// The daemon calls this before correlating, so that every fanotify event the kernel
+    /// queued before this call is known. A stale tokio readiness left by this direct read
+    /// is cleared by `try_io` in the next [`Self::next_batch`].
+    pub fn drain(&mut self) -> Result<Vec<FanEvent>, FanotifyError> {
+        let raw = match (&self.fd, &self.afd) {
+            (Some(fd), _) => fd.as_raw_fd(),
+            (None, Some(afd)) => afd.get_ref().as_raw_fd(),
+            (None, None) => {
+                return Err(FanotifyError::Read(io::Error::other(
+                    "fanotify descriptor lost",
+                )));
+            }
+        };
+        let mut out = Vec::new();
+        loop {
+            let mut buf = std::mem::take(&mut self.buf);
+            let n = match sys::read(raw, &mut buf) {
+                Ok(0) => {
+                    self.buf = buf;
+                    return Err(FanotifyError::Read(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.buf = buf;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.buf = buf;
+                    return Ok(out);
+                }
+                Err(e) => {
+                    self.buf = buf;
+                    return Err(FanotifyError::Read(e));
+                }
+            };
+            out.extend(self.process_buffer(&buf[..n.min(buf.len())]));
+            self.buf = buf;
+        }
+    }
+
     /// Counters since creation.
     pub fn stats(&self) -> FanotifyStats {
         self.stats

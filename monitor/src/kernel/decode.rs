@@ -18,7 +18,11 @@ pub enum DecodeError {
     #[error("unknown syscall op {0}")]
     UnknownOp(u32),
     #[error("{kind:?} record of {len} bytes is truncated (needs {need})")]
-    Truncated { kind: EventKind, len: usize, need: usize },
+    Truncated {
+        kind: EventKind,
+        len: usize,
+        need: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,13 +56,36 @@ pub struct SyscallRecord {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    Fork { header: Header, child_pid: u32 },
-    Exec { header: Header, old_tid: u32, filename: Vec<u8> },
-    ExecArgs { header: Header, argv: Vec<Vec<u8>>, truncated: bool },
-    Exit { header: Header, group_dead: bool },
+    Fork {
+        header: Header,
+        child_pid: u32,
+    },
+    Exec {
+        header: Header,
+        old_tid: u32,
+        filename: Vec<u8>,
+    },
+    ExecArgs {
+        header: Header,
+        argv: Vec<Vec<u8>>,
+        truncated: bool,
+    },
+    Exit {
+        header: Header,
+        group_dead: bool,
+    },
     Syscall(SyscallRecord),
-    SyscallExit { header: Header, op: SysOp, ret: i64 },
-    Write { header: Header, op: SysOp, fd: i32, count: u64 },
+    SyscallExit {
+        header: Header,
+        op: SysOp,
+        ret: i64,
+    },
+    Write {
+        header: Header,
+        op: SysOp,
+        fd: i32,
+        count: u64,
+    },
 }
 
 impl Record {
@@ -99,14 +126,23 @@ fn c_bytes(b: &[u8]) -> Vec<u8> {
 
 fn need(kind: EventKind, b: &[u8], n: usize) -> Result<(), DecodeError> {
     if b.len() < n {
-        Err(DecodeError::Truncated { kind, len: b.len(), need: n })
+        Err(DecodeError::Truncated {
+            kind,
+            len: b.len(),
+            need: n,
+        })
     } else {
         Ok(())
     }
 }
 
 /// A length-prefixed path at `len_off` (u32) followed by its bytes at `data_off`.
-fn path_at(kind: EventKind, b: &[u8], len_off: usize, data_off: usize) -> Result<Vec<u8>, DecodeError> {
+fn path_at(
+    kind: EventKind,
+    b: &[u8],
+    len_off: usize,
+    data_off: usize,
+) -> Result<Vec<u8>, DecodeError> {
     need(kind, b, len_off + 4)?;
     let len = (u32_at(b, len_off) as usize).min(PATH_MAX - 1);
     need(kind, b, data_off + len)?;
@@ -142,11 +178,23 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     Ok(match kind {
         EventKind::Fork => {
             need(kind, b, size_of::<ForkEvent>())?;
-            Record::Fork { header, child_pid: u32_at(b, offset_of!(ForkEvent, child_pid)) }
+            Record::Fork {
+                header,
+                child_pid: u32_at(b, offset_of!(ForkEvent, child_pid)),
+            }
         }
         EventKind::Exec => {
-            let filename = path_at(kind, b, offset_of!(ExecEvent, filename_len), EXEC_FILENAME_OFFSET)?;
-            Record::Exec { header, old_tid: u32_at(b, offset_of!(ExecEvent, old_tid)), filename }
+            let filename = path_at(
+                kind,
+                b,
+                offset_of!(ExecEvent, filename_len),
+                EXEC_FILENAME_OFFSET,
+            )?;
+            Record::Exec {
+                header,
+                old_tid: u32_at(b, offset_of!(ExecEvent, old_tid)),
+                filename,
+            }
         }
         EventKind::ExecArgs => {
             need(kind, b, size_of::<ExecArgsEvent>())?;
@@ -161,7 +209,11 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
                 })
                 .collect();
             let truncated = u32_at(b, offset_of!(ExecArgsEvent, truncated)) != 0;
-            Record::ExecArgs { header, argv, truncated }
+            Record::ExecArgs {
+                header,
+                argv,
+                truncated,
+            }
         }
         EventKind::Exit => {
             let group_dead = header.flags & EXIT_FLAG_GROUP_DEAD != 0;
@@ -169,11 +221,21 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
         }
         EventKind::Syscall => {
             need(kind, b, SYSCALL_PATH1_OFFSET)?;
-            let path1 = path_at(kind, b, offset_of!(SyscallEvent, path1_len), SYSCALL_PATH1_OFFSET)?;
+            let path1 = path_at(
+                kind,
+                b,
+                offset_of!(SyscallEvent, path1_len),
+                SYSCALL_PATH1_OFFSET,
+            )?;
             // Two-path records are emitted up to the end of path2; one-path records stop
             // after path1, so path2 is absent.
             let path2 = if b.len() >= SYSCALL_PATH2_OFFSET {
-                path_at(kind, b, offset_of!(SyscallEvent, path2_len), SYSCALL_PATH2_OFFSET)?
+                path_at(
+                    kind,
+                    b,
+                    offset_of!(SyscallEvent, path2_len),
+                    SYSCALL_PATH2_OFFSET,
+                )?
             } else {
                 Vec::new()
             };
@@ -250,7 +312,9 @@ mod tests {
     #[test]
     fn one_path_syscall() {
         let rec = decode(&syscall(SysOp::Openat, b"/etc/hosts", None)).expect("decodes");
-        let Record::Syscall(s) = rec else { panic!("wrong kind {rec:?}") };
+        let Record::Syscall(s) = rec else {
+            panic!("wrong kind {rec:?}")
+        };
         assert_eq!(s.op, SysOp::Openat);
         assert_eq!(s.path1, b"/etc/hosts");
         assert!(s.path2.is_empty());
@@ -261,8 +325,15 @@ mod tests {
 
     #[test]
     fn two_path_syscall_with_odd_bytes() {
-        let rec = decode(&syscall(SysOp::Renameat2, b"/tmp/a\nb", Some(b"/etc/\xff.conf"))).expect("decodes");
-        let Record::Syscall(s) = rec else { panic!("wrong kind") };
+        let rec = decode(&syscall(
+            SysOp::Renameat2,
+            b"/tmp/a\nb",
+            Some(b"/etc/\xff.conf"),
+        ))
+        .expect("decodes");
+        let Record::Syscall(s) = rec else {
+            panic!("wrong kind")
+        };
         assert_eq!(s.path1, b"/tmp/a\nb");
         assert_eq!(s.path2, b"/etc/\xff.conf");
     }
@@ -298,6 +369,13 @@ mod tests {
         b[args..args + 3].copy_from_slice(b"sed");
         b[args + ARG_LEN..args + ARG_LEN + 2].copy_from_slice(b"-i");
         let rec = decode(&b).expect("decodes");
-        assert_eq!(rec, Record::ExecArgs { header: header(&b), argv: vec![b"sed".to_vec(), b"-i".to_vec()], truncated: false });
+        assert_eq!(
+            rec,
+            Record::ExecArgs {
+                header: header(&b),
+                argv: vec![b"sed".to_vec(), b"-i".to_vec()],
+                truncated: false
+            }
+        );
     }
 }

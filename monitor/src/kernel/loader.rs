@@ -78,7 +78,11 @@ pub struct Kernel {
 }
 
 fn tracepoint_category(name: &str) -> &'static str {
-    if name.starts_with("sched_") { "sched" } else { "syscalls" }
+    if name.starts_with("sched_") {
+        "sched"
+    } else {
+        "syscalls"
+    }
 }
 
 impl Kernel {
@@ -95,17 +99,26 @@ impl Kernel {
             self_tgid: std::process::id(),
         };
         let mut cfg: Array<_, KernelConfig> = take(&mut ebpf, "CONFIG")?;
-        cfg.set(0, config, 0).map_err(|source| KernelError::Map { name: "CONFIG", source })?;
+        cfg.set(0, config, 0).map_err(|source| KernelError::Map {
+            name: "CONFIG",
+            source,
+        })?;
 
         let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
         let mut report = AttachReport::default();
         for name in names {
-            let program = ebpf.program_mut(&name).ok_or_else(|| KernelError::Essential(name.clone()))?;
-            let tp: &mut TracePoint = program
-                .try_into()
-                .map_err(|source| KernelError::Program { name: name.clone(), source })?;
+            let program = ebpf
+                .program_mut(&name)
+                .ok_or_else(|| KernelError::Essential(name.clone()))?;
+            let tp: &mut TracePoint =
+                program.try_into().map_err(|source| KernelError::Program {
+                    name: name.clone(),
+                    source,
+                })?;
             let category = tracepoint_category(&name);
-            let result = tp.load().and_then(|()| tp.attach(category, &name).map(|_| ()));
+            let result = tp
+                .load()
+                .and_then(|()| tp.attach(category, &name).map(|_| ()));
             match result {
                 Ok(()) => report.attached.push(name),
                 Err(e) => {
@@ -118,15 +131,26 @@ impl Kernel {
         }
 
         let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS").ok_or(KernelError::MissingMap("EVENTS"))?,
+            ebpf.take_map("EVENTS")
+                .ok_or(KernelError::MissingMap("EVENTS"))?,
         )
-        .map_err(|source| KernelError::Map { name: "EVENTS", source })?;
+        .map_err(|source| KernelError::Map {
+            name: "EVENTS",
+            source,
+        })?;
         let sessions = take(&mut ebpf, "SESSIONS")?;
         let prefixes = take(&mut ebpf, "PREFIXES")?;
         let tracked_fds = take(&mut ebpf, "TRACKED_FDS")?;
         let counters = take(&mut ebpf, "COUNTERS")?;
         Ok((
-            Kernel { _ebpf: ebpf, events: Some(events), sessions, prefixes, tracked_fds, counters },
+            Kernel {
+                _ebpf: ebpf,
+                events: Some(events),
+                sessions,
+                prefixes,
+                tracked_fds,
+                counters,
+            },
             report,
         ))
     }
@@ -135,7 +159,10 @@ impl Kernel {
     pub fn tag_session(&mut self, tgid: u32, session_id: u64) -> Result<(), KernelError> {
         self.sessions
             .insert(tgid, session_id, 0)
-            .map_err(|source| KernelError::Map { name: "SESSIONS", source })
+            .map_err(|source| KernelError::Map {
+                name: "SESSIONS",
+                source,
+            })
     }
 
     /// Kernel view of a process's session (0 = none).
@@ -156,16 +183,28 @@ impl Kernel {
     /// Add a watched prefix. A directory prefix ends with `/` and matches everything below.
     pub fn add_prefix(&mut self, prefix: &[u8]) -> Result<(), KernelError> {
         if prefix.len() > PREFIX_KEY_LEN || prefix.is_empty() {
-            return Err(KernelError::PrefixTooLong(String::from_utf8_lossy(prefix).into_owned()));
+            return Err(KernelError::PrefixTooLong(
+                String::from_utf8_lossy(prefix).into_owned(),
+            ));
         }
-        let class = if prefix.ends_with(b"/") { PREFIX_DIR } else { PREFIX_EXACT };
+        let class = if prefix.ends_with(b"/") {
+            PREFIX_DIR
+        } else {
+            PREFIX_EXACT
+        };
         let mut data = [0u8; PREFIX_KEY_LEN];
         data[..prefix.len()].copy_from_slice(prefix);
         let key = Key::new(prefix.len() as u32 * 8, data);
-        let value = PrefixValue { class, len: prefix.len() as u32 };
+        let value = PrefixValue {
+            class,
+            len: prefix.len() as u32,
+        };
         self.prefixes
             .insert(&key, value, 0)
-            .map_err(|source| KernelError::Map { name: "PREFIXES", source })
+            .map_err(|source| KernelError::Map {
+                name: "PREFIXES",
+                source,
+            })
     }
 
     /// Sum of each kernel counter over all CPUs, with its name.

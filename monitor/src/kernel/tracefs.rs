@@ -11,7 +11,13 @@ pub fn ensure_mounted() -> std::io::Result<bool> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(false);
     }
-    mount(Some("tracefs"), TRACEFS, Some("tracefs"), MsFlags::empty(), None::<&str>)
-        .map_err(std::io::Error::from)?;
+    mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)?;
     Ok(true)
 }
