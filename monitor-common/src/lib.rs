@@ -271,14 +271,40 @@ pub struct FdState {
     pub _pad: u32,
 }
 
-/// Value of the pending-syscall map (keyed by tid): a reported enter awaiting its exit.
+/// Value of the pending-syscall map (keyed by tid): an enter awaiting its exit.
+///
+/// When a path argument could not be read at the enter (its page was not resident: a
+/// tracepoint program cannot fault it in), the record is *deferred*: the arguments and the
+/// user pointers are kept here and the exit program, after the kernel has faulted the
+/// string in, reads the paths, applies the filter and emits the record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Pending {
     pub op: u32,
     /// 1 when the syscall is an open whose returned fd must be tracked.
     pub track_fd: u32,
+    /// `PENDING_*` bits.
+    pub state: u32,
+    pub flags: u32,
+    pub dfd1: i32,
+    pub dfd2: i32,
+    pub fd: i32,
+    pub mode: u32,
+    pub arg_uid: u32,
+    pub arg_gid: u32,
+    pub length: u64,
+    pub ptr1: u64,
+    pub ptr2: u64,
 }
+
+/// The enter record was emitted; only the exit remains.
+pub const PENDING_EMITTED: u32 = 1;
+/// The enter record is deferred to the exit (see [`Pending`]).
+pub const PENDING_DEFERRED: u32 = 2;
+/// The syscall has a second path argument.
+pub const PENDING_HAS_PATH2: u32 = 4;
+/// The first path is matched against the watched prefixes (not for a symlink's target).
+pub const PENDING_MATCH1: u32 = 8;
 
 /// Settings the daemon writes into the `CONFIG` array map (index 0).
 #[repr(C)]
@@ -309,6 +335,8 @@ pub enum Counter {
     WritesCoalesced = 5,
     /// Records successfully written to the ring buffer.
     EventsEmitted = 6,
+    /// Records whose path was re-read at the syscall exit (not resident at the enter).
+    DeferredReads = 7,
 }
 
 pub const COUNTER_SLOTS: u32 = 8;
@@ -322,6 +350,7 @@ pub const fn counter_name(index: u32) -> &'static str {
         4 => "session_map_full",
         5 => "writes_coalesced",
         6 => "events_emitted",
+        7 => "deferred_path_reads",
         _ => "unused",
     }
 }

@@ -27,9 +27,10 @@ use aya_ebpf::{
 use monitor_common::{
     ARG_LEN, ARGV_SLOTS, AT_FDCWD, COUNTER_SLOTS, Counter, EXEC_FILENAME_OFFSET,
     EXIT_FLAG_GROUP_DEAD, EventHeader, EventKind, ExecArgsEvent, ExecEvent, ExitEvent, FdKey,
-    FdState, ForkEvent, KernelConfig, NO_FD, PATH_MAX, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN,
-    Pending, PrefixValue, SYSCALL_PATH1_OFFSET, SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent,
-    SyscallExitEvent, WriteEvent,
+    FdState, ForkEvent, KernelConfig, NO_FD, PATH_MAX, PENDING_DEFERRED, PENDING_EMITTED,
+    PENDING_HAS_PATH2, PENDING_MATCH1, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN, Pending,
+    PrefixValue, SYSCALL_PATH1_OFFSET, SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent, SyscallExitEvent,
+    WriteEvent,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -119,20 +120,46 @@ fn session_of(tgid: u32) -> u64 {
     }
 }
 
-/// Copy a user string into `dst`, returning its length without the NUL (0 on failure).
+/// Copy a user string into `dst`, returning its length without the NUL (0 for a null
+/// pointer). `Err` when the read faulted: typically the page is not resident yet, which a
+/// tracepoint program cannot fix but the syscall itself will (see `Pending`).
 #[inline(always)]
-fn read_user_path(src: u64, dst: &mut [u8; PATH_MAX]) -> u32 {
+fn read_user_path(src: u64, dst: &mut [u8; PATH_MAX]) -> Result<u32, ()> {
     if src == 0 {
-        return 0;
+        return Ok(0);
     }
     let n = unsafe {
         bpf_probe_read_user_str(dst.as_mut_ptr().cast(), PATH_MAX as u32, src as *const _)
     };
     if n <= 0 {
-        count(Counter::PathReadErrors);
-        return 0;
+        return Err(());
     }
-    ((n - 1) as u32) & (PATH_MAX as u32 - 1)
+    Ok(((n - 1) as u32) & (PATH_MAX as u32 - 1))
+}
+
+/// Emit the staged syscall record; false when the ring buffer is full (counted).
+#[inline(always)]
+fn emit_syscall(ev: &mut SyscallEvent, pid_tgid: u64, session_id: u64, has_path2: bool) -> bool {
+    fill_header(&mut ev.header, EventKind::Syscall, pid_tgid, session_id);
+    let size = if has_path2 {
+        SYSCALL_PATH2_OFFSET + (ev.path2_len as usize & (PATH_MAX - 1))
+    } else {
+        SYSCALL_PATH1_OFFSET + (ev.path1_len as usize & (PATH_MAX - 1))
+    };
+    let bytes =
+        unsafe { core::slice::from_raw_parts((ev as *const SyscallEvent).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        count(Counter::RingbufDrops);
+        return false;
+    }
+    count(Counter::EventsEmitted);
+    true
+}
+
+/// The filter for path operations of processes outside sessions.
+#[inline(always)]
+fn paths_watched(ev: &mut SyscallEvent, match1: bool, has_path2: bool) -> bool {
+    (match1 && watched(&mut ev.path1_len)) || (has_path2 && watched(&mut ev.path2_len))
 }
 
 /// Whether the path stored right after `len_field` starts with a watched prefix.
@@ -253,84 +280,126 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
         }
     }
 
-    let ev = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0).ok_or(())? };
-    ev.op = s.op as u32;
-    ev.flags = flags;
-    ev.dfd1 = if s.dfd1 >= 0 {
-        arg(ctx, s.dfd1 as usize) as i32
-    } else if s.path1 >= 0 {
-        AT_FDCWD
-    } else {
-        NO_FD
-    };
-    ev.dfd2 = if s.dfd2 >= 0 {
-        arg(ctx, s.dfd2 as usize) as i32
-    } else if s.path2 >= 0 {
-        AT_FDCWD
-    } else {
-        NO_FD
-    };
-    ev.fd = fd;
-    ev.mode = if s.mode >= 0 {
-        arg(ctx, s.mode as usize) as u32
+    let ptr1 = if s.path1 >= 0 {
+        arg(ctx, s.path1 as usize)
     } else {
         0
     };
-    ev.arg_uid = if s.uid >= 0 {
-        arg(ctx, s.uid as usize) as u32
-    } else {
-        u32::MAX
-    };
-    ev.arg_gid = if s.gid >= 0 {
-        arg(ctx, s.gid as usize) as u32
-    } else {
-        u32::MAX
-    };
-    ev.length = if s.length >= 0 {
-        arg(ctx, s.length as usize)
+    let ptr2 = if s.path2 >= 0 {
+        arg(ctx, s.path2 as usize)
     } else {
         0
     };
-    ev.path1_len = if s.path1 >= 0 {
-        read_user_path(arg(ctx, s.path1 as usize), &mut ev.path1)
-    } else {
-        0
-    };
-    ev.path2_len = if s.path2 >= 0 {
-        read_user_path(arg(ctx, s.path2 as usize), &mut ev.path2)
-    } else {
-        0
-    };
-
-    if session_id == 0 && s.fd < 0 {
-        let hit1 = s.match1 && watched(&mut ev.path1_len);
-        let hit2 = !hit1 && s.path2 >= 0 && watched(&mut ev.path2_len);
-        if !hit1 && !hit2 {
-            return Ok(());
-        }
-    }
-
-    fill_header(&mut ev.header, EventKind::Syscall, pid_tgid, session_id);
-    let size = if s.path2 >= 0 {
-        SYSCALL_PATH2_OFFSET + (ev.path2_len as usize & (PATH_MAX - 1))
-    } else {
-        SYSCALL_PATH1_OFFSET + (ev.path1_len as usize & (PATH_MAX - 1))
-    };
-    let bytes =
-        unsafe { core::slice::from_raw_parts((ev as *const SyscallEvent).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-        count(Counter::RingbufDrops);
-        return Ok(());
-    }
-    count(Counter::EventsEmitted);
-    let pending = Pending {
+    let mut pending = Pending {
         op: s.op as u32,
         track_fd: s.is_open as u32,
+        state: if s.path2 >= 0 { PENDING_HAS_PATH2 } else { 0 }
+            | if s.match1 { PENDING_MATCH1 } else { 0 },
+        flags,
+        dfd1: if s.dfd1 >= 0 {
+            arg(ctx, s.dfd1 as usize) as i32
+        } else if s.path1 >= 0 {
+            AT_FDCWD
+        } else {
+            NO_FD
+        },
+        dfd2: if s.dfd2 >= 0 {
+            arg(ctx, s.dfd2 as usize) as i32
+        } else if s.path2 >= 0 {
+            AT_FDCWD
+        } else {
+            NO_FD
+        },
+        fd,
+        mode: if s.mode >= 0 {
+            arg(ctx, s.mode as usize) as u32
+        } else {
+            0
+        },
+        arg_uid: if s.uid >= 0 {
+            arg(ctx, s.uid as usize) as u32
+        } else {
+            u32::MAX
+        },
+        arg_gid: if s.gid >= 0 {
+            arg(ctx, s.gid as usize) as u32
+        } else {
+            u32::MAX
+        },
+        length: if s.length >= 0 {
+            arg(ctx, s.length as usize)
+        } else {
+            0
+        },
+        ptr1,
+        ptr2,
     };
+    let ev = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0).ok_or(())? };
+    stage(ev, &pending);
+    let read1 = read_user_path(ptr1, &mut ev.path1);
+    let read2 = read_user_path(ptr2, &mut ev.path2);
+    match (read1, read2) {
+        (Ok(l1), Ok(l2)) => {
+            ev.path1_len = l1;
+            ev.path2_len = l2;
+            if session_id == 0 && s.fd < 0 && !paths_watched(ev, s.match1, s.path2 >= 0) {
+                return Ok(());
+            }
+            if !emit_syscall(ev, pid_tgid, session_id, s.path2 >= 0) {
+                return Ok(());
+            }
+            pending.state |= PENDING_EMITTED;
+        }
+        // Decide at the exit, when the kernel has faulted the strings in.
+        _ => pending.state |= PENDING_DEFERRED,
+    }
     if PENDING.insert(&tid, &pending, 0).is_err() {
         count(Counter::PendingMapFull);
     }
     Ok(())
+}
+
+/// Copy the scalar arguments of a pending syscall into the staging record.
+#[inline(always)]
+fn stage(ev: &mut SyscallEvent, p: &Pending) {
+    ev.op = p.op;
+    ev.flags = p.flags;
+    ev.dfd1 = p.dfd1;
+    ev.dfd2 = p.dfd2;
+    ev.fd = p.fd;
+    ev.mode = p.mode;
+    ev.arg_uid = p.arg_uid;
+    ev.arg_gid = p.arg_gid;
+    ev.length = p.length;
+    ev.path1_len = 0;
+    ev.path2_len = 0;
+}
+
+/// Emit a deferred enter record at the exit. False when nothing is to be reported.
+#[inline(always)]
+fn emit_deferred(p: &Pending, pid_tgid: u64, tgid: u32) -> bool {
+    let Some(ev) = SYSCALL_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let ev = unsafe { &mut *ev };
+    stage(ev, p);
+    let has_path2 = p.state & PENDING_HAS_PATH2 != 0;
+    let (Ok(l1), Ok(l2)) = (
+        read_user_path(p.ptr1, &mut ev.path1),
+        read_user_path(p.ptr2, &mut ev.path2),
+    ) else {
+        // Still unreadable: the record is lost for filtering; counted.
+        count(Counter::PathReadErrors);
+        return false;
+    };
+    ev.path1_len = l1;
+    ev.path2_len = l2;
+    let session_id = session_of(tgid);
+    if session_id == 0 && p.fd < 0 && !paths_watched(ev, p.state & PENDING_MATCH1 != 0, has_path2) {
+        return false;
+    }
+    count(Counter::DeferredReads);
+    emit_syscall(ev, pid_tgid, session_id, has_path2)
 }
 
 #[inline(always)]
@@ -355,6 +424,9 @@ fn on_exit(ctx: &TracePointContext, op: SysOp, is_open: bool) {
     let _ = PENDING.remove(&tid);
     if pending.op != op as u32 {
         // Stale entry from an enter whose exit never ran; drop it.
+        return;
+    }
+    if pending.state & PENDING_DEFERRED != 0 && !emit_deferred(&pending, pid_tgid, tgid) {
         return;
     }
     if pending.track_fd != 0 && ret >= 0 {

@@ -325,12 +325,10 @@ pub fn default_detect_rules() -> Vec<DetectRule> {
 /// `path:line:column: message` when the position is known.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The cause is part of the message (not a `#[source]`), so that error chains do not
+    // print it twice.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     /// Not TOML, or TOML that does not fit the schema (unknown key, wrong type).
     /// `line` and `column` are 1-based; the column counts characters.
     #[error("{}:{line}:{column}: {message}", path.display())]
@@ -418,7 +416,7 @@ impl Config {
     /// explicitly (the default path): the defaults are used and that is logged.
     pub fn load_or_default(path: &Path, is_explicit: bool) -> Result<Config, ConfigError> {
         match Config::load(path) {
-            Err(ConfigError::Io { source, .. })
+            Err(ConfigError::Io { cause: source, .. })
                 if !is_explicit && source.kind() == io::ErrorKind::NotFound =>
             {
                 tracing::info!(path = %path.display(), "no configuration file, using the defaults");
@@ -761,9 +759,9 @@ impl Checker {
 }
 
 fn read_text(path: &Path) -> Result<String, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Io {
+    let bytes = std::fs::read(path).map_err(|cause| ConfigError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
@@ -1255,7 +1253,7 @@ mod tests {
         );
         assert!(matches!(
             Config::load_or_default(&missing, true),
-            Err(ConfigError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound
+            Err(ConfigError::Io { cause: source, .. }) if source.kind() == io::ErrorKind::NotFound
         ));
 
         let file = dir.path().join("c.toml");

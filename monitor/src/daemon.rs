@@ -332,7 +332,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let api: Arc<dyn DaemonApi> = shared.clone();
     let socket = cfg.daemon.socket.clone();
     let mode = cfg.daemon.socket_mode;
-    let server = tokio::spawn(async move {
+    let mut server = tokio::spawn(async move {
         let shutdown = async {
             let _ = stop_rx.await;
         };
@@ -420,6 +420,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 info!(counters = %line.join(" "), "stats");
             }
+            res = &mut server => {
+                // The API is how sessions register: without it the daemon must not run.
+                match res {
+                    Ok(Ok(())) => anyhow::bail!("gRPC server stopped unexpectedly"),
+                    Ok(Err(e)) => return Err(anyhow::Error::new(e).context("gRPC server")),
+                    Err(e) => anyhow::bail!("gRPC server task failed: {e}"),
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -441,6 +449,5 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = shared.registry.flush();
     let _ = stop_tx.send(());
     let _ = server.await;
-    let _ = std::fs::remove_file(&cfg.daemon.socket);
     Ok(())
 }

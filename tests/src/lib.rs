@@ -151,10 +151,8 @@ impl Daemon {
             {
                 return;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("daemon exited early ({status}):\n{}", self.log());
-                }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("daemon exited early ({status}):\n{}", self.log());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

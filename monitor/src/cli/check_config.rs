@@ -109,7 +109,7 @@ fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> io::
 }
 
 fn is_not_found(errors: &[ConfigError]) -> bool {
-    matches!(errors, [ConfigError::Io { source, .. }] if source.kind() == io::ErrorKind::NotFound)
+    matches!(errors, [ConfigError::Io { cause: source, .. }] if source.kind() == io::ErrorKind::NotFound)
 }
 
 fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
