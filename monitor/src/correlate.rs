@@ -341,10 +341,10 @@ impl StatCache {
                     return n;
                 }
                 let path = entry.path();
-                if let Ok(ft) = entry.file_type() {
-                    if ft.is_dir() {
-                        stack.push(path.clone());
-                    }
+                if let Ok(ft) = entry.file_type()
+                    && ft.is_dir()
+                {
+                    stack.push(path.clone());
                 }
                 self.refresh(path.as_os_str().as_bytes());
                 n += 1;

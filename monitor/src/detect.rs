@@ -121,7 +121,7 @@ impl Detector {
         let mut cgroup: Option<Option<Vec<u8>>> = None;
         for r in &self.rules {
             let exe_hit = !r.exe.is_empty() && r.exe.is_match(Path::new(OsStr::from_bytes(&p.exe)));
-            let comm_hit = r.comm.iter().any(|c| *c == p.comm);
+            let comm_hit = r.comm.contains(&p.comm);
             let argv_hit = !r.argv.is_empty()
                 && p.argv
                     .iter()

@@ -145,13 +145,13 @@ impl Pipeline {
                 if obs.details.unresolved {
                     Metrics::inc(&self.metrics.unresolved_paths);
                 }
-                if matches!(obs.kind, Kind::OpenWrite | Kind::Create) {
-                    if let Some(fd) = ret.filter(|r| *r >= 0) {
-                        self.procs
-                            .set_fd(s.header.tgid, fd as i32, obs.path.clone());
-                    }
+                if matches!(obs.kind, Kind::OpenWrite | Kind::Create)
+                    && let Some(fd) = ret.filter(|r| *r >= 0)
+                {
+                    self.procs
+                        .set_fd(s.header.tgid, fd as i32, obs.path.clone());
                 }
-                self.push_ebpf(obs);
+                self.push_ebpf(*obs);
             }
             Outcome::Chdir(cwd) => self.procs.set_cwd(s.header.tgid, cwd),
             Outcome::Nothing => {}
@@ -175,16 +175,15 @@ impl Pipeline {
                 filename,
             } => {
                 self.procs.on_exec(&header, old_tid, filename);
-                if !self.detector.is_empty() {
-                    if let Some(p) = self.procs.get(header.tgid) {
-                        if let Some(detection) = self.detector.detect(p) {
-                            actions.push(Action::Detected {
-                                pid: header.tgid,
-                                uid: header.uid,
-                                detection,
-                            });
-                        }
-                    }
+                if !self.detector.is_empty()
+                    && let Some(p) = self.procs.get(header.tgid)
+                    && let Some(detection) = self.detector.detect(p)
+                {
+                    actions.push(Action::Detected {
+                        pid: header.tgid,
+                        uid: header.uid,
+                        detection,
+                    });
                 }
             }
             Record::Exit { header, group_dead } => {

@@ -134,9 +134,9 @@ impl ProcTable {
 
     /// Look a process up, falling back to `/proc` for one the table missed.
     pub fn get_or_load(&mut self, pid: u32) -> Option<&Proc> {
-        if !self.procs.contains_key(&pid) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.procs.entry(pid) {
             let p = proc_from_procfs(pid)?;
-            self.procs.insert(pid, p);
+            e.insert(p);
         }
         self.procs.get(&pid)
     }

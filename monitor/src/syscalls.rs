@@ -22,7 +22,7 @@ const AT_SYMLINK_FOLLOW: u32 = 0x400;
 /// What a completed syscall means for the daemon.
 pub enum Outcome {
     /// A write-like operation to report (if its path is watched).
-    Op(Observation),
+    Op(Box<Observation>),
     /// The working directory of the process changed.
     Chdir(Vec<u8>),
     /// Nothing to report (failed chdir, ...).
@@ -160,7 +160,7 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
         }
     };
     d.unresolved |= path.unresolved;
-    Outcome::Op(Observation {
+    Outcome::Op(Box::new(Observation {
         kind,
         path: path.path,
         target,
@@ -176,7 +176,7 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
         open_flags: s.flags,
         attrib: false,
         arrived: Instant::now(),
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -213,7 +213,7 @@ mod tests {
 
     fn op(o: Outcome) -> Observation {
         match o {
-            Outcome::Op(o) => o,
+            Outcome::Op(o) => *o,
             _ => panic!("expected an operation"),
         }
     }

@@ -18,7 +18,7 @@ fn sed_in_place_inside_a_session() {
     std::fs::write(d.watched.join("app.conf"), "debug=false\n").expect("seed");
     ok(&d.in_session("claude", "turn on debug", "sed -i s/false/true/ app.conf"));
     let target = d.w("app.conf");
-    let ev = d.wait_for("rename onto app.conf", |ev| {
+    let _ev = d.wait_for("rename onto app.conf", |ev| {
         ev.iter()
             .any(|e| e["kind"] == "rename" && e["target"] == target)
     });
@@ -92,7 +92,7 @@ fn relative_append_from_another_cwd() {
         .expect("run");
     ok(&out);
     let env = d.w("proj/.env");
-    let ev = d.wait_for("open_write and write on .env", |ev| {
+    let _ev = d.wait_for("open_write and write on .env", |ev| {
         has(ev, "open_write", &env) && has(ev, "write", &env)
     });
     d.settle();
@@ -182,7 +182,7 @@ fn mv_temp_file_over_watched_file_same_dir_and_from_tmp() {
         d.dir.path(),
         &format!("mv {} {target2}", tmp_path.display()),
     ));
-    let ev = d.wait_for("rename from /tmp", |ev| {
+    let _ev = d.wait_for("rename from /tmp", |ev| {
         ev.iter()
             .any(|e| e["kind"] == "rename" && e["target"] == target2)
     });
