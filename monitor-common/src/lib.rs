@@ -33,6 +33,8 @@ pub enum EventKind {
     SyscallExit = 6,
     /// First write through a tracked file descriptor.
     Write = 7,
+    /// A tracked descriptor was duplicated (`dup`, `dup2`, `dup3`, `fcntl(F_DUPFD*)`).
+    Dup = 8,
 }
 
 impl EventKind {
@@ -45,6 +47,7 @@ impl EventKind {
             5 => Self::Syscall,
             6 => Self::SyscallExit,
             7 => Self::Write,
+            8 => Self::Dup,
             _ => return None,
         })
     }
@@ -182,6 +185,15 @@ pub struct WriteEvent {
     pub op: u32,
     pub fd: i32,
     pub count: u64,
+}
+
+/// `Dup` record: `new_fd` now refers to the same open file as the tracked `old_fd`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DupEvent {
+    pub header: EventHeader,
+    pub old_fd: i32,
+    pub new_fd: i32,
 }
 
 /// `Fork` record: `header` describes the parent.
@@ -365,6 +377,7 @@ const _: () = {
     assert!(size_of::<SyscallExitEvent>() == 64 + 16);
     assert!(size_of::<WriteEvent>() == 64 + 16);
     assert!(size_of::<ForkEvent>() == 64 + 8);
+    assert!(size_of::<DupEvent>() == 64 + 8);
     assert!(size_of::<ExecEvent>() == 64 + 8 + PATH_MAX);
     assert!(size_of::<ExecArgsEvent>() == 64 + 8 + 4 * ARGV_SLOTS + ARG_LEN * ARGV_SLOTS);
     assert!(size_of::<PrefixKey>() == 4 + PREFIX_KEY_LEN);

@@ -25,7 +25,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    ARG_LEN, ARGV_SLOTS, AT_FDCWD, COUNTER_SLOTS, Counter, EXEC_FILENAME_OFFSET,
+    ARG_LEN, ARGV_SLOTS, AT_FDCWD, COUNTER_SLOTS, Counter, DupEvent, EXEC_FILENAME_OFFSET,
     EXIT_FLAG_GROUP_DEAD, EventHeader, EventKind, ExecArgsEvent, ExecEvent, ExitEvent, FdKey,
     FdState, ForkEvent, KernelConfig, NO_FD, PATH_MAX, PENDING_DEFERRED, PENDING_EMITTED,
     PENDING_HAS_PATH2, PENDING_MATCH1, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN, Pending,
@@ -60,6 +60,10 @@ static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 /// (tgid, fd) of files opened for writing by reported opens: their first write is reported.
 #[map]
 static TRACKED_FDS: LruHashMap<FdKey, FdState> = LruHashMap::with_max_entries(65536, 0);
+
+/// tid -> tracked descriptor being duplicated by `dup`/`fcntl(F_DUPFD*)` (new fd known at exit).
+#[map]
+static DUP_PENDING: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -595,6 +599,114 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let fd = arg(&ctx, 0) as u32;
     let _ = TRACKED_FDS.remove(&FdKey { tgid, fd });
+    0
+}
+
+// ---- descriptor duplication (shell redirections move the fd onto 1 or 2) ----------
+const F_DUPFD: u64 = 0;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+/// `new_fd` now names the same open file as `old_fd`: track it like the original.
+#[inline(always)]
+fn dup_tracked(pid_tgid: u64, old_fd: u32, new_fd: u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(state) = (unsafe { TRACKED_FDS.get(&FdKey { tgid, fd: old_fd }) }).copied() else {
+        // dup2/dup3 onto a tracked fd closes it: it is no longer the tracked file.
+        let _ = TRACKED_FDS.remove(&FdKey { tgid, fd: new_fd });
+        return;
+    };
+    if TRACKED_FDS
+        .insert(&FdKey { tgid, fd: new_fd }, &state, 0)
+        .is_err()
+    {
+        count(Counter::FdMapFull);
+    }
+    match EVENTS.reserve::<DupEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            unsafe {
+                fill_header(
+                    &mut (*ev).header,
+                    EventKind::Dup,
+                    pid_tgid,
+                    session_of(tgid),
+                );
+                (*ev).old_fd = old_fd as i32;
+                (*ev).new_fd = new_fd as i32;
+            }
+            entry.submit(0);
+            count(Counter::EventsEmitted);
+        }
+        None => count(Counter::RingbufDrops),
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    let (old, new) = (arg(&ctx, 0) as u32, arg(&ctx, 1) as u32);
+    if old != new {
+        dup_tracked(bpf_get_current_pid_tgid(), old, new);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    dup_tracked(
+        bpf_get_current_pid_tgid(),
+        arg(&ctx, 0) as u32,
+        arg(&ctx, 1) as u32,
+    );
+    0
+}
+
+#[inline(always)]
+fn dup_enter(old_fd: u32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if unsafe { TRACKED_FDS.get(&FdKey { tgid, fd: old_fd }) }.is_some() {
+        let _ = DUP_PENDING.insert(&(pid_tgid as u32), &old_fd, 0);
+    }
+}
+
+#[inline(always)]
+fn dup_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(old) = (unsafe { DUP_PENDING.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = DUP_PENDING.remove(&tid);
+    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    if ret >= 0 {
+        dup_tracked(pid_tgid, old, ret as u32);
+    }
+}
+
+#[tracepoint]
+pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
+    dup_enter(arg(&ctx, 0) as u32);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
+    dup_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    let cmd = arg(&ctx, 1);
+    if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC {
+        dup_enter(arg(&ctx, 0) as u32);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+    dup_exit(&ctx);
     0
 }
 

@@ -141,6 +141,12 @@ pub struct WatchSection {
     pub project_roots: Vec<String>,
     /// File-name globs of project configuration files (`.env`, `*.toml`, ...).
     pub project_globs: Vec<String>,
+    /// Report the old path of a rename into a watched tree from outside it even when the
+    /// kernel filter did not see the rename (relative path, process outside a session).
+    /// Places one filesystem-wide fanotify rename mark per filesystem holding a watched
+    /// tree, so every rename on it wakes the daemon (see BENCHMARKS.md). Default false:
+    /// such a rename is still reported, with `details.unresolved` and no old path.
+    pub rename_sources: bool,
 }
 
 impl Default for WatchSection {
@@ -165,6 +171,7 @@ impl Default for WatchSection {
             project_globs: strings(&[
                 ".env", ".env.*", "*.conf", "*.toml", "*.yaml", "*.yml", "*.ini", "*.json",
             ]),
+            rename_sources: false,
         }
     }
 }

@@ -298,7 +298,9 @@ fn absorbs(e: &Observation, f: &Observation) -> bool {
         (Kind::OpenWrite | Kind::Create, Kind::Create | Kind::OpenWrite) => same,
         (Kind::OpenWrite | Kind::Create, Kind::Write) => same && e.open_flags & O_TRUNC != 0,
         (Kind::Write | Kind::Truncate, Kind::Write) => same,
-        (Kind::Rename, Kind::Rename) => same && e.target == f.target,
+        // fanotify without the filesystem rename mark does not know the old side of a
+        // rename from outside the tree (empty path); the new side identifies it.
+        (Kind::Rename, Kind::Rename) => (same || f.path.is_empty()) && e.target == f.target,
         (Kind::Unlink, Kind::Unlink) | (Kind::Mkdir, Kind::Mkdir) => same,
         (Kind::Link, Kind::Create) => e.target.as_deref() == Some(&f.path[..]),
         (Kind::Symlink, Kind::Create) => same,

@@ -301,6 +301,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let procs = pipeline.procs.scan_procfs();
 
     let mut fan = NotifyWatcher::new().context("fanotify notification group")?;
+    if cfg.watch.rename_sources {
+        fan.enable_rename_sources();
+    }
     for tree in pipeline.watch().fanotify_trees() {
         match fan.add_tree(&tree) {
             Ok(n) => debug!(tree = %tree.display(), marks = n, "watching tree"),

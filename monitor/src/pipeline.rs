@@ -214,6 +214,16 @@ impl Pipeline {
                 }
                 None => Metrics::inc(&self.metrics.exits_without_enter),
             },
+            Record::Dup {
+                header,
+                old_fd,
+                new_fd,
+            } => {
+                // Writes through the duplicate (a shell's fd 1) name the same file.
+                if let Some(path) = self.procs.fd_path(header.tgid, old_fd).map(<[u8]>::to_vec) {
+                    self.procs.set_fd(header.tgid, new_fd, path);
+                }
+            }
             Record::Write {
                 header,
                 op: _,

@@ -380,6 +380,7 @@ mod tests {
             exclude: vec![],
             project_roots: vec![],
             project_globs: vec![],
+            rename_sources: false,
         }
     }
 

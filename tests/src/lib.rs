@@ -57,6 +57,9 @@ pub struct DaemonOptions {
     /// Extra TOML appended to the config (e.g. `[[detect]]` rules).
     pub extra_toml: String,
     pub path_filter: bool,
+    /// `watch.project_roots` (none by default).
+    pub project_roots: Vec<String>,
+    pub ringbuf_bytes: u32,
 }
 
 impl Default for DaemonOptions {
@@ -65,6 +68,8 @@ impl Default for DaemonOptions {
             extra_watch: Vec::new(),
             extra_toml: String::new(),
             path_filter: true,
+            project_roots: Vec::new(),
+            ringbuf_bytes: 4 << 20,
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct Daemon {
     pub config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// "confgate ready" lines in the log before the current daemon was spawned.
+    ready_marks: usize,
 }
 
 impl Daemon {
@@ -105,11 +112,18 @@ impl Daemon {
         let config = root.join("config.toml");
         let toml = format!(
             "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
-             [kernel]\npath_filter = {pf}\nringbuf_bytes = 4194304\n\n[watch]\npaths = [{paths}]\nproject_roots = []\n\n[correlation]\nwindow_ms = 150\n\n{extra}\n",
+             [kernel]\npath_filter = {pf}\nringbuf_bytes = {rb}\n\n[watch]\npaths = [{paths}]\nproject_roots = [{roots}]\n\n[correlation]\nwindow_ms = 150\n\n{extra}\n",
             socket = socket.display().to_string(),
             state = root.join("state").display().to_string(),
             events = events_file.display().to_string(),
             pf = opts.path_filter,
+            rb = opts.ringbuf_bytes,
+            roots = opts
+                .project_roots
+                .iter()
+                .map(|r| format!("{r:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             paths = paths.join(", "),
             // Without test rules, no detection at all (top-level keys precede the tables).
             top = if opts.extra_toml.is_empty() {
@@ -120,16 +134,6 @@ impl Daemon {
             extra = opts.extra_toml,
         );
         std::fs::write(&config, toml).expect("write config");
-        let logf = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(confgate_bin())
-            .arg("--config")
-            .arg(&config)
-            .arg("daemon")
-            .env("CONFGATE_LOG", "info,monitor=debug")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn confgate daemon");
         let mut d = Daemon {
             dir,
             watched,
@@ -137,16 +141,43 @@ impl Daemon {
             events_file,
             config,
             log,
-            child: Some(child),
+            child: None,
+            ready_marks: 0,
         };
-        d.wait_ready();
+        d.spawn();
         d
+    }
+
+    fn spawn(&mut self) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.ready_marks = self.log().matches("confgate ready").count();
+        let child = Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("daemon")
+            .env("CONFGATE_LOG", "info,monitor=debug")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn confgate daemon");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Stop the daemon (SIGTERM) and start it again on the same state.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains("confgate ready"))
+            if self.log().matches("confgate ready").count() > self.ready_marks
                 && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
             {
                 return;
@@ -240,6 +271,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Daemon {
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(c.id() as i32),

@@ -250,6 +250,26 @@ fn ab(
         .collect())
 }
 
+/// A tmpfs mounted for the duration of the run.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> anyhow::Result<Tmpfs> {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m", "confgate-bench"])
+            .arg(at)
+            .status()?;
+        ensure!(st.success(), "mounting a tmpfs at {}", at.display());
+        Ok(Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("stat")?.1;
@@ -312,8 +332,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .prefix("confgate-bench-")
             .tempdir_in("/var/tmp")?,
     };
-    let watched = env.dir("watched");
-    let unwatched = env.dir("unwatched");
+    // The workload runs on a tmpfs: on ext4, rename over a truncated file forces a data
+    // flush (auto_da_alloc), so disk waits would swamp the CPU cost being measured. The
+    // hooks (syscall tracepoints, fanotify) behave the same on tmpfs.
+    let fs = env.dir("fs");
+    let _tmpfs = Tmpfs::mount(&fs)?;
+    let watched = fs.join("watched");
+    let unwatched = fs.join("unwatched");
+    std::fs::create_dir_all(&watched)?;
+    std::fs::create_dir_all(&unwatched)?;
     let watch = vec![watched.clone()];
 
     eprintln!("scenario 1: unwatched work ({rounds} rounds x 3 modes, {ops} ops)");

@@ -36,7 +36,10 @@ fn spawn_lock() -> std::sync::MutexGuard<'static, ()> {
 
 fn watcher_or_skip() -> Option<NotifyWatcher> {
     match NotifyWatcher::new() {
-        Ok(w) => Some(w),
+        Ok(mut w) => {
+            w.enable_rename_sources();
+            Some(w)
+        }
         Err(e) if e.is_permission_denied() => {
             eprintln!("SKIP: fanotify not permitted here ({e}); run the tests as root");
             None
@@ -961,4 +964,36 @@ printf 2 > "$O/anc2/tree/sub/f2"
     ]);
     assert_eq!(group(&events), expected, "all events: {events:#?}");
     assert_eq!(w.marks(), 2);
+}
+
+/// Without `enable_rename_sources` (the default) no filesystem-wide mark is placed: a
+/// rename into the tree from outside is still reported, with an empty old path.
+#[tokio::test]
+async fn rename_from_outside_without_rename_sources_has_no_old_path() {
+    let mut w = match NotifyWatcher::new() {
+        Ok(w) => w,
+        Err(e) if e.is_permission_denied() => {
+            eprintln!("SKIP: fanotify not permitted here ({e}); run the tests as root");
+            return;
+        }
+        Err(e) => panic!("NotifyWatcher::new: {e}"),
+    };
+    let s = Scene::new();
+    w.add_tree(&s.t).expect("add_tree");
+    std::fs::write(s.o("x.conf"), b"x").expect("write outside");
+    let child = s.spawn("mv \"$O/x.conf\" \"$T/y.conf\"", &[]);
+    let target = s.t("y.conf");
+    let events = collect(
+        &mut w,
+        Some(child),
+        |_| {},
+        |e| e.new_path.as_deref() == Some(target.as_path()),
+    )
+    .await;
+    let ev = events
+        .iter()
+        .find(|e| e.mask & FAN_RENAME != 0)
+        .expect("rename event");
+    assert_eq!(ev.path, PathBuf::new(), "old side unknown: {ev:?}");
+    assert_eq!(ev.new_path.as_deref(), Some(target.as_path()));
 }

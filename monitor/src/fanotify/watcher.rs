@@ -164,6 +164,9 @@ pub struct NotifyWatcher {
     dev_fsid: HashMap<u64, Option<[u8; 8]>>,
     /// Filesystems carrying the FAN_MARK_FILESYSTEM rename mark.
     sb_rename: HashSet<[u8; 8]>,
+    /// Place the filesystem-wide rename mark (see `SB_RENAME_MASK`). Off by default: it
+    /// makes every rename on the filesystem wake the daemon.
+    rename_sources: bool,
     /// Directory handle -> current path.
     dir_cache: HashMap<HandleKey, PathBuf>,
     stats: FanotifyStats,
@@ -216,6 +219,7 @@ impl NotifyWatcher {
             mount_fds: HashMap::new(),
             dev_fsid: HashMap::new(),
             sb_rename: HashSet::new(),
+            rename_sources: false,
             dir_cache: HashMap::new(),
             stats: FanotifyStats::default(),
             own_pid: std::process::id(),
@@ -322,6 +326,15 @@ impl NotifyWatcher {
         }
     }
 
+    /// Also report the old path of renames into a watched tree from outside it, by placing
+    /// one filesystem-wide rename mark per filesystem holding a watched tree. Call before
+    /// [`Self::add_tree`]. Costly: every rename on those filesystems reaches the daemon
+    /// (measured in BENCHMARKS.md). Without it such a rename is still reported, with an
+    /// empty old path.
+    pub fn enable_rename_sources(&mut self) {
+        self.rename_sources = true;
+    }
+
     /// Read every event queued right now without waiting (the descriptor is non-blocking).
     /// The daemon calls this before correlating, so that every fanotify event the kernel
     /// queued before this call is known. A stale tokio readiness left by this direct read
@@ -410,7 +423,10 @@ impl NotifyWatcher {
         if let std::collections::hash_map::Entry::Vacant(v) = self.mount_fds.entry(fs.fsid) {
             v.insert(sys::mount_root(fd)?);
         }
-        if self.dir_mask & FAN_RENAME != 0 && !self.sb_rename.contains(&fs.fsid) {
+        if self.rename_sources
+            && self.dir_mask & FAN_RENAME != 0
+            && !self.sb_rename.contains(&fs.fsid)
+        {
             let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
             match sys::fanotify_mark_fd(self.group_fd(), flags, SB_RENAME_MASK, fd) {
                 Ok(()) => {

@@ -3,8 +3,8 @@
 use std::mem::offset_of;
 
 use monitor_common::{
-    ARG_LEN, ARGV_SLOTS, COMM_LEN, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD, EventHeader,
-    EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_PATH1_OFFSET,
+    ARG_LEN, ARGV_SLOTS, COMM_LEN, DupEvent, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD,
+    EventHeader, EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_PATH1_OFFSET,
     SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent, SyscallExitEvent, WriteEvent,
 };
 use thiserror::Error;
@@ -86,6 +86,11 @@ pub enum Record {
         fd: i32,
         count: u64,
     },
+    Dup {
+        header: Header,
+        old_fd: i32,
+        new_fd: i32,
+    },
 }
 
 impl Record {
@@ -96,7 +101,8 @@ impl Record {
             | Record::ExecArgs { header, .. }
             | Record::Exit { header, .. }
             | Record::SyscallExit { header, .. }
-            | Record::Write { header, .. } => header,
+            | Record::Write { header, .. }
+            | Record::Dup { header, .. } => header,
             Record::Syscall(s) => &s.header,
         }
     }
@@ -260,6 +266,14 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
                 header,
                 op: op(u32_at(b, offset_of!(SyscallExitEvent, op)))?,
                 ret: u64_at(b, offset_of!(SyscallExitEvent, ret)) as i64,
+            }
+        }
+        EventKind::Dup => {
+            need(kind, b, size_of::<DupEvent>())?;
+            Record::Dup {
+                header,
+                old_fd: i32_at(b, offset_of!(DupEvent, old_fd)),
+                new_fd: i32_at(b, offset_of!(DupEvent, new_fd)),
             }
         }
         EventKind::Write => {

@@ -1,0 +1,235 @@
+//! End-to-end: behaviour the README promises beyond the basic event kinds: project roots,
+//! restarts, the event stream, the fanotify-only mode, loss accounting, long paths.
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use e2e::*;
+
+#[test]
+fn env_files_under_project_roots_are_reported_without_marks() {
+    if !require_root("env_files_under_project_roots_are_reported_without_marks") {
+        return;
+    }
+    let projects = tempfile::Builder::new()
+        .prefix("confgate-projects-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let root = projects.path().canonicalize().expect("canonical");
+    std::fs::create_dir_all(root.join("alice/app")).expect("mkdir");
+    let d = Daemon::start_with(DaemonOptions {
+        project_roots: vec![format!("{}/*", root.display())],
+        ..DaemonOptions::default()
+    });
+    let env = root.join("alice/app/.env");
+    let code = root.join("alice/app/main.rs");
+    // In a session, relative path: resolved by the daemon, matched by file-name glob.
+    let out = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&d.config)
+        .args([
+            "run",
+            "--agent",
+            "claude",
+            "--",
+            "sh",
+            "-c",
+            "echo DEBUG=1 >> .env; echo fn > main.rs",
+        ])
+        .current_dir(root.join("alice/app"))
+        .output()
+        .expect("run");
+    ok(&out);
+    let envs = env.display().to_string();
+    // No fanotify marks here, so whether O_CREAT created the file is unknown: it is an
+    // open_write with O_CREAT in details.flags (README, known limits).
+    let ev = d.wait_for(".env open", |ev| has(ev, "open_write", &envs));
+    let e = ev.iter().find(|e| e["path"] == envs).expect("event");
+    assert_eq!(
+        (
+            e["session"]["agent"].as_str(),
+            e["details"]["flags"].as_str()
+        ),
+        (Some("claude"), Some("O_WRONLY|O_CREAT|O_APPEND"))
+    );
+    d.wait_for(".env write", |ev| has(ev, "write", &envs));
+    // Outside a session, absolute path: the kernel prefix filter sees it.
+    ok(&sh(&root, &format!("echo TLS_VERIFY=false >> {envs}")));
+    d.wait_for("outside .env append", |ev| {
+        ev.iter()
+            .any(|e| e["path"] == envs && e["session"].is_null())
+    });
+    d.settle();
+    let ev = d.events();
+    assert!(
+        ev.iter().all(|e| e["path"] != code.display().to_string()),
+        "main.rs does not match the globs"
+    );
+    let outside = ev
+        .iter()
+        .find(|e| e["path"] == envs && e["session"].is_null())
+        .expect("outside event");
+    assert_eq!(
+        outside["source"], "ebpf",
+        "no fanotify marks under project roots: {outside}"
+    );
+}
+
+#[test]
+fn sessions_survive_a_daemon_restart() {
+    if !require_root("sessions_survive_a_daemon_restart") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let mut agent = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&d.config)
+        .args([
+            "run",
+            "--agent",
+            "long-runner",
+            "--",
+            "sh",
+            "-c",
+            "read x; echo after > restarted.conf",
+        ])
+        .current_dir(&d.watched)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    // Wait until the session exists, then restart the daemon under it.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let out = d.cli(&["sessions", "--json"]);
+        if String::from_utf8_lossy(&out.stdout).contains("long-runner") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "session never listed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.restart();
+    use std::io::Write as _;
+    agent
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    assert!(agent.wait().expect("wait").success());
+    let p = d.w("restarted.conf");
+    let ev = d.wait_for("write after restart", |ev| has(ev, "create", &p));
+    let e = ev.iter().find(|e| e["path"] == p).expect("event");
+    assert_eq!(e["session"]["agent"], "long-runner", "{e}");
+}
+
+#[test]
+fn events_command_streams_ndjson() {
+    if !require_root("events_command_streams_ndjson") {
+        return;
+    }
+    let d = Daemon::start();
+    let mut child = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("events");
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&sh(&d.watched, "echo 1 > streamed.conf"));
+    let mut line = String::new();
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let want = d.w("streamed.conf");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("read") > 0,
+            "stream ended"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+        if v["path"] == want {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn fanotify_only_mode_still_reports_outside_writes() {
+    if !require_root("fanotify_only_mode_still_reports_outside_writes") {
+        return;
+    }
+    let d = Daemon::start_with(DaemonOptions {
+        path_filter: false,
+        ..DaemonOptions::default()
+    });
+    let p = d.w("f.conf");
+    ok(&sh(&d.watched, &format!("echo 1 > {p}")));
+    let ev = d.wait_for("create", |ev| has(ev, "create", &p));
+    let e = ev
+        .iter()
+        .find(|e| e["path"] == p && e["kind"] == "create")
+        .expect("event");
+    assert_eq!(e["source"], "fanotify");
+    assert_eq!(e["comm"], "sh");
+}
+
+#[test]
+fn ring_buffer_overflow_is_counted_not_silent() {
+    if !require_root("ring_buffer_overflow_is_counted_not_silent") {
+        return;
+    }
+    // The smallest ring buffer (one page) cannot hold a burst of 8 KiB rename records.
+    let d = Daemon::start_with(DaemonOptions {
+        ringbuf_bytes: 4096,
+        ..DaemonOptions::default()
+    });
+    let script = format!(
+        "import os\nfor i in range(3000):\n    open('{w}/a','w').close(); os.rename('{w}/a', '{w}/b')\n",
+        w = d.watched.display()
+    );
+    ok(&d.in_session("burst", "", &format!("python3 -c \"{script}\"")));
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let out = d.cli(&["stats", "--json"]);
+        ok(&out);
+        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        // Counted in the stats and, at the next stats tick (1 s here), logged as a warning.
+        if st["kernel_ringbuf_drops"].as_u64().is_some_and(|n| n > 0)
+            && d.log().contains("kernel events were dropped")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no drop counted: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn long_paths_up_to_path_max() {
+    if !require_root("long_paths_up_to_path_max") {
+        return;
+    }
+    let d = Daemon::start();
+    // Nested directories of 200-byte names until the path is close to PATH_MAX (4096).
+    let mut dir = d.watched.clone();
+    while dir.as_os_str().len() < 3800 {
+        dir.push("d".repeat(200));
+    }
+    std::fs::create_dir_all(&dir).expect("deep dirs");
+    let file = dir.join("long.conf");
+    let rel = file
+        .strip_prefix(&d.watched)
+        .expect("relative")
+        .display()
+        .to_string();
+    ok(&d.in_session("claude", "", &format!("echo x > {rel}")));
+    let p = file.display().to_string();
+    assert!(p.len() > 3800);
+    d.wait_for("long path create", |ev| has(ev, "create", &p));
+}
