@@ -110,6 +110,27 @@ fn fill_header(h: &mut EventHeader, kind: EventKind, pid_tgid: u64, session_id: 
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 
+/// Reserve a fixed-size record of type `T` (whose first field is its `EventHeader`),
+/// fill the header and then the rest with `fill`, and submit it. A full ring buffer is
+/// counted as a drop.
+#[inline(always)]
+fn emit<T: 'static>(kind: EventKind, pid_tgid: u64, session_id: u64, fill: impl FnOnce(&mut T)) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            // SAFETY: every record type is repr(C) with the header as its first field, and
+            // the reservation is exclusively ours until submit.
+            unsafe {
+                fill_header(&mut *ev.cast::<EventHeader>(), kind, pid_tgid, session_id);
+                fill(&mut *ev);
+            }
+            entry.submit(0);
+            count(Counter::EventsEmitted);
+        }
+        None => count(Counter::RingbufDrops),
+    }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     // Syscall tracepoints: 8 bytes of common fields + __syscall_nr (padded), then args.
@@ -452,25 +473,11 @@ fn on_exit(ctx: &TracePointContext, op: SysOp, is_open: bool) {
             count(Counter::FdMapFull);
         }
     }
-    match EVENTS.reserve::<SyscallExitEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            unsafe {
-                fill_header(
-                    &mut (*ev).header,
-                    EventKind::SyscallExit,
-                    pid_tgid,
-                    session_of(tgid),
-                );
-                (*ev).op = op as u32;
-                (*ev)._pad = 0;
-                (*ev).ret = ret;
-            }
-            entry.submit(0);
-            count(Counter::EventsEmitted);
-        }
-        None => count(Counter::RingbufDrops),
-    }
+    emit::<SyscallExitEvent>(EventKind::SyscallExit, pid_tgid, session_of(tgid), |ev| {
+        ev.op = op as u32;
+        ev._pad = 0;
+        ev.ret = ret;
+    });
 }
 
 #[inline(always)]
@@ -489,26 +496,12 @@ fn on_write(ctx: &TracePointContext, op: SysOp) {
         }
         (*state).written = 1;
     }
-    match EVENTS.reserve::<WriteEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            unsafe {
-                fill_header(
-                    &mut (*ev).header,
-                    EventKind::Write,
-                    pid_tgid,
-                    session_of(tgid),
-                );
-                (*ev).op = op as u32;
-                (*ev).fd = fd as i32;
-                // write/pwrite64: count is arg 2; writev family: iovec count (vlen).
-                (*ev).count = arg(ctx, 2);
-            }
-            entry.submit(0);
-            count(Counter::EventsEmitted);
-        }
-        None => count(Counter::RingbufDrops),
-    }
+    emit::<WriteEvent>(EventKind::Write, pid_tgid, session_of(tgid), |ev| {
+        ev.op = op as u32;
+        ev.fd = fd as i32;
+        // write/pwrite64: count is arg 2; writev family: iovec count (vlen).
+        ev.count = arg(ctx, 2);
+    });
 }
 
 macro_rules! enter {
@@ -621,24 +614,10 @@ fn dup_tracked(pid_tgid: u64, old_fd: u32, new_fd: u32) {
     {
         count(Counter::FdMapFull);
     }
-    match EVENTS.reserve::<DupEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            unsafe {
-                fill_header(
-                    &mut (*ev).header,
-                    EventKind::Dup,
-                    pid_tgid,
-                    session_of(tgid),
-                );
-                (*ev).old_fd = old_fd as i32;
-                (*ev).new_fd = new_fd as i32;
-            }
-            entry.submit(0);
-            count(Counter::EventsEmitted);
-        }
-        None => count(Counter::RingbufDrops),
-    }
+    emit::<DupEvent>(EventKind::Dup, pid_tgid, session_of(tgid), |ev| {
+        ev.old_fd = old_fd as i32;
+        ev.new_fd = new_fd as i32;
+    });
 }
 
 #[tracepoint]
@@ -970,19 +949,10 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if parent == config().self_tgid {
         return 0;
     }
-    match EVENTS.reserve::<ForkEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            unsafe {
-                fill_header(&mut (*ev).header, EventKind::Fork, pid_tgid, session_id);
-                (*ev).child_pid = child;
-                (*ev)._pad = 0;
-            }
-            entry.submit(0);
-            count(Counter::EventsEmitted);
-        }
-        None => count(Counter::RingbufDrops),
-    }
+    emit::<ForkEvent>(EventKind::Fork, pid_tgid, session_id, |ev| {
+        ev.child_pid = child;
+        ev._pad = 0;
+    });
     0
 }
 
@@ -1099,19 +1069,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if tgid == config().self_tgid {
         return 0;
     }
-    match EVENTS.reserve::<ExitEvent>(0) {
-        Some(mut entry) => {
-            let ev = entry.as_mut_ptr();
-            unsafe {
-                fill_header(&mut (*ev).header, EventKind::Exit, pid_tgid, session_id);
-                (*ev).header.flags = if group_dead { EXIT_FLAG_GROUP_DEAD } else { 0 };
-                (*ev)._reserved = 0;
-            }
-            entry.submit(0);
-            count(Counter::EventsEmitted);
-        }
-        None => count(Counter::RingbufDrops),
-    }
+    emit::<ExitEvent>(EventKind::Exit, pid_tgid, session_id, |ev| {
+        ev.header.flags = if group_dead { EXIT_FLAG_GROUP_DEAD } else { 0 };
+        ev._reserved = 0;
+    });
     0
 }
 

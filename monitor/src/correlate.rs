@@ -15,6 +15,10 @@
 //! flight. The daemon drains both sources before each flush and passes the instants as
 //! [`Watermarks`]; `window` only caps the wait (e.g. a thread blocked in a syscall).
 //!
+//! Matching is first-in first-out per thread and path: an eBPF observation takes the
+//! oldest buffered fanotify observation of each kind it accounts for (a loop of
+//! open/rename on one file pairs each open with its own CREATE).
+//!
 //! Repeated fanotify `MODIFY`s of one open file and its final `CLOSE_WRITE` are folded
 //! into the first write (the kernel side reports only the first write per open, too).
 use std::{
@@ -64,6 +68,10 @@ pub struct CorrelatorStats {
     pub attrib_ignored: u64,
     pub emitted_ebpf: u64,
     pub emitted_fanotify: u64,
+    /// Observations released without waiting for their twin because the buffer was full.
+    pub forced: u64,
+    /// Parked fanotify observations released because their twin never took them.
+    pub parked_expired: u64,
 }
 
 #[derive(Default)]
@@ -83,12 +91,73 @@ const O_TRUNC: u32 = 0o1000;
 /// An open file's fold state is forgotten after this long without a close.
 const OPEN_STATE_TTL: Duration = Duration::from_secs(600);
 
+/// Index key: a thread and one path it named (an observation is indexed under its path
+/// and, if any, its target).
+type Key = (u32, Vec<u8>);
+
+fn keys(o: &Observation) -> impl Iterator<Item = Key> + '_ {
+    std::iter::once((o.tid, o.path.clone())).chain(o.target.iter().map(move |t| (o.tid, t.clone())))
+}
+
+/// Sequence numbers of buffered observations under each key, oldest first.
+#[derive(Default)]
+struct Index(HashMap<Key, VecDeque<u64>>);
+
+impl Index {
+    fn add(&mut self, o: &Observation, seq: u64) {
+        for k in keys(o) {
+            self.0.entry(k).or_default().push_back(seq);
+        }
+    }
+
+    fn remove(&mut self, o: &Observation, seq: u64) {
+        for k in keys(o) {
+            if let Some(v) = self.0.get_mut(&k) {
+                if let Some(i) = v.iter().position(|s| *s == seq) {
+                    v.remove(i);
+                }
+                if v.is_empty() {
+                    self.0.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Candidates for `o`, oldest first, without duplicates.
+    fn candidates(&self, o: &Observation) -> Vec<u64> {
+        let mut out: Vec<u64> = keys(o)
+            .filter_map(|k| self.0.get(&k))
+            .flatten()
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// Most observations buffered at once; beyond it the oldest are released without waiting
+/// for their twins (counted as `forced`), so a flood cannot grow memory without bound.
+const MAX_BUFFERED: usize = 100_000;
+
+/// Buffered observations: `order` is the release order; `slots` holds the observations
+/// still buffered (a fanotify observation whose eBPF twin is still buffered is *parked*:
+/// out of `order`, in `slots`, until the twin absorbs it). Lookups go through the indices,
+/// so the work per observation does not grow with the size of the buffer.
 pub struct Correlator {
     window: Duration,
-    pending: VecDeque<Observation>,
-    /// Emitted eBPF observations kept one more window for late fanotify twins.
-    recent: VecDeque<Observation>,
-    open: HashMap<(u32, Vec<u8>), OpenState>,
+    slots: HashMap<u64, Observation>,
+    order: VecDeque<u64>,
+    next_seq: u64,
+    fan_index: Index,
+    ebpf_index: Index,
+    /// Emitted eBPF observations kept three windows for late fanotify twins.
+    recent: HashMap<u64, Observation>,
+    recent_index: Index,
+    recent_order: VecDeque<u64>,
+    /// Parked fanotify observations, by when they were parked.
+    parked: VecDeque<(Instant, u64)>,
+    open: HashMap<Key, OpenState>,
     stats: CorrelatorStats,
     attribs: StatCache,
 }
@@ -97,8 +166,15 @@ impl Correlator {
     pub fn new(window: Duration) -> Self {
         Correlator {
             window,
-            pending: VecDeque::new(),
-            recent: VecDeque::new(),
+            slots: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            fan_index: Index::default(),
+            ebpf_index: Index::default(),
+            recent: HashMap::new(),
+            recent_index: Index::default(),
+            recent_order: VecDeque::new(),
+            parked: VecDeque::new(),
             open: HashMap::new(),
             stats: CorrelatorStats::default(),
             attribs: StatCache::default(),
@@ -109,13 +185,44 @@ impl Correlator {
         self.stats
     }
 
+    /// Observations buffered (queued or parked).
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.slots.len()
     }
 
     /// Remember mode and owner of every file below `root` (to classify ATTRIB).
     pub fn prime_attributes(&mut self, root: &Path, limit: usize) -> usize {
         self.attribs.prime(root, limit)
+    }
+
+    fn buffer(&mut self, obs: Observation) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if obs.source == Source::Fanotify {
+            self.fan_index.add(&obs, seq);
+        } else {
+            self.ebpf_index.add(&obs, seq);
+        }
+        self.slots.insert(seq, obs);
+        self.order.push_back(seq);
+    }
+
+    fn take(&mut self, seq: u64) -> Option<Observation> {
+        let obs = self.slots.remove(&seq)?;
+        if obs.source == Source::Fanotify {
+            self.fan_index.remove(&obs, seq);
+        } else {
+            self.ebpf_index.remove(&obs, seq);
+        }
+        Some(obs)
+    }
+
+    /// The oldest buffered eBPF observation that would absorb `f`.
+    fn ebpf_twin(&self, f: &Observation) -> Option<u64> {
+        self.ebpf_index
+            .candidates(f)
+            .into_iter()
+            .find(|s| self.slots.get(s).is_some_and(|e| absorbs(e, f)))
     }
 
     pub fn push_ebpf(&mut self, obs: Observation) {
@@ -135,22 +242,18 @@ impl Correlator {
             }
             _ => {}
         }
-        self.pending.push_back(obs);
+        self.buffer(obs);
     }
 
     pub fn push_fanotify(&mut self, mut obs: Observation) {
+        obs.source = Source::Fanotify;
         let key = (obs.tid, obs.path.clone());
         if obs.kind == Kind::Write {
             let st = self.open.entry(key).or_default();
             st.since.get_or_insert(obs.arrived);
             if st.wrote {
                 // Folded; if its eBPF twin is still buffered, it was seen by both.
-                obs.source = Source::Fanotify;
-                if let Some(e) = self
-                    .pending
-                    .iter_mut()
-                    .find(|e| e.source == Source::Ebpf && absorbs(e, &obs))
-                {
+                if let Some(e) = self.ebpf_twin(&obs).and_then(|s| self.slots.get_mut(&s)) {
                     e.source = Source::Both;
                 }
                 self.stats.folded += 1;
@@ -164,8 +267,7 @@ impl Correlator {
                 return;
             }
         }
-        obs.source = Source::Fanotify;
-        self.pending.push_back(obs);
+        self.buffer(obs);
     }
 
     fn ready(
@@ -193,71 +295,120 @@ impl Correlator {
         busy: &dyn Fn(u32) -> bool,
     ) -> Vec<Observation> {
         let mut out = Vec::new();
-        while let Some(front) = self.pending.front() {
-            if !self.ready(front, now, marks, busy) {
+        while let Some(&seq) = self.order.front() {
+            let Some(front) = self.slots.get(&seq) else {
+                // Absorbed while queued.
+                self.order.pop_front();
+                continue;
+            };
+            let forced = self.slots.len() > MAX_BUFFERED;
+            if !forced && !self.ready(front, now, marks, busy) {
                 break;
             }
-            let Some(obs) = self.pending.pop_front() else {
-                break;
-            };
-            match obs.source {
-                Source::Fanotify => {
-                    if self
-                        .pending
-                        .iter()
-                        .any(|e| e.source != Source::Fanotify && absorbs(e, &obs))
-                    {
-                        // A younger eBPF twin will take it when it leaves the buffer.
-                        self.pending.push_front(obs);
-                        // Keep order: move it behind that twin by re-queueing at the back.
-                        if let Some(o) = self.pending.pop_front() {
-                            self.pending.push_back(o);
-                        }
-                        continue;
-                    }
-                    if self.recent.iter().any(|e| absorbs(e, &obs)) {
-                        self.stats.merged += 1;
-                        continue;
-                    }
-                    if let Some(obs) = self.finish_fanotify(obs) {
-                        self.stats.emitted_fanotify += 1;
-                        out.push(obs);
-                    }
+            if forced {
+                self.stats.forced += 1;
+            }
+            self.order.pop_front();
+            if front.source == Source::Fanotify {
+                if !forced && self.ebpf_twin(front).is_some() {
+                    // Its eBPF twin is younger and will absorb it when it leaves.
+                    self.parked.push_back((now, seq));
+                    continue;
                 }
-                _ => {
-                    let mut obs = obs;
-                    let mut i = 0;
-                    while i < self.pending.len() {
-                        if self.pending[i].source == Source::Fanotify
-                            && absorbs(&obs, &self.pending[i])
-                        {
-                            if let Some(f) = self.pending.remove(i) {
-                                merge(&mut obs, &f);
-                                self.stats.merged += 1;
-                            }
-                        } else {
-                            i += 1;
-                        }
-                    }
-                    self.attribs.refresh(&obs.path);
-                    self.stats.emitted_ebpf += 1;
-                    self.recent.push_back(obs.clone());
+                let Some(obs) = self.take(seq) else { continue };
+                if let Some(obs) = self.release_fanotify(obs) {
+                    out.push(obs);
+                }
+            } else {
+                let Some(mut obs) = self.take(seq) else {
+                    continue;
+                };
+                self.absorb_twins(&mut obs);
+                self.attribs.refresh(&obs.path);
+                self.stats.emitted_ebpf += 1;
+                self.remember(obs.clone());
+                out.push(obs);
+            }
+        }
+        self.expire(now, &mut out);
+        out
+    }
+
+    /// Merge into `e` the oldest buffered fanotify observation of each kind it accounts for.
+    fn absorb_twins(&mut self, e: &mut Observation) {
+        let mut taken_kinds: Vec<(Kind, bool)> = Vec::new();
+        for seq in self.fan_index.candidates(e) {
+            let Some(f) = self.slots.get(&seq) else {
+                continue;
+            };
+            let class = (f.kind, f.attrib);
+            if taken_kinds.contains(&class) || !absorbs(e, f) {
+                continue;
+            }
+            taken_kinds.push(class);
+            if let Some(f) = self.take(seq) {
+                merge(e, &f);
+                self.stats.merged += 1;
+            }
+        }
+    }
+
+    fn remember(&mut self, e: Observation) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.recent_index.add(&e, seq);
+        self.recent.insert(seq, e);
+        self.recent_order.push_back(seq);
+    }
+
+    fn release_fanotify(&mut self, obs: Observation) -> Option<Observation> {
+        let late_twin = self
+            .recent_index
+            .candidates(&obs)
+            .into_iter()
+            .any(|s| self.recent.get(&s).is_some_and(|e| absorbs(e, &obs)));
+        if late_twin {
+            self.stats.merged += 1;
+            return None;
+        }
+        let obs = self.finish_fanotify(obs)?;
+        self.stats.emitted_fanotify += 1;
+        Some(obs)
+    }
+
+    /// Age out remembered and parked observations and stale open-file state.
+    fn expire(&mut self, now: Instant, out: &mut Vec<Observation>) {
+        let horizon = self.window * 3;
+        while let Some(&seq) = self.recent_order.front() {
+            let old = self
+                .recent
+                .get(&seq)
+                .is_none_or(|r| now.duration_since(r.arrived) > horizon);
+            if !old {
+                break;
+            }
+            self.recent_order.pop_front();
+            if let Some(e) = self.recent.remove(&seq) {
+                self.recent_index.remove(&e, seq);
+            }
+        }
+        // A parked observation whose twin never took it (should not happen) is released.
+        while let Some(&(parked_at, seq)) = self.parked.front() {
+            if self.slots.contains_key(&seq) && now.duration_since(parked_at) <= horizon {
+                break;
+            }
+            self.parked.pop_front();
+            if let Some(obs) = self.take(seq) {
+                self.stats.parked_expired += 1;
+                if let Some(obs) = self.release_fanotify(obs) {
                     out.push(obs);
                 }
             }
-        }
-        while self
-            .recent
-            .front()
-            .is_some_and(|r| now.duration_since(r.arrived) > self.window * 3)
-        {
-            self.recent.pop_front();
         }
         self.open.retain(|_, st| {
             st.since
                 .is_none_or(|t| now.duration_since(t) < OPEN_STATE_TTL)
         });
-        out
     }
 
     fn finish_fanotify(&mut self, mut obs: Observation) -> Option<Observation> {
@@ -485,6 +636,41 @@ mod tests {
             vec![(Kind::Create, Source::Both), (Kind::Write, Source::Both)]
         );
         assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn pairs_first_in_first_out_per_thread_and_path() {
+        // A loop re-creating one file: each open takes its own CREATE, whatever the order
+        // in which the two sources were read.
+        let t0 = Instant::now();
+        let mut c = Correlator::new(W);
+        for _ in 0..3 {
+            c.push_ebpf(Observation {
+                open_flags: 0o1101,
+                ..obs(Kind::OpenWrite, "/w/loop", Source::Ebpf, t0)
+            });
+        }
+        for _ in 0..3 {
+            c.push_fanotify(obs(Kind::Create, "/w/loop", Source::Fanotify, t0));
+        }
+        let out = c.flush(t0 + W, &NONE, &idle);
+        let kinds: Vec<(Kind, Source)> = out.iter().map(|o| (o.kind, o.source)).collect();
+        assert_eq!(kinds, vec![(Kind::Create, Source::Both); 3]);
+        assert_eq!(c.pending(), 0);
+    }
+
+    #[test]
+    fn a_flood_cannot_grow_the_buffer_without_bound() {
+        let t0 = Instant::now();
+        let mut c = Correlator::new(Duration::from_secs(3600));
+        for i in 0..MAX_BUFFERED + 50 {
+            c.push_fanotify(obs(Kind::Unlink, &format!("/w/f{i}"), Source::Fanotify, t0));
+        }
+        // Nothing is ready (no watermark, window not passed), yet the excess is released.
+        let out = c.flush(t0, &NONE, &idle);
+        assert_eq!(out.len(), 50);
+        assert_eq!(c.stats().forced, 50);
+        assert_eq!(c.pending(), MAX_BUFFERED);
     }
 
     #[test]

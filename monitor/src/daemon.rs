@@ -27,6 +27,8 @@ use crate::{
 };
 
 const TICK: Duration = Duration::from_millis(50);
+/// Sessions without members are ended every this many ticks (1 s).
+const SESSION_SWEEP_TICKS: u64 = 20;
 const BROADCAST_CAPACITY: usize = 8192;
 /// Files primed into the chmod/chown classification cache per watched tree.
 const ATTRIB_PRIME_LIMIT: usize = 100_000;
@@ -347,6 +349,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut rb = unsafe { AsyncFd::register(ringbuf) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(TICK);
+    let mut ticks: u64 = 0;
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = cfg.output.stats_interval_secs;
     let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
@@ -405,6 +408,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     Metrics::inc(&metrics.sink_errors);
                     warn!(error = %e, "flushing the events file");
                 }
+                ticks += 1;
+                if ticks.is_multiple_of(SESSION_SWEEP_TICKS) {
+                    let live: Vec<u64> = shared.registry.live().iter().map(|s| s.id).collect();
+                    let ended = pipeline.ended_sessions(&live);
+                    handle_actions(&shared, &mut pipeline, ended);
+                }
             }
             _ = stats_tick.tick(), if stats_every > 0 => {
                 pipeline.gc(Instant::now());
@@ -415,6 +424,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 metrics.correlated_merged.store(c.merged, Ordering::Relaxed);
                 metrics.correlated_folded.store(c.folded, Ordering::Relaxed);
                 metrics.attrib_ignored.store(c.attrib_ignored, Ordering::Relaxed);
+                metrics.correlation_forced.store(c.forced, Ordering::Relaxed);
+                metrics.correlation_parked_expired.store(c.parked_expired, Ordering::Relaxed);
                 let stats = shared.stats();
                 let line: Vec<String> = stats.iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
                 let drops = stats.iter().find(|(n, _)| n == "kernel_ringbuf_drops").map_or(0, |(_, v)| *v);

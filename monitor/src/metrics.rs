@@ -33,6 +33,8 @@ counters! {
     correlated_merged: "fanotify observations merged into an eBPF event (source: both)",
     correlated_folded: "repeated fanotify MODIFY/CLOSE_WRITE folded into an earlier write",
     attrib_ignored: "fanotify ATTRIB changes that were neither chmod nor chown (times, xattrs)",
+    correlation_forced: "observations released before their twin arrived because the buffer was full (possible duplicates)",
+    correlation_parked_expired: "fanotify observations whose expected eBPF twin never took them",
 }
 
 impl Metrics {

@@ -187,16 +187,14 @@ impl Pipeline {
                 }
             }
             Record::Exit { header, group_dead } => {
-                let session = header.session_id;
+                // Sessions left without members are found by `ended_sessions` (one pass
+                // per second rather than a scan per exit).
                 let fds = self.procs.on_exit(&header, group_dead);
                 if !fds.is_empty() {
                     actions.push(Action::ForgetFds {
                         tgid: header.tgid,
                         fds,
                     });
-                }
-                if group_dead && session != 0 && !self.procs.session_alive(session) {
-                    actions.push(Action::SessionEnded(session));
                 }
             }
             Record::Syscall(s) => {
@@ -438,6 +436,15 @@ impl Pipeline {
             source: o.source,
             details: (o.details != Details::default()).then_some(o.details),
         }
+    }
+
+    /// Of the live `sessions`, those whose last process has exited.
+    pub fn ended_sessions(&self, sessions: &[u64]) -> Vec<Action> {
+        self.procs
+            .sessions_without_members(sessions)
+            .into_iter()
+            .map(Action::SessionEnded)
+            .collect()
     }
 
     /// Drop state of exited processes past retention.

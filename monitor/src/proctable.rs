@@ -272,12 +272,19 @@ impl ProcTable {
         out
     }
 
-    /// Whether any live process still belongs to `session` (forked children that have not
-    /// exec'd count; a thread entry only lives as long as its process anyway).
-    pub fn session_alive(&self, session: u64) -> bool {
-        self.procs
+    /// Of `sessions`, those with no live process left (one pass over the table).
+    pub fn sessions_without_members(&self, sessions: &[u64]) -> Vec<u64> {
+        let alive: std::collections::HashSet<u64> = self
+            .procs
             .values()
-            .any(|p| p.session == session && p.exited.is_none())
+            .filter(|p| p.exited.is_none() && p.session != 0)
+            .map(|p| p.session)
+            .collect();
+        sessions
+            .iter()
+            .copied()
+            .filter(|s| !alive.contains(s))
+            .collect()
     }
 
     /// Parent first, up to pid 1 or the first unknown process.
@@ -382,7 +389,7 @@ mod tests {
             t.get(11).is_some_and(|p| p.exited.is_some()),
             "kept after exit for attribution"
         );
-        assert!(!t.session_alive(7));
+        assert_eq!(t.sessions_without_members(&[7, 0]), vec![7, 0]);
         t.gc(Instant::now() + EXITED_RETENTION + Duration::from_secs(1));
         assert!(t.get(11).is_none());
     }
