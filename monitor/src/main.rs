@@ -102,7 +102,14 @@ fn main() -> ExitCode {
             reason,
             command,
         } => {
-            let socket = socket(&cli)?;
+            // confgate's own failures exit 125 (like env(1)), before the command ever runs.
+            let socket = match socket(&cli) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("confgate: {e:#}");
+                    return Ok(monitor::cli::run::EXIT_CONFGATE);
+                }
+            };
             // On success the command replaces this process; only failures return.
             match monitor::cli::run::run(&socket, agent, reason.as_deref(), command) {
                 Ok(never) => match never {},

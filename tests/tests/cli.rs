@@ -52,6 +52,32 @@ fn run_refuses_to_start_unmonitored() {
 }
 
 #[test]
+fn run_with_a_broken_config_exits_125_without_running_the_command() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let marker = dir.path().join("ran");
+    let out = std::process::Command::new(confgate_bin())
+        .args([
+            "--config",
+            "/nonexistent/confgate.toml",
+            "run",
+            "--agent",
+            "a",
+            "--",
+            "touch",
+        ])
+        .arg(&marker)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!marker.exists(), "the command must not run unmonitored");
+}
+
+#[test]
 fn check_config_reports_line_and_column() {
     let dir = tempfile::tempdir().expect("tmp");
     let bad = dir.path().join("bad.toml");
