@@ -59,9 +59,11 @@ enum Command {
     },
 }
 
-fn init_logging() {
+/// Logs go to stderr; `CONFGATE_LOG` overrides the level (daemon: info, commands: warn).
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONFGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -89,7 +91,7 @@ fn code(c: i32) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Daemon));
     let result: anyhow::Result<i32> = (|| match &cli.command {
         Command::Daemon => {
             let cfg = load_config(&cli)?;

@@ -11,7 +11,11 @@ use std::{
 use thiserror::Error;
 use tokio::sync::broadcast;
 
-use crate::{config::StdoutMode, escape, event::Event};
+use crate::{
+    config::StdoutMode,
+    escape,
+    event::{Event, Source},
+};
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -118,7 +122,7 @@ pub fn human(e: &Event) -> String {
         _ => String::new(),
     };
     format!(
-        "{} {:<10} {}{}{} by {}[{}] uid={}{} ({:?})",
+        "{} {:<10} {}{}{} by {}[{}] uid={}{} ({})",
         e.time,
         e.kind.as_str(),
         term(&e.path),
@@ -128,6 +132,66 @@ pub fn human(e: &Event) -> String {
         e.pid,
         e.uid.map(|u| u.to_string()).unwrap_or_else(|| "?".into()),
         session,
-        e.source,
+        match e.source {
+            Source::Ebpf => "ebpf",
+            Source::Fanotify => "fanotify",
+            Source::Both => "both",
+        },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Kind, SCHEMA_VERSION, SessionRef};
+
+    fn event(path: &str) -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            time: "2026-11-22T00:00:00Z".into(),
+            id: "x-1".into(),
+            kind: Kind::Rename,
+            path: path.into(),
+            target: Some("/etc/app.conf".into()),
+            result: Some(-17),
+            pid: 7,
+            tid: 7,
+            ppid: Some(1),
+            uid: Some(0),
+            comm: "mv".into(),
+            exe: None,
+            argv: Vec::new(),
+            cwd: None,
+            ancestors: Vec::new(),
+            session: Some(SessionRef {
+                id: 3,
+                agent: "claude".into(),
+                reason: None,
+                root_pid: 7,
+            }),
+            source: Source::Both,
+            details: None,
+        }
+    }
+
+    #[test]
+    fn human_line_is_one_line_whatever_the_name() {
+        let line = human(&event("/etc/evil\nFAKE 2026 create /etc/shadow"));
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.contains("/etc/evil\\nFAKE"), "{line}");
+        assert!(
+            line.contains("-> /etc/app.conf FAILED(-17) by mv[7] uid=0 session=claude#3 (both)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_line_round_trips_odd_bytes() {
+        let e = event("/etc/a\nb\\xff");
+        let line = serde_json::to_string(&e).expect("serialize");
+        assert!(!line.contains('\n'), "NDJSON: one line per event");
+        let back: serde_json::Value = serde_json::from_str(&line).expect("parse");
+        assert_eq!(back["path"], "/etc/a\nb\\xff");
+        assert_eq!(back["source"], "both");
+    }
 }
