@@ -29,52 +29,32 @@ fn run_passes_the_exit_code_and_sessions_lists_it() {
     );
 }
 
+/// Without a reachable daemon (no socket, or a config that cannot be read) `confgate run`
+/// exits 125 and never starts the command unmonitored.
 #[test]
 fn run_refuses_to_start_unmonitored() {
-    let out = std::process::Command::new(confgate_bin())
-        .args([
-            "--socket",
-            "/nonexistent/confgate.sock",
-            "run",
-            "--agent",
-            "a",
-            "--",
-            "true",
-        ])
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(125),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[test]
-fn run_with_a_broken_config_exits_125_without_running_the_command() {
     let dir = tempfile::tempdir().expect("tmp");
     let marker = dir.path().join("ran");
-    let out = std::process::Command::new(confgate_bin())
-        .args([
-            "--config",
-            "/nonexistent/confgate.toml",
-            "run",
-            "--agent",
-            "a",
-            "--",
-            "touch",
-        ])
-        .arg(&marker)
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(125),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!marker.exists(), "the command must not run unmonitored");
+    for (flag, value) in [
+        ("--socket", "/nonexistent/confgate.sock"),
+        ("--config", "/nonexistent/confgate.toml"),
+    ] {
+        let out = std::process::Command::new(confgate_bin())
+            .args([flag, value, "run", "--agent", "a", "--", "touch"])
+            .arg(&marker)
+            .output()
+            .expect("run");
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !marker.exists(),
+            "{flag}: the command must not run unmonitored"
+        );
+    }
 }
 
 #[test]
