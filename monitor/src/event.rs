@@ -82,8 +82,9 @@ pub struct Event {
     pub path: String,
     /// rename: new name; link: new link; symlink: the link's content. Else null.
     pub target: Option<String>,
-    /// 0 on success, else the negative errno the syscall returned; null when unknown
-    /// (fanotify only reports operations that happened).
+    /// The syscall's return value: >= 0 on success (the new descriptor for opens), the
+    /// negative errno on failure; null when unknown (fanotify only reports operations that
+    /// happened, and an exit may never be seen).
     pub result: Option<i64>,
     pub pid: u32,
     pub tid: u32,
