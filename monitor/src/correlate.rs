@@ -324,7 +324,10 @@ impl Correlator {
                     continue;
                 };
                 self.absorb_twins(&mut obs);
-                self.attribs.refresh(&obs.path);
+                // Content-only operations leave mode and owner as they were: no stat needed.
+                if !matches!(obs.kind, Kind::Write | Kind::OpenWrite | Kind::Truncate) {
+                    self.attribs.refresh(&obs.path);
+                }
                 self.stats.emitted_ebpf += 1;
                 self.remember(obs.clone());
                 out.push(obs);

@@ -374,11 +374,13 @@ impl Pipeline {
         };
         self.seq += 1;
         let id = format!("{}-{}", self.id_prefix, self.seq);
-        let proc = self.procs.get_or_load(tgid).cloned();
+        // Load a process the table missed, then only borrow it (no per-event copy of argv).
+        let _ = self.procs.get_or_load(tgid);
+        let proc = self.procs.get(tgid);
         let session_id = if o.session != 0 {
             o.session
         } else {
-            proc.as_ref().map_or(0, |p| p.session)
+            proc.map_or(0, |p| p.session)
         };
         let session = (session_id != 0).then(|| {
             sessions.note_event(session_id);
@@ -408,9 +410,9 @@ impl Pipeline {
             })
             .collect();
         let comm = if o.comm.is_empty() {
-            proc.as_ref().map(|p| p.comm.clone()).unwrap_or_default()
+            proc.map(|p| p.comm.as_slice()).unwrap_or_default()
         } else {
-            o.comm.clone()
+            o.comm.as_slice()
         };
         Event {
             v: SCHEMA_VERSION,
@@ -422,15 +424,14 @@ impl Pipeline {
             result: o.result,
             pid: tgid,
             tid: o.tid,
-            ppid: proc.as_ref().map(|p| p.ppid),
-            uid: o.uid.or(proc.as_ref().map(|p| p.uid)),
-            comm: encode(&comm),
-            exe: proc.as_ref().map(|p| encode(&p.exe)),
+            ppid: proc.map(|p| p.ppid),
+            uid: o.uid.or(proc.map(|p| p.uid)),
+            comm: encode(comm),
+            exe: proc.map(|p| encode(&p.exe)),
             argv: proc
-                .as_ref()
                 .map(|p| p.argv.iter().map(|a| encode(a)).collect())
                 .unwrap_or_default(),
-            cwd: proc.as_ref().and_then(|p| p.cwd.as_deref().map(encode)),
+            cwd: proc.and_then(|p| p.cwd.as_deref().map(encode)),
             ancestors,
             session,
             source: o.source,
