@@ -307,6 +307,14 @@ pub struct Pending {
     pub length: u64,
     pub ptr1: u64,
     pub ptr2: u64,
+    /// Thread group of the caller (the map key is the thread id).
+    pub tgid: u32,
+    pub _pad: u32,
+    /// Session of the caller at sys_enter (0 = none). The gate reads it, with `flags`, to
+    /// learn the write intent and session of an open held in a fanotify permission wait.
+    pub session: u64,
+    /// `bpf_ktime_get_ns()` at sys_enter (CLOCK_MONOTONIC).
+    pub enter_ns: u64,
 }
 
 /// The enter record was emitted; only the exit remains.

@@ -358,6 +358,10 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
         },
         ptr1,
         ptr2,
+        tgid,
+        _pad: 0,
+        session: session_id,
+        enter_ns: unsafe { bpf_ktime_get_ns() },
     };
     let ev = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0).ok_or(())? };
     stage(ev, &pending);
