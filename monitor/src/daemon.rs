@@ -78,6 +78,13 @@ fn groups_of(pid: u32) -> Vec<u32> {
 
 #[tonic::async_trait]
 impl DaemonApi for Shared {
+    fn caller_session(&self, caller: &Caller) -> (String, u64) {
+        (
+            crate::host::host_name(),
+            lock(&self.kernel).session_of(caller.pid),
+        )
+    }
+
     async fn register_session(
         &self,
         caller: Caller,

@@ -18,6 +18,7 @@ pub mod detect;
 pub mod escape;
 pub mod event;
 pub mod fanotify;
+pub mod host;
 pub mod kernel;
 pub mod metrics;
 pub mod pipeline;

@@ -4,7 +4,8 @@
 //! crate only carries the code generated from it. Breaking changes go into a new package
 //! version (`confgate.v2`), never into `v1`.
 
-/// `confgate.v1`: the host daemon's local API (served over its Unix socket).
+/// `confgate.v1`: the host daemon's local API (served over its Unix socket) and the approval
+/// service's API (`approver.proto`).
 pub mod v1 {
     tonic::include_proto!("confgate.v1");
 }

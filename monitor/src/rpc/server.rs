@@ -110,6 +110,8 @@ pub trait DaemonApi: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<Arc<str>>;
     /// Whether `caller` may read sessions, stats and events (root or the admin group).
     fn is_admin(&self, caller: &Caller) -> bool;
+    /// This host's name and the agent session `caller.pid` belongs to (0 = none).
+    fn caller_session(&self, caller: &Caller) -> (String, u64);
 }
 
 /// Events that `SubscribeEvents` streams skipped because their subscriber fell behind, since
@@ -288,6 +290,18 @@ impl pb::daemon_server::Daemon for DaemonService {
             .map(|(name, value)| pb::Counter { name, value })
             .collect();
         Ok(Response::new(pb::Stats { counters }))
+    }
+
+    async fn caller_session(
+        &self,
+        request: Request<pb::CallerSessionRequest>,
+    ) -> Result<Response<pb::CallerSessionResponse>, Status> {
+        let caller = caller(&request)?;
+        let (host, session_id) = self.api.caller_session(&caller);
+        Ok(Response::new(pb::CallerSessionResponse {
+            host,
+            session_id,
+        }))
     }
 
     type SubscribeEventsStream = EventStream;

@@ -59,6 +59,15 @@ impl FakeDaemon {
 
 #[tonic::async_trait]
 impl DaemonApi for FakeDaemon {
+    fn caller_session(&self, caller: &Caller) -> (String, u64) {
+        let sessions = self.sessions.lock().unwrap();
+        let id = sessions
+            .iter()
+            .find(|s| s.root_pid == caller.pid && s.ended.is_none())
+            .map_or(0, |s| s.id);
+        ("fake-host".into(), id)
+    }
+
     async fn register_session(
         &self,
         caller: Caller,
