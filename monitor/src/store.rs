@@ -115,6 +115,22 @@ impl<V> RecordTable<V> {
     }
 }
 
+/// A table of raw byte values by `u64` key (file contents: pre-images), not JSON-encoded.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobTable {
+    name: &'static str,
+}
+
+impl BlobTable {
+    pub const fn new(name: &'static str) -> Self {
+        BlobTable { name }
+    }
+
+    const fn def(&self) -> TableDefinition<'static, u64, &'static [u8]> {
+        TableDefinition::new(self.name)
+    }
+}
+
 impl<V> Clone for RecordTable<V> {
     fn clone(&self) -> Self {
         *self
@@ -278,6 +294,19 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Reads one blob.
+    pub fn get_blob(&self, table: BlobTable, key: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let t = match txn.open_table(table.def()) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+}
+
 /// An open write transaction, handed to the closure of [`Store::write`].
 pub struct WriteTx<'a> {
     txn: &'a redb::WriteTransaction,
@@ -313,6 +342,17 @@ impl WriteTx<'_> {
             return Ok(None);
         };
         decode(table, key, bytes.value()).map(Some)
+    }
+
+    /// Inserts or replaces a blob.
+    pub fn put_blob(&self, table: BlobTable, key: u64, value: &[u8]) -> Result<(), StoreError> {
+        self.txn.open_table(table.def())?.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Removes a blob; returns whether it existed.
+    pub fn remove_blob(&self, table: BlobTable, key: u64) -> Result<bool, StoreError> {
+        Ok(self.txn.open_table(table.def())?.remove(key)?.is_some())
     }
 
     /// Removes a record; returns whether it existed.
@@ -437,6 +477,19 @@ mod tests {
         assert!(r.is_err());
         assert_eq!(store.get(RECS, 1).unwrap(), None);
         assert_eq!(store.write(|tx| tx.next_id("a")).unwrap(), 1);
+    }
+
+    #[test]
+    fn blobs_round_trip_raw_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        const B: BlobTable = BlobTable::new("blobs");
+        assert_eq!(store.get_blob(B, 1).unwrap(), None);
+        let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        store.write(|tx| tx.put_blob(B, 1, &data)).unwrap();
+        assert_eq!(store.get_blob(B, 1).unwrap().as_deref(), Some(&data[..]));
+        assert!(store.write(|tx| tx.remove_blob(B, 1)).unwrap());
+        assert_eq!(store.get_blob(B, 1).unwrap(), None);
     }
 
     #[test]
