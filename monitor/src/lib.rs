@@ -10,7 +10,9 @@
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
 //! - `ledger`: the hash-chained, append-only audit ledger.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
+//! - `approver`: the approval service and its client transport.
 //! - `daemon`, `cli`: wiring and the commands people type.
+pub mod approver;
 pub mod cli;
 pub mod config;
 pub mod correlate;
