@@ -52,6 +52,11 @@ enum Command {
     },
     /// Stream events from the running daemon as NDJSON.
     Events,
+    /// Read and check the host's hash-chained audit ledger.
+    Audit {
+        #[command(subcommand)]
+        command: monitor::cli::audit::AuditCommand,
+    },
     /// Validate a configuration file (errors with line and column).
     CheckConfig {
         /// File to check (default: --config or /etc/confgate/config.toml).
@@ -126,6 +131,11 @@ fn main() -> ExitCode {
         }
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
         Command::Events => monitor::cli::stats::events(&socket(&cli)?),
+        Command::Audit { command } => Ok(monitor::cli::audit::run(command, || {
+            Ok(monitor::ledger::default_path(
+                &load_config(&cli)?.daemon.state_dir,
+            ))
+        })),
         Command::CheckConfig { path } => {
             let path = path.clone().or_else(|| cli.config.clone());
             monitor::cli::check_config::run(path.as_deref())
