@@ -9,7 +9,9 @@
 //! - `event`, `escape`, `correlate`, `sink`: the event contract, byte-safe path encoding,
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
+//! - `approver`: the approval service and its client transport.
 //! - `daemon`, `cli`: wiring and the commands people type.
+pub mod approver;
 pub mod cli;
 pub mod config;
 pub mod correlate;
