@@ -1,4 +1,5 @@
 //! Commands of the `confgate` binary.
+pub mod approver;
 pub mod check_config;
 pub mod run;
 pub mod sessions;
