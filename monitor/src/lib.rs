@@ -8,6 +8,7 @@
 //! - `session`, `detect`, `store`: agent sessions, auto-detection rules, embedded store.
 //! - `event`, `escape`, `correlate`, `sink`: the event contract, byte-safe path encoding,
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
+//! - `ledger`: the hash-chained, append-only audit ledger.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
 //! - `approver`: the approval service and its client transport.
 //! - `daemon`, `cli`: wiring and the commands people type.
@@ -22,6 +23,7 @@ pub mod event;
 pub mod fanotify;
 pub mod host;
 pub mod kernel;
+pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
 pub mod proctable;
