@@ -45,6 +45,14 @@ pub const MAX_LINE_BYTES: usize = 4 << 20;
 /// Longest `kind`.
 pub const MAX_KIND_LEN: usize = 64;
 
+/// File name of the host ledger inside the daemon's `state_dir`.
+pub const FILE_NAME: &str = "ledger.jsonl";
+
+/// The host ledger's path for a daemon `state_dir`: `<state_dir>/ledger.jsonl`.
+pub fn default_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
 /// Errors of the ledger.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {

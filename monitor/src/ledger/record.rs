@@ -114,11 +114,14 @@ pub fn format_time(t: SystemTime) -> String {
 /// Parses an RFC 3339 time (any offset) into a `SystemTime`.
 pub fn parse_time(s: &str) -> Option<SystemTime> {
     let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-    let ns = t.unix_timestamp_nanos();
-    if ns >= 0 {
-        UNIX_EPOCH.checked_add(Duration::from_nanos(u64::try_from(ns).ok()?))
+    let secs = t.unix_timestamp();
+    let nanos = Duration::from_nanos(u64::from(t.nanosecond()));
+    if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()) + nanos)
     } else {
-        UNIX_EPOCH.checked_sub(Duration::from_nanos(u64::try_from(-ns).ok()?))
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))?
+            .checked_add(nanos)
     }
 }
 
@@ -151,6 +154,15 @@ mod tests {
         assert_eq!(parse_time(&s), Some(t));
         assert_eq!(parse_time("2023-11-14T23:13:20.123+01:00"), Some(t));
         assert_eq!(parse_time("yesterday"), None);
+        // Far and pre-epoch times (beyond u64 nanoseconds) still convert.
+        assert_eq!(
+            parse_time("2999-01-01T00:00:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(32_472_144_000))
+        );
+        assert_eq!(
+            parse_time("1969-12-31T23:59:59.250Z"),
+            Some(UNIX_EPOCH - Duration::from_millis(750))
+        );
     }
 
     #[test]
