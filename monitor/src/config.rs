@@ -500,28 +500,7 @@ impl Config {
     /// (a parse error stops at the first, as TOML parsing does). Never returns an empty
     /// error list.
     pub fn parse_all(text: &str, origin: &Path) -> Result<Config, Vec<ConfigError>> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = match e.span() {
-                Some(span) => line_column(text, span.start),
-                None => (1, 1),
-            };
-            vec![ConfigError::Parse {
-                path: origin.to_owned(),
-                line,
-                column,
-                // One line: toml's messages may span several.
-                message: e.message().trim().lines().collect::<Vec<_>>().join("; "),
-            }]
-        })?;
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems
-                .into_iter()
-                .map(|e| e.in_file(origin, text))
-                .collect())
-        }
+        parse_checked(text, origin, Config::problems)
     }
 
     /// Check everything that parsing cannot: absolute paths, sizes, globs, rules.
@@ -795,7 +774,7 @@ impl Checker {
     }
 
     /// An absolute, normalised path without NUL; returns whether it is one.
-    fn abs_path(&mut self, field: &str, p: &Path) -> bool {
+    pub(crate) fn abs_path(&mut self, field: &str, p: &Path) -> bool {
         let bytes = p.as_os_str().as_bytes();
         let problem = if !bytes.starts_with(b"/") {
             Some(format!("{} is not an absolute path", p.display()))
@@ -842,7 +821,39 @@ impl Checker {
     }
 }
 
-fn read_text(path: &Path) -> Result<String, ConfigError> {
+/// Parses `text` as TOML into `T`, then runs `problems` on it. Parse errors carry their
+/// line and column; validation errors get the position of their field in `text`. Shared
+/// by every TOML file of confgate. Never returns an empty error list.
+pub(crate) fn parse_checked<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+    problems: impl FnOnce(&T) -> Vec<ConfigError>,
+) -> Result<T, Vec<ConfigError>> {
+    let value: T = toml::from_str(text).map_err(|e| {
+        let (line, column) = match e.span() {
+            Some(span) => line_column(text, span.start),
+            None => (1, 1),
+        };
+        vec![ConfigError::Parse {
+            path: origin.to_owned(),
+            line,
+            column,
+            // One line: toml's messages may span several.
+            message: e.message().trim().lines().collect::<Vec<_>>().join("; "),
+        }]
+    })?;
+    let problems = problems(&value);
+    if problems.is_empty() {
+        Ok(value)
+    } else {
+        Err(problems
+            .into_iter()
+            .map(|e| e.in_file(origin, text))
+            .collect())
+    }
+}
+
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
     let bytes = std::fs::read(path).map_err(|cause| ConfigError::Io {
         path: path.to_owned(),
         cause,

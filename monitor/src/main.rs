@@ -57,10 +57,40 @@ enum Command {
         #[command(subcommand)]
         command: monitor::cli::audit::AuditCommand,
     },
+    /// The approval service: run it, or make its certificates.
+    Approver {
+        #[command(subcommand)]
+        command: ApproverCommand,
+    },
     /// Validate a configuration file (errors with line and column).
     CheckConfig {
         /// File to check (default: --config or /etc/confgate/config.toml).
         path: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApproverCommand {
+    /// Run the approval service (settings: --config, default /etc/confgate/approver.toml).
+    Serve,
+    /// Make a CA and issue host, approver and server certificates (rcgen, ECDSA P-256).
+    InitCa {
+        /// Directory of the CA and certificates (created 0700).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Issue a host certificate (CN=NAME, OU=host); repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Issue an approver certificate (CN=NAME, OU=approver); repeatable.
+        #[arg(long = "approver", value_name = "NAME")]
+        approvers: Vec<String>,
+        /// Name or IP of the service for its certificate; repeatable. Default: localhost,
+        /// 127.0.0.1, ::1 and this host's name.
+        #[arg(long = "server-name", value_name = "DNS")]
+        server_names: Vec<String>,
+        /// Replace an existing CA and existing certificate files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -96,7 +126,13 @@ fn code(c: i32) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Daemon));
+    init_logging(matches!(
+        cli.command,
+        Command::Daemon
+            | Command::Approver {
+                command: ApproverCommand::Serve
+            }
+    ));
     let result: anyhow::Result<i32> = (|| match &cli.command {
         Command::Daemon => {
             let cfg = load_config(&cli)?;
@@ -136,6 +172,26 @@ fn main() -> ExitCode {
                 &load_config(&cli)?.daemon.state_dir,
             ))
         })),
+        // For `approver serve`, --config names the service's approver.toml.
+        Command::Approver {
+            command: ApproverCommand::Serve,
+        } => monitor::cli::approver::serve(cli.config.as_deref()),
+        Command::Approver {
+            command:
+                ApproverCommand::InitCa {
+                    dir,
+                    hosts,
+                    approvers,
+                    server_names,
+                    force,
+                },
+        } => monitor::cli::approver::ca(&monitor::approver::ca::CaRequest {
+            dir: dir.clone(),
+            hosts: hosts.clone(),
+            approvers: approvers.clone(),
+            server_names: server_names.clone(),
+            force: *force,
+        }),
         Command::CheckConfig { path } => {
             let path = path.clone().or_else(|| cli.config.clone());
             monitor::cli::check_config::run(path.as_deref())

@@ -255,6 +255,16 @@ impl Store {
         self.write(|tx| tx.put(table, key, value))
     }
 
+    /// Runs `f` on a read transaction (the last committed state), for tables that are not
+    /// [`RecordTable`]s or for reads that need more than [`Store::get`] / [`Store::scan`].
+    pub fn read_raw<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        f(&txn)
+    }
+
     /// Reads one record.
     pub fn get<V: DeserializeOwned>(
         &self,

@@ -4,5 +4,322 @@
 //! - [`addr`]: the address forms (`unix:/path`, `https://host:port`, loopback `http://`).
 //! - [`client`]: [`client::ClientConfig`] and [`client::connect`] for the daemon's uplink
 //!   and the approvals CLI.
+//! - [`config`]: the service's settings (`approver.toml`).
+//! - [`identity`]: who is calling, from the transport only (certificate, token, peer
+//!   credentials); [`tls`]: server TLS and client-certificate identities.
+//! - [`store`]: requests, decisions, grants and per-host update logs in redb.
+//! - [`service`]: the gRPC service, the deadline sweeper and the streams; [`wire`]: wire
+//!   conversions and input checks; [`audit`]: the service ledger.
+//! - [`ca`]: `confgate approver init-ca`.
+//!
+//! [`Server::start`] / [`serve`] run the service on every configured listener.
+use std::future::Future;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::config::ConfigError;
+use crate::ledger::LedgerError;
+use crate::rpc::RpcError;
+use crate::store::StoreError;
+use addr::Address;
+use confgate_proto::v1::approver_server::ApproverServer;
+use config::ServiceConfig;
+use service::{ApproverService, Limits, Shared};
+
 pub mod addr;
+pub mod audit;
+pub mod ca;
 pub mod client;
+pub mod config;
+pub mod identity;
+pub mod service;
+pub mod store;
+pub mod tls;
+pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+/// What a co-located service (the daemon's, in local mode) can learn about a Unix-socket
+/// caller: its host and the agent session its process belongs to.
+pub trait SessionOracle: Send + Sync + 'static {
+    /// This host's name (as hosts are named in requests).
+    fn host(&self) -> String;
+    /// The agent session `pid` belongs to, 0 for none.
+    fn session_of_pid(&self, pid: u32) -> u64;
+}
+
+/// Errors of starting and running the service, and of `init-ca`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApproverError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigError),
+    #[error("approver store: {0}")]
+    Store(#[from] StoreError),
+    #[error("approver ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Socket(#[from] RpcError),
+    #[error("gRPC on {addr}: {message}")]
+    Transport { addr: String, message: String },
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("certificates: {0}")]
+    Ca(String),
+}
+
+/// The running service: its listeners, sweeper and shared state.
+pub struct Server {
+    shared: Arc<Shared>,
+    addresses: Vec<Address>,
+    listeners: JoinSet<Result<(), ApproverError>>,
+    sweeper: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    /// Unix sockets bound, with (dev, ino) to remove only our own on stop.
+    sockets: Vec<(PathBuf, u64, u64)>,
+}
+
+impl Server {
+    /// Opens the store and ledger, binds every listener of `cfg` and starts serving.
+    /// `oracle` (local mode) tells the sessions of Unix-socket callers.
+    pub async fn start(
+        cfg: ServiceConfig,
+        oracle: Option<Arc<dyn SessionOracle>>,
+    ) -> Result<Server, ApproverError> {
+        cfg.validate()?;
+        let admin_gid = match &cfg.admin_group {
+            None => None,
+            Some(name) => Some(
+                nix::unistd::Group::from_name(name)
+                    .map_err(|e| ApproverError::Config(format!("admin group {name}: {e}")))?
+                    .ok_or_else(|| {
+                        ApproverError::Config(format!("admin group {name} does not exist"))
+                    })?
+                    .gid
+                    .as_raw(),
+            ),
+        };
+        let store = store::ApprovalStore::open(&cfg.store)?;
+        let audit = audit::Audit::open(&cfg.ledger)?;
+        let auth = identity::Authenticator::new(cfg.token_digests(), admin_gid, oracle);
+        let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000;
+        let limits = Limits {
+            max_ttl_ms: ms(cfg.max_ttl_secs),
+            default_lifetime_ms: ms(cfg.default_lifetime_secs),
+        };
+        let shared = Shared::new(store, auth, audit, limits)?;
+        let (stop, _) = watch::channel(false);
+        let mut server = Server {
+            sweeper: tokio::spawn(Arc::clone(&shared).sweeper()),
+            shared,
+            addresses: Vec::new(),
+            listeners: JoinSet::new(),
+            stop,
+            sockets: Vec::new(),
+        };
+        for l in &cfg.listen {
+            let addr = Address::parse(l).map_err(|e| ApproverError::Config(e.0))?;
+            if let Err(e) = server.listen(&cfg, addr).await {
+                // Already failing: the stop's own problems are logged there.
+                let _ = server.stop_now().await;
+                return Err(e);
+            }
+        }
+        Ok(server)
+    }
+
+    async fn listen(&mut self, cfg: &ServiceConfig, addr: Address) -> Result<(), ApproverError> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ApproverError::Reflection(e.to_string()))?;
+        let svc = ApproverServer::new(ApproverService::new(Arc::clone(&self.shared)));
+        let mut builder = tonic::transport::Server::builder();
+        if matches!(addr, Address::Tls { .. }) {
+            builder = builder
+                .tls_config(tls::server_tls(&cfg.tls)?)
+                .map_err(|e| ApproverError::Transport {
+                    addr: addr.to_string(),
+                    message: transport_message(&e),
+                })?;
+        }
+        let router = builder.add_service(svc).add_service(reflection);
+        let mut stop = self.stop.subscribe();
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let io = |action, path: PathBuf, source| ApproverError::Io {
+            action,
+            path,
+            source,
+        };
+        let (bound, task): (Address, _) = match &addr {
+            Address::Unix(path) => {
+                crate::rpc::server::prepare_socket_path(path).await?;
+                let listener = UnixListener::bind(path).map_err(|e| io("bind", path.clone(), e))?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))
+                    .map_err(|e| io("chmod", path.clone(), e))?;
+                let meta =
+                    std::fs::symlink_metadata(path).map_err(|e| io("stat", path.clone(), e))?;
+                self.sockets.push((path.clone(), meta.dev(), meta.ino()));
+                let name = addr.to_string();
+                let fut = async move {
+                    router
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                        .await
+                        .map_err(|e| ApproverError::Transport {
+                            addr: name,
+                            message: transport_message(&e),
+                        })
+                };
+                (addr.clone(), Box::pin(fut) as ListenerFuture)
+            }
+            Address::Tls { .. } | Address::Plain(_) => {
+                let sa = tcp_socket_addr(&addr)?;
+                let listener = TcpListener::bind(sa)
+                    .await
+                    .map_err(|e| io("bind", PathBuf::from(addr.to_string()), e))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| io("inspect", PathBuf::from(addr.to_string()), e))?;
+                let bound = match &addr {
+                    Address::Plain(_) => Address::Plain(local),
+                    _ => Address::Tls {
+                        host: local.ip().to_string(),
+                        port: local.port(),
+                    },
+                };
+                let name = bound.to_string();
+                let fut = async move {
+                    router
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                        .await
+                        .map_err(|e| ApproverError::Transport {
+                            addr: name,
+                            message: transport_message(&e),
+                        })
+                };
+                (bound, Box::pin(fut) as ListenerFuture)
+            }
+        };
+        tracing::info!(address = %bound, "approval service listening");
+        self.listeners.spawn(task);
+        self.addresses.push(bound);
+        Ok(())
+    }
+
+    /// The addresses served, TCP ports as bound (port 0 resolved).
+    pub fn addresses(&self) -> &[Address] {
+        &self.addresses
+    }
+
+    /// The service's and its ledger's counters, for `confgate stats`.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut c = self.shared.counters.snapshot();
+        c.extend(self.shared.audit.counters());
+        c
+    }
+
+    /// Waits until a listener stops by itself (an error: listeners only stop when told).
+    pub async fn failed(&mut self) -> ApproverError {
+        match self.listeners.join_next().await {
+            Some(Ok(Err(e))) => e,
+            Some(Ok(Ok(()))) => ApproverError::Config("a listener stopped".to_owned()),
+            Some(Err(e)) => ApproverError::Config(format!("a listener task failed: {e}")),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops serving: ends the streams, lets calls in flight finish, removes the sockets.
+    pub async fn stop(mut self) -> Result<(), ApproverError> {
+        self.stop_now().await
+    }
+
+    async fn stop_now(&mut self) -> Result<(), ApproverError> {
+        self.shared.stop();
+        self.stop.send_replace(true);
+        let mut first_err = None;
+        while let Some(r) = self.listeners.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "approval listener ended with an error");
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Err(e) = (&mut self.sweeper).await {
+            tracing::warn!(error = %e, "approval sweeper task failed");
+        }
+        for (path, dev, ino) in self.sockets.drain(..) {
+            if let Ok(now) = std::fs::symlink_metadata(&path)
+                && (now.dev(), now.ino()) == (dev, ino)
+                && let Err(e) = std::fs::remove_file(&path)
+            {
+                tracing::warn!(socket = %path.display(), error = %e, "cannot remove socket");
+            }
+        }
+        tracing::info!("approval service stopped");
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// The IP socket address of a TCP listen address.
+fn tcp_socket_addr(addr: &Address) -> Result<std::net::SocketAddr, ApproverError> {
+    match addr {
+        Address::Plain(sa) => Ok(*sa),
+        Address::Tls { host, port } => host
+            .parse()
+            .map(|ip| std::net::SocketAddr::new(ip, *port))
+            .map_err(|_| ApproverError::Config(format!("listen on an IP address, not {host}"))),
+        Address::Unix(p) => Err(ApproverError::Config(format!(
+            "{} is not a TCP address",
+            p.display()
+        ))),
+    }
+}
+
+type ListenerFuture =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), ApproverError>> + Send + 'static>>;
+
+/// Runs the service of `cfg` until `shutdown` completes (or a listener fails). The daemon
+/// calls this in local mode with an `oracle`; `confgate approver serve` without one.
+pub async fn serve(
+    cfg: ServiceConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    oracle: Option<Arc<dyn SessionOracle>>,
+) -> Result<(), ApproverError> {
+    let mut server = Server::start(cfg, oracle).await?;
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        e = server.failed() => Some(e),
+    };
+    let stopped = server.stop().await;
+    match failure {
+        Some(e) => Err(e),
+        None => stopped,
+    }
+}
+
+/// A transport error with its causes.
+fn transport_message(e: &tonic::transport::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -167,7 +167,9 @@ pub async fn serve(
     result.map_err(RpcError::from)
 }
 
-async fn prepare_socket_path(socket: &Path) -> Result<(), RpcError> {
+/// Makes `socket` bindable: creates its parent directory (0755), removes a stale socket,
+/// refuses a live one or a non-socket file.
+pub(crate) async fn prepare_socket_path(socket: &Path) -> Result<(), RpcError> {
     let io = |action, path: &Path, source| RpcError::Io {
         action,
         path: path.to_owned(),

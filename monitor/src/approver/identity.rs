@@ -1,0 +1,322 @@
+//! Who is calling, from the transport only: a verified TLS client certificate, a bearer
+//! token, or the kernel's peer credentials on a Unix socket. Never from a request field.
+//!
+//! | transport              | identity                | role                          |
+//! |------------------------|-------------------------|-------------------------------|
+//! | cert OU=host, CN=web-1 | `host:web-1`            | host                          |
+//! | cert OU=approver, CN=a | `cert:a`                | approver                      |
+//! | `Bearer <token>`       | `token:<name>`          | approver                      |
+//! | Unix, root             | `unix:root` / `host:<this host>` | approver, and host   |
+//! | Unix, admin group      | `unix:<user>`           | approver                      |
+//!
+//! A bearer token that is present must be valid, whatever else the connection shows.
+//! With a [`SessionOracle`], a Unix caller inside an agent session is never a host and
+//! never an approver.
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Status};
+
+use super::SessionOracle;
+use super::tls::{CertRole, cert_identity};
+
+/// The caller of one RPC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// A host certificate (OU=host); `host` is its CN.
+    Host { host: String },
+    /// An approver certificate (`cert:<CN>`) or token (`token:<name>`).
+    Approver { name: String },
+    /// A process on a Unix socket.
+    Unix(UnixPeer),
+}
+
+/// A Unix-socket caller as the kernel reported it at connect time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixPeer {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// User name of `uid` (`uid:<n>` when it has none).
+    pub user: String,
+    /// Root or a member of the admin group.
+    pub admin: bool,
+    /// Agent session of `pid` per the oracle; `None` without an oracle.
+    pub session: Option<u64>,
+}
+
+/// An identity allowed to decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApproverId {
+    /// `cert:<CN>`, `token:<name>` or `unix:<user>`.
+    pub name: String,
+    /// For a Unix caller seen through an oracle: its host and real agent session.
+    pub local: Option<(String, u64)>,
+}
+
+/// Turns transport facts into [`Principal`]s.
+pub struct Authenticator {
+    tokens: Vec<(String, [u8; 32])>,
+    admin_gid: Option<u32>,
+    oracle: Option<Arc<dyn SessionOracle>>,
+}
+
+/// Longest `authorization` header accepted.
+const MAX_AUTH_HEADER: usize = 8192;
+
+impl Authenticator {
+    /// `tokens` are (name, SHA-256 of the token); `admin_gid` the admin group's gid.
+    pub fn new(
+        tokens: Vec<(String, [u8; 32])>,
+        admin_gid: Option<u32>,
+        oracle: Option<Arc<dyn SessionOracle>>,
+    ) -> Authenticator {
+        Authenticator {
+            tokens,
+            admin_gid,
+            oracle,
+        }
+    }
+
+    /// This host's name: the oracle's, or `gethostname`.
+    pub fn local_host(&self) -> String {
+        match &self.oracle {
+            Some(o) => o.host(),
+            None => crate::host::host_name(),
+        }
+    }
+
+    /// Identifies the caller of `req` (`UNAUTHENTICATED` when it cannot be).
+    pub fn identify<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let token = self.token(req)?;
+        if let Some(certs) = req.peer_certs()
+            && let Some(leaf) = certs.first()
+        {
+            let (cn, role) = cert_identity(leaf.as_ref()).map_err(Status::unauthenticated)?;
+            return Ok(match role {
+                CertRole::Host => Principal::Host { host: cn },
+                CertRole::Approver => Principal::Approver {
+                    name: format!("cert:{cn}"),
+                },
+            });
+        }
+        if let Some(name) = token {
+            return Ok(Principal::Approver {
+                name: format!("token:{name}"),
+            });
+        }
+        if let Some(cred) = req
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+        {
+            let pid = cred
+                .pid()
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    Status::unauthenticated("the caller's pid is not visible to the service")
+                })?;
+            let (uid, gid) = (cred.uid(), cred.gid());
+            let admin = uid == 0
+                || self
+                    .admin_gid
+                    .is_some_and(|g| gid == g || groups_of(pid).contains(&g));
+            return Ok(Principal::Unix(UnixPeer {
+                pid,
+                uid,
+                gid,
+                user: user_name(uid),
+                admin,
+                session: self.oracle.as_ref().map(|o| o.session_of_pid(pid)),
+            }));
+        }
+        Err(Status::unauthenticated(
+            "no client certificate, bearer token or peer credentials on this connection",
+        ))
+    }
+
+    /// The name of the token in `authorization: Bearer <token>`, if the header is there.
+    fn token<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
+        let Some(v) = req.metadata().get("authorization") else {
+            return Ok(None);
+        };
+        let bad = || Status::unauthenticated("invalid bearer token");
+        if v.len() > MAX_AUTH_HEADER {
+            return Err(bad());
+        }
+        let v = v.to_str().map_err(|_| bad())?;
+        let (scheme, token) = v.split_once(' ').ok_or_else(bad)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Status::unauthenticated(
+                "the authorization header must be `Bearer <token>`",
+            ));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        // Compare with every configured digest, in constant time each, without stopping early.
+        let mut found = None;
+        for (name, d) in &self.tokens {
+            if bool::from(d.ct_eq(&digest)) {
+                found = Some(name.clone());
+            }
+        }
+        found.map(Some).ok_or_else(bad)
+    }
+
+    /// The host `p` acts for on a host RPC, or `PERMISSION_DENIED`.
+    pub fn host(&self, p: &Principal, call: &str) -> Result<String, Status> {
+        match p {
+            Principal::Host { host } => Ok(host.clone()),
+            Principal::Approver { name } => Err(Status::permission_denied(format!(
+                "{call} is for hosts; {name} is an approver identity"
+            ))),
+            Principal::Unix(u) if u.uid != 0 => Err(Status::permission_denied(format!(
+                "{call} is for hosts: on the Unix socket only root (the local confgate daemon) \
+                 acts as the host, not uid {}",
+                u.uid
+            ))),
+            Principal::Unix(UnixPeer {
+                pid,
+                session: Some(s),
+                ..
+            }) if *s != 0 => Err(Status::permission_denied(format!(
+                "{call}: process {pid} is inside agent session {s} and cannot act as the host"
+            ))),
+            Principal::Unix(_) => Ok(self.local_host()),
+        }
+    }
+
+    /// The approver `p` is on an approver RPC, or `PERMISSION_DENIED`.
+    pub fn approver(&self, p: &Principal, call: &str) -> Result<ApproverId, Status> {
+        match p {
+            Principal::Host { host } => Err(Status::permission_denied(format!(
+                "{call} is for approvers; host:{host} is a host identity and never approves"
+            ))),
+            Principal::Approver { name } => Ok(ApproverId {
+                name: name.clone(),
+                local: None,
+            }),
+            Principal::Unix(u) if !u.admin => Err(Status::permission_denied(format!(
+                "{call} needs root or membership in the approvers' admin group (uid {} is neither)",
+                u.uid
+            ))),
+            Principal::Unix(u) => Ok(ApproverId {
+                name: format!("unix:{}", u.user),
+                local: u.session.map(|s| (self.local_host(), s)),
+            }),
+        }
+    }
+
+    /// `(name, role)` for WhoAmI.
+    pub fn describe(&self, p: &Principal) -> Result<(String, &'static str), Status> {
+        match p {
+            Principal::Host { host } => Ok((format!("host:{host}"), "host")),
+            Principal::Approver { name } => Ok((name.clone(), "approver")),
+            Principal::Unix(_) => Ok((self.approver(p, "WhoAmI")?.name, "approver")),
+        }
+    }
+}
+
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid:{uid}"), |u| u.name)
+}
+
+/// Supplementary groups of `pid` (from `/proc`), empty if it cannot be read.
+fn groups_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        let d: [u8; 32] = Sha256::digest(b"s3cret").into();
+        Authenticator::new(vec![("ops".into(), d)], None, None)
+    }
+
+    fn with_auth(v: &str) -> Request<()> {
+        let mut r = Request::new(());
+        r.metadata_mut().insert("authorization", v.parse().unwrap());
+        r
+    }
+
+    #[test]
+    fn tokens() {
+        let a = auth();
+        assert_eq!(
+            a.identify(&with_auth("Bearer s3cret")).unwrap(),
+            Principal::Approver {
+                name: "token:ops".into()
+            }
+        );
+        for bad in ["Bearer nope", "Basic s3cret", "s3cret", "Bearer "] {
+            let e = a.identify(&with_auth(bad)).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{bad}");
+        }
+        // No header and no transport identity.
+        assert_eq!(
+            a.identify(&Request::new(())).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn roles() {
+        let a = auth();
+        let host = Principal::Host {
+            host: "web-1".into(),
+        };
+        assert_eq!(a.host(&host, "Submit").unwrap(), "web-1");
+        assert_eq!(
+            a.approver(&host, "Decide").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        let appr = Principal::Approver {
+            name: "cert:alice".into(),
+        };
+        assert_eq!(
+            a.host(&appr, "Submit").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        let mut u = UnixPeer {
+            pid: 10,
+            uid: 1000,
+            gid: 1000,
+            user: "dev".into(),
+            admin: false,
+            session: Some(0),
+        };
+        assert!(a.approver(&Principal::Unix(u.clone()), "Decide").is_err());
+        assert!(a.host(&Principal::Unix(u.clone()), "Submit").is_err());
+        u.admin = true;
+        let id = a.approver(&Principal::Unix(u.clone()), "Decide").unwrap();
+        assert_eq!(id.name, "unix:dev");
+        assert_eq!(id.local.map(|l| l.1), Some(0));
+        u.uid = 0;
+        u.session = Some(4);
+        let e = a.host(&Principal::Unix(u.clone()), "Submit").unwrap_err();
+        assert!(e.message().contains("agent session 4"), "{e}");
+        u.session = None;
+        assert_eq!(
+            a.host(&Principal::Unix(u), "Submit").unwrap(),
+            crate::host::host_name()
+        );
+    }
+}

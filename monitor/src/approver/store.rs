@@ -1,0 +1,652 @@
+//! Durable state of the approval service, in one redb file through [`crate::store::Store`].
+//!
+//! Tables (every change is one transaction, fsync'd before the call returns):
+//! - `approver_requests`: request id → [`RequestRec`] (JSON), decision included.
+//! - `approver_host_requests`: (host, host_request_id) → request id, for idempotent Submit.
+//! - `approver_pending`: request id → deadline (Unix ms) of every pending request.
+//! - `approver_grants`: grant id → [`GrantRec`].
+//! - `approver_updates`: (host, seq) → [`UpdateRec`]: the per-host update log `Updates`
+//!   replays. seq counts 1, 2, 3, ... per host (sequence `approver_update.<host>`).
+//! - `approver_reports`: (host, host_seq) → time, for idempotent Report.
+//!
+//! The calls are blocking (disk I/O); async callers run them on the blocking pool.
+use std::path::Path;
+
+use redb::{ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{RecordTable, Store, StoreError, WriteTx};
+
+const REQUESTS: RecordTable<RequestRec> = RecordTable::new("approver_requests");
+const REQUESTS_RAW: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("approver_requests");
+const GRANTS: RecordTable<GrantRec> = RecordTable::new("approver_grants");
+const GRANTS_RAW: TableDefinition<'static, u64, &'static [u8]> =
+    TableDefinition::new("approver_grants");
+const HOST_REQUESTS: TableDefinition<'static, (&'static str, u64), u64> =
+    TableDefinition::new("approver_host_requests");
+const PENDING: TableDefinition<'static, u64, i64> = TableDefinition::new("approver_pending");
+const UPDATES: TableDefinition<'static, (&'static str, u64), &'static [u8]> =
+    TableDefinition::new("approver_updates");
+const REPORTS: TableDefinition<'static, (&'static str, u64), i64> =
+    TableDefinition::new("approver_reports");
+
+const REQUEST_IDS: &str = "approver_request";
+const GRANT_IDS: &str = "approver_grant";
+
+/// A process in the writer's ancestry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRec {
+    pub pid: u32,
+    pub comm: String,
+    pub argv: Vec<String>,
+}
+
+/// What the host said about the write (`RequestContext`), `host` set from its identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextRec {
+    pub host: String,
+    pub session_id: u64,
+    pub agent: String,
+    pub uid: u32,
+    pub user: String,
+    pub pid: u32,
+    pub command: Vec<String>,
+    pub ancestry: Vec<ProcessRec>,
+    pub path: String,
+    pub operations: Vec<String>,
+    pub reason: String,
+    pub content_sha256: String,
+    pub rule: String,
+    pub mode: String,
+    pub fail_verdict: String,
+    pub cwd: String,
+}
+
+/// State of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl State {
+    /// `pending`, `approved`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied => "denied",
+            State::Expired => "expired",
+        }
+    }
+}
+
+/// How a request was resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRec {
+    pub state: State,
+    /// Identity that decided, `timeout` for expiry.
+    pub decided_by: String,
+    pub note: String,
+    pub decided_unix_ms: i64,
+    /// Expired: the failure verdict applied (`allow` / `deny`).
+    pub verdict: String,
+    /// Approved: the grant created.
+    pub grant_id: Option<u64>,
+}
+
+/// One approval request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRec {
+    pub id: u64,
+    pub host_request_id: u64,
+    pub context: ContextRec,
+    pub created_unix_ms: i64,
+    pub deadline_unix_ms: i64,
+    pub state: State,
+    pub decision: Option<DecisionRec>,
+}
+
+/// Who a grant covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Session,
+    Agent,
+}
+
+/// A grant made by an approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRec {
+    pub id: u64,
+    pub request_id: u64,
+    pub host: String,
+    pub scope: Scope,
+    pub session_id: u64,
+    pub agent: String,
+    pub path_glob: String,
+    pub operations: Vec<String>,
+    pub created_unix_ms: i64,
+    pub expires_unix_ms: i64,
+    pub granted_by: String,
+    pub note: String,
+    pub revoked_unix_ms: Option<i64>,
+    pub revoked_by: Option<String>,
+}
+
+impl GrantRec {
+    /// Not revoked and not expired at `now_ms`.
+    pub fn is_live(&self, now_ms: i64) -> bool {
+        self.revoked_unix_ms.is_none() && self.expires_unix_ms > now_ms
+    }
+}
+
+/// One entry of a host's update log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRec {
+    pub seq: u64,
+    pub host_request_id: u64,
+    pub kind: UpdateKind,
+}
+
+/// What an update is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateKind {
+    /// The request was decided or expired.
+    Decision { request_id: u64 },
+    /// The grant was revoked.
+    Revoked { grant_id: u64 },
+}
+
+/// A new request as a host filed it (validated by the caller).
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub host_request_id: u64,
+    pub context: ContextRec,
+    pub created_unix_ms: i64,
+    pub deadline_unix_ms: i64,
+}
+
+/// How to resolve a pending request.
+#[derive(Clone, Debug)]
+pub enum Resolution {
+    /// Approve, creating a grant from this template (`id`, `request_id`, `host` are filled in).
+    Approve {
+        grant: GrantRec,
+        note: String,
+    },
+    Deny {
+        by: String,
+        note: String,
+    },
+    /// Deadline passed: the request's failure verdict applies.
+    Expire,
+}
+
+/// Why a resolution or revocation did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    NotFound,
+    /// The request is no longer pending (its state), or the grant no longer live.
+    NotPending(State),
+    GrantNotLive {
+        revoked: bool,
+    },
+}
+
+/// A resolved request, its grant and the host update that announces it.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub request: RequestRec,
+    pub grant: Option<GrantRec>,
+    pub update_seq: u64,
+}
+
+/// The service's tables on top of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct ApprovalStore {
+    store: Store,
+}
+
+impl ApprovalStore {
+    /// Opens (or creates) the store file at `path` (parent directories 0700, file 0600).
+    pub fn open(path: &Path) -> Result<ApprovalStore, StoreError> {
+        let store = Store::open(path)?;
+        store.write(|tx| {
+            let t = tx.raw();
+            t.open_table(REQUESTS_RAW)?;
+            t.open_table(GRANTS_RAW)?;
+            t.open_table(HOST_REQUESTS)?;
+            t.open_table(PENDING)?;
+            t.open_table(UPDATES)?;
+            t.open_table(REPORTS)?;
+            Ok(())
+        })?;
+        Ok(ApprovalStore { store })
+    }
+
+    /// Files `new` for `host`, or returns the request already filed under
+    /// (host, host_request_id). The bool says whether it was created now.
+    pub fn submit(&self, new: NewRequest) -> Result<(RequestRec, bool), StoreError> {
+        self.store.write(|tx| {
+            let host = new.context.host.as_str();
+            let existing = tx
+                .raw()
+                .open_table(HOST_REQUESTS)?
+                .get((host, new.host_request_id))?
+                .map(|v| v.value());
+            if let Some(id) = existing
+                && let Some(r) = tx.get(REQUESTS, id)?
+            {
+                return Ok((r, false));
+            }
+            let id = tx.next_id(REQUEST_IDS)?;
+            let rec = RequestRec {
+                id,
+                host_request_id: new.host_request_id,
+                created_unix_ms: new.created_unix_ms,
+                deadline_unix_ms: new.deadline_unix_ms,
+                state: State::Pending,
+                decision: None,
+                context: new.context.clone(),
+            };
+            tx.put(REQUESTS, id, &rec)?;
+            tx.raw()
+                .open_table(HOST_REQUESTS)?
+                .insert((host, new.host_request_id), id)?;
+            tx.raw()
+                .open_table(PENDING)?
+                .insert(id, new.deadline_unix_ms)?;
+            Ok((rec, true))
+        })
+    }
+
+    /// One request.
+    pub fn request(&self, id: u64) -> Result<Option<RequestRec>, StoreError> {
+        self.store.get(REQUESTS, id)
+    }
+
+    /// One grant.
+    pub fn grant(&self, id: u64) -> Result<Option<GrantRec>, StoreError> {
+        self.store.get(GRANTS, id)
+    }
+
+    /// Every pending request as (id, deadline).
+    pub fn pending(&self) -> Result<Vec<(u64, i64)>, StoreError> {
+        self.store.read_raw(|txn| {
+            let t = txn.open_table(PENDING)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Requests newest first, pending only unless `all`, at most `limit`.
+    pub fn list_requests(&self, all: bool, limit: usize) -> Result<Vec<RequestRec>, StoreError> {
+        self.store.read_raw(|txn| {
+            let t = txn.open_table(REQUESTS_RAW)?;
+            let mut out = Vec::new();
+            for row in t.iter()?.rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row?;
+                let rec: RequestRec = decode(REQUESTS.name(), k.value(), v.value())?;
+                if all || rec.state == State::Pending {
+                    out.push(rec);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Grants by id; live ones at `now_ms` only unless `all`.
+    pub fn list_grants(&self, all: bool, now_ms: i64) -> Result<Vec<GrantRec>, StoreError> {
+        Ok(self
+            .store
+            .scan(GRANTS)?
+            .into_iter()
+            .map(|(_, g)| g)
+            .filter(|g| all || g.is_live(now_ms))
+            .collect())
+    }
+
+    /// Resolves pending request `id` as `how` at `now_ms`, durably, with its host update.
+    pub fn resolve(
+        &self,
+        id: u64,
+        how: Resolution,
+        now_ms: i64,
+    ) -> Result<Result<Resolved, Refusal>, StoreError> {
+        self.store.write(|tx| {
+            let Some(mut req) = tx.get(REQUESTS, id)? else {
+                return Ok(Err(Refusal::NotFound));
+            };
+            if req.state != State::Pending {
+                return Ok(Err(Refusal::NotPending(req.state)));
+            }
+            let (decision, grant) = match how {
+                Resolution::Approve { mut grant, note } => {
+                    grant.id = tx.next_id(GRANT_IDS)?;
+                    grant.request_id = id;
+                    grant.host = req.context.host.clone();
+                    tx.put(GRANTS, grant.id, &grant)?;
+                    let d = DecisionRec {
+                        state: State::Approved,
+                        decided_by: grant.granted_by.clone(),
+                        note,
+                        decided_unix_ms: now_ms,
+                        verdict: "allow".to_owned(),
+                        grant_id: Some(grant.id),
+                    };
+                    (d, Some(grant))
+                }
+                Resolution::Deny { by, note } => (
+                    DecisionRec {
+                        state: State::Denied,
+                        decided_by: by,
+                        note,
+                        decided_unix_ms: now_ms,
+                        verdict: "deny".to_owned(),
+                        grant_id: None,
+                    },
+                    None,
+                ),
+                Resolution::Expire => (
+                    DecisionRec {
+                        state: State::Expired,
+                        decided_by: "timeout".to_owned(),
+                        note: String::new(),
+                        decided_unix_ms: now_ms,
+                        verdict: req.context.fail_verdict.clone(),
+                        grant_id: None,
+                    },
+                    None,
+                ),
+            };
+            req.state = decision.state;
+            req.decision = Some(decision);
+            tx.put(REQUESTS, id, &req)?;
+            tx.raw().open_table(PENDING)?.remove(id)?;
+            let update_seq = append_update(
+                tx,
+                &req.context.host,
+                req.host_request_id,
+                UpdateKind::Decision { request_id: id },
+            )?;
+            Ok(Ok(Resolved {
+                request: req,
+                grant,
+                update_seq,
+            }))
+        })
+    }
+
+    /// Revokes live grant `id`, durably, with its host update. Returns the grant and the
+    /// update's seq.
+    pub fn revoke(
+        &self,
+        id: u64,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Result<(GrantRec, u64), Refusal>, StoreError> {
+        self.store.write(|tx| {
+            let Some(mut g) = tx.get(GRANTS, id)? else {
+                return Ok(Err(Refusal::NotFound));
+            };
+            if !g.is_live(now_ms) {
+                return Ok(Err(Refusal::GrantNotLive {
+                    revoked: g.revoked_unix_ms.is_some(),
+                }));
+            }
+            g.revoked_unix_ms = Some(now_ms);
+            g.revoked_by = Some(by.to_owned());
+            tx.put(GRANTS, id, &g)?;
+            let host_request_id = tx
+                .get(REQUESTS, g.request_id)?
+                .map_or(0, |r| r.host_request_id);
+            let seq = append_update(
+                tx,
+                &g.host,
+                host_request_id,
+                UpdateKind::Revoked { grant_id: id },
+            )?;
+            Ok(Ok((g, seq)))
+        })
+    }
+
+    /// Up to `limit` updates of `host` with seq > `after`, in order.
+    pub fn updates_after(
+        &self,
+        host: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<UpdateRec>, StoreError> {
+        self.store.read_raw(|txn| {
+            let t = txn.open_table(UPDATES)?;
+            let Some(start) = after.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::new();
+            for row in t.range((host, start)..=(host, u64::MAX))? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row?;
+                let (_, seq) = k.value();
+                out.push(decode("approver_updates", seq, v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Records that `host` reported `host_seq`; false if it already had (a resubmission).
+    pub fn note_report(&self, host: &str, host_seq: u64, now_ms: i64) -> Result<bool, StoreError> {
+        self.store.write(|tx| {
+            let mut t = tx.raw().open_table(REPORTS)?;
+            if t.get((host, host_seq))?.is_some() {
+                return Ok(false);
+            }
+            t.insert((host, host_seq), now_ms)?;
+            Ok(true)
+        })
+    }
+
+    /// Forgets that `host` reported `host_seq` (its ledger record could not be written, so
+    /// a resubmission must be accepted again).
+    pub fn forget_report(&self, host: &str, host_seq: u64) -> Result<(), StoreError> {
+        self.store.write(|tx| {
+            tx.raw().open_table(REPORTS)?.remove((host, host_seq))?;
+            Ok(())
+        })
+    }
+}
+
+fn append_update(
+    tx: &WriteTx<'_>,
+    host: &str,
+    host_request_id: u64,
+    kind: UpdateKind,
+) -> Result<u64, StoreError> {
+    let seq = tx.next_id(&format!("approver_update.{host}"))?;
+    let rec = UpdateRec {
+        seq,
+        host_request_id,
+        kind,
+    };
+    let bytes = serde_json::to_vec(&rec).map_err(|source| StoreError::Codec {
+        table: "approver_updates",
+        key: seq,
+        source,
+    })?;
+    tx.raw()
+        .open_table(UPDATES)?
+        .insert((host, seq), bytes.as_slice())?;
+    Ok(seq)
+}
+
+fn decode<V: serde::de::DeserializeOwned>(
+    table: &'static str,
+    key: u64,
+    bytes: &[u8],
+) -> Result<V, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Codec { table, key, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_request(host: &str, hid: u64, deadline: i64) -> NewRequest {
+        NewRequest {
+            host_request_id: hid,
+            context: ContextRec {
+                host: host.into(),
+                session_id: 7,
+                agent: "codex".into(),
+                path: "/etc/hosts".into(),
+                operations: vec!["write".into()],
+                fail_verdict: "deny".into(),
+                ..ContextRec::default()
+            },
+            created_unix_ms: 1,
+            deadline_unix_ms: deadline,
+        }
+    }
+
+    fn grant_template() -> GrantRec {
+        GrantRec {
+            id: 0,
+            request_id: 0,
+            host: String::new(),
+            scope: Scope::Session,
+            session_id: 7,
+            agent: "codex".into(),
+            path_glob: "/etc/hosts".into(),
+            operations: vec!["write".into()],
+            created_unix_ms: 10,
+            expires_unix_ms: 1000,
+            granted_by: "cert:alice".into(),
+            note: "ok".into(),
+            revoked_unix_ms: None,
+            revoked_by: None,
+        }
+    }
+
+    #[test]
+    fn submit_is_idempotent_per_host_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.redb");
+        {
+            let s = ApprovalStore::open(&path).unwrap();
+            let (a, created) = s.submit(new_request("h1", 5, 100)).unwrap();
+            assert!(created);
+            let (b, created) = s.submit(new_request("h1", 5, 999)).unwrap();
+            assert!(!created);
+            assert_eq!(a, b);
+            let (c, created) = s.submit(new_request("h2", 5, 100)).unwrap();
+            assert!(created);
+            assert_ne!(a.id, c.id);
+            assert_eq!(s.pending().unwrap(), [(a.id, 100), (c.id, 100)]);
+        }
+        let s = ApprovalStore::open(&path).unwrap();
+        assert_eq!(s.pending().unwrap().len(), 2);
+        let (again, created) = s.submit(new_request("h1", 5, 1)).unwrap();
+        assert!(!created);
+        assert_eq!(again.deadline_unix_ms, 100);
+        let listed = s.list_requests(false, 10).unwrap();
+        assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(s.list_requests(true, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn resolve_once_and_log_updates_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let (r1, _) = s.submit(new_request("h1", 1, 100)).unwrap();
+        let (r2, _) = s.submit(new_request("h1", 2, 100)).unwrap();
+        let (r3, _) = s.submit(new_request("h2", 1, 100)).unwrap();
+        let done = s
+            .resolve(
+                r1.id,
+                Resolution::Approve {
+                    grant: grant_template(),
+                    note: "fine".into(),
+                },
+                50,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.request.state, State::Approved);
+        let g = done.grant.unwrap();
+        assert_eq!((g.request_id, g.host.as_str()), (r1.id, "h1"));
+        assert_eq!(done.update_seq, 1);
+        assert_eq!(
+            s.resolve(r1.id, Resolution::Expire, 60)
+                .unwrap()
+                .unwrap_err(),
+            Refusal::NotPending(State::Approved)
+        );
+        assert_eq!(
+            s.resolve(99, Resolution::Expire, 60).unwrap().unwrap_err(),
+            Refusal::NotFound
+        );
+        let exp = s.resolve(r2.id, Resolution::Expire, 70).unwrap().unwrap();
+        assert_eq!(exp.update_seq, 2);
+        let d = exp.request.decision.unwrap();
+        assert_eq!(
+            (d.verdict.as_str(), d.decided_by.as_str()),
+            ("deny", "timeout")
+        );
+        let h2 = s
+            .resolve(
+                r3.id,
+                Resolution::Deny {
+                    by: "token:ops".into(),
+                    note: "no".into(),
+                },
+                80,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(h2.update_seq, 1, "seq is per host");
+        assert!(s.pending().unwrap().is_empty());
+
+        let (revoked, seq) = s.revoke(g.id, "cert:bob", 90).unwrap().unwrap();
+        assert_eq!(revoked.revoked_by.as_deref(), Some("cert:bob"));
+        assert_eq!(seq, 3);
+        assert_eq!(
+            s.revoke(g.id, "cert:bob", 91).unwrap().unwrap_err(),
+            Refusal::GrantNotLive { revoked: true }
+        );
+        let ups = s.updates_after("h1", 0, 100).unwrap();
+        assert_eq!(ups.iter().map(|u| u.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(ups[2].kind, UpdateKind::Revoked { grant_id: g.id });
+        assert_eq!(ups[2].host_request_id, 1);
+        assert_eq!(s.updates_after("h1", 2, 100).unwrap().len(), 1);
+        assert_eq!(s.updates_after("h1", 0, 2).unwrap().len(), 2);
+        assert_eq!(s.updates_after("h1", u64::MAX, 2).unwrap().len(), 0);
+        assert_eq!(s.updates_after("h", 0, 100).unwrap().len(), 0);
+        assert_eq!(s.list_grants(false, 95).unwrap().len(), 0);
+        assert_eq!(s.list_grants(true, 95).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn reports_are_noted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        assert!(s.note_report("h1", 1, 5).unwrap());
+        assert!(!s.note_report("h1", 1, 6).unwrap());
+        assert!(s.note_report("h2", 1, 6).unwrap());
+        s.forget_report("h1", 1).unwrap();
+        assert!(s.note_report("h1", 1, 7).unwrap());
+    }
+}

@@ -1,0 +1,354 @@
+//! Between the wire types (`confgate.v1`) and the stored records, with the input checks
+//! of everything a host or approver sends (`INVALID_ARGUMENT` with the field named).
+use tonic::Status;
+
+use super::store::{
+    ContextRec, DecisionRec, GrantRec, NewRequest, ProcessRec, RequestRec, Scope, State,
+};
+use confgate_proto::v1 as pb;
+
+/// Longest path or glob (escaped form), in bytes.
+pub const MAX_PATH: usize = 16 * 1024;
+/// Longest short name (agent, user, rule, mode, host), in bytes.
+pub const MAX_NAME: usize = 256;
+/// Longest free text (reason, note, one argv entry), in bytes.
+pub const MAX_TEXT: usize = 4096;
+/// Most argv entries kept per command line.
+pub const MAX_ARGV: usize = 256;
+/// Most ancestry entries.
+pub const MAX_ANCESTRY: usize = 64;
+/// Largest encoded request context, in bytes.
+pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
+/// Latest accepted deadline, relative to now (30 days).
+pub const MAX_DEADLINE_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Operations a request may name.
+pub const OPERATIONS: [&str; 4] = ["write", "create", "truncate", "rename"];
+
+/// `INVALID_ARGUMENT` naming `field`.
+pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {message}"))
+}
+
+/// A string of at most `max` bytes without control characters.
+pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), Status> {
+    if s.len() > max {
+        return Err(invalid(field, format!("longer than {max} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            "contains control characters (escape them as the event contract says)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a Submit from `host` and makes the record to store. `now_ms` fills a missing
+/// creation time; `default_lifetime_ms` a missing deadline.
+pub fn new_request(
+    r: pb::SubmitRequest,
+    host: &str,
+    now_ms: i64,
+    default_lifetime_ms: i64,
+) -> Result<NewRequest, Status> {
+    if r.host_request_id == 0 {
+        return Err(invalid("host_request_id", "must not be 0"));
+    }
+    let c = r.context.ok_or_else(|| invalid("context", "missing"))?;
+    if prost::Message::encoded_len(&c) > MAX_CONTEXT_BYTES {
+        return Err(invalid(
+            "context",
+            format!("larger than {MAX_CONTEXT_BYTES} bytes"),
+        ));
+    }
+    for (field, v, max) in [
+        ("context.agent", &c.agent, MAX_NAME),
+        ("context.user", &c.user, MAX_NAME),
+        ("context.path", &c.path, MAX_PATH),
+        ("context.reason", &c.reason, MAX_TEXT),
+        ("context.rule", &c.rule, MAX_NAME),
+        ("context.mode", &c.mode, MAX_NAME),
+        ("context.cwd", &c.cwd, MAX_PATH),
+    ] {
+        check_text(field, v, max)?;
+    }
+    if !c.path.starts_with('/') {
+        return Err(invalid("context.path", "must be an absolute path"));
+    }
+    check_argv("context.command", &c.command)?;
+    if c.ancestry.len() > MAX_ANCESTRY {
+        return Err(invalid(
+            "context.ancestry",
+            format!("more than {MAX_ANCESTRY} entries"),
+        ));
+    }
+    for (i, p) in c.ancestry.iter().enumerate() {
+        check_text(&format!("context.ancestry[{i}].comm"), &p.comm, MAX_NAME)?;
+        check_argv(&format!("context.ancestry[{i}].argv"), &p.argv)?;
+    }
+    if c.operations.is_empty() {
+        return Err(invalid("context.operations", "empty"));
+    }
+    if c.operations.len() > OPERATIONS.len() {
+        return Err(invalid("context.operations", "too many entries"));
+    }
+    for op in &c.operations {
+        if !OPERATIONS.contains(&op.as_str()) {
+            return Err(invalid(
+                "context.operations",
+                format!("{:?} is not one of {OPERATIONS:?}", truncate(op)),
+            ));
+        }
+    }
+    if !matches!(c.fail_verdict.as_str(), "allow" | "deny") {
+        return Err(invalid(
+            "context.fail_verdict",
+            format!(
+                "{:?} is neither \"allow\" nor \"deny\"",
+                truncate(&c.fail_verdict)
+            ),
+        ));
+    }
+    if !(c.content_sha256.is_empty()
+        || (c.content_sha256.len() == 64
+            && c.content_sha256.bytes().all(|b| b.is_ascii_hexdigit())))
+    {
+        return Err(invalid(
+            "context.content_sha256",
+            "neither empty nor 64 hex digits",
+        ));
+    }
+    let created = if r.created_unix_ms == 0 {
+        now_ms
+    } else {
+        r.created_unix_ms
+    };
+    if created < 0 || created > now_ms.saturating_add(MAX_DEADLINE_MS) {
+        return Err(invalid("created_unix_ms", "out of range"));
+    }
+    let deadline = if r.deadline_unix_ms == 0 {
+        created.saturating_add(default_lifetime_ms)
+    } else {
+        r.deadline_unix_ms
+    };
+    if deadline < 0 || deadline > now_ms.saturating_add(MAX_DEADLINE_MS) {
+        return Err(invalid(
+            "deadline_unix_ms",
+            "out of range (at most 30 days ahead)",
+        ));
+    }
+    Ok(NewRequest {
+        host_request_id: r.host_request_id,
+        created_unix_ms: created,
+        deadline_unix_ms: deadline,
+        context: ContextRec {
+            // The identity's host, whatever the host wrote.
+            host: host.to_owned(),
+            session_id: c.session_id,
+            agent: c.agent,
+            uid: c.uid,
+            user: c.user,
+            pid: c.pid,
+            command: c.command,
+            ancestry: c
+                .ancestry
+                .into_iter()
+                .map(|p| ProcessRec {
+                    pid: p.pid,
+                    comm: p.comm,
+                    argv: p.argv,
+                })
+                .collect(),
+            path: c.path,
+            operations: c.operations,
+            reason: c.reason,
+            content_sha256: c.content_sha256.to_ascii_lowercase(),
+            rule: c.rule,
+            mode: c.mode,
+            fail_verdict: c.fail_verdict,
+            cwd: c.cwd,
+        },
+    })
+}
+
+fn check_argv(field: &str, argv: &[String]) -> Result<(), Status> {
+    if argv.len() > MAX_ARGV {
+        return Err(invalid(field, format!("more than {MAX_ARGV} entries")));
+    }
+    for (i, a) in argv.iter().enumerate() {
+        check_text(&format!("{field}[{i}]"), a, MAX_TEXT)?;
+    }
+    Ok(())
+}
+
+/// The first 64 characters of `s`, for error messages.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+impl From<State> for pb::RequestState {
+    fn from(s: State) -> Self {
+        match s {
+            State::Pending => pb::RequestState::Pending,
+            State::Approved => pb::RequestState::Approved,
+            State::Denied => pb::RequestState::Denied,
+            State::Expired => pb::RequestState::Expired,
+        }
+    }
+}
+
+/// The wire form of a grant.
+pub fn grant(g: &GrantRec) -> pb::Grant {
+    pb::Grant {
+        id: g.id,
+        request_id: g.request_id,
+        host: g.host.clone(),
+        scope: match g.scope {
+            Scope::Session => pb::GrantScope::Session,
+            Scope::Agent => pb::GrantScope::Agent,
+        } as i32,
+        session_id: g.session_id,
+        agent: g.agent.clone(),
+        path_glob: g.path_glob.clone(),
+        operations: g.operations.clone(),
+        created_unix_ms: g.created_unix_ms,
+        expires_unix_ms: g.expires_unix_ms,
+        granted_by: g.granted_by.clone(),
+        note: g.note.clone(),
+        revoked_unix_ms: g.revoked_unix_ms.unwrap_or(0),
+        revoked_by: g.revoked_by.clone().unwrap_or_default(),
+    }
+}
+
+/// The wire form of a decision of request `request_id`, with its grant.
+pub fn decision(request_id: u64, d: &DecisionRec, g: Option<&GrantRec>) -> pb::Decision {
+    pb::Decision {
+        request_id,
+        state: pb::RequestState::from(d.state) as i32,
+        decided_by: d.decided_by.clone(),
+        note: d.note.clone(),
+        decided_unix_ms: d.decided_unix_ms,
+        verdict: d.verdict.clone(),
+        grant: g.map(grant),
+    }
+}
+
+/// The wire form of a request; `g` is its grant, if any.
+pub fn request(r: &RequestRec, g: Option<&GrantRec>) -> pb::ApprovalRequest {
+    let c = &r.context;
+    pb::ApprovalRequest {
+        id: r.id,
+        host_request_id: r.host_request_id,
+        context: Some(pb::RequestContext {
+            host: c.host.clone(),
+            session_id: c.session_id,
+            agent: c.agent.clone(),
+            uid: c.uid,
+            user: c.user.clone(),
+            pid: c.pid,
+            command: c.command.clone(),
+            ancestry: c
+                .ancestry
+                .iter()
+                .map(|p| pb::ProcessInfo {
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    argv: p.argv.clone(),
+                })
+                .collect(),
+            path: c.path.clone(),
+            operations: c.operations.clone(),
+            reason: c.reason.clone(),
+            content_sha256: c.content_sha256.clone(),
+            rule: c.rule.clone(),
+            mode: c.mode.clone(),
+            fail_verdict: c.fail_verdict.clone(),
+            cwd: c.cwd.clone(),
+        }),
+        created_unix_ms: r.created_unix_ms,
+        deadline_unix_ms: r.deadline_unix_ms,
+        state: pb::RequestState::from(r.state) as i32,
+        decision: r.decision.as_ref().map(|d| decision(r.id, d, g)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submit() -> pb::SubmitRequest {
+        pb::SubmitRequest {
+            host_request_id: 1,
+            context: Some(pb::RequestContext {
+                host: "liar".into(),
+                session_id: 3,
+                agent: "codex".into(),
+                path: "/etc/hosts".into(),
+                operations: vec!["write".into()],
+                fail_verdict: "deny".into(),
+                ..Default::default()
+            }),
+            created_unix_ms: 0,
+            deadline_unix_ms: 0,
+        }
+    }
+
+    #[test]
+    fn fills_defaults_and_overrides_the_host() {
+        let n = new_request(submit(), "web-1", 1000, 500).unwrap();
+        assert_eq!(n.context.host, "web-1");
+        assert_eq!((n.created_unix_ms, n.deadline_unix_ms), (1000, 1500));
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_the_field() {
+        let field = |f: &dyn Fn(&mut pb::SubmitRequest)| {
+            let mut r = submit();
+            f(&mut r);
+            let e = new_request(r, "h", 1000, 500).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            e.message().split(':').next().unwrap().to_owned()
+        };
+        fn ctx(r: &mut pb::SubmitRequest) -> &mut pb::RequestContext {
+            r.context.as_mut().unwrap()
+        }
+        assert_eq!(field(&|r| r.host_request_id = 0), "host_request_id");
+        assert_eq!(field(&|r| r.context = None), "context");
+        assert_eq!(field(&|r| ctx(r).path = "relative".into()), "context.path");
+        assert_eq!(
+            field(&|r| ctx(r).path = format!("/{}", "a".repeat(MAX_PATH))),
+            "context.path"
+        );
+        assert_eq!(field(&|r| ctx(r).agent = "a\nb".into()), "context.agent");
+        assert_eq!(
+            field(&|r| ctx(r).operations = vec!["delete".into()]),
+            "context.operations"
+        );
+        assert_eq!(field(&|r| ctx(r).operations.clear()), "context.operations");
+        assert_eq!(
+            field(&|r| ctx(r).fail_verdict = "maybe".into()),
+            "context.fail_verdict"
+        );
+        assert_eq!(
+            field(&|r| ctx(r).content_sha256 = "xyz".into()),
+            "context.content_sha256"
+        );
+        assert_eq!(
+            field(&|r| ctx(r).command = vec!["x".into(); MAX_ARGV + 1]),
+            "context.command"
+        );
+        assert_eq!(
+            field(&|r| ctx(r).ancestry = vec![pb::ProcessInfo::default(); MAX_ANCESTRY + 1]),
+            "context.ancestry"
+        );
+        assert_eq!(
+            field(&|r| ctx(r).command = vec!["x".repeat(MAX_TEXT); 100]),
+            "context"
+        );
+        assert_eq!(field(&|r| r.deadline_unix_ms = -5), "deadline_unix_ms");
+        assert_eq!(
+            field(&|r| r.deadline_unix_ms = i64::MAX),
+            "deadline_unix_ms"
+        );
+    }
+}
