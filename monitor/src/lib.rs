@@ -8,6 +8,7 @@
 //! - `session`, `detect`, `store`: agent sessions, auto-detection rules, embedded store.
 //! - `event`, `escape`, `correlate`, `sink`: the event contract, byte-safe path encoding,
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
+//! - `policy`: the gate's rules, built-in self-protection and grants.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
 //! - `daemon`, `cli`: wiring and the commands people type.
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod host;
 pub mod kernel;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod proctable;
 pub mod resolve;
 pub mod rpc;
