@@ -45,6 +45,8 @@ pub struct Config {
     pub detect: Vec<DetectRule>,
     /// The permission gate and its policy (see [`crate::policy`]).
     pub gate: GateConfig,
+    /// Where approval requests go (the approval service).
+    pub approval: ApprovalSection,
 }
 
 /// `[daemon]`: the control socket and where state lives.
@@ -195,6 +197,61 @@ impl Default for CorrelationSection {
     }
 }
 
+/// `[approval]`: the approval service the gate asks.
+///
+/// In `local` mode (default) the daemon runs the service itself, in-process, on
+/// `local_socket`, with the settings of `local_config` (an `approver.toml`; defaults when
+/// unset), and talks to it over that socket. In `remote` mode it connects to the service
+/// described by `[approval.client]`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalSection {
+    /// `local` or `remote`. Default `local`.
+    pub mode: ApprovalMode,
+    /// Socket of the in-process service (local mode). Default `/run/confgate/approver.sock`.
+    pub local_socket: PathBuf,
+    /// Settings file of the in-process service (local mode); `None`: its defaults.
+    pub local_config: Option<PathBuf>,
+    /// How to reach a remote service (remote mode): `[approval.client]`.
+    pub client: crate::approver::client::ClientConfig,
+}
+
+impl Default for ApprovalSection {
+    fn default() -> Self {
+        ApprovalSection {
+            mode: ApprovalMode::Local,
+            local_socket: PathBuf::from("/run/confgate/approver.sock"),
+            local_config: None,
+            client: crate::approver::client::ClientConfig::default(),
+        }
+    }
+}
+
+impl ApprovalSection {
+    /// The client settings that reach the service of this mode: the local socket in local
+    /// mode (peer credentials identify the caller), `[approval.client]` in remote mode.
+    pub fn client_config(&self) -> crate::approver::client::ClientConfig {
+        match self.mode {
+            ApprovalMode::Local => crate::approver::client::ClientConfig {
+                endpoint: format!("unix:{}", self.local_socket.display()),
+                ..crate::approver::client::ClientConfig::default()
+            },
+            ApprovalMode::Remote => self.client.clone(),
+        }
+    }
+}
+
+/// Where the approval service runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalMode {
+    /// In the daemon, on `approval.local_socket`.
+    #[default]
+    Local,
+    /// Elsewhere, reached through `[approval.client]`.
+    Remote,
+}
+
 /// `[[detect]]`: one way to recognise an agent process. A process matching any one
 /// criterion of a rule is that rule's agent. A rule needs at least one criterion.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -235,6 +292,7 @@ impl Default for Config {
             correlation: CorrelationSection::default(),
             detect: default_detect_rules(),
             gate: GateConfig::default(),
+            approval: ApprovalSection::default(),
         }
     }
 }
@@ -498,6 +556,7 @@ impl Config {
         for PolicyError::Invalid { field, message } in self.gate.problems() {
             c.fail(&field, message);
         }
+        self.check_approval(&mut c);
         c.problems
     }
 
@@ -530,6 +589,24 @@ impl Config {
             );
         }
         c.abs_path("daemon.state_dir", &d.state_dir);
+    }
+
+    fn check_approval(&self, c: &mut Checker) {
+        let a = &self.approval;
+        if c.abs_path("approval.local_socket", &a.local_socket)
+            && a.local_socket.as_os_str().len() > MAX_SOCKET_PATH
+        {
+            c.fail(
+                "approval.local_socket",
+                format!("longer than {MAX_SOCKET_PATH} bytes (sun_path)"),
+            );
+        }
+        if let Some(p) = &a.local_config {
+            c.abs_path("approval.local_config", p);
+        }
+        for (field, message) in a.client.problems() {
+            c.fail(&format!("approval.client.{field}"), message);
+        }
     }
 
     fn check_output(&self, c: &mut Checker) {
@@ -1139,6 +1216,58 @@ mod tests {
             invalid_field("[correlation]\nwindow_ms = 0\n").0,
             "correlation.window_ms"
         );
+    }
+
+    #[test]
+    fn approval_section() {
+        let c = parse("").unwrap();
+        assert_eq!(c.approval.mode, ApprovalMode::Local);
+        assert_eq!(
+            c.approval.client_config().endpoint,
+            "unix:/run/confgate/approver.sock"
+        );
+        let c = parse(
+            "[approval]\nmode = \"remote\"\n[approval.client]\nendpoint = \"https://appr.example:7443\"\n\
+             ca = \"/etc/confgate/ca.pem\"\ncert = \"/etc/confgate/host.pem\"\nkey = \"/etc/confgate/host.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.approval.mode, ApprovalMode::Remote);
+        assert_eq!(c.approval.client_config(), c.approval.client);
+        assert_eq!(c.approval.client.endpoint, "https://appr.example:7443");
+
+        let (field, loc) = invalid_field(
+            "[approval]\nmode = \"remote\"\n[approval.client]\nendpoint = \"http://10.0.0.5:80\"\nallow_plaintext = true\n",
+        );
+        assert_eq!(
+            (field.as_str(), loc),
+            ("approval.client.endpoint", Some((4, 12)))
+        );
+        assert_eq!(
+            invalid_field("[approval.client]\nendpoint = \"http://127.0.0.1:80\"\n").0,
+            "approval.client.endpoint"
+        );
+        parse("[approval.client]\nendpoint = \"http://127.0.0.1:80\"\nallow_plaintext = true\n")
+            .unwrap();
+        assert_eq!(
+            invalid_field("[approval.client]\nendpoint = \"https://a:1\"\n").0,
+            "approval.client.ca"
+        );
+        assert_eq!(
+            invalid_field("[approval]\nlocal_socket = \"approver.sock\"\n").0,
+            "approval.local_socket"
+        );
+        assert_eq!(
+            invalid_field("[approval]\nlocal_config = \"approver.toml\"\n").0,
+            "approval.local_config"
+        );
+        assert!(matches!(
+            parse("[approval]\nmode = \"cloud\"\n"),
+            Err(ConfigError::Parse { line: 2, .. })
+        ));
+        assert!(matches!(
+            parse("[approval.client]\nendpoint = \"unix:/a\"\nca_file = \"/x\"\n"),
+            Err(ConfigError::Parse { line: 3, .. })
+        ));
     }
 
     #[test]

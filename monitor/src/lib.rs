@@ -10,7 +10,9 @@
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
 //! - `policy`: the gate's rules, built-in self-protection and grants.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
+//! - `approver`: the approval service and its client transport.
 //! - `daemon`, `cli`: wiring and the commands people type.
+pub mod approver;
 pub mod cli;
 pub mod config;
 pub mod correlate;

@@ -16,12 +16,34 @@ use super::pb::daemon_client::DaemonClient;
 /// may not open) is reported as [`RpcError::Connect`] with the socket path and a hint, rather
 /// than as an opaque transport error. Later reconnects of the channel dial the same path.
 pub async fn connect(socket: &Path) -> Result<DaemonClient<Channel>, RpcError> {
-    let first = UnixStream::connect(socket)
-        .await
-        .map_err(|source| RpcError::Connect {
+    let channel = unix_channel(socket).await.map_err(|e| match e {
+        DialError::Connect(source) => RpcError::Connect {
             socket: socket.to_owned(),
             source,
-        })?;
+        },
+        DialError::Transport(e) => RpcError::Transport(e),
+    })?;
+    Ok(DaemonClient::new(channel))
+}
+
+/// Why [`unix_channel`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The first connection to the socket failed (not there, refused, no permission).
+    #[error("{0}")]
+    Connect(std::io::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A gRPC channel over the Unix socket `socket` (any service, not only the daemon's).
+///
+/// The first connection is made here, so a missing socket fails now with
+/// [`DialError::Connect`]; later reconnects of the channel dial the same path.
+pub async fn unix_channel(socket: &Path) -> Result<Channel, DialError> {
+    let first = UnixStream::connect(socket)
+        .await
+        .map_err(DialError::Connect)?;
     let first = Arc::new(Mutex::new(Some(first)));
     let path = socket.to_owned();
     // The URI is required by the HTTP/2 layer but unused: the connector ignores it.
@@ -38,7 +60,7 @@ pub async fn connect(socket: &Path) -> Result<DaemonClient<Channel>, RpcError> {
             }
         }))
         .await?;
-    Ok(DaemonClient::new(channel))
+    Ok(channel)
 }
 
 /// A one-line explanation of a failed call for people, with a hint for the usual causes.

@@ -1,0 +1,393 @@
+//! Client transport of the approval service: [`ClientConfig`] (the `[approval.client]`
+//! settings) and [`connect`], used by the daemon's uplink and by the approvals CLI.
+//!
+//! Endpoint forms (see [`Address`]):
+//! - `unix:/path`: plaintext over a Unix socket; the service identifies the caller by its
+//!   peer credentials.
+//! - `https://host:port`: TLS. The server certificate is checked against `ca` (required);
+//!   `cert` + `key` present this side's client certificate (hosts need one; approvers may
+//!   use a `token` instead).
+//! - `http://127.0.0.1:port` / `http://[::1]:port`: plaintext TCP, only on loopback and
+//!   only with `allow_plaintext = true`.
+//!
+//! A `token` is sent as `authorization: Bearer <token>` on every call ([`BearerAuth`]).
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+
+use super::addr::{Address, AddressError};
+use crate::rpc::client::{DialError, unix_channel};
+use confgate_proto::v1::approver_client::ApproverClient;
+
+/// Default endpoint: the socket of the service the daemon runs in local mode.
+pub const DEFAULT_ENDPOINT: &str = "unix:/run/confgate/approver.sock";
+
+/// Longest accepted bearer token, in bytes.
+pub const MAX_TOKEN: usize = 4096;
+
+/// How to reach the approval service. Every field has a default (a Unix socket at
+/// [`DEFAULT_ENDPOINT`], no TLS material, no token, no plaintext TCP).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// `unix:/path`, `https://host:port` or `http://127.0.0.1:port`.
+    pub endpoint: String,
+    /// PEM CA certificate that signed the service's certificate (https only; required there).
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (https only); needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Bearer token of an approver (sent as `authorization: Bearer <token>`).
+    pub token: Option<String>,
+    /// Allow `http://` on a loopback address. Default false.
+    pub allow_plaintext: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            endpoint: DEFAULT_ENDPOINT.to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
+            token: None,
+            allow_plaintext: false,
+        }
+    }
+}
+
+/// Errors of [`connect`] and [`ClientConfig::check`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The configuration is not usable; `field` names the key (`endpoint`, `cert`, ...).
+    #[error("approval client {field}: {message}")]
+    Config {
+        field: &'static str,
+        message: String,
+    },
+    /// A CA, certificate or key file could not be read.
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The first connection to the service failed.
+    #[error("cannot connect to the approval service at {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+}
+
+impl ClientConfig {
+    /// Every problem of this configuration as `(field, message)`, without touching files.
+    /// An empty list means [`connect`] can try it.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let addr = match Address::parse(&self.endpoint) {
+            Ok(a) => Some(a),
+            Err(AddressError(m)) => {
+                out.push(("endpoint", m));
+                None
+            }
+        };
+        match &addr {
+            Some(a @ Address::Plain(_)) if !self.allow_plaintext => out.push((
+                "endpoint",
+                format!(
+                    "{a} is plaintext TCP: set allow_plaintext = true to use it (loopback only), \
+                     or use https:// or unix:/path"
+                ),
+            )),
+            Some(Address::Tls { port: 0, .. }) => out.push(("endpoint", "port 0".to_owned())),
+            Some(Address::Tls { .. }) if self.ca.is_none() => out.push((
+                "ca",
+                "an https endpoint needs the CA certificate (PEM) that signed the service's certificate".to_owned(),
+            )),
+            Some(Address::Tls { .. }) | None => {}
+            Some(other) => {
+                for (field, set) in [
+                    ("ca", self.ca.is_some()),
+                    ("cert", self.cert.is_some()),
+                    ("key", self.key.is_some()),
+                ] {
+                    if set {
+                        out.push((
+                            field,
+                            format!("applies only to https:// endpoints, not {other}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            let missing = if self.cert.is_some() { "key" } else { "cert" };
+            out.push((
+                missing,
+                "cert and key go together: set both or neither".to_owned(),
+            ));
+        }
+        for (field, p) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                out.push((field, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        if let Some(t) = &self.token
+            && let Err(m) = check_token(t)
+        {
+            out.push(("token", m));
+        }
+        out
+    }
+
+    /// The first of [`ClientConfig::problems`], as an error.
+    pub fn check(&self) -> Result<Address, ClientError> {
+        if let Some((field, message)) = self.problems().into_iter().next() {
+            return Err(ClientError::Config { field, message });
+        }
+        Address::parse(&self.endpoint).map_err(|AddressError(message)| ClientError::Config {
+            field: "endpoint",
+            message,
+        })
+    }
+}
+
+fn check_token(t: &str) -> Result<(), String> {
+    if t.is_empty() {
+        Err("empty token (leave the key out instead)".to_owned())
+    } else if t.len() > MAX_TOKEN {
+        Err(format!("longer than {MAX_TOKEN} bytes"))
+    } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        Err("a token is printable ASCII without spaces".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call when a token is configured.
+#[derive(Clone, Debug, Default)]
+pub struct BearerAuth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl BearerAuth {
+    /// An interceptor sending `token` (none: calls go out unchanged).
+    pub fn new(token: Option<&str>) -> Result<BearerAuth, ClientError> {
+        let header = match token {
+            None => None,
+            Some(t) => {
+                check_token(t).map_err(|message| ClientError::Config {
+                    field: "token",
+                    message,
+                })?;
+                let mut v: MetadataValue<Ascii> =
+                    format!("Bearer {t}")
+                        .parse()
+                        .map_err(|_| ClientError::Config {
+                            field: "token",
+                            message: "not a valid header value".to_owned(),
+                        })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
+        Ok(BearerAuth { header })
+    }
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel type of an approval-service client.
+pub type ApproverChannel = InterceptedService<Channel, BearerAuth>;
+
+/// Connects to the approval service described by `cfg`.
+///
+/// Validates `cfg` first ([`ClientError::Config`]), reads the TLS files
+/// ([`ClientError::Read`]) and makes the first connection here, so an unreachable service
+/// is reported now ([`ClientError::Connect`]); later reconnects happen inside the channel.
+pub async fn connect(cfg: &ClientConfig) -> Result<ApproverClient<ApproverChannel>, ClientError> {
+    let addr = cfg.check()?;
+    let auth = BearerAuth::new(cfg.token.as_deref())?;
+    let connect_err = |message: String| ClientError::Connect {
+        endpoint: cfg.endpoint.clone(),
+        message,
+    };
+    let channel = match &addr {
+        Address::Unix(path) => unix_channel(path).await.map_err(|e| match e {
+            DialError::Connect(io) => connect_err(io.to_string()),
+            DialError::Transport(t) => connect_err(transport_message(&t)),
+        })?,
+        Address::Tls { host, .. } => {
+            let uri = addr.uri().unwrap_or_default();
+            let mut tls = ClientTlsConfig::new().domain_name(host.clone());
+            if let Some(ca) = &cfg.ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read("CA certificate", ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+                tls = tls.identity(Identity::from_pem(
+                    read("certificate", cert)?,
+                    read("key", key)?,
+                ));
+            }
+            Endpoint::from_shared(uri)
+                .and_then(|e| e.tls_config(tls))
+                .map_err(|e| ClientError::Config {
+                    field: "endpoint",
+                    message: transport_message(&e),
+                })?
+                .connect()
+                .await
+                .map_err(|e| connect_err(transport_message(&e)))?
+        }
+        Address::Plain(_) => Endpoint::from_shared(addr.uri().unwrap_or_default())
+            .map_err(|e| ClientError::Config {
+                field: "endpoint",
+                message: transport_message(&e),
+            })?
+            .connect()
+            .await
+            .map_err(|e| connect_err(transport_message(&e)))?,
+    };
+    Ok(ApproverClient::with_interceptor(channel, auth))
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A transport error with its causes (tonic's own `Display` is only "transport error").
+fn transport_message(e: &tonic::transport::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(endpoint: &str) -> ClientConfig {
+        ClientConfig {
+            endpoint: endpoint.to_owned(),
+            ..ClientConfig::default()
+        }
+    }
+
+    fn fields(c: &ClientConfig) -> Vec<&'static str> {
+        c.problems().into_iter().map(|(f, _)| f).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(ClientConfig::default().problems().is_empty());
+        assert_eq!(
+            ClientConfig::default().check().unwrap(),
+            Address::Unix("/run/confgate/approver.sock".into())
+        );
+    }
+
+    #[test]
+    fn plaintext_needs_the_flag_and_loopback() {
+        let mut c = cfg("http://127.0.0.1:7080");
+        assert_eq!(fields(&c), ["endpoint"]);
+        assert!(c.problems()[0].1.contains("allow_plaintext"));
+        c.allow_plaintext = true;
+        assert!(c.problems().is_empty());
+        c.endpoint = "http://192.168.1.1:7080".into();
+        let p = c.problems();
+        assert_eq!(p.len(), 1);
+        assert!(p[0].1.contains("loopback"), "{}", p[0].1);
+    }
+
+    #[test]
+    fn https_needs_a_ca_and_paired_cert_key() {
+        let mut c = cfg("https://approver:7443");
+        assert_eq!(fields(&c), ["ca"]);
+        c.ca = Some("/etc/confgate/ca.pem".into());
+        c.cert = Some("/etc/confgate/host.pem".into());
+        assert_eq!(fields(&c), ["key"]);
+        c.key = Some("host.key".into());
+        assert_eq!(fields(&c), ["key"]);
+        c.key = Some("/etc/confgate/host.key".into());
+        assert!(c.problems().is_empty());
+        c.endpoint = "unix:/run/a.sock".into();
+        assert_eq!(fields(&c), ["ca", "cert", "key"]);
+    }
+
+    #[test]
+    fn tokens_must_be_header_safe() {
+        let mut c = cfg("unix:/run/a.sock");
+        for bad in ["", "a b", "new\nline", "é"] {
+            c.token = Some(bad.into());
+            assert_eq!(fields(&c), ["token"], "{bad:?}");
+            assert!(BearerAuth::new(Some(bad)).is_err());
+        }
+        c.token = Some("x".repeat(MAX_TOKEN + 1));
+        assert_eq!(fields(&c), ["token"]);
+        c.token = Some("s3cr3t-Token_1".into());
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn bearer_header_is_added_only_with_a_token() {
+        use tonic::service::Interceptor;
+        let mut none = BearerAuth::new(None).unwrap();
+        let req = none.call(Request::new(())).unwrap();
+        assert!(req.metadata().get("authorization").is_none());
+        let mut some = BearerAuth::new(Some("abc")).unwrap();
+        let req = some.call(Request::new(())).unwrap();
+        assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer abc");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(
+            toml::from_str::<ClientConfig>("endpoint = \"unix:/a\"\nca_file = \"/x\"\n").is_err()
+        );
+        let c: ClientConfig = toml::from_str("token = \"t\"\n").unwrap();
+        assert_eq!(c.endpoint, DEFAULT_ENDPOINT);
+    }
+
+    #[tokio::test]
+    async fn connect_reports_what_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("none.sock");
+        match connect(&cfg(&format!("unix:{}", sock.display()))).await {
+            Err(e @ ClientError::Connect { .. }) => {
+                assert!(e.to_string().contains("none.sock"), "{e}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        let mut c = cfg("https://127.0.0.1:1");
+        c.ca = Some(dir.path().join("missing-ca.pem"));
+        match connect(&c).await {
+            Err(ClientError::Read { what, .. }) => assert_eq!(what, "CA certificate"),
+            other => panic!("{:?}", other.err()),
+        }
+        match connect(&cfg("http://10.1.1.1:80")).await {
+            Err(ClientError::Config { field, .. }) => assert_eq!(field, "endpoint"),
+            other => panic!("{:?}", other.err()),
+        }
+    }
+}
