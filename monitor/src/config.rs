@@ -15,6 +15,8 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+use crate::policy::{GateConfig, PolicyError};
+
 /// Where the daemon and `confgate check-config` look when no path is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/confgate/config.toml";
 
@@ -41,6 +43,8 @@ pub struct Config {
     pub correlation: CorrelationSection,
     /// Rules that mark a process (and so its descendants) as an agent session.
     pub detect: Vec<DetectRule>,
+    /// The permission gate and its policy (see [`crate::policy`]).
+    pub gate: GateConfig,
     /// Where approval requests go (the approval service).
     pub approval: ApprovalSection,
 }
@@ -287,6 +291,7 @@ impl Default for Config {
             watch: WatchSection::default(),
             correlation: CorrelationSection::default(),
             detect: default_detect_rules(),
+            gate: GateConfig::default(),
             approval: ApprovalSection::default(),
         }
     }
@@ -526,6 +531,9 @@ impl Config {
         }
         for (i, r) in self.detect.iter().enumerate() {
             check_rule(&format!("detect[{i}]"), r, &mut c);
+        }
+        for PolicyError::Invalid { field, message } in self.gate.problems() {
+            c.fail(&field, message);
         }
         self.check_approval(&mut c);
         c.problems

@@ -9,6 +9,7 @@
 //! - `event`, `escape`, `correlate`, `sink`: the event contract, byte-safe path encoding,
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
 //! - `ledger`: the hash-chained, append-only audit ledger.
+//! - `policy`: the gate's rules, built-in self-protection and grants.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
 //! - `approver`: the approval service and its client transport.
 //! - `daemon`, `cli`: wiring and the commands people type.
@@ -26,6 +27,7 @@ pub mod kernel;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;
+pub mod policy;
 pub mod proctable;
 pub mod resolve;
 pub mod rpc;
