@@ -3,6 +3,8 @@
 //! Module map (one job each):
 //! - `kernel`: load/attach the eBPF programs, maps, counters, ring-buffer decoding.
 //! - `fanotify`: the notification group over the watched trees.
+//! - `gate`: the permission group that holds opens of gated files (marks, intent, listener,
+//!   pre-images).
 //! - `config`, `watch`: TOML configuration and the watched-path set derived from it.
 //! - `proctable`, `resolve`: process table and path resolution for attribution.
 //! - `session`, `detect`, `store`: agent sessions, auto-detection rules, embedded store.
@@ -22,6 +24,7 @@ pub mod detect;
 pub mod escape;
 pub mod event;
 pub mod fanotify;
+pub mod gate;
 pub mod host;
 pub mod kernel;
 pub mod ledger;

@@ -52,8 +52,11 @@
 //!   ids of its threads that still exist when the event is read.
 //! - `pid` is 0 when the writer is not visible in the watcher's pid namespace.
 mod records;
-mod sys;
+// The gate's permission group reuses the directory helpers.
+pub(crate) mod sys;
 mod watcher;
+
+pub(crate) use watcher::pseudo_fs_name;
 
 pub use watcher::NotifyWatcher;
 

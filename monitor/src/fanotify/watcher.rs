@@ -84,7 +84,8 @@ const PSEUDO_FS: &[(u32, &str)] = &[
     (0xde5e_81e4, "efivarfs"),
 ];
 
-fn pseudo_fs_name(magic: u32) -> Option<&'static str> {
+/// Name of the pseudo filesystem with superblock magic `magic`, if it is one.
+pub(crate) fn pseudo_fs_name(magic: u32) -> Option<&'static str> {
     PSEUDO_FS.iter().find(|(m, _)| *m == magic).map(|(_, n)| *n)
 }
 

@@ -1,13 +1,16 @@
 //! Loads the embedded eBPF object, attaches its tracepoints and exposes its maps.
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key,
+    },
     programs::TracePoint,
 };
 use monitor_common::{
-    COUNTER_SLOTS, FdKey, FdState, KernelConfig, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN,
+    COUNTER_SLOTS, FdKey, FdState, KernelConfig, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN, Pending,
     PrefixKey, PrefixValue, counter_name,
 };
+use std::os::fd::AsFd;
 use thiserror::Error;
 
 /// The compiled `monitor-ebpf` object, built by `build.rs` through aya-build.
@@ -30,6 +33,12 @@ pub enum KernelError {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("duplicating the descriptor of eBPF map {name}: {source}")]
+    MapDup {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
     },
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
@@ -72,6 +81,7 @@ pub struct Kernel {
     _ebpf: Ebpf,
     pub events: Option<RingBuf<MapData>>,
     sessions: HashMap<MapData, u32, u64>,
+    pending: HashMap<MapData, u32, Pending>,
     prefixes: LpmTrie<MapData, [u8; PREFIX_KEY_LEN], PrefixValue>,
     tracked_fds: HashMap<MapData, FdKey, FdState>,
     counters: PerCpuArray<MapData, u64>,
@@ -139,6 +149,7 @@ impl Kernel {
             source,
         })?;
         let sessions = take(&mut ebpf, "SESSIONS")?;
+        let pending = take(&mut ebpf, "PENDING")?;
         let prefixes = take(&mut ebpf, "PREFIXES")?;
         let tracked_fds = take(&mut ebpf, "TRACKED_FDS")?;
         let counters = take(&mut ebpf, "COUNTERS")?;
@@ -147,6 +158,7 @@ impl Kernel {
                 _ebpf: ebpf,
                 events: Some(events),
                 sessions,
+                pending,
                 prefixes,
                 tracked_fds,
                 counters,
@@ -168,6 +180,17 @@ impl Kernel {
     /// Kernel view of a process's session (0 = none).
     pub fn session_of(&self, tgid: u32) -> u64 {
         self.sessions.get(&tgid, 0).unwrap_or(0)
+    }
+
+    /// Independent handles on the `PENDING` (tid -> syscall in progress) and `SESSIONS`
+    /// (tgid -> session) maps, on duplicated map descriptors: the gate's listener thread
+    /// looks them up without touching `Kernel` (and so without its lock). Lookups are
+    /// `bpf(BPF_MAP_LOOKUP_ELEM)` syscalls, safe from any thread.
+    pub fn gate_maps(&self) -> Result<GateMaps, KernelError> {
+        Ok(GateMaps {
+            pending: dup_hash(&self.pending, "PENDING")?,
+            sessions: dup_hash(&self.sessions, "SESSIONS")?,
+        })
     }
 
     /// Forget `tgid` (used when a session ends or a stale entry is found).
@@ -221,6 +244,28 @@ impl Kernel {
             })
             .collect()
     }
+}
+
+/// Read-only handles on the maps the gate needs (see [`Kernel::gate_maps`]).
+pub struct GateMaps {
+    /// tid -> the syscall that thread is in (open flags, session, tgid, enter time).
+    pub pending: HashMap<MapData, u32, Pending>,
+    /// tgid -> agent session.
+    pub sessions: HashMap<MapData, u32, u64>,
+}
+
+fn dup_hash<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, KernelError> {
+    let fd = map
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| KernelError::MapDup { name, source })?;
+    let data = MapData::from_fd(fd).map_err(|source| KernelError::Map { name, source })?;
+    HashMap::try_from(Map::HashMap(data)).map_err(|source| KernelError::Map { name, source })
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>

@@ -5,4 +5,4 @@ pub mod decode;
 pub mod loader;
 pub mod tracefs;
 
-pub use loader::{AttachReport, Kernel, KernelError, KernelSettings};
+pub use loader::{AttachReport, GateMaps, Kernel, KernelError, KernelSettings};
