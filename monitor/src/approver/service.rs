@@ -499,8 +499,10 @@ impl pb::approver_server::Approver for ApproverService {
         }
         let how = if r.approve {
             Resolution::Approve {
-                grant: grant_for(&r, &req, &who, now, s.limits.max_ttl_ms)
-                    .inspect_err(|e| s.refused("Decide", e))?,
+                grant: Box::new(
+                    grant_for(&r, &req, &who, now, s.limits.max_ttl_ms)
+                        .inspect_err(|e| s.refused("Decide", e))?,
+                ),
                 note: r.note.clone(),
             }
         } else {

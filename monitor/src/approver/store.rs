@@ -177,7 +177,7 @@ pub struct NewRequest {
 pub enum Resolution {
     /// Approve, creating a grant from this template (`id`, `request_id`, `host` are filled in).
     Approve {
-        grant: GrantRec,
+        grant: Box<GrantRec>,
         note: String,
     },
     Deny {
@@ -334,7 +334,8 @@ impl ApprovalStore {
                 return Ok(Err(Refusal::NotPending(req.state)));
             }
             let (decision, grant) = match how {
-                Resolution::Approve { mut grant, note } => {
+                Resolution::Approve { grant, note } => {
+                    let mut grant = *grant;
                     grant.id = tx.next_id(GRANT_IDS)?;
                     grant.request_id = id;
                     grant.host = req.context.host.clone();
@@ -578,7 +579,7 @@ mod tests {
             .resolve(
                 r1.id,
                 Resolution::Approve {
-                    grant: grant_template(),
+                    grant: Box::new(grant_template()),
                     note: "fine".into(),
                 },
                 50,
