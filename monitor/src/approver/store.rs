@@ -449,6 +449,18 @@ impl ApprovalStore {
         })
     }
 
+    /// The last seq of `host`'s update log (0: none yet).
+    pub fn last_update_seq(&self, host: &str) -> Result<u64, StoreError> {
+        self.store.read_raw(|txn| {
+            let t = txn.open_table(UPDATES)?;
+            let last = t.range((host, 0)..=(host, u64::MAX))?.next_back();
+            match last {
+                Some(row) => Ok(row?.0.value().1),
+                None => Ok(0),
+            }
+        })
+    }
+
     /// Records that `host` reported `host_seq`; false if it already had (a resubmission).
     pub fn note_report(&self, host: &str, host_seq: u64, now_ms: i64) -> Result<bool, StoreError> {
         self.store.write(|tx| {
@@ -636,6 +648,9 @@ mod tests {
         assert_eq!(s.updates_after("h1", 0, 2).unwrap().len(), 2);
         assert_eq!(s.updates_after("h1", u64::MAX, 2).unwrap().len(), 0);
         assert_eq!(s.updates_after("h", 0, 100).unwrap().len(), 0);
+        assert_eq!(s.last_update_seq("h1").unwrap(), 3);
+        assert_eq!(s.last_update_seq("h2").unwrap(), 1);
+        assert_eq!(s.last_update_seq("h").unwrap(), 0);
         assert_eq!(s.list_grants(false, 95).unwrap().len(), 0);
         assert_eq!(s.list_grants(true, 95).unwrap().len(), 1);
     }
