@@ -84,6 +84,25 @@ pub fn init_ca(req: &CaRequest) -> Result<CaReport, ApproverError> {
     let ca_key = req.dir.join("ca.key");
     let mut report = CaReport::default();
     let exists = ca_pem.exists() || ca_key.exists();
+    if exists && !req.force {
+        // Check every file first, so that a refusal writes nothing.
+        let server = (!req.server_names.is_empty()).then(|| "server".to_owned());
+        let stems = server
+            .into_iter()
+            .chain(req.hosts.iter().map(|n| format!("host-{n}")))
+            .chain(req.approvers.iter().map(|n| format!("approver-{n}")));
+        for stem in stems {
+            for ext in ["pem", "key"] {
+                let p = req.dir.join(format!("{stem}.{ext}"));
+                if p.exists() {
+                    return Err(err(format!(
+                        "{} exists; pass --force to replace it (and the CA)",
+                        p.display()
+                    )));
+                }
+            }
+        }
+    }
     let issuer = if exists && !req.force {
         let key = KeyPair::from_pem(&read(&ca_key)?)
             .map_err(|e| err(format!("{}: {e}", ca_key.display())))?;
@@ -295,10 +314,16 @@ mod tests {
         );
         assert!(cert_identity(&der(&ca_dir.join("server.pem"))).is_err());
 
-        // Again: the CA is kept, the same host file is refused, a new one is issued.
+        // Again: the CA is kept, the same host file is refused (nothing written), a new
+        // one is issued.
         let ca_before = std::fs::read(ca_dir.join("ca.pem")).unwrap();
-        let e = init_ca(&req).unwrap_err();
+        let e = init_ca(&CaRequest {
+            hosts: vec!["web-9".into(), "web-1".into()],
+            ..req.clone()
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("--force"), "{e}");
+        assert!(!ca_dir.join("host-web-9.pem").exists());
         let r = init_ca(&CaRequest {
             hosts: vec!["web-2".into()],
             approvers: vec![],

@@ -331,6 +331,15 @@ mod tests {
     }
 
     #[test]
+    fn deploy_file_is_exactly_the_defaults() {
+        let text = include_str!("../../../deploy/approver.toml");
+        assert_eq!(
+            ServiceConfig::parse(text, Path::new("deploy/approver.toml")).unwrap(),
+            ServiceConfig::default()
+        );
+    }
+
+    #[test]
     fn plaintext_on_a_non_loopback_address_is_refused() {
         let e = parse("listen = [\"http://0.0.0.0:7080\"]\nallow_plaintext = true\n").unwrap_err();
         let msg = e.to_string();

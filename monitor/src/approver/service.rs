@@ -408,6 +408,17 @@ impl pb::approver_server::Approver for ApproverService {
         let s = Arc::clone(&self.shared);
         let host = s.identify_host(&request, "Updates")?;
         let after = request.get_ref().after_seq;
+        let h = host.clone();
+        let last = s.db("updates", move |st| st.last_update_seq(&h)).await?;
+        if after > last {
+            // The host has applied updates this service never sent (its store was
+            // replaced or reset): say so instead of waiting forever.
+            tracing::warn!(host = %host, after, last, "host resumes beyond the update log");
+            return Err(Status::out_of_range(format!(
+                "after_seq {after} is beyond this service's update log for {host} (last seq {last}); \
+                 the service's state was reset"
+            )));
+        }
         let (tx, rx) = mpsc::channel(64);
         tracing::debug!(host = %host, after, "updates stream opened");
         tokio::spawn(updates_stream(s, host, after, tx));
@@ -499,8 +510,10 @@ impl pb::approver_server::Approver for ApproverService {
         }
         let how = if r.approve {
             Resolution::Approve {
-                grant: grant_for(&r, &req, &who, now, s.limits.max_ttl_ms)
-                    .inspect_err(|e| s.refused("Decide", e))?,
+                grant: Box::new(
+                    grant_for(&r, &req, &who, now, s.limits.max_ttl_ms)
+                        .inspect_err(|e| s.refused("Decide", e))?,
+                ),
                 note: r.note.clone(),
             }
         } else {

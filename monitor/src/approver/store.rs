@@ -177,7 +177,7 @@ pub struct NewRequest {
 pub enum Resolution {
     /// Approve, creating a grant from this template (`id`, `request_id`, `host` are filled in).
     Approve {
-        grant: GrantRec,
+        grant: Box<GrantRec>,
         note: String,
     },
     Deny {
@@ -334,7 +334,8 @@ impl ApprovalStore {
                 return Ok(Err(Refusal::NotPending(req.state)));
             }
             let (decision, grant) = match how {
-                Resolution::Approve { mut grant, note } => {
+                Resolution::Approve { grant, note } => {
+                    let mut grant = *grant;
                     grant.id = tx.next_id(GRANT_IDS)?;
                     grant.request_id = id;
                     grant.host = req.context.host.clone();
@@ -445,6 +446,18 @@ impl ApprovalStore {
                 out.push(decode("approver_updates", seq, v.value())?);
             }
             Ok(out)
+        })
+    }
+
+    /// The last seq of `host`'s update log (0: none yet).
+    pub fn last_update_seq(&self, host: &str) -> Result<u64, StoreError> {
+        self.store.read_raw(|txn| {
+            let t = txn.open_table(UPDATES)?;
+            let last = t.range((host, 0)..=(host, u64::MAX))?.next_back();
+            match last {
+                Some(row) => Ok(row?.0.value().1),
+                None => Ok(0),
+            }
         })
     }
 
@@ -578,7 +591,7 @@ mod tests {
             .resolve(
                 r1.id,
                 Resolution::Approve {
-                    grant: grant_template(),
+                    grant: Box::new(grant_template()),
                     note: "fine".into(),
                 },
                 50,
@@ -635,6 +648,9 @@ mod tests {
         assert_eq!(s.updates_after("h1", 0, 2).unwrap().len(), 2);
         assert_eq!(s.updates_after("h1", u64::MAX, 2).unwrap().len(), 0);
         assert_eq!(s.updates_after("h", 0, 100).unwrap().len(), 0);
+        assert_eq!(s.last_update_seq("h1").unwrap(), 3);
+        assert_eq!(s.last_update_seq("h2").unwrap(), 1);
+        assert_eq!(s.last_update_seq("h").unwrap(), 0);
         assert_eq!(s.list_grants(false, 95).unwrap().len(), 0);
         assert_eq!(s.list_grants(true, 95).unwrap().len(), 1);
     }

@@ -400,6 +400,10 @@ async fn deadline_expiry_applies_the_fail_verdict_and_is_streamed() {
         .unwrap()
         .into_inner();
     assert_eq!(stored.state, pb::RequestState::Expired as i32);
+    assert_eq!(
+        code(c.updates(pb::UpdatesRequest { after_seq: 2 }).await),
+        Code::OutOfRange
+    );
     let ledger = crate::ledger::read(&dir.path().join("state/ledger.jsonl"), None).unwrap();
     let expired: Vec<_> = ledger
         .iter()
@@ -407,8 +411,12 @@ async fn deadline_expiry_applies_the_fail_verdict_and_is_streamed() {
         .collect();
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0].body["decision"]["verdict"], "allow");
-    drop(updates);
-    server.stop().await.unwrap();
+    // Stopping ends open streams instead of waiting for them.
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("stop with an open stream")
+        .unwrap();
+    assert!(updates.message().await.map_or(true, |m| m.is_none()));
 }
 
 #[tokio::test]
@@ -786,5 +794,10 @@ async fn bad_input_is_invalid_argument() {
     let reports: Vec<_> = ledger.iter().filter(|r| r.kind == "host_report").collect();
     assert_eq!(reports.len(), 1, "a resent report is recorded once");
     assert_eq!(reports[0].body["record"]["path"], "/etc/x");
+    let counters: std::collections::HashMap<_, _> = server.counters().into_iter().collect();
+    assert_eq!(counters["approver_invalid_argument"], 13);
+    assert_eq!(counters["approver_reports"], 1);
+    assert_eq!(counters["approver_reports_duplicate"], 1);
+    assert_eq!(counters["approver_submitted"], 1);
     server.stop().await.unwrap();
 }
