@@ -1,0 +1,167 @@
+//! Starting, querying and stopping a `confgate daemon` for a measurement.
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::Value;
+
+/// How a measurement runs the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Mode {
+    /// No daemon: the baseline.
+    Off,
+    /// The default configuration (kernel prefix filter on), plus what scenarios add.
+    On,
+    /// `kernel.path_filter = false`: processes outside sessions only through fanotify.
+    OnNoFilter,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Off, Mode::On, Mode::OnNoFilter];
+}
+
+/// Everything that goes into one daemon's configuration file.
+#[derive(Clone, Debug)]
+pub struct DaemonSpec {
+    pub path_filter: bool,
+    pub watch: Vec<PathBuf>,
+    /// `kernel.ringbuf_bytes`; None keeps the daemon's default.
+    pub ringbuf_bytes: Option<u32>,
+    /// TOML tables appended to the file (scenarios' own sections, e.g. `[gate]`).
+    pub extra_toml: String,
+}
+
+impl DaemonSpec {
+    fn toml(&self, dir: &Path) -> String {
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let paths: Vec<String> = self.watch.iter().map(|p| q(p)).collect();
+        let ring = self
+            .ringbuf_bytes
+            .map(|b| format!("ringbuf_bytes = {b}\n"))
+            .unwrap_or_default();
+        // Top-level keys (detect) must precede the tables; scenario tables come last.
+        format!(
+            "detect = []\n\
+             [daemon]\nsocket = {}\nstate_dir = {}\n\
+             [output]\nevents_file = {}\nstdout = \"off\"\nstats_interval_secs = 1\n\
+             [kernel]\npath_filter = {}\n{ring}\
+             [watch]\npaths = [{}]\nproject_roots = []\n{}",
+            q(&dir.join("s.sock")),
+            q(&dir.join("state")),
+            q(&dir.join("events.ndjson")),
+            self.path_filter,
+            paths.join(", "),
+            self.extra_toml,
+        )
+    }
+}
+
+/// A running daemon, stopped by [`Daemon::stop`] (or killed when dropped).
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    pub config: PathBuf,
+    /// Spawn to the "confgate ready" log line.
+    pub ready_after: Duration,
+    confgate: PathBuf,
+}
+
+impl Daemon {
+    /// Start a daemon with its own directory under `scratch` and wait until it is ready.
+    pub fn start(confgate: &Path, scratch: &Path, spec: &DaemonSpec) -> anyhow::Result<Daemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("d-")
+            .tempdir_in(scratch)?
+            .keep();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, spec.toml(&dir))?;
+        let log = dir.join("daemon.log");
+        let spawned = Instant::now();
+        let child = Command::new(confgate)
+            .arg("--config")
+            .arg(&config)
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("spawning {}", confgate.display()))?;
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+            config,
+            ready_after: Duration::ZERO,
+            confgate: confgate.to_owned(),
+        };
+        d.ready_after = d.wait_ready(spawned)?;
+        Ok(d)
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    fn wait_ready(&mut self, spawned: Instant) -> anyhow::Result<Duration> {
+        let deadline = spawned + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.log().contains("confgate ready") {
+                return Ok(spawned.elapsed());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(st) = child.try_wait()?
+            {
+                bail!("daemon exited ({st}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        bail!("daemon not ready after 60 s:\n{}", self.log())
+    }
+
+    /// `confgate stats --json`: the daemon's counters.
+    pub fn stats(&self) -> anyhow::Result<Value> {
+        let out = Command::new(&self.confgate)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["stats", "--json"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "confgate stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM and wait for the exit (the kernel detaches the programs as it exits, so a
+    /// measurement after this one does not pay for them). Returns how long that took.
+    pub fn stop(mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child, which has not been reaped yet.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let st = child.wait()?;
+            ensure!(st.success(), "daemon exited with {st}:\n{}", self.log());
+        }
+        Ok(t.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

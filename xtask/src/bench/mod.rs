@@ -1,0 +1,267 @@
+//! `cargo xtask bench [--quick]`: confgate's cost against a no-daemon baseline measured in
+//! the same run, interleaved over several rounds (see [`scenario`]); median and spread per
+//! mode; results to `bench/results/*.json` and, for a full run, the table in
+//! `BENCHMARKS.md`.
+mod daemon;
+mod idle;
+mod loop_cost;
+mod not_built;
+mod report;
+mod scenario;
+mod session_rate;
+mod startup;
+mod stats;
+mod workload;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, ensure};
+use serde_json::{Value, json};
+
+use daemon::{Daemon, DaemonSpec, Mode};
+use scenario::{Cx, Plan};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Short run for CI smoke use (under two minutes with a warm build): every scenario
+    /// and mode, fewer rounds and iterations; writes bench/results/latest-quick.json only.
+    #[arg(long)]
+    quick: bool,
+    /// Rounds (default: 2 quick, 7 full).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Loop iterations per workload run (default: 20000 quick, 100000 full).
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Seconds of the idle measurement (default: 3 quick, 60 full).
+    #[arg(long)]
+    idle_secs: Option<u64>,
+    /// Run the daemon with this `kernel.ringbuf_bytes` instead of its default.
+    #[arg(long)]
+    ringbuf_bytes: Option<u32>,
+    /// Print only: don't write bench/results or BENCHMARKS.md.
+    #[arg(long)]
+    no_write: bool,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet"])
+        .args(args)
+        .current_dir(root())
+        .status()?;
+    ensure!(st.success(), "cargo build {args:?} failed");
+    Ok(())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// A tmpfs mounted for the duration of the run.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> anyhow::Result<Tmpfs> {
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m", "confgate-bench"])
+            .arg(at)
+            .status()?;
+        ensure!(st.success(), "mounting a tmpfs at {}", at.display());
+        Ok(Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    json!({ "cpu": cpu, "kernel": kernel, "cores": cores, "loadavg_1m_at_start": load })
+}
+
+fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The default watch set of the daemon's configuration (the paths that exist here).
+fn default_watch_set() -> Vec<PathBuf> {
+    [
+        "/etc",
+        "/var/spool/cron",
+        "/run/systemd/system",
+        "/usr/lib/systemd/system",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .filter(|p| p.exists())
+    .collect()
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    ensure!(
+        is_root(),
+        "the benchmark loads eBPF programs: run it as root"
+    );
+    let started = Instant::now();
+    let (date, machine) = (now_utc(), machine());
+    let plan = Plan {
+        quick: a.quick,
+        rounds: a.rounds.unwrap_or(if a.quick { 2 } else { 7 }).max(1),
+        ops: a.ops.unwrap_or(if a.quick { 20_000 } else { 100_000 }),
+        idle_secs: a.idle_secs.unwrap_or(if a.quick { 3 } else { 60 }),
+    };
+    eprintln!("building release binaries...");
+    cargo_build(&["-p", "monitor", "--bin", "confgate"])?;
+    cargo_build(&["-p", "xtask"])?;
+    eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
+    let scratch = tempfile::Builder::new()
+        .prefix("confgate-bench-")
+        .tempdir_in("/var/tmp")?;
+    // The workload runs on a tmpfs: on ext4, rename over a truncated file forces a data
+    // flush (auto_da_alloc), so disk waits would swamp the CPU cost being measured. The
+    // hooks (syscall tracepoints, fanotify) behave the same on tmpfs.
+    let fs = scratch.path().join("fs");
+    std::fs::create_dir_all(&fs)?;
+    let _tmpfs = Tmpfs::mount(&fs)?;
+    let cx = Cx {
+        plan: plan.clone(),
+        confgate: target_dir().join("release/confgate"),
+        xtask: target_dir().join("release/xtask"),
+        watched: fs.join("watched"),
+        unwatched: fs.join("unwatched"),
+    };
+    for d in [&cx.watched, &cx.unwatched] {
+        std::fs::create_dir_all(d)?;
+    }
+
+    let mut scenarios = scenario::all();
+    // Every daemon watches the default set plus the benchmark's watched tree, with what
+    // the scenarios add.
+    let mut watch = default_watch_set();
+    watch.push(cx.watched.clone());
+    let extra_toml: String = scenarios.iter().filter_map(|s| s.daemon_toml()).collect();
+    let spec = |path_filter| DaemonSpec {
+        path_filter,
+        watch: watch.clone(),
+        ringbuf_bytes: a.ringbuf_bytes,
+        extra_toml: extra_toml.clone(),
+    };
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| scenarios.iter().any(|s| s.modes().contains(m)))
+        .collect();
+
+    for round in 0..plan.rounds {
+        for k in 0..modes.len() {
+            let mode = modes[(k + round) % modes.len()];
+            let t = Instant::now();
+            let daemon = match mode {
+                Mode::Off => None,
+                Mode::On => Some(Daemon::start(&cx.confgate, scratch.path(), &spec(true))?),
+                Mode::OnNoFilter => {
+                    Some(Daemon::start(&cx.confgate, scratch.path(), &spec(false))?)
+                }
+            };
+            for s in scenarios.iter_mut().filter(|s| s.modes().contains(&mode)) {
+                s.measure(&cx, round, mode, daemon.as_ref())
+                    .with_context(|| format!("scenario {} ({mode:?}, round {round})", s.id()))?;
+            }
+            let stop_ms = match daemon {
+                Some(d) => d.stop()?.as_secs_f64() * 1000.0,
+                None => 0.0,
+            };
+            if mode != Mode::Off {
+                scenarios
+                    .iter_mut()
+                    .for_each(|s| s.daemon_stopped(mode, stop_ms));
+            }
+            eprintln!(
+                "round {}/{} {mode:?}: {:.1} s (daemon stop {:.1} s); {:.0} s so far",
+                round + 1,
+                plan.rounds,
+                t.elapsed().as_secs_f64(),
+                stop_ms / 1000.0,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    scenarios.sort_by_key(|s| s.id());
+    let mut results = json!({
+        "date": date,
+        "quick": plan.quick,
+        "rounds": plan.rounds,
+        "ops_per_run": plan.ops,
+        "ringbuf_bytes": a.ringbuf_bytes,
+        "machine": machine,
+    });
+    for s in &scenarios {
+        results[s.key()] = s.results();
+    }
+    results["wall_secs"] = json!(started.elapsed().as_secs_f64());
+    let rows: Vec<_> = scenarios.iter().flat_map(|s| s.rows()).collect();
+    let table = report::render(&results, &rows);
+    println!("{table}");
+    if !a.no_write {
+        let dir = root().join("bench/results");
+        std::fs::create_dir_all(&dir)?;
+        let name = if plan.quick {
+            "latest-quick.json"
+        } else {
+            "latest.json"
+        };
+        std::fs::write(dir.join(name), serde_json::to_string_pretty(&results)?)?;
+        // Only a full run rewrites the table: a quick run is a smoke test.
+        if !plan.quick {
+            report::write_into(&root().join("BENCHMARKS.md"), &table)?;
+        }
+    }
+    for s in &scenarios {
+        s.check()?;
+    }
+    eprintln!("bench done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! What a benchmark scenario is, and the table of them.
+//!
+//! The driver ([`super::run`]) runs rounds; in each round every [`Mode`] once, in rotating
+//! order (off / on / on-without-filter, then on-without-filter / off / on, ...), so that
+//! the shared, noisy machine affects all modes alike. One daemon serves every scenario of
+//! a (round, mode): it is started once, each scenario that measures in that mode runs in
+//! table order, then it is stopped. (Starting and stopping a daemon costs seconds: the
+//! kernel waits for RCU grace periods as it detaches each tracepoint program.)
+//!
+//! Adding a scenario (e.g. the gate's 4 and 5): implement [`Scenario`], put it in
+//! [`all`]; if it needs daemon configuration (a `[gate]` section with an allow rule), return
+//! it from [`Scenario::daemon_toml`]: it is part of every daemon the run starts, so the
+//! other scenarios then measure the product with that configuration too.
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+pub use super::daemon::{Daemon, Mode};
+
+/// Sizes of the run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    pub rounds: usize,
+    /// Loop iterations per workload run.
+    pub ops: u64,
+    /// Length of the idle measurement (scenario 6).
+    pub idle_secs: u64,
+}
+
+/// What scenarios measure with.
+pub struct Cx {
+    pub plan: Plan,
+    pub confgate: PathBuf,
+    /// This harness's release binary (runs the workloads: `xtask worker`).
+    pub xtask: PathBuf,
+    /// On a tmpfs: a directory in the daemon's watch set, and one outside it.
+    pub watched: PathBuf,
+    pub unwatched: PathBuf,
+}
+
+impl Cx {
+    /// A fresh directory for `name` under the (watched or unwatched) tree.
+    pub fn dir(&self, watched: bool, name: &str) -> anyhow::Result<PathBuf> {
+        let base: &Path = if watched {
+            &self.watched
+        } else {
+            &self.unwatched
+        };
+        let p = base.join(name);
+        std::fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+}
+
+/// One line of the results table. Empty cells stay empty.
+#[derive(Clone, Debug, Default)]
+pub struct Row {
+    pub scenario: String,
+    pub measure: String,
+    pub off: String,
+    pub on: String,
+    pub on_no_filter: String,
+    pub ratio: String,
+    pub target: String,
+    pub verdict: String,
+}
+
+pub fn verdict(ok: bool) -> String {
+    if ok {
+        "met".into()
+    } else {
+        "**missed**".into()
+    }
+}
+
+/// One measured scenario of issue 4.
+pub trait Scenario {
+    /// Its number in the issue (the table is sorted by it).
+    fn id(&self) -> u32;
+    /// Key of its results in the JSON file.
+    fn key(&self) -> &'static str;
+    /// Modes it measures in (empty: not measured, e.g. not built yet).
+    fn modes(&self) -> &'static [Mode];
+    /// TOML tables it needs in the daemon's configuration file.
+    fn daemon_toml(&self) -> Option<String> {
+        None
+    }
+    /// Measure once in `round` with the daemon of `mode` (None when off).
+    fn measure(
+        &mut self,
+        cx: &Cx,
+        round: usize,
+        mode: Mode,
+        daemon: Option<&Daemon>,
+    ) -> anyhow::Result<()>;
+    /// A daemon of `mode` took `took_ms` to stop (after every scenario of its round).
+    fn daemon_stopped(&mut self, _mode: Mode, _took_ms: f64) {}
+    /// Its results for the JSON file.
+    fn results(&self) -> Value;
+    /// Its lines of the table.
+    fn rows(&self) -> Vec<Row>;
+    /// Fail the run if the measurement itself did not work (no samples, nothing
+    /// delivered). Targets missed are not failures: this machine is shared and noisy.
+    fn check(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every scenario, in the order they run within one daemon's life: the idle measurement
+/// first (a fresh daemon), then start-up, then the workloads.
+pub fn all() -> Vec<Box<dyn Scenario>> {
+    use super::{
+        idle::Idle, loop_cost::LoopCost, not_built::NotBuilt, session_rate::SessionRate,
+        startup::Startup,
+    };
+    vec![
+        Box::new(Idle::default()),
+        Box::new(Startup::default()),
+        Box::new(LoopCost::unwatched()),
+        Box::new(LoopCost::watched()),
+        Box::new(SessionRate::default()),
+        Box::new(NotBuilt {
+            id: 4,
+            title: "4 gate decision latency",
+            target: "p99 < 50 us",
+            why: "n/a: the gate (issue 3) is not built yet",
+        }),
+        Box::new(NotBuilt {
+            id: 5,
+            title: "5 approval round trip",
+            target: "p99 < 2 ms",
+            why: "n/a: the approval service (issue 3) is not built yet",
+        }),
+    ]
+}

@@ -1,0 +1,163 @@
+//! Scenario 3: an agent-session process doing watched writes as fast as it can (the loop
+//! of scenarios 1-2 under `confgate run`). Reports the kernel's record rate while the
+//! worker runs, the events delivered end to end (worker start to the last event written)
+//! and the kernel ring-buffer drops.
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use serde_json::{Value, json};
+
+use super::{
+    scenario::{Cx, Daemon, Mode, Row, Scenario},
+    stats::Summary,
+    workload,
+};
+
+/// The pipeline counts as drained when `events_emitted` has not moved for this long.
+const SETTLED: Duration = Duration::from_millis(300);
+const POLL: Duration = Duration::from_millis(50);
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// Records per second the kernel side must deliver without a drop.
+const TARGET_RATE: f64 = 300_000.0;
+
+/// Wait until the daemon has decoded every record the kernel wrote and its event count
+/// has not moved for [`SETTLED`]. Returns its counters then and when the last event
+/// (counted since `since`) was written.
+fn settle(d: &Daemon, since: Instant) -> anyhow::Result<(Value, Instant)> {
+    let mut last = d.stats()?;
+    let mut last_change = since;
+    let start = Instant::now();
+    loop {
+        // `confgate stats` itself is a process the kernel reports: allow a few records.
+        let caught_up = counter(&last, "records") + 64 >= counter(&last, "kernel_events_emitted");
+        if caught_up && last_change.elapsed() >= SETTLED {
+            return Ok((last, last_change));
+        }
+        ensure!(
+            start.elapsed() < DRAIN_LIMIT,
+            "the daemon did not settle within {DRAIN_LIMIT:?}: {last}"
+        );
+        std::thread::sleep(POLL);
+        let now = d.stats()?;
+        if counter(&now, "events_emitted") != counter(&last, "events_emitted") {
+            last_change = Instant::now();
+        }
+        last = now;
+    }
+}
+
+#[derive(Default)]
+pub struct SessionRate {
+    runs: Vec<Value>,
+}
+
+fn counter(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+impl SessionRate {
+    fn series(&self, k: &str) -> Summary {
+        Summary::of(self.runs.iter().filter_map(|r| r[k].as_f64()).collect())
+    }
+
+    fn drops(&self) -> u64 {
+        self.runs
+            .iter()
+            .filter_map(|r| r["kernel_ringbuf_drops"].as_u64())
+            .sum()
+    }
+}
+
+impl Scenario for SessionRate {
+    fn id(&self) -> u32 {
+        3
+    }
+
+    fn key(&self) -> &'static str {
+        "scenario3_session_rate"
+    }
+
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::On]
+    }
+
+    fn measure(
+        &mut self,
+        cx: &Cx,
+        _round: usize,
+        _mode: Mode,
+        daemon: Option<&Daemon>,
+    ) -> anyhow::Result<()> {
+        let Some(d) = daemon else { return Ok(()) };
+        let dir = cx.dir(true, "session")?;
+        // Start from a quiet daemon (the scenarios before may have left a backlog).
+        let (before, _) = settle(d, Instant::now())?;
+        let t0 = Instant::now();
+        let ns = workload::run(cx, &dir, cx.plan.ops, Some(d))?;
+        let worker_secs = t0.elapsed().as_secs_f64();
+        let (last, last_event) = settle(d, t0)?;
+        let end_to_end = (last_event - t0).as_secs_f64().max(worker_secs);
+        let delta = |k: &str| counter(&last, k).saturating_sub(counter(&before, k));
+        let records = delta("kernel_events_emitted");
+        let drops = delta("kernel_ringbuf_drops");
+        let events = delta("events_emitted");
+        self.runs.push(json!({
+            "worker_ns_per_op": ns,
+            "worker_secs": worker_secs,
+            "end_to_end_secs": end_to_end,
+            "kernel_records_written": records,
+            // Produced: written to the ring buffer or dropped because it was full.
+            "kernel_records_per_sec": (records + drops) as f64 / worker_secs,
+            "records_decoded": delta("records"),
+            "events_emitted": events,
+            "events_per_sec": events as f64 / end_to_end,
+            "kernel_ringbuf_drops": drops,
+            "writes_coalesced": delta("kernel_writes_coalesced"),
+            "correlation_forced": delta("correlation_forced"),
+        }));
+        Ok(())
+    }
+
+    fn results(&self) -> Value {
+        json!(self.runs)
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let rate = self.series("kernel_records_per_sec");
+        let ev = self.series("events_per_sec");
+        let drops = self.drops();
+        let verdict = if drops == 0 && rate.median >= TARGET_RATE {
+            "met".to_string()
+        } else if drops == 0 {
+            format!(
+                "0 drops, but the workload reached only {:.0}k records/s",
+                rate.median / 1000.0
+            )
+        } else {
+            format!("{drops} drops (**missed**)")
+        };
+        vec![Row {
+            scenario: "3 session event rate".into(),
+            measure: "kernel records/s produced; events/s end to end; drops".into(),
+            on: format!(
+                "{}; {}; {drops} drops",
+                rate.show("rec/s", 0),
+                ev.show("ev/s", 0)
+            ),
+            target: "0 drops at 300k rec/s".into(),
+            verdict,
+            ..Row::default()
+        }]
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(!self.runs.is_empty(), "scenario 3: not measured");
+        for r in &self.runs {
+            ensure!(
+                r["events_emitted"].as_u64().unwrap_or(0) > 0,
+                "scenario 3: the daemon delivered no events for a session's writes: {r}"
+            );
+        }
+        Ok(())
+    }
+}

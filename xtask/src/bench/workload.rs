@@ -1,0 +1,39 @@
+//! Running the workload (`xtask worker`), optionally inside an agent session.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, ensure};
+use serde_json::Value;
+
+use super::scenario::{Cx, Daemon};
+
+/// Run `ops` iterations of the loop in `dir` and return ns per iteration. With `session`,
+/// the worker runs under `confgate run` of that daemon (an agent session).
+pub fn run(cx: &Cx, dir: &Path, ops: u64, session: Option<&Daemon>) -> anyhow::Result<f64> {
+    let mut cmd = match session {
+        Some(d) => {
+            let mut c = Command::new(&cx.confgate);
+            c.arg("--config")
+                .arg(&d.config)
+                .args(["run", "--agent", "bench", "--"])
+                .arg(&cx.xtask);
+            c
+        }
+        None => Command::new(&cx.xtask),
+    };
+    let out = cmd
+        .arg("worker")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--ops")
+        .arg(ops.to_string())
+        .output()
+        .context("spawning the worker")?;
+    ensure!(
+        out.status.success(),
+        "worker failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).context("worker output")?;
+    v["ns_per_op"].as_f64().context("worker output: ns_per_op")
+}
