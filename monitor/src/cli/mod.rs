@@ -1,6 +1,6 @@
 //! Commands of the `confgate` binary.
-pub mod audit;
 pub mod approver;
+pub mod audit;
 pub mod check_config;
 pub mod run;
 pub mod sessions;
