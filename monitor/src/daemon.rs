@@ -60,22 +60,6 @@ impl Shared {
     }
 }
 
-/// Supplementary groups of a process, from /proc.
-fn groups_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Groups:").map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect()
-                })
-            })
-        })
-        .unwrap_or_default()
-}
-
 #[tonic::async_trait]
 impl DaemonApi for Shared {
     fn caller_session(&self, caller: &Caller) -> (String, u64) {
@@ -157,7 +141,7 @@ impl DaemonApi for Shared {
         caller.uid == 0
             || self
                 .admin_gid
-                .is_some_and(|g| caller.gid == g || groups_of(caller.pid).contains(&g))
+                .is_some_and(|g| caller.gid == g || crate::host::groups_of(caller.pid).contains(&g))
     }
 }
 

@@ -123,7 +123,7 @@ impl Authenticator {
             let admin = uid == 0
                 || self
                     .admin_gid
-                    .is_some_and(|g| gid == g || groups_of(pid).contains(&g));
+                    .is_some_and(|g| gid == g || crate::host::groups_of(pid).contains(&g));
             return Ok(Principal::Unix(UnixPeer {
                 pid,
                 uid,
@@ -224,22 +224,6 @@ fn user_name(uid: u32) -> String {
         .ok()
         .flatten()
         .map_or_else(|| format!("uid:{uid}"), |u| u.name)
-}
-
-/// Supplementary groups of `pid` (from `/proc`), empty if it cannot be read.
-fn groups_of(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Groups:").map(|g| {
-                    g.split_whitespace()
-                        .filter_map(|x| x.parse().ok())
-                        .collect()
-                })
-            })
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
