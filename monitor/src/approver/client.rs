@@ -272,7 +272,7 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
 }
 
 /// A transport error with its causes (tonic's own `Display` is only "transport error").
-fn transport_message(e: &tonic::transport::Error) -> String {
+pub(crate) fn transport_message(e: &tonic::transport::Error) -> String {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -28,6 +28,7 @@ use crate::ledger::LedgerError;
 use crate::rpc::RpcError;
 use crate::store::StoreError;
 use addr::Address;
+use client::transport_message;
 use confgate_proto::v1::approver_server::ApproverServer;
 use config::ServiceConfig;
 use service::{ApproverService, Limits, Shared};
@@ -310,16 +311,4 @@ pub async fn serve(
         Some(e) => Err(e),
         None => stopped,
     }
-}
-
-/// A transport error with its causes.
-fn transport_message(e: &tonic::transport::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
