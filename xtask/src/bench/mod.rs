@@ -43,6 +43,13 @@ pub struct Args {
     /// Run the daemon with this `kernel.ringbuf_bytes` instead of its default.
     #[arg(long)]
     ringbuf_bytes: Option<u32>,
+    /// Measure this daemon binary instead of building one (e.g. to compare builds);
+    /// implies --no-write.
+    #[arg(long)]
+    confgate: Option<PathBuf>,
+    /// Run only these scenarios (numbers, comma-separated); implies --no-write.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u32>,
     /// Print only: don't write bench/results or BENCHMARKS.md.
     #[arg(long)]
     no_write: bool,
@@ -154,7 +161,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         idle_secs: a.idle_secs.unwrap_or(if a.quick { 3 } else { 60 }),
     };
     eprintln!("building release binaries...");
-    cargo_build(&["-p", "monitor", "--bin", "confgate"])?;
+    if a.confgate.is_none() {
+        cargo_build(&["-p", "monitor", "--bin", "confgate"])?;
+    }
     cargo_build(&["-p", "xtask"])?;
     eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
     let scratch = tempfile::Builder::new()
@@ -168,7 +177,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let _tmpfs = Tmpfs::mount(&fs)?;
     let cx = Cx {
         plan: plan.clone(),
-        confgate: target_dir().join("release/confgate"),
+        confgate: a
+            .confgate
+            .clone()
+            .unwrap_or_else(|| target_dir().join("release/confgate")),
         xtask: target_dir().join("release/xtask"),
         watched: fs.join("watched"),
         unwatched: fs.join("unwatched"),
@@ -178,6 +190,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
 
     let mut scenarios = scenario::all();
+    if !a.only.is_empty() {
+        scenarios.retain(|s| a.only.contains(&s.id()));
+    }
+    let write = !a.no_write && a.only.is_empty() && a.confgate.is_none();
     // Every daemon watches the default set plus the benchmark's watched tree, with what
     // the scenarios add.
     let mut watch = default_watch_set();
@@ -245,7 +261,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let rows: Vec<_> = scenarios.iter().flat_map(|s| s.rows()).collect();
     let table = report::render(&results, &rows);
     println!("{table}");
-    if !a.no_write {
+    if write {
         let dir = root().join("bench/results");
         std::fs::create_dir_all(&dir)?;
         let name = if plan.quick {

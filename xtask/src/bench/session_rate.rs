@@ -16,6 +16,8 @@ use super::{
 /// The pipeline counts as drained when `events_emitted` has not moved for this long.
 const SETTLED: Duration = Duration::from_millis(300);
 const POLL: Duration = Duration::from_millis(50);
+/// CPU ticks (10 ms) a settled daemon may use per [`SETTLED`] (answering `stats`).
+const IDLE_TICKS: u64 = 3;
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// Records per second the kernel side must deliver without a drop.
 const TARGET_RATE: f64 = 300_000.0;
@@ -24,14 +26,17 @@ const TARGET_RATE: f64 = 300_000.0;
 /// has not moved for [`SETTLED`]. Returns its counters then and when the last event
 /// (counted since `since`) was written.
 fn settle(d: &Daemon, since: Instant) -> anyhow::Result<(Value, Instant)> {
-    let mut last = d.stats()?;
-    let mut last_change = since;
     let start = Instant::now();
+    let mut last = d.stats()?;
+    let mut last_event = since;
+    // Since when neither an event nor CPU use has been seen.
+    let mut quiet_since = start;
+    let mut cpu = (start, d.cpu_ticks()?);
     loop {
         // `confgate stats` itself is a process the kernel reports: allow a few records.
         let caught_up = counter(&last, "records") + 64 >= counter(&last, "kernel_events_emitted");
-        if caught_up && last_change.elapsed() >= SETTLED {
-            return Ok((last, last_change));
+        if caught_up && quiet_since.elapsed() >= SETTLED {
+            return Ok((last, last_event));
         }
         ensure!(
             start.elapsed() < DRAIN_LIMIT,
@@ -40,9 +45,18 @@ fn settle(d: &Daemon, since: Instant) -> anyhow::Result<(Value, Instant)> {
         std::thread::sleep(POLL);
         let now = d.stats()?;
         if counter(&now, "events_emitted") != counter(&last, "events_emitted") {
-            last_change = Instant::now();
+            last_event = Instant::now();
+            quiet_since = last_event;
         }
         last = now;
+        if cpu.0.elapsed() >= SETTLED {
+            let ticks = d.cpu_ticks()?;
+            // Busy (e.g. correlating a backlog before it counts events): not settled.
+            if ticks > cpu.1 + IDLE_TICKS {
+                quiet_since = Instant::now();
+            }
+            cpu = (Instant::now(), ticks);
+        }
     }
 }
 
@@ -101,7 +115,7 @@ impl Scenario for SessionRate {
         let records = delta("kernel_events_emitted");
         let drops = delta("kernel_ringbuf_drops");
         let events = delta("events_emitted");
-        self.runs.push(json!({
+        let run = json!({
             "worker_ns_per_op": ns,
             "worker_secs": worker_secs,
             "end_to_end_secs": end_to_end,
@@ -114,7 +128,9 @@ impl Scenario for SessionRate {
             "kernel_ringbuf_drops": drops,
             "writes_coalesced": delta("kernel_writes_coalesced"),
             "correlation_forced": delta("correlation_forced"),
-        }));
+        });
+        eprintln!("  scenario 3: {run}");
+        self.runs.push(run);
         Ok(())
     }
 
