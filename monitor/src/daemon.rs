@@ -404,13 +404,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     Err(e) => warn!(error = %e, "fanotify read failed"),
                 }
                 let marks = Watermarks { ebpf: Some(ebpf_mark), fanotify: Some(fan_mark) };
-                for event in pipeline.flush(Instant::now(), &marks, &shared.registry) {
+                pipeline.flush_each(Instant::now(), &marks, &shared.registry, &mut |event| {
                     Metrics::inc(&metrics.events_emitted);
                     if let Err(e) = sink.emit(&event) {
                         Metrics::inc(&metrics.sink_errors);
                         warn!(error = %e, "event not written to the events file");
                     }
-                }
+                });
                 if let Err(e) = sink.flush() {
                     Metrics::inc(&metrics.sink_errors);
                     warn!(error = %e, "flushing the events file");

@@ -35,6 +35,9 @@ counters! {
     attrib_ignored: "fanotify ATTRIB changes that were neither chmod nor chown (times, xattrs)",
     correlation_forced: "observations released before their twin arrived because the buffer was full (possible duplicates)",
     correlation_parked_expired: "fanotify observations whose expected eBPF twin never took them",
+    resolve_cache_hits: "directory canonicalizations answered from the cache",
+    resolve_cache_misses: "directory canonicalizations done (realpath)",
+    resolve_cache_clears: "times the directory cache was emptied by an operation that can move names",
 }
 
 impl Metrics {

@@ -5,21 +5,149 @@
 //! `..` resolved) and, for operations that follow a final symlink (open, truncate, chmod,
 //! chown), so is the last component. The file itself may no longer exist (unlink, rename
 //! source), which is why the parent is resolved rather than the full path.
+//!
+//! Canonicalizing a directory costs one `readlink` per path component (glibc's
+//! `realpath`), and a busy writer names the same few directories over and over, so the
+//! canonical forms of directories are kept in a [`DirCache`] for at most
+//! [`DIR_CACHE_TTL`]. The pipeline clears the cache whenever it sees an operation that can
+//! change what a directory path resolves to (a rename of a directory or symlink, an
+//! unlink, a new symlink or directory); changes it cannot see (outside the watched trees
+//! and sessions) are picked up within the TTL. Resolution happens after the syscall
+//! anyway (the daemon reads records later), so the path is always "as resolved shortly
+//! after"; the cache bounds how much later.
 use std::{
+    collections::BTreeMap,
     ffi::OsStr,
-    os::unix::ffi::OsStrExt,
+    os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Component, Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use monitor_common::AT_FDCWD;
 
-use crate::proctable::{ProcTable, live_link};
+use crate::{
+    event::Kind,
+    proctable::{ProcTable, live_link},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     pub path: Vec<u8>,
     /// The base directory was unknown: `path` is the raw (relative) argument.
     pub unresolved: bool,
+}
+
+/// How long a cached canonical directory is trusted without a change seen.
+pub const DIR_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Most directories cached; a full cache is emptied.
+const DIR_CACHE_MAX: usize = 4096;
+
+/// Canonical forms of directories (see the module documentation), by the bytes of the
+/// path asked for (ordered, so the entries at and below a path are one range).
+#[derive(Debug)]
+pub struct DirCache {
+    map: BTreeMap<Vec<u8>, (PathBuf, Instant)>,
+    ttl: Duration,
+    stats: DirCacheStats,
+}
+
+/// Counters of a [`DirCache`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    /// Times the cache was emptied because of an operation that can move directories.
+    pub clears: u64,
+}
+
+impl Default for DirCache {
+    fn default() -> Self {
+        DirCache::new(DIR_CACHE_TTL)
+    }
+}
+
+impl DirCache {
+    /// A cache trusting an entry for `ttl` (zero: no caching).
+    pub fn new(ttl: Duration) -> Self {
+        DirCache {
+            map: BTreeMap::new(),
+            ttl,
+            stats: DirCacheStats::default(),
+        }
+    }
+
+    /// Canonical form of directory `dir` (lexically normalized if it does not exist).
+    fn canonical_dir(&mut self, dir: &Path) -> PathBuf {
+        let now = Instant::now();
+        let key = dir.as_os_str().as_bytes();
+        if let Some((c, at)) = self.map.get(key)
+            && now.duration_since(*at) < self.ttl
+        {
+            self.stats.hits += 1;
+            return c.clone();
+        }
+        self.stats.misses += 1;
+        match std::fs::canonicalize(dir) {
+            Ok(c) => {
+                if self.map.len() >= DIR_CACHE_MAX {
+                    self.map.clear();
+                }
+                self.map.insert(key.to_vec(), (c.clone(), now));
+                c
+            }
+            // Not cached: it may appear at any moment.
+            Err(_) => normalize(dir),
+        }
+    }
+
+    /// Forget everything: something that can change how directories resolve happened.
+    pub fn clear(&mut self) {
+        if !self.map.is_empty() {
+            self.map.clear();
+            self.stats.clears += 1;
+        }
+    }
+
+    /// Forget `path` and everything cached below it.
+    fn forget_below(&mut self, path: &[u8]) {
+        let below: Vec<Vec<u8>> = self
+            .map
+            .range(path.to_vec()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(path))
+            .filter(|k| k.len() == path.len() || k[path.len()] == b'/')
+            .cloned()
+            .collect();
+        for k in below {
+            self.map.remove(&k);
+        }
+    }
+
+    /// An operation of `kind` happened (or was attempted: `failed` when it is known to
+    /// have failed); `target` is a rename's new name. Forget what it may have changed.
+    /// Only an existing name that now leads somewhere else changes how a cached directory
+    /// resolves, so creating files, writing, chmod... change nothing; removing a name
+    /// (unlink, rmdir), a new directory or symlink, and a rename of anything but a regular
+    /// file clear the cache; a regular file renamed over a name drops that name's entries.
+    pub fn note(&mut self, kind: Kind, target: Option<&[u8]>, failed: bool) {
+        if failed || self.map.is_empty() {
+            return;
+        }
+        match (kind, target) {
+            (Kind::Unlink | Kind::Mkdir | Kind::Symlink, _) | (Kind::Rename, None) => self.clear(),
+            (Kind::Rename, Some(t)) => {
+                match std::fs::symlink_metadata(Path::new(OsStr::from_bytes(t))) {
+                    Ok(m) if m.file_type().is_file() => self.forget_below(t),
+                    _ => self.clear(),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn stats(&self) -> DirCacheStats {
+        self.stats
+    }
 }
 
 /// The directory a relative path of `tgid` is relative to.
@@ -39,7 +167,14 @@ fn base_dir(procs: &ProcTable, tgid: u32, dfd: i32) -> Option<Vec<u8>> {
 
 /// Resolve a path argument of process `tgid`. `dfd` is the syscall's directory fd (or
 /// `AT_FDCWD`); `follow` says whether the operation follows a final symlink.
-pub fn resolve(procs: &ProcTable, tgid: u32, dfd: i32, raw: &[u8], follow: bool) -> Resolved {
+pub fn resolve(
+    procs: &ProcTable,
+    dirs: &mut DirCache,
+    tgid: u32,
+    dfd: i32,
+    raw: &[u8],
+    follow: bool,
+) -> Resolved {
     let joined: PathBuf = if raw.first() == Some(&b'/') {
         PathBuf::from(OsStr::from_bytes(raw))
     } else if raw.is_empty() {
@@ -65,7 +200,7 @@ pub fn resolve(procs: &ProcTable, tgid: u32, dfd: i32, raw: &[u8], follow: bool)
         }
     };
     Resolved {
-        path: canonical(&joined, follow).as_os_str().as_bytes().to_vec(),
+        path: canonical(dirs, &joined, follow).into_os_string().into_vec(),
         unresolved: false,
     }
 }
@@ -86,19 +221,19 @@ pub fn normalize(path: &Path) -> PathBuf {
 }
 
 /// Canonical form of an absolute path whose last component may not exist.
-pub fn canonical(path: &Path, follow: bool) -> PathBuf {
+pub fn canonical(dirs: &mut DirCache, path: &Path, follow: bool) -> PathBuf {
     let norm_in = path.components().next_back();
     // A last component of "." or ".." names a directory: resolve the whole path.
     if matches!(
         norm_in,
         Some(Component::CurDir | Component::ParentDir) | None
     ) {
-        return std::fs::canonicalize(path).unwrap_or_else(|_| normalize(path));
+        return dirs.canonical_dir(path);
     }
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return normalize(path);
     };
-    let parent = std::fs::canonicalize(parent).unwrap_or_else(|_| normalize(parent));
+    let parent = dirs.canonical_dir(parent);
     let candidate = parent.join(name);
     if !follow {
         return candidate;
@@ -143,7 +278,14 @@ mod tests {
         let mut t = ProcTable::default();
         let pid = 4242;
         t_insert(&mut t, pid, &real);
-        let r = resolve(&t, pid, AT_FDCWD, b"link/../link/.env", true);
+        let r = resolve(
+            &t,
+            &mut DirCache::default(),
+            pid,
+            AT_FDCWD,
+            b"link/../link/.env",
+            true,
+        );
         assert_eq!(
             r,
             Resolved {
@@ -162,10 +304,13 @@ mod tests {
         let t = ProcTable::default();
         let raw = bytes(&real.join("ln"));
         assert_eq!(
-            resolve(&t, 1, AT_FDCWD, &raw, true).path,
+            resolve(&t, &mut DirCache::default(), 1, AT_FDCWD, &raw, true).path,
             bytes(&real.join("target.conf"))
         );
-        assert_eq!(resolve(&t, 1, AT_FDCWD, &raw, false).path, raw);
+        assert_eq!(
+            resolve(&t, &mut DirCache::default(), 1, AT_FDCWD, &raw, false).path,
+            raw
+        );
     }
 
     #[test]
@@ -175,14 +320,24 @@ mod tests {
         let mut raw = bytes(&real);
         raw.extend_from_slice(b"/new\nline\xff");
         let t = ProcTable::default();
-        assert_eq!(resolve(&t, 1, AT_FDCWD, &raw, true).path, raw);
+        assert_eq!(
+            resolve(&t, &mut DirCache::default(), 1, AT_FDCWD, &raw, true).path,
+            raw
+        );
     }
 
     #[test]
     fn unknown_base_is_reported_unresolved() {
         let t = ProcTable::default();
         // pid that cannot exist (above pid_max) and no table entry.
-        let r = resolve(&t, u32::MAX - 1, AT_FDCWD, b"rel/.env", true);
+        let r = resolve(
+            &t,
+            &mut DirCache::default(),
+            u32::MAX - 1,
+            AT_FDCWD,
+            b"rel/.env",
+            true,
+        );
         assert_eq!(
             r,
             Resolved {
@@ -190,6 +345,76 @@ mod tests {
                 unresolved: true
             }
         );
+    }
+
+    #[test]
+    fn cached_directories_until_cleared_or_expired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canon");
+        for d in ["a", "b"] {
+            std::fs::create_dir(real.join(d)).expect("mkdir");
+        }
+        let link = real.join("l");
+        std::os::unix::fs::symlink(real.join("a"), &link).expect("symlink");
+        let t = ProcTable::default();
+        let raw = bytes(&link.join("x.conf"));
+        let mut dirs = DirCache::default();
+        let r = |dirs: &mut DirCache| resolve(&t, dirs, 1, AT_FDCWD, &raw, false).path;
+        assert_eq!(r(&mut dirs), bytes(&real.join("a/x.conf")));
+        // The link now points elsewhere, unseen by the pipeline: the cache still answers.
+        std::fs::remove_file(&link).expect("rm");
+        std::os::unix::fs::symlink(real.join("b"), &link).expect("symlink");
+        assert_eq!(r(&mut dirs), bytes(&real.join("a/x.conf")));
+        assert_eq!(dirs.stats().hits, 1);
+        dirs.clear();
+        assert_eq!(r(&mut dirs), bytes(&real.join("b/x.conf")));
+        assert_eq!(dirs.stats().clears, 1);
+        // Without a TTL nothing is reused.
+        let mut fresh = DirCache::new(Duration::ZERO);
+        assert_eq!(r(&mut fresh), bytes(&real.join("b/x.conf")));
+        assert_eq!(r(&mut fresh), bytes(&real.join("b/x.conf")));
+        assert_eq!((fresh.stats().hits, fresh.stats().misses), (0, 2));
+    }
+
+    #[test]
+    fn operations_that_move_names_forget_what_they_may_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canon");
+        std::fs::create_dir_all(real.join("d/sub")).expect("mkdir");
+        let t = ProcTable::default();
+        let mut dirs = DirCache::default();
+        let warm = |dirs: &mut DirCache, p: &str| {
+            resolve(&t, dirs, 1, AT_FDCWD, &bytes(&real.join(p)), false);
+        };
+        warm(&mut dirs, "d/x");
+        warm(&mut dirs, "d/sub/x");
+        assert_eq!(dirs.map.len(), 2);
+        dirs.note(Kind::Write, None, false);
+        dirs.note(Kind::Unlink, None, true);
+        assert_eq!(
+            dirs.map.len(),
+            2,
+            "writes and failed operations change nothing"
+        );
+        // A regular file renamed over "d/sub" (say a symlink there before): entries at
+        // and below that name go, the others stay.
+        std::fs::write(real.join("f"), b"x").expect("write");
+        dirs.note(Kind::Rename, Some(&bytes(&real.join("f"))), false);
+        assert_eq!(dirs.map.len(), 2, "unrelated name");
+        dirs.note(Kind::Rename, Some(&bytes(&real.join("d/sub"))), false);
+        assert!(dirs.map.is_empty(), "a directory at the target: cleared");
+        warm(&mut dirs, "d/x");
+        warm(&mut dirs, "d/sub/x");
+        std::fs::remove_dir_all(real.join("d/sub")).expect("rm");
+        std::fs::write(real.join("d/sub"), b"x").expect("write");
+        dirs.note(Kind::Rename, Some(&bytes(&real.join("d/sub"))), false);
+        assert_eq!(
+            dirs.map.len(),
+            1,
+            "the file replaced d/sub: only its entry goes"
+        );
+        dirs.note(Kind::Unlink, None, false);
+        assert!(dirs.map.is_empty());
     }
 
     fn t_insert(t: &mut ProcTable, pid: u32, cwd: &Path) {

@@ -25,6 +25,42 @@ pub enum DecodeError {
     },
 }
 
+/// A task's `comm` (up to the first NUL, at most 16 bytes), stored inline: decoding a
+/// record allocates nothing for it.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// The bytes of `b` up to the first NUL, at most [`COMM_LEN`].
+    pub fn new(b: &[u8]) -> Comm {
+        let b = &b[..b.len().min(COMM_LEN)];
+        let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        let mut bytes = [0u8; COMM_LEN];
+        bytes[..len].copy_from_slice(&b[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub flags: u32,
@@ -35,7 +71,7 @@ pub struct Header {
     pub gid: u32,
     pub session_id: u64,
     pub cgroup_id: u64,
-    pub comm: Vec<u8>,
+    pub comm: Comm,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,12 +160,6 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(a)
 }
 
-/// Bytes up to the first NUL.
-fn c_bytes(b: &[u8]) -> Vec<u8> {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    b[..end].to_vec()
-}
-
 fn need(kind: EventKind, b: &[u8], n: usize) -> Result<(), DecodeError> {
     if b.len() < n {
         Err(DecodeError::Truncated {
@@ -165,7 +195,9 @@ fn header(b: &[u8]) -> Header {
         gid: u32_at(b, offset_of!(EventHeader, gid)),
         session_id: u64_at(b, offset_of!(EventHeader, session_id)),
         cgroup_id: u64_at(b, offset_of!(EventHeader, cgroup_id)),
-        comm: c_bytes(&b[offset_of!(EventHeader, comm)..offset_of!(EventHeader, comm) + COMM_LEN]),
+        comm: Comm::new(
+            &b[offset_of!(EventHeader, comm)..offset_of!(EventHeader, comm) + COMM_LEN],
+        ),
     }
 }
 
@@ -333,7 +365,7 @@ mod tests {
         assert_eq!(s.path1, b"/etc/hosts");
         assert!(s.path2.is_empty());
         assert_eq!(s.dfd1, AT_FDCWD);
-        assert_eq!(s.header.comm, b"sed");
+        assert_eq!(&*s.header.comm, b"sed");
         assert_eq!((s.header.tgid, s.header.tid), (100, 101));
     }
 
@@ -370,6 +402,13 @@ mod tests {
         let mut b = syscall(SysOp::Openat, b"/x", None);
         put_u32(&mut b, offset_of!(SyscallEvent, op), 999);
         assert_eq!(decode(&b), Err(DecodeError::UnknownOp(999)));
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_at_sixteen_bytes() {
+        assert_eq!(&*Comm::new(b"sed\0junk"), b"sed");
+        assert_eq!(&*Comm::new(b"0123456789abcdefXYZ"), b"0123456789abcdef");
+        assert!(Comm::new(b"").is_empty());
     }
 
     #[test]
