@@ -1027,7 +1027,12 @@ mod tests {
         // A timestamp-only ATTRIB on the new name: known attributes, nothing changed.
         c.push_fanotify(Observation {
             attrib: true,
-            ..obs(Kind::Chmod, b.to_str().expect("utf8"), Source::Fanotify, t0 + W)
+            ..obs(
+                Kind::Chmod,
+                b.to_str().expect("utf8"),
+                Source::Fanotify,
+                t0 + W,
+            )
         });
         assert!(c.flush(t0 + 2 * W, &NONE, &idle).is_empty());
         assert_eq!(c.stats().attrib_ignored, 1);

@@ -37,7 +37,7 @@ counters! {
     correlation_parked_expired: "fanotify observations whose expected eBPF twin never took them",
     resolve_cache_hits: "directory canonicalizations answered from the cache",
     resolve_cache_misses: "directory canonicalizations done (realpath)",
-    resolve_cache_clears: "times the directory cache was emptied by an operation that can move names",
+    resolve_cache_forgotten: "cached directories dropped because an operation may have moved them (or the cache was full)",
 }
 
 impl Metrics {

@@ -174,7 +174,8 @@ impl Pipeline {
         match interpret(&self.procs, &mut self.dirs, &s, ret, time_ns) {
             Outcome::Op(obs) => {
                 let failed = obs.result.is_some_and(|r| r < 0);
-                self.dirs.note(obs.kind, obs.target.as_deref(), failed);
+                self.dirs
+                    .note(obs.kind, &obs.path, obs.target.as_deref(), failed);
                 if obs.details.unresolved {
                     Metrics::inc(&self.metrics.unresolved_paths);
                 }
@@ -362,7 +363,8 @@ impl Pipeline {
             });
         }
         for obs in parts {
-            self.dirs.note(obs.kind, obs.target.as_deref(), false);
+            self.dirs
+                .note(obs.kind, &obs.path, obs.target.as_deref(), false);
             if self.watched(&obs) {
                 self.correlator.push_fanotify(obs);
             }
@@ -410,8 +412,8 @@ impl Pipeline {
             .resolve_cache_misses
             .store(d.misses, Ordering::Relaxed);
         self.metrics
-            .resolve_cache_clears
-            .store(d.clears, Ordering::Relaxed);
+            .resolve_cache_forgotten
+            .store(d.forgotten, Ordering::Relaxed);
         let enters = &self.enters;
         let mut ready = std::mem::take(&mut self.ready);
         self.correlator

@@ -9,14 +9,15 @@
 //! Canonicalizing a directory costs one `readlink` per path component (glibc's
 //! `realpath`), and a busy writer names the same few directories over and over, so the
 //! canonical forms of directories are kept in a [`DirCache`] for at most
-//! [`DIR_CACHE_TTL`]. The pipeline clears the cache whenever it sees an operation that can
-//! change what a directory path resolves to (a rename of a directory or symlink, an
-//! unlink, a new symlink or directory); changes it cannot see (outside the watched trees
-//! and sessions) are picked up within the TTL. Resolution happens after the syscall
-//! anyway (the daemon reads records later), so the path is always "as resolved shortly
-//! after"; the cache bounds how much later.
+//! [`DIR_CACHE_TTL`]. Every operation the pipeline sees that can change what a path
+//! resolves to (rename, unlink, rmdir, mkdir, symlink) makes the cache forget the entries
+//! at and below its paths, by the name asked for and by the canonical form (so entries
+//! reached through a symlink go too). Changes it cannot see (outside the watched trees
+//! and sessions, or a symlink named through another symlink) are picked up within the
+//! TTL. Resolution happens after the syscall anyway (the daemon reads records later), so
+//! a path is always "as resolved shortly after"; the cache bounds how much later.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::OsStr,
     os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Component, Path, PathBuf},
@@ -43,10 +44,13 @@ pub const DIR_CACHE_TTL: Duration = Duration::from_secs(1);
 const DIR_CACHE_MAX: usize = 4096;
 
 /// Canonical forms of directories (see the module documentation), by the bytes of the
-/// path asked for (ordered, so the entries at and below a path are one range).
+/// path asked for, with an index by canonical form. Both are ordered, so the entries at
+/// and below a path are one range of each.
 #[derive(Debug)]
 pub struct DirCache {
     map: BTreeMap<Vec<u8>, (PathBuf, Instant)>,
+    /// (canonical form, name asked for) of every entry of `map`.
+    by_canonical: BTreeSet<(Vec<u8>, Vec<u8>)>,
     ttl: Duration,
     stats: DirCacheStats,
 }
@@ -56,8 +60,8 @@ pub struct DirCache {
 pub struct DirCacheStats {
     pub hits: u64,
     pub misses: u64,
-    /// Times the cache was emptied because of an operation that can move directories.
-    pub clears: u64,
+    /// Entries dropped because an operation may have changed them (or the cache was full).
+    pub forgotten: u64,
 }
 
 impl Default for DirCache {
@@ -66,11 +70,17 @@ impl Default for DirCache {
     }
 }
 
+/// Whether `p` is `dir` or below it.
+fn at_or_below(p: &[u8], dir: &[u8]) -> bool {
+    p.starts_with(dir) && (p.len() == dir.len() || p[dir.len()] == b'/' || dir.ends_with(b"/"))
+}
+
 impl DirCache {
     /// A cache trusting an entry for `ttl` (zero: no caching).
     pub fn new(ttl: Duration) -> Self {
         DirCache {
             map: BTreeMap::new(),
+            by_canonical: BTreeSet::new(),
             ttl,
             stats: DirCacheStats::default(),
         }
@@ -87,11 +97,16 @@ impl DirCache {
             return c.clone();
         }
         self.stats.misses += 1;
+        self.remove(key);
         match std::fs::canonicalize(dir) {
             Ok(c) => {
                 if self.map.len() >= DIR_CACHE_MAX {
+                    self.stats.forgotten += self.map.len() as u64;
                     self.map.clear();
+                    self.by_canonical.clear();
                 }
+                self.by_canonical
+                    .insert((c.as_os_str().as_bytes().to_vec(), key.to_vec()));
                 self.map.insert(key.to_vec(), (c.clone(), now));
                 c
             }
@@ -100,47 +115,52 @@ impl DirCache {
         }
     }
 
-    /// Forget everything: something that can change how directories resolve happened.
-    pub fn clear(&mut self) {
-        if !self.map.is_empty() {
-            self.map.clear();
-            self.stats.clears += 1;
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((c, _)) = self.map.remove(key) {
+            self.by_canonical
+                .remove(&(c.into_os_string().into_vec(), key.to_vec()));
+            self.stats.forgotten += 1;
         }
     }
 
-    /// Forget `path` and everything cached below it.
-    fn forget_below(&mut self, path: &[u8]) {
-        let below: Vec<Vec<u8>> = self
+    /// Forget every entry asked for at or below `path`, or resolving there.
+    pub fn forget(&mut self, path: &[u8]) {
+        let mut keys: Vec<Vec<u8>> = self
             .map
             .range(path.to_vec()..)
             .map(|(k, _)| k)
             .take_while(|k| k.starts_with(path))
-            .filter(|k| k.len() == path.len() || k[path.len()] == b'/')
+            .filter(|k| at_or_below(k, path))
             .cloned()
             .collect();
-        for k in below {
-            self.map.remove(&k);
+        keys.extend(
+            self.by_canonical
+                .range((path.to_vec(), Vec::new())..)
+                .take_while(|(c, _)| c.starts_with(path))
+                .filter(|(c, _)| at_or_below(c, path))
+                .map(|(_, k)| k.clone()),
+        );
+        for k in keys {
+            self.remove(&k);
         }
     }
 
-    /// An operation of `kind` happened (or was attempted: `failed` when it is known to
-    /// have failed); `target` is a rename's new name. Forget what it may have changed.
-    /// Only an existing name that now leads somewhere else changes how a cached directory
-    /// resolves, so creating files, writing, chmod... change nothing; removing a name
-    /// (unlink, rmdir), a new directory or symlink, and a rename of anything but a regular
-    /// file clear the cache; a regular file renamed over a name drops that name's entries.
-    pub fn note(&mut self, kind: Kind, target: Option<&[u8]>, failed: bool) {
+    /// An operation of `kind` on `path` (a rename's new name: `target`) happened, or was
+    /// attempted: `failed` when it is known to have failed. Forget what it may have
+    /// changed: only names that appear, disappear or move change how a path resolves;
+    /// writes, chmod, chown, new files and hard links change nothing.
+    pub fn note(&mut self, kind: Kind, path: &[u8], target: Option<&[u8]>, failed: bool) {
         if failed || self.map.is_empty() {
             return;
         }
-        match (kind, target) {
-            (Kind::Unlink | Kind::Mkdir | Kind::Symlink, _) | (Kind::Rename, None) => self.clear(),
-            (Kind::Rename, Some(t)) => {
-                match std::fs::symlink_metadata(Path::new(OsStr::from_bytes(t))) {
-                    Ok(m) if m.file_type().is_file() => self.forget_below(t),
-                    _ => self.clear(),
+        match kind {
+            Kind::Rename => {
+                self.forget(path);
+                if let Some(t) = target {
+                    self.forget(t);
                 }
             }
+            Kind::Unlink | Kind::Mkdir | Kind::Symlink => self.forget(path),
             _ => {}
         }
     }
@@ -348,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn cached_directories_until_cleared_or_expired() {
+    fn cached_directories_until_forgotten_or_expired() {
         let dir = tempfile::tempdir().expect("tempdir");
         let real = std::fs::canonicalize(dir.path()).expect("canon");
         for d in ["a", "b"] {
@@ -366,9 +386,10 @@ mod tests {
         std::os::unix::fs::symlink(real.join("b"), &link).expect("symlink");
         assert_eq!(r(&mut dirs), bytes(&real.join("a/x.conf")));
         assert_eq!(dirs.stats().hits, 1);
-        dirs.clear();
+        // Seen: the symlink was replaced (unlink, then symlink).
+        dirs.note(Kind::Unlink, &bytes(&link), None, false);
         assert_eq!(r(&mut dirs), bytes(&real.join("b/x.conf")));
-        assert_eq!(dirs.stats().clears, 1);
+        assert_eq!(dirs.stats().forgotten, 1);
         // Without a TTL nothing is reused.
         let mut fresh = DirCache::new(Duration::ZERO);
         assert_eq!(r(&mut fresh), bytes(&real.join("b/x.conf")));
@@ -377,44 +398,51 @@ mod tests {
     }
 
     #[test]
-    fn operations_that_move_names_forget_what_they_may_change() {
+    fn operations_forget_entries_by_name_and_by_canonical_form() {
         let dir = tempfile::tempdir().expect("tempdir");
         let real = std::fs::canonicalize(dir.path()).expect("canon");
         std::fs::create_dir_all(real.join("d/sub")).expect("mkdir");
+        std::fs::create_dir_all(real.join("e")).expect("mkdir");
+        std::fs::create_dir_all(real.join("dd")).expect("mkdir");
+        std::os::unix::fs::symlink(real.join("d"), real.join("l")).expect("symlink");
         let t = ProcTable::default();
         let mut dirs = DirCache::default();
-        let warm = |dirs: &mut DirCache, p: &str| {
-            resolve(&t, dirs, 1, AT_FDCWD, &bytes(&real.join(p)), false);
+        let warm = |dirs: &mut DirCache| {
+            for p in ["d/x", "d/sub/x", "l/sub/x", "e/x", "dd/x"] {
+                resolve(&t, dirs, 1, AT_FDCWD, &bytes(&real.join(p)), false);
+            }
+            assert_eq!(dirs.map.len(), 5);
         };
-        warm(&mut dirs, "d/x");
-        warm(&mut dirs, "d/sub/x");
+        warm(&mut dirs);
+        dirs.note(Kind::Write, &bytes(&real.join("d")), None, false);
+        dirs.note(Kind::Unlink, &bytes(&real.join("d")), None, true);
+        dirs.note(Kind::Create, &bytes(&real.join("d/new")), None, false);
+        dirs.note(
+            Kind::Rename,
+            &bytes(&real.join("e/x")),
+            Some(&bytes(&real.join("e/y"))),
+            false,
+        );
+        assert_eq!(dirs.map.len(), 5, "writes, failures, files: nothing moves");
+        // d/sub moves: its entry, and l/sub (which resolves there), go; d, e, dd stay.
+        dirs.note(
+            Kind::Rename,
+            &bytes(&real.join("d/sub")),
+            Some(&bytes(&real.join("e/sub"))),
+            false,
+        );
+        assert_eq!(dirs.map.len(), 3);
+        // The symlink goes: only what was asked for through it.
+        warm(&mut dirs);
+        dirs.note(Kind::Unlink, &bytes(&real.join("l")), None, false);
+        assert_eq!(dirs.map.len(), 4);
+        // d goes: everything at or below it by name or by canonical form, not "dd".
+        warm(&mut dirs);
+        dirs.note(Kind::Unlink, &bytes(&real.join("d")), None, false);
         assert_eq!(dirs.map.len(), 2);
-        dirs.note(Kind::Write, None, false);
-        dirs.note(Kind::Unlink, None, true);
-        assert_eq!(
-            dirs.map.len(),
-            2,
-            "writes and failed operations change nothing"
-        );
-        // A regular file renamed over "d/sub" (say a symlink there before): entries at
-        // and below that name go, the others stay.
-        std::fs::write(real.join("f"), b"x").expect("write");
-        dirs.note(Kind::Rename, Some(&bytes(&real.join("f"))), false);
-        assert_eq!(dirs.map.len(), 2, "unrelated name");
-        dirs.note(Kind::Rename, Some(&bytes(&real.join("d/sub"))), false);
-        assert!(dirs.map.is_empty(), "a directory at the target: cleared");
-        warm(&mut dirs, "d/x");
-        warm(&mut dirs, "d/sub/x");
-        std::fs::remove_dir_all(real.join("d/sub")).expect("rm");
-        std::fs::write(real.join("d/sub"), b"x").expect("write");
-        dirs.note(Kind::Rename, Some(&bytes(&real.join("d/sub"))), false);
-        assert_eq!(
-            dirs.map.len(),
-            1,
-            "the file replaced d/sub: only its entry goes"
-        );
-        dirs.note(Kind::Unlink, None, false);
-        assert!(dirs.map.is_empty());
+        // A rename whose old name fanotify did not know (empty): everything.
+        dirs.note(Kind::Rename, b"", Some(&bytes(&real.join("e"))), false);
+        assert!(dirs.map.is_empty() && dirs.by_canonical.is_empty());
     }
 
     fn t_insert(t: &mut ProcTable, pid: u32, cwd: &Path) {

@@ -29,6 +29,10 @@ pub enum SinkError {
     Json(#[from] serde_json::Error),
 }
 
+/// Bytes of events buffered before a write to the file (it is also flushed after every
+/// batch): a busy pipeline makes one write per few hundred events, not one per ten.
+const FILE_BUFFER: usize = 256 * 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stdout {
     Human,
@@ -79,7 +83,7 @@ impl Sink {
         };
         Ok(Sink {
             path: path.to_owned(),
-            file: BufWriter::new(file),
+            file: BufWriter::with_capacity(FILE_BUFFER, file),
             stdout,
             tx,
             line: Vec::new(),

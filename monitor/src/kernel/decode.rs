@@ -4,8 +4,8 @@ use std::mem::offset_of;
 
 use monitor_common::{
     ARG_LEN, ARGV_SLOTS, COMM_LEN, DupEvent, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD,
-    EventHeader, EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_PATH1_OFFSET,
-    SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent, SyscallExitEvent, WriteEvent,
+    EventHeader, EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_FLAG_PATH2,
+    SYSCALL_PATH1_OFFSET, SysOp, SyscallEvent, SyscallExitEvent, WriteEvent,
 };
 use thiserror::Error;
 
@@ -265,15 +265,10 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
                 offset_of!(SyscallEvent, path1_len),
                 SYSCALL_PATH1_OFFSET,
             )?;
-            // Two-path records are emitted up to the end of path2; one-path records stop
-            // after path1, so path2 is absent.
-            let path2 = if b.len() >= SYSCALL_PATH2_OFFSET {
-                path_at(
-                    kind,
-                    b,
-                    offset_of!(SyscallEvent, path2_len),
-                    SYSCALL_PATH2_OFFSET,
-                )?
+            // A second path, when flagged, is packed right after the first.
+            let path2 = if header.flags & SYSCALL_FLAG_PATH2 != 0 {
+                let at = SYSCALL_PATH1_OFFSET + path1.len();
+                path_at(kind, b, at, at + 4)?
             } else {
                 Vec::new()
             };
@@ -338,19 +333,19 @@ mod tests {
         b
     }
 
+    /// A record as the kernel side emits it (a second path packed after the first).
     fn syscall(op: SysOp, p1: &[u8], p2: Option<&[u8]>) -> Vec<u8> {
-        let size = match p2 {
-            Some(p2) => SYSCALL_PATH2_OFFSET + p2.len(),
-            None => SYSCALL_PATH1_OFFSET + p1.len(),
-        };
+        let size = SYSCALL_PATH1_OFFSET + p1.len() + p2.map_or(0, |p| 4 + p.len());
         let mut b = header_bytes(EventKind::Syscall, size);
         put_u32(&mut b, offset_of!(SyscallEvent, op), op as u32);
         put_u32(&mut b, offset_of!(SyscallEvent, dfd1), AT_FDCWD as u32);
         put_u32(&mut b, offset_of!(SyscallEvent, path1_len), p1.len() as u32);
         b[SYSCALL_PATH1_OFFSET..SYSCALL_PATH1_OFFSET + p1.len()].copy_from_slice(p1);
         if let Some(p2) = p2 {
-            put_u32(&mut b, offset_of!(SyscallEvent, path2_len), p2.len() as u32);
-            b[SYSCALL_PATH2_OFFSET..SYSCALL_PATH2_OFFSET + p2.len()].copy_from_slice(p2);
+            put_u32(&mut b, offset_of!(EventHeader, flags), SYSCALL_FLAG_PATH2);
+            let at = SYSCALL_PATH1_OFFSET + p1.len();
+            put_u32(&mut b, at, p2.len() as u32);
+            b[at + 4..at + 4 + p2.len()].copy_from_slice(p2);
         }
         b
     }
@@ -388,6 +383,13 @@ mod tests {
     fn lying_length_is_rejected_not_trusted() {
         let mut b = syscall(SysOp::Openat, b"/etc/x", None);
         put_u32(&mut b, offset_of!(SyscallEvent, path1_len), 4000);
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
+        let mut b = syscall(SysOp::Renameat2, b"/a", Some(b"/etc/b"));
+        put_u32(&mut b, SYSCALL_PATH1_OFFSET + 2, 100);
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
+        // A second path flagged but not there at all.
+        let mut b = syscall(SysOp::Renameat2, b"/a", None);
+        put_u32(&mut b, offset_of!(EventHeader, flags), SYSCALL_FLAG_PATH2);
         assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
     }
 

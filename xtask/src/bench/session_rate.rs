@@ -106,10 +106,13 @@ impl Scenario for SessionRate {
         let dir = cx.dir(true, "session")?;
         // Start from a quiet daemon (the scenarios before may have left a backlog).
         let (before, _) = settle(d, Instant::now())?;
+        let cpu0 = d.cpu_ticks()?;
         let t0 = Instant::now();
         let ns = workload::run(cx, &dir, cx.plan.ops, Some(d))?;
         let worker_secs = t0.elapsed().as_secs_f64();
         let (last, last_event) = settle(d, t0)?;
+        // The daemon's CPU per event: what the pipeline costs, whatever else ran.
+        let cpu_secs = (d.cpu_ticks()? - cpu0) as f64 / 100.0;
         let end_to_end = (last_event - t0).as_secs_f64().max(worker_secs);
         let delta = |k: &str| counter(&last, k).saturating_sub(counter(&before, k));
         let records = delta("kernel_events_emitted");
@@ -125,6 +128,8 @@ impl Scenario for SessionRate {
             "records_decoded": delta("records"),
             "events_emitted": events,
             "events_per_sec": events as f64 / end_to_end,
+            "daemon_cpu_secs": cpu_secs,
+            "daemon_cpu_us_per_event": cpu_secs * 1e6 / events.max(1) as f64,
             "kernel_ringbuf_drops": drops,
             "writes_coalesced": delta("kernel_writes_coalesced"),
             "correlation_forced": delta("correlation_forced"),
@@ -142,6 +147,7 @@ impl Scenario for SessionRate {
         let rate = self.series("kernel_records_per_sec");
         let ev = self.series("events_per_sec");
         let drops = self.drops();
+        let cpu = self.series("daemon_cpu_us_per_event");
         let verdict = if drops == 0 && rate.median >= TARGET_RATE {
             "met".to_string()
         } else if drops == 0 {
@@ -154,11 +160,13 @@ impl Scenario for SessionRate {
         };
         vec![Row {
             scenario: "3 session event rate".into(),
-            measure: "kernel records/s produced; events/s end to end; drops".into(),
+            measure: "kernel records/s produced; events/s end to end; drops; daemon CPU per event"
+                .into(),
             on: format!(
-                "{}; {}; {drops} drops",
+                "{}; {}; {drops} drops; {}",
                 rate.show("rec/s", 0),
-                ev.show("ev/s", 0)
+                ev.show("ev/s", 0),
+                cpu.show("µs", 1)
             ),
             target: "0 drops at 300k rec/s".into(),
             verdict,
