@@ -79,6 +79,8 @@ pub struct CorrelatorStats {
     pub forced: u64,
     /// Parked fanotify observations released because their twin never took them.
     pub parked_expired: u64,
+    /// Twin lookups that gave up after `SCAN_LIMIT` candidates (possible duplicates).
+    pub scan_limited: u64,
 }
 
 #[derive(Default)]
@@ -149,8 +151,9 @@ impl Index {
 
     fn remove(&mut self, keys: Keys, seq: u64) {
         for k in keys.iter() {
+            // Lists are in increasing order (sequence numbers are handed out in order).
             if let Some(v) = self.map.get_mut(&k)
-                && let Some(i) = v.iter().position(|s| *s == seq)
+                && let Ok(i) = v.binary_search(&seq)
             {
                 v.remove(i);
                 if v.is_empty() {
@@ -164,20 +167,73 @@ impl Index {
         }
     }
 
-    /// Candidates under `keys` into `out`, oldest first, without duplicates.
-    fn candidates(&self, keys: Keys, out: &mut Vec<u64>) {
-        out.clear();
-        for k in keys.iter() {
-            if let Some(v) = self.map.get(&k) {
-                out.extend(v.iter().copied());
-            }
-        }
-        // One list is in insertion order already; two must be merged.
-        if keys.target.is_some() {
-            out.sort_unstable();
-            out.dedup();
+    /// Candidates under `keys`, oldest first, without duplicates: the lists of the (at
+    /// most two) keys merged as they are read, nothing copied or sorted.
+    fn candidates(&self, keys: Keys) -> Candidates<'_> {
+        let list = |k: Option<Key>| {
+            k.and_then(|k| self.map.get(&k))
+                .map(|v| v.iter().copied())
+                .into_iter()
+                .flatten()
+                .peekable()
+        };
+        Candidates {
+            a: list(Some(keys.path)),
+            b: list(keys.target.filter(|t| *t != keys.path)),
         }
     }
+}
+
+type List<'a> = std::iter::Peekable<
+    std::iter::Flatten<
+        std::option::IntoIter<std::iter::Copied<std::collections::vec_deque::Iter<'a, u64>>>,
+    >,
+>;
+
+/// Merge of two increasing lists of sequence numbers, without duplicates.
+struct Candidates<'a> {
+    a: List<'a>,
+    b: List<'a>,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        match (self.a.peek().copied(), self.b.peek().copied()) {
+            (Some(x), Some(y)) if x == y => {
+                self.b.next();
+                self.a.next()
+            }
+            (Some(x), Some(y)) if y < x => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
+    }
+}
+
+/// Candidates looked at per lookup. In normal operation a key has a handful; after
+/// losses (ring buffer drops) unmatched observations of one busy file can pile up under
+/// its key, and an unbounded scan per observation made the pipeline quadratic exactly
+/// when it was already behind. A lookup that gives up is counted (`scan_limited`).
+const SCAN_LIMIT: usize = 64;
+
+/// The first of `cands` (in order) satisfying `pred`, looking at most at [`SCAN_LIMIT`].
+fn scan(
+    cands: impl Iterator<Item = u64>,
+    limited: &mut u64,
+    mut pred: impl FnMut(u64) -> bool,
+) -> Option<u64> {
+    for (i, seq) in cands.enumerate() {
+        if i == SCAN_LIMIT {
+            *limited += 1;
+            return None;
+        }
+        if pred(seq) {
+            return Some(seq);
+        }
+    }
+    None
 }
 
 /// Values under increasing sequence numbers, in a deque indexed by `seq - base`: no
@@ -314,13 +370,11 @@ fn ebpf_twin(
     slots: &SeqStore<Box<Slot>>,
     f: &Observation,
     keys: Keys,
-    scratch: &mut Vec<u64>,
+    limited: &mut u64,
 ) -> Option<u64> {
-    index.candidates(keys, scratch);
-    scratch
-        .iter()
-        .copied()
-        .find(|s| slots.get(*s).is_some_and(|e| absorbs((&e.obs).into(), f)))
+    scan(index.candidates(keys), limited, |s| {
+        slots.get(s).is_some_and(|e| absorbs((&e.obs).into(), f))
+    })
 }
 
 /// Buffered observations: `order` is the release order; `slots` holds the observations
@@ -343,8 +397,6 @@ pub struct Correlator {
     open: HashMap<Key, OpenState>,
     stats: CorrelatorStats,
     attribs: StatCache,
-    /// Reused buffer for index candidates.
-    scratch: Vec<u64>,
 }
 
 impl Correlator {
@@ -362,7 +414,6 @@ impl Correlator {
             open: HashMap::new(),
             stats: CorrelatorStats::default(),
             attribs: StatCache::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -440,8 +491,8 @@ impl Correlator {
             st.since.get_or_insert(obs.arrived);
             if st.wrote {
                 // Folded; if its eBPF twin is still buffered, it was seen by both.
-                if let Some(s) =
-                    ebpf_twin(&self.ebpf_index, &self.slots, &obs, keys, &mut self.scratch)
+                let limited = &mut self.stats.scan_limited;
+                if let Some(s) = ebpf_twin(&self.ebpf_index, &self.slots, &obs, keys, limited)
                     && let Some(e) = self.slots.get_mut(s)
                 {
                     e.obs.source = Source::Both;
@@ -519,7 +570,7 @@ impl Correlator {
                         &self.slots,
                         &front.obs,
                         keys,
-                        &mut self.scratch,
+                        &mut self.stats.scan_limited,
                     )
                     .is_some()
                 {
@@ -548,24 +599,30 @@ impl Correlator {
 
     /// Merge into `e` the oldest buffered fanotify observation of each kind it accounts for.
     fn absorb_twins(&mut self, e: &mut Observation, keys: Keys) {
-        let mut cands = std::mem::take(&mut self.scratch);
-        self.fan_index.candidates(keys, &mut cands);
         let mut taken_kinds: Vec<(Kind, bool)> = Vec::new();
-        for &seq in &cands {
-            let Some(f) = self.slots.get(seq) else {
-                continue;
-            };
-            let class = (f.obs.kind, f.obs.attrib);
-            if taken_kinds.contains(&class) || !absorbs((&*e).into(), &f.obs) {
-                continue;
-            }
-            taken_kinds.push(class);
+        let mut chosen: Vec<u64> = Vec::new();
+        let view: TwinView<'_> = (&*e).into();
+        let classes = absorbable_classes(view);
+        let _ = scan(
+            self.fan_index.candidates(keys),
+            &mut self.stats.scan_limited,
+            |seq| {
+                if let Some(f) = self.slots.get(seq) {
+                    let class = (f.obs.kind, f.obs.attrib);
+                    if !taken_kinds.contains(&class) && absorbs(view, &f.obs) {
+                        taken_kinds.push(class);
+                        chosen.push(seq);
+                    }
+                }
+                taken_kinds.len() >= classes
+            },
+        );
+        for seq in chosen {
             if let Some(f) = self.take(seq) {
                 merge(e, &f);
                 self.stats.merged += 1;
             }
         }
-        self.scratch = cands;
     }
 
     fn remember(&mut self, e: &Observation, keys: Keys) {
@@ -583,12 +640,13 @@ impl Correlator {
     }
 
     fn release_fanotify(&mut self, obs: Observation, keys: Keys) -> Option<Observation> {
-        let mut cands = std::mem::take(&mut self.scratch);
-        self.recent_index.candidates(keys, &mut cands);
-        let late_twin = cands
-            .iter()
-            .any(|s| self.recent.get(*s).is_some_and(|e| absorbs(e.into(), &obs)));
-        self.scratch = cands;
+        let recent = &self.recent;
+        let late_twin = scan(
+            self.recent_index.candidates(keys),
+            &mut self.stats.scan_limited,
+            |s| recent.get(s).is_some_and(|e| absorbs(e.into(), &obs)),
+        )
+        .is_some();
         if late_twin {
             self.stats.merged += 1;
             return None;
@@ -678,6 +736,16 @@ fn absorbs(e: TwinView<'_>, f: &Observation) -> bool {
         (Kind::Link, Kind::Create) => e.target == Some(&f.path[..]),
         (Kind::Symlink, Kind::Create) => same,
         _ => false,
+    }
+}
+
+/// How many kinds of fanotify observation (kind, attrib) `e` can absorb at most (see
+/// [`absorbs`]): the search for its twins stops once it has them all.
+fn absorbable_classes(e: TwinView<'_>) -> usize {
+    match e.kind {
+        Kind::OpenWrite | Kind::Create if e.open_flags & O_TRUNC != 0 => 3,
+        Kind::OpenWrite | Kind::Create | Kind::Link => 2,
+        _ => 1,
     }
 }
 
@@ -1036,6 +1104,29 @@ mod tests {
         });
         assert!(c.flush(t0 + 2 * W, &NONE, &idle).is_empty());
         assert_eq!(c.stats().attrib_ignored, 1);
+    }
+
+    #[test]
+    fn a_pile_of_unmatched_observations_under_one_key_is_scanned_boundedly() {
+        // After ring-buffer losses, fanotify observations of one busy file whose eBPF
+        // twins were lost pile up under its key; a lookup looks at SCAN_LIMIT of them.
+        let t0 = Instant::now();
+        let mut c = Correlator::new(Duration::from_secs(3600));
+        c.push_ebpf(Observation {
+            target: Some(b"/w/new"[..].into()),
+            ..obs(Kind::Rename, "/w/busy", Source::Ebpf, t0)
+        });
+        for _ in 0..1000 {
+            c.push_fanotify(obs(Kind::Unlink, "/w/busy", Source::Fanotify, t0));
+        }
+        let marks = Watermarks {
+            ebpf: Some(t0 + W),
+            fanotify: Some(t0 + W),
+        };
+        let out = c.flush(t0 + W, &marks, &idle);
+        assert_eq!(out.len(), 1001, "nothing merged, nothing lost");
+        assert!(c.stats().scan_limited >= 1);
+        assert_eq!(c.pending(), 0);
     }
 
     #[test]

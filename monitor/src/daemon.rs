@@ -357,11 +357,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(TICK);
     let mut ticks: u64 = 0;
+    // Record counts at the last session sweep and at the last heap trim.
+    let (mut records_at_sweep, mut records_at_trim) = (0u64, 0u64);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = cfg.output.stats_interval_secs;
     let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    // Start-up (the eBPF loader above all) freed ~12 MiB of heap: give it back.
+    crate::memory::trim_heap();
     info!(
         programs = report.attached.len(),
         prefixes = prefixes.len(),
@@ -420,6 +424,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     let live: Vec<u64> = shared.registry.live().iter().map(|s| s.id).collect();
                     let ended = pipeline.ended_sessions(&live);
                     handle_actions(&shared, &mut pipeline, ended);
+                    // A burst is over (no record for a second): give its heap back.
+                    let records = metrics.records.load(Ordering::Relaxed);
+                    if records == records_at_sweep && records != records_at_trim {
+                        crate::memory::trim_heap();
+                        records_at_trim = records;
+                    }
+                    records_at_sweep = records;
                 }
             }
             _ = stats_tick.tick(), if stats_every > 0 => {
@@ -433,6 +444,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 metrics.attrib_ignored.store(c.attrib_ignored, Ordering::Relaxed);
                 metrics.correlation_forced.store(c.forced, Ordering::Relaxed);
                 metrics.correlation_parked_expired.store(c.parked_expired, Ordering::Relaxed);
+                metrics.correlation_scan_limited.store(c.scan_limited, Ordering::Relaxed);
                 let stats = shared.stats();
                 let line: Vec<String> = stats.iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
                 let drops = stats.iter().find(|(n, _)| n == "kernel_ringbuf_drops").map_or(0, |(_, v)| *v);

@@ -364,7 +364,7 @@ impl Pipeline {
         }
         for obs in parts {
             self.dirs
-                .note(obs.kind, &obs.path, obs.target.as_deref(), false);
+                .note_fanotify(obs.kind, &obs.path, obs.target.as_deref());
             if self.watched(&obs) {
                 self.correlator.push_fanotify(obs);
             }
@@ -414,11 +414,18 @@ impl Pipeline {
         self.metrics
             .resolve_cache_forgotten
             .store(d.forgotten, Ordering::Relaxed);
+        self.metrics
+            .resolve_symlink_census
+            .store(d.census_taken, Ordering::Relaxed);
         let enters = &self.enters;
         let mut ready = std::mem::take(&mut self.ready);
         self.correlator
             .flush_into(now, marks, &|tid| enters.contains_key(&tid), &mut ready);
         for o in ready.drain(..) {
+            if o.source == Source::Fanotify {
+                self.dirs
+                    .note_unpaired(o.kind, &o.path, o.target.as_deref());
+            }
             emit(self.attribute(o, sessions));
         }
         self.ready = ready;

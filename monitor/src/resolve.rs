@@ -16,8 +16,16 @@
 //! and sessions, or a symlink named through another symlink) are picked up within the
 //! TTL. Resolution happens after the syscall anyway (the daemon reads records later), so
 //! a path is always "as resolved shortly after"; the cache bounds how much later.
+//!
+//! Operations that follow a final symlink need to know whether the name is one. Rather
+//! than an `lstat` per open, the cache keeps a census of the symlinks of each directory
+//! (one `readdir`, renewed after the TTL), kept true by the operations the pipeline sees
+//! (new symlinks, renames, unlinks; a creation fanotify reports without a syscall twin
+//! drops the directory's census). A name the census lists is checked with `lstat`; a
+//! symlink made by a process the daemon does not see can go unnoticed for up to the TTL,
+//! and its open is then reported under the symlink's name.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     ffi::OsStr,
     os::unix::ffi::{OsStrExt, OsStringExt},
     path::{Component, Path, PathBuf},
@@ -51,8 +59,44 @@ pub struct DirCache {
     map: BTreeMap<Vec<u8>, (PathBuf, Instant)>,
     /// (canonical form, name asked for) of every entry of `map`.
     by_canonical: BTreeSet<(Vec<u8>, Vec<u8>)>,
+    /// Symlink names by canonical directory (see the module documentation).
+    census: BTreeMap<Vec<u8>, Census>,
     ttl: Duration,
     stats: DirCacheStats,
+}
+
+/// The names of the symlinks in one directory, as of `built` plus what was seen since.
+#[derive(Debug)]
+struct Census {
+    built: Instant,
+    symlinks: HashSet<Vec<u8>>,
+}
+
+/// Directories with more entries than this get no census (their names are checked one
+/// by one); and at most this many directories have one.
+const CENSUS_MAX: usize = 4096;
+
+/// The symlink names of `dir` (None if it cannot be read or is too big).
+fn take_census(dir: &Path) -> Option<HashSet<Vec<u8>>> {
+    let mut out = HashSet::new();
+    for (i, entry) in std::fs::read_dir(dir).ok()?.enumerate() {
+        if i >= CENSUS_MAX {
+            return None;
+        }
+        let entry = entry.ok()?;
+        // d_type from the directory itself; an lstat only where the filesystem lacks it.
+        if entry.file_type().ok()?.is_symlink() {
+            out.insert(entry.file_name().into_vec());
+        }
+    }
+    Some(out)
+}
+
+/// (directory, name) of an absolute path.
+fn split(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    let slash = p.iter().rposition(|&b| b == b'/')?;
+    let dir = if slash == 0 { &p[..1] } else { &p[..slash] };
+    Some((dir, &p[slash + 1..]))
 }
 
 /// Counters of a [`DirCache`].
@@ -62,6 +106,8 @@ pub struct DirCacheStats {
     pub misses: u64,
     /// Entries dropped because an operation may have changed them (or the cache was full).
     pub forgotten: u64,
+    /// Directory symlink censuses taken (`readdir`).
+    pub census_taken: u64,
 }
 
 impl Default for DirCache {
@@ -81,6 +127,7 @@ impl DirCache {
         DirCache {
             map: BTreeMap::new(),
             by_canonical: BTreeSet::new(),
+            census: BTreeMap::new(),
             ttl,
             stats: DirCacheStats::default(),
         }
@@ -123,6 +170,57 @@ impl DirCache {
         }
     }
 
+    /// Whether `name` in canonical directory `dir` may be a symlink (see the module
+    /// documentation): false only when the directory's census says it is not.
+    fn may_be_symlink(&mut self, dir: &Path, name: &OsStr) -> bool {
+        let now = Instant::now();
+        let key = dir.as_os_str().as_bytes();
+        let fresh = self
+            .census
+            .get(key)
+            .is_some_and(|c| now.duration_since(c.built) < self.ttl);
+        if !fresh {
+            self.census.remove(key);
+            self.stats.census_taken += 1;
+            let Some(symlinks) = take_census(dir) else {
+                return true;
+            };
+            if self.census.len() >= CENSUS_MAX {
+                self.census.clear();
+            }
+            self.census.insert(
+                key.to_vec(),
+                Census {
+                    built: now,
+                    symlinks,
+                },
+            );
+        }
+        self.census
+            .get(key)
+            .is_none_or(|c| c.symlinks.contains(name.as_bytes()))
+    }
+
+    /// Record in the census of its directory whether `path` is now a symlink.
+    fn census_set(&mut self, path: &[u8], symlink: bool) {
+        if let Some((dir, name)) = split(path)
+            && let Some(c) = self.census.get_mut(dir)
+        {
+            if symlink {
+                c.symlinks.insert(name.to_vec());
+            } else {
+                c.symlinks.remove(name);
+            }
+        }
+    }
+
+    /// Drop the census of the directory of `path` (something of unknown type appeared).
+    fn census_drop(&mut self, path: &[u8]) {
+        if let Some((dir, _)) = split(path) {
+            self.census.remove(dir);
+        }
+    }
+
     /// Forget every entry asked for at or below `path`, or resolving there.
     pub fn forget(&mut self, path: &[u8]) {
         let mut keys: Vec<Vec<u8>> = self
@@ -143,6 +241,17 @@ impl DirCache {
         for k in keys {
             self.remove(&k);
         }
+        let dirs: Vec<Vec<u8>> = self
+            .census
+            .range(path.to_vec()..)
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(path))
+            .filter(|k| at_or_below(k, path))
+            .cloned()
+            .collect();
+        for d in dirs {
+            self.census.remove(&d);
+        }
     }
 
     /// An operation of `kind` on `path` (a rename's new name: `target`) happened, or was
@@ -150,17 +259,68 @@ impl DirCache {
     /// changed: only names that appear, disappear or move change how a path resolves;
     /// writes, chmod, chown, new files and hard links change nothing.
     pub fn note(&mut self, kind: Kind, path: &[u8], target: Option<&[u8]>, failed: bool) {
-        if failed || self.map.is_empty() {
+        if failed || (self.map.is_empty() && self.census.is_empty()) {
             return;
         }
         match kind {
             Kind::Rename => {
                 self.forget(path);
+                // What the old name was, the new name is now.
+                let was = split(path).and_then(|(dir, name)| {
+                    self.census.get_mut(dir).map(|c| c.symlinks.remove(name))
+                });
                 if let Some(t) = target {
                     self.forget(t);
+                    match was {
+                        Some(symlink) => self.census_set(t, symlink),
+                        None => self.census_drop(t),
+                    }
                 }
             }
-            Kind::Unlink | Kind::Mkdir | Kind::Symlink => self.forget(path),
+            Kind::Unlink | Kind::Mkdir => {
+                self.forget(path);
+                self.census_set(path, false);
+            }
+            Kind::Symlink => {
+                self.forget(path);
+                self.census_set(path, true);
+            }
+            // A hard link to a symlink is a symlink: don't guess.
+            Kind::Link => {
+                if let Some(t) = target {
+                    self.census_drop(t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// fanotify reported `kind` on `path` (`target`): forget the directories it may have
+    /// moved. The census is left to the syscall twin's [`DirCache::note`] (noting both
+    /// would apply a rename twice) or, when there is none, to
+    /// [`DirCache::note_unpaired`].
+    pub fn note_fanotify(&mut self, kind: Kind, path: &[u8], target: Option<&[u8]>) {
+        if self.map.is_empty() && self.census.is_empty() {
+            return;
+        }
+        if matches!(kind, Kind::Rename | Kind::Unlink | Kind::Mkdir) {
+            self.forget(path);
+            if let Some(t) = target {
+                self.forget(t);
+            }
+        }
+    }
+
+    /// fanotify reported `kind` on `path` (`target`) with no syscall twin: the type of
+    /// what appeared is unknown, so the census of its directory goes.
+    pub fn note_unpaired(&mut self, kind: Kind, path: &[u8], target: Option<&[u8]>) {
+        match kind {
+            Kind::Create => self.census_drop(path),
+            Kind::Rename => {
+                if let Some(t) = target {
+                    self.census_drop(t);
+                }
+            }
             _ => {}
         }
     }
@@ -255,7 +415,7 @@ pub fn canonical(dirs: &mut DirCache, path: &Path, follow: bool) -> PathBuf {
     };
     let parent = dirs.canonical_dir(parent);
     let candidate = parent.join(name);
-    if !follow {
+    if !follow || !dirs.may_be_symlink(&parent, name) {
         return candidate;
     }
     match std::fs::symlink_metadata(&candidate) {
@@ -443,6 +603,56 @@ mod tests {
         // A rename whose old name fanotify did not know (empty): everything.
         dirs.note(Kind::Rename, b"", Some(&bytes(&real.join("e"))), false);
         assert!(dirs.map.is_empty() && dirs.by_canonical.is_empty());
+    }
+
+    #[test]
+    fn census_of_symlinks_follows_what_the_pipeline_sees() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canon");
+        std::fs::write(real.join("target.conf"), b"x").expect("write");
+        std::os::unix::fs::symlink(real.join("target.conf"), real.join("ln")).expect("ln");
+        let t = ProcTable::default();
+        let mut dirs = DirCache::default();
+        let open = |dirs: &mut DirCache, name: &str| {
+            resolve(&t, dirs, 1, AT_FDCWD, &bytes(&real.join(name)), true).path
+        };
+        assert_eq!(open(&mut dirs, "ln"), bytes(&real.join("target.conf")));
+        assert_eq!(open(&mut dirs, "plain"), bytes(&real.join("plain")));
+        assert_eq!(
+            dirs.stats().census_taken,
+            1,
+            "one readdir for the directory"
+        );
+        // A symlink the pipeline saw being made.
+        std::os::unix::fs::symlink(real.join("target.conf"), real.join("ln2")).expect("ln");
+        dirs.note(Kind::Symlink, &bytes(&real.join("ln2")), None, false);
+        assert_eq!(open(&mut dirs, "ln2"), bytes(&real.join("target.conf")));
+        // Renamed over a plain name: that name is a symlink now, the old one is gone.
+        std::fs::rename(real.join("ln2"), real.join("plain")).expect("mv");
+        dirs.note(
+            Kind::Rename,
+            &bytes(&real.join("ln2")),
+            Some(&bytes(&real.join("plain"))),
+            false,
+        );
+        assert_eq!(open(&mut dirs, "plain"), bytes(&real.join("target.conf")));
+        // fanotify's view of the same rename changes nothing more.
+        dirs.note_fanotify(
+            Kind::Rename,
+            &bytes(&real.join("ln2")),
+            Some(&bytes(&real.join("plain"))),
+        );
+        assert_eq!(open(&mut dirs, "plain"), bytes(&real.join("target.conf")));
+        // A file created by fanotify alone (type unknown): a new census.
+        std::os::unix::fs::symlink(real.join("target.conf"), real.join("ln3")).expect("ln");
+        dirs.note_unpaired(Kind::Create, &bytes(&real.join("ln3")), None);
+        assert_eq!(open(&mut dirs, "ln3"), bytes(&real.join("target.conf")));
+        assert_eq!(dirs.stats().census_taken, 2);
+        // Unseen: reported under the symlink's own name until the census is renewed.
+        std::os::unix::fs::symlink(real.join("target.conf"), real.join("ln4")).expect("ln");
+        assert_eq!(open(&mut dirs, "ln4"), bytes(&real.join("ln4")));
+        let mut fresh = DirCache::new(Duration::ZERO);
+        assert_eq!(open(&mut fresh, "ln4"), bytes(&real.join("target.conf")));
     }
 
     fn t_insert(t: &mut ProcTable, pid: u32, cwd: &Path) {
