@@ -42,7 +42,7 @@ const WRITE_INTENT: u32 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
 
 /// All records. The daemon may resize it at load time (`kernel.ringbuf_bytes`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// tgid -> agent session id. Written by the daemon (session roots) and by the fork hook.
 #[map]

@@ -9,7 +9,8 @@
 //! - `event`, `escape`, `correlate`, `sink`: the event contract, byte-safe path encoding,
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
-//! - `daemon`, `cli`: wiring and the commands people type.
+//! - `daemon`, `cli`: wiring and the commands people type; `memory`: giving back what
+//!   only start-up needed.
 pub mod cli;
 pub mod config;
 pub mod correlate;
@@ -20,6 +21,7 @@ pub mod event;
 pub mod fanotify;
 pub mod host;
 pub mod kernel;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod proctable;
