@@ -556,5 +556,120 @@ impl Pipeline {
         self.procs.gc(now);
         let procs = &self.procs;
         self.described.retain(|pid, _| procs.get(*pid).is_some());
+        // Rebuilt on demand; ended sessions must not pile up.
+        self.session_refs.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::WatchSection,
+        kernel::decode::{Comm, Header},
+        session::SessionRegistry,
+        store::Store,
+    };
+    use monitor_common::{AT_FDCWD, SysOp};
+
+    /// A pid no live process can have (above the kernel's maximum).
+    const PID: u32 = 4_194_304 + 10;
+
+    fn header(comm: &[u8]) -> Header {
+        Header {
+            flags: 0,
+            ktime_ns: 0,
+            tgid: PID,
+            tid: PID,
+            uid: 0,
+            gid: 0,
+            session_id: 0,
+            cgroup_id: 0,
+            comm: Comm::new(comm),
+        }
+    }
+
+    fn exec(p: &mut Pipeline, argv: &[&[u8]]) {
+        let h = header(argv[0]);
+        p.on_record(Record::ExecArgs {
+            header: h.clone(),
+            argv: argv.iter().map(|a| a.to_vec()).collect(),
+            truncated: false,
+        });
+        p.on_record(Record::Exec {
+            header: h,
+            old_tid: PID,
+            filename: [b"/usr/bin/", argv[0]].concat(),
+        });
+    }
+
+    fn open(p: &mut Pipeline, path: &[u8]) {
+        let h = header(b"x");
+        p.on_record(Record::Syscall(SyscallRecord {
+            header: h.clone(),
+            op: SysOp::Openat,
+            flags: 0o1101,
+            dfd1: AT_FDCWD,
+            dfd2: AT_FDCWD,
+            fd: -1,
+            mode: 0o644,
+            arg_uid: 0,
+            arg_gid: 0,
+            length: 0,
+            path1: path.to_vec(),
+            path2: Vec::new(),
+        }));
+        p.on_record(Record::SyscallExit {
+            header: h,
+            op: SysOp::Openat,
+            ret: 3,
+        });
+    }
+
+    #[test]
+    fn events_describe_the_writer_as_of_its_latest_exec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canon");
+        let watch = WatchSet::new(&WatchSection {
+            paths: vec![real.clone()],
+            project_roots: Vec::new(),
+            ..WatchSection::default()
+        })
+        .expect("watch set");
+        let detector = Detector::new(&[]).expect("detector");
+        let mut p = Pipeline::new(
+            watch,
+            detector,
+            Duration::from_millis(1),
+            Arc::new(Metrics::default()),
+        );
+        let sessions =
+            SessionRegistry::open(Store::open(&real.join("s.redb")).expect("store")).expect("reg");
+        let file = real.join("a.conf");
+        let file = file.as_os_str().as_bytes();
+        let mut flush = |p: &mut Pipeline| {
+            let later = Instant::now() + Duration::from_secs(1);
+            let marks = Watermarks {
+                ebpf: Some(later),
+                fanotify: Some(later),
+            };
+            p.flush(later, &marks, &sessions)
+        };
+        exec(&mut p, &[b"sed", b"-i", b"s/a/b/"]);
+        open(&mut p, file);
+        open(&mut p, file);
+        let first = flush(&mut p);
+        assert_eq!(first.len(), 2);
+        assert_eq!(*first[0].argv, vec!["sed", "-i", "s/a/b/"]);
+        assert_eq!(first[1].argv, first[0].argv);
+        assert_eq!(first[0].exe.as_deref(), Some("/usr/bin/sed"));
+        // The same process execs something else: its events say so.
+        exec(&mut p, &[b"vim", b"a.conf"]);
+        open(&mut p, file);
+        let second = flush(&mut p);
+        assert_eq!(second.len(), 1);
+        assert_eq!(*second[0].argv, vec!["vim", "a.conf"]);
+        assert_eq!(second[0].exe.as_deref(), Some("/usr/bin/vim"));
+        assert_eq!(second[0].path, real.join("a.conf").to_string_lossy());
     }
 }
