@@ -647,7 +647,7 @@ mod tests {
             SessionRegistry::open(Store::open(&real.join("s.redb")).expect("store")).expect("reg");
         let file = real.join("a.conf");
         let file = file.as_os_str().as_bytes();
-        let mut flush = |p: &mut Pipeline| {
+        let flush = |p: &mut Pipeline| {
             let later = Instant::now() + Duration::from_secs(1);
             let marks = Watermarks {
                 ebpf: Some(later),
