@@ -134,8 +134,14 @@ pub struct EventHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// `Syscall` record. `path1_len` sits right before `path1` on purpose: the kernel side
-/// reuses `(path1_len, path1[..256])` as an LPM-trie key in place, without copying.
+/// `Syscall` record, as the kernel side stages it. `path1_len` sits right before `path1`
+/// on purpose: the kernel side reuses `(path1_len, path1[..256])` as an LPM-trie key in
+/// place, without copying.
+///
+/// On the wire a record stops after its last path: `SYSCALL_PATH1_OFFSET + path1_len`
+/// bytes; with [`SYSCALL_FLAG_PATH2`] in the header's flags, `path2_len` (a `u32`) and the
+/// bytes of `path2` follow right there (packed, so that a rename does not cost 4 KiB of
+/// ring buffer for the unused end of `path1`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SyscallEvent {
@@ -166,6 +172,8 @@ pub struct SyscallEvent {
 /// plus the path length.
 pub const SYSCALL_PATH1_OFFSET: usize = core::mem::offset_of!(SyscallEvent, path1);
 pub const SYSCALL_PATH2_OFFSET: usize = core::mem::offset_of!(SyscallEvent, path2);
+/// Header flag of a `Syscall` record carrying a second path (see [`SyscallEvent`]).
+pub const SYSCALL_FLAG_PATH2: u32 = 1;
 
 /// `SyscallExit` record.
 #[repr(C)]

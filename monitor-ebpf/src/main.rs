@@ -18,7 +18,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user_str},
+        generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user_str},
     },
     macros::{map, tracepoint},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -29,8 +29,8 @@ use monitor_common::{
     EXIT_FLAG_GROUP_DEAD, EventHeader, EventKind, ExecArgsEvent, ExecEvent, ExitEvent, FdKey,
     FdState, ForkEvent, KernelConfig, NO_FD, PATH_MAX, PENDING_DEFERRED, PENDING_EMITTED,
     PENDING_HAS_PATH2, PENDING_MATCH1, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN, Pending,
-    PrefixValue, SYSCALL_PATH1_OFFSET, SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent, SyscallExitEvent,
-    WriteEvent,
+    PrefixValue, SYSCALL_FLAG_PATH2, SYSCALL_PATH1_OFFSET, SYSCALL_PATH2_OFFSET, SysOp,
+    SyscallEvent, SyscallExitEvent, WriteEvent,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -42,7 +42,7 @@ const WRITE_INTENT: u32 = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC;
 
 /// All records. The daemon may resize it at load time (`kernel.ringbuf_bytes`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// tgid -> agent session id. Written by the daemon (session roots) and by the fork hook.
 #[map]
@@ -74,6 +74,9 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 /// Per-CPU staging areas: records are too large for the 512-byte BPF stack.
 #[map]
 static SYSCALL_SCRATCH: PerCpuArray<SyscallEvent> = PerCpuArray::with_max_entries(1, 0);
+/// Where a two-path record is packed for output (see `SyscallEvent`).
+#[map]
+static SYSCALL_PACKED: PerCpuArray<SyscallEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -162,18 +165,51 @@ fn read_user_path(src: u64, dst: &mut [u8; PATH_MAX]) -> Result<u32, ()> {
     Ok(((n - 1) as u32) & (PATH_MAX as u32 - 1))
 }
 
-/// Emit the staged syscall record; false when the ring buffer is full (counted).
+/// Emit the staged syscall record; false when the ring buffer is full (counted). A
+/// two-path record is packed first: `path2_len` and `path2` right after `path1`.
 #[inline(always)]
 fn emit_syscall(ev: &mut SyscallEvent, pid_tgid: u64, session_id: u64, has_path2: bool) -> bool {
     fill_header(&mut ev.header, EventKind::Syscall, pid_tgid, session_id);
-    let size = if has_path2 {
-        SYSCALL_PATH2_OFFSET + (ev.path2_len as usize & (PATH_MAX - 1))
+    let l1 = ev.path1_len as usize & (PATH_MAX - 1);
+    let sent = if has_path2 {
+        ev.header.flags = SYSCALL_FLAG_PATH2;
+        let Some(out) = SYSCALL_PACKED.get_ptr_mut(0) else {
+            count(Counter::RingbufDrops);
+            return false;
+        };
+        let out = out.cast::<u8>();
+        let l2 = ev.path2_len as usize & (PATH_MAX - 1);
+        let src = (ev as *const SyscallEvent).cast::<u8>();
+        let head = SYSCALL_PATH1_OFFSET + l1;
+        let tail = 4 + l2;
+        // SAFETY: both areas are per-CPU map values of `size_of::<SyscallEvent>()` bytes;
+        // head <= PATH1_OFFSET + 4095 and head + tail <= PATH1_OFFSET + 4095 + 4 + 4095,
+        // which is less than that size. Kernel-to-kernel copies of bytes we own.
+        unsafe {
+            if bpf_probe_read_kernel(out.cast(), head as u32, src.cast()) != 0
+                || bpf_probe_read_kernel(
+                    out.add(head).cast(),
+                    tail as u32,
+                    src.add(SYSCALL_PATH2_OFFSET - 4).cast(),
+                ) != 0
+            {
+                // Cannot fail in practice (our own map memory); counted as a lost record.
+                count(Counter::RingbufDrops);
+                return false;
+            }
+            let bytes = core::slice::from_raw_parts(out.cast_const(), head + tail);
+            EVENTS.output::<[u8]>(bytes, 0).is_ok()
+        }
     } else {
-        SYSCALL_PATH1_OFFSET + (ev.path1_len as usize & (PATH_MAX - 1))
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (ev as *const SyscallEvent).cast::<u8>(),
+                SYSCALL_PATH1_OFFSET + l1,
+            )
+        };
+        EVENTS.output::<[u8]>(bytes, 0).is_ok()
     };
-    let bytes =
-        unsafe { core::slice::from_raw_parts((ev as *const SyscallEvent).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if !sent {
         count(Counter::RingbufDrops);
         return false;
     }

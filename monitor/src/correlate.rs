@@ -22,22 +22,29 @@
 //! Repeated fanotify `MODIFY`s of one open file and its final `CLOSE_WRITE` are folded
 //! into the first write (the kernel side reports only the first write per open, too).
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, VecDeque, hash_map::Entry},
+    hash::{BuildHasher, RandomState},
     os::unix::fs::MetadataExt,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use std::os::unix::ffi::OsStrExt;
 
-use crate::event::{Details, Kind, Source};
+use crate::{
+    event::{Details, Kind, Source},
+    kernel::decode::Comm,
+};
 
 /// One observed operation, before attribution.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
     pub kind: Kind,
-    pub path: Vec<u8>,
-    pub target: Option<Vec<u8>>,
+    /// Shared, so that the indices, the descriptor table and the late-twin memory hold
+    /// it without copies.
+    pub path: Arc<[u8]>,
+    pub target: Option<Arc<[u8]>>,
     /// Thread id of the writer (fanotify reports tids: `FAN_REPORT_TID`).
     pub tid: u32,
     /// Process id when known (eBPF); fanotify observations carry 0 here.
@@ -50,7 +57,7 @@ pub struct Observation {
     /// Kernel session id from the eBPF record (0 = none or unknown).
     pub session: u64,
     pub uid: Option<u32>,
-    pub comm: Vec<u8>,
+    pub comm: Comm,
     /// Open flags for open-family observations.
     pub open_flags: u32,
     /// fanotify `ATTRIB` not yet classified as chmod or chown.
@@ -72,6 +79,8 @@ pub struct CorrelatorStats {
     pub forced: u64,
     /// Parked fanotify observations released because their twin never took them.
     pub parked_expired: u64,
+    /// Twin lookups that gave up after `SCAN_LIMIT` candidates (possible duplicates).
+    pub scan_limited: u64,
 }
 
 #[derive(Default)]
@@ -91,48 +100,208 @@ const O_TRUNC: u32 = 0o1000;
 /// An open file's fold state is forgotten after this long without a close.
 const OPEN_STATE_TTL: Duration = Duration::from_secs(600);
 
-/// Index key: a thread and one path it named (an observation is indexed under its path
-/// and, if any, its target).
-type Key = (u32, Vec<u8>);
+/// Index key: a thread and the hash of one path it named (an observation is indexed under
+/// its path and, if any, its target). Keys hold a keyed 64-bit hash rather than a copy of
+/// the path, so indexing an observation copies nothing; a collision (odds about 2^-64 per
+/// pair) only adds a candidate, which the exact comparison in [`absorbs`] rejects.
+type Key = (u32, u64);
 
-fn keys(o: &Observation) -> impl Iterator<Item = Key> + '_ {
-    std::iter::once((o.tid, o.path.clone())).chain(o.target.iter().map(move |t| (o.tid, t.clone())))
+/// The index keys of one observation.
+#[derive(Clone, Copy, Debug)]
+struct Keys {
+    path: Key,
+    target: Option<Key>,
 }
+
+impl Keys {
+    fn iter(self) -> impl Iterator<Item = Key> {
+        std::iter::once(self.path).chain(self.target)
+    }
+}
+
+/// Emptied index lists are kept (a hot key then allocates nothing per observation) until
+/// there are this many and they are the majority.
+const INDEX_SWEEP_MIN: usize = 1024;
 
 /// Sequence numbers of buffered observations under each key, oldest first.
 #[derive(Default)]
-struct Index(HashMap<Key, VecDeque<u64>>);
+struct Index {
+    map: HashMap<Key, VecDeque<u64>>,
+    /// Lists in `map` that are empty.
+    empty: usize,
+}
 
 impl Index {
-    fn add(&mut self, o: &Observation, seq: u64) {
-        for k in keys(o) {
-            self.0.entry(k).or_default().push_back(seq);
-        }
-    }
-
-    fn remove(&mut self, o: &Observation, seq: u64) {
-        for k in keys(o) {
-            if let Some(v) = self.0.get_mut(&k) {
-                if let Some(i) = v.iter().position(|s| *s == seq) {
-                    v.remove(i);
+    fn add(&mut self, keys: Keys, seq: u64) {
+        for k in keys.iter() {
+            match self.map.entry(k) {
+                Entry::Occupied(o) => {
+                    let v = o.into_mut();
+                    if v.is_empty() {
+                        self.empty -= 1;
+                    }
+                    v.push_back(seq);
                 }
-                if v.is_empty() {
-                    self.0.remove(&k);
+                Entry::Vacant(e) => {
+                    e.insert(VecDeque::from([seq]));
                 }
             }
         }
     }
 
-    /// Candidates for `o`, oldest first, without duplicates.
-    fn candidates(&self, o: &Observation) -> Vec<u64> {
-        let mut out: Vec<u64> = keys(o)
-            .filter_map(|k| self.0.get(&k))
-            .flatten()
-            .copied()
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+    fn remove(&mut self, keys: Keys, seq: u64) {
+        for k in keys.iter() {
+            // Lists are in increasing order (sequence numbers are handed out in order).
+            if let Some(v) = self.map.get_mut(&k)
+                && let Ok(i) = v.binary_search(&seq)
+            {
+                v.remove(i);
+                if v.is_empty() {
+                    self.empty += 1;
+                }
+            }
+        }
+        if self.empty >= INDEX_SWEEP_MIN && self.empty * 2 > self.map.len() {
+            self.map.retain(|_, v| !v.is_empty());
+            self.empty = 0;
+        }
+    }
+
+    /// Candidates under `keys`, oldest first, without duplicates: the lists of the (at
+    /// most two) keys merged as they are read, nothing copied or sorted.
+    fn candidates(&self, keys: Keys) -> Candidates<'_> {
+        let list = |k: Option<Key>| {
+            k.and_then(|k| self.map.get(&k))
+                .map(|v| v.iter().copied())
+                .into_iter()
+                .flatten()
+                .peekable()
+        };
+        Candidates {
+            a: list(Some(keys.path)),
+            b: list(keys.target.filter(|t| *t != keys.path)),
+        }
+    }
+}
+
+type List<'a> = std::iter::Peekable<
+    std::iter::Flatten<
+        std::option::IntoIter<std::iter::Copied<std::collections::vec_deque::Iter<'a, u64>>>,
+    >,
+>;
+
+/// Merge of two increasing lists of sequence numbers, without duplicates.
+struct Candidates<'a> {
+    a: List<'a>,
+    b: List<'a>,
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        match (self.a.peek().copied(), self.b.peek().copied()) {
+            (Some(x), Some(y)) if x == y => {
+                self.b.next();
+                self.a.next()
+            }
+            (Some(x), Some(y)) if y < x => self.b.next(),
+            (Some(_), _) => self.a.next(),
+            (None, _) => self.b.next(),
+        }
+    }
+}
+
+/// Candidates looked at per lookup. In normal operation a key has a handful; after
+/// losses (ring buffer drops) unmatched observations of one busy file can pile up under
+/// its key, and an unbounded scan per observation made the pipeline quadratic exactly
+/// when it was already behind. A lookup that gives up is counted (`scan_limited`).
+const SCAN_LIMIT: usize = 64;
+
+/// The first of `cands` (in order) satisfying `pred`, looking at most at [`SCAN_LIMIT`].
+fn scan(
+    cands: impl Iterator<Item = u64>,
+    limited: &mut u64,
+    mut pred: impl FnMut(u64) -> bool,
+) -> Option<u64> {
+    for (i, seq) in cands.enumerate() {
+        if i == SCAN_LIMIT {
+            *limited += 1;
+            return None;
+        }
+        if pred(seq) {
+            return Some(seq);
+        }
+    }
+    None
+}
+
+/// Values under increasing sequence numbers, in a deque indexed by `seq - base`: no
+/// hashing, and nothing is rehashed as it grows. A taken value leaves a hole (one pointer
+/// wide when `T` is a `Box`) until the holes before it are gone too.
+struct SeqStore<T> {
+    base: u64,
+    items: VecDeque<Option<T>>,
+    live: usize,
+}
+
+impl<T> Default for SeqStore<T> {
+    fn default() -> Self {
+        SeqStore {
+            base: 0,
+            items: VecDeque::new(),
+            live: 0,
+        }
+    }
+}
+
+impl<T> SeqStore<T> {
+    fn push(&mut self, v: T) -> u64 {
+        let seq = self.base + self.items.len() as u64;
+        self.items.push_back(Some(v));
+        self.live += 1;
+        seq
+    }
+
+    fn position(&self, seq: u64) -> Option<usize> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        (i < self.items.len()).then_some(i)
+    }
+
+    fn get(&self, seq: u64) -> Option<&T> {
+        self.items.get(self.position(seq)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut T> {
+        let i = self.position(seq)?;
+        self.items.get_mut(i)?.as_mut()
+    }
+
+    fn contains(&self, seq: u64) -> bool {
+        self.get(seq).is_some()
+    }
+
+    fn take(&mut self, seq: u64) -> Option<T> {
+        let i = self.position(seq)?;
+        let v = self.items.get_mut(i)?.take()?;
+        self.live -= 1;
+        while matches!(self.items.front(), Some(None)) {
+            self.items.pop_front();
+            self.base += 1;
+        }
+        Some(v)
+    }
+
+    /// The oldest value still held.
+    fn first(&self) -> Option<(u64, &T)> {
+        self.items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| v.as_ref().map(|v| (self.base + i as u64, v)))
+    }
+
+    fn len(&self) -> usize {
+        self.live
     }
 }
 
@@ -140,21 +309,89 @@ impl Index {
 /// for their twins (counted as `forced`), so a flood cannot grow memory without bound.
 const MAX_BUFFERED: usize = 100_000;
 
+/// A buffered observation with its index keys.
+struct Slot {
+    obs: Observation,
+    keys: Keys,
+}
+
+/// What an emitted eBPF observation must still tell a late fanotify twin ([`absorbs`]).
+struct Emitted {
+    kind: Kind,
+    tid: u32,
+    result: Option<i64>,
+    open_flags: u32,
+    path: Arc<[u8]>,
+    target: Option<Arc<[u8]>>,
+    arrived: Instant,
+    keys: Keys,
+}
+
+/// The fields of an eBPF observation that decide what it absorbs.
+#[derive(Clone, Copy)]
+struct TwinView<'a> {
+    kind: Kind,
+    tid: u32,
+    result: Option<i64>,
+    open_flags: u32,
+    path: &'a [u8],
+    target: Option<&'a [u8]>,
+}
+
+impl<'a> From<&'a Observation> for TwinView<'a> {
+    fn from(o: &'a Observation) -> Self {
+        TwinView {
+            kind: o.kind,
+            tid: o.tid,
+            result: o.result,
+            open_flags: o.open_flags,
+            path: &o.path,
+            target: o.target.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a Emitted> for TwinView<'a> {
+    fn from(e: &'a Emitted) -> Self {
+        TwinView {
+            kind: e.kind,
+            tid: e.tid,
+            result: e.result,
+            open_flags: e.open_flags,
+            path: &e.path,
+            target: e.target.as_deref(),
+        }
+    }
+}
+
+/// The oldest buffered eBPF observation that would absorb `f` (indexed under `keys`).
+fn ebpf_twin(
+    index: &Index,
+    slots: &SeqStore<Box<Slot>>,
+    f: &Observation,
+    keys: Keys,
+    limited: &mut u64,
+) -> Option<u64> {
+    scan(index.candidates(keys), limited, |s| {
+        slots.get(s).is_some_and(|e| absorbs((&e.obs).into(), f))
+    })
+}
+
 /// Buffered observations: `order` is the release order; `slots` holds the observations
 /// still buffered (a fanotify observation whose eBPF twin is still buffered is *parked*:
 /// out of `order`, in `slots`, until the twin absorbs it). Lookups go through the indices,
 /// so the work per observation does not grow with the size of the buffer.
 pub struct Correlator {
     window: Duration,
-    slots: HashMap<u64, Observation>,
+    /// Keyed (per daemon) hasher of paths for the index keys.
+    hasher: RandomState,
+    slots: SeqStore<Box<Slot>>,
     order: VecDeque<u64>,
-    next_seq: u64,
     fan_index: Index,
     ebpf_index: Index,
     /// Emitted eBPF observations kept three windows for late fanotify twins.
-    recent: HashMap<u64, Observation>,
+    recent: SeqStore<Emitted>,
     recent_index: Index,
-    recent_order: VecDeque<u64>,
     /// Parked fanotify observations, by when they were parked.
     parked: VecDeque<(Instant, u64)>,
     open: HashMap<Key, OpenState>,
@@ -166,14 +403,13 @@ impl Correlator {
     pub fn new(window: Duration) -> Self {
         Correlator {
             window,
-            slots: HashMap::new(),
+            hasher: RandomState::new(),
+            slots: SeqStore::default(),
             order: VecDeque::new(),
-            next_seq: 0,
             fan_index: Index::default(),
             ebpf_index: Index::default(),
-            recent: HashMap::new(),
+            recent: SeqStore::default(),
             recent_index: Index::default(),
-            recent_order: VecDeque::new(),
             parked: VecDeque::new(),
             open: HashMap::new(),
             stats: CorrelatorStats::default(),
@@ -195,42 +431,44 @@ impl Correlator {
         self.attribs.prime(root, limit)
     }
 
-    fn buffer(&mut self, obs: Observation) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if obs.source == Source::Fanotify {
-            self.fan_index.add(&obs, seq);
-        } else {
-            self.ebpf_index.add(&obs, seq);
+    fn key(&self, tid: u32, path: &[u8]) -> Key {
+        (tid, self.hasher.hash_one(path))
+    }
+
+    fn keys(&self, o: &Observation) -> Keys {
+        Keys {
+            path: self.key(o.tid, &o.path),
+            target: o.target.as_deref().map(|t| self.key(o.tid, t)),
         }
-        self.slots.insert(seq, obs);
+    }
+
+    fn buffer(&mut self, obs: Observation, keys: Keys) {
+        let fanotify = obs.source == Source::Fanotify;
+        let seq = self.slots.push(Box::new(Slot { obs, keys }));
+        if fanotify {
+            self.fan_index.add(keys, seq);
+        } else {
+            self.ebpf_index.add(keys, seq);
+        }
         self.order.push_back(seq);
     }
 
     fn take(&mut self, seq: u64) -> Option<Observation> {
-        let obs = self.slots.remove(&seq)?;
-        if obs.source == Source::Fanotify {
-            self.fan_index.remove(&obs, seq);
+        let slot = self.slots.take(seq)?;
+        if slot.obs.source == Source::Fanotify {
+            self.fan_index.remove(slot.keys, seq);
         } else {
-            self.ebpf_index.remove(&obs, seq);
+            self.ebpf_index.remove(slot.keys, seq);
         }
-        Some(obs)
-    }
-
-    /// The oldest buffered eBPF observation that would absorb `f`.
-    fn ebpf_twin(&self, f: &Observation) -> Option<u64> {
-        self.ebpf_index
-            .candidates(f)
-            .into_iter()
-            .find(|s| self.slots.get(s).is_some_and(|e| absorbs(e, f)))
+        Some(slot.obs)
     }
 
     pub fn push_ebpf(&mut self, obs: Observation) {
-        let key = (obs.tid, obs.path.clone());
+        let keys = self.keys(&obs);
         match obs.kind {
             Kind::OpenWrite | Kind::Create => {
                 self.open.insert(
-                    key,
+                    keys.path,
                     OpenState {
                         wrote: false,
                         since: Some(obs.arrived),
@@ -238,23 +476,26 @@ impl Correlator {
                 );
             }
             Kind::Write => {
-                self.open.entry(key).or_default().wrote = true;
+                self.open.entry(keys.path).or_default().wrote = true;
             }
             _ => {}
         }
-        self.buffer(obs);
+        self.buffer(obs, keys);
     }
 
     pub fn push_fanotify(&mut self, mut obs: Observation) {
         obs.source = Source::Fanotify;
-        let key = (obs.tid, obs.path.clone());
+        let keys = self.keys(&obs);
         if obs.kind == Kind::Write {
-            let st = self.open.entry(key).or_default();
+            let st = self.open.entry(keys.path).or_default();
             st.since.get_or_insert(obs.arrived);
             if st.wrote {
                 // Folded; if its eBPF twin is still buffered, it was seen by both.
-                if let Some(e) = self.ebpf_twin(&obs).and_then(|s| self.slots.get_mut(&s)) {
-                    e.source = Source::Both;
+                let limited = &mut self.stats.scan_limited;
+                if let Some(s) = ebpf_twin(&self.ebpf_index, &self.slots, &obs, keys, limited)
+                    && let Some(e) = self.slots.get_mut(s)
+                {
+                    e.obs.source = Source::Both;
                 }
                 self.stats.folded += 1;
                 return;
@@ -262,12 +503,12 @@ impl Correlator {
             st.wrote = true;
         } else if obs.kind == Kind::OpenWrite {
             // CLOSE_WRITE: the end of an open we already reported?
-            if self.open.remove(&key).is_some() {
+            if self.open.remove(&keys.path).is_some() {
                 self.stats.folded += 1;
                 return;
             }
         }
-        self.buffer(obs);
+        self.buffer(obs, keys);
     }
 
     fn ready(
@@ -295,60 +536,88 @@ impl Correlator {
         busy: &dyn Fn(u32) -> bool,
     ) -> Vec<Observation> {
         let mut out = Vec::new();
+        self.flush_into(now, marks, busy, &mut out);
+        out
+    }
+
+    /// [`Correlator::flush`] appending to `out`.
+    pub fn flush_into(
+        &mut self,
+        now: Instant,
+        marks: &Watermarks,
+        busy: &dyn Fn(u32) -> bool,
+        out: &mut Vec<Observation>,
+    ) {
         while let Some(&seq) = self.order.front() {
-            let Some(front) = self.slots.get(&seq) else {
+            let Some(front) = self.slots.get(seq) else {
                 // Absorbed while queued.
                 self.order.pop_front();
                 continue;
             };
             let forced = self.slots.len() > MAX_BUFFERED;
-            if !forced && !self.ready(front, now, marks, busy) {
+            if !forced && !self.ready(&front.obs, now, marks, busy) {
                 break;
             }
             if forced {
                 self.stats.forced += 1;
             }
             self.order.pop_front();
-            if front.source == Source::Fanotify {
-                if !forced && self.ebpf_twin(front).is_some() {
+            if front.obs.source == Source::Fanotify {
+                let keys = front.keys;
+                if !forced
+                    && ebpf_twin(
+                        &self.ebpf_index,
+                        &self.slots,
+                        &front.obs,
+                        keys,
+                        &mut self.stats.scan_limited,
+                    )
+                    .is_some()
+                {
                     // Its eBPF twin is younger and will absorb it when it leaves.
                     self.parked.push_back((now, seq));
                     continue;
                 }
                 let Some(obs) = self.take(seq) else { continue };
-                if let Some(obs) = self.release_fanotify(obs) {
+                if let Some(obs) = self.release_fanotify(obs, keys) {
                     out.push(obs);
                 }
             } else {
+                let keys = front.keys;
                 let Some(mut obs) = self.take(seq) else {
                     continue;
                 };
-                self.absorb_twins(&mut obs);
-                // Content-only operations leave mode and owner as they were: no stat needed.
-                if !matches!(obs.kind, Kind::Write | Kind::OpenWrite | Kind::Truncate) {
-                    self.attribs.refresh(&obs.path);
-                }
+                self.absorb_twins(&mut obs, keys);
+                self.attribs.after(&obs);
                 self.stats.emitted_ebpf += 1;
-                self.remember(obs.clone());
+                self.remember(&obs, keys);
                 out.push(obs);
             }
         }
-        self.expire(now, &mut out);
-        out
+        self.expire(now, out);
     }
 
     /// Merge into `e` the oldest buffered fanotify observation of each kind it accounts for.
-    fn absorb_twins(&mut self, e: &mut Observation) {
+    fn absorb_twins(&mut self, e: &mut Observation, keys: Keys) {
         let mut taken_kinds: Vec<(Kind, bool)> = Vec::new();
-        for seq in self.fan_index.candidates(e) {
-            let Some(f) = self.slots.get(&seq) else {
-                continue;
-            };
-            let class = (f.kind, f.attrib);
-            if taken_kinds.contains(&class) || !absorbs(e, f) {
-                continue;
-            }
-            taken_kinds.push(class);
+        let mut chosen: Vec<u64> = Vec::new();
+        let view: TwinView<'_> = (&*e).into();
+        let classes = absorbable_classes(view);
+        let _ = scan(
+            self.fan_index.candidates(keys),
+            &mut self.stats.scan_limited,
+            |seq| {
+                if let Some(f) = self.slots.get(seq) {
+                    let class = (f.obs.kind, f.obs.attrib);
+                    if !taken_kinds.contains(&class) && absorbs(view, &f.obs) {
+                        taken_kinds.push(class);
+                        chosen.push(seq);
+                    }
+                }
+                taken_kinds.len() >= classes
+            },
+        );
+        for seq in chosen {
             if let Some(f) = self.take(seq) {
                 merge(e, &f);
                 self.stats.merged += 1;
@@ -356,20 +625,28 @@ impl Correlator {
         }
     }
 
-    fn remember(&mut self, e: Observation) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.recent_index.add(&e, seq);
-        self.recent.insert(seq, e);
-        self.recent_order.push_back(seq);
+    fn remember(&mut self, e: &Observation, keys: Keys) {
+        let seq = self.recent.push(Emitted {
+            kind: e.kind,
+            tid: e.tid,
+            result: e.result,
+            open_flags: e.open_flags,
+            path: e.path.clone(),
+            target: e.target.clone(),
+            arrived: e.arrived,
+            keys,
+        });
+        self.recent_index.add(keys, seq);
     }
 
-    fn release_fanotify(&mut self, obs: Observation) -> Option<Observation> {
-        let late_twin = self
-            .recent_index
-            .candidates(&obs)
-            .into_iter()
-            .any(|s| self.recent.get(&s).is_some_and(|e| absorbs(e, &obs)));
+    fn release_fanotify(&mut self, obs: Observation, keys: Keys) -> Option<Observation> {
+        let recent = &self.recent;
+        let late_twin = scan(
+            self.recent_index.candidates(keys),
+            &mut self.stats.scan_limited,
+            |s| recent.get(s).is_some_and(|e| absorbs(e.into(), &obs)),
+        )
+        .is_some();
         if late_twin {
             self.stats.merged += 1;
             return None;
@@ -382,28 +659,26 @@ impl Correlator {
     /// Age out remembered and parked observations and stale open-file state.
     fn expire(&mut self, now: Instant, out: &mut Vec<Observation>) {
         let horizon = self.window * 3;
-        while let Some(&seq) = self.recent_order.front() {
-            let old = self
-                .recent
-                .get(&seq)
-                .is_none_or(|r| now.duration_since(r.arrived) > horizon);
-            if !old {
+        while let Some((seq, e)) = self.recent.first() {
+            if now.duration_since(e.arrived) <= horizon {
                 break;
             }
-            self.recent_order.pop_front();
-            if let Some(e) = self.recent.remove(&seq) {
-                self.recent_index.remove(&e, seq);
-            }
+            let keys = e.keys;
+            self.recent.take(seq);
+            self.recent_index.remove(keys, seq);
         }
         // A parked observation whose twin never took it (should not happen) is released.
         while let Some(&(parked_at, seq)) = self.parked.front() {
-            if self.slots.contains_key(&seq) && now.duration_since(parked_at) <= horizon {
+            if self.slots.contains(seq) && now.duration_since(parked_at) <= horizon {
                 break;
             }
             self.parked.pop_front();
+            let Some(keys) = self.slots.get(seq).map(|s| s.keys) else {
+                continue;
+            };
             if let Some(obs) = self.take(seq) {
                 self.stats.parked_expired += 1;
-                if let Some(obs) = self.release_fanotify(obs) {
+                if let Some(obs) = self.release_fanotify(obs, keys) {
                     out.push(obs);
                 }
             }
@@ -437,11 +712,11 @@ impl Correlator {
 }
 
 /// Whether eBPF observation `e` describes the same operation as fanotify observation `f`.
-fn absorbs(e: &Observation, f: &Observation) -> bool {
+fn absorbs(e: TwinView<'_>, f: &Observation) -> bool {
     if e.tid != f.tid || e.result.is_some_and(|r| r < 0) {
         return false;
     }
-    let same = e.path == f.path;
+    let same = e.path == &f.path[..];
     match (e.kind, f.kind) {
         _ if f.attrib => match e.kind {
             Kind::Chmod | Kind::Chown => same,
@@ -454,11 +729,23 @@ fn absorbs(e: &Observation, f: &Observation) -> bool {
         (Kind::Write | Kind::Truncate, Kind::Write) => same,
         // fanotify without the filesystem rename mark does not know the old side of a
         // rename from outside the tree (empty path); the new side identifies it.
-        (Kind::Rename, Kind::Rename) => (same || f.path.is_empty()) && e.target == f.target,
+        (Kind::Rename, Kind::Rename) => {
+            (same || f.path.is_empty()) && e.target == f.target.as_deref()
+        }
         (Kind::Unlink, Kind::Unlink) | (Kind::Mkdir, Kind::Mkdir) => same,
-        (Kind::Link, Kind::Create) => e.target.as_deref() == Some(&f.path[..]),
+        (Kind::Link, Kind::Create) => e.target == Some(&f.path[..]),
         (Kind::Symlink, Kind::Create) => same,
         _ => false,
+    }
+}
+
+/// How many kinds of fanotify observation (kind, attrib) `e` can absorb at most (see
+/// [`absorbs`]): the search for its twins stops once it has them all.
+fn absorbable_classes(e: TwinView<'_>) -> usize {
+    match e.kind {
+        Kind::OpenWrite | Kind::Create if e.open_flags & O_TRUNC != 0 => 3,
+        Kind::OpenWrite | Kind::Create | Kind::Link => 2,
+        _ => 1,
     }
 }
 
@@ -509,6 +796,33 @@ impl StatCache {
         n
     }
 
+    /// Keep the cache true after eBPF observation `o`, with a `stat` only where needed:
+    /// content-only operations change neither mode nor owner; a file renamed or unlinked
+    /// takes its attributes along (known from the syscall's success).
+    fn after(&mut self, o: &Observation) {
+        let succeeded = o.result.is_some_and(|r| r >= 0);
+        match o.kind {
+            Kind::Write | Kind::OpenWrite | Kind::Truncate => {}
+            Kind::Rename if succeeded => {
+                let moved = self.entries.remove(&o.path[..]);
+                if let Some(to) = o.target.as_deref() {
+                    match moved {
+                        Some(a) if self.entries.len() < STAT_CACHE_MAX => {
+                            self.entries.insert(to.to_vec(), a);
+                        }
+                        _ => {
+                            self.entries.remove(to);
+                        }
+                    }
+                }
+            }
+            Kind::Unlink if succeeded => {
+                self.entries.remove(&o.path[..]);
+            }
+            _ => self.refresh(&o.path),
+        }
+    }
+
     fn refresh(&mut self, path: &[u8]) {
         match Self::stat(path) {
             Some(s) if self.entries.len() < STAT_CACHE_MAX || self.entries.contains_key(path) => {
@@ -542,7 +856,7 @@ mod tests {
     fn obs(kind: Kind, path: &str, source: Source, at: Instant) -> Observation {
         Observation {
             kind,
-            path: path.as_bytes().to_vec(),
+            path: path.as_bytes().into(),
             target: None,
             tid: 7,
             tgid: 7,
@@ -556,7 +870,7 @@ mod tests {
             details: Details::default(),
             session: 0,
             uid: None,
-            comm: Vec::new(),
+            comm: Comm::default(),
             open_flags: 0,
             attrib: false,
             arrived: at,
@@ -699,9 +1013,9 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Correlator::new(W);
         let mut e = obs(Kind::Rename, "/w/tmp", Source::Ebpf, t0);
-        e.target = Some(b"/w/conf".to_vec());
+        e.target = Some(b"/w/conf"[..].into());
         let mut f = obs(Kind::Rename, "/w/tmp", Source::Fanotify, t0);
-        f.target = Some(b"/w/other".to_vec());
+        f.target = Some(b"/w/other"[..].into());
         c.push_ebpf(e.clone());
         c.push_fanotify(f);
         assert_eq!(
@@ -710,7 +1024,7 @@ mod tests {
             "different targets are different operations"
         );
         let mut f2 = obs(Kind::Rename, "/w/tmp", Source::Fanotify, t0 + W);
-        f2.target = Some(b"/w/conf".to_vec());
+        f2.target = Some(b"/w/conf"[..].into());
         let e2 = Observation {
             arrived: t0 + W,
             ..e
@@ -763,6 +1077,56 @@ mod tests {
         let out = c.flush(t0 + 2 * W, &NONE, &idle);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].kind, Kind::Chmod);
+    }
+
+    #[test]
+    fn renamed_file_keeps_its_known_attributes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a.tmp"), dir.path().join("b.conf"));
+        std::fs::write(&a, b"x").expect("write");
+        let mut c = Correlator::new(W);
+        c.prime_attributes(dir.path(), 100);
+        std::fs::rename(&a, &b).expect("rename");
+        let t0 = Instant::now();
+        let mut e = obs(Kind::Rename, a.to_str().expect("utf8"), Source::Ebpf, t0);
+        e.target = Some(b.as_os_str().as_bytes().into());
+        c.push_ebpf(e);
+        assert_eq!(c.flush(t0 + W, &NONE, &idle).len(), 1);
+        // A timestamp-only ATTRIB on the new name: known attributes, nothing changed.
+        c.push_fanotify(Observation {
+            attrib: true,
+            ..obs(
+                Kind::Chmod,
+                b.to_str().expect("utf8"),
+                Source::Fanotify,
+                t0 + W,
+            )
+        });
+        assert!(c.flush(t0 + 2 * W, &NONE, &idle).is_empty());
+        assert_eq!(c.stats().attrib_ignored, 1);
+    }
+
+    #[test]
+    fn a_pile_of_unmatched_observations_under_one_key_is_scanned_boundedly() {
+        // After ring-buffer losses, fanotify observations of one busy file whose eBPF
+        // twins were lost pile up under its key; a lookup looks at SCAN_LIMIT of them.
+        let t0 = Instant::now();
+        let mut c = Correlator::new(Duration::from_secs(3600));
+        c.push_ebpf(Observation {
+            target: Some(b"/w/new"[..].into()),
+            ..obs(Kind::Rename, "/w/busy", Source::Ebpf, t0)
+        });
+        for _ in 0..1000 {
+            c.push_fanotify(obs(Kind::Unlink, "/w/busy", Source::Fanotify, t0));
+        }
+        let marks = Watermarks {
+            ebpf: Some(t0 + W),
+            fanotify: Some(t0 + W),
+        };
+        let out = c.flush(t0 + W, &marks, &idle);
+        assert_eq!(out.len(), 1001, "nothing merged, nothing lost");
+        assert!(c.stats().scan_limited >= 1);
+        assert_eq!(c.pending(), 0);
     }
 
     #[test]

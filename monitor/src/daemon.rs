@@ -341,11 +341,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut tick = tokio::time::interval(TICK);
     let mut ticks: u64 = 0;
+    // Record counts at the last session sweep and at the last heap trim.
+    let (mut records_at_sweep, mut records_at_trim) = (0u64, 0u64);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = cfg.output.stats_interval_secs;
     let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    // Start-up (the eBPF loader above all) freed ~12 MiB of heap: give it back.
+    crate::memory::trim_heap();
     info!(
         programs = report.attached.len(),
         prefixes = prefixes.len(),
@@ -388,13 +392,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     Err(e) => warn!(error = %e, "fanotify read failed"),
                 }
                 let marks = Watermarks { ebpf: Some(ebpf_mark), fanotify: Some(fan_mark) };
-                for event in pipeline.flush(Instant::now(), &marks, &shared.registry) {
+                pipeline.flush_each(Instant::now(), &marks, &shared.registry, &mut |event| {
                     Metrics::inc(&metrics.events_emitted);
                     if let Err(e) = sink.emit(&event) {
                         Metrics::inc(&metrics.sink_errors);
                         warn!(error = %e, "event not written to the events file");
                     }
-                }
+                });
                 if let Err(e) = sink.flush() {
                     Metrics::inc(&metrics.sink_errors);
                     warn!(error = %e, "flushing the events file");
@@ -404,6 +408,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     let live: Vec<u64> = shared.registry.live().iter().map(|s| s.id).collect();
                     let ended = pipeline.ended_sessions(&live);
                     handle_actions(&shared, &mut pipeline, ended);
+                    // A burst is over (no record for a second): give its heap back.
+                    let records = metrics.records.load(Ordering::Relaxed);
+                    if records == records_at_sweep && records != records_at_trim {
+                        crate::memory::trim_heap();
+                        records_at_trim = records;
+                    }
+                    records_at_sweep = records;
                 }
             }
             _ = stats_tick.tick(), if stats_every > 0 => {
@@ -417,6 +428,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 metrics.attrib_ignored.store(c.attrib_ignored, Ordering::Relaxed);
                 metrics.correlation_forced.store(c.forced, Ordering::Relaxed);
                 metrics.correlation_parked_expired.store(c.parked_expired, Ordering::Relaxed);
+                metrics.correlation_scan_limited.store(c.scan_limited, Ordering::Relaxed);
                 let stats = shared.stats();
                 let line: Vec<String> = stats.iter().filter(|(_, v)| *v > 0).map(|(n, v)| format!("{n}={v}")).collect();
                 let drops = stats.iter().find(|(n, _)| n == "kernel_ringbuf_drops").map_or(0, |(_, v)| *v);

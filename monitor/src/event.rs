@@ -1,7 +1,10 @@
 //! The event contract (schema version [`SCHEMA_VERSION`]): one JSON object per operation,
 //! written as NDJSON. External consumers depend on it: change it only by adding fields,
 //! or by bumping the version.
-use serde::Serialize;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -39,6 +42,60 @@ impl Kind {
             Kind::Link => "link",
             Kind::Symlink => "symlink",
             Kind::Mkdir => "mkdir",
+        }
+    }
+}
+
+/// A value that many events carry (a process's argv and ancestors, a session), rendered
+/// to JSON once: cloning it counts a reference, serializing it copies the rendering.
+/// (The rendering is used by serde_json, the only serializer of events; should rendering
+/// ever fail, the value is serialized each time instead.)
+pub struct Shared<T>(Arc<(T, Option<Box<RawValue>>)>);
+
+impl<T: Serialize> Shared<T> {
+    pub fn new(value: T) -> Self {
+        let json = serde_json::value::to_raw_value(&value).ok();
+        Shared(Arc::new((value, json)))
+    }
+}
+
+impl<T: Serialize> From<T> for Shared<T> {
+    fn from(value: T) -> Self {
+        Shared::new(value)
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(Arc::clone(&self.0))
+    }
+}
+
+impl<T> std::ops::Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0.0
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.0.fmt(f)
+    }
+}
+
+impl<T: PartialEq> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.0 == other.0.0
+    }
+}
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0.1 {
+            Some(json) => json.serialize(serializer),
+            None => self.0.0.serialize(serializer),
         }
     }
 }
@@ -92,11 +149,11 @@ pub struct Event {
     pub uid: Option<u32>,
     pub comm: String,
     pub exe: Option<String>,
-    pub argv: Vec<String>,
+    pub argv: Shared<Vec<String>>,
     pub cwd: Option<String>,
     /// Parent first, up to the root of the process tree (or the first unknown process).
-    pub ancestors: Vec<Ancestor>,
-    pub session: Option<SessionRef>,
+    pub ancestors: Shared<Vec<Ancestor>>,
+    pub session: Option<Shared<SessionRef>>,
     pub source: Source,
     /// Operation details, present where they apply.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +223,27 @@ mod tests {
     fn flag_names() {
         assert_eq!(open_flag_names(0o1101), "O_WRONLY|O_CREAT|O_TRUNC");
         assert_eq!(open_flag_names(0o2002), "O_RDWR|O_APPEND");
+    }
+
+    #[test]
+    fn shared_values_serialize_like_the_values() {
+        let argv = vec!["sed".to_string(), "a\"b\n\\x".to_string()];
+        let shared = Shared::new(argv.clone());
+        assert_eq!(
+            serde_json::to_string(&shared).ok(),
+            serde_json::to_string(&argv).ok()
+        );
+        let r = SessionRef {
+            id: 3,
+            agent: "claude".into(),
+            reason: None,
+            root_pid: 9,
+        };
+        assert_eq!(
+            serde_json::to_value(Shared::new(r.clone())).ok(),
+            serde_json::to_value(&r).ok()
+        );
+        assert_eq!(*shared.clone(), argv);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! - `policy`: the gate's rules, built-in self-protection and grants.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
 //! - `approver`: the approval service and its client transport.
-//! - `daemon`, `cli`: wiring and the commands people type.
+//! - `daemon`, `cli`: wiring and the commands people type; `memory`: giving back what
+//!   only start-up needed.
 pub mod approver;
 pub mod cli;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod gate;
 pub mod host;
 pub mod kernel;
 pub mod ledger;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

@@ -35,6 +35,11 @@ counters! {
     attrib_ignored: "fanotify ATTRIB changes that were neither chmod nor chown (times, xattrs)",
     correlation_forced: "observations released before their twin arrived because the buffer was full (possible duplicates)",
     correlation_parked_expired: "fanotify observations whose expected eBPF twin never took them",
+    correlation_scan_limited: "twin lookups that gave up after 64 candidates of one file (possible duplicate events)",
+    resolve_cache_hits: "directory canonicalizations answered from the cache",
+    resolve_cache_misses: "directory canonicalizations done (realpath)",
+    resolve_symlink_census: "directory symlink censuses taken (readdir) for opens that follow symlinks",
+    resolve_cache_forgotten: "cached directories dropped because an operation may have moved them (or the cache was full)",
 }
 
 impl Metrics {

@@ -6,7 +6,7 @@ use std::{
     ffi::OsStr,
     os::unix::ffi::OsStrExt,
     path::Path,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,11 +16,12 @@ use crate::{
     correlate::{Correlator, Observation, Watermarks},
     detect::{Detection, Detector},
     escape::encode,
-    event::{Ancestor, Details, Event, Kind, SCHEMA_VERSION, SessionRef, Source},
+    event::{Ancestor, Details, Event, Kind, SCHEMA_VERSION, SessionRef, Shared, Source},
     fanotify::{self, FanEvent},
-    kernel::decode::{Record, SyscallRecord},
+    kernel::decode::{Comm, Record, SyscallRecord},
     metrics::Metrics,
     proctable::ProcTable,
+    resolve::DirCache,
     session::SessionRegistry,
     syscalls::{Outcome, interpret},
     watch::WatchSet,
@@ -47,6 +48,8 @@ pub enum Action {
 pub struct Pipeline {
     pub procs: ProcTable,
     correlator: Correlator,
+    /// Canonical forms of directories, for resolving syscall paths.
+    dirs: DirCache,
     enters: HashMap<u32, (SyscallRecord, Instant)>,
     watch: WatchSet,
     detector: Detector,
@@ -55,6 +58,28 @@ pub struct Pipeline {
     boot_offset_ns: i128,
     id_prefix: String,
     seq: u64,
+    /// Descriptions of writers, by tgid (see [`Pipeline::described`]).
+    described: HashMap<u32, Described>,
+    /// Session references, by session id.
+    session_refs: HashMap<u64, Shared<SessionRef>>,
+    empty_argv: Shared<Vec<String>>,
+    no_ancestors: Shared<Vec<Ancestor>>,
+    /// Observations ready to attribute (reused from flush to flush).
+    ready: Vec<Observation>,
+}
+
+/// What events say about the process that wrote, encoded once per change of the process
+/// table rather than once per event.
+struct Described {
+    /// [`ProcTable::generation`] it was built at.
+    generation: u64,
+    ppid: u32,
+    uid: u32,
+    comm: String,
+    exe: String,
+    argv: Shared<Vec<String>>,
+    cwd: Option<String>,
+    ancestors: Shared<Vec<Ancestor>>,
 }
 
 fn clock_ns(clock: nix::time::ClockId) -> i128 {
@@ -103,6 +128,7 @@ impl Pipeline {
         Pipeline {
             procs: ProcTable::default(),
             correlator: Correlator::new(window),
+            dirs: DirCache::default(),
             enters: HashMap::new(),
             watch,
             detector,
@@ -110,6 +136,11 @@ impl Pipeline {
             boot_offset_ns,
             id_prefix: format!("{:x}", now_ns()),
             seq: 0,
+            described: HashMap::new(),
+            session_refs: HashMap::new(),
+            empty_argv: Shared::new(Vec::new()),
+            no_ancestors: Shared::new(Vec::new()),
+            ready: Vec::new(),
         }
     }
 
@@ -140,8 +171,11 @@ impl Pipeline {
 
     fn complete(&mut self, s: SyscallRecord, ret: Option<i64>) {
         let time_ns = i128::from(s.header.ktime_ns) + self.boot_offset_ns;
-        match interpret(&self.procs, &s, ret, time_ns) {
+        match interpret(&self.procs, &mut self.dirs, &s, ret, time_ns) {
             Outcome::Op(obs) => {
+                let failed = obs.result.is_some_and(|r| r < 0);
+                self.dirs
+                    .note(obs.kind, &obs.path, obs.target.as_deref(), failed);
                 if obs.details.unresolved {
                     Metrics::inc(&self.metrics.unresolved_paths);
                 }
@@ -218,7 +252,7 @@ impl Pipeline {
                 new_fd,
             } => {
                 // Writes through the duplicate (a shell's fd 1) name the same file.
-                if let Some(path) = self.procs.fd_path(header.tgid, old_fd).map(<[u8]>::to_vec) {
+                if let Some(path) = self.procs.fd_path_shared(header.tgid, old_fd) {
                     self.procs.set_fd(header.tgid, new_fd, path);
                 }
             }
@@ -228,11 +262,9 @@ impl Pipeline {
                 fd,
                 count,
             } => {
-                let path = self
-                    .procs
-                    .fd_path(header.tgid, fd)
-                    .map(<[u8]>::to_vec)
-                    .or_else(|| crate::proctable::live_link(header.tgid, &format!("fd/{fd}")));
+                let path = self.procs.fd_path_shared(header.tgid, fd).or_else(|| {
+                    crate::proctable::live_link(header.tgid, &format!("fd/{fd}")).map(Into::into)
+                });
                 let Some(path) = path else {
                     Metrics::inc(&self.metrics.unresolved_paths);
                     return actions;
@@ -268,7 +300,7 @@ impl Pipeline {
         Metrics::inc(&self.metrics.fanotify_events);
         let base = Observation {
             kind: Kind::Write,
-            path: ev.path.as_os_str().as_bytes().to_vec(),
+            path: ev.path.as_os_str().as_bytes().into(),
             target: None,
             tid: ev.pid,
             tgid: 0,
@@ -281,7 +313,7 @@ impl Pipeline {
             },
             session: 0,
             uid: None,
-            comm: Vec::new(),
+            comm: Comm::default(),
             open_flags: 0,
             attrib: false,
             arrived: Instant::now(),
@@ -317,7 +349,7 @@ impl Pipeline {
             let target = ev
                 .new_path
                 .as_ref()
-                .map(|p| p.as_os_str().as_bytes().to_vec());
+                .map(|p| p.as_os_str().as_bytes().into());
             parts.push(Observation {
                 kind: Kind::Rename,
                 target,
@@ -331,6 +363,8 @@ impl Pipeline {
             });
         }
         for obs in parts {
+            self.dirs
+                .note_fanotify(obs.kind, &obs.path, obs.target.as_deref());
             if self.watched(&obs) {
                 self.correlator.push_fanotify(obs);
             }
@@ -344,6 +378,20 @@ impl Pipeline {
         marks: &Watermarks,
         sessions: &SessionRegistry,
     ) -> Vec<Event> {
+        let mut out = Vec::new();
+        self.flush_each(now, marks, sessions, &mut |e| out.push(e));
+        out
+    }
+
+    /// [`Pipeline::flush`], handing each event to `emit` as it is attributed (no batch of
+    /// events is built and freed).
+    pub fn flush_each(
+        &mut self,
+        now: Instant,
+        marks: &Watermarks,
+        sessions: &SessionRegistry,
+        emit: &mut dyn FnMut(Event),
+    ) {
         let stale: Vec<u32> = self
             .enters
             .iter()
@@ -356,14 +404,92 @@ impl Pipeline {
                 self.complete(s, None);
             }
         }
+        let d = self.dirs.stats();
+        self.metrics
+            .resolve_cache_hits
+            .store(d.hits, Ordering::Relaxed);
+        self.metrics
+            .resolve_cache_misses
+            .store(d.misses, Ordering::Relaxed);
+        self.metrics
+            .resolve_cache_forgotten
+            .store(d.forgotten, Ordering::Relaxed);
+        self.metrics
+            .resolve_symlink_census
+            .store(d.census_taken, Ordering::Relaxed);
         let enters = &self.enters;
-        let ready = self
-            .correlator
-            .flush(now, marks, &|tid| enters.contains_key(&tid));
-        ready
-            .into_iter()
-            .map(|o| self.attribute(o, sessions))
-            .collect()
+        let mut ready = std::mem::take(&mut self.ready);
+        self.correlator
+            .flush_into(now, marks, &|tid| enters.contains_key(&tid), &mut ready);
+        for o in ready.drain(..) {
+            if o.source == Source::Fanotify {
+                self.dirs
+                    .note_unpaired(o.kind, &o.path, o.target.as_deref());
+            }
+            emit(self.attribute(o, sessions));
+        }
+        self.ready = ready;
+    }
+
+    /// The description of `tgid` as events carry it, from the cache while the process
+    /// table has not changed since it was built.
+    fn described(&mut self, tgid: u32) -> Option<&Described> {
+        let generation = self.procs.generation();
+        let fresh = self
+            .described
+            .get(&tgid)
+            .is_some_and(|d| d.generation == generation);
+        if !fresh {
+            let p = self.procs.get(tgid)?;
+            let ancestors: Vec<Ancestor> = self
+                .procs
+                .ancestors(tgid)
+                .into_iter()
+                .map(|a| Ancestor {
+                    pid: a.pid,
+                    comm: encode(&a.comm),
+                    exe: encode(&a.exe),
+                })
+                .collect();
+            let d = Described {
+                generation,
+                ppid: p.ppid,
+                uid: p.uid,
+                comm: encode(&p.comm),
+                exe: encode(&p.exe),
+                argv: Shared::new(p.argv.iter().map(|a| encode(a)).collect()),
+                cwd: p.cwd.as_deref().map(encode),
+                ancestors: Shared::new(ancestors),
+            };
+            self.described.insert(tgid, d);
+        }
+        self.described.get(&tgid)
+    }
+
+    /// The session reference events of `id` carry (sessions do not change what it holds).
+    fn session_ref(&mut self, id: u64, sessions: &SessionRegistry) -> Shared<SessionRef> {
+        if let Some(r) = self.session_refs.get(&id) {
+            return r.clone();
+        }
+        match sessions.get(id) {
+            Some(s) => {
+                let r = Shared::new(SessionRef {
+                    id: s.id,
+                    agent: s.agent,
+                    reason: s.reason,
+                    root_pid: s.root_pid,
+                });
+                self.session_refs.insert(id, r.clone());
+                r
+            }
+            // Not cached: the registry may learn it.
+            None => Shared::new(SessionRef {
+                id,
+                agent: "unknown".into(),
+                reason: None,
+                root_pid: 0,
+            }),
+        }
     }
 
     fn attribute(&mut self, o: Observation, sessions: &SessionRegistry) -> Event {
@@ -374,45 +500,24 @@ impl Pipeline {
         };
         self.seq += 1;
         let id = format!("{}-{}", self.id_prefix, self.seq);
-        // Load a process the table missed, then only borrow it (no per-event copy of argv).
+        // Load a process the table missed.
         let _ = self.procs.get_or_load(tgid);
-        let proc = self.procs.get(tgid);
+        let proc_session = self.procs.get(tgid).map_or(0, |p| p.session);
         let session_id = if o.session != 0 {
             o.session
         } else {
-            proc.map_or(0, |p| p.session)
+            proc_session
         };
         let session = (session_id != 0).then(|| {
             sessions.note_event(session_id);
-            match sessions.get(session_id) {
-                Some(s) => SessionRef {
-                    id: s.id,
-                    agent: s.agent,
-                    reason: s.reason,
-                    root_pid: s.root_pid,
-                },
-                None => SessionRef {
-                    id: session_id,
-                    agent: "unknown".into(),
-                    reason: None,
-                    root_pid: 0,
-                },
-            }
+            self.session_ref(session_id, sessions)
         });
-        let ancestors = self
-            .procs
-            .ancestors(tgid)
-            .into_iter()
-            .map(|a| Ancestor {
-                pid: a.pid,
-                comm: encode(&a.comm),
-                exe: encode(&a.exe),
-            })
-            .collect();
+        let (empty_argv, no_ancestors) = (self.empty_argv.clone(), self.no_ancestors.clone());
+        let desc = self.described(tgid);
         let comm = if o.comm.is_empty() {
-            proc.map(|p| p.comm.as_slice()).unwrap_or_default()
+            desc.map(|d| d.comm.clone()).unwrap_or_default()
         } else {
-            o.comm.as_slice()
+            encode(&o.comm)
         };
         Event {
             v: SCHEMA_VERSION,
@@ -424,15 +529,13 @@ impl Pipeline {
             result: o.result,
             pid: tgid,
             tid: o.tid,
-            ppid: proc.map(|p| p.ppid),
-            uid: o.uid.or(proc.map(|p| p.uid)),
-            comm: encode(comm),
-            exe: proc.map(|p| encode(&p.exe)),
-            argv: proc
-                .map(|p| p.argv.iter().map(|a| encode(a)).collect())
-                .unwrap_or_default(),
-            cwd: proc.and_then(|p| p.cwd.as_deref().map(encode)),
-            ancestors,
+            ppid: desc.map(|d| d.ppid),
+            uid: o.uid.or(desc.map(|d| d.uid)),
+            comm,
+            exe: desc.map(|d| d.exe.clone()),
+            argv: desc.map_or(empty_argv, |d| d.argv.clone()),
+            cwd: desc.and_then(|d| d.cwd.clone()),
+            ancestors: desc.map_or(no_ancestors, |d| d.ancestors.clone()),
             session,
             source: o.source,
             details: (o.details != Details::default()).then_some(o.details),
@@ -451,5 +554,122 @@ impl Pipeline {
     /// Drop state of exited processes past retention.
     pub fn gc(&mut self, now: Instant) {
         self.procs.gc(now);
+        let procs = &self.procs;
+        self.described.retain(|pid, _| procs.get(*pid).is_some());
+        // Rebuilt on demand; ended sessions must not pile up.
+        self.session_refs.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::WatchSection,
+        kernel::decode::{Comm, Header},
+        session::SessionRegistry,
+        store::Store,
+    };
+    use monitor_common::{AT_FDCWD, SysOp};
+
+    /// A pid no live process can have (above the kernel's maximum).
+    const PID: u32 = 4_194_304 + 10;
+
+    fn header(comm: &[u8]) -> Header {
+        Header {
+            flags: 0,
+            ktime_ns: 0,
+            tgid: PID,
+            tid: PID,
+            uid: 0,
+            gid: 0,
+            session_id: 0,
+            cgroup_id: 0,
+            comm: Comm::new(comm),
+        }
+    }
+
+    fn exec(p: &mut Pipeline, argv: &[&[u8]]) {
+        let h = header(argv[0]);
+        p.on_record(Record::ExecArgs {
+            header: h.clone(),
+            argv: argv.iter().map(|a| a.to_vec()).collect(),
+            truncated: false,
+        });
+        p.on_record(Record::Exec {
+            header: h,
+            old_tid: PID,
+            filename: [b"/usr/bin/", argv[0]].concat(),
+        });
+    }
+
+    fn open(p: &mut Pipeline, path: &[u8]) {
+        let h = header(b"x");
+        p.on_record(Record::Syscall(SyscallRecord {
+            header: h.clone(),
+            op: SysOp::Openat,
+            flags: 0o1101,
+            dfd1: AT_FDCWD,
+            dfd2: AT_FDCWD,
+            fd: -1,
+            mode: 0o644,
+            arg_uid: 0,
+            arg_gid: 0,
+            length: 0,
+            path1: path.to_vec(),
+            path2: Vec::new(),
+        }));
+        p.on_record(Record::SyscallExit {
+            header: h,
+            op: SysOp::Openat,
+            ret: 3,
+        });
+    }
+
+    #[test]
+    fn events_describe_the_writer_as_of_its_latest_exec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canon");
+        let watch = WatchSet::new(&WatchSection {
+            paths: vec![real.clone()],
+            project_roots: Vec::new(),
+            ..WatchSection::default()
+        })
+        .expect("watch set");
+        let detector = Detector::new(&[]).expect("detector");
+        let mut p = Pipeline::new(
+            watch,
+            detector,
+            Duration::from_millis(1),
+            Arc::new(Metrics::default()),
+        );
+        let sessions =
+            SessionRegistry::open(Store::open(&real.join("s.redb")).expect("store")).expect("reg");
+        let file = real.join("a.conf");
+        let file = file.as_os_str().as_bytes();
+        let flush = |p: &mut Pipeline| {
+            let later = Instant::now() + Duration::from_secs(1);
+            let marks = Watermarks {
+                ebpf: Some(later),
+                fanotify: Some(later),
+            };
+            p.flush(later, &marks, &sessions)
+        };
+        exec(&mut p, &[b"sed", b"-i", b"s/a/b/"]);
+        open(&mut p, file);
+        open(&mut p, file);
+        let first = flush(&mut p);
+        assert_eq!(first.len(), 2);
+        assert_eq!(*first[0].argv, vec!["sed", "-i", "s/a/b/"]);
+        assert_eq!(first[1].argv, first[0].argv);
+        assert_eq!(first[0].exe.as_deref(), Some("/usr/bin/sed"));
+        // The same process execs something else: its events say so.
+        exec(&mut p, &[b"vim", b"a.conf"]);
+        open(&mut p, file);
+        let second = flush(&mut p);
+        assert_eq!(second.len(), 1);
+        assert_eq!(*second[0].argv, vec!["vim", "a.conf"]);
+        assert_eq!(second[0].exe.as_deref(), Some("/usr/bin/vim"));
+        assert_eq!(second[0].path, real.join("a.conf").to_string_lossy());
     }
 }

@@ -5,6 +5,7 @@ use std::{
     collections::HashMap,
     os::unix::ffi::OsStrExt,
     path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -39,8 +40,12 @@ pub struct ProcTable {
     procs: HashMap<u32, Proc>,
     /// argv of exec attempts, by calling tid, until the matching exec record.
     pending_argv: HashMap<u32, (Vec<Vec<u8>>, bool, Instant)>,
-    /// (tgid, fd) -> path of files opened by reported opens.
-    fds: HashMap<(u32, i32), Vec<u8>>,
+    /// (tgid, fd) -> path of files opened by reported opens (shared with the
+    /// observations of writes through them).
+    fds: HashMap<(u32, i32), Arc<[u8]>>,
+    /// Bumped by every change to what [`ProcTable::get`] or [`ProcTable::ancestors`]
+    /// return for any process (so descriptions built from them can be cached).
+    generation: u64,
 }
 
 fn read_proc_file(pid: u32, name: &str) -> Option<Vec<u8>> {
@@ -112,12 +117,19 @@ impl ProcTable {
                 self.procs.insert(pid, p);
             }
         }
+        self.generation += 1;
         self.procs.len()
     }
 
     #[cfg(test)]
     pub fn insert_for_test(&mut self, p: Proc) {
         self.procs.insert(p.pid, p);
+        self.generation += 1;
+    }
+
+    /// Changes with every change of any process's description (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn get(&self, pid: u32) -> Option<&Proc> {
@@ -137,6 +149,7 @@ impl ProcTable {
         if let std::collections::hash_map::Entry::Vacant(e) = self.procs.entry(pid) {
             let p = proc_from_procfs(pid)?;
             e.insert(p);
+            self.generation += 1;
         }
         self.procs.get(&pid)
     }
@@ -145,7 +158,7 @@ impl ProcTable {
         let mut child = match self.procs.get(&parent.tgid) {
             Some(p) => p.clone(),
             None => Proc {
-                comm: parent.comm.clone(),
+                comm: parent.comm.to_vec(),
                 uid: parent.uid,
                 ..Proc::default()
             },
@@ -156,6 +169,7 @@ impl ProcTable {
         child.tentative = true;
         child.exited = None;
         self.procs.insert(child_pid, child);
+        self.generation += 1;
     }
 
     pub fn on_exec_args(&mut self, h: &Header, argv: Vec<Vec<u8>>, truncated: bool) {
@@ -178,11 +192,12 @@ impl ProcTable {
                 false,
             ),
         };
+        self.generation += 1;
         let fallback = || proc_from_procfs(h.tgid).unwrap_or_default();
         let p = self.procs.entry(h.tgid).or_insert_with(fallback);
         p.pid = h.tgid;
         p.uid = h.uid;
-        p.comm = h.comm.clone();
+        p.comm = h.comm.to_vec();
         p.exe = filename;
         p.argv = argv;
         p.argv_truncated = truncated;
@@ -205,6 +220,7 @@ impl ProcTable {
             // A thread: drop the entry its creation made, if it was never a process.
             if self.procs.get(&h.tid).is_some_and(|p| p.tentative) {
                 self.procs.remove(&h.tid);
+                self.generation += 1;
             }
         }
         if !group_dead {
@@ -242,15 +258,21 @@ impl ProcTable {
     pub fn set_cwd(&mut self, pid: u32, cwd: Vec<u8>) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.cwd = Some(cwd);
+            self.generation += 1;
         }
     }
 
-    pub fn set_fd(&mut self, tgid: u32, fd: i32, path: Vec<u8>) {
+    pub fn set_fd(&mut self, tgid: u32, fd: i32, path: Arc<[u8]>) {
         self.fds.insert((tgid, fd), path);
     }
 
     pub fn fd_path(&self, tgid: u32, fd: i32) -> Option<&[u8]> {
-        self.fds.get(&(tgid, fd)).map(Vec::as_slice)
+        self.fds.get(&(tgid, fd)).map(|p| &p[..])
+    }
+
+    /// [`ProcTable::fd_path`], shared rather than copied.
+    pub fn fd_path_shared(&self, tgid: u32, fd: i32) -> Option<Arc<[u8]>> {
+        self.fds.get(&(tgid, fd)).cloned()
     }
 
     /// Live descendants of `pid` (children, grandchildren, ...).
@@ -309,10 +331,14 @@ impl ProcTable {
 
     /// Drop exited processes past their retention and stale exec argv.
     pub fn gc(&mut self, now: Instant) {
+        let before = self.procs.len();
         self.procs.retain(|_, p| {
             p.exited
                 .is_none_or(|t| now.duration_since(t) < EXITED_RETENTION)
         });
+        if self.procs.len() != before {
+            self.generation += 1;
+        }
         self.pending_argv
             .retain(|_, (_, _, t)| now.duration_since(*t) < EXITED_RETENTION);
     }
@@ -329,6 +355,7 @@ pub fn live_link(pid: u32, what: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::decode::Comm;
 
     fn hdr(tgid: u32, tid: u32, session: u64) -> Header {
         Header {
@@ -340,7 +367,7 @@ mod tests {
             gid: 0,
             session_id: session,
             cgroup_id: 0,
-            comm: b"sh".to_vec(),
+            comm: Comm::new(b"sh"),
         }
     }
 
@@ -373,7 +400,7 @@ mod tests {
         );
         t.on_exec(
             &Header {
-                comm: b"sed".to_vec(),
+                comm: Comm::new(b"sed"),
                 ..hdr(11, 11, 7)
             },
             11,
@@ -383,7 +410,7 @@ mod tests {
         assert!(!p.tentative);
         assert_eq!(p.argv, vec![b"sed".to_vec(), b"-i".to_vec()]);
         assert_eq!(p.exe, b"/usr/bin/sed");
-        t.set_fd(11, 3, b"/etc/x".to_vec());
+        t.set_fd(11, 3, b"/etc/x"[..].into());
         assert_eq!(t.on_exit(&hdr(11, 11, 7), true), vec![3]);
         assert!(
             t.get(11).is_some_and(|p| p.exited.is_some()),
@@ -392,6 +419,35 @@ mod tests {
         assert_eq!(t.sessions_without_members(&[7, 0]), vec![7, 0]);
         t.gc(Instant::now() + EXITED_RETENTION + Duration::from_secs(1));
         assert!(t.get(11).is_none());
+    }
+
+    #[test]
+    fn generation_moves_with_descriptions_only() {
+        let mut t = ProcTable::default();
+        t.procs.insert(
+            30,
+            Proc {
+                pid: 30,
+                ..Proc::default()
+            },
+        );
+        let g = t.generation();
+        t.set_fd(30, 3, b"/etc/x"[..].into());
+        t.set_session(30, 4);
+        t.note_session(&hdr(30, 30, 4));
+        assert_eq!(
+            t.generation(),
+            g,
+            "fds and sessions are not part of descriptions"
+        );
+        t.set_cwd(30, b"/srv".to_vec());
+        let g2 = t.generation();
+        assert_ne!(g2, g);
+        t.on_fork(&hdr(30, 30, 4), 31);
+        let g3 = t.generation();
+        assert_ne!(g3, g2);
+        t.on_exec(&hdr(31, 31, 4), 31, b"/bin/true".to_vec());
+        assert_ne!(t.generation(), g3);
     }
 
     #[test]

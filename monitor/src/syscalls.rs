@@ -9,7 +9,7 @@ use crate::{
     event::{Details, Kind, Source, open_flag_names},
     kernel::decode::SyscallRecord,
     proctable::{ProcTable, live_link},
-    resolve::{Resolved, resolve},
+    resolve::{DirCache, Resolved, resolve},
 };
 
 const O_CREAT: u32 = 0o100;
@@ -55,10 +55,16 @@ fn owner(v: u32) -> Option<i64> {
 }
 
 /// Interpret syscall `s` that returned `ret` (None when its exit was never seen).
-pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns: i128) -> Outcome {
+pub fn interpret(
+    procs: &ProcTable,
+    dirs: &mut DirCache,
+    s: &SyscallRecord,
+    ret: Option<i64>,
+    time_ns: i128,
+) -> Outcome {
     let tgid = s.header.tgid;
-    let p1 = |follow| resolve(procs, tgid, s.dfd1, &s.path1, follow);
-    let p2 = |follow| resolve(procs, tgid, s.dfd2, &s.path2, follow);
+    let p1 = |dirs: &mut DirCache, follow| resolve(procs, dirs, tgid, s.dfd1, &s.path1, follow);
+    let p2 = |dirs: &mut DirCache, follow| resolve(procs, dirs, tgid, s.dfd2, &s.path2, follow);
     let mut d = Details::default();
     let (kind, path, target): (Kind, Resolved, Option<Vec<u8>>) = match s.op {
         SysOp::Open | SysOp::Openat | SysOp::Openat2 | SysOp::Creat => {
@@ -76,22 +82,22 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
                 } else {
                     Kind::OpenWrite
                 },
-                p1(follow),
+                p1(dirs, follow),
                 None,
             )
         }
         SysOp::Rename | SysOp::Renameat | SysOp::Renameat2 => {
-            let t = p2(false);
+            let t = p2(dirs, false);
             d.unresolved |= t.unresolved;
-            (Kind::Rename, p1(false), Some(t.path))
+            (Kind::Rename, p1(dirs, false), Some(t.path))
         }
         SysOp::Unlink | SysOp::Unlinkat | SysOp::Rmdir => {
             d.dir = s.op == SysOp::Rmdir || s.flags & AT_REMOVEDIR != 0;
-            (Kind::Unlink, p1(false), None)
+            (Kind::Unlink, p1(dirs, false), None)
         }
         SysOp::Truncate => {
             d.length = Some(s.length);
-            (Kind::Truncate, p1(true), None)
+            (Kind::Truncate, p1(dirs, true), None)
         }
         SysOp::Ftruncate => {
             d.length = Some(s.length);
@@ -100,7 +106,7 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
         SysOp::Chmod | SysOp::Fchmodat | SysOp::Fchmodat2 => {
             d.mode = mode_str(s.mode);
             let follow = !(s.op == SysOp::Fchmodat2 && s.flags & AT_SYMLINK_NOFOLLOW != 0);
-            (Kind::Chmod, p1(follow), None)
+            (Kind::Chmod, p1(dirs, follow), None)
         }
         SysOp::Fchmod => {
             d.mode = mode_str(s.mode);
@@ -111,7 +117,7 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
             d.group = owner(s.arg_gid);
             let follow = s.op == SysOp::Chown
                 || (s.op == SysOp::Fchownat && s.flags & AT_SYMLINK_NOFOLLOW == 0);
-            (Kind::Chown, p1(follow), None)
+            (Kind::Chown, p1(dirs, follow), None)
         }
         SysOp::Fchown => {
             d.owner = owner(s.arg_uid);
@@ -119,26 +125,28 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
             (Kind::Chown, fd_path(procs, tgid, s.fd), None)
         }
         SysOp::Link | SysOp::Linkat => {
-            let t = p2(false);
+            let t = p2(dirs, false);
             d.unresolved |= t.unresolved;
             (
                 Kind::Link,
-                p1(s.flags & AT_SYMLINK_FOLLOW != 0),
+                p1(dirs, s.flags & AT_SYMLINK_FOLLOW != 0),
                 Some(t.path),
             )
         }
         SysOp::Symlink | SysOp::Symlinkat => {
             // path: the new link; target: its content, as given (not resolved).
-            (Kind::Symlink, p2(false), Some(s.path1.clone()))
+            (Kind::Symlink, p2(dirs, false), Some(s.path1.clone()))
         }
         SysOp::Mkdir | SysOp::Mkdirat => {
             d.dir = true;
             d.mode = mode_str(s.mode);
-            (Kind::Mkdir, p1(false), None)
+            (Kind::Mkdir, p1(dirs, false), None)
         }
         SysOp::Chdir => {
             return match ret {
-                Some(0) => Outcome::Chdir(resolve(procs, tgid, AT_FDCWD, &s.path1, true).path),
+                Some(0) => {
+                    Outcome::Chdir(resolve(procs, dirs, tgid, AT_FDCWD, &s.path1, true).path)
+                }
                 _ => Outcome::Nothing,
             };
         }
@@ -162,8 +170,8 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
     d.unresolved |= path.unresolved;
     Outcome::Op(Box::new(Observation {
         kind,
-        path: path.path,
-        target,
+        path: path.path.into(),
+        target: target.map(Into::into),
         tid: s.header.tid,
         tgid,
         result: ret,
@@ -172,7 +180,7 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
         details: d,
         session: s.header.session_id,
         uid: Some(s.header.uid),
-        comm: s.header.comm.clone(),
+        comm: s.header.comm,
         open_flags: s.flags,
         attrib: false,
         arrived: Instant::now(),
@@ -182,7 +190,7 @@ pub fn interpret(procs: &ProcTable, s: &SyscallRecord, ret: Option<i64>, time_ns
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::decode::Header;
+    use crate::kernel::decode::{Comm, Header};
 
     fn rec(op: SysOp, p1: &[u8], p2: &[u8], flags: u32) -> SyscallRecord {
         SyscallRecord {
@@ -195,7 +203,7 @@ mod tests {
                 gid: 0,
                 session_id: 3,
                 cgroup_id: 0,
-                comm: b"mv".to_vec(),
+                comm: Comm::new(b"mv"),
             },
             op,
             flags,
@@ -223,17 +231,19 @@ mod tests {
         let t = ProcTable::default();
         let o = op(interpret(
             &t,
+            &mut DirCache::default(),
             &rec(SysOp::Renameat2, b"/tmp/x", b"/etc/y.conf", 0),
             Some(0),
             0,
         ));
         assert_eq!(
-            (o.kind, o.path.as_slice(), o.target.as_deref()),
+            (o.kind, &o.path[..], o.target.as_deref()),
             (Kind::Rename, &b"/tmp/x"[..], Some(&b"/etc/y.conf"[..]))
         );
         assert_eq!(o.session, 3);
         let o = op(interpret(
             &t,
+            &mut DirCache::default(),
             &rec(SysOp::Openat, b"/nonexistent/a", b"", 0o301),
             Some(3),
             0,
@@ -242,6 +252,7 @@ mod tests {
         assert_eq!(o.details.flags.as_deref(), Some("O_WRONLY|O_CREAT|O_EXCL"));
         let o = op(interpret(
             &t,
+            &mut DirCache::default(),
             &rec(SysOp::Openat, b"/nonexistent/a", b"", 0o1101),
             Some(3),
             0,
@@ -249,6 +260,7 @@ mod tests {
         assert_eq!(o.kind, Kind::OpenWrite);
         let o = op(interpret(
             &t,
+            &mut DirCache::default(),
             &rec(SysOp::Unlinkat, b"/nonexistent/d", b"", AT_REMOVEDIR),
             Some(0),
             0,
@@ -256,12 +268,13 @@ mod tests {
         assert!(o.details.dir);
         let o = op(interpret(
             &t,
+            &mut DirCache::default(),
             &rec(SysOp::Symlink, b"../target", b"/nonexistent/ln", 0),
             Some(0),
             0,
         ));
         assert_eq!(
-            (o.kind, o.path.as_slice(), o.target.as_deref()),
+            (o.kind, &o.path[..], o.target.as_deref()),
             (
                 Kind::Symlink,
                 &b"/nonexistent/ln"[..],
@@ -270,6 +283,7 @@ mod tests {
         );
         let o = op(interpret(
             &t,
+            &mut DirCache::default(),
             &rec(SysOp::Fchownat, b"/nonexistent/f", b"", 0),
             Some(-1),
             0,
@@ -284,10 +298,16 @@ mod tests {
     fn chdir_updates_cwd_only_on_success() {
         let t = ProcTable::default();
         assert!(
-            matches!(interpret(&t, &rec(SysOp::Chdir, b"/", b"", 0), Some(0), 0), Outcome::Chdir(p) if p == b"/")
+            matches!(interpret(&t, &mut DirCache::default(), &rec(SysOp::Chdir, b"/", b"", 0), Some(0), 0), Outcome::Chdir(p) if p == b"/")
         );
         assert!(matches!(
-            interpret(&t, &rec(SysOp::Chdir, b"/", b"", 0), Some(-2), 0),
+            interpret(
+                &t,
+                &mut DirCache::default(),
+                &rec(SysOp::Chdir, b"/", b"", 0),
+                Some(-2),
+                0
+            ),
             Outcome::Nothing
         ));
     }

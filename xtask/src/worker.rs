@@ -1,5 +1,6 @@
 //! The benchmark workload: a tight loop of open(O_WRONLY|O_CREAT|O_TRUNC) / write 4 KiB /
-//! close / rename in one directory. Prints one JSON object: {"ops": N, "ns_per_op": X}.
+//! close / rename in one directory, optionally paced to a rate. Prints one JSON object:
+//! {"ops": N, "ns_per_op": X}.
 use std::{ffi::CString, os::unix::ffi::OsStrExt, path::PathBuf, time::Instant};
 
 use anyhow::Context as _;
@@ -12,6 +13,9 @@ pub struct Args {
     /// Loop iterations.
     #[arg(long)]
     ops: u64,
+    /// Pace the loop to this many iterations per second (default: as fast as it can).
+    #[arg(long)]
+    rate: Option<u64>,
 }
 
 fn cstr(p: &std::path::Path) -> anyhow::Result<CString> {
@@ -23,7 +27,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let tmp = cstr(&a.dir.join("bench.tmp"))?;
     let dst = cstr(&a.dir.join("bench.conf"))?;
     let start = Instant::now();
-    for _ in 0..a.ops {
+    // Paced: every 64 iterations, wait until the schedule catches up.
+    let period_ns = a.rate.filter(|r| *r > 0).map(|r| 1e9 / r as f64);
+    for i in 0..a.ops {
+        if let Some(p) = period_ns
+            && i % 64 == 0
+        {
+            let due = std::time::Duration::from_nanos((i as f64 * p) as u64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         // SAFETY: plain syscalls on NUL-terminated paths and a live buffer.
         unsafe {
             let fd = libc::open(

@@ -4,8 +4,8 @@ use std::mem::offset_of;
 
 use monitor_common::{
     ARG_LEN, ARGV_SLOTS, COMM_LEN, DupEvent, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD,
-    EventHeader, EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_PATH1_OFFSET,
-    SYSCALL_PATH2_OFFSET, SysOp, SyscallEvent, SyscallExitEvent, WriteEvent,
+    EventHeader, EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_FLAG_PATH2,
+    SYSCALL_PATH1_OFFSET, SysOp, SyscallEvent, SyscallExitEvent, WriteEvent,
 };
 use thiserror::Error;
 
@@ -25,6 +25,42 @@ pub enum DecodeError {
     },
 }
 
+/// A task's `comm` (up to the first NUL, at most 16 bytes), stored inline: decoding a
+/// record allocates nothing for it.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm {
+    bytes: [u8; COMM_LEN],
+    len: u8,
+}
+
+impl Comm {
+    /// The bytes of `b` up to the first NUL, at most [`COMM_LEN`].
+    pub fn new(b: &[u8]) -> Comm {
+        let b = &b[..b.len().min(COMM_LEN)];
+        let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        let mut bytes = [0u8; COMM_LEN];
+        bytes[..len].copy_from_slice(&b[..len]);
+        Comm {
+            bytes,
+            len: len as u8,
+        }
+    }
+}
+
+impl std::ops::Deref for Comm {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub flags: u32,
@@ -35,7 +71,7 @@ pub struct Header {
     pub gid: u32,
     pub session_id: u64,
     pub cgroup_id: u64,
-    pub comm: Vec<u8>,
+    pub comm: Comm,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,12 +160,6 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(a)
 }
 
-/// Bytes up to the first NUL.
-fn c_bytes(b: &[u8]) -> Vec<u8> {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    b[..end].to_vec()
-}
-
 fn need(kind: EventKind, b: &[u8], n: usize) -> Result<(), DecodeError> {
     if b.len() < n {
         Err(DecodeError::Truncated {
@@ -165,7 +195,9 @@ fn header(b: &[u8]) -> Header {
         gid: u32_at(b, offset_of!(EventHeader, gid)),
         session_id: u64_at(b, offset_of!(EventHeader, session_id)),
         cgroup_id: u64_at(b, offset_of!(EventHeader, cgroup_id)),
-        comm: c_bytes(&b[offset_of!(EventHeader, comm)..offset_of!(EventHeader, comm) + COMM_LEN]),
+        comm: Comm::new(
+            &b[offset_of!(EventHeader, comm)..offset_of!(EventHeader, comm) + COMM_LEN],
+        ),
     }
 }
 
@@ -233,15 +265,10 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
                 offset_of!(SyscallEvent, path1_len),
                 SYSCALL_PATH1_OFFSET,
             )?;
-            // Two-path records are emitted up to the end of path2; one-path records stop
-            // after path1, so path2 is absent.
-            let path2 = if b.len() >= SYSCALL_PATH2_OFFSET {
-                path_at(
-                    kind,
-                    b,
-                    offset_of!(SyscallEvent, path2_len),
-                    SYSCALL_PATH2_OFFSET,
-                )?
+            // A second path, when flagged, is packed right after the first.
+            let path2 = if header.flags & SYSCALL_FLAG_PATH2 != 0 {
+                let at = SYSCALL_PATH1_OFFSET + path1.len();
+                path_at(kind, b, at, at + 4)?
             } else {
                 Vec::new()
             };
@@ -306,19 +333,19 @@ mod tests {
         b
     }
 
+    /// A record as the kernel side emits it (a second path packed after the first).
     fn syscall(op: SysOp, p1: &[u8], p2: Option<&[u8]>) -> Vec<u8> {
-        let size = match p2 {
-            Some(p2) => SYSCALL_PATH2_OFFSET + p2.len(),
-            None => SYSCALL_PATH1_OFFSET + p1.len(),
-        };
+        let size = SYSCALL_PATH1_OFFSET + p1.len() + p2.map_or(0, |p| 4 + p.len());
         let mut b = header_bytes(EventKind::Syscall, size);
         put_u32(&mut b, offset_of!(SyscallEvent, op), op as u32);
         put_u32(&mut b, offset_of!(SyscallEvent, dfd1), AT_FDCWD as u32);
         put_u32(&mut b, offset_of!(SyscallEvent, path1_len), p1.len() as u32);
         b[SYSCALL_PATH1_OFFSET..SYSCALL_PATH1_OFFSET + p1.len()].copy_from_slice(p1);
         if let Some(p2) = p2 {
-            put_u32(&mut b, offset_of!(SyscallEvent, path2_len), p2.len() as u32);
-            b[SYSCALL_PATH2_OFFSET..SYSCALL_PATH2_OFFSET + p2.len()].copy_from_slice(p2);
+            put_u32(&mut b, offset_of!(EventHeader, flags), SYSCALL_FLAG_PATH2);
+            let at = SYSCALL_PATH1_OFFSET + p1.len();
+            put_u32(&mut b, at, p2.len() as u32);
+            b[at + 4..at + 4 + p2.len()].copy_from_slice(p2);
         }
         b
     }
@@ -333,7 +360,7 @@ mod tests {
         assert_eq!(s.path1, b"/etc/hosts");
         assert!(s.path2.is_empty());
         assert_eq!(s.dfd1, AT_FDCWD);
-        assert_eq!(s.header.comm, b"sed");
+        assert_eq!(&*s.header.comm, b"sed");
         assert_eq!((s.header.tgid, s.header.tid), (100, 101));
     }
 
@@ -357,6 +384,13 @@ mod tests {
         let mut b = syscall(SysOp::Openat, b"/etc/x", None);
         put_u32(&mut b, offset_of!(SyscallEvent, path1_len), 4000);
         assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
+        let mut b = syscall(SysOp::Renameat2, b"/a", Some(b"/etc/b"));
+        put_u32(&mut b, SYSCALL_PATH1_OFFSET + 2, 100);
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
+        // A second path flagged but not there at all.
+        let mut b = syscall(SysOp::Renameat2, b"/a", None);
+        put_u32(&mut b, offset_of!(EventHeader, flags), SYSCALL_FLAG_PATH2);
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
     }
 
     #[test]
@@ -370,6 +404,13 @@ mod tests {
         let mut b = syscall(SysOp::Openat, b"/x", None);
         put_u32(&mut b, offset_of!(SyscallEvent, op), 999);
         assert_eq!(decode(&b), Err(DecodeError::UnknownOp(999)));
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_at_sixteen_bytes() {
+        assert_eq!(&*Comm::new(b"sed\0junk"), b"sed");
+        assert_eq!(&*Comm::new(b"0123456789abcdefXYZ"), b"0123456789abcdef");
+        assert!(Comm::new(b"").is_empty());
     }
 
     #[test]

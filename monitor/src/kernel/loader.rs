@@ -103,6 +103,8 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", settings.ringbuf_bytes)
             .load(EBPF_OBJECT)?;
+        // Loaded: the embedded object is not read again.
+        crate::memory::forget_pages(EBPF_OBJECT);
 
         let config = KernelConfig {
             path_filter: settings.path_filter as u32,

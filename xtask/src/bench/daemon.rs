@@ -139,6 +139,15 @@ impl Daemon {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// User + system CPU time used so far, in clock ticks (USER_HZ).
+    pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let rest = stat.rsplit_once(')').context("/proc/<pid>/stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        ensure!(f.len() > 12, "/proc/<pid>/stat: too few fields");
+        Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

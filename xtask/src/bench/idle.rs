@@ -3,7 +3,7 @@
 //! where the resident memory is (from `/proc/<pid>/smaps`).
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use serde_json::{Value, json};
 
 use super::scenario::{Cx, Daemon, Mode, Row, Scenario, verdict};
@@ -18,14 +18,6 @@ const CPU_TARGET_PCT: f64 = 0.5;
 #[derive(Default)]
 pub struct Idle {
     result: Option<Value>,
-}
-
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("/proc/<pid>/stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    ensure!(f.len() > 12, "/proc/<pid>/stat: too few fields");
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
 /// Resident KiB by kind of mapping: the BPF maps (ring buffer), the binary, heap and
@@ -92,9 +84,9 @@ impl Scenario for Idle {
         }
         std::thread::sleep(SETTLE);
         let pid = d.pid();
-        let (t0, c0) = (Instant::now(), cpu_ticks(pid)?);
+        let (t0, c0) = (Instant::now(), d.cpu_ticks()?);
         std::thread::sleep(Duration::from_secs(cx.plan.idle_secs));
-        let cpu_pct = (cpu_ticks(pid)? - c0) as f64 / USER_HZ / t0.elapsed().as_secs_f64() * 100.0;
+        let cpu_pct = (d.cpu_ticks()? - c0) as f64 / USER_HZ / t0.elapsed().as_secs_f64() * 100.0;
         let breakdown = rss_breakdown(pid)?;
         let rss_mib = breakdown["total_kib"].as_u64().unwrap_or(0) as f64 / 1024.0;
         self.result = Some(json!({

@@ -9,6 +9,17 @@ use super::scenario::{Cx, Daemon};
 /// Run `ops` iterations of the loop in `dir` and return ns per iteration. With `session`,
 /// the worker runs under `confgate run` of that daemon (an agent session).
 pub fn run(cx: &Cx, dir: &Path, ops: u64, session: Option<&Daemon>) -> anyhow::Result<f64> {
+    run_paced(cx, dir, ops, session, None)
+}
+
+/// [`run`], paced to `rate` iterations per second when given.
+pub fn run_paced(
+    cx: &Cx,
+    dir: &Path,
+    ops: u64,
+    session: Option<&Daemon>,
+    rate: Option<u64>,
+) -> anyhow::Result<f64> {
     let mut cmd = match session {
         Some(d) => {
             let mut c = Command::new(&cx.confgate);
@@ -26,6 +37,7 @@ pub fn run(cx: &Cx, dir: &Path, ops: u64, session: Option<&Daemon>) -> anyhow::R
         .arg(dir)
         .arg("--ops")
         .arg(ops.to_string())
+        .args(rate.map(|r| format!("--rate={r}")))
         .output()
         .context("spawning the worker")?;
     ensure!(
