@@ -14,6 +14,7 @@
 //! - `policy`: the gate's rules, built-in self-protection and grants.
 //! - `rpc`: the gRPC API over the daemon's Unix socket.
 //! - `approver`: the approval service and its client transport.
+//! - `uplink`: the daemon's spooled, reconnecting client of the approval service.
 //! - `daemon`, `cli`: wiring and the commands people type; `memory`: giving back what
 //!   only start-up needed.
 pub mod approver;
@@ -40,4 +41,5 @@ pub mod session;
 pub mod sink;
 pub mod store;
 pub mod syscalls;
+pub mod uplink;
 pub mod watch;
