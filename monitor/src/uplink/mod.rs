@@ -23,6 +23,10 @@
 //! applied them; a crash in that window loses them locally. With the default capacity of
 //! 1 that is at most two updates; the service still has them (`ListGrants`, `GetRequest`).
 //!
+//! If the service refuses the cursor (`OUT_OF_RANGE`: its update log was reset and is
+//! shorter than what this host applied), the cursor goes back to 0 (counted in
+//! `cursor_resets`) and the whole new log is replayed.
+//!
 //! A message the service rejects as invalid (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`,
 //! `NOT_FOUND`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `UNIMPLEMENTED`) is dropped from the
 //! spool, counted (`rejected`) and logged; every other error is treated as a broken
@@ -129,6 +133,9 @@ struct Counters {
     updates_applied: AtomicU64,
     /// Updates without content, or not newer than the cursor, skipped.
     updates_skipped: AtomicU64,
+    /// Subscriptions refused because the service's update log was reset (the cursor
+    /// was set back to 0).
+    cursor_resets: AtomicU64,
     /// Failed store writes of the task (spool removal, cursor).
     store_errors: AtomicU64,
     /// Entries in the spool now.
@@ -288,6 +295,7 @@ impl UplinkHandle {
             ("uplink_reconnects", v(&c.reconnects)),
             ("uplink_updates_applied", v(&c.updates_applied)),
             ("uplink_updates_skipped", v(&c.updates_skipped)),
+            ("uplink_cursor_resets", v(&c.cursor_resets)),
             ("uplink_store_errors", v(&c.store_errors)),
             ("uplink_spool_pending", v(&c.spool_pending)),
             ("uplink_connected", u64::from(self.connected())),
@@ -436,6 +444,23 @@ impl Task {
         };
         let mut stream = match client.updates(UpdatesRequest { after_seq: cursor }).await {
             Ok(r) => r.into_inner(),
+            Err(status) if status.code() == tonic::Code::OutOfRange => {
+                // The service's update log is shorter than what this host applied: its
+                // state was reset. Replay its whole log (consumers are idempotent).
+                bump(&self.shared.counters.cursor_resets);
+                tracing::error!(after_seq = cursor, %status, "uplink: the approval service lost its update log; resubscribing from the start");
+                let spool = self.spool.clone();
+                let failed = match tokio::task::spawn_blocking(move || spool.set_cursor(0)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(error) = failed {
+                    bump(&self.shared.counters.store_errors);
+                    tracing::error!(%error, "uplink: cannot reset the update cursor");
+                }
+                return End::Broken(format!("Updates: {status}"));
+            }
             Err(status) => {
                 bump(&self.shared.counters.send_errors);
                 return End::Broken(format!("Updates: {status}"));
@@ -645,5 +670,7 @@ fn is_permanent(code: tonic::Code) -> bool {
     )
 }
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

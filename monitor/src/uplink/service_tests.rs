@@ -1,0 +1,273 @@
+//! The uplink against the real approval service (`crate::approver::Server`), in process,
+//! over a Unix socket, with its real store and ledger: requests reach it, decisions and
+//! revocations come back and convert into policy grants, and both sides' restarts lose
+//! nothing that was acknowledged.
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use confgate_proto::v1 as pb;
+
+use super::*;
+use crate::approver::Server;
+use crate::approver::client::connect;
+use crate::approver::config::ServiceConfig;
+use crate::policy::{Grant, OnExpiry, OpSet};
+use crate::store::STORE_FILE;
+
+fn service_config(dir: &Path) -> ServiceConfig {
+    ServiceConfig {
+        listen: vec![format!("unix:{}", dir.join("approver.sock").display())],
+        store: dir.join("service/approver.redb"),
+        ledger: dir.join("service/ledger.jsonl"),
+        ..ServiceConfig::default()
+    }
+}
+
+fn client_config(dir: &Path) -> ClientConfig {
+    ClientConfig {
+        endpoint: format!("unix:{}", dir.join("approver.sock").display()),
+        ..ClientConfig::default()
+    }
+}
+
+fn options() -> UplinkOptions {
+    UplinkOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..UplinkOptions::default()
+    }
+}
+
+fn request(id: u64) -> pb::SubmitRequest {
+    let now = super::unix_ms_now();
+    pb::SubmitRequest {
+        host_request_id: id,
+        context: Some(pb::RequestContext {
+            session_id: 3,
+            agent: "codex".into(),
+            uid: 0,
+            user: "root".into(),
+            pid: 4242,
+            command: vec!["sh".into(), "-c".into(), "echo x >> /etc/hosts".into()],
+            path: "/etc/hosts".into(),
+            operations: vec!["write".into()],
+            reason: "add a host entry".into(),
+            rule: "system-config".into(),
+            mode: "hold".into(),
+            fail_verdict: "deny".into(),
+            ..pb::RequestContext::default()
+        }),
+        created_unix_ms: now,
+        deadline_unix_ms: now + 120_000,
+    }
+}
+
+/// The service's id of the pending request with `host_request_id`, waiting up to 10 s.
+async fn pending_id(
+    approver: &mut pb::approver_client::ApproverClient<crate::approver::client::ApproverChannel>,
+    host_request_id: u64,
+) -> u64 {
+    for _ in 0..500 {
+        let list = approver
+            .list_requests(pb::ListRequestsRequest {
+                all: false,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(r) = list
+            .requests
+            .iter()
+            .find(|r| r.host_request_id == host_request_id)
+        {
+            return r.id;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("request {host_request_id} never reached the service");
+}
+
+async fn recv(rx: &mut mpsc::Receiver<UplinkUpdate>) -> UplinkUpdate {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an update within 10 s")
+        .expect("uplink running")
+}
+
+#[tokio::test]
+async fn decisions_and_revocations_round_trip_through_the_real_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(service_config(dir.path()), None)
+        .await
+        .unwrap();
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    let (h, mut rx) = Uplink::start_with(
+        client_config(dir.path()),
+        store.clone(),
+        "web-1".into(),
+        options(),
+    );
+    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+
+    // Approve: the decision carries a grant that the gate can use.
+    h.submit(request(1)).await.unwrap();
+    let id = pending_id(&mut approver, 1).await;
+    approver
+        .decide(pb::DecideRequest {
+            id,
+            approve: true,
+            ttl_seconds: 3600,
+            note: "ok".into(),
+            scope: pb::GrantScope::Session as i32,
+            ..pb::DecideRequest::default()
+        })
+        .await
+        .unwrap();
+    let grant = match recv(&mut rx).await {
+        UplinkUpdate::Decision {
+            host_request_id,
+            decision,
+            ..
+        } => {
+            assert_eq!(host_request_id, 1);
+            assert_eq!(decision.state, pb::RequestState::Approved as i32);
+            decision.grant.expect("an approval carries its grant")
+        }
+        other => panic!("{other:?}"),
+    };
+    let g = Grant::from_proto(&grant, "system-config", OnExpiry::Flag).unwrap();
+    let now = SystemTime::now();
+    assert!(g.covers(3, "codex", b"/etc/hosts", OpSet::WRITE, now));
+    assert!(!g.covers(4, "codex", b"/etc/hosts", OpSet::WRITE, now));
+
+    // The service goes away; a request filed meanwhile waits in the spool.
+    server.stop().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while h.connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("uplink notices the outage");
+    h.submit(request(2)).await.unwrap();
+    assert_eq!(spool::Spool::new(store.clone()).load().unwrap().len(), 1);
+
+    // Back (same store): the spooled request arrives and its denial comes back.
+    let server = Server::start(service_config(dir.path()), None)
+        .await
+        .unwrap();
+    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    let id2 = pending_id(&mut approver, 2).await;
+    approver
+        .decide(pb::DecideRequest {
+            id: id2,
+            approve: false,
+            note: "no".into(),
+            ..pb::DecideRequest::default()
+        })
+        .await
+        .unwrap();
+    match recv(&mut rx).await {
+        UplinkUpdate::Decision {
+            host_request_id,
+            decision,
+            ..
+        } => {
+            assert_eq!(host_request_id, 2);
+            assert_eq!(decision.state, pb::RequestState::Denied as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Revocation of the first grant.
+    approver
+        .revoke_grant(pb::RevokeGrantRequest {
+            id: grant.id,
+            note: "enough".into(),
+        })
+        .await
+        .unwrap();
+    let revoked_seq = match recv(&mut rx).await {
+        UplinkUpdate::Revoked { seq, grant: r } => {
+            assert_eq!(r.id, grant.id);
+            assert_ne!(r.revoked_unix_ms, 0);
+            seq
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(spool::Spool::new(store.clone()).load().unwrap().is_empty());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while spool::Spool::new(store.clone()).cursor().unwrap() != revoked_seq {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("cursor stored");
+    // Exactly the three updates, none replayed after the reconnect.
+    assert_eq!(
+        h.counters()
+            .into_iter()
+            .find(|(n, _)| *n == "uplink_updates_applied"),
+        Some(("uplink_updates_applied", 3))
+    );
+    h.shutdown().await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reset_service_is_resubscribed_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(service_config(dir.path()), None)
+        .await
+        .unwrap();
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    let (h, mut rx) = Uplink::start_with(
+        client_config(dir.path()),
+        store.clone(),
+        "web-1".into(),
+        options(),
+    );
+    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    for hid in [1, 2] {
+        h.submit(request(hid)).await.unwrap();
+        let id = pending_id(&mut approver, hid).await;
+        approver
+            .decide(pb::DecideRequest {
+                id,
+                approve: false,
+                ..pb::DecideRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(recv(&mut rx).await.seq(), hid);
+    }
+    // The service loses its state: its update log restarts below this host's cursor.
+    server.stop().await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("service")).unwrap();
+    let server = Server::start(service_config(dir.path()), None)
+        .await
+        .unwrap();
+    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    h.submit(request(3)).await.unwrap();
+    let id = pending_id(&mut approver, 3).await;
+    approver
+        .decide(pb::DecideRequest {
+            id,
+            approve: false,
+            ..pb::DecideRequest::default()
+        })
+        .await
+        .unwrap();
+    match recv(&mut rx).await {
+        UplinkUpdate::Decision {
+            seq,
+            host_request_id,
+            ..
+        } => assert_eq!((seq, host_request_id), (1, 3)),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.counters().contains(&("uplink_cursor_resets", 1)));
+    h.shutdown().await;
+    server.stop().await.unwrap();
+}
