@@ -52,6 +52,20 @@ enum Command {
     },
     /// Stream events from the running daemon as NDJSON.
     Events,
+    /// Approval requests of the gate: list, watch, show, approve, deny.
+    Approvals {
+        #[command(flatten)]
+        conn: monitor::cli::approvals::ApproverArgs,
+        #[command(subcommand)]
+        command: monitor::cli::approvals::ApprovalsCommand,
+    },
+    /// Grants created by approvals: list, revoke.
+    Grants {
+        #[command(flatten)]
+        conn: monitor::cli::approvals::ApproverArgs,
+        #[command(subcommand)]
+        command: monitor::cli::grants::GrantsCommand,
+    },
     /// Read and check the host's hash-chained audit ledger.
     Audit {
         #[command(subcommand)]
@@ -167,6 +181,17 @@ fn main() -> ExitCode {
         }
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
         Command::Events => monitor::cli::stats::events(&socket(&cli)?),
+        Command::Approvals { conn, command } => {
+            let cfg = load_config(&cli)?;
+            let socket = cli
+                .socket
+                .clone()
+                .unwrap_or_else(|| cfg.daemon.socket.clone());
+            monitor::cli::approvals::run(command, conn, &cfg, &socket)
+        }
+        Command::Grants { conn, command } => {
+            monitor::cli::grants::run(command, conn, &load_config(&cli)?)
+        }
         Command::Audit { command } => Ok(monitor::cli::audit::run(command, || {
             Ok(monitor::ledger::default_path(
                 &load_config(&cli)?.daemon.state_dir,

@@ -1,7 +1,9 @@
 //! Commands of the `confgate` binary.
+pub mod approvals;
 pub mod approver;
 pub mod audit;
 pub mod check_config;
+pub mod grants;
 pub mod run;
 pub mod sessions;
 pub mod stats;

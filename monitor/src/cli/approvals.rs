@@ -1,0 +1,1180 @@
+//! `confgate approvals ...`: list, watch, show, approve and deny approval requests.
+//!
+//! The commands talk to the approval service (`Approver` gRPC API) through
+//! [`crate::approver::client::connect`]. By default they reach the service the daemon
+//! configuration names (`[approval]`: the local socket in local mode, `[approval.client]`
+//! in remote mode); `--approver`, `--ca`, `--cert`, `--key`, `--token` override it.
+//!
+//! Before `approve`/`deny` the CLI asks the local daemon which agent session it runs in
+//! (`Daemon.CallerSession`) and refuses when it is inside one: an agent must not approve
+//! requests, its own or another's. The service makes the same check against the session
+//! that asked; the local refusal gives a clear message early.
+//!
+//! Everything a request carries comes from a watched process: every string is made
+//! terminal-safe before it is printed (`--json` prints the values as JSON strings).
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use time::{OffsetDateTime, UtcOffset, macros::format_description};
+
+use crate::approver::client::{ApproverChannel, ClientConfig, connect};
+use crate::cli::grants;
+use crate::config::Config;
+use confgate_proto::v1 as pb;
+use confgate_proto::v1::approver_client::ApproverClient;
+
+/// Shortest grant lifetime `--ttl` accepts.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+/// Longest grant lifetime `--ttl` accepts (the API's limit; the service may set a lower
+/// `max_ttl`).
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest `--note`, in bytes (the service's limit).
+pub const MAX_NOTE: usize = 4096;
+
+/// Longest path shown in the `approvals list` table, in characters.
+const PATH_COLUMN: usize = 60;
+
+/// The approval service connection options, shared by `approvals` and `grants`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ApproverArgs {
+    /// Approval service: unix:/path, https://host:port, or http://127.0.0.1:port
+    /// (default: from the daemon configuration's [approval] section).
+    #[arg(
+        long,
+        env = "CONFGATE_APPROVER",
+        global = true,
+        value_name = "ENDPOINT"
+    )]
+    pub approver: Option<String>,
+    /// PEM CA certificate of the service (https).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (https); needs --key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Approver bearer token.
+    #[arg(
+        long,
+        env = "CONFGATE_APPROVER_TOKEN",
+        global = true,
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Allow a plaintext http:// endpoint (loopback only).
+    #[arg(long, global = true)]
+    pub allow_plaintext: bool,
+}
+
+impl ApproverArgs {
+    /// The client settings: `base` (from the daemon configuration) with the flags applied.
+    /// `--approver` replaces the endpoint and drops the configuration's TLS material and
+    /// token, so settings meant for one service never go to another.
+    pub fn client_config(&self, base: ClientConfig) -> ClientConfig {
+        let mut c = match &self.approver {
+            Some(endpoint) => ClientConfig {
+                endpoint: endpoint.clone(),
+                ..ClientConfig::default()
+            },
+            None => base,
+        };
+        let absolute = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                std::env::current_dir().map_or_else(|_| p.clone(), |d| d.join(p))
+            }
+        };
+        if let Some(p) = &self.ca {
+            c.ca = Some(absolute(p));
+        }
+        if let Some(p) = &self.cert {
+            c.cert = Some(absolute(p));
+        }
+        if let Some(p) = &self.key {
+            c.key = Some(absolute(p));
+        }
+        if let Some(t) = &self.token {
+            c.token = Some(t.clone());
+        }
+        c.allow_plaintext |= self.allow_plaintext;
+        c
+    }
+}
+
+/// Scope of a grant (`--scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    /// Only the session that asked.
+    Session,
+    /// Every session of the same agent on the same host.
+    Agent,
+}
+
+impl From<ScopeArg> for pb::GrantScope {
+    fn from(s: ScopeArg) -> Self {
+        match s {
+            ScopeArg::Session => pb::GrantScope::Session,
+            ScopeArg::Agent => pb::GrantScope::Agent,
+        }
+    }
+}
+
+/// The `approvals` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List requests, newest first (pending ones unless --all).
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Include decided and expired requests.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print every pending request, then each new request and state change as it happens.
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request with its full context and, once decided, its decision.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request: creates a grant for the session (or agent) and path.
+    Approve {
+        id: u64,
+        /// Grant lifetime, e.g. "30m", "2h", "1d" (1 s .. 30 days; default: the service's,
+        /// one hour).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// Why (kept in both ledgers).
+        #[arg(long)]
+        note: Option<String>,
+        /// Who the grant covers (default: session).
+        #[arg(long, value_enum)]
+        scope: Option<ScopeArg>,
+        /// Widen the grant to this absolute path glob (default: the request's path).
+        #[arg(long)]
+        glob: Option<String>,
+        /// This host runs no confgate daemon: skip asking it for the caller's session
+        /// (the approval service still refuses a decision from the session that asked).
+        #[arg(long)]
+        no_daemon: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a pending request.
+    Deny {
+        id: u64,
+        /// Why (kept in both ledgers).
+        #[arg(long)]
+        note: Option<String>,
+        /// See `approve --no-daemon`.
+        #[arg(long)]
+        no_daemon: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses `--ttl`: a humantime duration of whole seconds within [`MIN_TTL`]..=[`MAX_TTL`].
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (\"30m\", \"2h\", \"1d\"): {e}"))?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: a TTL is whole seconds"));
+    }
+    if d < MIN_TTL || d > MAX_TTL {
+        return Err(format!(
+            "{s:?}: a TTL is between 1s and {}",
+            humantime::format_duration(MAX_TTL)
+        ));
+    }
+    Ok(d)
+}
+
+/// A `--note`: at most [`MAX_NOTE`] bytes, no control characters (the service refuses
+/// them too; this says so before anything is sent).
+pub fn check_note(note: &str) -> anyhow::Result<()> {
+    if note.len() > MAX_NOTE {
+        bail!("--note is longer than {MAX_NOTE} bytes");
+    }
+    if note.chars().any(char::is_control) {
+        bail!("--note contains control characters (newlines, tabs, escapes)");
+    }
+    Ok(())
+}
+
+/// A `--glob`: absolute and a valid glob.
+pub fn check_glob(glob: &str) -> anyhow::Result<()> {
+    if !glob.starts_with('/') {
+        bail!("--glob {glob:?} is not an absolute path glob");
+    }
+    globset::Glob::new(glob).map_err(|e| anyhow!("--glob {glob:?}: {e}"))?;
+    Ok(())
+}
+
+/// Where the deciding shell runs, as its local daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeciderSession {
+    pub host: String,
+    /// Agent session of the caller; 0 = none.
+    pub session: u64,
+}
+
+/// Refuses a decision made from inside an agent session.
+pub fn check_decider(d: &DeciderSession) -> anyhow::Result<()> {
+    if d.session != 0 {
+        bail!(
+            "refusing to decide: this command runs inside agent session {} on {}; agents may not \
+             approve or deny requests. Decide from a shell outside any agent session",
+            d.session,
+            term(&d.host)
+        );
+    }
+    Ok(())
+}
+
+/// Asks the daemon at `socket` which session the caller is in.
+pub async fn decider_session(socket: &Path) -> anyhow::Result<DeciderSession> {
+    let mut daemon = crate::rpc::client::connect(socket).await.map_err(|e| {
+        anyhow!(
+            "cannot ask the local confgate daemon which session this command runs in: {e}; on a \
+             host without a confgate daemon, pass --no-daemon"
+        )
+    })?;
+    let reply = daemon
+        .caller_session(pb::CallerSessionRequest {})
+        .await
+        .map_err(|s| {
+            anyhow!(
+                "the local daemon did not say which session this command runs in: {}",
+                crate::rpc::client::explain(&s)
+            )
+        })?
+        .into_inner();
+    Ok(DeciderSession {
+        host: reply.host,
+        session: reply.session_id,
+    })
+}
+
+/// Builds the Decide call.
+pub fn decide_request(
+    id: u64,
+    approve: bool,
+    ttl: Option<Duration>,
+    note: Option<&str>,
+    scope: Option<ScopeArg>,
+    glob: Option<&str>,
+    decider: &DeciderSession,
+) -> anyhow::Result<pb::DecideRequest> {
+    if let Some(n) = note {
+        check_note(n)?;
+    }
+    if let Some(g) = glob {
+        check_glob(g)?;
+    }
+    Ok(pb::DecideRequest {
+        id,
+        approve,
+        ttl_seconds: ttl.map_or(0, |d| d.as_secs()),
+        note: note.unwrap_or_default().to_owned(),
+        scope: scope.map_or(pb::GrantScope::Unspecified, pb::GrantScope::from) as i32,
+        path_glob: glob.unwrap_or_default().to_owned(),
+        decider_host: decider.host.clone(),
+        decider_session: decider.session,
+    })
+}
+
+/// Runs an `approvals` subcommand with the daemon configuration `cfg` and daemon socket
+/// `socket`. Returns the exit status.
+pub fn run(
+    cmd: &ApprovalsCommand,
+    conn: &ApproverArgs,
+    cfg: &Config,
+    socket: &Path,
+) -> anyhow::Result<i32> {
+    let client_cfg = conn.client_config(cfg.approval.client_config());
+    runtime()?.block_on(async {
+        let mut out = std::io::stdout().lock();
+        match cmd {
+            ApprovalsCommand::List { json, all } => {
+                let mut c = service(&client_cfg).await?;
+                list(&mut c, *all, *json, now_ms(), &mut out).await
+            }
+            ApprovalsCommand::Watch { json } => {
+                let mut c = service(&client_cfg).await?;
+                watch(&mut c, *json, &mut out).await
+            }
+            ApprovalsCommand::Show { id, json } => {
+                let mut c = service(&client_cfg).await?;
+                show(&mut c, *id, *json, now_ms(), &mut out).await
+            }
+            ApprovalsCommand::Approve {
+                id,
+                ttl,
+                note,
+                scope,
+                glob,
+                no_daemon,
+                json,
+            } => {
+                let decider = local_decider(socket, *no_daemon).await?;
+                let req = decide_request(
+                    *id,
+                    true,
+                    *ttl,
+                    note.as_deref(),
+                    *scope,
+                    glob.as_deref(),
+                    &decider,
+                )?;
+                check_decider(&decider)?;
+                let mut c = service(&client_cfg).await?;
+                decide(&mut c, req, *json, now_ms(), &mut out).await
+            }
+            ApprovalsCommand::Deny {
+                id,
+                note,
+                no_daemon,
+                json,
+            } => {
+                let decider = local_decider(socket, *no_daemon).await?;
+                let req = decide_request(*id, false, None, note.as_deref(), None, None, &decider)?;
+                check_decider(&decider)?;
+                let mut c = service(&client_cfg).await?;
+                decide(&mut c, req, *json, now_ms(), &mut out).await
+            }
+        }?;
+        Ok(0)
+    })
+}
+
+async fn local_decider(socket: &Path, no_daemon: bool) -> anyhow::Result<DeciderSession> {
+    if no_daemon {
+        tracing::warn!("--no-daemon: not asking a local daemon for this command's session");
+        return Ok(DeciderSession {
+            host: crate::host::host_name(),
+            session: 0,
+        });
+    }
+    decider_session(socket).await
+}
+
+/// `approvals list`.
+pub async fn list(
+    c: &mut ApproverClient<ApproverChannel>,
+    all: bool,
+    json: bool,
+    now_ms: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let reply = c
+        .list_requests(pb::ListRequestsRequest { all, limit: 0 })
+        .await
+        .map_err(|s| anyhow!(explain(&s)))?
+        .into_inner();
+    if json {
+        let list: Vec<Value> = reply.requests.iter().map(request_json).collect();
+        writeln!(out, "{}", Value::Array(list))?;
+    } else {
+        out.write_all(render_list(&reply.requests, all, now_ms).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `approvals watch`: runs until the stream ends (an error) or the process is stopped.
+pub async fn watch(
+    c: &mut ApproverClient<ApproverChannel>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut stream = c
+        .watch_requests(pb::WatchRequestsRequest {})
+        .await
+        .map_err(|s| anyhow!(explain(&s)))?
+        .into_inner();
+    while let Some(r) = stream.message().await.map_err(|s| anyhow!(explain(&s)))? {
+        if json {
+            writeln!(out, "{}", request_json(&r))?;
+        } else {
+            out.write_all(render_watch_item(&r, now_ms()).as_bytes())?;
+        }
+        out.flush()?;
+    }
+    bail!("the approval service ended the watch stream")
+}
+
+/// `approvals show ID`.
+pub async fn show(
+    c: &mut ApproverClient<ApproverChannel>,
+    id: u64,
+    json: bool,
+    now_ms: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let r = c
+        .get_request(pb::GetRequestRequest { id })
+        .await
+        .map_err(|s| anyhow!(explain(&s)))?
+        .into_inner();
+    if json {
+        writeln!(out, "{}", request_json(&r))?;
+    } else {
+        out.write_all(render_request(&r, now_ms).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `approvals approve` / `approvals deny`: sends `req`, prints the outcome.
+pub async fn decide(
+    c: &mut ApproverClient<ApproverChannel>,
+    req: pb::DecideRequest,
+    json: bool,
+    now_ms: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let id = req.id;
+    let r = c
+        .decide(req)
+        .await
+        .map_err(|s| anyhow!("request {id}: {}", explain(&s)))?
+        .into_inner();
+    if json {
+        writeln!(out, "{}", request_json(&r))?;
+    } else {
+        out.write_all(render_decided(&r, now_ms).as_bytes())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn service(cfg: &ClientConfig) -> anyhow::Result<ApproverClient<ApproverChannel>> {
+    connect(cfg).await.map_err(anyhow::Error::from)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A one-line explanation of a failed call to the approval service.
+pub fn explain(status: &tonic::Status) -> String {
+    use tonic::Code;
+    let msg = term(status.message());
+    match status.code() {
+        Code::NotFound => format!("not found: {msg}"),
+        Code::FailedPrecondition => format!("not possible now: {msg}"),
+        Code::PermissionDenied => format!("refused by the approval service: {msg}"),
+        Code::Unauthenticated => format!(
+            "the approval service did not accept this identity: {msg} (use --token, or --cert and \
+             --key)"
+        ),
+        Code::InvalidArgument => format!("invalid request: {msg}"),
+        Code::Unavailable => format!("the approval service is unavailable: {msg}"),
+        code => format!("the approval service answered {code:?}: {msg}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Formatting (pure functions of the data and the current time).
+
+/// Terminal-safe text: control characters visible, backslashes doubled (as for events).
+pub fn term(s: &str) -> String {
+    crate::escape::for_terminal(s.as_bytes())
+}
+
+/// `s` shortened to `max` characters with a trailing ellipsis.
+pub fn ellipsize(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// A command line for people: each argument terminal-safe, quoted when it would not read
+/// as one word.
+pub fn command_line(argv: &[String]) -> String {
+    if argv.is_empty() {
+        return "-".to_owned();
+    }
+    argv.iter()
+        .map(|a| {
+            let t = term(a);
+            if t.is_empty()
+                || t.chars()
+                    .any(|c| c.is_whitespace() || "'\"$`;&|<>()".contains(c))
+            {
+                format!("'{}'", t.replace('\'', "'\\''"))
+            } else {
+                t
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn offset_at(unix_secs: i64) -> UtcOffset {
+    let t: libc::time_t = unix_secs;
+    // SAFETY: localtime_r only writes the caller's `tm`; confgate never changes TZ or the
+    // environment, so the time zone data it reads is not modified concurrently.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if !ok {
+        return UtcOffset::UTC;
+    }
+    i32::try_from(tm.tm_gmtoff)
+        .ok()
+        .and_then(|s| UtcOffset::from_whole_seconds(s).ok())
+        .unwrap_or(UtcOffset::UTC)
+}
+
+/// `unix_ms` as local RFC 3339 to the second (`2026-05-01T14:03:09+02:00`); "-" for 0.
+pub fn local_time(unix_ms: i64) -> String {
+    if unix_ms == 0 {
+        return "-".to_owned();
+    }
+    let secs = unix_ms.div_euclid(1000);
+    let fmt = format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second][offset_hour sign:mandatory]:[offset_minute]"
+    );
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .map(|t| t.to_offset(offset_at(secs)))
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| format!("{unix_ms} ms"))
+}
+
+/// `unix_ms` as UTC RFC 3339 with milliseconds, for JSON; `None` for 0.
+pub fn utc_time(unix_ms: i64) -> Option<String> {
+    if unix_ms == 0 {
+        return None;
+    }
+    let d = Duration::from_millis(unix_ms.unsigned_abs());
+    let t = if unix_ms >= 0 {
+        UNIX_EPOCH.checked_add(d)
+    } else {
+        UNIX_EPOCH.checked_sub(d)
+    }?;
+    Some(crate::ledger::format_time(t))
+}
+
+/// How far `unix_ms` is from `now_ms`, to the second: "in 4m 12s", "3m ago", "now".
+pub fn relative(unix_ms: i64, now_ms: i64) -> String {
+    let diff = unix_ms.saturating_sub(now_ms);
+    let secs = (diff.unsigned_abs() + 500) / 1000;
+    if secs == 0 {
+        return "now".to_owned();
+    }
+    let d = humantime::format_duration(Duration::from_secs(secs));
+    if diff > 0 {
+        format!("in {d}")
+    } else {
+        format!("{d} ago")
+    }
+}
+
+/// Local time with the distance from now: `2026-05-01T14:03:09+02:00 (in 4m 12s)`.
+pub fn when(unix_ms: i64, now_ms: i64) -> String {
+    if unix_ms == 0 {
+        return "-".to_owned();
+    }
+    format!("{} ({})", local_time(unix_ms), relative(unix_ms, now_ms))
+}
+
+/// Lowercase name of a request state.
+pub fn state_name(state: i32) -> &'static str {
+    match pb::RequestState::try_from(state) {
+        Ok(pb::RequestState::Pending) => "pending",
+        Ok(pb::RequestState::Approved) => "approved",
+        Ok(pb::RequestState::Denied) => "denied",
+        Ok(pb::RequestState::Expired) => "expired",
+        Ok(pb::RequestState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// Aligned columns, the last one unpadded; ends with a newline.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            l.push_str(cell);
+            if i + 1 < widths.len() {
+                l.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// Terminal-safe text, "-" when empty.
+pub fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        term(s)
+    }
+}
+
+/// The `approvals list` table.
+pub fn render_list(requests: &[pb::ApprovalRequest], all: bool, now_ms: i64) -> String {
+    if requests.is_empty() {
+        return if all {
+            "no approval requests\n".to_owned()
+        } else {
+            "no pending approval requests\n".to_owned()
+        };
+    }
+    let rows: Vec<Vec<String>> = requests
+        .iter()
+        .map(|r| {
+            let c = r.context.clone().unwrap_or_default();
+            let deadline = if r.state == pb::RequestState::Pending as i32 {
+                relative(r.deadline_unix_ms, now_ms)
+            } else {
+                "-".to_owned()
+            };
+            vec![
+                r.id.to_string(),
+                state_name(r.state).to_owned(),
+                dash(&c.host),
+                c.session_id.to_string(),
+                dash(&c.agent),
+                dash(&c.user),
+                term(&c.operations.join(",")),
+                deadline,
+                ellipsize(&dash(&c.path), PATH_COLUMN),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID", "STATE", "HOST", "SESSION", "AGENT", "USER", "OPS", "DEADLINE", "PATH",
+        ],
+        &rows,
+    )
+}
+
+/// The full human view of one request: everything an approver needs to decide.
+pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
+    let c = r.context.clone().unwrap_or_default();
+    let mut s = format!("request {}  {}\n", r.id, state_name(r.state).to_uppercase());
+    let mut field = |name: &str, value: String| {
+        s.push_str(&format!("  {name:<13}{value}\n"));
+    };
+    field("host", dash(&c.host));
+    field("session", c.session_id.to_string());
+    field("agent", dash(&c.agent));
+    field("user", format!("{} (uid {})", dash(&c.user), c.uid));
+    field("pid", c.pid.to_string());
+    field("command", command_line(&c.command));
+    field("cwd", dash(&c.cwd));
+    if c.ancestry.is_empty() {
+        field("ancestry", "-".to_owned());
+    }
+    for (i, p) in c.ancestry.iter().enumerate() {
+        field(
+            if i == 0 { "ancestry" } else { "" },
+            format!("{} {}: {}", p.pid, dash(&p.comm), command_line(&p.argv)),
+        );
+    }
+    field("path", dash(&c.path));
+    field("operations", dash(&c.operations.join(", ")));
+    field(
+        "reason",
+        if c.reason.is_empty() {
+            "(none given)".to_owned()
+        } else {
+            term(&c.reason)
+        },
+    );
+    field("rule", dash(&c.rule));
+    field("mode", dash(&c.mode));
+    field("fail verdict", dash(&c.fail_verdict));
+    field(
+        "content",
+        if c.content_sha256.is_empty() {
+            "none (the file did not exist)".to_owned()
+        } else {
+            format!("sha256 {}", term(&c.content_sha256))
+        },
+    );
+    field("created", when(r.created_unix_ms, now_ms));
+    field("deadline", when(r.deadline_unix_ms, now_ms));
+    if let Some(d) = &r.decision {
+        field("decision", decision_line(d, now_ms));
+        if let Some(g) = &d.grant {
+            field("grant", grants::grant_summary(g, now_ms));
+        }
+    }
+    s
+}
+
+fn decision_line(d: &pb::Decision, now_ms: i64) -> String {
+    let mut s = format!(
+        "{} by {} at {}",
+        state_name(d.state),
+        dash(&d.decided_by),
+        when(d.decided_unix_ms, now_ms)
+    );
+    if !d.verdict.is_empty() {
+        s.push_str(&format!(", verdict {}", term(&d.verdict)));
+    }
+    if !d.note.is_empty() {
+        s.push_str(&format!(", note: {}", term(&d.note)));
+    }
+    s
+}
+
+/// What `approvals watch` prints for one stream item: the full view for a pending
+/// request, one line for a state change.
+pub fn render_watch_item(r: &pb::ApprovalRequest, now_ms: i64) -> String {
+    if r.state == pb::RequestState::Pending as i32 {
+        let mut s = render_request(r, now_ms);
+        s.push('\n');
+        return s;
+    }
+    let path = r
+        .context
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |c| dash(&c.path));
+    match &r.decision {
+        Some(d) => format!("request {} {}: {}\n", r.id, path, decision_line(d, now_ms)),
+        None => format!("request {} {}: {}\n", r.id, path, state_name(r.state)),
+    }
+}
+
+/// What `approve`/`deny` print on success.
+pub fn render_decided(r: &pb::ApprovalRequest, now_ms: i64) -> String {
+    let path = r
+        .context
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |c| dash(&c.path));
+    let mut s = format!("request {} ({path}): {}\n", r.id, state_name(r.state));
+    if let Some(g) = r.decision.as_ref().and_then(|d| d.grant.as_ref()) {
+        s.push_str(&format!("grant {}\n", grants::grant_summary(g, now_ms)));
+    }
+    s
+}
+
+/// A request as JSON (proto field names; times also as RFC 3339 UTC).
+pub fn request_json(r: &pb::ApprovalRequest) -> Value {
+    let context = r.context.as_ref().map(|c| {
+        json!({
+            "host": c.host,
+            "session_id": c.session_id,
+            "agent": c.agent,
+            "uid": c.uid,
+            "user": c.user,
+            "pid": c.pid,
+            "command": c.command,
+            "ancestry": c.ancestry.iter().map(|p| json!({
+                "pid": p.pid, "comm": p.comm, "argv": p.argv,
+            })).collect::<Vec<_>>(),
+            "cwd": c.cwd,
+            "path": c.path,
+            "operations": c.operations,
+            "reason": c.reason,
+            "content_sha256": c.content_sha256,
+            "rule": c.rule,
+            "mode": c.mode,
+            "fail_verdict": c.fail_verdict,
+        })
+    });
+    let decision = r.decision.as_ref().map(|d| {
+        json!({
+            "state": state_name(d.state),
+            "decided_by": d.decided_by,
+            "note": d.note,
+            "decided_unix_ms": d.decided_unix_ms,
+            "decided": utc_time(d.decided_unix_ms),
+            "verdict": d.verdict,
+            "grant": d.grant.as_ref().map(grants::grant_json),
+        })
+    });
+    json!({
+        "id": r.id,
+        "host_request_id": r.host_request_id,
+        "state": state_name(r.state),
+        "created_unix_ms": r.created_unix_ms,
+        "created": utc_time(r.created_unix_ms),
+        "deadline_unix_ms": r.deadline_unix_ms,
+        "deadline": utc_time(r.deadline_unix_ms),
+        "context": context,
+        "decision": decision,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// 2026-05-01T12:00:00Z.
+    pub const NOW: i64 = 1_777_636_800_000;
+
+    pub fn request() -> pb::ApprovalRequest {
+        pb::ApprovalRequest {
+            id: 17,
+            host_request_id: 3,
+            context: Some(pb::RequestContext {
+                host: "web-1".into(),
+                session_id: 42,
+                agent: "claude-code".into(),
+                uid: 1000,
+                user: "alice".into(),
+                pid: 4242,
+                command: vec!["sh".into(), "-c".into(), "echo x > /etc/app.conf".into()],
+                ancestry: vec![
+                    pb::ProcessInfo {
+                        pid: 4242,
+                        comm: "sh".into(),
+                        argv: vec!["sh".into(), "-c".into(), "echo x".into()],
+                    },
+                    pb::ProcessInfo {
+                        pid: 4000,
+                        comm: "claude".into(),
+                        argv: vec!["claude".into()],
+                    },
+                ],
+                path: "/etc/app\n.conf".into(),
+                operations: vec!["write".into(), "truncate".into()],
+                reason: "update the port\u{1b}[2J".into(),
+                content_sha256: "ab".repeat(32),
+                rule: "etc".into(),
+                mode: "hold".into(),
+                fail_verdict: "deny".into(),
+                cwd: "/home/alice".into(),
+            }),
+            created_unix_ms: NOW - 60_000,
+            deadline_unix_ms: NOW + 252_000,
+            state: pb::RequestState::Pending as i32,
+            decision: None,
+        }
+    }
+
+    #[test]
+    fn ttl_parsing_and_limits() {
+        assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_ttl("1s").unwrap(), MIN_TTL);
+        assert_eq!(parse_ttl("30days").unwrap(), MAX_TTL);
+        assert_eq!(parse_ttl(" 1h 30m ").unwrap(), Duration::from_secs(5400));
+        let e = parse_ttl("31d").unwrap_err();
+        assert!(e.contains("between 1s and 30days"), "{e}");
+        assert!(parse_ttl("0s").unwrap_err().contains("between"));
+        assert!(parse_ttl("1500ms").unwrap_err().contains("whole seconds"));
+        assert!(parse_ttl("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_ttl("-5m").is_err());
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        conn: ApproverArgs,
+        #[command(subcommand)]
+        cmd: ApprovalsCommand,
+    }
+
+    #[test]
+    fn approve_arguments_parse() {
+        let cli = Cli::try_parse_from([
+            "approvals",
+            "approve",
+            "17",
+            "--ttl",
+            "90m",
+            "--scope",
+            "agent",
+            "--glob",
+            "/etc/app/*",
+            "--note",
+            "ok",
+            "--approver",
+            "unix:/tmp/a.sock",
+        ])
+        .unwrap();
+        match cli.cmd {
+            ApprovalsCommand::Approve {
+                id,
+                ttl,
+                scope,
+                glob,
+                note,
+                ..
+            } => {
+                assert_eq!(id, 17);
+                assert_eq!(ttl, Some(Duration::from_secs(5400)));
+                assert_eq!(scope, Some(ScopeArg::Agent));
+                assert_eq!(glob.as_deref(), Some("/etc/app/*"));
+                assert_eq!(note.as_deref(), Some("ok"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cli.conn.approver.as_deref(), Some("unix:/tmp/a.sock"));
+        let e = Cli::try_parse_from(["a", "approve", "1", "--ttl", "90d"])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("between"), "{e}");
+        assert!(Cli::try_parse_from(["a", "approve", "1", "--scope", "host"]).is_err());
+        // deny takes no grant options.
+        assert!(Cli::try_parse_from(["a", "deny", "1", "--ttl", "1h"]).is_err());
+    }
+
+    #[test]
+    fn connection_flags_override_the_configuration() {
+        let base = ClientConfig {
+            endpoint: "https://appr.example:7443".into(),
+            ca: Some("/etc/confgate/ca.pem".into()),
+            token: Some("from-config".into()),
+            ..ClientConfig::default()
+        };
+        let none = ApproverArgs::default();
+        assert_eq!(none.client_config(base.clone()), base);
+        let token = ApproverArgs {
+            token: Some("t2".into()),
+            ..ApproverArgs::default()
+        };
+        let c = token.client_config(base.clone());
+        assert_eq!(c.token.as_deref(), Some("t2"));
+        assert_eq!(c.ca, base.ca);
+        let other = ApproverArgs {
+            approver: Some("unix:/run/other.sock".into()),
+            ..ApproverArgs::default()
+        };
+        let c = other.client_config(base);
+        assert_eq!(c.endpoint, "unix:/run/other.sock");
+        assert_eq!(
+            (c.ca.clone(), c.token.clone()),
+            (None, None),
+            "config TLS/token not sent elsewhere"
+        );
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn decide_request_carries_the_decider_and_checks_inputs() {
+        let me = DeciderSession {
+            host: "desk".into(),
+            session: 0,
+        };
+        let r = decide_request(
+            17,
+            true,
+            Some(Duration::from_secs(600)),
+            Some("ok"),
+            Some(ScopeArg::Session),
+            Some("/etc/app/**"),
+            &me,
+        )
+        .unwrap();
+        assert_eq!(
+            (r.id, r.approve, r.ttl_seconds, r.scope),
+            (17, true, 600, pb::GrantScope::Session as i32)
+        );
+        assert_eq!((r.decider_host.as_str(), r.decider_session), ("desk", 0));
+        let d = decide_request(17, false, None, None, None, None, &me).unwrap();
+        assert_eq!((d.ttl_seconds, d.scope, d.path_glob.as_str()), (0, 0, ""));
+        assert!(decide_request(1, true, None, Some("a\nb"), None, None, &me).is_err());
+        assert!(decide_request(1, true, None, None, None, Some("etc/*"), &me).is_err());
+        assert!(decide_request(1, true, None, None, None, Some("/etc/[a"), &me).is_err());
+        let long = "x".repeat(MAX_NOTE + 1);
+        assert!(decide_request(1, true, None, Some(&long), None, None, &me).is_err());
+    }
+
+    #[test]
+    fn a_decider_inside_an_agent_session_is_refused() {
+        let inside = DeciderSession {
+            host: "web-1".into(),
+            session: 42,
+        };
+        let e = check_decider(&inside).unwrap_err().to_string();
+        assert!(e.contains("inside agent session 42 on web-1"), "{e}");
+        check_decider(&DeciderSession {
+            host: "web-1".into(),
+            session: 0,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative(NOW + 252_000, NOW), "in 4m 12s");
+        assert_eq!(relative(NOW - 180_000, NOW), "3m ago");
+        assert_eq!(relative(NOW + 400, NOW), "now");
+        assert_eq!(relative(NOW + 3 * 86_400_000, NOW), "in 3days");
+        assert_eq!(utc_time(NOW).as_deref(), Some("2026-05-01T12:00:00.000Z"));
+        assert_eq!(utc_time(0), None);
+        assert_eq!(local_time(0), "-");
+    }
+
+    #[test]
+    fn local_time_is_rfc3339_with_the_local_offset() {
+        let s = local_time(NOW);
+        let parsed = crate::ledger::parse_time(&s).unwrap();
+        assert_eq!(
+            parsed,
+            UNIX_EPOCH + Duration::from_millis(NOW as u64),
+            "{s}"
+        );
+        // The offset is the one the C library gives for that instant.
+        let off = offset_at(NOW / 1000);
+        let (h, m, _) = off.as_hms();
+        assert!(
+            s.ends_with(&format!("{h:+03}:{:02}", m.abs())),
+            "{s} vs {off}"
+        );
+    }
+
+    #[test]
+    fn request_view_shows_the_whole_context_safely() {
+        let s = render_request(&request(), NOW);
+        for needle in [
+            "request 17  PENDING",
+            "host         web-1",
+            "session      42",
+            "agent        claude-code",
+            "user         alice (uid 1000)",
+            "pid          4242",
+            "command      sh -c 'echo x > /etc/app.conf'",
+            "cwd          /home/alice",
+            "ancestry     4242 sh: sh -c 'echo x'",
+            "             4000 claude: claude",
+            "path         /etc/app\\n.conf",
+            "operations   write, truncate",
+            "reason       update the port\\u{1b}[2J",
+            "rule         etc",
+            "mode         hold",
+            "fail verdict deny",
+            "content      sha256 abab",
+            "(1m ago)",
+            "(in 4m 12s)",
+        ] {
+            assert!(s.contains(needle), "missing {needle:?} in\n{s}");
+        }
+        assert!(
+            !s.contains('\u{1b}'),
+            "escape sequence reached the terminal"
+        );
+        let lines = s.lines().count();
+        assert_eq!(lines, 19, "one line per field:\n{s}");
+        let mut gone = request();
+        if let Some(c) = gone.context.as_mut() {
+            c.content_sha256.clear();
+        }
+        assert!(render_request(&gone, NOW).contains("none (the file did not exist)"));
+    }
+
+    #[test]
+    fn decided_request_shows_decision_and_grant() {
+        let mut r = request();
+        r.state = pb::RequestState::Approved as i32;
+        r.decision = Some(pb::Decision {
+            request_id: 17,
+            state: pb::RequestState::Approved as i32,
+            decided_by: "unix:root".into(),
+            note: "fine".into(),
+            decided_unix_ms: NOW - 1000,
+            verdict: String::new(),
+            grant: Some(crate::cli::grants::tests::grant()),
+        });
+        let s = render_request(&r, NOW);
+        assert!(s.contains("decision     approved by unix:root at "), "{s}");
+        assert!(s.contains("note: fine"), "{s}");
+        assert!(
+            s.contains("grant        5: session 42 (claude-code) on web-1"),
+            "{s}"
+        );
+        let w = render_watch_item(&r, NOW);
+        assert_eq!(w.lines().count(), 1, "{w}");
+        assert!(
+            w.starts_with("request 17 /etc/app\\n.conf: approved by unix:root"),
+            "{w}"
+        );
+        let d = render_decided(&r, NOW);
+        assert!(
+            d.starts_with("request 17 (/etc/app\\n.conf): approved\ngrant 5: "),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn list_table_is_one_line_per_request() {
+        let mut other = request();
+        other.id = 18;
+        if let Some(c) = other.context.as_mut() {
+            c.path = format!("/etc/{}", "d/".repeat(100));
+        }
+        let s = render_list(&[request(), other], false, NOW);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines.len(), 3, "{s}");
+        assert!(lines[0].starts_with("ID  STATE"), "{s}");
+        assert!(
+            lines[1].contains("pending") && lines[1].contains("in 4m 12s"),
+            "{s}"
+        );
+        assert!(lines[2].ends_with('…'), "long path shortened: {s}");
+        assert_eq!(
+            render_list(&[], false, NOW),
+            "no pending approval requests\n"
+        );
+    }
+
+    #[test]
+    fn json_keeps_values_exact() {
+        let v = request_json(&request());
+        assert_eq!(v["id"], 17);
+        assert_eq!(v["state"], "pending");
+        assert_eq!(v["context"]["path"], "/etc/app\n.conf");
+        assert_eq!(v["context"]["ancestry"][1]["comm"], "claude");
+        assert_eq!(v["deadline_unix_ms"], NOW + 252_000);
+        assert_eq!(v["deadline"], "2026-05-01T12:04:12.000Z");
+        assert!(v["decision"].is_null());
+        assert!(!v.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn command_lines_quote_what_is_not_one_word() {
+        assert_eq!(
+            command_line(&["vim".into(), "a b".into(), "".into(), "it's".into()]),
+            "vim 'a b' '' 'it'\\''s'"
+        );
+        assert_eq!(command_line(&[]), "-");
+    }
+}
