@@ -1,5 +1,7 @@
 //! Commands of the `confgate` binary.
 pub mod approvals;
+#[cfg(test)]
+mod approvals_service_tests;
 pub mod approver;
 pub mod audit;
 pub mod check_config;

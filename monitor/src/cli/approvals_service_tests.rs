@@ -1,0 +1,238 @@
+//! The approvals and grants commands against the real approval service (in-process, on a
+//! temporary Unix socket, with its real store and ledger) and, for the self-approval
+//! check, the daemon's real RPC layer.
+use std::sync::Arc;
+use std::time::Duration;
+
+use confgate_proto::v1 as pb;
+
+use super::approvals::{self, DeciderSession, ScopeArg};
+use super::grants;
+use crate::approver::client::{ClientConfig, connect};
+use crate::approver::config::ServiceConfig;
+use crate::approver::{Server, service::now_ms};
+use crate::rpc::testing::{FakeDaemon, TestServer};
+
+fn service_config(dir: &std::path::Path) -> ServiceConfig {
+    ServiceConfig {
+        listen: vec![format!("unix:{}", dir.join("approver.sock").display())],
+        store: dir.join("state/approver.redb"),
+        ledger: dir.join("state/ledger.jsonl"),
+        ..ServiceConfig::default()
+    }
+}
+
+fn submit(hid: u64, session: u64) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        host_request_id: hid,
+        context: Some(pb::RequestContext {
+            session_id: session,
+            agent: "codex".into(),
+            uid: 1000,
+            user: "dev".into(),
+            pid: 4242,
+            command: vec!["sh".into(), "-c".into(), "echo x > /etc/app.conf".into()],
+            ancestry: vec![pb::ProcessInfo {
+                pid: 4242,
+                comm: "sh".into(),
+                argv: vec!["sh".into()],
+            }],
+            path: "/etc/app.conf".into(),
+            operations: vec!["write".into()],
+            reason: "update the port".into(),
+            rule: "etc".into(),
+            mode: "hold".into(),
+            fail_verdict: "deny".into(),
+            cwd: "/root".into(),
+            ..Default::default()
+        }),
+        created_unix_ms: 0,
+        deadline_unix_ms: now_ms() + 300_000,
+    }
+}
+
+fn text(buf: &[u8]) -> String {
+    String::from_utf8(buf.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(service_config(dir.path()), None)
+        .await
+        .unwrap();
+    let cfg = ClientConfig {
+        endpoint: format!("unix:{}", dir.path().join("approver.sock").display()),
+        ..ClientConfig::default()
+    };
+    let mut c = connect(&cfg).await.unwrap();
+    // Root on the socket files requests as the local host (the daemon's role).
+    let r1 = c.submit(submit(1, 7)).await.unwrap().into_inner();
+    let r2 = c.submit(submit(2, 8)).await.unwrap().into_inner();
+
+    let mut out = Vec::new();
+    approvals::list(&mut c, false, false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    let s = text(&out);
+    assert_eq!(s.lines().count(), 3, "{s}");
+    assert!(s.contains("/etc/app.conf") && s.contains("pending"), "{s}");
+
+    let mut out = Vec::new();
+    approvals::show(&mut c, r1.id, false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    let s = text(&out);
+    assert!(s.contains(&format!("request {}  PENDING", r1.id)), "{s}");
+    assert!(
+        s.contains("command      sh -c 'echo x > /etc/app.conf'"),
+        "{s}"
+    );
+    assert!(s.contains("reason       update the port"), "{s}");
+
+    // watch: the two pending requests come first, as JSON lines.
+    let mut out = Vec::new();
+    let ended = tokio::time::timeout(
+        Duration::from_millis(500),
+        approvals::watch(&mut c, true, &mut out),
+    )
+    .await;
+    assert!(ended.is_err(), "watch keeps running");
+    let ids: Vec<u64> = text(&out)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.contains(&r1.id) && ids.contains(&r2.id));
+
+    // The daemon's real RPC layer says which session this process is in: none.
+    let daemon = TestServer::start(FakeDaemon::new(false)).await;
+    let me = approvals::decider_session(&daemon.socket).await.unwrap();
+    assert_eq!(
+        me,
+        DeciderSession {
+            host: "fake-host".into(),
+            session: 0
+        }
+    );
+    approvals::check_decider(&me).unwrap();
+
+    let req = approvals::decide_request(
+        r1.id,
+        true,
+        Some(Duration::from_secs(1800)),
+        Some("looks right"),
+        Some(ScopeArg::Session),
+        None,
+        &me,
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    approvals::decide(&mut c, req, false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    let s = text(&out);
+    assert!(
+        s.starts_with(&format!(
+            "request {} (/etc/app.conf): approved\ngrant ",
+            r1.id
+        )),
+        "{s}"
+    );
+    assert!(
+        s.contains("session 7 (codex)") && s.contains("(in 30m)"),
+        "{s}"
+    );
+
+    // Deciding again: a clear error from the service.
+    let again = approvals::decide_request(r1.id, false, None, None, None, None, &me).unwrap();
+    let e = approvals::decide(&mut c, again, false, now_ms(), &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("request {}: not possible now", r1.id)),
+        "{e}"
+    );
+
+    // The service refuses a decider reporting the requesting session itself.
+    let selfish = DeciderSession {
+        host: String::new(),
+        session: 8,
+    };
+    let req = approvals::decide_request(r2.id, true, None, None, None, None, &selfish).unwrap();
+    let e = approvals::decide(&mut c, req, false, now_ms(), &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refused by the approval service"), "{e}");
+
+    let req = approvals::decide_request(r2.id, false, None, Some("no"), None, None, &me).unwrap();
+    let mut out = Vec::new();
+    approvals::decide(&mut c, req, true, now_ms(), &mut out)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["state"], "denied");
+    assert_eq!(v["decision"]["note"], "no");
+
+    // Grants: list, revoke, list --all.
+    let mut out = Vec::new();
+    grants::list(&mut c, false, true, now_ms(), &mut out)
+        .await
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let gid = list[0]["id"].as_u64().unwrap();
+    assert_eq!(list[0]["scope"], "session");
+    let mut out = Vec::new();
+    grants::revoke(&mut c, gid, "done", false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    let s = text(&out);
+    assert!(
+        s.starts_with(&format!("revoked grant {gid}: session 7")),
+        "{s}"
+    );
+    assert!(s.contains("revoked by unix:root"), "{s}");
+    let mut out = Vec::new();
+    grants::list(&mut c, false, false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(text(&out), "no live grants\n");
+    let mut out = Vec::new();
+    grants::list(&mut c, true, false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    assert!(text(&out).contains("revoked "), "{}", text(&out));
+
+    daemon.stop().await;
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_shell_inside_an_agent_session_is_refused_locally() {
+    let fake = FakeDaemon::new(false);
+    let daemon =
+        TestServer::start(Arc::clone(&fake) as Arc<dyn crate::rpc::server::DaemonApi>).await;
+    // Put this test process into a session through the real RPC layer.
+    let mut d = crate::rpc::client::connect(&daemon.socket).await.unwrap();
+    d.register_session(pb::RegisterSessionRequest {
+        agent: "codex".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let me = approvals::decider_session(&daemon.socket).await.unwrap();
+    assert_ne!(me.session, 0);
+    let e = approvals::check_decider(&me).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("inside agent session {}", me.session)),
+        "{e}"
+    );
+    daemon.stop().await;
+}
