@@ -150,8 +150,12 @@ fn main() -> ExitCode {
     let result: anyhow::Result<i32> = (|| match &cli.command {
         Command::Daemon => {
             let cfg = load_config(&cli)?;
+            let path = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
             let rt = tokio::runtime::Runtime::new().context("tokio runtime")?;
-            rt.block_on(monitor::daemon::run(cfg))?;
+            rt.block_on(monitor::daemon::run(cfg, &path))?;
             Ok(0)
         }
         Command::Run {

@@ -60,7 +60,13 @@ pub struct DaemonOptions {
     /// `watch.project_roots` (none by default).
     pub project_roots: Vec<String>,
     pub ringbuf_bytes: u32,
+    /// More TOML, made from the scratch directory (the watched tree is `<dir>/watched`):
+    /// for sections that name paths inside it.
+    pub toml_for_dir: Option<TomlForDir>,
 }
+
+/// Makes TOML from the daemon's scratch directory.
+pub type TomlForDir = Box<dyn Fn(&Path) -> String>;
 
 impl Default for DaemonOptions {
     fn default() -> Self {
@@ -70,6 +76,7 @@ impl Default for DaemonOptions {
             path_filter: true,
             project_roots: Vec::new(),
             ringbuf_bytes: 4 << 20,
+            toml_for_dir: None,
         }
     }
 }
@@ -132,7 +139,11 @@ impl Daemon {
                 ""
             },
             extra = opts.extra_toml,
-        );
+        ) + &opts
+            .toml_for_dir
+            .as_ref()
+            .map(|f| f(&root))
+            .unwrap_or_default();
         std::fs::write(&config, toml).expect("write config");
         let mut d = Daemon {
             dir,

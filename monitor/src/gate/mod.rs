@@ -12,15 +12,25 @@
 //!   policy.
 //! - [`preimage`]: [`preimage::capture`] reads a held file's content and metadata from the
 //!   event descriptor before the open proceeds.
+//! - [`decider`]: [`GateDecider`], policy and grants on the listener thread, from memory.
+//! - [`engine`]: [`Engine`], the async side: requests, waits, grants, failure verdicts,
+//!   diffs, expiry (flag or revert) and unapproved renames.
+//! - [`changes`]: pre-images kept in the store, diffs, reverts; [`context`]: who asks and
+//!   why (from `/proc`); [`requests`]: the host's record of requests and grants.
 //!
 //! What happens when the daemon dies while opens are held: closing the group descriptor
 //! (which the kernel does when the process exits, however it exits) makes the kernel answer
 //! every pending and queued permission event of the group with `FAN_ALLOW`. Held writes then
 //! proceed unchecked, and opens after that are not gated until a new group is marked.
+pub mod changes;
+pub mod context;
+pub mod decider;
+pub mod engine;
 pub mod intent;
 pub mod listener;
 pub mod marks;
 pub mod preimage;
+pub mod requests;
 pub mod sys;
 
 #[cfg(test)]
@@ -30,6 +40,8 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use decider::{GateDecider, GateMetrics};
+pub use engine::{Engine, EngineSettings, GateHandles, Notice};
 pub use intent::{Intent, IntentOrigin, IntentSource, Opener};
 pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent};
 pub use marks::{MarkReport, Marks};

@@ -11,6 +11,10 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::broadcast};
 use tracing::{debug, info, warn};
 
+mod gate;
+
+pub use gate::GateRuntime;
+
 use crate::{
     config::Config,
     correlate::Watermarks,
@@ -40,6 +44,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     tx: broadcast::Sender<Arc<str>>,
     admin_gid: Option<u32>,
+    /// The gate, once started (after the kernel programs and sessions).
+    gate: std::sync::OnceLock<Arc<GateRuntime>>,
 }
 
 fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -57,6 +63,17 @@ impl Shared {
                 false
             }
         }
+    }
+}
+
+/// The local approval service asks the kernel's session map who its callers are.
+impl crate::approver::SessionOracle for Shared {
+    fn host(&self) -> String {
+        crate::host::host_name()
+    }
+
+    fn session_of_pid(&self, pid: u32) -> u64 {
+        lock(&self.kernel).session_of(pid)
     }
 }
 
@@ -130,6 +147,9 @@ impl DaemonApi for Shared {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v)),
         );
+        if let Some(g) = self.gate.get() {
+            out.extend(g.counters().into_iter().map(|(n, v)| (n.to_string(), v)));
+        }
         out
     }
 
@@ -260,14 +280,27 @@ fn admin_gid(name: Option<&str>) -> anyhow::Result<Option<u32>> {
     Ok(Some(g.gid.as_raw()))
 }
 
-/// Run the daemon until a termination signal.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Run the daemon until a termination signal. `config_path` is the configuration file in
+/// use (protected by the gate's built-in rule even when it does not exist).
+pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::default());
     let store_path: PathBuf = cfg.daemon.state_dir.join("confgate.redb");
     let store = Store::open(&store_path)
         .with_context(|| format!("opening store {}", store_path.display()))?;
-    let registry = SessionRegistry::open(store).context("loading sessions")?;
+    let registry = SessionRegistry::open(store.clone()).context("loading sessions")?;
+    let policy = if cfg.gate.enabled {
+        let policy = gate::compile_policy(&cfg, config_path)?;
+        // What the gate holds is also watched (events, kernel prefixes).
+        for root in gate::watched_roots(&policy, &cfg) {
+            if !cfg.watch.paths.iter().any(|p| root.starts_with(p)) {
+                cfg.watch.paths.push(root);
+            }
+        }
+        Some(policy)
+    } else {
+        None
+    };
     let watch = WatchSet::new(&cfg.watch).context("watch set")?;
     let detector = Detector::new(&cfg.detect).context("detect rules")?;
 
@@ -321,8 +354,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         tx,
         admin_gid: admin_gid(cfg.daemon.admin_group.as_deref())?,
+        gate: std::sync::OnceLock::new(),
     });
     restore_sessions(&shared, &mut pipeline);
+    if let Some(policy) = policy {
+        let oracle: Arc<dyn crate::approver::SessionOracle> = shared.clone();
+        let g = GateRuntime::start(
+            &cfg,
+            policy,
+            store.clone(),
+            shared.registry.clone(),
+            &shared.kernel,
+            oracle,
+        )
+        .await?;
+        let _ = shared.gate.set(Arc::new(g));
+    } else {
+        warn!("gate disabled (gate.enabled = false): writes are observed, never held");
+    }
+    let gate = shared.gate.get().cloned();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api: Arc<dyn DaemonApi> = shared.clone();
@@ -372,6 +422,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 match batch {
                     Ok(events) => {
                         for ev in events {
+                            if let Some(g) = &gate {
+                                g.on_fanotify(&ev);
+                            }
                             pipeline.on_fanotify(ev);
                         }
                     }
@@ -388,12 +441,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 drain_ring(rb.get_mut(), &shared, &mut pipeline, &metrics);
                 let fan_mark = Instant::now();
                 match fan.drain() {
-                    Ok(events) => events.into_iter().for_each(|ev| pipeline.on_fanotify(ev)),
+                    Ok(events) => events.into_iter().for_each(|ev| {
+                        if let Some(g) = &gate {
+                            g.on_fanotify(&ev);
+                        }
+                        pipeline.on_fanotify(ev)
+                    }),
                     Err(e) => warn!(error = %e, "fanotify read failed"),
                 }
                 let marks = Watermarks { ebpf: Some(ebpf_mark), fanotify: Some(fan_mark) };
                 pipeline.flush_each(Instant::now(), &marks, &shared.registry, &mut |event| {
                     Metrics::inc(&metrics.events_emitted);
+                    if let Some(g) = &gate {
+                        g.on_event(&event);
+                    }
                     if let Err(e) = sink.emit(&event) {
                         Metrics::inc(&metrics.sink_errors);
                         warn!(error = %e, "event not written to the events file");
@@ -464,6 +525,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = sink.flush();
     let _ = shared.registry.flush();
+    if let Some(g) = &gate {
+        g.stop().await;
+    }
     let _ = stop_tx.send(());
     let _ = server.await;
     Ok(())

@@ -1,0 +1,284 @@
+//! The gate inside the daemon: starts the ledger, the approval service (local mode), the
+//! uplink, the engine, the permission group, its marks and the listener, and feeds the
+//! engine what the event pipeline sees (close-writes of gated files, renames by sessions,
+//! new directories to mark).
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::approver::{self, SessionOracle, config::ServiceConfig};
+use crate::config::{ApprovalMode, Config};
+use crate::event::{Event, Kind};
+use crate::fanotify::{self, FanEvent};
+use crate::gate::{
+    Engine, EngineSettings, GateMetrics, IntentSource, Listener, Marks, Notice, PermGroup,
+};
+use crate::kernel::Kernel;
+use crate::ledger::{self, SharedLedger};
+use crate::policy::{Policy, ProtectedPaths};
+use crate::session::SessionRegistry;
+use crate::store::Store;
+use crate::uplink::{Uplink, UplinkHandle};
+
+/// Held opens waiting for the engine (each holds one descriptor until answered); a full
+/// queue applies the open's failure verdict at once (counted by the listener).
+const HELD_QUEUE: usize = 4096;
+/// Notices from the pipeline; a full queue drops the notice (counted).
+const NOTICE_QUEUE: usize = 4096;
+
+/// The running gate.
+pub struct GateRuntime {
+    engine: Arc<Engine>,
+    metrics: Arc<GateMetrics>,
+    listener: Mutex<Listener>,
+    marks: Marks,
+    /// Gated directory trees (new subdirectories below them are marked).
+    trees: Vec<PathBuf>,
+    notices: mpsc::Sender<Notice>,
+    uplink: UplinkHandle,
+    ledger: SharedLedger,
+    approver: Mutex<Option<approver::Server>>,
+}
+
+/// The gate's part of the watch set: the directories its rules name (not confgate's own
+/// state, which the built-in rule protects without reporting every write the daemon makes).
+pub fn watched_roots(policy: &Policy, cfg: &Config) -> Vec<PathBuf> {
+    policy
+        .mark_roots()
+        .into_iter()
+        .filter(|p| !p.starts_with(&cfg.daemon.state_dir))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Compiles the gate's policy for this configuration.
+pub fn compile_policy(cfg: &Config, config_path: &Path) -> anyhow::Result<Policy> {
+    Policy::compile(&cfg.gate, &ProtectedPaths::for_daemon(cfg, config_path)).context("gate policy")
+}
+
+/// Settings of the in-process approval service: `approval.local_config` if set, else its
+/// defaults with the store and ledger under the daemon's state directory.
+fn local_service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
+    let a = &cfg.approval;
+    let mut sc = ServiceConfig::for_local(a.local_config.as_deref(), &a.local_socket)
+        .context("local approval service settings")?;
+    if a.local_config.is_none() {
+        let dir = cfg.daemon.state_dir.join("approver");
+        sc.store = dir.join("approver.redb");
+        sc.ledger = dir.join("ledger.jsonl");
+    }
+    Ok(sc)
+}
+
+impl GateRuntime {
+    /// Starts everything the gate needs. `oracle` tells the local approval service the
+    /// session of a caller (from the kernel's session map).
+    pub async fn start(
+        cfg: &Config,
+        policy: Policy,
+        store: Store,
+        sessions: SessionRegistry,
+        kernel: &Mutex<Kernel>,
+        oracle: Arc<dyn SessionOracle>,
+    ) -> anyhow::Result<GateRuntime> {
+        let host = oracle.host();
+        let ledger_path = ledger::default_path(&cfg.daemon.state_dir);
+        let ledger = SharedLedger::open(&ledger_path)
+            .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+        let approver = match cfg.approval.mode {
+            ApprovalMode::Local => {
+                let sc = local_service_config(cfg)?;
+                let server = approver::Server::start(sc, Some(oracle))
+                    .await
+                    .context("starting the local approval service")?;
+                info!(socket = %cfg.approval.local_socket.display(), "local approval service ready");
+                Some(server)
+            }
+            ApprovalMode::Remote => None,
+        };
+        let client = cfg.approval.client_config();
+        let (uplink, updates) = Uplink::start(client.clone(), store.clone(), host.clone());
+        let (held_tx, held_rx) = mpsc::channel(HELD_QUEUE);
+        let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
+        let policy = Arc::new(policy);
+        let handles = Engine::start(
+            policy.clone(),
+            sessions,
+            store,
+            ledger.clone(),
+            uplink.clone(),
+            EngineSettings {
+                host,
+                quarantine_dir: cfg.daemon.state_dir.join("quarantine"),
+            },
+            held_rx,
+            updates,
+            notice_rx,
+        )
+        .context("starting the gate engine")?;
+
+        let group = Arc::new(PermGroup::new().context("fanotify permission group")?);
+        let marks = Marks::new(group.clone());
+        let mut trees = Vec::new();
+        for root in policy.mark_roots() {
+            if let Some(tree) = mark_root(&marks, &root) {
+                trees.push(tree);
+            }
+        }
+        let intent = {
+            let k = kernel.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::new(IntentSource::from_kernel(&k).context("gate maps")?)
+        };
+        let listener = Listener::start(group, intent, handles.decider.clone(), held_tx)
+            .context("gate listener")?;
+        info!(
+            rules = policy.rules().count(),
+            trees = trees.len(),
+            mode = ?cfg.approval.mode,
+            endpoint = %client.endpoint,
+            "gate ready"
+        );
+        Ok(GateRuntime {
+            engine: handles.engine,
+            metrics: handles.metrics,
+            listener: Mutex::new(listener),
+            marks,
+            trees,
+            notices: notice_tx,
+            uplink,
+            ledger,
+            approver: Mutex::new(approver),
+        })
+    }
+
+    /// Every gate counter, for `confgate stats`.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut out = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counters();
+        out.extend(self.metrics.snapshot());
+        out.extend(self.uplink.counters());
+        out.extend(self.ledger.counters());
+        if let Some(s) = self
+            .approver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            out.extend(s.counters());
+        }
+        out
+    }
+
+    /// A notification event: marks directories that appear in a gated tree, and tells the
+    /// engine when a gated file with a kept pre-image is closed after writing.
+    pub fn on_fanotify(&self, ev: &FanEvent) {
+        let new_dir = ev.is_dir
+            && ev.mask & (fanotify::FAN_CREATE | fanotify::FAN_RENAME | fanotify::FAN_MOVED_TO)
+                != 0;
+        if new_dir {
+            let dir = ev.new_path.as_deref().unwrap_or(&ev.path);
+            if dir.is_absolute()
+                && self.trees.iter().any(|t| dir.starts_with(t))
+                && let Err(e) = self.marks.mark_dir(dir)
+            {
+                warn!(dir = %dir.display(), error = %e, "gate: cannot mark a new directory");
+            }
+        }
+        if ev.mask & fanotify::FAN_CLOSE_WRITE != 0 && !ev.is_dir {
+            let path = ev.path.as_os_str().as_bytes();
+            if self.engine.tracks(path) {
+                self.notify(Notice::Closed {
+                    path: path.to_vec(),
+                });
+            }
+        }
+    }
+
+    /// An emitted event: a rename by a session onto a gated path goes to the engine.
+    pub fn on_event(&self, ev: &Event) {
+        if ev.kind != Kind::Rename {
+            return;
+        }
+        let (Some(session), Some(target)) = (ev.session.as_ref(), ev.target.as_deref()) else {
+            return;
+        };
+        let Some(to) = crate::escape::decode(target) else {
+            return;
+        };
+        self.notify(Notice::Renamed {
+            session: session.id,
+            agent: session.agent.clone(),
+            pid: ev.pid,
+            from: crate::escape::decode(&ev.path),
+            to,
+        });
+    }
+
+    fn notify(&self, n: Notice) {
+        if self.notices.try_send(n).is_err() {
+            GateMetrics::inc(&self.metrics.notices_dropped);
+        }
+    }
+
+    /// Stops the listener (marks removed; queued opens answered), the uplink and the
+    /// local approval service.
+    pub async fn stop(&self) {
+        self.listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop();
+        self.uplink.shutdown().await;
+        let server = self
+            .approver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(s) = server
+            && let Err(e) = s.stop().await
+        {
+            warn!(error = %e, "stopping the local approval service");
+        }
+    }
+}
+
+/// Marks one root of the policy: a directory recursively, a file with an inode mark. A root
+/// that does not exist yet is covered by marking its nearest existing ancestor (so that
+/// its creation is gated too), never `/` itself. Returns the tree marked, if any.
+fn mark_root(marks: &Marks, root: &Path) -> Option<PathBuf> {
+    let mut target = root.to_path_buf();
+    while !target.exists() {
+        match target.parent() {
+            Some(p) if p != Path::new("/") && !p.as_os_str().is_empty() => {
+                target = p.to_path_buf();
+            }
+            _ => {
+                warn!(root = %root.display(), "gate: nothing to mark (no existing parent below /)");
+                return None;
+            }
+        }
+    }
+    if target.is_dir() {
+        match marks.mark_tree(&target) {
+            Ok(r) => {
+                info!(tree = %target.display(), dirs = r.dirs, files = r.files, errors = r.errors, "gate: tree marked");
+                Some(target)
+            }
+            Err(e) => {
+                warn!(tree = %target.display(), error = %e, "gate: cannot mark tree");
+                None
+            }
+        }
+    } else {
+        if let Err(e) = marks.mark_file(&target) {
+            warn!(file = %target.display(), error = %e, "gate: cannot mark file");
+        }
+        None
+    }
+}

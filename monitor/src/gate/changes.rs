@@ -1,0 +1,404 @@
+//! Changes made through the gate: the pre-image kept before a gated write was allowed, the
+//! diff recorded after it, and the revert to the pre-image when no approval covers the
+//! change any more.
+//!
+//! Pre-images live in the daemon's store (they must survive a restart to be reverted at a
+//! grant's expiry): the record in [`CHANGES`], the content in the blob table [`PREIMAGES`]
+//! under the same id.
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::escape::encode;
+use crate::gate::preimage::{PreImage, hex};
+use crate::ledger::canonical::sha256_hex;
+use crate::store::{BlobTable, RecordTable, Store, StoreError};
+
+pub const CHANGES: RecordTable<Change> = RecordTable::new("gate_changes");
+pub const PREIMAGES: BlobTable = BlobTable::new("gate_preimages");
+const CHANGE_IDS: &str = "gate_change";
+/// Longest diff kept in a ledger record, in bytes; longer diffs are cut and say so.
+pub const MAX_DIFF_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: the pre-image content was not kept (the file was larger than gate.max_preimage_bytes)"
+    )]
+    NoContent { path: String },
+}
+
+/// One gated file change: what the file was before the first write that the gate let
+/// through under a grant (or by a failure verdict).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Change {
+    pub id: u64,
+    /// Grant that allowed it (0: allowed by a failure verdict, nobody approved it).
+    pub grant_id: u64,
+    /// Raw path bytes (paths need not be UTF-8).
+    pub path: Vec<u8>,
+    pub session_id: u64,
+    /// False when the gated open created the file.
+    pub existed: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Hex SHA-256 of the pre-image content.
+    pub sha256: String,
+    /// Whether the content is in [`PREIMAGES`] (false when larger than the limit).
+    pub content_kept: bool,
+    pub created_unix_ms: i64,
+}
+
+impl Change {
+    pub fn path_text(&self) -> String {
+        encode(&self.path)
+    }
+}
+
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Keeps `pre` as the pre-image of `path` under `grant_id` (durably, before the write is
+/// allowed).
+pub fn record(
+    store: &Store,
+    pre: &PreImage,
+    path: &[u8],
+    grant_id: u64,
+    session_id: u64,
+    existed: bool,
+) -> Result<Change, ChangeError> {
+    let change = store.write(|tx| {
+        let id = tx.next_id(CHANGE_IDS)?;
+        let change = Change {
+            id,
+            grant_id,
+            path: path.to_vec(),
+            session_id,
+            existed,
+            mode: pre.mode,
+            uid: pre.uid,
+            gid: pre.gid,
+            size: pre.size,
+            sha256: hex(&pre.sha256),
+            content_kept: pre.content.is_some(),
+            created_unix_ms: now_unix_ms(),
+        };
+        if let Some(content) = &pre.content {
+            tx.put_blob(PREIMAGES, id, content)?;
+        }
+        tx.put(CHANGES, id, &change)?;
+        Ok(change)
+    })?;
+    Ok(change)
+}
+
+/// Forgets a change once it has been settled (flagged or reverted).
+pub fn forget(store: &Store, id: u64) -> Result<(), ChangeError> {
+    store.write(|tx| {
+        tx.remove(CHANGES, id)?;
+        tx.remove_blob(PREIMAGES, id)?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// What the file looks like now compared with its pre-image.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Diff {
+    pub path: String,
+    pub before_sha256: String,
+    /// Empty when the file is gone.
+    pub after_sha256: String,
+    pub exists: bool,
+    /// Unified diff (text files), possibly cut at [`MAX_DIFF_BYTES`].
+    pub diff: Option<String>,
+    pub truncated: bool,
+    /// Either side is not text (NUL bytes or invalid UTF-8): only hashes are compared.
+    pub binary: bool,
+}
+
+fn is_text(b: &[u8]) -> bool {
+    !b.contains(&0) && std::str::from_utf8(b).is_ok()
+}
+
+/// Diff of the file now against the change's pre-image.
+pub fn diff(store: &Store, change: &Change) -> Result<Diff, ChangeError> {
+    let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
+    let now = match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(ChangeError::Io {
+                path: change.path_text(),
+                source,
+            });
+        }
+    };
+    let before = if change.content_kept {
+        store.get_blob(PREIMAGES, change.id)?
+    } else if !change.existed {
+        Some(Vec::new())
+    } else {
+        None
+    };
+    let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
+    let mut out = Diff {
+        path: change.path_text(),
+        before_sha256: change.sha256.clone(),
+        after_sha256,
+        exists: now.is_some(),
+        diff: None,
+        truncated: false,
+        binary: false,
+    };
+    if let (Some(before), Some(after)) = (before.as_deref(), now.as_deref()) {
+        if is_text(before) && is_text(after) {
+            let (b, a) = (
+                String::from_utf8_lossy(before),
+                String::from_utf8_lossy(after),
+            );
+            let text = similar::TextDiff::from_lines(b.as_ref(), a.as_ref())
+                .unified_diff()
+                .context_radius(3)
+                .header("before", "after")
+                .to_string();
+            if text.len() > MAX_DIFF_BYTES {
+                let mut cut = MAX_DIFF_BYTES;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.diff = Some(text[..cut].to_string());
+                out.truncated = true;
+            } else {
+                out.diff = Some(text);
+            }
+        } else {
+            out.binary = true;
+        }
+    }
+    Ok(out)
+}
+
+/// What a revert did.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Reverted {
+    /// Content, mode and owner restored.
+    Restored,
+    /// The gated open had created the file: removed.
+    Removed,
+    /// Nothing to do: the file already matches (or is already gone).
+    Unchanged,
+}
+
+/// Restores the change's pre-image in place (same inode, so hardlinks and marks stay):
+/// content, mode and owner; a file the gated open created is removed.
+pub fn revert(store: &Store, change: &Change) -> Result<Reverted, ChangeError> {
+    let io = |source| ChangeError::Io {
+        path: change.path_text(),
+        source,
+    };
+    let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
+    if !change.existed {
+        return match std::fs::remove_file(path) {
+            Ok(()) => Ok(Reverted::Removed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Reverted::Unchanged),
+            Err(e) => Err(io(e)),
+        };
+    }
+    let content = if change.content_kept {
+        store.get_blob(PREIMAGES, change.id)?
+    } else {
+        None
+    };
+    let Some(content) = content else {
+        return Err(ChangeError::NoContent {
+            path: change.path_text(),
+        });
+    };
+    if let Ok(now) = std::fs::read(path)
+        && sha256_hex(&now) == change.sha256
+        && let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o7777 == change.mode & 0o7777
+    {
+        return Ok(Reverted::Unchanged);
+    }
+    // O_NOFOLLOW: a symlink planted at the path must not redirect the restore.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(change.mode & 0o7777)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(&content).map_err(io)?;
+    f.sync_data().map_err(io)?;
+    std::os::unix::fs::fchown(&f, Some(change.uid), Some(change.gid)).map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(change.mode & 0o7777))
+        .map_err(io)?;
+    Ok(Reverted::Restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    fn pre(content: &[u8], mode: u32) -> PreImage {
+        use sha2::Digest as _;
+        PreImage {
+            content: Some(content.to_vec()),
+            size: content.len() as u64,
+            sha256: sha2::Sha256::digest(content).into(),
+            mode,
+            uid: 0,
+            gid: 0,
+            dev: 0,
+            ino: 0,
+            nlink: 1,
+            ctime: std::time::UNIX_EPOCH,
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn revert_restores_content_mode_and_keeps_the_inode() {
+        let (dir, store) = setup();
+        let f = dir.path().join("app.conf");
+        std::fs::write(&f, b"pool=10\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let ino = std::fs::metadata(&f).unwrap().ino();
+        let c = record(
+            &store,
+            &pre(b"pool=10\n", 0o100640),
+            f.as_os_str().as_bytes(),
+            7,
+            1,
+            true,
+        )
+        .unwrap();
+        std::fs::write(&f, b"pool=500\ndebug=true\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+        let d = diff(&store, &c).unwrap();
+        let text = d.diff.unwrap();
+        assert!(
+            text.contains("-pool=10") && text.contains("+debug=true"),
+            "{text}"
+        );
+        assert_ne!(d.before_sha256, d.after_sha256);
+
+        assert_eq!(revert(&store, &c).unwrap(), Reverted::Restored);
+        assert_eq!(std::fs::read(&f).unwrap(), b"pool=10\n");
+        let meta = std::fs::metadata(&f).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(meta.ino(), ino);
+        assert_eq!(revert(&store, &c).unwrap(), Reverted::Unchanged);
+    }
+
+    #[test]
+    fn revert_of_a_created_file_removes_it() {
+        let (dir, store) = setup();
+        let f = dir.path().join("new.conf");
+        std::fs::write(&f, b"x").unwrap();
+        let c = record(
+            &store,
+            &pre(b"", 0o100644),
+            f.as_os_str().as_bytes(),
+            1,
+            1,
+            false,
+        )
+        .unwrap();
+        assert_eq!(revert(&store, &c).unwrap(), Reverted::Removed);
+        assert!(!f.exists());
+        assert_eq!(revert(&store, &c).unwrap(), Reverted::Unchanged);
+    }
+
+    #[test]
+    fn oversized_preimage_cannot_be_reverted_and_says_why() {
+        let (dir, store) = setup();
+        let f = dir.path().join("big");
+        std::fs::write(&f, b"y").unwrap();
+        let mut p = pre(b"x", 0o100644);
+        p.content = None;
+        let c = record(&store, &p, f.as_os_str().as_bytes(), 1, 1, true).unwrap();
+        assert!(matches!(
+            revert(&store, &c),
+            Err(ChangeError::NoContent { .. })
+        ));
+        assert!(diff(&store, &c).unwrap().diff.is_none());
+    }
+
+    #[test]
+    fn binary_content_is_compared_by_hash_only() {
+        let (dir, store) = setup();
+        let f = dir.path().join("bin");
+        std::fs::write(&f, b"\0\x01").unwrap();
+        let c = record(
+            &store,
+            &pre(b"\0\x02", 0o100644),
+            f.as_os_str().as_bytes(),
+            1,
+            1,
+            true,
+        )
+        .unwrap();
+        let d = diff(&store, &c).unwrap();
+        assert!(d.binary && d.diff.is_none());
+    }
+
+    #[test]
+    fn changes_survive_reopen_and_forget_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let f = dir.path().join("a");
+        let id = {
+            let store = Store::open(&path).unwrap();
+            record(
+                &store,
+                &pre(b"a", 0o100644),
+                f.as_os_str().as_bytes(),
+                3,
+                1,
+                true,
+            )
+            .unwrap()
+            .id
+        };
+        let store = Store::open(&path).unwrap();
+        let all = store.scan(CHANGES).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1.grant_id, 3);
+        assert_eq!(
+            store.get_blob(PREIMAGES, id).unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        forget(&store, id).unwrap();
+        assert!(store.scan(CHANGES).unwrap().is_empty());
+        assert_eq!(store.get_blob(PREIMAGES, id).unwrap(), None);
+    }
+}

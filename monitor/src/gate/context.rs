@@ -1,0 +1,177 @@
+//! Who is asking: the context an approver sees with a gated open.
+//!
+//! Built off the permission thread (the engine's task) from `/proc` while the writer is
+//! still blocked in its open, and from the session registry. Everything here comes from a
+//! watched, possibly hostile process: it is bounded and escaped, never trusted.
+use confgate_proto::v1 as pb;
+
+use crate::escape::encode;
+use crate::proctable::{Proc, proc_from_procfs};
+use crate::session::SessionInfo;
+
+/// Ancestors reported with a request (writer first).
+pub const MAX_ANCESTRY: usize = 16;
+/// Longest reason taken from `CONFGATE_REASON`, in bytes.
+pub const MAX_ENV_REASON_BYTES: usize = 4096;
+/// Environment variable a writing process may set to say why it writes.
+pub const REASON_ENV: &[u8] = b"CONFGATE_REASON";
+
+/// The writer as `/proc` describes it (best effort: it may exit at any time).
+#[derive(Clone, Debug, Default)]
+pub struct Writer {
+    pub pid: u32,
+    pub uid: u32,
+    pub command: Vec<String>,
+    pub cwd: String,
+    pub ancestry: Vec<pb::ProcessInfo>,
+    /// `CONFGATE_REASON` from the writer's environment, if set.
+    pub env_reason: Option<String>,
+}
+
+fn info(p: &Proc) -> pb::ProcessInfo {
+    pb::ProcessInfo {
+        pid: p.pid,
+        comm: encode(&p.comm),
+        argv: p.argv.iter().map(|a| encode(a)).collect(),
+    }
+}
+
+/// `CONFGATE_REASON` of `pid`, escaped (invalid UTF-8 replaced) and bounded; `None` when unset or unreadable.
+pub fn env_reason(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|kv| {
+        let value = kv.strip_prefix(REASON_ENV)?.strip_prefix(b"=")?;
+        if value.is_empty() {
+            return None;
+        }
+        let value = &value[..value.len().min(MAX_ENV_REASON_BYTES)];
+        // Shown to approvers on terminals: control and invisible characters escaped.
+        Some(crate::session::escape_text(&String::from_utf8_lossy(value)))
+    })
+}
+
+/// Describe the writer `pid` and its ancestry up to (and including) `stop_at` (the session
+/// root), at most [`MAX_ANCESTRY`] processes.
+pub fn writer(pid: u32, stop_at: u32) -> Writer {
+    let Some(me) = proc_from_procfs(pid) else {
+        return Writer {
+            pid,
+            uid: u32::MAX,
+            ..Writer::default()
+        };
+    };
+    let mut ancestry = vec![info(&me)];
+    let mut next = me.ppid;
+    while ancestry.len() < MAX_ANCESTRY
+        && next > 1
+        && ancestry.last().map(|a| a.pid) != Some(stop_at)
+    {
+        let Some(p) = proc_from_procfs(next) else {
+            break;
+        };
+        next = p.ppid;
+        ancestry.push(info(&p));
+    }
+    Writer {
+        pid,
+        uid: me.uid,
+        command: me.argv.iter().map(|a| encode(a)).collect(),
+        cwd: me.cwd.as_deref().map(encode).unwrap_or_default(),
+        ancestry,
+        env_reason: env_reason(pid),
+    }
+}
+
+/// The request context sent to the approval service.
+pub struct ContextInput<'a> {
+    pub host: &'a str,
+    pub session: Option<&'a SessionInfo>,
+    pub writer: &'a Writer,
+    pub path: &'a [u8],
+    pub operations: Vec<String>,
+    pub content_sha256: String,
+    pub rule: &'a str,
+    pub mode: &'a str,
+    pub fail_verdict: &'a str,
+}
+
+/// The stated reason: the writer's `CONFGATE_REASON` when set, else the session's
+/// `confgate run --reason`.
+pub fn reason(writer: &Writer, session: Option<&SessionInfo>) -> String {
+    writer
+        .env_reason
+        .clone()
+        .or_else(|| session.and_then(|s| s.reason.clone()))
+        .unwrap_or_default()
+}
+
+pub fn request_context(i: ContextInput<'_>) -> pb::RequestContext {
+    let s = i.session;
+    pb::RequestContext {
+        host: i.host.to_string(),
+        session_id: s.map_or(0, |s| s.id),
+        agent: s.map(|s| s.agent.clone()).unwrap_or_default(),
+        uid: i.writer.uid,
+        user: crate::session::user_name(i.writer.uid),
+        pid: i.writer.pid,
+        command: i.writer.command.clone(),
+        ancestry: i.writer.ancestry.clone(),
+        path: encode(i.path),
+        operations: i.operations,
+        reason: reason(i.writer, s),
+        content_sha256: i.content_sha256,
+        rule: i.rule.to_string(),
+        mode: i.mode.to_string(),
+        fail_verdict: i.fail_verdict.to_string(),
+        cwd: i.writer.cwd.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_this_process_and_its_parents() {
+        let me = std::process::id();
+        let w = writer(me, 1);
+        assert_eq!(w.pid, me);
+        assert!(!w.command.is_empty());
+        assert_eq!(w.ancestry[0].pid, me);
+        assert!(
+            w.ancestry.len() >= 2,
+            "parent of the test process is listed"
+        );
+    }
+
+    #[test]
+    fn a_gone_process_gives_an_empty_description() {
+        let w = writer(u32::MAX - 7, 1);
+        assert!(w.ancestry.is_empty());
+        assert!(w.command.is_empty());
+    }
+
+    #[test]
+    fn env_reason_is_read_from_the_child_and_escaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .env("CONFGATE_REASON", "fix\nthe pool")
+            .spawn()
+            .unwrap();
+        // The environment is set before exec; /proc shows it at once.
+        let r = env_reason(child.id());
+        child.kill().unwrap();
+        let _ = child.wait();
+        assert_eq!(r.as_deref(), Some("fix\\u{a}the pool"));
+    }
+
+    #[test]
+    fn env_reason_wins_over_the_session_reason() {
+        let w = Writer {
+            env_reason: Some("env".into()),
+            ..Writer::default()
+        };
+        assert_eq!(reason(&w, None), "env");
+        assert_eq!(reason(&Writer::default(), None), "");
+    }
+}

@@ -1,0 +1,316 @@
+//! The permission thread's side of the gate: [`GateDecider`] answers from memory only.
+//!
+//! It reads the policy, the live grants and the set of (grant, path) pairs whose pre-image
+//! is already kept. Anything that needs I/O (a pre-image, a request, the ledger, removing a
+//! file that a denied open created) is deferred to the [`super::engine::Engine`] with the
+//! open still held. What it denies on its own goes to the engine as a [`Note`] over a
+//! bounded channel (a full channel is counted, never waited on).
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
+
+use tokio::sync::mpsc;
+
+use super::Verdict as Answer;
+use super::listener::{Decider, FastVerdict, PermEvent};
+use crate::policy::grants::GrantSet;
+use crate::policy::{FailVerdict, GateQuery, Mode, OpSet, Policy, SessionRef, Verdict};
+use crate::session::SessionRegistry;
+
+/// Gate counters, for `confgate stats`.
+#[derive(Default, Debug)]
+pub struct GateMetrics {
+    pub requests: AtomicU64,
+    pub request_errors: AtomicU64,
+    pub approved: AtomicU64,
+    pub denied: AtomicU64,
+    pub denied_by_approver: AtomicU64,
+    pub denied_by_policy: AtomicU64,
+    pub denied_builtin: AtomicU64,
+    pub allowed_by_grant: AtomicU64,
+    pub fallback_allow: AtomicU64,
+    pub fallback_deny: AtomicU64,
+    pub hold_timeouts: AtomicU64,
+    pub created_removed: AtomicU64,
+    pub preimage_errors: AtomicU64,
+    pub grants_live: AtomicU64,
+    pub grants_expired: AtomicU64,
+    pub grants_revoked: AtomicU64,
+    pub changes_flagged: AtomicU64,
+    pub changes_reverted: AtomicU64,
+    pub revert_errors: AtomicU64,
+    pub diffs: AtomicU64,
+    pub unapproved_renames: AtomicU64,
+    pub ledger_errors: AtomicU64,
+    pub report_errors: AtomicU64,
+    pub notes_dropped: AtomicU64,
+    pub notices_dropped: AtomicU64,
+    pub update_errors: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+impl GateMetrics {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("gate_requests", g(&self.requests)),
+            ("gate_request_errors", g(&self.request_errors)),
+            ("gate_approved", g(&self.approved)),
+            ("gate_denied", g(&self.denied)),
+            ("gate_denied_by_approver", g(&self.denied_by_approver)),
+            ("gate_denied_by_policy", g(&self.denied_by_policy)),
+            ("gate_denied_builtin", g(&self.denied_builtin)),
+            ("gate_allowed_by_grant", g(&self.allowed_by_grant)),
+            ("gate_fallback_allow", g(&self.fallback_allow)),
+            ("gate_fallback_deny", g(&self.fallback_deny)),
+            ("gate_hold_timeouts", g(&self.hold_timeouts)),
+            ("gate_created_removed", g(&self.created_removed)),
+            ("gate_preimage_errors", g(&self.preimage_errors)),
+            ("gate_grants_live", g(&self.grants_live)),
+            ("gate_grants_expired", g(&self.grants_expired)),
+            ("gate_grants_revoked", g(&self.grants_revoked)),
+            ("gate_changes_flagged", g(&self.changes_flagged)),
+            ("gate_changes_reverted", g(&self.changes_reverted)),
+            ("gate_revert_errors", g(&self.revert_errors)),
+            ("gate_diffs", g(&self.diffs)),
+            ("gate_unapproved_renames", g(&self.unapproved_renames)),
+            ("gate_ledger_errors", g(&self.ledger_errors)),
+            ("gate_report_errors", g(&self.report_errors)),
+            ("gate_notes_dropped", g(&self.notes_dropped)),
+            ("gate_notices_dropped", g(&self.notices_dropped)),
+            ("gate_update_errors", g(&self.update_errors)),
+            ("gate_store_errors", g(&self.store_errors)),
+        ]
+    }
+}
+
+/// Something the permission thread decided alone that belongs in the ledger.
+#[derive(Debug)]
+pub struct Note {
+    pub kind: &'static str,
+    pub path: Vec<u8>,
+    pub session: u64,
+    pub pid: u32,
+    pub rule: String,
+}
+
+/// State shared by the permission thread and the engine's tasks. Every lock here is held
+/// only for in-memory work, never across I/O.
+pub struct GateState {
+    pub policy: Arc<Policy>,
+    grants: RwLock<GrantSet>,
+    /// Paths whose pre-image is kept, with the grants (0: a failure verdict) they were
+    /// kept under: further opens under the same grant pass without I/O.
+    tracked: RwLock<HashMap<Vec<u8>, Vec<u64>>>,
+    /// Agent name per session (cached: the registry clones whole records).
+    agents: RwLock<HashMap<u64, Arc<str>>>,
+    pub sessions: SessionRegistry,
+    pub metrics: Arc<GateMetrics>,
+    notes: mpsc::Sender<Note>,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl GateState {
+    pub fn new(
+        policy: Arc<Policy>,
+        grants: GrantSet,
+        sessions: SessionRegistry,
+        metrics: Arc<GateMetrics>,
+        notes: mpsc::Sender<Note>,
+    ) -> GateState {
+        metrics
+            .grants_live
+            .store(grants.len() as u64, Ordering::Relaxed);
+        GateState {
+            policy,
+            grants: RwLock::new(grants),
+            tracked: RwLock::new(HashMap::new()),
+            agents: RwLock::new(HashMap::new()),
+            sessions,
+            metrics,
+            notes,
+        }
+    }
+
+    /// The agent of `session` (`None` outside sessions or for an unknown session).
+    pub fn agent(&self, session: u64) -> Option<Arc<str>> {
+        if session == 0 {
+            return None;
+        }
+        if let Some(a) = read(&self.agents).get(&session) {
+            return Some(a.clone());
+        }
+        let info = self.sessions.get(session)?;
+        let a: Arc<str> = Arc::from(info.agent.as_str());
+        write(&self.agents).insert(session, a.clone());
+        Some(a)
+    }
+
+    pub fn grants(&self) -> RwLockReadGuard<'_, GrantSet> {
+        read(&self.grants)
+    }
+
+    pub fn grants_mut(&self) -> RwLockWriteGuard<'_, GrantSet> {
+        write(&self.grants)
+    }
+
+    /// Records the current number of live grants in the metrics.
+    pub fn count_grants(&self) {
+        let n = self.grants().len() as u64;
+        self.metrics.grants_live.store(n, Ordering::Relaxed);
+    }
+
+    pub fn is_tracked(&self, grant: u64, path: &[u8]) -> bool {
+        read(&self.tracked)
+            .get(path)
+            .is_some_and(|g| g.contains(&grant))
+    }
+
+    pub fn is_tracked_path(&self, path: &[u8]) -> bool {
+        read(&self.tracked).contains_key(path)
+    }
+
+    pub fn track(&self, grant: u64, path: &[u8]) {
+        let mut t = write(&self.tracked);
+        let grants = t.entry(path.to_vec()).or_default();
+        if !grants.contains(&grant) {
+            grants.push(grant);
+        }
+    }
+
+    pub fn untrack(&self, grant: u64, path: &[u8]) {
+        let mut t = write(&self.tracked);
+        if let Some(grants) = t.get_mut(path) {
+            grants.retain(|g| *g != grant);
+            if grants.is_empty() {
+                t.remove(path);
+            }
+        }
+    }
+
+    fn note(&self, kind: &'static str, ev: &PermEvent, rule: &str) {
+        let note = Note {
+            kind,
+            path: ev.path.clone(),
+            session: ev.session,
+            pid: ev.tgid,
+            rule: rule.to_owned(),
+        };
+        if self.notes.try_send(note).is_err() {
+            GateMetrics::inc(&self.metrics.notes_dropped);
+        }
+    }
+}
+
+/// The operations of a held open; `created` as far as known.
+pub fn ops_of(ev: &PermEvent, created: bool) -> OpSet {
+    OpSet::from_open_flags(ev.intent.as_ref().map_or(0, |i| i.flags), created)
+}
+
+/// Whether the open has `O_CREAT` (it may create the file; only the engine can tell).
+pub fn may_create(ev: &PermEvent) -> bool {
+    ev.intent
+        .as_ref()
+        .is_some_and(|i| i.flags & libc::O_CREAT as u32 != 0)
+}
+
+/// The failure verdict of a deferred `ask`: what the open gets if the engine never
+/// answers it. `deny-and-request` always denies the open itself.
+pub fn fail_answer(mode: Mode, fail: FailVerdict) -> Answer {
+    if mode == Mode::Hold && fail == FailVerdict::Allow {
+        Answer::Allow
+    } else {
+        Answer::Deny
+    }
+}
+
+/// The [`Decider`] of the gate listener.
+pub struct GateDecider {
+    state: Arc<GateState>,
+}
+
+impl GateDecider {
+    pub fn new(state: Arc<GateState>) -> GateDecider {
+        GateDecider { state }
+    }
+}
+
+impl Decider for GateDecider {
+    fn decide(&self, ev: &PermEvent) -> FastVerdict {
+        let st = &self.state;
+        let agent = st.agent(ev.session);
+        // A session the registry does not know yet (tagged a moment ago) is still a
+        // session: the built-in rule applies to it, agent-specific rules cannot.
+        let session = (ev.session != 0).then(|| SessionRef {
+            id: ev.session,
+            agent: agent.as_deref().unwrap_or(""),
+        });
+        // Whether this open creates the file is only known after an fstat: take `O_CREAT`
+        // as creating here so that create-only rules match (the engine checks).
+        let created = may_create(ev);
+        let q = GateQuery {
+            path: &ev.path,
+            session,
+            ops: ops_of(ev, created),
+            write: ev.is_write(),
+        };
+        let Some(m) = st.policy.evaluate(&q) else {
+            return FastVerdict::Allow;
+        };
+        if m.builtin {
+            GateMetrics::inc(&st.metrics.denied_builtin);
+            GateMetrics::inc(&st.metrics.denied);
+            st.note("denied_builtin", ev, &m.rule.name);
+            return FastVerdict::Deny;
+        }
+        match m.rule.verdict {
+            Verdict::Allow => FastVerdict::Allow,
+            // A file this open created must be removed: I/O, so the engine does it.
+            Verdict::Deny if created => FastVerdict::Defer { fail: Answer::Deny },
+            Verdict::Deny => {
+                GateMetrics::inc(&st.metrics.denied_by_policy);
+                GateMetrics::inc(&st.metrics.denied);
+                st.note("denied_by_policy", ev, &m.rule.name);
+                FastVerdict::Deny
+            }
+            Verdict::Ask => {
+                let now = SystemTime::now();
+                let granted = st
+                    .grants()
+                    .find(
+                        ev.session,
+                        q.session.map_or("", |s| s.agent),
+                        &ev.path,
+                        q.ops,
+                        now,
+                    )
+                    .map(|g| g.id);
+                if let Some(id) = granted
+                    && st.is_tracked(id, &ev.path)
+                {
+                    GateMetrics::inc(&st.metrics.allowed_by_grant);
+                    return FastVerdict::Allow;
+                }
+                FastVerdict::Defer {
+                    fail: fail_answer(m.rule.mode, m.rule.fail),
+                }
+            }
+        }
+    }
+
+    fn wants_proc_fallback(&self) -> bool {
+        self.state.policy.gates_outside_sessions()
+    }
+}

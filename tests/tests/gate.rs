@@ -1,0 +1,490 @@
+//! End-to-end: the gate holds agent writes to gated files on the real kernel (fanotify
+//! FAN_OPEN_PERM), through the real approval service (in-process local mode over its Unix
+//! socket, or `confgate approver serve` as a separate process), with the real CLI.
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::Value;
+
+/// A gate rule for the scratch tree's `gated/` directory.
+fn rule(d_root: &str, name: &str, extra: &str) -> String {
+    format!(
+        "[[gate.rule]]\nname = {name:?}\npaths = [\"{d_root}/gated/**\"]\nverdict = \"ask\"\n{extra}\n"
+    )
+}
+
+struct Gate {
+    d: Daemon,
+}
+
+impl Gate {
+    /// A daemon whose `gated/` subtree is gated by `rules` (TOML), with the approval service
+    /// in-process on a socket in the scratch dir.
+    fn start(rules: impl Fn(&str) -> String + 'static) -> Gate {
+        Self::start_with(rules, "")
+    }
+
+    fn start_with(rules: impl Fn(&str) -> String + 'static, approval: &str) -> Gate {
+        let approval = approval.to_string();
+        let d = Daemon::start_with(DaemonOptions {
+            toml_for_dir: Some(Box::new(move |root| {
+                let watched = root.join("watched");
+                std::fs::create_dir_all(watched.join("gated")).expect("mkdir gated");
+                let approval = if approval.is_empty() {
+                    format!(
+                        "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\n",
+                        root.join("approver.sock").display()
+                    )
+                } else {
+                    approval.clone()
+                };
+                format!(
+                    "{approval}\n[gate]\n{}",
+                    rules(&watched.display().to_string())
+                )
+            })),
+            ..DaemonOptions::default()
+        });
+        Gate { d }
+    }
+
+    fn gated(&self, name: &str) -> std::path::PathBuf {
+        self.d.watched.join("gated").join(name)
+    }
+
+    /// Starts `sh -c script` in a session without waiting for it.
+    fn spawn_in_session(&self, agent: &str, reason: &str, script: &str) -> Child {
+        Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&self.d.config)
+            .args([
+                "run", "--agent", agent, "--reason", reason, "--", "sh", "-c", script,
+            ])
+            .current_dir(&self.d.watched)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("confgate run")
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        self.d.cli(args)
+    }
+
+    /// Pending requests as the approvals CLI reports them.
+    fn pending(&self) -> Vec<Value> {
+        let o = self.cli(&["approvals", "list", "--json"]);
+        ok(&o);
+        parse_json_list(&o.stdout)
+    }
+
+    /// Waits for a pending request about `path`, returns it.
+    fn wait_request(&self, path: &std::path::Path) -> Value {
+        let want = path.display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(r) = self
+                .pending()
+                .into_iter()
+                .find(|r| r["context"]["path"] == want.as_str())
+            {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no request for {want}\n--- daemon log ---\n{}",
+                self.d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn ledger(&self) -> std::path::PathBuf {
+        self.d.dir.path().join("state/ledger.jsonl")
+    }
+
+    fn ledger_kinds(&self) -> Vec<String> {
+        std::fs::read_to_string(self.ledger())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["kind"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        let o = self.cli(&["stats", "--json"]);
+        ok(&o);
+        let v: Value = serde_json::from_slice(&o.stdout).expect("stats json");
+        v[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name} in {v}"))
+    }
+}
+
+/// `--json` output: one JSON array, or one object per line.
+fn parse_json_list(out: &[u8]) -> Vec<Value> {
+    if let Ok(Value::Array(a)) = serde_json::from_slice::<Value>(out) {
+        return a;
+    }
+    out.split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|l| serde_json::from_slice(l).expect("json line"))
+        .collect()
+}
+
+fn id_of(r: &Value) -> String {
+    r["id"]
+        .as_u64()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| r["id"].as_str().expect("request id").to_string())
+}
+
+fn wait_child(mut c: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = c.try_wait() {
+            return c.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let o = c.wait_with_output().expect("output");
+            panic!(
+                "session command did not finish in {limit:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn failed_with_eperm(o: &Output) -> bool {
+    !o.status.success()
+        && o.status.signal().is_none()
+        && String::from_utf8_lossy(&o.stderr).contains("Operation not permitted")
+}
+
+const HOLD: &str = "mode = \"hold\"\ntimeout = \"20s\"\nfail = \"deny\"";
+
+#[test]
+fn held_write_is_approved_and_lands() {
+    if !require_root("held_write_is_approved_and_lands") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "pool=10\n").expect("seed");
+    let child = g.spawn_in_session(
+        "claude",
+        "raise the pool",
+        "echo pool=50 > gated/app.conf && echo written",
+    );
+    let r = g.wait_request(&f);
+    // The approver sees the change in context.
+    let c = &r["context"];
+    assert_eq!(c["agent"], "claude");
+    assert_eq!(c["reason"], "raise the pool");
+    assert!(c["operations"].to_string().contains("write"), "{r}");
+    assert!(
+        c["session_id"].as_u64().unwrap_or(0) > 0 || c["session_id"].as_str().is_some(),
+        "{r}"
+    );
+    assert!(c["command"].to_string().contains("sh"), "{r}");
+    // Still held: nothing landed yet.
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "pool=10\n");
+    let o = g.cli(&[
+        "approvals",
+        "approve",
+        &id_of(&r),
+        "--ttl",
+        "1h",
+        "--note",
+        "ok",
+    ]);
+    ok(&o);
+    let out = wait_child(child, Duration::from_secs(15));
+    ok(&out);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "pool=50\n");
+
+    let kinds = g.ledger_kinds();
+    assert!(kinds.contains(&"request".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"grant".to_string()), "{kinds:?}");
+    let v = g.cli(&["audit", "verify"]);
+    ok(&v);
+}
+
+#[test]
+fn one_approval_covers_the_sessions_later_writes() {
+    if !require_root("one_approval_covers_the_sessions_later_writes") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "a\n").expect("seed");
+    let child = g.spawn_in_session(
+        "codex",
+        "two edits",
+        "echo b > gated/app.conf && sleep 0.2 && echo c > gated/app.conf && echo done",
+    );
+    let r = g.wait_request(&f);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "1h"]));
+    let out = wait_child(child, Duration::from_secs(15));
+    ok(&out);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "c\n");
+    assert_eq!(
+        g.stat("gate_requests"),
+        1,
+        "the second write passed on the grant"
+    );
+}
+
+#[test]
+fn denied_write_fails_with_eperm_and_leaves_nothing() {
+    if !require_root("denied_write_fails_with_eperm_and_leaves_nothing") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "keep\n").expect("seed");
+    let child = g.spawn_in_session("claude", "", "echo evil > gated/app.conf");
+    let r = g.wait_request(&f);
+    ok(&g.cli(&["approvals", "deny", &id_of(&r), "--note", "no"]));
+    let out = wait_child(child, Duration::from_secs(15));
+    assert!(failed_with_eperm(&out), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "keep\n");
+
+    // A file the denied open created is removed.
+    let n = g.gated("new.conf");
+    let child = g.spawn_in_session("claude", "", "echo x > gated/new.conf");
+    let r = g.wait_request(&n);
+    ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
+    let out = wait_child(child, Duration::from_secs(15));
+    assert!(failed_with_eperm(&out), "{out:?}");
+    assert!(!n.exists(), "the file the denied open created is gone");
+}
+
+#[test]
+fn timeout_applies_the_rules_failure_verdict() {
+    if !require_root("timeout_applies_the_rules_failure_verdict") {
+        return;
+    }
+    let g = Gate::start(|w| {
+        format!(
+            "[[gate.rule]]\nname = \"fail-open\"\npaths = [\"{w}/gated/open-*\"]\nverdict = \"ask\"\ntimeout = \"1s\"\nfail = \"allow\"\n\
+             [[gate.rule]]\nname = \"fail-closed\"\npaths = [\"{w}/gated/**\"]\nverdict = \"ask\"\ntimeout = \"1s\"\nfail = \"deny\"\n"
+        )
+    });
+    std::fs::write(g.gated("open-a"), "0\n").unwrap();
+    std::fs::write(g.gated("closed-a"), "0\n").unwrap();
+    let t = Instant::now();
+    let o = g.d.in_session("claude", "", "echo 1 > gated/closed-a");
+    assert!(failed_with_eperm(&o), "{o:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "held until the timeout"
+    );
+    assert_eq!(std::fs::read_to_string(g.gated("closed-a")).unwrap(), "0\n");
+    let o = g.d.in_session("claude", "", "echo 1 > gated/open-a");
+    ok(&o);
+    assert_eq!(std::fs::read_to_string(g.gated("open-a")).unwrap(), "1\n");
+    assert!(g.stat("gate_hold_timeouts") >= 2);
+    assert!(g.stat("gate_fallback_deny") >= 1);
+    assert!(g.stat("gate_fallback_allow") >= 1);
+    let kinds = g.ledger_kinds();
+    assert!(
+        kinds.iter().filter(|k| *k == "fallback_verdict").count() >= 2,
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn deny_and_request_then_approve_then_retry_passes() {
+    if !require_root("deny_and_request_then_approve_then_retry_passes") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "dar", "mode = \"deny-and-request\"\nfail = \"deny\""));
+    let f = g.gated("cron.conf");
+    std::fs::write(&f, "old\n").unwrap();
+    // One session: try, wait for the approval (signalled by a file), retry.
+    let flag = g.d.dir.path().join("approved");
+    let script = format!(
+        "if echo new > gated/cron.conf; then echo first-passed; exit 3; fi; \
+         while [ ! -e {flag} ]; do sleep 0.05; done; echo new > gated/cron.conf && echo retried",
+        flag = flag.display()
+    );
+    let t = Instant::now();
+    let child = g.spawn_in_session("codex", "schedule backup", &script);
+    let r = g.wait_request(&f);
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(r["context"]["mode"], "deny-and-request");
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    // The grant reaches the daemon asynchronously; give it a moment before the retry.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&flag, "").unwrap();
+    let out = wait_child(child, Duration::from_secs(15));
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("retried"));
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "new\n");
+}
+
+fn expiry_case(on_expiry: &'static str) -> (Gate, std::path::PathBuf) {
+    let g = Gate::start(move |w| {
+        rule(
+            w,
+            "expiring",
+            &format!("{HOLD}\non_expiry = \"{on_expiry}\""),
+        )
+    });
+    let f = g.gated("limits.conf");
+    std::fs::write(&f, "max=1\n").unwrap();
+    let child = g.spawn_in_session("claude", "", "echo max=999 > gated/limits.conf");
+    let r = g.wait_request(&f);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "2s"]));
+    ok(&wait_child(child, Duration::from_secs(15)));
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "max=999\n");
+    (g, f)
+}
+
+fn wait_ledger(g: &Gate, kind: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !g.ledger_kinds().iter().any(|k| k == kind) {
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} in the ledger: {:?}\n{}",
+            g.ledger_kinds(),
+            g.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn grant_expiry_reverts_per_rule() {
+    if !require_root("grant_expiry_reverts_per_rule") {
+        return;
+    }
+    let (g, f) = expiry_case("revert");
+    wait_ledger(&g, "reverted");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "max=1\n");
+}
+
+#[test]
+fn grant_expiry_flags_per_rule() {
+    if !require_root("grant_expiry_flags_per_rule") {
+        return;
+    }
+    let (g, f) = expiry_case("flag");
+    wait_ledger(&g, "change_flagged");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "max=999\n");
+    assert!(g.stat("gate_changes_flagged") >= 1);
+}
+
+#[test]
+fn a_session_cannot_open_confgates_own_config() {
+    if !require_root("a_session_cannot_open_confgates_own_config") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let cfg = g.d.config.display().to_string();
+    let o = g.d.in_session("claude", "", &format!("cat {cfg}"));
+    assert!(failed_with_eperm(&o), "{o:?}");
+    let o = g.d.in_session("claude", "", &format!("echo x >> {cfg}"));
+    assert!(failed_with_eperm(&o), "{o:?}");
+    // Outside a session, reading it is fine.
+    ok(&sh(&g.d.watched, &format!("cat {cfg} >/dev/null")));
+    assert!(g.stat("gate_denied_builtin") >= 2);
+}
+
+#[test]
+fn a_process_outside_any_session_is_not_held() {
+    if !require_root("a_process_outside_any_session_is_not_held") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let t = Instant::now();
+    for i in 0..50 {
+        std::fs::write(g.gated(&format!("f{i}")), "x").unwrap();
+    }
+    ok(&sh(
+        &g.d.watched,
+        "echo y > gated/f0 && cat gated/f0 >/dev/null",
+    ));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(g.stat("gate_requests"), 0);
+}
+
+#[test]
+fn a_session_cannot_approve_its_own_request() {
+    if !require_root("a_session_cannot_approve_its_own_request") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "dar", "mode = \"deny-and-request\""));
+    let f = g.gated("sudoers");
+    std::fs::write(&f, "root ALL\n").unwrap();
+    // The built-in rule denies a session confgate's own binary and configuration, so a
+    // session could only try with a copy of the binary and the sockets named explicitly:
+    // then the approval service itself must refuse (the caller's session is the kernel's
+    // answer, not a claim).
+    let copy = g.d.dir.path().join("cg-copy");
+    std::fs::copy(confgate_bin(), &copy).expect("copy the binary");
+    let bin = copy.display().to_string();
+    let sock = g.d.dir.path().join("approver.sock").display().to_string();
+    let dsock = g.d.socket.display().to_string();
+    let conn = format!("--socket {dsock} approvals --approver unix:{sock}");
+    let idfile = g.d.dir.path().join("request-id");
+    let script = format!(
+        "echo agent ALL > gated/sudoers; \
+         while [ ! -s {idf} ]; do sleep 0.05; done; id=$(cat {idf}); echo id=$id; \
+         {bin} {conn} list --json; \
+         {bin} {conn} approve $id --ttl 1h --no-daemon; echo rc=$?",
+        idf = idfile.display()
+    );
+    let child = g.spawn_in_session("claude", "", &script);
+    let r = g.wait_request(&f);
+    std::fs::write(&idfile, id_of(&r)).unwrap();
+    let o = wait_child(child, Duration::from_secs(30));
+    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains(&format!("id={}", id_of(&r))), "{out}");
+    assert!(
+        !out.contains("rc=0"),
+        "the session approved its own request: {out}"
+    );
+    assert!(out.contains("session"), "refused for its session: {out}");
+    // Still pending.
+    let r = g.wait_request(&f);
+    assert_eq!(r["state"], "pending", "{r}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "root ALL\n");
+}
+
+#[test]
+fn a_tampered_ledger_fails_verify() {
+    if !require_root("a_tampered_ledger_fails_verify") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "fast-fail", "timeout = \"200ms\"\nfail = \"deny\""));
+    for i in 0..3 {
+        std::fs::write(g.gated(&format!("t{i}")), "0").unwrap();
+        let _ =
+            g.d.in_session("claude", "", &format!("echo 1 > gated/t{i}"));
+    }
+    ok(&g.cli(&["audit", "verify"]));
+    let path = g.ledger();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 4, "{text}");
+    let tampered = lines[1].replacen("\"deny\"", "\"allow\"", 1);
+    assert_ne!(
+        tampered, lines[1],
+        "line 2 has a verdict to change: {}",
+        lines[1]
+    );
+    let mut edited: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    edited[1] = tampered;
+    std::fs::write(&path, edited.join("\n") + "\n").unwrap();
+    let v = g.cli(&["audit", "verify"]);
+    assert_eq!(v.status.code(), Some(1), "{v:?}");
+    let msg = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+    assert!(msg.contains('2'), "names the changed record: {msg}");
+}
