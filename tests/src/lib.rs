@@ -139,11 +139,23 @@ impl Daemon {
                 ""
             },
             extra = opts.extra_toml,
-        ) + &opts
+        );
+        let for_dir = opts
             .toml_for_dir
             .as_ref()
             .map(|f| f(&root))
             .unwrap_or_default();
+        // Each daemon runs its own local approval service on a socket in its scratch dir
+        // (unless the test configures `[approval]` itself).
+        let approval = if for_dir.contains("[approval]") || opts.extra_toml.contains("[approval]") {
+            String::new()
+        } else {
+            format!(
+                "\n[approval]\nlocal_socket = {:?}\n",
+                root.join("approver.sock").display().to_string()
+            )
+        };
+        let toml = toml + &approval + &for_dir;
         std::fs::write(&config, toml).expect("write config");
         let mut d = Daemon {
             dir,

@@ -1,6 +1,10 @@
 //! The benchmark workload: a tight loop of open(O_WRONLY|O_CREAT|O_TRUNC) / write 4 KiB /
 //! close / rename in one directory, optionally paced to a rate. Prints one JSON object:
 //! {"ops": N, "ns_per_op": X}.
+//!
+//! With `--latency`, it times each `open(O_WRONLY|O_TRUNC)` of existing files instead
+//! (`--files N`: cycle over `f0`..`f{N-1}`, created first; `--warmup K`: untimed opens
+//! first) and adds the percentiles `p50_ns`, `p99_ns`, `p999_ns`.
 use std::{ffi::CString, os::unix::ffi::OsStrExt, path::PathBuf, time::Instant};
 
 use anyhow::Context as _;
@@ -16,6 +20,65 @@ pub struct Args {
     /// Pace the loop to this many iterations per second (default: as fast as it can).
     #[arg(long)]
     rate: Option<u64>,
+    /// Time each open of existing files (scenarios 4 and 5) instead of the loop.
+    #[arg(long)]
+    latency: bool,
+    /// `--latency`: files to cycle over.
+    #[arg(long, default_value_t = 1)]
+    files: u64,
+    /// `--latency`: untimed opens first (e.g. to obtain a grant).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn open_close(path: &CString) -> anyhow::Result<u64> {
+    let t = Instant::now();
+    // SAFETY: a plain syscall on a NUL-terminated path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_TRUNC) };
+    let ns = t.elapsed().as_nanos() as u64;
+    anyhow::ensure!(fd >= 0, "open: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(fd) };
+    Ok(ns)
+}
+
+fn latency(a: &Args) -> anyhow::Result<()> {
+    let files: Vec<CString> = (0..a.files.max(1))
+        .map(|i| {
+            let p = a.dir.join(format!("f{i}"));
+            if !p.exists() {
+                std::fs::write(&p, b"x")?;
+            }
+            cstr(&p)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for i in 0..a.warmup {
+        open_close(&files[(i as usize) % files.len()])?;
+    }
+    let start = Instant::now();
+    let mut ns: Vec<u64> = Vec::with_capacity(a.ops as usize);
+    for i in 0..a.ops {
+        ns.push(open_close(&files[(i as usize) % files.len()])?);
+    }
+    let per_op = start.elapsed().as_nanos() as f64 / a.ops.max(1) as f64;
+    ns.sort_unstable();
+    println!(
+        "{}",
+        serde_json::json!({
+            "ops": a.ops, "ns_per_op": per_op,
+            "p50_ns": pct(&ns, 50.0), "p99_ns": pct(&ns, 99.0), "p999_ns": pct(&ns, 99.9),
+        })
+    );
+    Ok(())
 }
 
 fn cstr(p: &std::path::Path) -> anyhow::Result<CString> {
@@ -23,6 +86,9 @@ fn cstr(p: &std::path::Path) -> anyhow::Result<CString> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.latency {
+        return latency(&a);
+    }
     let buf = [b'x'; 4096];
     let tmp = cstr(&a.dir.join("bench.tmp"))?;
     let dst = cstr(&a.dir.join("bench.conf"))?;

@@ -329,14 +329,21 @@ impl Engine {
         };
         let fail_allows = rule.fail == FailVerdict::Allow;
         if rule.mode == Mode::DenyAndRequest {
+            // The context is read while the writer is still held: once denied, it may exit
+            // and take its `/proc` entry (command line, CONFGATE_REASON) with it.
+            let pending = lock(&self.open_requests).contains_key(&key);
+            let ctx = if pending {
+                None
+            } else {
+                Some(
+                    self.request_context(tgid, session, &path, ops, pre.as_ref(), created, rule)
+                        .await,
+                )
+            };
             self.deny(held, created).await;
-            if lock(&self.open_requests).contains_key(&key) {
-                return;
-            }
-            let ctx = self
-                .request_context(tgid, session, &path, ops, pre.as_ref(), created, rule)
-                .await;
-            if let Some(id) = self.file_request(ctx, rule, lifetime, None).await {
+            if let Some(ctx) = ctx
+                && let Some(id) = self.file_request(ctx, rule, lifetime, None).await
+            {
                 lock(&self.open_requests).insert(key, id);
             }
             return;

@@ -49,12 +49,14 @@ impl DaemonSpec {
              [daemon]\nsocket = {}\nstate_dir = {}\n\
              [output]\nevents_file = {}\nstdout = \"off\"\nstats_interval_secs = 1\n\
              [kernel]\npath_filter = {}\n{ring}\
-             [watch]\npaths = [{}]\nproject_roots = []\n{}",
+             [watch]\npaths = [{}]\nproject_roots = []\n\
+             [approval]\nlocal_socket = {}\n{}",
             q(&dir.join("s.sock")),
             q(&dir.join("state")),
             q(&dir.join("events.ndjson")),
             self.path_filter,
             paths.join(", "),
+            q(&dir.join("approver.sock")),
             self.extra_toml,
         )
     }
@@ -65,6 +67,8 @@ pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     pub config: PathBuf,
+    /// The daemon's local approval service.
+    pub approver_socket: PathBuf,
     /// Spawn to the "confgate ready" log line.
     pub ready_after: Duration,
     confgate: PathBuf,
@@ -93,6 +97,7 @@ impl Daemon {
             child: Some(child),
             log,
             config,
+            approver_socket: dir.join("approver.sock"),
             ready_after: Duration::ZERO,
             confgate: confgate.to_owned(),
         };

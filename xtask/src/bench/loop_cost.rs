@@ -20,6 +20,15 @@ pub struct LoopCost {
     /// Largest acceptable ratio on/off.
     target: f64,
     samples: BTreeMap<Mode, Vec<f64>>,
+    /// Scenario 2: permission decisions per second during the measured run, per mode.
+    decisions: BTreeMap<Mode, Vec<f64>>,
+}
+
+/// Target of scenario 2's permission decision rate.
+const DECISIONS_TARGET: f64 = 200_000.0;
+
+fn perm_events(d: &Daemon) -> anyhow::Result<f64> {
+    Ok(d.stats()?["perm_events"].as_f64().unwrap_or(0.0))
 }
 
 impl LoopCost {
@@ -31,6 +40,7 @@ impl LoopCost {
             watched: false,
             target: 1.01,
             samples: BTreeMap::new(),
+            decisions: BTreeMap::new(),
         }
     }
 
@@ -42,6 +52,7 @@ impl LoopCost {
             watched: true,
             target: 1.10,
             samples: BTreeMap::new(),
+            decisions: BTreeMap::new(),
         }
     }
 
@@ -68,19 +79,40 @@ impl Scenario for LoopCost {
         &Mode::ALL
     }
 
+    fn daemon_toml(&self, cx: &Cx) -> Option<String> {
+        // Scenario 2's tree is gated (for sessions): every open there by the worker, which
+        // is outside any session, passes the permission queue on the fast path.
+        self.watched.then(|| {
+            format!(
+                "[[gate.rule]]\nname = \"bench-loop\"\npaths = [\"{}/**\"]\nverdict = \"ask\"\n",
+                cx.watched.join("loop").display()
+            )
+        })
+    }
+
     fn measure(
         &mut self,
         cx: &Cx,
         _round: usize,
         mode: Mode,
-        _daemon: Option<&Daemon>,
+        daemon: Option<&Daemon>,
     ) -> anyhow::Result<()> {
         let dir = cx.dir(self.watched, "loop")?;
         // Warm-up (page cache, dentries, the daemon's first sight of the worker), then
         // the measured run.
         workload::run(cx, &dir, cx.plan.ops / 10, None)?;
+        let before = match daemon {
+            Some(d) if self.watched => Some(perm_events(d)?),
+            _ => None,
+        };
         let ns = workload::run(cx, &dir, cx.plan.ops, None)?;
         self.samples.entry(mode).or_default().push(ns);
+        if let (Some(before), Some(d)) = (before, daemon) {
+            // Every open of the loop is one decision; the run took ops * ns.
+            let secs = cx.plan.ops as f64 * ns / 1e9;
+            let n = perm_events(d)? - before;
+            self.decisions.entry(mode).or_default().push(n / secs);
+        }
         Ok(())
     }
 
@@ -89,13 +121,18 @@ impl Scenario for LoopCost {
             .iter()
             .map(|m| (format!("{m:?}"), self.summary(*m)))
             .collect();
-        json!(per_mode)
+        let decisions: BTreeMap<String, Summary> = self
+            .decisions
+            .iter()
+            .map(|(m, v)| (format!("{m:?}"), Summary::of(v.clone())))
+            .collect();
+        json!({ "ns_per_op": per_mode, "perm_decisions_per_sec": decisions })
     }
 
     fn rows(&self) -> Vec<Row> {
         let on = self.ratio(Mode::On);
         let nf = self.ratio(Mode::OnNoFilter);
-        vec![Row {
+        let mut rows = vec![Row {
             scenario: self.title.into(),
             measure: "open/write 4K/close/rename".into(),
             off: self.summary(Mode::Off).show("ns/op", 0),
@@ -104,7 +141,20 @@ impl Scenario for LoopCost {
             ratio: format!("{on:.3} / {nf:.3}"),
             target: format!("<= {}", self.target),
             verdict: verdict(on <= self.target),
-        }]
+        }];
+        if self.watched {
+            let d = |m| Summary::of(self.decisions.get(&m).cloned().unwrap_or_default());
+            rows.push(Row {
+                scenario: "2 permission decisions".into(),
+                measure: "FAN_OPEN_PERM events answered per second (one writer)".into(),
+                on: d(Mode::On).show("/s", 0),
+                on_no_filter: d(Mode::OnNoFilter).show("/s", 0),
+                target: ">= 200000/s".into(),
+                verdict: verdict(d(Mode::On).median >= DECISIONS_TARGET),
+                ..Row::default()
+            });
+        }
+        rows
     }
 
     fn check(&self) -> anyhow::Result<()> {

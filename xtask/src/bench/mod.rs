@@ -2,10 +2,11 @@
 //! the same run, interleaved over several rounds (see [`scenario`]); median and spread per
 //! mode; results to `bench/results/*.json` and, for a full run, the table in
 //! `BENCHMARKS.md`.
+mod auto_approver;
 mod daemon;
+mod gate_latency;
 mod idle;
 mod loop_cost;
-mod not_built;
 mod report;
 mod scenario;
 mod session_rate;
@@ -185,6 +186,23 @@ fn default_watch_set() -> Vec<PathBuf> {
     .collect()
 }
 
+/// `[[gate.rule]]` tables of the daemon's default rules.
+fn shipped_gate_rules() -> anyhow::Result<String> {
+    #[derive(serde::Serialize)]
+    struct Gate {
+        rule: Vec<monitor::policy::RuleConfig>,
+    }
+    #[derive(serde::Serialize)]
+    struct File {
+        gate: Gate,
+    }
+    Ok(toml::to_string(&File {
+        gate: Gate {
+            rule: monitor::policy::default_gate_rules(),
+        },
+    })?)
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     ensure!(
         is_root(),
@@ -237,7 +255,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // the scenarios add.
     let mut watch = default_watch_set();
     watch.push(cx.watched.clone());
-    let extra_toml: String = scenarios.iter().filter_map(|s| s.daemon_toml()).collect();
+    // The shipped gate rules, then the scenarios' own (writing any rule replaces the
+    // default list, so the defaults are written out).
+    let extra_toml: String = shipped_gate_rules()?
+        + &scenarios
+            .iter()
+            .filter_map(|s| s.daemon_toml(&cx))
+            .collect::<String>();
     let spec = |path_filter| DaemonSpec {
         path_filter,
         watch: watch.clone(),

@@ -7,10 +7,10 @@
 //! table order, then it is stopped. (Starting and stopping a daemon costs seconds: the
 //! kernel waits for RCU grace periods as it detaches each tracepoint program.)
 //!
-//! Adding a scenario (e.g. the gate's 4 and 5): implement [`Scenario`], put it in
-//! [`all`]; if it needs daemon configuration (a `[gate]` section with an allow rule), return
-//! it from [`Scenario::daemon_toml`]: it is part of every daemon the run starts, so the
-//! other scenarios then measure the product with that configuration too.
+//! Adding a scenario: implement [`Scenario`], put it in [`all`]; if it needs daemon
+//! configuration (e.g. `[[gate.rule]]` tables), return it from [`Scenario::daemon_toml`]: it
+//! is part of every daemon the run starts, so the other scenarios then measure the product
+//! with that configuration too.
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -83,7 +83,7 @@ pub trait Scenario {
     /// Modes it measures in (empty: not measured, e.g. not built yet).
     fn modes(&self) -> &'static [Mode];
     /// TOML tables it needs in the daemon's configuration file.
-    fn daemon_toml(&self) -> Option<String> {
+    fn daemon_toml(&self, _cx: &Cx) -> Option<String> {
         None
     }
     /// Measure once in `round` with the daemon of `mode` (None when off).
@@ -111,7 +111,7 @@ pub trait Scenario {
 /// first (a fresh daemon), then start-up, then the workloads.
 pub fn all() -> Vec<Box<dyn Scenario>> {
     use super::{
-        idle::Idle, loop_cost::LoopCost, not_built::NotBuilt, session_rate::SessionRate,
+        gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, session_rate::SessionRate,
         startup::Startup,
     };
     vec![
@@ -120,17 +120,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(LoopCost::unwatched()),
         Box::new(LoopCost::watched()),
         Box::new(SessionRate::default()),
-        Box::new(NotBuilt {
-            id: 4,
-            title: "4 gate decision latency",
-            target: "p99 < 50 us",
-            why: "n/a: the gate (issue 3) is not built yet",
-        }),
-        Box::new(NotBuilt {
-            id: 5,
-            title: "5 approval round trip",
-            target: "p99 < 2 ms",
-            why: "n/a: the approval service (issue 3) is not built yet",
-        }),
+        Box::new(GateLatency::decision()),
+        Box::new(GateLatency::round_trip()),
     ]
 }

@@ -49,3 +49,54 @@ pub fn run_paced(
     let v: Value = serde_json::from_slice(&out.stdout).context("worker output")?;
     v["ns_per_op"].as_f64().context("worker output: ns_per_op")
 }
+
+/// Per-open latencies of `xtask worker --latency`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Latency {
+    pub p50_ns: f64,
+    pub p99_ns: f64,
+    pub p999_ns: f64,
+}
+
+/// Time `ops` opens of `files` existing files in `dir` (after `warmup` untimed ones),
+/// inside a session of `session` when given.
+pub fn latency(
+    cx: &Cx,
+    dir: &Path,
+    ops: u64,
+    files: u64,
+    warmup: u64,
+    session: Option<&Daemon>,
+) -> anyhow::Result<Latency> {
+    let mut cmd = match session {
+        Some(d) => {
+            let mut c = Command::new(&cx.confgate);
+            c.arg("--config")
+                .arg(&d.config)
+                .args(["run", "--agent", "bench", "--"])
+                .arg(&cx.xtask);
+            c
+        }
+        None => Command::new(&cx.xtask),
+    };
+    let out = cmd
+        .args(["worker", "--latency", "--dir"])
+        .arg(dir)
+        .args(["--ops", &ops.to_string(), "--files", &files.to_string()])
+        .args(["--warmup", &warmup.to_string()])
+        .output()
+        .context("spawning the worker")?;
+    ensure!(
+        out.status.success(),
+        "worker failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).context("worker output")?;
+    let f = |k: &str| v[k].as_f64().with_context(|| format!("worker output: {k}"));
+    Ok(Latency {
+        p50_ns: f("p50_ns")?,
+        p99_ns: f("p99_ns")?,
+        p999_ns: f("p999_ns")?,
+    })
+}

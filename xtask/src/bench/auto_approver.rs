@@ -1,0 +1,95 @@
+//! The auto-approving test approver of scenarios 4 and 5: watches the daemon's local
+//! approval service (the real gRPC service, over its Unix socket) and approves every
+//! pending request at once, as root outside any session.
+use std::{path::Path, thread::JoinHandle};
+
+use anyhow::Context as _;
+use confgate_proto::v1 as pb;
+use monitor::approver::client::{ClientConfig, connect};
+use tokio::sync::oneshot;
+
+/// Grant lifetime given by the approver.
+const TTL_SECS: u64 = 600;
+
+pub struct AutoApprover {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<u64>>>,
+}
+
+impl AutoApprover {
+    /// Starts approving requests on the service at `socket`; returns once it watches.
+    pub fn start(socket: &Path) -> anyhow::Result<AutoApprover> {
+        let cfg = ClientConfig {
+            endpoint: format!("unix:{}", socket.display()),
+            ..ClientConfig::default()
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || -> anyhow::Result<u64> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut c = connect(&cfg).await.context("connecting to the service")?;
+                let mut stream = c
+                    .watch_requests(pb::WatchRequestsRequest {})
+                    .await
+                    .context("WatchRequests")?
+                    .into_inner();
+                let _ = ready_tx.send(());
+                let mut approved = 0u64;
+                let mut stop_rx = stop_rx;
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => return Ok(approved),
+                        msg = stream.message() => {
+                            let Some(r) = msg.context("request stream")? else {
+                                return Ok(approved);
+                            };
+                            if r.state != pb::RequestState::Pending as i32 {
+                                continue;
+                            }
+                            c.decide(pb::DecideRequest {
+                                id: r.id,
+                                approve: true,
+                                ttl_seconds: TTL_SECS,
+                                note: "bench auto-approver".into(),
+                                ..Default::default()
+                            })
+                            .await
+                            .context("Decide")?;
+                            approved += 1;
+                        }
+                    }
+                }
+            })
+        });
+        ready_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .context("the auto-approver could not watch the service")?;
+        Ok(AutoApprover {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops it; returns how many requests it approved.
+    pub fn stop(mut self) -> anyhow::Result<u64> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => anyhow::bail!("the auto-approver panicked"),
+            None => Ok(0),
+        }
+    }
+}
+
+impl Drop for AutoApprover {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}

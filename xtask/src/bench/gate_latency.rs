@@ -1,0 +1,273 @@
+//! Scenarios 4 and 5: what the gate adds to an agent's `open()`.
+//!
+//! 4. Decision latency without a human: a session process opens a gated file under an
+//!    `allow` rule, and under an `ask` rule with a live grant (obtained by the worker's
+//!    first, untimed open, approved by the auto-approver). Added latency per open =
+//!    percentile with the daemon minus the same percentile without it (same files, same
+//!    worker, same round).
+//! 5. Approval round trip: every timed open is of a new gated file, so each one is held
+//!    while the request goes through the real approval service (the daemon's local one,
+//!    over its Unix socket) to the auto-approver and the decision comes back.
+use std::collections::BTreeMap;
+
+use anyhow::ensure;
+use serde_json::{Value, json};
+
+use super::{
+    auto_approver::AutoApprover,
+    scenario::{Cx, Daemon, Mode, Row, Scenario, verdict},
+    stats::Summary,
+    workload::{self, Latency},
+};
+
+/// Which gate path a variant measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Variant {
+    /// Scenario 4, `allow` rule.
+    Allow,
+    /// Scenario 4, `ask` rule with a live grant.
+    Grant,
+    /// Scenario 5, one approval per open.
+    RoundTrip,
+}
+
+impl Variant {
+    fn dir(self) -> &'static str {
+        match self {
+            Variant::Allow => "gate-allow",
+            Variant::Grant => "gate-grant",
+            Variant::RoundTrip => "gate-ask",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Allow => "allow rule",
+            Variant::Grant => "live grant",
+            Variant::RoundTrip => "approval round trip",
+        }
+    }
+}
+
+/// Percentile samples (ns) per (variant, mode).
+#[derive(Default)]
+struct Samples(BTreeMap<(Variant, Mode), Vec<Latency>>);
+
+impl Samples {
+    fn get(&self, v: Variant, m: Mode, f: fn(&Latency) -> f64) -> Summary {
+        Summary::of(
+            self.0
+                .get(&(v, m))
+                .map(|l| l.iter().map(f).collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Median over rounds of (on - off) of the percentile `f`, in µs.
+    fn added_us(&self, v: Variant, f: fn(&Latency) -> f64) -> Summary {
+        let on = self.0.get(&(v, Mode::On)).cloned().unwrap_or_default();
+        let off = self.0.get(&(v, Mode::Off)).cloned().unwrap_or_default();
+        Summary::of(
+            on.iter()
+                .zip(off.iter())
+                .map(|(a, b)| (f(a) - f(b)) / 1000.0)
+                .collect(),
+        )
+    }
+}
+
+const P50: fn(&Latency) -> f64 = |l| l.p50_ns;
+const P99: fn(&Latency) -> f64 = |l| l.p99_ns;
+const P999: fn(&Latency) -> f64 = |l| l.p999_ns;
+
+/// The rules both scenarios need (every daemon of the run gets them).
+pub fn rules(cx: &Cx) -> String {
+    let rule = |name: &str, v: Variant, verdict: &str| {
+        format!(
+            "[[gate.rule]]\nname = {name:?}\npaths = [\"{}/**\"]\nverdict = {verdict:?}\ntimeout = \"20s\"\n",
+            cx.watched.join(v.dir()).display()
+        )
+    };
+    rule("bench-allow", Variant::Allow, "allow")
+        + &rule("bench-grant", Variant::Grant, "ask")
+        + &rule("bench-ask", Variant::RoundTrip, "ask")
+}
+
+pub struct GateLatency {
+    id: u32,
+    samples: Samples,
+    approved: u64,
+}
+
+impl GateLatency {
+    pub fn decision() -> Self {
+        GateLatency {
+            id: 4,
+            samples: Samples::default(),
+            approved: 0,
+        }
+    }
+
+    pub fn round_trip() -> Self {
+        GateLatency {
+            id: 5,
+            samples: Samples::default(),
+            approved: 0,
+        }
+    }
+
+    fn variants(&self) -> &'static [Variant] {
+        if self.id == 4 {
+            &[Variant::Allow, Variant::Grant]
+        } else {
+            &[Variant::RoundTrip]
+        }
+    }
+
+    /// (timed opens, files, untimed first opens) of a variant.
+    fn sizes(&self, cx: &Cx, v: Variant, round: usize) -> (u64, u64, u64) {
+        let opens = cx.plan.ops;
+        match v {
+            Variant::Allow => (opens, 1, opens / 10),
+            Variant::Grant => (opens, 1, 1),
+            // A fresh set of files per round: each open needs its own approval.
+            Variant::RoundTrip => {
+                let n = if cx.plan.quick { 50 } else { 300 };
+                let _ = round;
+                (n, n, 0)
+            }
+        }
+    }
+}
+
+impl Scenario for GateLatency {
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn key(&self) -> &'static str {
+        if self.id == 4 {
+            "scenario4_gate_decision_latency"
+        } else {
+            "scenario5_approval_round_trip"
+        }
+    }
+
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::Off, Mode::On]
+    }
+
+    fn daemon_toml(&self, cx: &Cx) -> Option<String> {
+        // Scenario 4 brings the rules of both (they share the auto-approver's service).
+        (self.id == 4).then(|| rules(cx))
+    }
+
+    fn measure(
+        &mut self,
+        cx: &Cx,
+        round: usize,
+        mode: Mode,
+        daemon: Option<&Daemon>,
+    ) -> anyhow::Result<()> {
+        let approver = match daemon {
+            Some(d) => Some(AutoApprover::start(&d.approver_socket)?),
+            None => None,
+        };
+        for &v in self.variants() {
+            // Round trips need files no grant covers yet: one directory per round (the
+            // same for both modes of the round).
+            let sub = if v == Variant::RoundTrip {
+                format!("{}/r{round}", v.dir())
+            } else {
+                v.dir().to_string()
+            };
+            let dir = cx.dir(true, &sub)?;
+            let (ops, files, warmup) = self.sizes(cx, v, round);
+            let l = workload::latency(cx, &dir, ops, files, warmup, daemon)?;
+            self.samples.0.entry((v, mode)).or_default().push(l);
+        }
+        if let Some(a) = approver {
+            self.approved += a.stop()?;
+        }
+        Ok(())
+    }
+
+    fn results(&self) -> Value {
+        let mut out = json!({ "auto_approved": self.approved });
+        for &v in self.variants() {
+            let mut per = json!({});
+            for m in [Mode::Off, Mode::On] {
+                per[format!("{m:?}")] = json!({
+                    "p50_ns": self.samples.get(v, m, P50),
+                    "p99_ns": self.samples.get(v, m, P99),
+                    "p999_ns": self.samples.get(v, m, P999),
+                });
+            }
+            per["added_us"] = json!({
+                "p50": self.samples.added_us(v, P50),
+                "p99": self.samples.added_us(v, P99),
+                "p999": self.samples.added_us(v, P999),
+            });
+            out[v.dir()] = per;
+        }
+        out
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let us = |s: Summary| s.show("µs", 1);
+        self.variants()
+            .iter()
+            .map(|&v| {
+                let off = |f| self.samples.get(v, Mode::Off, f).median / 1000.0;
+                let on = |f| self.samples.get(v, Mode::On, f).median / 1000.0;
+                let (title, target, ok) = if self.id == 4 {
+                    let p99 = self.samples.added_us(v, P99).median;
+                    (
+                        format!("4 gate decision, {}", v.name()),
+                        "added p99 < 50 µs",
+                        p99 < 50.0,
+                    )
+                } else {
+                    (format!("5 {}", v.name()), "p99 < 2 ms", on(P99) < 2000.0)
+                };
+                Row {
+                    scenario: title,
+                    measure: "open() latency p50 / p99 / p99.9; added by the daemon".into(),
+                    off: format!("{:.1} / {:.1} / {:.1} µs", off(P50), off(P99), off(P999)),
+                    on: format!(
+                        "{:.1} / {:.1} / {:.1} µs; added {} / {} / {}",
+                        on(P50),
+                        on(P99),
+                        on(P999),
+                        us(self.samples.added_us(v, P50)),
+                        us(self.samples.added_us(v, P99)),
+                        us(self.samples.added_us(v, P999)),
+                    ),
+                    on_no_filter: String::new(),
+                    ratio: format!("{:.2}", on(P99) / off(P99)),
+                    target: target.into(),
+                    verdict: verdict(ok),
+                }
+            })
+            .collect()
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        for &v in self.variants() {
+            for m in [Mode::Off, Mode::On] {
+                let s = self.samples.get(v, m, P50);
+                ensure!(
+                    !s.is_empty() && s.samples.iter().all(|x| *x > 0.0),
+                    "scenario {}: no latency samples for {} in mode {m:?}",
+                    self.id,
+                    v.name()
+                );
+            }
+        }
+        ensure!(
+            self.id == 4 || self.approved > 0,
+            "scenario 5: the auto-approver approved nothing"
+        );
+        Ok(())
+    }
+}
