@@ -6,6 +6,21 @@ use serde_json::Value;
 
 use super::scenario::{Cx, Daemon};
 
+/// `xtask`, or `confgate run -- xtask` in a new session of `session`'s daemon.
+fn worker_command(cx: &Cx, session: Option<&Daemon>) -> Command {
+    match session {
+        Some(d) => {
+            let mut c = Command::new(&cx.confgate);
+            c.arg("--config")
+                .arg(&d.config)
+                .args(["run", "--agent", "bench", "--"])
+                .arg(&cx.xtask);
+            c
+        }
+        None => Command::new(&cx.xtask),
+    }
+}
+
 /// Run `ops` iterations of the loop in `dir` and return ns per iteration. With `session`,
 /// the worker runs under `confgate run` of that daemon (an agent session).
 pub fn run(cx: &Cx, dir: &Path, ops: u64, session: Option<&Daemon>) -> anyhow::Result<f64> {
@@ -20,18 +35,7 @@ pub fn run_paced(
     session: Option<&Daemon>,
     rate: Option<u64>,
 ) -> anyhow::Result<f64> {
-    let mut cmd = match session {
-        Some(d) => {
-            let mut c = Command::new(&cx.confgate);
-            c.arg("--config")
-                .arg(&d.config)
-                .args(["run", "--agent", "bench", "--"])
-                .arg(&cx.xtask);
-            c
-        }
-        None => Command::new(&cx.xtask),
-    };
-    let out = cmd
+    let out = worker_command(cx, session)
         .arg("worker")
         .arg("--dir")
         .arg(dir)
@@ -68,18 +72,7 @@ pub fn latency(
     warmup: u64,
     session: Option<&Daemon>,
 ) -> anyhow::Result<Latency> {
-    let mut cmd = match session {
-        Some(d) => {
-            let mut c = Command::new(&cx.confgate);
-            c.arg("--config")
-                .arg(&d.config)
-                .args(["run", "--agent", "bench", "--"])
-                .arg(&cx.xtask);
-            c
-        }
-        None => Command::new(&cx.xtask),
-    };
-    let out = cmd
+    let out = worker_command(cx, session)
         .args(["worker", "--latency", "--dir"])
         .arg(dir)
         .args(["--ops", &ops.to_string(), "--files", &files.to_string()])
