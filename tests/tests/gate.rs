@@ -211,6 +211,13 @@ fn held_write_is_approved_and_lands() {
     let kinds = g.ledger_kinds();
     assert!(kinds.contains(&"request".to_string()), "{kinds:?}");
     assert!(kinds.contains(&"grant".to_string()), "{kinds:?}");
+    // After the close-write, the diff against the pre-image is in the ledger.
+    wait_ledger(&g, "change");
+    let ledger = std::fs::read_to_string(g.ledger()).unwrap();
+    assert!(
+        ledger.contains("-pool=10") && ledger.contains("+pool=50"),
+        "{ledger}"
+    );
     let v = g.cli(&["audit", "verify"]);
     ok(&v);
 }
