@@ -21,6 +21,18 @@ fn worker_command(cx: &Cx, session: Option<&Daemon>) -> Command {
     }
 }
 
+/// Runs the worker and parses the JSON object it prints.
+fn output_of(cmd: &mut Command) -> anyhow::Result<Value> {
+    let out = cmd.output().context("spawning the worker")?;
+    ensure!(
+        out.status.success(),
+        "worker failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("worker output")
+}
+
 /// Run `ops` iterations of the loop in `dir` and return ns per iteration. With `session`,
 /// the worker runs under `confgate run` of that daemon (an agent session).
 pub fn run(cx: &Cx, dir: &Path, ops: u64, session: Option<&Daemon>) -> anyhow::Result<f64> {
@@ -35,22 +47,14 @@ pub fn run_paced(
     session: Option<&Daemon>,
     rate: Option<u64>,
 ) -> anyhow::Result<f64> {
-    let out = worker_command(cx, session)
-        .arg("worker")
+    let mut cmd = worker_command(cx, session);
+    cmd.arg("worker")
         .arg("--dir")
         .arg(dir)
         .arg("--ops")
         .arg(ops.to_string())
-        .args(rate.map(|r| format!("--rate={r}")))
-        .output()
-        .context("spawning the worker")?;
-    ensure!(
-        out.status.success(),
-        "worker failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).context("worker output")?;
+        .args(rate.map(|r| format!("--rate={r}")));
+    let v = output_of(&mut cmd)?;
     v["ns_per_op"].as_f64().context("worker output: ns_per_op")
 }
 
@@ -72,20 +76,12 @@ pub fn latency(
     warmup: u64,
     session: Option<&Daemon>,
 ) -> anyhow::Result<Latency> {
-    let out = worker_command(cx, session)
-        .args(["worker", "--latency", "--dir"])
+    let mut cmd = worker_command(cx, session);
+    cmd.args(["worker", "--latency", "--dir"])
         .arg(dir)
         .args(["--ops", &ops.to_string(), "--files", &files.to_string()])
-        .args(["--warmup", &warmup.to_string()])
-        .output()
-        .context("spawning the worker")?;
-    ensure!(
-        out.status.success(),
-        "worker failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).context("worker output")?;
+        .args(["--warmup", &warmup.to_string()]);
+    let v = output_of(&mut cmd)?;
     let f = |k: &str| v[k].as_f64().with_context(|| format!("worker output: {k}"));
     Ok(Latency {
         p50_ns: f("p50_ns")?,
