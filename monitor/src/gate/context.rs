@@ -158,8 +158,16 @@ mod tests {
             .env("CONFGATE_REASON", "fix\nthe pool")
             .spawn()
             .unwrap();
-        // The environment is set before exec; /proc shows it at once.
-        let r = env_reason(child.id());
+        // /proc shows the new environment once the exec has replaced the image, which
+        // may lag `spawn` returning on a loaded machine: poll briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let r = loop {
+            let r = env_reason(child.id());
+            if r.is_some() || std::time::Instant::now() > deadline {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         child.kill().unwrap();
         let _ = child.wait();
         assert_eq!(r.as_deref(), Some("fix\\u{a}the pool"));
