@@ -495,3 +495,34 @@ fn a_tampered_ledger_fails_verify() {
     let msg = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
     assert!(msg.contains('2'), "names the changed record: {msg}");
 }
+
+#[test]
+fn a_directory_created_in_a_gated_tree_is_gated_too() {
+    if !require_root("a_directory_created_in_a_gated_tree_is_gated_too") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "fast-fail", "timeout = \"300ms\"\nfail = \"deny\""));
+    // Created after the marks were placed: the daemon marks it from the notification.
+    std::fs::create_dir_all(g.gated("new/deeper")).unwrap();
+    std::fs::write(g.gated("new/deeper/app.conf"), "a\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o =
+            g.d.in_session("claude", "", "echo b > gated/new/deeper/app.conf");
+        if failed_with_eperm(&o) {
+            break;
+        }
+        // Not marked yet: the write landed; put it back and try again.
+        std::fs::write(g.gated("new/deeper/app.conf"), "a\n").unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "new directory never gated\n{}",
+            g.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_to_string(g.gated("new/deeper/app.conf")).unwrap(),
+        "a\n"
+    );
+}
