@@ -7,7 +7,9 @@
 //!
 //! Every write goes through [`Store::write`]: one redb transaction, committed with
 //! `Durability::Immediate` (fsync'd) before the call returns. Several tables can be updated
-//! atomically in the same closure. Reads see the last committed state.
+//! atomically in the same closure. Reads see the last committed state. Bookkeeping whose
+//! loss only causes a harmless repeat goes through [`Store::write_lazy`] (no fsync; made
+//! durable by the next [`Store::write`]).
 //!
 //! redb takes an exclusive lock on the file, so a second daemon on the same state directory
 //! fails with [`StoreError::Locked`] instead of corrupting it.
@@ -72,6 +74,9 @@ pub enum StoreError {
     },
     #[error("store sequence {0} is exhausted")]
     SequenceExhausted(String),
+    /// The transaction's closure found its input invalid; nothing was written.
+    #[error("transaction abandoned: {0}")]
+    Abandoned(String),
 }
 
 macro_rules! from_redb {
@@ -240,6 +245,23 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut txn = self.inner.db.begin_write()?;
         txn.set_durability(Durability::Immediate);
+        let out = f(&WriteTx { txn: &txn })?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Like [`Store::write`], but without waiting for the disk (`Durability::None`): the
+    /// change is visible at once and reaches the disk with the next durable commit. A crash
+    /// before that loses it, so use this only for bookkeeping whose loss is harmless by
+    /// design (an uplink cursor or an acknowledged spool entry: both make a message be sent
+    /// or applied again, which every consumer of them tolerates). It keeps the fsync of
+    /// bookkeeping off the write lock that the gate's durable commits wait for.
+    pub fn write_lazy<T>(
+        &self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::None);
         let out = f(&WriteTx { txn: &txn })?;
         txn.commit()?;
         Ok(out)
@@ -458,6 +480,22 @@ mod tests {
         assert_eq!(store.get(RECS, 1).unwrap(), None);
         assert!(store.scan(RECS).unwrap().is_empty());
         assert!(store.scan(SESSIONS).unwrap().is_empty());
+    }
+
+    #[test]
+    fn lazy_writes_are_visible_at_once_and_kept_by_the_next_durable_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        const T: RecordTable<u64> = RecordTable::new("test_lazy");
+        {
+            let store = Store::open(&path).unwrap();
+            store.write_lazy(|tx| tx.put(T, 1, &7)).unwrap();
+            assert_eq!(store.get(T, 1).unwrap(), Some(7));
+            store.put(T, 2, &8).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get(T, 1).unwrap(), Some(7));
+        assert_eq!(store.get(T, 2).unwrap(), Some(8));
     }
 
     #[test]

@@ -296,7 +296,8 @@ fn timeout_applies_the_rules_failure_verdict() {
     let o = g.d.in_session("claude", "", "echo 1 > gated/open-a");
     ok(&o);
     assert_eq!(std::fs::read_to_string(g.gated("open-a")).unwrap(), "1\n");
-    assert!(g.stat("gate_hold_timeouts") >= 2);
+    // The daemon's own timeout and the service's expiry of the same deadline race: either
+    // applies the rule's failure verdict (gate_hold_timeouts counts only the first kind).
     assert!(g.stat("gate_fallback_deny") >= 1);
     assert!(g.stat("gate_fallback_allow") >= 1);
     let kinds = g.ledger_kinds();

@@ -5,7 +5,8 @@
 //! Ordering guarantees: a decision, expiry or revocation is committed to the store (fsync)
 //! before the RPC that made it returns and before any stream can see it: `Updates` streams
 //! read the store's per-host log, woken by a counter bumped after each commit. Ledger
-//! records are appended right after the commit.
+//! records are appended right after the commit, while the streams deliver it (they are
+//! not on a decision's path to the host); the RPC returns once they are durable.
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -224,12 +225,14 @@ impl Shared {
         if let (Some(map), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
             map.extend(more);
         }
+        // Streams first (the resolution is committed), then the ledger lines: the host's
+        // decision does not wait for them; the RPC that resolved does.
+        self.updates.send_modify(|n| *n = n.wrapping_add(1));
+        let _ = self.requests.send(wire::request(req, r.grant.as_ref()));
         self.ledger(kind, body).await;
         if let Some(g) = &r.grant {
             self.ledger("grant_created", json!(g)).await;
         }
-        self.updates.send_modify(|n| *n = n.wrapping_add(1));
-        let _ = self.requests.send(wire::request(req, r.grant.as_ref()));
         tracing::info!(
             request = req.id,
             host = %req.context.host,
@@ -351,8 +354,10 @@ impl pb::approver_server::Approver for ApproverService {
                 s.sweep.notify_one();
             }
             tracing::info!(request = rec.id, host = %host, path = %rec.context.path, "request submitted");
-            s.ledger("request_submitted", json!(rec)).await;
+            // Approvers see it now; the ledger line is appended meanwhile, and the host's
+            // acknowledgement waits for it.
             let _ = s.requests.send(out.clone());
+            s.ledger("request_submitted", json!(rec)).await;
         } else {
             bump(&s.counters.resubmitted);
             // The stored request, with its decision and grant if it has one by now.

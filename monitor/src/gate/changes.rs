@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::escape::encode;
 use crate::gate::preimage::{PreImage, hex};
 use crate::ledger::canonical::sha256_hex;
-use crate::store::{BlobTable, RecordTable, Store, StoreError};
+use crate::store::{BlobTable, RecordTable, Store, StoreError, WriteTx};
 
 pub const CHANGES: RecordTable<Change> = RecordTable::new("gate_changes");
 pub const PREIMAGES: BlobTable = BlobTable::new("gate_preimages");
@@ -84,7 +84,20 @@ pub fn record(
     session_id: u64,
     existed: bool,
 ) -> Result<Change, ChangeError> {
-    let change = store.write(|tx| {
+    let change = store.write(|tx| record_in(tx, pre, path, grant_id, session_id, existed))?;
+    Ok(change)
+}
+
+/// [`record`] inside the caller's transaction (e.g. the one that stores the grant).
+pub fn record_in(
+    tx: &WriteTx<'_>,
+    pre: &PreImage,
+    path: &[u8],
+    grant_id: u64,
+    session_id: u64,
+    existed: bool,
+) -> Result<Change, StoreError> {
+    {
         let id = tx.next_id(CHANGE_IDS)?;
         let change = Change {
             id,
@@ -105,8 +118,7 @@ pub fn record(
         }
         tx.put(CHANGES, id, &change)?;
         Ok(change)
-    })?;
-    Ok(change)
+    }
 }
 
 /// Forgets a change once it has been settled (flagged or reverted).
@@ -140,17 +152,46 @@ fn is_text(b: &[u8]) -> bool {
 
 /// Diff of the file now against the change's pre-image.
 pub fn diff(store: &Store, change: &Change) -> Result<Diff, ChangeError> {
+    let now = read_now(change)?;
+    let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
+    diff_with(store, change, now, after_sha256)
+}
+
+/// [`diff`], or `None` when the file's content hash is still `recorded` (the after-hash of
+/// the last diff recorded for this change): a file closed again without a new change
+/// (repeated open/close, a write of the same bytes) adds nothing to the ledger.
+pub fn diff_if_changed(
+    store: &Store,
+    change: &Change,
+    recorded: Option<&str>,
+) -> Result<Option<Diff>, ChangeError> {
+    let now = read_now(change)?;
+    let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
+    if recorded == Some(after_sha256.as_str()) {
+        return Ok(None);
+    }
+    diff_with(store, change, now, after_sha256).map(Some)
+}
+
+/// The file's content now (`None`: it is gone).
+fn read_now(change: &Change) -> Result<Option<Vec<u8>>, ChangeError> {
     let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
-    let now = match std::fs::read(path) {
-        Ok(b) => Some(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(ChangeError::Io {
-                path: change.path_text(),
-                source,
-            });
-        }
-    };
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ChangeError::Io {
+            path: change.path_text(),
+            source,
+        }),
+    }
+}
+
+fn diff_with(
+    store: &Store,
+    change: &Change,
+    now: Option<Vec<u8>>,
+    after_sha256: String,
+) -> Result<Diff, ChangeError> {
     let before = if change.content_kept {
         store.get_blob(PREIMAGES, change.id)?
     } else if !change.existed {
@@ -158,7 +199,6 @@ pub fn diff(store: &Store, change: &Change) -> Result<Diff, ChangeError> {
     } else {
         None
     };
-    let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
     let mut out = Diff {
         path: change.path_text(),
         before_sha256: change.sha256.clone(),
@@ -351,6 +391,41 @@ mod tests {
             Err(ChangeError::NoContent { .. })
         ));
         assert!(diff(&store, &c).unwrap().diff.is_none());
+    }
+
+    #[test]
+    fn a_close_without_a_new_change_records_no_second_diff() {
+        let (dir, store) = setup();
+        let f = dir.path().join("app.conf");
+        std::fs::write(&f, b"a=1\n").unwrap();
+        let c = record(
+            &store,
+            &pre(b"a=1\n", 0o100644),
+            f.as_os_str().as_bytes(),
+            1,
+            1,
+            true,
+        )
+        .unwrap();
+        std::fs::write(&f, b"a=2\n").unwrap();
+        let first = diff_if_changed(&store, &c, None).unwrap().unwrap();
+        assert!(first.diff.as_deref().unwrap().contains("+a=2"));
+        // Closed again with the same content: nothing new.
+        let again = diff_if_changed(&store, &c, Some(&first.after_sha256)).unwrap();
+        assert!(again.is_none());
+        // Changed again: a new diff, still against the pre-image.
+        std::fs::write(&f, b"a=3\n").unwrap();
+        let third = diff_if_changed(&store, &c, Some(&first.after_sha256))
+            .unwrap()
+            .unwrap();
+        assert!(third.diff.as_deref().unwrap().contains("-a=1"));
+        assert_ne!(third.after_sha256, first.after_sha256);
+        // Removed: recorded as gone.
+        std::fs::remove_file(&f).unwrap();
+        let gone = diff_if_changed(&store, &c, Some(&third.after_sha256))
+            .unwrap()
+            .unwrap();
+        assert!(!gone.exists);
     }
 
     #[test]

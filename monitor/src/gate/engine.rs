@@ -9,13 +9,14 @@
 //! on any of them.
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use confgate_proto::v1 as pb;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::changes::{self, CHANGES, Change};
 use super::context;
@@ -37,6 +38,9 @@ use crate::uplink::{UplinkHandle, UplinkUpdate};
 const NOTE_QUEUE: usize = 4096;
 /// Longest wait between two expiry checks.
 const EXPIRY_POLL: Duration = Duration::from_secs(1);
+/// How long after a close-write its diff is taken (closes of the same file meanwhile are
+/// folded into it).
+const DIFF_DELAY: Duration = Duration::from_millis(100);
 
 /// What the event pipeline tells the gate.
 #[derive(Debug)]
@@ -56,7 +60,9 @@ pub enum Notice {
 /// How a request ended, for the open waiting on it.
 #[derive(Debug)]
 enum Outcome {
-    Approved(u64),
+    /// Approved under grant `.0`; `.1` is the pre-image kept in the grant's own commit
+    /// (`None`: the open keeps it itself).
+    Approved(u64, Option<Change>),
     Denied,
     /// The service applied the failure verdict (allow: true).
     Expired(bool),
@@ -85,11 +91,31 @@ pub struct Engine {
     uplink: UplinkHandle,
     settings: EngineSettings,
     /// Held opens waiting for the decision of their request, by host request id.
-    waiters: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
     /// Undecided deny-and-request requests by (session, path): a retry does not file again.
     open_requests: Mutex<HashMap<(u64, Vec<u8>), u64>>,
     /// Kept pre-images by grant id (0: allowed by a failure verdict).
     changes: Mutex<HashMap<u64, Vec<Change>>>,
+    /// After-hash of the last diff recorded per change id (a close without a new change
+    /// records nothing).
+    diffed: Mutex<HashMap<u64, String>>,
+    /// Paths with a diff scheduled (closes within [`DIFF_DELAY`] share it).
+    diff_scheduled: Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+/// A held open waiting for the decision of its request.
+struct Waiter {
+    tx: oneshot::Sender<Outcome>,
+    /// What an approval must keep before the open may proceed.
+    keep: Option<Keep>,
+}
+
+/// A held open's pre-image, kept in the same commit as the grant that lets it through.
+struct Keep {
+    pre: PreImage,
+    path: Vec<u8>,
+    session: u64,
+    created: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,7 +179,9 @@ impl Engine {
             ledger,
             uplink,
             settings,
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+            diffed: Mutex::new(HashMap::new()),
+            diff_scheduled: Mutex::new(std::collections::HashSet::new()),
             open_requests: Mutex::new(open_requests),
             changes: Mutex::new(changes),
         });
@@ -348,11 +376,23 @@ impl Engine {
             }
             return;
         }
+        let t_ask = ev.received.elapsed();
         let ctx = self
             .request_context(tgid, session, &path, ops, pre.as_ref(), created, rule)
             .await;
+        let t_context = ev.received.elapsed();
         let (tx, rx) = oneshot::channel();
-        let Some(request_id) = self.file_request(ctx, rule, lifetime, Some(tx)).await else {
+        let keep = pre.clone().map(|pre| Keep {
+            pre,
+            path: path.clone(),
+            session: session_id,
+            created,
+        });
+        let filed = self
+            .file_request(ctx, rule, lifetime, Some(Waiter { tx, keep }))
+            .await;
+        let t_filed = ev.received.elapsed();
+        let Some(request_id) = filed else {
             self.fallback(
                 held,
                 fail_allows,
@@ -366,12 +406,30 @@ impl Engine {
         };
         let outcome = tokio::time::timeout(lifetime, rx).await;
         lock(&self.waiters).remove(&request_id);
+        let received = held.event().received;
+        let t_decided = received.elapsed();
         match outcome {
-            Ok(Ok(Outcome::Approved(grant_id))) => {
-                self.track(grant_id, &path, session_id, pre.as_ref(), created)
-                    .await;
+            Ok(Ok(Outcome::Approved(grant_id, kept))) => {
+                match kept {
+                    Some(change) => self.keep_tracked(change),
+                    None => {
+                        self.track(grant_id, &path, session_id, pre.as_ref(), created)
+                            .await
+                    }
+                }
                 GateMetrics::inc(&self.state.metrics.approved);
                 let _ = held.allow();
+                let t_allowed = received.elapsed();
+                debug!(
+                    request = request_id,
+                    pre_image_us = t_ask.as_micros(),
+                    context_us = (t_context - t_ask).as_micros(),
+                    filed_us = (t_filed - t_context).as_micros(),
+                    decided_us = (t_decided - t_filed).as_micros(),
+                    tracked_us = (t_allowed - t_decided).as_micros(),
+                    total_us = t_allowed.as_micros(),
+                    "held open approved"
+                );
             }
             Ok(Ok(Outcome::Denied)) => {
                 GateMetrics::inc(&self.state.metrics.denied_by_approver);
@@ -475,7 +533,7 @@ impl Engine {
         ctx: pb::RequestContext,
         rule: &Rule,
         lifetime: Duration,
-        waiter: Option<oneshot::Sender<Outcome>>,
+        waiter: Option<Waiter>,
     ) -> Option<u64> {
         let created = unix_ms(SystemTime::now());
         let deadline =
@@ -488,26 +546,40 @@ impl Engine {
             created_unix_ms: created,
             deadline_unix_ms: deadline,
         };
-        let store = self.store.clone();
-        let stored = blocking(move || {
-            store.write(|tx| {
+        // One durable transaction records the request (for a decision after a restart) and
+        // spools it for the service. The waiter is registered inside it, before the request
+        // can leave: a decision can then never arrive before its waiter.
+        let waiters = Arc::clone(&self.waiters);
+        let allocated = Arc::new(AtomicU64::new(0));
+        let slot = Arc::clone(&allocated);
+        let mut submit = pb::SubmitRequest {
+            host_request_id: 0,
+            context: Some(ctx.clone()),
+            created_unix_ms: created,
+            deadline_unix_ms: deadline,
+        };
+        let filed = self
+            .uplink
+            .submit_with(move |tx| {
                 let id = tx.next_id(REQUEST_IDS)?;
                 tx.put(REQUESTS, id, &record)?;
-                Ok(id)
+                slot.store(id, Ordering::Relaxed);
+                if let Some(w) = waiter {
+                    lock(&waiters).insert(id, w);
+                }
+                submit.host_request_id = id;
+                Ok(submit)
             })
-        })
-        .await;
-        let id = match stored {
-            Some(Ok(id)) => id,
-            other => {
+            .await;
+        let id = match filed {
+            Ok(id) => id,
+            Err(e) => {
                 GateMetrics::inc(&self.state.metrics.request_errors);
-                warn!(error = ?other.map(|r| r.err()), "cannot record the approval request");
+                warn!(error = %e, "cannot record and spool the approval request");
+                lock(&self.waiters).remove(&allocated.load(Ordering::Relaxed));
                 return None;
             }
         };
-        if let Some(w) = waiter {
-            lock(&self.waiters).insert(id, w);
-        }
         let body = json!({
             "host_request_id": id, "path": ctx.path, "session": ctx.session_id,
             "agent": ctx.agent, "pid": ctx.pid, "user": ctx.user, "command": ctx.command,
@@ -516,19 +588,6 @@ impl Engine {
             "content_sha256": ctx.content_sha256, "deadline_unix_ms": deadline,
         });
         info!(request = id, path = %ctx.path, session = ctx.session_id, agent = %ctx.agent, rule = %ctx.rule, reason = %ctx.reason, "approval requested");
-        let req = pb::SubmitRequest {
-            host_request_id: id,
-            context: Some(ctx),
-            created_unix_ms: created,
-            deadline_unix_ms: deadline,
-        };
-        if let Err(e) = self.uplink.submit(req).await {
-            GateMetrics::inc(&self.state.metrics.request_errors);
-            warn!(request = id, error = %e, "cannot spool the approval request");
-            lock(&self.waiters).remove(&id);
-            self.forget_request(id).await;
-            return None;
-        }
         GateMetrics::inc(&self.state.metrics.requests);
         self.ledger("request", body).await;
         Some(id)
@@ -562,19 +621,33 @@ impl Engine {
         let res =
             blocking(move || changes::record(&store, &pre, &p, grant_id, session, !created)).await;
         match res {
-            Some(Ok(change)) => {
-                self.state.track(grant_id, path);
-                lock(&self.changes)
-                    .entry(grant_id)
-                    .or_default()
-                    .push(change);
-            }
+            Some(Ok(change)) => self.keep_tracked(change),
             Some(Err(e)) => {
                 GateMetrics::inc(&self.state.metrics.preimage_errors);
                 warn!(path = %encode(path), error = %e, "cannot keep the pre-image");
             }
             None => GateMetrics::inc(&self.state.metrics.preimage_errors),
         }
+    }
+
+    /// The ledger record of a new grant.
+    fn grant_body(&self, grant: &Grant, host_request_id: u64, d: &pb::Decision) -> Value {
+        json!({"grant": grant.id, "host_request_id": host_request_id,
+               "request_id": d.request_id, "by": d.decided_by, "note": d.note,
+               "scope": format!("{:?}", grant.scope),
+               "operations": grant.ops.to_strings(),
+               "expires_unix_ms": unix_ms(grant.expires_at),
+               "path_glob": grant.path_glob.as_str(), "rule": grant.rule,
+               "on_expiry": grant.on_expiry.as_str()})
+    }
+
+    /// Remembers a kept pre-image (already in the store) until its grant ends.
+    fn keep_tracked(&self, change: Change) {
+        self.state.track(change.grant_id, &change.path);
+        lock(&self.changes)
+            .entry(change.grant_id)
+            .or_default()
+            .push(change);
     }
 
     // ---- decisions from the approval service --------------------------------------------
@@ -613,6 +686,8 @@ impl Engine {
             .and_then(Result::ok)
             .flatten();
         let state = pb::RequestState::try_from(d.state).unwrap_or(pb::RequestState::Unspecified);
+        // Whether the request's record is already gone (removed with the grant).
+        let mut request_ended = false;
         let outcome = match state {
             pb::RequestState::Approved => {
                 let Some(pg) = d.grant.as_ref() else {
@@ -635,33 +710,63 @@ impl Engine {
                     }
                 };
                 let known = self.state.grants().get(grant.id).is_some();
-                if !known {
+                // The open waiting on this request leaves the map now: its pre-image is kept
+                // in the grant's own commit (one disk wait, not two).
+                let mut waiter = lock(&self.waiters).remove(&host_request_id);
+                let keep = waiter
+                    .as_mut()
+                    .and_then(|w| w.keep.take())
+                    .filter(|k| !self.state.is_tracked(grant.id, &k.path));
+                let mut kept = None;
+                if !known || keep.is_some() {
+                    // Grant, end of its request and the pre-image in one commit, with the
+                    // ledger line written meanwhile.
                     let store = self.store.clone();
                     let g = grant.clone();
-                    let saved = blocking(move || store.put(GRANTS, g.id, &g)).await;
-                    if !matches!(saved, Some(Ok(()))) {
-                        GateMetrics::inc(&self.state.metrics.store_errors);
-                        warn!(
-                            grant = grant.id,
-                            "cannot persist the grant; it holds until restart"
-                        );
+                    let end_request = !known && record.is_some();
+                    let save = blocking(move || {
+                        store.write(|tx| {
+                            if !known {
+                                tx.put(GRANTS, g.id, &g)?;
+                            }
+                            if end_request {
+                                tx.remove(REQUESTS, host_request_id)?;
+                            }
+                            keep.map(|k| {
+                                changes::record_in(tx, &k.pre, &k.path, g.id, k.session, !k.created)
+                            })
+                            .transpose()
+                        })
+                    });
+                    if !known {
+                        info!(grant = grant.id, request = host_request_id, by = %d.decided_by, path_glob = %grant.path_glob.as_str(), "approved: grant live");
                     }
-                    info!(grant = grant.id, request = host_request_id, by = %d.decided_by, path_glob = %grant.path_glob.as_str(), "approved: grant live");
-                    self.ledger(
-                        "grant",
-                        json!({"grant": grant.id, "host_request_id": host_request_id,
-                               "request_id": d.request_id, "by": d.decided_by, "note": d.note,
-                               "scope": format!("{:?}", grant.scope),
-                               "operations": grant.ops.to_strings(),
-                               "expires_unix_ms": unix_ms(grant.expires_at),
-                               "path_glob": grant.path_glob.as_str(), "rule": grant.rule,
-                               "on_expiry": grant.on_expiry.as_str()}),
-                    )
-                    .await;
-                    self.state.grants_mut().insert(grant.clone());
-                    self.state.count_grants();
+                    let audit = async {
+                        if !known {
+                            self.ledger("grant", self.grant_body(&grant, host_request_id, &d))
+                                .await;
+                        }
+                    };
+                    let (saved, ()) = tokio::join!(save, audit);
+                    match saved {
+                        Some(Ok(change)) => {
+                            request_ended = end_request;
+                            kept = change;
+                        }
+                        other => {
+                            GateMetrics::inc(&self.state.metrics.store_errors);
+                            warn!(grant = grant.id, error = ?other.map(|r| r.err()), "cannot persist the grant; it holds until restart");
+                        }
+                    }
+                    if !known {
+                        self.state.grants_mut().insert(grant.clone());
+                        self.state.count_grants();
+                    }
                 }
-                Outcome::Approved(grant.id)
+                if let Some(w) = waiter.take() {
+                    let _ = w.tx.send(Outcome::Approved(grant.id, kept));
+                }
+                Outcome::Approved(grant.id, None)
             }
             pb::RequestState::Denied => {
                 info!(request = host_request_id, by = %d.decided_by, "denied by approver");
@@ -693,11 +798,11 @@ impl Engine {
             }
         };
         lock(&self.open_requests).retain(|_, id| *id != host_request_id);
-        if record.is_some() {
+        if record.is_some() && !request_ended {
             self.forget_request(host_request_id).await;
         }
         if let Some(w) = lock(&self.waiters).remove(&host_request_id) {
-            let _ = w.send(outcome);
+            let _ = w.tx.send(outcome);
         }
     }
 
@@ -752,6 +857,7 @@ impl Engine {
 
     /// Flags or reverts one change, then forgets it.
     async fn settle(&self, change: Change, action: OnExpiry, why: &'static str) {
+        lock(&self.diffed).remove(&change.id);
         let store = self.store.clone();
         let c = change.clone();
         let res = blocking(move || {
@@ -807,7 +913,21 @@ impl Engine {
     async fn notice_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Notice>) {
         while let Some(n) = rx.recv().await {
             match n {
-                Notice::Closed { path } => self.on_closed(path).await,
+                Notice::Closed { path } => {
+                    // Closes of the same file within DIFF_DELAY are diffed once, after the
+                    // last of them: an agent that opens and closes a file in a loop costs
+                    // one read of it per DIFF_DELAY, not one per close.
+                    if lock(&self.diff_scheduled).insert(path.clone()) {
+                        let me = Arc::clone(&self);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(DIFF_DELAY).await;
+                            lock(&me.diff_scheduled).remove(&path);
+                            me.on_closed(path).await;
+                        });
+                    } else {
+                        GateMetrics::inc(&self.state.metrics.diffs_coalesced);
+                    }
+                }
                 Notice::Renamed {
                     session,
                     agent,
@@ -845,8 +965,15 @@ impl Engine {
             }
             let store = self.store.clone();
             let cc = c.clone();
-            if let Some(Ok(d)) = blocking(move || changes::diff(&store, &cc)).await {
+            let recorded = lock(&self.diffed).get(&c.id).cloned();
+            let res =
+                blocking(move || changes::diff_if_changed(&store, &cc, recorded.as_deref())).await;
+            if let Some(Ok(None)) = res {
+                GateMetrics::inc(&self.state.metrics.diffs_unchanged);
+            }
+            if let Some(Ok(Some(d))) = res {
                 GateMetrics::inc(&self.state.metrics.diffs);
+                lock(&self.diffed).insert(c.id, d.after_sha256.clone());
                 self.ledger(
                     "change",
                     json!({"grant": c.grant_id, "session": c.session_id, "diff": d}),

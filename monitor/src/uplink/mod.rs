@@ -43,7 +43,7 @@ use confgate_proto::v1::approver_client::ApproverClient;
 use confgate_proto::v1::{self, HostUpdate, SubmitRequest, UpdatesRequest, host_update};
 
 use crate::approver::client::{ApproverChannel, ClientConfig, connect};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteTx};
 
 pub mod backoff;
 pub mod spool;
@@ -224,21 +224,48 @@ impl UplinkHandle {
     /// Spools `req` durably, then hands it to the background task, and returns: it never
     /// waits on the service. `req.host_request_id` must be set (unique per host; the
     /// service deduplicates resubmissions on it).
-    pub async fn submit(&self, mut req: SubmitRequest) -> Result<(), UplinkError> {
-        if req.host_request_id == 0 {
-            return Err(UplinkError::Invalid(
-                "submit request without host_request_id".into(),
-            ));
-        }
-        if let Some(ctx) = req.context.as_mut()
-            && ctx.host.is_empty()
-        {
-            ctx.host = self.host.to_string();
-        }
+    pub async fn submit(&self, req: SubmitRequest) -> Result<(), UplinkError> {
+        self.submit_with(move |_| Ok(req)).await.map(|_| ())
+    }
+
+    /// Like [`UplinkHandle::submit`], for a request that `build` makes inside the spool's
+    /// durable transaction, so that the caller's own record of it (and the id it allocates
+    /// there) costs no second commit. Returns the request's `host_request_id`.
+    pub async fn submit_with(
+        &self,
+        build: impl FnOnce(&WriteTx<'_>) -> Result<SubmitRequest, StoreError> + Send + 'static,
+    ) -> Result<u64, UplinkError> {
         let spool = self.spool.clone();
-        let spooled = tokio::task::spawn_blocking(move || spool.push_submit(&req)).await??;
+        let host = self.host.clone();
+        let spooled = tokio::task::spawn_blocking(move || {
+            spool.push_submit_with(|tx| {
+                let mut req = build(tx)?;
+                if req.host_request_id == 0 {
+                    return Err(StoreError::Abandoned(
+                        "submit request without host_request_id".into(),
+                    ));
+                }
+                if let Some(ctx) = req.context.as_mut()
+                    && ctx.host.is_empty()
+                {
+                    ctx.host = host.to_string();
+                }
+                Ok(req)
+            })
+        })
+        .await?
+        .map_err(|e| match e {
+            StoreError::Abandoned(why) => UplinkError::Invalid(why),
+            e => UplinkError::Store(e),
+        })?;
+        let id = match &spooled.1 {
+            SpoolEntry::Submit {
+                host_request_id, ..
+            } => *host_request_id,
+            SpoolEntry::Report { .. } => 0,
+        };
         self.enqueue(spooled);
-        Ok(())
+        Ok(id)
     }
 
     /// Spools a host audit record (`Approver.Report`) with the next `host_seq` from the

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use confgate_proto::v1::{ReportRequest, SubmitRequest};
 
-use crate::store::{RecordTable, Store, StoreError};
+use crate::store::{RecordTable, Store, StoreError, WriteTx};
 
 /// Spooled messages, keyed by spool id (FIFO order).
 pub const SPOOL: RecordTable<SpoolEntry> = RecordTable::new("uplink_spool");
@@ -78,14 +78,25 @@ impl Spool {
 
     /// Spools a submit request; returns its spool id and entry.
     pub fn push_submit(&self, req: &SubmitRequest) -> Result<(u64, SpoolEntry), StoreError> {
-        let entry = SpoolEntry::Submit {
-            host_request_id: req.host_request_id,
-            request: to_hex(&req.encode_to_vec()),
-        };
+        self.push_submit_with(|_| Ok(req.clone()))
+    }
+
+    /// Spools the submit request that `build` returns, in the same durable transaction as
+    /// whatever `build` writes itself (the caller's own record of the request: one fsync
+    /// for both).
+    pub fn push_submit_with(
+        &self,
+        build: impl FnOnce(&WriteTx<'_>) -> Result<SubmitRequest, StoreError>,
+    ) -> Result<(u64, SpoolEntry), StoreError> {
         self.store.write(|tx| {
+            let req = build(tx)?;
+            let entry = SpoolEntry::Submit {
+                host_request_id: req.host_request_id,
+                request: to_hex(&req.encode_to_vec()),
+            };
             let id = tx.next_id(SPOOL_IDS)?;
             tx.put(SPOOL, id, &entry)?;
-            Ok((id, entry.clone()))
+            Ok((id, entry))
         })
     }
 
@@ -110,9 +121,10 @@ impl Spool {
         })
     }
 
-    /// Removes an acknowledged (or rejected) entry.
+    /// Removes an acknowledged (or rejected) entry. Not fsync'd: lost in a crash, the entry
+    /// is sent again and the service deduplicates it (`host_request_id`, `host_seq`).
     pub fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        self.store.write(|tx| tx.remove(SPOOL, id))
+        self.store.write_lazy(|tx| tx.remove(SPOOL, id))
     }
 
     /// Every spooled entry, oldest first.
@@ -125,8 +137,10 @@ impl Spool {
         Ok(self.store.get(CURSOR, CURSOR_KEY)?.unwrap_or(0))
     }
 
+    /// Not fsync'd: lost in a crash, the updates after the older cursor are delivered
+    /// again (delivery is at least once; the consumer is idempotent).
     pub fn set_cursor(&self, seq: u64) -> Result<(), StoreError> {
-        self.store.put(CURSOR, CURSOR_KEY, &seq)
+        self.store.write_lazy(|tx| tx.put(CURSOR, CURSOR_KEY, &seq))
     }
 }
 

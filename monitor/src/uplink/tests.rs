@@ -521,6 +521,51 @@ async fn rejected_messages_are_dropped_and_counted() {
 }
 
 #[tokio::test]
+async fn submit_with_writes_the_callers_record_in_the_spool_transaction() {
+    use crate::store::RecordTable;
+    const MINE: RecordTable<String> = RecordTable::new("test_mine");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    let (h, _rx) = Uplink::start_with(
+        client(&dir.path().join("none.sock")),
+        store.clone(),
+        "h".into(),
+        options(),
+    );
+    // Without an id: refused, and nothing the closure wrote is kept.
+    let refused = h
+        .submit_with(|tx| {
+            tx.put(MINE, 1, &"lost".to_owned())?;
+            Ok(SubmitRequest::default())
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(UplinkError::Invalid(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.get(MINE, 1).unwrap(), None);
+    assert_eq!(counter(&h, "uplink_spooled"), 0);
+    // With one: the caller's record and the spool entry are committed together.
+    let id = h
+        .submit_with(|tx| {
+            let id = tx.next_id("test_mine")?;
+            tx.put(MINE, id, &"kept".to_owned())?;
+            Ok(SubmitRequest {
+                host_request_id: id,
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(id, 1);
+    assert_eq!(store.get(MINE, 1).unwrap().as_deref(), Some("kept"));
+    let spooled = spool::Spool::new(store.clone()).load().unwrap();
+    assert_eq!(spooled.len(), 1);
+    assert_eq!(spooled[0].1.submit_request().unwrap().host_request_id, 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn report_kind_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
