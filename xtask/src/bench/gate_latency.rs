@@ -140,6 +140,31 @@ impl GateLatency {
     }
 }
 
+impl GateLatency {
+    /// Creates (once) the directory and files of a variant's round, as the harness: outside
+    /// any session, so not gated. Created by the worker inside its session, the creation
+    /// itself went through the gate and obtained the grants, and the timed opens of that
+    /// round measured the live-grant path instead of round trips.
+    fn files(&self, cx: &Cx, v: Variant, round: usize) -> anyhow::Result<std::path::PathBuf> {
+        // Round trips need files no grant covers yet: one directory per round (the same
+        // for both modes of the round).
+        let sub = if v == Variant::RoundTrip {
+            format!("{}/r{round}", v.dir())
+        } else {
+            v.dir().to_string()
+        };
+        let dir = cx.dir(true, &sub)?;
+        let (_, files, _) = self.sizes(cx, v, round);
+        for i in 0..files {
+            let p = dir.join(format!("f{i}"));
+            if !p.exists() {
+                std::fs::write(&p, b"x")?;
+            }
+        }
+        Ok(dir)
+    }
+}
+
 impl Scenario for GateLatency {
     fn id(&self) -> u32 {
         self.id
@@ -158,6 +183,17 @@ impl Scenario for GateLatency {
     }
 
     fn daemon_toml(&self, cx: &Cx) -> Option<String> {
+        // Every round's files exist before any daemon starts: a directory created inside a
+        // gated tree while the daemon runs is marked only once the daemon has seen it
+        // appear, and opens in it before that are not held (a round measured 2 µs "round
+        // trips" that way).
+        for &v in self.variants() {
+            for round in 0..cx.plan.rounds {
+                if let Err(e) = self.files(cx, v, round) {
+                    eprintln!("scenario {}: cannot create its files: {e:#}", self.id);
+                }
+            }
+        }
         Some(self.variants().iter().map(|&v| rule(cx, v)).collect())
     }
 
@@ -173,25 +209,8 @@ impl Scenario for GateLatency {
             None => None,
         };
         for &v in self.variants() {
-            // Round trips need files no grant covers yet: one directory per round (the
-            // same for both modes of the round).
-            let sub = if v == Variant::RoundTrip {
-                format!("{}/r{round}", v.dir())
-            } else {
-                v.dir().to_string()
-            };
-            let dir = cx.dir(true, &sub)?;
+            let dir = self.files(cx, v, round)?;
             let (ops, files, warmup) = self.sizes(cx, v, round);
-            // The harness (outside any session: not gated) creates the files, whichever mode
-            // runs first in the round. Created by the worker, in a session, the creation
-            // itself went through the gate and obtained the grants, so the timed opens of
-            // that round measured the live-grant path instead of round trips.
-            for i in 0..files {
-                let p = dir.join(format!("f{i}"));
-                if !p.exists() {
-                    std::fs::write(&p, b"x")?;
-                }
-            }
             let l = workload::latency(cx, &dir, ops, files, warmup, daemon)?;
             self.samples.0.entry((v, mode)).or_default().push(l);
         }
