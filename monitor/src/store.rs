@@ -243,11 +243,7 @@ impl Store {
         &self,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(Durability::Immediate);
-        let out = f(&WriteTx { txn: &txn })?;
-        txn.commit()?;
-        Ok(out)
+        self.commit(Durability::Immediate, f)
     }
 
     /// Like [`Store::write`], but without waiting for the disk (`Durability::None`): the
@@ -260,8 +256,16 @@ impl Store {
         &self,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.commit(Durability::None, f)
+    }
+
+    fn commit<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(Durability::None);
+        txn.set_durability(durability);
         let out = f(&WriteTx { txn: &txn })?;
         txn.commit()?;
         Ok(out)
