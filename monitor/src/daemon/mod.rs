@@ -398,8 +398,10 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    // Start-up (the eBPF loader above all) freed ~12 MiB of heap: give it back.
+    // Start-up (the eBPF loader above all) freed ~12 MiB of heap: give it back, and unmap
+    // the code that start-up ran (see memory::forget_code).
     crate::memory::trim_heap();
+    crate::memory::forget_code();
     info!(
         programs = report.attached.len(),
         prefixes = prefixes.len(),
