@@ -324,6 +324,19 @@ mod tests {
         (dir, store)
     }
 
+    /// Keeps `content` (mode 0o100644) as the pre-image of `f` under grant 1, session 1.
+    fn keep(store: &Store, f: &Path, content: &[u8], existed: bool) -> Change {
+        record(
+            store,
+            &pre(content, 0o100644),
+            f.as_os_str().as_bytes(),
+            1,
+            1,
+            existed,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn revert_restores_content_mode_and_keeps_the_inode() {
         let (dir, store) = setup();
@@ -364,15 +377,7 @@ mod tests {
         let (dir, store) = setup();
         let f = dir.path().join("new.conf");
         std::fs::write(&f, b"x").unwrap();
-        let c = record(
-            &store,
-            &pre(b"", 0o100644),
-            f.as_os_str().as_bytes(),
-            1,
-            1,
-            false,
-        )
-        .unwrap();
+        let c = keep(&store, &f, b"", false);
         assert_eq!(revert(&store, &c).unwrap(), Reverted::Removed);
         assert!(!f.exists());
         assert_eq!(revert(&store, &c).unwrap(), Reverted::Unchanged);
@@ -398,15 +403,7 @@ mod tests {
         let (dir, store) = setup();
         let f = dir.path().join("app.conf");
         std::fs::write(&f, b"a=1\n").unwrap();
-        let c = record(
-            &store,
-            &pre(b"a=1\n", 0o100644),
-            f.as_os_str().as_bytes(),
-            1,
-            1,
-            true,
-        )
-        .unwrap();
+        let c = keep(&store, &f, b"a=1\n", true);
         std::fs::write(&f, b"a=2\n").unwrap();
         let first = diff_if_changed(&store, &c, None).unwrap().unwrap();
         assert!(first.diff.as_deref().unwrap().contains("+a=2"));
@@ -433,15 +430,7 @@ mod tests {
         let (dir, store) = setup();
         let f = dir.path().join("bin");
         std::fs::write(&f, b"\0\x01").unwrap();
-        let c = record(
-            &store,
-            &pre(b"\0\x02", 0o100644),
-            f.as_os_str().as_bytes(),
-            1,
-            1,
-            true,
-        )
-        .unwrap();
+        let c = keep(&store, &f, b"\0\x02", true);
         let d = diff(&store, &c).unwrap();
         assert!(d.binary && d.diff.is_none());
     }
