@@ -9,7 +9,11 @@
 //! `Durability::Immediate` (fsync'd) before the call returns. Several tables can be updated
 //! atomically in the same closure. Reads see the last committed state. Bookkeeping whose
 //! loss only causes a harmless repeat goes through [`Store::write_lazy`] (no fsync; made
-//! durable by the next [`Store::write`]).
+//! durable by the next [`Store::write`]). Records that must reach the disk soon but need not
+//! hold up their caller go through [`Store::write_deferred`] + [`Store::sync`]: group commit,
+//! where the caller's later wait is usually served by a durable commit someone else made.
+//! Sequences handed out by deferred commits are skipped ahead at start-up
+//! ([`Store::skip_ids`]), so that an id lost with an unsynced commit is never handed out twice.
 //!
 //! redb takes an exclusive lock on the file, so a second daemon on the same state directory
 //! fails with [`StoreError::Locked`] instead of corrupting it.
@@ -17,7 +21,9 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::marker::PhantomData;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
@@ -42,6 +48,13 @@ pub const SESSION_IDS: &str = "session_id";
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 const META_SCHEMA: &str = "schema_version";
 const META_SEQ_PREFIX: &str = "next_id.";
+
+/// Deferred commits allowed in a row before the next one is made durable itself: bounds the
+/// ids a crash can take with it to fewer than [`DEFERRED_ID_GAP`].
+const DEFERRED_MAX: u64 = 256;
+
+/// How far [`Store::skip_ids`] moves a sequence at start-up (> [`DEFERRED_MAX`] + 1).
+pub const DEFERRED_ID_GAP: u64 = 1024;
 
 /// Errors of the embedded store.
 #[derive(Debug, thiserror::Error)]
@@ -152,7 +165,20 @@ pub struct Store {
 struct Inner {
     db: Database,
     path: PathBuf,
+    /// Lazy and deferred commits so far; each takes the next number inside its transaction.
+    lazy: AtomicU64,
+    /// The highest of those numbers that a durable commit has since covered.
+    durable: Mutex<u64>,
+    /// Signalled after each durable commit.
+    synced: Condvar,
+    /// Durable commits made (tests see whether a sync needed one of its own).
+    durable_commits: AtomicU64,
 }
+
+/// A deferred commit, to wait for with [`Store::sync`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a deferred commit is not durable until synced"]
+pub struct Unsynced(u64);
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,6 +227,10 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_owned(),
+                lazy: AtomicU64::new(0),
+                durable: Mutex::new(0),
+                synced: Condvar::new(),
+                durable_commits: AtomicU64::new(0),
             }),
         };
         store.init()?;
@@ -259,16 +289,116 @@ impl Store {
         self.commit(Durability::None, f)
     }
 
+    /// Like [`Store::write_lazy`], for records that must be durable soon but whose caller
+    /// should not wait for the disk now (an approval request on its way to the service): the
+    /// caller later waits for [`Store::sync`], which a durable commit made meanwhile by
+    /// anyone (the decision's) satisfies without a disk wait of its own. Sequences allocated
+    /// here must be moved on by [`Store::skip_ids`] when the store is opened.
+    pub fn write_deferred<T>(
+        &self,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<(T, Unsynced), StoreError> {
+        let mut mark = 0;
+        let out = self.commit_marked(Durability::None, &mut mark, f)?;
+        Ok((out, Unsynced(mark)))
+    }
+
+    /// Waits until the deferred commit `u` is on disk: for up to `grace` for a durable
+    /// commit made by someone else, then by committing durably itself (which covers every
+    /// commit before it). Returns at once if it already is.
+    pub fn sync(&self, u: Unsynced, grace: Duration) -> Result<(), StoreError> {
+        let durable = lock(&self.inner.durable);
+        let (durable, _) = self
+            .inner
+            .synced
+            .wait_timeout_while(durable, grace, |d| *d < u.0)
+            .unwrap_or_else(|e| e.into_inner());
+        if *durable >= u.0 {
+            return Ok(());
+        }
+        drop(durable);
+        let txn = self.inner.db.begin_write()?;
+        if *lock(&self.inner.durable) >= u.0 {
+            // A durable commit landed while this one waited for the write lock.
+            txn.abort()?;
+            return Ok(());
+        }
+        let mut mark = 0;
+        self.finish(txn, Durability::Immediate, &mut mark)
+    }
+
+    /// Moves each named sequence that exists on by [`DEFERRED_ID_GAP`], durably: ids that
+    /// deferred commits handed out before a crash (and that did not reach the disk) are
+    /// then never handed out again. Call once when the store is opened.
+    pub fn skip_ids(&self, sequences: &[&str]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut meta = tx.txn.open_table(META)?;
+            for seq in sequences {
+                let key = format!("{META_SEQ_PREFIX}{seq}");
+                let Some(next) = meta.get(key.as_str())?.map(|v| v.value()) else {
+                    continue;
+                };
+                let moved = next
+                    .checked_add(DEFERRED_ID_GAP)
+                    .ok_or_else(|| StoreError::SequenceExhausted((*seq).to_owned()))?;
+                meta.insert(key.as_str(), moved)?;
+            }
+            Ok(())
+        })
+    }
+
     fn commit<T>(
         &self,
         durability: Durability,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(durability);
+        self.commit_marked(durability, &mut 0, f)
+    }
+
+    /// Runs `f` in a write transaction and commits it; `mark` receives the commit's number
+    /// (lazy commits) or the number it covers (durable ones).
+    fn commit_marked<T>(
+        &self,
+        durability: Durability,
+        mark: &mut u64,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.inner.db.begin_write()?;
         let out = f(&WriteTx { txn: &txn })?;
-        txn.commit()?;
+        self.finish(txn, durability, mark)?;
         Ok(out)
+    }
+
+    /// Commits `txn`, keeping the lazy/durable bookkeeping that [`Store::sync`] reads. The
+    /// write lock is held throughout, so a durable commit covers every lazy commit numbered
+    /// before it, and a lazy one too many in a row is made durable.
+    fn finish(
+        &self,
+        mut txn: redb::WriteTransaction,
+        durability: Durability,
+        mark: &mut u64,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let lazy_so_far = inner.lazy.load(Ordering::SeqCst);
+        let lazy = matches!(durability, Durability::None)
+            && lazy_so_far.saturating_sub(*lock(&inner.durable)) < DEFERRED_MAX;
+        if lazy {
+            txn.set_durability(Durability::None);
+            *mark = inner.lazy.fetch_add(1, Ordering::SeqCst) + 1;
+            txn.commit()?;
+            return Ok(());
+        }
+        txn.set_durability(Durability::Immediate);
+        *mark = lazy_so_far;
+        txn.commit()?;
+        inner.durable_commits.fetch_add(1, Ordering::Relaxed);
+        let mut durable = lock(&inner.durable);
+        if *durable < lazy_so_far {
+            *durable = lazy_so_far;
+        }
+        drop(durable);
+        inner.synced.notify_all();
+        Ok(())
     }
 
     /// Stores one record (one durable transaction).
@@ -416,6 +546,11 @@ impl WriteTx<'_> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain numbers: a panic elsewhere cannot leave them torn.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn decode<V: DeserializeOwned>(
     table: RecordTable<V>,
     key: u64,
@@ -500,6 +635,76 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.get(T, 1).unwrap(), Some(7));
         assert_eq!(store.get(T, 2).unwrap(), Some(8));
+    }
+
+    #[test]
+    fn deferred_commit_is_synced_by_a_later_durable_commit_or_by_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        const T: RecordTable<u64> = RecordTable::new("test_deferred");
+        let commits = |s: &Store| s.inner.durable_commits.load(Ordering::Relaxed);
+        {
+            let store = Store::open(&path).unwrap();
+            let ((), first) = store.write_deferred(|tx| tx.put(T, 1, &7)).unwrap();
+            assert_eq!(store.get(T, 1).unwrap(), Some(7), "visible at once");
+            // Someone else's durable commit covers it: the sync needs no commit of its own.
+            store.put(T, 2, &8).unwrap();
+            let before = commits(&store);
+            store.sync(first, Duration::ZERO).unwrap();
+            assert_eq!(commits(&store), before);
+            // Nobody else commits: after the grace, the sync commits durably itself.
+            let ((), second) = store.write_deferred(|tx| tx.put(T, 3, &9)).unwrap();
+            store.sync(second, Duration::from_millis(1)).unwrap();
+            assert_eq!(commits(&store), before + 1);
+            // A waiting sync is woken by a durable commit made meanwhile.
+            let ((), third) = store.write_deferred(|tx| tx.put(T, 4, &10)).unwrap();
+            let s2 = store.clone();
+            let waiter =
+                std::thread::spawn(move || s2.sync(third, Duration::from_secs(600)).unwrap());
+            store.put(T, 5, &11).unwrap();
+            waiter.join().unwrap();
+            assert_eq!(commits(&store), before + 2, "one commit served both");
+        }
+        let store = Store::open(&path).unwrap();
+        for (k, v) in [(1, 7), (2, 8), (3, 9), (4, 10), (5, 11)] {
+            assert_eq!(store.get(T, k).unwrap(), Some(v));
+        }
+    }
+
+    #[test]
+    fn too_many_deferred_commits_in_a_row_make_the_next_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        let before = store.inner.durable_commits.load(Ordering::Relaxed);
+        let mut last = None;
+        for _ in 0..=DEFERRED_MAX {
+            last = Some(store.write_deferred(|tx| tx.next_id("x")).unwrap());
+        }
+        assert_eq!(
+            store.inner.durable_commits.load(Ordering::Relaxed),
+            before + 1
+        );
+        let (id, u) = last.unwrap();
+        assert_eq!(id, DEFERRED_MAX + 1);
+        store.sync(u, Duration::ZERO).unwrap();
+        assert_eq!(
+            store.inner.durable_commits.load(Ordering::Relaxed),
+            before + 1,
+            "already durable"
+        );
+    }
+
+    #[test]
+    fn skip_ids_moves_existing_sequences_past_what_a_crash_could_lose() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        assert_eq!(store.write(|tx| tx.next_id("a")).unwrap(), 1);
+        store.skip_ids(&["a", "never_used"]).unwrap();
+        assert_eq!(
+            store.write(|tx| tx.next_id("a")).unwrap(),
+            2 + DEFERRED_ID_GAP
+        );
+        assert_eq!(store.write(|tx| tx.next_id("never_used")).unwrap(), 1);
     }
 
     #[test]

@@ -3,10 +3,16 @@
 //! deadline sweeper, and the `Updates` / `WatchRequests` streams.
 //!
 //! Ordering guarantees: a decision, expiry or revocation is committed to the store (fsync)
-//! before the RPC that made it returns and before any stream can see it: `Updates` streams
-//! read the store's per-host log, woken by a counter bumped after each commit. Ledger
-//! records are appended right after the commit, while the streams deliver it (they are
-//! not on a decision's path to the host); the RPC returns once they are durable.
+//! before the RPC that made it returns and before any stream can see it: the committed
+//! update is handed to the `Updates` streams from memory ([`Pushed`]); a stream that missed
+//! one (a gap in its seqs, or a lagging receiver) reads the store's per-host log instead.
+//! Ledger records are appended right after the commit, while the streams deliver it (they
+//! are not on a decision's path to the host); the RPC returns once they are durable.
+//!
+//! A new request is committed without waiting for the disk and shown to approvers at once;
+//! the host's `Submit` is acknowledged only once it is durable, usually by the commit of its
+//! own decision (group commit, [`crate::store::Store::sync`]). Its id can be lost in a crash
+//! before that, never reused ([`ApprovalStore::open`] skips request ids ahead).
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +44,16 @@ const LIST_MAX: usize = 1000;
 const UPDATE_BATCH: usize = 256;
 /// Longest report body, in bytes.
 const MAX_REPORT_JSON: usize = 64 * 1024;
-/// Capacity of the broadcast of request changes (WatchRequests).
+/// Capacity of the broadcasts of request changes (WatchRequests) and host updates.
 const WATCH_CAPACITY: usize = 1024;
+
+/// A committed host update, handed to that host's `Updates` streams without a store read.
+#[derive(Debug)]
+struct Pushed {
+    host: String,
+    /// `None`: the streams read it from the store's log.
+    update: Option<pb::HostUpdate>,
+}
 
 /// Counters of the service, for `confgate stats` and the logs.
 #[derive(Debug, Default)]
@@ -109,8 +123,8 @@ pub struct Shared {
     pub(crate) audit: Audit,
     pub(crate) limits: Limits,
     pub(crate) counters: Counters,
-    /// Bumped after every committed host update; `Updates` streams wait on it.
-    updates: watch::Sender<u64>,
+    /// Every committed host update, for the `Updates` streams.
+    updates: broadcast::Sender<Arc<Pushed>>,
     /// Every new request and state change, for `WatchRequests`.
     requests: broadcast::Sender<pb::ApprovalRequest>,
     /// Pending requests as (deadline, id), for the sweeper.
@@ -139,7 +153,7 @@ impl Shared {
             audit,
             limits,
             counters: Counters::default(),
-            updates: watch::Sender::new(0),
+            updates: broadcast::Sender::new(WATCH_CAPACITY),
             requests: broadcast::Sender::new(WATCH_CAPACITY),
             pending: Mutex::new(pending),
             sweep: Notify::new(),
@@ -194,6 +208,55 @@ impl Shared {
         false
     }
 
+    /// Whether `who` may decide `req` as `r` asks at `now`, and how it resolves: refusals
+    /// are counted and logged here.
+    fn check_decision(
+        &self,
+        who: &ApproverId,
+        r: &pb::DecideRequest,
+        req: &RequestRec,
+        now: i64,
+    ) -> Result<Resolution, Status> {
+        let id = req.id;
+        self_approval(who, r, req).inspect_err(|e| {
+            bump(&self.counters.refused_self_approval);
+            tracing::warn!(request = id, approver = %who.name, reason = e.message(), "self-approval refused");
+        })?;
+        if req.state != State::Pending {
+            return Err(not_pending(id, req.state));
+        }
+        if req.deadline_unix_ms <= now {
+            self.sweep.notify_one();
+            return Err(Status::failed_precondition(format!(
+                "request {id} is past its deadline; its failure verdict ({}) applies",
+                req.context.fail_verdict
+            )));
+        }
+        Ok(if r.approve {
+            Resolution::Approve {
+                grant: Box::new(
+                    grant_for(r, req, who, now, self.limits.max_ttl_ms)
+                        .inspect_err(|e| self.refused("Decide", e))?,
+                ),
+                note: r.note.clone(),
+            }
+        } else {
+            Resolution::Deny {
+                by: who.name.clone(),
+                note: r.note.clone(),
+            }
+        })
+    }
+
+    /// Hands a committed host update to the `Updates` streams (none listening is fine: a
+    /// host that connects later reads the log).
+    fn push_update(&self, host: &str, update: Option<pb::HostUpdate>) {
+        let _ = self.updates.send(Arc::new(Pushed {
+            host: host.to_owned(),
+            update,
+        }));
+    }
+
     fn request_pb(&self, r: &RequestRec) -> Result<pb::ApprovalRequest, StoreError> {
         let grant = match r.decision.as_ref().and_then(|d| d.grant_id) {
             Some(id) => self.store.grant(id)?,
@@ -227,7 +290,16 @@ impl Shared {
         }
         // Streams first (the resolution is committed), then the ledger lines: the host's
         // decision does not wait for them; the RPC that resolved does.
-        self.updates.send_modify(|n| *n = n.wrapping_add(1));
+        let update = req.decision.as_ref().map(|d| pb::HostUpdate {
+            seq: r.update_seq,
+            host_request_id: req.host_request_id,
+            update: Some(pb::host_update::Update::Decision(wire::decision(
+                req.id,
+                d,
+                r.grant.as_ref(),
+            ))),
+        });
+        self.push_update(&req.context.host, update);
         let _ = self.requests.send(wire::request(req, r.grant.as_ref()));
         self.ledger(kind, body).await;
         if let Some(g) = &r.grant {
@@ -345,8 +417,11 @@ impl pb::approver_server::Approver for ApproverService {
             s.limits.default_lifetime_ms,
         )
         .inspect_err(|e| s.refused("Submit", e))?;
-        let (rec, created) = s.db("submit", move |st| st.submit(new)).await?;
+        let (rec, created, unsynced) = s.db("submit", move |st| st.submit(new)).await?;
         let out = wire::request(&rec, None);
+        // Acknowledged only once durable (a crash before would lose the request, and the
+        // host resends only what was not acknowledged).
+        let sync = s.db("submit", move |st| st.sync(unsynced));
         if created {
             bump(&s.counters.submitted);
             if rec.state == State::Pending {
@@ -354,11 +429,13 @@ impl pb::approver_server::Approver for ApproverService {
                 s.sweep.notify_one();
             }
             tracing::info!(request = rec.id, host = %host, path = %rec.context.path, "request submitted");
-            // Approvers see it now; the ledger line is appended meanwhile, and the host's
-            // acknowledgement waits for it.
+            // Approvers see it now; it reaches the disk and the ledger meanwhile, and the
+            // host's acknowledgement waits for both.
             let _ = s.requests.send(out.clone());
-            s.ledger("request_submitted", json!(rec)).await;
+            let (synced, _) = tokio::join!(sync, s.ledger("request_submitted", json!(rec)));
+            synced?;
         } else {
+            sync.await?;
             bump(&s.counters.resubmitted);
             // The stored request, with its decision and grant if it has one by now.
             let me = Arc::clone(s);
@@ -494,48 +571,29 @@ impl pb::approver_server::Approver for ApproverService {
         let r = request.into_inner();
         check_decide(&r).inspect_err(|e| s.refused("Decide", e))?;
         let id = r.id;
-        let req = s
-            .db("get", move |st| st.request(id))
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no request {id}")))?;
-        self_approval(&who, &r, &req).inspect_err(|e| {
-            bump(&s.counters.refused_self_approval);
-            tracing::warn!(request = id, approver = %who.name, reason = e.message(), "self-approval refused");
-        })?;
-        if req.state != State::Pending {
-            return Err(not_pending(id, req.state));
-        }
-        let now = now_ms();
-        if req.deadline_unix_ms <= now {
-            s.sweep.notify_one();
-            return Err(Status::failed_precondition(format!(
-                "request {id} is past its deadline; its failure verdict ({}) applies",
-                req.context.fail_verdict
-            )));
-        }
-        let how = if r.approve {
-            Resolution::Approve {
-                grant: Box::new(
-                    grant_for(&r, &req, &who, now, s.limits.max_ttl_ms)
-                        .inspect_err(|e| s.refused("Decide", e))?,
-                ),
-                note: r.note.clone(),
-            }
-        } else {
-            Resolution::Deny {
-                by: who.name.clone(),
-                note: r.note.clone(),
-            }
-        };
-        let resolved = match s.db("decide", move |st| st.resolve(id, how, now)).await? {
-            Ok(res) => res,
-            Err(Refusal::NotPending(state)) => return Err(not_pending(id, state)),
-            Err(_) => return Err(Status::not_found(format!("no request {id}"))),
-        };
         let claims = json!({
             "decider_host": r.decider_host,
             "decider_session": r.decider_session,
         });
+        // Read, checks and resolution in one call on the blocking pool (one hand-off).
+        let me = Arc::clone(&s);
+        let resolved = s
+            .db("decide", move |st| {
+                let Some(req) = st.request(id)? else {
+                    return Ok(Err(Status::not_found(format!("no request {id}"))));
+                };
+                let now = now_ms();
+                let how = match me.check_decision(&who, &r, &req, now) {
+                    Ok(how) => how,
+                    Err(status) => return Ok(Err(status)),
+                };
+                Ok(match st.resolve(id, how, now)? {
+                    Ok(res) => Ok(res),
+                    Err(Refusal::NotPending(state)) => Err(not_pending(id, state)),
+                    Err(_) => Err(Status::not_found(format!("no request {id}"))),
+                })
+            })
+            .await??;
         s.resolved(&resolved, claims).await;
         Ok(Response::new(wire::request(
             &resolved.request,
@@ -585,7 +643,7 @@ impl pb::approver_server::Approver for ApproverService {
             Err(_) => return Err(Status::not_found(format!("no grant {id}"))),
         };
         bump(&s.counters.revoked);
-        s.updates.send_modify(|n| *n = n.wrapping_add(1));
+        s.push_update(&grant.host, None);
         tracing::info!(grant = id, host = %grant.host, by = %who.name, "grant revoked");
         s.ledger(
             "grant_revoked",
@@ -783,20 +841,21 @@ fn grant_for(
     })
 }
 
-/// Feeds one host's `Updates` stream: the log after `after`, then each new entry.
+/// Feeds one host's `Updates` stream: the log after `after`, then each new entry as it is
+/// pushed; from the log again whenever a pushed entry is not the next one expected.
 async fn updates_stream(
     s: Arc<Shared>,
     host: String,
     mut after: u64,
     tx: mpsc::Sender<Result<pb::HostUpdate, Status>>,
 ) {
-    let mut changes = s.updates.subscribe();
+    // Subscribed before the first read of the log: nothing falls between the two.
+    let mut pushed = s.updates.subscribe();
     let mut stopping = s.stopping.subscribe();
     loop {
         if *stopping.borrow_and_update() {
             return;
         }
-        changes.borrow_and_update();
         let (h, me) = (host.clone(), Arc::clone(&s));
         let batch = s
             .db("updates", move |st| {
@@ -824,10 +883,27 @@ async fn updates_stream(
         if full {
             continue;
         }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return },
-            _ = tx.closed() => return,
-            _ = stopping.changed() => {}
+        // Live: forward pushed updates while they follow on; read the log on a gap.
+        loop {
+            tokio::select! {
+                m = pushed.recv() => match m {
+                    Ok(p) if p.host != host => {}
+                    Ok(p) => match &p.update {
+                        Some(u) if u.seq <= after => {}
+                        Some(u) if u.seq == after + 1 => {
+                            if tx.send(Ok(u.clone())).await.is_err() {
+                                return;
+                            }
+                            after = u.seq;
+                        }
+                        _ => break,
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tx.closed() => return,
+                _ = stopping.changed() => break,
+            }
         }
     }
 }

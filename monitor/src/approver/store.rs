@@ -11,11 +11,12 @@
 //!
 //! The calls are blocking (disk I/O); async callers run them on the blocking pool.
 use std::path::Path;
+use std::time::Duration;
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RecordTable, Store, StoreError, WriteTx};
+use crate::store::{RecordTable, Store, StoreError, Unsynced, WriteTx};
 
 const REQUESTS: RecordTable<RequestRec> = RecordTable::new("approver_requests");
 const REQUESTS_RAW: TableDefinition<'static, u64, &'static [u8]> =
@@ -33,6 +34,10 @@ const REPORTS: TableDefinition<'static, (&'static str, u64), i64> =
 
 const REQUEST_IDS: &str = "approver_request";
 const GRANT_IDS: &str = "approver_grant";
+
+/// How long a new request's acknowledgement waits for another durable commit (its
+/// decision's, when an approver answers at once) before it commits durably by itself.
+pub const SUBMIT_SYNC_GRACE: Duration = Duration::from_millis(10);
 
 /// A process in the writer's ancestry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,13 +232,18 @@ impl ApprovalStore {
             t.open_table(REPORTS)?;
             Ok(())
         })?;
+        // Requests are committed without waiting for the disk: an id a crash took with it
+        // must not name another request (an approver may have seen it).
+        store.skip_ids(&[REQUEST_IDS])?;
         Ok(ApprovalStore { store })
     }
 
     /// Files `new` for `host`, or returns the request already filed under
     /// (host, host_request_id). The bool says whether it was created now.
-    pub fn submit(&self, new: NewRequest) -> Result<(RequestRec, bool), StoreError> {
-        self.store.write(|tx| {
+    /// The commit does not wait for the disk: the caller syncs it ([`ApprovalStore::sync`])
+    /// before acknowledging it.
+    pub fn submit(&self, new: NewRequest) -> Result<(RequestRec, bool, Unsynced), StoreError> {
+        let ((rec, created), unsynced) = self.store.write_deferred(|tx| {
             let host = new.context.host.as_str();
             let existing = tx
                 .raw()
@@ -263,7 +273,14 @@ impl ApprovalStore {
                 .open_table(PENDING)?
                 .insert(id, new.deadline_unix_ms)?;
             Ok((rec, true))
-        })
+        })?;
+        Ok((rec, created, unsynced))
+    }
+
+    /// Waits until a [`ApprovalStore::submit`] is durable: usually served by the durable
+    /// commit of a decision made within [`SUBMIT_SYNC_GRACE`], else by a commit of its own.
+    pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
+        self.store.sync(u, SUBMIT_SYNC_GRACE)
     }
 
     /// One request.
@@ -560,23 +577,31 @@ mod tests {
         let path = dir.path().join("a.redb");
         {
             let s = ApprovalStore::open(&path).unwrap();
-            let (a, created) = s.submit(new_request("h1", 5, 100)).unwrap();
+            let (a, created, _) = s.submit(new_request("h1", 5, 100)).unwrap();
             assert!(created);
-            let (b, created) = s.submit(new_request("h1", 5, 999)).unwrap();
+            let (b, created, _) = s.submit(new_request("h1", 5, 999)).unwrap();
             assert!(!created);
             assert_eq!(a, b);
-            let (c, created) = s.submit(new_request("h2", 5, 100)).unwrap();
+            let (c, created, unsynced) = s.submit(new_request("h2", 5, 100)).unwrap();
             assert!(created);
             assert_ne!(a.id, c.id);
             assert_eq!(s.pending().unwrap(), [(a.id, 100), (c.id, 100)]);
+            // Syncing the last one makes every earlier one durable too.
+            s.sync(unsynced).unwrap();
         }
         let s = ApprovalStore::open(&path).unwrap();
         assert_eq!(s.pending().unwrap().len(), 2);
-        let (again, created) = s.submit(new_request("h1", 5, 1)).unwrap();
+        let (again, created, _) = s.submit(new_request("h1", 5, 1)).unwrap();
         assert!(!created);
         assert_eq!(again.deadline_unix_ms, 100);
+        // Ids a crash could have taken with an unsynced submit are skipped at open.
+        let (next, _, _) = s.submit(new_request("h3", 1, 100)).unwrap();
+        assert_eq!(next.id, 3 + crate::store::DEFERRED_ID_GAP);
         let listed = s.list_requests(false, 10).unwrap();
-        assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(
+            listed.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [next.id, 2, 1]
+        );
         assert_eq!(s.list_requests(true, 1).unwrap().len(), 1);
     }
 
@@ -584,9 +609,9 @@ mod tests {
     fn resolve_once_and_log_updates_per_host() {
         let dir = tempfile::tempdir().unwrap();
         let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
-        let (r1, _) = s.submit(new_request("h1", 1, 100)).unwrap();
-        let (r2, _) = s.submit(new_request("h1", 2, 100)).unwrap();
-        let (r3, _) = s.submit(new_request("h2", 1, 100)).unwrap();
+        let (r1, _, _) = s.submit(new_request("h1", 1, 100)).unwrap();
+        let (r2, _, _) = s.submit(new_request("h1", 2, 100)).unwrap();
+        let (r3, _, _) = s.submit(new_request("h2", 1, 100)).unwrap();
         let done = s
             .resolve(
                 r1.id,

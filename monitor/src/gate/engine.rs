@@ -42,6 +42,10 @@ const EXPIRY_POLL: Duration = Duration::from_secs(1);
 /// folded into it).
 const DIFF_DELAY: Duration = Duration::from_millis(100);
 
+/// How long a filed request waits for another durable commit (its decision's, when an
+/// approver answers at once) before the engine makes it durable by itself.
+const REQUEST_SYNC_GRACE: Duration = Duration::from_millis(50);
+
 /// What the event pipeline tells the gate.
 #[derive(Debug)]
 pub enum Notice {
@@ -106,8 +110,25 @@ pub struct Engine {
 /// A held open waiting for the decision of its request.
 struct Waiter {
     tx: oneshot::Sender<Outcome>,
+    /// The rule that filed the request (its decision needs no store read for it).
+    rule: String,
     /// What an approval must keep before the open may proceed.
     keep: Option<Keep>,
+}
+
+/// What the blocking call of a held open read.
+struct Captured {
+    held: Held,
+    pre: Option<PreImage>,
+    writer: context::Writer,
+}
+
+/// What an `ask` knows of the held open besides the event.
+struct Capture {
+    pre: Option<PreImage>,
+    /// Whether this very open created the file.
+    created: bool,
+    writer: context::Writer,
 }
 
 /// A held open's pre-image, kept in the same commit as the grant that lets it through.
@@ -151,6 +172,9 @@ impl Engine {
     ) -> Result<GateHandles, crate::store::StoreError> {
         let metrics = Arc::new(GateMetrics::default());
         let (note_tx, note_rx) = mpsc::channel(NOTE_QUEUE);
+        // Requests are filed without waiting for the disk: an id a crash took with it must
+        // not name a later request (the service may hold a decision for it).
+        store.skip_ids(&[REQUEST_IDS])?;
         let mut grants = GrantSet::new();
         for (_, g) in store.scan(GRANTS)? {
             grants.insert(g);
@@ -244,27 +268,33 @@ impl Engine {
         }
     }
 
-    /// Reads the pre-image through the event's own descriptor. `None` when the blocking
-    /// task failed: the held open was dropped with it and its failure verdict applied.
-    async fn capture(&self, held: Held) -> Option<(Held, Option<PreImage>)> {
+    /// Reads the pre-image through the event's own descriptor and, in the same blocking
+    /// call, the writer's context from `/proc` up to `root` (almost every held open is an
+    /// `ask`, whose request needs it). `None` when the blocking task failed: the held open
+    /// was dropped with it and its failure verdict applied.
+    async fn capture(&self, held: Held, root: u32) -> Option<Captured> {
         let max = self.state.policy.max_preimage_bytes();
         let metrics = self.state.metrics.clone();
         blocking(move || {
-            let pre = match preimage::capture(&held.event().fd, max) {
+            let ev = held.event();
+            let pre = match preimage::capture(&ev.fd, max) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     GateMetrics::inc(&metrics.preimage_errors);
-                    warn!(path = %encode(&held.event().path), error = %e, "cannot read the pre-image");
+                    warn!(path = %encode(&ev.path), error = %e, "cannot read the pre-image");
                     None
                 }
             };
-            (held, pre)
+            let writer = context::writer(ev.tgid, root);
+            Captured { held, pre, writer }
         })
         .await
     }
 
     async fn handle(self: Arc<Self>, held: Held) {
-        let Some((held, pre)) = self.capture(held).await else {
+        let session_info = self.state.sessions.get(held.event().session);
+        let root = session_info.as_ref().map_or(1, |s| s.root_pid);
+        let Some(Captured { held, pre, writer }) = self.capture(held, root).await else {
             GateMetrics::inc(&self.state.metrics.preimage_errors);
             return;
         };
@@ -273,7 +303,6 @@ impl Engine {
             (Some(p), Some(i)) => preimage::created_by_open(p, i),
             _ => false,
         };
-        let session_info = self.state.sessions.get(ev.session);
         let agent = self.state.agent(ev.session);
         let q = GateQuery {
             path: &ev.path,
@@ -301,7 +330,12 @@ impl Engine {
                 self.audit("denied_by_policy", body).await;
             }
             (false, Verdict::Ask) => {
-                self.ask(held, pre, created, ops, &m.rule, session_info.as_ref())
+                let capture = Capture {
+                    pre,
+                    created,
+                    writer,
+                };
+                self.ask(held, capture, ops, &m.rule, session_info.as_ref())
                     .await
             }
         }
@@ -326,12 +360,16 @@ impl Engine {
     async fn ask(
         &self,
         held: Held,
-        pre: Option<PreImage>,
-        created: bool,
+        capture: Capture,
         ops: OpSet,
         rule: &Rule,
         session: Option<&SessionInfo>,
     ) {
+        let Capture {
+            pre,
+            created,
+            writer,
+        } = capture;
         let ev = held.event();
         let path = ev.path.clone();
         let session_id = ev.session;
@@ -350,7 +388,6 @@ impl Engine {
             return;
         }
         let key = (session_id, path.clone());
-        let tgid = ev.tgid;
         let lifetime = match rule.mode {
             Mode::Hold => rule.timeout,
             Mode::DenyAndRequest => self.state.policy.request_ttl(),
@@ -363,10 +400,15 @@ impl Engine {
             let ctx = if pending {
                 None
             } else {
-                Some(
-                    self.request_context(tgid, session, &path, ops, pre.as_ref(), created, rule)
-                        .await,
-                )
+                Some(self.request_context(
+                    &writer,
+                    session,
+                    &path,
+                    ops,
+                    pre.as_ref(),
+                    created,
+                    rule,
+                ))
             };
             self.deny(held, created).await;
             if let Some(ctx) = ctx
@@ -377,9 +419,7 @@ impl Engine {
             return;
         }
         let t_ask = ev.received.elapsed();
-        let ctx = self
-            .request_context(tgid, session, &path, ops, pre.as_ref(), created, rule)
-            .await;
+        let ctx = self.request_context(&writer, session, &path, ops, pre.as_ref(), created, rule);
         let t_context = ev.received.elapsed();
         let (tx, rx) = oneshot::channel();
         let keep = pre.clone().map(|pre| Keep {
@@ -389,7 +429,16 @@ impl Engine {
             created,
         });
         let filed = self
-            .file_request(ctx, rule, lifetime, Some(Waiter { tx, keep }))
+            .file_request(
+                ctx,
+                rule,
+                lifetime,
+                Some(Waiter {
+                    tx,
+                    rule: rule.name.clone(),
+                    keep,
+                }),
+            )
             .await;
         let t_filed = ev.received.elapsed();
         let Some(request_id) = filed else {
@@ -461,12 +510,12 @@ impl Engine {
         }
     }
 
-    /// The context an approver sees: the writer and its ancestry from `/proc` (read on a
-    /// blocking thread while the writer is held), the session, the operation and reason.
+    /// The context an approver sees: the writer and its ancestry (read from `/proc` while
+    /// the writer was held), the session, the operation and reason.
     #[allow(clippy::too_many_arguments)]
-    async fn request_context(
+    fn request_context(
         &self,
-        pid: u32,
+        writer: &context::Writer,
         session: Option<&SessionInfo>,
         path: &[u8],
         ops: OpSet,
@@ -474,14 +523,10 @@ impl Engine {
         created: bool,
         rule: &Rule,
     ) -> pb::RequestContext {
-        let root = session.map_or(1, |s| s.root_pid);
-        let writer = blocking(move || context::writer(pid, root))
-            .await
-            .unwrap_or_default();
         context::request_context(context::ContextInput {
             host: &self.settings.host,
             session,
-            writer: &writer,
+            writer,
             path,
             operations: ops.to_strings(),
             content_sha256: pre
@@ -525,9 +570,10 @@ impl Engine {
         self.audit("fallback_verdict", body).await;
     }
 
-    /// Files a request with the approval service: recorded in the store and spooled durably
-    /// first. Returns the host request id, or `None` if it could not even be spooled
-    /// (counted; the caller applies the failure verdict).
+    /// Files a request with the approval service: recorded in the store and spooled, then
+    /// sent at once; made durable in the background (usually by the commit of its decision,
+    /// see [`REQUEST_SYNC_GRACE`]). Returns the host request id, or `None` if it could not
+    /// even be spooled (counted; the caller applies the failure verdict).
     async fn file_request(
         &self,
         ctx: pb::RequestContext,
@@ -546,9 +592,9 @@ impl Engine {
             created_unix_ms: created,
             deadline_unix_ms: deadline,
         };
-        // One durable transaction records the request (for a decision after a restart) and
-        // spools it for the service. The waiter is registered inside it, before the request
-        // can leave: a decision can then never arrive before its waiter.
+        // One transaction records the request (for a decision after a restart) and spools it
+        // for the service. The waiter is registered inside it, before the request can leave:
+        // a decision can then never arrive before its waiter.
         let waiters = Arc::clone(&self.waiters);
         let allocated = Arc::new(AtomicU64::new(0));
         let slot = Arc::clone(&allocated);
@@ -572,7 +618,17 @@ impl Engine {
             })
             .await;
         let id = match filed {
-            Ok(id) => id,
+            Ok((id, unsynced)) => {
+                let uplink = self.uplink.clone();
+                let metrics = Arc::clone(&self.state.metrics);
+                tokio::spawn(async move {
+                    if let Err(e) = uplink.sync(unsynced, REQUEST_SYNC_GRACE).await {
+                        GateMetrics::inc(&metrics.store_errors);
+                        warn!(request = id, error = %e, "cannot make the approval request durable");
+                    }
+                });
+                id
+            }
             Err(e) => {
                 GateMetrics::inc(&self.state.metrics.request_errors);
                 warn!(error = %e, "cannot record and spool the approval request");
@@ -680,11 +736,21 @@ impl Engine {
     }
 
     async fn on_decision(&self, host_request_id: u64, d: pb::Decision) {
-        let store = self.store.clone();
-        let record = blocking(move || store.get(REQUESTS, host_request_id))
-            .await
-            .and_then(Result::ok)
-            .flatten();
+        // The rule that filed the request: from its waiting open, else from its record.
+        let waiting = lock(&self.waiters)
+            .get(&host_request_id)
+            .map(|w| w.rule.clone());
+        let filed_rule = match waiting {
+            Some(rule) => Some(rule),
+            None => {
+                let store = self.store.clone();
+                blocking(move || store.get(REQUESTS, host_request_id))
+                    .await
+                    .and_then(Result::ok)
+                    .flatten()
+                    .map(|r| r.rule)
+            }
+        };
         let state = pb::RequestState::try_from(d.state).unwrap_or(pb::RequestState::Unspecified);
         // Whether the request's record is already gone (removed with the grant).
         let mut request_ended = false;
@@ -698,9 +764,7 @@ impl Engine {
                     );
                     return;
                 };
-                let rule = record
-                    .as_ref()
-                    .map_or_else(|| "unknown".to_owned(), |r| r.rule.clone());
+                let rule = filed_rule.clone().unwrap_or_else(|| "unknown".to_owned());
                 let grant = match Grant::from_proto(pg, &rule, self.on_expiry_of(&rule)) {
                     Ok(g) => g,
                     Err(e) => {
@@ -723,7 +787,7 @@ impl Engine {
                     // ledger line written meanwhile.
                     let store = self.store.clone();
                     let g = grant.clone();
-                    let end_request = !known && record.is_some();
+                    let end_request = !known && filed_rule.is_some();
                     let save = blocking(move || {
                         store.write(|tx| {
                             if !known {
@@ -798,7 +862,7 @@ impl Engine {
             }
         };
         lock(&self.open_requests).retain(|_, id| *id != host_request_id);
-        if record.is_some() && !request_ended {
+        if filed_rule.is_some() && !request_ended {
             self.forget_request(host_request_id).await;
         }
         if let Some(w) = lock(&self.waiters).remove(&host_request_id) {

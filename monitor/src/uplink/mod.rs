@@ -43,7 +43,7 @@ use confgate_proto::v1::approver_client::ApproverClient;
 use confgate_proto::v1::{self, HostUpdate, SubmitRequest, UpdatesRequest, host_update};
 
 use crate::approver::client::{ApproverChannel, ClientConfig, connect};
-use crate::store::{Store, StoreError, WriteTx};
+use crate::store::{Store, StoreError, Unsynced, WriteTx};
 
 pub mod backoff;
 pub mod spool;
@@ -225,16 +225,19 @@ impl UplinkHandle {
     /// waits on the service. `req.host_request_id` must be set (unique per host; the
     /// service deduplicates resubmissions on it).
     pub async fn submit(&self, req: SubmitRequest) -> Result<(), UplinkError> {
-        self.submit_with(move |_| Ok(req)).await.map(|_| ())
+        let (_, unsynced) = self.submit_with(move |_| Ok(req)).await?;
+        self.sync(unsynced, Duration::ZERO).await
     }
 
     /// Like [`UplinkHandle::submit`], for a request that `build` makes inside the spool's
-    /// durable transaction, so that the caller's own record of it (and the id it allocates
-    /// there) costs no second commit. Returns the request's `host_request_id`.
+    /// transaction, so that the caller's own record of it (and the id it allocates there)
+    /// costs no second commit. The request leaves at once; it is durable once synced
+    /// ([`UplinkHandle::sync`]) or with the next durable commit of the store. Returns the
+    /// request's `host_request_id`.
     pub async fn submit_with(
         &self,
         build: impl FnOnce(&WriteTx<'_>) -> Result<SubmitRequest, StoreError> + Send + 'static,
-    ) -> Result<u64, UplinkError> {
+    ) -> Result<(u64, Unsynced), UplinkError> {
         let spool = self.spool.clone();
         let host = self.host.clone();
         let spooled = tokio::task::spawn_blocking(move || {
@@ -258,6 +261,7 @@ impl UplinkHandle {
             StoreError::Abandoned(why) => UplinkError::Invalid(why),
             e => UplinkError::Store(e),
         })?;
+        let (spooled, unsynced) = spooled;
         let id = match &spooled.1 {
             SpoolEntry::Submit {
                 host_request_id, ..
@@ -265,7 +269,15 @@ impl UplinkHandle {
             SpoolEntry::Report { .. } => 0,
         };
         self.enqueue(spooled);
-        Ok(id)
+        Ok((id, unsynced))
+    }
+
+    /// Waits until a request spooled by [`UplinkHandle::submit_with`] is on disk: for up to
+    /// `grace` for a durable commit made meanwhile (a decision's), then by one of its own.
+    pub async fn sync(&self, u: Unsynced, grace: Duration) -> Result<(), UplinkError> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.sync(u, grace)).await??;
+        Ok(())
     }
 
     /// Spools a host audit record (`Approver.Report`) with the next `host_seq` from the
@@ -343,6 +355,23 @@ fn unix_ms_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What sending one pending entry takes.
+enum Call {
+    Submit(Box<SubmitRequest>),
+    Report(v1::ReportRequest),
+    /// A report that cannot be rebuilt: acknowledged as is.
+    Nothing,
+    /// A spooled request that cannot be decoded: dropped, counted.
+    Damaged,
+}
+
+/// How sending one entry ended.
+enum Answer {
+    /// The service's answer, or the timeout's.
+    Rpc(Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>),
+    Damaged,
 }
 
 /// Why a connection ended.
@@ -499,17 +528,38 @@ impl Task {
             after_seq = cursor,
             "uplink: connected to the approval service"
         );
+        // Requests are sent without waiting for each other's acknowledgement (the service
+        // acknowledges once durable, which can take a while): decisions keep flowing meanwhile.
+        let mut inflight = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 item = self.incoming.recv() => match item {
                     Some((id, entry)) => {
+                        let submit = matches!(entry, SpoolEntry::Submit { .. });
                         self.accept(id, entry, false);
-                        if let Err(end) = self.send(&mut client, id).await {
+                        let sent = if submit {
+                            if let Some(rpc) = self.rpc(&client, id) {
+                                inflight.spawn(rpc);
+                            }
+                            Ok(())
+                        } else {
+                            self.send(&mut client, id).await
+                        };
+                        if let Err(end) = sent {
                             return end;
                         }
                     }
                     None => return End::Stop,
                 },
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    let settled = match done {
+                        Ok((id, result)) => self.settle(id, result).await,
+                        Err(e) => Err(End::Broken(format!("send task failed: {e}"))),
+                    };
+                    if let Err(end) = settled {
+                        return end;
+                    }
+                }
                 msg = stream.message() => match msg {
                     Ok(Some(update)) => {
                         if let Err(end) = self.deliver(update, &mut cursor).await {
@@ -523,42 +573,86 @@ impl Task {
         }
     }
 
-    /// Sends one pending entry; on acknowledgement (or rejection) removes it from the spool.
+    /// Sends one pending entry and waits for the answer; on acknowledgement (or rejection)
+    /// removes it from the spool.
     async fn send(
         &mut self,
         client: &mut ApproverClient<ApproverChannel>,
         id: u64,
     ) -> Result<(), End> {
-        let Some((entry, tried)) = self.pending.get(&id).cloned() else {
-            return Ok(());
-        };
-        let c = &self.shared.counters;
+        match self.rpc(client, id) {
+            Some(rpc) => {
+                let (id, result) = rpc.await;
+                self.settle(id, result).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The RPC that sends pending entry `id` (with its timeout), or `None` if there is
+    /// nothing to send (gone, or damaged: then dropped from the spool here, counted).
+    fn rpc(
+        &mut self,
+        client: &ApproverClient<ApproverChannel>,
+        id: u64,
+    ) -> Option<impl Future<Output = (u64, Answer)> + Send + 'static> {
+        let (entry, _) = self.pending.get(&id)?;
         let timeout = self.options.rpc_timeout;
-        let result = match &entry {
+        let mut client = client.clone();
+        let call = match entry {
             SpoolEntry::Submit {
                 host_request_id, ..
             } => match entry.submit_request() {
-                Some(req) => tokio::time::timeout(timeout, client.submit(req))
-                    .await
-                    .map(|r| r.map(drop)),
+                Some(req) => Call::Submit(Box::new(req)),
                 None => {
-                    bump(&c.damaged);
                     tracing::error!(
                         spool_id = id,
                         host_request_id,
                         "uplink: spooled request is damaged; dropped (its rule's failure verdict applies)"
                     );
-                    self.forget(id).await;
-                    self.sync_gauge();
-                    return Ok(());
+                    Call::Damaged
                 }
             },
             SpoolEntry::Report { .. } => match entry.report_request() {
-                Some(req) => tokio::time::timeout(timeout, client.report(req))
-                    .await
-                    .map(|r| r.map(drop)),
-                None => Ok(Ok(())),
+                Some(req) => Call::Report(req),
+                None => Call::Nothing,
             },
+        };
+        Some(async move {
+            let answer = match call {
+                Call::Submit(req) => Answer::Rpc(
+                    tokio::time::timeout(timeout, client.submit(*req))
+                        .await
+                        .map(|r| r.map(drop)),
+                ),
+                Call::Report(req) => Answer::Rpc(
+                    tokio::time::timeout(timeout, client.report(req))
+                        .await
+                        .map(|r| r.map(drop)),
+                ),
+                Call::Nothing => Answer::Rpc(Ok(Ok(()))),
+                Call::Damaged => Answer::Damaged,
+            };
+            (id, answer)
+        })
+    }
+
+    /// Applies the answer to pending entry `id`: acknowledged or rejected, it leaves the
+    /// spool; a transient failure breaks the connection (the entry is resent on the next).
+    async fn settle(&mut self, id: u64, answer: Answer) -> Result<(), End> {
+        let Some((entry, tried)) = self.pending.get(&id).cloned() else {
+            return Ok(());
+        };
+        let c = &self.shared.counters;
+        let timeout = self.options.rpc_timeout;
+        let result = match answer {
+            Answer::Rpc(result) => result,
+            Answer::Damaged => {
+                bump(&c.damaged);
+                self.forget(id).await;
+                self.sync_gauge();
+                return Ok(());
+            }
         };
         match result {
             Ok(Ok(())) => {

@@ -1,11 +1,13 @@
 //! The uplink's durable state in the daemon's store: the spool of requests and reports not
 //! yet acknowledged by the approval service, and the cursor of applied updates.
+use std::time::Duration;
+
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use confgate_proto::v1::{ReportRequest, SubmitRequest};
 
-use crate::store::{RecordTable, Store, StoreError, WriteTx};
+use crate::store::{RecordTable, Store, StoreError, Unsynced, WriteTx};
 
 /// Spooled messages, keyed by spool id (FIFO order).
 pub const SPOOL: RecordTable<SpoolEntry> = RecordTable::new("uplink_spool");
@@ -78,17 +80,22 @@ impl Spool {
 
     /// Spools a submit request; returns its spool id and entry.
     pub fn push_submit(&self, req: &SubmitRequest) -> Result<(u64, SpoolEntry), StoreError> {
-        self.push_submit_with(|_| Ok(req.clone()))
+        let (spooled, unsynced) = self.push_submit_with(|_| Ok(req.clone()))?;
+        self.sync(unsynced, Duration::ZERO)?;
+        Ok(spooled)
     }
 
-    /// Spools the submit request that `build` returns, in the same durable transaction as
-    /// whatever `build` writes itself (the caller's own record of the request: one fsync
-    /// for both).
+    /// Spools the submit request that `build` returns, in the same transaction as whatever
+    /// `build` writes itself (the caller's own record of the request). The commit does not
+    /// wait for the disk (the request can leave at once): it is durable once synced
+    /// ([`Spool::sync`]), or with the next durable commit. Its ids are skipped ahead at
+    /// start-up by whoever allocates them, so a crash before then cannot make one name two
+    /// requests.
     pub fn push_submit_with(
         &self,
         build: impl FnOnce(&WriteTx<'_>) -> Result<SubmitRequest, StoreError>,
-    ) -> Result<(u64, SpoolEntry), StoreError> {
-        self.store.write(|tx| {
+    ) -> Result<((u64, SpoolEntry), Unsynced), StoreError> {
+        self.store.write_deferred(|tx| {
             let req = build(tx)?;
             let entry = SpoolEntry::Submit {
                 host_request_id: req.host_request_id,
@@ -98,6 +105,11 @@ impl Spool {
             tx.put(SPOOL, id, &entry)?;
             Ok((id, entry))
         })
+    }
+
+    /// Waits until a spooled request is durable (see [`Store::sync`]).
+    pub fn sync(&self, u: Unsynced, grace: Duration) -> Result<(), StoreError> {
+        self.store.sync(u, grace)
     }
 
     /// Spools a report, allocating its `host_seq` in the same transaction.

@@ -545,8 +545,9 @@ async fn submit_with_writes_the_callers_record_in_the_spool_transaction() {
     );
     assert_eq!(store.get(MINE, 1).unwrap(), None);
     assert_eq!(counter(&h, "uplink_spooled"), 0);
-    // With one: the caller's record and the spool entry are committed together.
-    let id = h
+    // With one: the caller's record and the spool entry are committed together (visible
+    // at once, durable once synced).
+    let (id, unsynced) = h
         .submit_with(|tx| {
             let id = tx.next_id("test_mine")?;
             tx.put(MINE, id, &"kept".to_owned())?;
@@ -559,6 +560,7 @@ async fn submit_with_writes_the_callers_record_in_the_spool_transaction() {
         .unwrap();
     assert_eq!(id, 1);
     assert_eq!(store.get(MINE, 1).unwrap().as_deref(), Some("kept"));
+    h.sync(unsynced, Duration::ZERO).await.unwrap();
     let spooled = spool::Spool::new(store.clone()).load().unwrap();
     assert_eq!(spooled.len(), 1);
     assert_eq!(spooled[0].1.submit_request().unwrap().host_request_id, 1);

@@ -167,7 +167,30 @@ impl Daemon {
             let st = child.wait()?;
             ensure!(st.success(), "daemon exited with {st}:\n{}", self.log());
         }
-        Ok(t.elapsed())
+        let elapsed = t.elapsed();
+        self.keep_log();
+        Ok(elapsed)
+    }
+}
+
+impl Daemon {
+    /// With `CONFGATE_BENCH_LOGS=<dir>`, copies the daemon's log there (the scratch
+    /// directory goes with the run): set `CONFGATE_LOG` too to see debug lines.
+    fn keep_log(&self) {
+        let Some(dir) = std::env::var_os("CONFGATE_BENCH_LOGS") else {
+            return;
+        };
+        let dir = PathBuf::from(dir);
+        let name = self
+            .log
+            .parent()
+            .and_then(|d| d.file_name())
+            .map_or_else(|| "daemon".into(), |n| n.to_string_lossy().into_owned());
+        let copied = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::copy(&self.log, dir.join(format!("{name}.log"))));
+        if let Err(e) = copied {
+            eprintln!("cannot keep the daemon log in {}: {e}", dir.display());
+        }
     }
 }
 
