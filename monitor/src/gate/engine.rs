@@ -9,7 +9,6 @@
 //! on any of them.
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -21,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::changes::{self, CHANGES, Change};
 use super::context;
 use super::decider::{GateDecider, GateMetrics, GateState, Note, ops_of};
-use super::listener::Held;
+use super::listener::{Held, PermEvent};
 use super::preimage::{self, PreImage};
 use super::requests::{GRANTS, REQUEST_IDS, REQUESTS, RequestRecord};
 use crate::escape::encode;
@@ -116,19 +115,54 @@ struct Waiter {
     keep: Option<Keep>,
 }
 
-/// What the blocking call of a held open read.
-struct Captured {
+/// What the blocking preparation of a held open read and decided.
+struct Prepared {
     held: Held,
-    pre: Option<PreImage>,
-    writer: context::Writer,
-}
-
-/// What an `ask` knows of the held open besides the event.
-struct Capture {
     pre: Option<PreImage>,
     /// Whether this very open created the file.
     created: bool,
     writer: context::Writer,
+    session: Option<SessionInfo>,
+    next: Next,
+}
+
+/// What happens to a prepared held open.
+enum Next {
+    /// No rule matched, or an allow rule did.
+    Allow,
+    /// A deny rule (or the built-in self-protection rule) matched.
+    Deny(Arc<Rule>),
+    /// An `ask` that this live grant covers.
+    Granted(u64),
+    DenyAndRequest(Arc<Rule>, OpSet),
+    /// A hold: its request is filed (`None`: it could not be, counted).
+    Hold {
+        rule: Arc<Rule>,
+        filed: Option<(u64, Value)>,
+        rx: oneshot::Receiver<Outcome>,
+        t_ask: Duration,
+        t_filed: Duration,
+    },
+}
+
+/// A hold's filed request, waited for by [`Engine::await_decision`].
+struct Filed {
+    request_id: u64,
+    rx: oneshot::Receiver<Outcome>,
+    /// Since the listener read the event: prepared / filed.
+    t_ask: Duration,
+    t_filed: Duration,
+}
+
+/// What an `ask` knows of the held open (borrowed while it is prepared).
+struct Asked<'a> {
+    ev: &'a PermEvent,
+    agent: &'a str,
+    ops: OpSet,
+    session: Option<&'a SessionInfo>,
+    pre: Option<&'a PreImage>,
+    created: bool,
+    writer: &'a context::Writer,
 }
 
 /// A held open's pre-image, kept in the same commit as the grant that lets it through.
@@ -268,75 +302,171 @@ impl Engine {
         }
     }
 
-    /// Reads the pre-image through the event's own descriptor and, in the same blocking
-    /// call, the writer's context from `/proc` up to `root` (almost every held open is an
-    /// `ask`, whose request needs it). `None` when the blocking task failed: the held open
-    /// was dropped with it and its failure verdict applied.
-    async fn capture(&self, held: Held, root: u32) -> Option<Captured> {
-        let max = self.state.policy.max_preimage_bytes();
-        let metrics = self.state.metrics.clone();
-        blocking(move || {
-            let ev = held.event();
-            let pre = match preimage::capture(&ev.fd, max) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    GateMetrics::inc(&metrics.preimage_errors);
-                    warn!(path = %encode(&ev.path), error = %e, "cannot read the pre-image");
-                    None
-                }
-            };
-            let writer = context::writer(ev.tgid, root);
-            Captured { held, pre, writer }
-        })
-        .await
-    }
-
-    async fn handle(self: Arc<Self>, held: Held) {
-        let session_info = self.state.sessions.get(held.event().session);
-        let root = session_info.as_ref().map_or(1, |s| s.root_pid);
-        let Some(Captured { held, pre, writer }) = self.capture(held, root).await else {
-            GateMetrics::inc(&self.state.metrics.preimage_errors);
-            return;
-        };
+    /// On a blocking thread, everything a held open needs before it can wait: the
+    /// pre-image through the event's own descriptor, the writer's context from `/proc` up to
+    /// its session's root (almost every held open is an `ask`, whose request needs it), the
+    /// policy's verdict and, for a hold that no grant covers, the request filed and on its
+    /// way to the service. One hand-off between threads instead of three.
+    fn prepare(&self, held: Held) -> Prepared {
         let ev = held.event();
+        let session = self.state.sessions.get(ev.session);
+        let root = session.as_ref().map_or(1, |s| s.root_pid);
+        let pre = match preimage::capture(&ev.fd, self.state.policy.max_preimage_bytes()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                GateMetrics::inc(&self.state.metrics.preimage_errors);
+                warn!(path = %encode(&ev.path), error = %e, "cannot read the pre-image");
+                None
+            }
+        };
+        let writer = context::writer(ev.tgid, root);
         let created = match (&pre, ev.intent.as_ref()) {
             (Some(p), Some(i)) => preimage::created_by_open(p, i),
             _ => false,
         };
         let agent = self.state.agent(ev.session);
+        let agent = agent.as_deref().unwrap_or("");
         let q = GateQuery {
             path: &ev.path,
-            session: (ev.session != 0).then(|| SessionRef {
+            session: (ev.session != 0).then_some(SessionRef {
                 id: ev.session,
-                agent: agent.as_deref().unwrap_or(""),
+                agent,
             }),
             ops: ops_of(ev, created),
             write: ev.is_write(),
         };
-        let Some(m) = self.state.policy.evaluate(&q) else {
-            let _ = held.allow();
+        let next = match self.state.policy.evaluate(&q) {
+            None => Next::Allow,
+            Some(m) => match (m.builtin, m.rule.verdict) {
+                (false, Verdict::Allow) => Next::Allow,
+                (true, _) | (false, Verdict::Deny) => Next::Deny(m.rule),
+                (false, Verdict::Ask) => {
+                    let asked = Asked {
+                        ev,
+                        agent,
+                        ops: q.ops,
+                        session: session.as_ref(),
+                        pre: pre.as_ref(),
+                        created,
+                        writer: &writer,
+                    };
+                    self.ask(asked, m.rule)
+                }
+            },
+        };
+        Prepared {
+            held,
+            pre,
+            created,
+            writer,
+            session,
+            next,
+        }
+    }
+
+    /// An `ask`: a live grant lets the open through; a hold files its request now.
+    fn ask(&self, a: Asked<'_>, rule: Arc<Rule>) -> Next {
+        let ev = a.ev;
+        if let Some(g) =
+            self.state
+                .grants()
+                .find(ev.session, a.agent, &ev.path, a.ops, SystemTime::now())
+        {
+            return Next::Granted(g.id);
+        }
+        if rule.mode == Mode::DenyAndRequest {
+            return Next::DenyAndRequest(rule, a.ops);
+        }
+        let t_ask = ev.received.elapsed();
+        let ctx = self.request_context(
+            a.writer, a.session, &ev.path, a.ops, a.pre, a.created, &rule,
+        );
+        let (tx, rx) = oneshot::channel();
+        let keep = a.pre.cloned().map(|pre| Keep {
+            pre,
+            path: ev.path.clone(),
+            session: ev.session,
+            created: a.created,
+        });
+        let waiter = Waiter {
+            tx,
+            rule: rule.name.clone(),
+            keep,
+        };
+        let filed = self.file_now(ctx, &rule, rule.timeout, Some(waiter));
+        Next::Hold {
+            rule,
+            filed,
+            rx,
+            t_ask,
+            t_filed: ev.received.elapsed(),
+        }
+    }
+
+    async fn handle(self: Arc<Self>, held: Held) {
+        let me = Arc::clone(&self);
+        let Some(p) = blocking(move || me.prepare(held)).await else {
+            GateMetrics::inc(&self.state.metrics.preimage_errors);
             return;
         };
-        let ops = q.ops;
-        match (m.builtin, m.rule.verdict) {
-            (false, Verdict::Allow) => {
+        let Prepared {
+            held,
+            pre,
+            created,
+            writer,
+            session,
+            next,
+        } = p;
+        let ev = held.event();
+        match next {
+            Next::Allow => {
                 let _ = held.allow();
             }
-            (true, _) | (false, Verdict::Deny) => {
+            Next::Deny(rule) => {
                 let body = json!({"path": encode(&ev.path), "session": ev.session,
-                                  "pid": ev.tgid, "rule": m.rule.name});
+                                  "pid": ev.tgid, "rule": rule.name});
                 GateMetrics::inc(&self.state.metrics.denied_by_policy);
                 self.deny(held, created).await;
                 self.audit("denied_by_policy", body).await;
             }
-            (false, Verdict::Ask) => {
-                let capture = Capture {
-                    pre,
-                    created,
-                    writer,
+            Next::Granted(grant_id) => {
+                let (path, session_id) = (ev.path.clone(), ev.session);
+                self.track(grant_id, &path, session_id, pre.as_ref(), created)
+                    .await;
+                GateMetrics::inc(&self.state.metrics.allowed_by_grant);
+                let _ = held.allow();
+            }
+            Next::DenyAndRequest(rule, ops) => {
+                let asked = (pre, created, writer, session);
+                self.deny_and_request(held, asked, ops, &rule).await
+            }
+            Next::Hold {
+                rule,
+                filed,
+                rx,
+                t_ask,
+                t_filed,
+            } => {
+                let Some((request_id, body)) = filed else {
+                    self.fallback(
+                        held,
+                        rule.fail == FailVerdict::Allow,
+                        pre,
+                        created,
+                        &rule.name,
+                        "the request could not be filed",
+                    )
+                    .await;
+                    return;
                 };
-                self.ask(held, capture, ops, &m.rule, session_info.as_ref())
-                    .await
+                self.ledger("request", body).await;
+                let filed = Filed {
+                    request_id,
+                    rx,
+                    t_ask,
+                    t_filed,
+                };
+                self.await_decision(held, pre, created, &rule, filed).await
             }
         }
     }
@@ -357,102 +487,70 @@ impl Engine {
         let _ = held.deny();
     }
 
-    async fn ask(
+    /// Deny-and-request: the open is denied at once and a request filed (unless one for
+    /// the same session and path is pending) for a retry after approval.
+    async fn deny_and_request(
+        self: &Arc<Self>,
+        held: Held,
+        asked: (Option<PreImage>, bool, context::Writer, Option<SessionInfo>),
+        ops: OpSet,
+        rule: &Arc<Rule>,
+    ) {
+        let (pre, created, writer, session) = asked;
+        let ev = held.event();
+        let path = ev.path.clone();
+        let key = (ev.session, path.clone());
+        // The context was read while the writer was still held: once denied, it may exit
+        // and take its `/proc` entry (command line, CONFGATE_REASON) with it.
+        let pending = lock(&self.open_requests).contains_key(&key);
+        let ctx = (!pending).then(|| {
+            self.request_context(
+                &writer,
+                session.as_ref(),
+                &path,
+                ops,
+                pre.as_ref(),
+                created,
+                rule,
+            )
+        });
+        self.deny(held, created).await;
+        let Some(ctx) = ctx else {
+            return;
+        };
+        let me = Arc::clone(self);
+        let r = Arc::clone(rule);
+        let lifetime = self.state.policy.request_ttl();
+        let filed = blocking(move || me.file_now(ctx, &r, lifetime, None))
+            .await
+            .flatten();
+        if let Some((id, body)) = filed {
+            lock(&self.open_requests).insert(key, id);
+            self.ledger("request", body).await;
+        }
+    }
+
+    /// A hold whose request is filed: waits for the decision (or the rule's timeout) and
+    /// applies it.
+    async fn await_decision(
         &self,
         held: Held,
-        capture: Capture,
-        ops: OpSet,
+        pre: Option<PreImage>,
+        created: bool,
         rule: &Rule,
-        session: Option<&SessionInfo>,
+        filed: Filed,
     ) {
-        let Capture {
-            pre,
-            created,
-            writer,
-        } = capture;
+        let Filed {
+            request_id,
+            rx,
+            t_ask,
+            t_filed,
+        } = filed;
         let ev = held.event();
         let path = ev.path.clone();
         let session_id = ev.session;
-        let agent = self.state.agent(session_id);
-        let agent = agent.as_deref().unwrap_or("");
-        let grant = self
-            .state
-            .grants()
-            .find(session_id, agent, &path, ops, SystemTime::now())
-            .map(|g| g.id);
-        if let Some(grant_id) = grant {
-            self.track(grant_id, &path, session_id, pre.as_ref(), created)
-                .await;
-            GateMetrics::inc(&self.state.metrics.allowed_by_grant);
-            let _ = held.allow();
-            return;
-        }
-        let key = (session_id, path.clone());
-        let lifetime = match rule.mode {
-            Mode::Hold => rule.timeout,
-            Mode::DenyAndRequest => self.state.policy.request_ttl(),
-        };
+        let lifetime = rule.timeout;
         let fail_allows = rule.fail == FailVerdict::Allow;
-        if rule.mode == Mode::DenyAndRequest {
-            // The context is read while the writer is still held: once denied, it may exit
-            // and take its `/proc` entry (command line, CONFGATE_REASON) with it.
-            let pending = lock(&self.open_requests).contains_key(&key);
-            let ctx = if pending {
-                None
-            } else {
-                Some(self.request_context(
-                    &writer,
-                    session,
-                    &path,
-                    ops,
-                    pre.as_ref(),
-                    created,
-                    rule,
-                ))
-            };
-            self.deny(held, created).await;
-            if let Some(ctx) = ctx
-                && let Some(id) = self.file_request(ctx, rule, lifetime, None).await
-            {
-                lock(&self.open_requests).insert(key, id);
-            }
-            return;
-        }
-        let t_ask = ev.received.elapsed();
-        let ctx = self.request_context(&writer, session, &path, ops, pre.as_ref(), created, rule);
-        let t_context = ev.received.elapsed();
-        let (tx, rx) = oneshot::channel();
-        let keep = pre.clone().map(|pre| Keep {
-            pre,
-            path: path.clone(),
-            session: session_id,
-            created,
-        });
-        let filed = self
-            .file_request(
-                ctx,
-                rule,
-                lifetime,
-                Some(Waiter {
-                    tx,
-                    rule: rule.name.clone(),
-                    keep,
-                }),
-            )
-            .await;
-        let t_filed = ev.received.elapsed();
-        let Some(request_id) = filed else {
-            self.fallback(
-                held,
-                fail_allows,
-                pre,
-                created,
-                &rule.name,
-                "the request could not be filed",
-            )
-            .await;
-            return;
-        };
         let outcome = tokio::time::timeout(lifetime, rx).await;
         lock(&self.waiters).remove(&request_id);
         let received = held.event().received;
@@ -472,8 +570,7 @@ impl Engine {
                 debug!(
                     request = request_id,
                     pre_image_us = t_ask.as_micros(),
-                    context_us = (t_context - t_ask).as_micros(),
-                    filed_us = (t_filed - t_context).as_micros(),
+                    filed_us = (t_filed - t_ask).as_micros(),
                     decided_us = (t_decided - t_filed).as_micros(),
                     tracked_us = (t_allowed - t_decided).as_micros(),
                     total_us = t_allowed.as_micros(),
@@ -570,17 +667,19 @@ impl Engine {
         self.audit("fallback_verdict", body).await;
     }
 
-    /// Files a request with the approval service: recorded in the store and spooled, then
-    /// sent at once; made durable in the background (usually by the commit of its decision,
-    /// see [`REQUEST_SYNC_GRACE`]). Returns the host request id, or `None` if it could not
-    /// even be spooled (counted; the caller applies the failure verdict).
-    async fn file_request(
+    /// Files a request with the approval service: recorded in the store and spooled (one
+    /// commit that does not wait for the disk), handed to the uplink at once, and made
+    /// durable in the background (usually by the commit of its decision, see
+    /// [`REQUEST_SYNC_GRACE`]). Returns the host request id and the body of its ledger line,
+    /// or `None` if it could not even be spooled (counted; the caller applies the failure
+    /// verdict). Blocks: call it on a blocking thread.
+    fn file_now(
         &self,
         ctx: pb::RequestContext,
         rule: &Rule,
         lifetime: Duration,
         waiter: Option<Waiter>,
-    ) -> Option<u64> {
+    ) -> Option<(u64, Value)> {
         let created = unix_ms(SystemTime::now());
         let deadline =
             created.saturating_add(i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX));
@@ -595,28 +694,23 @@ impl Engine {
         // One transaction records the request (for a decision after a restart) and spools it
         // for the service. The waiter is registered inside it, before the request can leave:
         // a decision can then never arrive before its waiter.
-        let waiters = Arc::clone(&self.waiters);
-        let allocated = Arc::new(AtomicU64::new(0));
-        let slot = Arc::clone(&allocated);
+        let mut allocated = 0;
         let mut submit = pb::SubmitRequest {
             host_request_id: 0,
             context: Some(ctx.clone()),
             created_unix_ms: created,
             deadline_unix_ms: deadline,
         };
-        let filed = self
-            .uplink
-            .submit_with(move |tx| {
-                let id = tx.next_id(REQUEST_IDS)?;
-                tx.put(REQUESTS, id, &record)?;
-                slot.store(id, Ordering::Relaxed);
-                if let Some(w) = waiter {
-                    lock(&waiters).insert(id, w);
-                }
-                submit.host_request_id = id;
-                Ok(submit)
-            })
-            .await;
+        let filed = self.uplink.submit_now(|tx| {
+            let id = tx.next_id(REQUEST_IDS)?;
+            tx.put(REQUESTS, id, &record)?;
+            allocated = id;
+            if let Some(w) = waiter {
+                lock(&self.waiters).insert(id, w);
+            }
+            submit.host_request_id = id;
+            Ok(submit)
+        });
         let id = match filed {
             Ok((id, unsynced)) => {
                 let uplink = self.uplink.clone();
@@ -632,7 +726,7 @@ impl Engine {
             Err(e) => {
                 GateMetrics::inc(&self.state.metrics.request_errors);
                 warn!(error = %e, "cannot record and spool the approval request");
-                lock(&self.waiters).remove(&allocated.load(Ordering::Relaxed));
+                lock(&self.waiters).remove(&allocated);
                 return None;
             }
         };
@@ -645,8 +739,7 @@ impl Engine {
         });
         info!(request = id, path = %ctx.path, session = ctx.session_id, agent = %ctx.agent, rule = %ctx.rule, reason = %ctx.reason, "approval requested");
         GateMetrics::inc(&self.state.metrics.requests);
-        self.ledger("request", body).await;
-        Some(id)
+        Some((id, body))
     }
 
     async fn forget_request(&self, id: u64) {

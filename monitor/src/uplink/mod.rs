@@ -238,10 +238,20 @@ impl UplinkHandle {
         &self,
         build: impl FnOnce(&WriteTx<'_>) -> Result<SubmitRequest, StoreError> + Send + 'static,
     ) -> Result<(u64, Unsynced), UplinkError> {
-        let spool = self.spool.clone();
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.submit_now(build)).await?
+    }
+
+    /// [`UplinkHandle::submit_with`] on the calling thread (it commits to the store: call it
+    /// where blocking is fine).
+    pub fn submit_now(
+        &self,
+        build: impl FnOnce(&WriteTx<'_>) -> Result<SubmitRequest, StoreError>,
+    ) -> Result<(u64, Unsynced), UplinkError> {
         let host = self.host.clone();
-        let spooled = tokio::task::spawn_blocking(move || {
-            spool.push_submit_with(|tx| {
+        let spooled = self
+            .spool
+            .push_submit_with(|tx| {
                 let mut req = build(tx)?;
                 if req.host_request_id == 0 {
                     return Err(StoreError::Abandoned(
@@ -255,12 +265,10 @@ impl UplinkHandle {
                 }
                 Ok(req)
             })
-        })
-        .await?
-        .map_err(|e| match e {
-            StoreError::Abandoned(why) => UplinkError::Invalid(why),
-            e => UplinkError::Store(e),
-        })?;
+            .map_err(|e| match e {
+                StoreError::Abandoned(why) => UplinkError::Invalid(why),
+                e => UplinkError::Store(e),
+            })?;
         let (spooled, unsynced) = spooled;
         let id = match &spooled.1 {
             SpoolEntry::Submit {
