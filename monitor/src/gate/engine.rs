@@ -409,16 +409,9 @@ impl Engine {
             GateMetrics::inc(&self.state.metrics.preimage_errors);
             return;
         };
-        let Prepared {
-            held,
-            pre,
-            created,
-            writer,
-            session,
-            next,
-        } = p;
+        let (held, pre, created) = (p.held, p.pre, p.created);
         let ev = held.event();
-        match next {
+        match p.next {
             Next::Allow => {
                 let _ = held.allow();
             }
@@ -437,7 +430,7 @@ impl Engine {
                 let _ = held.allow();
             }
             Next::DenyAndRequest(rule, ops) => {
-                let asked = (pre, created, writer, session);
+                let asked = (pre, created, p.writer, p.session);
                 self.deny_and_request(held, asked, ops, &rule).await
             }
             Next::Hold {
