@@ -39,6 +39,8 @@ struct Fake {
     live: broadcast::Sender<HostUpdate>,
     /// true: the service is "down" (streams end, calls fail).
     down: watch::Sender<bool>,
+    /// false: Submit calls wait (an acknowledgement that takes its time) until it is true.
+    acks: watch::Sender<bool>,
 }
 
 impl Fake {
@@ -47,6 +49,7 @@ impl Fake {
             state: Mutex::default(),
             live: broadcast::channel(64).0,
             down: watch::channel(false).0,
+            acks: watch::channel(true).0,
         })
     }
 
@@ -94,8 +97,18 @@ impl Approver for FakeSvc {
     async fn submit(&self, r: Request<SubmitRequest>) -> Result<Response<ApprovalRequest>, Status> {
         self.check_up()?;
         let req = r.into_inner();
+        self.state
+            .lock()
+            .unwrap()
+            .submit_calls
+            .push(req.host_request_id);
+        let mut acks = self.acks.subscribe();
+        while !*acks.borrow_and_update() {
+            acks.changed()
+                .await
+                .map_err(|_| Status::unavailable("fake gone"))?;
+        }
         let mut st = self.state.lock().unwrap();
-        st.submit_calls.push(req.host_request_id);
         if let Some(code) = st.reject_submits {
             return Err(Status::new(code, "rejected by the fake"));
         }
@@ -516,6 +529,40 @@ async fn rejected_messages_are_dropped_and_counted() {
     .await;
     eventually("spool drained", || counter(&h, "uplink_spool_pending") == 0).await;
     assert!(counter(&h, "uplink_resubmitted") >= 1);
+    h.shutdown().await;
+    server.kill().await;
+}
+
+#[tokio::test]
+async fn decisions_are_delivered_while_a_submit_awaits_its_acknowledgement() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("approver.sock");
+    let fake = Fake::new();
+    fake.acks.send_replace(false);
+    let server = Server::start(&fake, &socket);
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    let (h, mut rx) = Uplink::start_with(client(&socket), store, "web-1".into(), options());
+    eventually("connected", || h.connected()).await;
+    h.submit(request(1)).await.unwrap();
+    h.submit(request(2)).await.unwrap();
+    eventually("both submits reached the service", || {
+        fake.state.lock().unwrap().submit_calls.len() == 2
+    })
+    .await;
+    // Neither is acknowledged yet, and the decision of the first still comes through.
+    fake.publish_decision(1);
+    let u = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("decision delivered while the submits wait")
+        .unwrap();
+    assert_eq!(u.seq(), 1);
+    assert_eq!(counter(&h, "uplink_submitted"), 0);
+    assert_eq!(counter(&h, "uplink_spool_pending"), 2);
+    fake.acks.send_replace(true);
+    eventually("acknowledged", || {
+        counter(&h, "uplink_submitted") == 2 && counter(&h, "uplink_spool_pending") == 0
+    })
+    .await;
     h.shutdown().await;
     server.kill().await;
 }
