@@ -385,11 +385,24 @@ pub async fn list(
         .await
         .map_err(|s| anyhow!(explain(&s)))?
         .into_inner();
+    print_list(&reply.requests, json, request_json, out, || {
+        render_list(&reply.requests, all, now_ms)
+    })
+}
+
+/// Writes a listing: one JSON array of `to_json` of each item, or the `table`.
+pub fn print_list<T>(
+    items: &[T],
+    json: bool,
+    to_json: fn(&T) -> Value,
+    out: &mut dyn Write,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     if json {
-        let list: Vec<Value> = reply.requests.iter().map(request_json).collect();
+        let list: Vec<Value> = items.iter().map(to_json).collect();
         writeln!(out, "{}", Value::Array(list))?;
     } else {
-        out.write_all(render_list(&reply.requests, all, now_ms).as_bytes())?;
+        out.write_all(table().as_bytes())?;
     }
     out.flush()?;
     Ok(())

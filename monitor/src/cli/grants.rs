@@ -8,8 +8,8 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::approvals::{
-    ApproverArgs, check_note, dash, ellipsize, explain, now_ms, relative, render_table, term,
-    utc_time, when,
+    ApproverArgs, check_note, dash, ellipsize, explain, now_ms, print_list, relative, render_table,
+    term, utc_time, when,
 };
 use crate::approver::client::{ApproverChannel, connect};
 use crate::config::Config;
@@ -89,14 +89,9 @@ pub async fn list(
         .await
         .map_err(|s| anyhow!(explain(&s)))?
         .into_inner();
-    if json {
-        let list: Vec<Value> = reply.grants.iter().map(grant_json).collect();
-        writeln!(out, "{}", Value::Array(list))?;
-    } else {
-        out.write_all(render_list(&reply.grants, all, now_ms).as_bytes())?;
-    }
-    out.flush()?;
-    Ok(())
+    print_list(&reply.grants, json, grant_json, out, || {
+        render_list(&reply.grants, all, now_ms)
+    })
 }
 
 /// `grants revoke ID`.
