@@ -15,13 +15,15 @@ use std::fmt::Write as _;
 pub fn encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(c);
-            }
+        // Copied in runs between backslashes (paths rarely hold any), not char by char:
+        // every event encodes several paths.
+        let mut valid = chunk.valid();
+        while let Some(i) = valid.find('\\') {
+            out.push_str(&valid[..i]);
+            out.push_str("\\\\");
+            valid = &valid[i + 1..];
         }
+        out.push_str(valid);
         for b in chunk.invalid() {
             let _ = write!(out, "\\x{b:02x}");
         }
@@ -31,6 +33,10 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// Inverse of [`encode`]. Returns `None` for text that `encode` cannot have produced.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
+    if !text.contains('\\') {
+        // Nothing escaped (the common case): the text's own bytes.
+        return Some(text.as_bytes().to_vec());
+    }
     let mut out = Vec::with_capacity(text.len());
     let bytes = text.as_bytes();
     let mut i = 0;
@@ -111,6 +117,21 @@ mod tests {
         let enc = encode(raw);
         assert_eq!(enc, "C:\\\\x41");
         assert_eq!(decode(&enc).as_deref(), Some(&raw[..]));
+    }
+
+    #[test]
+    fn backslash_runs_and_edges() {
+        for (raw, enc) in [
+            (&b"\\"[..], r"\\"),
+            (b"\\\\", r"\\\\"),
+            (b"\\a\\", r"\\a\\"),
+            (b"a\\\\b\xc3\\", r"a\\\\b\xc3\\"),
+            (b"\xff\\", r"\xff\\"),
+            (b"", ""),
+        ] {
+            assert_eq!(encode(raw), enc, "{raw:?}");
+            assert_eq!(decode(enc).as_deref(), Some(raw));
+        }
     }
 
     #[test]

@@ -1151,12 +1151,9 @@ impl Engine {
             ops,
             write: true,
         };
-        let Some(m) = self.state.policy.evaluate(&q) else {
+        let Some(m) = self.state.policy.unheld_rule(&q) else {
             return;
         };
-        if !m.builtin && m.rule.verdict == Verdict::Allow {
-            return;
-        }
         if !m.builtin
             && m.rule.verdict == Verdict::Ask
             && self

@@ -151,6 +151,15 @@ impl Policy {
             })
     }
 
+    /// The rule that makes a write the gate could not hold (a session's rename onto
+    /// `q.path`: a rename opens nothing) unapproved unless a grant covers it: the deciding
+    /// rule of `q`, except an allow rule. `None`: the gate has nothing to say about it.
+    /// Allocation-free, so the event pipeline can ask it for every rename.
+    pub fn unheld_rule(&self, q: &GateQuery<'_>) -> Option<RuleMatch> {
+        self.evaluate(q)
+            .filter(|m| m.builtin || m.rule.verdict != Verdict::Allow)
+    }
+
     /// Whether the built-in rule protects `path` (quick check for read opens by sessions).
     pub fn is_protected(&self, path: &[u8]) -> bool {
         self.builtin.matches(path)

@@ -211,6 +211,44 @@ fn reads_only_match_the_builtin_rule() {
 }
 
 #[test]
+fn unheld_rule_skips_allow_rules_and_ungated_paths() {
+    let mut allow = rule("hosts", &["/etc/hosts"], Verdict::Allow);
+    allow.agents = vec!["*".into()];
+    let p = compile(vec![
+        allow,
+        rule("sudo", &["/etc/sudoers"], Verdict::Deny),
+        rule("etc", &["/etc/**"], Verdict::Ask),
+    ]);
+    let rename = |path: &'static [u8]| GateQuery {
+        path,
+        session: Some(CODEX),
+        ops: OpSet::RENAME,
+        write: true,
+    };
+    let unheld = |path: &'static [u8]| p.unheld_rule(&rename(path)).map(|m| m.rule.name.clone());
+    // Nothing gates it, or an allow rule lets it through: the gate has nothing to say.
+    assert_eq!(unheld(b"/var/tmp/work/a.txt"), None);
+    assert_eq!(unheld(b"/etc/hosts"), None);
+    // Ask and deny rules, and the built-in rule (even under an allow rule's glob).
+    assert_eq!(unheld(b"/etc/ssh/sshd_config").as_deref(), Some("etc"));
+    assert_eq!(unheld(b"/etc/sudoers").as_deref(), Some("sudo"));
+    assert_eq!(
+        unheld(b"/etc/confgate/config.toml").as_deref(),
+        Some(BUILTIN_RULE_NAME)
+    );
+    // The same decision as `evaluate` wherever it is not an allow rule.
+    for path in [&b"/etc/ssh/sshd_config"[..], b"/etc/sudoers", b"/tmp/x"] {
+        let q = GateQuery {
+            path,
+            session: Some(CODEX),
+            ops: OpSet::RENAME,
+            write: true,
+        };
+        assert_eq!(p.unheld_rule(&q), p.evaluate(&q));
+    }
+}
+
+#[test]
 fn outside_sessions() {
     let mut everyone = rule("everyone", &["/etc/sudoers"], Verdict::Ask);
     everyone.outside_sessions = true;
