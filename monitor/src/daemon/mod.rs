@@ -34,19 +34,6 @@ const TICK: Duration = Duration::from_millis(50);
 /// Sessions without members are ended every this many ticks (1 s).
 const SESSION_SWEEP_TICKS: u64 = 20;
 const BROADCAST_CAPACITY: usize = 8192;
-/// A wake-up of the ring buffer that found fewer records than this, less than
-/// [`RING_STEADY`] after the previous one, means the daemon is ahead of a steady writer:
-/// it then waits [`RING_COALESCE`] before looking again.
-const RING_SMALL_BATCH: usize = 256;
-/// Wake-ups further apart than this are an idle host's: no wait (it would only add a
-/// timer wake-up to each).
-const RING_STEADY: Duration = Duration::from_millis(10);
-/// How long records may gather in the ring buffer while the daemon is ahead. The kernel
-/// wakes the reader only for a record written into an empty ring, so a daemon that drains
-/// at once is woken (two context switches: the runtime's poller, then this loop) for
-/// nearly every record of a steady writer. A millisecond of records is ~0.04 MiB at
-/// 300k records/s, against a ring of several MiB; events are emitted on [`TICK`] anyway.
-const RING_COALESCE: Duration = Duration::from_millis(1);
 /// Files primed into the chmod/chown classification cache per watched tree.
 const ATTRIB_PRIME_LIMIT: usize = 100_000;
 
@@ -262,16 +249,14 @@ fn handle_actions(shared: &Shared, pipeline: &mut Pipeline, actions: Vec<Action>
     }
 }
 
-/// Process every record in the ring buffer now. Returns how many there were.
+/// Process every record in the ring buffer now.
 fn drain_ring(
     ring: &mut RingBuf<MapData>,
     shared: &Shared,
     pipeline: &mut Pipeline,
     metrics: &Metrics,
-) -> usize {
-    let mut n = 0;
+) {
     while let Some(item) = ring.next() {
-        n += 1;
         let decoded = decode(&item);
         drop(item);
         match decoded {
@@ -285,7 +270,6 @@ fn drain_ring(
             }
         }
     }
-    n
 }
 
 fn admin_gid(name: Option<&str>) -> anyhow::Result<Option<u32>> {
@@ -405,7 +389,6 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     // are dropped together at the end of this function.
     let mut rb = unsafe { AsyncFd::register(ringbuf) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut last_ring_wake = Instant::now();
     let mut tick = tokio::time::interval(TICK);
     let mut ticks: u64 = 0;
     // Record counts at the last session sweep and at the last heap trim.
@@ -434,14 +417,8 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             guard = rb.readable_mut() => {
                 let mut guard = guard.context("ring buffer poll")?;
-                let n = drain_ring(guard.get_inner_mut(), &shared, &mut pipeline, &metrics);
+                drain_ring(guard.get_inner_mut(), &shared, &mut pipeline, &metrics);
                 guard.clear_ready();
-                let now = Instant::now();
-                let steady = now.duration_since(last_ring_wake) < RING_STEADY;
-                last_ring_wake = now;
-                if steady && n < RING_SMALL_BATCH {
-                    tokio::time::sleep(RING_COALESCE).await;
-                }
             }
             batch = fan.next_batch() => {
                 match batch {
