@@ -28,8 +28,8 @@ use tonic::{Request, Response, Status};
 use super::audit::Audit;
 use super::identity::{ApproverId, Authenticator};
 use super::store::{
-    ApprovalStore, GrantRec, Refusal, RequestRec, Resolution, Resolved, Scope, State, UpdateKind,
-    UpdateRec,
+    ApprovalStore, GrantRec, Refusal, RequestRec, Resolution, Resolved, SUBMIT_SYNC_GRACE, Scope,
+    State, UpdateKind, UpdateRec,
 };
 use super::wire::{self, MAX_NAME, MAX_PATH, MAX_TEXT, check_text, invalid};
 use crate::store::StoreError;
@@ -420,8 +420,12 @@ impl pb::approver_server::Approver for ApproverService {
         let (rec, created, unsynced) = s.db("submit", move |st| st.submit(new)).await?;
         let out = wire::request(&rec, None);
         // Acknowledged only once durable (a crash before would lose the request, and the
-        // host resends only what was not acknowledged).
-        let sync = s.db("submit", move |st| st.sync(unsynced));
+        // host resends only what was not acknowledged). The grace is waited here, not on a
+        // blocking thread: a burst of requests must not park the blocking pool.
+        let sync = async {
+            tokio::time::sleep(SUBMIT_SYNC_GRACE).await;
+            s.db("submit", move |st| st.sync(unsynced)).await
+        };
         if created {
             bump(&s.counters.submitted);
             if rec.state == State::Pending {

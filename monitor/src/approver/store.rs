@@ -277,10 +277,11 @@ impl ApprovalStore {
         Ok((rec, created, unsynced))
     }
 
-    /// Waits until a [`ApprovalStore::submit`] is durable: usually served by the durable
-    /// commit of a decision made within [`SUBMIT_SYNC_GRACE`], else by a commit of its own.
+    /// Makes a [`ApprovalStore::submit`] durable: at once if a durable commit (a decision's)
+    /// has covered it since, else by a commit of its own. Callers wait
+    /// [`SUBMIT_SYNC_GRACE`] first, off the blocking pool, to give a decision that chance.
     pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
-        self.store.sync(u, SUBMIT_SYNC_GRACE)
+        self.store.sync(u, Duration::ZERO)
     }
 
     /// One request.

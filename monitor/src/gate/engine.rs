@@ -709,7 +709,10 @@ impl Engine {
                 let uplink = self.uplink.clone();
                 let metrics = Arc::clone(&self.state.metrics);
                 tokio::spawn(async move {
-                    if let Err(e) = uplink.sync(unsynced, REQUEST_SYNC_GRACE).await {
+                    // The grace is waited here, not on a blocking thread: a burst of
+                    // requests must not park the blocking pool.
+                    tokio::time::sleep(REQUEST_SYNC_GRACE).await;
+                    if let Err(e) = uplink.sync(unsynced, Duration::ZERO).await {
                         GateMetrics::inc(&metrics.store_errors);
                         warn!(request = id, error = %e, "cannot make the approval request durable");
                     }
