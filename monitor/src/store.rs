@@ -11,7 +11,7 @@
 //! loss only causes a harmless repeat goes through [`Store::write_lazy`] (no fsync; made
 //! durable by the next [`Store::write`]). Records that must reach the disk soon but need not
 //! hold up their caller go through [`Store::write_deferred`] + [`Store::sync`]: group commit,
-//! where the caller's later wait is usually served by a durable commit someone else made.
+//! where the caller's later sync is usually served by a durable commit someone else made.
 //! Sequences handed out by deferred commits are skipped ahead at start-up
 //! ([`Store::skip_ids`]), so that an id lost with an unsynced commit is never handed out twice.
 //!
@@ -21,9 +21,8 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::marker::PhantomData;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
@@ -168,9 +167,7 @@ struct Inner {
     /// Lazy and deferred commits so far; each takes the next number inside its transaction.
     lazy: AtomicU64,
     /// The highest of those numbers that a durable commit has since covered.
-    durable: Mutex<u64>,
-    /// Signalled after each durable commit.
-    synced: Condvar,
+    durable: AtomicU64,
     /// Durable commits made (tests see whether a sync needed one of its own).
     durable_commits: AtomicU64,
 }
@@ -228,8 +225,7 @@ impl Store {
                 db,
                 path: path.to_owned(),
                 lazy: AtomicU64::new(0),
-                durable: Mutex::new(0),
-                synced: Condvar::new(),
+                durable: AtomicU64::new(0),
                 durable_commits: AtomicU64::new(0),
             }),
         };
@@ -303,22 +299,15 @@ impl Store {
         Ok((out, Unsynced(mark)))
     }
 
-    /// Waits until the deferred commit `u` is on disk: for up to `grace` for a durable
-    /// commit made by someone else, then by committing durably itself (which covers every
-    /// commit before it). Returns at once if it already is.
-    pub fn sync(&self, u: Unsynced, grace: Duration) -> Result<(), StoreError> {
-        let durable = lock(&self.inner.durable);
-        let (durable, _) = self
-            .inner
-            .synced
-            .wait_timeout_while(durable, grace, |d| *d < u.0)
-            .unwrap_or_else(|e| e.into_inner());
-        if *durable >= u.0 {
+    /// Makes the deferred commit `u` durable: at once if a durable commit made since
+    /// (anyone's) covered it, else by committing durably itself (which covers every commit
+    /// before it). Callers that want to give another commit the chance wait before calling.
+    pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
+        if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
             return Ok(());
         }
-        drop(durable);
         let txn = self.inner.db.begin_write()?;
-        if *lock(&self.inner.durable) >= u.0 {
+        if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
             // A durable commit landed while this one waited for the write lock.
             txn.abort()?;
             return Ok(());
@@ -381,7 +370,7 @@ impl Store {
         let inner = &self.inner;
         let lazy_so_far = inner.lazy.load(Ordering::SeqCst);
         let lazy = matches!(durability, Durability::None)
-            && lazy_so_far.saturating_sub(*lock(&inner.durable)) < DEFERRED_MAX;
+            && lazy_so_far.saturating_sub(inner.durable.load(Ordering::SeqCst)) < DEFERRED_MAX;
         if lazy {
             txn.set_durability(Durability::None);
             *mark = inner.lazy.fetch_add(1, Ordering::SeqCst) + 1;
@@ -392,12 +381,7 @@ impl Store {
         *mark = lazy_so_far;
         txn.commit()?;
         inner.durable_commits.fetch_add(1, Ordering::Relaxed);
-        let mut durable = lock(&inner.durable);
-        if *durable < lazy_so_far {
-            *durable = lazy_so_far;
-        }
-        drop(durable);
-        inner.synced.notify_all();
+        inner.durable.fetch_max(lazy_so_far, Ordering::SeqCst);
         Ok(())
     }
 
@@ -546,11 +530,6 @@ impl WriteTx<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded values are plain numbers: a panic elsewhere cannot leave them torn.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn decode<V: DeserializeOwned>(
     table: RecordTable<V>,
     key: u64,
@@ -650,23 +629,15 @@ mod tests {
             // Someone else's durable commit covers it: the sync needs no commit of its own.
             store.put(T, 2, &8).unwrap();
             let before = commits(&store);
-            store.sync(first, Duration::ZERO).unwrap();
+            store.sync(first).unwrap();
             assert_eq!(commits(&store), before);
-            // Nobody else commits: after the grace, the sync commits durably itself.
+            // Nobody else committed: the sync commits durably itself.
             let ((), second) = store.write_deferred(|tx| tx.put(T, 3, &9)).unwrap();
-            store.sync(second, Duration::from_millis(1)).unwrap();
+            store.sync(second).unwrap();
             assert_eq!(commits(&store), before + 1);
-            // A waiting sync is woken by a durable commit made meanwhile.
-            let ((), third) = store.write_deferred(|tx| tx.put(T, 4, &10)).unwrap();
-            let s2 = store.clone();
-            let waiter =
-                std::thread::spawn(move || s2.sync(third, Duration::from_secs(600)).unwrap());
-            store.put(T, 5, &11).unwrap();
-            waiter.join().unwrap();
-            assert_eq!(commits(&store), before + 2, "one commit served both");
         }
         let store = Store::open(&path).unwrap();
-        for (k, v) in [(1, 7), (2, 8), (3, 9), (4, 10), (5, 11)] {
+        for (k, v) in [(1, 7), (2, 8), (3, 9)] {
             assert_eq!(store.get(T, k).unwrap(), Some(v));
         }
     }
@@ -686,7 +657,7 @@ mod tests {
         );
         let (id, u) = last.unwrap();
         assert_eq!(id, DEFERRED_MAX + 1);
-        store.sync(u, Duration::ZERO).unwrap();
+        store.sync(u).unwrap();
         assert_eq!(
             store.inner.durable_commits.load(Ordering::Relaxed),
             before + 1,

@@ -281,7 +281,7 @@ impl ApprovalStore {
     /// has covered it since, else by a commit of its own. Callers wait
     /// [`SUBMIT_SYNC_GRACE`] first, off the blocking pool, to give a decision that chance.
     pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
-        self.store.sync(u, Duration::ZERO)
+        self.store.sync(u)
     }
 
     /// One request.

@@ -135,13 +135,11 @@ enum Next {
     /// An `ask` that this live grant covers.
     Granted(u64),
     DenyAndRequest(Arc<Rule>, OpSet),
-    /// A hold: its request is filed (`None`: it could not be, counted).
+    /// A hold: its request is filed, with the body of its ledger line (`None`: it could
+    /// not be, counted).
     Hold {
         rule: Arc<Rule>,
-        filed: Option<(u64, Value)>,
-        rx: oneshot::Receiver<Outcome>,
-        t_ask: Duration,
-        t_filed: Duration,
+        filed: Option<(Filed, Value)>,
     },
 }
 
@@ -393,14 +391,18 @@ impl Engine {
             rule: rule.name.clone(),
             keep,
         };
-        let filed = self.file_now(ctx, &rule, rule.timeout, Some(waiter));
-        Next::Hold {
-            rule,
-            filed,
-            rx,
-            t_ask,
-            t_filed: ev.received.elapsed(),
-        }
+        let filed =
+            self.file_now(ctx, &rule, rule.timeout, Some(waiter))
+                .map(|(request_id, body)| {
+                    let filed = Filed {
+                        request_id,
+                        rx,
+                        t_ask,
+                        t_filed: ev.received.elapsed(),
+                    };
+                    (filed, body)
+                });
+        Next::Hold { rule, filed }
     }
 
     async fn handle(self: Arc<Self>, held: Held) {
@@ -433,14 +435,8 @@ impl Engine {
                 let asked = (pre, created, p.writer, p.session);
                 self.deny_and_request(held, asked, ops, &rule).await
             }
-            Next::Hold {
-                rule,
-                filed,
-                rx,
-                t_ask,
-                t_filed,
-            } => {
-                let Some((request_id, body)) = filed else {
+            Next::Hold { rule, filed } => {
+                let Some((filed, body)) = filed else {
                     self.fallback(
                         held,
                         rule.fail == FailVerdict::Allow,
@@ -453,12 +449,6 @@ impl Engine {
                     return;
                 };
                 self.ledger("request", body).await;
-                let filed = Filed {
-                    request_id,
-                    rx,
-                    t_ask,
-                    t_filed,
-                };
                 self.await_decision(held, pre, created, &rule, filed).await
             }
         }
@@ -712,7 +702,7 @@ impl Engine {
                     // The grace is waited here, not on a blocking thread: a burst of
                     // requests must not park the blocking pool.
                     tokio::time::sleep(REQUEST_SYNC_GRACE).await;
-                    if let Err(e) = uplink.sync(unsynced, Duration::ZERO).await {
+                    if let Err(e) = uplink.sync(unsynced).await {
                         GateMetrics::inc(&metrics.store_errors);
                         warn!(request = id, error = %e, "cannot make the approval request durable");
                     }

@@ -226,7 +226,7 @@ impl UplinkHandle {
     /// service deduplicates resubmissions on it).
     pub async fn submit(&self, req: SubmitRequest) -> Result<(), UplinkError> {
         let (_, unsynced) = self.submit_with(move |_| Ok(req)).await?;
-        self.sync(unsynced, Duration::ZERO).await
+        self.sync(unsynced).await
     }
 
     /// Like [`UplinkHandle::submit`], for a request that `build` makes inside the spool's
@@ -280,11 +280,11 @@ impl UplinkHandle {
         Ok((id, unsynced))
     }
 
-    /// Waits until a request spooled by [`UplinkHandle::submit_with`] is on disk: for up to
-    /// `grace` for a durable commit made meanwhile (a decision's), then by one of its own.
-    pub async fn sync(&self, u: Unsynced, grace: Duration) -> Result<(), UplinkError> {
+    /// Makes a request spooled by [`UplinkHandle::submit_with`] durable: at once if a
+    /// durable commit made meanwhile (a decision's) covered it, else by one of its own.
+    pub async fn sync(&self, u: Unsynced) -> Result<(), UplinkError> {
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.sync(u, grace)).await??;
+        tokio::task::spawn_blocking(move || spool.sync(u)).await??;
         Ok(())
     }
 

@@ -1,7 +1,5 @@
 //! The uplink's durable state in the daemon's store: the spool of requests and reports not
 //! yet acknowledged by the approval service, and the cursor of applied updates.
-use std::time::Duration;
-
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +79,7 @@ impl Spool {
     /// Spools a submit request; returns its spool id and entry.
     pub fn push_submit(&self, req: &SubmitRequest) -> Result<(u64, SpoolEntry), StoreError> {
         let (spooled, unsynced) = self.push_submit_with(|_| Ok(req.clone()))?;
-        self.sync(unsynced, Duration::ZERO)?;
+        self.sync(unsynced)?;
         Ok(spooled)
     }
 
@@ -107,9 +105,9 @@ impl Spool {
         })
     }
 
-    /// Waits until a spooled request is durable (see [`Store::sync`]).
-    pub fn sync(&self, u: Unsynced, grace: Duration) -> Result<(), StoreError> {
-        self.store.sync(u, grace)
+    /// Makes a spooled request durable (see [`Store::sync`]).
+    pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
+        self.store.sync(u)
     }
 
     /// Spools a report, allocating its `host_seq` in the same transaction.

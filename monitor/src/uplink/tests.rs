@@ -607,7 +607,7 @@ async fn submit_with_writes_the_callers_record_in_the_spool_transaction() {
         .unwrap();
     assert_eq!(id, 1);
     assert_eq!(store.get(MINE, 1).unwrap().as_deref(), Some("kept"));
-    h.sync(unsynced, Duration::ZERO).await.unwrap();
+    h.sync(unsynced).await.unwrap();
     let spooled = spool::Spool::new(store.clone()).load().unwrap();
     assert_eq!(spooled.len(), 1);
     assert_eq!(spooled[0].1.submit_request().unwrap().host_request_id, 1);
