@@ -4,7 +4,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use super::records::MAX_HANDLE_SZ;
@@ -280,6 +280,83 @@ pub(crate) fn fd_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// [`fd_path`] for a hot loop: `readlinkat` relative to a kept `/proc/self/fd` directory
+/// (the kernel resolves one name instead of walking `/proc`, `self` and `fd` per call)
+/// into a reused buffer, with the name formatted on the stack. Without the directory
+/// (procfs not mounted at start-up) it falls back to [`fd_path`].
+pub(crate) struct FdPaths {
+    dir: Option<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+impl FdPaths {
+    pub(crate) fn new() -> Self {
+        let c = c"/proc/self/fd";
+        // SAFETY: NUL-terminated path; the returned fd is owned below.
+        let dir = cvt(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })
+        // SAFETY: fresh descriptor.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .ok();
+        // The kernel's answer is at most PATH_MAX bytes (longer paths fail with
+        // ENAMETOOLONG); one byte more tells a full buffer from a truncated answer.
+        FdPaths {
+            dir,
+            buf: vec![0; libc::PATH_MAX as usize + 1],
+        }
+    }
+
+    /// The path of `fd`, exact bytes.
+    pub(crate) fn path_of(&mut self, fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+        let Some(dir) = &self.dir else {
+            return fd_path(fd).map(|p| p.into_os_string().into_vec());
+        };
+        let mut name = [0u8; 12];
+        let len = decimal(fd.as_raw_fd(), &mut name);
+        // SAFETY: `name` holds `len` ASCII digits followed by NUL; `buf` is a valid
+        // writable region of buf.len() bytes.
+        let n = unsafe {
+            libc::readlinkat(
+                dir.as_raw_fd(),
+                name.as_ptr().cast(),
+                self.buf.as_mut_ptr().cast(),
+                self.buf.len(),
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        debug_assert!(name[len] == 0);
+        if n >= self.buf.len() {
+            // Cannot happen with procfs; never return a truncated path.
+            return fd_path(fd).map(|p| p.into_os_string().into_vec());
+        }
+        Ok(self.buf[..n].to_vec())
+    }
+}
+
+/// Writes the decimal digits of `n` (a descriptor: not negative) followed by NUL into
+/// `out`; returns the number of digits.
+fn decimal(n: RawFd, out: &mut [u8; 12]) -> usize {
+    let mut v = n.unsigned_abs();
+    let mut tmp = [0u8; 10];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let len = tmp.len() - i;
+    out[..len].copy_from_slice(&tmp[i..]);
+    out[len] = 0;
+    len
+}
+
 /// One directory entry as listed by `getdents`.
 pub(crate) struct DirEntry {
     pub name: CString,
@@ -311,4 +388,45 @@ pub(crate) fn list_dir(fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
 /// Join a raw entry name to a directory path.
 pub(crate) fn join(dir: &Path, name: &[u8]) -> PathBuf {
     dir.join(OsStr::from_bytes(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_names() {
+        for n in [0, 7, 10, 123_456, RawFd::MAX] {
+            let mut out = [0xffu8; 12];
+            let len = decimal(n, &mut out);
+            assert_eq!(&out[..len], n.to_string().as_bytes());
+            assert_eq!(out[len], 0);
+        }
+    }
+
+    #[test]
+    fn fd_paths_match_readlink_for_odd_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let names: [&[u8]; 3] = [b"plain", b"new\nline", b"bad-\xff-utf8"];
+        let mut paths = FdPaths::new();
+        assert!(paths.dir.is_some(), "procfs is mounted here");
+        for name in names {
+            let p = dir.path().join(OsStr::from_bytes(name));
+            let f = std::fs::File::create(&p).unwrap();
+            let got = paths.path_of(f.as_fd()).unwrap();
+            assert_eq!(got, p.as_os_str().as_bytes());
+            assert_eq!(got, fd_path(f.as_fd()).unwrap().as_os_str().as_bytes());
+        }
+    }
+
+    #[test]
+    fn fd_paths_of_a_closed_descriptor_is_an_error() {
+        let mut paths = FdPaths::new();
+        let f = std::fs::File::open("/").unwrap();
+        let raw = f.as_raw_fd();
+        drop(f);
+        // SAFETY: the number is only used as a name to look up; it is not used as an fd.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+        assert!(paths.path_of(borrowed).is_err());
+    }
 }

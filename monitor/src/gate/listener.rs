@@ -12,7 +12,7 @@
 //!    allowed;
 //! 4. a session member without a `PENDING` entry (a read-only open, or one whose entry is
 //!    missing) → its intent is read from `/proc/<tid>/syscall`;
-//! 5. the path is read (`readlink /proc/self/fd/N`) and the [`Decider`] answers `Allow`,
+//! 5. the path is read (`readlinkat` of N in a kept `/proc/self/fd`) and the [`Decider`] answers `Allow`,
 //!    `Deny`, or `Defer { fail }`; a deferred event is sent to the engine over a bounded
 //!    channel as a [`Held`], and a full or closed channel applies `fail` at once (counted).
 //!
@@ -23,9 +23,10 @@
 //!
 //! If the daemon dies, the kernel closes the group and allows every pending and queued
 //! event: held writes go through unchecked (see the module docs of [`crate::gate`]).
+use std::cell::RefCell;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use tracing::{debug, info, warn};
 use super::intent::{self, Intent, IntentSource, Opener};
 use super::sys::{self, PermGroup, RawEvent};
 use super::{GateCounters, GateError, Verdict};
+use crate::fanotify::sys::FdPaths;
 
 /// Bytes read from the group at once (a permission event is 24 bytes; every event read
 /// costs one descriptor until it is answered).
@@ -247,6 +249,7 @@ impl Listener {
             self_pid: std::process::id(),
             buf: vec![0u8; READ_BUF],
             events: Vec::with_capacity(READ_BUF / 24),
+            paths: RefCell::new(FdPaths::new()),
         };
         let w = wake.clone();
         let thread = std::thread::Builder::new()
@@ -317,6 +320,8 @@ struct Worker {
     self_pid: u32,
     buf: Vec<u8>,
     events: Vec<RawEvent>,
+    /// Reads each event's path (`handle` takes `&self`).
+    paths: RefCell<FdPaths>,
 }
 
 impl Worker {
@@ -434,8 +439,8 @@ impl Worker {
         if opener.session == 0 && !intent.is_some_and(|i| i.write) {
             return self.fast(&fd, &c.allowed_fast);
         }
-        let path = match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
-            Ok(p) => p.into_os_string().into_vec(),
+        let path = match self.paths.borrow_mut().path_of(fd.as_fd()) {
+            Ok(p) => p,
             Err(_) => {
                 GateCounters::add(&c.readlink_errors);
                 Vec::new()
