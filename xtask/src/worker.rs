@@ -5,6 +5,11 @@
 //! With `--latency`, it times each `open(O_WRONLY|O_TRUNC)` of existing files instead
 //! (`--files N`: cycle over `f0`..`f{N-1}`, created first; `--warmup K`: untimed opens
 //! first) and adds the percentiles `p50_ns`, `p99_ns`, `p999_ns`.
+//!
+//! With `--pingpong`, it times `--ops` round trips of one byte through pipes to a child
+//! process that echoes it (`--echo`): what it costs this machine's scheduler to wake
+//! another process and be woken by it, the floor under any permission round trip
+//! (scenario 4). `--same-cpu` pins both processes to the CPU the worker started on.
 use std::{ffi::CString, os::unix::ffi::OsStrExt, path::PathBuf, time::Instant};
 
 use anyhow::Context as _;
@@ -29,6 +34,15 @@ pub struct Args {
     /// `--latency`: untimed opens first (e.g. to obtain a grant).
     #[arg(long, default_value_t = 0)]
     warmup: u64,
+    /// Time pipe round trips to an echoing child process instead of the loop.
+    #[arg(long)]
+    pingpong: bool,
+    /// `--pingpong`: pin the worker and its child to one CPU.
+    #[arg(long)]
+    same_cpu: bool,
+    /// Echo each byte of stdin to stdout until end of file (the `--pingpong` child).
+    #[arg(long, hide = true)]
+    echo: bool,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -51,6 +65,95 @@ fn open_close(path: &CString) -> anyhow::Result<u64> {
     Ok(ns)
 }
 
+/// Prints the JSON result of timed operations (`ns`, unsorted).
+fn print_percentiles(ops: u64, elapsed: std::time::Duration, mut ns: Vec<u64>) {
+    let per_op = elapsed.as_nanos() as f64 / ops.max(1) as f64;
+    ns.sort_unstable();
+    println!(
+        "{}",
+        serde_json::json!({
+            "ops": ops, "ns_per_op": per_op,
+            "p50_ns": pct(&ns, 50.0), "p99_ns": pct(&ns, 99.0), "p999_ns": pct(&ns, 99.9),
+        })
+    );
+}
+
+/// Pin this process (and the children it spawns afterwards) to the CPU it runs on.
+fn pin_to_current_cpu() -> anyhow::Result<()> {
+    // SAFETY: plain syscalls; the set is initialised by CPU_ZERO before use.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        anyhow::ensure!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu as usize, &mut set);
+        anyhow::ensure!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn pingpong(a: &Args) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    if a.same_cpu {
+        pin_to_current_cpu()?;
+    }
+    let exe = std::env::current_exe().context("own executable")?;
+    let mut child = Command::new(exe)
+        .args(["worker", "--echo", "--ops", "0", "--dir"])
+        .arg(&a.dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawning the echo process")?;
+    let (mut to, mut from) = (
+        child.stdin.take().context("child stdin")?,
+        child.stdout.take().context("child stdout")?,
+    );
+    let mut byte = [b'x'];
+    let mut trip = |byte: &mut [u8; 1]| -> anyhow::Result<u64> {
+        let t = Instant::now();
+        to.write_all(&byte[..])?;
+        from.read_exact(&mut byte[..])?;
+        Ok(t.elapsed().as_nanos() as u64)
+    };
+    for _ in 0..a.warmup {
+        trip(&mut byte)?;
+    }
+    let start = Instant::now();
+    let mut ns: Vec<u64> = Vec::with_capacity(a.ops as usize);
+    for _ in 0..a.ops {
+        ns.push(trip(&mut byte)?);
+    }
+    let elapsed = start.elapsed();
+    drop(to);
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "echo process: {status}");
+    print_percentiles(a.ops, elapsed, ns);
+    Ok(())
+}
+
+fn echo() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut byte = [0u8];
+    // Unbuffered both ways: StdinLock reads through an 8 KiB buffer, but the parent
+    // sends one byte at a time and waits for it to come back.
+    while input.read(&mut byte)? == 1 {
+        output.write_all(&byte)?;
+        output.flush()?;
+    }
+    Ok(())
+}
+
 fn latency(a: &Args) -> anyhow::Result<()> {
     let files: Vec<CString> = (0..a.files.max(1))
         .map(|i| {
@@ -69,15 +172,7 @@ fn latency(a: &Args) -> anyhow::Result<()> {
     for i in 0..a.ops {
         ns.push(open_close(&files[(i as usize) % files.len()])?);
     }
-    let per_op = start.elapsed().as_nanos() as f64 / a.ops.max(1) as f64;
-    ns.sort_unstable();
-    println!(
-        "{}",
-        serde_json::json!({
-            "ops": a.ops, "ns_per_op": per_op,
-            "p50_ns": pct(&ns, 50.0), "p99_ns": pct(&ns, 99.0), "p999_ns": pct(&ns, 99.9),
-        })
-    );
+    print_percentiles(a.ops, start.elapsed(), ns);
     Ok(())
 }
 
@@ -86,6 +181,12 @@ fn cstr(p: &std::path::Path) -> anyhow::Result<CString> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.echo {
+        return echo();
+    }
+    if a.pingpong {
+        return pingpong(&a);
+    }
     if a.latency {
         return latency(&a);
     }

@@ -5,6 +5,13 @@
 //!    first, untimed open, approved by the auto-approver). Added latency per open =
 //!    percentile with the daemon minus the same percentile without it (same files, same
 //!    worker, same round).
+//!
+//!    Next to it, in the daemon-off part of each round, the machine's wake-up floor: one
+//!    byte through pipes to an echoing child process and back (`xtask worker --pingpong`),
+//!    with both processes on one CPU and free to run on any. A permission round trip is
+//!    such a hand-off (the opener wakes the listener, the listener wakes the opener), so
+//!    on a machine where the hand-off alone costs more than the target, no permission
+//!    daemon can meet it; the table shows both in the same run.
 //! 5. Approval round trip: every timed open is of a new gated file, so each one is held
 //!    while the request goes through the real approval service (the daemon's local one,
 //!    over its Unix socket) to the auto-approver and the decision comes back.
@@ -96,6 +103,8 @@ fn rule(cx: &Cx, v: Variant) -> String {
 pub struct GateLatency {
     id: u32,
     samples: Samples,
+    /// Scenario 4: pipe round trips per round, keyed by "pinned to one CPU".
+    floor: BTreeMap<bool, Vec<Latency>>,
     approved: u64,
 }
 
@@ -104,6 +113,7 @@ impl GateLatency {
         GateLatency {
             id: 4,
             samples: Samples::default(),
+            floor: BTreeMap::new(),
             approved: 0,
         }
     }
@@ -112,6 +122,7 @@ impl GateLatency {
         GateLatency {
             id: 5,
             samples: Samples::default(),
+            floor: BTreeMap::new(),
             approved: 0,
         }
     }
@@ -162,6 +173,16 @@ impl GateLatency {
             }
         }
         Ok(dir)
+    }
+
+    /// Scenario 4's wake-up floor: the percentile `f` over rounds.
+    fn floor_of(&self, same_cpu: bool, f: fn(&Latency) -> f64) -> Summary {
+        Summary::of(
+            self.floor
+                .get(&same_cpu)
+                .map(|l| l.iter().map(f).collect())
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -217,6 +238,12 @@ impl Scenario for GateLatency {
         if let Some(a) = approver {
             self.approved += a.stop()?;
         }
+        if self.id == 4 && mode == Mode::Off {
+            for same_cpu in [true, false] {
+                let l = workload::pingpong(cx, cx.plan.ops, same_cpu)?;
+                self.floor.entry(same_cpu).or_default().push(l);
+            }
+        }
         Ok(())
     }
 
@@ -238,11 +265,34 @@ impl Scenario for GateLatency {
             });
             out[v.dir()] = per;
         }
+        for (same_cpu, key) in [(true, "floor_same_cpu"), (false, "floor_any_cpu")] {
+            if self.floor.contains_key(&same_cpu) {
+                out[key] = json!({
+                    "p50_ns": self.floor_of(same_cpu, P50),
+                    "p99_ns": self.floor_of(same_cpu, P99),
+                    "p999_ns": self.floor_of(same_cpu, P999),
+                });
+            }
+        }
         out
     }
 
     fn rows(&self) -> Vec<Row> {
         let us = |s: Summary| s.show("µs", 1);
+        let floor = [(true, "one CPU"), (false, "any CPU")]
+            .into_iter()
+            .filter(|(same_cpu, _)| self.floor.contains_key(same_cpu))
+            .map(|(same_cpu, cpus)| Row {
+                scenario: format!("4 reference: wake-up floor, {cpus}"),
+                measure: "pipe round trip to another process, p50 / p99 / p99.9 (no daemon)".into(),
+                off: format!(
+                    "{} / {} / {}",
+                    us(self.floor_of(same_cpu, |l| l.p50_ns / 1000.0)),
+                    us(self.floor_of(same_cpu, |l| l.p99_ns / 1000.0)),
+                    us(self.floor_of(same_cpu, |l| l.p999_ns / 1000.0)),
+                ),
+                ..Row::default()
+            });
         self.variants()
             .iter()
             .map(|&v| {
@@ -277,6 +327,7 @@ impl Scenario for GateLatency {
                     verdict: verdict(ok),
                 }
             })
+            .chain(floor)
             .collect()
     }
 
@@ -292,6 +343,14 @@ impl Scenario for GateLatency {
                 );
             }
         }
+        ensure!(
+            self.id != 4
+                || self
+                    .floor
+                    .values()
+                    .all(|l| l.iter().all(|x| x.p50_ns > 0.0)),
+            "scenario 4: no wake-up floor samples"
+        );
         ensure!(
             self.id == 4 || self.approved > 0,
             "scenario 5: the auto-approver approved nothing"

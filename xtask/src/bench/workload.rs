@@ -81,7 +81,28 @@ pub fn latency(
         .arg(dir)
         .args(["--ops", &ops.to_string(), "--files", &files.to_string()])
         .args(["--warmup", &warmup.to_string()]);
-    let v = output_of(&mut cmd)?;
+    parse_latency(&output_of(&mut cmd)?)
+}
+
+/// Round trips of one byte between the worker and an echoing child process
+/// (`xtask worker --pingpong`), outside any session: the machine's wake-up floor.
+pub fn pingpong(cx: &Cx, ops: u64, same_cpu: bool) -> anyhow::Result<Latency> {
+    let mut cmd = worker_command(cx, None);
+    cmd.args(["worker", "--pingpong", "--dir"])
+        .arg(&cx.unwatched)
+        .args([
+            "--ops",
+            &ops.to_string(),
+            "--warmup",
+            &(ops / 10).to_string(),
+        ]);
+    if same_cpu {
+        cmd.arg("--same-cpu");
+    }
+    parse_latency(&output_of(&mut cmd)?)
+}
+
+fn parse_latency(v: &Value) -> anyhow::Result<Latency> {
     let f = |k: &str| v[k].as_f64().with_context(|| format!("worker output: {k}"));
     Ok(Latency {
         p50_ns: f("p50_ns")?,
