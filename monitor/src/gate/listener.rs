@@ -393,7 +393,7 @@ impl Worker {
 
     fn handle(&self, ev: RawEvent) {
         let c = self.group.counters();
-        GateCounters::add(&c.perm_events);
+        GateCounters::add(&c.events);
         let Some(fd) = ev.fd else {
             // FAN_NOFD (queue overflow): nothing to answer.
             GateCounters::add(&c.malformed);
@@ -489,35 +489,38 @@ impl Worker {
 /// Counters whose increase is logged (at warn) by the reporter thread, with what it means.
 const REPORTED: &[(&str, &str)] = &[
     (
-        "defer_queue_full",
+        "perm_defer_queue_full",
         "the engine's queue was full; held opens got their failure verdict at once",
     ),
     (
-        "defer_closed",
+        "perm_defer_closed",
         "nobody receives held opens; they got their failure verdict at once",
     ),
     (
-        "held_dropped_fallback",
+        "perm_held_dropped_fallback",
         "held opens were dropped unanswered and got their failure verdict",
     ),
     (
-        "response_errors",
+        "perm_response_errors",
         "the kernel refused answers (openers killed meanwhile?)",
     ),
     (
-        "readlink_errors",
+        "perm_readlink_errors",
         "paths of held files could not be read; decided with an empty path",
     ),
     (
-        "read_errors",
+        "perm_read_errors",
         "reading the fanotify group failed (out of descriptors?); the kernel denied those opens",
     ),
-    ("malformed", "unparsable fanotify records were allowed"),
+    ("perm_malformed", "unparsable fanotify records were allowed"),
     (
-        "decider_panics",
+        "perm_decider_panics",
         "the decider panicked; those opens were denied",
     ),
-    ("mark_errors", "files or directories could not be gated"),
+    (
+        "perm_mark_errors",
+        "files or directories could not be gated",
+    ),
 ];
 
 /// Once a second, log the increase of the counters in [`REPORTED`]. Runs on its own

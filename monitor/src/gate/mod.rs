@@ -134,16 +134,18 @@ macro_rules! counters {
         /// Counters of one permission group (its marks, listener and held events), since
         /// the group was created. Every response written to the kernel is counted in
         /// exactly one of `allowed_fast`, `allowed_self`, `allowed`, `denied`; fallback
-        /// verdicts are counted both there and under their reason.
+        /// verdicts are counted both there and under their reason. `confgate stats` shows
+        /// them with the prefix `perm_` (`perm_allowed_fast`, ...), apart from the
+        /// engine's `gate_*` counters.
         #[derive(Debug, Default)]
         pub struct GateCounters {
             $($(#[$doc])* pub $name: AtomicU64,)*
         }
 
         impl GateCounters {
-            /// Every counter with its name, for `confgate stats`.
+            /// Every counter with its name (`perm_` + the field), for `confgate stats`.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+                vec![$((concat!("perm_", stringify!($name)), self.$name.load(Ordering::Relaxed)),)*]
             }
         }
     };
@@ -151,7 +153,7 @@ macro_rules! counters {
 
 counters! {
     /// Permission events read from the group.
-    perm_events,
+    events,
     /// Allowed without asking the decider: read-only opens, and opens by processes outside
     /// sessions when the decider does not gate those.
     allowed_fast,

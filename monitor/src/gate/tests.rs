@@ -368,9 +368,9 @@ fn denied_write_fails_with_eperm_and_allowed_write_lands() {
     );
     assert_eq!(i.tgid, pid);
     assert_eq!(seen[1].path, s.t("ok"));
-    assert_eq!(s.counter("denied"), 2);
-    assert_eq!(s.counter("allowed"), 1);
-    assert_eq!(s.counter("intent_proc"), 3);
+    assert_eq!(s.counter("perm_denied"), 2);
+    assert_eq!(s.counter("perm_allowed"), 1);
+    assert_eq!(s.counter("perm_intent_proc"), 3);
 }
 
 #[test]
@@ -381,7 +381,7 @@ fn read_only_opens_are_allowed_without_the_decider() {
     }) else {
         return;
     };
-    let before = s.counter("allowed_fast");
+    let before = s.counter("perm_allowed_fast");
     assert_eq!(
         Child::open(&s.t("r"), How::Openat(libc::O_RDONLY), b"").wait(),
         0
@@ -391,7 +391,7 @@ fn read_only_opens_are_allowed_without_the_decider() {
         0
     );
     assert!(s.decider.seen().is_empty());
-    assert_eq!(s.counter("allowed_fast"), before + 2);
+    assert_eq!(s.counter("perm_allowed_fast"), before + 2);
     // The same decider denies writes: the events did reach the listener.
     assert_eq!(Child::open(&s.t("r"), How::Openat(WO), b"").wait(), EPERM);
     assert_eq!(s.decider.seen().len(), 1);
@@ -407,9 +407,9 @@ fn outside_sessions_everything_is_fast_unless_the_decider_gates_them() {
     };
     assert_eq!(Child::open(&s.t("w"), How::Openat(WO), b"").wait(), 0);
     assert!(s.decider.seen().is_empty());
-    assert_eq!(s.counter("allowed_fast"), 1);
+    assert_eq!(s.counter("perm_allowed_fast"), 1);
     assert_eq!(
-        s.counter("intent_proc"),
+        s.counter("perm_intent_proc"),
         0,
         "no /proc read on the fast path"
     );
@@ -442,8 +442,11 @@ fn deferred_open_waits_for_the_answer() {
     held.deny().unwrap();
     assert_eq!(c.wait(), EPERM);
     assert_eq!(std::fs::read(s.t("a")).unwrap(), b"a1");
-    assert_eq!(s.counter("deferred"), 2);
-    assert_eq!((s.counter("allowed"), s.counter("denied")), (1, 1));
+    assert_eq!(s.counter("perm_deferred"), 2);
+    assert_eq!(
+        (s.counter("perm_allowed"), s.counter("perm_denied")),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -464,8 +467,11 @@ fn dropped_held_applies_its_failure_verdict() {
     let c = Child::open(&s.t("fail-deny"), How::Openat(WO_CREAT), b"");
     drop(s.recv());
     assert_eq!(c.wait(), EPERM);
-    assert_eq!(s.counter("held_dropped_fallback"), 2);
-    assert_eq!((s.counter("allowed"), s.counter("denied")), (1, 1));
+    assert_eq!(s.counter("perm_held_dropped_fallback"), 2);
+    assert_eq!(
+        (s.counter("perm_allowed"), s.counter("perm_denied")),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -477,11 +483,13 @@ fn queue_full_and_closed_channel_apply_the_failure_verdict_at_once() {
         return;
     };
     let first = Child::open(&s.t("one"), How::Openat(WO_CREAT), b"");
-    wait_until("the first open to be queued", || s.counter("deferred") == 1);
+    wait_until("the first open to be queued", || {
+        s.counter("perm_deferred") == 1
+    });
     // The queue (capacity 1) is full: the second open gets its failure verdict at once.
     let second = Child::open(&s.t("two"), How::Openat(WO_CREAT), b"");
     assert_eq!(second.wait(), EPERM);
-    assert_eq!(s.counter("defer_queue_full"), 1);
+    assert_eq!(s.counter("perm_defer_queue_full"), 1);
     first.assert_blocked();
     s.recv().allow().unwrap();
     assert_eq!(first.wait(), 0);
@@ -490,7 +498,7 @@ fn queue_full_and_closed_channel_apply_the_failure_verdict_at_once() {
     drop(s.rx.take());
     let third = Child::open(&s.t("three"), How::Openat(WO_CREAT), b"");
     assert_eq!(third.wait(), EPERM);
-    assert_eq!(s.counter("defer_closed"), 1);
+    assert_eq!(s.counter("perm_defer_closed"), 1);
 }
 
 #[test]
@@ -580,7 +588,7 @@ fn own_process_is_exempt_and_does_not_deadlock() {
     let Some(s) = Scene::simple(8, rule) else {
         return;
     };
-    let before = s.counter("allowed_self");
+    let before = s.counter("perm_allowed_self");
     let (tx, rx) = std::sync::mpsc::channel();
     let t = s.t.clone();
     // Opens from two threads of this process (neither is the main thread, so the tgid is
@@ -596,7 +604,7 @@ fn own_process_is_exempt_and_does_not_deadlock() {
     rx.recv_timeout(WAIT)
         .expect("an open by this process was not answered");
     assert!(s.decider.seen().is_empty());
-    assert_eq!(s.counter("allowed_self"), before + 2);
+    assert_eq!(s.counter("perm_allowed_self"), before + 2);
     assert_eq!(std::fs::read(s.t("mine")).unwrap(), b"ours");
 }
 
@@ -722,7 +730,7 @@ fn proc_fallback_decodes_every_open_syscall() {
         held.allow().unwrap();
         assert_eq!(c.wait(), 0, "{how:?}");
     }
-    assert_eq!(s.counter("intent_proc"), cases.len() as u64);
+    assert_eq!(s.counter("perm_intent_proc"), cases.len() as u64);
 }
 
 #[test]
@@ -755,8 +763,8 @@ fn mark_tree_refuses_pseudo_filesystems_and_counts_marks() {
             errors: 0
         }
     );
-    assert_eq!(counter(&group, "marks"), 5);
-    assert_eq!(counter(&group, "mark_errors"), 0);
+    assert_eq!(counter(&group, "perm_marks"), 5);
+    assert_eq!(counter(&group, "perm_mark_errors"), 0);
 }
 
 /// The intent and session come from the eBPF maps for a process tagged into a session.
@@ -808,7 +816,7 @@ fn kernel_maps_give_intent_and_session() {
     );
     let pre = capture(&ev.fd, 1024).unwrap();
     assert!(created_by_open(&pre, &i));
-    assert_eq!(s.counter("intent_ebpf"), 1);
+    assert_eq!(s.counter("perm_intent_ebpf"), 1);
     held.allow().unwrap();
     assert_eq!(c.wait(), 0);
     kernel.untag(pid);
@@ -830,9 +838,9 @@ fn kernel_maps_give_intent_and_session() {
     assert_eq!(check.session_of_tid(pid), 0);
 
     // Outside any session (the decider does not gate those): fast, even for writes.
-    let fast = s.counter("allowed_fast");
+    let fast = s.counter("perm_allowed_fast");
     assert_eq!(Child::open(&s.t("r"), How::Openat(WO), b"").wait(), 0);
-    assert_eq!(s.counter("allowed_fast"), fast + 1);
+    assert_eq!(s.counter("perm_allowed_fast"), fast + 1);
     assert_eq!(s.decider.seen().len(), 2);
     drop(s);
 }
@@ -859,8 +867,8 @@ fn stop_removes_the_marks_and_held_events_stay_answerable() {
     held.allow().unwrap();
     assert_eq!(c.wait(), 0);
     let counters = s.listener.counters();
-    assert!(counters.contains(&("deferred", 1)), "{counters:?}");
-    assert!(counters.contains(&("allowed", 1)), "{counters:?}");
+    assert!(counters.contains(&("perm_deferred", 1)), "{counters:?}");
+    assert!(counters.contains(&("perm_allowed", 1)), "{counters:?}");
 }
 
 /// What the daemon's death means for held opens: when the group is closed, the kernel
