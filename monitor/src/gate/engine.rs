@@ -115,7 +115,7 @@ struct Waiter {
     keep: Option<Keep>,
 }
 
-/// What the blocking preparation of a held open read and decided.
+/// What the blocking preparation of a held open read (its decision is a [`Next`]).
 struct Prepared {
     held: Held,
     pre: Option<PreImage>,
@@ -123,7 +123,6 @@ struct Prepared {
     created: bool,
     writer: context::Writer,
     session: Option<SessionInfo>,
-    next: Next,
 }
 
 /// What happens to a prepared held open.
@@ -305,7 +304,7 @@ impl Engine {
     /// its session's root (almost every held open is an `ask`, whose request needs it), the
     /// policy's verdict and, for a hold that no grant covers, the request filed and on its
     /// way to the service. One hand-off between threads instead of three.
-    fn prepare(&self, held: Held) -> Prepared {
+    fn prepare(&self, held: Held) -> (Prepared, Next) {
         let ev = held.event();
         let session = self.state.sessions.get(ev.session);
         let root = session.as_ref().map_or(1, |s| s.root_pid);
@@ -352,14 +351,14 @@ impl Engine {
                 }
             },
         };
-        Prepared {
+        let p = Prepared {
             held,
             pre,
             created,
             writer,
             session,
-            next,
-        }
+        };
+        (p, next)
     }
 
     /// An `ask`: a live grant lets the open through; a hold files its request now.
@@ -407,41 +406,38 @@ impl Engine {
 
     async fn handle(self: Arc<Self>, held: Held) {
         let me = Arc::clone(&self);
-        let Some(p) = blocking(move || me.prepare(held)).await else {
+        let Some((p, next)) = blocking(move || me.prepare(held)).await else {
             GateMetrics::inc(&self.state.metrics.preimage_errors);
             return;
         };
-        let (held, pre, created) = (p.held, p.pre, p.created);
-        let ev = held.event();
-        match p.next {
+        match next {
             Next::Allow => {
-                let _ = held.allow();
+                let _ = p.held.allow();
             }
             Next::Deny(rule) => {
+                let ev = p.held.event();
                 let body = json!({"path": encode(&ev.path), "session": ev.session,
                                   "pid": ev.tgid, "rule": rule.name});
                 GateMetrics::inc(&self.state.metrics.denied_by_policy);
-                self.deny(held, created).await;
+                self.deny(p.held, p.created).await;
                 self.audit("denied_by_policy", body).await;
             }
             Next::Granted(grant_id) => {
+                let ev = p.held.event();
                 let (path, session_id) = (ev.path.clone(), ev.session);
-                self.track(grant_id, &path, session_id, pre.as_ref(), created)
+                self.track(grant_id, &path, session_id, p.pre.as_ref(), p.created)
                     .await;
                 GateMetrics::inc(&self.state.metrics.allowed_by_grant);
-                let _ = held.allow();
+                let _ = p.held.allow();
             }
-            Next::DenyAndRequest(rule, ops) => {
-                let asked = (pre, created, p.writer, p.session);
-                self.deny_and_request(held, asked, ops, &rule).await
-            }
+            Next::DenyAndRequest(rule, ops) => self.deny_and_request(p, ops, &rule).await,
             Next::Hold { rule, filed } => {
                 let Some((filed, body)) = filed else {
                     self.fallback(
-                        held,
+                        p.held,
                         rule.fail == FailVerdict::Allow,
-                        pre,
-                        created,
+                        p.pre,
+                        p.created,
                         &rule.name,
                         "the request could not be filed",
                     )
@@ -449,7 +445,8 @@ impl Engine {
                     return;
                 };
                 self.ledger("request", body).await;
-                self.await_decision(held, pre, created, &rule, filed).await
+                self.await_decision(p.held, p.pre, p.created, &rule, filed)
+                    .await
             }
         }
     }
@@ -472,14 +469,14 @@ impl Engine {
 
     /// Deny-and-request: the open is denied at once and a request filed (unless one for
     /// the same session and path is pending) for a retry after approval.
-    async fn deny_and_request(
-        self: &Arc<Self>,
-        held: Held,
-        asked: (Option<PreImage>, bool, context::Writer, Option<SessionInfo>),
-        ops: OpSet,
-        rule: &Arc<Rule>,
-    ) {
-        let (pre, created, writer, session) = asked;
+    async fn deny_and_request(self: &Arc<Self>, p: Prepared, ops: OpSet, rule: &Arc<Rule>) {
+        let Prepared {
+            held,
+            pre,
+            created,
+            writer,
+            session,
+        } = p;
         let ev = held.event();
         let path = ev.path.clone();
         let key = (ev.session, path.clone());
