@@ -19,6 +19,7 @@
 //!   only start-up needed.
 pub mod approver;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod correlate;
 pub mod daemon;

@@ -45,6 +45,8 @@ pub mod tls;
 pub mod wire;
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 /// What a co-located service (the daemon's, in local mode) can learn about a Unix-socket

@@ -13,11 +13,12 @@
 //! the host's `Submit` is acknowledged only once it is durable, usually by the commit of its
 //! own decision (group commit, [`crate::store::Store::sync`]). Its id can be lost in a crash
 //! before that, never reused ([`ApprovalStore::open`] skips request ids ahead).
+use crate::clock::now_ms;
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
@@ -380,13 +381,6 @@ impl Shared {
         self.count_refusal(s);
         tracing::info!(call, code = ?s.code(), reason = s.message(), "approver call refused");
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The tonic service.

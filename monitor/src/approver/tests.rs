@@ -11,8 +11,9 @@ use tonic::Code;
 use super::ca::{CaRequest, init_ca};
 use super::client::{ClientConfig, connect};
 use super::config::{ServiceConfig, TlsSection, TokenEntry};
-use super::service::now_ms;
+use super::testing;
 use super::{ApproverError, Server, SessionOracle};
+use crate::clock::now_ms;
 use confgate_proto::v1 as pb;
 
 const TOKEN: &str = "s3cret-ops-token";
@@ -42,33 +43,14 @@ fn unix_client_config(dir: &Path) -> ClientConfig {
 }
 
 fn submit_req(hid: u64, session: u64, deadline: i64, fail: &str) -> pb::SubmitRequest {
-    pb::SubmitRequest {
-        host_request_id: hid,
-        context: Some(pb::RequestContext {
-            host: "claimed-host".into(),
-            session_id: session,
-            agent: "codex".into(),
-            uid: 1000,
-            user: "dev".into(),
-            pid: 4242,
-            command: vec!["sh".into(), "-c".into(), "echo x > /etc/app.conf".into()],
-            ancestry: vec![pb::ProcessInfo {
-                pid: 4242,
-                comm: "sh".into(),
-                argv: vec!["sh".into()],
-            }],
-            path: "/etc/app[1].conf".into(),
-            operations: vec!["write".into()],
-            reason: "update the port".into(),
-            content_sha256: String::new(),
-            rule: "etc".into(),
-            mode: "hold".into(),
-            fail_verdict: fail.into(),
-            cwd: "/root".into(),
-        }),
-        created_unix_ms: 0,
-        deadline_unix_ms: deadline,
-    }
+    let mut r = testing::submit_request(hid, session);
+    let c = testing::context(&mut r);
+    c.host = "claimed-host".into();
+    c.path = "/etc/app[1].conf".into();
+    c.fail_verdict = fail.into();
+    r.created_unix_ms = 0;
+    r.deadline_unix_ms = deadline;
+    r
 }
 
 fn approve(id: u64) -> pb::DecideRequest {

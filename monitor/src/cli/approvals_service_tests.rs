@@ -10,7 +10,8 @@ use super::approvals::{self, DeciderSession, ScopeArg};
 use super::grants;
 use crate::approver::client::{ClientConfig, connect};
 use crate::approver::config::ServiceConfig;
-use crate::approver::{Server, service::now_ms};
+use crate::approver::{Server, testing};
+use crate::clock::now_ms;
 use crate::rpc::testing::{FakeDaemon, TestServer};
 
 fn service_config(dir: &std::path::Path) -> ServiceConfig {
@@ -23,32 +24,10 @@ fn service_config(dir: &std::path::Path) -> ServiceConfig {
 }
 
 fn submit(hid: u64, session: u64) -> pb::SubmitRequest {
-    pb::SubmitRequest {
-        host_request_id: hid,
-        context: Some(pb::RequestContext {
-            session_id: session,
-            agent: "codex".into(),
-            uid: 1000,
-            user: "dev".into(),
-            pid: 4242,
-            command: vec!["sh".into(), "-c".into(), "echo x > /etc/app.conf".into()],
-            ancestry: vec![pb::ProcessInfo {
-                pid: 4242,
-                comm: "sh".into(),
-                argv: vec!["sh".into()],
-            }],
-            path: "/etc/app.conf".into(),
-            operations: vec!["write".into()],
-            reason: "update the port".into(),
-            rule: "etc".into(),
-            mode: "hold".into(),
-            fail_verdict: "deny".into(),
-            cwd: "/root".into(),
-            ..Default::default()
-        }),
-        created_unix_ms: 0,
-        deadline_unix_ms: now_ms() + 300_000,
-    }
+    let mut r = testing::submit_request(hid, session);
+    r.created_unix_ms = 0;
+    r.deadline_unix_ms = now_ms() + 300_000;
+    r
 }
 
 fn text(buf: &[u8]) -> String {

@@ -1,6 +1,7 @@
 //! `confgate grants list|revoke`: the grants approvals created, and ending one early.
 //!
 //! Connection options and formatting helpers are those of [`super::approvals`].
+use crate::clock::now_ms;
 use std::io::Write;
 
 use anyhow::anyhow;
@@ -8,8 +9,8 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::approvals::{
-    ApproverArgs, check_note, dash, ellipsize, explain, now_ms, print_list, relative, render_table,
-    term, utc_time, when,
+    ApproverArgs, check_note, dash, ellipsize, explain, print_list, relative, render_table, term,
+    utc_time, when,
 };
 use crate::approver::client::{ApproverChannel, connect};
 use crate::config::Config;

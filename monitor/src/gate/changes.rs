@@ -68,12 +68,6 @@ impl Change {
     }
 }
 
-pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Keeps `pre` as the pre-image of `path` under `grant_id` (durably, before the write is
 /// allowed).
 pub fn record(
@@ -111,7 +105,7 @@ pub fn record_in(
             size: pre.size,
             sha256: hex(&pre.sha256),
             content_kept: pre.content.is_some(),
-            created_unix_ms: now_unix_ms(),
+            created_unix_ms: crate::clock::now_ms(),
         };
         if let Some(content) = &pre.content {
             tx.put_blob(PREIMAGES, id, content)?;

@@ -7,6 +7,7 @@
 //! known now), and then the open is allowed, denied, or asked about. Store writes, ledger
 //! appends and `/proc` reads all run on blocking threads; the permission thread never waits
 //! on any of them.
+use crate::clock::unix_ms;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -172,11 +173,6 @@ struct Keep {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn unix_ms(t: SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Runs `f` on a blocking thread; `None` if the thread panicked or the runtime is going
@@ -1227,7 +1223,7 @@ fn quarantine_file(dir: &std::path::Path, path: &[u8]) -> std::io::Result<std::p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let dst = dir.join(format!("{}-{name}", changes::now_unix_ms()));
+    let dst = dir.join(format!("{}-{name}", crate::clock::now_ms()));
     match std::fs::rename(src, &dst) {
         Ok(()) => Ok(dst),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {

@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
@@ -300,9 +300,10 @@ impl UplinkHandle {
         let kind = kind.to_owned();
         let json = json.to_string();
         let spool = self.spool.clone();
-        let spooled =
-            tokio::task::spawn_blocking(move || spool.push_report(&kind, json, unix_ms_now()))
-                .await??;
+        let spooled = tokio::task::spawn_blocking(move || {
+            spool.push_report(&kind, json, crate::clock::now_ms())
+        })
+        .await??;
         let host_seq = match &spooled.1 {
             SpoolEntry::Report { host_seq, .. } => *host_seq,
             SpoolEntry::Submit { .. } => 0,
@@ -357,12 +358,6 @@ impl UplinkHandle {
         }
         self.shared.connected.store(false, Ordering::Relaxed);
     }
-}
-
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// What sending one pending entry takes.

@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 use confgate_proto::v1 as pb;
 
 use super::*;
-use crate::approver::Server;
 use crate::approver::client::connect;
 use crate::approver::config::ServiceConfig;
+use crate::approver::{Server, testing};
 use crate::policy::{Grant, OnExpiry, OpSet};
 use crate::store::STORE_FILE;
 
@@ -39,27 +39,11 @@ fn options() -> UplinkOptions {
 }
 
 fn request(id: u64) -> pb::SubmitRequest {
-    let now = super::unix_ms_now();
-    pb::SubmitRequest {
-        host_request_id: id,
-        context: Some(pb::RequestContext {
-            session_id: 3,
-            agent: "codex".into(),
-            uid: 0,
-            user: "root".into(),
-            pid: 4242,
-            command: vec!["sh".into(), "-c".into(), "echo x >> /etc/hosts".into()],
-            path: "/etc/hosts".into(),
-            operations: vec!["write".into()],
-            reason: "add a host entry".into(),
-            rule: "system-config".into(),
-            mode: "hold".into(),
-            fail_verdict: "deny".into(),
-            ..pb::RequestContext::default()
-        }),
-        created_unix_ms: now,
-        deadline_unix_ms: now + 120_000,
-    }
+    let mut r = testing::submit_request(id, 3);
+    let c = testing::context(&mut r);
+    c.path = "/etc/hosts".into();
+    c.rule = "system-config".into();
+    r
 }
 
 /// The service's id of the pending request with `host_request_id`, waiting up to 10 s.

@@ -283,18 +283,11 @@ fn client(socket: &Path) -> ClientConfig {
 }
 
 fn request(id: u64) -> SubmitRequest {
-    SubmitRequest {
-        host_request_id: id,
-        context: Some(RequestContext {
-            session_id: 3,
-            agent: "codex".into(),
-            path: "/etc/hosts".into(),
-            operations: vec!["write".into()],
-            ..RequestContext::default()
-        }),
-        created_unix_ms: 1,
-        deadline_unix_ms: 2,
-    }
+    let mut r = crate::approver::testing::submit_request(id, 3);
+    crate::approver::testing::context(&mut r).path = "/etc/hosts".into();
+    r.created_unix_ms = 1;
+    r.deadline_unix_ms = 2;
+    r
 }
 
 fn counter(h: &UplinkHandle, name: &str) -> u64 {
