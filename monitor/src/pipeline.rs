@@ -372,6 +372,12 @@ impl Pipeline {
     }
 
     /// Complete events, attributed. `marks`: when each source was last drained.
+    /// Nothing buffered or in flight: no observation waits for its twin and no syscall
+    /// for its exit, so a flush now would emit nothing.
+    pub fn is_quiet(&self) -> bool {
+        self.enters.is_empty() && self.correlator.pending() == 0
+    }
+
     pub fn flush(
         &mut self,
         now: Instant,

@@ -11,6 +11,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::broadcast};
 use tracing::{debug, info, warn};
 
+mod cadence;
 mod gate;
 
 pub use gate::GateRuntime;
@@ -30,9 +31,6 @@ use crate::{
     watch::WatchSet,
 };
 
-const TICK: Duration = Duration::from_millis(50);
-/// Sessions without members are ended every this many ticks (1 s).
-const SESSION_SWEEP_TICKS: u64 = 20;
 const BROADCAST_CAPACITY: usize = 8192;
 /// Files primed into the chmod/chown classification cache per watched tree.
 const ATTRIB_PRIME_LIMIT: usize = 100_000;
@@ -389,11 +387,10 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     // are dropped together at the end of this function.
     let mut rb = unsafe { AsyncFd::register(ringbuf) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut tick = tokio::time::interval(TICK);
-    let mut ticks: u64 = 0;
+    let mut cadence = cadence::Cadence::new(Instant::now());
+    let mut records_at_tick = 0u64;
     // Record counts at the last session sweep and at the last heap trim.
     let (mut records_at_sweep, mut records_at_trim) = (0u64, 0u64);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = cfg.output.stats_interval_secs;
     let mut stats_tick = tokio::time::interval(Duration::from_secs(stats_every.max(1)));
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -419,6 +416,7 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
                 let mut guard = guard.context("ring buffer poll")?;
                 drain_ring(guard.get_inner_mut(), &shared, &mut pipeline, &metrics);
                 guard.clear_ready();
+                cadence.activity(Instant::now());
             }
             batch = fan.next_batch() => {
                 match batch {
@@ -435,15 +433,18 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
                 let s = fan.stats();
                 metrics.fanotify_overflows.store(s.overflows, Ordering::Relaxed);
                 metrics.fanotify_unresolved.store(s.unresolved, Ordering::Relaxed);
+                cadence.activity(Instant::now());
             }
-            _ = tick.tick() => {
+            _ = cadence.tick() => {
                 // Drain both sources so that every twin of a buffered observation is known
                 // (see correlate.rs), then emit what is complete.
                 let ebpf_mark = Instant::now();
                 drain_ring(rb.get_mut(), &shared, &mut pipeline, &metrics);
                 let fan_mark = Instant::now();
+                let mut drained = 0usize;
                 match fan.drain() {
                     Ok(events) => events.into_iter().for_each(|ev| {
+                        drained += 1;
                         if let Some(g) = &gate {
                             g.on_fanotify(&ev);
                         }
@@ -466,13 +467,16 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
                     Metrics::inc(&metrics.sink_errors);
                     warn!(error = %e, "flushing the events file");
                 }
-                ticks += 1;
-                if ticks.is_multiple_of(SESSION_SWEEP_TICKS) {
+                let now = Instant::now();
+                let records = metrics.records.load(Ordering::Relaxed);
+                let quiet = drained == 0 && records == records_at_tick && pipeline.is_quiet();
+                records_at_tick = records;
+                cadence.ticked(now, quiet);
+                if cadence.sweep_due(now) {
                     let live: Vec<u64> = shared.registry.live().iter().map(|s| s.id).collect();
                     let ended = pipeline.ended_sessions(&live);
                     handle_actions(&shared, &mut pipeline, ended);
                     // A burst is over (no record for a second): give its heap back.
-                    let records = metrics.records.load(Ordering::Relaxed);
                     if records == records_at_sweep && records != records_at_trim {
                         crate::memory::trim_heap();
                         records_at_trim = records;
