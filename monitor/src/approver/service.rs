@@ -13,7 +13,6 @@
 //! the host's `Submit` is acknowledged only once it is durable, usually by the commit of its
 //! own decision (group commit, [`crate::store::Store::sync`]). Its id can be lost in a crash
 //! before that, never reused ([`ApprovalStore::open`] skips request ids ahead).
-use crate::clock::now_ms;
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +32,7 @@ use super::store::{
     State, UpdateKind, UpdateRec,
 };
 use super::wire::{self, MAX_NAME, MAX_PATH, MAX_TEXT, check_text, invalid};
+use crate::clock::now_ms;
 use crate::store::StoreError;
 use confgate_proto::v1 as pb;
 

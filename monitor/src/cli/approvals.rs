@@ -12,7 +12,6 @@
 //!
 //! Everything a request carries comes from a watched process: every string is made
 //! terminal-safe before it is printed (`--json` prints the values as JSON strings).
-use crate::clock::now_ms;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,6 +23,7 @@ use time::{OffsetDateTime, UtcOffset, macros::format_description};
 
 use crate::approver::client::{ApproverChannel, ClientConfig, connect};
 use crate::cli::grants;
+use crate::clock::now_ms;
 use crate::config::Config;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_client::ApproverClient;

@@ -1,7 +1,6 @@
 //! `confgate grants list|revoke`: the grants approvals created, and ending one early.
 //!
 //! Connection options and formatting helpers are those of [`super::approvals`].
-use crate::clock::now_ms;
 use std::io::Write;
 
 use anyhow::anyhow;
@@ -13,6 +12,7 @@ use super::approvals::{
     utc_time, when,
 };
 use crate::approver::client::{ApproverChannel, connect};
+use crate::clock::now_ms;
 use crate::config::Config;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_client::ApproverClient;

@@ -316,8 +316,8 @@ impl FdPaths {
             return fd_path(fd).map(|p| p.into_os_string().into_vec());
         };
         let mut name = [0u8; 12];
-        let len = decimal(fd.as_raw_fd(), &mut name);
-        // SAFETY: `name` holds `len` ASCII digits followed by NUL; `buf` is a valid
+        decimal(fd.as_raw_fd(), &mut name);
+        // SAFETY: `name` holds ASCII digits followed by NUL; `buf` is a valid
         // writable region of buf.len() bytes.
         let n = unsafe {
             libc::readlinkat(
@@ -328,7 +328,6 @@ impl FdPaths {
             )
         };
         let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
-        debug_assert!(name[len] == 0);
         if n >= self.buf.len() {
             // Cannot happen with procfs; never return a truncated path.
             return fd_path(fd).map(|p| p.into_os_string().into_vec());

@@ -7,7 +7,6 @@
 //! known now), and then the open is allowed, denied, or asked about. Store writes, ledger
 //! appends and `/proc` reads all run on blocking threads; the permission thread never waits
 //! on any of them.
-use crate::clock::unix_ms;
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +23,7 @@ use super::decider::{GateDecider, GateMetrics, GateState, Note, ops_of};
 use super::listener::{Held, PermEvent};
 use super::preimage::{self, PreImage};
 use super::requests::{GRANTS, REQUEST_IDS, REQUESTS, RequestRecord};
+use crate::clock::unix_ms;
 use crate::escape::encode;
 use crate::ledger::SharedLedger;
 use crate::policy::grants::{Grant, GrantSet};

@@ -56,18 +56,22 @@ impl Variant {
     }
 }
 
+/// The percentile `f` of each round's latencies, over the rounds.
+fn summary(rounds: Option<&Vec<Latency>>, f: fn(&Latency) -> f64) -> Summary {
+    Summary::of(
+        rounds
+            .map(|l| l.iter().map(f).collect())
+            .unwrap_or_default(),
+    )
+}
+
 /// Percentile samples (ns) per (variant, mode).
 #[derive(Default)]
 struct Samples(BTreeMap<(Variant, Mode), Vec<Latency>>);
 
 impl Samples {
     fn get(&self, v: Variant, m: Mode, f: fn(&Latency) -> f64) -> Summary {
-        Summary::of(
-            self.0
-                .get(&(v, m))
-                .map(|l| l.iter().map(f).collect())
-                .unwrap_or_default(),
-        )
+        summary(self.0.get(&(v, m)), f)
     }
 
     /// Median over rounds of (on - off) of the percentile `f`, in µs.
@@ -177,12 +181,7 @@ impl GateLatency {
 
     /// Scenario 4's wake-up floor: the percentile `f` over rounds.
     fn floor_of(&self, same_cpu: bool, f: fn(&Latency) -> f64) -> Summary {
-        Summary::of(
-            self.floor
-                .get(&same_cpu)
-                .map(|l| l.iter().map(f).collect())
-                .unwrap_or_default(),
-        )
+        summary(self.floor.get(&same_cpu), f)
     }
 }
 
