@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod gate;
+
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether the test can run; prints the skip reason when it cannot.

@@ -64,6 +64,7 @@ pub struct Counters {
     pub approved: AtomicU64,
     pub denied: AtomicU64,
     pub expired: AtomicU64,
+    pub released: AtomicU64,
     pub revoked: AtomicU64,
     pub reports: AtomicU64,
     pub reports_duplicate: AtomicU64,
@@ -86,6 +87,7 @@ impl Counters {
             ("approver_approved", c(&self.approved)),
             ("approver_denied", c(&self.denied)),
             ("approver_expired", c(&self.expired)),
+            ("approver_released_by_crash", c(&self.released)),
             ("approver_revoked", c(&self.revoked)),
             ("approver_reports", c(&self.reports)),
             ("approver_reports_duplicate", c(&self.reports_duplicate)),
@@ -266,6 +268,31 @@ impl Shared {
         Ok(wire::request(r, grant.as_ref()))
     }
 
+    /// A host reported that its daemon's crash let a held operation through: the request,
+    /// if still pending, is closed as released (never expired or decided later as if the
+    /// operation had waited). Failures are logged; the host's own ledger has the record.
+    async fn release(self: &Arc<Self>, host: &str, record: &serde_json::Value) {
+        let Some(host_request_id) = record.get("host_request_id").and_then(|v| v.as_u64()) else {
+            return;
+        };
+        let h = host.to_owned();
+        let found = self
+            .db("release", move |s| s.by_host_request(&h, host_request_id))
+            .await;
+        let Ok(Some(id)) = found else {
+            return;
+        };
+        let by = format!("host:{host}");
+        let now = now_ms();
+        match self
+            .db("release", move |s| s.resolve(id, Resolution::Release { by }, now))
+            .await
+        {
+            Ok(Ok(r)) => self.resolved(&r, json!({})).await,
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+
     /// After a committed resolution: pending set, ledger, wake streams, counters.
     async fn resolved(self: &Arc<Self>, r: &Resolved, extra: serde_json::Value) {
         let req = &r.request;
@@ -273,6 +300,7 @@ impl Shared {
         let (kind, counter) = match req.state {
             State::Approved => ("request_approved", &self.counters.approved),
             State::Denied => ("request_denied", &self.counters.denied),
+            State::Released => ("request_released", &self.counters.released),
             _ => ("request_expired", &self.counters.expired),
         };
         bump(counter);
@@ -476,6 +504,9 @@ impl pb::approver_server::Approver for ApproverService {
             ));
         }
         bump(&s.counters.reports);
+        if r.kind == "released_by_crash" {
+            s.release(&host, &record).await;
+        }
         Ok(Response::new(pb::ReportResponse {}))
     }
 

@@ -76,6 +76,8 @@ pub enum State {
     Approved,
     Denied,
     Expired,
+    /// The host released the held operation without a decision (its daemon crashed).
+    Released,
 }
 
 impl State {
@@ -86,6 +88,7 @@ impl State {
             State::Approved => "approved",
             State::Denied => "denied",
             State::Expired => "expired",
+            State::Released => "released",
         }
     }
 }
@@ -191,6 +194,9 @@ pub enum Resolution {
     },
     /// Deadline passed: the request's failure verdict applies.
     Expire,
+    /// The host says the held operation went through without a decision (a crash of its
+    /// daemon released it); `by` names the host.
+    Release { by: String },
 }
 
 /// Why a resolution or revocation did not happen.
@@ -284,6 +290,22 @@ impl ApprovalStore {
         self.store.sync(u)
     }
 
+    /// The service's id of the request `host` filed as `host_request_id`.
+    pub fn by_host_request(
+        &self,
+        host: &str,
+        host_request_id: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.store.read_raw(|txn| {
+            let t = match txn.open_table(HOST_REQUESTS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get((host, host_request_id))?.map(|v| v.value()))
+        })
+    }
+
     /// One request.
     pub fn request(&self, id: u64) -> Result<Option<RequestRec>, StoreError> {
         self.store.get(REQUESTS, id)
@@ -375,6 +397,19 @@ impl ApprovalStore {
                         note,
                         decided_unix_ms: now_ms,
                         verdict: "deny".to_owned(),
+                        grant_id: None,
+                    },
+                    None,
+                ),
+                Resolution::Release { by } => (
+                    DecisionRec {
+                        state: State::Released,
+                        decided_by: by,
+                        note: "the host's daemon stopped while the operation was held: the \
+                               kernel let it through without a decision"
+                            .to_owned(),
+                        decided_unix_ms: now_ms,
+                        verdict: "allow".to_owned(),
                         grant_id: None,
                     },
                     None,

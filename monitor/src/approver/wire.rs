@@ -193,6 +193,7 @@ impl From<State> for pb::RequestState {
             State::Approved => pb::RequestState::Approved,
             State::Denied => pb::RequestState::Denied,
             State::Expired => pb::RequestState::Expired,
+            State::Released => pb::RequestState::Released,
         }
     }
 }

@@ -620,6 +620,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(pb::RequestState::Approved) => "approved",
         Ok(pb::RequestState::Denied) => "denied",
         Ok(pb::RequestState::Expired) => "expired",
+        Ok(pb::RequestState::Released) => "released",
         Ok(pb::RequestState::Unspecified) | Err(_) => "unknown",
     }
 }

@@ -211,6 +211,12 @@ impl GateRuntime {
         if ev.kind != Kind::Rename {
             return;
         }
+        // A rename that failed (`mv -n`'s RENAME_NOREPLACE onto an existing name, EPERM,
+        // ENOTDIR, ...) moved nothing: the file at the target is still the one that was
+        // there, and acting on it would punish whoever owns it.
+        if ev.result.is_some_and(|r| r < 0) {
+            return;
+        }
         let (Some(session), Some(target)) = (ev.session.as_ref(), ev.target.as_deref()) else {
             return;
         };

@@ -60,6 +60,17 @@ pub struct Change {
     /// Whether the content is in [`PREIMAGES`] (false when larger than the limit).
     pub content_kept: bool,
     pub created_unix_ms: i64,
+    /// Device and inode of the file the gated open wrote (0 in records kept before they
+    /// were recorded): an approved temp file renamed onto its final name is recognised by
+    /// them.
+    #[serde(default)]
+    pub dev: u64,
+    #[serde(default)]
+    pub ino: u64,
+    /// Why this change cannot be reverted even with `on_expiry = "revert"` (it is flagged
+    /// instead), e.g. an approved temp file renamed over a file whose content was not kept.
+    #[serde(default)]
+    pub unrevertable: Option<String>,
 }
 
 impl Change {
@@ -91,28 +102,65 @@ pub fn record_in(
     session_id: u64,
     existed: bool,
 ) -> Result<Change, StoreError> {
-    {
-        let id = tx.next_id(CHANGE_IDS)?;
-        let change = Change {
-            id,
-            grant_id,
-            path: path.to_vec(),
-            session_id,
-            existed,
-            mode: pre.mode,
-            uid: pre.uid,
-            gid: pre.gid,
-            size: pre.size,
-            sha256: hex(&pre.sha256),
-            content_kept: pre.content.is_some(),
-            created_unix_ms: crate::clock::now_ms(),
-        };
-        if let Some(content) = &pre.content {
-            tx.put_blob(PREIMAGES, id, content)?;
-        }
-        tx.put(CHANGES, id, &change)?;
-        Ok(change)
+    let meta = Kept {
+        mode: pre.mode,
+        uid: pre.uid,
+        gid: pre.gid,
+        size: pre.size,
+        sha256: hex(&pre.sha256),
+        dev: pre.dev,
+        ino: pre.ino,
+    };
+    record_kept_in(tx, &meta, pre.content.as_deref(), path, grant_id, session_id, existed)
+}
+
+/// What is known of a file's earlier state besides its content.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Hex SHA-256 of the content.
+    pub sha256: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Records a change from what was kept of a file elsewhere (e.g. with an undecided
+/// request), with its content when it was kept.
+pub fn record_kept_in(
+    tx: &WriteTx<'_>,
+    kept: &Kept,
+    content: Option<&[u8]>,
+    path: &[u8],
+    grant_id: u64,
+    session_id: u64,
+    existed: bool,
+) -> Result<Change, StoreError> {
+    let id = tx.next_id(CHANGE_IDS)?;
+    let change = Change {
+        id,
+        grant_id,
+        path: path.to_vec(),
+        session_id,
+        existed,
+        mode: kept.mode,
+        uid: kept.uid,
+        gid: kept.gid,
+        size: kept.size,
+        sha256: kept.sha256.clone(),
+        content_kept: content.is_some(),
+        created_unix_ms: crate::clock::now_ms(),
+        dev: kept.dev,
+        ino: kept.ino,
+        unrevertable: None,
+    };
+    if let Some(content) = content {
+        tx.put_blob(PREIMAGES, id, content)?;
     }
+    tx.put(CHANGES, id, &change)?;
+    Ok(change)
 }
 
 /// Forgets a change once it has been settled (flagged or reverted).
@@ -291,6 +339,89 @@ pub fn revert(store: &Store, change: &Change) -> Result<Reverted, ChangeError> {
     Ok(Reverted::Restored)
 }
 
+/// Puts `change`'s pre-image back at its path *replacing* whatever file is there now (a
+/// file renamed in, a link): the pre-image is written to a new file beside it and renamed
+/// over the path, so the path never has no file. The file that was there is kept in
+/// `quarantine` (hard-linked, or copied across filesystems) first; its new name is returned.
+pub fn restore_replacing(
+    store: &Store,
+    change: &Change,
+    quarantine: &Path,
+) -> Result<std::path::PathBuf, ChangeError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let io = |source| ChangeError::Io {
+        path: change.path_text(),
+        source,
+    };
+    let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
+    let content = match change.content_kept {
+        true => store.get_blob(PREIMAGES, change.id)?,
+        false => None,
+    };
+    let Some(content) = content else {
+        return Err(ChangeError::NoContent {
+            path: change.path_text(),
+        });
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+    };
+    let stamp = crate::clock::now_ms();
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".confgate-restore-{stamp}"));
+    let tmp = dir.join(tmp_name);
+    let write_tmp = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(change.mode & 0o7777)
+            .open(&tmp)?;
+        f.write_all(&content)?;
+        std::os::unix::fs::fchown(&f, Some(change.uid), Some(change.gid))?;
+        f.set_permissions(std::fs::Permissions::from_mode(change.mode & 0o7777))?;
+        f.sync_all()
+    };
+    if let Err(e) = write_tmp() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    let keep = || -> std::io::Result<std::path::PathBuf> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(quarantine)?;
+        let mut q = std::ffi::OsString::from(format!("{stamp}-"));
+        q.push(name);
+        let dst = quarantine.join(q);
+        match std::fs::hard_link(path, &dst) {
+            Ok(()) => Ok(dst),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // Across filesystems: copy a regular file's bytes; anything else (a
+                // symlink, a fifo) is recorded by its name only.
+                if std::fs::symlink_metadata(path)?.is_file() {
+                    std::fs::copy(path, &dst)?;
+                }
+                Ok(dst)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let kept = match keep() {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+    };
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,6 +460,47 @@ mod tests {
             existed,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn restore_replacing_keeps_the_renamed_in_file_and_never_leaves_the_path_empty() {
+        let (dir, store) = setup();
+        let f = dir.path().join("app.conf");
+        let c = keep(&store, &f, b"pool=10\n", true);
+        // A different file renamed over the path.
+        std::fs::write(dir.path().join("new"), b"pool=999\n").unwrap();
+        std::fs::rename(dir.path().join("new"), &f).unwrap();
+        let q = dir.path().join("quarantine");
+        let kept = restore_replacing(&store, &c, &q).unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"pool=10\n");
+        assert_eq!(std::fs::read(&kept).unwrap(), b"pool=999\n");
+        assert!(kept.starts_with(&q));
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.to_string_lossy().contains("confgate-restore")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn restore_replacing_without_content_touches_nothing() {
+        let (dir, store) = setup();
+        let f = dir.path().join("big.conf");
+        let mut p = pre(b"x", 0o100644);
+        p.content = None;
+        let c = record(&store, &p, f.as_os_str().as_bytes(), 1, 1, true).unwrap();
+        std::fs::write(&f, b"renamed in").unwrap();
+        let q = dir.path().join("quarantine");
+        assert!(matches!(
+            restore_replacing(&store, &c, &q),
+            Err(ChangeError::NoContent { .. })
+        ));
+        assert_eq!(std::fs::read(&f).unwrap(), b"renamed in");
+        assert!(!q.exists());
     }
 
     #[test]

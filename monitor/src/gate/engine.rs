@@ -15,14 +15,16 @@ use std::time::{Duration, SystemTime};
 use confgate_proto::v1 as pb;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::changes::{self, CHANGES, Change};
 use super::context;
 use super::decider::{GateDecider, GateMetrics, GateState, Note, ops_of};
 use super::listener::{Held, PermEvent};
 use super::preimage::{self, PreImage};
-use super::requests::{GRANTS, REQUEST_IDS, REQUESTS, RequestRecord};
+use super::requests::{
+    GRANTS, REQUEST_IDS, REQUEST_PREIMAGES, REQUESTS, RequestPre, RequestRecord,
+};
 use crate::clock::unix_ms;
 use crate::escape::encode;
 use crate::ledger::SharedLedger;
@@ -45,6 +47,10 @@ const DIFF_DELAY: Duration = Duration::from_millis(100);
 /// How long a filed request waits for another durable commit (its decision's, when an
 /// approver answers at once) before the engine makes it durable by itself.
 const REQUEST_SYNC_GRACE: Duration = Duration::from_millis(50);
+
+/// How long a file renamed onto a gated path is remembered, so that the same rename seen
+/// twice (two sources, or a notice repeated) is handled once.
+const RENAME_MEMORY: Duration = Duration::from_secs(30);
 
 /// What the event pipeline tells the gate.
 #[derive(Debug)]
@@ -105,6 +111,8 @@ pub struct Engine {
     diffed: Mutex<HashMap<u64, String>>,
     /// Paths with a diff scheduled (closes within [`DIFF_DELAY`] share it).
     diff_scheduled: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Files renamed onto gated paths lately: path -> (device, inode, when).
+    renames_seen: Mutex<HashMap<Vec<u8>, (u64, u64, std::time::Instant)>>,
 }
 
 /// A held open waiting for the decision of its request.
@@ -213,6 +221,15 @@ impl Engine {
             metrics.clone(),
             note_tx,
         ));
+        // Holds a crash released: closed before anything else reads the requests.
+        let released = match super::crash::release_holds(&store) {
+            Ok(r) => r,
+            Err(e) => {
+                GateMetrics::inc(&metrics.store_errors);
+                error!(error = %e, "cannot close the holds a crash released; they stay pending");
+                Vec::new()
+            }
+        };
         let mut changes: HashMap<u64, Vec<Change>> = HashMap::new();
         for (_, c) in store.scan(CHANGES)? {
             state.track(c.grant_id, &c.path);
@@ -233,6 +250,7 @@ impl Engine {
             waiters: Arc::new(Mutex::new(HashMap::new())),
             diffed: Mutex::new(HashMap::new()),
             diff_scheduled: Mutex::new(std::collections::HashSet::new()),
+            renames_seen: Mutex::new(HashMap::new()),
             open_requests: Mutex::new(open_requests),
             changes: Mutex::new(changes),
         });
@@ -241,6 +259,9 @@ impl Engine {
         tokio::spawn(engine.clone().notice_loop(notices));
         tokio::spawn(engine.clone().note_loop(note_rx));
         tokio::spawn(engine.clone().expiry_loop());
+        if !released.is_empty() {
+            tokio::spawn(engine.clone().settle_released(released));
+        }
         Ok(GateHandles {
             engine,
             decider: Arc::new(GateDecider::new(state)),
@@ -387,7 +408,7 @@ impl Engine {
             keep,
         };
         let filed =
-            self.file_now(ctx, &rule, rule.timeout, Some(waiter))
+            self.file_now(ctx, &rule, rule.timeout, Some(waiter), a.pre.map(|p| (p, a.created)))
                 .map(|(request_id, body)| {
                     let filed = Filed {
                         request_id,
@@ -497,7 +518,7 @@ impl Engine {
         let me = Arc::clone(self);
         let r = Arc::clone(rule);
         let lifetime = self.state.policy.request_ttl();
-        let filed = blocking(move || me.file_now(ctx, &r, lifetime, None))
+        let filed = blocking(move || me.file_now(ctx, &r, lifetime, None, None))
             .await
             .flatten();
         if let Some((id, body)) = filed {
@@ -570,6 +591,7 @@ impl Engine {
             }
             Ok(Err(_)) | Err(_) => {
                 GateMetrics::inc(&self.state.metrics.hold_timeouts);
+                self.mark_answered(request_id).await;
                 self.fallback(
                     held,
                     fail_allows,
@@ -649,12 +671,17 @@ impl Engine {
     /// [`REQUEST_SYNC_GRACE`]). Returns the host request id and the body of its ledger line,
     /// or `None` if it could not even be spooled (counted; the caller applies the failure
     /// verdict). Blocks: call it on a blocking thread.
+    ///
+    /// A hold keeps the held file's pre-image with its request (`held`: the pre-image and
+    /// whether the open created the file) so that a write a crash let through is found and
+    /// undone at the next start.
     fn file_now(
         &self,
         ctx: pb::RequestContext,
         rule: &Rule,
         lifetime: Duration,
         waiter: Option<Waiter>,
+        held: Option<(&PreImage, bool)>,
     ) -> Option<(u64, Value)> {
         let created = unix_ms(SystemTime::now());
         let deadline =
@@ -666,7 +693,12 @@ impl Engine {
             mode: rule.mode.as_str().to_owned(),
             created_unix_ms: created,
             deadline_unix_ms: deadline,
+            pre: held.map(|(p, created)| RequestPre::of(p, created)),
+            answered: false,
         };
+        let keep_content = held
+            .filter(|_| record.pre.as_ref().is_some_and(|p| p.content_kept))
+            .and_then(|(p, _)| p.content.as_deref());
         // One transaction records the request (for a decision after a restart) and spools it
         // for the service. The waiter is registered inside it, before the request can leave:
         // a decision can then never arrive before its waiter.
@@ -680,6 +712,9 @@ impl Engine {
         let filed = self.uplink.submit_now(|tx| {
             let id = tx.next_id(REQUEST_IDS)?;
             tx.put(REQUESTS, id, &record)?;
+            if let Some(content) = keep_content {
+                tx.put_blob(REQUEST_PREIMAGES, id, content)?;
+            }
             allocated = id;
             if let Some(w) = waiter {
                 lock(&self.waiters).insert(id, w);
@@ -721,9 +756,59 @@ impl Engine {
         Some((id, body))
     }
 
+    /// Records each hold that a crash released (see [`super::crash`]) and settles what it
+    /// changed: diffed, then reverted under the rule's `on_expiry = "revert"` when its
+    /// pre-image was kept, else flagged.
+    async fn settle_released(self: Arc<Self>, released: Vec<super::crash::Released>) {
+        for r in released {
+            GateMetrics::inc(&self.state.metrics.released_by_crash);
+            let body = serde_json::to_value(r.record()).unwrap_or(Value::Null);
+            error!(request = r.host_request_id, path = %encode(&r.record.path), session = r.record.session, changed = ?r.finding.changed(), "a held write was released by a daemon crash without a decision");
+            self.audit("released_by_crash", body).await;
+            if let super::crash::Finding::Changed { change, .. } = r.finding {
+                let taken = {
+                    let mut all = lock(&self.changes);
+                    let list = all.entry(0).or_default();
+                    let before = list.len();
+                    list.retain(|c| c.id != change.id);
+                    list.len() != before
+                };
+                if taken {
+                    let action = self.on_expiry_of(&r.record.rule);
+                    self.settle(change, action, "released_by_crash").await;
+                }
+            }
+        }
+    }
+
+    /// A hold answered here (its timeout) while its request stays open at the service:
+    /// not one that a crash released.
+    async fn mark_answered(&self, id: u64) {
+        let store = self.store.clone();
+        let res = blocking(move || {
+            store.write_lazy(|tx| {
+                if let Some(mut r) = tx.get(REQUESTS, id)? {
+                    r.answered = true;
+                    tx.put(REQUESTS, id, &r)?;
+                }
+                tx.remove_blob(REQUEST_PREIMAGES, id).map(|_| ())
+            })
+        })
+        .await;
+        if !matches!(res, Some(Ok(()))) {
+            GateMetrics::inc(&self.state.metrics.store_errors);
+        }
+    }
+
     async fn forget_request(&self, id: u64) {
         let store = self.store.clone();
-        let res = blocking(move || store.write(|tx| tx.remove(REQUESTS, id).map(|_| ()))).await;
+        let res = blocking(move || {
+            store.write(|tx| {
+                tx.remove(REQUESTS, id)?;
+                tx.remove_blob(REQUEST_PREIMAGES, id).map(|_| ())
+            })
+        })
+        .await;
         if !matches!(res, Some(Ok(()))) {
             GateMetrics::inc(&self.state.metrics.store_errors);
         }
@@ -867,6 +952,7 @@ impl Engine {
                             }
                             if end_request {
                                 tx.remove(REQUESTS, host_request_id)?;
+                                tx.remove_blob(REQUEST_PREIMAGES, host_request_id)?;
                             }
                             keep.map(|k| {
                                 changes::record_in(tx, &k.pre, &k.path, g.id, k.session, !k.created)
@@ -922,6 +1008,15 @@ impl Engine {
                 )
                 .await;
                 Outcome::Expired(d.verdict == "allow")
+            }
+            pb::RequestState::Released => {
+                // This host closed it itself at start (a crash released the hold): the
+                // service confirms. Nothing waits on it.
+                debug!(
+                    request = host_request_id,
+                    "the service closed a request a crash released"
+                );
+                return;
             }
             _ => {
                 GateMetrics::inc(&self.state.metrics.update_errors);
@@ -996,6 +1091,12 @@ impl Engine {
         lock(&self.diffed).remove(&change.id);
         let store = self.store.clone();
         let c = change.clone();
+        // A change known not to be revertible is flagged, with its reason, under either
+        // action.
+        let action = match (&change.unrevertable, action) {
+            (Some(_), OnExpiry::Revert) => OnExpiry::Flag,
+            (_, a) => a,
+        };
         let res = blocking(move || {
             let diff = changes::diff(&store, &c);
             let reverted = match action {
@@ -1009,9 +1110,12 @@ impl Engine {
             Some((d, r)) => (d.ok(), r),
             None => (None, None),
         };
-        let base = json!({"path": change.path_text(), "grant": change.grant_id,
+        let mut base = json!({"path": change.path_text(), "grant": change.grant_id,
                           "session": change.session_id, "why": why, "diff": diff,
                           "pre_image_sha256": change.sha256});
+        if let Some(u) = &change.unrevertable {
+            base["unrevertable"] = json!(u);
+        }
         match reverted {
             None => {
                 GateMetrics::inc(&self.state.metrics.changes_flagged);
@@ -1120,8 +1224,13 @@ impl Engine {
     }
 
     /// A rename by a session onto a gated path: the gate could not hold it (a rename opens
-    /// nothing). Without a live grant it is unapproved: flagged, or reverted when the rule's
-    /// `on_expiry` is `revert` (or the path is confgate's own).
+    /// nothing). It is handled once per file that arrived at the path (the same rename seen
+    /// twice, or a failed one, changes nothing). A rename of a file that a live grant let
+    /// this session write, within one directory (an editor's or `sed -i`'s or dpkg's temp
+    /// file moved onto its final name), is covered by that grant: the approver decided on
+    /// that content. Otherwise it is unapproved: flagged, or reverted when the rule's
+    /// `on_expiry` is `revert` (or the path is confgate's own) and a pre-image of the path
+    /// is kept; with nothing to restore it is flagged, never removed.
     async fn on_renamed(
         &self,
         session: u64,
@@ -1140,60 +1249,181 @@ impl Engine {
         let Some(m) = self.state.policy.unheld_rule(&q) else {
             return;
         };
-        if !m.builtin
-            && m.rule.verdict == Verdict::Ask
-            && self
+        // What is at the target now: nothing (moved on already) is nothing to act on, and
+        // a file already handled at this path is not handled twice.
+        let Some((dev, ino)) = file_id(&to) else {
+            debug!(path = %encode(&to), "rename target gone before it was handled");
+            return;
+        };
+        if !self.first_sight(&to, dev, ino) {
+            GateMetrics::inc(&self.state.metrics.renames_repeated);
+            return;
+        }
+        if !m.builtin && m.rule.verdict == Verdict::Ask {
+            let now = SystemTime::now();
+            if self
                 .state
                 .grants()
-                .find(session, agent, &to, ops, SystemTime::now())
+                .find(session, agent, &to, ops, now)
                 .is_some()
-        {
-            return;
+            {
+                return;
+            }
+            if let Some(from) = from.as_deref()
+                && self.cover_temp_rename(session, from, &to, (dev, ino)).await
+            {
+                return;
+            }
         }
         GateMetrics::inc(&self.state.metrics.unapproved_renames);
         let revert = m.builtin || m.rule.on_expiry == OnExpiry::Revert;
-        warn!(path = %encode(&to), session, agent, pid, revert, "unapproved rename into a gated tree");
         let mut body = json!({
             "path": encode(&to), "from": from.as_deref().map(encode), "session": session,
             "agent": agent, "pid": pid, "rule": m.rule.name,
             "action": if revert { "revert" } else { "flag" },
         });
         if !revert {
+            warn!(path = %encode(&to), session, agent, pid, "unapproved rename into a gated tree: flagged");
             GateMetrics::inc(&self.state.metrics.changes_flagged);
             self.audit("unapproved_rename", body).await;
             return;
         }
-        // Undo: move the renamed-in file aside (quarantine), then restore the last kept
-        // pre-image of that path if there is one.
+        // Undo: put the last kept pre-image of that path back over the renamed-in file
+        // (kept in quarantine). Without one there is nothing to restore: moving the file
+        // away would leave the path with nothing, so it is flagged instead.
         let pre: Option<Change> = lock(&self.changes)
             .values()
             .flatten()
-            .filter(|c| c.path == to && c.existed)
+            .filter(|c| c.path == to && c.existed && c.content_kept)
             .max_by_key(|c| c.id)
             .cloned();
+        let Some(pre) = pre else {
+            GateMetrics::inc(&self.state.metrics.renames_unrestorable);
+            GateMetrics::inc(&self.state.metrics.changes_flagged);
+            error!(path = %encode(&to), session, agent, pid, "unapproved rename into a gated tree cannot be reverted: no pre-image of the path is kept; the renamed-in file is left in place (flagged)");
+            body["action"] = json!("flag");
+            body["why"] = json!("no pre-image of this path is kept: nothing to restore; the renamed-in file is left in place");
+            self.audit("unapproved_rename", body).await;
+            return;
+        };
+        warn!(path = %encode(&to), session, agent, pid, "unapproved rename into a gated tree: reverting");
         let store = self.store.clone();
         let quarantine = self.settings.quarantine_dir.clone();
-        let target = to.clone();
-        let res = blocking(move || {
-            let moved = quarantine_file(&quarantine, &target);
-            let restored = pre.map(|c| changes::revert(&store, &c));
-            (moved, restored)
-        })
-        .await;
+        let res = blocking(move || changes::restore_replacing(&store, &pre, &quarantine)).await;
         match res {
-            Some((Ok(moved), restored)) => {
+            Some(Ok(kept)) => {
                 GateMetrics::inc(&self.state.metrics.changes_reverted);
-                body["quarantined_as"] = json!(encode(moved.as_os_str().as_bytes()));
-                body["restored"] = json!(restored.and_then(Result::ok));
+                body["quarantined_as"] = json!(encode(kept.as_os_str().as_bytes()));
+                body["restored"] = json!("restored");
             }
-            Some((Err(e), _)) => {
+            Some(Err(e)) => {
                 GateMetrics::inc(&self.state.metrics.revert_errors);
+                error!(path = %encode(&to), error = %e, "cannot revert an unapproved rename");
                 body["error"] = json!(e.to_string());
             }
             None => GateMetrics::inc(&self.state.metrics.revert_errors),
         }
         self.audit("unapproved_rename", body).await;
     }
+
+    /// Whether the file `(dev, ino)` at `path` is seen here for the first time (a rename
+    /// reported twice, or twice by two sources, is handled once).
+    fn first_sight(&self, path: &[u8], dev: u64, ino: u64) -> bool {
+        let now = std::time::Instant::now();
+        let mut seen = lock(&self.renames_seen);
+        seen.retain(|_, (_, _, at)| now.duration_since(*at) < RENAME_MEMORY);
+        match seen.get(path) {
+            Some(&(d, i, _)) if (d, i) == (dev, ino) => false,
+            _ => {
+                seen.insert(path.to_vec(), (dev, ino, now));
+                true
+            }
+        }
+    }
+
+    /// A session renamed `from` onto `to` in the same directory, and the file that arrived
+    /// is the very file (device and inode) a live grant let this session write at `from`:
+    /// the approval covers it. The kept change moves to `to` (diffs follow it); the content
+    /// it replaced was not kept, so at the grant's end it is flagged, not reverted.
+    async fn cover_temp_rename(
+        &self,
+        session: u64,
+        from: &[u8],
+        to: &[u8],
+        (dev, ino): (u64, u64),
+    ) -> bool {
+        let parent = |p: &[u8]| std::path::Path::new(std::ffi::OsStr::from_bytes(p)).parent().map(|d| d.as_os_str().as_bytes().to_vec());
+        if parent(from).is_none() || parent(from) != parent(to) {
+            return false;
+        }
+        let now = SystemTime::now();
+        let found = {
+            let all = lock(&self.changes);
+            all.values()
+                .flatten()
+                .filter(|c| {
+                    c.grant_id != 0
+                        && c.path == from
+                        && c.session_id == session
+                        && (c.dev, c.ino) == (dev, ino)
+                        && dev != 0
+                })
+                .find(|c| {
+                    self.state
+                        .grants()
+                        .get(c.grant_id)
+                        .is_some_and(|g| g.expires_at > now)
+                })
+                .cloned()
+        };
+        let Some(old) = found else {
+            return false;
+        };
+        let moved = Change {
+            path: to.to_vec(),
+            existed: true,
+            unrevertable: Some(format!(
+                "approved under grant {} as {} and renamed onto this path; the file it replaced was not kept",
+                old.grant_id,
+                encode(from)
+            )),
+            ..old.clone()
+        };
+        {
+            let mut all = lock(&self.changes);
+            if let Some(list) = all.get_mut(&old.grant_id) {
+                for c in list.iter_mut().filter(|c| c.id == old.id) {
+                    *c = moved.clone();
+                }
+            }
+        }
+        self.state.untrack(old.grant_id, from);
+        self.state.track(old.grant_id, to);
+        let store = self.store.clone();
+        let rec = moved.clone();
+        if !matches!(
+            blocking(move || store.write(|tx| tx.put(CHANGES, rec.id, &rec))).await,
+            Some(Ok(()))
+        ) {
+            GateMetrics::inc(&self.state.metrics.store_errors);
+        }
+        GateMetrics::inc(&self.state.metrics.renames_covered);
+        info!(from = %encode(from), to = %encode(to), grant = old.grant_id, session, "approved file renamed onto its final name: covered by its grant");
+        self.ledger(
+            "rename_covered",
+            json!({"path": encode(to), "from": encode(from), "grant": old.grant_id,
+                   "session": session}),
+        )
+        .await;
+        true
+    }
+}
+
+/// Device and inode of what is at `path` now (not following a final symlink).
+fn file_id(path: &[u8]) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::symlink_metadata(std::path::Path::new(std::ffi::OsStr::from_bytes(path))).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// Removes `path` if it is still the inode the held open refers to.
@@ -1211,44 +1441,9 @@ fn remove_if_same(path: &[u8], held: Option<nix::sys::stat::FileStat>) -> bool {
     }
 }
 
-/// Moves `path` into `dir` under a unique name; returns the new path.
-fn quarantine_file(dir: &std::path::Path, path: &[u8]) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let src = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
-    let name = src
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let dst = dir.join(format!("{}-{name}", crate::clock::now_ms()));
-    match std::fs::rename(src, &dst) {
-        Ok(()) => Ok(dst),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            std::fs::copy(src, &dst)?;
-            std::fs::remove_file(src)?;
-            Ok(dst)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quarantine_moves_the_file_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("evil.conf");
-        std::fs::write(&f, b"x").unwrap();
-        let q = dir.path().join("q");
-        let moved = quarantine_file(&q, f.as_os_str().as_bytes()).unwrap();
-        assert!(!f.exists());
-        assert_eq!(std::fs::read(moved).unwrap(), b"x");
-    }
 
     #[test]
     fn remove_if_same_leaves_a_replaced_file_alone() {

@@ -15,6 +15,7 @@
 //! - [`decider`]: [`GateDecider`], policy and grants on the listener thread, from memory.
 //! - [`engine`]: [`Engine`], the async side: requests, waits, grants, failure verdicts,
 //!   diffs, expiry (flag or revert) and unapproved renames.
+//! - [`crash`]: holds a daemon crash released, closed and settled at the next start.
 //! - [`changes`]: pre-images kept in the store, diffs, reverts; [`context`]: who asks and
 //!   why (from `/proc`); [`requests`]: the host's record of requests and grants.
 //!
@@ -24,6 +25,7 @@
 //! proceed unchecked, and opens after that are not gated until a new group is marked.
 pub mod changes;
 pub mod context;
+pub mod crash;
 pub mod decider;
 pub mod engine;
 pub mod intent;

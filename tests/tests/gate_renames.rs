@@ -1,0 +1,172 @@
+//! End-to-end: renames onto gated paths and holds released by a crash (issue 13, items 1,
+//! 2 and 4) on the real kernel, with the real CLI and the in-process approval service.
+//! - a rename that failed moves nothing, so nothing is quarantined or reverted;
+//! - an unapproved rename with no kept pre-image is flagged, never leaves the path empty,
+//!   and is handled once;
+//! - an approved temp file renamed onto its final name in the same directory (`sed -i`) is
+//!   covered by its grant;
+//! - writes the kernel let through when the daemon was killed with them held are closed as
+//!   `released_by_crash` at the next start and reverted from the kept pre-image.
+use std::time::{Duration, Instant};
+
+use e2e::gate::{Gate, id_of, rule, wait_child};
+use e2e::*;
+
+const REVERT: &str =
+    "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"\non_expiry = \"revert\"";
+
+fn quarantine_entries(g: &Gate) -> Vec<String> {
+    std::fs::read_dir(g.d.dir.path().join("state/quarantine"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_rename_changes_nothing_and_an_unrestorable_one_is_flagged_once() {
+    if !require_root("a_failed_rename_changes_nothing_and_an_unrestorable_one_is_flagged_once") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    let x = g.gated("x.conf");
+    std::fs::write(&x, "owner=ops\n").expect("seed");
+    let scratch = g.d.dir.path();
+    std::fs::write(scratch.join("f"), "evil\n").expect("src");
+    std::fs::write(scratch.join("g"), "new file\n").expect("src");
+    std::fs::write(scratch.join("h"), "other\n").expect("src");
+    let src = |n: &str| scratch.join(n).display().to_string();
+    // 1. `mv -n` onto an existing name fails (RENAME_NOREPLACE: EEXIST); a rename onto a
+    //    path below a regular file fails (ENOTDIR). 2. Then one rename that succeeds, with
+    //    no pre-image of its target kept anywhere.
+    let script = format!(
+        "mv -n {f} gated/x.conf; \
+         python3 -c 'import os,sys; os.rename(sys.argv[1], sys.argv[2])' {h} gated/x.conf/sub 2>/dev/null; \
+         mv {g} gated/y.conf",
+        f = src("f"),
+        h = src("h"),
+        g = src("g"),
+    );
+    let o = wait_child(g.spawn_in_session("redteam", &script), Duration::from_secs(30));
+    assert!(o.status.success() || o.status.code() == Some(1), "{o:?}");
+    let y = g.gated("y.conf");
+    // The notices are handled in order: once y.conf's is ledgered, the failed ones were
+    // seen before it.
+    let rec = g.wait_ledgered("unapproved_rename", |b| {
+        b["path"] == y.display().to_string().as_str()
+    });
+    // The failed renames did nothing to the untouched original.
+    assert_eq!(std::fs::read_to_string(&x).unwrap(), "owner=ops\n");
+    assert_eq!(rec["action"], "flag", "{rec}");
+    assert!(
+        rec["why"].as_str().unwrap_or("").contains("nothing to restore"),
+        "{rec}"
+    );
+    // Give a second (duplicate) handling of the same rename every chance to show up.
+    std::thread::sleep(Duration::from_millis(500));
+    // Still nothing done to the original, and the renamed-in file is still there.
+    assert_eq!(std::fs::read_to_string(&x).unwrap(), "owner=ops\n");
+    assert_eq!(std::fs::read_to_string(&y).unwrap(), "new file\n");
+    assert!(quarantine_entries(&g).is_empty(), "{:?}", quarantine_entries(&g));
+    let renames = g.ledgered("unapproved_rename");
+    assert_eq!(renames.len(), 1, "each rename once, failed ones never: {renames:?}");
+    assert_eq!(g.stat("gate_unapproved_renames"), 1);
+    assert_eq!(g.stat("gate_unapproved_renames_unrestorable"), 1);
+    // The failed renames are still reported as events, with their errors.
+    let ev = g.d.wait_for("the failed renames", |ev| {
+        ev.iter()
+            .filter(|e| e["kind"] == "rename" && e["result"].as_i64().is_some_and(|r| r < 0))
+            .count()
+            >= 2
+    });
+    assert!(ev.iter().any(|e| e["kind"] == "rename"
+        && e["target"] == x.display().to_string().as_str()
+        && e["result"] == -17));
+}
+
+#[test]
+fn an_approved_sed_in_place_edit_is_covered_by_its_grant() {
+    if !require_root("an_approved_sed_in_place_edit_is_covered_by_its_grant") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    let z = g.gated("z.conf");
+    std::fs::write(&z, "debug=false\nport=80\n").expect("seed");
+    let child = g.spawn_in_session("claude", "sed -i s/debug=false/debug=true/ gated/z.conf");
+    // sed writes a temp file beside z.conf: that open is held and asked about.
+    let gated_dir = g.gated("");
+    let dir = gated_dir.display().to_string();
+    let z_text = z.display().to_string();
+    let r = g.wait_request_where("sed's temp file", |p| {
+        p.starts_with(dir.as_str()) && p != z_text
+    });
+    let temp = r["context"]["path"].as_str().expect("path").to_string();
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    let o = wait_child(child, Duration::from_secs(30));
+    assert!(o.status.success(), "sed failed: {o:?}\n{}", g.d.log());
+    let covered = g.wait_ledgered("rename_covered", |b| b["path"] == z_text.as_str());
+    assert_eq!(covered["from"], temp.as_str(), "{covered}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&z).unwrap(),
+        "debug=true\nport=80\n",
+        "the approved edit must stay"
+    );
+    assert!(g.ledgered("unapproved_rename").is_empty(), "{:?}", g.ledger());
+    assert!(quarantine_entries(&g).is_empty());
+    assert_eq!(g.stat("gate_renames_covered_by_grant"), 1);
+    assert_eq!(g.stat("gate_unapproved_renames"), 0);
+}
+
+#[test]
+fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
+    if !require_root("holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start") {
+        return;
+    }
+    let mut g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    let c = g.gated("c.conf");
+    std::fs::write(&c, "pool=10\n").expect("seed");
+    let child = g.spawn_in_session("claude", "echo pool=500 > gated/c.conf; echo done");
+    g.wait_request(&c);
+    // kill -9: the kernel answers the held open with allow, and the shell writes.
+    let config = g.d.config.display().to_string();
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("{config} daemon")])
+        .status()
+        .expect("pkill");
+    assert!(killed.success(), "daemon not found to kill");
+    let o = wait_child(child, Duration::from_secs(30));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("done"), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), "pool=500\n");
+    g.d.restart();
+    let rec = g.wait_ledgered("released_by_crash", |b| {
+        b["path"] == c.display().to_string().as_str()
+    });
+    assert_eq!(rec["changed"], true, "{rec}");
+    let reverted = g.wait_ledgered("reverted", |b| b["path"] == c.display().to_string().as_str());
+    assert_eq!(reverted["why"], "released_by_crash", "{reverted}");
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), "pool=10\n");
+    assert_eq!(g.stat("gate_released_by_crash"), 1);
+    // Never recorded as something it was not: no decision or fallback for that request.
+    let host_id = rec["host_request_id"].as_u64().expect("id");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        for kind in ["decision", "fallback_verdict"] {
+            assert!(
+                !g.ledgered(kind)
+                    .iter()
+                    .any(|b| b["host_request_id"].as_u64() == Some(host_id)
+                        || b["path"] == c.display().to_string().as_str()),
+                "{kind} recorded for a released hold: {:?}",
+                g.ledger()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A second restart finds nothing more to release.
+    g.d.restart();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(g.ledgered("released_by_crash").len(), 1);
+}
