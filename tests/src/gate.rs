@@ -46,7 +46,9 @@ impl Gate {
         Command::new(confgate_bin())
             .arg("--config")
             .arg(&self.d.config)
-            .args(["run", "--agent", agent, "--reason", "e2e", "--", "sh", "-c", script])
+            .args([
+                "run", "--agent", agent, "--reason", "e2e", "--", "sh", "-c", script,
+            ])
             .current_dir(&self.d.watched)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

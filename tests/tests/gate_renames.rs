@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use e2e::gate::{Gate, id_of, rule, wait_child};
 use e2e::*;
 
-const REVERT: &str =
-    "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"\non_expiry = \"revert\"";
+const REVERT: &str = "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"\non_expiry = \"revert\"";
 
 fn quarantine_entries(g: &Gate) -> Vec<String> {
     std::fs::read_dir(g.d.dir.path().join("state/quarantine"))
@@ -49,7 +48,10 @@ fn a_failed_rename_changes_nothing_and_an_unrestorable_one_is_flagged_once() {
         h = src("h"),
         g = src("g"),
     );
-    let o = wait_child(g.spawn_in_session("redteam", &script), Duration::from_secs(30));
+    let o = wait_child(
+        g.spawn_in_session("redteam", &script),
+        Duration::from_secs(30),
+    );
     assert!(o.status.success() || o.status.code() == Some(1), "{o:?}");
     let y = g.gated("y.conf");
     // The notices are handled in order: once y.conf's is ledgered, the failed ones were
@@ -61,7 +63,10 @@ fn a_failed_rename_changes_nothing_and_an_unrestorable_one_is_flagged_once() {
     assert_eq!(std::fs::read_to_string(&x).unwrap(), "owner=ops\n");
     assert_eq!(rec["action"], "flag", "{rec}");
     assert!(
-        rec["why"].as_str().unwrap_or("").contains("nothing to restore"),
+        rec["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nothing to restore"),
         "{rec}"
     );
     // Give a second (duplicate) handling of the same rename every chance to show up.
@@ -69,9 +74,17 @@ fn a_failed_rename_changes_nothing_and_an_unrestorable_one_is_flagged_once() {
     // Still nothing done to the original, and the renamed-in file is still there.
     assert_eq!(std::fs::read_to_string(&x).unwrap(), "owner=ops\n");
     assert_eq!(std::fs::read_to_string(&y).unwrap(), "new file\n");
-    assert!(quarantine_entries(&g).is_empty(), "{:?}", quarantine_entries(&g));
+    assert!(
+        quarantine_entries(&g).is_empty(),
+        "{:?}",
+        quarantine_entries(&g)
+    );
     let renames = g.ledgered("unapproved_rename");
-    assert_eq!(renames.len(), 1, "each rename once, failed ones never: {renames:?}");
+    assert_eq!(
+        renames.len(),
+        1,
+        "each rename once, failed ones never: {renames:?}"
+    );
     assert_eq!(g.stat("gate_unapproved_renames"), 1);
     assert_eq!(g.stat("gate_unapproved_renames_unrestorable"), 1);
     // The failed renames are still reported as events, with their errors.
@@ -114,7 +127,11 @@ fn an_approved_sed_in_place_edit_is_covered_by_its_grant() {
         "debug=true\nport=80\n",
         "the approved edit must stay"
     );
-    assert!(g.ledgered("unapproved_rename").is_empty(), "{:?}", g.ledger());
+    assert!(
+        g.ledgered("unapproved_rename").is_empty(),
+        "{:?}",
+        g.ledger()
+    );
     assert!(quarantine_entries(&g).is_empty());
     assert_eq!(g.stat("gate_renames_covered_by_grant"), 1);
     assert_eq!(g.stat("gate_unapproved_renames"), 0);
@@ -145,7 +162,9 @@ fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
         b["path"] == c.display().to_string().as_str()
     });
     assert_eq!(rec["changed"], true, "{rec}");
-    let reverted = g.wait_ledgered("reverted", |b| b["path"] == c.display().to_string().as_str());
+    let reverted = g.wait_ledgered("reverted", |b| {
+        b["path"] == c.display().to_string().as_str()
+    });
     assert_eq!(reverted["why"], "released_by_crash", "{reverted}");
     assert_eq!(std::fs::read_to_string(&c).unwrap(), "pool=10\n");
     assert_eq!(g.stat("gate_released_by_crash"), 1);
@@ -163,6 +182,27 @@ fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
                 g.ledger()
             );
         }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The approval service closed it as released, not pending, denied or expired.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = g.cli(&["approvals", "list", "--all", "--json"]);
+        ok(&o);
+        let all = e2e::gate::parse_json_list(&o.stdout);
+        let r = all
+            .iter()
+            .find(|r| r["context"]["path"] == c.display().to_string().as_str())
+            .cloned()
+            .expect("the request is still listed");
+        if r["state"] == "released" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service still says {}: {r}",
+            r["state"]
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // A second restart finds nothing more to release.

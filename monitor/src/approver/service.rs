@@ -284,12 +284,13 @@ impl Shared {
         };
         let by = format!("host:{host}");
         let now = now_ms();
-        match self
-            .db("release", move |s| s.resolve(id, Resolution::Release { by }, now))
+        if let Ok(Ok(r)) = self
+            .db("release", move |s| {
+                s.resolve(id, Resolution::Release { by }, now)
+            })
             .await
         {
-            Ok(Ok(r)) => self.resolved(&r, json!({})).await,
-            Ok(Err(_)) | Err(_) => {}
+            self.resolved(&r, json!({})).await;
         }
     }
 

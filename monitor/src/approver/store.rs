@@ -196,7 +196,9 @@ pub enum Resolution {
     Expire,
     /// The host says the held operation went through without a decision (a crash of its
     /// daemon released it); `by` names the host.
-    Release { by: String },
+    Release {
+        by: String,
+    },
 }
 
 /// Why a resolution or revocation did not happen.
@@ -639,6 +641,30 @@ mod tests {
             [next.id, 2, 1]
         );
         assert_eq!(s.list_requests(true, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_request_released_by_a_host_crash_is_found_by_its_host_id_and_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let (r1, _, _) = s.submit(new_request("h1", 7, 100)).unwrap();
+        let _other = s.submit(new_request("h2", 7, 100)).unwrap();
+        assert_eq!(s.by_host_request("h1", 7).unwrap(), Some(r1.id));
+        assert_eq!(s.by_host_request("h1", 8).unwrap(), None);
+        let by = Resolution::Release {
+            by: "host:h1".into(),
+        };
+        let done = s.resolve(r1.id, by, 50).unwrap().unwrap();
+        assert_eq!(done.request.state, State::Released);
+        assert!(done.grant.is_none());
+        assert!(!s.pending().unwrap().iter().any(|(id, _)| *id == r1.id));
+        // A later expiry cannot record it as something it was not.
+        assert_eq!(
+            s.resolve(r1.id, Resolution::Expire, 200)
+                .unwrap()
+                .unwrap_err(),
+            Refusal::NotPending(State::Released)
+        );
     }
 
     #[test]

@@ -111,7 +111,15 @@ pub fn record_in(
         dev: pre.dev,
         ino: pre.ino,
     };
-    record_kept_in(tx, &meta, pre.content.as_deref(), path, grant_id, session_id, existed)
+    record_kept_in(
+        tx,
+        &meta,
+        pre.content.as_deref(),
+        path,
+        grant_id,
+        session_id,
+        existed,
+    )
 }
 
 /// What is known of a file's earlier state besides its content.
@@ -481,7 +489,9 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(
-            names.iter().all(|n| !n.to_string_lossy().contains("confgate-restore")),
+            names
+                .iter()
+                .all(|n| !n.to_string_lossy().contains("confgate-restore")),
             "{names:?}"
         );
     }

@@ -205,7 +205,12 @@ mod tests {
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         let f = dir.path().join("app.conf");
         std::fs::write(&f, b"pool=10\n").unwrap();
-        let id = file(&store, &f, Some(pre_of(b"pool=10\n", true)), Some(b"pool=10\n"));
+        let id = file(
+            &store,
+            &f,
+            Some(pre_of(b"pool=10\n", true)),
+            Some(b"pool=10\n"),
+        );
         // The crash let the write through.
         std::fs::write(&f, b"pool=500\n").unwrap();
         let out = release_holds(&store).unwrap();

@@ -87,7 +87,10 @@ impl GateMetrics {
             ("gate_diffs_unchanged", g(&self.diffs_unchanged)),
             ("gate_diffs_coalesced", g(&self.diffs_coalesced)),
             ("gate_unapproved_renames", g(&self.unapproved_renames)),
-            ("gate_unapproved_renames_unrestorable", g(&self.renames_unrestorable)),
+            (
+                "gate_unapproved_renames_unrestorable",
+                g(&self.renames_unrestorable),
+            ),
             ("gate_renames_covered_by_grant", g(&self.renames_covered)),
             ("gate_renames_repeated", g(&self.renames_repeated)),
             ("gate_released_by_crash", g(&self.released_by_crash)),

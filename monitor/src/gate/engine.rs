@@ -407,17 +407,23 @@ impl Engine {
             rule: rule.name.clone(),
             keep,
         };
-        let filed =
-            self.file_now(ctx, &rule, rule.timeout, Some(waiter), a.pre.map(|p| (p, a.created)))
-                .map(|(request_id, body)| {
-                    let filed = Filed {
-                        request_id,
-                        rx,
-                        t_ask,
-                        t_filed: ev.received.elapsed(),
-                    };
-                    (filed, body)
-                });
+        let filed = self
+            .file_now(
+                ctx,
+                &rule,
+                rule.timeout,
+                Some(waiter),
+                a.pre.map(|p| (p, a.created)),
+            )
+            .map(|(request_id, body)| {
+                let filed = Filed {
+                    request_id,
+                    rx,
+                    t_ask,
+                    t_filed: ev.received.elapsed(),
+                };
+                (filed, body)
+            });
         Next::Hold { rule, filed }
     }
 
@@ -1302,7 +1308,9 @@ impl Engine {
             GateMetrics::inc(&self.state.metrics.changes_flagged);
             error!(path = %encode(&to), session, agent, pid, "unapproved rename into a gated tree cannot be reverted: no pre-image of the path is kept; the renamed-in file is left in place (flagged)");
             body["action"] = json!("flag");
-            body["why"] = json!("no pre-image of this path is kept: nothing to restore; the renamed-in file is left in place");
+            body["why"] = json!(
+                "no pre-image of this path is kept: nothing to restore; the renamed-in file is left in place"
+            );
             self.audit("unapproved_rename", body).await;
             return;
         };
@@ -1352,7 +1360,11 @@ impl Engine {
         to: &[u8],
         (dev, ino): (u64, u64),
     ) -> bool {
-        let parent = |p: &[u8]| std::path::Path::new(std::ffi::OsStr::from_bytes(p)).parent().map(|d| d.as_os_str().as_bytes().to_vec());
+        let parent = |p: &[u8]| {
+            std::path::Path::new(std::ffi::OsStr::from_bytes(p))
+                .parent()
+                .map(|d| d.as_os_str().as_bytes().to_vec())
+        };
         if parent(from).is_none() || parent(from) != parent(to) {
             return false;
         }
@@ -1422,7 +1434,8 @@ impl Engine {
 /// Device and inode of what is at `path` now (not following a final symlink).
 fn file_id(path: &[u8]) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::symlink_metadata(std::path::Path::new(std::ffi::OsStr::from_bytes(path))).ok()?;
+    let m =
+        std::fs::symlink_metadata(std::path::Path::new(std::ffi::OsStr::from_bytes(path))).ok()?;
     Some((m.dev(), m.ino()))
 }
 
