@@ -210,3 +210,118 @@ fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(g.ledgered("released_by_crash").len(), 1);
 }
+
+/// Issue 21, defect 2: a change belongs to the grant (and session) that made it; a revert
+/// undoes that change only.
+mod owned_changes {
+    use super::*;
+
+    const REVERT_ONLY: &str =
+        "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"\non_expiry = \"revert\"";
+
+    /// Appends `line` to gated/f.conf in a new session of `agent`, approved for `ttl`;
+    /// returns the grant id.
+    fn approved_append(g: &Gate, agent: &str, line: &str, ttl: &str) -> u64 {
+        let f = g.gated("f.conf");
+        let child = g.spawn_in_session(agent, &format!("echo {line} >> gated/f.conf"));
+        let r = g.wait_request(&f);
+        ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", ttl]));
+        let o = wait_child(child, Duration::from_secs(30));
+        assert!(o.status.success(), "{o:?}");
+        // The diff is recorded for this grant only.
+        let grant = g
+            .wait_ledgered("grant", |b| b["request_id"] == r["id"])
+            .get("grant")
+            .and_then(|v| v.as_u64())
+            .expect("grant id");
+        g.wait_ledgered("change", |b| b["grant"].as_u64() == Some(grant));
+        grant
+    }
+
+    fn wait_content(g: &Gate, want: &str) {
+        let f = g.gated("f.conf");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = std::fs::read_to_string(&f).unwrap_or_default();
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "f.conf is {now:?}, want {want:?}\n{:?}\n--- log ---\n{}",
+                g.ledger(),
+                g.d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn one_change_record_per_write(g: &Gate) {
+        let changes = g.ledgered("change");
+        let grants: Vec<u64> = changes.iter().filter_map(|b| b["grant"].as_u64()).collect();
+        let mut uniq = grants.clone();
+        uniq.dedup();
+        assert_eq!(grants, uniq, "one write, one change record: {changes:?}");
+    }
+
+    #[test]
+    fn the_first_grant_expiring_keeps_the_second_grants_change() {
+        if !require_root("the_first_grant_expiring_keeps_the_second_grants_change") {
+            return;
+        }
+        let g = Gate::start(|w| rule(w, "own", REVERT_ONLY));
+        std::fs::write(g.gated("f.conf"), "base=0\n").expect("seed");
+        let _a = approved_append(&g, "agent-a", "a=1", "6s");
+        let b = approved_append(&g, "agent-b", "b=1", "10m");
+        one_change_record_per_write(&g);
+        // A's grant expires: only A's line goes.
+        wait_content(&g, "base=0\nb=1\n");
+        // Revoking B's grant removes B's line and does not bring A's back.
+        ok(&g.cli(&["grants", "revoke", &b.to_string()]));
+        wait_content(&g, "base=0\n");
+    }
+
+    #[test]
+    fn the_second_grant_expiring_keeps_the_first_and_an_outside_change() {
+        if !require_root("the_second_grant_expiring_keeps_the_first_and_an_outside_change") {
+            return;
+        }
+        let g = Gate::start(|w| rule(w, "own", REVERT_ONLY));
+        let f = g.gated("f.conf");
+        std::fs::write(&f, "base=0\n").expect("seed");
+        let a = approved_append(&g, "agent-a", "a=1", "10m");
+        // A change by someone outside any session, between the two.
+        ok(&sh(&g.d.watched, "echo c=1 >> gated/f.conf"));
+        let _b = approved_append(&g, "agent-b", "b=1", "6s");
+        wait_content(&g, "base=0\na=1\nc=1\n");
+        ok(&g.cli(&["grants", "revoke", &a.to_string()]));
+        wait_content(&g, "base=0\nc=1\n");
+    }
+
+    #[test]
+    fn a_revert_that_would_undo_someone_elses_edit_is_flagged() {
+        if !require_root("a_revert_that_would_undo_someone_elses_edit_is_flagged") {
+            return;
+        }
+        let g = Gate::start(|w| rule(w, "own", REVERT_ONLY));
+        let f = g.gated("f.conf");
+        std::fs::write(&f, "pool=10\n").expect("seed");
+        let child = g.spawn_in_session("agent-a", "echo pool=50 > gated/f.conf");
+        let r = g.wait_request(&f);
+        ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "6s"]));
+        assert!(wait_child(child, Duration::from_secs(30)).status.success());
+        g.wait_ledgered("change", |_| true);
+        // The same line changed again by someone else.
+        ok(&sh(&g.d.watched, "echo pool=80 > gated/f.conf"));
+        let flagged = g.wait_ledgered("change_flagged", |b| b["not_reverted"].is_string());
+        assert!(
+            flagged["not_reverted"]
+                .as_str()
+                .unwrap_or("")
+                .contains("pool=50"),
+            "{flagged}"
+        );
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "pool=80\n");
+        assert_eq!(g.stat("gate_revert_conflicts"), 1);
+    }
+}

@@ -35,6 +35,8 @@ pub struct GateRuntime {
     engine: Arc<Engine>,
     metrics: Arc<GateMetrics>,
     listener: Mutex<Listener>,
+    /// The kernel's session map (who closed a tracked file).
+    intent: Arc<IntentSource>,
     marks: Marks,
     /// Gated directory trees (new subdirectories below them are marked).
     trees: Vec<PathBuf>,
@@ -133,7 +135,7 @@ impl GateRuntime {
             let k = kernel.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::new(IntentSource::from_kernel(&k).context("gate maps")?)
         };
-        let listener = Listener::start(group, intent, handles.decider.clone(), held_tx)
+        let listener = Listener::start(group, intent.clone(), handles.decider.clone(), held_tx)
             .context("gate listener")?;
         info!(
             rules = policy.rules().count(),
@@ -146,6 +148,7 @@ impl GateRuntime {
             engine: handles.engine,
             metrics: handles.metrics,
             listener: Mutex::new(listener),
+            intent,
             marks,
             trees,
             notices: notice_tx,
@@ -177,8 +180,10 @@ impl GateRuntime {
     }
 
     /// A notification event: marks directories that appear in a gated tree, and tells the
-    /// engine when a gated file with a kept pre-image is closed after writing.
-    pub fn on_fanotify(&self, ev: &FanEvent) {
+    /// engine when a gated file with a kept pre-image is closed after writing, and by which
+    /// session (`session`: the process table's, 0 if unknown; the kernel's session map is
+    /// asked then, while the closer still exists).
+    pub fn on_fanotify(&self, ev: &FanEvent, session: u64) {
         let new_dir = ev.is_dir
             && ev.mask & (fanotify::FAN_CREATE | fanotify::FAN_RENAME | fanotify::FAN_MOVED_TO)
                 != 0;
@@ -194,8 +199,13 @@ impl GateRuntime {
         if ev.mask & fanotify::FAN_CLOSE_WRITE != 0 && !ev.is_dir {
             let path = ev.path.as_os_str().as_bytes();
             if self.engine.tracks(path) {
+                let session = match session {
+                    0 => self.intent.session_of_tid(ev.pid),
+                    s => s,
+                };
                 self.notify(Notice::Closed {
                     path: path.to_vec(),
+                    session,
                 });
             }
         }

@@ -423,7 +423,8 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
                     Ok(events) => {
                         for ev in events {
                             if let Some(g) = &gate {
-                                g.on_fanotify(&ev);
+                                let session = pipeline.procs.get(ev.pid).map_or(0, |p| p.session);
+                                g.on_fanotify(&ev, session);
                             }
                             pipeline.on_fanotify(ev);
                         }
@@ -446,7 +447,8 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
                     Ok(events) => events.into_iter().for_each(|ev| {
                         drained += 1;
                         if let Some(g) = &gate {
-                            g.on_fanotify(&ev);
+                            let session = pipeline.procs.get(ev.pid).map_or(0, |p| p.session);
+                            g.on_fanotify(&ev, session);
                         }
                         pipeline.on_fanotify(ev)
                     }),

@@ -20,6 +20,9 @@ use crate::store::{BlobTable, RecordTable, Store, StoreError, WriteTx};
 
 pub const CHANGES: RecordTable<Change> = RecordTable::new("gate_changes");
 pub const PREIMAGES: BlobTable = BlobTable::new("gate_preimages");
+/// What the file was after the last close-write attributed to the change's grant (its
+/// "post-image"), by change id: the revert undoes only the edit from pre- to post-image.
+pub const POSTIMAGES: BlobTable = BlobTable::new("gate_postimages");
 const CHANGE_IDS: &str = "gate_change";
 /// Longest diff kept in a ledger record, in bytes; longer diffs are cut and say so.
 pub const MAX_DIFF_BYTES: usize = 64 * 1024;
@@ -37,6 +40,10 @@ pub enum ChangeError {
         "{path}: the pre-image content was not kept (the file was larger than gate.max_preimage_bytes)"
     )]
     NoContent { path: String },
+    /// Later changes by others touch what this change wrote: reverting it would undo
+    /// them too. Flagged instead.
+    #[error("{path}: not reverted: {why}")]
+    Conflict { path: String, why: String },
 }
 
 /// One gated file change: what the file was before the first write that the gate let
@@ -176,6 +183,7 @@ pub fn forget(store: &Store, id: u64) -> Result<(), ChangeError> {
     store.write(|tx| {
         tx.remove(CHANGES, id)?;
         tx.remove_blob(PREIMAGES, id)?;
+        tx.remove_blob(POSTIMAGES, id)?;
         Ok(())
     })?;
     Ok(())
@@ -296,6 +304,95 @@ pub enum Reverted {
     Removed,
     /// Nothing to do: the file already matches (or is already gone).
     Unchanged,
+    /// Only this change's edit was undone; later edits by others were kept.
+    ReverseApplied,
+}
+
+/// [`diff_if_changed`] for the close-write of the change's own grant: also keeps the
+/// file's content as the change's post-image (what the grant's writer left), up to
+/// `max_bytes`.
+pub fn diff_own_close(
+    store: &Store,
+    change: &Change,
+    recorded: Option<&str>,
+    max_bytes: u64,
+) -> Result<Option<Diff>, ChangeError> {
+    let now = read_now(change)?;
+    let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
+    if recorded == Some(after_sha256.as_str()) {
+        return Ok(None);
+    }
+    match now.as_deref() {
+        Some(b) if b.len() as u64 <= max_bytes => {
+            store.write_lazy(|tx| tx.put_blob(POSTIMAGES, change.id, b))?
+        }
+        _ => {
+            store.write_lazy(|tx| tx.remove_blob(POSTIMAGES, change.id).map(|_| ()))?;
+        }
+    }
+    diff_with(store, change, now, after_sha256).map(Some)
+}
+
+/// Reverts only what `change`'s grant did: when the file is still as the grant's writer
+/// left it (its post-image, or no post-image was kept), the pre-image is restored in place
+/// ([`revert`]); when others changed it since, the grant's edit is reverse-applied to the
+/// file as it is now (text files), keeping their edits; when that is impossible (they
+/// touched the same lines, a binary file, a file this grant created that others wrote to
+/// since) it is a [`ChangeError::Conflict`] and nothing is written.
+pub fn revert_own(store: &Store, change: &Change) -> Result<Reverted, ChangeError> {
+    let conflict = |why: &str| ChangeError::Conflict {
+        path: change.path_text(),
+        why: why.to_owned(),
+    };
+    let Some(post) = store.get_blob(POSTIMAGES, change.id)? else {
+        return revert(store, change);
+    };
+    let now = read_now(change)?;
+    let Some(now) = now else {
+        return Err(conflict("the file was removed after this change"));
+    };
+    if now == post {
+        return revert(store, change);
+    }
+    if !change.existed {
+        return Err(conflict(
+            "this grant created the file and it was changed again since",
+        ));
+    }
+    let pre = match change.content_kept {
+        true => store.get_blob(PREIMAGES, change.id)?,
+        false => None,
+    };
+    let Some(pre) = pre else {
+        return Err(ChangeError::NoContent {
+            path: change.path_text(),
+        });
+    };
+    let (Ok(pre), Ok(post), Ok(now)) = (
+        std::str::from_utf8(&pre),
+        std::str::from_utf8(&post),
+        std::str::from_utf8(&now),
+    ) else {
+        return Err(conflict(
+            "the file was changed again since and is not text: only a whole-file revert is possible",
+        ));
+    };
+    let merged = super::reverse::reverse_apply(pre, post, now)
+        .map_err(|c| conflict(&format!("changed again since: {}", c.0)))?;
+    let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
+    let io = |source| ChangeError::Io {
+        path: change.path_text(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(merged.as_bytes()).map_err(io)?;
+    f.sync_data().map_err(io)?;
+    Ok(Reverted::ReverseApplied)
 }
 
 /// Restores the change's pre-image in place (same inode, so hardlinks and marks stay):
@@ -468,6 +565,39 @@ mod tests {
             existed,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn revert_own_undoes_only_this_grants_edit() {
+        let (dir, store) = setup();
+        let f = dir.path().join("app.conf");
+        std::fs::write(&f, b"base=0\n").unwrap();
+        let a = keep(&store, &f, b"base=0\n", true);
+        std::fs::write(&f, b"base=0\na=1\n").unwrap();
+        diff_own_close(&store, &a, None, 1 << 20).unwrap().unwrap();
+        // Someone else's approved change after it.
+        std::fs::write(&f, b"base=0\na=1\nb=1\n").unwrap();
+        assert_eq!(revert_own(&store, &a).unwrap(), Reverted::ReverseApplied);
+        assert_eq!(std::fs::read(&f).unwrap(), b"base=0\nb=1\n");
+    }
+
+    #[test]
+    fn revert_own_flags_a_conflict_and_writes_nothing() {
+        let (dir, store) = setup();
+        let f = dir.path().join("app.conf");
+        let a = keep(&store, &f, b"pool=10\n", true);
+        std::fs::write(&f, b"pool=50\n").unwrap();
+        diff_own_close(&store, &a, None, 1 << 20).unwrap().unwrap();
+        std::fs::write(&f, b"pool=80\n").unwrap();
+        assert!(matches!(
+            revert_own(&store, &a),
+            Err(ChangeError::Conflict { .. })
+        ));
+        assert_eq!(std::fs::read(&f).unwrap(), b"pool=80\n");
+        // Still as its writer left it: a whole revert.
+        std::fs::write(&f, b"pool=50\n").unwrap();
+        assert_eq!(revert_own(&store, &a).unwrap(), Reverted::Restored);
+        assert_eq!(std::fs::read(&f).unwrap(), b"pool=10\n");
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub struct GateMetrics {
     pub diffs_coalesced: AtomicU64,
     pub unapproved_renames: AtomicU64,
     pub renames_unrestorable: AtomicU64,
+    pub revert_conflicts: AtomicU64,
     pub renames_covered: AtomicU64,
     pub renames_repeated: AtomicU64,
     pub released_by_crash: AtomicU64,
@@ -91,6 +92,7 @@ impl GateMetrics {
                 "gate_unapproved_renames_unrestorable",
                 g(&self.renames_unrestorable),
             ),
+            ("gate_revert_conflicts", g(&self.revert_conflicts)),
             ("gate_renames_covered_by_grant", g(&self.renames_covered)),
             ("gate_renames_repeated", g(&self.renames_repeated)),
             ("gate_released_by_crash", g(&self.released_by_crash)),
@@ -120,7 +122,8 @@ pub struct GateState {
     pub policy: Arc<Policy>,
     grants: RwLock<GrantSet>,
     /// Paths whose pre-image is kept, with the grants (0: a failure verdict) they were
-    /// kept under: further opens under the same grant pass without I/O.
+    /// kept under: further opens under the same grant pass without I/O. The grant that let
+    /// the latest write open through is last: a close-write's change is that grant's.
     tracked: RwLock<HashMap<Vec<u8>, Vec<u64>>>,
     /// Agent name per session (cached: the registry clones whole records).
     agents: RwLock<HashMap<u64, Arc<str>>>,
@@ -197,12 +200,35 @@ impl GateState {
         read(&self.tracked).contains_key(path)
     }
 
+    /// Keeps `grant` as a writer of `path`, the latest one.
     pub fn track(&self, grant: u64, path: &[u8]) {
         let mut t = write(&self.tracked);
         let grants = t.entry(path.to_vec()).or_default();
-        if !grants.contains(&grant) {
-            grants.push(grant);
+        grants.retain(|g| *g != grant);
+        grants.push(grant);
+    }
+
+    /// A tracked `grant` let another write open of `path` through: it is the latest writer.
+    /// (A read lock when it already is, the common case of one agent writing in a loop.)
+    pub fn touch_writer(&self, grant: u64, path: &[u8]) {
+        if read(&self.tracked)
+            .get(path)
+            .is_some_and(|g| g.last() == Some(&grant))
+        {
+            return;
         }
+        let mut t = write(&self.tracked);
+        if let Some(grants) = t.get_mut(path)
+            && let Some(i) = grants.iter().position(|g| *g == grant)
+        {
+            let g = grants.remove(i);
+            grants.push(g);
+        }
+    }
+
+    /// The grants tracked on `path`, the one that let the latest write open through last.
+    pub fn writers(&self, path: &[u8]) -> Vec<u64> {
+        read(&self.tracked).get(path).cloned().unwrap_or_default()
     }
 
     pub fn untrack(&self, grant: u64, path: &[u8]) {
@@ -315,6 +341,9 @@ impl Decider for GateDecider {
                 if let Some(id) = granted
                     && st.is_tracked(id, &ev.path)
                 {
+                    if ev.is_write() {
+                        st.touch_writer(id, &ev.path);
+                    }
                     GateMetrics::inc(&st.metrics.allowed_by_grant);
                     return FastVerdict::Allow;
                 }

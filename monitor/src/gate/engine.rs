@@ -55,8 +55,9 @@ const RENAME_MEMORY: Duration = Duration::from_secs(30);
 /// What the event pipeline tells the gate.
 #[derive(Debug)]
 pub enum Notice {
-    /// A gated file was closed after writing: record its diff.
-    Closed { path: Vec<u8> },
+    /// A gated file was closed after writing by a process of `session` (0: none or
+    /// unknown): record its diff.
+    Closed { path: Vec<u8>, session: u64 },
     /// A session renamed `from` (when known) onto `to`.
     Renamed {
         session: u64,
@@ -110,7 +111,7 @@ pub struct Engine {
     /// records nothing).
     diffed: Mutex<HashMap<u64, String>>,
     /// Paths with a diff scheduled (closes within [`DIFF_DELAY`] share it).
-    diff_scheduled: Mutex<std::collections::HashSet<Vec<u8>>>,
+    diff_scheduled: Mutex<HashMap<Vec<u8>, u64>>,
     /// Files renamed onto gated paths lately: path -> (device, inode, when).
     renames_seen: Mutex<HashMap<Vec<u8>, (u64, u64, std::time::Instant)>>,
 }
@@ -249,7 +250,7 @@ impl Engine {
             settings,
             waiters: Arc::new(Mutex::new(HashMap::new())),
             diffed: Mutex::new(HashMap::new()),
-            diff_scheduled: Mutex::new(std::collections::HashSet::new()),
+            diff_scheduled: Mutex::new(HashMap::new()),
             renames_seen: Mutex::new(HashMap::new()),
             open_requests: Mutex::new(open_requests),
             changes: Mutex::new(changes),
@@ -830,6 +831,7 @@ impl Engine {
         created: bool,
     ) {
         if self.state.is_tracked(grant_id, path) {
+            self.state.touch_writer(grant_id, path);
             return;
         }
         let Some(pre) = pre.cloned() else {
@@ -853,7 +855,7 @@ impl Engine {
     fn grant_body(&self, grant: &Grant, host_request_id: u64, d: &pb::Decision) -> Value {
         json!({"grant": grant.id, "host_request_id": host_request_id,
                "request_id": d.request_id, "by": d.decided_by, "note": d.note,
-               "scope": format!("{:?}", grant.scope),
+               "scope": grant.scope,
                "operations": grant.ops.to_strings(),
                "expires_unix_ms": unix_ms(grant.expires_at),
                "path_glob": grant.path_glob.as_str(), "rule": grant.rule,
@@ -1106,7 +1108,7 @@ impl Engine {
         let res = blocking(move || {
             let diff = changes::diff(&store, &c);
             let reverted = match action {
-                OnExpiry::Revert => Some(changes::revert(&store, &c)),
+                OnExpiry::Revert => Some(changes::revert_own(&store, &c)),
                 OnExpiry::Flag => None,
             };
             (diff, reverted)
@@ -1135,6 +1137,14 @@ impl Engine {
                 body["result"] = json!(r);
                 self.audit("reverted", body).await;
             }
+            Some(Err(changes::ChangeError::Conflict { why, .. })) => {
+                GateMetrics::inc(&self.state.metrics.changes_flagged);
+                GateMetrics::inc(&self.state.metrics.revert_conflicts);
+                warn!(path = %change.path_text(), grant = change.grant_id, why = %why, "change not reverted: later changes conflict with it; flagged");
+                let mut body = base;
+                body["not_reverted"] = json!(why);
+                self.audit("change_flagged", body).await;
+            }
             Some(Err(e)) => {
                 GateMetrics::inc(&self.state.metrics.revert_errors);
                 warn!(path = %change.path_text(), error = %e, "cannot revert");
@@ -1159,16 +1169,20 @@ impl Engine {
     async fn notice_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Notice>) {
         while let Some(n) = rx.recv().await {
             match n {
-                Notice::Closed { path } => {
+                Notice::Closed { path, session } => {
                     // Closes of the same file within DIFF_DELAY are diffed once, after the
-                    // last of them: an agent that opens and closes a file in a loop costs
-                    // one read of it per DIFF_DELAY, not one per close.
-                    if lock(&self.diff_scheduled).insert(path.clone()) {
+                    // last of them (whose session owns the change): an agent that opens and
+                    // closes a file in a loop costs one read of it per DIFF_DELAY, not one
+                    // per close.
+                    if lock(&self.diff_scheduled)
+                        .insert(path.clone(), session)
+                        .is_none()
+                    {
                         let me = Arc::clone(&self);
                         tokio::spawn(async move {
                             tokio::time::sleep(DIFF_DELAY).await;
-                            lock(&me.diff_scheduled).remove(&path);
-                            me.on_closed(path).await;
+                            let closer = lock(&me.diff_scheduled).remove(&path).unwrap_or(0);
+                            me.on_closed(path, closer).await;
                         });
                     } else {
                         GateMetrics::inc(&self.state.metrics.diffs_coalesced);
@@ -1185,9 +1199,13 @@ impl Engine {
         }
     }
 
-    /// Records the diff of a gated file after a close-write. A change that a failure
-    /// verdict let through (nobody approved it) is flagged right away.
-    async fn on_closed(&self, path: Vec<u8>) {
+    /// Records the diff of a gated file after a close-write. The change is the one of the
+    /// grant that let the latest write open through (not of every grant live on the path:
+    /// one write is one change, owned by the grant and session that made it), and the file
+    /// as it is now becomes that change's post-image. A change that a failure verdict let
+    /// through (nobody approved it) is flagged right away.
+    async fn on_closed(&self, path: Vec<u8>, closer: u64) {
+        let writer = self.owner_of_close(&path, closer);
         let tracked: Vec<Change> = lock(&self.changes)
             .values()
             .flatten()
@@ -1209,11 +1227,16 @@ impl Engine {
                 }
                 continue;
             }
+            if writer != Some(c.grant_id) {
+                continue;
+            }
             let store = self.store.clone();
             let cc = c.clone();
             let recorded = lock(&self.diffed).get(&c.id).cloned();
+            let max = self.state.policy.max_preimage_bytes();
             let res =
-                blocking(move || changes::diff_if_changed(&store, &cc, recorded.as_deref())).await;
+                blocking(move || changes::diff_own_close(&store, &cc, recorded.as_deref(), max))
+                    .await;
             if let Some(Ok(None)) = res {
                 GateMetrics::inc(&self.state.metrics.diffs_unchanged);
             }
@@ -1227,6 +1250,23 @@ impl Engine {
                 .await;
             }
         }
+    }
+
+    /// Which grant's change a close-write by a process of session `closer` belongs to: the
+    /// latest writer grant whose change was made by that session, else (an agent-scoped
+    /// grant used by another session of the agent) the latest writer grant. A close
+    /// outside any session belongs to no grant: its edit stays someone else's.
+    fn owner_of_close(&self, path: &[u8], closer: u64) -> Option<u64> {
+        if closer == 0 {
+            return None;
+        }
+        let writers = self.state.writers(path);
+        let all = lock(&self.changes);
+        let by_session = writers.iter().rev().find(|g| {
+            all.get(g)
+                .is_some_and(|cs| cs.iter().any(|c| c.path == path && c.session_id == closer))
+        });
+        by_session.or(writers.last()).copied()
     }
 
     /// A rename by a session onto a gated path: the gate could not hold it (a rename opens

@@ -15,6 +15,7 @@
 //! - [`decider`]: [`GateDecider`], policy and grants on the listener thread, from memory.
 //! - [`engine`]: [`Engine`], the async side: requests, waits, grants, failure verdicts,
 //!   diffs, expiry (flag or revert) and unapproved renames.
+//! - [`reverse`]: undoing one change's edit in a file others changed since.
 //! - [`crash`]: holds a daemon crash released, closed and settled at the next start.
 //! - [`changes`]: pre-images kept in the store, diffs, reverts; [`context`]: who asks and
 //!   why (from `/proc`); [`requests`]: the host's record of requests and grants.
@@ -33,6 +34,7 @@ pub mod listener;
 pub mod marks;
 pub mod preimage;
 pub mod requests;
+pub mod reverse;
 pub mod sys;
 
 #[cfg(test)]
