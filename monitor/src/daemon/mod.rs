@@ -16,6 +16,9 @@ mod gate;
 
 pub use gate::GateRuntime;
 
+/// Most threads the daemon's runtime starts for blocking work (see `main.rs`).
+pub const MAX_BLOCKING_THREADS: usize = 64;
+
 use crate::{
     config::Config,
     correlate::Watermarks,
