@@ -98,8 +98,8 @@ enum ApproverCommand {
         /// Issue an approver certificate (CN=NAME, OU=approver); repeatable.
         #[arg(long = "approver", value_name = "NAME")]
         approvers: Vec<String>,
-        /// Name or IP of the service for its certificate; repeatable. Default: localhost,
-        /// 127.0.0.1, ::1 and this host's name.
+        /// Name or IP of the service for its certificate (the first is its CN); repeatable.
+        /// Added to localhost, 127.0.0.1, ::1 and this host's name, which are always in it.
         #[arg(long = "server-name", value_name = "DNS")]
         server_names: Vec<String>,
         /// Replace an existing CA and existing certificate files.

@@ -138,20 +138,7 @@ pub fn init_ca(req: &CaRequest) -> Result<CaReport, ApproverError> {
 
     let server_pem = req.dir.join("server.pem");
     if report.new_ca || !req.server_names.is_empty() || !server_pem.exists() {
-        let names = if req.server_names.is_empty() {
-            let mut v = vec![
-                "localhost".to_owned(),
-                "127.0.0.1".to_owned(),
-                "::1".to_owned(),
-            ];
-            let h = crate::host::host_name();
-            if is_dns_name(&h) && !v.contains(&h) {
-                v.push(h);
-            }
-            v
-        } else {
-            req.server_names.clone()
-        };
+        let names = server_cert_names(&req.server_names, &crate::host::host_name());
         let mut params = CertificateParams::new(names.clone()).map_err(err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, names[0].as_str());
@@ -273,9 +260,41 @@ fn is_dns_name(h: &str) -> bool {
         })
 }
 
+/// Names of the service certificate: the `--server-name`s given (the first is the CN),
+/// then the defaults that loopback clients and this host dial (localhost, 127.0.0.1, ::1,
+/// the host name), each once. Given names add to the defaults, never replace them: a
+/// certificate made with `--server-name approver.example.com` still serves
+/// `https://127.0.0.1:7443`.
+fn server_cert_names(given: &[String], host: &str) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    let defaults = ["localhost", "127.0.0.1", "::1"];
+    let host = is_dns_name(host).then_some(host);
+    for n in given.iter().map(String::as_str).chain(defaults).chain(host) {
+        if !v.iter().any(|x| x == n) {
+            v.push(n.to_owned());
+        }
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_names_add_to_the_loopback_defaults() {
+        assert_eq!(
+            server_cert_names(&[], "web-1"),
+            ["localhost", "127.0.0.1", "::1", "web-1"]
+        );
+        assert_eq!(
+            server_cert_names(
+                &["approver.example.com".into(), "localhost".into()],
+                "bad/host"
+            ),
+            ["approver.example.com", "localhost", "127.0.0.1", "::1"]
+        );
+    }
     use crate::approver::tls::{CertRole, cert_identity};
     use std::os::unix::fs::PermissionsExt;
 

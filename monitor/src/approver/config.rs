@@ -331,12 +331,22 @@ mod tests {
     }
 
     #[test]
-    fn deploy_file_is_exactly_the_defaults() {
+    fn deploy_file_is_the_fleet_example_and_otherwise_the_defaults() {
         let text = include_str!("../../../deploy/approver.toml");
+        let mut cfg = ServiceConfig::parse(text, Path::new("deploy/approver.toml")).unwrap();
         assert_eq!(
-            ServiceConfig::parse(text, Path::new("deploy/approver.toml")).unwrap(),
-            ServiceConfig::default()
+            cfg.listen,
+            ["unix:/run/confgate/approver.sock", "https://0.0.0.0:7443"]
         );
+        assert_eq!(
+            cfg.tls.cert.as_deref(),
+            Some(Path::new("/etc/confgate/tls/server.pem"))
+        );
+        assert!(cfg.tls.key.is_some() && cfg.tls.client_ca.is_some());
+        let d = ServiceConfig::default();
+        cfg.tls = d.tls.clone();
+        cfg.listen = d.listen.clone();
+        assert_eq!(cfg, d);
     }
 
     #[test]
