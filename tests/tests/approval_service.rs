@@ -374,24 +374,36 @@ fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
     assert_eq!(r["context"]["mode"], "deny-and-request");
 
     // A file written outside the tree and renamed in: the gate could not hold it, so it is
-    // detected, attributed and (rule: revert) quarantined.
+    // detected and attributed. The rule says revert, but no pre-image of the path is kept
+    // (the write above was denied): there is nothing to restore, so it is flagged and the
+    // file stays (moving it away would leave the path with nothing).
     let outside = d.dir.path().join("staging.env");
     let script = format!(
         "printf 'DEBUG=true\\n' > {o} && mv {o} gated/app.env",
         o = outside.display()
     );
     let _ = finish(spawn_session(&d, &script, &[]));
+    let ledger_path = d.dir.path().join("state/ledger.jsonl");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_to_string(&f).is_ok_and(|s| s == "DEBUG=true\n") {
-        assert!(
-            Instant::now() < deadline,
-            "rename not reverted\n{}",
-            d.log()
-        );
+    let rec = loop {
+        let found = std::fs::read_to_string(&ledger_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["kind"] == "unapproved_rename");
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "rename not handled\n{}", d.log());
         std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(stat(&d, "gate_unapproved_renames") >= 1);
-    let ledger = std::fs::read_to_string(d.dir.path().join("state/ledger.jsonl")).unwrap();
-    assert!(ledger.contains("unapproved_rename"), "{ledger}");
-    assert!(ledger.contains("quarantined_as"), "{ledger}");
+    };
+    assert_eq!(rec["body"]["action"], "flag", "{rec}");
+    assert_eq!(
+        rec["body"]["path"],
+        f.display().to_string().as_str(),
+        "{rec}"
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
+    assert_eq!(stat(&d, "gate_unapproved_renames"), 1);
+    assert_eq!(stat(&d, "gate_unapproved_renames_unrestorable"), 1);
 }

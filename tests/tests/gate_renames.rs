@@ -211,6 +211,46 @@ fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
     assert_eq!(g.ledgered("released_by_crash").len(), 1);
 }
 
+#[test]
+fn an_unapproved_rename_over_a_file_with_a_kept_pre_image_is_reverted_atomically() {
+    if !require_root(
+        "an_unapproved_rename_over_a_file_with_a_kept_pre_image_is_reverted_atomically",
+    ) {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    let a = g.gated("a.conf");
+    std::fs::write(&a, "port=80\n").expect("seed");
+    // An approved write keeps a.conf's pre-image (under a grant for writes, not renames).
+    let child = g.spawn_in_session("claude", "echo debug=1 >> gated/a.conf");
+    let r = g.wait_request(&a);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    assert!(wait_child(child, Duration::from_secs(30)).status.success());
+    // Then the session renames another file over it.
+    let staged = g.d.dir.path().join("staged.conf");
+    std::fs::write(&staged, "port=6666\n").expect("staged");
+    let o = wait_child(
+        g.spawn_in_session("claude", &format!("mv {} gated/a.conf", staged.display())),
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let rec = g.wait_ledgered("unapproved_rename", |b| {
+        b["path"] == a.display().to_string().as_str()
+    });
+    assert_eq!(rec["action"], "revert", "{rec}");
+    assert_eq!(rec["restored"], "restored", "{rec}");
+    // Back to what it was before the rename (the approved write included); the
+    // renamed-in file is kept in quarantine.
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), "port=80\ndebug=1\n");
+    let kept = rec["quarantined_as"].as_str().expect("quarantined_as");
+    assert_eq!(std::fs::read_to_string(kept).unwrap(), "port=6666\n");
+    assert!(
+        quarantine_entries(&g).len() == 1,
+        "{:?}",
+        quarantine_entries(&g)
+    );
+}
+
 /// Issue 21, defect 2: a change belongs to the grant (and session) that made it; a revert
 /// undoes that change only.
 mod owned_changes {

@@ -444,9 +444,11 @@ pub fn revert(store: &Store, change: &Change) -> Result<Reverted, ChangeError> {
     Ok(Reverted::Restored)
 }
 
-/// Puts `change`'s pre-image back at its path *replacing* whatever file is there now (a
-/// file renamed in, a link): the pre-image is written to a new file beside it and renamed
-/// over the path, so the path never has no file. The file that was there is kept in
+/// Puts back what `change`'s path held before a file was renamed over it: the change's
+/// post-image (what its grant's writer left, the newest approved content) when one is
+/// kept, else its pre-image. It *replaces* whatever file is there now (a file renamed in, a
+/// link): the content is written to a new file beside it and renamed over the path, so the
+/// path never has no file. The file that was there is kept in
 /// `quarantine` (hard-linked, or copied across filesystems) first; its new name is returned.
 pub fn restore_replacing(
     store: &Store,
@@ -459,9 +461,10 @@ pub fn restore_replacing(
         source,
     };
     let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
-    let content = match change.content_kept {
-        true => store.get_blob(PREIMAGES, change.id)?,
-        false => None,
+    let content = match store.get_blob(POSTIMAGES, change.id)? {
+        Some(post) => Some(post),
+        None if change.content_kept => store.get_blob(PREIMAGES, change.id)?,
+        None => None,
     };
     let Some(content) = content else {
         return Err(ChangeError::NoContent {
