@@ -506,7 +506,19 @@ impl Engine {
         let key = (ev.session, path.clone());
         // The context was read while the writer was still held: once denied, it may exit
         // and take its `/proc` entry (command line, CONFGATE_REASON) with it.
-        let pending = lock(&self.open_requests).contains_key(&key);
+        // Checked and claimed in one step: a retry that arrives while this request is being
+        // filed (an agent retrying at once) must not file a second one. The claim holds
+        // id 0 until the request has its id, and is released if filing fails.
+        let pending = {
+            let mut open = lock(&self.open_requests);
+            match open.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => true,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(0);
+                    false
+                }
+            }
+        };
         let ctx = (!pending).then(|| {
             self.request_context(
                 &writer,
@@ -528,9 +540,14 @@ impl Engine {
         let filed = blocking(move || me.file_now(ctx, &r, lifetime, None, None))
             .await
             .flatten();
-        if let Some((id, body)) = filed {
-            lock(&self.open_requests).insert(key, id);
-            self.ledger("request", body).await;
+        match filed {
+            Some((id, body)) => {
+                lock(&self.open_requests).insert(key, id);
+                self.ledger("request", body).await;
+            }
+            None => {
+                lock(&self.open_requests).remove(&key);
+            }
         }
     }
 

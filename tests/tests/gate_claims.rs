@@ -1,0 +1,204 @@
+//! End-to-end checks of README claims about grants that no other test made (issue 13,
+//! "Untested claims"): grants and kept pre-images survive a daemon restart, a retry in
+//! deny-and-request files no second request, `--scope agent`, `--glob`, the service's
+//! `max_ttl_secs`, and the events file's modes.
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::{Duration, Instant};
+
+use e2e::gate::{Gate, id_of, rule, wait_child};
+use e2e::*;
+
+const HOLD_REVERT: &str =
+    "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"\non_expiry = \"revert\"";
+
+fn wait_file(path: &std::path::Path, want: &str, g: &Gate) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} is {now:?}, want {want:?}\n{}",
+            path.display(),
+            g.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn grants_and_kept_pre_images_survive_a_restart() {
+    if !require_root("grants_and_kept_pre_images_survive_a_restart") {
+        return;
+    }
+    let mut g = Gate::start(|w| rule(w, "r", HOLD_REVERT));
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "pool=10\n").expect("seed");
+    let child = g.spawn_in_session("claude", "echo pool=50 > gated/app.conf");
+    let r = g.wait_request(&f);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    assert!(wait_child(child, Duration::from_secs(30)).status.success());
+    let grant = g.wait_ledgered("grant", |_| true)["grant"]
+        .as_u64()
+        .expect("grant");
+    g.wait_ledgered("change", |b| b["grant"].as_u64() == Some(grant));
+    g.d.restart();
+    assert_eq!(g.stat("gate_grants_live"), 1, "the grant came back");
+    // Revoking it after the restart reverts from the pre-image kept before it.
+    ok(&g.cli(&["grants", "revoke", &grant.to_string()]));
+    wait_file(&f, "pool=10\n", &g);
+    let rev = g.wait_ledgered("reverted", |b| b["grant"].as_u64() == Some(grant));
+    assert_eq!(rev["why"], "revoked", "{rev}");
+}
+
+#[test]
+fn a_retry_while_a_deny_and_request_is_pending_files_no_second_request() {
+    if !require_root("a_retry_while_a_deny_and_request_is_pending_files_no_second_request") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "dar", "mode = \"deny-and-request\"\nfail = \"deny\""));
+    let f = g.gated("app.env");
+    std::fs::write(&f, "DEBUG=false\n").expect("seed");
+    let go = g.d.dir.path().join("go");
+    // Three attempts at once, then (after approval) a retry in the same session.
+    let script = format!(
+        "for i in 1 2 3; do echo DEBUG=true > gated/app.env; done; \
+         while [ ! -e {go} ]; do sleep 0.05; done; echo DEBUG=true > gated/app.env",
+        go = go.display()
+    );
+    let child = g.spawn_in_session("claude", &script);
+    g.wait_request(&f);
+    // Let the three attempts all be decided before counting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.stat("gate_denied") < 3 {
+        assert!(Instant::now() < deadline, "three denials\n{}", g.d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pending: Vec<_> = g
+        .pending()
+        .into_iter()
+        .filter(|r| r["context"]["path"] == f.display().to_string().as_str())
+        .collect();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(g.stat("gate_requests"), 1);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=false\n");
+    // After approval, the retry passes under the grant.
+    ok(&g.cli(&["approvals", "approve", &id_of(&pending[0]), "--ttl", "10m"]));
+    g.wait_ledgered("grant", |_| true);
+    std::fs::write(&go, "").expect("go");
+    let o = wait_child(child, Duration::from_secs(30));
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
+}
+
+#[test]
+fn agent_scope_and_glob_widen_a_grant_as_documented() {
+    if !require_root("agent_scope_and_glob_widen_a_grant_as_documented") {
+        return;
+    }
+    let g = Gate::start(|w| {
+        rule(
+            w,
+            "r",
+            "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"",
+        )
+    });
+    let a = g.gated("a.conf");
+    // Existing files: a grant covers the operations asked about (write), not creation.
+    for n in ["a.conf", "b.conf", "c.conf", "d.txt"] {
+        std::fs::write(g.gated(n), "x=0\n").expect("seed");
+    }
+    let child = g.spawn_in_session("claude", "echo x=1 >> gated/a.conf");
+    let r = g.wait_request(&a);
+    let glob = format!(
+        "{}/*.conf",
+        g.gated("").display().to_string().trim_end_matches('/')
+    );
+    ok(&g.cli(&[
+        "approvals",
+        "approve",
+        &id_of(&r),
+        "--ttl",
+        "10m",
+        "--scope",
+        "agent",
+        "--glob",
+        &glob,
+    ]));
+    assert!(wait_child(child, Duration::from_secs(30)).status.success());
+    // Another session of the same agent, another file in the glob: no request.
+    let o = wait_child(
+        g.spawn_in_session("claude", "echo y=1 >> gated/b.conf"),
+        Duration::from_secs(30),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read_to_string(g.gated("b.conf")).unwrap(),
+        "x=0\ny=1\n"
+    );
+    assert_eq!(g.stat("gate_requests"), 1);
+    // Outside the glob, or another agent: asked again.
+    let other = g.spawn_in_session("codex", "echo z=1 >> gated/c.conf");
+    g.wait_request(&g.gated("c.conf"));
+    let outside = g.spawn_in_session("claude", "echo z=1 >> gated/d.txt");
+    let r2 = g.wait_request(&g.gated("d.txt"));
+    ok(&g.cli(&["approvals", "deny", &id_of(&r2)]));
+    assert!(
+        !wait_child(outside, Duration::from_secs(30))
+            .status
+            .success()
+    );
+    let rc = g
+        .pending()
+        .into_iter()
+        .find(|r| r["context"]["path"] == g.gated("c.conf").display().to_string().as_str())
+        .expect("c.conf request");
+    ok(&g.cli(&["approvals", "deny", &id_of(&rc)]));
+    assert!(!wait_child(other, Duration::from_secs(30)).status.success());
+}
+
+#[test]
+fn a_ttl_over_the_services_maximum_is_refused() {
+    if !require_root("a_ttl_over_the_services_maximum_is_refused") {
+        return;
+    }
+    let g = Gate::start(|w| {
+        rule(
+            w,
+            "r",
+            "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"",
+        )
+    });
+    let a = g.gated("a.conf");
+    std::fs::write(&a, "x=0\n").expect("seed");
+    let child = g.spawn_in_session("claude", "echo x=1 >> gated/a.conf");
+    let r = g.wait_request(&a);
+    // The default max_ttl_secs is 7 days.
+    let o = g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "8d"]);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(err.contains("ttl") || err.contains("max"), "{err}");
+    assert!(
+        g.pending().iter().any(|p| p["id"] == r["id"]),
+        "still pending"
+    );
+    ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
+    assert!(!wait_child(child, Duration::from_secs(30)).status.success());
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), "x=0\n");
+}
+
+#[test]
+fn the_events_file_is_0640_in_a_0750_directory() {
+    if !require_root("the_events_file_is_0640_in_a_0750_directory") {
+        return;
+    }
+    let d = Daemon::start();
+    ok(&sh(&d.watched, "echo x > f.conf"));
+    d.wait_for("an event", |ev| !ev.is_empty());
+    let file = std::fs::metadata(&d.events_file).expect("events file");
+    let dir = std::fs::metadata(d.events_file.parent().expect("dir")).expect("dir");
+    assert_eq!(file.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(dir.permissions().mode() & 0o7777, 0o750);
+}
