@@ -162,7 +162,10 @@ impl Pipeline {
     }
 
     fn push_ebpf(&mut self, obs: Observation) {
-        if self.watched(&obs) {
+        // A session's relative path whose directory is unknown: its fanotify twin, if
+        // any, names it in the correlator; otherwise it is reported unresolved.
+        let unnamed = obs.session != 0 && obs.details.unresolved && !obs.path.starts_with(b"/");
+        if unnamed || self.watched(&obs) {
             self.correlator.push_ebpf(obs);
         } else {
             Metrics::inc(&self.metrics.unwatched_dropped);
@@ -188,6 +191,7 @@ impl Pipeline {
                 self.push_ebpf(*obs);
             }
             Outcome::Chdir(cwd) => self.procs.set_cwd(s.header.tgid, cwd),
+            Outcome::CwdUnknown => self.procs.forget_cwd(s.header.tgid),
             Outcome::Nothing => {}
         }
     }

@@ -259,7 +259,11 @@ fn commands_exit_quietly_on_a_closed_pipe() {
         );
     }
     // The same commands print something when the reader is there (so the pipe mattered).
-    for args in [vec!["stats"], vec!["sessions", "--all"], vec!["audit", "log"]] {
+    for args in [
+        vec!["stats"],
+        vec!["sessions", "--all"],
+        vec!["audit", "log"],
+    ] {
         let o = d.cli(&args);
         ok(&o);
         assert!(!o.stdout.is_empty(), "confgate {args:?} printed nothing");
@@ -311,7 +315,11 @@ fn non_utf8_agent_or_reason_exits_125_without_running_the_command() {
 fn daemon_pid(d: &Daemon) -> u32 {
     let want = d.config.as_os_str().as_bytes();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -355,7 +363,10 @@ fn sessions_cannot_read_the_daemons_environment() {
     };
     let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
     let o = read_as(&nobody, pid);
-    assert!(denied(&o), "a non-root session read the daemon's environment: {o:?}");
+    assert!(
+        denied(&o),
+        "a non-root session read the daemon's environment: {o:?}"
+    );
 
     let no_ptrace = ["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"];
     let reference = Command::new("python3")
@@ -366,7 +377,9 @@ fn sessions_cannot_read_the_daemons_environment() {
         .stdout(Stdio::piped())
         .spawn();
     let Ok(mut reference) = reference else {
-        println!("NOTE sessions_cannot_read_the_daemons_environment: no python3; the root half is not checked");
+        println!(
+            "NOTE sessions_cannot_read_the_daemons_environment: no python3; the root half is not checked"
+        );
         return;
     };
     let mut ready = [0u8; 2];
@@ -394,7 +407,9 @@ fn spawn_in_session(d: &Daemon, script: &str) -> Child {
     Command::new(confgate_bin())
         .arg("--config")
         .arg(&d.config)
-        .args(["run", "--agent", "edges", "--reason", "test", "--", "sh", "-c", script])
+        .args([
+            "run", "--agent", "edges", "--reason", "test", "--", "sh", "-c", script,
+        ])
         .current_dir(&d.watched)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -429,7 +444,10 @@ fn write_is_held(d: &Daemon, file: &Path) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("the write to {want} neither finished nor was held\n{}", d.log());
+    panic!(
+        "the write to {want} neither finished nor was held\n{}",
+        d.log()
+    );
 }
 
 /// Issue 13 item 7: a gated root that is also a watch root, deleted and made again
@@ -460,7 +478,10 @@ fn a_recreated_gated_root_is_gated_again() {
         })),
         ..DaemonOptions::default()
     });
-    assert!(write_is_held(&d, &app.join("before.conf")), "gated at start");
+    assert!(
+        write_is_held(&d, &app.join("before.conf")),
+        "gated at start"
+    );
 
     std::fs::remove_dir_all(&app).expect("rm -rf app");
     std::fs::create_dir(&app).expect("mkdir app");
@@ -484,5 +505,46 @@ fn a_recreated_gated_root_is_gated_again() {
     // A file made inside the new root is watched again too (events come back).
     ok(&d.in_session("edges", "test", &format!("mkdir '{}/sub'", app.display())));
     let sub = app.join("sub").display().to_string();
-    d.wait_for("the mkdir in the recreated root", |ev| has(ev, "mkdir", &sub));
+    d.wait_for("the mkdir in the recreated root", |ev| {
+        has(ev, "mkdir", &sub)
+    });
+}
+
+/// Issue 13 item 7: `mkdir -p a/b` produced a second, wrong event for `b`: it does
+/// `mkdir("a")`, opens `a` read-only, `fchdir`s into it and `mkdir("b")`, then exits. The
+/// daemon could not follow the `fchdir` (the descriptor was not tracked, the process was
+/// gone), kept the old working directory, and reported `mkdir <cwd>/b` from eBPF besides
+/// fanotify's `mkdir <cwd>/a/b`. Exactly two events now, each seen by both sources.
+#[test]
+fn mkdir_p_reports_exactly_its_directories() {
+    if !require_root("mkdir_p_reports_exactly_its_directories") {
+        return;
+    }
+    let d = Daemon::start();
+    ok(&d.in_session("probe", "mkdir", "mkdir -p a/b && mkdir -p c/d/e"));
+    let want = [d.w("a"), d.w("a/b"), d.w("c"), d.w("c/d"), d.w("c/d/e")];
+    let ev = d.wait_for("every mkdir seen by both sources", |ev| {
+        want.iter().all(|p| {
+            ev.iter()
+                .any(|e| e["kind"] == "mkdir" && e["path"] == p.as_str() && e["source"] == "both")
+        })
+    });
+    // Nothing else may follow: poll until the daemon has flushed a later marker event.
+    ok(&d.in_session("probe", "marker", "mkdir marker"));
+    let marker = d.w("marker");
+    let ev = d.wait_for("the marker", |ev| has(ev, "mkdir", &marker));
+    let mine: Vec<String> = foreign(&ev)
+        .iter()
+        .filter(|e| e["path"] != marker.as_str())
+        .map(|e| format!("{} {} {}", e["kind"], e["path"], e["source"]))
+        .collect();
+    let expected: Vec<String> = want
+        .iter()
+        .map(|p| format!("\"mkdir\" {:?} \"both\"", p))
+        .collect();
+    assert_eq!(mine, expected, "all events: {ev:#?}");
+    for e in foreign(&ev) {
+        assert_eq!(e["comm"], "mkdir", "{e}");
+        assert!(e["session"].is_object(), "{e}");
+    }
 }
