@@ -548,3 +548,42 @@ fn mkdir_p_reports_exactly_its_directories() {
         assert!(e["session"].is_object(), "{e}");
     }
 }
+
+/// Issue 13 item 7: an open made before its process joined a session was attributed to
+/// the session (the event took the process's session when it was emitted, after the
+/// correlation window). The session a syscall record carries — the one at the time of
+/// the call — decides. A shell opens the file, then `exec`s a command that a detection
+/// rule tags at once (in the same batch of records as the open); what it does afterwards
+/// belongs to the session.
+#[test]
+fn an_open_before_the_session_is_not_attributed_to_it() {
+    if !require_root("an_open_before_the_session_is_not_attributed_to_it") {
+        return;
+    }
+    let d = Daemon::start_with(DaemonOptions {
+        extra_toml: "[[detect]]\nagent = \"late\"\nargv = [\"confgate-late-marker\"]\n".into(),
+        ..DaemonOptions::default()
+    });
+    let file = d.w("early.conf");
+    let late = d.w("late.conf");
+    for round in 0..3 {
+        let script = format!(
+            "exec 3>>'{file}'; exec sh -c 'sleep 0.3; echo x >> \"$1\"' confgate-late-marker '{late}'"
+        );
+        ok(&sh(&d.watched, &script));
+        let ev = d.wait_for("both opens", |ev| {
+            about(ev, &file).len() > round && about(ev, &late).len() > round
+        });
+        let early = about(&ev, &file);
+        assert!(
+            early.iter().all(|e| e["session"].is_null()),
+            "the open before the session is attributed to it: {early:#?}"
+        );
+        // The process did join the session: what it did there is attributed.
+        let after = about(&ev, &late);
+        assert!(
+            after.iter().all(|e| e["session"]["agent"] == "late"),
+            "{after:#?}"
+        );
+    }
+}
