@@ -523,7 +523,7 @@ fn mkdir_p_reports_exactly_its_directories() {
     let d = Daemon::start();
     ok(&d.in_session("probe", "mkdir", "mkdir -p a/b && mkdir -p c/d/e"));
     let want = [d.w("a"), d.w("a/b"), d.w("c"), d.w("c/d"), d.w("c/d/e")];
-    let ev = d.wait_for("every mkdir seen by both sources", |ev| {
+    d.wait_for("every mkdir seen by both sources", |ev| {
         want.iter().all(|p| {
             ev.iter()
                 .any(|e| e["kind"] == "mkdir" && e["path"] == p.as_str() && e["source"] == "both")
