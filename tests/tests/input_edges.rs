@@ -111,14 +111,15 @@ fn long_dir(root: &Path, name_len: usize, total: usize) -> PathBuf {
 /// Issue 13 item 3: a held write whose command line holds a newline, an ESC and invalid
 /// UTF-8, from a cwd with the same, to a path near 4 KiB with a newline and an ESC in its
 /// name, reaches the approvers (list and show, human and JSON, control characters
-/// visible for people) and can be approved; the write then lands. Before the shared
-/// encoding contract the service refused such a request and the list stayed empty.
+/// visible for people) and can be approved; the write then lands, and the grant (an exact
+/// glob of the encoded path) covers the session's next write to that path. Before the
+/// shared encoding contract the service refused such a request and the list stayed empty.
 #[test]
 fn control_characters_and_long_paths_reach_the_approvers() {
     if !require_root("control_characters_and_long_paths_reach_the_approvers") {
         return;
     }
-    const NAME: &[u8] = b"x\n\x1b[2J.conf";
+    const NAME: &[u8] = b"x\n\x1b[2J\\x41\xff*.conf";
     const TOTAL: usize = 4000;
     let d = gated_daemon(|root| {
         let dir = long_dir(root, NAME.len(), TOTAL);
@@ -132,7 +133,9 @@ fn control_characters_and_long_paths_reach_the_approvers() {
     std::fs::write(&target, "v=1\n").expect("seed");
     let cwd = root.join(OsStr::from_bytes(b"cwd\nwith\x1besc\xff"));
 
-    let script: &[u8] = b"true\n: '\x1b[31m' \"$1\"\nprintf 'v=2\\n' >> \"$T\"";
+    // Two writes: the first is held until approved, the second passes under the grant.
+    let script: &[u8] =
+        b"true\n: '\x1b[31m' \"$1\"\nprintf 'v=2\\n' >> \"$T\"\nprintf 'v=3\\n' >> \"$T\"";
     let arg: &[u8] = b"arg\xff\xfe\x1b";
     let child = Command::new(confgate_bin())
         .arg("--config")
@@ -205,12 +208,14 @@ fn control_characters_and_long_paths_reach_the_approvers() {
     ok(&o);
     let out = wait_child(child, Duration::from_secs(20));
     ok(&out);
-    assert_eq!(std::fs::read_to_string(&target).unwrap(), "v=1\nv=2\n");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "v=1\nv=2\nv=3\n");
     let kinds = ledger_kinds(&d);
-    assert!(
-        kinds.iter().any(|k| k == "request") && kinds.iter().any(|k| k == "grant"),
-        "{kinds:?}"
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "request").count(),
+        1,
+        "the grant of the hostile path covers the second write: {kinds:?}"
     );
+    assert!(kinds.iter().any(|k| k == "grant"), "{kinds:?}");
 }
 
 /// Runs `confgate --config <d> <args>` with stdout a pipe whose reader is already gone.
