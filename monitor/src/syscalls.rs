@@ -148,7 +148,13 @@ pub fn interpret(
         SysOp::Chdir => {
             return match ret {
                 Some(0) => {
-                    Outcome::Chdir(resolve(procs, dirs, tgid, AT_FDCWD, &s.path1, true).path)
+                    let r = resolve(procs, dirs, tgid, AT_FDCWD, &s.path1, true);
+                    if r.unresolved {
+                        // Relative to a directory the daemon does not know.
+                        Outcome::CwdUnknown
+                    } else {
+                        Outcome::Chdir(r.path)
+                    }
                 }
                 _ => Outcome::Nothing,
             };
