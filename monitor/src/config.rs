@@ -585,6 +585,15 @@ impl Config {
         if let Some(p) = &a.local_config {
             c.abs_path("approval.local_config", p);
         }
+        if a.mode == ApprovalMode::Remote
+            && a.client == crate::approver::client::ClientConfig::default()
+        {
+            c.fail(
+                "approval.mode",
+                "\"remote\" needs an [approval.client] section naming the service \
+                 (endpoint, and ca/cert/key or token)",
+            );
+        }
         for (field, message) in a.client.problems() {
             c.fail(&format!("approval.client.{field}"), message);
         }
@@ -609,6 +618,14 @@ impl Config {
 pub(crate) fn check_watch(w: &WatchSection, c: &mut Checker) {
     for (i, p) in w.paths.iter().enumerate() {
         let field = format!("watch.paths[{i}]");
+        if p.as_os_str().as_bytes().iter().all(|&b| b == b'/') && !p.as_os_str().is_empty() {
+            c.fail(
+                &field,
+                "/ would watch every write on the host (and mark every directory); name the \
+                 trees to watch instead",
+            );
+            continue;
+        }
         if c.abs_path(&field, p) {
             // A directory becomes "<path>/" in the kernel trie.
             c.prefix_len(&field, p.as_os_str().as_bytes().len() + 1);
@@ -1181,6 +1198,33 @@ mod tests {
         assert_eq!(field, "watch.paths[0]");
         let ok = format!("/{}", "a".repeat(253));
         parse(&format!("[watch]\npaths = [\"{ok}\"]\n")).unwrap();
+    }
+
+    #[test]
+    fn watching_the_root_is_an_error() {
+        for root in ["/", "//"] {
+            let (field, loc) = invalid_field(&format!("[watch]\npaths = [\"/etc\", \"{root}\"]\n"));
+            assert_eq!((field.as_str(), loc), ("watch.paths[1]", Some((2, 18))));
+        }
+    }
+
+    #[test]
+    fn remote_mode_needs_a_client_section() {
+        let (field, loc) = invalid_field("[approval]\nmode = \"remote\"\n");
+        assert_eq!((field.as_str(), loc), ("approval.mode", Some((2, 8))));
+    }
+
+    #[test]
+    fn an_empty_rule_list_means_no_rules() {
+        let c = parse("[gate]\nrule = []\n").unwrap();
+        assert!(c.gate.rules.is_empty());
+        let p =
+            crate::policy::Policy::compile(&c.gate, &crate::policy::ProtectedPaths::new()).unwrap();
+        assert_eq!(p.rules().count(), 0);
+        assert_eq!(
+            parse("").unwrap().gate.rules,
+            crate::policy::default_gate_rules()
+        );
     }
 
     #[test]

@@ -397,6 +397,35 @@ pub struct Correlator {
     open: HashMap<Key, OpenState>,
     stats: CorrelatorStats,
     attribs: StatCache,
+    /// Buffered eBPF observations whose relative path could not be resolved (the
+    /// process's working directory is unknown, e.g. after an `fchdir` the daemon could
+    /// not follow): a fanotify twin of the same thread whose path ends with it supplies
+    /// the path (`mkdir -p a/b` does `fchdir(a)` then `mkdir("b")`).
+    unresolved: VecDeque<u64>,
+}
+
+/// Most unresolved eBPF observations waiting for a twin to name their path.
+const MAX_UNRESOLVED: usize = 1024;
+/// Most buffered observations searched for the twin of an unresolved one.
+const UNRESOLVED_SCAN: usize = 4096;
+
+/// Whether `o` is an eBPF observation with a relative, unresolved path.
+fn relative_unresolved(o: &Observation) -> bool {
+    o.details.unresolved && !o.path.is_empty() && o.path[0] != b'/'
+}
+
+/// Whether fanotify observation `f` is the same operation as the unresolved eBPF
+/// observation `e`, once `e`'s relative path is taken to end `f`'s path.
+fn names_unresolved(e: &Observation, f: &Observation) -> bool {
+    let ends = f.path.len() > e.path.len()
+        && f.path.ends_with(&e.path)
+        && f.path[f.path.len() - e.path.len() - 1] == b'/';
+    ends && {
+        let mut view: TwinView<'_> = e.into();
+        view.path = &f.path;
+        view.target = None;
+        e.target.is_none() && absorbs(view, f)
+    }
 }
 
 impl Correlator {
@@ -414,6 +443,7 @@ impl Correlator {
             open: HashMap::new(),
             stats: CorrelatorStats::default(),
             attribs: StatCache::default(),
+            unresolved: VecDeque::new(),
         }
     }
 
@@ -442,7 +472,7 @@ impl Correlator {
         }
     }
 
-    fn buffer(&mut self, obs: Observation, keys: Keys) {
+    fn buffer(&mut self, obs: Observation, keys: Keys) -> u64 {
         let fanotify = obs.source == Source::Fanotify;
         let seq = self.slots.push(Box::new(Slot { obs, keys }));
         if fanotify {
@@ -451,6 +481,7 @@ impl Correlator {
             self.ebpf_index.add(keys, seq);
         }
         self.order.push_back(seq);
+        seq
     }
 
     fn take(&mut self, seq: u64) -> Option<Observation> {
@@ -463,7 +494,24 @@ impl Correlator {
         Some(slot.obs)
     }
 
-    pub fn push_ebpf(&mut self, obs: Observation) {
+    pub fn push_ebpf(&mut self, mut obs: Observation) {
+        let unresolved = relative_unresolved(&obs);
+        if unresolved {
+            // Its fanotify twin may already be here: it knows the path.
+            let named = self
+                .order
+                .iter()
+                .rev()
+                .take(UNRESOLVED_SCAN)
+                .filter_map(|&s| self.slots.get(s))
+                .find(|f| f.obs.source == Source::Fanotify && names_unresolved(&obs, &f.obs))
+                .map(|f| f.obs.path.clone());
+            if let Some(path) = named {
+                obs.path = path;
+                obs.details.unresolved = false;
+            }
+        }
+        let still_unresolved = unresolved && obs.details.unresolved;
         let keys = self.keys(&obs);
         match obs.kind {
             Kind::OpenWrite | Kind::Create => {
@@ -480,11 +528,44 @@ impl Correlator {
             }
             _ => {}
         }
-        self.buffer(obs, keys);
+        let seq = self.buffer(obs, keys);
+        if still_unresolved {
+            if self.unresolved.len() >= MAX_UNRESOLVED {
+                self.unresolved.pop_front();
+            }
+            self.unresolved.push_back(seq);
+        }
+    }
+
+    /// A fanotify observation names the path of a buffered unresolved eBPF one: that one
+    /// takes the path and is indexed under it (so the usual twin lookup finds them).
+    fn name_unresolved(&mut self, f: &Observation) {
+        self.unresolved.retain(|&s| self.slots.get(s).is_some());
+        let found = self.unresolved.iter().position(|&s| {
+            self.slots
+                .get(s)
+                .is_some_and(|e| names_unresolved(&e.obs, f))
+        });
+        let Some(i) = found else { return };
+        let Some(seq) = self.unresolved.remove(i) else {
+            return;
+        };
+        let Some(mut e) = self.take(seq) else {
+            return;
+        };
+        e.path = f.path.clone();
+        e.details.unresolved = false;
+        let keys = self.keys(&e);
+        // Released in its place: the new sequence number is queued at the back, and the
+        // old one is skipped when it reaches the front (its slot is gone).
+        self.buffer(e, keys);
     }
 
     pub fn push_fanotify(&mut self, mut obs: Observation) {
         obs.source = Source::Fanotify;
+        if !self.unresolved.is_empty() {
+            self.name_unresolved(&obs);
+        }
         let keys = self.keys(&obs);
         if obs.kind == Kind::Write {
             let st = self.open.entry(keys.path).or_default();
@@ -930,6 +1011,50 @@ mod tests {
             )
             .len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_fanotify_twin_names_an_unresolved_relative_path_in_either_order() {
+        let t0 = Instant::now();
+        let unresolved = |path: &str| {
+            let mut o = obs(Kind::Mkdir, path, Source::Ebpf, t0);
+            o.details.unresolved = true;
+            o
+        };
+        for ebpf_first in [true, false] {
+            let mut c = Correlator::new(W);
+            if ebpf_first {
+                c.push_ebpf(unresolved("b"));
+                c.push_fanotify(obs(Kind::Mkdir, "/w/a/b", Source::Fanotify, t0));
+            } else {
+                c.push_fanotify(obs(Kind::Mkdir, "/w/a/b", Source::Fanotify, t0));
+                c.push_ebpf(unresolved("b"));
+            }
+            // Not a twin: a name that merely ends with the same bytes.
+            c.push_fanotify(obs(Kind::Mkdir, "/w/ab", Source::Fanotify, t0));
+            let out = c.flush(t0 + W, &NONE, &idle);
+            let got: Vec<(&[u8], Source, bool)> = out
+                .iter()
+                .map(|o| (&o.path[..], o.source, o.details.unresolved))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (&b"/w/a/b"[..], Source::Both, false),
+                    (&b"/w/ab"[..], Source::Fanotify, false)
+                ],
+                "ebpf first: {ebpf_first}"
+            );
+            assert_eq!(c.pending(), 0);
+        }
+        // Without a twin it is reported as it is, unresolved.
+        let mut c = Correlator::new(W);
+        c.push_ebpf(unresolved("b"));
+        let out = c.flush(t0 + W, &NONE, &idle);
+        assert_eq!(
+            (&out[0].path[..], out[0].details.unresolved),
+            (&b"b"[..], true)
         );
     }
 

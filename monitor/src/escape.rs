@@ -9,6 +9,12 @@
 //!
 //! [`decode`] inverts [`encode`] exactly. [`for_terminal`] additionally makes control
 //! characters visible, for the human output only.
+//!
+//! The same text is the contract with the approval service: the byte-string fields of a
+//! request (path, cwd, argv, comm) are accepted there exactly when [`is_encoded`] holds
+//! (what `encode` produces for NUL-free bytes), within the length limits of
+//! `approver::wire`; [`encode_bounded`] cuts an encoding to such a limit without splitting
+//! an escape.
 use std::fmt::Write as _;
 
 /// Encode bytes as described in the module documentation.
@@ -60,6 +66,45 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// Whether `text` is exactly what [`encode`] produces for some bytes without NUL (paths
+/// and argv entries never hold one): every backslash starts `\\` or `\xNN`, and `\xNN`
+/// stands for a byte that is not valid UTF-8 where it is.
+pub fn is_encoded(text: &str) -> bool {
+    if text.contains('\0') {
+        return false;
+    }
+    if !text.contains('\\') {
+        return true;
+    }
+    decode(text).is_some_and(|raw| encode(&raw) == text)
+}
+
+/// The longest prefix of the encoding of `bytes` that is at most `max` bytes long and ends
+/// between two escapes (so that it is itself an encoding), and whether it was cut.
+pub fn encode_bounded(bytes: &[u8], max: usize) -> (String, bool) {
+    let full = encode(bytes);
+    if full.len() <= max {
+        return (full, false);
+    }
+    let mut end = 0;
+    let mut rest = full.as_str();
+    while let Some(c) = rest.chars().next() {
+        let token = match (c, rest.as_bytes().get(1)) {
+            ('\\', Some(b'x')) => 4,
+            ('\\', _) => 2,
+            (c, _) => c.len_utf8(),
+        };
+        if end + token > max {
+            break;
+        }
+        end += token;
+        rest = &rest[token..];
+    }
+    let mut full = full;
+    full.truncate(end);
+    (full, true)
 }
 
 /// Text safe to print on a terminal: [`encode`] plus `\n`, `\t`, `\r` and `\u{..}` for
@@ -139,6 +184,39 @@ mod tests {
         assert_eq!(decode("\\q"), None);
         assert_eq!(decode("\\x4"), None);
         assert_eq!(decode("trailing\\"), None);
+    }
+
+    #[test]
+    fn is_encoded_accepts_exactly_what_encode_produces() {
+        for raw in [
+            &b"/etc/a\nb\x1b[31m"[..],
+            b"/tmp/\xff\xfe\\x41\\",
+            b"\xe2\x82",
+            b"plain",
+            b"",
+        ] {
+            assert!(is_encoded(&encode(raw)), "{raw:?}");
+        }
+        // Escapes encode never writes: a lone backslash, \x of a valid byte, upper case,
+        // and NUL (no path or argv entry holds one).
+        for text in ["a\\b", "\\x41", "\\xFF", "tail\\", "\\x4", "a\0b"] {
+            assert!(!is_encoded(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bounded_encoding_never_splits_an_escape() {
+        let raw = b"ab\xff\\c\xe2\x82\xacd";
+        let full = encode(raw);
+        for max in 0..=full.len() + 1 {
+            let (cut, was_cut) = encode_bounded(raw, max);
+            assert!(cut.len() <= max, "{max}: {cut:?}");
+            assert!(is_encoded(&cut), "{max}: {cut:?}");
+            assert!(full.starts_with(&cut));
+            assert_eq!(was_cut, full.len() > max);
+        }
+        assert_eq!(encode_bounded(raw, 5).0, "ab");
+        assert_eq!(encode_bounded(raw, 6).0, "ab\\xff");
     }
 
     #[test]

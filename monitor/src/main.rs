@@ -29,11 +29,12 @@ enum Command {
     /// Run a command as an agent session: every write it or its descendants make is attributed.
     Run {
         /// Agent name shown in events and approvals.
+        // OsString: a name that is not UTF-8 is refused by confgate (exit 125), not by clap.
         #[arg(long)]
-        agent: String,
+        agent: OsString,
         /// Why the agent runs (travels with its events).
         #[arg(long)]
-        reason: Option<String>,
+        reason: Option<OsString>,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
@@ -134,6 +135,20 @@ fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The daemon holds secrets in its memory and environment (tokens, keys): no core dumps,
+/// and `/proc/<pid>/{environ,mem,maps,fd}` need CAP_SYS_PTRACE, even for processes of the
+/// same uid (an agent session running as root without that capability).
+fn make_undumpable() {
+    // SAFETY: PR_SET_DUMPABLE with 0 only changes this process's dumpable attribute; no
+    // pointers are passed.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        eprintln!(
+            "confgate: warning: prctl(PR_SET_DUMPABLE, 0) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
 }
@@ -149,6 +164,7 @@ fn main() -> ExitCode {
     ));
     let result: anyhow::Result<i32> = (|| match &cli.command {
         Command::Daemon => {
+            make_undumpable();
             let cfg = load_config(&cli)?;
             let path = cli
                 .config
@@ -178,8 +194,19 @@ fn main() -> ExitCode {
                     return Ok(monitor::cli::run::EXIT_CONFGATE);
                 }
             };
+            // `Some(None)`: no reason given; `None`: one that is not UTF-8.
+            let reason = match reason {
+                None => Some(None),
+                Some(r) => r.to_str().map(Some),
+            };
+            let (Some(agent), Some(reason)) = (agent.to_str(), reason) else {
+                eprintln!(
+                    "confgate: --agent and --reason must be UTF-8 (agent names are 1-64 printable ASCII characters); the command was not run"
+                );
+                return Ok(monitor::cli::run::EXIT_CONFGATE);
+            };
             // On success the command replaces this process; only failures return.
-            match monitor::cli::run::run(&socket, agent, reason.as_deref(), command) {
+            match monitor::cli::run::run(&socket, agent, reason, command) {
                 Ok(never) => match never {},
                 Err(e) => {
                     eprintln!("confgate: {e}");
@@ -235,6 +262,8 @@ fn main() -> ExitCode {
     })();
     match result {
         Ok(c) => code(c),
+        // The reader of stdout went away (`confgate stats | head`): nothing to report.
+        Err(e) if monitor::cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("confgate: {e:#}");
             ExitCode::FAILURE

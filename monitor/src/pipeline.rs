@@ -162,7 +162,10 @@ impl Pipeline {
     }
 
     fn push_ebpf(&mut self, obs: Observation) {
-        if self.watched(&obs) {
+        // A session's relative path whose directory is unknown: its fanotify twin, if
+        // any, names it in the correlator; otherwise it is reported unresolved.
+        let unnamed = obs.session != 0 && obs.details.unresolved && !obs.path.starts_with(b"/");
+        if unnamed || self.watched(&obs) {
             self.correlator.push_ebpf(obs);
         } else {
             Metrics::inc(&self.metrics.unwatched_dropped);
@@ -188,6 +191,7 @@ impl Pipeline {
                 self.push_ebpf(*obs);
             }
             Outcome::Chdir(cwd) => self.procs.set_cwd(s.header.tgid, cwd),
+            Outcome::CwdUnknown => self.procs.forget_cwd(s.header.tgid),
             Outcome::Nothing => {}
         }
     }
@@ -508,11 +512,15 @@ impl Pipeline {
         let id = format!("{}-{}", self.id_prefix, self.seq);
         // Load a process the table missed.
         let _ = self.procs.get_or_load(tgid);
-        let proc_session = self.procs.get(tgid).map_or(0, |p| p.session);
-        let session_id = if o.session != 0 {
-            o.session
+        // A syscall record carries the session its process was in when it made the call
+        // (the kernel's map at that moment): that decides, also when it is none — the
+        // process may have joined a session since (`exec confgate run` right after an
+        // open). Only fanotify knows no session; for it the process's current one is the
+        // best guess (session processes are seen by eBPF, so this rarely matters).
+        let session_id = if o.source == Source::Fanotify {
+            self.procs.get(tgid).map_or(0, |p| p.session)
         } else {
-            proc_session
+            o.session
         };
         let session = (session_id != 0).then(|| {
             sessions.note_event(session_id);
@@ -677,5 +685,63 @@ mod tests {
         assert_eq!(*second[0].argv, vec!["vim", "a.conf"]);
         assert_eq!(second[0].exe.as_deref(), Some("/usr/bin/vim"));
         assert_eq!(second[0].path, real.join("a.conf").to_string_lossy());
+    }
+
+    #[test]
+    fn a_syscall_is_attributed_to_the_session_it_was_made_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let real = std::fs::canonicalize(dir.path()).expect("canon");
+        let watch = WatchSet::new(&WatchSection {
+            paths: vec![real.clone()],
+            project_roots: Vec::new(),
+            ..WatchSection::default()
+        })
+        .expect("watch set");
+        let detector = Detector::new(&[]).expect("detector");
+        let mut p = Pipeline::new(
+            watch,
+            detector,
+            Duration::from_millis(1),
+            Arc::new(Metrics::default()),
+        );
+        let sessions =
+            SessionRegistry::open(Store::open(&real.join("s.redb")).expect("store")).expect("reg");
+        exec(
+            &mut p,
+            &[b"sh", b"-c", b"exec 3>>a.conf; exec confgate run ..."],
+        );
+        // The open, outside any session ...
+        open(&mut p, real.join("a.conf").as_os_str().as_bytes());
+        // ... then the same process joins session 9 (its next syscall says so), all
+        // before the open's event leaves the correlation window.
+        let mut h = header(b"confgate");
+        h.session_id = 9;
+        p.on_record(Record::Syscall(SyscallRecord {
+            header: h.clone(),
+            op: SysOp::Chdir,
+            flags: 0,
+            dfd1: AT_FDCWD,
+            dfd2: AT_FDCWD,
+            fd: -1,
+            mode: 0,
+            arg_uid: 0,
+            arg_gid: 0,
+            length: 0,
+            path1: b"/".to_vec(),
+            path2: Vec::new(),
+        }));
+        p.on_record(Record::SyscallExit {
+            header: h,
+            op: SysOp::Chdir,
+            ret: 0,
+        });
+        let later = Instant::now() + Duration::from_secs(1);
+        let marks = Watermarks {
+            ebpf: Some(later),
+            fanotify: Some(later),
+        };
+        let out = p.flush(later, &marks, &sessions);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].session.is_none(), "{:?}", out[0].session);
     }
 }

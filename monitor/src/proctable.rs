@@ -262,6 +262,16 @@ impl ProcTable {
         }
     }
 
+    /// The working directory of `pid` is not known any more (see `Outcome::CwdUnknown`):
+    /// recorded as an empty path, which path resolution treats as unknown (without asking
+    /// `/proc`, which would tell the directory of a later moment). Inherited at fork.
+    pub fn forget_cwd(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.cwd = Some(Vec::new());
+            self.generation += 1;
+        }
+    }
+
     pub fn set_fd(&mut self, tgid: u32, fd: i32, path: Arc<[u8]>) {
         self.fds.insert((tgid, fd), path);
     }

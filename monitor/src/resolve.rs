@@ -333,10 +333,12 @@ impl DirCache {
 /// The directory a relative path of `tgid` is relative to.
 fn base_dir(procs: &ProcTable, tgid: u32, dfd: i32) -> Option<Vec<u8>> {
     if dfd == AT_FDCWD {
-        procs
-            .get(tgid)
-            .and_then(|p| p.cwd.clone())
-            .or_else(|| live_link(tgid, "cwd"))
+        match procs.get(tgid).and_then(|p| p.cwd.clone()) {
+            // Unknown since a chdir the daemon could not follow (`ProcTable::forget_cwd`).
+            Some(cwd) if cwd.is_empty() => None,
+            Some(cwd) => Some(cwd),
+            None => live_link(tgid, "cwd"),
+        }
     } else {
         procs
             .fd_path(tgid, dfd)

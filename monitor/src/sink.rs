@@ -99,10 +99,16 @@ impl Sink {
         let file_result = self.file.write_all(&self.line);
         // serde_json writes UTF-8 (checked only when text is needed, never copied for it).
         let text = || std::str::from_utf8(&self.line[..self.line.len() - 1]).unwrap_or_default();
-        match self.stdout {
-            Stdout::Human => println!("{}", human(event)),
-            Stdout::Json => println!("{}", text()),
-            Stdout::Off => {}
+        let printed = match self.stdout {
+            Stdout::Human => writeln!(std::io::stdout(), "{}", human(event)),
+            Stdout::Json => writeln!(std::io::stdout(), "{}", text()),
+            Stdout::Off => Ok(()),
+        };
+        if let Err(e) = printed {
+            // A closed or failing stdout (a pipe whose reader left) must not stop the
+            // daemon: the events file and subscribers still get every event.
+            tracing::warn!(error = %e, "cannot write events to stdout; stdout output turned off");
+            self.stdout = Stdout::Off;
         }
         // No receiver is not an error: nobody is subscribed (then nothing is copied).
         if self.tx.receiver_count() > 0 {

@@ -25,6 +25,9 @@ pub enum Outcome {
     Op(Box<Observation>),
     /// The working directory of the process changed.
     Chdir(Vec<u8>),
+    /// The working directory of the process changed to a directory the daemon cannot
+    /// name: relative paths of the process are unresolved until its next chdir.
+    CwdUnknown,
     /// Nothing to report (failed chdir, ...).
     Nothing,
 }
@@ -145,7 +148,13 @@ pub fn interpret(
         SysOp::Chdir => {
             return match ret {
                 Some(0) => {
-                    Outcome::Chdir(resolve(procs, dirs, tgid, AT_FDCWD, &s.path1, true).path)
+                    let r = resolve(procs, dirs, tgid, AT_FDCWD, &s.path1, true);
+                    if r.unresolved {
+                        // Relative to a directory the daemon does not know.
+                        Outcome::CwdUnknown
+                    } else {
+                        Outcome::Chdir(r.path)
+                    }
                 }
                 _ => Outcome::Nothing,
             };
@@ -155,7 +164,11 @@ pub fn interpret(
                 Some(0) => {
                     let r = fd_path(procs, tgid, s.fd);
                     if r.unresolved {
-                        Outcome::Nothing
+                        // A directory opened read-only is not tracked, and the process may
+                        // be gone or elsewhere by now (`mkdir -p a/b`: fchdir(a),
+                        // mkdir("b"), exit): the old directory is certainly wrong, and
+                        // /proc shows where it is now, not then. Unknown is honest.
+                        Outcome::CwdUnknown
                     } else {
                         Outcome::Chdir(r.path)
                     }

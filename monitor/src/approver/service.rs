@@ -809,6 +809,13 @@ fn self_approval(who: &ApproverId, r: &pb::DecideRequest, req: &RequestRec) -> R
     Ok(())
 }
 
+/// The glob that matches exactly `path` (in the event contract's encoding, as grants are
+/// matched): glob metacharacters in brackets, and backslashes (the encoding's escapes)
+/// escaped, since grant globs take `\\` as an escape.
+pub fn exact_glob(path: &str) -> String {
+    globset::escape(path).replace('\\', "\\\\")
+}
+
 fn grant_for(
     r: &pb::DecideRequest,
     req: &RequestRec,
@@ -840,7 +847,7 @@ fn grant_for(
         _ => Scope::Session,
     };
     let path_glob = if r.path_glob.is_empty() {
-        globset::escape(&req.context.path)
+        exact_glob(&req.context.path)
     } else {
         if !r.path_glob.starts_with('/') {
             return Err(invalid(

@@ -1,5 +1,18 @@
 //! Between the wire types (`confgate.v1`) and the stored records, with the input checks
 //! of everything a host or approver sends (`INVALID_ARGUMENT` with the field named).
+//!
+//! **The encoding contract of a request context** (one check, [`check_context`], run by
+//! the host before it spools a request and by the service when it receives one):
+//! - byte strings — `path`, `cwd`, each `command` and ancestry `argv` entry, ancestry
+//!   `comm` — are in the form `escape::encode` produces ([`check_bytes`]): any character
+//!   but NUL, newlines and ESC included, with `\\` and `\xNN` as the only escapes;
+//! - names and free text — `agent`, `user`, `rule`, `mode`, `reason` — hold no control
+//!   characters ([`check_text`]; the host escapes the reason, the others are its own);
+//! - the limits below, which the host applies when it builds the context
+//!   (`gate::context`).
+//!
+//! Whoever shows these strings to people makes control characters visible
+//! (`escape::for_terminal`).
 use tonic::Status;
 
 use super::store::{
@@ -43,19 +56,24 @@ pub fn check_text(field: &str, s: &str, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// Checks a Submit from `host` and makes the record to store. `now_ms` fills a missing
-/// creation time; `default_lifetime_ms` a missing deadline.
-pub fn new_request(
-    r: pb::SubmitRequest,
-    host: &str,
-    now_ms: i64,
-    default_lifetime_ms: i64,
-) -> Result<NewRequest, Status> {
-    if r.host_request_id == 0 {
-        return Err(invalid("host_request_id", "must not be 0"));
+/// A byte string in the event contract's encoding (see the module documentation) of at
+/// most `max` bytes.
+pub fn check_bytes(field: &str, s: &str, max: usize) -> Result<(), Status> {
+    if s.len() > max {
+        return Err(invalid(field, format!("longer than {max} bytes")));
     }
-    let c = r.context.ok_or_else(|| invalid("context", "missing"))?;
-    if prost::Message::encoded_len(&c) > MAX_CONTEXT_BYTES {
+    if !crate::escape::is_encoded(s) {
+        return Err(invalid(
+            field,
+            "not in the event contract's encoding (a NUL, or a backslash that does not start \\\\ or \\xNN of an invalid byte)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a request context against the contract of the module documentation.
+pub fn check_context(c: &pb::RequestContext) -> Result<(), Status> {
+    if prost::Message::encoded_len(c) > MAX_CONTEXT_BYTES {
         return Err(invalid(
             "context",
             format!("larger than {MAX_CONTEXT_BYTES} bytes"),
@@ -64,14 +82,14 @@ pub fn new_request(
     for (field, v, max) in [
         ("context.agent", &c.agent, MAX_NAME),
         ("context.user", &c.user, MAX_NAME),
-        ("context.path", &c.path, MAX_PATH),
         ("context.reason", &c.reason, MAX_TEXT),
         ("context.rule", &c.rule, MAX_NAME),
         ("context.mode", &c.mode, MAX_NAME),
-        ("context.cwd", &c.cwd, MAX_PATH),
     ] {
         check_text(field, v, max)?;
     }
+    check_bytes("context.path", &c.path, MAX_PATH)?;
+    check_bytes("context.cwd", &c.cwd, MAX_PATH)?;
     if !c.path.starts_with('/') {
         return Err(invalid("context.path", "must be an absolute path"));
     }
@@ -83,7 +101,7 @@ pub fn new_request(
         ));
     }
     for (i, p) in c.ancestry.iter().enumerate() {
-        check_text(&format!("context.ancestry[{i}].comm"), &p.comm, MAX_NAME)?;
+        check_bytes(&format!("context.ancestry[{i}].comm"), &p.comm, MAX_NAME)?;
         check_argv(&format!("context.ancestry[{i}].argv"), &p.argv)?;
     }
     if c.operations.is_empty() {
@@ -118,6 +136,22 @@ pub fn new_request(
             "neither empty nor 64 hex digits",
         ));
     }
+    Ok(())
+}
+
+/// Checks a Submit from `host` and makes the record to store. `now_ms` fills a missing
+/// creation time; `default_lifetime_ms` a missing deadline.
+pub fn new_request(
+    r: pb::SubmitRequest,
+    host: &str,
+    now_ms: i64,
+    default_lifetime_ms: i64,
+) -> Result<NewRequest, Status> {
+    if r.host_request_id == 0 {
+        return Err(invalid("host_request_id", "must not be 0"));
+    }
+    let c = r.context.ok_or_else(|| invalid("context", "missing"))?;
+    check_context(&c)?;
     let created = if r.created_unix_ms == 0 {
         now_ms
     } else {
@@ -176,7 +210,7 @@ fn check_argv(field: &str, argv: &[String]) -> Result<(), Status> {
         return Err(invalid(field, format!("more than {MAX_ARGV} entries")));
     }
     for (i, a) in argv.iter().enumerate() {
-        check_text(&format!("{field}[{i}]"), a, MAX_TEXT)?;
+        check_bytes(&format!("{field}[{i}]"), a, MAX_TEXT)?;
     }
     Ok(())
 }
@@ -299,6 +333,62 @@ mod tests {
         let n = new_request(submit(), "web-1", 1000, 500).unwrap();
         assert_eq!(n.context.host, "web-1");
         assert_eq!((n.created_unix_ms, n.deadline_unix_ms), (1000, 1500));
+    }
+
+    #[test]
+    fn accepts_what_the_host_encodes() {
+        use crate::escape::encode;
+        let mut r = submit();
+        let c = r.context.as_mut().unwrap();
+        let long = format!("/etc/{}/x\n.conf", "d\x1b".repeat(2000));
+        let long_raw = [long.as_bytes(), b"\xff"].concat();
+        assert!(long_raw.len() >= 3900);
+        c.path = encode(&long_raw);
+        c.cwd = encode(b"/tmp/new\nline\\dir\xfe");
+        c.command = vec![
+            encode(b"sh"),
+            encode(b"-c"),
+            encode(b"true\necho evil \x1b[2J \xff\xfe >> /etc/x"),
+        ];
+        c.ancestry = vec![pb::ProcessInfo {
+            pid: 7,
+            comm: encode(b"a\nb\x1b\xff"),
+            argv: c.command.clone(),
+        }];
+        let n = new_request(r, "web-1", 1000, 500).expect("the host's encoding is accepted");
+        assert_eq!(crate::escape::decode(&n.context.path), Some(long_raw));
+    }
+
+    #[test]
+    fn byte_fields_outside_the_encoding_are_refused() {
+        let field = |f: &dyn Fn(&mut pb::RequestContext)| {
+            let mut r = submit();
+            f(r.context.as_mut().unwrap());
+            let e = new_request(r, "h", 1000, 500).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            e.message().split(':').next().unwrap().to_owned()
+        };
+        assert_eq!(field(&|c| c.path = "/etc/a\\q".into()), "context.path");
+        assert_eq!(field(&|c| c.path = "/etc/a\0b".into()), "context.path");
+        assert_eq!(field(&|c| c.cwd = "/x\\x41".into()), "context.cwd");
+        assert_eq!(
+            field(&|c| c.command = vec!["ok".into(), "trailing\\".into()]),
+            "context.command[1]"
+        );
+        assert_eq!(
+            field(&|c| c.ancestry = vec![pb::ProcessInfo {
+                pid: 1,
+                comm: "\0".into(),
+                argv: vec![],
+            }]),
+            "context.ancestry[0].comm"
+        );
+        assert_eq!(
+            field(&|c| c.command = vec!["x".repeat(MAX_TEXT + 1)]),
+            "context.command[0]"
+        );
+        // Free text stays free of control characters (the host escapes the reason).
+        assert_eq!(field(&|c| c.reason = "a\u{1b}b".into()), "context.reason");
     }
 
     #[test]

@@ -35,14 +35,17 @@ pub fn serve(config: Option<&Path>) -> anyhow::Result<i32> {
 
 /// Makes (or reuses) the CA in `req.dir` and issues the certificates; prints what it wrote.
 pub fn ca(req: &CaRequest) -> anyhow::Result<i32> {
+    use std::io::Write as _;
     let report = init_ca(req)?;
+    let mut out = std::io::stdout().lock();
     if report.new_ca {
-        println!("new CA in {}", req.dir.display());
+        writeln!(out, "new CA in {}", req.dir.display())?;
     } else {
-        println!("using the existing CA in {}", req.dir.display());
+        writeln!(out, "using the existing CA in {}", req.dir.display())?;
     }
     for p in &report.written {
-        println!("wrote {}", p.display());
+        writeln!(out, "wrote {}", p.display())?;
     }
+    out.flush()?;
     Ok(0)
 }

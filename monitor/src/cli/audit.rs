@@ -113,6 +113,7 @@ pub fn run_to(
         AuditCommand::Log { since, json, .. } => {
             match log(&path, since.map(|s| s.resolve(now)), *json, out, err) {
                 Ok(()) => 0,
+                Err(e) if super::is_broken_pipe(&e) => 0,
                 Err(e) => {
                     let _ = writeln!(err, "confgate: {e:#}");
                     1

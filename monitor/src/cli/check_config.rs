@@ -105,6 +105,24 @@ fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> io::
         config.detect.len(),
         join(config.detect.iter().map(|r| &r.agent))
     )?;
+    let g = &config.gate;
+    if !g.enabled {
+        writeln!(out, "  gate: off (writes are only observed)")?;
+    } else if g.rules.is_empty() {
+        // `rule = []` means no rules, not the defaults: say so.
+        writeln!(
+            out,
+            "  gate rules (0): none (`rule = []`): nothing is held but the built-in \
+             protection of confgate's own files"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  gate rules ({}): {}",
+            g.rules.len(),
+            join(g.rules.iter().map(|r| &r.name))
+        )?;
+    }
     Ok(0)
 }
 
@@ -151,6 +169,53 @@ mod tests {
         assert!(!out.contains("/etc/cron.d/"), "{out}");
         assert!(out.contains("detect rules (8): claude-code codex"), "{out}");
         assert!(err.is_empty());
+    }
+
+    #[test]
+    fn gate_rules_are_shown_and_an_empty_list_means_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "[gate]\nrule = []\n").unwrap();
+        let (code, out, err) = check(Some(&file));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("  gate rules (0): none (`rule = []`)"),
+            "{out}"
+        );
+        std::fs::write(&file, "").unwrap();
+        let (_, out, _) = check(Some(&file));
+        let defaults = crate::policy::default_gate_rules();
+        assert!(
+            out.contains(&format!("  gate rules ({}): ", defaults.len())),
+            "{out}"
+        );
+        std::fs::write(&file, "[gate]\nenabled = false\n").unwrap();
+        let (_, out, _) = check(Some(&file));
+        assert!(out.contains("  gate: off"), "{out}");
+    }
+
+    #[test]
+    fn root_and_remote_without_client_are_errors_with_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[watch]\npaths = [\"/\"]\n[approval]\nmode = \"remote\"\n",
+        )
+        .unwrap();
+        let (code, out, err) = check(Some(&file));
+        assert_eq!(code, 1, "{out}");
+        let f = file.display();
+        assert!(
+            err.contains(&format!("{f}:2:10: watch.paths[0]: / would watch")),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "{f}:4:8: approval.mode: \"remote\" needs an [approval.client]"
+            )),
+            "{err}"
+        );
     }
 
     #[test]

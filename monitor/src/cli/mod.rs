@@ -9,3 +9,12 @@ pub mod grants;
 pub mod run;
 pub mod sessions;
 pub mod stats;
+
+/// Whether `e` comes from writing to a closed pipe (`confgate stats | head`): the reader
+/// wanted no more, so every command then exits quietly with status 0.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -15,6 +15,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Print the daemon's counters; `json` prints one object `{name: value}`.
 pub fn stats(socket: &Path, json: bool) -> anyhow::Result<i32> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     runtime()?.block_on(async {
         let mut client = connect(socket).await?;
         let stats = client
@@ -28,7 +30,7 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<i32> {
                 .iter()
                 .map(|c| (c.name.clone(), c.value.into()))
                 .collect();
-            println!("{}", serde_json::Value::Object(map));
+            writeln!(out, "{}", serde_json::Value::Object(map))?;
         } else {
             let width = stats
                 .counters
@@ -37,9 +39,10 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<i32> {
                 .max()
                 .unwrap_or(0);
             for c in &stats.counters {
-                println!("{:<width$}  {}", c.name, c.value);
+                writeln!(out, "{:<width$}  {}", c.name, c.value)?;
             }
         }
+        out.flush()?;
         Ok(0)
     })
 }

@@ -37,8 +37,11 @@
 //! - Renaming a tree's root away is reported (`path` = the root) and the moved tree is no
 //!   longer watched; a directory renamed onto a root's path is reported and watched in its
 //!   place. Renaming an ancestor of a root is reported too; the tree stays watched at its
-//!   new path. (A directory `mkdir`ed at a root's path after the root went away is not
-//!   seen: the root's parent is not watched.)
+//!   new path. When a root is deleted its parent gets a mark for creations only (unless
+//!   it is watched anyway); a directory made at the root's path is then reported as
+//!   created (`FAN_CREATE | FAN_ONDIR`, path = the root) and watched again with its
+//!   subtree, and the parent's mark is dropped. One already there when the deletion is
+//!   read is reported the same way with pid 0.
 //! - A directory created in a tree is marked with its subtree before `next_batch` returns.
 //!   Entries that already exist in it at that moment (written before the mark was in
 //!   place) are reported as synthesized events right after the directory's `FAN_CREATE`:

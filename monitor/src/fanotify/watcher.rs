@@ -50,6 +50,9 @@ const FILE_MASK: u64 = FAN_MODIFY | FAN_CLOSE_WRITE | FAN_ATTRIB;
 /// on the filesystem carry both sides; renames that touch neither a marked directory nor a
 /// watched file are dropped here without any path resolution.
 const SB_RENAME_MASK: u64 = FAN_RENAME | FAN_ONDIR;
+/// Mask on the (otherwise unwatched) parent of a tree root that was deleted: only entries
+/// created there, so that the root is watched again when a directory reappears at its path.
+const ROOT_RETURN_MASK: u64 = FAN_CREATE | FAN_ONDIR;
 
 /// Resolved-directory cache size; when full it is cleared (cheap, refills lazily).
 const DIR_CACHE_CAP: usize = 8192;
@@ -152,6 +155,9 @@ pub struct NotifyWatcher {
     root_entries: HashMap<(HandleKey, Box<[u8]>), PathBuf>,
     /// (parent dir handle, name) of every ancestor of a root: renaming one moves a tree.
     ancestors: HashSet<(HandleKey, Box<[u8]>)>,
+    /// Parents of deleted roots that carry a `ROOT_RETURN_MASK` mark (and no other), by
+    /// handle, with their path.
+    root_parents: HashMap<HandleKey, PathBuf>,
     /// Files given to `add_file`, keyed by (parent dir handle, name).
     files: HashMap<(HandleKey, Box<[u8]>), WatchedFile>,
     /// `open_by_handle_at` needs a descriptor on the same filesystem. Events identify the
@@ -216,6 +222,7 @@ impl NotifyWatcher {
             roots: HashMap::new(),
             root_entries: HashMap::new(),
             ancestors: HashSet::new(),
+            root_parents: HashMap::new(),
             files: HashMap::new(),
             mount_fds: HashMap::new(),
             dev_fsid: HashMap::new(),
@@ -984,19 +991,37 @@ impl NotifyWatcher {
             self.marks.remove(&rec.key);
             self.dir_cache.remove(&rec.key);
             if let Some(root) = self.roots.remove(&rec.key) {
-                warn!(root = %root.display(), "fanotify: root of a watched tree was deleted");
+                warn!(root = %root.display(), "fanotify: root of a watched tree was deleted; watching for it to reappear");
                 out.push(FanEvent {
                     mask: FAN_DELETE_SELF | (mask & FAN_ONDIR),
                     pid,
-                    path: root,
+                    path: root.clone(),
                     new_path: None,
                     is_dir,
                 });
+                self.await_root(&root, out);
             }
             mask &= !FAN_DELETE_SELF;
             if mask & !FAN_ONDIR == 0 {
                 return;
             }
+        }
+        if mask & FAN_CREATE != 0
+            && self.root_parents.contains_key(&rec.key)
+            && !self.marks.contains_key(&rec.key)
+        {
+            // The parent of a deleted root: only the root's return matters here.
+            if let Some(root) = self.root_entry(rec).filter(|r| is_dir && !self.is_root(r)) {
+                out.push(FanEvent {
+                    mask,
+                    pid,
+                    path: root.clone(),
+                    new_path: None,
+                    is_dir,
+                });
+                self.restore_root(&root, Some(pid), out);
+            }
+            return;
         }
         let path = self.entry_path(rec);
         if path.as_os_str().is_empty() {
@@ -1024,6 +1049,99 @@ impl NotifyWatcher {
             self.mark_new_dir(&path, Some(pid), out);
         } else if mask & FAN_MOVED_TO != 0 && parent_marked {
             self.mark_new_dir(&path, None, out);
+        }
+    }
+
+    fn is_root(&self, path: &Path) -> bool {
+        self.roots.values().any(|r| r == path)
+    }
+
+    /// A root was deleted: mark its parent for creations (unless the parent is watched
+    /// anyway), so that a directory made at the root's path is watched again; if one is
+    /// already there, watch it now (reported as created, pid 0).
+    fn await_root(&mut self, root: &Path, out: &mut Vec<FanEvent>) {
+        let Some(parent) = root.parent() else {
+            return;
+        };
+        let placed = sys::open_dir(parent).and_then(|fd| {
+            let fs = sys::fstatfs(fd.as_fd())?;
+            let (handle_type, handle) = sys::handle_of_fd(fd.as_fd())?;
+            let key = HandleKey {
+                fsid: fs.fsid,
+                handle_type,
+                handle: handle.into(),
+            };
+            if !self.marks.contains_key(&key) && !self.root_parents.contains_key(&key) {
+                let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_ONLYDIR;
+                sys::fanotify_mark_fd(self.group_fd(), flags, ROOT_RETURN_MASK, fd.as_fd())?;
+                self.root_parents.insert(key, parent.to_path_buf());
+            }
+            Ok(())
+        });
+        if let Err(e) = placed {
+            self.stats.mark_errors += 1;
+            warn!(root = %root.display(), error = %e, "fanotify: cannot watch the parent of a deleted root; a directory made at its path will not be watched");
+            return;
+        }
+        if root.is_dir() {
+            out.push(FanEvent {
+                mask: FAN_CREATE | FAN_ONDIR,
+                pid: 0,
+                path: root.to_path_buf(),
+                new_path: None,
+                is_dir: true,
+            });
+            self.restore_root(root, Some(0), out);
+        }
+    }
+
+    /// A directory reappeared at a root's path: watch it (and report what it already
+    /// holds, as for a new directory), and drop the parent's creation mark when no other
+    /// root of that parent is missing.
+    fn restore_root(&mut self, root: &Path, synth_pid: Option<u32>, out: &mut Vec<FanEvent>) {
+        let marked = sys::open_dir(root)
+            .map_err(|source| FanotifyError::Mark {
+                path: root.to_path_buf(),
+                source,
+            })
+            .and_then(|fd| self.mark_tree_from(fd, root, synth_pid, out));
+        match marked {
+            Ok((n, key)) => {
+                warn!(root = %root.display(), marks = n, "fanotify: a directory reappeared at the root of a watched tree; watching it again");
+                self.roots.insert(key, root.to_path_buf());
+            }
+            Err(e) => {
+                self.stats.mark_errors += 1;
+                warn!(root = %root.display(), error = %e, "fanotify: cannot watch the reappeared root");
+                return;
+            }
+        }
+        let Some(parent) = root.parent() else {
+            return;
+        };
+        let still_missing = self
+            .root_entries
+            .values()
+            .any(|r| r.parent() == Some(parent) && !self.is_root(r));
+        if still_missing {
+            return;
+        }
+        let Some(key) = self
+            .root_parents
+            .iter()
+            .find(|(_, p)| p.as_path() == parent)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        self.root_parents.remove(&key);
+        if let Ok(fd) = sys::open_dir(parent) {
+            let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_ONLYDIR;
+            if let Err(e) =
+                sys::fanotify_mark_fd(self.group_fd(), flags, ROOT_RETURN_MASK, fd.as_fd())
+            {
+                debug!(parent = %parent.display(), error = %e, "fanotify: removing the root-return mark failed");
+            }
         }
     }
 

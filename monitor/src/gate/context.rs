@@ -2,10 +2,13 @@
 //!
 //! Built off the permission thread (the engine's task) from `/proc` while the writer is
 //! still blocked in its open, and from the session registry. Everything here comes from a
-//! watched, possibly hostile process: it is bounded and escaped, never trusted.
+//! watched, possibly hostile process: it is bounded and escaped, never trusted. Byte
+//! strings keep the event contract's encoding and every field fits the limits of the
+//! request contract (`approver::wire`), so that the service accepts what is built here.
 use confgate_proto::v1 as pb;
 
-use crate::escape::encode;
+use crate::approver::wire;
+use crate::escape::{encode, encode_bounded};
 use crate::proctable::{Proc, proc_from_procfs};
 use crate::session::SessionInfo;
 
@@ -15,6 +18,41 @@ pub const MAX_ANCESTRY: usize = 16;
 pub const MAX_ENV_REASON_BYTES: usize = 4096;
 /// Environment variable a writing process may set to say why it writes.
 pub const REASON_ENV: &[u8] = b"CONFGATE_REASON";
+/// Most bytes (encoded) of the writer's command line sent with a request.
+pub const MAX_COMMAND_BYTES: usize = 32 * 1024;
+/// Most bytes (encoded) of each ancestor's command line.
+pub const MAX_ANCESTOR_COMMAND_BYTES: usize = 4 * 1024;
+/// Most argv entries kept of one command line (a last entry says what was cut).
+pub const MAX_ARGV_ENTRIES: usize = 64;
+
+/// `argv` encoded within `budget` bytes, each entry within the contract's limit. When
+/// anything is cut, a last entry `[confgate: command cut, N more bytes not shown]` says so.
+pub fn bounded_argv(argv: &[Vec<u8>], budget: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len().min(MAX_ARGV_ENTRIES + 1));
+    let mut left = budget;
+    for (i, arg) in argv.iter().enumerate() {
+        let (text, cut) = if out.len() + 1 < MAX_ARGV_ENTRIES {
+            encode_bounded(arg, left.min(wire::MAX_TEXT))
+        } else {
+            (String::new(), true)
+        };
+        left -= text.len();
+        if cut {
+            let shown = crate::escape::decode(&text).map_or(0, |raw| raw.len());
+            if !text.is_empty() {
+                out.push(text);
+            }
+            let hidden: usize =
+                arg.len().saturating_sub(shown) + argv[i + 1..].iter().map(Vec::len).sum::<usize>();
+            out.push(format!(
+                "[confgate: command cut, {hidden} more bytes not shown]"
+            ));
+            break;
+        }
+        out.push(text);
+    }
+    out
+}
 
 /// The writer as `/proc` describes it (best effort: it may exit at any time).
 #[derive(Clone, Debug, Default)]
@@ -31,8 +69,8 @@ pub struct Writer {
 fn info(p: &Proc) -> pb::ProcessInfo {
     pb::ProcessInfo {
         pid: p.pid,
-        comm: encode(&p.comm),
-        argv: p.argv.iter().map(|a| encode(a)).collect(),
+        comm: encode_bounded(&p.comm, wire::MAX_NAME).0,
+        argv: bounded_argv(&p.argv, MAX_ANCESTOR_COMMAND_BYTES),
     }
 }
 
@@ -45,8 +83,17 @@ pub fn env_reason(pid: u32) -> Option<String> {
             return None;
         }
         let value = &value[..value.len().min(MAX_ENV_REASON_BYTES)];
-        // Shown to approvers on terminals: control and invisible characters escaped.
-        Some(crate::session::escape_text(&String::from_utf8_lossy(value)))
+        // Shown to approvers on terminals: control and invisible characters escaped, then
+        // cut (at a character) to the contract's limit.
+        let mut text = crate::session::escape_text(&String::from_utf8_lossy(value));
+        if text.len() > wire::MAX_TEXT {
+            let mut end = wire::MAX_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        Some(text)
     })
 }
 
@@ -75,7 +122,7 @@ pub fn writer(pid: u32, stop_at: u32) -> Writer {
     Writer {
         pid,
         uid: me.uid,
-        command: me.argv.iter().map(|a| encode(a)).collect(),
+        command: bounded_argv(&me.argv, MAX_COMMAND_BYTES),
         cwd: me.cwd.as_deref().map(encode).unwrap_or_default(),
         ancestry,
         env_reason: env_reason(pid),
@@ -171,6 +218,48 @@ mod tests {
         child.kill().unwrap();
         let _ = child.wait();
         assert_eq!(r.as_deref(), Some("fix\\u{a}the pool"));
+    }
+
+    #[test]
+    fn long_command_lines_are_cut_within_the_contract_and_say_so() {
+        // One huge `sh -c` script with control characters and invalid UTF-8.
+        let script = [&b"true\n\x1b[2J"[..], &[0xff; 9000], b"\necho evil"].concat();
+        let argv = vec![b"sh".to_vec(), b"-c".to_vec(), script.clone()];
+        let out = bounded_argv(&argv, MAX_COMMAND_BYTES);
+        assert_eq!(out[..2], ["sh", "-c"]);
+        assert!(
+            out[2].starts_with("true\n\x1b[2J\\xff"),
+            "{:?}",
+            &out[2][..20]
+        );
+        assert!(out[2].len() <= wire::MAX_TEXT);
+        let shown = crate::escape::decode(&out[2]).unwrap().len();
+        assert_eq!(
+            out[3],
+            format!(
+                "[confgate: command cut, {} more bytes not shown]",
+                script.len() - shown
+            )
+        );
+        assert_eq!(out.len(), 4);
+        // Many arguments: at most MAX_ARGV_ENTRIES, the last one the marker.
+        let many = vec![b"x".to_vec(); 500];
+        let out = bounded_argv(&many, MAX_COMMAND_BYTES);
+        assert_eq!(out.len(), MAX_ARGV_ENTRIES);
+        assert!(out.last().unwrap().starts_with("[confgate: command cut, "));
+        // A short one is kept whole, and whatever is cut still passes the service's checks.
+        let short = vec![b"a\nb".to_vec(), b"\\\xfe".to_vec()];
+        assert_eq!(bounded_argv(&short, 100), ["a\nb", "\\\\\\xfe"]);
+        for budget in [0, 1, 5, 4096, 40_000] {
+            let ctx = pb::RequestContext {
+                path: "/etc/x".into(),
+                operations: vec!["write".into()],
+                fail_verdict: "deny".into(),
+                command: bounded_argv(&argv, budget),
+                ..Default::default()
+            };
+            wire::check_context(&ctx).unwrap();
+        }
     }
 
     #[test]

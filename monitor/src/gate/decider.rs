@@ -23,6 +23,8 @@ use crate::session::SessionRegistry;
 pub struct GateMetrics {
     pub requests: AtomicU64,
     pub request_errors: AtomicU64,
+    /// Requests the approval service refused (ledgered; their failure verdict applied).
+    pub requests_rejected: AtomicU64,
     pub approved: AtomicU64,
     pub denied: AtomicU64,
     pub denied_by_approver: AtomicU64,
@@ -67,6 +69,7 @@ impl GateMetrics {
         vec![
             ("gate_requests", g(&self.requests)),
             ("gate_request_errors", g(&self.request_errors)),
+            ("gate_requests_rejected", g(&self.requests_rejected)),
             ("gate_approved", g(&self.approved)),
             ("gate_denied", g(&self.denied)),
             ("gate_denied_by_approver", g(&self.denied_by_approver)),

@@ -77,6 +77,8 @@ enum Outcome {
     Denied,
     /// The service applied the failure verdict (allow: true).
     Expired(bool),
+    /// The service refused the request (it will never be decided).
+    Rejected,
 }
 
 /// Settings of the engine.
@@ -602,6 +604,17 @@ impl Engine {
                 GateMetrics::inc(&self.state.metrics.denied_by_approver);
                 self.deny(held, created).await;
             }
+            Ok(Ok(Outcome::Rejected)) => {
+                self.fallback(
+                    held,
+                    fail_allows,
+                    pre,
+                    created,
+                    &rule.name,
+                    "the approval service rejected the request",
+                )
+                .await
+            }
             Ok(Ok(Outcome::Expired(allow))) => {
                 self.fallback(
                     held,
@@ -924,7 +937,28 @@ impl Engine {
                         self.end_grant(g, "revoked").await;
                     }
                 }
+                UplinkUpdate::Rejected {
+                    host_request_id,
+                    error,
+                } => self.on_rejected(host_request_id, error).await,
             }
+        }
+    }
+
+    /// The service refused a request: never silent (counted, logged, ledgered), and the
+    /// open waiting on it gets its rule's failure verdict now rather than at its timeout.
+    async fn on_rejected(&self, host_request_id: u64, error: String) {
+        GateMetrics::inc(&self.state.metrics.requests_rejected);
+        warn!(request = host_request_id, %error, "the approval service rejected the request; its failure verdict applies");
+        self.ledger(
+            "request_rejected",
+            json!({"host_request_id": host_request_id, "error": error}),
+        )
+        .await;
+        lock(&self.open_requests).retain(|_, id| *id != host_request_id);
+        self.forget_request(host_request_id).await;
+        if let Some(w) = lock(&self.waiters).remove(&host_request_id) {
+            let _ = w.tx.send(Outcome::Rejected);
         }
     }
 

@@ -18,8 +18,9 @@ use super::rules::{OnExpiry, Rule, path_glob};
 
 /// Longest agent name accepted in a grant, in bytes.
 pub const MAX_AGENT: usize = 256;
-/// Longest path glob accepted in a grant, in bytes (`PATH_MAX`).
-pub const MAX_PATH_GLOB: usize = 4096;
+/// Longest path glob accepted in a grant, in bytes: the exact glob of the longest path a
+/// request can name (`PATH_MAX` bytes, each possibly `\xNN` and escaped again).
+pub const MAX_PATH_GLOB: usize = 64 * 1024;
 /// `granted_by` and `note` longer than this (bytes) are cut (and end with `...`).
 pub const MAX_TEXT: usize = 4096;
 
@@ -69,10 +70,19 @@ impl PathGlob {
         &self.pattern
     }
 
-    /// Whether `path` (arbitrary bytes) matches. Allocation-free.
+    /// Whether `path` (arbitrary bytes) matches. A grant's glob is written against the
+    /// paths approvers see, i.e. in the event contract's encoding (`escape::encode`), so
+    /// the path is matched in that form: as it is when it holds no backslash and is valid
+    /// UTF-8 (allocation-free), else encoded.
     pub fn is_match(&self, path: &[u8]) -> bool {
+        if !path.contains(&b'\\') && std::str::from_utf8(path).is_ok() {
+            return self
+                .matcher
+                .is_match_candidate(&Candidate::from_bytes(path));
+        }
+        let encoded = crate::escape::encode(path);
         self.matcher
-            .is_match_candidate(&Candidate::from_bytes(path))
+            .is_match_candidate(&Candidate::from_bytes(encoded.as_bytes()))
     }
 }
 
@@ -414,7 +424,7 @@ mod tests {
             bad(&|g| g.path_glob = "/a\0b".into()),
             GrantError::PathGlob { .. }
         ));
-        match bad(&|g| g.path_glob = format!("/{}", "x".repeat(10_000))) {
+        match bad(&|g| g.path_glob = format!("/{}", "x".repeat(MAX_PATH_GLOB))) {
             GrantError::PathGlob { pattern, .. } => assert!(pattern.len() < 300),
             other => panic!("{other:?}"),
         }
@@ -491,6 +501,36 @@ mod tests {
         set.insert(Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap());
         assert!(set.find(7, "x", b"/srv/a.env", w, now).is_some());
         assert!(set.find(7, "x", b"/srv/a/b.env", w, now).is_none());
+    }
+
+    #[test]
+    fn the_exact_grant_of_a_hostile_path_matches_that_path_only() {
+        let now = t(1);
+        let w = OpSet::WRITE;
+        let raw: &[u8] = b"/etc/a\\x41 b*[c]\n\x1b\xff\xfe.conf";
+        let encoded = crate::escape::encode(raw);
+        let mut p = proto(9);
+        p.path_glob = crate::approver::service::exact_glob(&encoded);
+        let g = Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap();
+        assert!(g.path_glob.is_match(raw), "{:?}", p.path_glob);
+        for other in [
+            &b"/etc/a\\x41 b*[c]\n\x1b\xff\xfd.conf"[..],
+            b"/etc/aA b*[c]\n\x1b\xff\xfe.conf",
+            b"/etc/a\\x41 bX[c]\n\x1b\xff\xfe.conf",
+            encoded.as_bytes(),
+        ] {
+            assert!(!g.path_glob.is_match(other), "{other:?}");
+        }
+        // The longest path a request can name still makes a valid grant.
+        p.path_glob = crate::approver::service::exact_glob(&crate::escape::encode(
+            &[b"/".as_slice(), &[0xff; 4094]].concat(),
+        ));
+        Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap();
+        let mut set = GrantSet::new();
+        let mut p = proto(10);
+        p.path_glob = crate::approver::service::exact_glob(&encoded);
+        set.insert(Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap());
+        assert!(set.find(7, "x", raw, w, now).is_some());
     }
 
     #[test]

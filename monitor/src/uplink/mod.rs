@@ -29,8 +29,14 @@
 //!
 //! A message the service rejects as invalid (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`,
 //! `NOT_FOUND`, `ALREADY_EXISTS`, `OUT_OF_RANGE`, `UNIMPLEMENTED`) is dropped from the
-//! spool, counted (`rejected`) and logged; every other error is treated as a broken
-//! connection (counted in `send_errors`) and the message is re-sent after reconnecting.
+//! spool, counted (`rejected`) and logged, and a rejected request is handed to the
+//! receiver as [`UplinkUpdate::Rejected`] (the gate ledgers it and applies its rule's
+//! failure verdict at once); every other error is treated as a broken connection (counted
+//! in `send_errors`) and the message is re-sent after reconnecting.
+//!
+//! A request whose context breaks the request contract (`approver::wire::check_context`,
+//! the check the service runs) is refused by [`UplinkHandle::submit_now`] before it is
+//! spooled (`UplinkError::Invalid`).
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,6 +68,9 @@ pub enum UplinkUpdate {
     },
     /// A grant of this host was revoked before its expiry.
     Revoked { seq: u64, grant: v1::Grant },
+    /// The service refused request `host_request_id` (it will never be decided); `error`
+    /// is its answer. Not part of the service's update log: `seq` is 0.
+    Rejected { host_request_id: u64, error: String },
 }
 
 impl UplinkUpdate {
@@ -69,6 +78,7 @@ impl UplinkUpdate {
     pub fn seq(&self) -> u64 {
         match self {
             UplinkUpdate::Decision { seq, .. } | UplinkUpdate::Revoked { seq, .. } => *seq,
+            UplinkUpdate::Rejected { .. } => 0,
         }
     }
 }
@@ -258,11 +268,21 @@ impl UplinkHandle {
                         "submit request without host_request_id".into(),
                     ));
                 }
-                if let Some(ctx) = req.context.as_mut()
-                    && ctx.host.is_empty()
-                {
+                let Some(ctx) = req.context.as_mut() else {
+                    return Err(StoreError::Abandoned(
+                        "submit request without context".into(),
+                    ));
+                };
+                if ctx.host.is_empty() {
                     ctx.host = host.to_string();
                 }
+                // The service's own check: a request it would refuse is never spooled.
+                crate::approver::wire::check_context(ctx).map_err(|status| {
+                    StoreError::Abandoned(format!(
+                        "the request breaks the request contract: {}",
+                        status.message()
+                    ))
+                })?;
                 Ok(req)
             })
             .map_err(|e| match e {
@@ -677,6 +697,18 @@ impl Task {
                 self.forget(id).await;
                 bump(&self.shared.counters.rejected);
                 self.sync_gauge();
+                if let SpoolEntry::Submit {
+                    host_request_id, ..
+                } = entry
+                {
+                    let rejected = UplinkUpdate::Rejected {
+                        host_request_id,
+                        error: status.to_string(),
+                    };
+                    if self.updates.send(rejected).await.is_err() {
+                        return Err(End::Stop);
+                    }
+                }
                 Ok(())
             }
             Ok(Err(status)) => {

@@ -255,3 +255,74 @@ async fn a_reset_service_is_resubscribed_from_the_start() {
     h.shutdown().await;
     server.stop().await.unwrap();
 }
+
+/// Control characters and invalid UTF-8 in a request's byte strings reach the service
+/// (the contract both sides share); a request the service still refuses is handed back to
+/// the receiver, never only counted; one that breaks the contract is not even spooled.
+#[tokio::test]
+async fn hostile_bytes_reach_the_service_and_a_refusal_is_handed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(service_config(dir.path()), None)
+        .await
+        .unwrap();
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    let (h, mut rx) = Uplink::start_with(
+        client_config(dir.path()),
+        store.clone(),
+        "web-1".into(),
+        options(),
+    );
+    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+
+    let mut r = request(1);
+    let c = testing::context(&mut r);
+    let enc = crate::escape::encode;
+    c.path = enc(b"/etc/a\nb\x1b[2J\xff.conf");
+    c.cwd = enc(b"/tmp/new\nline\\\xfe");
+    c.command = vec![
+        enc(b"sh"),
+        enc(b"-c"),
+        enc(b"true\necho evil \x1b[31m\xff >> /etc/x"),
+    ];
+    c.ancestry[0].comm = enc(b"a\nb");
+    let sent = r.clone();
+    h.submit(r).await.unwrap();
+    let id = pending_id(&mut approver, 1).await;
+    let got = approver
+        .get_request(pb::GetRequestRequest { id })
+        .await
+        .unwrap()
+        .into_inner();
+    let (got, sent) = (got.context.unwrap(), sent.context.unwrap());
+    assert_eq!(
+        (&got.path, &got.cwd, &got.command, &got.ancestry[0].comm),
+        (&sent.path, &sent.cwd, &sent.command, &sent.ancestry[0].comm)
+    );
+
+    // The service refuses a deadline beyond its 30 days: the receiver learns it.
+    let mut far = request(2);
+    far.deadline_unix_ms = crate::clock::now_ms() + 40 * 24 * 3600 * 1000;
+    h.submit(far).await.unwrap();
+    match recv(&mut rx).await {
+        UplinkUpdate::Rejected {
+            host_request_id,
+            error,
+        } => {
+            assert_eq!(host_request_id, 2);
+            assert!(error.contains("deadline_unix_ms"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.counters().contains(&("uplink_rejected", 1)));
+
+    // A context the service would refuse is refused here, before it is spooled.
+    let mut bad = request(3);
+    testing::context(&mut bad).path = "/etc/lone\\backslash".into();
+    match h.submit(bad).await {
+        Err(UplinkError::Invalid(why)) => assert!(why.contains("context.path"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(h.counters().contains(&("uplink_spooled", 2)));
+    h.shutdown().await;
+    server.stop().await.unwrap();
+}

@@ -591,10 +591,7 @@ async fn submit_with_writes_the_callers_record_in_the_spool_transaction() {
         .submit_with(|tx| {
             let id = tx.next_id("test_mine")?;
             tx.put(MINE, id, &"kept".to_owned())?;
-            Ok(SubmitRequest {
-                host_request_id: id,
-                ..Default::default()
-            })
+            Ok(request(id))
         })
         .await
         .unwrap();
