@@ -226,6 +226,8 @@ fn an_unapproved_rename_over_a_file_with_a_kept_pre_image_is_reverted_atomically
     let r = g.wait_request(&a);
     ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
     assert!(wait_child(child, Duration::from_secs(30)).status.success());
+    // Its diff is recorded (100 ms after the close), and with it the content it left.
+    g.wait_ledgered("change", |b| b["diff"]["path"] == a.display().to_string().as_str());
     // Then the session renames another file over it.
     let staged = g.d.dir.path().join("staged.conf");
     std::fs::write(&staged, "port=6666\n").expect("staged");
@@ -241,8 +243,14 @@ fn an_unapproved_rename_over_a_file_with_a_kept_pre_image_is_reverted_atomically
     assert_eq!(rec["restored"], "restored", "{rec}");
     // Back to what it was before the rename (the approved write included); the
     // renamed-in file is kept in quarantine.
-    assert_eq!(std::fs::read_to_string(&a).unwrap(), "port=80\ndebug=1\n");
     let kept = rec["quarantined_as"].as_str().expect("quarantined_as");
+    assert_eq!(
+        std::fs::read_to_string(&a).unwrap(),
+        "port=80\ndebug=1\n",
+        "quarantined: {:?}\n{}",
+        std::fs::read_to_string(kept),
+        g.d.log()
+    );
     assert_eq!(std::fs::read_to_string(kept).unwrap(), "port=6666\n");
     assert!(
         quarantine_entries(&g).len() == 1,

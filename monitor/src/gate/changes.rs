@@ -317,6 +317,11 @@ pub fn diff_own_close(
     recorded: Option<&str>,
     max_bytes: u64,
 ) -> Result<Option<Diff>, ChangeError> {
+    // Another file renamed over the path since (its diff and revert are the rename
+    // handler's): not what this grant's writer left.
+    if change.dev != 0 && replaced(change) {
+        return Ok(None);
+    }
     let now = read_now(change)?;
     let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
     if recorded == Some(after_sha256.as_str()) {
@@ -331,6 +336,14 @@ pub fn diff_own_close(
         }
     }
     diff_with(store, change, now, after_sha256).map(Some)
+}
+
+/// Whether another file (device and inode) than the one the change was kept for is at the
+/// change's path now (a missing file is not "another").
+fn replaced(change: &Change) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
+    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) != (change.dev, change.ino))
 }
 
 /// Reverts only what `change`'s grant did: when the file is still as the grant's writer
