@@ -79,8 +79,13 @@ enum Command {
     },
     /// Validate a configuration file (errors with line and column).
     CheckConfig {
-        /// File to check (default: --config or /etc/confgate/config.toml).
+        /// File to check (default: --config or /etc/confgate/config.toml). An approval
+        /// service's approver.toml is recognised by its keys.
         path: Option<PathBuf>,
+        /// Check it as an approval service's approver.toml (default path
+        /// /etc/confgate/approver.toml).
+        #[arg(long)]
+        approver: bool,
     },
 }
 
@@ -255,9 +260,9 @@ fn main() -> ExitCode {
             server_names: server_names.clone(),
             force: *force,
         }),
-        Command::CheckConfig { path } => {
+        Command::CheckConfig { path, approver } => {
             let path = path.clone().or_else(|| cli.config.clone());
-            monitor::cli::check_config::run(path.as_deref())
+            monitor::cli::check_config::run(path.as_deref(), *approver)
         }
     })();
     match result {

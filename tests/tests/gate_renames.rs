@@ -227,7 +227,9 @@ fn an_unapproved_rename_over_a_file_with_a_kept_pre_image_is_reverted_atomically
     ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
     assert!(wait_child(child, Duration::from_secs(30)).status.success());
     // Its diff is recorded (100 ms after the close), and with it the content it left.
-    g.wait_ledgered("change", |b| b["diff"]["path"] == a.display().to_string().as_str());
+    g.wait_ledgered("change", |b| {
+        b["diff"]["path"] == a.display().to_string().as_str()
+    });
     // Then the session renames another file over it.
     let staged = g.d.dir.path().join("staged.conf");
     std::fs::write(&staged, "port=6666\n").expect("staged");

@@ -145,6 +145,12 @@ impl ServiceConfig {
         Ok(cfg)
     }
 
+    /// Reads, parses and validates the file at `path`, reporting every problem.
+    pub fn load_all(path: &Path) -> Result<ServiceConfig, Vec<ConfigError>> {
+        let text = read_text(path).map_err(|e| vec![e])?;
+        parse_checked(&text, path, ServiceConfig::problems)
+    }
+
     /// Parses and validates `text`; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<ServiceConfig, ConfigError> {
         parse_checked(text, origin, ServiceConfig::problems).map_err(|mut e| e.swap_remove(0))

@@ -9,10 +9,25 @@ use crate::watch::WatchSet;
 /// Check the configuration at `path` (or the default path). Prints `ok: <path>` and a
 /// summary on stdout and returns 0, or prints every problem (`path:line:column: ...`) on
 /// stderr and returns 1.
-pub fn run(path: Option<&Path>) -> anyhow::Result<i32> {
+///
+/// An approval service's `approver.toml` is checked as one when `approver` is set or the
+/// file is recognisably one ([`super::check_approver::looks_like_approver`]).
+pub fn run(path: Option<&Path>, approver: bool) -> anyhow::Result<i32> {
     let stdout = io::stdout();
     let stderr = io::stderr();
-    Ok(run_to(path, &mut stdout.lock(), &mut stderr.lock())?)
+    let (mut out, mut err) = (stdout.lock(), stderr.lock());
+    if let Some(p) = path {
+        let is_approver = approver
+            || std::fs::read_to_string(p)
+                .is_ok_and(|t| super::check_approver::looks_like_approver(&t));
+        if is_approver {
+            return Ok(super::check_approver::run_to(p, &mut out, &mut err)?);
+        }
+    } else if approver {
+        let p = Path::new(crate::approver::config::DEFAULT_SERVICE_CONFIG);
+        return Ok(super::check_approver::run_to(p, &mut out, &mut err)?);
+    }
+    Ok(run_to(path, &mut out, &mut err)?)
 }
 
 fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<i32> {

@@ -4,6 +4,7 @@ pub mod approvals;
 mod approvals_service_tests;
 pub mod approver;
 pub mod audit;
+pub mod check_approver;
 pub mod check_config;
 pub mod grants;
 pub mod run;
