@@ -17,18 +17,32 @@
 //!
 //! redb takes an exclusive lock on the file, so a second daemon on the same state directory
 //! fails with [`StoreError::Locked`] instead of corrupting it.
-use std::fs::{DirBuilder, OpenOptions};
+//!
+//! Damage never keeps the daemon down: a file that cannot be opened (redb errors, panics
+//! and integrity failures alike, see [`recover`]) is moved aside to
+//! `<name>.damaged-<unix ms>` and a new store is started ([`crate::state`] counts, logs and
+//! notes it for the ledger); a record that cannot be decoded is skipped by [`Store::scan`]
+//! (counted and logged). After an I/O error (a full disk) redb refuses every later
+//! transaction, so the store reopens the database before its next use.
+mod check;
+mod recover;
+
+pub use check::{Decodes, StoreCheck, check_file};
+
+use std::fs::DirBuilder;
 use std::marker::PhantomData;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::session::SessionInfo;
+use crate::state;
 
 /// File name of the store inside the state directory.
 pub const STORE_FILE: &str = "confgate.redb";
@@ -54,6 +68,9 @@ const DEFERRED_MAX: u64 = 256;
 
 /// How far [`Store::skip_ids`] moves a sequence at start-up (> [`DEFERRED_MAX`] + 1).
 pub const DEFERRED_ID_GAP: u64 = 1024;
+
+/// How long a reopen waits for transactions still running on the failed database.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// Errors of the embedded store.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +106,16 @@ pub enum StoreError {
     /// The transaction's closure found its input invalid; nothing was written.
     #[error("transaction abandoned: {0}")]
     Abandoned(String),
+    /// The file's content is damaged (redb panicked on it, or its check failed).
+    #[error("store file is damaged: {0}")]
+    Damaged(String),
+    /// An earlier I/O error made the database unusable and reopening it failed.
+    #[error("store {path} is unavailable after an I/O error ({reason}); reopening failed: {reopen}")]
+    Unavailable {
+        path: PathBuf,
+        reason: String,
+        reopen: String,
+    },
 }
 
 macro_rules! from_redb {
@@ -162,7 +189,10 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Database,
+    /// The open database; `None` only between a failed reopen and the next attempt.
+    db: Mutex<Option<Arc<Database>>>,
+    /// The I/O error after which the database must be reopened before its next use.
+    broken: Mutex<Option<String>>,
     path: PathBuf,
     /// Lazy and deferred commits so far; each takes the next number inside its transaction.
     lazy: AtomicU64,
@@ -189,6 +219,11 @@ impl Store {
     /// Opens (or creates) the store at `path`. Missing parent directories are created with mode
     /// 0700 and a new file with mode 0600: the store holds command lines and reasons, which
     /// may be sensitive. Existing directories and files keep their modes.
+    ///
+    /// A damaged file is moved aside (`<name>.damaged-<unix ms>`), recorded with
+    /// [`state::record_damage`], and a new store is created in its place. Errors that are not
+    /// the file's fault (another daemon holds it, permissions, a full disk, a newer schema)
+    /// are returned and the file is left alone.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             DirBuilder::new()
@@ -200,37 +235,136 @@ impl Store {
                     source,
                 })?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| StoreError::OpenFile {
-                path: path.to_owned(),
-                source,
-            })?;
-        let db = match Database::builder().create_file(file) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked {
+        match Self::open_once(path) {
+            Err(e) if recover::is_damage(&e) => {
+                let moved_to = state::move_aside(path).map_err(|source| StoreError::OpenFile {
                     path: path.to_owned(),
+                    source,
+                })?;
+                state::record_damage(state::Damage {
+                    file: path.to_owned(),
+                    moved_to,
+                    problem: e.to_string(),
                 });
+                Self::open_once(path)
             }
-            Err(e) => return Err(e.into()),
-        };
+            other => other,
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Store, StoreError> {
+        let db = recover::open_db(path)?;
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                db: Mutex::new(Some(Arc::new(db))),
+                broken: Mutex::new(None),
                 path: path.to_owned(),
                 lazy: AtomicU64::new(0),
                 durable: AtomicU64::new(0),
                 durable_commits: AtomicU64::new(0),
             }),
         };
-        store.init()?;
+        recover::guarded("initialising the store", || store.init())?;
         Ok(store)
+    }
+
+    /// The database to run a transaction on, reopened first if an I/O error broke it.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        let broken = self
+            .inner
+            .broken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        if broken {
+            self.reopen()?;
+        }
+        let slot = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(db) => Ok(db.clone()),
+            // A concurrent reopen failed just now; the next use tries again.
+            None => Err(StoreError::Unavailable {
+                path: self.inner.path.clone(),
+                reason: "an earlier I/O error".into(),
+                reopen: "in progress or failed".into(),
+            }),
+        }
+    }
+
+    /// Closes the broken database (once the transactions still running on it are done) and
+    /// opens the file again; redb repairs what the failed commit left.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(reason) = self
+            .inner
+            .broken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return Ok(()); // another thread reopened it meanwhile
+        };
+        let path = &self.inner.path;
+        let fail = |reopen: String| {
+            state::inc(&state::counters().store_reopen_failures);
+            tracing::error!(path = %path.display(), %reason, error = %reopen, "cannot reopen the store; retrying at its next use");
+            StoreError::Unavailable {
+                path: path.clone(),
+                reason: reason.clone(),
+                reopen,
+            }
+        };
+        if let Some(mut old) = slot.take() {
+            let deadline = Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        // Dropping a database after an I/O error only fails to write its
+                        // allocator state, which the reopen repairs.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db)));
+                        break;
+                    }
+                    Err(still) if Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(still) => {
+                        *slot = Some(still);
+                        return Err(fail("transactions on the failed database did not finish".into()));
+                    }
+                }
+            }
+        }
+        match recover::open_db(path) {
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                *self.inner.broken.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                state::inc(&state::counters().store_reopens);
+                tracing::warn!(path = %path.display(), %reason, "store reopened after an I/O error");
+                Ok(())
+            }
+            Err(e) => Err(fail(e.to_string())),
+        }
+    }
+
+    /// Notes an error of a transaction: a failed write is counted and logged, and an I/O
+    /// error makes the next use reopen the database.
+    fn noted<T>(&self, r: Result<T, StoreError>, write: bool) -> Result<T, StoreError> {
+        let Err(e) = &r else { return r };
+        let poisons = recover::poisons(e);
+        if write && matches!(e, StoreError::Db(_) | StoreError::Unavailable { .. }) {
+            state::inc(&state::counters().store_commit_failures);
+            tracing::error!(path = %self.inner.path.display(), error = %e, "store write failed");
+        }
+        if poisons {
+            let mut broken = self.inner.broken.lock().unwrap_or_else(PoisonError::into_inner);
+            // Keep the first error: "previous I/O error" says nothing about the cause.
+            let previous = matches!(e, StoreError::Db(b) if matches!(**b, redb::Error::PreviousIo));
+            if broken.is_none() || !previous {
+                *broken = Some(e.to_string());
+            }
+        }
+        r
     }
 
     /// Path of the store file.
@@ -306,14 +440,18 @@ impl Store {
         if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
             return Ok(());
         }
-        let txn = self.inner.db.begin_write()?;
-        if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
-            // A durable commit landed while this one waited for the write lock.
-            txn.abort()?;
-            return Ok(());
-        }
-        let mut mark = 0;
-        self.finish(txn, Durability::Immediate, &mut mark)
+        let r = (|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
+                // A durable commit landed while this one waited for the write lock.
+                txn.abort()?;
+                return Ok(());
+            }
+            let mut mark = 0;
+            self.finish(txn, Durability::Immediate, &mut mark)
+        })();
+        self.noted(r, true)
     }
 
     /// Moves each named sequence that exists on by [`DEFERRED_ID_GAP`], durably: ids that
@@ -352,10 +490,14 @@ impl Store {
         mark: &mut u64,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db.begin_write()?;
-        let out = f(&WriteTx { txn: &txn })?;
-        self.finish(txn, durability, mark)?;
-        Ok(out)
+        let r = (|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            let out = f(&WriteTx { txn: &txn })?;
+            self.finish(txn, durability, mark)?;
+            Ok(out)
+        })();
+        self.noted(r, true)
     }
 
     /// Commits `txn`, keeping the lazy/durable bookkeeping that [`Store::sync`] reads. The
@@ -401,8 +543,11 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        f(&txn)
+        let r = (|| {
+            let txn = self.db()?.begin_read()?;
+            f(&txn)
+        })();
+        self.noted(r, false)
     }
 
     /// Reads one record.
@@ -411,49 +556,60 @@ impl Store {
         table: RecordTable<V>,
         key: u64,
     ) -> Result<Option<V>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(bytes) = t.get(key)? else {
-            return Ok(None);
-        };
-        decode(table, key, bytes.value()).map(Some)
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let Some(bytes) = t.get(key)? else {
+                return Ok(None);
+            };
+            decode(table, key, bytes.value()).map(Some)
+        })
     }
 
-    /// Reads every record of `table`, in key order.
+    /// Reads every record of `table`, in key order. A record that cannot be decoded (a
+    /// damaged or foreign value) is skipped, counted (`store_records_skipped`) and logged:
+    /// one bad record must not keep the rest, or the daemon, from loading.
     pub fn scan<V: DeserializeOwned>(
         &self,
         table: RecordTable<V>,
     ) -> Result<Vec<(u64, V)>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            let key = k.value();
-            out.push((key, decode(table, key, v.value())?));
-        }
-        Ok(out)
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let key = k.value();
+                match decode(table, key, v.value()) {
+                    Ok(rec) => out.push((key, rec)),
+                    Err(e) => {
+                        state::inc(&state::counters().records_skipped);
+                        tracing::error!(path = %self.inner.path.display(), error = %e, "skipping an undecodable store record");
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 }
 
 impl Store {
     /// Reads one blob.
     pub fn get_blob(&self, table: BlobTable, key: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 }
 
@@ -773,10 +929,13 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+        store.put(RECS, 6, &rec("six", 6)).unwrap();
         assert!(matches!(
             store.get(RECS, 5),
             Err(StoreError::Codec { key: 5, .. })
         ));
-        assert!(store.scan(RECS).is_err());
+        let skipped = state::counters().records_skipped.load(Ordering::Relaxed);
+        assert_eq!(store.scan(RECS).unwrap(), vec![(6, rec("six", 6))]);
+        assert!(state::counters().records_skipped.load(Ordering::Relaxed) > skipped);
     }
 }
