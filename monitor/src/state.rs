@@ -91,7 +91,9 @@ pub fn record_damage(damage: Damage) {
         problem = %damage.problem,
         "damaged state file moved aside; starting a new one"
     );
-    let mut notes = NOTES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut notes = NOTES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if notes.len() >= MAX_NOTES {
         notes.pop_front();
     }
@@ -100,7 +102,9 @@ pub fn record_damage(damage: Damage) {
 
 /// Takes the recorded damage of files in `dir` (to write it to the ledger kept there).
 pub fn take_notes(dir: &Path) -> Vec<Damage> {
-    let mut notes = NOTES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut notes = NOTES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (mine, rest): (Vec<Damage>, Vec<Damage>) =
         notes.drain(..).partition(|d| d.file.parent() == Some(dir));
     notes.extend(rest);
@@ -109,13 +113,20 @@ pub fn take_notes(dir: &Path) -> Vec<Damage> {
 
 /// How many notes wait for files in `dir`.
 pub fn pending_notes(dir: &Path) -> usize {
-    let notes = NOTES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    notes.iter().filter(|d| d.file.parent() == Some(dir)).count()
+    let notes = NOTES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    notes
+        .iter()
+        .filter(|d| d.file.parent() == Some(dir))
+        .count()
 }
 
 /// Puts notes back (their ledger append failed; a later one may succeed).
 pub fn return_notes(notes: Vec<Damage>) {
-    let mut q = NOTES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut q = NOTES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for n in notes.into_iter().rev() {
         q.push_front(n);
     }
@@ -300,7 +311,10 @@ mod tests {
         record_damage(d("/notes-test/a/s.redb"));
         record_damage(d("/notes-test/a/sub/s.redb"));
         record_damage(d("/notes-test/b/s.redb"));
-        assert_eq!(take_notes(Path::new("/notes-test/a")), vec![d("/notes-test/a/s.redb")]);
+        assert_eq!(
+            take_notes(Path::new("/notes-test/a")),
+            vec![d("/notes-test/a/s.redb")]
+        );
         assert!(take_notes(Path::new("/notes-test/a")).is_empty());
         let mut written = Vec::new();
         ledger_notes(Path::new("/notes-test/b"), |kind, body| {
@@ -311,7 +325,9 @@ mod tests {
         assert_eq!(written[0].0, "state_file_damaged");
         assert_eq!(written[0].1["file"], "/notes-test/b/s.redb");
         // A failed append keeps the note for later.
-        ledger_notes(Path::new("/notes-test/a/sub"), |_, _| Err("disk full".into()));
+        ledger_notes(Path::new("/notes-test/a/sub"), |_, _| {
+            Err("disk full".into())
+        });
         assert_eq!(take_notes(Path::new("/notes-test/a/sub")).len(), 1);
     }
 }

@@ -110,7 +110,9 @@ pub enum StoreError {
     #[error("store file is damaged: {0}")]
     Damaged(String),
     /// An earlier I/O error made the database unusable and reopening it failed.
-    #[error("store {path} is unavailable after an I/O error ({reason}); reopening failed: {reopen}")]
+    #[error(
+        "store {path} is unavailable after an I/O error ({reason}); reopening failed: {reopen}"
+    )]
     Unavailable {
         path: PathBuf,
         reason: String,
@@ -330,7 +332,9 @@ impl Store {
                     }
                     Err(still) => {
                         *slot = Some(still);
-                        return Err(fail("transactions on the failed database did not finish".into()));
+                        return Err(fail(
+                            "transactions on the failed database did not finish".into(),
+                        ));
                     }
                 }
             }
@@ -338,7 +342,11 @@ impl Store {
         match recover::open_db(path) {
             Ok(db) => {
                 *slot = Some(Arc::new(db));
-                *self.inner.broken.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                *self
+                    .inner
+                    .broken
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
                 state::inc(&state::counters().store_reopens);
                 tracing::warn!(path = %path.display(), %reason, "store reopened after an I/O error");
                 Ok(())
@@ -357,7 +365,11 @@ impl Store {
             tracing::error!(path = %self.inner.path.display(), error = %e, "store write failed");
         }
         if poisons {
-            let mut broken = self.inner.broken.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut broken = self
+                .inner
+                .broken
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             // Keep the first error: "previous I/O error" says nothing about the cause.
             let previous = matches!(e, StoreError::Db(b) if matches!(**b, redb::Error::PreviousIo));
             if broken.is_none() || !previous {

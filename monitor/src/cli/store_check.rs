@@ -24,13 +24,22 @@ fn decodes<V: DeserializeOwned>(b: &[u8]) -> bool {
 /// The record tables of the daemon's and the approval service's stores, with their types.
 const TABLES: &[(&str, Decodes)] = &[
     ("sessions", decodes::<crate::session::SessionInfo>),
-    ("gate_requests", decodes::<crate::gate::requests::RequestRecord>),
+    (
+        "gate_requests",
+        decodes::<crate::gate::requests::RequestRecord>,
+    ),
     ("gate_grants", decodes::<crate::policy::grants::Grant>),
     ("gate_changes", decodes::<crate::gate::changes::Change>),
     ("uplink_spool", decodes::<crate::uplink::spool::SpoolEntry>),
     ("uplink_cursor", decodes::<u64>),
-    ("approver_requests", decodes::<crate::approver::store::RequestRec>),
-    ("approver_grants", decodes::<crate::approver::store::GrantRec>),
+    (
+        "approver_requests",
+        decodes::<crate::approver::store::RequestRec>,
+    ),
+    (
+        "approver_grants",
+        decodes::<crate::approver::store::GrantRec>,
+    ),
 ];
 
 /// The default files: the daemon's store and the local approval service's, under
@@ -141,8 +150,15 @@ mod tests {
         let before = std::fs::read(&path).unwrap();
         let (code, out, _) = run(std::slice::from_ref(&path));
         assert_eq!(code, EXIT_DAMAGED, "{out}");
-        assert!(out.contains("table sessions: 1 of 1 records do not decode (keys 3)"), "{out}");
-        assert_eq!(std::fs::read(&path).unwrap(), before, "the check changes nothing");
+        assert!(
+            out.contains("table sessions: 1 of 1 records do not decode (keys 3)"),
+            "{out}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the check changes nothing"
+        );
 
         let good = dir.path().join("good.redb");
         drop(Store::open(&good).unwrap());
@@ -157,7 +173,7 @@ mod tests {
             .unwrap()
             .set_len(len / 3)
             .unwrap();
-        let (code, out, _) = run(&[good.clone()]);
+        let (code, out, _) = run(std::slice::from_ref(&good));
         assert_eq!(code, EXIT_DAMAGED, "{out}");
         assert!(out.contains("DAMAGED"), "{out}");
         assert!(good.exists(), "a check never moves the file");

@@ -185,7 +185,9 @@ fn ledger_damage(state_dir: &Path) {
         Ok(mut l) => crate::state::ledger_notes(state_dir, |kind, body| {
             l.append(kind, body).map(|_| ()).map_err(|e| e.to_string())
         }),
-        Err(e) => warn!(ledger = %path.display(), error = %e, "cannot record damaged state files in the ledger"),
+        Err(e) => {
+            warn!(ledger = %path.display(), error = %e, "cannot record damaged state files in the ledger")
+        }
     }
 }
 
@@ -311,7 +313,9 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let state_dir = cfg.daemon.state_dir.clone();
     match crate::state::secure_dir(&state_dir)? {
-        Some(mode) => warn!(dir = %state_dir.display(), old_mode = format!("{mode:04o}"), "state directory tightened to 0700"),
+        Some(mode) => {
+            warn!(dir = %state_dir.display(), old_mode = format!("{mode:04o}"), "state directory tightened to 0700")
+        }
         None => debug!(dir = %state_dir.display(), "state directory is 0700"),
     }
     let store_path: PathBuf = state_dir.join(crate::store::STORE_FILE);

@@ -42,7 +42,8 @@ pub(super) fn restart_chain(
     problem: &str,
 ) -> Result<Ledger, LedgerError> {
     let (linked_seq, linked_hash, linked_line) = last_verified(path)?;
-    let moved_to = state::move_aside(path).map_err(io_err(path, "move the damaged ledger aside"))?;
+    let moved_to =
+        state::move_aside(path).map_err(io_err(path, "move the damaged ledger aside"))?;
     // The old file's lock goes with it; the new file gets its own.
     drop(old);
     state::inc(&state::counters().damaged_files);

@@ -427,7 +427,13 @@ fn broken_tail_is_refused_unless_repairing() {
         "refusal leaves the file alone"
     );
 
-    let mut l = Ledger::open_with(&path, LedgerOptions { on_broken_tail: OnBrokenTail::Repair }).unwrap();
+    let mut l = Ledger::open_with(
+        &path,
+        LedgerOptions {
+            on_broken_tail: OnBrokenTail::Repair,
+        },
+    )
+    .unwrap();
     assert_eq!(l.head().0, 4);
     l.append("change", json!({})).unwrap();
     drop(l);
@@ -455,7 +461,13 @@ fn garbage_last_line_is_refused_then_repaired() {
         Ledger::open_with(&path, refuse),
         Err(LedgerError::BrokenTail { .. })
     ));
-    let mut l = Ledger::open_with(&path, LedgerOptions { on_broken_tail: OnBrokenTail::Repair }).unwrap();
+    let mut l = Ledger::open_with(
+        &path,
+        LedgerOptions {
+            on_broken_tail: OnBrokenTail::Repair,
+        },
+    )
+    .unwrap();
     assert_eq!(l.head().0, 3);
     let c: std::collections::HashMap<_, _> = l.counters().into_iter().collect();
     assert_eq!(c["ledger_repaired"], 1);

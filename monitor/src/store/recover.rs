@@ -181,7 +181,9 @@ mod tests {
     #[test]
     fn store_opens_whatever_its_bytes() {
         // Truncations at many lengths.
-        for cut in [0usize, 1, 7, 100, 511, 512, 4095, 4096, 4097, 20_000, 65_536] {
+        for cut in [
+            0usize, 1, 7, 100, 511, 512, 4095, 4096, 4097, 20_000, 65_536,
+        ] {
             opens_after(|b| b.truncate(cut.min(b.len())));
         }
         // Random bytes, and random bytes after a valid header.
@@ -204,7 +206,9 @@ mod tests {
         }
         // Bit flips anywhere, one or many.
         for _ in 0..24 {
-            let flips: Vec<(u64, u8)> = (0..1 + rnd() % 16).map(|_| (rnd(), 1u8 << (rnd() % 8))).collect();
+            let flips: Vec<(u64, u8)> = (0..1 + rnd() % 16)
+                .map(|_| (rnd(), 1u8 << (rnd() % 8)))
+                .collect();
             opens_after(|b| {
                 for (at, bit) in &flips {
                     let i = (*at % b.len() as u64) as usize;
