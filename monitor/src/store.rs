@@ -175,6 +175,10 @@ impl BlobTable {
     const fn def(&self) -> TableDefinition<'static, u64, &'static [u8]> {
         TableDefinition::new(self.name)
     }
+
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 impl<V> Clone for RecordTable<V> {
@@ -227,6 +231,16 @@ impl Store {
     /// the file's fault (another daemon holds it, permissions, a full disk, a newer schema)
     /// are returned and the file is left alone.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, |_| Ok(()))
+    }
+
+    /// [`Store::open`], also running `tables` in the first write transaction: open there
+    /// every table the caller will use, so that a file holding one of them with another
+    /// type counts as damaged at open (and is moved aside) instead of failing later.
+    pub fn open_with(
+        path: &Path,
+        tables: impl Fn(&WriteTx<'_>) -> Result<(), StoreError>,
+    ) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             DirBuilder::new()
                 .recursive(true)
@@ -237,7 +251,7 @@ impl Store {
                     source,
                 })?;
         }
-        match Self::open_once(path) {
+        match Self::open_once(path, &tables) {
             Err(e) if recover::is_damage(&e) => {
                 let moved_to = state::move_aside(path).map_err(|source| StoreError::OpenFile {
                     path: path.to_owned(),
@@ -248,13 +262,16 @@ impl Store {
                     moved_to,
                     problem: e.to_string(),
                 });
-                Self::open_once(path)
+                Self::open_once(path, &tables)
             }
             other => other,
         }
     }
 
-    fn open_once(path: &Path) -> Result<Store, StoreError> {
+    fn open_once(
+        path: &Path,
+        tables: &dyn Fn(&WriteTx<'_>) -> Result<(), StoreError>,
+    ) -> Result<Store, StoreError> {
         let db = recover::open_db(path)?;
         let store = Store {
             inner: Arc::new(Inner {
@@ -266,7 +283,7 @@ impl Store {
                 durable_commits: AtomicU64::new(0),
             }),
         };
-        recover::guarded("initialising the store", || store.init())?;
+        recover::guarded("initialising the store", || store.init(tables))?;
         Ok(store)
     }
 
@@ -384,7 +401,10 @@ impl Store {
         &self.inner.path
     }
 
-    fn init(&self) -> Result<(), StoreError> {
+    fn init(
+        &self,
+        tables: &dyn Fn(&WriteTx<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let path = self.inner.path.clone();
         self.write(|tx| {
             let mut meta = tx.txn.open_table(META)?;
@@ -405,7 +425,7 @@ impl Store {
             drop(meta);
             // Create the known record tables so that readers never see them missing.
             tx.txn.open_table(SESSIONS.def())?;
-            Ok(())
+            tables(tx)
         })
     }
 
@@ -631,6 +651,14 @@ pub struct WriteTx<'a> {
 }
 
 impl WriteTx<'_> {
+    /// Creates `table` if missing; fails if the file holds a table of that name with
+    /// another type. For [`Store::open_with`].
+    pub fn ensure_table(&self, table: &str) -> Result<(), StoreError> {
+        self.txn
+            .open_table(TableDefinition::<u64, &[u8]>::new(table))?;
+        Ok(())
+    }
+
     /// Inserts or replaces a record.
     pub fn put<V: Serialize>(
         &self,

@@ -319,8 +319,21 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
         None => debug!(dir = %state_dir.display(), "state directory is 0700"),
     }
     let store_path: PathBuf = state_dir.join(crate::store::STORE_FILE);
-    let store = Store::open(&store_path)
-        .with_context(|| format!("opening store {}", store_path.display()))?;
+    let store = Store::open_with(&store_path, |tx| {
+        // Every table the daemon reads: one of another type makes the file damaged at open.
+        for table in [
+            crate::gate::requests::REQUESTS.name(),
+            crate::gate::requests::GRANTS.name(),
+            crate::gate::changes::CHANGES.name(),
+            crate::gate::changes::PREIMAGES.name(),
+            crate::uplink::spool::SPOOL.name(),
+            crate::uplink::spool::CURSOR.name(),
+        ] {
+            tx.ensure_table(table)?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("opening store {}", store_path.display()))?;
     ledger_damage(&state_dir);
     let registry = SessionRegistry::open(store.clone()).context("loading sessions")?;
     let policy = if cfg.gate.enabled {

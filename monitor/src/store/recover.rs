@@ -179,6 +179,25 @@ mod tests {
     }
 
     #[test]
+    fn a_table_of_another_type_is_damage_found_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let s = Store::open(&path).unwrap();
+        s.write(|tx| {
+            tx.raw()
+                .open_table(redb::TableDefinition::<&str, u64>::new("recover_typed"))?
+                .insert("k", 1)?;
+            Ok(())
+        })
+        .unwrap();
+        drop(s);
+        let s = Store::open_with(&path, |tx| tx.ensure_table("recover_typed")).unwrap();
+        assert_eq!(damaged_files(dir.path()), 1);
+        s.write(|tx| tx.ensure_table("recover_typed")).unwrap();
+        assert_eq!(state::take_notes(dir.path()).len(), 1);
+    }
+
+    #[test]
     fn store_opens_whatever_its_bytes() {
         // Truncations at many lengths.
         for cut in [
