@@ -182,6 +182,38 @@ pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
     Ok(target)
 }
 
+/// Why the entry at `path` cannot be a state file, if it exists and is not a regular file
+/// (a symlink, a FIFO, a directory, a device: whatever was moved there must not be
+/// followed, blocked on or written through).
+pub fn not_a_regular_file(path: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let t = meta.file_type();
+    if t.is_file() {
+        return None;
+    }
+    let what = if t.is_symlink() {
+        match std::fs::read_link(path) {
+            Ok(to) => format!("a symbolic link to {}", to.display()),
+            Err(_) => "a symbolic link".to_owned(),
+        }
+    } else if t.is_dir() {
+        "a directory".to_owned()
+    } else {
+        use std::os::unix::fs::FileTypeExt as _;
+        if t.is_fifo() {
+            "a FIFO".to_owned()
+        } else if t.is_socket() {
+            "a socket".to_owned()
+        } else {
+            "a device".to_owned()
+        }
+    };
+    Some(format!("{} is {what}, not a regular file", path.display()))
+}
+
+/// Flags for opening a state file: never through a symbolic link, never blocking on a FIFO.
+pub const OPEN_FLAGS: i32 = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+
 /// Errors of [`secure_dir`].
 #[derive(Debug, thiserror::Error)]
 pub enum StateDirError {

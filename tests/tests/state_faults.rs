@@ -279,6 +279,41 @@ fn a_session_that_replaces_the_ledger_cannot_keep_the_gate_off() {
     );
 }
 
+#[test]
+fn a_symlink_moved_over_the_ledger_is_never_written_through() {
+    if !require_root("a_symlink_moved_over_the_ledger_is_never_written_through") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let ledger = d.state_dir().join("ledger.jsonl");
+    // The daemon runs as root: a ledger opened through a link would append to any file.
+    let victim = d.dir.path().join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    let link = d.dir.path().join("link");
+    let o = d.in_session(
+        "redteam",
+        "ledger through a link",
+        &format!(
+            "ln -s {victim:?} {link:?} && mv {link:?} {ledger:?}",
+            victim = victim.display().to_string(),
+            link = link.display().to_string(),
+            ledger = ledger.display().to_string()
+        ),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    d.kill();
+    d.start_again();
+    session_works(&d);
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"",
+        "ledger written through a link"
+    );
+    assert!(std::fs::symlink_metadata(&ledger).unwrap().is_file());
+    let recs = ledger_records(&ledger);
+    assert_eq!(recs[0]["kind"], "ledger_chain_restarted", "{recs:?}");
+}
+
 /// A tmpfs mounted for a test, detached again when dropped.
 struct Tmpfs(PathBuf);
 

@@ -199,14 +199,33 @@ impl Ledger {
     /// `ledger_recovered` record with the cut bytes' length, offset and SHA-256 appended.
     pub fn open_with(path: &Path, opts: LedgerOptions) -> Result<Ledger, LedgerError> {
         create_dir(path)?;
+        // A symbolic link, FIFO or directory put in the ledger's place is never followed,
+        // read or written: it is moved aside like a broken tail.
+        if let Some(problem) = crate::state::not_a_regular_file(path) {
+            if opts.on_broken_tail == OnBrokenTail::Restart {
+                return restart::restart_chain(path, None, &problem);
+            }
+            return Err(LedgerError::BrokenTail {
+                path: path.to_owned(),
+                detail: problem,
+            });
+        }
         let created = !path.exists();
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o640)
+            .custom_flags(crate::state::OPEN_FLAGS)
             .open(path)
             .map_err(io_err(path, "open"))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(LedgerError::Io {
+                path: path.to_owned(),
+                op: "open",
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
         if created {
             // The mode given to open(2) is filtered by the umask: set it exactly.
             file.set_permissions(Permissions::from_mode(0o640))
@@ -245,7 +264,7 @@ impl Ledger {
         let (seq, prev) = match checked {
             Ok(head) => head,
             Err(detail) if opts.on_broken_tail == OnBrokenTail::Restart => {
-                return restart::restart_chain(path, file, &detail);
+                return restart::restart_chain(path, Some(file), &detail);
             }
             Err(detail) if opts.on_broken_tail == OnBrokenTail::Repair => {
                 let (seq, prev, linked_line) = last_parsable(path)?;

@@ -35,13 +35,17 @@ pub(super) fn last_verified(path: &Path) -> Result<(u64, String, u64), LedgerErr
 }
 
 /// Moves the ledger at `path` (whose tail check failed with `problem`; `old` is its locked
-/// handle) aside and opens a new one whose first record links to the old chain.
+/// handle, none when the entry is not a regular file) aside and opens a new one whose first record links to the old chain.
 pub(super) fn restart_chain(
     path: &Path,
-    old: Flock<File>,
+    old: Option<Flock<File>>,
     problem: &str,
 ) -> Result<Ledger, LedgerError> {
-    let (linked_seq, linked_hash, linked_line) = last_verified(path)?;
+    // Without a handle the entry is not a regular file: nothing in it to link to.
+    let (linked_seq, linked_hash, linked_line) = match old {
+        Some(_) => last_verified(path)?,
+        None => (0, GENESIS_PREV.to_owned(), 0),
+    };
     let moved_to =
         state::move_aside(path).map_err(io_err(path, "move the damaged ledger aside"))?;
     // The old file's lock goes with it; the new file gets its own.

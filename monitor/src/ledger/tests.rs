@@ -724,3 +724,47 @@ fn the_ledger_opens_whatever_its_bytes() {
         Ledger::open_with(&path, refuse).unwrap_or_else(|e| panic!("round {round}: {e}"));
     }
 }
+
+#[test]
+fn a_symlink_or_fifo_in_the_ledgers_place_is_moved_aside_never_followed() {
+    let (d, path) = ledger_with(2);
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let mut l = Ledger::open(&path).expect("opens");
+    l.append("change", json!({})).unwrap();
+    drop(l);
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"",
+        "never written through"
+    );
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    let copies = damaged_copies(&path);
+    assert_eq!(copies.len(), 1);
+    assert!(
+        std::fs::symlink_metadata(&copies[0])
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let records = read(&path, None).unwrap();
+    assert_eq!(records[0].kind, "ledger_chain_restarted");
+    assert!(
+        records[0].body["problem"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link"),
+        "{:?}",
+        records[0].body
+    );
+
+    // A FIFO would block every reader and writer.
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let l = Ledger::open(&path).expect("opens");
+    drop(l);
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    assert_eq!(damaged_copies(&path).len(), 2);
+}

@@ -69,6 +69,12 @@ pub fn check_file(path: &Path, tables: &[(&str, Decodes)]) -> Result<StoreCheck,
         path: path.to_owned(),
         source,
     };
+    if let Some(problem) = crate::state::not_a_regular_file(path) {
+        return Ok(StoreCheck {
+            damaged: Some(problem),
+            ..StoreCheck::default()
+        });
+    }
     let file = File::open(path).map_err(open_err)?;
     let mut locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(f) => f,

@@ -34,17 +34,28 @@ pub(super) fn guarded<T>(
 
 /// Opens the redb file at `path` (created 0600 if missing) and checks its integrity.
 pub(super) fn open_db(path: &Path) -> Result<Database, StoreError> {
+    if let Some(problem) = state::not_a_regular_file(path) {
+        return Err(StoreError::Damaged(problem));
+    }
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(state::OPEN_FLAGS)
         .open(path)
         .map_err(|source| StoreError::OpenFile {
             path: path.to_owned(),
             source,
         })?;
+    // Swapped in since the check above: refuse it as well.
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(StoreError::Damaged(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
     let mut db = guarded("opening the store", || {
         match Database::builder().create_file(file) {
             Ok(db) => Ok(db),
@@ -194,6 +205,21 @@ mod tests {
         let s = Store::open_with(&path, |tx| tx.ensure_table("recover_typed")).unwrap();
         assert_eq!(damaged_files(dir.path()), 1);
         s.write(|tx| tx.ensure_table("recover_typed")).unwrap();
+        assert_eq!(state::take_notes(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn a_symlink_in_the_stores_place_is_moved_aside_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"").unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let s = Store::open(&path).unwrap();
+        s.put(T, 1, &"x".to_owned()).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(damaged_files(dir.path()), 1);
         assert_eq!(state::take_notes(dir.path()).len(), 1);
     }
 
