@@ -26,6 +26,7 @@
 //! transaction, so the store reopens the database before its next use.
 mod check;
 mod recover;
+mod reopen;
 
 pub use check::{Decodes, StoreCheck, check_file};
 
@@ -34,8 +35,7 @@ use std::marker::PhantomData;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
@@ -68,9 +68,6 @@ const DEFERRED_MAX: u64 = 256;
 
 /// How far [`Store::skip_ids`] moves a sequence at start-up (> [`DEFERRED_MAX`] + 1).
 pub const DEFERRED_ID_GAP: u64 = 1024;
-
-/// How long a reopen waits for transactions still running on the failed database.
-const REOPEN_WAIT: Duration = Duration::from_secs(2);
 
 /// Errors of the embedded store.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +106,10 @@ pub enum StoreError {
     /// The file's content is damaged (redb panicked on it, or its check failed).
     #[error("store file is damaged: {0}")]
     Damaged(String),
+    /// A deferred commit did not reach the disk before an I/O error; the reopened store
+    /// does not have it.
+    #[error("store {path}: a deferred commit was lost with an I/O error (the store was reopened)")]
+    Lost { path: PathBuf },
     /// An earlier I/O error made the database unusable and reopening it failed.
     #[error(
         "store {path} is unavailable after an I/O error ({reason}); reopening failed: {reopen}"
@@ -206,6 +207,8 @@ struct Inner {
     durable: AtomicU64,
     /// Durable commits made (tests see whether a sync needed one of its own).
     durable_commits: AtomicU64,
+    /// Ranges `(from, to]` of deferred-commit numbers lost by reopens after I/O errors.
+    lost: Mutex<Vec<(u64, u64)>>,
 }
 
 /// A deferred commit, to wait for with [`Store::sync`].
@@ -281,119 +284,11 @@ impl Store {
                 lazy: AtomicU64::new(0),
                 durable: AtomicU64::new(0),
                 durable_commits: AtomicU64::new(0),
+                lost: Mutex::new(Vec::new()),
             }),
         };
         recover::guarded("initialising the store", || store.init(tables))?;
         Ok(store)
-    }
-
-    /// The database to run a transaction on, reopened first if an I/O error broke it.
-    fn db(&self) -> Result<Arc<Database>, StoreError> {
-        let broken = self
-            .inner
-            .broken
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
-        if broken {
-            self.reopen()?;
-        }
-        let slot = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
-        match slot.as_ref() {
-            Some(db) => Ok(db.clone()),
-            // A concurrent reopen failed just now; the next use tries again.
-            None => Err(StoreError::Unavailable {
-                path: self.inner.path.clone(),
-                reason: "an earlier I/O error".into(),
-                reopen: "in progress or failed".into(),
-            }),
-        }
-    }
-
-    /// Closes the broken database (once the transactions still running on it are done) and
-    /// opens the file again; redb repairs what the failed commit left.
-    fn reopen(&self) -> Result<(), StoreError> {
-        let mut slot = self.inner.db.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(reason) = self
-            .inner
-            .broken
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        else {
-            return Ok(()); // another thread reopened it meanwhile
-        };
-        let path = &self.inner.path;
-        let fail = |reopen: String| {
-            state::inc(&state::counters().store_reopen_failures);
-            tracing::error!(path = %path.display(), %reason, error = %reopen, "cannot reopen the store; retrying at its next use");
-            StoreError::Unavailable {
-                path: path.clone(),
-                reason: reason.clone(),
-                reopen,
-            }
-        };
-        if let Some(mut old) = slot.take() {
-            let deadline = Instant::now() + REOPEN_WAIT;
-            loop {
-                match Arc::try_unwrap(old) {
-                    Ok(db) => {
-                        // Dropping a database after an I/O error only fails to write its
-                        // allocator state, which the reopen repairs.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(db)));
-                        break;
-                    }
-                    Err(still) if Instant::now() < deadline => {
-                        old = still;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err(still) => {
-                        *slot = Some(still);
-                        return Err(fail(
-                            "transactions on the failed database did not finish".into(),
-                        ));
-                    }
-                }
-            }
-        }
-        match recover::open_db(path) {
-            Ok(db) => {
-                *slot = Some(Arc::new(db));
-                *self
-                    .inner
-                    .broken
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = None;
-                state::inc(&state::counters().store_reopens);
-                tracing::warn!(path = %path.display(), %reason, "store reopened after an I/O error");
-                Ok(())
-            }
-            Err(e) => Err(fail(e.to_string())),
-        }
-    }
-
-    /// Notes an error of a transaction: a failed write is counted and logged, and an I/O
-    /// error makes the next use reopen the database.
-    fn noted<T>(&self, r: Result<T, StoreError>, write: bool) -> Result<T, StoreError> {
-        let Err(e) = &r else { return r };
-        let poisons = recover::poisons(e);
-        if write && matches!(e, StoreError::Db(_) | StoreError::Unavailable { .. }) {
-            state::inc(&state::counters().store_commit_failures);
-            tracing::error!(path = %self.inner.path.display(), error = %e, "store write failed");
-        }
-        if poisons {
-            let mut broken = self
-                .inner
-                .broken
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            // Keep the first error: "previous I/O error" says nothing about the cause.
-            let previous = matches!(e, StoreError::Db(b) if matches!(**b, redb::Error::PreviousIo));
-            if broken.is_none() || !previous {
-                *broken = Some(e.to_string());
-            }
-        }
-        r
     }
 
     /// Path of the store file.
@@ -469,6 +364,14 @@ impl Store {
     /// (anyone's) covered it, else by committing durably itself (which covers every commit
     /// before it). Callers that want to give another commit the chance wait before calling.
     pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
+        // Checked before and after: a reopen may come while this sync commits.
+        self.check_not_lost(u)?;
+        let r = self.sync_inner(u);
+        self.check_not_lost(u)?;
+        r
+    }
+
+    fn sync_inner(&self, u: Unsynced) -> Result<(), StoreError> {
         if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
             return Ok(());
         }
@@ -836,6 +739,27 @@ mod tests {
         for (k, v) in [(1, 7), (2, 8), (3, 9)] {
             assert_eq!(store.get(T, k).unwrap(), Some(v));
         }
+    }
+
+    #[test]
+    fn a_reopen_after_an_io_error_fails_the_syncs_of_deferred_commits_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        const T: RecordTable<u64> = RecordTable::new("test_lost");
+        let ((), before) = store.write_deferred(|tx| tx.put(T, 1, &1)).unwrap();
+        store.sync(before).unwrap();
+        let ((), lost) = store.write_deferred(|tx| tx.put(T, 2, &2)).unwrap();
+        let reopens = state::counters().store_reopens.load(Ordering::Relaxed);
+        // What an I/O error leaves behind: the next use reopens the database.
+        *store.inner.broken.lock().unwrap() = Some("I/O error: test".into());
+        assert_eq!(store.get(T, 1).unwrap(), Some(1));
+        assert!(state::counters().store_reopens.load(Ordering::Relaxed) > reopens);
+        // A later durable commit must not cover the lost one.
+        store.put(T, 3, &3).unwrap();
+        assert!(matches!(store.sync(lost), Err(StoreError::Lost { .. })));
+        store.sync(before).unwrap();
+        let ((), after) = store.write_deferred(|tx| tx.put(T, 4, &4)).unwrap();
+        store.sync(after).unwrap();
     }
 
     #[test]
