@@ -61,6 +61,11 @@ pub const SESSION_IDS: &str = "session_id";
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 const META_SCHEMA: &str = "schema_version";
 const META_SEQ_PREFIX: &str = "next_id.";
+/// Where sequences not in `meta` start (1 when absent). A store that replaces a damaged one
+/// starts them far above any id the lost store handed out, so that no new request, grant
+/// or session ever takes an id that the ledger, the approval service or a person already
+/// knows for another.
+const META_ID_FLOOR: &str = "id_floor";
 
 /// Deferred commits allowed in a row before the next one is made durable itself: bounds the
 /// ids a crash can take with it to fewer than [`DEFERRED_ID_GAP`].
@@ -265,7 +270,20 @@ impl Store {
                     moved_to,
                     problem: e.to_string(),
                 });
-                Self::open_once(path, &tables)
+                let store = Self::open_once(path, &tables)?;
+                // Milliseconds since the epoch × 1000: above any id a store could reach by
+                // counting, and above the floor of an earlier replacement.
+                let floor = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| {
+                        u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 1000)
+                    })
+                    .saturating_mul(1000);
+                store.write(|tx| {
+                    tx.txn.open_table(META)?.insert(META_ID_FLOOR, floor)?;
+                    Ok(())
+                })?;
+                Ok(store)
             }
             other => other,
         }
@@ -614,7 +632,10 @@ impl WriteTx<'_> {
     pub fn next_id(&self, sequence: &str) -> Result<u64, StoreError> {
         let key = format!("{META_SEQ_PREFIX}{sequence}");
         let mut meta = self.txn.open_table(META)?;
-        let id = meta.get(key.as_str())?.map_or(1, |v| v.value());
+        let id = match meta.get(key.as_str())?.map(|v| v.value()) {
+            Some(id) => id,
+            None => meta.get(META_ID_FLOOR)?.map_or(1, |v| v.value()),
+        };
         let next = id
             .checked_add(1)
             .ok_or_else(|| StoreError::SequenceExhausted(sequence.to_owned()))?;

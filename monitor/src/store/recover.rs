@@ -181,6 +181,10 @@ mod tests {
         drop(f);
         let s = Store::open(&path).expect("opens");
         assert!(s.scan(T).unwrap().is_empty(), "a new store");
+        // Ids start far above anything the lost store handed out.
+        let id = s.write(|tx| tx.next_id("any")).unwrap();
+        assert!(id > 1_000_000_000_000_000, "{id}");
+        assert_eq!(s.write(|tx| tx.next_id("any")).unwrap(), id + 1);
         assert_eq!(damaged_files(dir.path()), 1);
         assert!(state::counters().damaged_files.load(Ordering::Relaxed) > before);
         let notes = state::take_notes(dir.path());
