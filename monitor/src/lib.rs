@@ -7,7 +7,8 @@
 //!   pre-images).
 //! - `config`, `watch`: TOML configuration and the watched-path set derived from it.
 //! - `proctable`, `resolve`: process table and path resolution for attribution.
-//! - `session`, `detect`, `store`: agent sessions, auto-detection rules, embedded store.
+//! - `session`, `detect`, `store`: agent sessions, auto-detection rules, embedded store;
+//!   `state`: damaged state files moved aside, the state directory's mode.
 //! - `event`, `escape`, `correlate`, `sink`: the event contract, byte-safe path encoding,
 //!   merging of eBPF and fanotify observations, NDJSON/human output.
 //! - `ledger`: the hash-chained, append-only audit ledger.
@@ -40,6 +41,7 @@ pub mod resolve;
 pub mod rpc;
 pub mod session;
 pub mod sink;
+pub mod state;
 pub mod store;
 pub mod syscalls;
 pub mod uplink;

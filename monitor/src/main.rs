@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: monitor::cli::audit::AuditCommand,
     },
+    /// Check the embedded stores without changing them.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// The approval service: run it, or make its certificates.
     Approver {
         #[command(subcommand)]
@@ -86,6 +91,18 @@ enum Command {
         /// /etc/confgate/approver.toml).
         #[arg(long)]
         approver: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Check each store file (default: <daemon.state_dir>/confgate.redb and the local
+    /// approval service's approver/approver.redb): exit 0 when intact, 1 when damaged or
+    /// holding records that do not decode, 2 when a file could not be checked (e.g. the
+    /// daemon holds it: stop it first).
+    Check {
+        /// Store files to check instead of the defaults.
+        files: Vec<PathBuf>,
     },
 }
 
@@ -240,6 +257,18 @@ fn main() -> ExitCode {
                 &load_config(&cli)?.daemon.state_dir,
             ))
         })),
+        Command::Store {
+            command: StoreCommand::Check { files },
+        } => {
+            let files = if files.is_empty() {
+                monitor::cli::store_check::default_files(&load_config(&cli)?.daemon.state_dir)
+            } else {
+                files.clone()
+            };
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            Ok(monitor::cli::store_check::check(&files, &mut out, &mut err))
+        }
         // For `approver serve`, --config names the service's approver.toml.
         Command::Approver {
             command: ApproverCommand::Serve,

@@ -687,4 +687,29 @@ mod tests {
             SessionSource::Wrapper
         );
     }
+
+    #[test]
+    fn an_undecodable_session_record_is_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let reg = open(&dir);
+            reg.create(new("claude-code")).unwrap();
+        }
+        // An old or damaged record: valid redb, invalid JSON for a session.
+        let store = Store::open(&path).unwrap();
+        store
+            .write(|tx| {
+                tx.raw()
+                    .open_table(redb::TableDefinition::<u64, &[u8]>::new(SESSIONS.name()))?
+                    .insert(7, b"{\"id\": \"not a number\"}".as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        let reg = SessionRegistry::open(store).expect("loads the good sessions");
+        let ids: Vec<u64> = reg.all().iter().map(|s| s.id).collect();
+        assert_eq!(ids, vec![1]);
+        // New sessions still get fresh ids.
+        assert!(reg.create(new("codex")).unwrap().id > 1);
+    }
 }

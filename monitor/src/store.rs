@@ -17,18 +17,32 @@
 //!
 //! redb takes an exclusive lock on the file, so a second daemon on the same state directory
 //! fails with [`StoreError::Locked`] instead of corrupting it.
-use std::fs::{DirBuilder, OpenOptions};
+//!
+//! Damage never keeps the daemon down: a file that cannot be opened (redb errors, panics
+//! and integrity failures alike, see [`recover`]) is moved aside to
+//! `<name>.damaged-<unix ms>` and a new store is started ([`crate::state`] counts, logs and
+//! notes it for the ledger); a record that cannot be decoded is skipped by [`Store::scan`]
+//! (counted and logged). After an I/O error (a full disk) redb refuses every later
+//! transaction, so the store reopens the database before its next use.
+mod check;
+mod recover;
+mod reopen;
+
+pub use check::{Decodes, StoreCheck, check_file};
+
+use std::fs::DirBuilder;
 use std::marker::PhantomData;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::session::SessionInfo;
+use crate::state;
 
 /// File name of the store inside the state directory.
 pub const STORE_FILE: &str = "confgate.redb";
@@ -47,6 +61,11 @@ pub const SESSION_IDS: &str = "session_id";
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 const META_SCHEMA: &str = "schema_version";
 const META_SEQ_PREFIX: &str = "next_id.";
+/// Where sequences not in `meta` start (1 when absent). A store that replaces a damaged one
+/// starts them far above any id the lost store handed out, so that no new request, grant
+/// or session ever takes an id that the ledger, the approval service or a person already
+/// knows for another.
+const META_ID_FLOOR: &str = "id_floor";
 
 /// Deferred commits allowed in a row before the next one is made durable itself: bounds the
 /// ids a crash can take with it to fewer than [`DEFERRED_ID_GAP`].
@@ -89,6 +108,22 @@ pub enum StoreError {
     /// The transaction's closure found its input invalid; nothing was written.
     #[error("transaction abandoned: {0}")]
     Abandoned(String),
+    /// The file's content is damaged (redb panicked on it, or its check failed).
+    #[error("store file is damaged: {0}")]
+    Damaged(String),
+    /// A deferred commit did not reach the disk before an I/O error; the reopened store
+    /// does not have it.
+    #[error("store {path}: a deferred commit was lost with an I/O error (the store was reopened)")]
+    Lost { path: PathBuf },
+    /// An earlier I/O error made the database unusable and reopening it failed.
+    #[error(
+        "store {path} is unavailable after an I/O error ({reason}); reopening failed: {reopen}"
+    )]
+    Unavailable {
+        path: PathBuf,
+        reason: String,
+        reopen: String,
+    },
 }
 
 macro_rules! from_redb {
@@ -146,6 +181,10 @@ impl BlobTable {
     const fn def(&self) -> TableDefinition<'static, u64, &'static [u8]> {
         TableDefinition::new(self.name)
     }
+
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 impl<V> Clone for RecordTable<V> {
@@ -162,7 +201,10 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Database,
+    /// The open database; `None` only between a failed reopen and the next attempt.
+    db: Mutex<Option<Arc<Database>>>,
+    /// The I/O error after which the database must be reopened before its next use.
+    broken: Mutex<Option<String>>,
     path: PathBuf,
     /// Lazy and deferred commits so far; each takes the next number inside its transaction.
     lazy: AtomicU64,
@@ -170,6 +212,8 @@ struct Inner {
     durable: AtomicU64,
     /// Durable commits made (tests see whether a sync needed one of its own).
     durable_commits: AtomicU64,
+    /// Ranges `(from, to]` of deferred-commit numbers lost by reopens after I/O errors.
+    lost: Mutex<Vec<(u64, u64)>>,
 }
 
 /// A deferred commit, to wait for with [`Store::sync`].
@@ -189,7 +233,22 @@ impl Store {
     /// Opens (or creates) the store at `path`. Missing parent directories are created with mode
     /// 0700 and a new file with mode 0600: the store holds command lines and reasons, which
     /// may be sensitive. Existing directories and files keep their modes.
+    ///
+    /// A damaged file is moved aside (`<name>.damaged-<unix ms>`), recorded with
+    /// [`state::record_damage`], and a new store is created in its place. Errors that are not
+    /// the file's fault (another daemon holds it, permissions, a full disk, a newer schema)
+    /// are returned and the file is left alone.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with(path, |_| Ok(()))
+    }
+
+    /// [`Store::open`], also running `tables` in the first write transaction: open there
+    /// every table the caller will use, so that a file holding one of them with another
+    /// type counts as damaged at open (and is moved aside) instead of failing later.
+    pub fn open_with(
+        path: &Path,
+        tables: impl Fn(&WriteTx<'_>) -> Result<(), StoreError>,
+    ) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             DirBuilder::new()
                 .recursive(true)
@@ -200,36 +259,53 @@ impl Store {
                     source,
                 })?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| StoreError::OpenFile {
-                path: path.to_owned(),
-                source,
-            })?;
-        let db = match Database::builder().create_file(file) {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked {
+        match Self::open_once(path, &tables) {
+            Err(e) if recover::is_damage(&e) => {
+                let moved_to = state::move_aside(path).map_err(|source| StoreError::OpenFile {
                     path: path.to_owned(),
+                    source,
+                })?;
+                state::record_damage(state::Damage {
+                    file: path.to_owned(),
+                    moved_to,
+                    problem: e.to_string(),
                 });
+                let store = Self::open_once(path, &tables)?;
+                // Milliseconds since the epoch × 1000: above any id a store could reach by
+                // counting, and above the floor of an earlier replacement.
+                let floor = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| {
+                        u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 1000)
+                    })
+                    .saturating_mul(1000);
+                store.write(|tx| {
+                    tx.txn.open_table(META)?.insert(META_ID_FLOOR, floor)?;
+                    Ok(())
+                })?;
+                Ok(store)
             }
-            Err(e) => return Err(e.into()),
-        };
+            other => other,
+        }
+    }
+
+    fn open_once(
+        path: &Path,
+        tables: &dyn Fn(&WriteTx<'_>) -> Result<(), StoreError>,
+    ) -> Result<Store, StoreError> {
+        let db = recover::open_db(path)?;
         let store = Store {
             inner: Arc::new(Inner {
-                db,
+                db: Mutex::new(Some(Arc::new(db))),
+                broken: Mutex::new(None),
                 path: path.to_owned(),
                 lazy: AtomicU64::new(0),
                 durable: AtomicU64::new(0),
                 durable_commits: AtomicU64::new(0),
+                lost: Mutex::new(Vec::new()),
             }),
         };
-        store.init()?;
+        recover::guarded("initialising the store", || store.init(tables))?;
         Ok(store)
     }
 
@@ -238,7 +314,10 @@ impl Store {
         &self.inner.path
     }
 
-    fn init(&self) -> Result<(), StoreError> {
+    fn init(
+        &self,
+        tables: &dyn Fn(&WriteTx<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let path = self.inner.path.clone();
         self.write(|tx| {
             let mut meta = tx.txn.open_table(META)?;
@@ -259,7 +338,7 @@ impl Store {
             drop(meta);
             // Create the known record tables so that readers never see them missing.
             tx.txn.open_table(SESSIONS.def())?;
-            Ok(())
+            tables(tx)
         })
     }
 
@@ -303,17 +382,29 @@ impl Store {
     /// (anyone's) covered it, else by committing durably itself (which covers every commit
     /// before it). Callers that want to give another commit the chance wait before calling.
     pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
+        // Checked before and after: a reopen may come while this sync commits.
+        self.check_not_lost(u)?;
+        let r = self.sync_inner(u);
+        self.check_not_lost(u)?;
+        r
+    }
+
+    fn sync_inner(&self, u: Unsynced) -> Result<(), StoreError> {
         if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
             return Ok(());
         }
-        let txn = self.inner.db.begin_write()?;
-        if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
-            // A durable commit landed while this one waited for the write lock.
-            txn.abort()?;
-            return Ok(());
-        }
-        let mut mark = 0;
-        self.finish(txn, Durability::Immediate, &mut mark)
+        let r = (|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            if self.inner.durable.load(Ordering::SeqCst) >= u.0 {
+                // A durable commit landed while this one waited for the write lock.
+                txn.abort()?;
+                return Ok(());
+            }
+            let mut mark = 0;
+            self.finish(txn, Durability::Immediate, &mut mark)
+        })();
+        self.noted(r, true)
     }
 
     /// Moves each named sequence that exists on by [`DEFERRED_ID_GAP`], durably: ids that
@@ -352,10 +443,14 @@ impl Store {
         mark: &mut u64,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db.begin_write()?;
-        let out = f(&WriteTx { txn: &txn })?;
-        self.finish(txn, durability, mark)?;
-        Ok(out)
+        let r = (|| {
+            let db = self.db()?;
+            let txn = db.begin_write()?;
+            let out = f(&WriteTx { txn: &txn })?;
+            self.finish(txn, durability, mark)?;
+            Ok(out)
+        })();
+        self.noted(r, true)
     }
 
     /// Commits `txn`, keeping the lazy/durable bookkeeping that [`Store::sync`] reads. The
@@ -401,8 +496,11 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        f(&txn)
+        let r = (|| {
+            let txn = self.db()?.begin_read()?;
+            f(&txn)
+        })();
+        self.noted(r, false)
     }
 
     /// Reads one record.
@@ -411,49 +509,60 @@ impl Store {
         table: RecordTable<V>,
         key: u64,
     ) -> Result<Option<V>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let Some(bytes) = t.get(key)? else {
-            return Ok(None);
-        };
-        decode(table, key, bytes.value()).map(Some)
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let Some(bytes) = t.get(key)? else {
+                return Ok(None);
+            };
+            decode(table, key, bytes.value()).map(Some)
+        })
     }
 
-    /// Reads every record of `table`, in key order.
+    /// Reads every record of `table`, in key order. A record that cannot be decoded (a
+    /// damaged or foreign value) is skipped, counted (`store_records_skipped`) and logged:
+    /// one bad record must not keep the rest, or the daemon, from loading.
     pub fn scan<V: DeserializeOwned>(
         &self,
         table: RecordTable<V>,
     ) -> Result<Vec<(u64, V)>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            let key = k.value();
-            out.push((key, decode(table, key, v.value())?));
-        }
-        Ok(out)
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                let key = k.value();
+                match decode(table, key, v.value()) {
+                    Ok(rec) => out.push((key, rec)),
+                    Err(e) => {
+                        state::inc(&state::counters().records_skipped);
+                        tracing::error!(path = %self.inner.path.display(), error = %e, "skipping an undecodable store record");
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 }
 
 impl Store {
     /// Reads one blob.
     pub fn get_blob(&self, table: BlobTable, key: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        let t = match txn.open_table(table.def()) {
-            Ok(t) => t,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 }
 
@@ -463,6 +572,14 @@ pub struct WriteTx<'a> {
 }
 
 impl WriteTx<'_> {
+    /// Creates `table` if missing; fails if the file holds a table of that name with
+    /// another type. For [`Store::open_with`].
+    pub fn ensure_table(&self, table: &str) -> Result<(), StoreError> {
+        self.txn
+            .open_table(TableDefinition::<u64, &[u8]>::new(table))?;
+        Ok(())
+    }
+
     /// Inserts or replaces a record.
     pub fn put<V: Serialize>(
         &self,
@@ -515,7 +632,10 @@ impl WriteTx<'_> {
     pub fn next_id(&self, sequence: &str) -> Result<u64, StoreError> {
         let key = format!("{META_SEQ_PREFIX}{sequence}");
         let mut meta = self.txn.open_table(META)?;
-        let id = meta.get(key.as_str())?.map_or(1, |v| v.value());
+        let id = match meta.get(key.as_str())?.map(|v| v.value()) {
+            Some(id) => id,
+            None => meta.get(META_ID_FLOOR)?.map_or(1, |v| v.value()),
+        };
         let next = id
             .checked_add(1)
             .ok_or_else(|| StoreError::SequenceExhausted(sequence.to_owned()))?;
@@ -640,6 +760,27 @@ mod tests {
         for (k, v) in [(1, 7), (2, 8), (3, 9)] {
             assert_eq!(store.get(T, k).unwrap(), Some(v));
         }
+    }
+
+    #[test]
+    fn a_reopen_after_an_io_error_fails_the_syncs_of_deferred_commits_it_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        const T: RecordTable<u64> = RecordTable::new("test_lost");
+        let ((), before) = store.write_deferred(|tx| tx.put(T, 1, &1)).unwrap();
+        store.sync(before).unwrap();
+        let ((), lost) = store.write_deferred(|tx| tx.put(T, 2, &2)).unwrap();
+        let reopens = state::counters().store_reopens.load(Ordering::Relaxed);
+        // What an I/O error leaves behind: the next use reopens the database.
+        *store.inner.broken.lock().unwrap() = Some("I/O error: test".into());
+        assert_eq!(store.get(T, 1).unwrap(), Some(1));
+        assert!(state::counters().store_reopens.load(Ordering::Relaxed) > reopens);
+        // A later durable commit must not cover the lost one.
+        store.put(T, 3, &3).unwrap();
+        assert!(matches!(store.sync(lost), Err(StoreError::Lost { .. })));
+        store.sync(before).unwrap();
+        let ((), after) = store.write_deferred(|tx| tx.put(T, 4, &4)).unwrap();
+        store.sync(after).unwrap();
     }
 
     #[test]
@@ -773,10 +914,13 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+        store.put(RECS, 6, &rec("six", 6)).unwrap();
         assert!(matches!(
             store.get(RECS, 5),
             Err(StoreError::Codec { key: 5, .. })
         ));
-        assert!(store.scan(RECS).is_err());
+        let skipped = state::counters().records_skipped.load(Ordering::Relaxed);
+        assert_eq!(store.scan(RECS).unwrap(), vec![(6, rec("six", 6))]);
+        assert!(state::counters().records_skipped.load(Ordering::Relaxed) > skipped);
     }
 }

@@ -193,6 +193,30 @@ impl Daemon {
         self.wait_ready();
     }
 
+    /// Kill the daemon with SIGKILL (a crash), leaving its state as it is.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stop the daemon (SIGTERM) without starting it again.
+    pub fn shut_down(&mut self) {
+        self.stop();
+    }
+
+    /// Start the daemon again after [`Daemon::kill`] / [`Daemon::shut_down`]; panics with
+    /// its log if it exits or is not ready within 60 s.
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.watched.parent().expect("scratch root").join("state")
+    }
+
     /// Stop the daemon (SIGTERM) and start it again on the same state.
     pub fn restart(&mut self) {
         self.stop();

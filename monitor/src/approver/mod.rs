@@ -118,6 +118,10 @@ impl Server {
         };
         let store = store::ApprovalStore::open(&cfg.store)?;
         let audit = audit::Audit::open(&cfg.ledger)?;
+        // A damaged store was moved aside and replaced while opening: say so in the ledger.
+        if let Some(dir) = cfg.store.parent() {
+            crate::state::ledger_notes(dir, |kind, body| audit.append(kind, body));
+        }
         let auth = identity::Authenticator::new(cfg.token_digests(), admin_gid, oracle);
         let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000;
         let limits = Limits {

@@ -229,8 +229,9 @@ pub struct ApprovalStore {
 impl ApprovalStore {
     /// Opens (or creates) the store file at `path` (parent directories 0700, file 0600).
     pub fn open(path: &Path) -> Result<ApprovalStore, StoreError> {
-        let store = Store::open(path)?;
-        store.write(|tx| {
+        // The tables are opened in the store's first transaction: a file with one of them
+        // of another type is damaged, and moved aside like any other.
+        let store = Store::open_with(path, |tx| {
             let t = tx.raw();
             t.open_table(REQUESTS_RAW)?;
             t.open_table(GRANTS_RAW)?;

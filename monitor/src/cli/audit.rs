@@ -1,4 +1,5 @@
-//! `confgate audit log` and `confgate audit verify`: read and check the host's audit ledger.
+//! `confgate audit log`, `confgate audit verify` and `confgate audit repair`: read, check
+//! and (after damage) continue the host's audit ledger.
 //!
 //! Both read the file directly (no daemon needed; the ledger is 0640, so root or the
 //! file's group). The default ledger is `<daemon.state_dir>/ledger.jsonl`.
@@ -46,6 +47,19 @@ pub enum AuditCommand {
         /// (detects records removed from the end).
         #[arg(long)]
         anchor: Option<Anchor>,
+    },
+    /// Continue a ledger whose last records do not chain (a changed or garbage last line):
+    /// move it aside and start a new chain linked to its last verified record, as the
+    /// daemon does at start. Exit 0 when nothing needed repair, 1 when repaired, 2 on
+    /// errors (e.g. the daemon holds the ledger: stop it first).
+    Repair {
+        /// Ledger file (default: <daemon.state_dir>/ledger.jsonl).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Keep the damaged lines in the file and continue after the last line that parses
+        /// as a record (a `ledger_repaired` record), instead of moving the file aside.
+        #[arg(long)]
+        in_place: bool,
     },
 }
 
@@ -97,14 +111,16 @@ pub fn run_to(
     err: &mut dyn Write,
 ) -> i32 {
     let ledger_arg = match cmd {
-        AuditCommand::Log { ledger, .. } | AuditCommand::Verify { ledger, .. } => ledger,
+        AuditCommand::Log { ledger, .. }
+        | AuditCommand::Verify { ledger, .. }
+        | AuditCommand::Repair { ledger, .. } => ledger,
     };
     let path = match ledger_arg.clone().map_or_else(default_ledger, Ok) {
         Ok(p) => p,
         Err(e) => {
             let _ = writeln!(err, "confgate: {e:#}");
             return match cmd {
-                AuditCommand::Verify { .. } => EXIT_ERROR,
+                AuditCommand::Verify { .. } | AuditCommand::Repair { .. } => EXIT_ERROR,
                 AuditCommand::Log { .. } => 1,
             };
         }
@@ -121,6 +137,9 @@ pub fn run_to(
             }
         }
         AuditCommand::Verify { anchor, .. } => verify(&path, anchor.as_ref(), out, err),
+        AuditCommand::Repair { in_place, .. } => {
+            super::audit_repair::repair(&path, *in_place, out, err)
+        }
     }
 }
 

@@ -4,12 +4,14 @@ pub mod approvals;
 mod approvals_service_tests;
 pub mod approver;
 pub mod audit;
+pub mod audit_repair;
 pub mod check_approver;
 pub mod check_config;
 pub mod grants;
 pub mod run;
 pub mod sessions;
 pub mod stats;
+pub mod store_check;
 
 /// Whether `e` comes from writing to a closed pipe (`confgate stats | head`): the reader
 /// wanted no more, so every command then exits quietly with status 0.

@@ -28,7 +28,7 @@ use crate::{
     metrics::Metrics,
     pipeline::{Action, Pipeline},
     rpc::server::{ApiError, Caller, DaemonApi},
-    session::{NewSession, SessionInfo, SessionRegistry, SessionSource},
+    session::{NewSession, SessionError, SessionInfo, SessionRegistry, SessionSource},
     sink::Sink,
     store::Store,
     watch::WatchSet,
@@ -113,7 +113,13 @@ impl DaemonApi for Shared {
                 command,
                 cwd,
             })
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| match e {
+                SessionError::Invalid(m) => ApiError::InvalidArgument(m),
+                e => {
+                    warn!(pid = caller.pid, error = %e, "cannot register a session");
+                    ApiError::Internal(format!("the daemon could not record the session: {e}"))
+                }
+            })?;
         if !self.tag(caller.pid, info.id) {
             let _ = self.registry.end(info.id);
             return Err(ApiError::Internal(
@@ -151,6 +157,11 @@ impl DaemonApi for Shared {
         if let Some(g) = self.gate.get() {
             out.extend(g.counters().into_iter().map(|(n, v)| (n.to_string(), v)));
         }
+        out.extend(
+            crate::state::snapshot()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v)),
+        );
         out
     }
 
@@ -163,6 +174,23 @@ impl DaemonApi for Shared {
             || self
                 .admin_gid
                 .is_some_and(|g| caller.gid == g || crate::host::groups_of(caller.pid).contains(&g))
+    }
+}
+
+/// Records in the host ledger the state files found damaged in `state_dir` at start-up
+/// (moved aside by the store); the ledger is opened briefly, before the gate takes it.
+fn ledger_damage(state_dir: &Path) {
+    if crate::state::pending_notes(state_dir) == 0 {
+        return;
+    }
+    let path = crate::ledger::default_path(state_dir);
+    match crate::ledger::Ledger::open(&path) {
+        Ok(mut l) => crate::state::ledger_notes(state_dir, |kind, body| {
+            l.append(kind, body).map(|_| ()).map_err(|e| e.to_string())
+        }),
+        Err(e) => {
+            warn!(ledger = %path.display(), error = %e, "cannot record damaged state files in the ledger")
+        }
     }
 }
 
@@ -286,9 +314,30 @@ fn admin_gid(name: Option<&str>) -> anyhow::Result<Option<u32>> {
 pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::default());
-    let store_path: PathBuf = cfg.daemon.state_dir.join("confgate.redb");
-    let store = Store::open(&store_path)
-        .with_context(|| format!("opening store {}", store_path.display()))?;
+    let state_dir = cfg.daemon.state_dir.clone();
+    match crate::state::secure_dir(&state_dir)? {
+        Some(mode) => {
+            warn!(dir = %state_dir.display(), old_mode = format!("{mode:04o}"), "state directory tightened to 0700")
+        }
+        None => debug!(dir = %state_dir.display(), "state directory is 0700"),
+    }
+    let store_path: PathBuf = state_dir.join(crate::store::STORE_FILE);
+    let store = Store::open_with(&store_path, |tx| {
+        // Every table the daemon reads: one of another type makes the file damaged at open.
+        for table in [
+            crate::gate::requests::REQUESTS.name(),
+            crate::gate::requests::GRANTS.name(),
+            crate::gate::changes::CHANGES.name(),
+            crate::gate::changes::PREIMAGES.name(),
+            crate::uplink::spool::SPOOL.name(),
+            crate::uplink::spool::CURSOR.name(),
+        ] {
+            tx.ensure_table(table)?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("opening store {}", store_path.display()))?;
+    ledger_damage(&state_dir);
     let registry = SessionRegistry::open(store.clone()).context("loading sessions")?;
     let policy = if cfg.gate.enabled {
         let policy = gate::compile_policy(&cfg, config_path)?;

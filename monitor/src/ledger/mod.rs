@@ -9,8 +9,9 @@
 //!
 //! Writing: [`Ledger::open`] takes an exclusive `flock` (one writer per file), recovers
 //! the head from the last records, cuts a torn last line left by a crash mid-append
-//! (recording a `ledger_recovered` record), and refuses a tail whose chain is broken
-//! unless opened with [`LedgerOptions::repair`]. [`Ledger::append`] returns only after
+//! (recording a `ledger_recovered` record), and, when the tail's chain is broken, moves the
+//! file aside and starts a new chain linked to the old one (see [`OnBrokenTail`]): the
+//! writer never stays down because of what is in the file. [`Ledger::append`] returns only after
 //! the line is written and `fdatasync`ed. [`SharedLedger`] is the cloneable handle for
 //! many tasks.
 //!
@@ -18,6 +19,7 @@
 pub mod canonical;
 mod read;
 mod record;
+mod restart;
 mod verify;
 
 #[cfg(test)]
@@ -67,10 +69,10 @@ pub enum LedgerError {
     /// Another process (or handle) holds the ledger open for writing.
     #[error("{}: the ledger is already open for writing by another process or handle", path.display())]
     Locked { path: PathBuf },
-    /// The last records do not form a valid chain.
+    /// The last records do not form a valid chain (only with [`OnBrokenTail::Refuse`]).
     #[error(
-        "{}: the chain is broken at the tail: {detail}; run `confgate audit verify` and, to \
-         continue the ledger after the damage, open it with repair",
+        "{}: the chain is broken at the tail: {detail}; run `confgate audit verify`, then \
+         `confgate audit repair`",
         path.display()
     )]
     BrokenTail { path: PathBuf, detail: String },
@@ -109,13 +111,26 @@ fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// How [`Ledger::open_with`] treats a ledger whose tail chain is broken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnBrokenTail {
+    /// Move the file aside (`<name>.damaged-<unix ms>`) and start a new file whose first
+    /// record, `ledger_chain_restarted`, names it and links to the seq and hash of its last
+    /// record that verifies from the start. What the daemon does: it must always start.
+    #[default]
+    Restart,
+    /// Continue the same file: link to the last line that parses as a record and append a
+    /// `ledger_repaired` record describing the damage. The damaged lines stay in the file
+    /// as evidence, so [`verify`] keeps reporting them.
+    Repair,
+    /// Fail with [`LedgerError::BrokenTail`] and leave the file alone.
+    Refuse,
+}
+
 /// How [`Ledger::open_with`] treats a damaged ledger.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LedgerOptions {
-    /// Continue a ledger whose tail chain is broken: link to the last line that parses as a
-    /// record and append a `ledger_repaired` record describing the damage. The damaged
-    /// lines stay in the file as evidence, so [`verify`] keeps reporting them.
-    pub repair: bool,
+    pub on_broken_tail: OnBrokenTail,
 }
 
 /// Counters of a ledger, shared by all handles of it.
@@ -127,7 +142,8 @@ pub struct LedgerCounters {
     pub append_failed: AtomicU64,
     /// Torn last lines cut at open.
     pub torn_tails_cut: AtomicU64,
-    /// Opens that repaired a broken tail.
+    /// Opens that repaired a broken tail. (Chain restarts are counted process-wide, as
+    /// `ledger_chain_restarts`, by [`crate::state`].)
     pub repaired: AtomicU64,
 }
 
@@ -166,7 +182,8 @@ pub struct Ledger {
 
 impl Ledger {
     /// Opens (creating it, and its directory, if missing) the ledger at `path` for
-    /// appending, refusing a broken tail. See [`Ledger::open_with`].
+    /// appending, starting a new chain after a broken tail ([`OnBrokenTail::Restart`]).
+    /// See [`Ledger::open_with`].
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
         Self::open_with(path, LedgerOptions::default())
     }
@@ -176,20 +193,39 @@ impl Ledger {
     /// A missing directory is created with mode 0750, a missing file with 0640. The file is
     /// locked (`flock`, exclusive) for the life of the `Ledger`. The head (seq, hash) comes
     /// from the last line; the last two records must chain (self-consistent hash, seq + 1,
-    /// `prev` link; the first record links to 64 zeros) or this fails with
-    /// [`LedgerError::BrokenTail`] unless `opts.repair`. A last line without a newline (a
+    /// `prev` link; the first record links to 64 zeros), else `opts.on_broken_tail` says
+    /// what happens ([`OnBrokenTail`]). A last line without a newline (a
     /// crash mid-append: such a record was never acknowledged) is cut off, logged, and a
     /// `ledger_recovered` record with the cut bytes' length, offset and SHA-256 appended.
     pub fn open_with(path: &Path, opts: LedgerOptions) -> Result<Ledger, LedgerError> {
         create_dir(path)?;
+        // A symbolic link, FIFO or directory put in the ledger's place is never followed,
+        // read or written: it is moved aside like a broken tail.
+        if let Some(problem) = crate::state::not_a_regular_file(path) {
+            if opts.on_broken_tail == OnBrokenTail::Restart {
+                return restart::restart_chain(path, None, &problem);
+            }
+            return Err(LedgerError::BrokenTail {
+                path: path.to_owned(),
+                detail: problem,
+            });
+        }
         let created = !path.exists();
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .mode(0o640)
+            .custom_flags(crate::state::OPEN_FLAGS)
             .open(path)
             .map_err(io_err(path, "open"))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(LedgerError::Io {
+                path: path.to_owned(),
+                op: "open",
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
         if created {
             // The mode given to open(2) is filtered by the umask: set it exactly.
             file.set_permissions(Permissions::from_mode(0o640))
@@ -215,9 +251,22 @@ impl Ledger {
         let tail = scan_tail(&file, len).map_err(io_err(path, "read"))?;
 
         let mut repaired: Option<Value> = None;
-        let (seq, prev) = match check_tail(&tail) {
+        let checked = match &tail.torn {
+            // Bytes after the last newline that cannot be the start of a record were not
+            // left by an interrupted append: the file was replaced or damaged. Cutting them
+            // would destroy the evidence.
+            Some(torn) if !plausibly_torn(torn) => Err(format!(
+                "the file ends in {} bytes that are not the start of a record",
+                torn.len()
+            )),
+            _ => check_tail(&tail),
+        };
+        let (seq, prev) = match checked {
             Ok(head) => head,
-            Err(detail) if opts.repair => {
+            Err(detail) if opts.on_broken_tail == OnBrokenTail::Restart => {
+                return restart::restart_chain(path, Some(file), &detail);
+            }
+            Err(detail) if opts.on_broken_tail == OnBrokenTail::Repair => {
                 let (seq, prev, linked_line) = last_parsable(path)?;
                 tracing::warn!(path = %path.display(), %detail, seq, "repairing the ledger tail");
                 repaired = Some(json!({
@@ -497,6 +546,17 @@ fn scan_tail(file: &File, len: u64) -> std::io::Result<Tail> {
             before_last: (n >= 2).then(|| line(n - 2)),
         });
     }
+}
+
+/// Whether `torn` (the bytes after the last newline) can be what an interrupted append
+/// wrote: the beginning of a record line.
+fn plausibly_torn(torn: &[u8]) -> bool {
+    const START: &[u8] = b"{\"seq\":";
+    let n = torn.len().min(START.len());
+    torn.len() < MAX_LINE_BYTES
+        && torn[..n] == START[..n]
+        && !torn.contains(&0)
+        && std::str::from_utf8(torn).map_or_else(|e| e.error_len().is_none(), |_| true)
 }
 
 /// Checks the tail chain; returns the head (seq, hash) or what is wrong.

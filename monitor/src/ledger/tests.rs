@@ -416,7 +416,10 @@ fn broken_tail_is_refused_unless_repairing() {
     let (_d, path) = ledger_with(3);
     edit(&path, 2, |r| r.body = json!({"forged": 1}));
     let before = std::fs::read(&path).unwrap();
-    let err = Ledger::open(&path).unwrap_err();
+    let refuse = LedgerOptions {
+        on_broken_tail: OnBrokenTail::Refuse,
+    };
+    let err = Ledger::open_with(&path, refuse).unwrap_err();
     assert!(matches!(err, LedgerError::BrokenTail { .. }), "{err}");
     assert_eq!(
         std::fs::read(&path).unwrap(),
@@ -424,7 +427,13 @@ fn broken_tail_is_refused_unless_repairing() {
         "refusal leaves the file alone"
     );
 
-    let mut l = Ledger::open_with(&path, LedgerOptions { repair: true }).unwrap();
+    let mut l = Ledger::open_with(
+        &path,
+        LedgerOptions {
+            on_broken_tail: OnBrokenTail::Repair,
+        },
+    )
+    .unwrap();
     assert_eq!(l.head().0, 4);
     l.append("change", json!({})).unwrap();
     drop(l);
@@ -445,11 +454,20 @@ fn garbage_last_line_is_refused_then_repaired() {
     let mut ls = lines(&path);
     ls.push("not json at all".into());
     write_lines(&path, &ls);
+    let refuse = LedgerOptions {
+        on_broken_tail: OnBrokenTail::Refuse,
+    };
     assert!(matches!(
-        Ledger::open(&path),
+        Ledger::open_with(&path, refuse),
         Err(LedgerError::BrokenTail { .. })
     ));
-    let mut l = Ledger::open_with(&path, LedgerOptions { repair: true }).unwrap();
+    let mut l = Ledger::open_with(
+        &path,
+        LedgerOptions {
+            on_broken_tail: OnBrokenTail::Repair,
+        },
+    )
+    .unwrap();
     assert_eq!(l.head().0, 3);
     let c: std::collections::HashMap<_, _> = l.counters().into_iter().collect();
     assert_eq!(c["ledger_repaired"], 1);
@@ -585,4 +603,168 @@ fn a_failed_append_is_cut_back_and_the_chain_continues() {
     assert_eq!(r.seq, 2);
     drop(l);
     assert!(verify(&path).unwrap().is_intact());
+}
+
+fn damaged_copies(path: &Path) -> Vec<PathBuf> {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.damaged-"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The daemon's open after a broken tail: the file moves aside untouched, a new chain
+/// starts whose first record links to the last record that verifies.
+fn assert_restarted(path: &Path, before: &[u8], linked_seq: u64) {
+    let restarts = crate::state::counters()
+        .ledger_chain_restarts
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut l = Ledger::open(path).expect("a broken ledger still opens");
+    assert!(
+        crate::state::counters()
+            .ledger_chain_restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > restarts
+    );
+    l.append("change", json!({"after": true})).unwrap();
+    drop(l);
+    let copies = damaged_copies(path);
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(std::fs::read(&copies[0]).unwrap(), before, "kept as it was");
+    let records = read(path, None).unwrap();
+    assert_eq!(records[0].kind, "ledger_chain_restarted");
+    assert_eq!(records[0].seq, 1);
+    assert_eq!(records[0].body["linked_seq"], json!(linked_seq));
+    assert_eq!(
+        records[0].body["damaged_file"],
+        json!(copies[0].to_string_lossy())
+    );
+    if linked_seq > 0 {
+        let old = read_lenient(&copies[0], None).unwrap();
+        let (_, linked) = old
+            .records
+            .iter()
+            .find(|(_, r)| r.seq == linked_seq)
+            .unwrap();
+        assert_eq!(records[0].body["linked_hash"], json!(linked.hash));
+    } else {
+        assert_eq!(records[0].body["linked_hash"], json!(GENESIS_PREV));
+    }
+    assert_eq!(records[1].kind, "change");
+    assert!(verify(path).unwrap().is_intact());
+}
+
+#[test]
+fn changed_last_record_starts_a_new_chain() {
+    let (_d, path) = ledger_with(3);
+    edit(&path, 2, |r| r.body = json!({"forged": 1}));
+    let before = std::fs::read(&path).unwrap();
+    assert_restarted(&path, &before, 2);
+}
+
+#[test]
+fn garbage_last_line_starts_a_new_chain() {
+    let (_d, path) = ledger_with(2);
+    let mut ls = lines(&path);
+    ls.push("not json at all".into());
+    write_lines(&path, &ls);
+    let before = std::fs::read(&path).unwrap();
+    assert_restarted(&path, &before, 2);
+}
+
+#[test]
+fn a_file_moved_over_the_ledger_starts_a_new_chain() {
+    let (_d, path) = ledger_with(2);
+    std::fs::write(&path, b"x=1\ny=2\n\xff\xfe binary\n").unwrap();
+    let before = std::fs::read(&path).unwrap();
+    assert_restarted(&path, &before, 0);
+}
+
+#[test]
+fn the_ledger_opens_whatever_its_bytes() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..60 {
+        let (_d, path) = ledger_with(5);
+        let mut bytes = std::fs::read(&path).unwrap();
+        match round % 3 {
+            0 => {
+                let n = (rnd() % bytes.len() as u64) as usize;
+                bytes.truncate(n);
+            }
+            1 => {
+                for _ in 0..1 + rnd() % 8 {
+                    let i = (rnd() % bytes.len() as u64) as usize;
+                    bytes[i] ^= 1 << (rnd() % 8);
+                }
+            }
+            _ => bytes = (0..rnd() % 5000).map(|_| rnd() as u8).collect(),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let mut l = Ledger::open(&path).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        l.append("change", json!({})).unwrap();
+        drop(l);
+        // Whatever happened, the live file's tail chains again.
+        let refuse = LedgerOptions {
+            on_broken_tail: OnBrokenTail::Refuse,
+        };
+        Ledger::open_with(&path, refuse).unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+}
+
+#[test]
+fn a_symlink_or_fifo_in_the_ledgers_place_is_moved_aside_never_followed() {
+    let (d, path) = ledger_with(2);
+    let victim = d.path().join("victim");
+    std::fs::write(&victim, b"").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let mut l = Ledger::open(&path).expect("opens");
+    l.append("change", json!({})).unwrap();
+    drop(l);
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"",
+        "never written through"
+    );
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    let copies = damaged_copies(&path);
+    assert_eq!(copies.len(), 1);
+    assert!(
+        std::fs::symlink_metadata(&copies[0])
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let records = read(&path, None).unwrap();
+    assert_eq!(records[0].kind, "ledger_chain_restarted");
+    assert!(
+        records[0].body["problem"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link"),
+        "{:?}",
+        records[0].body
+    );
+
+    // A FIFO would block every reader and writer.
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let l = Ledger::open(&path).expect("opens");
+    drop(l);
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    assert_eq!(damaged_copies(&path).len(), 2);
 }
