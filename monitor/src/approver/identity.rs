@@ -54,6 +54,11 @@ pub struct ApproverId {
     pub name: String,
     /// For a Unix caller seen through an oracle: its host and real agent session.
     pub local: Option<(String, u64)>,
+    /// A Unix-socket caller (root or the admin group on the service's host).
+    pub unix: bool,
+    /// A certificate or token the configuration lists in `workstation_approvers`: it
+    /// decides without a host's attestation.
+    pub workstation: bool,
 }
 
 /// Turns transport facts into [`Principal`]s.
@@ -61,22 +66,27 @@ pub struct Authenticator {
     tokens: Vec<(String, [u8; 32])>,
     admin_gid: Option<u32>,
     oracle: Option<Arc<dyn SessionOracle>>,
+    /// Approver names (`cert:<CN>`, `token:<name>`) that decide without attestation.
+    workstation: Vec<String>,
 }
 
 /// Longest `authorization` header accepted.
 const MAX_AUTH_HEADER: usize = 8192;
 
 impl Authenticator {
-    /// `tokens` are (name, SHA-256 of the token); `admin_gid` the admin group's gid.
+    /// `tokens` are (name, SHA-256 of the token); `admin_gid` the admin group's gid;
+    /// `workstation` the approver names that decide without a host's attestation.
     pub fn new(
         tokens: Vec<(String, [u8; 32])>,
         admin_gid: Option<u32>,
         oracle: Option<Arc<dyn SessionOracle>>,
+        workstation: Vec<String>,
     ) -> Authenticator {
         Authenticator {
             tokens,
             admin_gid,
             oracle,
+            workstation,
         }
     }
 
@@ -197,6 +207,8 @@ impl Authenticator {
             Principal::Approver { name } => Ok(ApproverId {
                 name: name.clone(),
                 local: None,
+                unix: false,
+                workstation: self.workstation.contains(name),
             }),
             Principal::Unix(u) if !u.admin => Err(Status::permission_denied(format!(
                 "{call} needs root or membership in the approvers' admin group (uid {} is neither)",
@@ -205,6 +217,8 @@ impl Authenticator {
             Principal::Unix(u) => Ok(ApproverId {
                 name: format!("unix:{}", u.user),
                 local: u.session.map(|s| (self.local_host(), s)),
+                unix: true,
+                workstation: false,
             }),
         }
     }
@@ -232,7 +246,12 @@ mod tests {
 
     fn auth() -> Authenticator {
         let d: [u8; 32] = Sha256::digest(b"s3cret").into();
-        Authenticator::new(vec![("ops".into(), d)], None, None)
+        Authenticator::new(
+            vec![("ops".into(), d)],
+            None,
+            None,
+            vec!["token:ops".into()],
+        )
     }
 
     fn with_auth(v: &str) -> Request<()> {
@@ -275,6 +294,12 @@ mod tests {
         let appr = Principal::Approver {
             name: "cert:alice".into(),
         };
+        let alice = a.approver(&appr, "Decide").unwrap();
+        assert!(!alice.workstation && !alice.unix, "{alice:?}");
+        let ops = Principal::Approver {
+            name: "token:ops".into(),
+        };
+        assert!(a.approver(&ops, "Decide").unwrap().workstation);
         assert_eq!(
             a.host(&appr, "Submit").unwrap_err().code(),
             tonic::Code::PermissionDenied

@@ -5,10 +5,12 @@
 //! configuration names (`[approval]`: the local socket in local mode, `[approval.client]`
 //! in remote mode); `--approver`, `--ca`, `--cert`, `--key`, `--token` override it.
 //!
-//! Before `approve`/`deny` the CLI asks the local daemon which agent session it runs in
-//! (`Daemon.CallerSession`) and refuses when it is inside one: an agent must not approve
-//! requests, its own or another's. The service makes the same check against the session
-//! that asked; the local refusal gives a clear message early.
+//! Before `approve`/`deny` the CLI asks the local daemon for an attestation
+//! (`Daemon.Attest`): the daemon identifies this process by its socket's peer credentials
+//! and signs, for this request and decision, that it is in no agent session as the
+//! kernel's session map says (it refuses inside one). The service accepts a certificate or
+//! token decision only with such an attestation, unless the credential is marked as a
+//! workstation credential (`--no-daemon`).
 //!
 //! Everything a request carries comes from a watched process: every string is made
 //! terminal-safe before it is printed (`--json` prints the values as JSON strings).
@@ -167,8 +169,9 @@ pub enum ApprovalsCommand {
         /// Widen the grant to this absolute path glob (default: the request's path).
         #[arg(long)]
         glob: Option<String>,
-        /// This host runs no confgate daemon: skip asking it for the caller's session
-        /// (the approval service still refuses a decision from the session that asked).
+        /// This machine runs no confgate daemon (a workstation): send no attestation. The
+        /// service accepts the decision only from a credential it lists in
+        /// `workstation_approvers`.
         #[arg(long)]
         no_daemon: bool,
         #[arg(long)]
@@ -225,52 +228,40 @@ pub fn check_glob(glob: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the deciding shell runs, as its local daemon reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeciderSession {
-    pub host: String,
-    /// Agent session of the caller; 0 = none.
-    pub session: u64,
-}
-
-/// Refuses a decision made from inside an agent session.
-pub fn check_decider(d: &DeciderSession) -> anyhow::Result<()> {
-    if d.session != 0 {
-        bail!(
-            "refusing to decide: this command runs inside agent session {} on {}; agents may not \
-             approve or deny requests. Decide from a shell outside any agent session",
-            d.session,
-            term(&d.host)
-        );
-    }
-    Ok(())
-}
-
-/// Asks the daemon at `socket` which session the caller is in.
-pub async fn decider_session(socket: &Path) -> anyhow::Result<DeciderSession> {
+/// Asks the daemon at `socket` to attest that this process decides request `id` (as
+/// `approve`) from outside every agent session.
+pub async fn attest(socket: &Path, id: u64, approve: bool) -> anyhow::Result<pb::AttestResponse> {
     let mut daemon = crate::rpc::client::connect(socket).await.map_err(|e| {
         anyhow!(
-            "cannot ask the local confgate daemon which session this command runs in: {e}; on a \
-             host without a confgate daemon, pass --no-daemon"
+            "no confgate daemon answers on {} ({e}). A decision needs this host's daemon to \
+             attest that it does not come from an agent session: run it on a host whose daemon \
+             is running (--config or --socket name the daemon's socket), or, on a workstation \
+             whose credential the approval service lists in workstation_approvers, pass \
+             --no-daemon",
+            socket.display()
         )
     })?;
-    let reply = daemon
-        .caller_session(pb::CallerSessionRequest {})
+    match daemon
+        .attest(pb::AttestRequest {
+            request_id: id,
+            approve,
+        })
         .await
-        .map_err(|s| {
-            anyhow!(
-                "the local daemon did not say which session this command runs in: {}",
-                crate::rpc::client::explain(&s)
-            )
-        })?
-        .into_inner();
-    Ok(DeciderSession {
-        host: reply.host,
-        session: reply.session_id,
-    })
+    {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::PermissionDenied => bail!(
+            "refusing to decide: {}; agents may not approve or deny requests. Decide from a \
+             shell outside any agent session",
+            term(s.message())
+        ),
+        Err(s) => bail!(
+            "the local daemon did not attest this decision: {}",
+            crate::rpc::client::explain(&s)
+        ),
+    }
 }
 
-/// Builds the Decide call.
+/// Builds the Decide call, with the daemon's attestation if there is one.
 pub fn decide_request(
     id: u64,
     approve: bool,
@@ -278,7 +269,7 @@ pub fn decide_request(
     note: Option<&str>,
     scope: Option<ScopeArg>,
     glob: Option<&str>,
-    decider: &DeciderSession,
+    attestation: Option<&pb::AttestResponse>,
 ) -> anyhow::Result<pb::DecideRequest> {
     if let Some(n) = note {
         check_note(n)?;
@@ -293,8 +284,10 @@ pub fn decide_request(
         note: note.unwrap_or_default().to_owned(),
         scope: scope.map_or(pb::GrantScope::Unspecified, pb::GrantScope::from) as i32,
         path_glob: glob.unwrap_or_default().to_owned(),
-        decider_host: decider.host.clone(),
-        decider_session: decider.session,
+        decider_host: attestation.map_or_else(crate::host::host_name, |a| a.host.clone()),
+        decider_session: 0,
+        attestation: attestation.map(|a| a.statement.clone()).unwrap_or_default(),
+        attestation_signature: attestation.map(|a| a.signature.clone()).unwrap_or_default(),
     })
 }
 
@@ -331,7 +324,7 @@ pub fn run(
                 no_daemon,
                 json,
             } => {
-                let decider = local_decider(socket, *no_daemon).await?;
+                let attestation = local_attestation(socket, *id, true, *no_daemon).await?;
                 let req = decide_request(
                     *id,
                     true,
@@ -339,9 +332,8 @@ pub fn run(
                     note.as_deref(),
                     *scope,
                     glob.as_deref(),
-                    &decider,
+                    attestation.as_ref(),
                 )?;
-                check_decider(&decider)?;
                 let mut c = service(&client_cfg).await?;
                 decide(&mut c, req, *json, now_ms(), &mut out).await
             }
@@ -351,9 +343,16 @@ pub fn run(
                 no_daemon,
                 json,
             } => {
-                let decider = local_decider(socket, *no_daemon).await?;
-                let req = decide_request(*id, false, None, note.as_deref(), None, None, &decider)?;
-                check_decider(&decider)?;
+                let attestation = local_attestation(socket, *id, false, *no_daemon).await?;
+                let req = decide_request(
+                    *id,
+                    false,
+                    None,
+                    note.as_deref(),
+                    None,
+                    None,
+                    attestation.as_ref(),
+                )?;
                 let mut c = service(&client_cfg).await?;
                 decide(&mut c, req, *json, now_ms(), &mut out).await
             }
@@ -362,15 +361,19 @@ pub fn run(
     })
 }
 
-async fn local_decider(socket: &Path, no_daemon: bool) -> anyhow::Result<DeciderSession> {
+async fn local_attestation(
+    socket: &Path,
+    id: u64,
+    approve: bool,
+    no_daemon: bool,
+) -> anyhow::Result<Option<pb::AttestResponse>> {
     if no_daemon {
-        tracing::warn!("--no-daemon: not asking a local daemon for this command's session");
-        return Ok(DeciderSession {
-            host: crate::host::host_name(),
-            session: 0,
-        });
+        tracing::info!(
+            "--no-daemon: no attestation; the service accepts this only from a workstation credential"
+        );
+        return Ok(None);
     }
-    decider_session(socket).await
+    attest(socket, id, approve).await.map(Some)
 }
 
 /// `approvals list`.
@@ -996,11 +999,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn decide_request_carries_the_decider_and_checks_inputs() {
-        let me = DeciderSession {
+    fn decide_request_carries_the_attestation_and_checks_inputs() {
+        let att = pb::AttestResponse {
+            statement: b"{}".to_vec(),
+            signature: vec![7; 64],
             host: "desk".into(),
-            session: 0,
         };
+        let me = Some(&att);
         let r = decide_request(
             17,
             true,
@@ -1008,7 +1013,7 @@ pub(crate) mod tests {
             Some("ok"),
             Some(ScopeArg::Session),
             Some("/etc/app/**"),
-            &me,
+            me,
         )
         .unwrap();
         assert_eq!(
@@ -1016,28 +1021,18 @@ pub(crate) mod tests {
             (17, true, 600, pb::GrantScope::Session as i32)
         );
         assert_eq!((r.decider_host.as_str(), r.decider_session), ("desk", 0));
-        let d = decide_request(17, false, None, None, None, None, &me).unwrap();
+        assert_eq!(
+            (r.attestation.as_slice(), r.attestation_signature.len()),
+            (&b"{}"[..], 64)
+        );
+        let d = decide_request(17, false, None, None, None, None, None).unwrap();
         assert_eq!((d.ttl_seconds, d.scope, d.path_glob.as_str()), (0, 0, ""));
-        assert!(decide_request(1, true, None, Some("a\nb"), None, None, &me).is_err());
-        assert!(decide_request(1, true, None, None, None, Some("etc/*"), &me).is_err());
-        assert!(decide_request(1, true, None, None, None, Some("/etc/[a"), &me).is_err());
+        assert!(d.attestation.is_empty() && d.attestation_signature.is_empty());
+        assert!(decide_request(1, true, None, Some("a\nb"), None, None, me).is_err());
+        assert!(decide_request(1, true, None, None, None, Some("etc/*"), me).is_err());
+        assert!(decide_request(1, true, None, None, None, Some("/etc/[a"), me).is_err());
         let long = "x".repeat(MAX_NOTE + 1);
-        assert!(decide_request(1, true, None, Some(&long), None, None, &me).is_err());
-    }
-
-    #[test]
-    fn a_decider_inside_an_agent_session_is_refused() {
-        let inside = DeciderSession {
-            host: "web-1".into(),
-            session: 42,
-        };
-        let e = check_decider(&inside).unwrap_err().to_string();
-        assert!(e.contains("inside agent session 42 on web-1"), "{e}");
-        check_decider(&DeciderSession {
-            host: "web-1".into(),
-            session: 0,
-        })
-        .unwrap();
+        assert!(decide_request(1, true, None, Some(&long), None, None, me).is_err());
     }
 
     #[test]

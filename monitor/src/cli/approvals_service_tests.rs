@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use confgate_proto::v1 as pb;
 
-use super::approvals::{self, DeciderSession, ScopeArg};
+use super::approvals::{self, ScopeArg};
 use super::grants;
 use crate::approver::client::{ClientConfig, connect};
 use crate::approver::config::ServiceConfig;
@@ -88,17 +88,17 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.contains(&r1.id) && ids.contains(&r2.id));
 
-    // The daemon's real RPC layer says which session this process is in: none.
-    let daemon = TestServer::start(FakeDaemon::new(false)).await;
-    let me = approvals::decider_session(&daemon.socket).await.unwrap();
-    assert_eq!(
-        me,
-        DeciderSession {
-            host: "fake-host".into(),
-            session: 0
-        }
-    );
-    approvals::check_decider(&me).unwrap();
+    // The daemon's real RPC layer attests that this process is in no session; the service
+    // knows the fake host's key once it presented it as a host ("fake-host": the service
+    // names Unix-socket hosts after this machine, so the fake's key is registered by hand).
+    let fake = FakeDaemon::new(false);
+    let daemon =
+        TestServer::start(Arc::clone(&fake) as Arc<dyn crate::rpc::server::DaemonApi>).await;
+    let me = approvals::attest(&daemon.socket, r1.id, true)
+        .await
+        .unwrap();
+    assert_eq!(me.host, "fake-host");
+    server.register_host_key("fake-host", &fake.attestation_key());
 
     let req = approvals::decide_request(
         r1.id,
@@ -107,7 +107,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
         Some("looks right"),
         Some(ScopeArg::Session),
         None,
-        &me,
+        Some(&me),
     )
     .unwrap();
     let mut out = Vec::new();
@@ -128,7 +128,10 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     );
 
     // Deciding again: a clear error from the service.
-    let again = approvals::decide_request(r1.id, false, None, None, None, None, &me).unwrap();
+    let me = approvals::attest(&daemon.socket, r1.id, false)
+        .await
+        .unwrap();
+    let again = approvals::decide_request(r1.id, false, None, None, None, None, Some(&me)).unwrap();
     let e = approvals::decide(&mut c, again, false, now_ms(), &mut Vec::new())
         .await
         .unwrap_err()
@@ -138,19 +141,33 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
         "{e}"
     );
 
-    // The service refuses a decider reporting the requesting session itself.
-    let selfish = DeciderSession {
-        host: String::new(),
-        session: 8,
-    };
-    let req = approvals::decide_request(r2.id, true, None, None, None, None, &selfish).unwrap();
+    // An attestation for another request, or for the other decision, or replayed: refused.
+    let other = approvals::attest(&daemon.socket, r1.id, false)
+        .await
+        .unwrap();
+    let req =
+        approvals::decide_request(r2.id, false, None, None, None, None, Some(&other)).unwrap();
     let e = approvals::decide(&mut c, req, false, now_ms(), &mut Vec::new())
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("refused by the approval service"), "{e}");
+    assert!(e.contains("not for denying request"), "{e}");
+    let yes = approvals::attest(&daemon.socket, r2.id, true)
+        .await
+        .unwrap();
+    let req = approvals::decide_request(r2.id, false, None, None, None, None, Some(&yes)).unwrap();
+    let e = approvals::decide(&mut c, req, false, now_ms(), &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is for approving request"), "{e}");
 
-    let req = approvals::decide_request(r2.id, false, None, Some("no"), None, None, &me).unwrap();
+    let me = approvals::attest(&daemon.socket, r2.id, false)
+        .await
+        .unwrap();
+    let req =
+        approvals::decide_request(r2.id, false, None, Some("no"), None, None, Some(&me)).unwrap();
     let mut out = Vec::new();
     approvals::decide(&mut c, req, true, now_ms(), &mut out)
         .await
@@ -206,11 +223,12 @@ async fn a_shell_inside_an_agent_session_is_refused_locally() {
     })
     .await
     .unwrap();
-    let me = approvals::decider_session(&daemon.socket).await.unwrap();
-    assert_ne!(me.session, 0);
-    let e = approvals::check_decider(&me).unwrap_err().to_string();
+    let e = approvals::attest(&daemon.socket, 1, true)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains(&format!("inside agent session {}", me.session)),
+        e.starts_with("refusing to decide:") && e.contains("inside agent session 41"),
         "{e}"
     );
     daemon.stop().await;

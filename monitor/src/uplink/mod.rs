@@ -8,10 +8,12 @@
 //! applies each rule's failure verdict itself at its deadlines.
 //!
 //! The background task keeps one connection: exponential backoff with jitter between
-//! attempts (100 ms .. 10 s); on every (re)connection it re-sends everything still spooled,
-//! oldest first (the service is idempotent on `host_request_id` and `host_seq`), removes
-//! each entry once the service acknowledged it, then subscribes to `Approver.Updates` from
-//! the last update it delivered (`after_seq`, kept in the store).
+//! attempts (100 ms .. 10 s); on every (re)connection it first subscribes to
+//! `Approver.Updates` from the last update it delivered (`after_seq`, kept in the store;
+//! the subscription also presents the daemon's decider attestation key), so that decisions
+//! made meanwhile arrive at once, then re-sends everything still spooled, oldest first (the
+//! service is idempotent on `host_request_id` and `host_seq`), removing each entry once the
+//! service acknowledged it.
 //!
 //! Delivery of updates is **at least once**: the cursor is stored after the update is in
 //! the receiver's channel, so an update can be delivered again after a reconnection or a
@@ -95,6 +97,9 @@ pub struct UplinkOptions {
     pub rpc_timeout: Duration,
     /// Capacity of the update channel (see the module doc on at-least-once delivery).
     pub updates_capacity: usize,
+    /// The daemon's decider attestation public key, presented to the service with every
+    /// `Updates` subscription (over the host's own identity).
+    pub attestation_key: Option<Vec<u8>>,
 }
 
 impl Default for UplinkOptions {
@@ -104,6 +109,7 @@ impl Default for UplinkOptions {
             max_backoff: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(10),
             updates_capacity: 1,
+            attestation_key: None,
         }
     }
 }
@@ -482,15 +488,6 @@ impl Task {
             bump(&self.shared.counters.reconnects);
         }
         self.ever_connected = true;
-        while let Ok((id, entry)) = self.incoming.try_recv() {
-            self.accept(id, entry, false);
-        }
-        let ids: Vec<u64> = self.pending.keys().copied().collect();
-        for id in ids {
-            if let Err(end) = self.send(&mut client, id).await {
-                return end;
-            }
-        }
         let spool = self.spool.clone();
         let mut cursor = match tokio::task::spawn_blocking(move || spool.cursor()).await {
             Ok(Ok(c)) => c,
@@ -501,7 +498,11 @@ impl Task {
             }
             Err(e) => return End::Broken(format!("cursor read did not complete: {e}")),
         };
-        let mut stream = match client.updates(UpdatesRequest { after_seq: cursor }).await {
+        let subscribe = UpdatesRequest {
+            after_seq: cursor,
+            attestation_key: self.options.attestation_key.clone().unwrap_or_default(),
+        };
+        let mut stream = match client.updates(subscribe).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == tonic::Code::OutOfRange => {
                 // The service's update log is shorter than what this host applied: its
@@ -525,6 +526,17 @@ impl Task {
                 return End::Broken(format!("Updates: {status}"));
             }
         };
+        // Subscribed first: decisions made while this host was away (and its attestation
+        // key) reach the service side at once, not after the spool is resent.
+        while let Ok((id, entry)) = self.incoming.try_recv() {
+            self.accept(id, entry, false);
+        }
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            if let Err(end) = self.send(&mut client, id).await {
+                return end;
+            }
+        }
         self.shared.connected.store(true, Ordering::Relaxed);
         backoff.reset();
         tracing::info!(

@@ -272,6 +272,7 @@ fn options() -> UplinkOptions {
         max_backoff: Duration::from_millis(200),
         rpc_timeout: Duration::from_secs(5),
         updates_capacity: 1,
+        attestation_key: None,
     }
 }
 
