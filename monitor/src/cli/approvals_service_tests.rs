@@ -233,3 +233,20 @@ async fn a_shell_inside_an_agent_session_is_refused_locally() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn without_a_local_daemon_the_cli_says_what_to_do() {
+    // Issue 21: "cannot ask the local confgate daemon" with no way forward.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-daemon.sock");
+    let e = approvals::attest(&socket, 1, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no confgate daemon answers on"), "{e}");
+    assert!(e.contains(&socket.display().to_string()), "{e}");
+    assert!(
+        e.contains("--no-daemon") && e.contains("workstation_approvers"),
+        "{e}"
+    );
+}
