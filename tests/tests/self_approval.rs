@@ -386,3 +386,47 @@ fn only_a_workstation_credential_decides_without_an_attestation() {
         svc.ledger()
     );
 }
+
+#[test]
+fn a_certificate_from_another_ca_is_logged_and_explained() {
+    if !require_root("a_certificate_from_another_ca_is_logged_and_explained") {
+        return;
+    }
+    let svc = Service::start("");
+    let other = tempfile::tempdir().unwrap();
+    ok(&Command::new(confgate_bin())
+        .args(["approver", "init-ca", "--dir"])
+        .arg(other.path())
+        .args(["--host", "h", "--approver", "alice"])
+        .output()
+        .expect("init-ca"));
+    let o = Command::new(confgate_bin())
+        .args(["approvals", "--approver", &svc.endpoint, "--ca"])
+        .arg(svc.tls("ca.pem"))
+        .arg("--cert")
+        .arg(other.path().join("approver-alice.pem"))
+        .arg("--key")
+        .arg(other.path().join("approver-alice.key"))
+        .arg("list")
+        .output()
+        .expect("approvals list");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("client certificate") && err.contains("tls.client_ca"),
+        "unclear client error: {err}"
+    );
+    // The service says who was refused and why.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !svc.log().contains("TLS handshake refused") {
+        assert!(Instant::now() < deadline, "nothing logged: {}", svc.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = svc.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("TLS handshake refused"))
+        .unwrap_or_default();
+    assert!(line.contains("127.0.0.1:"), "no peer address: {line}");
+    assert!(line.contains("reason"), "no reason: {line}");
+}

@@ -191,16 +191,12 @@ impl Server {
             auth(Arc::clone(&self.shared)),
         );
         let svc = ApproverServer::new(ApproverService::new(Arc::clone(&self.shared)));
-        let mut builder = tonic::transport::Server::builder();
-        if matches!(addr, Address::Tls { .. }) {
-            builder = builder
-                .tls_config(tls::server_tls(&cfg.tls)?)
-                .map_err(|e| ApproverError::Transport {
-                    addr: addr.to_string(),
-                    message: transport_message(&e),
-                })?;
-        }
-        let router = builder
+        // TLS is done here, not by tonic, so that a refused handshake is logged and counted.
+        let acceptor = match addr {
+            Address::Tls { .. } => Some(tls::acceptor(&cfg.tls)?),
+            _ => None,
+        };
+        let router = tonic::transport::Server::builder()
             .add_service(svc)
             .add_service(v1)
             .add_service(v1alpha);
@@ -250,16 +246,38 @@ impl Server {
                     },
                 };
                 let name = bound.to_string();
-                let fut = async move {
-                    router
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                        .await
-                        .map_err(|e| ApproverError::Transport {
-                            addr: name,
-                            message: transport_message(&e),
-                        })
+                let transport = |e: tonic::transport::Error| ApproverError::Transport {
+                    addr: name,
+                    message: transport_message(&e),
                 };
-                (bound, Box::pin(fut) as ListenerFuture)
+                let fut: ListenerFuture = match acceptor {
+                    Some(acceptor) => {
+                        let shared = Arc::clone(&self.shared);
+                        let refused: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                            shared
+                                .counters
+                                .tls_handshakes_refused
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        });
+                        let incoming = tls::incoming(listener, acceptor, refused);
+                        Box::pin(async move {
+                            router
+                                .serve_with_incoming_shutdown(incoming, shutdown)
+                                .await
+                                .map_err(transport)
+                        })
+                    }
+                    None => Box::pin(async move {
+                        router
+                            .serve_with_incoming_shutdown(
+                                TcpListenerStream::new(listener),
+                                shutdown,
+                            )
+                            .await
+                            .map_err(transport)
+                    }),
+                };
+                (bound, fut)
             }
         };
         tracing::info!(address = %bound, "approval service listening");

@@ -71,6 +71,7 @@ pub struct Counters {
     pub refused_permission: AtomicU64,
     pub refused_self_approval: AtomicU64,
     pub refused_unattested: AtomicU64,
+    pub tls_handshakes_refused: AtomicU64,
     pub refused_unauthenticated: AtomicU64,
     pub invalid_argument: AtomicU64,
     pub store_errors: AtomicU64,
@@ -97,6 +98,10 @@ impl Counters {
                 c(&self.refused_self_approval),
             ),
             ("approver_refused_unattested", c(&self.refused_unattested)),
+            (
+                "approver_tls_handshakes_refused",
+                c(&self.tls_handshakes_refused),
+            ),
             (
                 "approver_refused_unauthenticated",
                 c(&self.refused_unauthenticated),

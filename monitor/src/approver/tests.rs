@@ -735,6 +735,21 @@ async fn tls_identities_and_roles() {
         Err(_) => {}
         Ok(mut c) => assert!(c.who_am_i(pb::WhoAmIRequest {}).await.is_err()),
     }
+    // ... and the refused handshake is counted (and logged with the peer's address).
+    let refused = |s: &Server| {
+        s.counters()
+            .into_iter()
+            .find(|(n, _)| *n == "approver_tls_handshakes_refused")
+            .map_or(0, |(_, v)| v)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused(&server) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refused handshake not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A client that does not trust the service's CA refuses it.
     let mut distrust = tls_client(&endpoint, &tls, Some("host-web-1"));
     distrust.ca = Some(rogue.join("ca.pem"));

@@ -492,6 +492,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// A one-line explanation of a failed call to the approval service.
 pub fn explain(status: &tonic::Status) -> String {
+    use std::error::Error as _;
     use tonic::Code;
     let msg = term(status.message());
     match status.code() {
@@ -503,9 +504,39 @@ pub fn explain(status: &tonic::Status) -> String {
              --key)"
         ),
         Code::InvalidArgument => format!("invalid request: {msg}"),
-        Code::Unavailable => format!("the approval service is unavailable: {msg}"),
+        Code::Unavailable => format!(
+            "the approval service is unavailable: {msg}{}",
+            causes(status)
+        ),
+        Code::Unknown | Code::Cancelled if status.source().is_some() => {
+            let why = causes(status);
+            let hint = if why.contains("alert") || why.contains("certificate") {
+                " (the service refused this client's TLS certificate: is it signed by the CA \
+                 the service trusts for clients, tls.client_ca?)"
+            } else {
+                " (the service closed the connection; a client certificate it does not accept, \
+                 e.g. one signed by another CA than its tls.client_ca, ends like this, and the \
+                 service logs \"TLS handshake refused\" with the reason)"
+            };
+            format!("the connection to the approval service failed: {msg}{why}{hint}")
+        }
         code => format!("the approval service answered {code:?}: {msg}"),
     }
+}
+
+/// The chain of causes behind a status (`: cause: cause`), terminal-safe; empty without.
+fn causes(status: &tonic::Status) -> String {
+    let mut out = String::new();
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if text != status.message() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&term(&text));
+        }
+        next = e.source();
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
