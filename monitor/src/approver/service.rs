@@ -553,15 +553,18 @@ impl pb::approver_server::Approver for ApproverService {
             n => usize::try_from(n).unwrap_or(LIST_MAX).min(LIST_MAX),
         };
         let me = Arc::clone(&s);
-        let requests = s
+        let (requests, total) = s
             .db("list", move |st| {
-                st.list_requests(r.all, limit)?
+                let list = st
+                    .list_requests(r.all, limit)?
                     .iter()
                     .map(|q| me.request_pb(q))
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((list, st.request_count(r.all)?))
             })
             .await?;
-        Ok(Response::new(pb::ListRequestsResponse { requests }))
+        let hidden = total.saturating_sub(requests.len() as u64);
+        Ok(Response::new(pb::ListRequestsResponse { requests, hidden }))
     }
 
     type WatchRequestsStream = BoxStream<pb::ApprovalRequest>;

@@ -140,6 +140,10 @@ pub enum ApprovalsCommand {
         /// Include decided and expired requests.
         #[arg(long)]
         all: bool,
+        /// Show at most this many, newest first (1-1000; default 100). How many older ones
+        /// are left out is always said.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
     },
     /// Print every pending request, then each new request and state change as it happens.
     Watch {
@@ -303,9 +307,13 @@ pub fn run(
     runtime()?.block_on(async {
         let mut out = std::io::stdout().lock();
         match cmd {
-            ApprovalsCommand::List { json, all } => {
+            ApprovalsCommand::List { json, all, limit } => {
                 let mut c = service(&client_cfg).await?;
-                list(&mut c, *all, *json, now_ms(), &mut out).await
+                let page = Page {
+                    all: *all,
+                    limit: limit.unwrap_or(0),
+                };
+                list(&mut c, page, *json, now_ms(), &mut out).await
             }
             ApprovalsCommand::Watch { json } => {
                 let mut c = service(&client_cfg).await?;
@@ -376,22 +384,48 @@ async fn local_attestation(
     attest(socket, id, approve).await.map(Some)
 }
 
-/// `approvals list`.
+/// What `approvals list` asks for: pending or all, and how many (0: the service's 100).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Page {
+    pub all: bool,
+    pub limit: u32,
+}
+
+/// `approvals list`. Requests left out by the limit are never silent: the table ends with
+/// how many; with `--json` (whose output stays one array) that line goes to stderr.
 pub async fn list(
     c: &mut ApproverClient<ApproverChannel>,
-    all: bool,
+    page: Page,
     json: bool,
     now_ms: i64,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let reply = c
-        .list_requests(pb::ListRequestsRequest { all, limit: 0 })
+        .list_requests(pb::ListRequestsRequest {
+            all: page.all,
+            limit: page.limit,
+        })
         .await
         .map_err(|s| anyhow!(explain(&s)))?
         .into_inner();
     print_list(&reply.requests, json, request_json, out, || {
-        render_list(&reply.requests, all, now_ms)
-    })
+        let mut s = render_list(&reply.requests, page.all, now_ms);
+        s.push_str(&hidden_line(reply.hidden));
+        s
+    })?;
+    if json && reply.hidden > 0 {
+        eprint!("{}", hidden_line(reply.hidden));
+    }
+    Ok(())
+}
+
+/// The line saying how many older requests a listing left out (empty for none).
+pub fn hidden_line(hidden: u64) -> String {
+    match hidden {
+        0 => String::new(),
+        1 => "1 older request not shown (--limit N shows up to 1000)\n".to_owned(),
+        n => format!("{n} older requests not shown (--limit N shows up to 1000)\n"),
+    }
 }
 
 /// Writes a listing: one JSON array of `to_json` of each item, or the `table`.

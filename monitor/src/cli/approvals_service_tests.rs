@@ -50,12 +50,35 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     let r2 = c.submit(submit(2, 8)).await.unwrap().into_inner();
 
     let mut out = Vec::new();
-    approvals::list(&mut c, false, false, now_ms(), &mut out)
+    approvals::list(
+        &mut c,
+        approvals::Page::default(),
+        false,
+        now_ms(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let s = text(&out);
+    assert_eq!(s.lines().count(), 3, "{s}");
+    assert!(s.contains("/etc/app.conf") && s.contains("pending"), "{s}");
+    // A page smaller than what is pending says how many are left out (issue 13).
+    let mut out = Vec::new();
+    let one = approvals::Page {
+        all: false,
+        limit: 1,
+    };
+    approvals::list(&mut c, one, false, now_ms(), &mut out)
         .await
         .unwrap();
     let s = text(&out);
     assert_eq!(s.lines().count(), 3, "{s}");
-    assert!(s.contains("/etc/app.conf") && s.contains("pending"), "{s}");
+    let newest = s.lines().nth(1).unwrap_or_default();
+    assert!(newest.starts_with(&format!("{} ", r2.id)), "{s}");
+    assert!(
+        s.ends_with("1 older request not shown (--limit N shows up to 1000)\n"),
+        "{s}"
+    );
 
     let mut out = Vec::new();
     approvals::show(&mut c, r1.id, false, now_ms(), &mut out)
@@ -175,6 +198,31 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["state"], "denied");
     assert_eq!(v["decision"]["note"], "no");
+
+    // --all counts decided requests too.
+    let mut out = Vec::new();
+    let all = approvals::Page {
+        all: true,
+        limit: 1,
+    };
+    approvals::list(&mut c, all, false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    assert!(text(&out).ends_with("1 older request not shown (--limit N shows up to 1000)\n"));
+    let mut out = Vec::new();
+    approvals::list(
+        &mut c,
+        approvals::Page {
+            all: true,
+            limit: 0,
+        },
+        false,
+        now_ms(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert!(!text(&out).contains("not shown"), "{}", text(&out));
 
     // Grants: list, revoke, list --all.
     let mut out = Vec::new();
