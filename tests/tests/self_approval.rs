@@ -430,3 +430,24 @@ fn a_certificate_from_another_ca_is_logged_and_explained() {
     assert!(line.contains("127.0.0.1:"), "no peer address: {line}");
     assert!(line.contains("reason"), "no reason: {line}");
 }
+
+#[test]
+fn a_connection_left_by_an_exited_process_gets_no_attestation() {
+    if !require_root("a_connection_left_by_an_exited_process_gets_no_attestation") {
+        return;
+    }
+    // The daemon identifies callers by the pid the kernel gave at connect time. A session
+    // process that connects, hands the connection to its child and exits leaves a pid the
+    // session map no longer knows: that must not read as "outside any session".
+    let d = Daemon::start();
+    let tool = env!("CARGO_BIN_EXE_inherited_attest");
+    let o = session(&d, &format!("{tool} {} 1", d.socket.display()), &[])
+        .wait_with_output()
+        .expect("session");
+    let out = text(&o);
+    assert!(!out.contains("attested"), "attested a gone process: {out}");
+    assert!(
+        out.contains("refused: PermissionDenied") && out.contains("is gone"),
+        "{out}"
+    );
+}

@@ -99,6 +99,20 @@ impl DaemonApi for Shared {
         approve: bool,
     ) -> Result<(Vec<u8>, Vec<u8>, String), ApiError> {
         let host = self.attest_host.clone();
+        // The pid is the one the kernel gave at connect time: it must still name the
+        // process that connected, not one that got the pid after it exited.
+        if !crate::rpc::peer::started_by(caller.pid, caller.accepted_ticks) {
+            Metrics::inc(&self.metrics.attest_refused);
+            warn!(
+                pid = caller.pid,
+                request_id, "attestation refused: the process that connected is gone"
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "process {} that opened this connection is gone (its pid may name another \
+                 process now); connect again",
+                caller.pid
+            )));
+        }
         // The kernel's session map, for the pid the kernel gave for the connection.
         let session = lock(&self.kernel).session_of(caller.pid);
         if session != 0 {

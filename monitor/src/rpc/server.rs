@@ -23,7 +23,6 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::{RpcError, pb};
@@ -37,6 +36,8 @@ pub struct Caller {
     pub uid: u32,
     /// Effective gid of the caller at connect time.
     pub gid: u32,
+    /// When the connection was accepted, in clock ticks since boot (see [`super::peer`]).
+    pub accepted_ticks: Option<u64>,
 }
 
 /// Errors the daemon returns from [`DaemonApi`] calls; each maps to one gRPC code.
@@ -180,7 +181,10 @@ pub async fn serve(
         .add_service(pb::daemon_server::DaemonServer::new(DaemonService { api }))
         .add_service(v1)
         .add_service(v1alpha)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|c| c.map(super::peer::Accepted::new)),
+            shutdown,
+        )
         .await;
 
     // Remove the socket only if it is still the one we bound.
@@ -232,10 +236,9 @@ pub(crate) async fn prepare_socket_path(socket: &Path) -> Result<(), RpcError> {
 
 /// The caller of a request, from the connection's peer credentials.
 fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    let cred = req
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
+    let info = req.extensions().get::<super::peer::PeerInfo>();
+    let cred = info
+        .and_then(|info| info.uds.peer_cred)
         .ok_or_else(|| Status::unauthenticated("no peer credentials on this connection"))?;
     // pid 0: the caller is in a pid namespace where the daemon cannot name it.
     let pid = cred
@@ -247,6 +250,7 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         pid,
         uid: cred.uid(),
         gid: cred.gid(),
+        accepted_ticks: info.and_then(|i| i.accepted_ticks),
     })
 }
 
