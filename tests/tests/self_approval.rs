@@ -440,14 +440,68 @@ fn a_connection_left_by_an_exited_process_gets_no_attestation() {
     // process that connects, hands the connection to its child and exits leaves a pid the
     // session map no longer knows: that must not read as "outside any session".
     let d = Daemon::start();
-    let tool = env!("CARGO_BIN_EXE_inherited_attest");
-    let o = session(&d, &format!("{tool} {} 1", d.socket.display()), &[])
+    let tool = env!("CARGO_BIN_EXE_inherited_call");
+    let o = session(&d, &format!("{tool} attest {} 1", d.socket.display()), &[])
         .wait_with_output()
         .expect("session");
     let out = text(&o);
-    assert!(!out.contains("attested"), "attested a gone process: {out}");
+    assert!(!out.contains("accepted"), "attested a gone process: {out}");
     assert!(
         out.contains("refused: PermissionDenied") && out.contains("is gone"),
         "{out}"
     );
+}
+
+#[test]
+fn local_mode_a_connection_left_by_an_exited_session_process_cannot_decide() {
+    if !require_root("local_mode_a_connection_left_by_an_exited_session_process_cannot_decide") {
+        return;
+    }
+    // The same trick against the local service, which asks the kernel's session map about
+    // the caller's pid: the pid must still be the process that connected.
+    let d = Daemon::start_with(DaemonOptions {
+        toml_for_dir: Some(Box::new(|root| {
+            let w = root.join("watched");
+            std::fs::create_dir_all(w.join("gated")).expect("mkdir gated");
+            format!(
+                "[gate]\n[[gate.rule]]\nname = \"ask\"\npaths = [\"{}/gated/**\"]\nverdict = \"ask\"\n\
+                 timeout = \"8s\"\nfail = \"deny\"\n",
+                w.display()
+            )
+        })),
+        ..DaemonOptions::default()
+    });
+    let f = d.watched.join("gated/sudoers");
+    std::fs::write(&f, "root ALL\n").unwrap();
+    let tool = env!("CARGO_BIN_EXE_inherited_call");
+    let sock = d.dir.path().join("approver.sock");
+    let idfile = d.dir.path().join("request-id");
+    let script = format!(
+        "echo agent ALL >> gated/sudoers & \
+         while [ ! -s {idf} ]; do sleep 0.05; done; \
+         {tool} decide {sock} $(cat {idf}); wait",
+        idf = idfile.display(),
+        sock = sock.display(),
+    );
+    let child = session(&d, &script, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let o = d.cli(&["approvals", "list", "--json"]);
+        ok(&o);
+        if let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&o.stdout)
+            && let Some(r) = list.first()
+        {
+            break id_of(r);
+        }
+        assert!(Instant::now() < deadline, "no request\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::fs::write(&idfile, &id).unwrap();
+    let out = text(&child.wait_with_output().expect("session"));
+    assert!(
+        !out.contains("accepted"),
+        "approved through a gone pid: {out}"
+    );
+    assert!(out.contains("refused:") && out.contains("is gone"), "{out}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "root ALL\n");
 }

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
 use super::SessionOracle;
@@ -117,11 +116,8 @@ impl Authenticator {
                 name: format!("token:{name}"),
             });
         }
-        if let Some(cred) = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-        {
+        let peer = req.extensions().get::<crate::rpc::peer::PeerInfo>();
+        if let Some(cred) = peer.and_then(|i| i.uds.peer_cred) {
             let pid = cred
                 .pid()
                 .and_then(|p| u32::try_from(p).ok())
@@ -129,6 +125,14 @@ impl Authenticator {
                 .ok_or_else(|| {
                     Status::unauthenticated("the caller's pid is not visible to the service")
                 })?;
+            // The pid is the connecting process's: it must still be that process, or a
+            // session process could hand its connection to a child, exit, and be taken for
+            // whatever the pid names now (nothing: "no session").
+            if !crate::rpc::peer::started_by(pid, peer.and_then(|i| i.accepted_ticks)) {
+                return Err(Status::unauthenticated(format!(
+                    "process {pid} that opened this connection is gone; connect again"
+                )));
+            }
             let (uid, gid) = (cred.uid(), cred.gid());
             let admin = uid == 0
                 || self

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::config::ConfigError;
@@ -221,7 +222,11 @@ impl Server {
                 let name = addr.to_string();
                 let fut = async move {
                     router
-                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                        .serve_with_incoming_shutdown(
+                            UnixListenerStream::new(listener)
+                                .map(|c| c.map(crate::rpc::peer::Accepted::new)),
+                            shutdown,
+                        )
                         .await
                         .map_err(|e| ApproverError::Transport {
                             addr: name,

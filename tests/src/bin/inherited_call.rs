@@ -1,11 +1,11 @@
-//! For the end-to-end tests: asks the daemon for a decider attestation over a connection
-//! that a process which has since exited opened, the way an agent would try to borrow a
-//! pid the session map no longer knows.
+//! For the end-to-end tests: a call over a connection that a process which has since exited
+//! opened, the way an agent would try to borrow a pid the session map no longer knows.
 //!
-//! Usage: `inherited_attest DAEMON_SOCKET REQUEST_ID`. Connects, forks; the parent exits at
-//! once, and the child (which inherits the connection) waits until the parent is gone, then
-//! calls `Daemon.Attest` on it. Prints `attested` (exit 0) or `refused: CODE: MESSAGE`
-//! (exit 3); other failures exit 2.
+//! Usage: `inherited_call attest DAEMON_SOCKET REQUEST_ID` (`Daemon.Attest`) or
+//! `inherited_call decide APPROVER_SOCKET REQUEST_ID` (`Approver.Decide`, approving).
+//! Connects, forks; the parent exits at once, and the child (which inherits the connection)
+//! waits until the parent is gone, then makes the call on it. Prints `accepted` (exit 0) or
+//! `refused: CODE: MESSAGE` (exit 3); other failures exit 2.
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -18,9 +18,17 @@ use tower::service_fn;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [socket, id] = args.as_slice() else {
-        eprintln!("usage: inherited_attest DAEMON_SOCKET REQUEST_ID");
+    let [mode, socket, id] = args.as_slice() else {
+        eprintln!("usage: inherited_call attest|decide SOCKET REQUEST_ID");
         return ExitCode::from(2);
+    };
+    let decide = match mode.as_str() {
+        "attest" => false,
+        "decide" => true,
+        _ => {
+            eprintln!("mode is attest or decide");
+            return ExitCode::from(2);
+        }
     };
     let Ok(id) = id.parse::<u64>() else {
         eprintln!("bad request id");
@@ -51,12 +59,12 @@ fn main() -> ExitCode {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            attest(stream, id)
+            call(stream, id, decide)
         }
     }
 }
 
-fn attest(stream: UnixStream, id: u64) -> ExitCode {
+fn call(stream: UnixStream, id: u64, decide: bool) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -97,16 +105,28 @@ fn attest(stream: UnixStream, id: u64) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let mut daemon = pb::daemon_client::DaemonClient::new(channel);
-        match daemon
-            .attest(pb::AttestRequest {
-                request_id: id,
-                approve: true,
-            })
-            .await
-        {
-            Ok(_) => {
-                println!("attested");
+        let answer = if decide {
+            pb::approver_client::ApproverClient::new(channel)
+                .decide(pb::DecideRequest {
+                    id,
+                    approve: true,
+                    ttl_seconds: 600,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        } else {
+            pb::daemon_client::DaemonClient::new(channel)
+                .attest(pb::AttestRequest {
+                    request_id: id,
+                    approve: true,
+                })
+                .await
+                .map(|_| ())
+        };
+        match answer {
+            Ok(()) => {
+                println!("accepted");
                 ExitCode::SUCCESS
             }
             Err(s) => {
