@@ -538,14 +538,20 @@ pub fn explain(status: &tonic::Status) -> String {
              --key)"
         ),
         Code::InvalidArgument => format!("invalid request: {msg}"),
-        Code::Unavailable => format!(
-            "the approval service is unavailable: {msg}{}",
-            causes(status)
-        ),
+        Code::Unavailable => {
+            let why = causes(status);
+            let hint = if why.contains("alert") {
+                " (the service may have refused this TLS client certificate: is it signed by \
+                 the CA the service trusts for clients, tls.client_ca?)"
+            } else {
+                ""
+            };
+            format!("the approval service is unavailable: {msg}{why}{hint}")
+        }
         Code::Unknown | Code::Cancelled if status.source().is_some() => {
             let why = causes(status);
             let hint = if why.contains("alert") || why.contains("certificate") {
-                " (the service refused this client's TLS certificate: is it signed by the CA \
+                " (the service refused this TLS client certificate: is it signed by the CA \
                  the service trusts for clients, tls.client_ca?)"
             } else {
                 " (the service closed the connection; a client certificate it does not accept, \
