@@ -40,6 +40,9 @@ counters! {
     resolve_cache_misses: "directory canonicalizations done (realpath)",
     resolve_symlink_census: "directory symlink censuses taken (readdir) for opens that follow symlinks",
     resolve_cache_forgotten: "cached directories dropped because an operation may have moved them (or the cache was full)",
+    attest_issued: "decider attestations signed for callers outside every agent session",
+    attest_refused: "decider attestations refused because the caller was inside an agent session",
+    attest_key_errors: "failures to load or make the decider attestation key at start",
 }
 
 impl Metrics {

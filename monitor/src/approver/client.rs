@@ -98,8 +98,8 @@ impl ClientConfig {
             Some(a @ Address::Plain(_)) if !self.allow_plaintext => out.push((
                 "endpoint",
                 format!(
-                    "{a} is plaintext TCP: set allow_plaintext = true to use it (loopback only), \
-                     or use https:// or unix:/path"
+                    "{a} is plaintext TCP: pass --allow-plaintext (or set allow_plaintext = true \
+                     in [approval.client]) to use it (loopback only), or use https:// or unix:/path"
                 ),
             )),
             Some(Address::Tls { port: 0, .. }) => out.push(("endpoint", "port 0".to_owned())),
@@ -218,6 +218,11 @@ pub type ApproverChannel = InterceptedService<Channel, BearerAuth>;
 /// ([`ClientError::Read`]) and makes the first connection here, so an unreachable service
 /// is reported now ([`ClientError::Connect`]); later reconnects happen inside the channel.
 pub async fn connect(cfg: &ClientConfig) -> Result<ApproverClient<ApproverChannel>, ClientError> {
+    Ok(ApproverClient::new(channel(cfg).await?))
+}
+
+/// The channel [`connect`] makes (for other services on the same endpoint: reflection).
+pub async fn channel(cfg: &ClientConfig) -> Result<ApproverChannel, ClientError> {
     let addr = cfg.check()?;
     let auth = BearerAuth::new(cfg.token.as_deref())?;
     let connect_err = |message: String| ClientError::Connect {
@@ -260,7 +265,7 @@ pub async fn connect(cfg: &ClientConfig) -> Result<ApproverClient<ApproverChanne
             .await
             .map_err(|e| connect_err(transport_message(&e)))?,
     };
-    Ok(ApproverClient::with_interceptor(channel, auth))
+    Ok(InterceptedService::new(channel, auth))
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, ClientError> {
@@ -311,7 +316,9 @@ mod tests {
     fn plaintext_needs_the_flag_and_loopback() {
         let mut c = cfg("http://127.0.0.1:7080");
         assert_eq!(fields(&c), ["endpoint"]);
-        assert!(c.problems()[0].1.contains("allow_plaintext"));
+        assert!(c.problems()[0].1.contains("allow_plaintext = true"));
+        // Command-line users are told about the flag (issue 21).
+        assert!(c.problems()[0].1.contains("--allow-plaintext"));
         c.allow_plaintext = true;
         assert!(c.problems().is_empty());
         c.endpoint = "http://192.168.1.1:7080".into();

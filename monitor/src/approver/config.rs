@@ -16,6 +16,7 @@
 //! cert = "/etc/confgate/tls/server.pem"
 //! key = "/etc/confgate/tls/server.key"
 //! client_ca = "/etc/confgate/tls/ca.pem"
+//! workstation_approvers = ["cert:alice"]   # decide without a host's attestation
 //! [[token]]
 //! name = "ops-oncall"
 //! sha256 = "<hex SHA-256 of the token>"
@@ -62,6 +63,10 @@ pub struct ServiceConfig {
     /// Bearer tokens of approvers: `[[token]]`.
     #[serde(rename = "token")]
     pub tokens: Vec<TokenEntry>,
+    /// Approver credentials that decide without a host daemon's attestation, as
+    /// `cert:<CN>` or `token:<name>`: for people's workstations only, never a host where
+    /// agents run. Default none: every certificate and token decision needs an attestation.
+    pub workstation_approvers: Vec<String>,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -99,6 +104,7 @@ impl Default for ServiceConfig {
             max_ttl_secs: 7 * 24 * 3600,
             default_lifetime_secs: 600,
             tokens: Vec::new(),
+            workstation_approvers: Vec::new(),
         }
     }
 }
@@ -278,6 +284,18 @@ impl ServiceConfig {
                 ),
             }
         }
+        for (i, w) in self.workstation_approvers.iter().enumerate() {
+            let field = format!("workstation_approvers[{i}]");
+            match w.split_once(':') {
+                Some(("cert", cn)) if !cn.is_empty() => {}
+                Some(("token", name)) if names.contains(&name) => {}
+                Some(("token", name)) => c.fail(&field, format!("no [[token]] is named {name:?}")),
+                _ => c.fail(
+                    &field,
+                    format!("{w:?} is not `cert:<CN>` or `token:<name>`"),
+                ),
+            }
+        }
         c.problems
     }
 
@@ -436,6 +454,20 @@ mod tests {
             "token[1].sha256"
         );
         assert_eq!(parse_sha256(&"g".repeat(64)), None);
+        // Workstation credentials name a certificate CN or a configured token.
+        let tok = format!("[[token]]\nname = \"ops\"\nsha256 = \"{DIGEST}\"\n");
+        parse(&format!(
+            "workstation_approvers = [\"cert:alice\", \"token:ops\"]\n{tok}"
+        ))
+        .unwrap();
+        assert_eq!(
+            field(&format!("workstation_approvers = [\"token:nope\"]\n{tok}")),
+            "workstation_approvers[0]"
+        );
+        assert_eq!(
+            field("workstation_approvers = [\"alice\"]\n"),
+            "workstation_approvers[0]"
+        );
         assert_eq!(parse_sha256("é"), None);
     }
 

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Status};
 
 use super::SessionOracle;
@@ -54,6 +53,11 @@ pub struct ApproverId {
     pub name: String,
     /// For a Unix caller seen through an oracle: its host and real agent session.
     pub local: Option<(String, u64)>,
+    /// A Unix-socket caller (root or the admin group on the service's host).
+    pub unix: bool,
+    /// A certificate or token the configuration lists in `workstation_approvers`: it
+    /// decides without a host's attestation.
+    pub workstation: bool,
 }
 
 /// Turns transport facts into [`Principal`]s.
@@ -61,22 +65,27 @@ pub struct Authenticator {
     tokens: Vec<(String, [u8; 32])>,
     admin_gid: Option<u32>,
     oracle: Option<Arc<dyn SessionOracle>>,
+    /// Approver names (`cert:<CN>`, `token:<name>`) that decide without attestation.
+    workstation: Vec<String>,
 }
 
 /// Longest `authorization` header accepted.
 const MAX_AUTH_HEADER: usize = 8192;
 
 impl Authenticator {
-    /// `tokens` are (name, SHA-256 of the token); `admin_gid` the admin group's gid.
+    /// `tokens` are (name, SHA-256 of the token); `admin_gid` the admin group's gid;
+    /// `workstation` the approver names that decide without a host's attestation.
     pub fn new(
         tokens: Vec<(String, [u8; 32])>,
         admin_gid: Option<u32>,
         oracle: Option<Arc<dyn SessionOracle>>,
+        workstation: Vec<String>,
     ) -> Authenticator {
         Authenticator {
             tokens,
             admin_gid,
             oracle,
+            workstation,
         }
     }
 
@@ -107,11 +116,8 @@ impl Authenticator {
                 name: format!("token:{name}"),
             });
         }
-        if let Some(cred) = req
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|i| i.peer_cred)
-        {
+        let peer = req.extensions().get::<crate::rpc::peer::PeerInfo>();
+        if let Some(cred) = peer.and_then(|i| i.uds.peer_cred) {
             let pid = cred
                 .pid()
                 .and_then(|p| u32::try_from(p).ok())
@@ -119,6 +125,14 @@ impl Authenticator {
                 .ok_or_else(|| {
                     Status::unauthenticated("the caller's pid is not visible to the service")
                 })?;
+            // The pid is the connecting process's: it must still be that process, or a
+            // session process could hand its connection to a child, exit, and be taken for
+            // whatever the pid names now (nothing: "no session").
+            if !crate::rpc::peer::started_by(pid, peer.and_then(|i| i.accepted_ticks)) {
+                return Err(Status::unauthenticated(format!(
+                    "process {pid} that opened this connection is gone; connect again"
+                )));
+            }
             let (uid, gid) = (cred.uid(), cred.gid());
             let admin = uid == 0
                 || self
@@ -197,6 +211,8 @@ impl Authenticator {
             Principal::Approver { name } => Ok(ApproverId {
                 name: name.clone(),
                 local: None,
+                unix: false,
+                workstation: self.workstation.contains(name),
             }),
             Principal::Unix(u) if !u.admin => Err(Status::permission_denied(format!(
                 "{call} needs root or membership in the approvers' admin group (uid {} is neither)",
@@ -205,6 +221,8 @@ impl Authenticator {
             Principal::Unix(u) => Ok(ApproverId {
                 name: format!("unix:{}", u.user),
                 local: u.session.map(|s| (self.local_host(), s)),
+                unix: true,
+                workstation: false,
             }),
         }
     }
@@ -232,7 +250,12 @@ mod tests {
 
     fn auth() -> Authenticator {
         let d: [u8; 32] = Sha256::digest(b"s3cret").into();
-        Authenticator::new(vec![("ops".into(), d)], None, None)
+        Authenticator::new(
+            vec![("ops".into(), d)],
+            None,
+            None,
+            vec!["token:ops".into()],
+        )
     }
 
     fn with_auth(v: &str) -> Request<()> {
@@ -275,6 +298,12 @@ mod tests {
         let appr = Principal::Approver {
             name: "cert:alice".into(),
         };
+        let alice = a.approver(&appr, "Decide").unwrap();
+        assert!(!alice.workstation && !alice.unix, "{alice:?}");
+        let ops = Principal::Approver {
+            name: "token:ops".into(),
+        };
+        assert!(a.approver(&ops, "Decide").unwrap().workstation);
         assert_eq!(
             a.host(&appr, "Submit").unwrap_err().code(),
             tonic::Code::PermissionDenied

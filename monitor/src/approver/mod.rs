@@ -21,6 +21,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::config::ConfigError;
@@ -34,10 +35,12 @@ use config::ServiceConfig;
 use service::{ApproverService, Limits, Shared};
 
 pub mod addr;
+pub mod attest;
 pub mod audit;
 pub mod ca;
 pub mod client;
 pub mod config;
+pub mod decider;
 pub mod identity;
 pub mod service;
 pub mod store;
@@ -56,6 +59,11 @@ pub trait SessionOracle: Send + Sync + 'static {
     fn host(&self) -> String;
     /// The agent session `pid` belongs to, 0 for none.
     fn session_of_pid(&self, pid: u32) -> u64;
+    /// The public half of the daemon's decider attestation key, which its uplink presents
+    /// to the approval service ([`attest`]); `None` when it has none.
+    fn attestation_key(&self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// Errors of starting and running the service, and of `init-ca`.
@@ -122,7 +130,12 @@ impl Server {
         if let Some(dir) = cfg.store.parent() {
             crate::state::ledger_notes(dir, |kind, body| audit.append(kind, body));
         }
-        let auth = identity::Authenticator::new(cfg.token_digests(), admin_gid, oracle);
+        let auth = identity::Authenticator::new(
+            cfg.token_digests(),
+            admin_gid,
+            oracle,
+            cfg.workstation_approvers.clone(),
+        );
         let ms = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 1000) * 1000;
         let limits = Limits {
             max_ttl_ms: ms(cfg.max_ttl_secs),
@@ -150,21 +163,48 @@ impl Server {
     }
 
     async fn listen(&mut self, cfg: &ServiceConfig, addr: Address) -> Result<(), ApproverError> {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
+        // Reflection in both protocol versions (grpcurl speaks v1, Python's grpc_reflection
+        // v1alpha), listing only what is served here, for authenticated callers only.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
+                .with_service_name("confgate.v1.Approver")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        };
+        let v1 = reflection()
             .build_v1()
             .map_err(|e| ApproverError::Reflection(e.to_string()))?;
+        let v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| ApproverError::Reflection(e.to_string()))?;
+        let auth = |shared: Arc<Shared>| {
+            move |req: tonic::Request<()>| {
+                shared
+                    .auth
+                    .identify(&req)
+                    .inspect_err(|e| shared.refused("Reflection", e))
+                    .map(|_| req)
+            }
+        };
+        let v1 = tonic::service::interceptor::InterceptedService::new(
+            v1,
+            auth(Arc::clone(&self.shared)),
+        );
+        let v1alpha = tonic::service::interceptor::InterceptedService::new(
+            v1alpha,
+            auth(Arc::clone(&self.shared)),
+        );
         let svc = ApproverServer::new(ApproverService::new(Arc::clone(&self.shared)));
-        let mut builder = tonic::transport::Server::builder();
-        if matches!(addr, Address::Tls { .. }) {
-            builder = builder
-                .tls_config(tls::server_tls(&cfg.tls)?)
-                .map_err(|e| ApproverError::Transport {
-                    addr: addr.to_string(),
-                    message: transport_message(&e),
-                })?;
-        }
-        let router = builder.add_service(svc).add_service(reflection);
+        // TLS is done here, not by tonic, so that a refused handshake is logged and counted.
+        let acceptor = match addr {
+            Address::Tls { .. } => Some(tls::acceptor(&cfg.tls)?),
+            _ => None,
+        };
+        let router = tonic::transport::Server::builder()
+            .add_service(svc)
+            .add_service(v1)
+            .add_service(v1alpha);
         let mut stop = self.stop.subscribe();
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -186,7 +226,11 @@ impl Server {
                 let name = addr.to_string();
                 let fut = async move {
                     router
-                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                        .serve_with_incoming_shutdown(
+                            UnixListenerStream::new(listener)
+                                .map(|c| c.map(crate::rpc::peer::Accepted::new)),
+                            shutdown,
+                        )
                         .await
                         .map_err(|e| ApproverError::Transport {
                             addr: name,
@@ -211,16 +255,38 @@ impl Server {
                     },
                 };
                 let name = bound.to_string();
-                let fut = async move {
-                    router
-                        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-                        .await
-                        .map_err(|e| ApproverError::Transport {
-                            addr: name,
-                            message: transport_message(&e),
-                        })
+                let transport = |e: tonic::transport::Error| ApproverError::Transport {
+                    addr: name,
+                    message: transport_message(&e),
                 };
-                (bound, Box::pin(fut) as ListenerFuture)
+                let fut: ListenerFuture = match acceptor {
+                    Some(acceptor) => {
+                        let shared = Arc::clone(&self.shared);
+                        let refused: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                            shared
+                                .counters
+                                .tls_handshakes_refused
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        });
+                        let incoming = tls::incoming(listener, acceptor, refused);
+                        Box::pin(async move {
+                            router
+                                .serve_with_incoming_shutdown(incoming, shutdown)
+                                .await
+                                .map_err(transport)
+                        })
+                    }
+                    None => Box::pin(async move {
+                        router
+                            .serve_with_incoming_shutdown(
+                                TcpListenerStream::new(listener),
+                                shutdown,
+                            )
+                            .await
+                            .map_err(transport)
+                    }),
+                };
+                (bound, fut)
             }
         };
         tracing::info!(address = %bound, "approval service listening");
@@ -239,6 +305,12 @@ impl Server {
     /// not collide with the daemon's ledger.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         self.shared.counters.snapshot()
+    }
+
+    /// Records `key` as `host`'s attestation key, as an `Updates` call of that host does.
+    #[cfg(test)]
+    pub(crate) fn register_host_key(&self, host: &str, key: &[u8]) {
+        self.shared.register_host_key(host, key).unwrap();
     }
 
     /// Waits until a listener stops by itself (an error: listeners only stop when told).

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::audit::Audit;
+use super::decider::{self, Deciders, Refused};
 use super::identity::{ApproverId, Authenticator};
 use super::store::{
     ApprovalStore, GrantRec, Refusal, RequestRec, Resolution, Resolved, SUBMIT_SYNC_GRACE, Scope,
@@ -70,6 +71,8 @@ pub struct Counters {
     pub reports_duplicate: AtomicU64,
     pub refused_permission: AtomicU64,
     pub refused_self_approval: AtomicU64,
+    pub refused_unattested: AtomicU64,
+    pub tls_handshakes_refused: AtomicU64,
     pub refused_unauthenticated: AtomicU64,
     pub invalid_argument: AtomicU64,
     pub store_errors: AtomicU64,
@@ -95,6 +98,11 @@ impl Counters {
             (
                 "approver_refused_self_approval",
                 c(&self.refused_self_approval),
+            ),
+            ("approver_refused_unattested", c(&self.refused_unattested)),
+            (
+                "approver_tls_handshakes_refused",
+                c(&self.tls_handshakes_refused),
             ),
             (
                 "approver_refused_unauthenticated",
@@ -126,6 +134,8 @@ pub struct Shared {
     pub(crate) audit: Audit,
     pub(crate) limits: Limits,
     pub(crate) counters: Counters,
+    /// Hosts' attestation keys and used nonces: who may decide.
+    deciders: Deciders,
     /// Every committed host update, for the `Updates` streams.
     updates: broadcast::Sender<Arc<Pushed>>,
     /// Every new request and state change, for `WatchRequests`.
@@ -156,12 +166,19 @@ impl Shared {
             audit,
             limits,
             counters: Counters::default(),
+            deciders: Deciders::default(),
             updates: broadcast::Sender::new(WATCH_CAPACITY),
             requests: broadcast::Sender::new(WATCH_CAPACITY),
             pending: Mutex::new(pending),
             sweep: Notify::new(),
             stopping: watch::Sender::new(false),
         }))
+    }
+
+    /// Records `host`'s attestation key (see [`Deciders::set_host_key`]).
+    #[cfg(test)]
+    pub(crate) fn register_host_key(&self, host: &str, key: &[u8]) -> Result<(), Status> {
+        self.deciders.set_host_key(host, key)
     }
 
     /// Ends the streams and the sweeper.
@@ -211,20 +228,35 @@ impl Shared {
         false
     }
 
-    /// Whether `who` may decide `req` as `r` asks at `now`, and how it resolves: refusals
-    /// are counted and logged here.
+    /// Whether `who` may decide `req` as `r` asks at `now`, how it resolves, and how the
+    /// decider was established (for the ledger): refusals are counted and logged here.
     fn check_decision(
         &self,
         who: &ApproverId,
         r: &pb::DecideRequest,
         req: &RequestRec,
         now: i64,
-    ) -> Result<Resolution, Status> {
+    ) -> Result<(Resolution, serde_json::Value), Status> {
         let id = req.id;
-        self_approval(who, r, req).inspect_err(|e| {
-            bump(&self.counters.refused_self_approval);
-            tracing::warn!(request = id, approver = %who.name, reason = e.message(), "self-approval refused");
-        })?;
+        let decider = match self.deciders.check(who, r, req, now) {
+            Ok(v) => v,
+            Err(refused) => {
+                let (counter, what) = match &refused {
+                    Refused::InSession(_) => (
+                        &self.counters.refused_self_approval,
+                        "decision from inside an agent session refused",
+                    ),
+                    Refused::Unattested(_) => (
+                        &self.counters.refused_unattested,
+                        "decision without a valid host attestation refused",
+                    ),
+                };
+                bump(counter);
+                let status = refused.status().clone();
+                tracing::warn!(request = id, approver = %who.name, reason = status.message(), "{what}");
+                return Err(status);
+            }
+        };
         if req.state != State::Pending {
             return Err(not_pending(id, req.state));
         }
@@ -235,7 +267,7 @@ impl Shared {
                 req.context.fail_verdict
             )));
         }
-        Ok(if r.approve {
+        let how = if r.approve {
             Resolution::Approve {
                 grant: Box::new(
                     grant_for(r, req, who, now, self.limits.max_ttl_ms)
@@ -248,7 +280,8 @@ impl Shared {
                 by: who.name.clone(),
                 note: r.note.clone(),
             }
-        })
+        };
+        Ok((how, decider))
     }
 
     /// Hands a committed host update to the `Updates` streams (none listening is fine: a
@@ -406,7 +439,7 @@ impl Shared {
             .inspect_err(|s| self.refused(call, s))
     }
 
-    fn refused(&self, call: &str, s: &Status) {
+    pub(crate) fn refused(&self, call: &str, s: &Status) {
         self.count_refusal(s);
         tracing::info!(call, code = ?s.code(), reason = s.message(), "approver call refused");
     }
@@ -519,6 +552,9 @@ impl pb::approver_server::Approver for ApproverService {
     ) -> Result<Response<Self::UpdatesStream>, Status> {
         let s = Arc::clone(&self.shared);
         let host = s.identify_host(&request, "Updates")?;
+        s.deciders
+            .set_host_key(&host, &request.get_ref().attestation_key)
+            .inspect_err(|e| s.refused("Updates", e))?;
         let after = request.get_ref().after_seq;
         let h = host.clone();
         let last = s.db("updates", move |st| st.last_update_seq(&h)).await?;
@@ -549,15 +585,18 @@ impl pb::approver_server::Approver for ApproverService {
             n => usize::try_from(n).unwrap_or(LIST_MAX).min(LIST_MAX),
         };
         let me = Arc::clone(&s);
-        let requests = s
+        let (requests, total) = s
             .db("list", move |st| {
-                st.list_requests(r.all, limit)?
+                let list = st
+                    .list_requests(r.all, limit)?
                     .iter()
                     .map(|q| me.request_pb(q))
-                    .collect::<Result<Vec<_>, _>>()
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((list, st.request_count(r.all)?))
             })
             .await?;
-        Ok(Response::new(pb::ListRequestsResponse { requests }))
+        let hidden = total.saturating_sub(requests.len() as u64);
+        Ok(Response::new(pb::ListRequestsResponse { requests, hidden }))
     }
 
     type WatchRequestsStream = BoxStream<pb::ApprovalRequest>;
@@ -601,6 +640,7 @@ impl pb::approver_server::Approver for ApproverService {
         let r = request.into_inner();
         check_decide(&r).inspect_err(|e| s.refused("Decide", e))?;
         let id = r.id;
+        // What the client says about itself: recorded, never used to authorize.
         let claims = json!({
             "decider_host": r.decider_host,
             "decider_session": r.decider_session,
@@ -613,18 +653,23 @@ impl pb::approver_server::Approver for ApproverService {
                     return Ok(Err(Status::not_found(format!("no request {id}"))));
                 };
                 let now = now_ms();
-                let how = match me.check_decision(&who, &r, &req, now) {
-                    Ok(how) => how,
+                let (how, decider) = match me.check_decision(&who, &r, &req, now) {
+                    Ok(v) => v,
                     Err(status) => return Ok(Err(status)),
                 };
                 Ok(match st.resolve(id, how, now)? {
-                    Ok(res) => Ok(res),
+                    Ok(res) => Ok((res, decider)),
                     Err(Refusal::NotPending(state)) => Err(not_pending(id, state)),
                     Err(_) => Err(Status::not_found(format!("no request {id}"))),
                 })
             })
             .await??;
-        s.resolved(&resolved, claims).await;
+        let (resolved, decider) = resolved;
+        let mut extra = claims;
+        if let Some(m) = extra.as_object_mut() {
+            m.insert("decider".to_owned(), decider);
+        }
+        s.resolved(&resolved, extra).await;
         Ok(Response::new(wire::request(
             &resolved.request,
             resolved.grant.as_ref(),
@@ -636,10 +681,23 @@ impl pb::approver_server::Approver for ApproverService {
         request: Request<pb::ListGrantsRequest>,
     ) -> Result<Response<pb::ListGrantsResponse>, Status> {
         let s = Arc::clone(&self.shared);
-        s.identify_approver(&request, "ListGrants")?;
+        // Approvers see every grant; a host sees the grants that apply to it.
+        let only_host = match s.auth.identify(&request) {
+            Ok(super::identity::Principal::Host { host }) => Some(host),
+            _ => {
+                s.identify_approver(&request, "ListGrants")?;
+                None
+            }
+        };
         let all = request.get_ref().all;
         let grants = s
-            .db("grants", move |st| st.list_grants(all, now_ms()))
+            .db("grants", move |st| {
+                let mut g = st.list_grants(all, now_ms())?;
+                if let Some(h) = &only_host {
+                    g.retain(|g| g.host == *h);
+                }
+                Ok(g)
+            })
             .await?;
         Ok(Response::new(pb::ListGrantsResponse {
             grants: grants.iter().map(wire::grant).collect(),
@@ -759,6 +817,7 @@ fn check_decide(r: &pb::DecideRequest) -> Result<(), Status> {
     check_text("note", &r.note, MAX_TEXT)?;
     check_text("decider_host", &r.decider_host, MAX_NAME)?;
     check_text("path_glob", &r.path_glob, MAX_PATH)?;
+    decider::check_fields(r)?;
     if pb::GrantScope::try_from(r.scope).is_err() {
         return Err(invalid("scope", format!("{} is not a GrantScope", r.scope)));
     }
@@ -767,44 +826,6 @@ fn check_decide(r: &pb::DecideRequest) -> Result<(), Status> {
             "approve",
             "ttl_seconds, scope and path_glob apply to approvals only",
         ));
-    }
-    Ok(())
-}
-
-/// Refuses a decision by the session that asked (or by any agent session, for a local
-/// caller whose real session the service knows).
-fn self_approval(who: &ApproverId, r: &pb::DecideRequest, req: &RequestRec) -> Result<(), Status> {
-    let ctx = &req.context;
-    if let Some((host, session)) = &who.local {
-        // The real session of the calling process replaces whatever it claims.
-        if *session != 0 {
-            let same = *host == ctx.host && *session == ctx.session_id;
-            return Err(Status::permission_denied(format!(
-                "{} calls from inside agent session {session} on {host}{}; approvals must \
-                 come from outside any agent session",
-                who.name,
-                if same {
-                    ", the session that asked (self-approval)"
-                } else {
-                    ""
-                }
-            )));
-        }
-        return Ok(());
-    }
-    if r.decider_session != 0
-        && r.decider_session == ctx.session_id
-        && (r.decider_host.is_empty() || r.decider_host == ctx.host)
-    {
-        return Err(Status::permission_denied(format!(
-            "self-approval: the deciding session {}/{} is the session that asked",
-            if r.decider_host.is_empty() {
-                "?"
-            } else {
-                &r.decider_host
-            },
-            r.decider_session
-        )));
     }
     Ok(())
 }

@@ -332,6 +332,18 @@ impl ApprovalStore {
         })
     }
 
+    /// How many requests there are (pending ones only unless `all`).
+    pub fn request_count(&self, all: bool) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        self.store.read_raw(|txn| {
+            Ok(if all {
+                txn.open_table(REQUESTS_RAW)?.len()?
+            } else {
+                txn.open_table(PENDING)?.len()?
+            })
+        })
+    }
+
     /// Requests newest first, pending only unless `all`, at most `limit`.
     pub fn list_requests(&self, all: bool, limit: usize) -> Result<Vec<RequestRec>, StoreError> {
         self.store.read_raw(|txn| {

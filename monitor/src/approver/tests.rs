@@ -117,7 +117,10 @@ async fn submit_watch_decide_and_updates_with_resume() {
         .unwrap()
         .into_inner();
     let mut updates = c
-        .updates(pb::UpdatesRequest { after_seq: 0 })
+        .updates(pb::UpdatesRequest {
+            after_seq: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -223,7 +226,10 @@ async fn submit_watch_decide_and_updates_with_resume() {
 
     // Resume after seq 1: only 2 and 3 are replayed.
     let mut resumed = c
-        .updates(pb::UpdatesRequest { after_seq: 1 })
+        .updates(pb::UpdatesRequest {
+            after_seq: 1,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -327,7 +333,10 @@ async fn submit_is_idempotent_and_decisions_survive_a_restart() {
     assert_eq!(got.state, pb::RequestState::Denied as i32);
     assert_eq!(got.decision.unwrap().note, "no");
     let mut updates = c
-        .updates(pb::UpdatesRequest { after_seq: 0 })
+        .updates(pb::UpdatesRequest {
+            after_seq: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -350,7 +359,10 @@ async fn deadline_expiry_applies_the_fail_verdict_and_is_streamed() {
     let server = Server::start(base_config(dir.path()), None).await.unwrap();
     let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
     let mut updates = c
-        .updates(pb::UpdatesRequest { after_seq: 0 })
+        .updates(pb::UpdatesRequest {
+            after_seq: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -383,7 +395,13 @@ async fn deadline_expiry_applies_the_fail_verdict_and_is_streamed() {
         .into_inner();
     assert_eq!(stored.state, pb::RequestState::Expired as i32);
     assert_eq!(
-        code(c.updates(pb::UpdatesRequest { after_seq: 2 }).await),
+        code(
+            c.updates(pb::UpdatesRequest {
+                after_seq: 2,
+                ..Default::default()
+            })
+            .await
+        ),
         Code::OutOfRange
     );
     let ledger = crate::ledger::read(&dir.path().join("state/ledger.jsonl"), None).unwrap();
@@ -442,26 +460,20 @@ async fn self_approval_is_refused() {
     claimed.decider_host = "oracle-host".into();
     claimed.decider_session = 42;
     c.decide(claimed).await.unwrap();
-    drop(c);
-    server.stop().await.unwrap();
 
-    // Without an oracle, the claims are what the service has.
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(base_config(dir.path()), None).await.unwrap();
-    let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
+    // A client claiming to be outside any session while the kernel says otherwise is
+    // refused: claims are never what the service goes by.
     let r = c
-        .submit(submit_req(1, 42, 0, "deny"))
+        .submit(submit_req(2, 42, 0, "deny"))
         .await
         .unwrap()
         .into_inner();
+    oracle.session.store(42, Ordering::Relaxed);
     let mut claimed = approve(r.id);
-    claimed.decider_host = crate::host::host_name();
-    claimed.decider_session = 42;
-    let e = c.decide(claimed.clone()).await.unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
-    assert!(e.message().contains("self-approval"), "{e}");
     claimed.decider_host = "elsewhere".into();
-    c.decide(claimed).await.unwrap();
+    claimed.decider_session = 0;
+    assert_eq!(code(c.decide(claimed).await), Code::PermissionDenied);
+    drop(c);
     server.stop().await.unwrap();
 }
 
@@ -529,8 +541,11 @@ async fn tls_identities_and_roles() {
         ("cert:alice", "approver")
     );
 
-    let mut updates = host
-        .updates(pb::UpdatesRequest { after_seq: 0 })
+    let updates = host
+        .updates(pb::UpdatesRequest {
+            after_seq: 0,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -546,6 +561,55 @@ async fn tls_identities_and_roles() {
         code(host.decide(approve(r.id)).await),
         Code::PermissionDenied
     );
+    // An approver certificate without a host's attestation is refused, whatever it claims
+    // about its session (the bypass of issue 21: decider_session = 0 from inside one).
+    let mut bypass = approve(r.id);
+    bypass.decider_host = "web-1".into();
+    bypass.decider_session = 0;
+    let e = alice.decide(bypass).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("needs an attestation"), "{e}");
+    // An attestation signed by a key web-1 never presented is refused.
+    let keys = tempfile::tempdir().unwrap();
+    let web1 = super::attest::Attestor::load_or_create(&keys.path().join("web-1.key")).unwrap();
+    let rogue = super::attest::Attestor::load_or_create(&keys.path().join("rogue.key")).unwrap();
+    let signed = |a: &super::attest::Attestor, d: &mut pb::DecideRequest| {
+        let (st, sig) = a.attest("web-1", d.id, d.approve, 99, 0, now_ms()).unwrap();
+        d.attestation = st;
+        d.attestation_signature = sig;
+    };
+    let mut forged = approve(r.id);
+    signed(&rogue, &mut forged);
+    let e = alice.decide(forged).await.unwrap_err();
+    assert!(
+        e.message().contains("has not presented an attestation key"),
+        "{e}"
+    );
+    // Only a host identity presents a key: an approver's Updates call is refused anyway.
+    assert_eq!(
+        code(
+            alice
+                .updates(pb::UpdatesRequest {
+                    after_seq: 0,
+                    attestation_key: rogue.public_key().to_vec(),
+                })
+                .await
+        ),
+        Code::PermissionDenied
+    );
+    drop(updates);
+    let mut updates = host
+        .updates(pb::UpdatesRequest {
+            after_seq: 0,
+            attestation_key: web1.public_key().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut forged = approve(r.id);
+    signed(&rogue, &mut forged);
+    let e = alice.decide(forged).await.unwrap_err();
+    assert!(e.message().contains("does not verify"), "{e}");
     assert_eq!(
         code(host.list_requests(pb::ListRequestsRequest::default()).await),
         Code::PermissionDenied
@@ -555,7 +619,14 @@ async fn tls_identities_and_roles() {
         Code::PermissionDenied
     );
     assert_eq!(
-        code(alice.updates(pb::UpdatesRequest { after_seq: 0 }).await),
+        code(
+            alice
+                .updates(pb::UpdatesRequest {
+                    after_seq: 0,
+                    ..Default::default()
+                })
+                .await
+        ),
         Code::PermissionDenied
     );
 
@@ -563,7 +634,11 @@ async fn tls_identities_and_roles() {
     scoped.scope = pb::GrantScope::Agent as i32;
     scoped.ttl_seconds = 120;
     scoped.path_glob = "/etc/app*.conf".into();
-    let d = alice.decide(scoped).await.unwrap().into_inner();
+    signed(&web1, &mut scoped);
+    let d = alice.decide(scoped.clone()).await.unwrap().into_inner();
+    // The same attestation again (a replay) is refused before anything else.
+    let e = alice.decide(scoped).await.unwrap_err();
+    assert!(e.message().contains("used before"), "{e}");
     let g = d.decision.unwrap().grant.unwrap();
     assert_eq!(
         (
@@ -583,6 +658,25 @@ async fn tls_identities_and_roles() {
     let u = next(&mut updates).await;
     assert!(
         matches!(u.update, Some(pb::host_update::Update::Decision(ref d)) if d.decided_by == "cert:alice")
+    );
+    // A host reads the grants that apply to it (issue 21), and only those; it revokes none.
+    let mine = host
+        .list_grants(pb::ListGrantsRequest { all: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0].host, "web-1");
+    assert_eq!(
+        code(
+            host.revoke_grant(pb::RevokeGrantRequest {
+                id: mine[0].id,
+                note: String::new()
+            })
+            .await
+        ),
+        Code::PermissionDenied
     );
 
     // A token works without a certificate; a wrong one is refused even with a cert.
@@ -640,6 +734,21 @@ async fn tls_identities_and_roles() {
     match connect(&rogue_cfg).await {
         Err(_) => {}
         Ok(mut c) => assert!(c.who_am_i(pb::WhoAmIRequest {}).await.is_err()),
+    }
+    // ... and the refused handshake is counted (and logged with the peer's address).
+    let refused = |s: &Server| {
+        s.counters()
+            .into_iter()
+            .find(|(n, _)| *n == "approver_tls_handshakes_refused")
+            .map_or(0, |(_, v)| v)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while refused(&server) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refused handshake not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A client that does not trust the service's CA refuses it.
     let mut distrust = tls_client(&endpoint, &tls, Some("host-web-1"));
@@ -782,4 +891,91 @@ async fn bad_input_is_invalid_argument() {
     assert_eq!(counters["approver_reports_duplicate"], 1);
     assert_eq!(counters["approver_submitted"], 1);
     server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn reflection_serves_both_versions_to_authenticated_callers_only() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, endpoint, tls) = tls_server(dir.path()).await;
+    let alice = super::client::channel(&tls_client(&endpoint, &tls, Some("approver-alice")))
+        .await
+        .unwrap();
+    let want = [
+        "confgate.v1.Approver",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+
+    let mut c = v1::server_reflection_client::ServerReflectionClient::new(alice.clone());
+    let list = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut s = c
+        .server_reflection_info(tokio_stream::iter(vec![list.clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = match next(&mut s).await.message_response {
+        Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "only what is served here");
+
+    // The v1alpha protocol (Python's grpc_reflection) answers the same.
+    let mut c = v1alpha::server_reflection_client::ServerReflectionClient::new(alice);
+    let list = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut s = c
+        .server_reflection_info(tokio_stream::iter(vec![list]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names: Vec<String> = match next(&mut s).await.message_response {
+        Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+            l.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("{other:?}"),
+    };
+    names.sort();
+    assert_eq!(names, want);
+
+    // Without a certificate or token: refused like every other call.
+    let anon = super::client::channel(&tls_client(&endpoint, &tls, None))
+        .await
+        .unwrap();
+    let mut c = v1::server_reflection_client::ServerReflectionClient::new(anon);
+    let refused = match c
+        .server_reflection_info(tokio_stream::iter(vec![list_v1()]))
+        .await
+    {
+        Err(s) => s.code(),
+        Ok(r) => match r.into_inner().message().await {
+            Err(s) => s.code(),
+            Ok(m) => panic!("anonymous reflection answered: {m:?}"),
+        },
+    };
+    assert_eq!(refused, Code::Unauthenticated);
+    server.stop().await.unwrap();
+}
+
+fn list_v1() -> tonic_reflection::pb::v1::ServerReflectionRequest {
+    use tonic_reflection::pb::v1;
+    v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    }
 }

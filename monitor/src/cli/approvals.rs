@@ -5,10 +5,12 @@
 //! configuration names (`[approval]`: the local socket in local mode, `[approval.client]`
 //! in remote mode); `--approver`, `--ca`, `--cert`, `--key`, `--token` override it.
 //!
-//! Before `approve`/`deny` the CLI asks the local daemon which agent session it runs in
-//! (`Daemon.CallerSession`) and refuses when it is inside one: an agent must not approve
-//! requests, its own or another's. The service makes the same check against the session
-//! that asked; the local refusal gives a clear message early.
+//! Before `approve`/`deny` the CLI asks the local daemon for an attestation
+//! (`Daemon.Attest`): the daemon identifies this process by its socket's peer credentials
+//! and signs, for this request and decision, that it is in no agent session as the
+//! kernel's session map says (it refuses inside one). The service accepts a certificate or
+//! token decision only with such an attestation, unless the credential is marked as a
+//! workstation credential (`--no-daemon`).
 //!
 //! Everything a request carries comes from a watched process: every string is made
 //! terminal-safe before it is printed (`--json` prints the values as JSON strings).
@@ -138,6 +140,10 @@ pub enum ApprovalsCommand {
         /// Include decided and expired requests.
         #[arg(long)]
         all: bool,
+        /// Show at most this many, newest first (1-1000; default 100). How many older ones
+        /// are left out is always said.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
     },
     /// Print every pending request, then each new request and state change as it happens.
     Watch {
@@ -167,8 +173,9 @@ pub enum ApprovalsCommand {
         /// Widen the grant to this absolute path glob (default: the request's path).
         #[arg(long)]
         glob: Option<String>,
-        /// This host runs no confgate daemon: skip asking it for the caller's session
-        /// (the approval service still refuses a decision from the session that asked).
+        /// This machine runs no confgate daemon (a workstation): send no attestation. The
+        /// service accepts the decision only from a credential it lists in
+        /// `workstation_approvers`.
         #[arg(long)]
         no_daemon: bool,
         #[arg(long)]
@@ -225,52 +232,40 @@ pub fn check_glob(glob: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the deciding shell runs, as its local daemon reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeciderSession {
-    pub host: String,
-    /// Agent session of the caller; 0 = none.
-    pub session: u64,
-}
-
-/// Refuses a decision made from inside an agent session.
-pub fn check_decider(d: &DeciderSession) -> anyhow::Result<()> {
-    if d.session != 0 {
-        bail!(
-            "refusing to decide: this command runs inside agent session {} on {}; agents may not \
-             approve or deny requests. Decide from a shell outside any agent session",
-            d.session,
-            term(&d.host)
-        );
-    }
-    Ok(())
-}
-
-/// Asks the daemon at `socket` which session the caller is in.
-pub async fn decider_session(socket: &Path) -> anyhow::Result<DeciderSession> {
+/// Asks the daemon at `socket` to attest that this process decides request `id` (as
+/// `approve`) from outside every agent session.
+pub async fn attest(socket: &Path, id: u64, approve: bool) -> anyhow::Result<pb::AttestResponse> {
     let mut daemon = crate::rpc::client::connect(socket).await.map_err(|e| {
         anyhow!(
-            "cannot ask the local confgate daemon which session this command runs in: {e}; on a \
-             host without a confgate daemon, pass --no-daemon"
+            "no confgate daemon answers on {} ({e}). A decision needs this host's daemon to \
+             attest that it does not come from an agent session: run it on a host whose daemon \
+             is running (--config or --socket name the daemon's socket), or, on a workstation \
+             whose credential the approval service lists in workstation_approvers, pass \
+             --no-daemon",
+            socket.display()
         )
     })?;
-    let reply = daemon
-        .caller_session(pb::CallerSessionRequest {})
+    match daemon
+        .attest(pb::AttestRequest {
+            request_id: id,
+            approve,
+        })
         .await
-        .map_err(|s| {
-            anyhow!(
-                "the local daemon did not say which session this command runs in: {}",
-                crate::rpc::client::explain(&s)
-            )
-        })?
-        .into_inner();
-    Ok(DeciderSession {
-        host: reply.host,
-        session: reply.session_id,
-    })
+    {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::PermissionDenied => bail!(
+            "refusing to decide: {}; agents may not approve or deny requests. Decide from a \
+             shell outside any agent session",
+            term(s.message())
+        ),
+        Err(s) => bail!(
+            "the local daemon did not attest this decision: {}",
+            crate::rpc::client::explain(&s)
+        ),
+    }
 }
 
-/// Builds the Decide call.
+/// Builds the Decide call, with the daemon's attestation if there is one.
 pub fn decide_request(
     id: u64,
     approve: bool,
@@ -278,7 +273,7 @@ pub fn decide_request(
     note: Option<&str>,
     scope: Option<ScopeArg>,
     glob: Option<&str>,
-    decider: &DeciderSession,
+    attestation: Option<&pb::AttestResponse>,
 ) -> anyhow::Result<pb::DecideRequest> {
     if let Some(n) = note {
         check_note(n)?;
@@ -293,8 +288,10 @@ pub fn decide_request(
         note: note.unwrap_or_default().to_owned(),
         scope: scope.map_or(pb::GrantScope::Unspecified, pb::GrantScope::from) as i32,
         path_glob: glob.unwrap_or_default().to_owned(),
-        decider_host: decider.host.clone(),
-        decider_session: decider.session,
+        decider_host: attestation.map_or_else(crate::host::host_name, |a| a.host.clone()),
+        decider_session: 0,
+        attestation: attestation.map(|a| a.statement.clone()).unwrap_or_default(),
+        attestation_signature: attestation.map(|a| a.signature.clone()).unwrap_or_default(),
     })
 }
 
@@ -310,9 +307,13 @@ pub fn run(
     runtime()?.block_on(async {
         let mut out = std::io::stdout().lock();
         match cmd {
-            ApprovalsCommand::List { json, all } => {
+            ApprovalsCommand::List { json, all, limit } => {
                 let mut c = service(&client_cfg).await?;
-                list(&mut c, *all, *json, now_ms(), &mut out).await
+                let page = Page {
+                    all: *all,
+                    limit: limit.unwrap_or(0),
+                };
+                list(&mut c, page, *json, now_ms(), &mut out).await
             }
             ApprovalsCommand::Watch { json } => {
                 let mut c = service(&client_cfg).await?;
@@ -331,7 +332,7 @@ pub fn run(
                 no_daemon,
                 json,
             } => {
-                let decider = local_decider(socket, *no_daemon).await?;
+                let attestation = local_attestation(socket, *id, true, *no_daemon).await?;
                 let req = decide_request(
                     *id,
                     true,
@@ -339,9 +340,8 @@ pub fn run(
                     note.as_deref(),
                     *scope,
                     glob.as_deref(),
-                    &decider,
+                    attestation.as_ref(),
                 )?;
-                check_decider(&decider)?;
                 let mut c = service(&client_cfg).await?;
                 decide(&mut c, req, *json, now_ms(), &mut out).await
             }
@@ -351,9 +351,16 @@ pub fn run(
                 no_daemon,
                 json,
             } => {
-                let decider = local_decider(socket, *no_daemon).await?;
-                let req = decide_request(*id, false, None, note.as_deref(), None, None, &decider)?;
-                check_decider(&decider)?;
+                let attestation = local_attestation(socket, *id, false, *no_daemon).await?;
+                let req = decide_request(
+                    *id,
+                    false,
+                    None,
+                    note.as_deref(),
+                    None,
+                    None,
+                    attestation.as_ref(),
+                )?;
                 let mut c = service(&client_cfg).await?;
                 decide(&mut c, req, *json, now_ms(), &mut out).await
             }
@@ -362,33 +369,63 @@ pub fn run(
     })
 }
 
-async fn local_decider(socket: &Path, no_daemon: bool) -> anyhow::Result<DeciderSession> {
+async fn local_attestation(
+    socket: &Path,
+    id: u64,
+    approve: bool,
+    no_daemon: bool,
+) -> anyhow::Result<Option<pb::AttestResponse>> {
     if no_daemon {
-        tracing::warn!("--no-daemon: not asking a local daemon for this command's session");
-        return Ok(DeciderSession {
-            host: crate::host::host_name(),
-            session: 0,
-        });
+        tracing::info!(
+            "--no-daemon: no attestation; the service accepts this only from a workstation credential"
+        );
+        return Ok(None);
     }
-    decider_session(socket).await
+    attest(socket, id, approve).await.map(Some)
 }
 
-/// `approvals list`.
+/// What `approvals list` asks for: pending or all, and how many (0: the service's 100).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Page {
+    pub all: bool,
+    pub limit: u32,
+}
+
+/// `approvals list`. Requests left out by the limit are never silent: the table ends with
+/// how many; with `--json` (whose output stays one array) that line goes to stderr.
 pub async fn list(
     c: &mut ApproverClient<ApproverChannel>,
-    all: bool,
+    page: Page,
     json: bool,
     now_ms: i64,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let reply = c
-        .list_requests(pb::ListRequestsRequest { all, limit: 0 })
+        .list_requests(pb::ListRequestsRequest {
+            all: page.all,
+            limit: page.limit,
+        })
         .await
         .map_err(|s| anyhow!(explain(&s)))?
         .into_inner();
     print_list(&reply.requests, json, request_json, out, || {
-        render_list(&reply.requests, all, now_ms)
-    })
+        let mut s = render_list(&reply.requests, page.all, now_ms);
+        s.push_str(&hidden_line(reply.hidden));
+        s
+    })?;
+    if json && reply.hidden > 0 {
+        eprint!("{}", hidden_line(reply.hidden));
+    }
+    Ok(())
+}
+
+/// The line saying how many older requests a listing left out (empty for none).
+pub fn hidden_line(hidden: u64) -> String {
+    match hidden {
+        0 => String::new(),
+        1 => "1 older request not shown (--limit N shows up to 1000)\n".to_owned(),
+        n => format!("{n} older requests not shown (--limit N shows up to 1000)\n"),
+    }
 }
 
 /// Writes a listing: one JSON array of `to_json` of each item, or the `table`.
@@ -489,6 +526,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// A one-line explanation of a failed call to the approval service.
 pub fn explain(status: &tonic::Status) -> String {
+    use std::error::Error as _;
     use tonic::Code;
     let msg = term(status.message());
     match status.code() {
@@ -500,9 +538,45 @@ pub fn explain(status: &tonic::Status) -> String {
              --key)"
         ),
         Code::InvalidArgument => format!("invalid request: {msg}"),
-        Code::Unavailable => format!("the approval service is unavailable: {msg}"),
+        Code::Unavailable => {
+            let why = causes(status);
+            let hint = if why.contains("alert") {
+                " (the service may have refused this TLS client certificate: is it signed by \
+                 the CA the service trusts for clients, tls.client_ca?)"
+            } else {
+                ""
+            };
+            format!("the approval service is unavailable: {msg}{why}{hint}")
+        }
+        Code::Unknown | Code::Cancelled if status.source().is_some() => {
+            let why = causes(status);
+            let hint = if why.contains("alert") || why.contains("certificate") {
+                " (the service refused this TLS client certificate: is it signed by the CA \
+                 the service trusts for clients, tls.client_ca?)"
+            } else {
+                " (the service closed the connection; a client certificate it does not accept, \
+                 e.g. one signed by another CA than its tls.client_ca, ends like this, and the \
+                 service logs \"TLS handshake refused\" with the reason)"
+            };
+            format!("the connection to the approval service failed: {msg}{why}{hint}")
+        }
         code => format!("the approval service answered {code:?}: {msg}"),
     }
+}
+
+/// The chain of causes behind a status (`: cause: cause`), terminal-safe; empty without.
+fn causes(status: &tonic::Status) -> String {
+    let mut out = String::new();
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if text != status.message() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&term(&text));
+        }
+        next = e.source();
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -997,11 +1071,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn decide_request_carries_the_decider_and_checks_inputs() {
-        let me = DeciderSession {
+    fn decide_request_carries_the_attestation_and_checks_inputs() {
+        let att = pb::AttestResponse {
+            statement: b"{}".to_vec(),
+            signature: vec![7; 64],
             host: "desk".into(),
-            session: 0,
         };
+        let me = Some(&att);
         let r = decide_request(
             17,
             true,
@@ -1009,7 +1085,7 @@ pub(crate) mod tests {
             Some("ok"),
             Some(ScopeArg::Session),
             Some("/etc/app/**"),
-            &me,
+            me,
         )
         .unwrap();
         assert_eq!(
@@ -1017,28 +1093,18 @@ pub(crate) mod tests {
             (17, true, 600, pb::GrantScope::Session as i32)
         );
         assert_eq!((r.decider_host.as_str(), r.decider_session), ("desk", 0));
-        let d = decide_request(17, false, None, None, None, None, &me).unwrap();
+        assert_eq!(
+            (r.attestation.as_slice(), r.attestation_signature.len()),
+            (&b"{}"[..], 64)
+        );
+        let d = decide_request(17, false, None, None, None, None, None).unwrap();
         assert_eq!((d.ttl_seconds, d.scope, d.path_glob.as_str()), (0, 0, ""));
-        assert!(decide_request(1, true, None, Some("a\nb"), None, None, &me).is_err());
-        assert!(decide_request(1, true, None, None, None, Some("etc/*"), &me).is_err());
-        assert!(decide_request(1, true, None, None, None, Some("/etc/[a"), &me).is_err());
+        assert!(d.attestation.is_empty() && d.attestation_signature.is_empty());
+        assert!(decide_request(1, true, None, Some("a\nb"), None, None, me).is_err());
+        assert!(decide_request(1, true, None, None, None, Some("etc/*"), me).is_err());
+        assert!(decide_request(1, true, None, None, None, Some("/etc/[a"), me).is_err());
         let long = "x".repeat(MAX_NOTE + 1);
-        assert!(decide_request(1, true, None, Some(&long), None, None, &me).is_err());
-    }
-
-    #[test]
-    fn a_decider_inside_an_agent_session_is_refused() {
-        let inside = DeciderSession {
-            host: "web-1".into(),
-            session: 42,
-        };
-        let e = check_decider(&inside).unwrap_err().to_string();
-        assert!(e.contains("inside agent session 42 on web-1"), "{e}");
-        check_decider(&DeciderSession {
-            host: "web-1".into(),
-            session: 0,
-        })
-        .unwrap();
+        assert!(decide_request(1, true, None, Some(&long), None, None, me).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use confgate_proto::v1 as pb;
 
-use super::approvals::{self, DeciderSession, ScopeArg};
+use super::approvals::{self, ScopeArg};
 use super::grants;
 use crate::approver::client::{ClientConfig, connect};
 use crate::approver::config::ServiceConfig;
@@ -50,12 +50,35 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     let r2 = c.submit(submit(2, 8)).await.unwrap().into_inner();
 
     let mut out = Vec::new();
-    approvals::list(&mut c, false, false, now_ms(), &mut out)
+    approvals::list(
+        &mut c,
+        approvals::Page::default(),
+        false,
+        now_ms(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    let s = text(&out);
+    assert_eq!(s.lines().count(), 3, "{s}");
+    assert!(s.contains("/etc/app.conf") && s.contains("pending"), "{s}");
+    // A page smaller than what is pending says how many are left out (issue 13).
+    let mut out = Vec::new();
+    let one = approvals::Page {
+        all: false,
+        limit: 1,
+    };
+    approvals::list(&mut c, one, false, now_ms(), &mut out)
         .await
         .unwrap();
     let s = text(&out);
     assert_eq!(s.lines().count(), 3, "{s}");
-    assert!(s.contains("/etc/app.conf") && s.contains("pending"), "{s}");
+    let newest = s.lines().nth(1).unwrap_or_default();
+    assert!(newest.starts_with(&format!("{} ", r2.id)), "{s}");
+    assert!(
+        s.ends_with("1 older request not shown (--limit N shows up to 1000)\n"),
+        "{s}"
+    );
 
     let mut out = Vec::new();
     approvals::show(&mut c, r1.id, false, now_ms(), &mut out)
@@ -88,17 +111,17 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.contains(&r1.id) && ids.contains(&r2.id));
 
-    // The daemon's real RPC layer says which session this process is in: none.
-    let daemon = TestServer::start(FakeDaemon::new(false)).await;
-    let me = approvals::decider_session(&daemon.socket).await.unwrap();
-    assert_eq!(
-        me,
-        DeciderSession {
-            host: "fake-host".into(),
-            session: 0
-        }
-    );
-    approvals::check_decider(&me).unwrap();
+    // The daemon's real RPC layer attests that this process is in no session; the service
+    // knows the fake host's key once it presented it as a host ("fake-host": the service
+    // names Unix-socket hosts after this machine, so the fake's key is registered by hand).
+    let fake = FakeDaemon::new(false);
+    let daemon =
+        TestServer::start(Arc::clone(&fake) as Arc<dyn crate::rpc::server::DaemonApi>).await;
+    let me = approvals::attest(&daemon.socket, r1.id, true)
+        .await
+        .unwrap();
+    assert_eq!(me.host, "fake-host");
+    server.register_host_key("fake-host", &fake.attestation_key());
 
     let req = approvals::decide_request(
         r1.id,
@@ -107,7 +130,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
         Some("looks right"),
         Some(ScopeArg::Session),
         None,
-        &me,
+        Some(&me),
     )
     .unwrap();
     let mut out = Vec::new();
@@ -128,7 +151,10 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     );
 
     // Deciding again: a clear error from the service.
-    let again = approvals::decide_request(r1.id, false, None, None, None, None, &me).unwrap();
+    let me = approvals::attest(&daemon.socket, r1.id, false)
+        .await
+        .unwrap();
+    let again = approvals::decide_request(r1.id, false, None, None, None, None, Some(&me)).unwrap();
     let e = approvals::decide(&mut c, again, false, now_ms(), &mut Vec::new())
         .await
         .unwrap_err()
@@ -138,19 +164,33 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
         "{e}"
     );
 
-    // The service refuses a decider reporting the requesting session itself.
-    let selfish = DeciderSession {
-        host: String::new(),
-        session: 8,
-    };
-    let req = approvals::decide_request(r2.id, true, None, None, None, None, &selfish).unwrap();
+    // An attestation for another request, or for the other decision, or replayed: refused.
+    let other = approvals::attest(&daemon.socket, r1.id, false)
+        .await
+        .unwrap();
+    let req =
+        approvals::decide_request(r2.id, false, None, None, None, None, Some(&other)).unwrap();
     let e = approvals::decide(&mut c, req, false, now_ms(), &mut Vec::new())
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("refused by the approval service"), "{e}");
+    assert!(e.contains("not for denying request"), "{e}");
+    let yes = approvals::attest(&daemon.socket, r2.id, true)
+        .await
+        .unwrap();
+    let req = approvals::decide_request(r2.id, false, None, None, None, None, Some(&yes)).unwrap();
+    let e = approvals::decide(&mut c, req, false, now_ms(), &mut Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is for approving request"), "{e}");
 
-    let req = approvals::decide_request(r2.id, false, None, Some("no"), None, None, &me).unwrap();
+    let me = approvals::attest(&daemon.socket, r2.id, false)
+        .await
+        .unwrap();
+    let req =
+        approvals::decide_request(r2.id, false, None, Some("no"), None, None, Some(&me)).unwrap();
     let mut out = Vec::new();
     approvals::decide(&mut c, req, true, now_ms(), &mut out)
         .await
@@ -158,6 +198,31 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["state"], "denied");
     assert_eq!(v["decision"]["note"], "no");
+
+    // --all counts decided requests too.
+    let mut out = Vec::new();
+    let all = approvals::Page {
+        all: true,
+        limit: 1,
+    };
+    approvals::list(&mut c, all, false, now_ms(), &mut out)
+        .await
+        .unwrap();
+    assert!(text(&out).ends_with("1 older request not shown (--limit N shows up to 1000)\n"));
+    let mut out = Vec::new();
+    approvals::list(
+        &mut c,
+        approvals::Page {
+            all: true,
+            limit: 0,
+        },
+        false,
+        now_ms(),
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert!(!text(&out).contains("not shown"), "{}", text(&out));
 
     // Grants: list, revoke, list --all.
     let mut out = Vec::new();
@@ -206,12 +271,30 @@ async fn a_shell_inside_an_agent_session_is_refused_locally() {
     })
     .await
     .unwrap();
-    let me = approvals::decider_session(&daemon.socket).await.unwrap();
-    assert_ne!(me.session, 0);
-    let e = approvals::check_decider(&me).unwrap_err().to_string();
+    let e = approvals::attest(&daemon.socket, 1, true)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains(&format!("inside agent session {}", me.session)),
+        e.starts_with("refusing to decide:") && e.contains("inside agent session 41"),
         "{e}"
     );
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_local_daemon_the_cli_says_what_to_do() {
+    // Issue 21: "cannot ask the local confgate daemon" with no way forward.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-daemon.sock");
+    let e = approvals::attest(&socket, 1, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no confgate daemon answers on"), "{e}");
+    assert!(e.contains(&socket.display().to_string()), "{e}");
+    assert!(
+        e.contains("--no-daemon") && e.contains("workstation_approvers"),
+        "{e}"
+    );
 }

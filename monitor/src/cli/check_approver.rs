@@ -16,6 +16,7 @@ const APPROVER_KEYS: &[&str] = &[
     "default_lifetime_secs",
     "tls",
     "token",
+    "workstation_approvers",
 ];
 /// Top-level tables of the daemon's `config.toml`.
 const DAEMON_KEYS: &[&str] = &[

@@ -176,11 +176,20 @@ fn command_for_request(command: &[OsString]) -> Vec<String> {
     out
 }
 
-/// This process's environment with `CONFGATE_SESSION` set to `id` (replacing any inherited value).
-/// Built explicitly for `execvpe`, so the process environment is never mutated.
+/// Whether the variable `name` carries approver credentials or settings
+/// (`CONFGATE_APPROVER_TOKEN`, `CONFGATE_APPROVER`, any `CONFGATE_APPROVER*`): never
+/// handed to the agent.
+fn is_approver_variable(name: &[u8]) -> bool {
+    name.starts_with(b"CONFGATE_APPROVER")
+}
+
+/// This process's environment with `CONFGATE_SESSION` set to `id` (replacing any inherited
+/// value) and without approver credentials ([`is_approver_variable`]). Built explicitly for
+/// `execvpe`, so the process environment is never mutated.
 fn environment_with_session(id: u64) -> Vec<CString> {
     let mut env: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k.as_bytes() != SESSION_ENV.as_bytes())
+        .filter(|(k, _)| !is_approver_variable(k.as_bytes()))
         .filter_map(|(k, v)| {
             let mut kv = k.into_vec();
             kv.push(b'=');
@@ -368,6 +377,25 @@ mod tests {
             .collect();
         assert_eq!(ours.len(), 1);
         assert_eq!(ours[0].as_bytes(), b"CONFGATE_SESSION=5");
+    }
+
+    #[test]
+    fn approver_credentials_are_not_passed_on() {
+        for name in [
+            "CONFGATE_APPROVER_TOKEN",
+            "CONFGATE_APPROVER",
+            "CONFGATE_APPROVER_KEY",
+        ] {
+            assert!(is_approver_variable(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "CONFGATE_REASON",
+            "CONFGATE_SESSION",
+            "PATH",
+            "MY_CONFGATE_APPROVER",
+        ] {
+            assert!(!is_approver_variable(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::ledger::{self, SharedLedger};
 use crate::policy::{GateQuery, OpSet, Policy, ProtectedPaths, SessionRef as PolicySession};
 use crate::session::SessionRegistry;
 use crate::store::Store;
-use crate::uplink::{Uplink, UplinkHandle};
+use crate::uplink::{Uplink, UplinkHandle, UplinkOptions};
 
 /// Held opens waiting for the engine (each holds one descriptor until answered); a full
 /// queue applies the open's failure verdict at once (counted by the listener).
@@ -88,6 +88,7 @@ impl GateRuntime {
         oracle: Arc<dyn SessionOracle>,
     ) -> anyhow::Result<GateRuntime> {
         let host = oracle.host();
+        let oracle_key = oracle.attestation_key();
         let ledger_path = ledger::default_path(&cfg.daemon.state_dir);
         let ledger = SharedLedger::open(&ledger_path)
             .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
@@ -103,7 +104,12 @@ impl GateRuntime {
             ApprovalMode::Remote => None,
         };
         let client = cfg.approval.client_config();
-        let (uplink, updates) = Uplink::start(client.clone(), store.clone(), host.clone());
+        let options = UplinkOptions {
+            attestation_key: oracle_key,
+            ..UplinkOptions::default()
+        };
+        let (uplink, updates) =
+            Uplink::start_with(client.clone(), store.clone(), host.clone(), options);
         let (held_tx, held_rx) = mpsc::channel(HELD_QUEUE);
         let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
         let policy = Arc::new(policy);

@@ -47,6 +47,10 @@ struct Shared {
     admin_gid: Option<u32>,
     /// The gate, once started (after the kernel programs and sessions).
     gate: std::sync::OnceLock<Arc<GateRuntime>>,
+    /// Signs decider attestations (`Daemon.Attest`); `None` if its key could not be made.
+    attestor: Option<crate::approver::attest::Attestor>,
+    /// The host name attestations state (the host certificate's CN in remote mode).
+    attest_host: String,
 }
 
 fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -76,6 +80,10 @@ impl crate::approver::SessionOracle for Shared {
     fn session_of_pid(&self, pid: u32) -> u64 {
         lock(&self.kernel).session_of(pid)
     }
+
+    fn attestation_key(&self) -> Option<Vec<u8>> {
+        self.attestor.as_ref().map(|a| a.public_key().to_vec())
+    }
 }
 
 #[tonic::async_trait]
@@ -85,6 +93,70 @@ impl DaemonApi for Shared {
             crate::host::host_name(),
             lock(&self.kernel).session_of(caller.pid),
         )
+    }
+
+    fn attest(
+        &self,
+        caller: &Caller,
+        request_id: u64,
+        approve: bool,
+    ) -> Result<(Vec<u8>, Vec<u8>, String), ApiError> {
+        let host = self.attest_host.clone();
+        // The pid is the one the kernel gave at connect time: it must still name the
+        // process that connected, not one that got the pid after it exited.
+        if !crate::rpc::peer::started_by(caller.pid, caller.accepted_ticks) {
+            Metrics::inc(&self.metrics.attest_refused);
+            warn!(
+                pid = caller.pid,
+                request_id, "attestation refused: the process that connected is gone"
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "process {} that opened this connection is gone (its pid may name another \
+                 process now); connect again",
+                caller.pid
+            )));
+        }
+        // The kernel's session map, for the pid the kernel gave for the connection.
+        let session = lock(&self.kernel).session_of(caller.pid);
+        if session != 0 {
+            Metrics::inc(&self.metrics.attest_refused);
+            warn!(
+                pid = caller.pid,
+                uid = caller.uid,
+                session,
+                request_id,
+                "attestation refused: the caller is inside an agent session"
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "process {} is inside agent session {session}: decisions must come from outside \
+                 any agent session",
+                caller.pid
+            )));
+        }
+        let Some(a) = &self.attestor else {
+            return Err(ApiError::Unavailable(
+                "this daemon has no attestation key (see its log at start-up)".into(),
+            ));
+        };
+        let (statement, signature) = a
+            .attest(
+                &host,
+                request_id,
+                approve,
+                caller.pid,
+                caller.uid,
+                crate::clock::now_ms(),
+            )
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Metrics::inc(&self.metrics.attest_issued);
+        info!(
+            pid = caller.pid,
+            uid = caller.uid,
+            request_id,
+            approve,
+            "decider attestation issued"
+        );
+        Ok((statement, signature, host))
     }
 
     async fn register_session(
@@ -301,6 +373,20 @@ fn drain_ring(
     }
 }
 
+/// The decider attestation key in the state directory (made on first start). A failure is
+/// logged and counted; the daemon runs on without one (`Attest` then says so).
+fn attestor(state_dir: &Path, metrics: &Metrics) -> Option<crate::approver::attest::Attestor> {
+    let path = state_dir.join(crate::approver::attest::KEY_FILE);
+    match crate::approver::attest::Attestor::load_or_create(&path) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            Metrics::inc(&metrics.attest_key_errors);
+            tracing::error!(error = %e, "no decider attestation key: approvals through a remote service cannot be attested from this host");
+            None
+        }
+    }
+}
+
 fn admin_gid(name: Option<&str>) -> anyhow::Result<Option<u32>> {
     let Some(name) = name else { return Ok(None) };
     let g = nix::unistd::Group::from_name(name)
@@ -405,6 +491,14 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
         tx,
         admin_gid: admin_gid(cfg.daemon.admin_group.as_deref())?,
         gate: std::sync::OnceLock::new(),
+        attestor: attestor(&cfg.daemon.state_dir, &metrics),
+        attest_host: match cfg.approval.mode {
+            crate::config::ApprovalMode::Remote => crate::approver::attest::host_name_for(
+                cfg.approval.client_config().cert.as_deref(),
+                crate::host::host_name(),
+            ),
+            crate::config::ApprovalMode::Local => crate::host::host_name(),
+        },
     });
     restore_sessions(&shared, &mut pipeline);
     if let Some(policy) = policy {

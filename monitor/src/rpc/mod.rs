@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use crate::session::{SessionInfo, SessionSource};
 
 pub mod client;
+pub mod peer;
 pub mod server;
 #[cfg(test)]
 pub(crate) mod testing;

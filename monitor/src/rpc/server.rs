@@ -7,6 +7,8 @@
 //! |-------------------|-------------------------------------------------------------|
 //! | `RegisterSession` | anyone (it puts the caller itself into a session)           |
 //! | `ListSessions`, `GetStats`, `SubscribeEvents` | [`DaemonApi::is_admin`] callers |
+//! | `CallerSession`   | anyone (it describes the caller)                            |
+//! | `Attest`          | anyone outside every agent session (kernel session map)     |
 //!
 //! The socket's file mode is a second fence, not the authorization.
 use std::future::Future;
@@ -21,7 +23,6 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, UnixListenerStream};
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::{RpcError, pb};
@@ -35,6 +36,8 @@ pub struct Caller {
     pub uid: u32,
     /// Effective gid of the caller at connect time.
     pub gid: u32,
+    /// When the connection was accepted, in clock ticks since boot (see [`super::peer`]).
+    pub accepted_ticks: Option<u64>,
 }
 
 /// Errors the daemon returns from [`DaemonApi`] calls; each maps to one gRPC code.
@@ -112,6 +115,19 @@ pub trait DaemonApi: Send + Sync + 'static {
     fn is_admin(&self, caller: &Caller) -> bool;
     /// This host's name and the agent session `caller.pid` belongs to (0 = none).
     fn caller_session(&self, caller: &Caller) -> (String, u64);
+    /// A signed statement that `caller` (in no agent session, else
+    /// [`ApiError::PermissionDenied`]) decides `request_id` as `approve`:
+    /// (statement, signature, host). See [`crate::approver::attest`].
+    fn attest(
+        &self,
+        _caller: &Caller,
+        _request_id: u64,
+        _approve: bool,
+    ) -> Result<(Vec<u8>, Vec<u8>, String), ApiError> {
+        Err(ApiError::Unavailable(
+            "this daemon makes no attestations".into(),
+        ))
+    }
 }
 
 /// Events that `SubscribeEvents` streams skipped because their subscriber fell behind, since
@@ -147,14 +163,28 @@ pub async fn serve(
     let bound = std::fs::symlink_metadata(socket).map_err(|e| io("stat", e))?;
     tracing::info!(socket = %socket.display(), mode = format_args!("{mode:o}"), "API listening");
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
+    // Both reflection versions, listing only what this socket serves.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
+            .with_service_name("confgate.v1.Daemon")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    let v1 = reflection()
         .build_v1()
+        .map_err(|e| RpcError::Reflection(e.to_string()))?;
+    let v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| RpcError::Reflection(e.to_string()))?;
     let result = tonic::transport::Server::builder()
         .add_service(pb::daemon_server::DaemonServer::new(DaemonService { api }))
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|c| c.map(super::peer::Accepted::new)),
+            shutdown,
+        )
         .await;
 
     // Remove the socket only if it is still the one we bound.
@@ -206,10 +236,9 @@ pub(crate) async fn prepare_socket_path(socket: &Path) -> Result<(), RpcError> {
 
 /// The caller of a request, from the connection's peer credentials.
 fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    let cred = req
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
+    let info = req.extensions().get::<super::peer::PeerInfo>();
+    let cred = info
+        .and_then(|info| info.uds.peer_cred)
         .ok_or_else(|| Status::unauthenticated("no peer credentials on this connection"))?;
     // pid 0: the caller is in a pid namespace where the daemon cannot name it.
     let pid = cred
@@ -221,6 +250,7 @@ fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
         pid,
         uid: cred.uid(),
         gid: cred.gid(),
+        accepted_ticks: info.and_then(|i| i.accepted_ticks),
     })
 }
 
@@ -303,6 +333,20 @@ impl pb::daemon_server::Daemon for DaemonService {
         Ok(Response::new(pb::CallerSessionResponse {
             host,
             session_id,
+        }))
+    }
+
+    async fn attest(
+        &self,
+        request: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let (statement, signature, host) = self.api.attest(&caller, r.request_id, r.approve)?;
+        Ok(Response::new(pb::AttestResponse {
+            statement,
+            signature,
+            host,
         }))
     }
 

@@ -27,6 +27,9 @@ pub(crate) struct FakeDaemon {
     registered: Mutex<Vec<Registration>>,
     sessions: Mutex<Vec<SessionInfo>>,
     events: broadcast::Sender<Arc<str>>,
+    /// A real attestation key in a temporary directory.
+    attestor: crate::approver::attest::Attestor,
+    _key_dir: tempfile::TempDir,
 }
 
 impl FakeDaemon {
@@ -35,12 +38,24 @@ impl FakeDaemon {
     }
 
     pub fn with_event_capacity(admin: bool, capacity: usize) -> Arc<Self> {
+        let key_dir = tempfile::tempdir().unwrap();
+        let attestor = crate::approver::attest::Attestor::load_or_create(
+            &key_dir.path().join(crate::approver::attest::KEY_FILE),
+        )
+        .unwrap();
         Arc::new(FakeDaemon {
             admin: AtomicBool::new(admin),
             registered: Mutex::default(),
             sessions: Mutex::default(),
             events: broadcast::channel(capacity).0,
+            attestor,
+            _key_dir: key_dir,
         })
+    }
+
+    /// The public half of the fake's attestation key.
+    pub fn attestation_key(&self) -> Vec<u8> {
+        self.attestor.public_key().to_vec()
     }
 
     pub fn set_admin(&self, admin: bool) {
@@ -66,6 +81,33 @@ impl DaemonApi for FakeDaemon {
             .find(|s| s.root_pid == caller.pid && s.ended.is_none())
             .map_or(0, |s| s.id);
         ("fake-host".into(), id)
+    }
+
+    fn attest(
+        &self,
+        caller: &Caller,
+        request_id: u64,
+        approve: bool,
+    ) -> Result<(Vec<u8>, Vec<u8>, String), ApiError> {
+        let (host, session) = self.caller_session(caller);
+        if session != 0 {
+            return Err(ApiError::PermissionDenied(format!(
+                "process {} is inside agent session {session}",
+                caller.pid
+            )));
+        }
+        let (st, sig) = self
+            .attestor
+            .attest(
+                &host,
+                request_id,
+                approve,
+                caller.pid,
+                caller.uid,
+                crate::clock::now_ms(),
+            )
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok((st, sig, host))
     }
 
     async fn register_session(

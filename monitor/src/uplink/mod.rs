@@ -8,10 +8,13 @@
 //! applies each rule's failure verdict itself at its deadlines.
 //!
 //! The background task keeps one connection: exponential backoff with jitter between
-//! attempts (100 ms .. 10 s); on every (re)connection it re-sends everything still spooled,
-//! oldest first (the service is idempotent on `host_request_id` and `host_seq`), removes
-//! each entry once the service acknowledged it, then subscribes to `Approver.Updates` from
-//! the last update it delivered (`after_seq`, kept in the store).
+//! attempts (100 ms .. 10 s, but at most 500 ms while a submitted request still awaits its
+//! decision, so that an approval given meanwhile is not held up); on every (re)connection it first subscribes to
+//! `Approver.Updates` from the last update it delivered (`after_seq`, kept in the store;
+//! the subscription also presents the daemon's decider attestation key), so that decisions
+//! made meanwhile arrive at once, then re-sends everything still spooled, oldest first (the
+//! service is idempotent on `host_request_id` and `host_seq`), removing each entry once the
+//! service acknowledged it.
 //!
 //! Delivery of updates is **at least once**: the cursor is stored after the update is in
 //! the receiver's channel, so an update can be delivered again after a reconnection or a
@@ -105,6 +108,12 @@ pub struct UplinkOptions {
     pub rpc_timeout: Duration,
     /// Capacity of the update channel (see the module doc on at-least-once delivery).
     pub updates_capacity: usize,
+    /// The daemon's decider attestation public key, presented to the service with every
+    /// `Updates` subscription (over the host's own identity).
+    pub attestation_key: Option<Vec<u8>>,
+    /// Longest wait between reconnection attempts while a submitted request still awaits
+    /// its decision (an approval given meanwhile arrives at the next attempt).
+    pub awaiting_max_backoff: Duration,
 }
 
 impl Default for UplinkOptions {
@@ -114,6 +123,8 @@ impl Default for UplinkOptions {
             max_backoff: Duration::from_secs(10),
             rpc_timeout: Duration::from_secs(10),
             updates_capacity: 1,
+            attestation_key: None,
+            awaiting_max_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -197,6 +208,7 @@ impl Uplink {
             updates: updates_tx,
             shared: Arc::clone(&shared),
             ever_connected: false,
+            awaiting: std::collections::HashMap::new(),
         };
         let join = tokio::spawn(task.run());
         let handle = UplinkHandle {
@@ -415,9 +427,23 @@ struct Task {
     updates: mpsc::Sender<UplinkUpdate>,
     shared: Arc<Shared>,
     ever_connected: bool,
+    /// Submitted requests without a decision yet: host request id to deadline (Unix ms).
+    awaiting: std::collections::HashMap<u64, i64>,
 }
 
+/// Most requests tracked in [`Task::awaiting`] (beyond, reconnection just backs off as usual).
+const MAX_AWAITING: usize = 100_000;
+/// Deadline assumed for a request that names none.
+const AWAITING_DEFAULT_MS: i64 = 600_000;
+
 impl Task {
+    /// Whether some submitted request may still get a decision (prunes expired ones).
+    fn awaiting_decision(&mut self) -> bool {
+        let now = crate::clock::now_ms();
+        self.awaiting.retain(|_, deadline| *deadline > now);
+        !self.awaiting.is_empty()
+    }
+
     async fn run(mut self) {
         let spool = self.spool.clone();
         match tokio::task::spawn_blocking(move || spool.load()).await {
@@ -468,7 +494,11 @@ impl Task {
             match end {
                 End::Stop => return,
                 End::Broken(reason) => {
-                    let delay = backoff.next_delay();
+                    let mut delay = backoff.next_delay();
+                    if self.awaiting_decision() {
+                        // Someone may be deciding right now: do not make them wait 10 s.
+                        delay = delay.min(self.options.awaiting_max_backoff);
+                    }
                     tracing::debug!(%reason, ?delay, "uplink: reconnecting after a delay");
                     if !self.idle(delay).await {
                         return;
@@ -502,15 +532,6 @@ impl Task {
             bump(&self.shared.counters.reconnects);
         }
         self.ever_connected = true;
-        while let Ok((id, entry)) = self.incoming.try_recv() {
-            self.accept(id, entry, false);
-        }
-        let ids: Vec<u64> = self.pending.keys().copied().collect();
-        for id in ids {
-            if let Err(end) = self.send(&mut client, id).await {
-                return end;
-            }
-        }
         let spool = self.spool.clone();
         let mut cursor = match tokio::task::spawn_blocking(move || spool.cursor()).await {
             Ok(Ok(c)) => c,
@@ -521,7 +542,11 @@ impl Task {
             }
             Err(e) => return End::Broken(format!("cursor read did not complete: {e}")),
         };
-        let mut stream = match client.updates(UpdatesRequest { after_seq: cursor }).await {
+        let subscribe = UpdatesRequest {
+            after_seq: cursor,
+            attestation_key: self.options.attestation_key.clone().unwrap_or_default(),
+        };
+        let mut stream = match client.updates(subscribe).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == tonic::Code::OutOfRange => {
                 // The service's update log is shorter than what this host applied: its
@@ -545,6 +570,17 @@ impl Task {
                 return End::Broken(format!("Updates: {status}"));
             }
         };
+        // Subscribed first: decisions made while this host was away (and its attestation
+        // key) reach the service side at once, not after the spool is resent.
+        while let Ok((id, entry)) = self.incoming.try_recv() {
+            self.accept(id, entry, false);
+        }
+        let ids: Vec<u64> = self.pending.keys().copied().collect();
+        for id in ids {
+            if let Err(end) = self.send(&mut client, id).await {
+                return end;
+            }
+        }
         self.shared.connected.store(true, Ordering::Relaxed);
         backoff.reset();
         tracing::info!(
@@ -732,6 +768,18 @@ impl Task {
 
     /// Takes a spooled entry into the pending set (an entry already there keeps its state).
     fn accept(&mut self, id: u64, entry: SpoolEntry, tried: bool) {
+        if let SpoolEntry::Submit {
+            host_request_id, ..
+        } = &entry
+            && self.awaiting.len() < MAX_AWAITING
+        {
+            let deadline = entry
+                .submit_request()
+                .map(|r| r.deadline_unix_ms)
+                .filter(|d| *d > 0)
+                .unwrap_or_else(|| crate::clock::now_ms().saturating_add(AWAITING_DEFAULT_MS));
+            self.awaiting.insert(*host_request_id, deadline);
+        }
         self.pending.entry(id).or_insert((entry, tried));
         self.sync_gauge();
     }
@@ -774,11 +822,14 @@ impl Task {
             return Ok(());
         }
         let update = match u.update {
-            Some(host_update::Update::Decision(decision)) => Some(UplinkUpdate::Decision {
-                seq: u.seq,
-                host_request_id: u.host_request_id,
-                decision,
-            }),
+            Some(host_update::Update::Decision(decision)) => {
+                self.awaiting.remove(&u.host_request_id);
+                Some(UplinkUpdate::Decision {
+                    seq: u.seq,
+                    host_request_id: u.host_request_id,
+                    decision,
+                })
+            }
             Some(host_update::Update::Revoked(grant)) => {
                 Some(UplinkUpdate::Revoked { seq: u.seq, grant })
             }

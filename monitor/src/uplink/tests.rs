@@ -272,6 +272,7 @@ fn options() -> UplinkOptions {
         max_backoff: Duration::from_millis(200),
         rpc_timeout: Duration::from_secs(5),
         updates_capacity: 1,
+        ..UplinkOptions::default()
     }
 }
 
@@ -625,4 +626,40 @@ async fn report_kind_is_checked() {
     }
     assert_eq!(counter(&h, "uplink_spooled"), 0);
     h.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconnects_quickly_while_a_request_awaits_its_decision() {
+    // Issue 21: an approval given while the host was reconnecting waited for the next
+    // retry, up to the 10 s backoff. With a request awaiting its decision, attempts come
+    // at most `awaiting_max_backoff` apart.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("approver.sock");
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    let opts = UplinkOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_secs(30),
+        awaiting_max_backoff: Duration::from_millis(200),
+        ..options()
+    };
+    let (h, _rx) = Uplink::start_with(client(&socket), store, "web-1".into(), opts);
+    let mut r = request(1);
+    r.deadline_unix_ms = crate::clock::now_ms() + 120_000;
+    h.submit(r).await.unwrap();
+    // Enough failures that the plain backoff would now wait 2.5 s or more.
+    eventually("connect failures", || {
+        counter(&h, "uplink_connect_failures") >= 9
+    })
+    .await;
+    let fake = Fake::new();
+    let server = Server::start(&fake, &socket);
+    let started = std::time::Instant::now();
+    eventually("connected", || h.connected()).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "reconnected after {:?}",
+        started.elapsed()
+    );
+    h.shutdown().await;
+    server.kill().await;
 }
