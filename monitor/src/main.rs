@@ -150,6 +150,20 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load_or_default(&path, explicit)?)
 }
 
+/// The ledger `audit` reads: the approval service's when `--config` names an
+/// `approver.toml`, else the daemon's (`<daemon.state_dir>/ledger.jsonl`).
+fn default_ledger(cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &cli.config
+        && std::fs::read_to_string(p)
+            .is_ok_and(|t| monitor::cli::check_approver::looks_like_approver(&t))
+    {
+        return Ok(monitor::approver::config::ServiceConfig::load(p)?.ledger);
+    }
+    Ok(monitor::ledger::default_path(
+        &load_config(cli)?.daemon.state_dir,
+    ))
+}
+
 fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
     match &cli.socket {
         Some(s) => Ok(s.clone()),
@@ -252,11 +266,9 @@ fn main() -> ExitCode {
         Command::Grants { conn, command } => {
             monitor::cli::grants::run(command, conn, &load_config(&cli)?)
         }
-        Command::Audit { command } => Ok(monitor::cli::audit::run(command, || {
-            Ok(monitor::ledger::default_path(
-                &load_config(&cli)?.daemon.state_dir,
-            ))
-        })),
+        Command::Audit { command } => {
+            Ok(monitor::cli::audit::run(command, || default_ledger(&cli)))
+        }
         Command::Store {
             command: StoreCommand::Check { files },
         } => {

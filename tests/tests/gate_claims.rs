@@ -202,3 +202,41 @@ fn the_events_file_is_0640_in_a_0750_directory() {
     assert_eq!(file.permissions().mode() & 0o7777, 0o640);
     assert_eq!(dir.permissions().mode() & 0o7777, 0o750);
 }
+
+#[test]
+fn audit_follows_an_approver_config_given_with_config() {
+    // No root needed: only files are read.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("approver.toml");
+    let ledger = dir.path().join("svc-ledger.jsonl");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = [\"unix:{}\"]\nstore = {:?}\nledger = {:?}\n",
+            dir.path().join("a.sock").display(),
+            dir.path().join("a.redb").display().to_string(),
+            ledger.display().to_string()
+        ),
+    )
+    .expect("approver.toml");
+    let run = |args: &[&str]| {
+        std::process::Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .expect("confgate")
+    };
+    // Before the service wrote anything: the error names the service's ledger.
+    let o = run(&["audit", "log"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("svc-ledger.jsonl"), "{o:?}");
+    assert!(!err.contains("unknown field"), "{o:?}");
+    // And check-config recognises the file.
+    let o = run(&["check-config"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("approval service"),
+        "{o:?}"
+    );
+}

@@ -34,13 +34,15 @@ pub enum AuditCommand {
         /// Print each record as its JSON line.
         #[arg(long)]
         json: bool,
-        /// Ledger file (default: <daemon.state_dir>/ledger.jsonl).
+        /// Ledger file (default: the `ledger` of an approver.toml given with --config, else
+        /// <daemon.state_dir>/ledger.jsonl).
         #[arg(long)]
         ledger: Option<PathBuf>,
     },
     /// Check the hash chain: exit 0 when intact, 1 when problems are found, 2 on errors.
     Verify {
-        /// Ledger file (default: <daemon.state_dir>/ledger.jsonl).
+        /// Ledger file (default: the `ledger` of an approver.toml given with --config, else
+        /// <daemon.state_dir>/ledger.jsonl).
         #[arg(long)]
         ledger: Option<PathBuf>,
         /// A head recorded earlier, SEQ:HASH: check that record is still there unchanged
@@ -53,7 +55,8 @@ pub enum AuditCommand {
     /// daemon does at start. Exit 0 when nothing needed repair, 1 when repaired, 2 on
     /// errors (e.g. the daemon holds the ledger: stop it first).
     Repair {
-        /// Ledger file (default: <daemon.state_dir>/ledger.jsonl).
+        /// Ledger file (default: the `ledger` of an approver.toml given with --config, else
+        /// <daemon.state_dir>/ledger.jsonl).
         #[arg(long)]
         ledger: Option<PathBuf>,
         /// Keep the damaged lines in the file and continue after the last line that parses
