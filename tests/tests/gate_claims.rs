@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use e2e::gate::{Gate, id_of, rule, wait_child};
 use e2e::*;
 
+const HOLD_DENY: &str = "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"";
 const HOLD_REVERT: &str =
     "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"\non_expiry = \"revert\"";
 
@@ -98,13 +99,7 @@ fn agent_scope_and_glob_widen_a_grant_as_documented() {
     if !require_root("agent_scope_and_glob_widen_a_grant_as_documented") {
         return;
     }
-    let g = Gate::start(|w| {
-        rule(
-            w,
-            "r",
-            "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"",
-        )
-    });
+    let g = Gate::start(|w| rule(w, "r", HOLD_DENY));
     let a = g.gated("a.conf");
     // Existing files: a grant covers the operations asked about (write), not creation.
     for n in ["a.conf", "b.conf", "c.conf", "d.txt"] {
@@ -164,13 +159,7 @@ fn a_ttl_over_the_services_maximum_is_refused() {
     if !require_root("a_ttl_over_the_services_maximum_is_refused") {
         return;
     }
-    let g = Gate::start(|w| {
-        rule(
-            w,
-            "r",
-            "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"",
-        )
-    });
+    let g = Gate::start(|w| rule(w, "r", HOLD_DENY));
     let a = g.gated("a.conf");
     std::fs::write(&a, "x=0\n").expect("seed");
     let child = g.spawn_in_session("claude", "echo x=1 >> gated/a.conf");

@@ -803,19 +803,22 @@ impl Engine {
             error!(request = r.host_request_id, path = %encode(&r.record.path), session = r.record.session, changed = ?r.finding.changed(), "a held write was released by a daemon crash without a decision");
             self.audit("released_by_crash", body).await;
             if let super::crash::Finding::Changed { change, .. } = r.finding {
-                let taken = {
-                    let mut all = lock(&self.changes);
-                    let list = all.entry(0).or_default();
-                    let before = list.len();
-                    list.retain(|c| c.id != change.id);
-                    list.len() != before
-                };
-                if taken {
+                if self.take_unapproved(change.id) {
                     let action = self.on_expiry_of(&r.record.rule);
                     self.settle(change, action, "released_by_crash").await;
                 }
             }
         }
+    }
+
+    /// Takes the unapproved change `id` (grant 0) out of the kept ones; false if another
+    /// task settled it already.
+    fn take_unapproved(&self, id: u64) -> bool {
+        let mut all = lock(&self.changes);
+        let list = all.entry(0).or_default();
+        let before = list.len();
+        list.retain(|c| c.id != id);
+        list.len() != before
     }
 
     /// A hold answered here (its timeout) while its request stays open at the service:
@@ -1292,14 +1295,7 @@ impl Engine {
             .collect();
         for c in tracked {
             if c.grant_id == 0 {
-                let taken = {
-                    let mut all = lock(&self.changes);
-                    let list = all.entry(0).or_default();
-                    let before = list.len();
-                    list.retain(|x| x.id != c.id);
-                    list.len() != before
-                };
-                if taken {
+                if self.take_unapproved(c.id) {
                     self.settle(c, OnExpiry::Flag, "allowed_by_failure_verdict")
                         .await;
                 }
