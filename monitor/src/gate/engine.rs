@@ -802,11 +802,11 @@ impl Engine {
             let body = serde_json::to_value(r.record()).unwrap_or(Value::Null);
             error!(request = r.host_request_id, path = %encode(&r.record.path), session = r.record.session, changed = ?r.finding.changed(), "a held write was released by a daemon crash without a decision");
             self.audit("released_by_crash", body).await;
-            if let super::crash::Finding::Changed { change, .. } = r.finding {
-                if self.take_unapproved(change.id) {
-                    let action = self.on_expiry_of(&r.record.rule);
-                    self.settle(change, action, "released_by_crash").await;
-                }
+            if let super::crash::Finding::Changed { change, .. } = r.finding
+                && self.take_unapproved(change.id)
+            {
+                let action = self.on_expiry_of(&r.record.rule);
+                self.settle(change, action, "released_by_crash").await;
             }
         }
     }
