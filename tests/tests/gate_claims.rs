@@ -229,3 +229,38 @@ fn audit_follows_an_approver_config_given_with_config() {
         "{o:?}"
     );
 }
+
+#[test]
+fn grants_of_an_ended_session_are_listed_as_ended() {
+    if !require_root("grants_of_an_ended_session_are_listed_as_ended") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "r", HOLD_DENY));
+    let a = g.gated("a.conf");
+    std::fs::write(&a, "x=0\n").expect("seed");
+    let child = g.spawn_in_session("claude", "echo x=1 >> gated/a.conf");
+    let r = g.wait_request(&a);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    // The session's only process exits: the session ends.
+    assert!(wait_child(child, Duration::from_secs(30)).status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = g.cli(&["grants", "list", "--json"]);
+        ok(&o);
+        let list = e2e::gate::parse_json_list(&o.stdout);
+        assert_eq!(list.len(), 1, "{list:?}");
+        if list[0]["state"] == "session_ended" {
+            assert!(list[0]["session_ended_unix_ms"].as_i64().unwrap_or(0) > 0);
+            break;
+        }
+        assert_eq!(list[0]["state"], "live", "{list:?}");
+        assert!(Instant::now() < deadline, "still {list:?}\n{}", g.d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let table = g.cli(&["grants", "list"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("session ended"),
+        "{table:?}"
+    );
+    g.wait_ledgered("session_ended", |b| b["session"].as_u64().is_some());
+}

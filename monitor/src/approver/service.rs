@@ -541,6 +541,17 @@ impl pb::approver_server::Approver for ApproverService {
         if r.kind == "released_by_crash" {
             s.release(&host, &record).await;
         }
+        if r.kind == "session_ended"
+            && let Some(session) = record.get("session").and_then(|v| v.as_u64())
+        {
+            let (h, now) = (host.clone(), now_ms());
+            // Logged and counted by `db` when it fails; the host's ledger has the record.
+            let _ = s
+                .db("session_ended", move |st| {
+                    st.note_session_ended(&h, session, now)
+                })
+                .await;
+        }
         Ok(Response::new(pb::ReportResponse {}))
     }
 
@@ -896,6 +907,7 @@ fn grant_for(
         note: r.note.clone(),
         revoked_unix_ms: None,
         revoked_by: None,
+        session_ended_unix_ms: None,
     })
 }
 

@@ -144,6 +144,9 @@ pub struct GrantRec {
     pub note: String,
     pub revoked_unix_ms: Option<i64>,
     pub revoked_by: Option<String>,
+    /// Session scope: when the host reported the session ended.
+    #[serde(default)]
+    pub session_ended_unix_ms: Option<i64>,
 }
 
 impl GrantRec {
@@ -372,6 +375,31 @@ impl ApprovalStore {
             .map(|(_, g)| g)
             .filter(|g| all || g.is_live(now_ms))
             .collect())
+    }
+
+    /// Notes that `host`'s session `session` ended: its session-scoped grants say so from
+    /// now on. Returns how many were marked.
+    pub fn note_session_ended(
+        &self,
+        host: &str,
+        session: u64,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        self.store.write(|tx| {
+            let mut marked = 0;
+            for (id, mut g) in self.store.scan(GRANTS)? {
+                if g.host == host
+                    && g.scope == Scope::Session
+                    && g.session_id == session
+                    && g.session_ended_unix_ms.is_none()
+                {
+                    g.session_ended_unix_ms = Some(now_ms);
+                    tx.put(GRANTS, id, &g)?;
+                    marked += 1;
+                }
+            }
+            Ok(marked)
+        })
     }
 
     /// Resolves pending request `id` as `how` at `now_ms`, durably, with its host update.
@@ -619,6 +647,7 @@ mod tests {
             note: "ok".into(),
             revoked_unix_ms: None,
             revoked_by: None,
+            session_ended_unix_ms: None,
         }
     }
 
@@ -654,6 +683,28 @@ mod tests {
             [next.id, 2, 1]
         );
         assert_eq!(s.list_requests(true, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_session_end_marks_only_that_hosts_session_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let mut ids = Vec::new();
+        for (host, hid) in [("h1", 1), ("h2", 2)] {
+            let (r, _, _) = s.submit(new_request(host, hid, 100)).unwrap();
+            let how = Resolution::Approve {
+                grant: Box::new(grant_template()),
+                note: String::new(),
+            };
+            ids.push(s.resolve(r.id, how, 50).unwrap().unwrap().grant.unwrap());
+        }
+        let session = ids[0].session_id;
+        assert_eq!(s.note_session_ended("h1", session, 70).unwrap(), 1);
+        assert_eq!(s.note_session_ended("h1", session, 80).unwrap(), 0);
+        let all = s.list_grants(true, 60).unwrap();
+        let by_host = |h: &str| all.iter().find(|g| g.host == h).unwrap().clone();
+        assert_eq!(by_host("h1").session_ended_unix_ms, Some(70));
+        assert_eq!(by_host("h2").session_ended_unix_ms, None);
     }
 
     #[test]

@@ -252,6 +252,7 @@ pub fn grant(g: &GrantRec) -> pb::Grant {
         note: g.note.clone(),
         revoked_unix_ms: g.revoked_unix_ms.unwrap_or(0),
         revoked_by: g.revoked_by.clone().unwrap_or_default(),
+        session_ended_unix_ms: g.session_ended_unix_ms.unwrap_or(0),
     }
 }
 

@@ -150,6 +150,8 @@ pub fn grant_state(g: &pb::Grant, now_ms: i64) -> &'static str {
         "revoked"
     } else if g.expires_unix_ms <= now_ms {
         "expired"
+    } else if g.session_ended_unix_ms != 0 {
+        "session_ended"
     } else {
         "live"
     }
@@ -202,6 +204,11 @@ pub fn render_list(grants: &[pb::Grant], all: bool, now_ms: i64) -> String {
             let ends = match grant_state(g, now_ms) {
                 "revoked" => format!("revoked {}", relative(g.revoked_unix_ms, now_ms)),
                 "expired" => format!("expired {}", relative(g.expires_unix_ms, now_ms)),
+                "session_ended" => format!(
+                    "{} (session ended {})",
+                    relative(g.expires_unix_ms, now_ms),
+                    relative(g.session_ended_unix_ms, now_ms)
+                ),
                 _ => relative(g.expires_unix_ms, now_ms),
             };
             vec![
@@ -246,6 +253,9 @@ pub fn grant_json(g: &pb::Grant) -> Value {
         "revoked_unix_ms": g.revoked_unix_ms,
         "revoked": utc_time(g.revoked_unix_ms),
         "revoked_by": g.revoked_by,
+        "state": grant_state(g, now_ms()),
+        "session_ended_unix_ms": g.session_ended_unix_ms,
+        "session_ended": utc_time(g.session_ended_unix_ms),
     })
 }
 
@@ -270,6 +280,7 @@ pub(crate) mod tests {
             note: String::new(),
             revoked_unix_ms: 0,
             revoked_by: String::new(),
+            session_ended_unix_ms: 0,
         }
     }
 

@@ -260,6 +260,12 @@ impl GateRuntime {
         });
     }
 
+    /// An agent session ended (its last member exited).
+    pub fn on_session_ended(&self, id: u64) {
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move { engine.session_ended(id).await });
+    }
+
     fn notify(&self, n: Notice) {
         if self.notices.try_send(n).is_err() {
             GateMetrics::inc(&self.metrics.notices_dropped);

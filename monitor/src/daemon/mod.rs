@@ -345,6 +345,9 @@ fn handle_actions(shared: &Shared, pipeline: &mut Pipeline, actions: Vec<Action>
                 if let Err(e) = shared.registry.end(id) {
                     warn!(session = id, error = %e, "could not record session end");
                 }
+                if let Some(g) = shared.gate.get() {
+                    g.on_session_ended(id);
+                }
             }
         }
     }

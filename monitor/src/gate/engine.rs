@@ -277,6 +277,24 @@ impl Engine {
         self.state.is_tracked_path(path)
     }
 
+    /// Session `id` ended: its session-scoped grants can no longer cover anything. They
+    /// stay until they expire or are revoked (which settles their changes); the approval
+    /// service is told, so that `grants list` shows them as ended.
+    pub async fn session_ended(&self, id: u64) {
+        let grants: Vec<u64> = self
+            .state
+            .grants()
+            .iter()
+            .filter(|g| g.scope == crate::policy::GrantScope::Session { session_id: id })
+            .map(|g| g.id)
+            .collect();
+        if grants.is_empty() {
+            return;
+        }
+        self.audit("session_ended", json!({"session": id, "grants": grants}))
+            .await;
+    }
+
     /// The policy the gate runs.
     pub fn policy(&self) -> &Policy {
         &self.state.policy

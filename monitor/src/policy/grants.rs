@@ -351,6 +351,7 @@ mod tests {
             note: "reload".into(),
             revoked_unix_ms: 0,
             revoked_by: String::new(),
+            session_ended_unix_ms: 0,
         }
     }
 
