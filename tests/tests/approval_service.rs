@@ -348,11 +348,11 @@ fn a_host_without_a_valid_client_certificate_is_refused() {
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "b\n");
 }
 
-#[test]
-fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
-    if !require_root("reason_from_the_environment_reaches_the_approver_and_renames_are_reverted") {
-        return;
-    }
+/// The reason and rename scenario: session A's deny-and-request write (reason from the
+/// environment), approved, then written under A's grant (pre-image kept); session B renames
+/// a file from outside onto it. Returns the daemon (and service) and the first
+/// `unapproved_rename` ledger record about the file.
+fn rename_over_an_approved_change() -> (Service, Daemon, PathBuf, Value) {
     let svc = Service::start("unix:{dir}/approver.sock", "");
     let ep = svc.sock();
     let d = daemon(format!("endpoint = {ep:?}"), |w| {
@@ -362,36 +362,123 @@ fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
     });
     let f = d.watched.join("gated/app.env");
     std::fs::write(&f, "DEBUG=false\n").unwrap();
+    // Session A tries (refused at once, the request filed), waits for the approval (a flag
+    // from the test), and writes again under its grant: the gate keeps the pre-image.
+    let flag = d.dir.path().join("approved");
     let c = spawn_session(
         &d,
-        "echo DEBUG=true > gated/app.env",
+        &format!(
+            "echo DEBUG=true > gated/app.env && exit 3; \
+             while [ ! -e {flag} ]; do sleep 0.05; done; \
+             echo DEBUG=true > gated/app.env && echo retried",
+            flag = flag.display()
+        ),
         &[("CONFGATE_REASON", "turn on debug to chase a 500")],
     );
-    let o = finish(c);
-    assert!(eperm(&o), "deny-and-request fails at once: {o:?}");
     let r = wait_pending(&d, &ep, &f);
     assert_eq!(r["context"]["reason"], "turn on debug to chase a 500");
     assert_eq!(r["context"]["mode"], "deny-and-request");
+    ok(&approvals(&d, &ep, &["approve", &id_of(&r), "--ttl", "1h"]));
+    d.wait_stat("gate_grants_live", |n| n == 1);
+    std::fs::write(&flag, "").unwrap();
+    let o = finish(c);
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "deny-and-request refused the first try: {o:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "retried\n");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
 
-    // A file written outside the tree and renamed in: the gate could not hold it, so it is
-    // detected, attributed and (rule: revert) quarantined.
+    // Session B writes a file outside the tree and renames it in: the gate could not hold
+    // it and B has no grant, so it is detected, attributed and (rule: revert) quarantined,
+    // and the last kept pre-image restored.
     let outside = d.dir.path().join("staging.env");
     let script = format!(
-        "printf 'DEBUG=true\\n' > {o} && mv {o} gated/app.env",
+        "printf 'DEBUG=evil\\n' > {o} && mv {o} gated/app.env",
         o = outside.display()
     );
-    let _ = finish(spawn_session(&d, &script, &[]));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_to_string(&f).is_ok_and(|s| s == "DEBUG=true\n") {
-        assert!(
-            Instant::now() < deadline,
-            "rename not reverted\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    ok(&finish(spawn_session(&d, &script, &[])));
+    let ledger = d.dir.path().join("state/ledger.jsonl");
+    let want = f.display().to_string();
+    let rec = poll(
+        "the unapproved rename in the ledger",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(&ledger)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| r["kind"] == "unapproved_rename" && r["body"]["path"] == want.as_str())
+        },
+    );
+    (svc, d, f, rec)
+}
+
+#[test]
+fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
+    if !require_root("reason_from_the_environment_reaches_the_approver_and_renames_are_reverted") {
+        return;
     }
+    let (_svc, d, f, rec) = rename_over_an_approved_change();
+    let body = &rec["body"];
+    assert_eq!(
+        (body["action"].as_str(), body["agent"].as_str()),
+        (Some("revert"), Some("claude")),
+        "{rec}"
+    );
+    assert!(
+        !body["restored"].is_null(),
+        "the pre-image was restored: {rec}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&f).ok().as_deref(),
+        Some("DEBUG=false\n"),
+        "{rec}\n{}",
+        d.log()
+    );
+    let q = body["quarantined_as"].as_str().expect("quarantined_as");
+    assert_eq!(
+        std::fs::read_to_string(q).ok().as_deref(),
+        Some("DEBUG=evil\n"),
+        "the renamed-in file is kept in quarantine: {rec}"
+    );
     assert!(stat(&d, "gate_unapproved_renames") >= 1);
-    let ledger = std::fs::read_to_string(d.dir.path().join("state/ledger.jsonl")).unwrap();
-    assert!(ledger.contains("unapproved_rename"), "{ledger}");
-    assert!(ledger.contains("quarantined_as"), "{ledger}");
+}
+
+#[test]
+#[ignore = "issue 13 item 2: one rename is handled twice (a second unapproved_rename record \
+            quarantines the restored file)"]
+fn a_rename_is_handled_once() {
+    if !require_root("a_rename_is_handled_once") {
+        return;
+    }
+    let (_svc, d, f, _) = rename_over_an_approved_change();
+    // A barrier: a later rename by the same session onto another gated file. The engine
+    // handles renames in order, so once its record is in the ledger, any second record of
+    // the first rename would be too.
+    let outside = d.dir.path().join("staging2.env");
+    let script = format!(
+        "printf 'x\\n' > {o} && mv {o} gated/other.env",
+        o = outside.display()
+    );
+    ok(&finish(spawn_session(&d, &script, &[])));
+    let ledger = d.dir.path().join("state/ledger.jsonl");
+    let renames = |path: &str| -> Vec<Value> {
+        std::fs::read_to_string(&ledger)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["kind"] == "unapproved_rename" && r["body"]["path"] == path)
+            .collect()
+    };
+    let other = d.watched.join("gated/other.env").display().to_string();
+    poll(
+        "the barrier rename in the ledger",
+        Duration::from_secs(15),
+        || (!renames(&other).is_empty()).then_some(()),
+    );
+    let records = renames(&f.display().to_string());
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(stat(&d, "gate_unapproved_renames"), 2);
 }
