@@ -15,7 +15,8 @@ pub fn run(path: Option<&Path>) -> anyhow::Result<i32> {
     Ok(run_to(path, &mut stdout.lock(), &mut stderr.lock())?)
 }
 
-fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<i32> {
+/// [`run`] writing to `out` and `err` (public for the fuzz targets in `fuzz/`).
+pub fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<i32> {
     let (path, is_explicit) = match path {
         Some(p) => (p, true),
         None => (Path::new(DEFAULT_CONFIG_PATH), false),
