@@ -79,7 +79,7 @@ if [ "$FUZZ_SECS" -gt 0 ]; then
         mkdir -p "$scratch" "fuzz/corpus/$t"
         log="fuzz/target/$t.log"
         if ! cargo +nightly fuzz run --fuzz-dir fuzz -O "$t" "$scratch" "fuzz/corpus/$t" -- \
-            -max_total_time="$FUZZ_SECS" -print_final_stats=1 >"$log" 2>&1; then
+            -max_total_time="$FUZZ_SECS" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
             tail -n 60 "$log"
             echo "fuzz target $t failed: the input is in fuzz/artifacts/$t/" >&2
             exit 1
