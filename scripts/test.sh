@@ -64,13 +64,14 @@ export CONFGATE_BIN="$PWD/target/debug/confgate"
 step "cargo test"
 cargo test --quiet -- --test-threads=2
 
-# Fuzzing (cargo fuzz, nightly; see README "Development"): every target for FUZZ_SECS from
+# Fuzzing (cargo fuzz, nightly; see README "Development"), optimized with debug assertions
+# and overflow checks (-O -a): every target for FUZZ_SECS from
 # the committed seed corpus. New inputs go to a scratch corpus under fuzz/target, so the
 # committed one changes only by hand; a crash stops the run and leaves its input in
 # fuzz/artifacts/<target>/.
 if [ "$FUZZ_SECS" -gt 0 ]; then
     step "cargo fuzz build"
-    cargo +nightly fuzz build --fuzz-dir fuzz -O
+    cargo +nightly fuzz build --fuzz-dir fuzz -O -a
     targets=$(cargo +nightly fuzz list --fuzz-dir fuzz)
     n=0
     for t in $targets; do
@@ -78,7 +79,7 @@ if [ "$FUZZ_SECS" -gt 0 ]; then
         scratch="fuzz/target/corpus/$t"
         mkdir -p "$scratch" "fuzz/corpus/$t"
         log="fuzz/target/$t.log"
-        if ! cargo +nightly fuzz run --fuzz-dir fuzz -O "$t" "$scratch" "fuzz/corpus/$t" -- \
+        if ! cargo +nightly fuzz run --fuzz-dir fuzz -O -a "$t" "$scratch" "fuzz/corpus/$t" -- \
             -max_total_time="$FUZZ_SECS" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
             tail -n 60 "$log"
             echo "fuzz target $t failed: the input is in fuzz/artifacts/$t/" >&2
