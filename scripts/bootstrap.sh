@@ -15,6 +15,7 @@ need_root() {
 need_root
 
 export PATH="$HOME/.cargo/bin:$PATH"
+CARGO_FUZZ_VERSION=0.13.2
 
 # 1. Debian packages: LLVM 22 for bpf-linker, protoc for the gRPC build, tools the e2e tests drive.
 PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev protobuf-compiler cron python3)
@@ -50,7 +51,15 @@ else
     log "bpf-linker present"
 fi
 
-# 4. Kernel filesystems the daemon uses (the daemon mounts tracefs itself too).
+# 4. cargo-fuzz for the fuzz targets in fuzz/ (scripts/test.sh runs each briefly).
+if ! cargo fuzz --version 2>/dev/null | grep -q "^cargo-fuzz $CARGO_FUZZ_VERSION\$"; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION (takes a few minutes)"
+    cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked 2>&1 | tail -n 3
+else
+    log "cargo-fuzz present"
+fi
+
+# 5. Kernel filesystems the daemon uses (the daemon mounts tracefs itself too).
 if [ -z "$(ls -A /sys/kernel/tracing 2>/dev/null)" ]; then
     log "mounting tracefs"
     mount -t tracefs none /sys/kernel/tracing

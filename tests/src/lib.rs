@@ -2,7 +2,9 @@
 //! (real eBPF programs, real fanotify) on a scratch watched tree with its own socket,
 //! store and events file, drives real programs, and reads the NDJSON events it wrote.
 //!
-//! The tests need root. Without it they print why they are skipped and return.
+//! The tests need root. Without it they record why they are skipped ([`skip`]) and return:
+//! `cargo test` shows a skipped test as `ok`, so every skip is also appended to
+//! [`skips_file`], which `scripts/test.sh` prints and counts at the end of a run.
 use std::{
     io::Read as _,
     os::unix::ffi::OsStrExt,
@@ -18,18 +20,77 @@ pub mod gate;
 
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether the test can run; prints the skip reason when it cannot.
+/// `correlation.window_ms` of the test daemons. The window only caps how long an
+/// observation waits for its twin (releases follow the drained sources, not a timer); a
+/// generous cap keeps `source: both` from depending on scheduling on a loaded machine.
+pub const CORRELATION_WINDOW_MS: u64 = 2000;
+
+/// Whether the test can run; records the skip when it cannot.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
         true
     } else {
-        println!("SKIP {test}: needs root (loads eBPF programs, fanotify)");
+        skip(test, "needs root (loads eBPF programs, fanotify)");
         false
     }
 }
 
+/// Where skips are recorded: `$CONFGATE_E2E_SKIPS`, or `e2e-skips.txt` in the target
+/// directory. `scripts/test.sh` empties it before the tests and reports it after them.
+pub fn skips_file() -> PathBuf {
+    std::env::var_os("CONFGATE_E2E_SKIPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("e2e-skips.txt"))
+}
+
+/// Records that `test` did not run and why: one line `test: reason` appended to
+/// [`skips_file`] (one `write` per line, so parallel tests do not interleave), and on
+/// stderr. Panics if the skip cannot be recorded: an unrecorded skip would be a silent pass.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("{test}: {reason}\n");
+    eprint!("SKIP {line}");
+    let file = skips_file();
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot record the skip of {test} in {}: {e}",
+                file.display()
+            )
+        });
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Calls `f` every 50 ms until it returns `Some`, for at most `limit`; panics naming
+/// `what` when it never does.
+pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The `confgate` binary: $CONFGATE_BIN, or the workspace's debug build (built on demand).
@@ -45,10 +106,7 @@ pub fn confgate_bin() -> PathBuf {
             .status()
             .expect("running cargo build");
         assert!(status.success(), "building confgate failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace().join("target"));
-        target.join("debug/confgate")
+        target_dir().join("debug/confgate")
     })
     .clone()
 }
@@ -121,7 +179,7 @@ impl Daemon {
         let config = root.join("config.toml");
         let toml = format!(
             "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
-             [kernel]\npath_filter = {pf}\nringbuf_bytes = {rb}\n\n[watch]\npaths = [{paths}]\nproject_roots = [{roots}]\n\n[correlation]\nwindow_ms = 150\n\n{extra}\n",
+             [kernel]\npath_filter = {pf}\nringbuf_bytes = {rb}\n\n[watch]\npaths = [{paths}]\nproject_roots = [{roots}]\n\n[correlation]\nwindow_ms = {CORRELATION_WINDOW_MS}\n\n{extra}\n",
             socket = socket.display().to_string(),
             state = root.join("state").display().to_string(),
             events = events_file.display().to_string(),
@@ -307,9 +365,47 @@ impl Daemon {
         }
     }
 
-    /// Let the correlation window pass so that no further event for an operation is pending.
+    /// Waits until every event of the operations finished so far has been written: the
+    /// test process writes a marker file in the watched tree and waits for its `write`
+    /// event. Both observers deliver in order (ring buffer, fanotify queue) and the daemon
+    /// releases an observation only after draining both sources past it, so once the
+    /// marker's event is in the file, so is every earlier operation's (a late duplicate
+    /// too). The marker is the test process's own write: [`about`] and [`foreign`] leave it
+    /// out.
     pub fn settle(&self) {
-        std::thread::sleep(Duration::from_millis(600));
+        static MARKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = MARKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(".settle-{}-{n}", std::process::id());
+        std::fs::write(self.watched.join(&name), "settle\n").expect("write the settle marker");
+        let marker = self.w(&name);
+        self.wait_for("the settle marker's write", |ev| has(ev, "write", &marker));
+    }
+
+    /// One counter from `confgate stats --json`.
+    pub fn stat(&self, name: &str) -> u64 {
+        let o = self.cli(&["stats", "--json"]);
+        ok(&o);
+        let v: Value = serde_json::from_slice(&o.stdout).expect("stats json");
+        v[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name} in {v}"))
+    }
+
+    /// Waits until counter `name` satisfies `pred`, returns its value.
+    pub fn wait_stat(&self, name: &str, pred: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let v = self.stat(name);
+            if pred(v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counter {name} stuck at {v}\n--- daemon log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Path inside the watched tree, as the event contract encodes it.

@@ -349,11 +349,11 @@ fn a_host_without_a_valid_client_certificate_is_refused() {
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "b\n");
 }
 
-#[test]
-fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
-    if !require_root("reason_from_the_environment_reaches_the_approver_and_renames_are_reverted") {
-        return;
-    }
+/// The reason and rename scenario: session A's deny-and-request write (reason from the
+/// environment), approved, then written under A's grant (pre-image kept); session B renames
+/// a file from outside onto it. Returns the daemon (and service) and the first
+/// `unapproved_rename` ledger record about the file.
+fn rename_over_an_approved_change() -> (Service, Daemon, PathBuf, Value) {
     let svc = Service::start("unix:{dir}/approver.sock", "");
     let ep = svc.sock();
     let d = daemon(format!("endpoint = {ep:?}"), |w| {
@@ -363,48 +363,134 @@ fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
     });
     let f = d.watched.join("gated/app.env");
     std::fs::write(&f, "DEBUG=false\n").unwrap();
+    // Session A tries (refused at once, the request filed), waits for the approval (a flag
+    // from the test), and writes again under its grant: the gate keeps the pre-image.
+    let flag = d.dir.path().join("approved");
     let c = spawn_session(
         &d,
-        "echo DEBUG=true > gated/app.env",
+        &format!(
+            "echo DEBUG=true > gated/app.env && exit 3; \
+             while [ ! -e {flag} ]; do sleep 0.05; done; \
+             echo DEBUG=true > gated/app.env && echo retried",
+            flag = flag.display()
+        ),
         &[("CONFGATE_REASON", "turn on debug to chase a 500")],
     );
-    let o = finish(c);
-    assert!(eperm(&o), "deny-and-request fails at once: {o:?}");
     let r = wait_pending(&d, &ep, &f);
     assert_eq!(r["context"]["reason"], "turn on debug to chase a 500");
     assert_eq!(r["context"]["mode"], "deny-and-request");
+    ok(&approvals(&d, &ep, &["approve", &id_of(&r), "--ttl", "1h"]));
+    d.wait_stat("gate_grants_live", |n| n == 1);
+    std::fs::write(&flag, "").unwrap();
+    let o = finish(c);
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "deny-and-request refused the first try: {o:?}"
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "retried\n");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
+    // The approved write's diff is recorded (100 ms after its close), and with it the
+    // content it left.
+    let ledger = d.dir.path().join("state/ledger.jsonl");
+    poll(
+        "the approved change in the ledger",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(&ledger)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| r["kind"] == "change")
+        },
+    );
 
-    // A file written outside the tree and renamed in: the gate could not hold it, so it is
-    // detected and attributed. The rule says revert, but no pre-image of the path is kept
-    // (the write above was denied): there is nothing to restore, so it is flagged and the
-    // file stays (moving it away would leave the path with nothing).
+    // Session B writes a file outside the tree and renames it in: the gate could not hold
+    // it and B has no grant, so it is detected, attributed and (rule: revert) undone: the
+    // newest approved content is put back and the renamed-in file kept in quarantine.
     let outside = d.dir.path().join("staging.env");
     let script = format!(
-        "printf 'DEBUG=true\\n' > {o} && mv {o} gated/app.env",
+        "printf 'DEBUG=evil\\n' > {o} && mv {o} gated/app.env",
         o = outside.display()
     );
-    let _ = finish(spawn_session(&d, &script, &[]));
-    let ledger_path = d.dir.path().join("state/ledger.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let rec = loop {
-        let found = std::fs::read_to_string(&ledger_path)
+    ok(&finish(spawn_session(&d, &script, &[])));
+    let want = f.display().to_string();
+    let rec = poll(
+        "the unapproved rename in the ledger",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(&ledger)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|r| r["kind"] == "unapproved_rename" && r["body"]["path"] == want.as_str())
+        },
+    );
+    (svc, d, f, rec)
+}
+
+#[test]
+fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
+    if !require_root("reason_from_the_environment_reaches_the_approver_and_renames_are_reverted") {
+        return;
+    }
+    let (_svc, d, f, rec) = rename_over_an_approved_change();
+    let body = &rec["body"];
+    assert_eq!(
+        (body["action"].as_str(), body["agent"].as_str()),
+        (Some("revert"), Some("claude")),
+        "{rec}"
+    );
+    assert!(
+        !body["restored"].is_null(),
+        "the pre-image was restored: {rec}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&f).ok().as_deref(),
+        Some("DEBUG=true\n"),
+        "{rec}\n{}",
+        d.log()
+    );
+    let q = body["quarantined_as"].as_str().expect("quarantined_as");
+    assert_eq!(
+        std::fs::read_to_string(q).ok().as_deref(),
+        Some("DEBUG=evil\n"),
+        "the renamed-in file is kept in quarantine: {rec}"
+    );
+    assert!(stat(&d, "gate_unapproved_renames") >= 1);
+}
+
+#[test]
+fn a_rename_is_handled_once() {
+    if !require_root("a_rename_is_handled_once") {
+        return;
+    }
+    let (_svc, d, f, _) = rename_over_an_approved_change();
+    // A barrier: a later rename by the same session onto another gated file. The engine
+    // handles renames in order, so once its record is in the ledger, any second record of
+    // the first rename would be too.
+    let outside = d.dir.path().join("staging2.env");
+    let script = format!(
+        "printf 'x\\n' > {o} && mv {o} gated/other.env",
+        o = outside.display()
+    );
+    ok(&finish(spawn_session(&d, &script, &[])));
+    let ledger = d.dir.path().join("state/ledger.jsonl");
+    let renames = |path: &str| -> Vec<Value> {
+        std::fs::read_to_string(&ledger)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["kind"] == "unapproved_rename");
-        if let Some(v) = found {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "rename not handled\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(100));
+            .filter(|r| r["kind"] == "unapproved_rename" && r["body"]["path"] == path)
+            .collect()
     };
-    assert_eq!(rec["body"]["action"], "flag", "{rec}");
-    assert_eq!(
-        rec["body"]["path"],
-        f.display().to_string().as_str(),
-        "{rec}"
+    let other = d.watched.join("gated/other.env").display().to_string();
+    poll(
+        "the barrier rename in the ledger",
+        Duration::from_secs(15),
+        || (!renames(&other).is_empty()).then_some(()),
     );
-    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
-    assert_eq!(stat(&d, "gate_unapproved_renames"), 1);
-    assert_eq!(stat(&d, "gate_unapproved_renames_unrestorable"), 1);
+    let records = renames(&f.display().to_string());
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(stat(&d, "gate_unapproved_renames"), 2);
 }

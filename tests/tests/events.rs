@@ -212,14 +212,18 @@ fn crontab_writes_the_spool() {
         return;
     }
     let Ok(crontab) = which("crontab") else {
-        println!(
-            "SKIP crontab_writes_the_spool: crontab(1) not installed (scripts/bootstrap.sh installs cron)"
+        skip(
+            "crontab_writes_the_spool",
+            "crontab(1) not installed (scripts/bootstrap.sh installs cron)",
         );
         return;
     };
     let spool = std::path::Path::new("/var/spool/cron/crontabs");
     if !spool.is_dir() {
-        println!("SKIP crontab_writes_the_spool: {} missing", spool.display());
+        skip(
+            "crontab_writes_the_spool",
+            &format!("{} missing", spool.display()),
+        );
         return;
     }
     // Use a dedicated user's crontab so that root's is never touched.
@@ -331,23 +335,53 @@ fn symlink_to_watched_file_and_hardlink() {
     std::fs::write(d.watched.join("h.conf"), "a\n").expect("seed");
     let link = d.dir.path().join("link-to-s");
     std::os::unix::fs::symlink(d.watched.join("s.conf"), &link).expect("symlink");
-    // Writer in a session writes through the symlink: resolved to the real file.
+    // Writer in a session writes through the symlink: resolved to the real file. The seed
+    // writes above are the test process's own (also `write` events on s.conf): wait for
+    // the shell's.
+    let me = std::process::id();
     ok(&d.in_session("claude", "", &format!("echo b > {}", link.display())));
     let s = d.w("s.conf");
-    let ev = d.wait_for("write through symlink", |ev| has(ev, "write", &s));
+    d.wait_for("the session's write through the symlink", |ev| {
+        ev.iter()
+            .any(|e| e["kind"] == "write" && e["path"] == s && e["pid"] != me)
+    });
+    d.settle();
+    let ev = d.events();
+    let through = about(&ev, &s);
     assert!(
-        foreign(&ev)
-            .iter()
-            .filter(|e| e["path"] == s)
-            .all(|e| session_agent(e) == Some("claude")),
-        "{ev:#?}"
+        kinds(&through).contains(&"write".to_string()),
+        "{through:#?}"
     );
+    assert!(
+        through
+            .iter()
+            .all(|e| session_agent(e) == Some("claude") && e["comm"] == "sh"),
+        "only the session wrote s.conf: {through:#?}"
+    );
+    let session_events = through.len();
     // Outside a session through the symlink: only fanotify can see it, canonical path.
     ok(&sh(d.dir.path(), &format!("echo c >> {}", link.display())));
     d.wait_for("outside write through symlink", |ev| {
-        ev.iter()
-            .any(|e| e["path"] == s && e["session"].is_null() && e["kind"] == "write")
+        ev.iter().any(|e| {
+            e["path"] == s && e["session"].is_null() && e["kind"] == "write" && e["pid"] != me
+        })
     });
+    d.settle();
+    let ev = d.events();
+    let outside: Vec<&Value> = about(&ev, &s).into_iter().skip(session_events).collect();
+    assert!(!outside.is_empty(), "{ev:#?}");
+    for e in &outside {
+        assert!(e["session"].is_null(), "{e}");
+        assert_eq!(
+            (e["comm"].as_str(), e["source"].as_str()),
+            (Some("sh"), Some("fanotify")),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.watched.join("s.conf")).expect("read s.conf"),
+        "b\nc\n"
+    );
     // A hard link to a watched file.
     let hl = d.dir.path().join("hl");
     ok(&sh(
@@ -434,13 +468,47 @@ fn agent_detected_by_rule_without_wrapper() {
     });
     let agent = d.dir.path().join("cg-fake-agent");
     std::fs::copy("/bin/sh", &agent).expect("copy sh");
-    // The detected agent starts, then (after tagging) writes via a child.
-    ok(&sh(
-        &d.watched,
-        &format!("{} -c 'sleep 0.3; echo 1 > detected.conf'", agent.display()),
-    ));
+    // The detected agent starts, waits until the daemon has opened its session (the test
+    // sees it in `confgate sessions` and drops a flag), then writes via a child.
+    let flag = d.dir.path().join("detected");
+    let child = Command::new(&agent)
+        .arg("-c")
+        .arg(format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo 1 > detected.conf",
+            flag.display()
+        ))
+        .current_dir(&d.watched)
+        .spawn()
+        .expect("start the fake agent");
+    let mut child = scopeguard(child);
+    poll("the detected agent's session", EVENT_TIMEOUT, || {
+        let o = d.cli(&["sessions", "--json"]);
+        ok(&o);
+        String::from_utf8_lossy(&o.stdout)
+            .contains("fake-agent")
+            .then_some(())
+    });
+    std::fs::write(&flag, "").expect("flag");
+    let status = poll("the fake agent to finish", EVENT_TIMEOUT, || {
+        child.0.try_wait().expect("wait")
+    });
+    assert!(status.success(), "{status}");
     let p = d.w("detected.conf");
     let ev = d.wait_for("detected write", |ev| has(ev, "create", &p));
     let e = ev.iter().find(|e| e["path"] == p).expect("event");
     assert_eq!(session_agent(e), Some("fake-agent"), "{e}");
+}
+
+/// Kills the child if the test panics before it ends.
+struct Guard(std::process::Child);
+
+fn scopeguard(c: std::process::Child) -> Guard {
+    Guard(c)
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -176,22 +176,72 @@ fn held_write_is_approved_and_lands() {
     let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
     let f = g.gated("app.conf");
     std::fs::write(&f, "pool=10\n").expect("seed");
-    let child = g.spawn_in_session(
-        "claude",
-        "raise the pool",
-        "echo pool=50 > gated/app.conf && echo written",
+    // The writer is the session's shell itself (`echo` is a builtin): it says its pid first.
+    let pidfile = g.d.dir.path().join("writer.pid");
+    let script = format!(
+        "echo $$ > {}; echo pool=50 > gated/app.conf && echo written",
+        pidfile.display()
     );
+    let child = g.spawn_in_session("claude", "raise the pool", &script);
     let r = g.wait_request(&f);
-    // The approver sees the change in context.
+    // The approver sees the change in context, every field exactly.
     let c = &r["context"];
+    let pid: u64 = std::fs::read_to_string(&pidfile)
+        .expect("the writer's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let sessions = g.cli(&["sessions", "--json"]);
+    ok(&sessions);
+    let sessions: Value = serde_json::from_slice(&sessions.stdout).expect("sessions json");
+    let session = sessions
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["agent"] == "claude"))
+        .unwrap_or_else(|| panic!("the session is listed: {sessions}"));
+    assert_eq!(c["session_id"], session["id"], "{r}\n{session}");
     assert_eq!(c["agent"], "claude");
     assert_eq!(c["reason"], "raise the pool");
-    assert!(c["operations"].to_string().contains("write"), "{r}");
-    assert!(
-        c["session_id"].as_u64().unwrap_or(0) > 0 || c["session_id"].as_str().is_some(),
+    assert_eq!(c["path"], f.display().to_string());
+    assert_eq!(
+        c["operations"],
+        serde_json::json!(["write", "truncate"]),
         "{r}"
     );
-    assert!(c["command"].to_string().contains("sh"), "{r}");
+    assert_eq!(
+        (c["uid"].as_u64(), c["user"].as_str()),
+        (Some(0), Some("root")),
+        "{r}"
+    );
+    assert_eq!(c["pid"].as_u64(), Some(pid), "{r}");
+    let argv = serde_json::json!(["sh", "-c", script]);
+    assert_eq!(c["command"], argv, "{r}");
+    assert_eq!(c["cwd"], g.d.watched.display().to_string(), "{r}");
+    // SHA-256 of "pool=10\n", the content the write is about to replace.
+    assert_eq!(
+        c["content_sha256"], "55e08e4b8fcf702c4425cf460ceeb2185c3c356eac334d8e2be72b9d4b5ddb37",
+        "{r}"
+    );
+    assert_eq!(
+        (
+            c["rule"].as_str(),
+            c["mode"].as_str(),
+            c["fail_verdict"].as_str()
+        ),
+        (Some("ask-hold"), Some("hold"), Some("deny")),
+        "{r}"
+    );
+    // The ancestry starts at the writer and ends at the session's root process.
+    let ancestry = c["ancestry"].as_array().expect("ancestry");
+    assert_eq!(
+        ancestry.first(),
+        Some(&serde_json::json!({"pid": pid, "comm": "sh", "argv": argv})),
+        "{r}"
+    );
+    assert_eq!(
+        ancestry.last().map(|a| &a["pid"]),
+        Some(&session["root_pid"]),
+        "{r}\n{session}"
+    );
     // Still held: nothing landed yet.
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "pool=10\n");
     let o = g.cli(&[
@@ -297,14 +347,59 @@ fn timeout_applies_the_rules_failure_verdict() {
     ok(&o);
     assert_eq!(std::fs::read_to_string(g.gated("open-a")).unwrap(), "1\n");
     // The daemon's own timeout and the service's expiry of the same deadline race: either
-    // applies the rule's failure verdict (gate_hold_timeouts counts only the first kind).
-    assert!(g.stat("gate_fallback_deny") >= 1);
-    assert!(g.stat("gate_fallback_allow") >= 1);
-    let kinds = g.ledger_kinds();
-    assert!(
-        kinds.iter().filter(|k| *k == "fallback_verdict").count() >= 2,
-        "{kinds:?}"
+    // applies the rule's failure verdict, once per write, and says which in the ledger
+    // (gate_hold_timeouts counts only the daemon's own timeouts).
+    const TIMED_OUT: &str = "no answer before the rule's timeout";
+    const EXPIRED: &str = "the approval service expired the request";
+    let fallbacks = wait_records(
+        &g,
+        "both failure verdicts in the ledger",
+        |r| r["kind"] == "fallback_verdict",
+        2,
     );
+    let one = |name: &str, verdict: &str, rule: &str| {
+        let path = g.gated(name).display().to_string();
+        let mine: Vec<&Value> = fallbacks
+            .iter()
+            .filter(|r| r["body"]["path"] == path.as_str())
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "one failure verdict for {name}: {fallbacks:#?}"
+        );
+        let b = &mine[0]["body"];
+        assert_eq!(
+            (b["verdict"].as_str(), b["rule"].as_str()),
+            (Some(verdict), Some(rule)),
+            "{b}"
+        );
+        assert!(b["why"] == TIMED_OUT || b["why"] == EXPIRED, "{b}");
+        u64::from(b["why"] == TIMED_OUT)
+    };
+    let timeouts = one("closed-a", "deny", "fail-closed") + one("open-a", "allow", "fail-open");
+    assert_eq!(g.stat("gate_hold_timeouts"), timeouts, "{fallbacks:#?}");
+    assert_eq!(g.stat("gate_fallback_deny"), 1);
+    assert_eq!(g.stat("gate_fallback_allow"), 1);
+    // Nobody approved the write the failure verdict let through: it is flagged at its
+    // close, with its diff.
+    let open_a = g.gated("open-a").display().to_string();
+    let flagged = poll(
+        "the fail-open write flagged",
+        Duration::from_secs(15),
+        || {
+            ledger_records(&g)
+                .into_iter()
+                .find(|r| r["kind"] == "change_flagged" && r["body"]["path"] == open_a.as_str())
+        },
+    );
+    assert_eq!(
+        flagged["body"]["why"], "allowed_by_failure_verdict",
+        "{flagged}"
+    );
+    let diff = flagged["body"]["diff"].to_string();
+    assert!(diff.contains("-0") && diff.contains("+1"), "{flagged}");
+    assert_eq!(g.stat("gate_changes_flagged"), 1);
 }
 
 #[test]
@@ -328,8 +423,8 @@ fn deny_and_request_then_approve_then_retry_passes() {
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(r["context"]["mode"], "deny-and-request");
     ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
-    // The grant reaches the daemon asynchronously; give it a moment before the retry.
-    std::thread::sleep(Duration::from_millis(500));
+    // The grant reaches the daemon asynchronously: retry once the daemon holds it.
+    g.d.wait_stat("gate_grants_live", |n| n == 1);
     std::fs::write(&flag, "").unwrap();
     let out = wait_child(child, Duration::from_secs(15));
     ok(&out);
@@ -349,10 +444,28 @@ fn expiry_case(on_expiry: &'static str) -> (Gate, std::path::PathBuf) {
     std::fs::write(&f, "max=1\n").unwrap();
     let child = g.spawn_in_session("claude", "", "echo max=999 > gated/limits.conf");
     let r = g.wait_request(&f);
-    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "2s"]));
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "3s"]));
     ok(&wait_child(child, Duration::from_secs(15)));
-    assert_eq!(std::fs::read_to_string(&f).unwrap(), "max=999\n");
+    // No read of the file here: under load the grant may already have ended. The record
+    // of its end carries the diff, which shows that the write landed.
     (g, f)
+}
+
+/// Waits for the record of `kind` about `f`; checks that its diff is the approved write.
+fn wait_settled(g: &Gate, kind: &str, f: &std::path::Path) -> Value {
+    let want = f.display().to_string();
+    let rec = poll(kind, Duration::from_secs(15), || {
+        ledger_records(g)
+            .into_iter()
+            .find(|r| r["kind"] == kind && r["body"]["path"] == want.as_str())
+    });
+    let diff = rec["body"]["diff"].to_string();
+    assert!(
+        diff.contains("-max=1") && diff.contains("+max=999"),
+        "the approved write is in the diff: {rec}"
+    );
+    assert_eq!(rec["body"]["why"], "expired", "{rec}");
+    rec
 }
 
 fn wait_ledger(g: &Gate, kind: &str) {
@@ -374,8 +487,9 @@ fn grant_expiry_reverts_per_rule() {
         return;
     }
     let (g, f) = expiry_case("revert");
-    wait_ledger(&g, "reverted");
+    wait_settled(&g, "reverted", &f);
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "max=1\n");
+    assert_eq!(g.stat("gate_changes_reverted"), 1);
 }
 
 #[test]
@@ -384,9 +498,9 @@ fn grant_expiry_flags_per_rule() {
         return;
     }
     let (g, f) = expiry_case("flag");
-    wait_ledger(&g, "change_flagged");
+    wait_settled(&g, "change_flagged", &f);
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "max=999\n");
-    assert!(g.stat("gate_changes_flagged") >= 1);
+    assert_eq!(g.stat("gate_changes_flagged"), 1);
 }
 
 #[test]
@@ -442,24 +556,38 @@ fn a_session_cannot_approve_its_own_request() {
     let dsock = g.d.socket.display().to_string();
     let conn = format!("--socket {dsock} approvals --approver unix:{sock}");
     let idfile = g.d.dir.path().join("request-id");
+    // The approve's own output and exit status, apart from everything else the script says.
+    let approve_out = g.d.dir.path().join("approve.out");
+    let approve_rc = g.d.dir.path().join("approve.rc");
     let script = format!(
         "echo agent ALL > gated/sudoers; \
          while [ ! -s {idf} ]; do sleep 0.05; done; id=$(cat {idf}); echo id=$id; \
          {bin} {conn} list --json; \
-         {bin} {conn} approve $id --ttl 1h --no-daemon; echo rc=$?",
-        idf = idfile.display()
+         {bin} {conn} approve $id --ttl 1h --no-daemon >{out} 2>&1; echo $? >{rc}",
+        idf = idfile.display(),
+        out = approve_out.display(),
+        rc = approve_rc.display(),
     );
     let child = g.spawn_in_session("claude", "", &script);
     let r = g.wait_request(&f);
+    let session = r["context"]["session_id"].to_string();
     std::fs::write(&idfile, id_of(&r)).unwrap();
     let o = wait_child(child, Duration::from_secs(30));
     let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
     assert!(out.contains(&format!("id={}", id_of(&r))), "{out}");
-    assert!(
-        !out.contains("rc=0"),
-        "the session approved its own request: {out}"
+    let rc = std::fs::read_to_string(&approve_rc).expect("the approve ran");
+    let said = std::fs::read_to_string(&approve_out).expect("the approve's output");
+    assert_ne!(
+        rc.trim(),
+        "0",
+        "the session approved its own request: {said}"
     );
-    assert!(out.contains("session"), "refused for its session: {out}");
+    assert!(
+        said.contains(&format!("from inside agent session {session} on "))
+            && said.contains("(self-approval)")
+            && said.contains("approvals must come from outside any agent session"),
+        "refused because it is the asking session: {said}"
+    );
     // Still pending.
     let r = g.wait_request(&f);
     assert_eq!(r["state"], "pending", "{r}");
@@ -494,7 +622,19 @@ fn a_tampered_ledger_fails_verify() {
     let v = g.cli(&["audit", "verify"]);
     assert_eq!(v.status.code(), Some(1), "{v:?}");
     let msg = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
-    assert!(msg.contains('2'), "names the changed record: {msg}");
+    let seq = serde_json::from_str::<Value>(lines[1]).expect("line 2 is JSON")["seq"]
+        .as_u64()
+        .expect("seq");
+    assert!(
+        msg.contains(&format!("line 2: seq {seq}: content changed")),
+        "names the changed record: {msg}"
+    );
+    for other in (1..=lines.len()).filter(|&l| l != 2) {
+        assert!(
+            !msg.contains(&format!("line {other}:")),
+            "only line 2 was changed: {msg}"
+        );
+    }
 }
 
 #[test]
@@ -506,15 +646,15 @@ fn a_directory_created_in_a_gated_tree_is_gated_too() {
     // Created after the marks were placed: the daemon marks it from the notification.
     std::fs::create_dir_all(g.gated("new/deeper")).unwrap();
     std::fs::write(g.gated("new/deeper/app.conf"), "a\n").unwrap();
+    // Probe without changing the file (an append that writes nothing) until the gate
+    // refuses; the content is never put back, so a write that got through shows below.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let o =
-            g.d.in_session("claude", "", "echo b > gated/new/deeper/app.conf");
+            g.d.in_session("claude", "", ": >> gated/new/deeper/app.conf");
         if failed_with_eperm(&o) {
             break;
         }
-        // Not marked yet: the write landed; put it back and try again.
-        std::fs::write(g.gated("new/deeper/app.conf"), "a\n").unwrap();
         assert!(
             Instant::now() < deadline,
             "new directory never gated\n{}",
@@ -522,8 +662,43 @@ fn a_directory_created_in_a_gated_tree_is_gated_too() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let o =
+        g.d.in_session("claude", "", "echo b > gated/new/deeper/app.conf");
+    assert!(failed_with_eperm(&o), "{o:?}");
     assert_eq!(
         std::fs::read_to_string(g.gated("new/deeper/app.conf")).unwrap(),
         "a\n"
     );
+    // Refused by the rule (its failure verdict, ledgered), not by anything else.
+    let want = g.gated("new/deeper/app.conf").display().to_string();
+    let fallbacks = wait_records(
+        &g,
+        "both refusals in the ledger",
+        |r| r["kind"] == "fallback_verdict" && r["body"]["path"] == want.as_str(),
+        2,
+    );
+    assert!(
+        fallbacks
+            .iter()
+            .all(|r| r["body"]["verdict"] == "deny" && r["body"]["rule"] == "fast-fail"),
+        "{fallbacks:#?}"
+    );
+}
+
+/// Waits until at least `n` ledger records match `pred` (the ledger line of a decision
+/// is appended after the held open was answered), returns them.
+fn wait_records(g: &Gate, what: &str, pred: impl Fn(&Value) -> bool, n: usize) -> Vec<Value> {
+    poll(what, Duration::from_secs(15), || {
+        let found: Vec<Value> = ledger_records(g).into_iter().filter(|r| pred(r)).collect();
+        (found.len() >= n).then_some(found)
+    })
+}
+
+/// The ledger's records, parsed.
+fn ledger_records(g: &Gate) -> Vec<Value> {
+    std::fs::read_to_string(g.ledger())
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a ledger line is JSON"))
+        .collect()
 }

@@ -137,24 +137,46 @@ fn events_command_streams_ndjson() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("events");
-    std::thread::sleep(Duration::from_millis(300));
-    ok(&sh(&d.watched, "echo 1 > streamed.conf"));
-    let mut line = String::new();
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let want = d.w("streamed.conf");
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).expect("read") > 0,
-            "stream ended"
-        );
-        let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
-        if v["path"] == want {
-            break;
+    // Lines are read on a thread and handed over with a timeout: a stream that stalls is a
+    // failure at the deadline, not a hang.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
         }
-        assert!(Instant::now() < deadline);
-    }
+    });
+    // When the subscription starts is not observable from outside: write a new file every
+    // 200 ms until one of them comes through the stream.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let prefix = d.w("streamed-");
+    let mut n = 0;
+    let seen = 'outer: loop {
+        assert!(Instant::now() < deadline, "no streamed event\n{}", d.log());
+        ok(&sh(&d.watched, &format!("echo 1 > streamed-{n}.conf")));
+        n += 1;
+        let until = Instant::now() + Duration::from_millis(200);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&line).expect("one JSON object per line");
+                    if v["path"].as_str().is_some_and(|p| p.starts_with(&prefix)) {
+                        break 'outer v;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the event stream ended\n{}", d.log())
+                }
+            }
+        }
+    };
+    assert_eq!(seen["comm"], "sh", "{seen}");
     let _ = child.kill();
     let _ = child.wait();
 }

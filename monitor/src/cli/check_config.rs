@@ -30,7 +30,8 @@ pub fn run(path: Option<&Path>, approver: bool) -> anyhow::Result<i32> {
     Ok(run_to(path, &mut out, &mut err)?)
 }
 
-fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<i32> {
+/// [`run`] writing to `out` and `err` (public for the fuzz targets in `fuzz/`).
+pub fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<i32> {
     let (path, is_explicit) = match path {
         Some(p) => (p, true),
         None => (Path::new(DEFAULT_CONFIG_PATH), false),

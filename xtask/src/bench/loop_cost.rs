@@ -166,6 +166,21 @@ impl Scenario for LoopCost {
                 self.id
             );
         }
+        // Scenario 2 measures the permission queue too: with a daemon, each measured run
+        // must have had decisions (a gate that marks nothing would pass the loop untouched).
+        if self.watched {
+            for m in [Mode::On, Mode::OnNoFilter] {
+                let d = self
+                    .decisions
+                    .get(&m)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                ensure!(
+                    !d.is_empty() && d.iter().all(|v| v.is_finite() && *v > 0.0),
+                    "scenario 2: no permission decisions in mode {m:?}: {d:?}"
+                );
+            }
+        }
         Ok(())
     }
 }
