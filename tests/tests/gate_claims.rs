@@ -264,3 +264,39 @@ fn grants_of_an_ended_session_are_listed_as_ended() {
     );
     g.wait_ledgered("session_ended", |b| b["session"].as_u64().is_some());
 }
+
+#[test]
+fn an_approval_survives_a_crash_right_after_the_write_it_let_through() {
+    if !require_root("an_approval_survives_a_crash_right_after_the_write_it_let_through") {
+        return;
+    }
+    let mut g = Gate::start(|w| rule(w, "r", HOLD_REVERT));
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "pool=10\n").expect("seed");
+    let child = g.spawn_in_session("claude", "echo pool=50 > gated/app.conf && echo written");
+    let r = g.wait_request(&f);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    // The held open proceeds only once the grant, its kept pre-image and its ledger line
+    // are durable: kill -9 the daemon the moment the writer is through.
+    let o = wait_child(child, Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("written"),
+        "{o:?}"
+    );
+    g.d.kill();
+    let grant = g.wait_ledgered("grant", |_| true)["grant"]
+        .as_u64()
+        .expect("grant in the ledger before the writer was released");
+    g.d.start_again();
+    assert_eq!(
+        g.stat("gate_grants_live"),
+        1,
+        "the grant survived the crash"
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "pool=50\n");
+    // Its pre-image too: revoking it reverts.
+    ok(&g.cli(&["grants", "revoke", &grant.to_string()]));
+    wait_file(&f, "pool=10\n", &g);
+    let o = g.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "{o:?}");
+}
