@@ -132,12 +132,7 @@ impl Gate {
     }
 
     pub fn stat(&self, name: &str) -> u64 {
-        let o = self.cli(&["stats", "--json"]);
-        ok(&o);
-        let v: Value = serde_json::from_slice(&o.stdout).expect("stats json");
-        v[name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {name} in {v}"))
+        self.d.stat(name)
     }
 }
 

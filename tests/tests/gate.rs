@@ -5,6 +5,7 @@ use std::os::unix::process::ExitStatusExt as _;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::gate::wait_child;
 use e2e::*;
 use serde_json::Value;
 
@@ -140,24 +141,6 @@ fn id_of(r: &Value) -> String {
         .as_u64()
         .map(|i| i.to_string())
         .unwrap_or_else(|| r["id"].as_str().expect("request id").to_string())
-}
-
-fn wait_child(mut c: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(_)) = c.try_wait() {
-            return c.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let o = c.wait_with_output().expect("output");
-            panic!(
-                "session command did not finish in {limit:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn failed_with_eperm(o: &Output) -> bool {

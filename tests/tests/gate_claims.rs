@@ -29,18 +29,26 @@ fn wait_file(path: &std::path::Path, want: &str, g: &Gate) {
     }
 }
 
+/// A gate (`on_expiry = "revert"`) where a session wrote `pool=50` over `pool=10` in
+/// `gated/app.conf`, approved for 10 minutes; the writer's output.
+fn approved_pool_write() -> (Gate, std::path::PathBuf, std::process::Output) {
+    let g = Gate::start(|w| rule(w, "r", HOLD_REVERT));
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "pool=10\n").expect("seed");
+    let child = g.spawn_in_session("claude", "echo pool=50 > gated/app.conf && echo written");
+    let r = g.wait_request(&f);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    let o = wait_child(child, Duration::from_secs(30));
+    (g, f, o)
+}
+
 #[test]
 fn grants_and_kept_pre_images_survive_a_restart() {
     if !require_root("grants_and_kept_pre_images_survive_a_restart") {
         return;
     }
-    let mut g = Gate::start(|w| rule(w, "r", HOLD_REVERT));
-    let f = g.gated("app.conf");
-    std::fs::write(&f, "pool=10\n").expect("seed");
-    let child = g.spawn_in_session("claude", "echo pool=50 > gated/app.conf");
-    let r = g.wait_request(&f);
-    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
-    assert!(wait_child(child, Duration::from_secs(30)).status.success());
+    let (mut g, f, o) = approved_pool_write();
+    assert!(o.status.success(), "{o:?}");
     let grant = g.wait_ledgered("grant", |_| true)["grant"]
         .as_u64()
         .expect("grant");
@@ -270,15 +278,9 @@ fn an_approval_survives_a_crash_right_after_the_write_it_let_through() {
     if !require_root("an_approval_survives_a_crash_right_after_the_write_it_let_through") {
         return;
     }
-    let mut g = Gate::start(|w| rule(w, "r", HOLD_REVERT));
-    let f = g.gated("app.conf");
-    std::fs::write(&f, "pool=10\n").expect("seed");
-    let child = g.spawn_in_session("claude", "echo pool=50 > gated/app.conf && echo written");
-    let r = g.wait_request(&f);
-    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
     // The held open proceeds only once the grant, its kept pre-image and its ledger line
     // are durable: kill -9 the daemon the moment the writer is through.
-    let o = wait_child(child, Duration::from_secs(30));
+    let (mut g, f, o) = approved_pool_write();
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("written"),
         "{o:?}"

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::gate::wait_child;
 use e2e::*;
 use serde_json::Value;
 
@@ -58,24 +59,6 @@ fn wait_request(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value 
             d.log()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_child(mut c: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(_)) = c.try_wait() {
-            return c.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let o = c.wait_with_output().expect("output");
-            panic!(
-                "command did not finish in {limit:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
