@@ -214,6 +214,10 @@ pub struct ApprovalSection {
     pub local_socket: PathBuf,
     /// Settings file of the in-process service (local mode); `None`: its defaults.
     pub local_config: Option<PathBuf>,
+    /// Approver credentials kept on this host (certificate and key files, token files, or
+    /// directories of them) that agent sessions may never open: added to the built-in
+    /// self-protection rule. Default none.
+    pub protected_credentials: Vec<PathBuf>,
     /// How to reach a remote service (remote mode): `[approval.client]`.
     pub client: crate::approver::client::ClientConfig,
 }
@@ -224,6 +228,7 @@ impl Default for ApprovalSection {
             mode: ApprovalMode::Local,
             local_socket: PathBuf::from("/run/confgate/approver.sock"),
             local_config: None,
+            protected_credentials: Vec::new(),
             client: crate::approver::client::ClientConfig::default(),
         }
     }
@@ -584,6 +589,9 @@ impl Config {
         }
         if let Some(p) = &a.local_config {
             c.abs_path("approval.local_config", p);
+        }
+        for (i, p) in a.protected_credentials.iter().enumerate() {
+            c.abs_path(&format!("approval.protected_credentials[{i}]"), p);
         }
         if a.mode == ApprovalMode::Remote
             && a.client == crate::approver::client::ClientConfig::default()

@@ -49,9 +49,11 @@ fn grants_and_kept_pre_images_survive_a_restart() {
     }
     let (mut g, f, o) = approved_pool_write();
     assert!(o.status.success(), "{o:?}");
-    let grant = g.wait_ledgered("grant", |_| true)["grant"]
-        .as_u64()
-        .expect("grant");
+    let rec = g.wait_ledgered("grant", |_| true);
+    let grant = rec["grant"].as_u64().expect("grant");
+    // The scope is a documented JSON object, not Rust debug text.
+    assert_eq!(rec["scope"]["kind"], "session", "{rec}");
+    assert!(rec["scope"]["session_id"].as_u64().is_some(), "{rec}");
     g.wait_ledgered("change", |b| b["grant"].as_u64() == Some(grant));
     g.d.restart();
     assert_eq!(g.stat("gate_grants_live"), 1, "the grant came back");

@@ -505,3 +505,35 @@ fn local_mode_a_connection_left_by_an_exited_session_process_cannot_decide() {
     assert!(out.contains("refused:") && out.contains("is gone"), "{out}");
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "root ALL\n");
 }
+
+#[test]
+fn sessions_cannot_read_approver_credentials_kept_on_the_host() {
+    if !require_root("sessions_cannot_read_approver_credentials_kept_on_the_host") {
+        return;
+    }
+    let d = Daemon::start_with(DaemonOptions {
+        toml_for_dir: Some(Box::new(|root| {
+            let creds = root.join("creds");
+            std::fs::create_dir_all(&creds).expect("creds");
+            std::fs::write(creds.join("alice.key"), "-----BEGIN PRIVATE KEY-----\n").expect("key");
+            format!(
+                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nprotected_credentials = [\"{}\"]\n",
+                root.join("approver.sock").display(),
+                creds.display()
+            )
+        })),
+        ..DaemonOptions::default()
+    });
+    let key = d.dir.path().join("creds/alice.key");
+    let o = d.in_session("claude", "e2e", &format!("cat {}", key.display()));
+    assert!(!o.status.success(), "{o:?}");
+    assert!(
+        text(&o).contains("Operation not permitted") || text(&o).contains("denied"),
+        "{o:?}"
+    );
+    assert!(o.stdout.is_empty(), "{o:?}");
+    // Outside any session (the administrator) it reads as usual.
+    let o = sh(d.dir.path(), &format!("cat {}", key.display()));
+    assert!(o.status.success(), "{o:?}");
+    assert!(d.stat("gate_denied_builtin") >= 1);
+}

@@ -63,6 +63,11 @@ impl ProtectedPaths {
         {
             p.file(file);
         }
+        // Approver credentials an administrator keeps on this host: a directory protects
+        // everything below it.
+        for cred in &config.approval.protected_credentials {
+            p.tree(cred);
+        }
         p.tree(&config.daemon.state_dir);
         p.current_binary();
         p
