@@ -1,0 +1,343 @@
+//! The async side of the gate: held opens, requests to the approval service, waits,
+//! grants, failure verdicts, diffs, expiry (flag or revert) and unapproved renames.
+//!
+//! Every held open is handled in its own task: the pre-image is read through the event's
+//! descriptor (never by path, which would re-enter the gate) on a blocking thread, policy
+//! is evaluated again with the exact operations (whether the open created the file is
+//! known now), and then the open is allowed, denied, or asked about. Store writes, ledger
+//! appends and `/proc` reads all run on blocking threads; the permission thread never waits
+//! on any of them.
+//!
+//! This module holds the engine's state, start-up and audit helpers; its jobs are in
+//! [`hold`] (held opens and requests), [`decisions`] (the approval service's answers),
+//! [`expiry`] (grants ending, crash releases: flag or revert) and [`notices`] (close-writes
+//! and renames from the event pipeline).
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use confgate_proto::v1 as pb;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::changes::{self, CHANGES, Change};
+use super::context;
+use super::decider::{GateDecider, GateMetrics, GateState, Note, ops_of};
+use super::listener::{Held, PermEvent};
+use super::preimage::{self, PreImage};
+use super::requests::{
+    GRANTS, REQUEST_IDS, REQUEST_PREIMAGES, REQUESTS, RequestPre, RequestRecord,
+};
+use crate::clock::unix_ms;
+use crate::escape::encode;
+use crate::ledger::SharedLedger;
+use crate::policy::grants::{Grant, GrantSet};
+use crate::policy::{
+    FailVerdict, GateQuery, Mode, OnExpiry, OpSet, Policy, Rule, SessionRef, Verdict,
+};
+use crate::session::{SessionInfo, SessionRegistry};
+use crate::store::Store;
+use crate::uplink::{UplinkHandle, UplinkUpdate};
+
+mod decisions;
+mod expiry;
+mod hold;
+mod notices;
+
+/// Notes from the permission thread (its own denies) waiting for the ledger.
+const NOTE_QUEUE: usize = 4096;
+/// Longest wait between two expiry checks.
+const EXPIRY_POLL: Duration = Duration::from_secs(1);
+/// How long after a close-write its diff is taken (closes of the same file meanwhile are
+/// folded into it).
+const DIFF_DELAY: Duration = Duration::from_millis(100);
+
+/// How long a filed request waits for another durable commit (its decision's, when an
+/// approver answers at once) before the engine makes it durable by itself.
+const REQUEST_SYNC_GRACE: Duration = Duration::from_millis(50);
+
+/// How long a file renamed onto a gated path is remembered, so that the same rename seen
+/// twice (two sources, or a notice repeated) is handled once.
+const RENAME_MEMORY: Duration = Duration::from_secs(30);
+
+/// What the event pipeline tells the gate.
+#[derive(Debug)]
+pub enum Notice {
+    /// A gated file was closed after writing by a process of `session` (0: none or
+    /// unknown): record its diff.
+    Closed { path: Vec<u8>, session: u64 },
+    /// A session renamed `from` (when known) onto `to`.
+    Renamed {
+        session: u64,
+        agent: String,
+        pid: u32,
+        from: Option<Vec<u8>>,
+        to: Vec<u8>,
+    },
+}
+
+/// How a request ended, for the open waiting on it.
+#[derive(Debug)]
+enum Outcome {
+    /// Approved under grant `.0`; `.1` is the pre-image kept in the grant's own commit
+    /// (`None`: the open keeps it itself).
+    Approved(u64, Option<Change>),
+    Denied,
+    /// The service applied the failure verdict (allow: true).
+    Expired(bool),
+    /// The service refused the request (it will never be decided).
+    Rejected,
+}
+
+/// Settings of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    pub host: String,
+    /// Where unapproved files renamed into a gated tree are moved when reverted.
+    pub quarantine_dir: std::path::PathBuf,
+}
+
+/// Handles the daemon keeps.
+pub struct GateHandles {
+    pub engine: Arc<Engine>,
+    pub decider: Arc<GateDecider>,
+    pub metrics: Arc<GateMetrics>,
+}
+
+/// The async side of the gate.
+pub struct Engine {
+    state: Arc<GateState>,
+    store: Store,
+    ledger: SharedLedger,
+    uplink: UplinkHandle,
+    settings: EngineSettings,
+    /// Held opens waiting for the decision of their request, by host request id.
+    waiters: Arc<Mutex<HashMap<u64, Waiter>>>,
+    /// Undecided deny-and-request requests by (session, path): a retry does not file again.
+    open_requests: Mutex<HashMap<(u64, Vec<u8>), u64>>,
+    /// Kept pre-images by grant id (0: allowed by a failure verdict).
+    changes: Mutex<HashMap<u64, Vec<Change>>>,
+    /// After-hash of the last diff recorded per change id (a close without a new change
+    /// records nothing).
+    diffed: Mutex<HashMap<u64, String>>,
+    /// Paths with a diff scheduled (closes within [`DIFF_DELAY`] share it).
+    diff_scheduled: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Files renamed onto gated paths lately: path -> (device, inode, when).
+    renames_seen: Mutex<HashMap<Vec<u8>, (u64, u64, std::time::Instant)>>,
+}
+
+/// A held open waiting for the decision of its request.
+struct Waiter {
+    tx: oneshot::Sender<Outcome>,
+    /// The rule that filed the request (its decision needs no store read for it).
+    rule: String,
+    /// What an approval must keep before the open may proceed.
+    keep: Option<Keep>,
+}
+
+/// What the blocking preparation of a held open read (its decision is a [`Next`]).
+struct Prepared {
+    held: Held,
+    pre: Option<PreImage>,
+    /// Whether this very open created the file.
+    created: bool,
+    writer: context::Writer,
+    session: Option<SessionInfo>,
+}
+
+/// What happens to a prepared held open.
+enum Next {
+    /// No rule matched, or an allow rule did.
+    Allow,
+    /// A deny rule (or the built-in self-protection rule) matched.
+    Deny(Arc<Rule>),
+    /// An `ask` that this live grant covers.
+    Granted(u64),
+    DenyAndRequest(Arc<Rule>, OpSet),
+    /// A hold: its request is filed, with the body of its ledger line (`None`: it could
+    /// not be, counted).
+    Hold {
+        rule: Arc<Rule>,
+        filed: Option<(Filed, Value)>,
+    },
+}
+
+/// A hold's filed request, waited for by [`Engine::await_decision`].
+struct Filed {
+    request_id: u64,
+    rx: oneshot::Receiver<Outcome>,
+    /// Since the listener read the event: prepared / filed.
+    t_ask: Duration,
+    t_filed: Duration,
+}
+
+/// What an `ask` knows of the held open (borrowed while it is prepared).
+struct Asked<'a> {
+    ev: &'a PermEvent,
+    agent: &'a str,
+    ops: OpSet,
+    session: Option<&'a SessionInfo>,
+    pre: Option<&'a PreImage>,
+    created: bool,
+    writer: &'a context::Writer,
+}
+
+/// A held open's pre-image, kept in the same commit as the grant that lets it through.
+struct Keep {
+    pre: PreImage,
+    path: Vec<u8>,
+    session: u64,
+    created: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` on a blocking thread; `None` if the thread panicked or the runtime is going
+/// away.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+impl Engine {
+    /// Builds the engine from the persisted grants, changes and requests, and starts its
+    /// tasks: held opens from `held`, service updates from `updates`, notices from
+    /// `notices`, and the expiry timer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        policy: Arc<Policy>,
+        sessions: SessionRegistry,
+        store: Store,
+        ledger: SharedLedger,
+        uplink: UplinkHandle,
+        settings: EngineSettings,
+        held: mpsc::Receiver<Held>,
+        updates: mpsc::Receiver<UplinkUpdate>,
+        notices: mpsc::Receiver<Notice>,
+    ) -> Result<GateHandles, crate::store::StoreError> {
+        let metrics = Arc::new(GateMetrics::default());
+        let (note_tx, note_rx) = mpsc::channel(NOTE_QUEUE);
+        // Requests are filed without waiting for the disk: an id a crash took with it must
+        // not name a later request (the service may hold a decision for it).
+        store.skip_ids(&[REQUEST_IDS])?;
+        let mut grants = GrantSet::new();
+        for (_, g) in store.scan(GRANTS)? {
+            grants.insert(g);
+        }
+        let state = Arc::new(GateState::new(
+            policy,
+            grants,
+            sessions,
+            metrics.clone(),
+            note_tx,
+        ));
+        // Holds a crash released: closed before anything else reads the requests.
+        let released = match crate::gate::crash::release_holds(&store) {
+            Ok(r) => r,
+            Err(e) => {
+                GateMetrics::inc(&metrics.store_errors);
+                error!(error = %e, "cannot close the holds a crash released; they stay pending");
+                Vec::new()
+            }
+        };
+        let mut changes: HashMap<u64, Vec<Change>> = HashMap::new();
+        for (_, c) in store.scan(CHANGES)? {
+            state.track(c.grant_id, &c.path);
+            changes.entry(c.grant_id).or_default().push(c);
+        }
+        let mut open_requests = HashMap::new();
+        for (id, r) in store.scan(REQUESTS)? {
+            if r.mode == Mode::DenyAndRequest.as_str() {
+                open_requests.insert((r.session, r.path.clone()), id);
+            }
+        }
+        let engine = Arc::new(Engine {
+            state: state.clone(),
+            store,
+            ledger,
+            uplink,
+            settings,
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+            diffed: Mutex::new(HashMap::new()),
+            diff_scheduled: Mutex::new(HashMap::new()),
+            renames_seen: Mutex::new(HashMap::new()),
+            open_requests: Mutex::new(open_requests),
+            changes: Mutex::new(changes),
+        });
+        tokio::spawn(engine.clone().held_loop(held));
+        tokio::spawn(engine.clone().update_loop(updates));
+        tokio::spawn(engine.clone().notice_loop(notices));
+        tokio::spawn(engine.clone().note_loop(note_rx));
+        tokio::spawn(engine.clone().expiry_loop());
+        if !released.is_empty() {
+            tokio::spawn(engine.clone().settle_released(released));
+        }
+        Ok(GateHandles {
+            engine,
+            decider: Arc::new(GateDecider::new(state)),
+            metrics,
+        })
+    }
+
+    /// Whether a pre-image of `path` is kept (its close-writes are worth a diff).
+    pub fn tracks(&self, path: &[u8]) -> bool {
+        self.state.is_tracked_path(path)
+    }
+
+    /// Session `id` ended: its session-scoped grants can no longer cover anything. They
+    /// stay until they expire or are revoked (which settles their changes); the approval
+    /// service is told, so that `grants list` shows them as ended.
+    pub async fn session_ended(&self, id: u64) {
+        let grants: Vec<u64> = self
+            .state
+            .grants()
+            .iter()
+            .filter(|g| g.scope == crate::policy::GrantScope::Session { session_id: id })
+            .map(|g| g.id)
+            .collect();
+        if grants.is_empty() {
+            return;
+        }
+        self.audit("session_ended", json!({"session": id, "grants": grants}))
+            .await;
+    }
+
+    /// The policy the gate runs.
+    pub fn policy(&self) -> &Policy {
+        &self.state.policy
+    }
+
+    // ---- audit -------------------------------------------------------------------------
+
+    async fn ledger(&self, kind: &'static str, body: Value) {
+        if let Err(e) = self.ledger.append_async(kind, body).await {
+            GateMetrics::inc(&self.state.metrics.ledger_errors);
+            warn!(kind, error = %e, "cannot append to the ledger");
+        }
+    }
+
+    /// A host ledger record that is also reported to the approval service.
+    async fn audit(&self, kind: &'static str, body: Value) {
+        if let Err(e) = self.uplink.report(kind, body.clone()).await {
+            GateMetrics::inc(&self.state.metrics.report_errors);
+            warn!(kind, error = %e, "cannot spool a report for the approval service");
+        }
+        self.ledger(kind, body).await;
+    }
+
+    async fn note_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Note>) {
+        while let Some(n) = rx.recv().await {
+            warn!(kind = n.kind, path = %encode(&n.path), session = n.session, pid = n.pid, rule = %n.rule, "gate denied an open");
+            self.audit(
+                n.kind,
+                json!({"path": encode(&n.path), "session": n.session, "pid": n.pid, "rule": n.rule}),
+            )
+            .await;
+        }
+    }
+
+    // ---- held opens --------------------------------------------------------------------
+}
