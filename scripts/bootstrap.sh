@@ -41,6 +41,13 @@ if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q
 else
     log "nightly rust-src present"
 fi
+# Nightly clippy: scripts/test.sh checks the eBPF crate with it (same target as aya-build).
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^clippy'; then
+    log "adding clippy to nightly"
+    rustup component add clippy --toolchain nightly
+else
+    log "nightly clippy present"
+fi
 
 # 3. bpf-linker built against the packaged LLVM 22 (the default feature wants LLVM 23).
 if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then

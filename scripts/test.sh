@@ -58,6 +58,14 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
+# monitor-ebpf is not a default member (it builds only for bpfel-unknown-none, with nightly's
+# build-std, through aya-build): check it the same way so that the workspace lints' denials
+# (undocumented_unsafe_blocks, unwrap_used, expect_used) reach it. Its other clippy
+# warnings are not gated.
+step "cargo clippy (eBPF)"
+CARGO_ENCODED_RUSTFLAGS="--cfg=bpf_target_arch=\"$(uname -m)\"" \
+    cargo +nightly clippy --quiet -p monitor-ebpf --bins --release --target bpfel-unknown-none \
+    -Z build-std=core --target-dir target/ebpf-clippy -- -A warnings
 step "cargo build"
 cargo build --quiet -p monitor --bin confgate
 export CONFGATE_BIN="$PWD/target/debug/confgate"

@@ -398,15 +398,30 @@ const _: () = {
     assert!(size_of::<ExecArgsEvent>() == 64 + 8 + 4 * ARGV_SLOTS + ARG_LEN * ARGV_SLOTS);
     assert!(size_of::<PrefixKey>() == 4 + PREFIX_KEY_LEN);
     assert!(size_of::<ExitEvent>() == 72);
+    assert!(size_of::<PrefixValue>() == 8);
+    assert!(size_of::<FdKey>() == 8);
+    assert!(size_of::<FdState>() == 8);
+    assert!(size_of::<Pending>() == 88);
+    assert!(size_of::<KernelConfig>() == 8);
 };
 
 #[cfg(feature = "user")]
 mod user {
     use super::*;
+    // `Pod` lets aya copy a value to and from kernel map memory as raw bytes, so the type
+    // must be `Copy`, inhabited by every bit pattern, and free of padding. Each type below is
+    // `#[repr(C)]` + `Copy` and made only of integers (sizes asserted above).
+    // SAFETY: a `u32` then a `[u8; 256]`: no padding, any bytes valid.
     unsafe impl aya::Pod for PrefixKey {}
+    // SAFETY: two `u32`s: no padding, any bytes valid.
     unsafe impl aya::Pod for PrefixValue {}
+    // SAFETY: two `u32`s: no padding, any bytes valid.
     unsafe impl aya::Pod for FdKey {}
+    // SAFETY: two `u32`s (one an explicit `_pad`): no padding, any bytes valid.
     unsafe impl aya::Pod for FdState {}
+    // SAFETY: 4- and 8-byte integers ordered so that every `u64` is 8-byte aligned (the
+    // explicit `_pad` after `tgid`): no padding (88 bytes), any bytes valid.
     unsafe impl aya::Pod for Pending {}
+    // SAFETY: two `u32`s: no padding, any bytes valid.
     unsafe impl aya::Pod for KernelConfig {}
 }

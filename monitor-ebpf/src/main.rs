@@ -85,7 +85,9 @@ static ARGS_SCRATCH: PerCpuArray<ExecArgsEvent> = PerCpuArray::with_max_entries(
 #[inline(always)]
 fn count(c: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(c as u32) {
-        // Per-CPU slot: no other writer can race with this CPU's program.
+        // SAFETY: `get_ptr_mut` returned a non-null pointer to this CPU's `u64` slot of a
+        // per-CPU array; programs do not migrate or nest on a CPU while they run, so no other
+        // writer can race with this increment.
         unsafe { *slot += 1 };
     }
 }
@@ -103,12 +105,14 @@ fn fill_header(h: &mut EventHeader, kind: EventKind, pid_tgid: u64, session_id: 
     let uid_gid = bpf_get_current_uid_gid();
     h.kind = kind as u32;
     h.flags = 0;
+    // SAFETY: the helper takes no arguments and only reads the monotonic clock.
     h.ktime_ns = unsafe { bpf_ktime_get_ns() };
     h.tgid = (pid_tgid >> 32) as u32;
     h.tid = pid_tgid as u32;
     h.uid = uid_gid as u32;
     h.gid = (uid_gid >> 32) as u32;
     h.session_id = session_id;
+    // SAFETY: the helper takes no arguments and only reads the current task's cgroup id.
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
@@ -121,8 +125,10 @@ fn emit<T: 'static>(kind: EventKind, pid_tgid: u64, session_id: u64, fill: impl 
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             let ev = entry.as_mut_ptr();
-            // SAFETY: every record type is repr(C) with the header as its first field, and
-            // the reservation is exclusively ours until submit.
+            // SAFETY: `ev` points to a reservation of `size_of::<T>()` bytes that is exclusively
+            // ours until submit; every record type is repr(C) with its `EventHeader` as the
+            // first field, so the cast to the header is in bounds and aligned, and both
+            // references end before `submit` is called.
             unsafe {
                 fill_header(&mut *ev.cast::<EventHeader>(), kind, pid_tgid, session_id);
                 fill(&mut *ev);
@@ -137,11 +143,15 @@ fn emit<T: 'static>(kind: EventKind, pid_tgid: u64, session_id: u64, fill: impl 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     // Syscall tracepoints: 8 bytes of common fields + __syscall_nr (padded), then args.
+    // SAFETY: `read_at` copies with `bpf_probe_read_kernel`, which faults safely (an `Err`)
+    // on a bad address, and any 8 bytes are a valid `u64`.
     unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
 }
 
 #[inline(always)]
 fn session_of(tgid: u32) -> u64 {
+    // SAFETY: the value is copied out at once. SESSIONS is preallocated, so a concurrent
+    // remove can only make us read another entry's (still valid) `u64`, never freed memory.
     match unsafe { SESSIONS.get(&tgid) } {
         Some(s) => *s,
         None => 0,
@@ -156,6 +166,8 @@ fn read_user_path(src: u64, dst: &mut [u8; PATH_MAX]) -> Result<u32, ()> {
     if src == 0 {
         return Ok(0);
     }
+    // SAFETY: `dst` is a writable buffer of exactly PATH_MAX bytes, the size passed to the
+    // helper; `src` is an untrusted user address, which the helper reads fault-safely.
     let n = unsafe {
         bpf_probe_read_user_str(dst.as_mut_ptr().cast(), PATH_MAX as u32, src as *const _)
     };
@@ -184,7 +196,8 @@ fn emit_syscall(ev: &mut SyscallEvent, pid_tgid: u64, session_id: u64, has_path2
         let tail = 4 + l2;
         // SAFETY: both areas are per-CPU map values of `size_of::<SyscallEvent>()` bytes;
         // head <= PATH1_OFFSET + 4095 and head + tail <= PATH1_OFFSET + 4095 + 4 + 4095,
-        // which is less than that size. Kernel-to-kernel copies of bytes we own.
+        // which is less than that size. Kernel-to-kernel copies of bytes we own; the slice
+        // then covers exactly the `head + tail` bytes those copies initialised.
         unsafe {
             if bpf_probe_read_kernel(out.cast(), head as u32, src.cast()) != 0
                 || bpf_probe_read_kernel(
@@ -201,6 +214,9 @@ fn emit_syscall(ev: &mut SyscallEvent, pid_tgid: u64, session_id: u64, has_path2
             EVENTS.output::<[u8]>(bytes, 0).is_ok()
         }
     } else {
+        // SAFETY: `ev` is a live `SyscallEvent` (a per-CPU map value) and
+        // `SYSCALL_PATH1_OFFSET + l1 <= SYSCALL_PATH1_OFFSET + 4095 < size_of::<SyscallEvent>()`;
+        // all of its bytes are initialised (repr(C), no implicit padding).
         let bytes = unsafe {
             core::slice::from_raw_parts(
                 (ev as *const SyscallEvent).cast::<u8>(),
@@ -233,6 +249,9 @@ fn watched(len_field: &mut u32) -> bool {
         return false;
     }
     let data = (len_field as *mut u32).wrapping_add(1) as *const u8;
+    // SAFETY: callers pass `path1_len` or `path2_len` of a `SyscallEvent`, each directly
+    // followed by its PATH_MAX-byte path buffer in the same per-CPU map value (layout
+    // guards in monitor-common), so `data` is its first byte.
     if unsafe { *data } != b'/' {
         return false;
     }
@@ -242,6 +261,10 @@ fn watched(len_field: &mut u32) -> bool {
         PREFIX_KEY_LEN as u32
     };
     *len_field = key_bytes * 8;
+    // SAFETY: `Key<[u8; 256]>` is repr(C, packed) (alignment 1): a `u32` bit length then
+    // 256 data bytes, exactly the length field followed by the first 256 bytes of its
+    // path buffer (see above; len < 4096 so the buffer is that long). The reference ends
+    // before `len_field` is written again.
     let key = unsafe { &*(len_field as *const u32 as *const Key<[u8; PREFIX_KEY_LEN]>) };
     let hit = match PREFIXES.get(key) {
         Some(v) => v.class == PREFIX_DIR || (v.class == PREFIX_EXACT && v.len == len),
@@ -307,6 +330,8 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
         SysOp::Openat2 => {
             // struct open_how { u64 flags; u64 mode; u64 resolve; }
             let how = arg(ctx, 2) as *const u64;
+            // SAFETY: `how` is an untrusted user address, read fault-safely by the helper
+            // (`Err` on a bad address); any 8 bytes are a valid `u64`.
             flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0) as u32;
         }
         SysOp::Creat => flags = O_CREAT | O_WRONLY | O_TRUNC,
@@ -333,6 +358,7 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
                 tgid,
                 fd: fd as u32,
             };
+            // SAFETY: only presence is checked, the value is not read.
             if unsafe { TRACKED_FDS.get(&key) }.is_none() {
                 return Ok(());
             }
@@ -397,8 +423,12 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
         tgid,
         _pad: 0,
         session: session_id,
+        // SAFETY: the helper takes no arguments and only reads the monotonic clock.
         enter_ns: unsafe { bpf_ktime_get_ns() },
     };
+    // SAFETY: a non-null pointer to this CPU's staging value, valid for the program's run;
+    // no other program uses it on this CPU meanwhile (tracepoint programs do not nest), so
+    // the `&mut` is unique.
     let ev = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0).ok_or(())? };
     stage(ev, &pending);
     let read1 = read_user_path(ptr1, &mut ev.path1);
@@ -446,6 +476,9 @@ fn emit_deferred(p: &Pending, pid_tgid: u64, tgid: u32) -> bool {
     let Some(ev) = SYSCALL_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: a non-null pointer to this CPU's staging value, valid for the program's run;
+    // no other program uses it on this CPU meanwhile (tracepoint programs do not nest), so
+    // the `&mut` is unique.
     let ev = unsafe { &mut *ev };
     stage(ev, p);
     let has_path2 = p.state & PENDING_HAS_PATH2 != 0;
@@ -472,7 +505,11 @@ fn on_exit(ctx: &TracePointContext, op: SysOp, is_open: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
+    // SAFETY: `ret` of a sys_exit tracepoint sits at offset 16; the read is a fault-safe
+    // `bpf_probe_read_kernel` and any 8 bytes are a valid `i64`.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
+    // SAFETY: the entry is copied out at once; it is keyed by our own tid, which only this
+    // thread's enter/exit hooks write, and PENDING is preallocated (no freed memory).
     let pending = match unsafe { PENDING.get(&tid) } {
         Some(p) => *p,
         None => {
@@ -529,6 +566,9 @@ fn on_write(ctx: &TracePointContext, op: SysOp) {
     let Some(state) = TRACKED_FDS.get_ptr_mut(&key) else {
         return;
     };
+    // SAFETY: `get_ptr_mut` returned a non-null pointer to the map value. A concurrent
+    // LRU eviction can at worst make us see another entry's `FdState` (plain integers, any
+    // value valid), which would only change whether this write is coalesced.
     unsafe {
         if (*state).written != 0 {
             count(Counter::WritesCoalesced);
@@ -643,6 +683,8 @@ const F_DUPFD_CLOEXEC: u64 = 1030;
 #[inline(always)]
 fn dup_tracked(pid_tgid: u64, old_fd: u32, new_fd: u32) {
     let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the `FdState` (plain integers) is copied out at once; TRACKED_FDS is
+    // preallocated, so a concurrent eviction cannot leave us reading freed memory.
     let Some(state) = (unsafe { TRACKED_FDS.get(&FdKey { tgid, fd: old_fd }) }).copied() else {
         // dup2/dup3 onto a tracked fd closes it: it is no longer the tracked file.
         let _ = TRACKED_FDS.remove(&FdKey { tgid, fd: new_fd });
@@ -683,6 +725,7 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
 fn dup_enter(old_fd: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: only presence is checked, the value is not read.
     if unsafe { TRACKED_FDS.get(&FdKey { tgid, fd: old_fd }) }.is_some() {
         let _ = DUP_PENDING.insert(&(pid_tgid as u32), &old_fd, 0);
     }
@@ -692,10 +735,14 @@ fn dup_enter(old_fd: u32) {
 fn dup_exit(ctx: &TracePointContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
+    // SAFETY: the `u32` is copied out at once; the entry is keyed by our own tid and
+    // DUP_PENDING is preallocated (no freed memory).
     let Some(old) = (unsafe { DUP_PENDING.get(&tid) }).copied() else {
         return;
     };
     let _ = DUP_PENDING.remove(&tid);
+    // SAFETY: `ret` of a sys_exit tracepoint sits at offset 16; the read is a fault-safe
+    // `bpf_probe_read_kernel` and any 8 bytes are a valid `i64`.
     let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1);
     if ret >= 0 {
         dup_tracked(pid_tgid, old, ret as u32);
@@ -975,6 +1022,8 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent = (pid_tgid >> 32) as u32;
     // child_pid at offset 20 (see /sys/kernel/tracing/events/sched/sched_process_fork/format).
+    // SAFETY: a fault-safe `bpf_probe_read_kernel` of the tracepoint record; any 4 bytes
+    // are a valid `i32`.
     let child = unsafe { ctx.read_at::<i32>(20) }.unwrap_or(0) as u32;
     let session_id = session_of(parent);
     if session_id != 0 {
@@ -1006,12 +1055,20 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 fn try_exec(ctx: &TracePointContext) -> Result<(), ()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: a non-null pointer to this CPU's staging value, valid for the program's run;
+    // no other program uses it on this CPU meanwhile (tracepoint programs do not nest), so
+    // the `&mut` is unique.
     let ev = unsafe { &mut *EXEC_SCRATCH.get_ptr_mut(0).ok_or(())? };
     fill_header(&mut ev.header, EventKind::Exec, pid_tgid, session_of(tgid));
+    // SAFETY: a fault-safe `bpf_probe_read_kernel` of the tracepoint record (old_pid at
+    // offset 16); any 4 bytes are a valid `i32`.
     ev.old_tid = unsafe { ctx.read_at::<i32>(16) }.unwrap_or(0) as u32;
     // __data_loc char[] filename at offset 8: low 16 bits offset, high 16 bits length.
+    // SAFETY: as above; any 4 bytes are a valid `u32`.
     let loc = unsafe { ctx.read_at::<u32>(8) }.map_err(|_| ())?;
     let src = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const _;
+    // SAFETY: `ev.filename` is a writable buffer of exactly PATH_MAX bytes, the size passed
+    // to the helper; `src` points into the tracepoint record and is read fault-safely.
     let n =
         unsafe { bpf_probe_read_kernel_str(ev.filename.as_mut_ptr().cast(), PATH_MAX as u32, src) };
     ev.filename_len = if n > 0 {
@@ -1020,6 +1077,9 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), ()> {
         0
     };
     let size = EXEC_FILENAME_OFFSET + (ev.filename_len as usize & (PATH_MAX - 1));
+    // SAFETY: `ev` is a live `ExecEvent` (a per-CPU map value) and
+    // `size <= EXEC_FILENAME_OFFSET + 4095 < size_of::<ExecEvent>()`; all of its bytes are
+    // initialised (repr(C), no implicit padding).
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const ExecEvent).cast::<u8>(), size) };
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count(Counter::RingbufDrops);
@@ -1048,6 +1108,9 @@ fn exec_args(_ctx: &TracePointContext, argv: u64) -> Result<(), ()> {
     if tgid == config().self_tgid {
         return Ok(());
     }
+    // SAFETY: a non-null pointer to this CPU's staging value, valid for the program's run;
+    // no other program uses it on this CPU meanwhile (tracepoint programs do not nest), so
+    // the `&mut` is unique.
     let ev = unsafe { &mut *ARGS_SCRATCH.get_ptr_mut(0).ok_or(())? };
     fill_header(
         &mut ev.header,
@@ -1060,10 +1123,14 @@ fn exec_args(_ctx: &TracePointContext, argv: u64) -> Result<(), ()> {
     let argv = argv as *const u64;
     for i in 0..ARGV_SLOTS {
         ev.arg_len[i] = 0;
+        // SAFETY: `argv` is an untrusted user address (only offset with `wrapping_add`),
+        // read fault-safely by the helper; any 8 bytes are a valid `u64`.
         let ptr = unsafe { bpf_probe_read_user(argv.wrapping_add(i)) }.unwrap_or(0);
         if ptr == 0 {
             break;
         }
+        // SAFETY: `ev.args[i]` is a writable buffer of exactly ARG_LEN bytes, the size passed
+        // to the helper; `ptr` is an untrusted user address, read fault-safely.
         let n = unsafe {
             bpf_probe_read_user_str(
                 ev.args[i].as_mut_ptr().cast(),
@@ -1079,6 +1146,7 @@ fn exec_args(_ctx: &TracePointContext, argv: u64) -> Result<(), ()> {
         ev.argc = i as u32 + 1;
     }
     if ev.argc as usize == ARGV_SLOTS {
+        // SAFETY: as in the loop: a fault-safe read of an untrusted user address.
         let more = unsafe { bpf_probe_read_user(argv.wrapping_add(ARGV_SLOTS)) }.unwrap_or(0);
         ev.truncated = (more != 0) as u32;
     }
@@ -1096,6 +1164,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
     // group_dead (bool) at offset 32.
+    // SAFETY: a fault-safe `bpf_probe_read_kernel` of the tracepoint record; any byte is a
+    // valid `u8`.
     let group_dead = unsafe { ctx.read_at::<u8>(32) }.unwrap_or(0) != 0;
     let session_id = session_of(tgid);
     if tid != tgid {

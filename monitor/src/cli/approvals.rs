@@ -621,9 +621,10 @@ pub fn command_line(argv: &[String]) -> String {
 
 fn offset_at(unix_secs: i64) -> UtcOffset {
     let t: libc::time_t = unix_secs;
+    // SAFETY: `libc::tm` is plain integers and a nullable pointer: all-zero is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     // SAFETY: localtime_r only writes the caller's `tm`; confgate never changes TZ or the
     // environment, so the time zone data it reads is not modified concurrently.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
     if !ok {
         return UtcOffset::UTC;

@@ -208,17 +208,15 @@ impl Child {
         let data = data.to_vec();
         let mut pipe = [-1i32; 2];
         if wait_for_release {
-            // SAFETY: valid out array.
-            assert_eq!(
-                unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
-                0
-            );
+            // SAFETY: `pipe` is a valid out array of two fds.
+            let rc = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+            assert_eq!(rc, 0);
         }
         // SAFETY: the child only makes async-signal-safe syscalls, then _exit.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            // SAFETY (whole block): raw syscalls on memory prepared before the fork.
+            // SAFETY: (whole block) raw syscalls on memory prepared before the fork.
             unsafe {
                 if wait_for_release {
                     let mut b = 0u8;
@@ -269,11 +267,9 @@ impl Child {
     fn release(&mut self) {
         use std::os::fd::AsRawFd;
         let fd = self.release.take().unwrap();
-        // SAFETY: writes one byte from a valid buffer.
-        assert_eq!(
-            unsafe { libc::write(fd.as_raw_fd(), b"g".as_ptr().cast(), 1) },
-            1
-        );
+        // SAFETY: writes one byte from a valid buffer to a pipe fd we own.
+        let n = unsafe { libc::write(fd.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+        assert_eq!(n, 1);
     }
 
     /// Exit code if the child has exited.
