@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{GateConfig, PolicyError};
 
+pub mod addr;
+pub mod client;
 pub mod toml_check;
 
 pub(crate) use toml_check::{Checker, parse_checked, read_text};
@@ -217,7 +219,7 @@ pub struct ApprovalSection {
     /// Settings file of the in-process service (local mode); `None`: its defaults.
     pub local_config: Option<PathBuf>,
     /// How to reach a remote service (remote mode): `[approval.client]`.
-    pub client: crate::approver::client::ClientConfig,
+    pub client: client::ClientConfig,
 }
 
 impl Default for ApprovalSection {
@@ -226,7 +228,7 @@ impl Default for ApprovalSection {
             mode: ApprovalMode::Local,
             local_socket: PathBuf::from("/run/confgate/approver.sock"),
             local_config: None,
-            client: crate::approver::client::ClientConfig::default(),
+            client: client::ClientConfig::default(),
         }
     }
 }
@@ -234,11 +236,11 @@ impl Default for ApprovalSection {
 impl ApprovalSection {
     /// The client settings that reach the service of this mode: the local socket in local
     /// mode (peer credentials identify the caller), `[approval.client]` in remote mode.
-    pub fn client_config(&self) -> crate::approver::client::ClientConfig {
+    pub fn client_config(&self) -> client::ClientConfig {
         match self.mode {
-            ApprovalMode::Local => crate::approver::client::ClientConfig {
+            ApprovalMode::Local => client::ClientConfig {
                 endpoint: format!("unix:{}", self.local_socket.display()),
-                ..crate::approver::client::ClientConfig::default()
+                ..client::ClientConfig::default()
             },
             ApprovalMode::Remote => self.client.clone(),
         }
@@ -510,9 +512,7 @@ impl Config {
         if let Some(p) = &a.local_config {
             c.abs_path("approval.local_config", p);
         }
-        if a.mode == ApprovalMode::Remote
-            && a.client == crate::approver::client::ClientConfig::default()
-        {
+        if a.mode == ApprovalMode::Remote && a.client == client::ClientConfig::default() {
             c.fail(
                 "approval.mode",
                 "\"remote\" needs an [approval.client] section naming the service \
