@@ -12,6 +12,12 @@ to an item its own parent (or grandparent) module defines: a folder's `mod.rs` h
 its files share, so `super::Error` in `gate/engine.rs` is not a cycle with `gate`, while
 `gate` -> `gate::engine` -> `config` -> `gate` is. Test code counts like any other code.
 
+Then the same for the crate's top-level modules (a folder with everything in it is one
+node: `config` -> `approver` -> `config` is a cycle even when the two edges come from
+different files), for production code only: `#[cfg(test)]` items and modules are left
+out there, since a test may well drive two layers together (the RPC layer's tests use a
+fake daemon that signs like the real one).
+
 Usage: scripts/check-import-cycles.py [--graph] [SRC_DIR]   (default monitor/src)
 """
 
@@ -113,6 +119,39 @@ def expand_use(tree):
     return results
 
 
+def strip_cfg_test(code):
+    """`code` without its `#[cfg(test)]` items, and the names of the `#[cfg(test)] mod x;`
+    declarations in it."""
+    out, test_mods, pos = [], set(), 0
+    for m in re.finditer(r"#\[cfg\(test\)\]", code):
+        if m.start() < pos:
+            continue
+        out.append(code[pos:m.start()])
+        j = m.end()
+        semi, brace = code.find(";", j), code.find("{", j)
+        if semi >= 0 and (brace < 0 or semi < brace):
+            decl = re.match(r"\s*(?:#\[[^\]]*\]\s*)*(?:pub(?:\([^)]*\))?\s+)?mod\s+(\w+)\s*;",
+                            code[j:semi + 1])
+            if decl:
+                test_mods.add(decl.group(1))
+            pos = semi + 1
+        elif brace >= 0:
+            depth, k = 0, brace
+            while k < len(code):
+                if code[k] == "{":
+                    depth += 1
+                elif code[k] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                k += 1
+            pos = k + 1
+        else:
+            pos = len(code)
+    out.append(code[pos:])
+    return "".join(out), test_mods
+
+
 class Crate:
     def __init__(self, src):
         self.src = src
@@ -137,6 +176,13 @@ class Crate:
             with open(path, encoding="utf-8") as f:
                 self.code[mod] = strip(f.read())
         self.reexports = {m: self._reexports(m) for m in self.files}
+        # Production code: test items removed, test modules (and what is below them) gone.
+        self.prod_code, test = {}, set()
+        for mod, code in self.code.items():
+            stripped, names = strip_cfg_test(code)
+            self.prod_code[mod] = stripped
+            test |= {mod + (n,) for n in names}
+        self.test_modules = {m for m in self.files if any(m[: len(t)] == t for t in test)}
 
     def children(self, mod):
         return {m[-1] for m in self.files if len(m) == len(mod) + 1 and m[:-1] == mod}
@@ -192,8 +238,8 @@ class Crate:
                 return self.target(self.reexports[mod][item] + absolute[k + 1:], seen)
         return mod
 
-    def edges(self, mod):
-        code = self.code[mod]
+    def edges(self, mod, production=False):
+        code = self.prod_code[mod] if production else self.code[mod]
         paths = []
         for m in re.finditer(r"\buse\s+([^;]+);", code):
             paths += [segs for segs, _ in expand_use(m.group(1))]
@@ -300,16 +346,40 @@ def main():
     if "--graph" in sys.argv:
         for m in sorted(graph):
             print(f"{name(m)} -> {', '.join(sorted(name(t) for t in graph[m]))}")
+    # Top-level modules, production code: an edge names the files behind it.
+    top, why = {}, {}
+    for m in crate.files:
+        if m in crate.test_modules or not m:
+            continue
+        for t in crate.edges(m, production=True):
+            if t and t[0] != m[0] and t not in crate.test_modules:
+                top.setdefault(m[:1], set()).add(t[:1])
+                why.setdefault((m[:1], t[:1]), set()).add(f"{name(m)} -> {name(t)}")
+    found = 0
     comps = cycles(graph)
-    if not comps:
-        print(f"import cycles: none ({len(graph)} modules)")
-        return 0
-    print(f"import cycles: {len(comps)} group(s) of modules that reach each other")
-    for comp in comps:
-        print(f"- {', '.join(name(m) for m in comp)}")
-        for cyc in cycles_in(graph, comp):
-            print(f"    {' -> '.join(name(m) for m in cyc)}")
-    return 1
+    if comps:
+        print(f"import cycles between modules: {len(comps)} group(s) that reach each other")
+        for comp in comps:
+            print(f"- {', '.join(name(m) for m in comp)}")
+            for cyc in cycles_in(graph, comp):
+                print(f"    {' -> '.join(name(m) for m in cyc)}")
+        found += len(comps)
+    else:
+        print(f"import cycles between modules: none ({len(graph)} modules)")
+    comps = cycles(top)
+    if comps:
+        print(f"import cycles between top-level modules (production code): {len(comps)}")
+        for comp in comps:
+            print(f"- {', '.join(name(m) for m in comp)}")
+            for cyc in cycles_in(top, comp):
+                print(f"    {' -> '.join(name(m) for m in cyc)}")
+                for a, b in zip(cyc, cyc[1:]):
+                    print(f"        {name(a)} -> {name(b)}: {'; '.join(sorted(why[(a, b)]))}")
+        found += len(comps)
+    else:
+        tops = len({m[:1] for m in crate.files if m})
+        print(f"import cycles between top-level modules (production code): none ({tops} modules)")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

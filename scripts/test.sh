@@ -58,6 +58,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
+step "import cycles"
+python3 scripts/check-import-cycles.py
 step "cargo build"
 cargo build --quiet -p monitor --bin confgate
 export CONFGATE_BIN="$PWD/target/debug/confgate"
