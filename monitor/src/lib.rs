@@ -5,7 +5,9 @@
 //! - `fanotify`: the notification group over the watched trees.
 //! - `gate`: the permission group that holds opens of gated files (marks, intent, listener,
 //!   pre-images).
-//! - `config`, `watch`: TOML configuration and the watched-path set derived from it.
+//! - `config`, `watch`: TOML configuration (with the TOML span checker every confgate file
+//!   shares, the `[approval.client]` settings and endpoint addresses) and the watched-path
+//!   set derived from it.
 //! - `proctable`, `resolve`: process table and path resolution for attribution.
 //! - `session`, `detect`, `store`: agent sessions, auto-detection rules, embedded store;
 //!   `state`: damaged state files moved aside, the state directory's mode.

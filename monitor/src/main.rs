@@ -56,14 +56,14 @@ enum Command {
     /// Approval requests of the gate: list, watch, show, approve, deny.
     Approvals {
         #[command(flatten)]
-        conn: monitor::cli::approvals::ApproverArgs,
+        conn: monitor::cli::connect::ApproverArgs,
         #[command(subcommand)]
         command: monitor::cli::approvals::ApprovalsCommand,
     },
     /// Grants created by approvals: list, revoke.
     Grants {
         #[command(flatten)]
-        conn: monitor::cli::approvals::ApproverArgs,
+        conn: monitor::cli::connect::ApproverArgs,
         #[command(subcommand)]
         command: monitor::cli::grants::GrantsCommand,
     },

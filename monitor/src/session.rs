@@ -15,7 +15,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{SESSION_IDS, SESSIONS, Store, StoreError};
+use crate::store::{RecordTable, SESSIONS_TABLE, Store, StoreError};
+
+/// Agent sessions, by session id.
+pub const SESSIONS: RecordTable<SessionInfo> = RecordTable::new(SESSIONS_TABLE);
+
+/// Sequence name of session ids.
+pub const SESSION_IDS: &str = "session_id";
 
 /// Longest accepted agent name, in characters.
 pub const MAX_AGENT_CHARS: usize = 64;

@@ -2,7 +2,8 @@
 //!
 //! The store is deliberately generic. Records live in [`RecordTable`]s: `u64` key -> JSON bytes
 //! of one serde type. Adding a table (approval requests, grants, an audit ledger, ...) is one
-//! `pub const` next to [`SESSIONS`]; nothing else here changes. Monotonic ids come from named
+//! `pub const` in the module that owns the record type (the sessions table is
+//! [`crate::session::SESSIONS`]); nothing else here changes. Monotonic ids come from named
 //! sequences in the `meta` table ([`WriteTx::next_id`]).
 //!
 //! Every write goes through [`Store::write`]: one redb transaction, committed with
@@ -41,7 +42,6 @@ use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::session::SessionInfo;
 use crate::state;
 
 /// File name of the store inside the state directory.
@@ -51,11 +51,10 @@ pub const STORE_FILE: &str = "confgate.redb";
 /// key or value format changes incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// Agent sessions, by session id.
-pub const SESSIONS: RecordTable<SessionInfo> = RecordTable::new("sessions");
-
-/// Sequence name of session ids.
-pub const SESSION_IDS: &str = "session_id";
+/// Name of the agent sessions table ([`crate::session::SESSIONS`]), created when the
+/// store is opened so that readers never see it missing. The table itself is declared
+/// next to its record type, so the store does not depend on the session registry.
+pub const SESSIONS_TABLE: &str = "sessions";
 
 /// `meta`: small named `u64` values (schema version, id sequences).
 const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
@@ -337,7 +336,8 @@ impl Store {
             }
             drop(meta);
             // Create the known record tables so that readers never see them missing.
-            tx.txn.open_table(SESSIONS.def())?;
+            tx.txn
+                .open_table(TableDefinition::<u64, &[u8]>::new(SESSIONS_TABLE))?;
             tables(tx)
         })
     }
@@ -666,6 +666,9 @@ fn decode<V: DeserializeOwned>(
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    /// The sessions table, read as raw JSON values (the store does not know its type).
+    const SESSIONS: RecordTable<serde_json::Value> = RecordTable::new(SESSIONS_TABLE);
     use std::os::unix::fs::PermissionsExt;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

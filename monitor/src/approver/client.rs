@@ -1,5 +1,6 @@
-//! Client transport of the approval service: [`ClientConfig`] (the `[approval.client]`
-//! settings) and [`connect`], used by the daemon's uplink and by the approvals CLI.
+//! Client transport of the approval service: [`connect`] with a [`ClientConfig`] (the
+//! `[approval.client]` settings, declared in [`crate::config::client`]), used by the
+//! daemon's uplink and by the approvals CLI.
 //!
 //! Endpoint forms (see [`Address`]):
 //! - `unix:/path`: plaintext over a Unix socket; the service identifies the caller by its
@@ -13,53 +14,16 @@
 //! A `token` is sent as `authorization: Bearer <token>` on every call ([`BearerAuth`]).
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
 use super::addr::{Address, AddressError};
+use crate::config::client::check_token;
+pub use crate::config::client::{ClientConfig, DEFAULT_ENDPOINT, MAX_TOKEN};
 use crate::rpc::client::{DialError, unix_channel};
 use confgate_proto::v1::approver_client::ApproverClient;
-
-/// Default endpoint: the socket of the service the daemon runs in local mode.
-pub const DEFAULT_ENDPOINT: &str = "unix:/run/confgate/approver.sock";
-
-/// Longest accepted bearer token, in bytes.
-pub const MAX_TOKEN: usize = 4096;
-
-/// How to reach the approval service. Every field has a default (a Unix socket at
-/// [`DEFAULT_ENDPOINT`], no TLS material, no token, no plaintext TCP).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClientConfig {
-    /// `unix:/path`, `https://host:port` or `http://127.0.0.1:port`.
-    pub endpoint: String,
-    /// PEM CA certificate that signed the service's certificate (https only; required there).
-    pub ca: Option<PathBuf>,
-    /// PEM client certificate (https only); needs `key`.
-    pub cert: Option<PathBuf>,
-    /// PEM private key of `cert`.
-    pub key: Option<PathBuf>,
-    /// Bearer token of an approver (sent as `authorization: Bearer <token>`).
-    pub token: Option<String>,
-    /// Allow `http://` on a loopback address. Default false.
-    pub allow_plaintext: bool,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            endpoint: DEFAULT_ENDPOINT.to_owned(),
-            ca: None,
-            cert: None,
-            key: None,
-            token: None,
-            allow_plaintext: false,
-        }
-    }
-}
 
 /// Errors of [`connect`] and [`ClientConfig::check`].
 #[derive(Debug, thiserror::Error)]
@@ -82,69 +46,10 @@ pub enum ClientError {
     Connect { endpoint: String, message: String },
 }
 
+/// The check [`connect`] runs first (the configuration itself, with
+/// [`ClientConfig::problems`], lives with the rest of the daemon's configuration in
+/// [`crate::config::client`]).
 impl ClientConfig {
-    /// Every problem of this configuration as `(field, message)`, without touching files.
-    /// An empty list means [`connect`] can try it.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        let addr = match Address::parse(&self.endpoint) {
-            Ok(a) => Some(a),
-            Err(AddressError(m)) => {
-                out.push(("endpoint", m));
-                None
-            }
-        };
-        match &addr {
-            Some(a @ Address::Plain(_)) if !self.allow_plaintext => out.push((
-                "endpoint",
-                format!(
-                    "{a} is plaintext TCP: pass --allow-plaintext (or set allow_plaintext = true \
-                     in [approval.client]) to use it (loopback only), or use https:// or unix:/path"
-                ),
-            )),
-            Some(Address::Tls { port: 0, .. }) => out.push(("endpoint", "port 0".to_owned())),
-            Some(Address::Tls { .. }) if self.ca.is_none() => out.push((
-                "ca",
-                "an https endpoint needs the CA certificate (PEM) that signed the service's certificate".to_owned(),
-            )),
-            Some(Address::Tls { .. }) | None => {}
-            Some(other) => {
-                for (field, set) in [
-                    ("ca", self.ca.is_some()),
-                    ("cert", self.cert.is_some()),
-                    ("key", self.key.is_some()),
-                ] {
-                    if set {
-                        out.push((
-                            field,
-                            format!("applies only to https:// endpoints, not {other}"),
-                        ));
-                    }
-                }
-            }
-        }
-        if self.cert.is_some() != self.key.is_some() {
-            let missing = if self.cert.is_some() { "key" } else { "cert" };
-            out.push((
-                missing,
-                "cert and key go together: set both or neither".to_owned(),
-            ));
-        }
-        for (field, p) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
-            if let Some(p) = p
-                && !p.is_absolute()
-            {
-                out.push((field, format!("{} is not an absolute path", p.display())));
-            }
-        }
-        if let Some(t) = &self.token
-            && let Err(m) = check_token(t)
-        {
-            out.push(("token", m));
-        }
-        out
-    }
-
     /// The first of [`ClientConfig::problems`], as an error.
     pub fn check(&self) -> Result<Address, ClientError> {
         if let Some((field, message)) = self.problems().into_iter().next() {
@@ -154,18 +59,6 @@ impl ClientConfig {
             field: "endpoint",
             message,
         })
-    }
-}
-
-fn check_token(t: &str) -> Result<(), String> {
-    if t.is_empty() {
-        Err("empty token (leave the key out instead)".to_owned())
-    } else if t.len() > MAX_TOKEN {
-        Err(format!("longer than {MAX_TOKEN} bytes"))
-    } else if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        Err("a token is printable ASCII without spaces".to_owned())
-    } else {
-        Ok(())
     }
 }
 

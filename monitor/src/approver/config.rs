@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::addr::Address;
-use crate::config::{Checker, ConfigError, parse_checked, read_text};
+use crate::config::toml_check::{Checker, ConfigError, parse_checked, read_text};
 
 /// Where `confgate approver serve` looks when no `--config` is given.
 pub const DEFAULT_SERVICE_CONFIG: &str = "/etc/confgate/approver.toml";

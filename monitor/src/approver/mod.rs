@@ -1,9 +1,11 @@
 //! The approval service of confgate (`confgate approver serve`, or in-process in the daemon
 //! in local mode) and its client transport.
 //!
-//! - [`addr`]: the address forms (`unix:/path`, `https://host:port`, loopback `http://`).
-//! - [`client`]: [`client::ClientConfig`] and [`client::connect`] for the daemon's uplink
-//!   and the approvals CLI.
+//! - [`addr`]: the address forms (`unix:/path`, `https://host:port`, loopback `http://`);
+//!   they are written in configuration files, so the module is `config::addr`, re-exported
+//!   here.
+//! - [`client`]: [`client::connect`] with a [`client::ClientConfig`] (declared in
+//!   `config::client`) for the daemon's uplink and the approvals CLI.
 //! - [`config`]: the service's settings (`approver.toml`).
 //! - [`identity`]: who is calling, from the transport only (certificate, token, peer
 //!   credentials); [`tls`]: server TLS and client-certificate identities.
@@ -34,7 +36,7 @@ use confgate_proto::v1::approver_server::ApproverServer;
 use config::ServiceConfig;
 use service::{ApproverService, Limits, Shared};
 
-pub mod addr;
+pub use crate::config::addr;
 pub mod attest;
 pub mod audit;
 pub mod ca;

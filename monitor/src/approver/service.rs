@@ -34,6 +34,7 @@ use super::store::{
 };
 use super::wire::{self, MAX_NAME, MAX_PATH, MAX_TEXT, check_text, invalid};
 use crate::clock::now_ms;
+use crate::policy::grants::exact_glob;
 use crate::store::StoreError;
 use confgate_proto::v1 as pb;
 
@@ -839,13 +840,6 @@ fn check_decide(r: &pb::DecideRequest) -> Result<(), Status> {
         ));
     }
     Ok(())
-}
-
-/// The glob that matches exactly `path` (in the event contract's encoding, as grants are
-/// matched): glob metacharacters in brackets, and backslashes (the encoding's escapes)
-/// escaped, since grant globs take `\\` as an escape.
-pub fn exact_glob(path: &str) -> String {
-    globset::escape(path).replace('\\', "\\\\")
 }
 
 fn grant_for(

@@ -15,16 +15,19 @@
 //! Everything a request carries comes from a watched process: every string is made
 //! terminal-safe before it is printed (`--json` prints the values as JSON strings).
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use time::{OffsetDateTime, UtcOffset, macros::format_description};
 
+use super::connect::{ApproverArgs, check_note, explain};
+use super::grants;
+use super::render::{
+    command_line, dash, ellipsize, print_list, relative, render_table, term, utc_time, when,
+};
 use crate::approver::client::{ApproverChannel, ClientConfig, connect};
-use crate::cli::grants;
 use crate::clock::now_ms;
 use crate::config::Config;
 use confgate_proto::v1 as pb;
@@ -35,82 +38,9 @@ pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// Longest grant lifetime `--ttl` accepts (the API's limit; the service may set a lower
 /// `max_ttl`).
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Longest `--note`, in bytes (the service's limit).
-pub const MAX_NOTE: usize = 4096;
 
 /// Longest path shown in the `approvals list` table, in characters.
 const PATH_COLUMN: usize = 60;
-
-/// The approval service connection options, shared by `approvals` and `grants`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ApproverArgs {
-    /// Approval service: unix:/path, https://host:port, or http://127.0.0.1:port
-    /// (default: from the daemon configuration's [approval] section).
-    #[arg(
-        long,
-        env = "CONFGATE_APPROVER",
-        global = true,
-        value_name = "ENDPOINT"
-    )]
-    pub approver: Option<String>,
-    /// PEM CA certificate of the service (https).
-    #[arg(long, global = true, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// PEM client certificate (https); needs --key.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub cert: Option<PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// Approver bearer token.
-    #[arg(
-        long,
-        env = "CONFGATE_APPROVER_TOKEN",
-        global = true,
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub token: Option<String>,
-    /// Allow a plaintext http:// endpoint (loopback only).
-    #[arg(long, global = true)]
-    pub allow_plaintext: bool,
-}
-
-impl ApproverArgs {
-    /// The client settings: `base` (from the daemon configuration) with the flags applied.
-    /// `--approver` replaces the endpoint and drops the configuration's TLS material and
-    /// token, so settings meant for one service never go to another.
-    pub fn client_config(&self, base: ClientConfig) -> ClientConfig {
-        let mut c = match &self.approver {
-            Some(endpoint) => ClientConfig {
-                endpoint: endpoint.clone(),
-                ..ClientConfig::default()
-            },
-            None => base,
-        };
-        let absolute = |p: &PathBuf| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                std::env::current_dir().map_or_else(|_| p.clone(), |d| d.join(p))
-            }
-        };
-        if let Some(p) = &self.ca {
-            c.ca = Some(absolute(p));
-        }
-        if let Some(p) = &self.cert {
-            c.cert = Some(absolute(p));
-        }
-        if let Some(p) = &self.key {
-            c.key = Some(absolute(p));
-        }
-        if let Some(t) = &self.token {
-            c.token = Some(t.clone());
-        }
-        c.allow_plaintext |= self.allow_plaintext;
-        c
-    }
-}
 
 /// Scope of a grant (`--scope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -209,18 +139,6 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
-}
-
-/// A `--note`: at most [`MAX_NOTE`] bytes, no control characters (the service refuses
-/// them too; this says so before anything is sent).
-pub fn check_note(note: &str) -> anyhow::Result<()> {
-    if note.len() > MAX_NOTE {
-        bail!("--note is longer than {MAX_NOTE} bytes");
-    }
-    if note.chars().any(char::is_control) {
-        bail!("--note contains control characters (newlines, tabs, escapes)");
-    }
-    Ok(())
 }
 
 /// A `--glob`: absolute and a valid glob.
@@ -428,24 +346,6 @@ pub fn hidden_line(hidden: u64) -> String {
     }
 }
 
-/// Writes a listing: one JSON array of `to_json` of each item, or the `table`.
-pub fn print_list<T>(
-    items: &[T],
-    json: bool,
-    to_json: fn(&T) -> Value,
-    out: &mut dyn Write,
-    table: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
-    if json {
-        let list: Vec<Value> = items.iter().map(to_json).collect();
-        writeln!(out, "{}", Value::Array(list))?;
-    } else {
-        out.write_all(table().as_bytes())?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
 /// `approvals watch`: runs until the stream ends (an error) or the process is stopped.
 pub async fn watch(
     c: &mut ApproverClient<ApproverChannel>,
@@ -524,169 +424,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("tokio runtime")
 }
 
-/// A one-line explanation of a failed call to the approval service.
-pub fn explain(status: &tonic::Status) -> String {
-    use std::error::Error as _;
-    use tonic::Code;
-    let msg = term(status.message());
-    match status.code() {
-        Code::NotFound => format!("not found: {msg}"),
-        Code::FailedPrecondition => format!("not possible now: {msg}"),
-        Code::PermissionDenied => format!("refused by the approval service: {msg}"),
-        Code::Unauthenticated => format!(
-            "the approval service did not accept this identity: {msg} (use --token, or --cert and \
-             --key)"
-        ),
-        Code::InvalidArgument => format!("invalid request: {msg}"),
-        Code::Unavailable => {
-            let why = causes(status);
-            let hint = if why.contains("alert") {
-                " (the service may have refused this TLS client certificate: is it signed by \
-                 the CA the service trusts for clients, tls.client_ca?)"
-            } else {
-                ""
-            };
-            format!("the approval service is unavailable: {msg}{why}{hint}")
-        }
-        Code::Unknown | Code::Cancelled if status.source().is_some() => {
-            let why = causes(status);
-            let hint = if why.contains("alert") || why.contains("certificate") {
-                " (the service refused this TLS client certificate: is it signed by the CA \
-                 the service trusts for clients, tls.client_ca?)"
-            } else {
-                " (the service closed the connection; a client certificate it does not accept, \
-                 e.g. one signed by another CA than its tls.client_ca, ends like this, and the \
-                 service logs \"TLS handshake refused\" with the reason)"
-            };
-            format!("the connection to the approval service failed: {msg}{why}{hint}")
-        }
-        code => format!("the approval service answered {code:?}: {msg}"),
-    }
-}
-
-/// The chain of causes behind a status (`: cause: cause`), terminal-safe; empty without.
-fn causes(status: &tonic::Status) -> String {
-    let mut out = String::new();
-    let mut next = std::error::Error::source(status);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if text != status.message() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&term(&text));
-        }
-        next = e.source();
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------
 // Formatting (pure functions of the data and the current time).
-
-/// Terminal-safe text: control characters visible, backslashes doubled (as for events).
-pub fn term(s: &str) -> String {
-    crate::escape::for_terminal(s.as_bytes())
-}
-
-/// `s` shortened to `max` characters with a trailing ellipsis.
-pub fn ellipsize(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
-    cut.push('…');
-    cut
-}
-
-/// A command line for people: each argument terminal-safe, quoted when it would not read
-/// as one word.
-pub fn command_line(argv: &[String]) -> String {
-    if argv.is_empty() {
-        return "-".to_owned();
-    }
-    argv.iter()
-        .map(|a| {
-            let t = term(a);
-            if t.is_empty()
-                || t.chars()
-                    .any(|c| c.is_whitespace() || "'\"$`;&|<>()".contains(c))
-            {
-                format!("'{}'", t.replace('\'', "'\\''"))
-            } else {
-                t
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn offset_at(unix_secs: i64) -> UtcOffset {
-    let t: libc::time_t = unix_secs;
-    // SAFETY: `libc::tm` is plain integers and a nullable pointer: all-zero is a valid value.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: localtime_r only writes the caller's `tm`; confgate never changes TZ or the
-    // environment, so the time zone data it reads is not modified concurrently.
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if !ok {
-        return UtcOffset::UTC;
-    }
-    i32::try_from(tm.tm_gmtoff)
-        .ok()
-        .and_then(|s| UtcOffset::from_whole_seconds(s).ok())
-        .unwrap_or(UtcOffset::UTC)
-}
-
-/// `unix_ms` as local RFC 3339 to the second (`2026-05-01T14:03:09+02:00`); "-" for 0.
-pub fn local_time(unix_ms: i64) -> String {
-    if unix_ms == 0 {
-        return "-".to_owned();
-    }
-    let secs = unix_ms.div_euclid(1000);
-    let fmt = format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second][offset_hour sign:mandatory]:[offset_minute]"
-    );
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .map(|t| t.to_offset(offset_at(secs)))
-        .and_then(|t| t.format(&fmt).ok())
-        .unwrap_or_else(|| format!("{unix_ms} ms"))
-}
-
-/// `unix_ms` as UTC RFC 3339 with milliseconds, for JSON; `None` for 0.
-pub fn utc_time(unix_ms: i64) -> Option<String> {
-    if unix_ms == 0 {
-        return None;
-    }
-    let d = Duration::from_millis(unix_ms.unsigned_abs());
-    let t = if unix_ms >= 0 {
-        UNIX_EPOCH.checked_add(d)
-    } else {
-        UNIX_EPOCH.checked_sub(d)
-    }?;
-    Some(crate::ledger::format_time(t))
-}
-
-/// How far `unix_ms` is from `now_ms`, to the second: "in 4m 12s", "3m ago", "now".
-pub fn relative(unix_ms: i64, now_ms: i64) -> String {
-    let diff = unix_ms.saturating_sub(now_ms);
-    let secs = (diff.unsigned_abs() + 500) / 1000;
-    if secs == 0 {
-        return "now".to_owned();
-    }
-    let d = humantime::format_duration(Duration::from_secs(secs));
-    if diff > 0 {
-        format!("in {d}")
-    } else {
-        format!("{d} ago")
-    }
-}
-
-/// Local time with the distance from now: `2026-05-01T14:03:09+02:00 (in 4m 12s)`.
-pub fn when(unix_ms: i64, now_ms: i64) -> String {
-    if unix_ms == 0 {
-        return "-".to_owned();
-    }
-    format!("{} ({})", local_time(unix_ms), relative(unix_ms, now_ms))
-}
 
 /// Lowercase name of a request state.
 pub fn state_name(state: i32) -> &'static str {
@@ -697,42 +436,6 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(pb::RequestState::Expired) => "expired",
         Ok(pb::RequestState::Released) => "released",
         Ok(pb::RequestState::Unspecified) | Err(_) => "unknown",
-    }
-}
-
-/// Aligned columns, the last one unpadded; ends with a newline.
-pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut l = String::new();
-        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
-            l.push_str(cell);
-            if i + 1 < widths.len() {
-                l.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
-    }
-    out
-}
-
-/// Terminal-safe text, "-" when empty.
-pub fn dash(s: &str) -> String {
-    if s.is_empty() {
-        "-".to_owned()
-    } else {
-        term(s)
     }
 }
 
@@ -930,8 +633,8 @@ pub(crate) mod tests {
     use super::*;
     use clap::Parser;
 
-    /// 2026-05-01T12:00:00Z.
-    pub const NOW: i64 = 1_777_636_800_000;
+    use crate::cli::connect::MAX_NOTE;
+    pub use crate::cli::render::tests::NOW;
 
     pub fn request() -> pb::ApprovalRequest {
         pb::ApprovalRequest {
@@ -1106,35 +809,6 @@ pub(crate) mod tests {
         assert!(decide_request(1, true, None, None, None, Some("/etc/[a"), me).is_err());
         let long = "x".repeat(MAX_NOTE + 1);
         assert!(decide_request(1, true, None, Some(&long), None, None, me).is_err());
-    }
-
-    #[test]
-    fn relative_times_read_naturally() {
-        assert_eq!(relative(NOW + 252_000, NOW), "in 4m 12s");
-        assert_eq!(relative(NOW - 180_000, NOW), "3m ago");
-        assert_eq!(relative(NOW + 400, NOW), "now");
-        assert_eq!(relative(NOW + 3 * 86_400_000, NOW), "in 3days");
-        assert_eq!(utc_time(NOW).as_deref(), Some("2026-05-01T12:00:00.000Z"));
-        assert_eq!(utc_time(0), None);
-        assert_eq!(local_time(0), "-");
-    }
-
-    #[test]
-    fn local_time_is_rfc3339_with_the_local_offset() {
-        let s = local_time(NOW);
-        let parsed = crate::ledger::parse_time(&s).unwrap();
-        assert_eq!(
-            parsed,
-            UNIX_EPOCH + Duration::from_millis(NOW as u64),
-            "{s}"
-        );
-        // The offset is the one the C library gives for that instant.
-        let off = offset_at(NOW / 1000);
-        let (h, m, _) = off.as_hms();
-        assert!(
-            s.ends_with(&format!("{h:+03}:{:02}", m.abs())),
-            "{s} vs {off}"
-        );
     }
 
     #[test]

@@ -1,16 +1,15 @@
 //! `confgate grants list|revoke`: the grants approvals created, and ending one early.
 //!
-//! Connection options and formatting helpers are those of [`super::approvals`].
+//! Connection options and formatting helpers are shared with `approvals`: [`super::connect`]
+//! and [`super::render`].
 use std::io::Write;
 
 use anyhow::anyhow;
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::approvals::{
-    ApproverArgs, check_note, dash, ellipsize, explain, print_list, relative, render_table, term,
-    utc_time, when,
-};
+use super::connect::{ApproverArgs, check_note, explain};
+use super::render::{dash, ellipsize, print_list, relative, render_table, term, utc_time, when};
 use crate::approver::client::{ApproverChannel, connect};
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -262,7 +261,7 @@ pub fn grant_json(g: &pb::Grant) -> Value {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cli::approvals::tests::NOW;
+    use crate::cli::render::tests::NOW;
 
     pub fn grant() -> pb::Grant {
         pb::Grant {

@@ -118,7 +118,8 @@ pub fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> i32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{SESSIONS, Store};
+    use crate::session::SESSIONS;
+    use crate::store::Store;
 
     fn run(files: &[PathBuf]) -> (i32, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());

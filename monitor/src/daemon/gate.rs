@@ -19,7 +19,7 @@ use crate::gate::{
 };
 use crate::kernel::Kernel;
 use crate::ledger::{self, SharedLedger};
-use crate::policy::{GateQuery, OpSet, Policy, ProtectedPaths, SessionRef as PolicySession};
+use crate::policy::{GateQuery, OpSet, Policy, SessionRef as PolicySession};
 use crate::session::SessionRegistry;
 use crate::store::Store;
 use crate::uplink::{Uplink, UplinkHandle, UplinkOptions};
@@ -59,7 +59,11 @@ pub fn watched_roots(policy: &Policy, cfg: &Config) -> Vec<PathBuf> {
 
 /// Compiles the gate's policy for this configuration.
 pub fn compile_policy(cfg: &Config, config_path: &Path) -> anyhow::Result<Policy> {
-    Policy::compile(&cfg.gate, &ProtectedPaths::for_daemon(cfg, config_path)).context("gate policy")
+    Policy::compile(
+        &cfg.gate,
+        &super::protected::protected_paths(cfg, config_path),
+    )
+    .context("gate policy")
 }
 
 /// Settings of the in-process approval service: `approval.local_config` if set, else its

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 mod cadence;
 mod gate;
+mod protected;
 
 pub use gate::GateRuntime;
 

@@ -16,8 +16,6 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
-
 /// Name of the built-in rule as it appears in matches, ledgers and requests.
 pub const BUILTIN_RULE_NAME: &str = "builtin:self-protection";
 
@@ -25,7 +23,7 @@ pub const BUILTIN_RULE_NAME: &str = "builtin:self-protection";
 pub const CONFIG_DIR: &str = "/etc/confgate";
 
 /// The paths the built-in rule protects. Built by the daemon from the loaded configuration
-/// and handed to [`super::Policy::compile`].
+/// (`daemon::protected`) and handed to [`super::Policy::compile`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProtectedPaths {
     trees: Vec<PathBuf>,
@@ -36,41 +34,6 @@ impl ProtectedPaths {
     /// An empty set (tests, or callers adding every path themselves).
     pub fn new() -> ProtectedPaths {
         ProtectedPaths::default()
-    }
-
-    /// What the daemon protects: `/etc/confgate` (configuration, and by convention the
-    /// PKI and tokens), the configuration file in use (`config_path`, wherever it is), the
-    /// approval client's CA, certificate and key files and the in-process approval
-    /// service's settings file (`[approval]`, wherever they are), the state directory
-    /// (store, ledger, pre-images), and the running confgate binary. The directories
-    /// holding the credential files are not protected as a whole: a key under
-    /// `/etc/ssl/private` protects that file, not every key beside it.
-    pub fn for_daemon(config: &Config, config_path: &Path) -> ProtectedPaths {
-        let mut p = ProtectedPaths::new();
-        p.tree(CONFIG_DIR);
-        if config_path.as_os_str() != DEFAULT_CONFIG_PATH {
-            p.file(config_path);
-        }
-        let client = &config.approval.client;
-        for file in [
-            &client.ca,
-            &client.cert,
-            &client.key,
-            &config.approval.local_config,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            p.file(file);
-        }
-        // Approver credentials an administrator keeps on this host: a directory protects
-        // everything below it.
-        for cred in &config.approval.protected_credentials {
-            p.tree(cred);
-        }
-        p.tree(&config.daemon.state_dir);
-        p.current_binary();
-        p
     }
 
     /// Protects a directory and everything below it.
@@ -207,34 +170,5 @@ mod tests {
         let mut p = ProtectedPaths::new();
         p.file("config.toml").tree("state");
         assert!(p.files().is_empty() && p.trees().is_empty());
-    }
-
-    #[test]
-    fn daemon_set_covers_config_state_and_binary() {
-        let mut config = Config::default();
-        config.daemon.state_dir = PathBuf::from("/var/lib/confgate-test-state");
-        config.approval.client.key = Some(PathBuf::from("/etc/ssl/private/host.key"));
-        config.approval.client.ca = Some(PathBuf::from("/srv/pki/ca.pem"));
-        config.approval.local_config = Some(PathBuf::from("/opt/cg/approver.toml"));
-        let p = ProtectedPaths::for_daemon(&config, Path::new("/opt/cg/custom.toml"));
-        assert!(p.trees().contains(&PathBuf::from(CONFIG_DIR)));
-        assert!(p.trees().contains(&config.daemon.state_dir));
-        assert!(p.files().contains(&PathBuf::from("/opt/cg/custom.toml")));
-        for f in [
-            "/etc/ssl/private/host.key",
-            "/srv/pki/ca.pem",
-            "/opt/cg/approver.toml",
-        ] {
-            assert!(p.files().contains(&PathBuf::from(f)), "{f}");
-        }
-        let b = Builtin::new(&p);
-        assert!(b.matches(b"/etc/ssl/private/host.key"));
-        assert!(!b.matches(b"/etc/ssl/private/other.key"));
-        let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        assert!(p.files().contains(&exe));
-        // The default config path is inside CONFIG_DIR already.
-        let p = ProtectedPaths::for_daemon(&config, Path::new(DEFAULT_CONFIG_PATH));
-        assert!(!p.files().contains(&PathBuf::from(DEFAULT_CONFIG_PATH)));
-        assert!(Builtin::new(&p).matches(DEFAULT_CONFIG_PATH.as_bytes()));
     }
 }

@@ -327,6 +327,13 @@ impl GrantSet {
     }
 }
 
+/// The glob that matches exactly `path` (in the event contract's encoding, as grants are
+/// matched): glob metacharacters in brackets, and backslashes (the encoding's escapes)
+/// escaped, since grant globs take `\\` as an escape.
+pub fn exact_glob(path: &str) -> String {
+    globset::escape(path).replace('\\', "\\\\")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,7 +518,7 @@ mod tests {
         let raw: &[u8] = b"/etc/a\\x41 b*[c]\n\x1b\xff\xfe.conf";
         let encoded = crate::escape::encode(raw);
         let mut p = proto(9);
-        p.path_glob = crate::approver::service::exact_glob(&encoded);
+        p.path_glob = exact_glob(&encoded);
         let g = Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap();
         assert!(g.path_glob.is_match(raw), "{:?}", p.path_glob);
         for other in [
@@ -523,13 +530,13 @@ mod tests {
             assert!(!g.path_glob.is_match(other), "{other:?}");
         }
         // The longest path a request can name still makes a valid grant.
-        p.path_glob = crate::approver::service::exact_glob(&crate::escape::encode(
+        p.path_glob = exact_glob(&crate::escape::encode(
             &[b"/".as_slice(), &[0xff; 4094]].concat(),
         ));
         Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap();
         let mut set = GrantSet::new();
         let mut p = proto(10);
-        p.path_glob = crate::approver::service::exact_glob(&encoded);
+        p.path_glob = exact_glob(&encoded);
         set.insert(Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap());
         assert!(set.find(7, "x", raw, w, now).is_some());
     }

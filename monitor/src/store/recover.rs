@@ -107,9 +107,12 @@ pub(super) fn poisons(e: &StoreError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{RecordTable, SESSIONS, Store};
+    use super::super::{RecordTable, SESSIONS_TABLE, Store};
     use crate::state;
     use std::sync::atomic::Ordering;
+
+    /// The sessions table, read as raw JSON values (the store does not know its type).
+    const SESSIONS: RecordTable<serde_json::Value> = RecordTable::new(SESSIONS_TABLE);
 
     const T: RecordTable<String> = RecordTable::new("recover_test");
 
