@@ -304,3 +304,43 @@ fn an_approval_survives_a_crash_right_after_the_write_it_let_through() {
     let o = g.cli(&["audit", "verify"]);
     assert!(o.status.success(), "{o:?}");
 }
+
+#[test]
+fn an_undecided_request_survives_a_restart_and_its_approval_then_applies() {
+    if !require_root("an_undecided_request_survives_a_restart_and_its_approval_then_applies") {
+        return;
+    }
+    let mut g = Gate::start(|w| {
+        rule(
+            w,
+            "dar",
+            "mode = \"deny-and-request\"\nfail = \"deny\"\non_expiry = \"revert\"",
+        )
+    });
+    let f = g.gated("app.env");
+    std::fs::write(&f, "DEBUG=false\n").expect("seed");
+    let go = g.d.dir.path().join("go");
+    let child = g.spawn_in_session(
+        "claude",
+        &format!(
+            "echo DEBUG=true > gated/app.env; while [ ! -e {go} ]; do sleep 0.05; done; \
+             echo DEBUG=true > gated/app.env && echo retried",
+            go = go.display()
+        ),
+    );
+    let r = g.wait_request(&f);
+    // The daemon restarts while the request waits; the approval comes after.
+    g.d.restart();
+    ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "10m"]));
+    g.d.wait_stat("gate_grants_live", |n| n == 1);
+    std::fs::write(&go, "").expect("go");
+    let o = wait_child(child, Duration::from_secs(30));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("retried"),
+        "{o:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
+    // The grant carries the rule's on_expiry (from the request kept in the store).
+    let grant = g.wait_ledgered("grant", |_| true);
+    assert_eq!(grant["on_expiry"], "revert", "{grant}");
+}
