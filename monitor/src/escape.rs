@@ -59,11 +59,22 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
             }
             b'x' => {
                 let hex = text.get(i + 2..i + 4)?;
+                if !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return None;
+                }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 4;
             }
             _ => return None,
         }
+    }
+    // Only what `encode` produces: `\x41` (a byte that is valid UTF-8, which `encode`
+    // never escapes) is refused, so every text has one decoding and one encoding.
+    if encode(&out) != text {
+        return None;
     }
     Some(out)
 }
@@ -129,6 +140,14 @@ pub fn for_terminal(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_refuses_text_encode_never_produces() {
+        assert_eq!(decode("a\\x+f"), None);
+        assert_eq!(decode("a\\x41"), None);
+        assert_eq!(decode("a\\xFF"), None);
+        assert_eq!(decode("a\\xff").as_deref(), Some(&b"a\xff"[..]));
+    }
 
     #[test]
     fn plain_utf8_is_unchanged() {
