@@ -640,8 +640,14 @@ mod tests {
         });
     }
 
-    #[test]
-    fn events_describe_the_writer_as_of_its_latest_exec() {
+    /// A pipeline watching a new temporary directory (kept alive by the returned guard,
+    /// with its canonical path), and a session registry stored in it.
+    fn watched_pipeline() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Pipeline,
+        SessionRegistry,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let real = std::fs::canonicalize(dir.path()).expect("canon");
         let watch = WatchSet::new(&WatchSection {
@@ -651,7 +657,7 @@ mod tests {
         })
         .expect("watch set");
         let detector = Detector::new(&[]).expect("detector");
-        let mut p = Pipeline::new(
+        let p = Pipeline::new(
             watch,
             detector,
             Duration::from_millis(1),
@@ -659,6 +665,12 @@ mod tests {
         );
         let sessions =
             SessionRegistry::open(Store::open(&real.join("s.redb")).expect("store")).expect("reg");
+        (dir, real, p, sessions)
+    }
+
+    #[test]
+    fn events_describe_the_writer_as_of_its_latest_exec() {
+        let (_dir, real, mut p, sessions) = watched_pipeline();
         let file = real.join("a.conf");
         let file = file.as_os_str().as_bytes();
         let flush = |p: &mut Pipeline| {
@@ -689,23 +701,7 @@ mod tests {
 
     #[test]
     fn a_syscall_is_attributed_to_the_session_it_was_made_in() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let real = std::fs::canonicalize(dir.path()).expect("canon");
-        let watch = WatchSet::new(&WatchSection {
-            paths: vec![real.clone()],
-            project_roots: Vec::new(),
-            ..WatchSection::default()
-        })
-        .expect("watch set");
-        let detector = Detector::new(&[]).expect("detector");
-        let mut p = Pipeline::new(
-            watch,
-            detector,
-            Duration::from_millis(1),
-            Arc::new(Metrics::default()),
-        );
-        let sessions =
-            SessionRegistry::open(Store::open(&real.join("s.redb")).expect("store")).expect("reg");
+        let (_dir, real, mut p, sessions) = watched_pipeline();
         exec(
             &mut p,
             &[b"sh", b"-c", b"exec 3>>a.conf; exec confgate run ..."],
