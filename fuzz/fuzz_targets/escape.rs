@@ -3,7 +3,7 @@
 //! (a hostile approver or a damaged file) returns bytes or `None`, never panics.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use monitor::escape::{decode, encode, for_terminal};
+use monitor::event::escape::{decode, encode, for_terminal};
 
 fuzz_target!(|data: &[u8]| {
     let text = encode(data);

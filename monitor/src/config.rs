@@ -17,6 +17,7 @@ use crate::policy::{GateConfig, PolicyError};
 pub mod addr;
 pub mod client;
 pub mod toml_check;
+pub mod watch;
 
 pub(crate) use toml_check::{Checker, parse_checked, read_text};
 pub use toml_check::{ConfigError, line_column};
@@ -137,7 +138,7 @@ impl Default for KernelSection {
     }
 }
 
-/// `[watch]`: which paths are configuration. See [`crate::watch::WatchSet`].
+/// `[watch]`: which paths are configuration. See [`crate::config::watch::WatchSet`].
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WatchSection {
@@ -547,7 +548,7 @@ impl Config {
     }
 }
 
-/// Validation of the `[watch]` section, shared with [`crate::watch::WatchSet::new`].
+/// Validation of the `[watch]` section, shared with [`crate::config::watch::WatchSet::new`].
 pub(crate) fn check_watch(w: &WatchSection, c: &mut Checker) {
     for (i, p) in w.paths.iter().enumerate() {
         let field = format!("watch.paths[{i}]");

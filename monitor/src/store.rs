@@ -3,7 +3,7 @@
 //! The store is deliberately generic. Records live in [`RecordTable`]s: `u64` key -> JSON bytes
 //! of one serde type. Adding a table (approval requests, grants, an audit ledger, ...) is one
 //! `pub const` in the module that owns the record type (the sessions table is
-//! [`crate::session::SESSIONS`]); nothing else here changes. Monotonic ids come from named
+//! [`crate::sessions::SESSIONS`]); nothing else here changes. Monotonic ids come from named
 //! sequences in the `meta` table ([`WriteTx::next_id`]).
 //!
 //! Every write goes through [`Store::write`]: one redb transaction, committed with
@@ -51,7 +51,7 @@ pub const STORE_FILE: &str = "confgate.redb";
 /// key or value format changes incompatibly.
 pub const SCHEMA_VERSION: u64 = 1;
 
-/// Name of the agent sessions table ([`crate::session::SESSIONS`]), created when the
+/// Name of the agent sessions table ([`crate::sessions::SESSIONS`]), created when the
 /// store is opened so that readers never see it missing. The table itself is declared
 /// next to its record type, so the store does not depend on the session registry.
 pub const SESSIONS_TABLE: &str = "sessions";

@@ -112,7 +112,7 @@ impl Attestor {
                 }
                 Err(e) => {
                     let aside =
-                        path.with_extension(format!("key.damaged-{}", crate::clock::now_ms()));
+                        path.with_extension(format!("key.damaged-{}", crate::os::clock::now_ms()));
                     tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %e, "attestation key file is damaged; moving it aside and making a new key");
                     std::fs::rename(path, &aside).map_err(|e| io("move aside", e))?;
                 }

@@ -138,7 +138,7 @@ pub fn init_ca(req: &CaRequest) -> Result<CaReport, ApproverError> {
 
     let server_pem = req.dir.join("server.pem");
     if report.new_ca || !req.server_names.is_empty() || !server_pem.exists() {
-        let names = server_cert_names(&req.server_names, &crate::host::host_name());
+        let names = server_cert_names(&req.server_names, &crate::os::host::host_name());
         let mut params = CertificateParams::new(names.clone()).map_err(err)?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, names[0].as_str());

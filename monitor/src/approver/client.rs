@@ -20,9 +20,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Status};
 
 use super::addr::{Address, AddressError};
+use crate::api::client::{DialError, unix_channel};
 use crate::config::client::check_token;
 pub use crate::config::client::{ClientConfig, DEFAULT_ENDPOINT, MAX_TOKEN};
-use crate::rpc::client::{DialError, unix_channel};
 use confgate_proto::v1::approver_client::ApproverClient;
 
 /// Errors of [`connect`] and [`ClientConfig::check`].

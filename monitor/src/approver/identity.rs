@@ -93,7 +93,7 @@ impl Authenticator {
     pub fn local_host(&self) -> String {
         match &self.oracle {
             Some(o) => o.host(),
-            None => crate::host::host_name(),
+            None => crate::os::host::host_name(),
         }
     }
 
@@ -116,7 +116,7 @@ impl Authenticator {
                 name: format!("token:{name}"),
             });
         }
-        let peer = req.extensions().get::<crate::rpc::peer::PeerInfo>();
+        let peer = req.extensions().get::<crate::api::peer::PeerInfo>();
         if let Some(cred) = peer.and_then(|i| i.uds.peer_cred) {
             let pid = cred
                 .pid()
@@ -128,7 +128,7 @@ impl Authenticator {
             // The pid is the connecting process's: it must still be that process, or a
             // session process could hand its connection to a child, exit, and be taken for
             // whatever the pid names now (nothing: "no session").
-            if !crate::rpc::peer::started_by(pid, peer.and_then(|i| i.accepted_ticks)) {
+            if !crate::api::peer::started_by(pid, peer.and_then(|i| i.accepted_ticks)) {
                 return Err(Status::unauthenticated(format!(
                     "process {pid} that opened this connection is gone; connect again"
                 )));
@@ -137,7 +137,7 @@ impl Authenticator {
             let admin = uid == 0
                 || self
                     .admin_gid
-                    .is_some_and(|g| gid == g || crate::host::groups_of(pid).contains(&g));
+                    .is_some_and(|g| gid == g || crate::os::host::groups_of(pid).contains(&g));
             return Ok(Principal::Unix(UnixPeer {
                 pid,
                 uid,
@@ -329,7 +329,7 @@ mod tests {
         u.session = None;
         assert_eq!(
             a.host(&Principal::Unix(u), "Submit").unwrap(),
-            crate::host::host_name()
+            crate::os::host::host_name()
         );
     }
 }

@@ -26,9 +26,9 @@ use tokio::task::JoinSet;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
+use crate::api::RpcError;
 use crate::config::ConfigError;
 use crate::ledger::LedgerError;
-use crate::rpc::RpcError;
 use crate::store::StoreError;
 use addr::Address;
 use client::transport_message;
@@ -218,7 +218,7 @@ impl Server {
         };
         let (bound, task): (Address, _) = match &addr {
             Address::Unix(path) => {
-                crate::rpc::server::prepare_socket_path(path).await?;
+                crate::api::server::prepare_socket_path(path).await?;
                 let listener = UnixListener::bind(path).map_err(|e| io("bind", path.clone(), e))?;
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.socket_mode))
                     .map_err(|e| io("chmod", path.clone(), e))?;
@@ -230,7 +230,7 @@ impl Server {
                     router
                         .serve_with_incoming_shutdown(
                             UnixListenerStream::new(listener)
-                                .map(|c| c.map(crate::rpc::peer::Accepted::new)),
+                                .map(|c| c.map(crate::api::peer::Accepted::new)),
                             shutdown,
                         )
                         .await

@@ -2,7 +2,7 @@
 //! that a field added to the API is filled in one place.
 use confgate_proto::v1 as pb;
 
-use crate::clock::now_ms;
+use crate::os::clock::now_ms;
 
 /// A request as a host files it when the agent `codex` of session `session` holds a write
 /// of `/etc/app.conf` under the rule `etc`: filed now, due in two minutes, denied if

@@ -13,7 +13,7 @@ use super::client::{ClientConfig, connect};
 use super::config::{ServiceConfig, TlsSection, TokenEntry};
 use super::testing;
 use super::{ApproverError, Server, SessionOracle};
-use crate::clock::now_ms;
+use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
 
 const TOKEN: &str = "s3cret-ops-token";
@@ -133,7 +133,7 @@ async fn submit_watch_decide_and_updates_with_resume() {
         .into_inner();
     let ctx = r1.context.as_ref().unwrap();
     // Root on the Unix socket is the local host; the claimed host name is replaced.
-    assert_eq!(ctx.host, crate::host::host_name());
+    assert_eq!(ctx.host, crate::os::host::host_name());
     assert_eq!(r1.state, pb::RequestState::Pending as i32);
     // No deadline sent: the default lifetime (600 s) applies.
     assert!((r1.deadline_unix_ms - before - 600_000).abs() < 5_000);

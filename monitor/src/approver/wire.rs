@@ -62,7 +62,7 @@ pub fn check_bytes(field: &str, s: &str, max: usize) -> Result<(), Status> {
     if s.len() > max {
         return Err(invalid(field, format!("longer than {max} bytes")));
     }
-    if !crate::escape::is_encoded(s) {
+    if !crate::event::escape::is_encoded(s) {
         return Err(invalid(
             field,
             "not in the event contract's encoding (a NUL, or a backslash that does not start \\\\ or \\xNN of an invalid byte)",
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn accepts_what_the_host_encodes() {
-        use crate::escape::encode;
+        use crate::event::escape::encode;
         let mut r = submit();
         let c = r.context.as_mut().unwrap();
         let long = format!("/etc/{}/x\n.conf", "d\x1b".repeat(2000));
@@ -357,7 +357,10 @@ mod tests {
             argv: c.command.clone(),
         }];
         let n = new_request(r, "web-1", 1000, 500).expect("the host's encoding is accepted");
-        assert_eq!(crate::escape::decode(&n.context.path), Some(long_raw));
+        assert_eq!(
+            crate::event::escape::decode(&n.context.path),
+            Some(long_raw)
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ use super::render::{
     command_line, dash, ellipsize, print_list, relative, render_table, term, utc_time, when,
 };
 use crate::approver::client::{ApproverChannel, ClientConfig, connect};
-use crate::clock::now_ms;
 use crate::config::Config;
+use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_client::ApproverClient;
 
@@ -153,7 +153,7 @@ pub fn check_glob(glob: &str) -> anyhow::Result<()> {
 /// Asks the daemon at `socket` to attest that this process decides request `id` (as
 /// `approve`) from outside every agent session.
 pub async fn attest(socket: &Path, id: u64, approve: bool) -> anyhow::Result<pb::AttestResponse> {
-    let mut daemon = crate::rpc::client::connect(socket).await.map_err(|e| {
+    let mut daemon = crate::api::client::connect(socket).await.map_err(|e| {
         anyhow!(
             "no confgate daemon answers on {} ({e}). A decision needs this host's daemon to \
              attest that it does not come from an agent session: run it on a host whose daemon \
@@ -178,7 +178,7 @@ pub async fn attest(socket: &Path, id: u64, approve: bool) -> anyhow::Result<pb:
         ),
         Err(s) => bail!(
             "the local daemon did not attest this decision: {}",
-            crate::rpc::client::explain(&s)
+            crate::api::client::explain(&s)
         ),
     }
 }
@@ -206,7 +206,7 @@ pub fn decide_request(
         note: note.unwrap_or_default().to_owned(),
         scope: scope.map_or(pb::GrantScope::Unspecified, pb::GrantScope::from) as i32,
         path_glob: glob.unwrap_or_default().to_owned(),
-        decider_host: attestation.map_or_else(crate::host::host_name, |a| a.host.clone()),
+        decider_host: attestation.map_or_else(crate::os::host::host_name, |a| a.host.clone()),
         decider_session: 0,
         attestation: attestation.map(|a| a.statement.clone()).unwrap_or_default(),
         attestation_signature: attestation.map(|a| a.signature.clone()).unwrap_or_default(),

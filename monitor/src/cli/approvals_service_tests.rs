@@ -8,11 +8,11 @@ use confgate_proto::v1 as pb;
 
 use super::approvals::{self, ScopeArg};
 use super::grants;
+use crate::api::testing::{FakeDaemon, TestServer};
 use crate::approver::client::{ClientConfig, connect};
 use crate::approver::config::ServiceConfig;
 use crate::approver::{Server, testing};
-use crate::clock::now_ms;
-use crate::rpc::testing::{FakeDaemon, TestServer};
+use crate::os::clock::now_ms;
 
 fn service_config(dir: &std::path::Path) -> ServiceConfig {
     ServiceConfig {
@@ -116,7 +116,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     // names Unix-socket hosts after this machine, so the fake's key is registered by hand).
     let fake = FakeDaemon::new(false);
     let daemon =
-        TestServer::start(Arc::clone(&fake) as Arc<dyn crate::rpc::server::DaemonApi>).await;
+        TestServer::start(Arc::clone(&fake) as Arc<dyn crate::api::server::DaemonApi>).await;
     let me = approvals::attest(&daemon.socket, r1.id, true)
         .await
         .unwrap();
@@ -262,9 +262,9 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
 async fn a_shell_inside_an_agent_session_is_refused_locally() {
     let fake = FakeDaemon::new(false);
     let daemon =
-        TestServer::start(Arc::clone(&fake) as Arc<dyn crate::rpc::server::DaemonApi>).await;
+        TestServer::start(Arc::clone(&fake) as Arc<dyn crate::api::server::DaemonApi>).await;
     // Put this test process into a session through the real RPC layer.
-    let mut d = crate::rpc::client::connect(&daemon.socket).await.unwrap();
+    let mut d = crate::api::client::connect(&daemon.socket).await.unwrap();
     d.register_session(pb::RegisterSessionRequest {
         agent: "codex".into(),
         ..Default::default()

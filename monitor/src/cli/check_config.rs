@@ -3,8 +3,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
+use crate::config::watch::WatchSet;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
-use crate::watch::WatchSet;
 
 /// Check the configuration at `path` (or the default path). Prints `ok: <path>` and a
 /// summary on stdout and returns 0, or prints every problem (`path:line:column: ...`) on

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use super::connect::{ApproverArgs, check_note, explain};
 use super::render::{dash, ellipsize, print_list, relative, render_table, term, utc_time, when};
 use crate::approver::client::{ApproverChannel, connect};
-use crate::clock::now_ms;
 use crate::config::Config;
+use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_client::ApproverClient;
 

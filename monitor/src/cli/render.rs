@@ -26,7 +26,7 @@ pub fn print_list<T>(
 
 /// Terminal-safe text: control characters visible, backslashes doubled (as for events).
 pub fn term(s: &str) -> String {
-    crate::escape::for_terminal(s.as_bytes())
+    crate::event::escape::for_terminal(s.as_bytes())
 }
 
 /// `s` shortened to `max` characters with a trailing ellipsis.

@@ -18,8 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use nix::errno::Errno;
 
-use crate::rpc::{client, pb};
-use crate::session::{MAX_COMMAND_BYTES, SessionInfo, validate_agent, validate_reason};
+use crate::api::{client, pb};
+use crate::sessions::{MAX_COMMAND_BYTES, SessionInfo, validate_agent, validate_reason};
 
 /// confgate failed; the command was not run.
 pub const EXIT_CONFGATE: i32 = 125;
@@ -206,7 +206,7 @@ fn environment_with_session(id: u64) -> Vec<CString> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::testing::{FIRST_FAKE_ID, FakeDaemon, ThreadServer};
+    use crate::api::testing::{FIRST_FAKE_ID, FakeDaemon, ThreadServer};
     use std::os::unix::fs::PermissionsExt;
 
     const CHILD_SOCKET_ENV: &str = "CONFGATE_TEST_RUN_SOCKET";

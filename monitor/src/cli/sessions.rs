@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow};
 
-use crate::rpc::{client, pb};
-use crate::session::{SessionInfo, escape_text};
+use crate::api::{client, pb};
+use crate::sessions::{SessionInfo, escape_text};
 
 /// Longest reason shown in the table, in characters (`--json` has it whole).
 const REASON_COLUMN: usize = 60;
@@ -124,8 +124,8 @@ fn ellipsize(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::testing::{FakeDaemon, ThreadServer};
-    use crate::session::SessionSource;
+    use crate::api::testing::{FakeDaemon, ThreadServer};
+    use crate::sessions::SessionSource;
 
     fn info(id: u64, agent: &str, reason: Option<&str>, ended: Option<&str>) -> SessionInfo {
         SessionInfo {

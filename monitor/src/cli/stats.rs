@@ -4,7 +4,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use confgate_proto::v1::{GetStatsRequest, SubscribeEventsRequest};
 
-use crate::rpc::client::connect;
+use crate::api::client::connect;
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -23,7 +23,7 @@ fn decodes<V: DeserializeOwned>(b: &[u8]) -> bool {
 
 /// The record tables of the daemon's and the approval service's stores, with their types.
 const TABLES: &[(&str, Decodes)] = &[
-    ("sessions", decodes::<crate::session::SessionInfo>),
+    ("sessions", decodes::<crate::sessions::SessionInfo>),
     (
         "gate_requests",
         decodes::<crate::gate::requests::RequestRecord>,
@@ -118,7 +118,7 @@ pub fn check(files: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> i32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SESSIONS;
+    use crate::sessions::SESSIONS;
     use crate::store::Store;
 
     fn run(files: &[PathBuf]) -> (i32, String, String) {

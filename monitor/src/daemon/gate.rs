@@ -13,14 +13,14 @@ use tracing::{info, warn};
 use crate::approver::{self, SessionOracle, config::ServiceConfig};
 use crate::config::{ApprovalMode, Config};
 use crate::event::{Event, Kind};
-use crate::fanotify::{self, FanEvent};
 use crate::gate::{
     Engine, EngineSettings, GateMetrics, IntentSource, Listener, Marks, Notice, PermGroup,
 };
 use crate::kernel::Kernel;
 use crate::ledger::{self, SharedLedger};
+use crate::notify::{self, FanEvent};
 use crate::policy::{GateQuery, OpSet, Policy, SessionRef as PolicySession};
-use crate::session::SessionRegistry;
+use crate::sessions::SessionRegistry;
 use crate::store::Store;
 use crate::uplink::{Uplink, UplinkHandle, UplinkOptions};
 
@@ -195,8 +195,7 @@ impl GateRuntime {
     /// asked then, while the closer still exists).
     pub fn on_fanotify(&self, ev: &FanEvent, session: u64) {
         let new_dir = ev.is_dir
-            && ev.mask & (fanotify::FAN_CREATE | fanotify::FAN_RENAME | fanotify::FAN_MOVED_TO)
-                != 0;
+            && ev.mask & (notify::FAN_CREATE | notify::FAN_RENAME | notify::FAN_MOVED_TO) != 0;
         if new_dir {
             let dir = ev.new_path.as_deref().unwrap_or(&ev.path);
             if dir.is_absolute()
@@ -206,7 +205,7 @@ impl GateRuntime {
                 warn!(dir = %dir.display(), error = %e, "gate: cannot mark a new directory");
             }
         }
-        if ev.mask & fanotify::FAN_CLOSE_WRITE != 0 && !ev.is_dir {
+        if ev.mask & notify::FAN_CLOSE_WRITE != 0 && !ev.is_dir {
             let path = ev.path.as_os_str().as_bytes();
             if self.engine.tracks(path) {
                 let session = match session {
@@ -240,7 +239,7 @@ impl GateRuntime {
         let (Some(session), Some(target)) = (ev.session.as_ref(), ev.target.as_deref()) else {
             return;
         };
-        let Some(to) = crate::escape::decode(target) else {
+        let Some(to) = crate::event::escape::decode(target) else {
             return;
         };
         let q = GateQuery {
@@ -259,7 +258,7 @@ impl GateRuntime {
             session: session.id,
             agent: session.agent.clone(),
             pid: ev.pid,
-            from: crate::escape::decode(&ev.path),
+            from: crate::event::escape::decode(&ev.path),
             to,
         });
     }

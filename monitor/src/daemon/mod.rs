@@ -21,18 +21,18 @@ pub use gate::GateRuntime;
 pub const MAX_BLOCKING_THREADS: usize = 64;
 
 use crate::{
+    api::server::{ApiError, Caller, DaemonApi},
     config::Config,
-    correlate::Watermarks,
-    detect::Detector,
-    fanotify::NotifyWatcher,
+    config::watch::WatchSet,
     kernel::{Kernel, KernelSettings, decode::decode},
     metrics::Metrics,
-    pipeline::{Action, Pipeline},
-    rpc::server::{ApiError, Caller, DaemonApi},
-    session::{NewSession, SessionError, SessionInfo, SessionRegistry, SessionSource},
-    sink::Sink,
+    notify::NotifyWatcher,
+    observe::correlate::Watermarks,
+    observe::pipeline::{Action, Pipeline},
+    observe::procs::detect::Detector,
+    observe::sink::Sink,
+    sessions::{NewSession, SessionError, SessionInfo, SessionRegistry, SessionSource},
     store::Store,
-    watch::WatchSet,
 };
 
 const BROADCAST_CAPACITY: usize = 8192;
@@ -75,7 +75,7 @@ impl Shared {
 /// The local approval service asks the kernel's session map who its callers are.
 impl crate::approver::SessionOracle for Shared {
     fn host(&self) -> String {
-        crate::host::host_name()
+        crate::os::host::host_name()
     }
 
     fn session_of_pid(&self, pid: u32) -> u64 {
@@ -91,7 +91,7 @@ impl crate::approver::SessionOracle for Shared {
 impl DaemonApi for Shared {
     fn caller_session(&self, caller: &Caller) -> (String, u64) {
         (
-            crate::host::host_name(),
+            crate::os::host::host_name(),
             lock(&self.kernel).session_of(caller.pid),
         )
     }
@@ -105,7 +105,7 @@ impl DaemonApi for Shared {
         let host = self.attest_host.clone();
         // The pid is the one the kernel gave at connect time: it must still name the
         // process that connected, not one that got the pid after it exited.
-        if !crate::rpc::peer::started_by(caller.pid, caller.accepted_ticks) {
+        if !crate::api::peer::started_by(caller.pid, caller.accepted_ticks) {
             Metrics::inc(&self.metrics.attest_refused);
             warn!(
                 pid = caller.pid,
@@ -146,7 +146,7 @@ impl DaemonApi for Shared {
                 approve,
                 caller.pid,
                 caller.uid,
-                crate::clock::now_ms(),
+                crate::os::clock::now_ms(),
             )
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         Metrics::inc(&self.metrics.attest_issued);
@@ -218,7 +218,7 @@ impl DaemonApi for Shared {
             .map(|(n, v)| (format!("kernel_{n}"), v))
             .collect();
         self.metrics.subscriber_lag.store(
-            crate::rpc::server::subscriber_lagged_total(),
+            crate::api::server::subscriber_lagged_total(),
             Ordering::Relaxed,
         );
         out.extend(
@@ -244,9 +244,9 @@ impl DaemonApi for Shared {
 
     fn is_admin(&self, caller: &Caller) -> bool {
         caller.uid == 0
-            || self
-                .admin_gid
-                .is_some_and(|g| caller.gid == g || crate::host::groups_of(caller.pid).contains(&g))
+            || self.admin_gid.is_some_and(|g| {
+                caller.gid == g || crate::os::host::groups_of(caller.pid).contains(&g)
+            })
     }
 }
 
@@ -301,10 +301,13 @@ fn handle_actions(shared: &Shared, pipeline: &mut Pipeline, actions: Vec<Action>
             } => {
                 let (command, cwd) = match pipeline.procs.get(pid) {
                     Some(p) => (
-                        p.argv.iter().map(|a| crate::escape::encode(a)).collect(),
+                        p.argv
+                            .iter()
+                            .map(|a| crate::event::escape::encode(a))
+                            .collect(),
                         p.cwd
                             .as_deref()
-                            .map(crate::escape::encode)
+                            .map(crate::event::escape::encode)
                             .unwrap_or_default(),
                     ),
                     None => (Vec::new(), String::new()),
@@ -499,9 +502,9 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
         attest_host: match cfg.approval.mode {
             crate::config::ApprovalMode::Remote => crate::approver::attest::host_name_for(
                 cfg.approval.client_config().cert.as_deref(),
-                crate::host::host_name(),
+                crate::os::host::host_name(),
             ),
-            crate::config::ApprovalMode::Local => crate::host::host_name(),
+            crate::config::ApprovalMode::Local => crate::os::host::host_name(),
         },
     });
     restore_sessions(&shared, &mut pipeline);
@@ -530,7 +533,7 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
         let shutdown = async {
             let _ = stop_rx.await;
         };
-        crate::rpc::server::serve(&socket, mode, api, shutdown).await
+        crate::api::server::serve(&socket, mode, api, shutdown).await
     });
 
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both
@@ -547,8 +550,8 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
     // Start-up (the eBPF loader above all) freed ~12 MiB of heap: give it back, and unmap
     // the code that start-up ran (see memory::forget_code).
-    crate::memory::trim_heap();
-    crate::memory::forget_code();
+    crate::os::memory::trim_heap();
+    crate::os::memory::forget_code();
     info!(
         programs = report.attached.len(),
         prefixes = prefixes.len(),
@@ -630,7 +633,7 @@ pub async fn run(mut cfg: Config, config_path: &Path) -> anyhow::Result<()> {
                     handle_actions(&shared, &mut pipeline, ended);
                     // A burst is over (no record for a second): give its heap back.
                     if records == records_at_sweep && records != records_at_trim {
-                        crate::memory::trim_heap();
+                        crate::os::memory::trim_heap();
                         records_at_trim = records;
                     }
                     records_at_sweep = records;

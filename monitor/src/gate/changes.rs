@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::escape::encode;
+use crate::event::escape::encode;
 use crate::gate::preimage::{PreImage, hex};
 use crate::ledger::canonical::sha256_hex;
 use crate::store::{BlobTable, RecordTable, Store, StoreError, WriteTx};
@@ -166,7 +166,7 @@ pub fn record_kept_in(
         size: kept.size,
         sha256: kept.sha256.clone(),
         content_kept: content.is_some(),
-        created_unix_ms: crate::clock::now_ms(),
+        created_unix_ms: crate::os::clock::now_ms(),
         dev: kept.dev,
         ino: kept.ino,
         unrevertable: None,
@@ -487,7 +487,7 @@ pub fn restore_replacing(
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
     };
-    let stamp = crate::clock::now_ms();
+    let stamp = crate::os::clock::now_ms();
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".confgate-restore-{stamp}"));

@@ -8,9 +8,9 @@
 use confgate_proto::v1 as pb;
 
 use crate::approver::wire;
-use crate::escape::{encode, encode_bounded};
-use crate::proctable::{Proc, proc_from_procfs};
-use crate::session::SessionInfo;
+use crate::event::escape::{encode, encode_bounded};
+use crate::observe::procs::proctable::{Proc, proc_from_procfs};
+use crate::sessions::SessionInfo;
 
 /// Ancestors reported with a request (writer first).
 pub const MAX_ANCESTRY: usize = 16;
@@ -38,7 +38,7 @@ pub fn bounded_argv(argv: &[Vec<u8>], budget: usize) -> Vec<String> {
         };
         left -= text.len();
         if cut {
-            let shown = crate::escape::decode(&text).map_or(0, |raw| raw.len());
+            let shown = crate::event::escape::decode(&text).map_or(0, |raw| raw.len());
             if !text.is_empty() {
                 out.push(text);
             }
@@ -85,7 +85,7 @@ pub fn env_reason(pid: u32) -> Option<String> {
         let value = &value[..value.len().min(MAX_ENV_REASON_BYTES)];
         // Shown to approvers on terminals: control and invisible characters escaped, then
         // cut (at a character) to the contract's limit.
-        let mut text = crate::session::escape_text(&String::from_utf8_lossy(value));
+        let mut text = crate::sessions::escape_text(&String::from_utf8_lossy(value));
         if text.len() > wire::MAX_TEXT {
             let mut end = wire::MAX_TEXT;
             while !text.is_char_boundary(end) {
@@ -159,7 +159,7 @@ pub fn request_context(i: ContextInput<'_>) -> pb::RequestContext {
         session_id: s.map_or(0, |s| s.id),
         agent: s.map(|s| s.agent.clone()).unwrap_or_default(),
         uid: i.writer.uid,
-        user: crate::session::user_name(i.writer.uid),
+        user: crate::sessions::user_name(i.writer.uid),
         pid: i.writer.pid,
         command: i.writer.command.clone(),
         ancestry: i.writer.ancestry.clone(),
@@ -233,7 +233,7 @@ mod tests {
             &out[2][..20]
         );
         assert!(out[2].len() <= wire::MAX_TEXT);
-        let shown = crate::escape::decode(&out[2]).unwrap().len();
+        let shown = crate::event::escape::decode(&out[2]).unwrap().len();
         assert_eq!(
             out[3],
             format!(

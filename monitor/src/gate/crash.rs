@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::changes::{self, Change, ChangeError, Kept};
 use super::requests::{REQUEST_PREIMAGES, REQUESTS, RequestRecord};
-use crate::escape::encode;
+use crate::event::escape::encode;
 use crate::ledger::canonical::sha256_hex;
 use crate::store::{Store, StoreError};
 

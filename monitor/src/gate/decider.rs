@@ -16,7 +16,7 @@ use super::Verdict as Answer;
 use super::listener::{Decider, FastVerdict, PermEvent};
 use crate::policy::grants::GrantSet;
 use crate::policy::{FailVerdict, GateQuery, Mode, OpSet, Policy, SessionRef, Verdict};
-use crate::session::SessionRegistry;
+use crate::sessions::SessionRegistry;
 
 /// Gate counters, for `confgate stats`.
 #[derive(Default, Debug)]

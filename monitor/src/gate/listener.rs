@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 use super::intent::{self, Intent, IntentSource, Opener};
 use super::sys::{self, PermGroup, RawEvent};
 use super::{GateCounters, GateError, Verdict};
-use crate::fanotify::sys::FdPaths;
+use crate::os::fanotify::FdPaths;
 
 /// Bytes read from the group at once (a permission event is 24 bytes; every event read
 /// costs one descriptor until it is answered).

@@ -25,7 +25,8 @@ use tracing::{debug, warn};
 
 use super::sys::{DIR_MASK, FILE_MASK, PermGroup};
 use super::{GateCounters, GateError};
-use crate::fanotify::{pseudo_fs_name, sys as fsys};
+use crate::notify::pseudo_fs_name;
+use crate::os::fanotify as fsys;
 
 /// Deepest directory level walked below a root.
 const MAX_DEPTH: usize = 1024;

@@ -4,7 +4,7 @@
 //! Why by hand and not `nix::sys::fanotify`: nix's `FanotifyEvent` keeps the event
 //! descriptor private (it cannot be moved into a `Held` without a `dup`), panics when it
 //! closes an invalid descriptor, and reads into a 4 KiB buffer. The directory helpers are
-//! shared with the notification group (`crate::fanotify::sys`).
+//! shared with the notification group (`crate::os::fanotify`).
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -130,12 +130,7 @@ impl PermGroup {
 
     /// `fanotify_mark(FAN_MARK_ADD | flags, mask)` on the object `fd` refers to.
     pub(crate) fn mark_fd(&self, flags: u32, mask: u64, fd: BorrowedFd<'_>) -> io::Result<()> {
-        crate::fanotify::sys::fanotify_mark_fd(
-            self.fd.as_fd(),
-            libc::FAN_MARK_ADD | flags,
-            mask,
-            fd,
-        )
+        crate::os::fanotify::fanotify_mark_fd(self.fd.as_fd(), libc::FAN_MARK_ADD | flags, mask, fd)
     }
 
     /// `fanotify_mark(FAN_MARK_ADD | FAN_MARK_DONT_FOLLOW, mask)` on the entry `name` of
@@ -146,7 +141,7 @@ impl PermGroup {
         dir: BorrowedFd<'_>,
         name: &std::ffi::CStr,
     ) -> io::Result<()> {
-        crate::fanotify::sys::fanotify_mark_at(
+        crate::os::fanotify::fanotify_mark_at(
             self.fd.as_fd(),
             libc::FAN_MARK_ADD | libc::FAN_MARK_DONT_FOLLOW,
             mask,
@@ -173,7 +168,7 @@ impl PermGroup {
 
     /// One non-blocking `read(2)` of events (`EAGAIN` when none is queued).
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::fanotify::sys::read(self.fd.as_raw_fd(), buf)
+        crate::os::fanotify::read(self.fd.as_raw_fd(), buf)
     }
 }
 
@@ -184,7 +179,7 @@ impl AsFd for PermGroup {
 }
 
 fn fanotify_init(flags: u32, event_f_flags: u32) -> io::Result<OwnedFd> {
-    crate::fanotify::sys::fanotify_init(flags, event_f_flags)
+    crate::os::fanotify::fanotify_init(flags, event_f_flags)
 }
 
 /// One event as read from the group.
@@ -252,7 +247,7 @@ pub(crate) fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Resu
 
 /// `fstat(2)`.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
-    crate::fanotify::sys::fstat(fd)
+    crate::os::fanotify::fstat(fd)
 }
 
 /// Read `clock`.

@@ -136,7 +136,7 @@ impl Kernel {
             .map_max_entries("EVENTS", settings.ringbuf_bytes)
             .load(EBPF_OBJECT)?;
         // Loaded: the embedded object is not read again.
-        crate::memory::forget_pages(EBPF_OBJECT);
+        crate::os::memory::forget_pages(EBPF_OBJECT);
 
         let config = KernelConfig {
             path_filter: settings.path_filter as u32,

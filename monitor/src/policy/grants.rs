@@ -80,7 +80,7 @@ impl PathGlob {
                 .matcher
                 .is_match_candidate(&Candidate::from_bytes(path));
         }
-        let encoded = crate::escape::encode(path);
+        let encoded = crate::event::escape::encode(path);
         self.matcher
             .is_match_candidate(&Candidate::from_bytes(encoded.as_bytes()))
     }
@@ -516,7 +516,7 @@ mod tests {
         let now = t(1);
         let w = OpSet::WRITE;
         let raw: &[u8] = b"/etc/a\\x41 b*[c]\n\x1b\xff\xfe.conf";
-        let encoded = crate::escape::encode(raw);
+        let encoded = crate::event::escape::encode(raw);
         let mut p = proto(9);
         p.path_glob = exact_glob(&encoded);
         let g = Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap();
@@ -530,7 +530,7 @@ mod tests {
             assert!(!g.path_glob.is_match(other), "{other:?}");
         }
         // The longest path a request can name still makes a valid grant.
-        p.path_glob = exact_glob(&crate::escape::encode(
+        p.path_glob = exact_glob(&crate::event::escape::encode(
             &[b"/".as_slice(), &[0xff; 4094]].concat(),
         ));
         Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap();

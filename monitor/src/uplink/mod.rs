@@ -333,7 +333,7 @@ impl UplinkHandle {
         let json = json.to_string();
         let spool = self.spool.clone();
         let spooled = tokio::task::spawn_blocking(move || {
-            spool.push_report(&kind, json, crate::clock::now_ms())
+            spool.push_report(&kind, json, crate::os::clock::now_ms())
         })
         .await??;
         let host_seq = match &spooled.1 {
@@ -439,7 +439,7 @@ const AWAITING_DEFAULT_MS: i64 = 600_000;
 impl Task {
     /// Whether some submitted request may still get a decision (prunes expired ones).
     fn awaiting_decision(&mut self) -> bool {
-        let now = crate::clock::now_ms();
+        let now = crate::os::clock::now_ms();
         self.awaiting.retain(|_, deadline| *deadline > now);
         !self.awaiting.is_empty()
     }
@@ -777,7 +777,7 @@ impl Task {
                 .submit_request()
                 .map(|r| r.deadline_unix_ms)
                 .filter(|d| *d > 0)
-                .unwrap_or_else(|| crate::clock::now_ms().saturating_add(AWAITING_DEFAULT_MS));
+                .unwrap_or_else(|| crate::os::clock::now_ms().saturating_add(AWAITING_DEFAULT_MS));
             self.awaiting.insert(*host_request_id, deadline);
         }
         self.pending.entry(id).or_insert((entry, tried));

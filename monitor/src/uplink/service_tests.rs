@@ -276,7 +276,7 @@ async fn hostile_bytes_reach_the_service_and_a_refusal_is_handed_back() {
 
     let mut r = request(1);
     let c = testing::context(&mut r);
-    let enc = crate::escape::encode;
+    let enc = crate::event::escape::encode;
     c.path = enc(b"/etc/a\nb\x1b[2J\xff.conf");
     c.cwd = enc(b"/tmp/new\nline\\\xfe");
     c.command = vec![
@@ -301,7 +301,7 @@ async fn hostile_bytes_reach_the_service_and_a_refusal_is_handed_back() {
 
     // The service refuses a deadline beyond its 30 days: the receiver learns it.
     let mut far = request(2);
-    far.deadline_unix_ms = crate::clock::now_ms() + 40 * 24 * 3600 * 1000;
+    far.deadline_unix_ms = crate::os::clock::now_ms() + 40 * 24 * 3600 * 1000;
     h.submit(far).await.unwrap();
     match recv(&mut rx).await {
         UplinkUpdate::Rejected {

@@ -644,7 +644,7 @@ async fn reconnects_quickly_while_a_request_awaits_its_decision() {
     };
     let (h, _rx) = Uplink::start_with(client(&socket), store, "web-1".into(), opts);
     let mut r = request(1);
-    r.deadline_unix_ms = crate::clock::now_ms() + 120_000;
+    r.deadline_unix_ms = crate::os::clock::now_ms() + 120_000;
     h.submit(r).await.unwrap();
     // Enough failures that the plain backoff would now wait 2.5 s or more.
     eventually("connect failures", || {

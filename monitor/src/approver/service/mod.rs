@@ -36,7 +36,7 @@ use super::store::{
     State, UpdateKind, UpdateRec,
 };
 use super::wire::{self, MAX_NAME, MAX_PATH, MAX_TEXT, check_text, invalid};
-use crate::clock::now_ms;
+use crate::os::clock::now_ms;
 use crate::policy::grants::exact_glob;
 use crate::store::StoreError;
 use confgate_proto::v1 as pb;

@@ -421,7 +421,8 @@ impl Engine {
         let record = RequestRecord {
             rule: rule.name.clone(),
             session: ctx.session_id,
-            path: crate::escape::decode(&ctx.path).unwrap_or_else(|| ctx.path.clone().into()),
+            path: crate::event::escape::decode(&ctx.path)
+                .unwrap_or_else(|| ctx.path.clone().into()),
             mode: rule.mode.as_str().to_owned(),
             created_unix_ms: created,
             deadline_unix_ms: deadline,

@@ -30,14 +30,14 @@ use super::preimage::{self, PreImage};
 use super::requests::{
     GRANTS, REQUEST_IDS, REQUEST_PREIMAGES, REQUESTS, RequestPre, RequestRecord,
 };
-use crate::clock::unix_ms;
-use crate::escape::encode;
+use crate::event::escape::encode;
 use crate::ledger::SharedLedger;
+use crate::os::clock::unix_ms;
 use crate::policy::grants::{Grant, GrantSet};
 use crate::policy::{
     FailVerdict, GateQuery, Mode, OnExpiry, OpSet, Policy, Rule, SessionRef, Verdict,
 };
-use crate::session::{SessionInfo, SessionRegistry};
+use crate::sessions::{SessionInfo, SessionRegistry};
 use crate::store::Store;
 use crate::uplink::{UplinkHandle, UplinkUpdate};
 

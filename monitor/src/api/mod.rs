@@ -7,7 +7,7 @@
 //! This module also converts between the registry's [`SessionInfo`] and the wire type.
 use std::path::PathBuf;
 
-use crate::session::{SessionInfo, SessionSource};
+use crate::sessions::{SessionInfo, SessionSource};
 
 pub mod client;
 pub mod peer;

@@ -7,7 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use super::records::MAX_HANDLE_SZ;
+/// `MAX_HANDLE_SZ` from include/linux/exportfs.h: the kernel never encodes a longer handle.
+pub(crate) const MAX_HANDLE_SZ: usize = 128;
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {

@@ -26,8 +26,7 @@
 pub(crate) const METADATA_VERSION: u8 = 3;
 /// `sizeof(struct fanotify_event_metadata)`.
 pub(crate) const METADATA_LEN: usize = 24;
-/// `MAX_HANDLE_SZ` from include/linux/exportfs.h: the kernel never encodes a longer handle.
-pub(crate) const MAX_HANDLE_SZ: usize = 128;
+pub(crate) use crate::os::fanotify::MAX_HANDLE_SZ;
 
 const INFO_HDR_LEN: usize = 4;
 const FSID_LEN: usize = 8;

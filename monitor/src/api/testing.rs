@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, oneshot};
 
 use super::server::{ApiError, Caller, DaemonApi, serve};
-use crate::session::{SessionInfo, SessionSource};
+use crate::sessions::{SessionInfo, SessionSource};
 
 /// First id the fake hands out (not 1, so tests notice ids that are made up elsewhere).
 pub(crate) const FIRST_FAKE_ID: u64 = 41;
@@ -104,7 +104,7 @@ impl DaemonApi for FakeDaemon {
                 approve,
                 caller.pid,
                 caller.uid,
-                crate::clock::now_ms(),
+                crate::os::clock::now_ms(),
             )
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok((st, sig, host))

@@ -56,7 +56,6 @@
 //! - `pid` is 0 when the writer is not visible in the watcher's pid namespace.
 mod records;
 // The gate's permission group reuses the directory helpers.
-pub(crate) mod sys;
 mod watcher;
 
 pub(crate) use watcher::pseudo_fs_name;

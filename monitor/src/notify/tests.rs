@@ -792,7 +792,7 @@ async fn pid_is_the_writing_thread() {
         Command::new(exe)
             .args([
                 "--exact",
-                "fanotify::tests::helper_thread_writer",
+                "notify::tests::helper_thread_writer",
                 "--nocapture",
             ])
             .args(["--test-threads=1", "-q"])

@@ -5,7 +5,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path};
 use thiserror::Error;
 
-use crate::{config::DetectRule, proctable::Proc};
+use crate::{config::DetectRule, observe::procs::proctable::Proc};
 
 #[derive(Debug, Error)]
 pub enum DetectError {

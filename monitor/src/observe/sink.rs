@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     config::StdoutMode,
-    escape,
+    event::escape,
     event::{Event, Source},
 };
 

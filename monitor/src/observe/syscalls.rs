@@ -5,11 +5,11 @@ use std::time::Instant;
 use monitor_common::{AT_FDCWD, SysOp};
 
 use crate::{
-    correlate::Observation,
     event::{Details, Kind, Source, open_flag_names},
     kernel::decode::SyscallRecord,
-    proctable::{ProcTable, live_link},
-    resolve::{DirCache, Resolved, resolve},
+    observe::correlate::Observation,
+    observe::procs::proctable::{ProcTable, live_link},
+    observe::procs::resolve::{DirCache, Resolved, resolve},
 };
 
 const O_CREAT: u32 = 0o100;

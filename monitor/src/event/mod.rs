@@ -1,6 +1,8 @@
 //! The event contract (schema version [`SCHEMA_VERSION`]): one JSON object per operation,
 //! written as NDJSON. External consumers depend on it: change it only by adding fields,
 //! or by bumping the version.
+pub mod escape;
+
 use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
@@ -125,7 +127,7 @@ pub struct SessionRef {
 }
 
 /// One attributed write-like operation. Byte strings (paths, argv, comm) use the
-/// encoding of [`crate::escape`].
+/// encoding of [`crate::event::escape`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
     /// Schema version of this object.

@@ -13,18 +13,18 @@ use std::{
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
-    correlate::{Correlator, Observation, Watermarks},
-    detect::{Detection, Detector},
-    escape::encode,
+    config::watch::WatchSet,
+    event::escape::encode,
     event::{Ancestor, Details, Event, Kind, SCHEMA_VERSION, SessionRef, Shared, Source},
-    fanotify::{self, FanEvent},
     kernel::decode::{Comm, Record, SyscallRecord},
     metrics::Metrics,
-    proctable::ProcTable,
-    resolve::DirCache,
-    session::SessionRegistry,
-    syscalls::{Outcome, interpret},
-    watch::WatchSet,
+    notify::{self, FanEvent},
+    observe::correlate::{Correlator, Observation, Watermarks},
+    observe::procs::detect::{Detection, Detector},
+    observe::procs::proctable::ProcTable,
+    observe::procs::resolve::DirCache,
+    observe::syscalls::{Outcome, interpret},
+    sessions::SessionRegistry,
 };
 
 /// A syscall enter whose exit has not arrived after this long is reported as is.
@@ -267,7 +267,8 @@ impl Pipeline {
                 count,
             } => {
                 let path = self.procs.fd_path_shared(header.tgid, fd).or_else(|| {
-                    crate::proctable::live_link(header.tgid, &format!("fd/{fd}")).map(Into::into)
+                    crate::observe::procs::proctable::live_link(header.tgid, &format!("fd/{fd}"))
+                        .map(Into::into)
                 });
                 let Some(path) = path else {
                     Metrics::inc(&self.metrics.unresolved_paths);
@@ -324,32 +325,32 @@ impl Pipeline {
         };
         let m = ev.mask;
         let mut parts = Vec::new();
-        if m & fanotify::FAN_CREATE != 0 {
+        if m & notify::FAN_CREATE != 0 {
             parts.push(Observation {
                 kind: if ev.is_dir { Kind::Mkdir } else { Kind::Create },
                 ..base.clone()
             });
         }
-        if m & fanotify::FAN_MODIFY != 0 {
+        if m & notify::FAN_MODIFY != 0 {
             parts.push(Observation {
                 kind: Kind::Write,
                 ..base.clone()
             });
         }
-        if m & fanotify::FAN_ATTRIB != 0 {
+        if m & notify::FAN_ATTRIB != 0 {
             parts.push(Observation {
                 kind: Kind::Chmod,
                 attrib: true,
                 ..base.clone()
             });
         }
-        if m & fanotify::FAN_CLOSE_WRITE != 0 {
+        if m & notify::FAN_CLOSE_WRITE != 0 {
             parts.push(Observation {
                 kind: Kind::OpenWrite,
                 ..base.clone()
             });
         }
-        if m & fanotify::FAN_RENAME != 0 {
+        if m & notify::FAN_RENAME != 0 {
             let target = ev
                 .new_path
                 .as_ref()
@@ -360,7 +361,7 @@ impl Pipeline {
                 ..base.clone()
             });
         }
-        if m & fanotify::FAN_DELETE != 0 {
+        if m & notify::FAN_DELETE != 0 {
             parts.push(Observation {
                 kind: Kind::Unlink,
                 ..base.clone()
@@ -581,7 +582,7 @@ mod tests {
     use crate::{
         config::WatchSection,
         kernel::decode::{Comm, Header},
-        session::SessionRegistry,
+        sessions::SessionRegistry,
         store::Store,
     };
     use monitor_common::{AT_FDCWD, SysOp};

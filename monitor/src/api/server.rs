@@ -26,7 +26,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{RpcError, pb};
-use crate::session::{SessionError, SessionInfo, validate_agent, validate_reason};
+use crate::sessions::{SessionError, SessionInfo, validate_agent, validate_reason};
 
 /// The process at the other end of a connection, as the kernel reported it when it connected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

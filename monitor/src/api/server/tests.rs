@@ -1,8 +1,8 @@
-//! Tests of the daemon's gRPC service, against the fake daemon in [`crate::rpc::testing`]
+//! Tests of the daemon's gRPC service, against the fake daemon in [`crate::api::testing`]
 //! (a file of their own, so that the service does not import its own test double).
 use super::*;
-use crate::rpc::testing::{FakeDaemon, TestServer};
-use crate::rpc::{client, pb};
+use crate::api::testing::{FakeDaemon, TestServer};
+use crate::api::{client, pb};
 use tonic::Code;
 
 fn register_req(agent: &str) -> pb::RegisterSessionRequest {

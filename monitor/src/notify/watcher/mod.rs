@@ -16,12 +16,12 @@ use tokio::io::unix::AsyncFd;
 use tracing::{debug, info, trace, warn};
 
 use super::records::{self, FidKind, FidRecord, HandleKey, RawEvent};
-use super::sys;
 use super::{
     FAN_ATTRIB, FAN_CLOSE_WRITE, FAN_CREATE, FAN_DELETE, FAN_DELETE_SELF, FAN_EVENT_ON_CHILD,
     FAN_MODIFY, FAN_MOVED_FROM, FAN_MOVED_TO, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_RENAME, FanEvent,
     FanotifyError, FanotifyStats,
 };
+use crate::os::fanotify as sys;
 
 mod events;
 mod handles;

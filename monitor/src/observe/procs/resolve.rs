@@ -36,7 +36,7 @@ use monitor_common::AT_FDCWD;
 
 use crate::{
     event::Kind,
-    proctable::{ProcTable, live_link},
+    observe::procs::proctable::{ProcTable, live_link},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -436,7 +436,7 @@ pub fn canonical(dirs: &mut DirCache, path: &Path, follow: bool) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proctable::Proc;
+    use crate::observe::procs::proctable::Proc;
 
     fn bytes(p: &Path) -> Vec<u8> {
         p.as_os_str().as_bytes().to_vec()
