@@ -1,6 +1,7 @@
 //! The daemon's processing core, free of I/O wiring: kernel records and fanotify events
 //! go in; attributed [`Event`]s and actions for the daemon (tag a detected agent, drop
-//! descriptors, end sessions) come out.
+//! descriptors, end sessions) come out. Turning an observation into an event is
+//! `observe::attribute`'s job.
 use std::{
     collections::HashMap,
     ffi::OsStr,
@@ -10,15 +11,14 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-
 use crate::{
     config::watch::WatchSet,
     event::escape::encode,
-    event::{Ancestor, Details, Event, Kind, SCHEMA_VERSION, SessionRef, Shared, Source},
+    event::{Details, Event, Kind, Source},
     kernel::decode::{Comm, Record, SyscallRecord},
     metrics::Metrics,
     notify::{self, FanEvent},
+    observe::attribute::Attributor,
     observe::correlate::{Correlator, Observation, Watermarks},
     observe::procs::detect::{Detection, Detector},
     observe::procs::proctable::ProcTable,
@@ -46,7 +46,7 @@ pub enum Action {
 }
 
 pub struct Pipeline {
-    pub procs: ProcTable,
+    procs: ProcTable,
     correlator: Correlator,
     /// Canonical forms of directories, for resolving syscall paths.
     dirs: DirCache,
@@ -56,30 +56,10 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC, to date kernel records.
     boot_offset_ns: i128,
-    id_prefix: String,
-    seq: u64,
-    /// Descriptions of writers, by tgid (see [`Pipeline::described`]).
-    described: HashMap<u32, Described>,
-    /// Session references, by session id.
-    session_refs: HashMap<u64, Shared<SessionRef>>,
-    empty_argv: Shared<Vec<String>>,
-    no_ancestors: Shared<Vec<Ancestor>>,
+    /// Observations to events.
+    attributor: Attributor,
     /// Observations ready to attribute (reused from flush to flush).
     ready: Vec<Observation>,
-}
-
-/// What events say about the process that wrote, encoded once per change of the process
-/// table rather than once per event.
-struct Described {
-    /// [`ProcTable::generation`] it was built at.
-    generation: u64,
-    ppid: u32,
-    uid: u32,
-    comm: String,
-    exe: String,
-    argv: Shared<Vec<String>>,
-    cwd: Option<String>,
-    ancestors: Shared<Vec<Ancestor>>,
 }
 
 fn clock_ns(clock: nix::time::ClockId) -> i128 {
@@ -93,27 +73,6 @@ fn now_ns() -> i128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i128)
         .unwrap_or(0)
-}
-
-pub fn rfc3339(ns: i128) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ns)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
-}
-
-/// Thread group of a thread id reported by fanotify.
-fn tgid_of(procs: &ProcTable, tid: u32) -> u32 {
-    if procs.get(tid).is_some_and(|p| !p.tentative) {
-        return tid;
-    }
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
-        })
-        .unwrap_or(tid)
 }
 
 impl Pipeline {
@@ -134,12 +93,7 @@ impl Pipeline {
             detector,
             metrics,
             boot_offset_ns,
-            id_prefix: format!("{:x}", now_ns()),
-            seq: 0,
-            described: HashMap::new(),
-            session_refs: HashMap::new(),
-            empty_argv: Shared::new(Vec::new()),
-            no_ancestors: Shared::new(Vec::new()),
+            attributor: Attributor::new(now_ns()),
             ready: Vec::new(),
         }
     }
@@ -437,123 +391,42 @@ impl Pipeline {
                 self.dirs
                     .note_unpaired(o.kind, &o.path, o.target.as_deref());
             }
-            emit(self.attribute(o, sessions));
+            emit(self.attributor.attribute(o, &mut self.procs, sessions));
         }
         self.ready = ready;
     }
 
-    /// The description of `tgid` as events carry it, from the cache while the process
-    /// table has not changed since it was built.
-    fn described(&mut self, tgid: u32) -> Option<&Described> {
-        let generation = self.procs.generation();
-        let fresh = self
-            .described
-            .get(&tgid)
-            .is_some_and(|d| d.generation == generation);
-        if !fresh {
-            let p = self.procs.get(tgid)?;
-            let ancestors: Vec<Ancestor> = self
-                .procs
-                .ancestors(tgid)
-                .into_iter()
-                .map(|a| Ancestor {
-                    pid: a.pid,
-                    comm: encode(&a.comm),
-                    exe: encode(&a.exe),
-                })
-                .collect();
-            let d = Described {
-                generation,
-                ppid: p.ppid,
-                uid: p.uid,
-                comm: encode(&p.comm),
-                exe: encode(&p.exe),
-                argv: Shared::new(p.argv.iter().map(|a| encode(a)).collect()),
-                cwd: p.cwd.as_deref().map(encode),
-                ancestors: Shared::new(ancestors),
-            };
-            self.described.insert(tgid, d);
-        }
-        self.described.get(&tgid)
+    /// Load every process in `/proc` into the process table; how many there are.
+    pub fn scan_procfs(&mut self) -> usize {
+        self.procs.scan_procfs()
     }
 
-    /// The session reference events of `id` carry (sessions do not change what it holds).
-    fn session_ref(&mut self, id: u64, sessions: &SessionRegistry) -> Shared<SessionRef> {
-        if let Some(r) = self.session_refs.get(&id) {
-            return r.clone();
+    /// The session process `pid` is in as the process table knows it (0: none, or unknown).
+    pub fn session_of(&self, pid: u32) -> u64 {
+        self.procs.get(pid).map_or(0, |p| p.session)
+    }
+
+    /// The command line and working directory of `pid` as events encode them (empty if
+    /// the process is unknown).
+    pub fn command_of(&self, pid: u32) -> (Vec<String>, String) {
+        match self.procs.get(pid) {
+            Some(p) => (
+                p.argv.iter().map(|a| encode(a)).collect(),
+                p.cwd.as_deref().map(encode).unwrap_or_default(),
+            ),
+            None => (Vec::new(), String::new()),
         }
-        match sessions.get(id) {
-            Some(s) => {
-                let r = Shared::new(SessionRef {
-                    id: s.id,
-                    agent: s.agent,
-                    reason: s.reason,
-                    root_pid: s.root_pid,
-                });
-                self.session_refs.insert(id, r.clone());
-                r
+    }
+
+    /// Put `root` and its descendants into session `session`: each one `tag` accepts
+    /// (tagging it in the kernel's session map) joins it in the process table too.
+    pub fn tag_descendants(&mut self, root: u32, session: u64, mut tag: impl FnMut(u32) -> bool) {
+        let mut members = vec![root];
+        members.extend(self.procs.descendants(root));
+        for pid in members {
+            if tag(pid) {
+                self.procs.set_session(pid, session);
             }
-            // Not cached: the registry may learn it.
-            None => Shared::new(SessionRef {
-                id,
-                agent: "unknown".into(),
-                reason: None,
-                root_pid: 0,
-            }),
-        }
-    }
-
-    fn attribute(&mut self, o: Observation, sessions: &SessionRegistry) -> Event {
-        let tgid = if o.tgid != 0 {
-            o.tgid
-        } else {
-            tgid_of(&self.procs, o.tid)
-        };
-        self.seq += 1;
-        let id = format!("{}-{}", self.id_prefix, self.seq);
-        // Load a process the table missed.
-        let _ = self.procs.get_or_load(tgid);
-        // A syscall record carries the session its process was in when it made the call
-        // (the kernel's map at that moment): that decides, also when it is none — the
-        // process may have joined a session since (`exec confgate run` right after an
-        // open). Only fanotify knows no session; for it the process's current one is the
-        // best guess (session processes are seen by eBPF, so this rarely matters).
-        let session_id = if o.source == Source::Fanotify {
-            self.procs.get(tgid).map_or(0, |p| p.session)
-        } else {
-            o.session
-        };
-        let session = (session_id != 0).then(|| {
-            sessions.note_event(session_id);
-            self.session_ref(session_id, sessions)
-        });
-        let (empty_argv, no_ancestors) = (self.empty_argv.clone(), self.no_ancestors.clone());
-        let desc = self.described(tgid);
-        let comm = if o.comm.is_empty() {
-            desc.map(|d| d.comm.clone()).unwrap_or_default()
-        } else {
-            encode(&o.comm)
-        };
-        Event {
-            v: SCHEMA_VERSION,
-            time: rfc3339(o.time_ns),
-            id,
-            kind: o.kind,
-            path: encode(&o.path),
-            target: o.target.as_deref().map(encode),
-            result: o.result,
-            pid: tgid,
-            tid: o.tid,
-            ppid: desc.map(|d| d.ppid),
-            uid: o.uid.or(desc.map(|d| d.uid)),
-            comm,
-            exe: desc.map(|d| d.exe.clone()),
-            argv: desc.map_or(empty_argv, |d| d.argv.clone()),
-            cwd: desc.and_then(|d| d.cwd.clone()),
-            ancestors: desc.map_or(no_ancestors, |d| d.ancestors.clone()),
-            session,
-            source: o.source,
-            details: (o.details != Details::default()).then_some(o.details),
         }
     }
 
@@ -569,10 +442,7 @@ impl Pipeline {
     /// Drop state of exited processes past retention.
     pub fn gc(&mut self, now: Instant) {
         self.procs.gc(now);
-        let procs = &self.procs;
-        self.described.retain(|pid, _| procs.get(*pid).is_some());
-        // Rebuilt on demand; ended sessions must not pile up.
-        self.session_refs.clear();
+        self.attributor.gc(&self.procs);
     }
 }
 

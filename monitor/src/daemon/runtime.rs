@@ -1,0 +1,331 @@
+//! The event loop: waits on its sources (the kernel's ring buffer, fanotify, the flush
+//! cadence, the stats period, the gRPC server, signals) with one method for each, and
+//! hands what the pipeline emits to the consumers.
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, signal::unix::Signal, sync::oneshot, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use super::{
+    GateRuntime,
+    cadence::Cadence,
+    consumers::Consumers,
+    shared::{Shared, lock},
+};
+use crate::{
+    api::{RpcError, server::DaemonApi},
+    kernel::decode::decode,
+    metrics::Metrics,
+    notify::{FanEvent, FanotifyError, NotifyWatcher},
+    observe::{
+        correlate::Watermarks,
+        pipeline::{Action, Pipeline},
+    },
+    sessions::{NewSession, SessionSource},
+};
+
+/// The running daemon.
+pub(super) struct Runtime {
+    /// The kernel's ring buffer. Apart from [`Core`]: while its records are handled, the
+    /// readiness guard borrows it.
+    pub(super) ring: AsyncFd<RingBuf<MapData>>,
+    pub(super) core: Core,
+    /// Seconds between stats lines (0: none).
+    pub(super) stats_every: u64,
+    pub(super) stats_tick: tokio::time::Interval,
+    pub(super) signals: Signals,
+    pub(super) server: Server,
+}
+
+pub(super) struct Signals {
+    pub(super) term: Signal,
+    pub(super) int: Signal,
+}
+
+/// The gRPC server's task, and how to tell it to stop.
+pub(super) struct Server {
+    pub(super) task: JoinHandle<Result<(), RpcError>>,
+    pub(super) stop: oneshot::Sender<()>,
+}
+
+/// What the loop's arms act on.
+pub(super) struct Core {
+    shared: Arc<Shared>,
+    pipeline: Pipeline,
+    fan: NotifyWatcher,
+    consumers: Consumers,
+    gate: Option<Arc<GateRuntime>>,
+    metrics: Arc<Metrics>,
+    cadence: Cadence,
+    /// Record count at the last tick.
+    records_at_tick: u64,
+    /// Record counts at the last session sweep and at the last heap trim.
+    records_at_sweep: u64,
+    records_at_trim: u64,
+}
+
+impl Runtime {
+    /// Runs until a termination signal (or until the gRPC server stops, an error).
+    pub(super) async fn run(mut self) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.context("ring buffer poll")?;
+                    self.core.on_ring(guard.get_inner_mut());
+                    guard.clear_ready();
+                    self.core.cadence.activity(Instant::now());
+                }
+                batch = self.core.fan.next_batch() => self.core.on_fanotify(batch),
+                _ = self.core.cadence.tick() => self.core.on_tick(self.ring.get_mut()),
+                _ = self.stats_tick.tick(), if self.stats_every > 0 => self.core.on_stats(),
+                res = &mut self.server.task => return Err(server_stopped(res)),
+                _ = self.signals.term.recv() => break,
+                _ = self.signals.int.recv() => break,
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Emit what is still buffered, then stop the gate and the API.
+    async fn shutdown(self) {
+        info!("shutting down");
+        let Runtime {
+            mut core, server, ..
+        } = self;
+        let all = Watermarks {
+            ebpf: Some(Instant::now()),
+            fanotify: Some(Instant::now()),
+        };
+        for event in core.pipeline.flush(
+            Instant::now() + Duration::from_secs(3600),
+            &all,
+            &core.shared.registry,
+        ) {
+            core.consumers.on_final_event(&event);
+        }
+        core.consumers.close();
+        let _ = core.shared.registry.flush();
+        if let Some(g) = &core.gate {
+            g.stop().await;
+        }
+        let _ = server.stop.send(());
+        let _ = server.task.await;
+    }
+}
+
+/// The gRPC server stopped: the API is how sessions register, so the daemon must not run
+/// without it.
+fn server_stopped(res: Result<Result<(), RpcError>, tokio::task::JoinError>) -> anyhow::Error {
+    match res {
+        Ok(Ok(())) => anyhow::anyhow!("gRPC server stopped unexpectedly"),
+        Ok(Err(e)) => anyhow::Error::new(e).context("gRPC server"),
+        Err(e) => anyhow::anyhow!("gRPC server task failed: {e}"),
+    }
+}
+
+impl Core {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        pipeline: Pipeline,
+        fan: NotifyWatcher,
+        consumers: Consumers,
+        gate: Option<Arc<GateRuntime>>,
+        metrics: Arc<Metrics>,
+        cadence: Cadence,
+    ) -> Self {
+        Core {
+            shared,
+            pipeline,
+            fan,
+            consumers,
+            gate,
+            metrics,
+            cadence,
+            records_at_tick: 0,
+            records_at_sweep: 0,
+            records_at_trim: 0,
+        }
+    }
+
+    /// The ring buffer is readable: process every record in it now.
+    fn on_ring(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            let decoded = decode(&item);
+            drop(item);
+            match decoded {
+                Ok(rec) => {
+                    let actions = self.pipeline.on_record(rec);
+                    self.act(actions);
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.decode_errors);
+                    debug!(error = %e, "undecodable ring-buffer record");
+                }
+            }
+        }
+    }
+
+    /// A batch of fanotify events arrived.
+    fn on_fanotify(&mut self, batch: Result<Vec<FanEvent>, FanotifyError>) {
+        match batch {
+            Ok(events) => {
+                for ev in events {
+                    self.fanotify_event(ev);
+                }
+            }
+            Err(e) => warn!(error = %e, "fanotify read failed"),
+        }
+        let s = self.fan.stats();
+        self.metrics
+            .fanotify_overflows
+            .store(s.overflows, Ordering::Relaxed);
+        self.metrics
+            .fanotify_unresolved
+            .store(s.unresolved, Ordering::Relaxed);
+        self.cadence.activity(Instant::now());
+    }
+
+    /// One fanotify event: to the consumers, then to the pipeline.
+    fn fanotify_event(&mut self, ev: FanEvent) {
+        let session = self.pipeline.session_of(ev.pid);
+        self.consumers.on_fanotify(&ev, session);
+        self.pipeline.on_fanotify(ev);
+    }
+
+    /// The flush cadence ticked: drain both sources so that every twin of a buffered
+    /// observation is known (see `observe::correlate`), emit what is complete, and do the
+    /// periodic duties when they are due.
+    fn on_tick(&mut self, ring: &mut RingBuf<MapData>) {
+        let ebpf_mark = Instant::now();
+        self.on_ring(ring);
+        let fan_mark = Instant::now();
+        let mut drained = 0usize;
+        match self.fan.drain() {
+            Ok(events) => {
+                for ev in events {
+                    drained += 1;
+                    self.fanotify_event(ev);
+                }
+            }
+            Err(e) => warn!(error = %e, "fanotify read failed"),
+        }
+        let marks = Watermarks {
+            ebpf: Some(ebpf_mark),
+            fanotify: Some(fan_mark),
+        };
+        let consumers = &mut self.consumers;
+        self.pipeline.flush_each(
+            Instant::now(),
+            &marks,
+            &self.shared.registry,
+            &mut |event| consumers.on_event(&event),
+        );
+        self.consumers.flushed();
+        let now = Instant::now();
+        let records = self.metrics.records.load(Ordering::Relaxed);
+        let quiet = drained == 0 && records == self.records_at_tick && self.pipeline.is_quiet();
+        self.records_at_tick = records;
+        self.cadence.ticked(now, quiet);
+        if self.cadence.sweep_due(now) {
+            let live: Vec<u64> = self.shared.registry.live().iter().map(|s| s.id).collect();
+            let ended = self.pipeline.ended_sessions(&live);
+            self.act(ended);
+            // A burst is over (no record for a second): give its heap back.
+            if records == self.records_at_sweep && records != self.records_at_trim {
+                crate::os::memory::trim_heap();
+                self.records_at_trim = records;
+            }
+            self.records_at_sweep = records;
+        }
+    }
+
+    /// The stats period: drop state of exited processes, persist session counters, and
+    /// log the counters.
+    fn on_stats(&mut self) {
+        self.pipeline.gc(Instant::now());
+        if let Err(e) = self.shared.registry.flush() {
+            warn!(error = %e, "persisting session counters");
+        }
+        let c = self.pipeline.correlator().stats();
+        let m = &self.metrics;
+        m.correlated_merged.store(c.merged, Ordering::Relaxed);
+        m.correlated_folded.store(c.folded, Ordering::Relaxed);
+        m.attrib_ignored.store(c.attrib_ignored, Ordering::Relaxed);
+        m.correlation_forced.store(c.forced, Ordering::Relaxed);
+        m.correlation_parked_expired
+            .store(c.parked_expired, Ordering::Relaxed);
+        m.correlation_scan_limited
+            .store(c.scan_limited, Ordering::Relaxed);
+        let stats = self.shared.stats();
+        let line: Vec<String> = stats
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        let drops = stats
+            .iter()
+            .find(|(n, _)| n == "kernel_ringbuf_drops")
+            .map_or(0, |(_, v)| *v);
+        if drops > 0 {
+            warn!(drops, "kernel events were dropped (ring buffer full)");
+        }
+        info!(counters = %line.join(" "), "stats");
+    }
+
+    /// Work the pipeline asks of the daemon.
+    fn act(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Detected {
+                    pid,
+                    uid,
+                    detection,
+                } => {
+                    let (command, cwd) = self.pipeline.command_of(pid);
+                    let new = NewSession {
+                        agent: detection.agent.clone(),
+                        reason: None,
+                        root_pid: pid,
+                        uid,
+                        source: SessionSource::Detected {
+                            rule: detection.rule.clone(),
+                        },
+                        command,
+                        cwd,
+                    };
+                    match self.shared.registry.create(new) {
+                        Ok(info) => {
+                            Metrics::inc(&self.metrics.sessions_detected);
+                            let shared = &self.shared;
+                            self.pipeline
+                                .tag_descendants(pid, info.id, |m| shared.tag(m, info.id));
+                            info!(session = info.id, agent = %info.agent, pid, rule = %detection.rule, "agent detected");
+                        }
+                        Err(e) => warn!(pid, error = %e, "could not create a detected session"),
+                    }
+                }
+                Action::ForgetFds { tgid, fds } => {
+                    let mut k = lock(&self.shared.kernel);
+                    for fd in fds {
+                        k.forget_fd(tgid, fd as u32);
+                    }
+                }
+                Action::SessionEnded(id) => {
+                    debug!(session = id, "last session member exited");
+                    if let Err(e) = self.shared.registry.end(id) {
+                        warn!(session = id, error = %e, "could not record session end");
+                    }
+                    if let Some(g) = &self.gate {
+                        g.on_session_ended(id);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! State shared between the event loop and the gRPC handlers, and the daemon's side of
+//! the gRPC API and of the local approval service's session oracle.
+use std::sync::{Arc, Mutex, atomic::Ordering};
+
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use super::GateRuntime;
+use crate::{
+    api::server::{ApiError, Caller, DaemonApi},
+    kernel::Kernel,
+    metrics::Metrics,
+    sessions::{NewSession, SessionError, SessionInfo, SessionRegistry, SessionSource},
+};
+
+/// State shared between the event loop and the gRPC handlers.
+pub(super) struct Shared {
+    pub(super) kernel: Mutex<Kernel>,
+    pub(super) registry: SessionRegistry,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) tx: broadcast::Sender<Arc<str>>,
+    pub(super) admin_gid: Option<u32>,
+    /// The gate, once started (after the kernel programs and sessions).
+    pub(super) gate: std::sync::OnceLock<Arc<GateRuntime>>,
+    /// Signs decider attestations (`Daemon.Attest`); `None` if its key could not be made.
+    pub(super) attestor: Option<crate::approver::attest::Attestor>,
+    /// The host name attestations state (the host certificate's CN in remote mode).
+    pub(super) attest_host: String,
+}
+
+pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
+    // A panic while holding the lock leaves the maps valid: keep going.
+    k.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// Tag `pid` into `session` in the kernel's session map (a failure is logged and
+    /// counted).
+    pub(super) fn tag(&self, pid: u32, session: u64) -> bool {
+        match lock(&self.kernel).tag_session(pid, session) {
+            Ok(()) => true,
+            Err(e) => {
+                Metrics::inc(&self.metrics.session_tag_errors);
+                warn!(pid, session, error = %e, "could not tag process into session");
+                false
+            }
+        }
+    }
+}
+
+/// The local approval service asks the kernel's session map who its callers are.
+impl crate::approver::SessionOracle for Shared {
+    fn host(&self) -> String {
+        crate::os::host::host_name()
+    }
+
+    fn session_of_pid(&self, pid: u32) -> u64 {
+        lock(&self.kernel).session_of(pid)
+    }
+
+    fn attestation_key(&self) -> Option<Vec<u8>> {
+        self.attestor.as_ref().map(|a| a.public_key().to_vec())
+    }
+}
+
+#[tonic::async_trait]
+impl DaemonApi for Shared {
+    fn caller_session(&self, caller: &Caller) -> (String, u64) {
+        (
+            crate::os::host::host_name(),
+            lock(&self.kernel).session_of(caller.pid),
+        )
+    }
+
+    fn attest(
+        &self,
+        caller: &Caller,
+        request_id: u64,
+        approve: bool,
+    ) -> Result<(Vec<u8>, Vec<u8>, String), ApiError> {
+        let host = self.attest_host.clone();
+        // The pid is the one the kernel gave at connect time: it must still name the
+        // process that connected, not one that got the pid after it exited.
+        if !crate::api::peer::started_by(caller.pid, caller.accepted_ticks) {
+            Metrics::inc(&self.metrics.attest_refused);
+            warn!(
+                pid = caller.pid,
+                request_id, "attestation refused: the process that connected is gone"
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "process {} that opened this connection is gone (its pid may name another \
+                 process now); connect again",
+                caller.pid
+            )));
+        }
+        // The kernel's session map, for the pid the kernel gave for the connection.
+        let session = lock(&self.kernel).session_of(caller.pid);
+        if session != 0 {
+            Metrics::inc(&self.metrics.attest_refused);
+            warn!(
+                pid = caller.pid,
+                uid = caller.uid,
+                session,
+                request_id,
+                "attestation refused: the caller is inside an agent session"
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "process {} is inside agent session {session}: decisions must come from outside \
+                 any agent session",
+                caller.pid
+            )));
+        }
+        let Some(a) = &self.attestor else {
+            return Err(ApiError::Unavailable(
+                "this daemon has no attestation key (see its log at start-up)".into(),
+            ));
+        };
+        let (statement, signature) = a
+            .attest(
+                &host,
+                request_id,
+                approve,
+                caller.pid,
+                caller.uid,
+                crate::os::clock::now_ms(),
+            )
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Metrics::inc(&self.metrics.attest_issued);
+        info!(
+            pid = caller.pid,
+            uid = caller.uid,
+            request_id,
+            approve,
+            "decider attestation issued"
+        );
+        Ok((statement, signature, host))
+    }
+
+    async fn register_session(
+        &self,
+        caller: Caller,
+        agent: String,
+        reason: Option<String>,
+        command: Vec<String>,
+        cwd: String,
+    ) -> Result<SessionInfo, ApiError> {
+        let current = lock(&self.kernel).session_of(caller.pid);
+        if current != 0 {
+            return Err(ApiError::AlreadyInSession {
+                pid: caller.pid,
+                session: current,
+            });
+        }
+        let info = self
+            .registry
+            .create(NewSession {
+                agent,
+                reason,
+                root_pid: caller.pid,
+                uid: caller.uid,
+                source: SessionSource::Wrapper,
+                command,
+                cwd,
+            })
+            .map_err(|e| match e {
+                SessionError::Invalid(m) => ApiError::InvalidArgument(m),
+                e => {
+                    warn!(pid = caller.pid, error = %e, "cannot register a session");
+                    ApiError::Internal(format!("the daemon could not record the session: {e}"))
+                }
+            })?;
+        if !self.tag(caller.pid, info.id) {
+            let _ = self.registry.end(info.id);
+            return Err(ApiError::Internal(
+                "could not tag the process in the kernel session map".into(),
+            ));
+        }
+        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, "session registered");
+        Ok(info)
+    }
+
+    fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {
+        if include_ended {
+            self.registry.all()
+        } else {
+            self.registry.live()
+        }
+    }
+
+    fn stats(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = lock(&self.kernel)
+            .counters()
+            .into_iter()
+            .map(|(n, v)| (format!("kernel_{n}"), v))
+            .collect();
+        self.metrics.subscriber_lag.store(
+            crate::api::server::subscriber_lagged_total(),
+            Ordering::Relaxed,
+        );
+        out.extend(
+            self.metrics
+                .snapshot()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v)),
+        );
+        if let Some(g) = self.gate.get() {
+            out.extend(g.counters().into_iter().map(|(n, v)| (n.to_string(), v)));
+        }
+        out.extend(
+            crate::state::snapshot()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v)),
+        );
+        out
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tx.subscribe()
+    }
+
+    fn is_admin(&self, caller: &Caller) -> bool {
+        caller.uid == 0
+            || self.admin_gid.is_some_and(|g| {
+                caller.gid == g || crate::os::host::groups_of(caller.pid).contains(&g)
+            })
+    }
+}
