@@ -23,10 +23,10 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::sys::{DIR_MASK, FILE_MASK, PermGroup};
+use super::group::{DIR_MASK, FILE_MASK, PermGroup};
 use super::{GateCounters, GateError};
-use crate::notify::pseudo_fs_name;
-use crate::os::fanotify as fsys;
+use crate::os::fs::{self as fsys, is_dir, is_reg, is_vanished, pseudo_fs_name};
+use crate::os::path_cstring;
 
 /// Deepest directory level walked below a root.
 const MAX_DEPTH: usize = 1024;
@@ -51,24 +51,8 @@ pub struct Marks {
     group: Arc<PermGroup>,
 }
 
-/// Errors that mean "the entry went away or changed kind under us", not a failure.
-fn is_vanished(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ESTALE)
-    )
-}
-
 fn is_limit(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOSPC)
-}
-
-fn is_dir(st: &libc::stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFDIR
-}
-
-fn is_reg(st: &libc::stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
 impl Marks {
@@ -140,7 +124,7 @@ impl Marks {
         };
         let pfd = fsys::open_dir(parent).map_err(err)?;
         self.check_fs(pfd.as_fd(), file)?;
-        let cname = fsys::path_cstring(Path::new(name)).map_err(err)?;
+        let cname = path_cstring(Path::new(name)).map_err(err)?;
         let st = fsys::fstatat_nofollow(pfd.as_fd(), &cname).map_err(err)?;
         if !is_reg(&st) {
             return Err(GateError::WrongKind {

@@ -7,10 +7,8 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::Path,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
-
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     config::watch::WatchSet,
@@ -24,6 +22,7 @@ use crate::{
     observe::procs::proctable::ProcTable,
     observe::procs::resolve::DirCache,
     observe::syscalls::{Outcome, interpret},
+    os::{clock, procfs},
     sessions::SessionRegistry,
 };
 
@@ -82,38 +81,12 @@ struct Described {
     ancestors: Shared<Vec<Ancestor>>,
 }
 
-fn clock_ns(clock: nix::time::ClockId) -> i128 {
-    nix::time::clock_gettime(clock)
-        .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
-        .unwrap_or(0)
-}
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
-
-pub fn rfc3339(ns: i128) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ns)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
-}
-
 /// Thread group of a thread id reported by fanotify.
 fn tgid_of(procs: &ProcTable, tid: u32) -> u32 {
     if procs.get(tid).is_some_and(|p| !p.tentative) {
         return tid;
     }
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
-        })
-        .unwrap_or(tid)
+    procfs::tgid_of(tid).unwrap_or(tid)
 }
 
 impl Pipeline {
@@ -123,8 +96,7 @@ impl Pipeline {
         window: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let boot_offset_ns = clock_ns(nix::time::ClockId::CLOCK_REALTIME)
-            - clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
+        let boot_offset_ns = clock::monotonic_offset_ns();
         Pipeline {
             procs: ProcTable::default(),
             correlator: Correlator::new(window),
@@ -134,7 +106,7 @@ impl Pipeline {
             detector,
             metrics,
             boot_offset_ns,
-            id_prefix: format!("{:x}", now_ns()),
+            id_prefix: format!("{:x}", clock::now_ns()),
             seq: 0,
             described: HashMap::new(),
             session_refs: HashMap::new(),
@@ -266,10 +238,8 @@ impl Pipeline {
                 fd,
                 count,
             } => {
-                let path = self.procs.fd_path_shared(header.tgid, fd).or_else(|| {
-                    crate::observe::procs::proctable::live_link(header.tgid, &format!("fd/{fd}"))
-                        .map(Into::into)
-                });
+                let known = self.procs.fd_path_shared(header.tgid, fd);
+                let path = procfs::fd_path_or_live(known, header.tgid, fd);
                 let Some(path) = path else {
                     Metrics::inc(&self.metrics.unresolved_paths);
                     return actions;
@@ -311,7 +281,7 @@ impl Pipeline {
             tgid: 0,
             result: None,
             source: Source::Fanotify,
-            time_ns: now_ns(),
+            time_ns: clock::now_ns(),
             details: Details {
                 dir: ev.is_dir,
                 ..Details::default()
@@ -536,7 +506,7 @@ impl Pipeline {
         };
         Event {
             v: SCHEMA_VERSION,
-            time: rfc3339(o.time_ns),
+            time: clock::rfc3339_ns(o.time_ns),
             id,
             kind: o.kind,
             path: encode(&o.path),

@@ -14,7 +14,7 @@ impl NotifyWatcher {
         if let Some(known) = self.dev_fsid.get(&dev) {
             return Ok(*known);
         }
-        let fs = sys::fstatfs(fd)?;
+        let fs = fs::fstatfs(fd)?;
         if let Some(name) = pseudo_fs_name(fs.magic) {
             self.dev_fsid.insert(dev, None);
             debug!(fs = name, "fanotify: not entering pseudo filesystem");
@@ -22,14 +22,14 @@ impl NotifyWatcher {
         }
         self.dev_fsid.insert(dev, Some(fs.fsid));
         if let std::collections::hash_map::Entry::Vacant(v) = self.mount_fds.entry(fs.fsid) {
-            v.insert(sys::mount_root(fd)?);
+            v.insert(fs::mount_root(fd)?);
         }
         if self.rename_sources
             && self.dir_mask & FAN_RENAME != 0
             && !self.sb_rename.contains(&fs.fsid)
         {
             let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
-            match sys::fanotify_mark_fd(self.group_fd(), flags, SB_RENAME_MASK, fd) {
+            match fanotify::mark_fd(self.group_fd(), flags, SB_RENAME_MASK, fd) {
                 Ok(()) => {
                     self.sb_rename.insert(fs.fsid);
                 }
@@ -50,13 +50,13 @@ impl NotifyWatcher {
         fsid: [u8; 8],
         path: &Path,
     ) -> io::Result<HandleKey> {
-        let (handle_type, handle) = sys::handle_of_fd(fd)?;
+        let (handle_type, handle) = fs::handle_of_fd(fd)?;
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_ONLYDIR;
-        match sys::fanotify_mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
+        match fanotify::mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.dir_mask == DIR_MASK => {
                 // Kernel without FAN_RENAME: fall back once, for good.
-                sys::fanotify_mark_fd(self.group_fd(), flags, DIR_MASK_LEGACY, fd)?;
+                fanotify::mark_fd(self.group_fd(), flags, DIR_MASK_LEGACY, fd)?;
                 warn!(
                     "fanotify: kernel refused FAN_RENAME (EINVAL, needs 5.17); using \
                      FAN_MOVED_FROM/FAN_MOVED_TO: a rename becomes two unlinked events"
@@ -79,7 +79,7 @@ impl NotifyWatcher {
     }
 
     pub(super) fn unmark_dir(&mut self, fd: BorrowedFd<'_>, fsid: [u8; 8]) -> io::Result<()> {
-        let (handle_type, handle) = sys::handle_of_fd(fd)?;
+        let (handle_type, handle) = fs::handle_of_fd(fd)?;
         let key = HandleKey {
             fsid,
             handle_type,
@@ -88,7 +88,7 @@ impl NotifyWatcher {
         self.dir_cache.remove(&key);
         if self.marks.remove(&key).is_some() {
             let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_ONLYDIR;
-            match sys::fanotify_mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
+            match fanotify::mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
                 Ok(()) => {}
                 // Mark already gone (e.g. the kernel dropped it).
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -112,9 +112,9 @@ impl NotifyWatcher {
             path: path.to_path_buf(),
             source,
         };
-        let st = sys::fstat(fd.as_fd()).map_err(mark_err)?;
+        let st = fs::fstat(fd.as_fd()).map_err(mark_err)?;
         let Some(fsid) = self.register_fs(fd.as_fd(), st.st_dev).map_err(mark_err)? else {
-            let magic = sys::fstatfs(fd.as_fd()).map(|f| f.magic).unwrap_or(0);
+            let magic = fs::fstatfs(fd.as_fd()).map(|f| f.magic).unwrap_or(0);
             return Err(FanotifyError::PseudoFs {
                 path: path.to_path_buf(),
                 fs: pseudo_fs_name(magic).unwrap_or("pseudo"),
@@ -141,11 +141,11 @@ impl NotifyWatcher {
         let mut done = 0usize;
         let mut errors = 0u64;
         let mut visited: HashSet<(u64, u64)> = HashSet::new();
-        if let Ok(st) = sys::fstat(fd.as_fd()) {
+        if let Ok(st) = fs::fstat(fd.as_fd()) {
             visited.insert((st.st_dev, st.st_ino));
         }
         let mut stack: Vec<Frame> = Vec::new();
-        match sys::list_dir(fd.as_fd()) {
+        match fs::list_dir(fd.as_fd()) {
             Ok(entries) => stack.push(Frame {
                 fd,
                 path: path.to_path_buf(),
@@ -162,12 +162,12 @@ impl NotifyWatcher {
                 continue;
             };
             let name: &CStr = &entry.name;
-            let child = sys::join(&frame.path, name.to_bytes());
+            let child = fs::join(&frame.path, name.to_bytes());
             let maybe_dir = matches!(entry.file_type, None | Some(nix::dir::Type::Directory));
             if !maybe_dir && synth_pid.is_none() {
                 continue;
             }
-            let st = match sys::fstatat_nofollow(frame.fd.as_fd(), name) {
+            let st = match fs::fstatat_nofollow(frame.fd.as_fd(), name) {
                 Ok(st) => st,
                 Err(e) if is_vanished(&e) => continue,
                 Err(e) => {
@@ -190,7 +190,7 @@ impl NotifyWatcher {
             if !visited.insert((st.st_dev, st.st_ino)) {
                 continue;
             }
-            let cfd = match sys::openat_dir(frame.fd.as_fd(), name) {
+            let cfd = match fs::openat_dir(frame.fd.as_fd(), name) {
                 Ok(fd) => fd,
                 Err(e) if is_vanished(&e) => continue,
                 Err(e) => {
@@ -224,7 +224,7 @@ impl NotifyWatcher {
                     continue;
                 }
             }
-            match sys::list_dir(cfd.as_fd()) {
+            match fs::list_dir(cfd.as_fd()) {
                 Ok(entries) => stack.push(Frame {
                     fd: cfd,
                     path: child,
@@ -278,26 +278,25 @@ impl NotifyWatcher {
                 path: canon.to_path_buf(),
             });
         };
-        let pfd = sys::open_dir(parent).map_err(err)?;
-        let pst = sys::fstat(pfd.as_fd()).map_err(err)?;
+        let pfd = fs::open_dir(parent).map_err(err)?;
+        let pst = fs::fstat(pfd.as_fd()).map_err(err)?;
         let Some(fsid) = self.register_fs(pfd.as_fd(), pst.st_dev).map_err(err)? else {
             return Err(FanotifyError::PseudoFs {
                 path: canon.to_path_buf(),
                 fs: "pseudo",
             });
         };
-        let cname = sys::path_cstring(Path::new(name)).map_err(err)?;
-        let st = sys::fstatat_nofollow(pfd.as_fd(), &cname).map_err(err)?;
+        let cname = path_cstring(Path::new(name)).map_err(err)?;
+        let st = fs::fstatat_nofollow(pfd.as_fd(), &cname).map_err(err)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(FanotifyError::IsADirectory {
                 path: canon.to_path_buf(),
             });
         }
-        let (pt, ph) = sys::handle_of_fd(pfd.as_fd()).map_err(err)?;
-        let (ft, fh) = sys::handle_at(pfd.as_fd(), &cname).map_err(err)?;
+        let (pt, ph) = fs::handle_of_fd(pfd.as_fd()).map_err(err)?;
+        let (ft, fh) = fs::handle_at(pfd.as_fd(), &cname).map_err(err)?;
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_DONT_FOLLOW;
-        sys::fanotify_mark_at(self.group_fd(), flags, FILE_MASK, pfd.as_fd(), &cname)
-            .map_err(err)?;
+        fanotify::mark_at(self.group_fd(), flags, FILE_MASK, pfd.as_fd(), &cname).map_err(err)?;
         let parent_key = HandleKey {
             fsid,
             handle_type: pt,
@@ -339,7 +338,7 @@ impl NotifyWatcher {
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         for (old_key, root) in roots {
-            let r = sys::open_dir(&root)
+            let r = fs::open_dir(&root)
                 .map_err(|source| FanotifyError::Mark {
                     path: root.clone(),
                     source,
@@ -366,7 +365,7 @@ impl NotifyWatcher {
         synth_pid: Option<u32>,
         out: &mut Vec<FanEvent>,
     ) {
-        let fd = match sys::open_dir(path) {
+        let fd = match fs::open_dir(path) {
             Ok(fd) => fd,
             Err(e) if is_vanished(&e) => {
                 debug!(path = %path.display(), "fanotify: new directory already gone");
@@ -392,9 +391,9 @@ impl NotifyWatcher {
     /// A directory was renamed into a marked directory.
     pub(super) fn mark_moved_in(&mut self, path: &Path) {
         // Moved within the trees: its marks moved with the inodes, nothing to walk.
-        if let Ok(fd) = sys::open_dir(path)
-            && let Ok((t, h)) = sys::handle_of_fd(fd.as_fd())
-            && let Ok(fs) = sys::fstatfs(fd.as_fd())
+        if let Ok(fd) = fs::open_dir(path)
+            && let Ok((t, h)) = fs::handle_of_fd(fd.as_fd())
+            && let Ok(fs) = fs::fstatfs(fd.as_fd())
             && self.marks.contains_key(&HandleKey {
                 fsid: fs.fsid,
                 handle_type: t,
@@ -408,14 +407,14 @@ impl NotifyWatcher {
 
     /// A marked directory was renamed out of the trees: drop the marks of its subtree.
     pub(super) fn unmark_moved_out(&mut self, path: &Path) {
-        let fd = match sys::open_dir(path) {
+        let fd = match fs::open_dir(path) {
             Ok(fd) => fd,
             Err(e) => {
                 debug!(path = %path.display(), error = %e, "fanotify: moved-out directory not reachable; marks stay until it is deleted");
                 return;
             }
         };
-        let (Ok(st), Ok(fs)) = (sys::fstat(fd.as_fd()), sys::fstatfs(fd.as_fd())) else {
+        let (Ok(st), Ok(fs)) = (fs::fstat(fd.as_fd()), fs::fstatfs(fd.as_fd())) else {
             return;
         };
         if let Err(e) = self.unmark_dir(fd.as_fd(), fs.fsid) {
@@ -439,9 +438,9 @@ pub(super) fn entry_key(path: &Path) -> io::Result<Option<(HandleKey, Box<[u8]>)
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Ok(None);
     };
-    let pfd = sys::open_dir(parent)?;
-    let fs = sys::fstatfs(pfd.as_fd())?;
-    let (handle_type, handle) = sys::handle_of_fd(pfd.as_fd())?;
+    let pfd = fs::open_dir(parent)?;
+    let fs = fs::fstatfs(pfd.as_fd())?;
+    let (handle_type, handle) = fs::handle_of_fd(pfd.as_fd())?;
     let key = HandleKey {
         fsid: fs.fsid,
         handle_type,
