@@ -6,6 +6,7 @@
 //!   permission response) and the parser of metadata-only event records.
 //! - [`fs`]: directories, `stat`, file handles, directory listings, `pread`, and what a
 //!   filesystem's magic says about it.
+//! - [`walk`]: the descriptor-based directory-tree walk both groups mark trees with.
 //! - [`procfs`]: facts about processes and threads (descriptor paths, thread groups,
 //!   supplementary groups, task memory) and the path of one of our own descriptors.
 //! - [`clock`]: wall-clock instants as milliseconds or nanoseconds since the epoch, the
@@ -28,6 +29,7 @@ pub mod limits;
 pub mod memory;
 pub mod poll;
 pub mod procfs;
+pub mod walk;
 
 /// The result of a libc call that returns -1 (and sets errno) on failure.
 pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {

@@ -1,6 +1,7 @@
 //! Marks: the filesystems the group watches, directory trees walked and marked, single
 //! files, and the directories that appear, move in or out, or must be rescanned.
 use super::*;
+use crate::os::walk::{self, Step, Visitor};
 
 impl NotifyWatcher {
     /// Identify the filesystem of `fd` (st_dev `dev`). `Ok(None)` for pseudo filesystems.
@@ -121,147 +122,8 @@ impl NotifyWatcher {
             });
         };
         let key = self.mark_dir(fd.as_fd(), fsid, path).map_err(mark_err)?;
-        let below = self.walk(fd, path, st.st_dev, fsid, WalkOp::Mark, synth_pid, out);
+        let below = TreeWalk::new(self, WalkOp::Mark, synth_pid, out).run(fd, path, &st, fsid);
         Ok((1 + below, key))
-    }
-
-    /// Walk below the directory open as `fd` (already handled by the caller), applying
-    /// `op` to every directory. Returns the number of directories it succeeded on.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn walk(
-        &mut self,
-        fd: OwnedFd,
-        path: &Path,
-        dev: u64,
-        fsid: [u8; 8],
-        op: WalkOp,
-        synth_pid: Option<u32>,
-        out: &mut Vec<FanEvent>,
-    ) -> usize {
-        let mut done = 0usize;
-        let mut errors = 0u64;
-        let mut visited: HashSet<(u64, u64)> = HashSet::new();
-        if let Ok(st) = fs::fstat(fd.as_fd()) {
-            visited.insert((st.st_dev, st.st_ino));
-        }
-        let mut stack: Vec<Frame> = Vec::new();
-        match fs::list_dir(fd.as_fd()) {
-            Ok(entries) => stack.push(Frame {
-                fd,
-                path: path.to_path_buf(),
-                dev,
-                fsid,
-                depth: 0,
-                entries: entries.into_iter(),
-            }),
-            Err(e) => self.walk_error(op, &mut errors, path, "listing", &e),
-        }
-        while let Some(frame) = stack.last_mut() {
-            let Some(entry) = frame.entries.next() else {
-                stack.pop();
-                continue;
-            };
-            let name: &CStr = &entry.name;
-            let child = fs::join(&frame.path, name.to_bytes());
-            let maybe_dir = matches!(entry.file_type, None | Some(nix::dir::Type::Directory));
-            if !maybe_dir && synth_pid.is_none() {
-                continue;
-            }
-            let st = match fs::fstatat_nofollow(frame.fd.as_fd(), name) {
-                Ok(st) => st,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    self.walk_error(op, &mut errors, &child, "stat", &e);
-                    continue;
-                }
-            };
-            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            if let Some(pid) = synth_pid {
-                out.push(synthesized(child.clone(), pid, &st));
-            }
-            if !is_dir {
-                continue;
-            }
-            if frame.depth + 1 >= MAX_DEPTH {
-                let e = io::Error::other(format!("deeper than {MAX_DEPTH} levels"));
-                self.walk_error(op, &mut errors, &child, "descending", &e);
-                continue;
-            }
-            if !visited.insert((st.st_dev, st.st_ino)) {
-                continue;
-            }
-            let cfd = match fs::openat_dir(frame.fd.as_fd(), name) {
-                Ok(fd) => fd,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    self.walk_error(op, &mut errors, &child, "opening", &e);
-                    continue;
-                }
-            };
-            let (cdev, cfsid, depth) = (st.st_dev, frame.fsid, frame.depth + 1);
-            let cfsid = if cdev == frame.dev {
-                cfsid
-            } else {
-                match self.register_fs(cfd.as_fd(), cdev) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        self.walk_error(op, &mut errors, &child, "statfs", &e);
-                        continue;
-                    }
-                }
-            };
-            let r = match op {
-                WalkOp::Mark => self.mark_dir(cfd.as_fd(), cfsid, &child).map(drop),
-                WalkOp::Unmark => self.unmark_dir(cfd.as_fd(), cfsid),
-            };
-            match r {
-                Ok(()) => done += 1,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    // Not marked: its subtree is skipped too (same filesystem, same error).
-                    self.walk_error(op, &mut errors, &child, "marking", &e);
-                    continue;
-                }
-            }
-            match fs::list_dir(cfd.as_fd()) {
-                Ok(entries) => stack.push(Frame {
-                    fd: cfd,
-                    path: child,
-                    dev: cdev,
-                    fsid: cfsid,
-                    depth,
-                    entries: entries.into_iter(),
-                }),
-                Err(e) if is_vanished(&e) => {}
-                Err(e) => self.walk_error(op, &mut errors, &child, "listing", &e),
-            }
-        }
-        if errors > WARN_ERRORS_PER_WALK {
-            warn!(root = %path.display(), errors, "fanotify: directories below the root could not be handled");
-        }
-        done
-    }
-
-    pub(super) fn walk_error(
-        &mut self,
-        op: WalkOp,
-        errors: &mut u64,
-        path: &Path,
-        what: &str,
-        e: &io::Error,
-    ) {
-        *errors += 1;
-        if op == WalkOp::Unmark {
-            debug!(path = %path.display(), error = %e, "fanotify: {what} failed while unmarking");
-            return;
-        }
-        self.stats.mark_errors += 1;
-        if *errors <= WARN_ERRORS_PER_WALK {
-            warn!(path = %path.display(), error = %e, "fanotify: {what} failed; this directory (and below) is not watched");
-        } else {
-            debug!(path = %path.display(), error = %e, "fanotify: {what} failed");
-        }
     }
 
     /// Inode mark on one (canonical) file.
@@ -420,15 +282,8 @@ impl NotifyWatcher {
         if let Err(e) = self.unmark_dir(fd.as_fd(), fs.fsid) {
             debug!(path = %path.display(), error = %e, "fanotify: unmarking moved-out directory failed");
         }
-        let n = self.walk(
-            fd,
-            path,
-            st.st_dev,
-            fs.fsid,
-            WalkOp::Unmark,
-            None,
-            &mut Vec::new(),
-        );
+        let n =
+            TreeWalk::new(self, WalkOp::Unmark, None, &mut Vec::new()).run(fd, path, &st, fs.fsid);
         debug!(path = %path.display(), below = n, "fanotify: directory moved out of the trees; marks removed");
     }
 }
@@ -447,4 +302,98 @@ pub(super) fn entry_key(path: &Path) -> io::Result<Option<(HandleKey, Box<[u8]>)
         handle: handle.into(),
     };
     Ok(Some((key, name.as_bytes().into())))
+}
+
+/// The watcher's side of a tree walk: every directory below the root is marked (or
+/// unmarked), and with `synth_pid` every entry is also reported as created.
+struct TreeWalk<'a> {
+    w: &'a mut NotifyWatcher,
+    op: WalkOp,
+    synth_pid: Option<u32>,
+    out: &'a mut Vec<FanEvent>,
+    /// Directories the op succeeded on.
+    done: usize,
+    /// Errors so far (the first few are logged at warn).
+    errors: u64,
+}
+
+impl<'a> TreeWalk<'a> {
+    fn new(
+        w: &'a mut NotifyWatcher,
+        op: WalkOp,
+        synth_pid: Option<u32>,
+        out: &'a mut Vec<FanEvent>,
+    ) -> Self {
+        TreeWalk {
+            w,
+            op,
+            synth_pid,
+            out,
+            done: 0,
+            errors: 0,
+        }
+    }
+
+    /// Walk below the directory open as `fd` (already handled by the caller; `st` its
+    /// `stat`, on the filesystem `fsid`). Returns the number of directories the op
+    /// succeeded on.
+    fn run(mut self, fd: OwnedFd, path: &Path, st: &libc::stat, fsid: [u8; 8]) -> usize {
+        let Ok(()) = walk::walk(&mut self, fd, path, st, fsid);
+        if self.errors > WARN_ERRORS_PER_WALK {
+            let errors = self.errors;
+            warn!(root = %path.display(), errors, "fanotify: directories below the root could not be handled");
+        }
+        self.done
+    }
+}
+
+impl Visitor for TreeWalk<'_> {
+    type Fs = [u8; 8];
+    type Stop = std::convert::Infallible;
+
+    fn wants(&self, file_type: Option<nix::dir::Type>) -> bool {
+        self.synth_pid.is_some() || matches!(file_type, None | Some(nix::dir::Type::Directory))
+    }
+
+    fn entry(
+        &mut self,
+        _dir: BorrowedFd<'_>,
+        parent: &Path,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        if let Some(pid) = self.synth_pid {
+            self.out
+                .push(synthesized(fs::join(parent, name.to_bytes()), pid, st));
+        }
+        Ok(())
+    }
+
+    fn filesystem(&mut self, fd: BorrowedFd<'_>, st: &libc::stat) -> io::Result<Option<[u8; 8]>> {
+        self.w.register_fs(fd, st.st_dev)
+    }
+
+    fn directory(&mut self, fd: BorrowedFd<'_>, path: &Path, fsid: [u8; 8]) -> io::Result<()> {
+        match self.op {
+            WalkOp::Mark => self.w.mark_dir(fd, fsid, path).map(drop),
+            WalkOp::Unmark => self.w.unmark_dir(fd, fsid),
+        }?;
+        self.done += 1;
+        Ok(())
+    }
+
+    fn failed(&mut self, path: &Path, step: Step, e: io::Error) -> Result<(), Self::Stop> {
+        self.errors += 1;
+        if self.op == WalkOp::Unmark {
+            debug!(path = %path.display(), error = %e, "fanotify: {step} failed while unmarking");
+            return Ok(());
+        }
+        self.w.stats.mark_errors += 1;
+        if self.errors <= WARN_ERRORS_PER_WALK {
+            warn!(path = %path.display(), error = %e, "fanotify: {step} failed; this directory (and below) is not watched");
+        } else {
+            debug!(path = %path.display(), error = %e, "fanotify: {step} failed");
+        }
+        Ok(())
+    }
 }

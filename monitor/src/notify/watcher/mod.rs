@@ -69,8 +69,6 @@ const ROOT_RETURN_MASK: u64 = FAN_CREATE | FAN_ONDIR;
 
 /// Resolved-directory cache size; when full it is cleared (cheap, refills lazily).
 const DIR_CACHE_CAP: usize = 8192;
-/// Deeper directories are not marked (and counted as mark errors).
-const MAX_DEPTH: usize = 1024;
 /// Per walk, the first mark errors are logged at warn, the rest at debug plus one summary.
 const WARN_ERRORS_PER_WALK: u64 = 5;
 /// Read buffer: far more than one event (an event with two names is < 1 KiB).
@@ -81,17 +79,6 @@ const READ_BUF: usize = 64 * 1024;
 enum WalkOp {
     Mark,
     Unmark,
-}
-
-/// One open directory on the walk stack (the stack depth, not the tree width, bounds the
-/// number of open descriptors).
-struct Frame {
-    fd: OwnedFd,
-    path: PathBuf,
-    dev: u64,
-    fsid: [u8; 8],
-    depth: usize,
-    entries: std::vec::IntoIter<fs::DirEntry>,
 }
 
 /// Where a marked object was when we last learned its path (at mark time or at the last
