@@ -30,6 +30,17 @@ pub fn now_ns() -> i128 {
         .unwrap_or(0)
 }
 
+/// The instant `ms` milliseconds after (or, negative, before) the Unix epoch; `None` if
+/// it cannot be represented.
+pub fn at_unix_ms(ms: i64) -> Option<SystemTime> {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(d)
+    } else {
+        UNIX_EPOCH.checked_sub(d)
+    }
+}
+
 /// The instant `ms` milliseconds after the Unix epoch; `None` for 0 and negative values
 /// (the wire's "unset") and for values out of range.
 pub fn from_unix_ms(ms: i64) -> Option<SystemTime> {
@@ -116,6 +127,37 @@ pub fn monotonic_to_realtime(mono_ns: u64) -> Option<SystemTime> {
         real + (then - mono)
     };
     Some(UNIX_EPOCH + at)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of procfs start times.
+pub fn clock_ticks_per_second() -> Option<u64> {
+    // SAFETY: sysconf takes a constant name, touches no memory of ours and is thread-safe.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|h| *h > 0)
+}
+
+/// `CLOCK_BOOTTIME` now, in clock ticks (comparable with a process's start time,
+/// `crate::os::procfs::start_ticks`).
+pub fn boot_ticks_now() -> Option<u64> {
+    let ts = timespec(libc::CLOCK_BOOTTIME).ok()?;
+    let hz = clock_ticks_per_second()?;
+    let ns = u64::try_from(ts.tv_sec)
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::try_from(ts.tv_nsec).ok()?)?;
+    Some(ns / (1_000_000_000 / hz))
+}
+
+/// The local time zone's offset from UTC, in seconds, at `unix_secs` (`localtime_r`);
+/// `None` if the C library cannot tell.
+pub fn local_offset_secs(unix_secs: i64) -> Option<i64> {
+    let t: libc::time_t = unix_secs;
+    // SAFETY: `libc::tm` is plain integers and a nullable pointer: all-zero is a valid value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r only writes the caller's `tm`; confgate never changes TZ or the
+    // environment, so the time zone data it reads is not modified concurrently.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    ok.then_some(tm.tm_gmtoff)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Process resource limits.
+//! Process resource limits and attributes.
 use std::io;
 use std::mem::MaybeUninit;
 
@@ -18,4 +18,13 @@ pub(crate) fn raise_nofile_limit() -> io::Result<(u64, u64)> {
         cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) })?;
     }
     Ok((old, rl.rlim_cur))
+}
+
+/// Make this process not dumpable (`prctl(PR_SET_DUMPABLE, 0)`): no core dumps, and
+/// `/proc/<pid>/{environ,mem,maps,fd}` need CAP_SYS_PTRACE, even for processes of the
+/// same uid.
+pub fn set_undumpable() -> io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE with 0 only changes this process's dumpable attribute; no
+    // pointers are passed.
+    cvt(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map(drop)
 }

@@ -1,18 +1,19 @@
 //! The one layer that talks to the operating system directly. Everything above it sees
-//! safe Rust types; every `unsafe` block of the daemon outside the eBPF crate lives here
-//! (and in the few places that hand a descriptor to tokio).
+//! safe Rust types; every `unsafe` block of the daemon outside the eBPF crate lives here,
+//! besides the few places that hand a descriptor to tokio and the watcher's placeholder
+//! for a group descriptor it no longer holds.
 //!
 //! - [`fanotify`]: the raw fanotify calls both groups use (init, marks, reads, the
 //!   permission response) and the parser of metadata-only event records.
 //! - [`fs`]: directories, `stat`, file handles, directory listings, `pread`, and what a
 //!   filesystem's magic says about it.
 //! - [`walk`]: the descriptor-based directory-tree walk both groups mark trees with.
-//! - [`procfs`]: facts about processes and threads (descriptor paths, thread groups,
-//!   supplementary groups, task memory) and the path of one of our own descriptors.
+//! - [`procfs`]: facts about processes and threads (descriptor paths, start times, thread
+//!   groups, supplementary groups, task memory) and the path of one of our own descriptors.
 //! - [`clock`]: wall-clock instants as milliseconds or nanoseconds since the epoch, the
-//!   kernel's clocks, RFC 3339.
-//! - [`poll`]: eventfd and `poll(2)`; [`limits`]: the open-file limit; [`memory`]:
-//!   process-wide memory hints; [`host`]: this host's name.
+//!   kernel's clocks (and boot time in clock ticks), RFC 3339, the local UTC offset.
+//! - [`poll`]: eventfd and `poll(2)`; [`limits`]: the open-file limit and the dumpable
+//!   attribute; [`memory`]: process-wide memory hints; [`host`]: this host's name.
 //!
 //! Each wrapper returns `io::Result` (or an `Option` where "cannot tell" is an answer)
 //! with the errno of the failed call; no policy lives here.

@@ -1,7 +1,7 @@
 //! Facts about processes and threads, mostly from procfs: the path behind a descriptor
 //! (ours, with a fast path for hot loops, or another process's), files and links under
-//! `/proc/<pid>`, thread groups, supplementary groups, whether a thread id is a leader,
-//! and reading a task's memory.
+//! `/proc/<pid>`, start times, thread groups, supplementary groups, whether a thread id
+//! is a leader, and reading a task's memory.
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -64,6 +64,14 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
         .take_while(u8::is_ascii_digit)
         .collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat`, field 22).
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Supplementary groups of `pid` (from `/proc`), empty if it cannot be read.
