@@ -175,13 +175,8 @@ fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
 /// and `/proc/<pid>/{environ,mem,maps,fd}` need CAP_SYS_PTRACE, even for processes of the
 /// same uid (an agent session running as root without that capability).
 fn make_undumpable() {
-    // SAFETY: PR_SET_DUMPABLE with 0 only changes this process's dumpable attribute; no
-    // pointers are passed.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        eprintln!(
-            "confgate: warning: prctl(PR_SET_DUMPABLE, 0) failed: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = monitor::os::limits::set_undumpable() {
+        eprintln!("confgate: warning: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
     }
 }
 

@@ -11,7 +11,6 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Process-wide counters of damaged state and store failures.
 #[derive(Debug, Default)]
@@ -162,9 +161,7 @@ pub fn ledger_notes(
 /// Renames `path` to `<path>.damaged-<unix ms>` (`-<n>` added if that exists) in the same
 /// directory, syncs the directory, and returns the new name.
 pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let ms = crate::os::clock::now_ms();
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".damaged-{ms}"));
     let mut target = PathBuf::from(&name);

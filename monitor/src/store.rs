@@ -272,11 +272,9 @@ impl Store {
                 let store = Self::open_once(path, &tables)?;
                 // Milliseconds since the epoch × 1000: above any id a store could reach by
                 // counting, and above the floor of an earlier replacement.
-                let floor = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| {
-                        u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 1000)
-                    })
+                let floor = u64::try_from(crate::os::clock::now_ms())
+                    .unwrap_or(0)
+                    .max(1)
                     .saturating_mul(1000);
                 store.write(|tx| {
                     tx.txn.open_table(META)?.insert(META_ID_FLOOR, floor)?;

@@ -13,6 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
+use crate::os::clock::boot_ticks_now;
+use crate::os::procfs::start_ticks;
+
 /// What a request of an [`Accepted`] connection carries in its extensions.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -75,32 +78,6 @@ impl AsyncWrite for Accepted {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
-fn clock_ticks_per_second() -> Option<u64> {
-    // SAFETY: sysconf takes a constant name, touches no memory of ours and is thread-safe.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(hz).ok().filter(|h| *h > 0)
-}
-
-/// `CLOCK_BOOTTIME` now, in clock ticks.
-pub fn boot_ticks_now() -> Option<u64> {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
-    let hz = clock_ticks_per_second()?;
-    let ns = u64::try_from(ts.tv_sec())
-        .ok()?
-        .checked_mul(1_000_000_000)?
-        .checked_add(u64::try_from(ts.tv_nsec()).ok()?)?;
-    Some(ns / (1_000_000_000 / hz))
-}
-
-/// Start time of `pid` in clock ticks since boot (`/proc/<pid>/stat`, field 22).
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after its end.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Whether the process now holding `pid` existed when the connection was accepted (at

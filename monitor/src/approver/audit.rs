@@ -1,9 +1,9 @@
 //! The service's ledger: every submit, decision, expiry, grant, revocation and host
 //! report, hash-chained ([`crate::ledger`]).
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
 
 use crate::ledger::{LedgerError, SharedLedger};
+use crate::os::clock::from_unix_ms;
 
 /// The service ledger at one path.
 #[derive(Clone, Debug)]
@@ -31,10 +31,7 @@ impl Audit {
 
     /// Every record at or after `since_unix_ms` (0: all), oldest first, as JSON lines.
     pub fn read(&self, since_unix_ms: i64) -> Result<Vec<String>, String> {
-        let since = u64::try_from(since_unix_ms)
-            .ok()
-            .filter(|ms| *ms > 0)
-            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+        let since = from_unix_ms(since_unix_ms);
         crate::ledger::read(&self.path, since)
             .map(|records| records.iter().map(|r| r.to_line()).collect())
             .map_err(|e| e.to_string())

@@ -137,7 +137,7 @@ impl Authenticator {
             let admin = uid == 0
                 || self
                     .admin_gid
-                    .is_some_and(|g| gid == g || crate::os::host::groups_of(pid).contains(&g));
+                    .is_some_and(|g| gid == g || crate::os::procfs::groups_of(pid).contains(&g));
             return Ok(Principal::Unix(UnixPeer {
                 pid,
                 uid,

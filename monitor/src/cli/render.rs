@@ -1,10 +1,12 @@
 //! Formatting for people and for JSON, shared by the CLI commands: terminal-safe text,
 //! tables, times (pure functions of the data and the current time).
 use std::io::Write;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset, macros::format_description};
+
+use crate::os::clock::{at_unix_ms, local_offset_secs};
 
 /// Writes a listing: one JSON array of `to_json` of each item, or the `table`.
 pub fn print_list<T>(
@@ -62,17 +64,8 @@ pub fn command_line(argv: &[String]) -> String {
 }
 
 fn offset_at(unix_secs: i64) -> UtcOffset {
-    let t: libc::time_t = unix_secs;
-    // SAFETY: `libc::tm` is plain integers and a nullable pointer: all-zero is a valid value.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: localtime_r only writes the caller's `tm`; confgate never changes TZ or the
-    // environment, so the time zone data it reads is not modified concurrently.
-    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
-    if !ok {
-        return UtcOffset::UTC;
-    }
-    i32::try_from(tm.tm_gmtoff)
-        .ok()
+    local_offset_secs(unix_secs)
+        .and_then(|s| i32::try_from(s).ok())
         .and_then(|s| UtcOffset::from_whole_seconds(s).ok())
         .unwrap_or(UtcOffset::UTC)
 }
@@ -98,13 +91,7 @@ pub fn utc_time(unix_ms: i64) -> Option<String> {
     if unix_ms == 0 {
         return None;
     }
-    let d = Duration::from_millis(unix_ms.unsigned_abs());
-    let t = if unix_ms >= 0 {
-        UNIX_EPOCH.checked_add(d)
-    } else {
-        UNIX_EPOCH.checked_sub(d)
-    }?;
-    Some(crate::ledger::format_time(t))
+    Some(crate::ledger::format_time(at_unix_ms(unix_ms)?))
 }
 
 /// How far `unix_ms` is from `now_ms`, to the second: "in 4m 12s", "3m ago", "now".
@@ -169,6 +156,7 @@ pub fn dash(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     /// 2026-05-01T12:00:00Z.
     pub const NOW: i64 = 1_777_636_800_000;

@@ -221,7 +221,7 @@ impl DaemonApi for Shared {
     fn is_admin(&self, caller: &Caller) -> bool {
         caller.uid == 0
             || self.admin_gid.is_some_and(|g| {
-                caller.gid == g || crate::os::host::groups_of(caller.pid).contains(&g)
+                caller.gid == g || crate::os::procfs::groups_of(caller.pid).contains(&g)
             })
     }
 }

@@ -20,14 +20,12 @@
 //! (ia32) syscall numbers are not decoded (such opens have an unknown intent); opens that
 //! do not come from these syscalls (`io_uring` `IORING_OP_OPENAT`, exec, kernel-internal
 //! opens) have no intent.
-use std::fs::File;
-use std::io::Read;
 
 use aya::maps::MapError;
 use monitor_common::SysOp;
 
-use super::sys;
 use crate::kernel::{GateMaps, Kernel, KernelError};
+use crate::os::procfs::{self, Leader, is_leader, read_task_memory, tgid_of};
 
 const O_WRONLY: u32 = libc::O_WRONLY as u32;
 const O_RDWR: u32 = libc::O_RDWR as u32;
@@ -148,13 +146,13 @@ impl IntentSource {
                 session,
             };
         }
-        match sys::is_leader(tid) {
-            sys::Leader::Yes => Opener {
+        match is_leader(tid) {
+            Leader::Yes => Opener {
                 tgid: Some(tid),
                 session: 0,
             },
-            sys::Leader::Gone => Opener::default(),
-            sys::Leader::No | sys::Leader::Unknown => {
+            Leader::Gone => Opener::default(),
+            Leader::No | Leader::Unknown => {
                 let tgid = tgid_of(tid);
                 let session = match tgid {
                     Some(t) if t != tid => self.session_lookup(t).unwrap_or(0),
@@ -187,14 +185,14 @@ impl IntentSource {
 
 /// [`IntentSource::proc_intent`] for an opener already looked up.
 pub(crate) fn proc_intent_for(tid: u32, opener: &Opener) -> Option<Intent> {
-    let text = read_proc(tid, "syscall", 256)?;
+    let text = procfs::read_at_most(tid, "syscall", 256)?;
     let call = parse_syscall(&text)?;
     let flags = match decode_open(call.nr, &call.args)? {
         OpenArgs::Flags(f) => f,
         OpenArgs::HowAt(addr) => {
             // struct open_how { __u64 flags; __u64 mode; __u64 resolve; }: flags first.
             let mut b = [0u8; 8];
-            sys::read_task_memory(tid, addr, &mut b).ok()?;
+            read_task_memory(tid, addr, &mut b).ok()?;
             u64::from_ne_bytes(b) as u32
         }
     };
@@ -206,37 +204,6 @@ pub(crate) fn proc_intent_for(tid: u32, opener: &Opener) -> Option<Intent> {
         enter_ns: 0,
         origin: IntentOrigin::Proc,
     })
-}
-
-/// Thread group id of `tid` from `/proc/<tid>/status` (`Tgid:` line).
-pub fn tgid_of(tid: u32) -> Option<u32> {
-    let text = read_proc(tid, "status", 1024)?;
-    let at = text.windows(6).position(|w| w == b"\nTgid:")? + 6;
-    let rest = &text[at..];
-    let digits: Vec<u8> = rest
-        .iter()
-        .copied()
-        .skip_while(|b| *b == b'\t' || *b == b' ')
-        .take_while(u8::is_ascii_digit)
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
-}
-
-/// Read at most `max` bytes of `/proc/<tid>/<name>` (procfs: no disk I/O).
-fn read_proc(tid: u32, name: &str, max: usize) -> Option<Vec<u8>> {
-    let mut f = File::open(format!("/proc/{tid}/{name}")).ok()?;
-    let mut buf = vec![0u8; max];
-    let mut n = 0;
-    while n < max {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    buf.truncate(n);
-    Some(buf)
 }
 
 /// A parsed `/proc/<tid>/syscall` line.
@@ -325,15 +292,15 @@ mod tests {
         std::thread::spawn(move || {
             // SAFETY: gettid has no preconditions.
             let tid = unsafe { libc::gettid() } as u32;
-            tx.send((tid, tgid_of(tid), sys::is_leader(tid))).unwrap();
+            tx.send((tid, tgid_of(tid), is_leader(tid))).unwrap();
         })
         .join()
         .unwrap();
         let (tid, tgid, leader) = rx.recv().unwrap();
         assert_ne!(tid, me);
         assert_eq!(tgid, Some(me));
-        assert_eq!(leader, sys::Leader::No);
-        assert_eq!(sys::is_leader(me), sys::Leader::Yes);
+        assert_eq!(leader, Leader::No);
+        assert_eq!(is_leader(me), Leader::Yes);
         let src = IntentSource::proc_only();
         assert_eq!(
             src.opener(me),

@@ -37,10 +37,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{Sender, error::TrySendError};
 use tracing::{debug, info, warn};
 
+use super::group::PermGroup;
 use super::intent::{self, Intent, IntentSource, Opener};
-use super::sys::{self, PermGroup, RawEvent};
 use super::{GateCounters, GateError, Verdict};
-use crate::os::fanotify::FdPaths;
+use crate::os::fanotify::{FdEvent, parse_fd_events};
+use crate::os::limits::raise_nofile_limit;
+use crate::os::poll::{eventfd, eventfd_signal, poll_readable};
+use crate::os::procfs::FdPaths;
 
 /// Bytes read from the group at once (a permission event is 24 bytes; every event read
 /// costs one descriptor until it is answered).
@@ -233,14 +236,14 @@ impl Listener {
         decider: Arc<dyn Decider>,
         tx: Sender<Held>,
     ) -> Result<Listener, GateError> {
-        match sys::raise_nofile_limit() {
+        match raise_nofile_limit() {
             Ok((old, new)) if new > old => {
                 info!(old, new, "gate: raised the open-file limit for held events");
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "gate: cannot raise the open-file limit"),
         }
-        let wake = Arc::new(sys::eventfd().map_err(GateError::Start)?);
+        let wake = Arc::new(eventfd().map_err(GateError::Start)?);
         let worker = Worker {
             group: group.clone(),
             intent,
@@ -282,7 +285,7 @@ impl Listener {
     /// is gone, and the kernel then allows whatever is still pending. Idempotent.
     pub fn stop(&mut self) {
         if let Some(t) = self.thread.take() {
-            if let Err(e) = sys::eventfd_signal(self.wake.as_fd()) {
+            if let Err(e) = eventfd_signal(self.wake.as_fd()) {
                 warn!(error = %e, "gate: cannot wake the listener to stop it");
             }
             if t.join().is_err() {
@@ -319,7 +322,7 @@ struct Worker {
     tx: Sender<Held>,
     self_pid: u32,
     buf: Vec<u8>,
-    events: Vec<RawEvent>,
+    events: Vec<FdEvent>,
     /// Reads each event's path (`handle` takes `&self`).
     paths: RefCell<FdPaths>,
 }
@@ -327,7 +330,7 @@ struct Worker {
 impl Worker {
     fn run(mut self, wake: &OwnedFd) {
         loop {
-            match sys::poll_readable([self.group.as_fd(), wake.as_fd()], None) {
+            match poll_readable([self.group.as_fd(), wake.as_fd()], None) {
                 Ok([_, true]) => break,
                 Ok([true, false]) => {
                     self.read_batch();
@@ -348,7 +351,7 @@ impl Worker {
             if self.read_batch() > 0 {
                 continue;
             }
-            match sys::poll_readable([self.group.as_fd()], Some(DRAIN_QUIET)) {
+            match poll_readable([self.group.as_fd()], Some(DRAIN_QUIET)) {
                 Ok([true]) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 _ => break,
@@ -374,7 +377,7 @@ impl Worker {
             }
         };
         let mut events = std::mem::take(&mut self.events);
-        let malformed = sys::parse_events(&self.buf[..n], &mut events);
+        let malformed = parse_fd_events(&self.buf[..n], &mut events);
         c.malformed.fetch_add(malformed, Ordering::Relaxed);
         let count = events.len();
         for ev in events.drain(..) {
@@ -391,7 +394,7 @@ impl Worker {
         }
     }
 
-    fn handle(&self, ev: RawEvent) {
+    fn handle(&self, ev: FdEvent) {
         let c = self.group.counters();
         GateCounters::add(&c.events);
         let Some(fd) = ev.fd else {

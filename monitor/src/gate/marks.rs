@@ -14,22 +14,20 @@
 //! The kernel limit on marks (`/proc/sys/fs/fanotify/max_user_marks`, lifted by
 //! `FAN_UNLIMITED_MARKS`, which the group asks for) is reported as
 //! [`GateError::MarkLimit`], never skipped silently.
-use std::collections::HashSet;
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use super::sys::{DIR_MASK, FILE_MASK, PermGroup};
+use super::group::{DIR_MASK, FILE_MASK, PermGroup};
 use super::{GateCounters, GateError};
-use crate::notify::pseudo_fs_name;
-use crate::os::fanotify as fsys;
+use crate::os::fs::{self, pseudo_fs_name};
+use crate::os::path_cstring;
+use crate::os::walk::{self, Step, Visitor};
 
-/// Deepest directory level walked below a root.
-const MAX_DEPTH: usize = 1024;
 /// Errors below a root logged at warn per walk (the rest at debug; all are counted).
 const WARN_ERRORS_PER_WALK: u64 = 5;
 
@@ -51,24 +49,8 @@ pub struct Marks {
     group: Arc<PermGroup>,
 }
 
-/// Errors that mean "the entry went away or changed kind under us", not a failure.
-fn is_vanished(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ESTALE)
-    )
-}
-
 fn is_limit(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::ENOSPC)
-}
-
-fn is_dir(st: &libc::stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFDIR
-}
-
-fn is_reg(st: &libc::stat) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
 impl Marks {
@@ -85,7 +67,7 @@ impl Marks {
             path: root.to_path_buf(),
             source,
         };
-        let fd = fsys::open_dir(root).map_err(|e| {
+        let fd = fs::open_dir(root).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENOTDIR) {
                 GateError::WrongKind {
                     path: root.to_path_buf(),
@@ -95,7 +77,7 @@ impl Marks {
                 err(e)
             }
         })?;
-        let st = fsys::fstat(fd.as_fd()).map_err(err)?;
+        let st = fs::fstat(fd.as_fd()).map_err(err)?;
         self.check_fs(fd.as_fd(), root)?;
         self.mark_one_dir(fd.as_fd())
             .map_err(|e| self.mark_error(root, e))?;
@@ -138,11 +120,11 @@ impl Marks {
         } else {
             parent
         };
-        let pfd = fsys::open_dir(parent).map_err(err)?;
+        let pfd = fs::open_dir(parent).map_err(err)?;
         self.check_fs(pfd.as_fd(), file)?;
-        let cname = fsys::path_cstring(Path::new(name)).map_err(err)?;
-        let st = fsys::fstatat_nofollow(pfd.as_fd(), &cname).map_err(err)?;
-        if !is_reg(&st) {
+        let cname = path_cstring(Path::new(name)).map_err(err)?;
+        let st = fs::fstatat_nofollow(pfd.as_fd(), &cname).map_err(err)?;
+        if !fs::is_reg(&st) {
             return Err(GateError::WrongKind {
                 path: file.to_path_buf(),
                 what: "not a regular file (directories: mark_tree; symlinks are not followed)",
@@ -153,7 +135,7 @@ impl Marks {
     }
 
     fn check_fs(&self, fd: BorrowedFd<'_>, path: &Path) -> Result<(), GateError> {
-        let info = fsys::fstatfs(fd).map_err(|source| GateError::Mark {
+        let info = fs::fstatfs(fd).map_err(|source| GateError::Mark {
             path: path.to_path_buf(),
             source,
         })?;
@@ -205,130 +187,71 @@ impl Marks {
         st: libc::stat,
         report: &mut MarkReport,
     ) -> Result<(), GateError> {
-        struct Frame {
-            fd: OwnedFd,
-            path: PathBuf,
-            dev: u64,
-            depth: usize,
-            entries: std::vec::IntoIter<fsys::DirEntry>,
+        let mut gate = GateWalk {
+            marks: self,
+            report,
+            warned: 0,
+        };
+        walk::walk(&mut gate, fd, path, &st, ())
+    }
+}
+
+/// The gate's side of a tree walk: directories get a directory mark, regular files an
+/// inode mark; pseudo filesystems are not entered.
+struct GateWalk<'a> {
+    marks: &'a Marks,
+    report: &'a mut MarkReport,
+    /// Errors logged at warn so far.
+    warned: u64,
+}
+
+impl Visitor for GateWalk<'_> {
+    type Fs = ();
+    type Stop = GateError;
+
+    fn wants(&self, file_type: Option<nix::dir::Type>) -> bool {
+        matches!(
+            file_type,
+            None | Some(nix::dir::Type::Directory) | Some(nix::dir::Type::File)
+        )
+    }
+
+    fn entry(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        _parent: &Path,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        if fs::is_reg(st) {
+            self.marks.mark_one_file(dir, name)?;
+            self.report.files += 1;
         }
-        let mut warned = 0u64;
-        let mut note =
-            |report: &mut MarkReport, path: &Path, what: &str, e: &dyn std::fmt::Display| {
-                report.errors += 1;
-                GateCounters::add(&self.group.counters().mark_errors);
-                if warned < WARN_ERRORS_PER_WALK {
-                    warned += 1;
-                    warn!(path = %path.display(), error = %e, "gate: {what} failed; not gated");
-                } else {
-                    debug!(path = %path.display(), error = %e, "gate: {what} failed; not gated");
-                }
-            };
-        let mut visited: HashSet<(u64, u64)> = HashSet::new();
-        visited.insert((st.st_dev, st.st_ino));
-        let mut stack = Vec::new();
-        match fsys::list_dir(fd.as_fd()) {
-            Ok(entries) => stack.push(Frame {
-                fd,
-                path: path.to_path_buf(),
-                dev: st.st_dev,
-                depth: 0,
-                entries: entries.into_iter(),
-            }),
-            Err(e) => {
-                note(report, path, "listing", &e);
-            }
+        Ok(())
+    }
+
+    fn filesystem(&mut self, fd: BorrowedFd<'_>, _st: &libc::stat) -> io::Result<Option<()>> {
+        let info = fs::fstatfs(fd)?;
+        Ok(pseudo_fs_name(info.magic).is_none().then_some(()))
+    }
+
+    fn directory(&mut self, fd: BorrowedFd<'_>, _path: &Path, _fs: ()) -> io::Result<()> {
+        self.marks.mark_one_dir(fd)?;
+        self.report.dirs += 1;
+        Ok(())
+    }
+
+    fn failed(&mut self, path: &Path, step: Step, e: io::Error) -> Result<(), GateError> {
+        if step == Step::Marking && is_limit(&e) {
+            return Err(self.marks.mark_error(path, e));
         }
-        while let Some(frame) = stack.last_mut() {
-            let Some(entry) = frame.entries.next() else {
-                stack.pop();
-                continue;
-            };
-            let name: &CStr = &entry.name;
-            let child = fsys::join(&frame.path, name.to_bytes());
-            let maybe = matches!(
-                entry.file_type,
-                None | Some(nix::dir::Type::Directory) | Some(nix::dir::Type::File)
-            );
-            if !maybe {
-                continue;
-            }
-            let cst = match fsys::fstatat_nofollow(frame.fd.as_fd(), name) {
-                Ok(s) => s,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    note(report, &child, "stat", &e);
-                    continue;
-                }
-            };
-            if is_reg(&cst) {
-                match self.mark_one_file(frame.fd.as_fd(), name) {
-                    Ok(()) => report.files += 1,
-                    Err(e) if is_vanished(&e) => {}
-                    Err(e) if is_limit(&e) => return Err(self.mark_error(&child, e)),
-                    Err(e) => {
-                        note(report, &child, "marking", &e);
-                    }
-                }
-                continue;
-            }
-            if !is_dir(&cst) {
-                continue;
-            }
-            if frame.depth + 1 >= MAX_DEPTH {
-                note(
-                    report,
-                    &child,
-                    "descending",
-                    &format!("deeper than {MAX_DEPTH} levels"),
-                );
-                continue;
-            }
-            if !visited.insert((cst.st_dev, cst.st_ino)) {
-                continue;
-            }
-            let cfd = match fsys::openat_dir(frame.fd.as_fd(), name) {
-                Ok(fd) => fd,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    note(report, &child, "opening", &e);
-                    continue;
-                }
-            };
-            if cst.st_dev != frame.dev {
-                match fsys::fstatfs(cfd.as_fd()) {
-                    Ok(info) if pseudo_fs_name(info.magic).is_some() => continue,
-                    Ok(_) => {}
-                    Err(e) => {
-                        note(report, &child, "statfs", &e);
-                        continue;
-                    }
-                }
-            }
-            match self.mark_one_dir(cfd.as_fd()) {
-                Ok(()) => report.dirs += 1,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) if is_limit(&e) => return Err(self.mark_error(&child, e)),
-                Err(e) => {
-                    // Not marked: its subtree is skipped too (same filesystem, same error).
-                    note(report, &child, "marking", &e);
-                    continue;
-                }
-            }
-            let depth = frame.depth + 1;
-            match fsys::list_dir(cfd.as_fd()) {
-                Ok(entries) => stack.push(Frame {
-                    fd: cfd,
-                    path: child,
-                    dev: cst.st_dev,
-                    depth,
-                    entries: entries.into_iter(),
-                }),
-                Err(e) if is_vanished(&e) => {}
-                Err(e) => {
-                    note(report, &child, "listing", &e);
-                }
-            }
+        self.report.errors += 1;
+        GateCounters::add(&self.marks.group.counters().mark_errors);
+        if self.warned < WARN_ERRORS_PER_WALK {
+            self.warned += 1;
+            warn!(path = %path.display(), error = %e, "gate: {step} failed; not gated");
+        } else {
+            debug!(path = %path.display(), error = %e, "gate: {step} failed; not gated");
         }
         Ok(())
     }

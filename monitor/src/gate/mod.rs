@@ -1,8 +1,8 @@
 //! The gate's kernel-facing half: a fanotify `FAN_CLASS_CONTENT` group whose
 //! `FAN_OPEN_PERM` events hold openers of gated files until they are answered.
 //!
-//! - [`sys`]: the permission group ([`PermGroup`]): creation, marks, reading events, and
-//!   answering them (safe from any thread).
+//! - [`group`]: the permission group ([`PermGroup`]): creation, marks, reading events, and
+//!   answering them (safe from any thread), over the raw calls of `crate::os::fanotify`.
 //! - [`marks`]: [`Marks`] puts `FAN_OPEN_PERM` marks on gated trees, new subdirectories and
 //!   single files.
 //! - [`intent`]: [`IntentSource`] tells the write intent and session of the thread held in
@@ -29,13 +29,13 @@ pub mod context;
 pub mod crash;
 pub mod decider;
 pub mod engine;
+pub mod group;
 pub mod intent;
 pub mod listener;
 pub mod marks;
 pub mod preimage;
 pub mod requests;
 pub mod reverse;
-pub mod sys;
 
 #[cfg(test)]
 mod tests;
@@ -46,11 +46,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use decider::{GateDecider, GateMetrics};
 pub use engine::{Engine, EngineSettings, GateHandles, Notice};
+pub use group::PermGroup;
 pub use intent::{Intent, IntentOrigin, IntentSource, Opener};
 pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent};
 pub use marks::{MarkReport, Marks};
 pub use preimage::{PreImage, PreImageError};
-pub use sys::PermGroup;
 
 /// The answer written to the kernel for a permission event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -6,12 +6,13 @@
 //! content the open is about to change. Reading blocks on disk I/O: call [`capture`] from a
 //! blocking context (`spawn_blocking`), never from the listener thread.
 use std::os::fd::AsFd;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
 use super::intent::Intent;
-use super::sys;
+use crate::os::clock::{clock_res, from_timespec, monotonic_to_realtime};
+use crate::os::fs::{fstat, pread};
 
 /// Bytes read per `pread`.
 const CHUNK: usize = 64 * 1024;
@@ -68,7 +69,7 @@ pub enum PreImageError {
 /// up to `max_bytes` (the whole file is hashed regardless), mode, owner, identity, ctime.
 pub fn capture(fd: impl AsFd, max_bytes: u64) -> Result<PreImage, PreImageError> {
     let fd = fd.as_fd();
-    let st = sys::fstat(fd).map_err(PreImageError::Stat)?;
+    let st = fstat(fd).map_err(PreImageError::Stat)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(PreImageError::NotRegular { mode: st.st_mode });
     }
@@ -78,7 +79,7 @@ pub fn capture(fd: impl AsFd, max_bytes: u64) -> Result<PreImage, PreImageError>
     let mut buf = vec![0u8; CHUNK];
     let mut offset = 0u64;
     loop {
-        let n = match sys::pread(fd, &mut buf, offset) {
+        let n = match pread(fd, &mut buf, offset) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -103,34 +104,8 @@ pub fn capture(fd: impl AsFd, max_bytes: u64) -> Result<PreImage, PreImageError>
         dev: st.st_dev,
         ino: st.st_ino,
         nlink: st.st_nlink,
-        ctime: timestamp(st.st_ctime, st.st_ctime_nsec),
+        ctime: from_timespec(st.st_ctime, st.st_ctime_nsec),
     })
-}
-
-fn timestamp(sec: i64, nsec: i64) -> SystemTime {
-    let nsec = nsec.clamp(0, 999_999_999) as u32;
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec.into())
-    }
-}
-
-/// Convert a `CLOCK_MONOTONIC` time (as the eBPF programs record it) to wall-clock time,
-/// by sampling both clocks now. `None` when the clocks cannot be read.
-pub fn monotonic_to_realtime(mono_ns: u64) -> Option<SystemTime> {
-    let real_before = sys::clock_ns(libc::CLOCK_REALTIME).ok()?;
-    let mono = sys::clock_ns(libc::CLOCK_MONOTONIC).ok()?;
-    let real_after = sys::clock_ns(libc::CLOCK_REALTIME).ok()?;
-    // The realtime instant matching `mono`: midway between the two samples around it.
-    let real = real_before + (real_after.saturating_sub(real_before)) / 2;
-    let then = Duration::from_nanos(mono_ns);
-    let at = if then <= mono {
-        real.checked_sub(mono - then)?
-    } else {
-        real + (then - mono)
-    };
-    Some(UNIX_EPOCH + at)
 }
 
 /// Whether the held open created the file (so a denied open must remove it: the kernel
@@ -161,7 +136,7 @@ pub fn created_by_open(pre: &PreImage, intent: &Intent) -> bool {
     let Some(enter) = monotonic_to_realtime(intent.enter_ns) else {
         return false;
     };
-    let tick = sys::clock_res(libc::CLOCK_REALTIME_COARSE)
+    let tick = clock_res(libc::CLOCK_REALTIME_COARSE)
         .unwrap_or(Duration::from_millis(10))
         .max(Duration::from_millis(1));
     let slack = tick * 2 + Duration::from_millis(2);

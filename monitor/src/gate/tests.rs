@@ -648,7 +648,7 @@ fn preimage_is_read_before_o_trunc_truncates() {
 }
 
 fn monotonic_ns() -> u64 {
-    super::sys::clock_ns(libc::CLOCK_MONOTONIC)
+    crate::os::clock::clock_ns(libc::CLOCK_MONOTONIC)
         .unwrap()
         .as_nanos() as u64
 }
@@ -885,7 +885,7 @@ fn closing_the_group_lets_pending_opens_through() {
     let mut events = Vec::new();
     wait_until("the first event", || match group.read(&mut buf) {
         Ok(n) => {
-            super::sys::parse_events(&buf[..n], &mut events);
+            crate::os::fanotify::parse_fd_events(&buf[..n], &mut events);
             !events.is_empty()
         }
         Err(_) => false,

@@ -55,10 +55,7 @@
 //!   ids of its threads that still exist when the event is read.
 //! - `pid` is 0 when the writer is not visible in the watcher's pid namespace.
 mod records;
-// The gate's permission group reuses the directory helpers.
 mod watcher;
-
-pub(crate) use watcher::pseudo_fs_name;
 
 pub use watcher::NotifyWatcher;
 

@@ -26,7 +26,7 @@
 pub(crate) const METADATA_VERSION: u8 = 3;
 /// `sizeof(struct fanotify_event_metadata)`.
 pub(crate) const METADATA_LEN: usize = 24;
-pub(crate) use crate::os::fanotify::MAX_HANDLE_SZ;
+pub(crate) use crate::os::fs::MAX_HANDLE_SZ;
 
 const INFO_HDR_LEN: usize = 4;
 const FSID_LEN: usize = 8;

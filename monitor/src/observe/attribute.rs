@@ -3,13 +3,12 @@
 //! and the agent session it was made in.
 use std::collections::HashMap;
 
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-
 use crate::{
     event::escape::encode,
     event::{Ancestor, Details, Event, SCHEMA_VERSION, SessionRef, Shared, Source},
     observe::correlate::Observation,
     observe::procs::proctable::ProcTable,
+    os::{clock, procfs},
     sessions::SessionRegistry,
 };
 
@@ -39,26 +38,12 @@ struct Described {
     ancestors: Shared<Vec<Ancestor>>,
 }
 
-/// `ns` since the epoch as RFC 3339 (the epoch itself if out of range).
-fn rfc3339(ns: i128) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ns)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
-}
-
 /// Thread group of a thread id reported by fanotify.
 fn tgid_of(procs: &ProcTable, tid: u32) -> u32 {
     if procs.get(tid).is_some_and(|p| !p.tentative) {
         return tid;
     }
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
-        })
-        .unwrap_or(tid)
+    procfs::tgid_of(tid).unwrap_or(tid)
 }
 
 impl Attributor {
@@ -174,7 +159,7 @@ impl Attributor {
         };
         Event {
             v: SCHEMA_VERSION,
-            time: rfc3339(o.time_ns),
+            time: clock::rfc3339_ns(o.time_ns),
             id,
             kind: o.kind,
             path: encode(&o.path),

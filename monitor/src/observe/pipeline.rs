@@ -8,7 +8,7 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::Path,
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -24,6 +24,7 @@ use crate::{
     observe::procs::proctable::ProcTable,
     observe::procs::resolve::DirCache,
     observe::syscalls::{Outcome, interpret},
+    os::{clock, procfs},
     sessions::SessionRegistry,
 };
 
@@ -62,19 +63,6 @@ pub struct Pipeline {
     ready: Vec<Observation>,
 }
 
-fn clock_ns(clock: nix::time::ClockId) -> i128 {
-    nix::time::clock_gettime(clock)
-        .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
-        .unwrap_or(0)
-}
-
-fn now_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
-}
-
 impl Pipeline {
     pub fn new(
         watch: WatchSet,
@@ -82,8 +70,7 @@ impl Pipeline {
         window: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let boot_offset_ns = clock_ns(nix::time::ClockId::CLOCK_REALTIME)
-            - clock_ns(nix::time::ClockId::CLOCK_MONOTONIC);
+        let boot_offset_ns = clock::monotonic_offset_ns();
         Pipeline {
             procs: ProcTable::default(),
             correlator: Correlator::new(window),
@@ -93,7 +80,7 @@ impl Pipeline {
             detector,
             metrics,
             boot_offset_ns,
-            attributor: Attributor::new(now_ns()),
+            attributor: Attributor::new(clock::now_ns()),
             ready: Vec::new(),
         }
     }
@@ -220,10 +207,8 @@ impl Pipeline {
                 fd,
                 count,
             } => {
-                let path = self.procs.fd_path_shared(header.tgid, fd).or_else(|| {
-                    crate::observe::procs::proctable::live_link(header.tgid, &format!("fd/{fd}"))
-                        .map(Into::into)
-                });
+                let known = self.procs.fd_path_shared(header.tgid, fd);
+                let path = procfs::fd_path_or_live(known, header.tgid, fd);
                 let Some(path) = path else {
                     Metrics::inc(&self.metrics.unresolved_paths);
                     return actions;
@@ -265,7 +250,7 @@ impl Pipeline {
             tgid: 0,
             result: None,
             source: Source::Fanotify,
-            time_ns: now_ns(),
+            time_ns: clock::now_ns(),
             details: Details {
                 dir: ev.is_dir,
                 ..Details::default()

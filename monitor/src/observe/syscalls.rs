@@ -8,8 +8,9 @@ use crate::{
     event::{Details, Kind, Source, open_flag_names},
     kernel::decode::SyscallRecord,
     observe::correlate::Observation,
-    observe::procs::proctable::{ProcTable, live_link},
+    observe::procs::proctable::ProcTable,
     observe::procs::resolve::{DirCache, Resolved, resolve},
+    os::procfs,
 };
 
 const O_CREAT: u32 = 0o100;
@@ -33,11 +34,7 @@ pub enum Outcome {
 }
 
 fn fd_path(procs: &ProcTable, tgid: u32, fd: i32) -> Resolved {
-    match procs
-        .fd_path(tgid, fd)
-        .map(<[u8]>::to_vec)
-        .or_else(|| live_link(tgid, &format!("fd/{fd}")))
-    {
+    match procfs::fd_path_or_live(procs.fd_path(tgid, fd).map(<[u8]>::to_vec), tgid, fd) {
         Some(path) => Resolved {
             path,
             unresolved: false,

@@ -7,7 +7,7 @@
 //! again on load) and in memory in a [`GrantSet`], which the gate consults on the hot path.
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use confgate_proto::v1;
 use globset::{Candidate, GlobMatcher};
@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::ops::{OpSet, UnknownOp};
 use super::rules::{OnExpiry, Rule, path_glob};
+use crate::os::clock::from_unix_ms;
 
 /// Longest agent name accepted in a grant, in bytes.
 pub const MAX_AGENT: usize = 256;
@@ -192,7 +193,7 @@ impl Grant {
         if ops.is_empty() {
             return Err(GrantError::NoOps { id });
         }
-        let expires_at = unix_ms(g.expires_unix_ms).ok_or(GrantError::Expiry {
+        let expires_at = from_unix_ms(g.expires_unix_ms).ok_or(GrantError::Expiry {
             id,
             expires_unix_ms: g.expires_unix_ms,
         })?;
@@ -236,12 +237,6 @@ impl TryFrom<(&v1::Grant, &Rule)> for Grant {
     fn try_from((g, rule): (&v1::Grant, &Rule)) -> Result<Grant, GrantError> {
         Grant::from_proto(g, &rule.name, rule.on_expiry)
     }
-}
-
-/// Unix milliseconds to a time; `None` for 0, negative or out-of-range values.
-fn unix_ms(ms: i64) -> Option<SystemTime> {
-    let ms = u64::try_from(ms).ok().filter(|ms| *ms > 0)?;
-    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 /// At most `max` bytes of `s` (cut at a character boundary, then `...`).
@@ -337,6 +332,7 @@ pub fn exact_glob(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

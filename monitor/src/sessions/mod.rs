@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::os::clock::now_rfc3339;
 use crate::store::{RecordTable, SESSIONS_TABLE, Store, StoreError};
 
 /// Agent sessions, by session id.
@@ -439,14 +440,6 @@ pub fn user_name(uid: u32) -> String {
             uid.to_string()
         }
     }
-}
-
-/// Current time, RFC 3339 UTC with second precision.
-pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_nanosecond(0).unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 #[cfg(test)]

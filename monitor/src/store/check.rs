@@ -40,9 +40,7 @@ struct TempCopy {
 impl TempCopy {
     fn new() -> std::io::Result<TempCopy> {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = crate::os::clock::now_ns();
         let path = std::env::temp_dir().join(format!(
             "confgate-store-check-{}-{nanos}.redb",
             std::process::id()

@@ -145,7 +145,7 @@ impl NotifyWatcher {
             if let Some(root) = &new_root {
                 // Something was renamed onto a root's path: watch what is there now.
                 warn!(root = %root.display(), "fanotify: a directory was renamed onto the root of a watched tree; marking it");
-                match sys::open_dir(&new_path)
+                match fs::open_dir(&new_path)
                     .map_err(|source| FanotifyError::Mark {
                         path: new_path.clone(),
                         source,

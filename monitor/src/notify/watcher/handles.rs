@@ -20,7 +20,7 @@ impl NotifyWatcher {
         let name = r.name.as_deref().filter(|n| *n != b".");
         match self.resolve_dir(&r.key) {
             Some(dir) => match name {
-                Some(n) => sys::join(&dir, n),
+                Some(n) => fs::join(&dir, n),
                 None => dir,
             },
             None => {
@@ -59,7 +59,7 @@ impl NotifyWatcher {
             debug!("fanotify: event on a filesystem without a mount fd; path unknown");
             return None;
         };
-        let fd = match sys::open_by_handle(mount_fd.as_fd(), key.handle_type, &key.handle) {
+        let fd = match fs::open_by_handle(mount_fd.as_fd(), key.handle_type, &key.handle) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 if !self.warned_no_cap {
@@ -76,7 +76,7 @@ impl NotifyWatcher {
                 return None;
             }
         };
-        match sys::fstat(fd.as_fd()) {
+        match fs::fstat(fd.as_fd()) {
             Ok(st) if st.st_nlink > 0 => {}
             Ok(_) => {
                 debug!("fanotify: directory was deleted; path unknown");
@@ -87,7 +87,7 @@ impl NotifyWatcher {
                 return None;
             }
         }
-        let path = match sys::fd_path(fd.as_fd()) {
+        let path = match procfs::own_fd_path(fd.as_fd()) {
             Ok(p) if p.is_absolute() => p,
             Ok(p) => {
                 debug!(path = %p.display(), "fanotify: directory not reachable from our root");

@@ -1,6 +1,7 @@
 //! Marks: the filesystems the group watches, directory trees walked and marked, single
 //! files, and the directories that appear, move in or out, or must be rescanned.
 use super::*;
+use crate::os::walk::{self, Step, Visitor};
 
 impl NotifyWatcher {
     /// Identify the filesystem of `fd` (st_dev `dev`). `Ok(None)` for pseudo filesystems.
@@ -14,7 +15,7 @@ impl NotifyWatcher {
         if let Some(known) = self.dev_fsid.get(&dev) {
             return Ok(*known);
         }
-        let fs = sys::fstatfs(fd)?;
+        let fs = fs::fstatfs(fd)?;
         if let Some(name) = pseudo_fs_name(fs.magic) {
             self.dev_fsid.insert(dev, None);
             debug!(fs = name, "fanotify: not entering pseudo filesystem");
@@ -22,14 +23,14 @@ impl NotifyWatcher {
         }
         self.dev_fsid.insert(dev, Some(fs.fsid));
         if let std::collections::hash_map::Entry::Vacant(v) = self.mount_fds.entry(fs.fsid) {
-            v.insert(sys::mount_root(fd)?);
+            v.insert(fs::mount_root(fd)?);
         }
         if self.rename_sources
             && self.dir_mask & FAN_RENAME != 0
             && !self.sb_rename.contains(&fs.fsid)
         {
             let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
-            match sys::fanotify_mark_fd(self.group_fd(), flags, SB_RENAME_MASK, fd) {
+            match fanotify::mark_fd(self.group_fd(), flags, SB_RENAME_MASK, fd) {
                 Ok(()) => {
                     self.sb_rename.insert(fs.fsid);
                 }
@@ -50,13 +51,13 @@ impl NotifyWatcher {
         fsid: [u8; 8],
         path: &Path,
     ) -> io::Result<HandleKey> {
-        let (handle_type, handle) = sys::handle_of_fd(fd)?;
+        let (handle_type, handle) = fs::handle_of_fd(fd)?;
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_ONLYDIR;
-        match sys::fanotify_mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
+        match fanotify::mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.dir_mask == DIR_MASK => {
                 // Kernel without FAN_RENAME: fall back once, for good.
-                sys::fanotify_mark_fd(self.group_fd(), flags, DIR_MASK_LEGACY, fd)?;
+                fanotify::mark_fd(self.group_fd(), flags, DIR_MASK_LEGACY, fd)?;
                 warn!(
                     "fanotify: kernel refused FAN_RENAME (EINVAL, needs 5.17); using \
                      FAN_MOVED_FROM/FAN_MOVED_TO: a rename becomes two unlinked events"
@@ -79,7 +80,7 @@ impl NotifyWatcher {
     }
 
     pub(super) fn unmark_dir(&mut self, fd: BorrowedFd<'_>, fsid: [u8; 8]) -> io::Result<()> {
-        let (handle_type, handle) = sys::handle_of_fd(fd)?;
+        let (handle_type, handle) = fs::handle_of_fd(fd)?;
         let key = HandleKey {
             fsid,
             handle_type,
@@ -88,7 +89,7 @@ impl NotifyWatcher {
         self.dir_cache.remove(&key);
         if self.marks.remove(&key).is_some() {
             let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_ONLYDIR;
-            match sys::fanotify_mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
+            match fanotify::mark_fd(self.group_fd(), flags, self.dir_mask, fd) {
                 Ok(()) => {}
                 // Mark already gone (e.g. the kernel dropped it).
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -112,156 +113,17 @@ impl NotifyWatcher {
             path: path.to_path_buf(),
             source,
         };
-        let st = sys::fstat(fd.as_fd()).map_err(mark_err)?;
+        let st = fs::fstat(fd.as_fd()).map_err(mark_err)?;
         let Some(fsid) = self.register_fs(fd.as_fd(), st.st_dev).map_err(mark_err)? else {
-            let magic = sys::fstatfs(fd.as_fd()).map(|f| f.magic).unwrap_or(0);
+            let magic = fs::fstatfs(fd.as_fd()).map(|f| f.magic).unwrap_or(0);
             return Err(FanotifyError::PseudoFs {
                 path: path.to_path_buf(),
                 fs: pseudo_fs_name(magic).unwrap_or("pseudo"),
             });
         };
         let key = self.mark_dir(fd.as_fd(), fsid, path).map_err(mark_err)?;
-        let below = self.walk(fd, path, st.st_dev, fsid, WalkOp::Mark, synth_pid, out);
+        let below = TreeWalk::new(self, WalkOp::Mark, synth_pid, out).run(fd, path, &st, fsid);
         Ok((1 + below, key))
-    }
-
-    /// Walk below the directory open as `fd` (already handled by the caller), applying
-    /// `op` to every directory. Returns the number of directories it succeeded on.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn walk(
-        &mut self,
-        fd: OwnedFd,
-        path: &Path,
-        dev: u64,
-        fsid: [u8; 8],
-        op: WalkOp,
-        synth_pid: Option<u32>,
-        out: &mut Vec<FanEvent>,
-    ) -> usize {
-        let mut done = 0usize;
-        let mut errors = 0u64;
-        let mut visited: HashSet<(u64, u64)> = HashSet::new();
-        if let Ok(st) = sys::fstat(fd.as_fd()) {
-            visited.insert((st.st_dev, st.st_ino));
-        }
-        let mut stack: Vec<Frame> = Vec::new();
-        match sys::list_dir(fd.as_fd()) {
-            Ok(entries) => stack.push(Frame {
-                fd,
-                path: path.to_path_buf(),
-                dev,
-                fsid,
-                depth: 0,
-                entries: entries.into_iter(),
-            }),
-            Err(e) => self.walk_error(op, &mut errors, path, "listing", &e),
-        }
-        while let Some(frame) = stack.last_mut() {
-            let Some(entry) = frame.entries.next() else {
-                stack.pop();
-                continue;
-            };
-            let name: &CStr = &entry.name;
-            let child = sys::join(&frame.path, name.to_bytes());
-            let maybe_dir = matches!(entry.file_type, None | Some(nix::dir::Type::Directory));
-            if !maybe_dir && synth_pid.is_none() {
-                continue;
-            }
-            let st = match sys::fstatat_nofollow(frame.fd.as_fd(), name) {
-                Ok(st) => st,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    self.walk_error(op, &mut errors, &child, "stat", &e);
-                    continue;
-                }
-            };
-            let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            if let Some(pid) = synth_pid {
-                out.push(synthesized(child.clone(), pid, &st));
-            }
-            if !is_dir {
-                continue;
-            }
-            if frame.depth + 1 >= MAX_DEPTH {
-                let e = io::Error::other(format!("deeper than {MAX_DEPTH} levels"));
-                self.walk_error(op, &mut errors, &child, "descending", &e);
-                continue;
-            }
-            if !visited.insert((st.st_dev, st.st_ino)) {
-                continue;
-            }
-            let cfd = match sys::openat_dir(frame.fd.as_fd(), name) {
-                Ok(fd) => fd,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    self.walk_error(op, &mut errors, &child, "opening", &e);
-                    continue;
-                }
-            };
-            let (cdev, cfsid, depth) = (st.st_dev, frame.fsid, frame.depth + 1);
-            let cfsid = if cdev == frame.dev {
-                cfsid
-            } else {
-                match self.register_fs(cfd.as_fd(), cdev) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        self.walk_error(op, &mut errors, &child, "statfs", &e);
-                        continue;
-                    }
-                }
-            };
-            let r = match op {
-                WalkOp::Mark => self.mark_dir(cfd.as_fd(), cfsid, &child).map(drop),
-                WalkOp::Unmark => self.unmark_dir(cfd.as_fd(), cfsid),
-            };
-            match r {
-                Ok(()) => done += 1,
-                Err(e) if is_vanished(&e) => continue,
-                Err(e) => {
-                    // Not marked: its subtree is skipped too (same filesystem, same error).
-                    self.walk_error(op, &mut errors, &child, "marking", &e);
-                    continue;
-                }
-            }
-            match sys::list_dir(cfd.as_fd()) {
-                Ok(entries) => stack.push(Frame {
-                    fd: cfd,
-                    path: child,
-                    dev: cdev,
-                    fsid: cfsid,
-                    depth,
-                    entries: entries.into_iter(),
-                }),
-                Err(e) if is_vanished(&e) => {}
-                Err(e) => self.walk_error(op, &mut errors, &child, "listing", &e),
-            }
-        }
-        if errors > WARN_ERRORS_PER_WALK {
-            warn!(root = %path.display(), errors, "fanotify: directories below the root could not be handled");
-        }
-        done
-    }
-
-    pub(super) fn walk_error(
-        &mut self,
-        op: WalkOp,
-        errors: &mut u64,
-        path: &Path,
-        what: &str,
-        e: &io::Error,
-    ) {
-        *errors += 1;
-        if op == WalkOp::Unmark {
-            debug!(path = %path.display(), error = %e, "fanotify: {what} failed while unmarking");
-            return;
-        }
-        self.stats.mark_errors += 1;
-        if *errors <= WARN_ERRORS_PER_WALK {
-            warn!(path = %path.display(), error = %e, "fanotify: {what} failed; this directory (and below) is not watched");
-        } else {
-            debug!(path = %path.display(), error = %e, "fanotify: {what} failed");
-        }
     }
 
     /// Inode mark on one (canonical) file.
@@ -278,26 +140,25 @@ impl NotifyWatcher {
                 path: canon.to_path_buf(),
             });
         };
-        let pfd = sys::open_dir(parent).map_err(err)?;
-        let pst = sys::fstat(pfd.as_fd()).map_err(err)?;
+        let pfd = fs::open_dir(parent).map_err(err)?;
+        let pst = fs::fstat(pfd.as_fd()).map_err(err)?;
         let Some(fsid) = self.register_fs(pfd.as_fd(), pst.st_dev).map_err(err)? else {
             return Err(FanotifyError::PseudoFs {
                 path: canon.to_path_buf(),
                 fs: "pseudo",
             });
         };
-        let cname = sys::path_cstring(Path::new(name)).map_err(err)?;
-        let st = sys::fstatat_nofollow(pfd.as_fd(), &cname).map_err(err)?;
+        let cname = path_cstring(Path::new(name)).map_err(err)?;
+        let st = fs::fstatat_nofollow(pfd.as_fd(), &cname).map_err(err)?;
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(FanotifyError::IsADirectory {
                 path: canon.to_path_buf(),
             });
         }
-        let (pt, ph) = sys::handle_of_fd(pfd.as_fd()).map_err(err)?;
-        let (ft, fh) = sys::handle_at(pfd.as_fd(), &cname).map_err(err)?;
+        let (pt, ph) = fs::handle_of_fd(pfd.as_fd()).map_err(err)?;
+        let (ft, fh) = fs::handle_at(pfd.as_fd(), &cname).map_err(err)?;
         let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_DONT_FOLLOW;
-        sys::fanotify_mark_at(self.group_fd(), flags, FILE_MASK, pfd.as_fd(), &cname)
-            .map_err(err)?;
+        fanotify::mark_at(self.group_fd(), flags, FILE_MASK, pfd.as_fd(), &cname).map_err(err)?;
         let parent_key = HandleKey {
             fsid,
             handle_type: pt,
@@ -339,7 +200,7 @@ impl NotifyWatcher {
             .map(|(k, p)| (k.clone(), p.clone()))
             .collect();
         for (old_key, root) in roots {
-            let r = sys::open_dir(&root)
+            let r = fs::open_dir(&root)
                 .map_err(|source| FanotifyError::Mark {
                     path: root.clone(),
                     source,
@@ -366,7 +227,7 @@ impl NotifyWatcher {
         synth_pid: Option<u32>,
         out: &mut Vec<FanEvent>,
     ) {
-        let fd = match sys::open_dir(path) {
+        let fd = match fs::open_dir(path) {
             Ok(fd) => fd,
             Err(e) if is_vanished(&e) => {
                 debug!(path = %path.display(), "fanotify: new directory already gone");
@@ -392,9 +253,9 @@ impl NotifyWatcher {
     /// A directory was renamed into a marked directory.
     pub(super) fn mark_moved_in(&mut self, path: &Path) {
         // Moved within the trees: its marks moved with the inodes, nothing to walk.
-        if let Ok(fd) = sys::open_dir(path)
-            && let Ok((t, h)) = sys::handle_of_fd(fd.as_fd())
-            && let Ok(fs) = sys::fstatfs(fd.as_fd())
+        if let Ok(fd) = fs::open_dir(path)
+            && let Ok((t, h)) = fs::handle_of_fd(fd.as_fd())
+            && let Ok(fs) = fs::fstatfs(fd.as_fd())
             && self.marks.contains_key(&HandleKey {
                 fsid: fs.fsid,
                 handle_type: t,
@@ -408,28 +269,21 @@ impl NotifyWatcher {
 
     /// A marked directory was renamed out of the trees: drop the marks of its subtree.
     pub(super) fn unmark_moved_out(&mut self, path: &Path) {
-        let fd = match sys::open_dir(path) {
+        let fd = match fs::open_dir(path) {
             Ok(fd) => fd,
             Err(e) => {
                 debug!(path = %path.display(), error = %e, "fanotify: moved-out directory not reachable; marks stay until it is deleted");
                 return;
             }
         };
-        let (Ok(st), Ok(fs)) = (sys::fstat(fd.as_fd()), sys::fstatfs(fd.as_fd())) else {
+        let (Ok(st), Ok(fs)) = (fs::fstat(fd.as_fd()), fs::fstatfs(fd.as_fd())) else {
             return;
         };
         if let Err(e) = self.unmark_dir(fd.as_fd(), fs.fsid) {
             debug!(path = %path.display(), error = %e, "fanotify: unmarking moved-out directory failed");
         }
-        let n = self.walk(
-            fd,
-            path,
-            st.st_dev,
-            fs.fsid,
-            WalkOp::Unmark,
-            None,
-            &mut Vec::new(),
-        );
+        let n =
+            TreeWalk::new(self, WalkOp::Unmark, None, &mut Vec::new()).run(fd, path, &st, fs.fsid);
         debug!(path = %path.display(), below = n, "fanotify: directory moved out of the trees; marks removed");
     }
 }
@@ -439,13 +293,107 @@ pub(super) fn entry_key(path: &Path) -> io::Result<Option<(HandleKey, Box<[u8]>)
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Ok(None);
     };
-    let pfd = sys::open_dir(parent)?;
-    let fs = sys::fstatfs(pfd.as_fd())?;
-    let (handle_type, handle) = sys::handle_of_fd(pfd.as_fd())?;
+    let pfd = fs::open_dir(parent)?;
+    let fs = fs::fstatfs(pfd.as_fd())?;
+    let (handle_type, handle) = fs::handle_of_fd(pfd.as_fd())?;
     let key = HandleKey {
         fsid: fs.fsid,
         handle_type,
         handle: handle.into(),
     };
     Ok(Some((key, name.as_bytes().into())))
+}
+
+/// The watcher's side of a tree walk: every directory below the root is marked (or
+/// unmarked), and with `synth_pid` every entry is also reported as created.
+struct TreeWalk<'a> {
+    w: &'a mut NotifyWatcher,
+    op: WalkOp,
+    synth_pid: Option<u32>,
+    out: &'a mut Vec<FanEvent>,
+    /// Directories the op succeeded on.
+    done: usize,
+    /// Errors so far (the first few are logged at warn).
+    errors: u64,
+}
+
+impl<'a> TreeWalk<'a> {
+    fn new(
+        w: &'a mut NotifyWatcher,
+        op: WalkOp,
+        synth_pid: Option<u32>,
+        out: &'a mut Vec<FanEvent>,
+    ) -> Self {
+        TreeWalk {
+            w,
+            op,
+            synth_pid,
+            out,
+            done: 0,
+            errors: 0,
+        }
+    }
+
+    /// Walk below the directory open as `fd` (already handled by the caller; `st` its
+    /// `stat`, on the filesystem `fsid`). Returns the number of directories the op
+    /// succeeded on.
+    fn run(mut self, fd: OwnedFd, path: &Path, st: &libc::stat, fsid: [u8; 8]) -> usize {
+        let Ok(()) = walk::walk(&mut self, fd, path, st, fsid);
+        if self.errors > WARN_ERRORS_PER_WALK {
+            let errors = self.errors;
+            warn!(root = %path.display(), errors, "fanotify: directories below the root could not be handled");
+        }
+        self.done
+    }
+}
+
+impl Visitor for TreeWalk<'_> {
+    type Fs = [u8; 8];
+    type Stop = std::convert::Infallible;
+
+    fn wants(&self, file_type: Option<nix::dir::Type>) -> bool {
+        self.synth_pid.is_some() || matches!(file_type, None | Some(nix::dir::Type::Directory))
+    }
+
+    fn entry(
+        &mut self,
+        _dir: BorrowedFd<'_>,
+        parent: &Path,
+        name: &CStr,
+        st: &libc::stat,
+    ) -> io::Result<()> {
+        if let Some(pid) = self.synth_pid {
+            self.out
+                .push(synthesized(fs::join(parent, name.to_bytes()), pid, st));
+        }
+        Ok(())
+    }
+
+    fn filesystem(&mut self, fd: BorrowedFd<'_>, st: &libc::stat) -> io::Result<Option<[u8; 8]>> {
+        self.w.register_fs(fd, st.st_dev)
+    }
+
+    fn directory(&mut self, fd: BorrowedFd<'_>, path: &Path, fsid: [u8; 8]) -> io::Result<()> {
+        match self.op {
+            WalkOp::Mark => self.w.mark_dir(fd, fsid, path).map(drop),
+            WalkOp::Unmark => self.w.unmark_dir(fd, fsid),
+        }?;
+        self.done += 1;
+        Ok(())
+    }
+
+    fn failed(&mut self, path: &Path, step: Step, e: io::Error) -> Result<(), Self::Stop> {
+        self.errors += 1;
+        if self.op == WalkOp::Unmark {
+            debug!(path = %path.display(), error = %e, "fanotify: {step} failed while unmarking");
+            return Ok(());
+        }
+        self.w.stats.mark_errors += 1;
+        if self.errors <= WARN_ERRORS_PER_WALK {
+            warn!(path = %path.display(), error = %e, "fanotify: {step} failed; this directory (and below) is not watched");
+        } else {
+            debug!(path = %path.display(), error = %e, "fanotify: {step} failed");
+        }
+        Ok(())
+    }
 }

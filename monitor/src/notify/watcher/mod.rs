@@ -21,7 +21,8 @@ use super::{
     FAN_MODIFY, FAN_MOVED_FROM, FAN_MOVED_TO, FAN_ONDIR, FAN_Q_OVERFLOW, FAN_RENAME, FanEvent,
     FanotifyError, FanotifyStats,
 };
-use crate::os::fanotify as sys;
+use crate::os::fs::{self, is_vanished, pseudo_fs_name};
+use crate::os::{fanotify, path_cstring, procfs};
 
 mod events;
 mod handles;
@@ -68,66 +69,16 @@ const ROOT_RETURN_MASK: u64 = FAN_CREATE | FAN_ONDIR;
 
 /// Resolved-directory cache size; when full it is cleared (cheap, refills lazily).
 const DIR_CACHE_CAP: usize = 8192;
-/// Deeper directories are not marked (and counted as mark errors).
-const MAX_DEPTH: usize = 1024;
 /// Per walk, the first mark errors are logged at warn, the rest at debug plus one summary.
 const WARN_ERRORS_PER_WALK: u64 = 5;
 /// Read buffer: far more than one event (an event with two names is < 1 KiB).
 const READ_BUF: usize = 64 * 1024;
-
-/// Superblock magics of pseudo filesystems a tree walk never enters (and that cannot be
-/// roots): they have no stable file handles or would trigger side effects (autofs).
-const PSEUDO_FS: &[(u32, &str)] = &[
-    (0x0000_9fa0, "proc"),
-    (0x6265_6572, "sysfs"),
-    (0x6462_6720, "debugfs"),
-    (0x7472_6163, "tracefs"),
-    (0x7363_6673, "securityfs"),
-    (0xf97c_ff8c, "selinuxfs"),
-    (0x4341_5d53, "smackfs"),
-    (0x0027_e0eb, "cgroup"),
-    (0x6367_7270, "cgroup2"),
-    (0xcafe_4a11, "bpf"),
-    (0x0000_1cd1, "devpts"),
-    (0x6165_676c, "pstore"),
-    (0x6265_6570, "configfs"),
-    (0x6573_5543, "fusectl"),
-    (0x1980_0202, "mqueue"),
-    (0x4249_4e4d, "binfmt_misc"),
-    (0x0000_0187, "autofs"),
-    (0x6e73_6673, "nsfs"),
-    (0xde5e_81e4, "efivarfs"),
-];
-
-/// Name of the pseudo filesystem with superblock magic `magic`, if it is one.
-pub(crate) fn pseudo_fs_name(magic: u32) -> Option<&'static str> {
-    PSEUDO_FS.iter().find(|(m, _)| *m == magic).map(|(_, n)| *n)
-}
-
-/// Errors that mean "the entry went away or is not a plain directory", not a failure.
-fn is_vanished(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ESTALE)
-    )
-}
 
 /// What a tree walk does to each directory.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum WalkOp {
     Mark,
     Unmark,
-}
-
-/// One open directory on the walk stack (the stack depth, not the tree width, bounds the
-/// number of open descriptors).
-struct Frame {
-    fd: OwnedFd,
-    path: PathBuf,
-    dev: u64,
-    fsid: [u8; 8],
-    depth: usize,
-    entries: std::vec::IntoIter<sys::DirEntry>,
 }
 
 /// Where a marked object was when we last learned its path (at mark time or at the last
@@ -259,7 +210,7 @@ impl NotifyWatcher {
             path: root.to_path_buf(),
             source,
         })?;
-        let fd = sys::open_dir(&canon).map_err(|source| {
+        let fd = fs::open_dir(&canon).map_err(|source| {
             if source.raw_os_error() == Some(libc::ENOTDIR) {
                 FanotifyError::NotADirectory {
                     path: canon.clone(),
@@ -327,7 +278,7 @@ impl NotifyWatcher {
                 };
                 let mut guard = afd.readable().await.map_err(FanotifyError::Read)?;
                 let buf = &mut self.buf;
-                match guard.try_io(|a| sys::read(a.as_raw_fd(), buf)) {
+                match guard.try_io(|a| fanotify::read(a.as_raw_fd(), buf)) {
                     Ok(Ok(0)) => {
                         return Err(FanotifyError::Read(io::ErrorKind::UnexpectedEof.into()));
                     }
@@ -372,7 +323,7 @@ impl NotifyWatcher {
         let mut out = Vec::new();
         loop {
             let mut buf = std::mem::take(&mut self.buf);
-            let n = match sys::read(raw, &mut buf) {
+            let n = match fanotify::read(raw, &mut buf) {
                 Ok(0) => {
                     self.buf = buf;
                     return Err(FanotifyError::Read(io::ErrorKind::UnexpectedEof.into()));
@@ -431,7 +382,7 @@ fn init_group() -> Result<(OwnedFd, u32), FanotifyError> {
     let event_f_flags = (libc::O_RDONLY | libc::O_LARGEFILE) as u32;
     let mut flags = INIT_BASE | libc::FAN_REPORT_TID | INIT_UNLIMITED;
     loop {
-        match sys::fanotify_init(flags, event_f_flags) {
+        match fanotify::init(flags, event_f_flags) {
             Ok(fd) => return Ok((fd, flags)),
             Err(e) => match e.raw_os_error() {
                 Some(libc::EINVAL) if flags & libc::FAN_REPORT_TID != 0 => {

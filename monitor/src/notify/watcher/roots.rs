@@ -61,9 +61,9 @@ impl NotifyWatcher {
         let Some(parent) = root.parent() else {
             return;
         };
-        let placed = sys::open_dir(parent).and_then(|fd| {
-            let fs = sys::fstatfs(fd.as_fd())?;
-            let (handle_type, handle) = sys::handle_of_fd(fd.as_fd())?;
+        let placed = fs::open_dir(parent).and_then(|fd| {
+            let fs = fs::fstatfs(fd.as_fd())?;
+            let (handle_type, handle) = fs::handle_of_fd(fd.as_fd())?;
             let key = HandleKey {
                 fsid: fs.fsid,
                 handle_type,
@@ -71,7 +71,7 @@ impl NotifyWatcher {
             };
             if !self.marks.contains_key(&key) && !self.root_parents.contains_key(&key) {
                 let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_ONLYDIR;
-                sys::fanotify_mark_fd(self.group_fd(), flags, ROOT_RETURN_MASK, fd.as_fd())?;
+                fanotify::mark_fd(self.group_fd(), flags, ROOT_RETURN_MASK, fd.as_fd())?;
                 self.root_parents.insert(key, parent.to_path_buf());
             }
             Ok(())
@@ -102,7 +102,7 @@ impl NotifyWatcher {
         synth_pid: Option<u32>,
         out: &mut Vec<FanEvent>,
     ) {
-        let marked = sys::open_dir(root)
+        let marked = fs::open_dir(root)
             .map_err(|source| FanotifyError::Mark {
                 path: root.to_path_buf(),
                 source,
@@ -138,10 +138,9 @@ impl NotifyWatcher {
             return;
         };
         self.root_parents.remove(&key);
-        if let Ok(fd) = sys::open_dir(parent) {
+        if let Ok(fd) = fs::open_dir(parent) {
             let flags = libc::FAN_MARK_REMOVE | libc::FAN_MARK_ONLYDIR;
-            if let Err(e) =
-                sys::fanotify_mark_fd(self.group_fd(), flags, ROOT_RETURN_MASK, fd.as_fd())
+            if let Err(e) = fanotify::mark_fd(self.group_fd(), flags, ROOT_RETURN_MASK, fd.as_fd())
             {
                 debug!(parent = %parent.display(), error = %e, "fanotify: removing the root-return mark failed");
             }

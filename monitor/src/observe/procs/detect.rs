@@ -5,7 +5,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path};
 use thiserror::Error;
 
-use crate::{config::DetectRule, observe::procs::proctable::Proc};
+use crate::{config::DetectRule, observe::procs::proctable::Proc, os::procfs};
 
 #[derive(Debug, Error)]
 pub enum DetectError {
@@ -62,13 +62,9 @@ fn globs(agent: &str, pats: &[String]) -> Result<GlobSet, DetectError> {
     })
 }
 
-fn proc_file(pid: u32, name: &str) -> Option<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/{name}")).ok()
-}
-
 /// The cgroup v2 path of a process ("0::/path" line).
 fn cgroup_path(pid: u32) -> Option<Vec<u8>> {
-    let text = proc_file(pid, "cgroup")?;
+    let text = procfs::read(pid, "cgroup")?;
     text.split(|&b| b == b'\n')
         .find_map(|l| l.strip_prefix(b"0::").map(<[u8]>::to_vec))
 }
@@ -134,7 +130,7 @@ impl Detector {
                 });
             }
             if !r.env.is_empty() {
-                let env = environ.get_or_insert_with(|| proc_file(p.pid, "environ"));
+                let env = environ.get_or_insert_with(|| procfs::read(p.pid, "environ"));
                 if let Some(env) = env {
                     for var in env.split(|&b| b == 0) {
                         let (k, v) = match var.iter().position(|&b| b == b'=') {

@@ -3,13 +3,12 @@
 //! writer (`sed`, `mv`) is still described after it has exited.
 use std::{
     collections::HashMap,
-    os::unix::ffi::OsStrExt,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::kernel::decode::Header;
+use crate::os::procfs;
 
 /// How long an exited process stays in the table for late attribution.
 pub const EXITED_RETENTION: Duration = Duration::from_secs(30);
@@ -48,26 +47,16 @@ pub struct ProcTable {
     generation: u64,
 }
 
-fn read_proc_file(pid: u32, name: &str) -> Option<Vec<u8>> {
-    std::fs::read(format!("/proc/{pid}/{name}")).ok()
-}
-
-fn read_proc_link(pid: u32, name: &str) -> Option<Vec<u8>> {
-    std::fs::read_link(format!("/proc/{pid}/{name}"))
-        .ok()
-        .map(|p| p.as_os_str().as_bytes().to_vec())
-}
-
 /// Describe a live process from `/proc` (None if it is gone).
 pub fn proc_from_procfs(pid: u32) -> Option<Proc> {
-    let stat = read_proc_file(pid, "stat")?;
+    let stat = procfs::read(pid, "stat")?;
     // "pid (comm) state ppid ...": comm may contain ')' so split at the last one.
     let close = stat.iter().rposition(|&c| c == b')')?;
     let open = stat.iter().position(|&c| c == b'(')?;
     let comm = stat.get(open + 1..close)?.to_vec();
     let rest = std::str::from_utf8(stat.get(close + 2..)?).ok()?;
     let ppid = rest.split(' ').nth(1)?.parse().ok()?;
-    let status = read_proc_file(pid, "status").unwrap_or_default();
+    let status = procfs::read(pid, "status").unwrap_or_default();
     let uid = status
         .split(|&c| c == b'\n')
         .find(|l| l.starts_with(b"Uid:"))
@@ -75,7 +64,7 @@ pub fn proc_from_procfs(pid: u32) -> Option<Proc> {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or(u32::MAX);
-    let argv = read_proc_file(pid, "cmdline")
+    let argv = procfs::read(pid, "cmdline")
         .map(|c| {
             c.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())
@@ -88,10 +77,10 @@ pub fn proc_from_procfs(pid: u32) -> Option<Proc> {
         ppid,
         uid,
         comm,
-        exe: read_proc_link(pid, "exe").unwrap_or_default(),
+        exe: procfs::link(pid, "exe").unwrap_or_default(),
         argv,
         argv_truncated: false,
-        cwd: read_proc_link(pid, "cwd"),
+        cwd: procfs::link(pid, "cwd"),
         session: 0,
         cgroup_id: 0,
         tentative: false,
@@ -181,7 +170,7 @@ impl ProcTable {
         let (argv, truncated) = match self.pending_argv.remove(&old_tid) {
             Some((argv, t, _)) => (argv, t),
             None => (
-                read_proc_file(h.tgid, "cmdline")
+                procfs::read(h.tgid, "cmdline")
                     .map(|c| {
                         c.split(|&b| b == 0)
                             .filter(|a| !a.is_empty())
@@ -207,7 +196,7 @@ impl ProcTable {
         p.exited = None;
         // The cwd copied at fork is stale if the child chdir'd before exec (as
         // posix_spawn/Command::current_dir do) outside a session, where chdir is not traced.
-        if let Some(cwd) = live_link(h.tgid, "cwd") {
+        if let Some(cwd) = procfs::link(h.tgid, "cwd") {
             p.cwd = Some(cwd);
         }
         // exec closes O_CLOEXEC descriptors; forget them all (reopened ones are re-reported).
@@ -352,14 +341,6 @@ impl ProcTable {
         self.pending_argv
             .retain(|_, (_, _, t)| now.duration_since(*t) < EXITED_RETENTION);
     }
-}
-
-/// A path for `/proc/<pid>/...` links, when the process is alive.
-pub fn live_link(pid: u32, what: &str) -> Option<Vec<u8>> {
-    let p = Path::new("/proc").join(pid.to_string()).join(what);
-    std::fs::read_link(p)
-        .ok()
-        .map(|p| p.as_os_str().as_bytes().to_vec())
 }
 
 #[cfg(test)]

@@ -34,10 +34,7 @@ use std::{
 
 use monitor_common::AT_FDCWD;
 
-use crate::{
-    event::Kind,
-    observe::procs::proctable::{ProcTable, live_link},
-};
+use crate::{event::Kind, observe::procs::proctable::ProcTable, os::procfs};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
@@ -337,13 +334,10 @@ fn base_dir(procs: &ProcTable, tgid: u32, dfd: i32) -> Option<Vec<u8>> {
             // Unknown since a chdir the daemon could not follow (`ProcTable::forget_cwd`).
             Some(cwd) if cwd.is_empty() => None,
             Some(cwd) => Some(cwd),
-            None => live_link(tgid, "cwd"),
+            None => procfs::link(tgid, "cwd"),
         }
     } else {
-        procs
-            .fd_path(tgid, dfd)
-            .map(<[u8]>::to_vec)
-            .or_else(|| live_link(tgid, &format!("fd/{dfd}")))
+        procfs::fd_path_or_live(procs.fd_path(tgid, dfd).map(<[u8]>::to_vec), tgid, dfd)
     }
 }
 
