@@ -117,6 +117,14 @@ impl Gate {
         self.d.ledger()
     }
 
+    /// The kinds of the host ledger's records, in order.
+    pub fn ledger_kinds(&self) -> Vec<String> {
+        self.ledger()
+            .iter()
+            .filter_map(|v| v["kind"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Ledger records of `kind`, their bodies.
     pub fn ledgered(&self, kind: &str) -> Vec<Value> {
         self.ledger()
