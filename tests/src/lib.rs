@@ -271,6 +271,11 @@ impl Daemon {
         self.spawn();
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
     /// The daemon's state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.watched.parent().expect("scratch root").join("state")
