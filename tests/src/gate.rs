@@ -1,12 +1,12 @@
 //! A daemon whose scratch tree's `gated/` directory is gated, with the approval service
 //! in-process (local mode), and the helpers the gate's end-to-end tests share.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Daemon, DaemonOptions, confgate_bin, ok};
+use crate::{Daemon, DaemonOptions, ok};
 
 /// A gate rule named `name` for `<watched>/gated/**`, with `extra` TOML lines.
 pub fn rule(watched: &str, name: &str, extra: &str) -> String {
@@ -15,6 +15,18 @@ pub fn rule(watched: &str, name: &str, extra: &str) -> String {
     )
 }
 
+/// The `[approval]` table of a daemon whose approval service runs in-process (local mode)
+/// on a socket in its scratch directory `root`.
+pub fn local_approval(root: &Path) -> String {
+    format!(
+        "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\n",
+        root.join("approver.sock").display()
+    )
+}
+
+/// A daemon with a gate and its local approval service, and the helpers to drive them.
+/// [`Gate::start`] makes one whose `gated/` directory is gated; any other daemon in local
+/// mode can be wrapped as `Gate { d }` for the helpers.
 pub struct Gate {
     pub d: Daemon,
 }
@@ -22,13 +34,23 @@ pub struct Gate {
 impl Gate {
     /// `rules` gets the watched tree's path and returns `[[gate.rule]]` TOML.
     pub fn start(rules: impl Fn(&str) -> String + 'static) -> Gate {
+        Self::start_with(|_| {}, rules)
+    }
+
+    /// [`Gate::start`], with `setup` run on the scratch root (after `gated/` is made) before
+    /// the daemon starts, so what it makes there is marked at start.
+    pub fn start_with(
+        setup: impl Fn(&Path) + 'static,
+        rules: impl Fn(&str) -> String + 'static,
+    ) -> Gate {
         let d = Daemon::start_with(DaemonOptions {
             toml_for_dir: Some(Box::new(move |root| {
                 let watched = root.join("watched");
                 std::fs::create_dir_all(watched.join("gated")).expect("mkdir gated");
+                setup(root);
                 format!(
-                    "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\n\n[gate]\n{}",
-                    root.join("approver.sock").display(),
+                    "{}\n[gate]\n{}",
+                    local_approval(root),
                     rules(&watched.display().to_string())
                 )
             })),
@@ -41,17 +63,15 @@ impl Gate {
         self.d.watched.join("gated").join(name)
     }
 
-    /// Starts `sh -c script` in a session (cwd: the watched tree) without waiting.
+    /// Starts `sh -c script` in a session of `agent` (reason "e2e") without waiting.
     pub fn spawn_in_session(&self, agent: &str, script: &str) -> Child {
-        Command::new(confgate_bin())
-            .arg("--config")
-            .arg(&self.d.config)
-            .args([
-                "run", "--agent", agent, "--reason", "e2e", "--", "sh", "-c", script,
-            ])
-            .current_dir(&self.d.watched)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        self.spawn_with_reason(agent, "e2e", script)
+    }
+
+    /// Starts `sh -c script` in a session (cwd: the watched tree) without waiting.
+    pub fn spawn_with_reason(&self, agent: &str, reason: &str, script: &str) -> Child {
+        self.d
+            .session_command(agent, Some(reason), script)
             .spawn()
             .expect("confgate run")
     }
@@ -67,20 +87,20 @@ impl Gate {
         parse_json_list(&o.stdout)
     }
 
-    /// Waits (15 s at most) for a pending request whose path satisfies `pred`.
+    /// Waits (20 s at most) for a pending request whose path satisfies `pred`.
     pub fn wait_request_where(&self, what: &str, pred: impl Fn(&str) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(r) = self
-                .pending()
-                .into_iter()
+            let pending = self.pending();
+            if let Some(r) = pending
+                .iter()
                 .find(|r| r["context"]["path"].as_str().is_some_and(&pred))
             {
-                return r;
+                return r.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "no request for {what}\n--- daemon log ---\n{}",
+                "no request for {what}; pending: {pending:?}\n--- daemon log ---\n{}",
                 self.d.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -92,16 +112,16 @@ impl Gate {
         self.wait_request_where(&want, |p| p == want)
     }
 
-    pub fn ledger_path(&self) -> PathBuf {
-        self.d.dir.path().join("state/ledger.jsonl")
-    }
-
     /// The host ledger's records.
     pub fn ledger(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.ledger_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        self.d.ledger()
+    }
+
+    /// The kinds of the host ledger's records, in order.
+    pub fn ledger_kinds(&self) -> Vec<String> {
+        self.ledger()
+            .iter()
+            .filter_map(|v| v["kind"].as_str().map(str::to_string))
             .collect()
     }
 
@@ -124,7 +144,7 @@ impl Gate {
             assert!(
                 Instant::now() < deadline,
                 "no {kind} record as expected in the ledger:\n{}\n--- daemon log ---\n{}",
-                std::fs::read_to_string(self.ledger_path()).unwrap_or_default(),
+                std::fs::read_to_string(self.d.ledger_path()).unwrap_or_default(),
                 self.d.log()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -149,10 +169,7 @@ pub fn parse_json_list(out: &[u8]) -> Vec<Value> {
 
 /// A request's id as the CLI takes it.
 pub fn id_of(r: &Value) -> String {
-    r["id"]
-        .as_u64()
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| r["id"].as_str().expect("request id").to_string())
+    r["id"].as_u64().expect("request id").to_string()
 }
 
 /// Waits for a child (at most `limit`), returns its output.

@@ -17,6 +17,7 @@ use std::{
 use serde_json::Value;
 
 pub mod gate;
+pub mod service;
 
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -270,6 +271,11 @@ impl Daemon {
         self.spawn();
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
     /// The daemon's state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.watched.parent().expect("scratch root").join("state")
@@ -315,17 +321,61 @@ impl Daemon {
             .expect("run confgate")
     }
 
+    /// `confgate run --agent <agent> [--reason <reason>] -- sh -c <script>` in the watched
+    /// tree, stdout and stderr piped, not started yet (add `.env(..)`, then `.spawn()` or
+    /// `.output()`). Without a reason, `--reason` is left out (`CONFGATE_REASON` applies).
+    pub fn session_command(&self, agent: &str, reason: Option<&str>, script: &str) -> Command {
+        let mut c = Command::new(confgate_bin());
+        c.arg("--config")
+            .arg(&self.config)
+            .args(["run", "--agent", agent]);
+        if let Some(reason) = reason {
+            c.args(["--reason", reason]);
+        }
+        c.args(["--", "sh", "-c", script])
+            .current_dir(&self.watched)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
     /// Run `sh -c script` in an agent session (cwd = the watched tree).
     pub fn in_session(&self, agent: &str, reason: &str, script: &str) -> Output {
-        Command::new(confgate_bin())
-            .arg("--config")
-            .arg(&self.config)
-            .args([
-                "run", "--agent", agent, "--reason", reason, "--", "sh", "-c", script,
-            ])
-            .current_dir(&self.watched)
+        self.session_command(agent, Some(reason), script)
             .output()
             .expect("confgate run")
+    }
+
+    /// `confgate <args>` (a `--json` command) against this daemon: must succeed; its
+    /// stdout parsed as one JSON value.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let o = self.cli(args);
+        ok(&o);
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "confgate {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+    }
+
+    /// The daemon's ledger file.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.state_dir().join("ledger.jsonl")
+    }
+
+    /// The daemon's ledger records, every complete line parsed (a line the daemon is
+    /// still appending, without its newline yet, is left out).
+    pub fn ledger(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.ledger_path())
+            .unwrap_or_default()
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("a ledger line is not JSON ({e}): {l:?}"))
+            })
+            .collect()
     }
 
     /// All events written so far.
@@ -383,9 +433,7 @@ impl Daemon {
 
     /// One counter from `confgate stats --json`.
     pub fn stat(&self, name: &str) -> u64 {
-        let o = self.cli(&["stats", "--json"]);
-        ok(&o);
-        let v: Value = serde_json::from_slice(&o.stdout).expect("stats json");
+        let v = self.cli_json(&["stats", "--json"]);
         v[name]
             .as_u64()
             .unwrap_or_else(|| panic!("no counter {name} in {v}"))
@@ -448,6 +496,11 @@ pub fn sh(cwd: &Path, script: &str) -> Output {
         .current_dir(cwd)
         .output()
         .expect("sh")
+}
+
+/// A command's stdout, then its stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
 pub fn ok(o: &Output) {

@@ -1,171 +1,17 @@
 //! End-to-end: the daemon in remote mode against `confgate approver serve` as a separate
 //! process: the service killed mid-request, its restart, TLS host identities, and renames
 //! and reasons that reach the approver.
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
+use e2e::gate::{id_of, rule};
+use e2e::service::{
+    ApprovalService, Approver, free_port, gate_asking, init_ca, remote_daemon, spawn_session,
+    wait_connected,
+};
 use e2e::*;
 use serde_json::Value;
-
-/// `confgate approver serve` on its own scratch directory.
-struct Service {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    child: Option<Child>,
-}
-
-impl Service {
-    fn start(listen: &str, extra: &str) -> Service {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path().display().to_string();
-        let config = dir.path().join("approver.toml");
-        let listen = listen.replace("{dir}", &d);
-        let extra = extra.replace("{dir}", &d);
-        std::fs::write(
-            &config,
-            format!(
-                "listen = [{listen:?}]\nstore = \"{d}/approver.redb\"\nledger = \"{d}/ledger.jsonl\"\n{extra}\n"
-            ),
-        )
-        .expect("write approver.toml");
-        let mut s = Service {
-            dir,
-            config,
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn sock(&self) -> String {
-        format!("unix:{}/approver.sock", self.dir.path().display())
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("service.log")).expect("log");
-        let child = Command::new(confgate_bin())
-            .arg("--config")
-            .arg(&self.config)
-            .args(["approver", "serve"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("approver serve");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(self.dir.path().join("service.log"))
-            .unwrap_or_default()
-            .contains("approval service listening")
-        {
-            assert!(
-                Instant::now() < deadline,
-                "approval service not ready: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn gated_rule(w: &str, timeout: &str) -> String {
-    format!(
-        "[gate]\n[[gate.rule]]\nname = \"ask\"\npaths = [\"{w}/gated/**\"]\nverdict = \"ask\"\ntimeout = \"{timeout}\"\nfail = \"deny\"\n"
-    )
-}
-
-/// A daemon in remote mode with `client` as its `[approval.client]` table.
-fn daemon(client: String, rules: impl Fn(&str) -> String + 'static) -> Daemon {
-    Daemon::start_with(DaemonOptions {
-        toml_for_dir: Some(Box::new(move |root| {
-            let watched = root.join("watched");
-            std::fs::create_dir_all(watched.join("gated")).expect("mkdir gated");
-            format!(
-                "[approval]\nmode = \"remote\"\n[approval.client]\n{client}\n{}",
-                rules(&watched.display().to_string())
-            )
-        })),
-        ..DaemonOptions::default()
-    })
-}
-
-fn approvals(d: &Daemon, endpoint: &str, args: &[&str]) -> Output {
-    let mut all = vec!["approvals", "--approver", endpoint];
-    all.extend_from_slice(args);
-    d.cli(&all)
-}
-
-fn requests(d: &Daemon, endpoint: &str, all: bool) -> Vec<Value> {
-    let mut args = vec!["list", "--json"];
-    if all {
-        args.push("--all");
-    }
-    let o = approvals(d, endpoint, &args);
-    ok(&o);
-    match serde_json::from_slice::<Value>(&o.stdout) {
-        Ok(Value::Array(a)) => a,
-        other => panic!("approvals list --json: {other:?}"),
-    }
-}
-
-fn wait_pending(d: &Daemon, endpoint: &str, path: &Path) -> Value {
-    let want = path.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(r) = requests(d, endpoint, false)
-            .into_iter()
-            .find(|r| r["context"]["path"] == want.as_str())
-        {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no request for {want}\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn stat(d: &Daemon, name: &str) -> u64 {
-    let o = d.cli(&["stats", "--json"]);
-    ok(&o);
-    let v: Value = serde_json::from_slice(&o.stdout).expect("stats json");
-    v[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
-
-fn spawn_session(d: &Daemon, script: &str, env: &[(&str, &str)]) -> Child {
-    let mut c = Command::new(confgate_bin());
-    c.arg("--config")
-        .arg(&d.config)
-        .args(["run", "--agent", "claude", "--", "sh", "-c", script])
-        .current_dir(&d.watched)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().expect("confgate run")
-}
 
 fn finish(c: Child) -> Output {
     c.wait_with_output().expect("session output")
@@ -175,18 +21,15 @@ fn eperm(o: &Output) -> bool {
     !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Operation not permitted")
 }
 
-fn id_of(r: &Value) -> String {
-    r["id"].as_u64().expect("request id").to_string()
-}
-
 #[test]
 fn service_killed_mid_request_fails_closed_and_keeps_acknowledged_decisions() {
     if !require_root("service_killed_mid_request_fails_closed_and_keeps_acknowledged_decisions") {
         return;
     }
-    let mut svc = Service::start("unix:{dir}/approver.sock", "");
-    let ep = svc.sock();
-    let d = daemon(format!("endpoint = {ep:?}"), |w| gated_rule(w, "4s"));
+    let mut svc = ApprovalService::start_unix();
+    let ep = svc.endpoint.clone();
+    let d = remote_daemon(format!("endpoint = {ep:?}"), |w| gate_asking(w, "4s"));
+    let approver = Approver::at(&d, &ep);
     let first = d.watched.join("gated/first.conf");
     let second = d.watched.join("gated/second.conf");
     std::fs::write(&first, "a\n").unwrap();
@@ -194,30 +37,26 @@ fn service_killed_mid_request_fails_closed_and_keeps_acknowledged_decisions() {
 
     // An acknowledged decision: approved, and the held write lands.
     let c = spawn_session(&d, "echo b > gated/first.conf", &[]);
-    let r1 = wait_pending(&d, &ep, &first);
-    ok(&approvals(
-        &d,
-        &ep,
-        &["approve", &id_of(&r1), "--ttl", "1h"],
-    ));
+    let r1 = approver.wait_pending(&first);
+    ok(&approver.run(&["approve", &id_of(&r1), "--ttl", "1h"]));
     ok(&finish(c));
     assert_eq!(std::fs::read_to_string(&first).unwrap(), "b\n");
 
     // The service dies while the second write is held: the rule's failure verdict.
     let c = spawn_session(&d, "echo b > gated/second.conf", &[]);
-    let r2 = wait_pending(&d, &ep, &second);
+    let r2 = approver.wait_pending(&second);
     svc.kill();
     let o = finish(c);
     assert!(eperm(&o), "{o:?}\n{}", d.log());
     assert_eq!(std::fs::read_to_string(&second).unwrap(), "a\n");
-    assert!(stat(&d, "gate_fallback_deny") >= 1);
+    assert!(d.stat("gate_fallback_deny") >= 1);
 
     // After a restart, the approval is still there with its grant, and the request that
     // outlived its deadline is resolved by its failure verdict.
     svc.spawn();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let all = requests(&d, &ep, true);
+        let all = approver.list(true);
         let state = |id: &str| {
             all.iter()
                 .find(|r| id_of(r) == id)
@@ -239,19 +78,7 @@ fn service_killed_mid_request_fails_closed_and_keeps_acknowledged_decisions() {
     let grants = String::from_utf8_lossy(&g.stdout);
     assert!(grants.contains("first.conf"), "{grants}");
     // The daemon reconnects by itself.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stat(&d, "uplink_connected") != 1 {
-        assert!(Instant::now() < deadline, "uplink did not reconnect");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    wait_connected(&d, &svc);
 }
 
 #[test]
@@ -262,31 +89,24 @@ fn a_host_without_a_valid_client_certificate_is_refused() {
     let pki = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
     for (dir, host) in [(pki.path(), "web-1"), (other.path(), "intruder")] {
-        let o = Command::new(confgate_bin())
-            .args(["approver", "init-ca", "--dir"])
-            .arg(dir)
-            .args(["--host", host, "--approver", "alice"])
-            .output()
-            .expect("init-ca");
-        ok(&o);
+        init_ca(dir, host, &["alice"]);
     }
     let p = pki.path().display().to_string();
-    let port = free_port();
-    let svc = Service::start(
-        &format!("https://127.0.0.1:{port}"),
+    let svc = ApprovalService::start(
+        &format!("https://127.0.0.1:{}", free_port()),
         &format!(
             "[tls]\ncert = \"{p}/server.pem\"\nkey = \"{p}/server.key\"\nclient_ca = \"{p}/ca.pem\"\n"
         ),
     );
-    let ep = format!("https://127.0.0.1:{port}");
+    let ep = svc.endpoint.clone();
     // A certificate from another CA: the handshake is refused, nothing is submitted, and
     // the held write gets the failure verdict.
     let o = other.path().display().to_string();
-    let bad = daemon(
+    let bad = remote_daemon(
         format!(
             "endpoint = {ep:?}\nca = \"{p}/ca.pem\"\ncert = \"{o}/host-intruder.pem\"\nkey = \"{o}/host-intruder.key\""
         ),
-        |w| gated_rule(w, "2s"),
+        |w| gate_asking(w, "2s"),
     );
     std::fs::write(bad.watched.join("gated/x.conf"), "a\n").unwrap();
     let out = bad.in_session("claude", "", "echo b > gated/x.conf");
@@ -294,46 +114,42 @@ fn a_host_without_a_valid_client_certificate_is_refused() {
     // The handshake fails at the first call: a connect or send failure, never connected,
     // and the request stays in the daemon's spool.
     assert!(
-        stat(&bad, "uplink_connect_failures") + stat(&bad, "uplink_send_errors") >= 1,
+        bad.stat("uplink_connect_failures") + bad.stat("uplink_send_errors") >= 1,
         "{}",
         bad.log()
     );
-    assert_eq!(stat(&bad, "uplink_connected"), 0);
-    assert!(stat(&bad, "uplink_spool_pending") >= 1);
+    assert_eq!(bad.stat("uplink_connected"), 0);
+    assert!(bad.stat("uplink_spool_pending") >= 1);
     drop(bad);
 
     // The host's own certificate works, and an approver certificate decides.
-    let good = daemon(
+    let good = remote_daemon(
         format!(
             "endpoint = {ep:?}\nca = \"{p}/ca.pem\"\ncert = \"{p}/host-web-1.pem\"\nkey = \"{p}/host-web-1.key\""
         ),
-        |w| gated_rule(w, "20s"),
+        |w| gate_asking(w, "20s"),
     );
     let f = good.watched.join("gated/x.conf");
     std::fs::write(&f, "a\n").unwrap();
     let c = spawn_session(&good, "echo b > gated/x.conf", &[]);
-    let tls = [
-        "--ca",
-        &format!("{p}/ca.pem"),
-        "--cert",
-        &format!("{p}/approver-alice.pem"),
-        "--key",
-        &format!("{p}/approver-alice.key"),
-    ]
-    .map(String::from);
-    let with_tls = |args: &[&str]| {
-        let mut all: Vec<&str> = vec!["approvals", "--approver", &ep];
-        all.extend(tls.iter().map(String::as_str));
-        all.extend_from_slice(args);
-        good.cli(&all)
+    let alice = Approver {
+        d: &good,
+        flags: [
+            "--approver",
+            &ep,
+            "--ca",
+            &format!("{p}/ca.pem"),
+            "--cert",
+            &format!("{p}/approver-alice.pem"),
+            "--key",
+            &format!("{p}/approver-alice.key"),
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let id = loop {
-        let o = with_tls(&["list", "--json"]);
-        ok(&o);
-        if let Ok(Value::Array(a)) = serde_json::from_slice::<Value>(&o.stdout)
-            && let Some(r) = a.first()
-        {
+        if let Some(r) = alice.list(false).first() {
             assert_eq!(
                 r["context"]["host"], "web-1",
                 "the host is named by its certificate"
@@ -344,7 +160,7 @@ fn a_host_without_a_valid_client_certificate_is_refused() {
         std::thread::sleep(Duration::from_millis(100));
     };
     // Outside any session on the host: its daemon attests the decision.
-    ok(&with_tls(&["approve", &id, "--ttl", "10m"]));
+    ok(&alice.run(&["approve", &id, "--ttl", "10m"]));
     ok(&finish(c));
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "b\n");
 }
@@ -353,14 +169,19 @@ fn a_host_without_a_valid_client_certificate_is_refused() {
 /// environment), approved, then written under A's grant (pre-image kept); session B renames
 /// a file from outside onto it. Returns the daemon (and service) and the first
 /// `unapproved_rename` ledger record about the file.
-fn rename_over_an_approved_change() -> (Service, Daemon, PathBuf, Value) {
-    let svc = Service::start("unix:{dir}/approver.sock", "");
-    let ep = svc.sock();
-    let d = daemon(format!("endpoint = {ep:?}"), |w| {
+fn rename_over_an_approved_change() -> (ApprovalService, Daemon, PathBuf, Value) {
+    let svc = ApprovalService::start_unix();
+    let d = remote_daemon(format!("endpoint = {:?}", svc.endpoint), |w| {
         format!(
-            "[gate]\n[[gate.rule]]\nname = \"dar\"\npaths = [\"{w}/gated/**\"]\nverdict = \"ask\"\nmode = \"deny-and-request\"\non_expiry = \"revert\"\n"
+            "[gate]\n{}",
+            rule(
+                w,
+                "dar",
+                "mode = \"deny-and-request\"\non_expiry = \"revert\""
+            )
         )
     });
+    let approver = Approver::at(&d, &svc.endpoint);
     let f = d.watched.join("gated/app.env");
     std::fs::write(&f, "DEBUG=false\n").unwrap();
     // Session A tries (refused at once, the request filed), waits for the approval (a flag
@@ -376,10 +197,10 @@ fn rename_over_an_approved_change() -> (Service, Daemon, PathBuf, Value) {
         ),
         &[("CONFGATE_REASON", "turn on debug to chase a 500")],
     );
-    let r = wait_pending(&d, &ep, &f);
+    let r = approver.wait_pending(&f);
     assert_eq!(r["context"]["reason"], "turn on debug to chase a 500");
     assert_eq!(r["context"]["mode"], "deny-and-request");
-    ok(&approvals(&d, &ep, &["approve", &id_of(&r), "--ttl", "1h"]));
+    ok(&approver.run(&["approve", &id_of(&r), "--ttl", "1h"]));
     d.wait_stat("gate_grants_live", |n| n == 1);
     std::fs::write(&flag, "").unwrap();
     let o = finish(c);
@@ -392,17 +213,10 @@ fn rename_over_an_approved_change() -> (Service, Daemon, PathBuf, Value) {
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
     // The approved write's diff is recorded (100 ms after its close), and with it the
     // content it left.
-    let ledger = d.dir.path().join("state/ledger.jsonl");
     poll(
         "the approved change in the ledger",
         Duration::from_secs(15),
-        || {
-            std::fs::read_to_string(&ledger)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|r| r["kind"] == "change")
-        },
+        || d.ledger().into_iter().find(|r| r["kind"] == "change"),
     );
 
     // Session B writes a file outside the tree and renames it in: the gate could not hold
@@ -419,10 +233,8 @@ fn rename_over_an_approved_change() -> (Service, Daemon, PathBuf, Value) {
         "the unapproved rename in the ledger",
         Duration::from_secs(15),
         || {
-            std::fs::read_to_string(&ledger)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            d.ledger()
+                .into_iter()
                 .find(|r| r["kind"] == "unapproved_rename" && r["body"]["path"] == want.as_str())
         },
     );
@@ -457,7 +269,7 @@ fn reason_from_the_environment_reaches_the_approver_and_renames_are_reverted() {
         Some("DEBUG=evil\n"),
         "the renamed-in file is kept in quarantine: {rec}"
     );
-    assert!(stat(&d, "gate_unapproved_renames") >= 1);
+    assert!(d.stat("gate_unapproved_renames") >= 1);
 }
 
 #[test]
@@ -475,12 +287,9 @@ fn a_rename_is_handled_once() {
         o = outside.display()
     );
     ok(&finish(spawn_session(&d, &script, &[])));
-    let ledger = d.dir.path().join("state/ledger.jsonl");
     let renames = |path: &str| -> Vec<Value> {
-        std::fs::read_to_string(&ledger)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        d.ledger()
+            .into_iter()
             .filter(|r| r["kind"] == "unapproved_rename" && r["body"]["path"] == path)
             .collect()
     };
@@ -492,5 +301,5 @@ fn a_rename_is_handled_once() {
     );
     let records = renames(&f.display().to_string());
     assert_eq!(records.len(), 1, "{records:#?}");
-    assert_eq!(stat(&d, "gate_unapproved_renames"), 2);
+    assert_eq!(d.stat("gate_unapproved_renames"), 2);
 }

@@ -11,17 +11,13 @@ fn run_passes_the_exit_code_and_sessions_lists_it() {
     assert_eq!(out.status.code(), Some(7));
     let s = d.w("s.conf");
     d.wait_for("event", |ev| has(ev, "create", &s));
-    let out = d.cli(&["sessions", "--all", "--json"]);
-    ok(&out);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = d.cli_json(&["sessions", "--all", "--json"]);
     let s = v
         .as_array()
         .and_then(|a| a.iter().find(|s| s["agent"] == "claude"))
         .expect("session listed");
     assert_eq!(s["reason"], "exit code check");
-    let stats = d.cli(&["stats", "--json"]);
-    ok(&stats);
-    let st: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("json");
+    let st = d.cli_json(&["stats", "--json"]);
     assert_eq!(st["kernel_ringbuf_drops"], 0, "{st}");
     assert!(
         st["events_emitted"].as_u64().is_some_and(|n| n >= 1),

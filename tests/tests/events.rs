@@ -1,6 +1,6 @@
 //! End-to-end: real programs write to a watched tree; the daemon must report each
 //! operation once, with the right kind, canonical path and session.
-use std::{ffi::OsStr, os::unix::ffi::OsStrExt, process::Command};
+use std::{os::unix::ffi::OsStrExt, process::Command};
 
 use e2e::*;
 use serde_json::Value;
@@ -76,17 +76,8 @@ fn relative_append_from_another_cwd() {
     std::fs::write(d.watched.join("proj/.env"), "A=1\n").expect("seed");
     // cwd is the watched dir's parent's child: path is relative to it, through "..".
     std::fs::create_dir(d.dir.path().join("elsewhere")).expect("mkdir");
-    let out = Command::new(confgate_bin())
-        .args([OsStr::new("--config"), d.config.as_os_str()])
-        .args([
-            "run",
-            "--agent",
-            "codex",
-            "--",
-            "sh",
-            "-c",
-            "echo DEBUG=true >> ../watched/proj/.env",
-        ])
+    let out = d
+        .session_command("codex", None, "echo DEBUG=true >> ../watched/proj/.env")
         .current_dir(d.dir.path().join("elsewhere"))
         .output()
         .expect("run");

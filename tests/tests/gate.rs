@@ -2,146 +2,12 @@
 //! FAN_OPEN_PERM), through the real approval service (in-process local mode over its Unix
 //! socket, or `confgate approver serve` as a separate process), with the real CLI.
 use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use e2e::gate::wait_child;
+use e2e::gate::{Gate, id_of, rule, wait_child};
 use e2e::*;
 use serde_json::Value;
-
-/// A gate rule for the scratch tree's `gated/` directory.
-fn rule(d_root: &str, name: &str, extra: &str) -> String {
-    format!(
-        "[[gate.rule]]\nname = {name:?}\npaths = [\"{d_root}/gated/**\"]\nverdict = \"ask\"\n{extra}\n"
-    )
-}
-
-struct Gate {
-    d: Daemon,
-}
-
-impl Gate {
-    /// A daemon whose `gated/` subtree is gated by `rules` (TOML), with the approval service
-    /// in-process on a socket in the scratch dir.
-    fn start(rules: impl Fn(&str) -> String + 'static) -> Gate {
-        Self::start_with(rules, "")
-    }
-
-    fn start_with(rules: impl Fn(&str) -> String + 'static, approval: &str) -> Gate {
-        let approval = approval.to_string();
-        let d = Daemon::start_with(DaemonOptions {
-            toml_for_dir: Some(Box::new(move |root| {
-                let watched = root.join("watched");
-                std::fs::create_dir_all(watched.join("gated")).expect("mkdir gated");
-                let approval = if approval.is_empty() {
-                    format!(
-                        "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\n",
-                        root.join("approver.sock").display()
-                    )
-                } else {
-                    approval.clone()
-                };
-                format!(
-                    "{approval}\n[gate]\n{}",
-                    rules(&watched.display().to_string())
-                )
-            })),
-            ..DaemonOptions::default()
-        });
-        Gate { d }
-    }
-
-    fn gated(&self, name: &str) -> std::path::PathBuf {
-        self.d.watched.join("gated").join(name)
-    }
-
-    /// Starts `sh -c script` in a session without waiting for it.
-    fn spawn_in_session(&self, agent: &str, reason: &str, script: &str) -> Child {
-        Command::new(confgate_bin())
-            .arg("--config")
-            .arg(&self.d.config)
-            .args([
-                "run", "--agent", agent, "--reason", reason, "--", "sh", "-c", script,
-            ])
-            .current_dir(&self.d.watched)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("confgate run")
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        self.d.cli(args)
-    }
-
-    /// Pending requests as the approvals CLI reports them.
-    fn pending(&self) -> Vec<Value> {
-        let o = self.cli(&["approvals", "list", "--json"]);
-        ok(&o);
-        parse_json_list(&o.stdout)
-    }
-
-    /// Waits for a pending request about `path`, returns it.
-    fn wait_request(&self, path: &std::path::Path) -> Value {
-        let want = path.display().to_string();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(r) = self
-                .pending()
-                .into_iter()
-                .find(|r| r["context"]["path"] == want.as_str())
-            {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no request for {want}\n--- daemon log ---\n{}",
-                self.d.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn ledger(&self) -> std::path::PathBuf {
-        self.d.dir.path().join("state/ledger.jsonl")
-    }
-
-    fn ledger_kinds(&self) -> Vec<String> {
-        std::fs::read_to_string(self.ledger())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| v["kind"].as_str().map(str::to_string))
-            .collect()
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        let o = self.cli(&["stats", "--json"]);
-        ok(&o);
-        let v: Value = serde_json::from_slice(&o.stdout).expect("stats json");
-        v[name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no counter {name} in {v}"))
-    }
-}
-
-/// `--json` output: one JSON array, or one object per line.
-fn parse_json_list(out: &[u8]) -> Vec<Value> {
-    if let Ok(Value::Array(a)) = serde_json::from_slice::<Value>(out) {
-        return a;
-    }
-    out.split(|&b| b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .map(|l| serde_json::from_slice(l).expect("json line"))
-        .collect()
-}
-
-fn id_of(r: &Value) -> String {
-    r["id"]
-        .as_u64()
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| r["id"].as_str().expect("request id").to_string())
-}
 
 fn failed_with_eperm(o: &Output) -> bool {
     !o.status.success()
@@ -165,7 +31,7 @@ fn held_write_is_approved_and_lands() {
         "echo $$ > {}; echo pool=50 > gated/app.conf && echo written",
         pidfile.display()
     );
-    let child = g.spawn_in_session("claude", "raise the pool", &script);
+    let child = g.spawn_with_reason("claude", "raise the pool", &script);
     let r = g.wait_request(&f);
     // The approver sees the change in context, every field exactly.
     let c = &r["context"];
@@ -174,9 +40,7 @@ fn held_write_is_approved_and_lands() {
         .trim()
         .parse()
         .expect("a pid");
-    let sessions = g.cli(&["sessions", "--json"]);
-    ok(&sessions);
-    let sessions: Value = serde_json::from_slice(&sessions.stdout).expect("sessions json");
+    let sessions = g.d.cli_json(&["sessions", "--json"]);
     let session = sessions
         .as_array()
         .and_then(|a| a.iter().find(|s| s["agent"] == "claude"))
@@ -245,8 +109,8 @@ fn held_write_is_approved_and_lands() {
     assert!(kinds.contains(&"request".to_string()), "{kinds:?}");
     assert!(kinds.contains(&"grant".to_string()), "{kinds:?}");
     // After the close-write, the diff against the pre-image is in the ledger.
-    wait_ledger(&g, "change");
-    let ledger = std::fs::read_to_string(g.ledger()).unwrap();
+    g.wait_ledgered("change", |_| true);
+    let ledger = std::fs::read_to_string(g.d.ledger_path()).unwrap();
     assert!(
         ledger.contains("-pool=10") && ledger.contains("+pool=50"),
         "{ledger}"
@@ -263,7 +127,7 @@ fn one_approval_covers_the_sessions_later_writes() {
     let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
     let f = g.gated("app.conf");
     std::fs::write(&f, "a\n").expect("seed");
-    let child = g.spawn_in_session(
+    let child = g.spawn_with_reason(
         "codex",
         "two edits",
         "echo b > gated/app.conf && sleep 0.2 && echo c > gated/app.conf && echo done",
@@ -288,7 +152,7 @@ fn denied_write_fails_with_eperm_and_leaves_nothing() {
     let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
     let f = g.gated("app.conf");
     std::fs::write(&f, "keep\n").expect("seed");
-    let child = g.spawn_in_session("claude", "", "echo evil > gated/app.conf");
+    let child = g.spawn_with_reason("claude", "", "echo evil > gated/app.conf");
     let r = g.wait_request(&f);
     ok(&g.cli(&["approvals", "deny", &id_of(&r), "--note", "no"]));
     let out = wait_child(child, Duration::from_secs(15));
@@ -297,7 +161,7 @@ fn denied_write_fails_with_eperm_and_leaves_nothing() {
 
     // A file the denied open created is removed.
     let n = g.gated("new.conf");
-    let child = g.spawn_in_session("claude", "", "echo x > gated/new.conf");
+    let child = g.spawn_with_reason("claude", "", "echo x > gated/new.conf");
     let r = g.wait_request(&n);
     ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
     let out = wait_child(child, Duration::from_secs(15));
@@ -371,7 +235,7 @@ fn timeout_applies_the_rules_failure_verdict() {
         "the fail-open write flagged",
         Duration::from_secs(15),
         || {
-            ledger_records(&g)
+            g.ledger()
                 .into_iter()
                 .find(|r| r["kind"] == "change_flagged" && r["body"]["path"] == open_a.as_str())
         },
@@ -401,7 +265,7 @@ fn deny_and_request_then_approve_then_retry_passes() {
         flag = flag.display()
     );
     let t = Instant::now();
-    let child = g.spawn_in_session("codex", "schedule backup", &script);
+    let child = g.spawn_with_reason("codex", "schedule backup", &script);
     let r = g.wait_request(&f);
     assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(r["context"]["mode"], "deny-and-request");
@@ -425,7 +289,7 @@ fn expiry_case(on_expiry: &'static str) -> (Gate, std::path::PathBuf) {
     });
     let f = g.gated("limits.conf");
     std::fs::write(&f, "max=1\n").unwrap();
-    let child = g.spawn_in_session("claude", "", "echo max=999 > gated/limits.conf");
+    let child = g.spawn_with_reason("claude", "", "echo max=999 > gated/limits.conf");
     let r = g.wait_request(&f);
     ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "3s"]));
     ok(&wait_child(child, Duration::from_secs(15)));
@@ -438,7 +302,7 @@ fn expiry_case(on_expiry: &'static str) -> (Gate, std::path::PathBuf) {
 fn wait_settled(g: &Gate, kind: &str, f: &std::path::Path) -> Value {
     let want = f.display().to_string();
     let rec = poll(kind, Duration::from_secs(15), || {
-        ledger_records(g)
+        g.ledger()
             .into_iter()
             .find(|r| r["kind"] == kind && r["body"]["path"] == want.as_str())
     });
@@ -449,19 +313,6 @@ fn wait_settled(g: &Gate, kind: &str, f: &std::path::Path) -> Value {
     );
     assert_eq!(rec["body"]["why"], "expired", "{rec}");
     rec
-}
-
-fn wait_ledger(g: &Gate, kind: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !g.ledger_kinds().iter().any(|k| k == kind) {
-        assert!(
-            Instant::now() < deadline,
-            "no {kind} in the ledger: {:?}\n{}",
-            g.ledger_kinds(),
-            g.d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -551,12 +402,12 @@ fn a_session_cannot_approve_its_own_request() {
         out = approve_out.display(),
         rc = approve_rc.display(),
     );
-    let child = g.spawn_in_session("claude", "", &script);
+    let child = g.spawn_with_reason("claude", "", &script);
     let r = g.wait_request(&f);
     let session = r["context"]["session_id"].to_string();
     std::fs::write(&idfile, id_of(&r)).unwrap();
     let o = wait_child(child, Duration::from_secs(30));
-    let out = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    let out = output_text(&o);
     assert!(out.contains(&format!("id={}", id_of(&r))), "{out}");
     let rc = std::fs::read_to_string(&approve_rc).expect("the approve ran");
     let said = std::fs::read_to_string(&approve_out).expect("the approve's output");
@@ -589,7 +440,7 @@ fn a_tampered_ledger_fails_verify() {
             g.d.in_session("claude", "", &format!("echo 1 > gated/t{i}"));
     }
     ok(&g.cli(&["audit", "verify"]));
-    let path = g.ledger();
+    let path = g.d.ledger_path();
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 4, "{text}");
@@ -604,7 +455,7 @@ fn a_tampered_ledger_fails_verify() {
     std::fs::write(&path, edited.join("\n") + "\n").unwrap();
     let v = g.cli(&["audit", "verify"]);
     assert_eq!(v.status.code(), Some(1), "{v:?}");
-    let msg = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+    let msg = output_text(&v);
     let seq = serde_json::from_str::<Value>(lines[1]).expect("line 2 is JSON")["seq"]
         .as_u64()
         .expect("seq");
@@ -672,16 +523,7 @@ fn a_directory_created_in_a_gated_tree_is_gated_too() {
 /// is appended after the held open was answered), returns them.
 fn wait_records(g: &Gate, what: &str, pred: impl Fn(&Value) -> bool, n: usize) -> Vec<Value> {
     poll(what, Duration::from_secs(15), || {
-        let found: Vec<Value> = ledger_records(g).into_iter().filter(|r| pred(r)).collect();
+        let found: Vec<Value> = g.ledger().into_iter().filter(|r| pred(r)).collect();
         (found.len() >= n).then_some(found)
     })
-}
-
-/// The ledger's records, parsed.
-fn ledger_records(g: &Gate) -> Vec<Value> {
-    std::fs::read_to_string(g.ledger())
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a ledger line is JSON"))
-        .collect()
 }

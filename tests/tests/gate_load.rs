@@ -55,19 +55,7 @@ fn many_held_opens_are_released_promptly_with_bounded_threads() {
     for i in 1..=n {
         std::fs::write(g.gated(&format!("f{i}")), "x=0\n").expect("seed");
     }
-    let pid = String::from_utf8_lossy(
-        &Command::new("pgrep")
-            .args(["-f", &format!("{} daemon", g.d.config.display())])
-            .output()
-            .expect("pgrep")
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    assert!(
-        !pid.is_empty() && !pid.contains('\n'),
-        "daemon pid: {pid:?}"
-    );
+    let pid = g.d.pid().to_string();
     let script = g.d.dir.path().join("writers.sh");
     std::fs::write(
         &script,

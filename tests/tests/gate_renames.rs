@@ -148,12 +148,11 @@ fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
     let child = g.spawn_in_session("claude", "echo pool=500 > gated/c.conf; echo done");
     g.wait_request(&c);
     // kill -9: the kernel answers the held open with allow, and the shell writes.
-    let config = g.d.config.display().to_string();
-    let killed = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &format!("{config} daemon")])
-        .status()
-        .expect("pkill");
-    assert!(killed.success(), "daemon not found to kill");
+    let killed = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(g.d.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    assert!(killed.is_ok(), "daemon not found to kill: {killed:?}");
     let o = wait_child(child, Duration::from_secs(30));
     assert!(String::from_utf8_lossy(&o.stdout).contains("done"), "{o:?}");
     assert_eq!(std::fs::read_to_string(&c).unwrap(), "pool=500\n");

@@ -4,71 +4,23 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::gate::wait_child;
+use e2e::gate::{Gate, id_of, local_approval, parse_json_list, rule, wait_child};
 use e2e::*;
-use serde_json::Value;
 
 /// A daemon whose `<watched>/gated/**` is gated (ask, hold 20 s, fail deny), with its
 /// local approval service in the scratch dir. `setup` runs on the scratch root before the
 /// daemon starts (so what it creates under `gated/` is marked at start).
-fn gated_daemon(setup: impl Fn(&Path) + 'static) -> Daemon {
-    Daemon::start_with(DaemonOptions {
-        toml_for_dir: Some(Box::new(move |root| {
-            let watched = root.join("watched");
-            std::fs::create_dir_all(watched.join("gated")).expect("mkdir gated");
-            setup(root);
-            format!(
-                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\n\n[gate]\n\
-                 [[gate.rule]]\nname = \"edges\"\npaths = [\"{}/gated/**\"]\nverdict = \"ask\"\n\
-                 mode = \"hold\"\ntimeout = \"20s\"\nfail = \"deny\"\n",
-                root.join("approver.sock").display(),
-                watched.display()
-            )
-        })),
-        ..DaemonOptions::default()
+fn gated_daemon(setup: impl Fn(&Path) + 'static) -> Gate {
+    Gate::start_with(setup, |w| {
+        rule(
+            w,
+            "edges",
+            "mode = \"hold\"\ntimeout = \"20s\"\nfail = \"deny\"",
+        )
     })
-}
-
-/// `--json` output: one JSON array, or one object per line.
-fn json_list(out: &[u8]) -> Vec<Value> {
-    if let Ok(Value::Array(a)) = serde_json::from_slice::<Value>(out) {
-        return a;
-    }
-    out.split(|&b| b == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .map(|l| serde_json::from_slice(l).expect("json line"))
-        .collect()
-}
-
-/// Polls `approvals list --json` until a pending request matches `pred`.
-fn wait_request(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = d.cli(&["approvals", "list", "--json"]);
-        ok(&o);
-        if let Some(r) = json_list(&o.stdout).into_iter().find(&pred) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no pending request for {what}; list: {}\n--- daemon log ---\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn ledger_kinds(d: &Daemon) -> Vec<String> {
-    std::fs::read_to_string(d.dir.path().join("state/ledger.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["kind"].as_str().map(str::to_string))
-        .collect()
 }
 
 /// Directories under `gated/` deep enough that `<dir>/<name>` is `total` bytes long.
@@ -104,12 +56,13 @@ fn control_characters_and_long_paths_reach_the_approvers() {
     }
     const NAME: &[u8] = b"x\n\x1b[2J\\x41\xff*.conf";
     const TOTAL: usize = 4000;
-    let d = gated_daemon(|root| {
+    let g = gated_daemon(|root| {
         let dir = long_dir(root, NAME.len(), TOTAL);
         std::fs::create_dir_all(&dir).expect("long dir");
         std::fs::create_dir_all(root.join(OsStr::from_bytes(b"cwd\nwith\x1besc\xff")))
             .expect("hostile cwd");
     });
+    let d = &g.d;
     let root = d.dir.path().canonicalize().unwrap();
     let target = long_dir(&root, NAME.len(), TOTAL).join(OsStr::from_bytes(NAME));
     assert_eq!(target.as_os_str().len(), TOTAL);
@@ -136,9 +89,7 @@ fn control_characters_and_long_paths_reach_the_approvers() {
         .expect("confgate run");
 
     let want_path = encoded(path_bytes(&target));
-    let r = wait_request(&d, "the long hostile path", |r| {
-        r["context"]["path"] == want_path.as_str()
-    });
+    let r = g.wait_request_where("the long hostile path", |p| p == want_path);
     let c = &r["context"];
     let command: Vec<&str> = c["command"]
         .as_array()
@@ -163,10 +114,8 @@ fn control_characters_and_long_paths_reach_the_approvers() {
     // Still held.
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "v=1\n");
 
-    let id = r["id"].as_u64().expect("id").to_string();
-    let show = d.cli(&["approvals", "show", &id, "--json"]);
-    ok(&show);
-    let shown: Value = serde_json::from_slice(&show.stdout).expect("show --json");
+    let id = id_of(&r);
+    let shown = d.cli_json(&["approvals", "show", &id, "--json"]);
     assert_eq!(shown["context"]["path"], want_path.as_str());
     assert_eq!(shown["context"]["command"][2], encoded(script).as_str());
 
@@ -192,7 +141,7 @@ fn control_characters_and_long_paths_reach_the_approvers() {
     let out = wait_child(child, Duration::from_secs(20));
     ok(&out);
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "v=1\nv=2\nv=3\n");
-    let kinds = ledger_kinds(&d);
+    let kinds = g.ledger_kinds();
     assert_eq!(
         kinds.iter().filter(|k| *k == "request").count(),
         1,
@@ -223,10 +172,11 @@ fn commands_exit_quietly_on_a_closed_pipe() {
     if !require_root("commands_exit_quietly_on_a_closed_pipe") {
         return;
     }
-    let d = gated_daemon(|_| {});
+    let g = gated_daemon(|_| {});
+    let d = &g.d;
     ok(&d.in_session("pipes", "fill the lists", "true"));
     // A denied request fills the ledger (and the approvals list).
-    assert!(write_is_held(&d, &d.watched.join("gated/p.conf")));
+    assert!(write_is_held(d, &d.watched.join("gated/p.conf")));
     let config = d.config.display().to_string();
     for args in [
         vec!["stats"],
@@ -238,7 +188,7 @@ fn commands_exit_quietly_on_a_closed_pipe() {
         vec!["audit", "log"],
         vec!["check-config", config.as_str()],
     ] {
-        let o = into_closed_pipe(&d, &args);
+        let o = into_closed_pipe(d, &args);
         assert!(
             o.status.success() && o.stderr.is_empty(),
             "confgate {args:?} into a closed pipe: {}\nstderr: {}",
@@ -299,28 +249,6 @@ fn non_utf8_agent_or_reason_exits_125_without_running_the_command() {
     }
 }
 
-/// The pid of the daemon that runs with `config`.
-fn daemon_pid(d: &Daemon) -> u32 {
-    let want = d.config.as_os_str().as_bytes();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if argv.contains(&want) && argv.contains(&&b"daemon"[..]) {
-            return pid;
-        }
-    }
-    panic!("no daemon process for {}", d.config.display());
-}
-
 /// Issue 13 item 7: a session could read `/proc/<daemon pid>/environ`. The daemon makes
 /// itself non-dumpable at start: a non-root session cannot read it, and a root session
 /// without CAP_SYS_PTRACE cannot either where the kernel applies dumpability to that file
@@ -333,7 +261,7 @@ fn sessions_cannot_read_the_daemons_environment() {
         return;
     }
     let d = Daemon::start();
-    let pid = daemon_pid(&d);
+    let pid = d.pid();
     let read_as = |who: &[&str], target: u32| -> Output {
         Command::new(confgate_bin())
             .arg("--config")
@@ -390,37 +318,28 @@ fn sessions_cannot_read_the_daemons_environment() {
     }
 }
 
-/// Starts `sh -c script` in a session without waiting for it.
-fn spawn_in_session(d: &Daemon, script: &str) -> Child {
-    Command::new(confgate_bin())
-        .arg("--config")
-        .arg(&d.config)
-        .args([
-            "run", "--agent", "edges", "--reason", "test", "--", "sh", "-c", script,
-        ])
-        .current_dir(&d.watched)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("confgate run")
-}
-
 /// Whether a session's append to `file` is held: a request for it shows up (then denied,
 /// and the writer fails) — or the writer finishes first, unheld.
 fn write_is_held(d: &Daemon, file: &Path) -> bool {
-    let child = spawn_in_session(d, &format!("echo x >> '{}'", file.display()));
+    let child = d
+        .session_command(
+            "edges",
+            Some("test"),
+            &format!("echo x >> '{}'", file.display()),
+        )
+        .spawn()
+        .expect("confgate run");
     let mut child = Some(child);
     let want = file.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let o = d.cli(&["approvals", "list", "--json"]);
         ok(&o);
-        if let Some(r) = json_list(&o.stdout)
+        if let Some(r) = parse_json_list(&o.stdout)
             .into_iter()
             .find(|r| r["context"]["path"] == want.as_str())
         {
-            let id = r["id"].as_u64().expect("id").to_string();
-            ok(&d.cli(&["approvals", "deny", &id]));
+            ok(&d.cli(&["approvals", "deny", &id_of(&r)]));
             let out = wait_child(child.take().expect("child"), Duration::from_secs(10));
             assert!(!out.status.success(), "a denied write succeeded");
             return true;
@@ -457,10 +376,10 @@ fn a_recreated_gated_root_is_gated_again() {
         extra_watch: vec![app.clone()],
         toml_for_dir: Some(Box::new(move |root| {
             format!(
-                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\n\n[gate]\n\
+                "{}\n[gate]\n\
                  [[gate.rule]]\nname = \"app\"\npaths = [\"{}/**\"]\nverdict = \"ask\"\n\
                  mode = \"hold\"\ntimeout = \"20s\"\nfail = \"deny\"\n",
-                root.join("approver.sock").display(),
+                local_approval(root),
                 rule_root.display()
             )
         })),

@@ -26,18 +26,8 @@ fn env_files_under_project_roots_are_reported_without_marks() {
     let env = root.join("alice/app/.env");
     let code = root.join("alice/app/main.rs");
     // In a session, relative path: resolved by the daemon, matched by file-name glob.
-    let out = Command::new(confgate_bin())
-        .arg("--config")
-        .arg(&d.config)
-        .args([
-            "run",
-            "--agent",
-            "claude",
-            "--",
-            "sh",
-            "-c",
-            "echo DEBUG=1 >> .env; echo fn > main.rs",
-        ])
+    let out = d
+        .session_command("claude", None, "echo DEBUG=1 >> .env; echo fn > main.rs")
         .current_dir(root.join("alice/app"))
         .output()
         .expect("run");
@@ -83,19 +73,8 @@ fn sessions_survive_a_daemon_restart() {
         return;
     }
     let mut d = Daemon::start();
-    let mut agent = Command::new(confgate_bin())
-        .arg("--config")
-        .arg(&d.config)
-        .args([
-            "run",
-            "--agent",
-            "long-runner",
-            "--",
-            "sh",
-            "-c",
-            "read x; echo after > restarted.conf",
-        ])
-        .current_dir(&d.watched)
+    let mut agent = d
+        .session_command("long-runner", None, "read x; echo after > restarted.conf")
         .stdin(Stdio::piped())
         .spawn()
         .expect("spawn agent");
@@ -218,9 +197,7 @@ fn ring_buffer_overflow_is_counted_not_silent() {
     ok(&d.in_session("burst", "", &format!("python3 -c \"{script}\"")));
     let deadline = Instant::now() + EVENT_TIMEOUT;
     loop {
-        let out = d.cli(&["stats", "--json"]);
-        ok(&out);
-        let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let st = d.cli_json(&["stats", "--json"]);
         // Counted in the stats and, at the next stats tick (1 s here), logged as a warning.
         if st["kernel_ringbuf_drops"].as_u64().is_some_and(|n| n > 0)
             && d.log().contains("kernel events were dropped")

@@ -7,229 +7,21 @@
 //! - the approvals CLI outside any session on the host (attested by its daemon) approves;
 //! - a credential the service marks as a workstation credential decides without an
 //!   attestation; an unmarked one cannot.
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::gate::{Gate, id_of, local_approval, rule};
+use e2e::service::{
+    ApprovalService, Approver, gate_asking, init_ca, remote_daemon, spawn_session, wait_connected,
+};
 use e2e::*;
-use serde_json::Value;
 
-/// `confgate approver serve` on loopback TLS, with its own CA and certificates.
-struct Service {
-    dir: tempfile::TempDir,
-    endpoint: String,
-    child: Option<Child>,
-}
-
-impl Service {
-    /// `extra`: top-level keys of approver.toml (before `[tls]`).
-    fn start(extra: &str) -> Service {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path().display().to_string();
-        let o = Command::new(confgate_bin())
-            .args(["approver", "init-ca", "--dir"])
-            .arg(dir.path().join("tls"))
-            .args(["--host", &host_name(), "--approver", "alice"])
-            .args(["--approver", "bob"])
-            .output()
-            .expect("init-ca");
-        ok(&o);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let endpoint = format!("https://127.0.0.1:{port}");
-        let config = dir.path().join("approver.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = [{endpoint:?}]\nstore = \"{d}/approver.redb\"\nledger = \"{d}/ledger.jsonl\"\n{extra}\n\
-                 [tls]\ncert = \"{d}/tls/server.pem\"\nkey = \"{d}/tls/server.key\"\nclient_ca = \"{d}/tls/ca.pem\"\n"
-            ),
-        )
-        .expect("write approver.toml");
-        let log = std::fs::File::create(dir.path().join("service.log")).expect("log");
-        let child = Command::new(confgate_bin())
-            .arg("--config")
-            .arg(&config)
-            .args(["approver", "serve"])
-            .env("CONFGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("approver serve");
-        let s = Service {
-            dir,
-            endpoint,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !s.log().contains("approval service listening") {
-            assert!(
-                Instant::now() < deadline,
-                "approval service not ready: {}",
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn tls(&self, name: &str) -> PathBuf {
-        self.dir.path().join("tls").join(name)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
-    }
-
-    fn ledger(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ledger.jsonl")).unwrap_or_default()
-    }
-
-    /// `[approval.client]` of a host daemon.
-    fn host_client(&self) -> String {
-        let host = host_name();
-        format!(
-            "endpoint = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}",
-            self.endpoint,
-            self.tls("ca.pem").display().to_string(),
-            self.tls(&format!("host-{host}.pem")).display().to_string(),
-            self.tls(&format!("host-{host}.key")).display().to_string(),
-        )
-    }
-
-    /// The approvals CLI flags of approver `who` (alice or bob).
-    fn approver_flags(&self, who: &str) -> Vec<String> {
-        vec![
-            "--approver".into(),
-            self.endpoint.clone(),
-            "--ca".into(),
-            self.tls("ca.pem").display().to_string(),
-            "--cert".into(),
-            self.tls(&format!("approver-{who}.pem"))
-                .display()
-                .to_string(),
-            "--key".into(),
-            self.tls(&format!("approver-{who}.key"))
-                .display()
-                .to_string(),
-        ]
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .expect("host name")
-        .trim()
-        .to_owned()
-}
-
-fn remote_daemon(svc: &Service, timeout: &'static str) -> Daemon {
-    let client = svc.host_client();
-    let d = Daemon::start_with(DaemonOptions {
-        toml_for_dir: Some(Box::new(move |root| {
-            let w = root.join("watched");
-            std::fs::create_dir_all(w.join("gated")).expect("mkdir gated");
-            format!(
-                "[approval]\nmode = \"remote\"\n[approval.client]\n{client}\n\
-                 [gate]\n[[gate.rule]]\nname = \"ask\"\npaths = [\"{}/gated/**\"]\nverdict = \"ask\"\n\
-                 timeout = \"{timeout}\"\nfail = \"deny\"\n",
-                w.display()
-            )
-        })),
-        ..DaemonOptions::default()
-    });
-    // Connected (its attestation key presented) before anyone decides.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while stat(&d, "uplink_connected") != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "uplink not connected\n{}\n{}",
-            d.log(),
-            svc.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// A daemon in remote mode against `svc` with this host's certificate, asking about
+/// `<watched>/gated/**` (deny after `timeout`); connected before it is returned (its
+/// attestation key presented before anyone decides).
+fn host_of(svc: &ApprovalService, timeout: &'static str) -> Daemon {
+    let d = remote_daemon(svc.host_client(), move |w| gate_asking(w, timeout));
+    wait_connected(&d, svc);
     d
-}
-
-fn stat(d: &Daemon, name: &str) -> u64 {
-    let o = d.cli(&["stats", "--json"]);
-    ok(&o);
-    let v: Value = serde_json::from_slice(&o.stdout).expect("stats json");
-    v[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
-
-fn approvals(d: &Daemon, svc: &Service, who: &str, args: &[&str]) -> Output {
-    let flags = svc.approver_flags(who);
-    let mut all: Vec<&str> = vec!["approvals"];
-    all.extend(flags.iter().map(String::as_str));
-    all.extend_from_slice(args);
-    d.cli(&all)
-}
-
-/// The pending request for `path`, waited for.
-fn wait_pending(d: &Daemon, svc: &Service, path: &Path) -> Value {
-    let want = path.display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let o = approvals(d, svc, "alice", &["list", "--json"]);
-        ok(&o);
-        if let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&o.stdout)
-            && let Some(r) = list
-                .into_iter()
-                .find(|r| r["context"]["path"] == want.as_str())
-        {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no request for {want}\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn state_of(d: &Daemon, svc: &Service, id: &str) -> String {
-    let o = approvals(d, svc, "alice", &["show", id, "--json"]);
-    ok(&o);
-    let v: Value = serde_json::from_slice(&o.stdout).expect("show json");
-    v["state"].as_str().unwrap_or_default().to_owned()
-}
-
-fn session(d: &Daemon, script: &str, env: &[(&str, &str)]) -> Child {
-    let mut c = Command::new(confgate_bin());
-    c.arg("--config")
-        .arg(&d.config)
-        .args(["run", "--agent", "claude", "--", "sh", "-c", script])
-        .current_dir(&d.watched)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().expect("confgate run")
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
-
-fn id_of(r: &Value) -> String {
-    r["id"].as_u64().expect("request id").to_string()
 }
 
 #[test]
@@ -237,8 +29,9 @@ fn a_client_inside_the_session_cannot_approve_with_the_approver_certificate() {
     if !require_root("a_client_inside_the_session_cannot_approve_with_the_approver_certificate") {
         return;
     }
-    let svc = Service::start("");
-    let d = remote_daemon(&svc, "8s");
+    let svc = ApprovalService::start_tls("");
+    let d = host_of(&svc, "8s");
+    let alice = Approver::tls(&d, &svc, "alice");
     let f = d.watched.join("gated/sudoers");
     std::fs::write(&f, "root ALL\n").unwrap();
     // The agent writes (held), then, from inside the same session, sends Decide with the
@@ -270,12 +63,12 @@ fn a_client_inside_the_session_cannot_approve_with_the_approver_certificate() {
         copy = copy.display(),
         sock = d.socket.display(),
     );
-    let child = session(&d, &script, &[]);
-    let r = wait_pending(&d, &svc, &f);
+    let child = spawn_session(&d, &script, &[]);
+    let r = alice.wait_pending(&f);
     let id = id_of(&r);
     std::fs::write(&idfile, &id).unwrap();
     let o = child.wait_with_output().expect("session");
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(
         out.contains("raw_rc=3") && out.contains("refused: PermissionDenied"),
         "the bare client was not refused: {out}\n{}",
@@ -294,13 +87,13 @@ fn a_client_inside_the_session_cannot_approve_with_the_approver_certificate() {
         "the held write went through: {out}"
     );
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "root ALL\n");
-    assert_ne!(state_of(&d, &svc, &id), "approved");
+    assert_ne!(alice.state_of(&id), "approved");
     assert!(
         !svc.ledger().contains("\"request_approved\""),
         "{}",
         svc.ledger()
     );
-    assert!(stat(&d, "attest_refused") >= 1);
+    assert!(d.stat("attest_refused") >= 1);
 }
 
 #[test]
@@ -309,7 +102,7 @@ fn approver_variables_do_not_reach_the_agent() {
         return;
     }
     let d = Daemon::start();
-    let o = session(
+    let o = spawn_session(
         &d,
         "env",
         &[
@@ -334,13 +127,14 @@ fn the_cli_outside_any_session_approves_with_its_daemons_attestation() {
     if !require_root("the_cli_outside_any_session_approves_with_its_daemons_attestation") {
         return;
     }
-    let svc = Service::start("");
-    let d = remote_daemon(&svc, "25s");
+    let svc = ApprovalService::start_tls("");
+    let d = host_of(&svc, "25s");
+    let alice = Approver::tls(&d, &svc, "alice");
     let f = d.watched.join("gated/app.conf");
     std::fs::write(&f, "port=1\n").unwrap();
-    let child = session(&d, "echo port=2 > gated/app.conf", &[]);
-    let r = wait_pending(&d, &svc, &f);
-    let o = approvals(&d, &svc, "alice", &["approve", &id_of(&r), "--ttl", "10m"]);
+    let child = spawn_session(&d, "echo port=2 > gated/app.conf", &[]);
+    let r = alice.wait_pending(&f);
+    let o = alice.run(&["approve", &id_of(&r), "--ttl", "10m"]);
     ok(&o);
     let o = child.wait_with_output().expect("session");
     ok(&o);
@@ -350,7 +144,7 @@ fn the_cli_outside_any_session_approves_with_its_daemons_attestation() {
         ledger.contains("\"by\":\"host_attestation\""),
         "the decision was not attested: {ledger}"
     );
-    assert!(stat(&d, "attest_issued") >= 1);
+    assert!(d.stat("attest_issued") >= 1);
 }
 
 #[test]
@@ -358,25 +152,28 @@ fn only_a_workstation_credential_decides_without_an_attestation() {
     if !require_root("only_a_workstation_credential_decides_without_an_attestation") {
         return;
     }
-    let svc = Service::start("workstation_approvers = [\"cert:bob\"]");
-    let d = remote_daemon(&svc, "25s");
+    let svc = ApprovalService::start_tls("workstation_approvers = [\"cert:bob\"]");
+    let d = host_of(&svc, "25s");
+    let (alice, bob) = (
+        Approver::tls(&d, &svc, "alice"),
+        Approver::tls(&d, &svc, "bob"),
+    );
     let f = d.watched.join("gated/w.conf");
     std::fs::write(&f, "a\n").unwrap();
-    let child = session(&d, "echo b > gated/w.conf", &[]);
-    let r = wait_pending(&d, &svc, &f);
+    let child = spawn_session(&d, "echo b > gated/w.conf", &[]);
+    let r = alice.wait_pending(&f);
     let id = id_of(&r);
     // alice is not marked: without an attestation she is refused.
-    let o = approvals(&d, &svc, "alice", &["approve", &id, "--no-daemon"]);
-    assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("needs an attestation"), "{}", text(&o));
-    assert_eq!(state_of(&d, &svc, &id), "pending");
-    // bob is: he decides from a machine without a daemon.
-    let o = approvals(
-        &d,
-        &svc,
-        "bob",
-        &["approve", &id, "--ttl", "5m", "--no-daemon"],
+    let o = alice.run(&["approve", &id, "--no-daemon"]);
+    assert!(!o.status.success(), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("needs an attestation"),
+        "{}",
+        output_text(&o)
     );
+    assert_eq!(alice.state_of(&id), "pending");
+    // bob is: he decides from a machine without a daemon.
+    let o = bob.run(&["approve", &id, "--ttl", "5m", "--no-daemon"]);
     ok(&o);
     ok(&child.wait_with_output().expect("session"));
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "b\n");
@@ -392,15 +189,10 @@ fn a_certificate_from_another_ca_is_logged_and_explained() {
     if !require_root("a_certificate_from_another_ca_is_logged_and_explained") {
         return;
     }
-    let svc = Service::start("");
+    let svc = ApprovalService::start_tls("");
     let other = tempfile::tempdir().unwrap();
-    ok(&Command::new(confgate_bin())
-        .args(["approver", "init-ca", "--dir"])
-        .arg(other.path())
-        .args(["--host", "h", "--approver", "alice"])
-        .output()
-        .expect("init-ca"));
-    let o = Command::new(confgate_bin())
+    init_ca(other.path(), "h", &["alice"]);
+    let o = std::process::Command::new(confgate_bin())
         .args(["approvals", "--approver", &svc.endpoint, "--ca"])
         .arg(svc.tls("ca.pem"))
         .arg("--cert")
@@ -441,10 +233,10 @@ fn a_connection_left_by_an_exited_process_gets_no_attestation() {
     // session map no longer knows: that must not read as "outside any session".
     let d = Daemon::start();
     let tool = env!("CARGO_BIN_EXE_inherited_call");
-    let o = session(&d, &format!("{tool} attest {} 1", d.socket.display()), &[])
+    let o = spawn_session(&d, &format!("{tool} attest {} 1", d.socket.display()), &[])
         .wait_with_output()
         .expect("session");
-    let out = text(&o);
+    let out = output_text(&o);
     assert!(!out.contains("accepted"), "attested a gone process: {out}");
     assert!(
         out.contains("refused: PermissionDenied") && out.contains("is gone"),
@@ -459,18 +251,8 @@ fn local_mode_a_connection_left_by_an_exited_session_process_cannot_decide() {
     }
     // The same trick against the local service, which asks the kernel's session map about
     // the caller's pid: the pid must still be the process that connected.
-    let d = Daemon::start_with(DaemonOptions {
-        toml_for_dir: Some(Box::new(|root| {
-            let w = root.join("watched");
-            std::fs::create_dir_all(w.join("gated")).expect("mkdir gated");
-            format!(
-                "[gate]\n[[gate.rule]]\nname = \"ask\"\npaths = [\"{}/gated/**\"]\nverdict = \"ask\"\n\
-                 timeout = \"8s\"\nfail = \"deny\"\n",
-                w.display()
-            )
-        })),
-        ..DaemonOptions::default()
-    });
+    let g = Gate::start(|w| rule(w, "ask", "timeout = \"8s\"\nfail = \"deny\""));
+    let d = &g.d;
     let f = d.watched.join("gated/sudoers");
     std::fs::write(&f, "root ALL\n").unwrap();
     let tool = env!("CARGO_BIN_EXE_inherited_call");
@@ -483,21 +265,10 @@ fn local_mode_a_connection_left_by_an_exited_session_process_cannot_decide() {
         idf = idfile.display(),
         sock = sock.display(),
     );
-    let child = session(&d, &script, &[]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let id = loop {
-        let o = d.cli(&["approvals", "list", "--json"]);
-        ok(&o);
-        if let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&o.stdout)
-            && let Some(r) = list.first()
-        {
-            break id_of(r);
-        }
-        assert!(Instant::now() < deadline, "no request\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let child = spawn_session(d, &script, &[]);
+    let id = id_of(&g.wait_request_where("a request", |_| true));
     std::fs::write(&idfile, &id).unwrap();
-    let out = text(&child.wait_with_output().expect("session"));
+    let out = output_text(&child.wait_with_output().expect("session"));
     assert!(
         !out.contains("accepted"),
         "approved through a gone pid: {out}"
@@ -517,8 +288,8 @@ fn sessions_cannot_read_approver_credentials_kept_on_the_host() {
             std::fs::create_dir_all(&creds).expect("creds");
             std::fs::write(creds.join("alice.key"), "-----BEGIN PRIVATE KEY-----\n").expect("key");
             format!(
-                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nprotected_credentials = [\"{}\"]\n",
-                root.join("approver.sock").display(),
+                "{}protected_credentials = [\"{}\"]\n",
+                local_approval(root),
                 creds.display()
             )
         })),
@@ -528,7 +299,7 @@ fn sessions_cannot_read_approver_credentials_kept_on_the_host() {
     let o = d.in_session("claude", "e2e", &format!("cat {}", key.display()));
     assert!(!o.status.success(), "{o:?}");
     assert!(
-        text(&o).contains("Operation not permitted") || text(&o).contains("denied"),
+        output_text(&o).contains("Operation not permitted") || output_text(&o).contains("denied"),
         "{o:?}"
     );
     assert!(o.stdout.is_empty(), "{o:?}");

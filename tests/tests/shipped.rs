@@ -7,40 +7,16 @@
 //! nothing lands; it removes what it made either way).
 use std::time::Duration;
 
-use e2e::gate::{id_of, parse_json_list, wait_child};
+use e2e::gate::{Gate, id_of, local_approval, wait_child};
 use e2e::*;
-use serde_json::Value;
 
 /// A daemon with no `[gate]` section: the shipped rules apply.
-fn daemon_with_default_rules() -> Daemon {
-    Daemon::start_with(DaemonOptions {
-        toml_for_dir: Some(Box::new(|root| {
-            format!(
-                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\n",
-                root.join("approver.sock").display()
-            )
-        })),
+fn daemon_with_default_rules() -> Gate {
+    let d = Daemon::start_with(DaemonOptions {
+        toml_for_dir: Some(Box::new(local_approval)),
         ..DaemonOptions::default()
-    })
-}
-
-fn pending(d: &Daemon) -> Vec<Value> {
-    let o = d.cli(&["approvals", "list", "--json"]);
-    ok(&o);
-    parse_json_list(&o.stdout)
-}
-
-fn spawn(d: &Daemon, script: &str) -> std::process::Child {
-    std::process::Command::new(confgate_bin())
-        .arg("--config")
-        .arg(&d.config)
-        .args([
-            "run", "--agent", "claude", "--reason", "e2e", "--", "sh", "-c", script,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("confgate run")
+    });
+    Gate { d }
 }
 
 struct Cleanup(Vec<std::path::PathBuf>);
@@ -57,7 +33,7 @@ fn the_shipped_rules_hold_etc_crontabs_and_units() {
     if !require_root("the_shipped_rules_hold_etc_crontabs_and_units") {
         return;
     }
-    let d = daemon_with_default_rules();
+    let g = daemon_with_default_rules();
     let tag = std::process::id();
     let etc = std::path::PathBuf::from(format!("/etc/confgate-e2e-{tag}.conf"));
     let unit_dir = std::path::Path::new("/etc/systemd/system");
@@ -74,20 +50,11 @@ fn the_shipped_rules_hold_etc_crontabs_and_units() {
             ),
         ),
     ] {
-        let child = spawn(&d, &script);
-        let want = target.display().to_string();
-        let r = poll(
-            "a request for the shipped rule",
-            Duration::from_secs(15),
-            || {
-                pending(&d)
-                    .into_iter()
-                    .find(|r| r["context"]["path"] == want.as_str())
-            },
-        );
+        let child = g.spawn_in_session("claude", &script);
+        let r = g.wait_request(&target);
         assert_eq!(r["context"]["mode"], "hold", "{r}");
         assert_eq!(r["context"]["fail_verdict"], "deny", "{r}");
-        ok(&d.cli(&["approvals", "deny", &id_of(&r)]));
+        ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
         let o = wait_child(child, Duration::from_secs(30));
         assert!(!o.status.success(), "{o:?}");
         // The open created the file before it was held: the denied open's file is removed.
@@ -99,19 +66,9 @@ fn the_shipped_rules_hold_etc_crontabs_and_units() {
         .output()
         .is_ok()
     {
-        let child = spawn(&d, "echo '* * * * * true' | crontab -");
-        let r = poll(
-            "a request for the crontab spool",
-            Duration::from_secs(15),
-            || {
-                pending(&d).into_iter().find(|r| {
-                    r["context"]["path"]
-                        .as_str()
-                        .is_some_and(|p| p.starts_with("/var/spool/cron/"))
-                })
-            },
-        );
-        ok(&d.cli(&["approvals", "deny", &id_of(&r)]));
+        let child = g.spawn_in_session("claude", "echo '* * * * * true' | crontab -");
+        let r = g.wait_request_where("the crontab spool", |p| p.starts_with("/var/spool/cron/"));
+        ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
         let o = wait_child(child, Duration::from_secs(30));
         assert!(!o.status.success(), "{o:?}");
     } else {
