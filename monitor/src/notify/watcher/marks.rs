@@ -121,23 +121,31 @@ impl NotifyWatcher {
             });
         };
         let key = self.mark_dir(fd.as_fd(), fsid, path).map_err(mark_err)?;
-        let below = self.walk(fd, path, st.st_dev, fsid, WalkOp::Mark, synth_pid, out);
+        let root = WalkRoot {
+            fd,
+            path,
+            dev: st.st_dev,
+            fsid,
+        };
+        let below = self.walk(root, WalkOp::Mark, synth_pid, out);
         Ok((1 + below, key))
     }
 
-    /// Walk below the directory open as `fd` (already handled by the caller), applying
-    /// `op` to every directory. Returns the number of directories it succeeded on.
-    #[allow(clippy::too_many_arguments)]
+    /// Walk below `root` (already handled by the caller), applying `op` to every directory.
+    /// Returns the number of directories it succeeded on.
     pub(super) fn walk(
         &mut self,
-        fd: OwnedFd,
-        path: &Path,
-        dev: u64,
-        fsid: [u8; 8],
+        root: WalkRoot<'_>,
         op: WalkOp,
         synth_pid: Option<u32>,
         out: &mut Vec<FanEvent>,
     ) -> usize {
+        let WalkRoot {
+            fd,
+            path,
+            dev,
+            fsid,
+        } = root;
         let mut done = 0usize;
         let mut errors = 0u64;
         let mut visited: HashSet<(u64, u64)> = HashSet::new();
@@ -421,15 +429,13 @@ impl NotifyWatcher {
         if let Err(e) = self.unmark_dir(fd.as_fd(), fs.fsid) {
             debug!(path = %path.display(), error = %e, "fanotify: unmarking moved-out directory failed");
         }
-        let n = self.walk(
+        let root = WalkRoot {
             fd,
             path,
-            st.st_dev,
-            fs.fsid,
-            WalkOp::Unmark,
-            None,
-            &mut Vec::new(),
-        );
+            dev: st.st_dev,
+            fsid: fs.fsid,
+        };
+        let n = self.walk(root, WalkOp::Unmark, None, &mut Vec::new());
         debug!(path = %path.display(), below = n, "fanotify: directory moved out of the trees; marks removed");
     }
 }

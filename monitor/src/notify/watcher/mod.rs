@@ -119,6 +119,15 @@ enum WalkOp {
     Unmark,
 }
 
+/// Where a walk starts: a directory the caller already handled (marked or unmarked), open
+/// as `fd`, on the filesystem `dev` / `fsid`.
+struct WalkRoot<'a> {
+    fd: OwnedFd,
+    path: &'a Path,
+    dev: u64,
+    fsid: [u8; 8],
+}
+
 /// One open directory on the walk stack (the stack depth, not the tree width, bounds the
 /// number of open descriptors).
 struct Frame {
