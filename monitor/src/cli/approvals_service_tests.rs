@@ -7,6 +7,7 @@ use std::time::Duration;
 use confgate_proto::v1 as pb;
 
 use super::approvals::{self, ScopeArg};
+use super::connect::attest;
 use super::grants;
 use crate::api::testing::{FakeDaemon, TestServer};
 use crate::approver::client::{ClientConfig, connect};
@@ -117,9 +118,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     let fake = FakeDaemon::new(false);
     let daemon =
         TestServer::start(Arc::clone(&fake) as Arc<dyn crate::api::server::DaemonApi>).await;
-    let me = approvals::attest(&daemon.socket, r1.id, true)
-        .await
-        .unwrap();
+    let me = attest(&daemon.socket, r1.id, true).await.unwrap();
     assert_eq!(me.host, "fake-host");
     server.register_host_key("fake-host", &fake.attestation_key());
 
@@ -151,9 +150,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     );
 
     // Deciding again: a clear error from the service.
-    let me = approvals::attest(&daemon.socket, r1.id, false)
-        .await
-        .unwrap();
+    let me = attest(&daemon.socket, r1.id, false).await.unwrap();
     let again = approvals::decide_request(r1.id, false, None, None, None, None, Some(&me)).unwrap();
     let e = approvals::decide(&mut c, again, false, now_ms(), &mut Vec::new())
         .await
@@ -165,9 +162,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     );
 
     // An attestation for another request, or for the other decision, or replayed: refused.
-    let other = approvals::attest(&daemon.socket, r1.id, false)
-        .await
-        .unwrap();
+    let other = attest(&daemon.socket, r1.id, false).await.unwrap();
     let req =
         approvals::decide_request(r2.id, false, None, None, None, None, Some(&other)).unwrap();
     let e = approvals::decide(&mut c, req, false, now_ms(), &mut Vec::new())
@@ -176,9 +171,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
         .to_string();
     assert!(e.contains("refused by the approval service"), "{e}");
     assert!(e.contains("not for denying request"), "{e}");
-    let yes = approvals::attest(&daemon.socket, r2.id, true)
-        .await
-        .unwrap();
+    let yes = attest(&daemon.socket, r2.id, true).await.unwrap();
     let req = approvals::decide_request(r2.id, false, None, None, None, None, Some(&yes)).unwrap();
     let e = approvals::decide(&mut c, req, false, now_ms(), &mut Vec::new())
         .await
@@ -186,9 +179,7 @@ async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
         .to_string();
     assert!(e.contains("is for approving request"), "{e}");
 
-    let me = approvals::attest(&daemon.socket, r2.id, false)
-        .await
-        .unwrap();
+    let me = attest(&daemon.socket, r2.id, false).await.unwrap();
     let req =
         approvals::decide_request(r2.id, false, None, Some("no"), None, None, Some(&me)).unwrap();
     let mut out = Vec::new();
@@ -271,7 +262,7 @@ async fn a_shell_inside_an_agent_session_is_refused_locally() {
     })
     .await
     .unwrap();
-    let e = approvals::attest(&daemon.socket, 1, true)
+    let e = attest(&daemon.socket, 1, true)
         .await
         .unwrap_err()
         .to_string();
@@ -287,10 +278,7 @@ async fn without_a_local_daemon_the_cli_says_what_to_do() {
     // Issue 21: "cannot ask the local confgate daemon" with no way forward.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("no-daemon.sock");
-    let e = approvals::attest(&socket, 1, true)
-        .await
-        .unwrap_err()
-        .to_string();
+    let e = attest(&socket, 1, true).await.unwrap_err().to_string();
     assert!(e.contains("no confgate daemon answers on"), "{e}");
     assert!(e.contains(&socket.display().to_string()), "{e}");
     assert!(

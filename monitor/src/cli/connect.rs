@@ -1,12 +1,15 @@
 //! What the commands that talk to the approval service (`approvals`, `grants`) share: the
-//! connection options and the checks and explanations around a call.
-use std::path::PathBuf;
+//! connection options, the connection itself (and the local daemon's attestation a
+//! decision carries), and the checks and explanations around a call.
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 
 use super::render::term;
-use crate::approver::client::ClientConfig;
+use crate::approver::client::{ApproverChannel, ClientConfig, connect};
+use confgate_proto::v1 as pb;
+use confgate_proto::v1::approver_client::ApproverClient;
 
 /// Longest `--note`, in bytes (the service's limit).
 pub const MAX_NOTE: usize = 4096;
@@ -82,6 +85,68 @@ impl ApproverArgs {
     }
 }
 
+/// The runtime a command's calls run on (one thread: a command makes one call at a time).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+/// A client of the approval service `cfg` names.
+pub async fn service(cfg: &ClientConfig) -> anyhow::Result<ApproverClient<ApproverChannel>> {
+    connect(cfg).await.map_err(anyhow::Error::from)
+}
+
+/// Asks the daemon at `socket` to attest that this process decides request `id` (as
+/// `approve`) from outside every agent session.
+pub async fn attest(socket: &Path, id: u64, approve: bool) -> anyhow::Result<pb::AttestResponse> {
+    let mut daemon = crate::api::client::connect(socket).await.map_err(|e| {
+        anyhow!(
+            "no confgate daemon answers on {} ({e}). A decision needs this host's daemon to \
+             attest that it does not come from an agent session: run it on a host whose daemon \
+             is running (--config or --socket name the daemon's socket), or, on a workstation \
+             whose credential the approval service lists in workstation_approvers, pass \
+             --no-daemon",
+            socket.display()
+        )
+    })?;
+    match daemon
+        .attest(pb::AttestRequest {
+            request_id: id,
+            approve,
+        })
+        .await
+    {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::PermissionDenied => bail!(
+            "refusing to decide: {}; agents may not approve or deny requests. Decide from a \
+             shell outside any agent session",
+            term(s.message())
+        ),
+        Err(s) => bail!(
+            "the local daemon did not attest this decision: {}",
+            crate::api::client::explain(&s)
+        ),
+    }
+}
+
+/// The attestation a decision carries: the local daemon's, or none with `--no-daemon`.
+pub async fn local_attestation(
+    socket: &Path,
+    id: u64,
+    approve: bool,
+    no_daemon: bool,
+) -> anyhow::Result<Option<pb::AttestResponse>> {
+    if no_daemon {
+        tracing::info!(
+            "--no-daemon: no attestation; the service accepts this only from a workstation credential"
+        );
+        return Ok(None);
+    }
+    attest(socket, id, approve).await.map(Some)
+}
+
 /// A `--note`: at most [`MAX_NOTE`] bytes, no control characters (the service refuses
 /// them too; this says so before anything is sent).
 pub fn check_note(note: &str) -> anyhow::Result<()> {
@@ -147,4 +212,40 @@ fn causes(status: &tonic::Status) -> String {
         next = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_flags_override_the_configuration() {
+        let base = ClientConfig {
+            endpoint: "https://appr.example:7443".into(),
+            ca: Some("/etc/confgate/ca.pem".into()),
+            token: Some("from-config".into()),
+            ..ClientConfig::default()
+        };
+        let none = ApproverArgs::default();
+        assert_eq!(none.client_config(base.clone()), base);
+        let token = ApproverArgs {
+            token: Some("t2".into()),
+            ..ApproverArgs::default()
+        };
+        let c = token.client_config(base.clone());
+        assert_eq!(c.token.as_deref(), Some("t2"));
+        assert_eq!(c.ca, base.ca);
+        let other = ApproverArgs {
+            approver: Some("unix:/run/other.sock".into()),
+            ..ApproverArgs::default()
+        };
+        let c = other.client_config(base);
+        assert_eq!(c.endpoint, "unix:/run/other.sock");
+        assert_eq!(
+            (c.ca.clone(), c.token.clone()),
+            (None, None),
+            "config TLS/token not sent elsewhere"
+        );
+        assert!(c.problems().is_empty());
+    }
 }

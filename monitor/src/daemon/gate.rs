@@ -14,7 +14,8 @@ use crate::approver::{self, SessionOracle, config::ServiceConfig};
 use crate::config::{ApprovalMode, Config};
 use crate::event::{Event, Kind};
 use crate::gate::{
-    Engine, EngineSettings, GateMetrics, IntentSource, Listener, Marks, Notice, PermGroup,
+    Engine, EngineInputs, EngineParts, EngineSettings, GateMetrics, IntentSource, Listener, Marks,
+    Notice, PermGroup,
 };
 use crate::kernel::Kernel;
 use crate::ledger::{self, SharedLedger};
@@ -117,21 +118,23 @@ impl GateRuntime {
         let (held_tx, held_rx) = mpsc::channel(HELD_QUEUE);
         let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
         let policy = Arc::new(policy);
-        let handles = Engine::start(
-            policy.clone(),
+        let parts = EngineParts {
+            policy: policy.clone(),
             sessions,
             store,
-            ledger.clone(),
-            uplink.clone(),
-            EngineSettings {
-                host,
-                quarantine_dir: cfg.daemon.state_dir.join("quarantine"),
-            },
-            held_rx,
+            ledger: ledger.clone(),
+            uplink: uplink.clone(),
+        };
+        let settings = EngineSettings {
+            host,
+            quarantine_dir: cfg.daemon.state_dir.join("quarantine"),
+        };
+        let inputs = EngineInputs {
+            held: held_rx,
             updates,
-            notice_rx,
-        )
-        .context("starting the gate engine")?;
+            notices: notice_rx,
+        };
+        let handles = Engine::start(parts, settings, inputs).context("starting the gate engine")?;
 
         let group = Arc::new(PermGroup::new().context("fanotify permission group")?);
         let marks = Marks::new(group.clone());

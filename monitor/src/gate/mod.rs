@@ -45,7 +45,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use decider::{GateDecider, GateMetrics};
-pub use engine::{Engine, EngineSettings, GateHandles, Notice};
+pub use engine::{Engine, EngineInputs, EngineParts, EngineSettings, GateHandles, Notice};
 pub use group::PermGroup;
 pub use intent::{Intent, IntentOrigin, IntentSource, Opener};
 pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent};

@@ -85,9 +85,15 @@ impl Engine {
             return Next::DenyAndRequest(rule, a.ops);
         }
         let t_ask = ev.received.elapsed();
-        let ctx = self.request_context(
-            a.writer, a.session, &ev.path, a.ops, a.pre, a.created, &rule,
-        );
+        let about = Subject {
+            writer: a.writer,
+            session: a.session,
+            path: &ev.path,
+            ops: a.ops,
+            pre: a.pre,
+            created: a.created,
+        };
+        let ctx = self.request_context(about, &rule);
         let (tx, rx) = oneshot::channel();
         let keep = a.pre.cloned().map(|pre| Keep {
             pre,
@@ -217,15 +223,15 @@ impl Engine {
             }
         };
         let ctx = (!pending).then(|| {
-            self.request_context(
-                &writer,
-                session.as_ref(),
-                &path,
+            let about = Subject {
+                writer: &writer,
+                session: session.as_ref(),
+                path: &path,
                 ops,
-                pre.as_ref(),
+                pre: pre.as_ref(),
                 created,
-                rule,
-            )
+            };
+            self.request_context(about, rule)
         });
         self.deny(held, created).await;
         let Some(ctx) = ctx else {
@@ -339,17 +345,15 @@ impl Engine {
 
     /// The context an approver sees: the writer and its ancestry (read from `/proc` while
     /// the writer was held), the session, the operation and reason.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn request_context(
-        &self,
-        writer: &context::Writer,
-        session: Option<&SessionInfo>,
-        path: &[u8],
-        ops: OpSet,
-        pre: Option<&PreImage>,
-        created: bool,
-        rule: &Rule,
-    ) -> pb::RequestContext {
+    pub(super) fn request_context(&self, about: Subject<'_>, rule: &Rule) -> pb::RequestContext {
+        let Subject {
+            writer,
+            session,
+            path,
+            ops,
+            pre,
+            created,
+        } = about;
         context::request_context(context::ContextInput {
             host: &self.settings.host,
             session,

@@ -184,6 +184,36 @@ struct Asked<'a> {
     writer: &'a context::Writer,
 }
 
+/// What a request is about: the held open as the approver sees it (the writer's context
+/// was read while it was held).
+struct Subject<'a> {
+    writer: &'a context::Writer,
+    session: Option<&'a SessionInfo>,
+    path: &'a [u8],
+    ops: OpSet,
+    pre: Option<&'a PreImage>,
+    /// Whether the open created the file (then there is no content to name).
+    created: bool,
+}
+
+/// What the engine works with: the policy, the session registry, and where it keeps
+/// (`store`), records (`ledger`) and sends (`uplink`) what it does.
+pub struct EngineParts {
+    pub policy: Arc<Policy>,
+    pub sessions: SessionRegistry,
+    pub store: Store,
+    pub ledger: SharedLedger,
+    pub uplink: UplinkHandle,
+}
+
+/// What the engine's tasks read: held opens from the listener, the approval service's
+/// updates from the uplink, and notices (close-writes, renames) from the event pipeline.
+pub struct EngineInputs {
+    pub held: mpsc::Receiver<Held>,
+    pub updates: mpsc::Receiver<UplinkUpdate>,
+    pub notices: mpsc::Receiver<Notice>,
+}
+
 /// A held open's pre-image, kept in the same commit as the grant that lets it through.
 struct Keep {
     pre: PreImage,
@@ -204,20 +234,24 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Engine {
     /// Builds the engine from the persisted grants, changes and requests, and starts its
-    /// tasks: held opens from `held`, service updates from `updates`, notices from
-    /// `notices`, and the expiry timer.
-    #[allow(clippy::too_many_arguments)]
+    /// tasks: one per input (held opens, service updates, notices) and the expiry timer.
     pub fn start(
-        policy: Arc<Policy>,
-        sessions: SessionRegistry,
-        store: Store,
-        ledger: SharedLedger,
-        uplink: UplinkHandle,
+        parts: EngineParts,
         settings: EngineSettings,
-        held: mpsc::Receiver<Held>,
-        updates: mpsc::Receiver<UplinkUpdate>,
-        notices: mpsc::Receiver<Notice>,
+        inputs: EngineInputs,
     ) -> Result<GateHandles, crate::store::StoreError> {
+        let EngineParts {
+            policy,
+            sessions,
+            store,
+            ledger,
+            uplink,
+        } = parts;
+        let EngineInputs {
+            held,
+            updates,
+            notices,
+        } = inputs;
         let metrics = Arc::new(GateMetrics::default());
         let (note_tx, note_rx) = mpsc::channel(NOTE_QUEUE);
         // Requests are filed without waiting for the disk: an id a crash took with it must

@@ -1,5 +1,6 @@
 //! Formatting for people and for JSON, shared by the CLI commands: terminal-safe text,
-//! tables, times (pure functions of the data and the current time).
+//! tables, times (pure functions of the data and the current time); what approval
+//! requests and grants look like is in [`approvals`] and [`grants`].
 use std::io::Write;
 use std::time::Duration;
 
@@ -7,6 +8,8 @@ use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset, macros::format_description};
 
 use crate::os::clock::{at_unix_ms, local_offset_secs};
+pub mod approvals;
+pub mod grants;
 
 /// Writes a listing: one JSON array of `to_json` of each item, or the `table`.
 pub fn print_list<T>(
@@ -188,5 +191,14 @@ pub(crate) mod tests {
             s.ends_with(&format!("{h:+03}:{:02}", m.abs())),
             "{s} vs {off}"
         );
+    }
+
+    #[test]
+    fn command_lines_quote_what_is_not_one_word() {
+        assert_eq!(
+            command_line(&["vim".into(), "a b".into(), "".into(), "it's".into()]),
+            "vim 'a b' '' 'it'\\''s'"
+        );
+        assert_eq!(command_line(&[]), "-");
     }
 }
