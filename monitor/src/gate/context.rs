@@ -10,6 +10,7 @@ use confgate_proto::v1 as pb;
 use crate::approver::wire;
 use crate::event::escape::{encode, encode_bounded};
 use crate::observe::procs::proctable::{Proc, proc_from_procfs};
+use crate::os::procfs;
 use crate::sessions::SessionInfo;
 
 /// Ancestors reported with a request (writer first).
@@ -76,7 +77,7 @@ fn info(p: &Proc) -> pb::ProcessInfo {
 
 /// `CONFGATE_REASON` of `pid`, escaped (invalid UTF-8 replaced) and bounded; `None` when unset or unreadable.
 pub fn env_reason(pid: u32) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let env = procfs::read(pid, "environ")?;
     env.split(|&b| b == 0).find_map(|kv| {
         let value = kv.strip_prefix(REASON_ENV)?.strip_prefix(b"=")?;
         if value.is_empty() {

@@ -90,6 +90,11 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Whether `tid` is one of this process's threads (`/proc/self/task/<tid>` exists).
+pub(crate) fn is_own_thread(tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
 /// What `pidfd_open(tid, 0)` says about a thread id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Leader {
@@ -288,5 +293,14 @@ mod tests {
             link(me, "cwd"),
             Some(std::env::current_dir().unwrap().into_os_string().into_vec())
         );
+    }
+
+    #[test]
+    fn own_threads_and_start_times() {
+        let me = std::process::id();
+        assert!(is_own_thread(me));
+        assert!(!is_own_thread(u32::MAX));
+        assert!(start_ticks(me).is_some());
+        assert_eq!(start_ticks(u32::MAX), None);
     }
 }

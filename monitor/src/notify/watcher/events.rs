@@ -36,7 +36,7 @@ impl NotifyWatcher {
         // With FAN_REPORT_TID the pid is a thread id: ours if it is one of our threads.
         *memo
             .entry(pid)
-            .or_insert_with(|| Path::new(&format!("/proc/self/task/{pid}")).exists())
+            .or_insert_with(|| procfs::is_own_thread(pid))
     }
 
     pub(super) fn process_event(&mut self, ev: RawEvent, out: &mut Vec<FanEvent>) {
