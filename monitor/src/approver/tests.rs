@@ -11,7 +11,7 @@ use tonic::Code;
 use super::ca::{CaRequest, init_ca};
 use super::client::{ClientConfig, connect};
 use super::config::{ServiceConfig, TlsSection, TokenEntry};
-use super::testing;
+use super::testing::{self, approve, deny};
 use super::{ApproverError, Server, SessionOracle};
 use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
@@ -22,53 +22,27 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The shared test service, with the token `ops` accepted too.
 fn base_config(dir: &Path) -> ServiceConfig {
     ServiceConfig {
-        listen: vec![format!("unix:{}", dir.join("approver.sock").display())],
-        store: dir.join("state/approver.redb"),
-        ledger: dir.join("state/ledger.jsonl"),
         tokens: vec![TokenEntry {
             name: "ops".into(),
             sha256: hex(&Sha256::digest(TOKEN.as_bytes())),
         }],
-        ..ServiceConfig::default()
+        ..testing::service_config(dir)
     }
 }
 
-fn unix_client_config(dir: &Path) -> ClientConfig {
-    ClientConfig {
-        endpoint: format!("unix:{}", dir.join("approver.sock").display()),
-        ..ClientConfig::default()
-    }
-}
-
+/// A request that claims a host (the service replaces it) and names a path that needs
+/// glob escaping, filed without a creation time.
 fn submit_req(hid: u64, session: u64, deadline: i64, fail: &str) -> pb::SubmitRequest {
-    let mut r = testing::submit_request(hid, session);
-    let c = testing::context(&mut r);
-    c.host = "claimed-host".into();
-    c.path = "/etc/app[1].conf".into();
-    c.fail_verdict = fail.into();
-    r.created_unix_ms = 0;
-    r.deadline_unix_ms = deadline;
-    r
-}
-
-fn approve(id: u64) -> pb::DecideRequest {
-    pb::DecideRequest {
-        id,
-        approve: true,
-        note: "fine".into(),
-        ..Default::default()
-    }
-}
-
-fn deny(id: u64) -> pb::DecideRequest {
-    pb::DecideRequest {
-        id,
-        approve: false,
-        note: "no".into(),
-        ..Default::default()
-    }
+    testing::request(hid, session)
+        .host("claimed-host")
+        .path("/etc/app[1].conf")
+        .fail_verdict(fail)
+        .created(0)
+        .deadline(deadline)
+        .build()
 }
 
 async fn next<T>(s: &mut tonic::Streaming<T>) -> T {
@@ -102,8 +76,7 @@ impl SessionOracle for TestOracle {
 #[tokio::test]
 async fn submit_watch_decide_and_updates_with_resume() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(base_config(dir.path()), None).await.unwrap();
-    let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
+    let (server, mut c) = testing::start(base_config(dir.path())).await;
 
     let who = c.who_am_i(pb::WhoAmIRequest {}).await.unwrap().into_inner();
     assert_eq!(
@@ -295,8 +268,7 @@ async fn submit_watch_decide_and_updates_with_resume() {
 async fn submit_is_idempotent_and_decisions_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = base_config(dir.path());
-    let server = Server::start(cfg.clone(), None).await.unwrap();
-    let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
+    let (server, mut c) = testing::start(cfg.clone()).await;
     let a = c
         .submit(submit_req(10, 3, 0, "deny"))
         .await
@@ -323,8 +295,7 @@ async fn submit_is_idempotent_and_decisions_survive_a_restart() {
     server.stop().await.unwrap();
 
     // Reopened: the decision, the pending request and the update log are all there.
-    let server = Server::start(cfg, None).await.unwrap();
-    let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
+    let (server, mut c) = testing::start(cfg).await;
     let got = c
         .get_request(pb::GetRequestRequest { id: a.id })
         .await
@@ -356,8 +327,7 @@ async fn submit_is_idempotent_and_decisions_survive_a_restart() {
 #[tokio::test]
 async fn deadline_expiry_applies_the_fail_verdict_and_is_streamed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(base_config(dir.path()), None).await.unwrap();
-    let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
+    let (server, mut c) = testing::start(base_config(dir.path())).await;
     let mut updates = c
         .updates(pb::UpdatesRequest {
             after_seq: 0,
@@ -425,13 +395,11 @@ async fn self_approval_is_refused() {
     let oracle = Arc::new(TestOracle {
         session: AtomicU64::new(0),
     });
-    let server = Server::start(
+    let (server, mut c) = testing::start_with(
         base_config(dir.path()),
         Some(oracle.clone() as Arc<dyn SessionOracle>),
     )
-    .await
-    .unwrap();
-    let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
+    .await;
     let r = c
         .submit(submit_req(1, 42, 0, "deny"))
         .await
@@ -806,8 +774,7 @@ async fn bad_input_is_invalid_argument() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = base_config(dir.path());
     cfg.max_ttl_secs = 600;
-    let server = Server::start(cfg, None).await.unwrap();
-    let mut c = connect(&unix_client_config(dir.path())).await.unwrap();
+    let (server, mut c) = testing::start(cfg).await;
 
     let mut huge = submit_req(1, 1, 0, "deny");
     huge.context.as_mut().unwrap().path = format!("/{}", "a".repeat(1 << 20));

@@ -10,25 +10,15 @@ use super::approvals::{self, ScopeArg};
 use super::connect::attest;
 use super::grants;
 use crate::api::testing::{FakeDaemon, TestServer};
-use crate::approver::client::{ClientConfig, connect};
-use crate::approver::config::ServiceConfig;
-use crate::approver::{Server, testing};
+use crate::approver::testing;
 use crate::os::clock::now_ms;
 
-fn service_config(dir: &std::path::Path) -> ServiceConfig {
-    ServiceConfig {
-        listen: vec![format!("unix:{}", dir.join("approver.sock").display())],
-        store: dir.join("state/approver.redb"),
-        ledger: dir.join("state/ledger.jsonl"),
-        ..ServiceConfig::default()
-    }
-}
-
+/// A request due in five minutes, filed without a creation time.
 fn submit(hid: u64, session: u64) -> pb::SubmitRequest {
-    let mut r = testing::submit_request(hid, session);
-    r.created_unix_ms = 0;
-    r.deadline_unix_ms = now_ms() + 300_000;
-    r
+    testing::request(hid, session)
+        .created(0)
+        .deadline(now_ms() + 300_000)
+        .build()
 }
 
 fn text(buf: &[u8]) -> String {
@@ -38,14 +28,7 @@ fn text(buf: &[u8]) -> String {
 #[tokio::test]
 async fn list_show_watch_approve_deny_and_revoke_against_the_service() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(service_config(dir.path()), None)
-        .await
-        .unwrap();
-    let cfg = ClientConfig {
-        endpoint: format!("unix:{}", dir.path().join("approver.sock").display()),
-        ..ClientConfig::default()
-    };
-    let mut c = connect(&cfg).await.unwrap();
+    let (server, mut c) = testing::start_in(dir.path()).await;
     // Root on the socket files requests as the local host (the daemon's role).
     let r1 = c.submit(submit(1, 7)).await.unwrap().into_inner();
     let r2 = c.submit(submit(2, 8)).await.unwrap().into_inner();

@@ -149,6 +149,11 @@ async fn collect(
     all
 }
 
+/// [`collect`] until the script's `.done` marker, with nothing to do on the way.
+async fn collect_until_done(w: &mut NotifyWatcher, child: Option<Child>) -> Vec<FanEvent> {
+    collect(w, child, |_| {}, is_done).await
+}
+
 fn is_done(ev: &FanEvent) -> bool {
     ev.path.file_name().is_some_and(|n| n == ".done")
 }
@@ -374,7 +379,7 @@ printf data > "$T/x/y/f.conf"
     // Let the child finish before reading anything.
     let status = child.wait().expect("wait");
     assert!(status.success());
-    let events = collect(&mut w, None, |_| {}, is_done).await;
+    let events = collect_until_done(&mut w, None).await;
     let m = s.pids()["mkdir"];
     let expected = BTreeMap::from([
         (key(s.t("x"), None, m), FAN_CREATE | FAN_ONDIR),
@@ -513,7 +518,7 @@ printf 1 > "$T/p2/q/f1"
         &[],
     );
     let sh = child.id();
-    let events = collect(&mut w, Some(child), |_| {}, is_done).await;
+    let events = collect_until_done(&mut w, Some(child)).await;
     let p = s.pids();
     let g = group(&events);
     // f0's directory is resolved when the event is read: if that happened after the
@@ -906,7 +911,7 @@ ext rm rm -r "$T/a"
     );
     let status = child.wait().expect("wait");
     assert!(status.success());
-    let events = collect(&mut w, None, |_| {}, is_done).await;
+    let events = collect_until_done(&mut w, None).await;
     let rm = s.pids()["rm"];
     let expected = BTreeMap::from([
         (key(s.t("a/b/f.conf"), None, rm), FAN_DELETE),

@@ -8,27 +8,9 @@ use std::time::{Duration, SystemTime};
 use confgate_proto::v1 as pb;
 
 use super::*;
-use crate::approver::client::connect;
-use crate::approver::config::ServiceConfig;
-use crate::approver::{Server, testing};
+use crate::approver::testing;
 use crate::policy::{Grant, OnExpiry, OpSet};
 use crate::store::STORE_FILE;
-
-fn service_config(dir: &Path) -> ServiceConfig {
-    ServiceConfig {
-        listen: vec![format!("unix:{}", dir.join("approver.sock").display())],
-        store: dir.join("service/approver.redb"),
-        ledger: dir.join("service/ledger.jsonl"),
-        ..ServiceConfig::default()
-    }
-}
-
-fn client_config(dir: &Path) -> ClientConfig {
-    ClientConfig {
-        endpoint: format!("unix:{}", dir.join("approver.sock").display()),
-        ..ClientConfig::default()
-    }
-}
 
 fn options() -> UplinkOptions {
     UplinkOptions {
@@ -39,18 +21,27 @@ fn options() -> UplinkOptions {
 }
 
 fn request(id: u64) -> pb::SubmitRequest {
-    let mut r = testing::submit_request(id, 3);
-    let c = testing::context(&mut r);
-    c.path = "/etc/hosts".into();
-    c.rule = "system-config".into();
-    r
+    testing::request(id, 3)
+        .path("/etc/hosts")
+        .rule("system-config")
+        .build()
+}
+
+/// An uplink of host `web-1` to the service of [`testing::service_config`]`(dir)`, with its
+/// store in `dir`.
+fn start_uplink(dir: &Path) -> (Store, UplinkHandle, mpsc::Receiver<UplinkUpdate>) {
+    let store = Store::open(&dir.join(STORE_FILE)).unwrap();
+    let (h, rx) = Uplink::start_with(
+        testing::client_config(dir),
+        store.clone(),
+        "web-1".into(),
+        options(),
+    );
+    (store, h, rx)
 }
 
 /// The service's id of the pending request with `host_request_id`, waiting up to 10 s.
-async fn pending_id(
-    approver: &mut pb::approver_client::ApproverClient<crate::approver::client::ApproverChannel>,
-    host_request_id: u64,
-) -> u64 {
+async fn pending_id(approver: &mut testing::Client, host_request_id: u64) -> u64 {
     for _ in 0..500 {
         let list = approver
             .list_requests(pb::ListRequestsRequest {
@@ -82,17 +73,8 @@ async fn recv(rx: &mut mpsc::Receiver<UplinkUpdate>) -> UplinkUpdate {
 #[tokio::test]
 async fn decisions_and_revocations_round_trip_through_the_real_service() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(service_config(dir.path()), None)
-        .await
-        .unwrap();
-    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
-    let (h, mut rx) = Uplink::start_with(
-        client_config(dir.path()),
-        store.clone(),
-        "web-1".into(),
-        options(),
-    );
-    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    let (server, mut approver) = testing::start_in(dir.path()).await;
+    let (store, h, mut rx) = start_uplink(dir.path());
 
     // Approve: the decision carries a grant that the gate can use.
     h.submit(request(1)).await.unwrap();
@@ -138,20 +120,9 @@ async fn decisions_and_revocations_round_trip_through_the_real_service() {
     assert_eq!(spool::Spool::new(store.clone()).load().unwrap().len(), 1);
 
     // Back (same store): the spooled request arrives and its denial comes back.
-    let server = Server::start(service_config(dir.path()), None)
-        .await
-        .unwrap();
-    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    let (server, mut approver) = testing::start_in(dir.path()).await;
     let id2 = pending_id(&mut approver, 2).await;
-    approver
-        .decide(pb::DecideRequest {
-            id: id2,
-            approve: false,
-            note: "no".into(),
-            ..pb::DecideRequest::default()
-        })
-        .await
-        .unwrap();
+    approver.decide(testing::deny(id2)).await.unwrap();
     match recv(&mut rx).await {
         UplinkUpdate::Decision {
             host_request_id,
@@ -202,47 +173,21 @@ async fn decisions_and_revocations_round_trip_through_the_real_service() {
 #[tokio::test]
 async fn a_reset_service_is_resubscribed_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(service_config(dir.path()), None)
-        .await
-        .unwrap();
-    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
-    let (h, mut rx) = Uplink::start_with(
-        client_config(dir.path()),
-        store.clone(),
-        "web-1".into(),
-        options(),
-    );
-    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    let (server, mut approver) = testing::start_in(dir.path()).await;
+    let (_store, h, mut rx) = start_uplink(dir.path());
     for hid in [1, 2] {
         h.submit(request(hid)).await.unwrap();
         let id = pending_id(&mut approver, hid).await;
-        approver
-            .decide(pb::DecideRequest {
-                id,
-                approve: false,
-                ..pb::DecideRequest::default()
-            })
-            .await
-            .unwrap();
+        approver.decide(testing::deny(id)).await.unwrap();
         assert_eq!(recv(&mut rx).await.seq(), hid);
     }
     // The service loses its state: its update log restarts below this host's cursor.
     server.stop().await.unwrap();
-    std::fs::remove_dir_all(dir.path().join("service")).unwrap();
-    let server = Server::start(service_config(dir.path()), None)
-        .await
-        .unwrap();
-    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let (server, mut approver) = testing::start_in(dir.path()).await;
     h.submit(request(3)).await.unwrap();
     let id = pending_id(&mut approver, 3).await;
-    approver
-        .decide(pb::DecideRequest {
-            id,
-            approve: false,
-            ..pb::DecideRequest::default()
-        })
-        .await
-        .unwrap();
+    approver.decide(testing::deny(id)).await.unwrap();
     match recv(&mut rx).await {
         UplinkUpdate::Decision {
             seq,
@@ -262,17 +207,8 @@ async fn a_reset_service_is_resubscribed_from_the_start() {
 #[tokio::test]
 async fn hostile_bytes_reach_the_service_and_a_refusal_is_handed_back() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(service_config(dir.path()), None)
-        .await
-        .unwrap();
-    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
-    let (h, mut rx) = Uplink::start_with(
-        client_config(dir.path()),
-        store.clone(),
-        "web-1".into(),
-        options(),
-    );
-    let mut approver = connect(&client_config(dir.path())).await.unwrap();
+    let (server, mut approver) = testing::start_in(dir.path()).await;
+    let (_store, h, mut rx) = start_uplink(dir.path());
 
     let mut r = request(1);
     let c = testing::context(&mut r);

@@ -284,11 +284,11 @@ fn client(socket: &Path) -> ClientConfig {
 }
 
 fn request(id: u64) -> SubmitRequest {
-    let mut r = crate::approver::testing::submit_request(id, 3);
-    crate::approver::testing::context(&mut r).path = "/etc/hosts".into();
-    r.created_unix_ms = 1;
-    r.deadline_unix_ms = 2;
-    r
+    crate::approver::testing::request(id, 3)
+        .path("/etc/hosts")
+        .created(1)
+        .deadline(2)
+        .build()
 }
 
 fn counter(h: &UplinkHandle, name: &str) -> u64 {
