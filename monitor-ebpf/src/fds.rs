@@ -4,7 +4,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use monitor_common::{Counter, DupEvent, EventKind, FdKey, SysOp, WriteEvent};
+use monitor_common::{Counter, DupBody, FdKey, SysOp, WriteBody};
 
 use crate::{
     emit::emit,
@@ -31,16 +31,18 @@ fn on_write(ctx: &TracePointContext, op: SysOp) {
         }
         (*state).written = 1;
     }
-    emit::<WriteEvent>(EventKind::Write, pid_tgid, session_of(tgid), |ev| {
-        ev.op = op as u32;
-        ev.fd = fd as i32;
+    let body = WriteBody {
+        op: op as u32,
+        fd: fd as i32,
         // write/pwrite64: count is arg 2; writev family: iovec count (vlen).
-        ev.count = arg(ctx, 2);
-    });
+        count: arg(ctx, 2),
+    };
+    emit(pid_tgid, session_of(tgid), 0, body);
 }
 
 macro_rules! write_hook {
     ($name:ident, $op:expr) => {
+        listed!(Syscalls, $name);
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
             on_write(&ctx, $op);
@@ -56,6 +58,7 @@ write_hook!(sys_enter_writev, SysOp::Writev);
 write_hook!(sys_enter_pwritev, SysOp::Pwritev);
 write_hook!(sys_enter_pwritev2, SysOp::Pwritev2);
 
+listed!(Syscalls, sys_enter_close);
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -85,12 +88,14 @@ fn dup_tracked(pid_tgid: u64, old_fd: u32, new_fd: u32) {
     {
         count(Counter::FdMapFull);
     }
-    emit::<DupEvent>(EventKind::Dup, pid_tgid, session_of(tgid), |ev| {
-        ev.old_fd = old_fd as i32;
-        ev.new_fd = new_fd as i32;
-    });
+    let body = DupBody {
+        old_fd: old_fd as i32,
+        new_fd: new_fd as i32,
+    };
+    emit(pid_tgid, session_of(tgid), 0, body);
 }
 
+listed!(Syscalls, sys_enter_dup2);
 #[tracepoint]
 pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
     let (old, new) = (arg(&ctx, 0) as u32, arg(&ctx, 1) as u32);
@@ -100,6 +105,7 @@ pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
     0
 }
 
+listed!(Syscalls, sys_enter_dup3);
 #[tracepoint]
 pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
     dup_tracked(
@@ -138,18 +144,21 @@ fn dup_exit(ctx: &TracePointContext) {
     }
 }
 
+listed!(Syscalls, sys_enter_dup);
 #[tracepoint]
 pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
     dup_enter(arg(&ctx, 0) as u32);
     0
 }
 
+listed!(Syscalls, sys_exit_dup);
 #[tracepoint]
 pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
     dup_exit(&ctx);
     0
 }
 
+listed!(Syscalls, sys_enter_fcntl);
 #[tracepoint]
 pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
     let cmd = arg(&ctx, 1);
@@ -159,6 +168,7 @@ pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
     0
 }
 
+listed!(Syscalls, sys_exit_fcntl);
 #[tracepoint]
 pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
     dup_exit(&ctx);

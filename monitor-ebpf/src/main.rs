@@ -21,8 +21,52 @@
 //! - [`process`]: `sched_process_{fork,exec,exit}` and enter of `execve*` (argv).
 //!
 //! Shared pieces: [`maps`] (the maps and their accessors) and [`emit`] (ring-buffer output).
+//!
+//! The daemon attaches the programs and opens the maps by the names in
+//! `monitor_common::programs`. `#[tracepoint]` names a program after its function and
+//! `#[map]` a map after its static, so every program and map here is checked against that
+//! table at compile time ([`listed!`], [`map_listed!`]); a unit test of the daemon checks
+//! the other direction on the built object (nothing in the table is missing here).
 #![no_std]
 #![no_main]
+
+/// Compile-time check that the program `$name` (a `#[tracepoint]` function, which names
+/// the program) is in `monitor_common::programs::PROGRAMS` under category `$category`.
+macro_rules! listed {
+    ($category:ident, $name:ident) => {
+        const _: () = assert!(
+            monitor_common::programs::listed(
+                stringify!($name),
+                monitor_common::programs::Category::$category
+            ),
+            concat!(
+                "program `",
+                stringify!($name),
+                "` is not in monitor_common::programs::PROGRAMS under ",
+                stringify!($category)
+            )
+        );
+    };
+}
+
+/// Compile-time check that the map static `$name` (which `#[map]` uses as the map's name)
+/// is the name of `monitor_common::programs::MapId::$id`.
+macro_rules! map_listed {
+    ($name:ident, $id:ident) => {
+        const _: () = assert!(
+            monitor_common::programs::str_eq(
+                monitor_common::programs::MapId::$id.name(),
+                stringify!($name)
+            ),
+            concat!(
+                "map `",
+                stringify!($name),
+                "` is not MapId::",
+                stringify!($id)
+            )
+        );
+    };
+}
 
 mod emit;
 mod fds;

@@ -53,6 +53,20 @@ pub(crate) static EXEC_SCRATCH: PerCpuArray<ExecEvent> = PerCpuArray::with_max_e
 #[map]
 pub(crate) static ARGS_SCRATCH: PerCpuArray<ExecArgsEvent> = PerCpuArray::with_max_entries(1, 0);
 
+// Each map is named after its static; the daemon opens it by its `MapId` name.
+map_listed!(EVENTS, Events);
+map_listed!(SESSIONS, Sessions);
+map_listed!(PREFIXES, Prefixes);
+map_listed!(PENDING, Pending);
+map_listed!(TRACKED_FDS, TrackedFds);
+map_listed!(DUP_PENDING, DupPending);
+map_listed!(COUNTERS, Counters);
+map_listed!(CONFIG, Config);
+map_listed!(SYSCALL_SCRATCH, SyscallScratch);
+map_listed!(SYSCALL_PACKED, SyscallPacked);
+map_listed!(EXEC_SCRATCH, ExecScratch);
+map_listed!(ARGS_SCRATCH, ArgsScratch);
+
 #[inline(always)]
 pub(crate) fn count(c: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(c as u32) {

@@ -11,17 +11,17 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    ARG_LEN, ARGV_SLOTS, Counter, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD, EventKind,
-    ExecArgsEvent, ExecEvent, ExitEvent, ForkEvent, PATH_MAX,
+    ARG_LEN, ARGV_SLOTS, Counter, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD, ExecArgsEvent,
+    ExitBody, ForkBody, PATH_MAX,
 };
 
 use crate::{
-    emit::{emit, fill_header},
-    maps::{ARGS_SCRATCH, EVENTS, EXEC_SCRATCH, SESSIONS, config, count, session_of},
+    emit::{emit, fill_header, output_prefix},
+    maps::{ARGS_SCRATCH, EXEC_SCRATCH, SESSIONS, config, count, session_of},
     syscalls::arg,
 };
 
-// ---- process lifecycle --------------------------------------------------------------
+listed!(Sched, sched_process_fork);
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -43,13 +43,15 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if parent == config().self_tgid {
         return 0;
     }
-    emit::<ForkEvent>(EventKind::Fork, pid_tgid, session_id, |ev| {
-        ev.child_pid = child;
-        ev._pad = 0;
-    });
+    let body = ForkBody {
+        child_pid: child,
+        _pad: 0,
+    };
+    emit(pid_tgid, session_id, 0, body);
     0
 }
 
+listed!(Sched, sched_process_exec);
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let _ = try_exec(&ctx);
@@ -64,42 +66,37 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), ()> {
     // no other program uses it on this CPU meanwhile (tracepoint programs do not nest), so
     // the `&mut` is unique.
     let ev = unsafe { &mut *EXEC_SCRATCH.get_ptr_mut(0).ok_or(())? };
-    fill_header(&mut ev.header, EventKind::Exec, pid_tgid, session_of(tgid));
+    fill_header(ev, pid_tgid, session_of(tgid));
     // SAFETY: a fault-safe `bpf_probe_read_kernel` of the tracepoint record (old_pid at
     // offset 16); any 4 bytes are a valid `i32`.
-    ev.old_tid = unsafe { ctx.read_at::<i32>(16) }.unwrap_or(0) as u32;
+    ev.body.old_tid = unsafe { ctx.read_at::<i32>(16) }.unwrap_or(0) as u32;
     // __data_loc char[] filename at offset 8: low 16 bits offset, high 16 bits length.
     // SAFETY: as above; any 4 bytes are a valid `u32`.
     let loc = unsafe { ctx.read_at::<u32>(8) }.map_err(|_| ())?;
     let src = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const _;
-    // SAFETY: `ev.filename` is a writable buffer of exactly PATH_MAX bytes, the size passed
+    // SAFETY: `ev.body.filename` is a writable buffer of exactly PATH_MAX bytes, the size passed
     // to the helper; `src` points into the tracepoint record and is read fault-safely.
-    let n =
-        unsafe { bpf_probe_read_kernel_str(ev.filename.as_mut_ptr().cast(), PATH_MAX as u32, src) };
-    ev.filename_len = if n > 0 {
+    let n = unsafe {
+        bpf_probe_read_kernel_str(ev.body.filename.as_mut_ptr().cast(), PATH_MAX as u32, src)
+    };
+    ev.body.filename_len = if n > 0 {
         ((n - 1) as u32) & (PATH_MAX as u32 - 1)
     } else {
         0
     };
-    let size = EXEC_FILENAME_OFFSET + (ev.filename_len as usize & (PATH_MAX - 1));
-    // SAFETY: `ev` is a live `ExecEvent` (a per-CPU map value) and
-    // `size <= EXEC_FILENAME_OFFSET + 4095 < size_of::<ExecEvent>()`; all of its bytes are
-    // initialised (repr(C), no implicit padding).
-    let bytes = unsafe { core::slice::from_raw_parts((ev as *const ExecEvent).cast::<u8>(), size) };
-    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
-        count(Counter::RingbufDrops);
-    } else {
-        count(Counter::EventsEmitted);
-    }
+    let size = EXEC_FILENAME_OFFSET + (ev.body.filename_len as usize & (PATH_MAX - 1));
+    output_prefix(ev, size);
     Ok(())
 }
 
+listed!(Syscalls, sys_enter_execve);
 #[tracepoint]
 pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
     let _ = exec_args(&ctx, arg(&ctx, 1));
     0
 }
 
+listed!(Syscalls, sys_enter_execveat);
 #[tracepoint]
 pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
     let _ = exec_args(&ctx, arg(&ctx, 2));
@@ -117,52 +114,45 @@ fn exec_args(_ctx: &TracePointContext, argv: u64) -> Result<(), ()> {
     // no other program uses it on this CPU meanwhile (tracepoint programs do not nest), so
     // the `&mut` is unique.
     let ev = unsafe { &mut *ARGS_SCRATCH.get_ptr_mut(0).ok_or(())? };
-    fill_header(
-        &mut ev.header,
-        EventKind::ExecArgs,
-        pid_tgid,
-        session_of(tgid),
-    );
-    ev.argc = 0;
-    ev.truncated = 0;
+    fill_header(ev, pid_tgid, session_of(tgid));
+    let args = &mut ev.body;
+    args.argc = 0;
+    args.truncated = 0;
     let argv = argv as *const u64;
     for i in 0..ARGV_SLOTS {
-        ev.arg_len[i] = 0;
+        args.arg_len[i] = 0;
         // SAFETY: `argv` is an untrusted user address (only offset with `wrapping_add`),
         // read fault-safely by the helper; any 8 bytes are a valid `u64`.
         let ptr = unsafe { bpf_probe_read_user(argv.wrapping_add(i)) }.unwrap_or(0);
         if ptr == 0 {
             break;
         }
-        // SAFETY: `ev.args[i]` is a writable buffer of exactly ARG_LEN bytes, the size passed
+        // SAFETY: `args.args[i]` is a writable buffer of exactly ARG_LEN bytes, the size passed
         // to the helper; `ptr` is an untrusted user address, read fault-safely.
         let n = unsafe {
             bpf_probe_read_user_str(
-                ev.args[i].as_mut_ptr().cast(),
+                args.args[i].as_mut_ptr().cast(),
                 ARG_LEN as u32,
                 ptr as *const _,
             )
         };
-        ev.arg_len[i] = if n > 0 {
+        args.arg_len[i] = if n > 0 {
             ((n - 1) as u32) & (ARG_LEN as u32 - 1)
         } else {
             0
         };
-        ev.argc = i as u32 + 1;
+        args.argc = i as u32 + 1;
     }
-    if ev.argc as usize == ARGV_SLOTS {
+    if args.argc as usize == ARGV_SLOTS {
         // SAFETY: as in the loop: a fault-safe read of an untrusted user address.
         let more = unsafe { bpf_probe_read_user(argv.wrapping_add(ARGV_SLOTS)) }.unwrap_or(0);
-        ev.truncated = (more != 0) as u32;
+        args.truncated = (more != 0) as u32;
     }
-    if EVENTS.output::<ExecArgsEvent>(&*ev, 0).is_err() {
-        count(Counter::RingbufDrops);
-    } else {
-        count(Counter::EventsEmitted);
-    }
+    output_prefix(ev, size_of::<ExecArgsEvent>());
     Ok(())
 }
 
+listed!(Sched, sched_process_exit);
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -184,9 +174,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if tgid == config().self_tgid {
         return 0;
     }
-    emit::<ExitEvent>(EventKind::Exit, pid_tgid, session_id, |ev| {
-        ev.header.flags = if group_dead { EXIT_FLAG_GROUP_DEAD } else { 0 };
-        ev._reserved = 0;
-    });
+    let flags = if group_dead { EXIT_FLAG_GROUP_DEAD } else { 0 };
+    emit(pid_tgid, session_id, flags, ExitBody { _reserved: 0 });
     0
 }

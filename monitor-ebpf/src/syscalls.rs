@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use monitor_common::{
-    AT_FDCWD, Counter, EventKind, FdKey, FdState, NO_FD, PATH_MAX, PENDING_DEFERRED,
-    PENDING_EMITTED, PENDING_HAS_PATH2, PENDING_MATCH1, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN,
-    Pending, SysOp, SyscallEvent, SyscallExitEvent,
+    AT_FDCWD, Counter, FdKey, FdState, NO_FD, PATH_MAX, PENDING_DEFERRED, PENDING_EMITTED,
+    PENDING_HAS_PATH2, PENDING_MATCH1, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN, Pending, SysOp,
+    SyscallEvent, SyscallExitBody,
 };
 
 use crate::{
@@ -57,7 +57,7 @@ pub(crate) fn read_user_path(src: u64, dst: &mut [u8; PATH_MAX]) -> Result<u32, 
 /// The filter for path operations of processes outside sessions.
 #[inline(always)]
 fn paths_watched(ev: &mut SyscallEvent, match1: bool, has_path2: bool) -> bool {
-    (match1 && watched(&mut ev.path1_len)) || (has_path2 && watched(&mut ev.path2_len))
+    (match1 && watched(&mut ev.body.path1_len)) || (has_path2 && watched(&mut ev.body.path2_len))
 }
 
 /// Whether the path stored right after `len_field` starts with a watched prefix.
@@ -252,12 +252,12 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
     // the `&mut` is unique.
     let ev = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0).ok_or(())? };
     stage(ev, &pending);
-    let read1 = read_user_path(ptr1, &mut ev.path1);
-    let read2 = read_user_path(ptr2, &mut ev.path2);
+    let read1 = read_user_path(ptr1, &mut ev.body.path1);
+    let read2 = read_user_path(ptr2, &mut ev.body.path2);
     match (read1, read2) {
         (Ok(l1), Ok(l2)) => {
-            ev.path1_len = l1;
-            ev.path2_len = l2;
+            ev.body.path1_len = l1;
+            ev.body.path2_len = l2;
             if session_id == 0 && s.fd < 0 && !paths_watched(ev, s.match1, s.path2 >= 0) {
                 return Ok(());
             }
@@ -278,17 +278,18 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
 /// Copy the scalar arguments of a pending syscall into the staging record.
 #[inline(always)]
 fn stage(ev: &mut SyscallEvent, p: &Pending) {
-    ev.op = p.op;
-    ev.flags = p.flags;
-    ev.dfd1 = p.dfd1;
-    ev.dfd2 = p.dfd2;
-    ev.fd = p.fd;
-    ev.mode = p.mode;
-    ev.arg_uid = p.arg_uid;
-    ev.arg_gid = p.arg_gid;
-    ev.length = p.length;
-    ev.path1_len = 0;
-    ev.path2_len = 0;
+    let b = &mut ev.body;
+    b.op = p.op;
+    b.flags = p.flags;
+    b.dfd1 = p.dfd1;
+    b.dfd2 = p.dfd2;
+    b.fd = p.fd;
+    b.mode = p.mode;
+    b.arg_uid = p.arg_uid;
+    b.arg_gid = p.arg_gid;
+    b.length = p.length;
+    b.path1_len = 0;
+    b.path2_len = 0;
 }
 
 /// Emit a deferred enter record at the exit. False when nothing is to be reported.
@@ -304,15 +305,15 @@ fn emit_deferred(p: &Pending, pid_tgid: u64, tgid: u32) -> bool {
     stage(ev, p);
     let has_path2 = p.state & PENDING_HAS_PATH2 != 0;
     let (Ok(l1), Ok(l2)) = (
-        read_user_path(p.ptr1, &mut ev.path1),
-        read_user_path(p.ptr2, &mut ev.path2),
+        read_user_path(p.ptr1, &mut ev.body.path1),
+        read_user_path(p.ptr2, &mut ev.body.path2),
     ) else {
         // Still unreadable: the record is lost for filtering; counted.
         count(Counter::PathReadErrors);
         return false;
     };
-    ev.path1_len = l1;
-    ev.path2_len = l2;
+    ev.body.path1_len = l1;
+    ev.body.path2_len = l2;
     let session_id = session_of(tgid);
     if session_id == 0 && p.fd < 0 && !paths_watched(ev, p.state & PENDING_MATCH1 != 0, has_path2) {
         return false;
@@ -371,15 +372,17 @@ fn on_exit(ctx: &TracePointContext, op: SysOp, is_open: bool) {
             count(Counter::FdMapFull);
         }
     }
-    emit::<SyscallExitEvent>(EventKind::SyscallExit, pid_tgid, session_of(tgid), |ev| {
-        ev.op = op as u32;
-        ev._pad = 0;
-        ev.ret = ret;
-    });
+    let body = SyscallExitBody {
+        op: op as u32,
+        _pad: 0,
+        ret,
+    };
+    emit(pid_tgid, session_of(tgid), 0, body);
 }
 
 macro_rules! enter {
     ($name:ident, $spec:expr) => {
+        listed!(Syscalls, $name);
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
             const S: Spec = $spec;
@@ -391,6 +394,7 @@ macro_rules! enter {
 
 macro_rules! exit {
     ($name:ident, $op:expr, $is_open:expr) => {
+        listed!(Syscalls, $name);
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
             on_exit(&ctx, $op, $is_open);
