@@ -1,10 +1,13 @@
 //! Types shared by the eBPF programs (`monitor-ebpf`) and the daemon (`monitor`).
 //!
 //! Everything here is `#[repr(C)]` with explicit padding fields so that the layout is the
-//! same on both sides and no byte of an event is uninitialised padding. Each event starts
-//! with an [`EventHeader`] whose `kind` is an [`EventKind`]. The `user` feature adds the
-//! userspace-only impls (`aya::Pod` for map values and keys).
+//! same on both sides and no byte of an event is uninitialised padding. Every ring-buffer
+//! record is a [`Record`]: an [`EventHeader`] whose `kind` is an [`EventKind`], then the
+//! [`Body`] of that kind. [`programs`] names the eBPF programs and maps for both sides.
+//! The `user` feature adds the userspace-only impls (`aya::Pod` for map values and keys).
 #![no_std]
+
+pub mod programs;
 
 /// Longest path the kernel side copies (PATH_MAX, including the terminating NUL).
 pub const PATH_MAX: usize = 4096;
@@ -134,9 +137,25 @@ pub struct EventHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// `Syscall` record, as the kernel side stages it. `path1_len` sits right before `path1`
-/// on purpose: the kernel side reuses `(path1_len, path1[..256])` as an LPM-trie key in
-/// place, without copying.
+/// A ring-buffer record: the common header first, then the body of its kind. `repr(C)`
+/// keeps the header at offset 0 whatever the body, so the daemon reads `kind` before it
+/// knows the type; every body is 8-byte aligned at most, so it starts right after the
+/// 64-byte header (sizes checked below).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Record<B> {
+    pub header: EventHeader,
+    pub body: B,
+}
+
+/// The body of a [`Record`], tied to the [`EventKind`] that announces it.
+pub trait Body: Copy + 'static {
+    const KIND: EventKind;
+}
+
+/// Body of a `Syscall` record, as the kernel side stages it. `path1_len` sits right before
+/// `path1` on purpose: the kernel side reuses `(path1_len, path1[..256])` as an LPM-trie
+/// key in place, without copying.
 ///
 /// On the wire a record stops after its last path: `SYSCALL_PATH1_OFFSET + path1_len`
 /// bytes; with [`SYSCALL_FLAG_PATH2`] in the header's flags, `path2_len` (a `u32`) and the
@@ -144,8 +163,7 @@ pub struct EventHeader {
 /// ring buffer for the unused end of `path1`).
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct SyscallEvent {
-    pub header: EventHeader,
+pub struct SyscallBody {
     /// A [`SysOp`] discriminant.
     pub op: u32,
     /// Open flags, `unlinkat`/`renameat2`/`linkat`/`fchownat` flags, ...
@@ -168,69 +186,77 @@ pub struct SyscallEvent {
     pub path2: [u8; PATH_MAX],
 }
 
+pub type SyscallEvent = Record<SyscallBody>;
+
 /// Offset of `path1` inside [`SyscallEvent`]: a record with one path is this many bytes
 /// plus the path length.
-pub const SYSCALL_PATH1_OFFSET: usize = core::mem::offset_of!(SyscallEvent, path1);
-pub const SYSCALL_PATH2_OFFSET: usize = core::mem::offset_of!(SyscallEvent, path2);
+pub const SYSCALL_PATH1_OFFSET: usize = core::mem::offset_of!(SyscallEvent, body.path1);
+pub const SYSCALL_PATH2_OFFSET: usize = core::mem::offset_of!(SyscallEvent, body.path2);
 /// Header flag of a `Syscall` record carrying a second path (see [`SyscallEvent`]).
 pub const SYSCALL_FLAG_PATH2: u32 = 1;
 
-/// `SyscallExit` record.
+/// Body of a `SyscallExit` record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct SyscallExitEvent {
-    pub header: EventHeader,
+pub struct SyscallExitBody {
     pub op: u32,
     pub _pad: u32,
     pub ret: i64,
 }
 
-/// `Write` record: the first write through a tracked descriptor since it was opened.
+pub type SyscallExitEvent = Record<SyscallExitBody>;
+
+/// Body of a `Write` record: the first write through a tracked descriptor since it was
+/// opened.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct WriteEvent {
-    pub header: EventHeader,
+pub struct WriteBody {
     pub op: u32,
     pub fd: i32,
     pub count: u64,
 }
 
-/// `Dup` record: `new_fd` now refers to the same open file as the tracked `old_fd`.
+pub type WriteEvent = Record<WriteBody>;
+
+/// Body of a `Dup` record: `new_fd` now refers to the same open file as the tracked
+/// `old_fd`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct DupEvent {
-    pub header: EventHeader,
+pub struct DupBody {
     pub old_fd: i32,
     pub new_fd: i32,
 }
 
-/// `Fork` record: `header` describes the parent.
+pub type DupEvent = Record<DupBody>;
+
+/// Body of a `Fork` record (the header describes the parent).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ForkEvent {
-    pub header: EventHeader,
+pub struct ForkBody {
     pub child_pid: u32,
     pub _pad: u32,
 }
 
-/// `Exec` record.
+pub type ForkEvent = Record<ForkBody>;
+
+/// Body of an `Exec` record.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ExecEvent {
-    pub header: EventHeader,
+pub struct ExecBody {
     /// Thread id that called exec (differs from `tgid` when a non-leader thread execs).
     pub old_tid: u32,
     pub filename_len: u32,
     pub filename: [u8; PATH_MAX],
 }
 
-pub const EXEC_FILENAME_OFFSET: usize = core::mem::offset_of!(ExecEvent, filename);
+pub type ExecEvent = Record<ExecBody>;
 
-/// `ExecArgs` record: argv of an `execve`/`execveat` call.
+pub const EXEC_FILENAME_OFFSET: usize = core::mem::offset_of!(ExecEvent, body.filename);
+
+/// Body of an `ExecArgs` record: argv of an `execve`/`execveat` call.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ExecArgsEvent {
-    pub header: EventHeader,
+pub struct ExecArgsBody {
     /// Number of argv slots filled.
     pub argc: u32,
     /// 1 when argv had more than [`ARGV_SLOTS`] entries.
@@ -240,12 +266,40 @@ pub struct ExecArgsEvent {
     pub args: [[u8; ARG_LEN]; ARGV_SLOTS],
 }
 
-/// `Exit` record (`header.flags` bit 0 = group dead).
+pub type ExecArgsEvent = Record<ExecArgsBody>;
+
+/// Body of an `Exit` record (`header.flags` bit 0 = group dead).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct ExitEvent {
-    pub header: EventHeader,
+pub struct ExitBody {
     pub _reserved: u64,
+}
+
+pub type ExitEvent = Record<ExitBody>;
+
+impl Body for ForkBody {
+    const KIND: EventKind = EventKind::Fork;
+}
+impl Body for ExecBody {
+    const KIND: EventKind = EventKind::Exec;
+}
+impl Body for ExecArgsBody {
+    const KIND: EventKind = EventKind::ExecArgs;
+}
+impl Body for ExitBody {
+    const KIND: EventKind = EventKind::Exit;
+}
+impl Body for SyscallBody {
+    const KIND: EventKind = EventKind::Syscall;
+}
+impl Body for SyscallExitBody {
+    const KIND: EventKind = EventKind::SyscallExit;
+}
+impl Body for WriteBody {
+    const KIND: EventKind = EventKind::Write;
+}
+impl Body for DupBody {
+    const KIND: EventKind = EventKind::Dup;
 }
 
 pub const EXIT_FLAG_GROUP_DEAD: u32 = 1;
@@ -387,8 +441,12 @@ pub const fn counter_name(index: u32) -> &'static str {
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<EventHeader>() == 64);
-    assert!(SYSCALL_PATH1_OFFSET == core::mem::offset_of!(SyscallEvent, path1_len) + 4);
-    assert!(SYSCALL_PATH2_OFFSET == core::mem::offset_of!(SyscallEvent, path2_len) + 4);
+    assert!(SYSCALL_PATH1_OFFSET == core::mem::offset_of!(SyscallEvent, body.path1_len) + 4);
+    assert!(SYSCALL_PATH2_OFFSET == core::mem::offset_of!(SyscallEvent, body.path2_len) + 4);
+    // The header is first and the body follows it without a gap.
+    assert!(core::mem::offset_of!(SyscallEvent, header) == 0);
+    assert!(core::mem::offset_of!(SyscallEvent, body) == size_of::<EventHeader>());
+    assert!(core::mem::offset_of!(ExecArgsEvent, body) == size_of::<EventHeader>());
     assert!(size_of::<SyscallEvent>() == 64 + 40 + 4 + PATH_MAX + 4 + PATH_MAX);
     assert!(size_of::<SyscallExitEvent>() == 64 + 16);
     assert!(size_of::<WriteEvent>() == 64 + 16);

@@ -1,11 +1,14 @@
 //! Decoding of ring-buffer records into owned Rust values. Every length is checked
 //! against the record size: a short or inconsistent record is an error, never a panic.
+//! Offsets come from the shared `monitor_common::Record<B>` types (header first, then the
+//! body of its kind), so the two sides cannot disagree on the layout.
 use std::mem::offset_of;
 
 use monitor_common::{
-    ARG_LEN, ARGV_SLOTS, COMM_LEN, DupEvent, EXEC_FILENAME_OFFSET, EXIT_FLAG_GROUP_DEAD,
-    EventHeader, EventKind, ExecArgsEvent, ExecEvent, ForkEvent, PATH_MAX, SYSCALL_FLAG_PATH2,
-    SYSCALL_PATH1_OFFSET, SysOp, SyscallEvent, SyscallExitEvent, WriteEvent,
+    ARG_LEN, ARGV_SLOTS, Body, COMM_LEN, DupBody, DupEvent, EXEC_FILENAME_OFFSET,
+    EXIT_FLAG_GROUP_DEAD, EventHeader, EventKind, ExecArgsBody, ExecArgsEvent, ExecEvent, ForkBody,
+    ForkEvent, PATH_MAX, SYSCALL_FLAG_PATH2, SYSCALL_PATH1_OFFSET, SysOp, SyscallEvent,
+    SyscallExitBody, SyscallExitEvent, WriteBody, WriteEvent,
 };
 use thiserror::Error;
 
@@ -172,6 +175,11 @@ fn need(kind: EventKind, b: &[u8], n: usize) -> Result<(), DecodeError> {
     }
 }
 
+/// `b` holds a whole fixed-size record of body `B` (a `monitor_common::Record<B>`).
+fn whole<B: Body>(b: &[u8]) -> Result<(), DecodeError> {
+    need(B::KIND, b, size_of::<monitor_common::Record<B>>())
+}
+
 /// A length-prefixed path at `len_off` (u32) followed by its bytes at `data_off`.
 fn path_at(
     kind: EventKind,
@@ -215,30 +223,30 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
     let header = header(b);
     Ok(match kind {
         EventKind::Fork => {
-            need(kind, b, size_of::<ForkEvent>())?;
+            whole::<ForkBody>(b)?;
             Record::Fork {
                 header,
-                child_pid: u32_at(b, offset_of!(ForkEvent, child_pid)),
+                child_pid: u32_at(b, offset_of!(ForkEvent, body.child_pid)),
             }
         }
         EventKind::Exec => {
             let filename = path_at(
                 kind,
                 b,
-                offset_of!(ExecEvent, filename_len),
+                offset_of!(ExecEvent, body.filename_len),
                 EXEC_FILENAME_OFFSET,
             )?;
             Record::Exec {
                 header,
-                old_tid: u32_at(b, offset_of!(ExecEvent, old_tid)),
+                old_tid: u32_at(b, offset_of!(ExecEvent, body.old_tid)),
                 filename,
             }
         }
         EventKind::ExecArgs => {
-            need(kind, b, size_of::<ExecArgsEvent>())?;
-            let argc = (u32_at(b, offset_of!(ExecArgsEvent, argc)) as usize).min(ARGV_SLOTS);
-            let lens = offset_of!(ExecArgsEvent, arg_len);
-            let args = offset_of!(ExecArgsEvent, args);
+            whole::<ExecArgsBody>(b)?;
+            let argc = (u32_at(b, offset_of!(ExecArgsEvent, body.argc)) as usize).min(ARGV_SLOTS);
+            let lens = offset_of!(ExecArgsEvent, body.arg_len);
+            let args = offset_of!(ExecArgsEvent, body.args);
             let argv = (0..argc)
                 .map(|i| {
                     let len = (u32_at(b, lens + 4 * i) as usize).min(ARG_LEN - 1);
@@ -246,7 +254,7 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
                     b[start..start + len].to_vec()
                 })
                 .collect();
-            let truncated = u32_at(b, offset_of!(ExecArgsEvent, truncated)) != 0;
+            let truncated = u32_at(b, offset_of!(ExecArgsEvent, body.truncated)) != 0;
             Record::ExecArgs {
                 header,
                 argv,
@@ -262,7 +270,7 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
             let path1 = path_at(
                 kind,
                 b,
-                offset_of!(SyscallEvent, path1_len),
+                offset_of!(SyscallEvent, body.path1_len),
                 SYSCALL_PATH1_OFFSET,
             )?;
             // A second path, when flagged, is packed right after the first.
@@ -274,42 +282,42 @@ pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
             };
             Record::Syscall(SyscallRecord {
                 header,
-                op: op(u32_at(b, offset_of!(SyscallEvent, op)))?,
-                flags: u32_at(b, offset_of!(SyscallEvent, flags)),
-                dfd1: i32_at(b, offset_of!(SyscallEvent, dfd1)),
-                dfd2: i32_at(b, offset_of!(SyscallEvent, dfd2)),
-                fd: i32_at(b, offset_of!(SyscallEvent, fd)),
-                mode: u32_at(b, offset_of!(SyscallEvent, mode)),
-                arg_uid: u32_at(b, offset_of!(SyscallEvent, arg_uid)),
-                arg_gid: u32_at(b, offset_of!(SyscallEvent, arg_gid)),
-                length: u64_at(b, offset_of!(SyscallEvent, length)),
+                op: op(u32_at(b, offset_of!(SyscallEvent, body.op)))?,
+                flags: u32_at(b, offset_of!(SyscallEvent, body.flags)),
+                dfd1: i32_at(b, offset_of!(SyscallEvent, body.dfd1)),
+                dfd2: i32_at(b, offset_of!(SyscallEvent, body.dfd2)),
+                fd: i32_at(b, offset_of!(SyscallEvent, body.fd)),
+                mode: u32_at(b, offset_of!(SyscallEvent, body.mode)),
+                arg_uid: u32_at(b, offset_of!(SyscallEvent, body.arg_uid)),
+                arg_gid: u32_at(b, offset_of!(SyscallEvent, body.arg_gid)),
+                length: u64_at(b, offset_of!(SyscallEvent, body.length)),
                 path1,
                 path2,
             })
         }
         EventKind::SyscallExit => {
-            need(kind, b, size_of::<SyscallExitEvent>())?;
+            whole::<SyscallExitBody>(b)?;
             Record::SyscallExit {
                 header,
-                op: op(u32_at(b, offset_of!(SyscallExitEvent, op)))?,
-                ret: u64_at(b, offset_of!(SyscallExitEvent, ret)) as i64,
+                op: op(u32_at(b, offset_of!(SyscallExitEvent, body.op)))?,
+                ret: u64_at(b, offset_of!(SyscallExitEvent, body.ret)) as i64,
             }
         }
         EventKind::Dup => {
-            need(kind, b, size_of::<DupEvent>())?;
+            whole::<DupBody>(b)?;
             Record::Dup {
                 header,
-                old_fd: i32_at(b, offset_of!(DupEvent, old_fd)),
-                new_fd: i32_at(b, offset_of!(DupEvent, new_fd)),
+                old_fd: i32_at(b, offset_of!(DupEvent, body.old_fd)),
+                new_fd: i32_at(b, offset_of!(DupEvent, body.new_fd)),
             }
         }
         EventKind::Write => {
-            need(kind, b, size_of::<WriteEvent>())?;
+            whole::<WriteBody>(b)?;
             Record::Write {
                 header,
-                op: op(u32_at(b, offset_of!(WriteEvent, op)))?,
-                fd: i32_at(b, offset_of!(WriteEvent, fd)),
-                count: u64_at(b, offset_of!(WriteEvent, count)),
+                op: op(u32_at(b, offset_of!(WriteEvent, body.op)))?,
+                fd: i32_at(b, offset_of!(WriteEvent, body.fd)),
+                count: u64_at(b, offset_of!(WriteEvent, body.count)),
             }
         }
     })
@@ -337,9 +345,13 @@ mod tests {
     fn syscall(op: SysOp, p1: &[u8], p2: Option<&[u8]>) -> Vec<u8> {
         let size = SYSCALL_PATH1_OFFSET + p1.len() + p2.map_or(0, |p| 4 + p.len());
         let mut b = header_bytes(EventKind::Syscall, size);
-        put_u32(&mut b, offset_of!(SyscallEvent, op), op as u32);
-        put_u32(&mut b, offset_of!(SyscallEvent, dfd1), AT_FDCWD as u32);
-        put_u32(&mut b, offset_of!(SyscallEvent, path1_len), p1.len() as u32);
+        put_u32(&mut b, offset_of!(SyscallEvent, body.op), op as u32);
+        put_u32(&mut b, offset_of!(SyscallEvent, body.dfd1), AT_FDCWD as u32);
+        put_u32(
+            &mut b,
+            offset_of!(SyscallEvent, body.path1_len),
+            p1.len() as u32,
+        );
         b[SYSCALL_PATH1_OFFSET..SYSCALL_PATH1_OFFSET + p1.len()].copy_from_slice(p1);
         if let Some(p2) = p2 {
             put_u32(&mut b, offset_of!(EventHeader, flags), SYSCALL_FLAG_PATH2);
@@ -382,7 +394,7 @@ mod tests {
     #[test]
     fn lying_length_is_rejected_not_trusted() {
         let mut b = syscall(SysOp::Openat, b"/etc/x", None);
-        put_u32(&mut b, offset_of!(SyscallEvent, path1_len), 4000);
+        put_u32(&mut b, offset_of!(SyscallEvent, body.path1_len), 4000);
         assert!(matches!(decode(&b), Err(DecodeError::Truncated { .. })));
         let mut b = syscall(SysOp::Renameat2, b"/a", Some(b"/etc/b"));
         put_u32(&mut b, SYSCALL_PATH1_OFFSET + 2, 100);
@@ -402,7 +414,7 @@ mod tests {
         put_u32(&mut b, 0, 99);
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
         let mut b = syscall(SysOp::Openat, b"/x", None);
-        put_u32(&mut b, offset_of!(SyscallEvent, op), 999);
+        put_u32(&mut b, offset_of!(SyscallEvent, body.op), 999);
         assert_eq!(decode(&b), Err(DecodeError::UnknownOp(999)));
     }
 
@@ -416,9 +428,9 @@ mod tests {
     #[test]
     fn exec_args() {
         let mut b = header_bytes(EventKind::ExecArgs, size_of::<ExecArgsEvent>());
-        put_u32(&mut b, offset_of!(ExecArgsEvent, argc), 2);
-        let lens = offset_of!(ExecArgsEvent, arg_len);
-        let args = offset_of!(ExecArgsEvent, args);
+        put_u32(&mut b, offset_of!(ExecArgsEvent, body.argc), 2);
+        let lens = offset_of!(ExecArgsEvent, body.arg_len);
+        let args = offset_of!(ExecArgsEvent, body.args);
         put_u32(&mut b, lens, 3);
         put_u32(&mut b, lens + 4, 2);
         b[args..args + 3].copy_from_slice(b"sed");

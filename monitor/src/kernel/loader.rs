@@ -1,4 +1,5 @@
-//! Loads the embedded eBPF object, attaches its tracepoints and exposes its maps.
+//! Loads the embedded eBPF object, attaches its tracepoints and exposes its maps, all by
+//! the names in `monitor_common::programs` (the table the eBPF crate is checked against).
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
@@ -9,6 +10,7 @@ use aya::{
 use monitor_common::{
     COUNTER_SLOTS, FdKey, FdState, KernelConfig, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN, Pending,
     PrefixKey, PrefixValue, counter_name,
+    programs::{MapId, PROGRAMS},
 };
 use std::os::fd::AsFd;
 use thiserror::Error;
@@ -24,10 +26,12 @@ pub enum KernelError {
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
     Program {
-        name: String,
+        name: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(&'static str),
     #[error("eBPF map {name}: {source}")]
     Map {
         name: &'static str,
@@ -44,8 +48,6 @@ pub enum KernelError {
     MissingMap(&'static str),
     #[error("watched prefix {0:?} is longer than {PREFIX_KEY_LEN} bytes")]
     PrefixTooLong(String),
-    #[error("programs that every guarantee depends on failed to attach: {0}")]
-    Essential(String),
 }
 
 /// Daemon settings that shape the kernel side.
@@ -64,37 +66,17 @@ pub struct AttachReport {
     pub missing: Vec<(String, String)>,
 }
 
-/// Programs without which session tracking or the basic write events are not sound.
-const ESSENTIAL: &[&str] = &[
-    "sched_process_fork",
-    "sched_process_exec",
-    "sched_process_exit",
-    "sys_enter_openat",
-    "sys_exit_openat",
-    "sys_enter_renameat2",
-    "sys_enter_unlinkat",
-    "sys_enter_write",
-];
-
 pub struct Kernel {
     /// Keeps the programs (and so their links) alive.
     ebpf: Ebpf,
     /// Attached programs and their links, detached in parallel when dropped.
-    links: Vec<(String, TracePointLinkId)>,
+    links: Vec<(&'static str, TracePointLinkId)>,
     pub events: Option<RingBuf<MapData>>,
     sessions: HashMap<MapData, u32, u64>,
     pending: HashMap<MapData, u32, Pending>,
     prefixes: LpmTrie<MapData, [u8; PREFIX_KEY_LEN], PrefixValue>,
     tracked_fds: HashMap<MapData, FdKey, FdState>,
     counters: PerCpuArray<MapData, u64>,
-}
-
-fn tracepoint_category(name: &str) -> &'static str {
-    if name.starts_with("sched_") {
-        "sched"
-    } else {
-        "syscalls"
-    }
 }
 
 /// Threads that detach the programs at shutdown. Detaching a syscall tracepoint program
@@ -109,7 +91,7 @@ impl Drop for Kernel {
         for (name, id) in self.links.drain(..) {
             let link = self
                 .ebpf
-                .program_mut(&name)
+                .program_mut(name)
                 .and_then(|p| <&mut TracePoint>::try_from(p).ok())
                 .and_then(|tp| tp.take_link(id).ok());
             owned.extend(link);
@@ -128,12 +110,12 @@ impl Drop for Kernel {
 }
 
 impl Kernel {
-    /// Load and attach everything. Non-essential tracepoints missing on this kernel are
-    /// reported, not fatal.
+    /// Load and attach every program of the table. Non-essential tracepoints missing on
+    /// this kernel are reported, not fatal.
     pub fn load(settings: &KernelSettings) -> Result<(Self, AttachReport), KernelError> {
         super::tracefs::ensure_mounted().map_err(KernelError::Tracefs)?;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", settings.ringbuf_bytes)
+            .map_max_entries(MapId::Events.name(), settings.ringbuf_bytes)
             .load(EBPF_OBJECT)?;
         // Loaded: the embedded object is not read again.
         crate::os::memory::forget_pages(EBPF_OBJECT);
@@ -142,53 +124,45 @@ impl Kernel {
             path_filter: settings.path_filter as u32,
             self_tgid: std::process::id(),
         };
-        let mut cfg: Array<_, KernelConfig> = take(&mut ebpf, "CONFIG")?;
+        let mut cfg: Array<_, KernelConfig> = take(&mut ebpf, MapId::Config)?;
         cfg.set(0, config, 0).map_err(|source| KernelError::Map {
-            name: "CONFIG",
+            name: MapId::Config.name(),
             source,
         })?;
 
-        let names: Vec<String> = ebpf.programs().map(|(n, _)| n.to_owned()).collect();
         let mut report = AttachReport::default();
         let mut links = Vec::new();
-        for name in names {
+        for p in PROGRAMS {
             let program = ebpf
-                .program_mut(&name)
-                .ok_or_else(|| KernelError::Essential(name.clone()))?;
+                .program_mut(p.name)
+                .ok_or(KernelError::MissingProgram(p.name))?;
             let tp: &mut TracePoint =
                 program.try_into().map_err(|source| KernelError::Program {
-                    name: name.clone(),
+                    name: p.name,
                     source,
                 })?;
-            let category = tracepoint_category(&name);
-            let result = tp.load().and_then(|()| tp.attach(category, &name));
-            match result {
+            let (category, tracepoint) = p.tracepoint();
+            match tp.load().and_then(|()| tp.attach(category, tracepoint)) {
                 Ok(link) => {
-                    links.push((name.clone(), link));
-                    report.attached.push(name);
+                    links.push((p.name, link));
+                    report.attached.push(p.name.to_owned());
                 }
-                Err(e) => {
-                    if ESSENTIAL.contains(&name.as_str()) {
-                        return Err(KernelError::Program { name, source: e });
-                    }
-                    report.missing.push((name, e.to_string()));
+                Err(source) if p.essential => {
+                    return Err(KernelError::Program {
+                        name: p.name,
+                        source,
+                    });
                 }
+                Err(e) => report.missing.push((p.name.to_owned(), e.to_string())),
             }
         }
 
-        let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or(KernelError::MissingMap("EVENTS"))?,
-        )
-        .map_err(|source| KernelError::Map {
-            name: "EVENTS",
-            source,
-        })?;
-        let sessions = take(&mut ebpf, "SESSIONS")?;
-        let pending = take(&mut ebpf, "PENDING")?;
-        let prefixes = take(&mut ebpf, "PREFIXES")?;
-        let tracked_fds = take(&mut ebpf, "TRACKED_FDS")?;
-        let counters = take(&mut ebpf, "COUNTERS")?;
+        let events = take(&mut ebpf, MapId::Events)?;
+        let sessions = take(&mut ebpf, MapId::Sessions)?;
+        let pending = take(&mut ebpf, MapId::Pending)?;
+        let prefixes = take(&mut ebpf, MapId::Prefixes)?;
+        let tracked_fds = take(&mut ebpf, MapId::TrackedFds)?;
+        let counters = take(&mut ebpf, MapId::Counters)?;
         Ok((
             Kernel {
                 ebpf,
@@ -209,7 +183,7 @@ impl Kernel {
         self.sessions
             .insert(tgid, session_id, 0)
             .map_err(|source| KernelError::Map {
-                name: "SESSIONS",
+                name: MapId::Sessions.name(),
                 source,
             })
     }
@@ -225,8 +199,8 @@ impl Kernel {
     /// `bpf(BPF_MAP_LOOKUP_ELEM)` syscalls, safe from any thread.
     pub fn gate_maps(&self) -> Result<GateMaps, KernelError> {
         Ok(GateMaps {
-            pending: dup_hash(&self.pending, "PENDING")?,
-            sessions: dup_hash(&self.sessions, "SESSIONS")?,
+            pending: dup_hash(&self.pending, MapId::Pending)?,
+            sessions: dup_hash(&self.sessions, MapId::Sessions)?,
         })
     }
 
@@ -262,7 +236,7 @@ impl Kernel {
         self.prefixes
             .insert(&key, value, 0)
             .map_err(|source| KernelError::Map {
-                name: "PREFIXES",
+                name: MapId::Prefixes.name(),
                 source,
             })
     }
@@ -293,8 +267,9 @@ pub struct GateMaps {
 
 fn dup_hash<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
-    name: &'static str,
+    id: MapId,
 ) -> Result<HashMap<MapData, K, V>, KernelError> {
+    let name = id.name();
     let fd = map
         .map()
         .fd()
@@ -305,13 +280,83 @@ fn dup_hash<K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(Map::HashMap(data)).map_err(|source| KernelError::Map { name, source })
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+fn take<T>(ebpf: &mut Ebpf, id: MapId) -> Result<T, KernelError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
+    let name = id.name();
     let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
     T::try_from(map).map_err(|source| KernelError::Map { name, source })
 }
 
 // The layout of `PrefixKey` must be what aya's `lpm_trie::Key` expects.
 const _: () = assert!(size_of::<PrefixKey>() == size_of::<Key<[u8; PREFIX_KEY_LEN]>>());
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use monitor_common::programs::{Category, MapId, PROGRAMS, program};
+
+    use super::EBPF_OBJECT;
+
+    /// The eBPF crate checks at compile time that each of its programs and maps is in the
+    /// table; this checks the other direction on the object the daemon embeds: the table
+    /// names nothing the object lacks, and the object holds nothing the table does not name.
+    #[test]
+    fn the_object_holds_exactly_the_table() {
+        if EBPF_OBJECT.is_empty() {
+            // AYA_BUILD_SKIP=1: no object was built.
+            return;
+        }
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded eBPF object parses");
+        let in_object: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        let in_table: BTreeSet<&str> = PROGRAMS.iter().map(|p| p.name).collect();
+        assert_eq!(in_object, in_table);
+        for p in obj.programs.values() {
+            assert!(
+                matches!(p.section, aya_obj::ProgramSection::TracePoint),
+                "{:?}",
+                p.section
+            );
+        }
+        let maps: BTreeSet<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            // Data sections (.rodata, .bss, ...) are maps of the object too.
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let listed: BTreeSet<&str> = MapId::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(maps, listed);
+    }
+
+    #[test]
+    fn table_lookups() {
+        let fork = program("sched_process_fork").expect("listed");
+        assert_eq!(fork.tracepoint(), ("sched", "sched_process_fork"));
+        assert!(fork.essential);
+        let open = program("sys_enter_open").expect("listed");
+        assert_eq!((open.category, open.essential), (Category::Syscalls, false));
+        assert_eq!(open.tracepoint(), ("syscalls", "sys_enter_open"));
+        assert!(program("sys_enter_read").is_none());
+        let essential: Vec<&str> = PROGRAMS
+            .iter()
+            .filter(|p| p.essential)
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(
+            essential,
+            [
+                "sched_process_fork",
+                "sched_process_exec",
+                "sched_process_exit",
+                "sys_enter_openat",
+                "sys_exit_openat",
+                "sys_enter_renameat2",
+                "sys_enter_unlinkat",
+                "sys_enter_write",
+            ]
+        );
+    }
+}
