@@ -60,6 +60,8 @@ step "cargo clippy"
 cargo clippy --quiet --all-targets -- -D warnings
 step "import cycles"
 python3 scripts/check-import-cycles.py
+step "file sizes"
+python3 scripts/check-file-size.py
 # monitor-ebpf is not a default member (it builds only for bpfel-unknown-none, with nightly's
 # build-std, through aya-build): check it the same way so that the workspace lints' denials
 # (undocumented_unsafe_blocks, unwrap_used, expect_used) reach it. Its other clippy
