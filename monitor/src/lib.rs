@@ -19,7 +19,8 @@
 //! - `approver`: the approval service and its client transport.
 //! - `uplink`: the daemon's spooled, reconnecting client of the approval service.
 //! - `daemon`, `cli`: wiring and the commands people type; `memory`: giving back what
-//!   only start-up needed.
+//!   only start-up needed; `os`: process-level hardening (`os::environ`: the start-up
+//!   environment hidden from `/proc`).
 pub mod approver;
 pub mod cli;
 pub mod clock;
@@ -36,6 +37,7 @@ pub mod kernel;
 pub mod ledger;
 pub mod memory;
 pub mod metrics;
+pub mod os;
 pub mod pipeline;
 pub mod policy;
 pub mod proctable;
