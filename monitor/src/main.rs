@@ -184,15 +184,40 @@ fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
 }
 
+/// The daemon and the approval service may be given secrets in their environment: the
+/// block `/proc/<pid>/environ` shows is zeroed once every variable was copied
+/// ([`monitor::os::environ`]). Must run before any thread starts.
+fn hide_environ() -> Result<monitor::os::environ::Hidden, monitor::os::environ::EnvironError> {
+    // SAFETY: called from `main` right after the arguments were parsed, before the logger,
+    // the tokio runtime or anything else starts a thread (hide_initial also checks
+    // /proc/self/task and refuses if another thread exists).
+    unsafe { monitor::os::environ::hide_initial() }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(
+    let service = matches!(
         cli.command,
         Command::Daemon
             | Command::Approver {
                 command: ApproverCommand::Serve
             }
-    ));
+    );
+    let hidden = service.then(hide_environ);
+    init_logging(service);
+    match hidden {
+        Some(Ok(h)) => tracing::info!(
+            kept = h.kept,
+            dropped = h.dropped,
+            zeroed_bytes = h.zeroed,
+            "start-up environment copied and hidden from /proc/self/environ"
+        ),
+        Some(Err(e)) => tracing::warn!(
+            "the start-up environment stays readable in /proc/{}/environ: {e}",
+            std::process::id()
+        ),
+        None => {}
+    }
     let result: anyhow::Result<i32> = (|| match &cli.command {
         Command::Daemon => {
             make_undumpable();

@@ -233,23 +233,7 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        self.ready_marks = self.log().matches("confgate ready").count();
-        let child = Command::new(confgate_bin())
-            .arg("--config")
-            .arg(&self.config)
-            .arg("daemon")
-            .env("CONFGATE_LOG", "info,monitor=debug")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn confgate daemon");
-        self.child = Some(child);
-        self.wait_ready();
+        self.spawn_with_env(&[]);
     }
 
     /// Kill the daemon with SIGKILL (a crash), leaving its state as it is.
@@ -556,4 +540,34 @@ pub fn encoded(bytes: &[u8]) -> String {
 
 pub fn path_bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
+}
+
+impl Daemon {
+    /// Stops the daemon (SIGTERM) and starts it again on the same state with `env` added
+    /// to its environment.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.spawn_with_env(env);
+    }
+
+    fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.ready_marks = self.log().matches("confgate ready").count();
+        let child = Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("daemon")
+            .env("CONFGATE_LOG", "info,monitor=debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn confgate daemon");
+        self.child = Some(child);
+        self.wait_ready();
+    }
 }

@@ -101,6 +101,16 @@ impl ApprovalService {
         std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
     }
 
+    /// `confgate --config <its approver.toml> <args>` (e.g. `audit verify` of its ledger).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("confgate")
+    }
+
     /// The service's ledger, as text.
     pub fn ledger(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ledger.jsonl")).unwrap_or_default()

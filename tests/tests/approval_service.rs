@@ -303,3 +303,227 @@ fn a_rename_is_handled_once() {
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(d.stat("gate_unapproved_renames"), 2);
 }
+
+/// The records of a JSON-lines ledger.
+fn ledger_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+fn host_ledger(d: &Daemon) -> Vec<Value> {
+    ledger_lines(
+        &std::fs::read_to_string(d.dir.path().join("state/ledger.jsonl")).unwrap_or_default(),
+    )
+}
+
+/// Host ledger records of `kind` about host request `host_request_id`.
+fn host_records(d: &Daemon, kind: &str, host_request_id: u64) -> Vec<Value> {
+    host_ledger(d)
+        .into_iter()
+        .filter(|r| r["kind"] == kind && r["body"]["host_request_id"] == host_request_id)
+        .collect()
+}
+
+/// `approve`/`deny` straight at the service: its Unix socket is a standalone service's, whose
+/// callers need no daemon's attestation (`--no-daemon`: the daemon may be stopped or dead).
+fn decide_at_service(d: &Daemon, ep: &str, verb: &str, id: &str) {
+    let mut args = vec![verb, id, "--no-daemon"];
+    if verb == "approve" {
+        args.extend(["--ttl", "1h"]);
+    }
+    ok(&Approver::at(d, ep).run(&args));
+}
+
+/// The state the service reports for request `id`.
+fn service_state(d: &Daemon, ep: &str, id: &str) -> String {
+    Approver::at(d, ep)
+        .list(true)
+        .iter()
+        .find(|r| id_of(r) == id)
+        .map(|r| r["state"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
+}
+
+/// `audit verify` of the host ledger and of the service's own: both chains verify.
+fn both_ledgers_verify(d: &Daemon, svc: &ApprovalService) {
+    let o = d.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "host ledger: {o:?}");
+    let o = svc.cli(&["audit", "verify"]);
+    assert!(o.status.success(), "service ledger: {o:?}");
+}
+
+/// What neither ledger may say about a request of `rule` that was approved once: a second
+/// grant, a grant not tied to its rule, or an end it did not have (denied, expired,
+/// released by a crash, rejected).
+fn approved_exactly_once(d: &Daemon, svc: &ApprovalService, r: &Value, rule: &str) {
+    let host_id = r["host_request_id"].as_u64().expect("host_request_id");
+    let grants = host_records(d, "grant", host_id);
+    assert_eq!(grants.len(), 1, "one grant for the request: {grants:#?}");
+    assert_eq!(grants[0]["body"]["rule"], rule, "{grants:#?}");
+    for kind in ["decision", "released_by_crash", "request_rejected"] {
+        let other = host_records(d, kind, host_id);
+        assert!(other.is_empty(), "the host ledger says {kind}: {other:#?}");
+    }
+    assert_eq!(
+        service_state(d, &svc.endpoint, &id_of(r)),
+        "approved",
+        "{}",
+        svc.log()
+    );
+    let g = d.cli(&["grants", "--approver", &svc.endpoint, "list", "--json"]);
+    ok(&g);
+    let listed: Value = serde_json::from_slice(&g.stdout).expect("grants json");
+    let ours: Vec<&Value> = listed
+        .as_array()
+        .expect("grants list")
+        .iter()
+        .filter(|g| g["request_id"] == r["id"])
+        .collect();
+    assert_eq!(ours.len(), 1, "one grant at the service: {listed:#}");
+    let grant_id = grants[0]["body"]["grant"].clone();
+    assert_eq!(ours[0]["id"], grant_id, "the host's grant is the service's");
+    // The service's ledger: one resolution, an approval, and one grant.
+    let service_ledger = ledger_lines(&svc.ledger());
+    let ends: Vec<&Value> = service_ledger
+        .iter()
+        .filter(|x| {
+            x["body"]["request_id"] == r["id"]
+                && x["kind"].as_str().is_some_and(|k| {
+                    [
+                        "request_approved",
+                        "request_denied",
+                        "request_expired",
+                        "request_released",
+                    ]
+                    .contains(&k)
+                })
+        })
+        .collect();
+    assert_eq!(ends.len(), 1, "one resolution at the service: {ends:#?}");
+    assert_eq!(ends[0]["kind"], "request_approved", "{ends:#?}");
+    let created: Vec<&Value> = service_ledger
+        .iter()
+        .filter(|x| x["kind"] == "grant_created" && x["body"]["request_id"] == r["id"])
+        .collect();
+    assert_eq!(created.len(), 1, "one grant_created: {created:#?}");
+    both_ledgers_verify(d, svc);
+}
+
+/// Fault suite (issue 13): kill -9 of the approval service at each step of a round trip of
+/// a deny-and-request request, with the daemon crashing too: the request filed (the
+/// service dies; the daemon's spool re-sends it, and it is filed once); the decision
+/// committed at the service while the daemon is dead, then the service killed before
+/// anything delivered it (it reaches the daemon at its restart, from the service's update
+/// log); the grant committed on the host (both killed again). The approval applies exactly
+/// once, nothing is recorded as something it was not, both ledgers verify.
+#[test]
+fn a_decision_committed_before_a_service_crash_applies_once_after_both_restart() {
+    if !require_root("a_decision_committed_before_a_service_crash_applies_once_after_both_restart")
+    {
+        return;
+    }
+    let mut svc = ApprovalService::start_unix();
+    let ep = svc.endpoint.clone();
+    let mut d = remote_daemon(format!("endpoint = {ep:?}"), |w| {
+        format!(
+            "[gate]\n[[gate.rule]]\nname = \"dar\"\npaths = [\"{w}/gated/**\"]\nverdict = \"ask\"\nmode = \"deny-and-request\"\nfail = \"deny\"\n"
+        )
+    });
+    let f = d.watched.join("gated/app.env");
+    std::fs::write(&f, "DEBUG=false\n").unwrap();
+    let go = d.dir.path().join("go");
+    let c = spawn_session(
+        &d,
+        &format!(
+            "echo DEBUG=true > gated/app.env && exit 3; \
+             while [ ! -e {go} ]; do sleep 0.05; done; \
+             echo DEBUG=true > gated/app.env && echo retried",
+            go = go.display()
+        ),
+        &[],
+    );
+    let c = KillOnDrop(Some(c));
+
+    // Request filed: the service dies at once; after its restart the request is there once.
+    let r = Approver::at(&d, &ep).wait_pending(&f);
+    svc.kill();
+    svc.spawn();
+    let want = f.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let filed = loop {
+        let all = Approver::at(&d, &ep).list(true);
+        let ours: Vec<Value> = all
+            .into_iter()
+            .filter(|x| x["context"]["path"] == want.as_str())
+            .collect();
+        if !ours.is_empty() && d.stat("uplink_spool_pending") == 0 {
+            break ours;
+        }
+        assert!(Instant::now() < deadline, "{}\n{}", d.log(), svc.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Filed once, under the same host request id (the service's own id may be new: a
+    // request it had not yet made durable is lost with the crash and filed again from
+    // the daemon's spool; README, "Durability of an approval round trip").
+    assert_eq!(filed.len(), 1, "filed once: {filed:#?}");
+    assert_eq!(filed[0]["host_request_id"], r["host_request_id"]);
+    assert_eq!(filed[0]["state"], "pending");
+    let r = filed[0].clone();
+
+    // Decision committed at the service while the daemon is dead, then the service dies
+    // before anything delivered it. Service first, then the daemon, come back.
+    d.kill();
+    decide_at_service(&d, &ep, "approve", &id_of(&r));
+    assert_eq!(service_state(&d, &ep, &id_of(&r)), "approved");
+    svc.kill();
+    svc.spawn();
+    d.start_again();
+    d.wait_stat("gate_grants_live", |n| n == 1);
+    std::fs::write(&go, "").unwrap();
+    let mut c = c;
+    let o = finish(c.0.take().expect("session"));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "retried\n", "{o:?}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
+    approved_exactly_once(&d, &svc, &r, "dar");
+
+    // Grant committed on the host: both die and come back; the decision is not applied a
+    // second time (the update log is replayed from the host's cursor only).
+    svc.kill();
+    d.kill();
+    svc.spawn();
+    d.start_again();
+    // A barrier: a later request, denied. Updates arrive in order, so once its denial is
+    // in the host ledger, a replay of the approval would have been handed over before it
+    // (and counted in this daemon's `uplink_updates_applied`).
+    let barrier = d.watched.join("gated/barrier.env");
+    let o = finish(spawn_session(&d, "echo x > gated/barrier.env", &[]));
+    assert!(eperm(&o), "{o:?}");
+    let b = Approver::at(&d, &ep).wait_pending(&barrier);
+    decide_at_service(&d, &ep, "deny", &id_of(&b));
+    let barrier_id = b["host_request_id"].as_u64().expect("host_request_id");
+    poll(
+        "the barrier's denial on the host",
+        Duration::from_secs(20),
+        || (!host_records(&d, "decision", barrier_id).is_empty()).then_some(()),
+    );
+    assert_eq!(
+        d.stat("uplink_updates_applied"),
+        1,
+        "only the barrier's update reached the restarted daemon"
+    );
+    assert_eq!(d.stat("gate_grants_live"), 1);
+    approved_exactly_once(&d, &svc, &r, "dar");
+}
+
+/// Kills the child when the test ends (or panics).
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::gate::{Gate, id_of, local_approval, parse_json_list, rule, wait_child};
@@ -492,5 +492,176 @@ fn an_open_before_the_session_is_not_attributed_to_it() {
             after.iter().all(|e| e["session"]["agent"] == "late"),
             "{after:#?}"
         );
+    }
+}
+
+/// A value nobody else has, to look for in what a reader got.
+fn unique_secret(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("confgate-e2e-{what}-{}-{nanos}", std::process::id())
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// What `/proc/<pid>/environ` and each of its threads' copies show a plain root process
+/// (this test: root with every capability).
+fn environ_of(pid: u32) -> Vec<Vec<u8>> {
+    let mut all = vec![std::fs::read(format!("/proc/{pid}/environ")).expect("read environ")];
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let t = t.expect("task").path().join("environ");
+        // A thread may end meanwhile.
+        if let Ok(b) = std::fs::read(&t) {
+            all.push(b);
+        }
+    }
+    all
+}
+
+/// Issue 13 item 7, the root half: a secret in the daemon's start-up environment was
+/// readable in `/proc/<pid>/environ` by a root agent session and by any root process
+/// (CAP_SYS_PTRACE passes non-dumpable). The daemon now copies its environment and zeroes
+/// the block that file shows, before any thread starts; it keeps working with the values
+/// (its log filter comes from CONFGATE_LOG), and gates and reports as before.
+#[test]
+fn the_daemons_start_up_environment_is_not_readable_through_proc() {
+    if !require_root("the_daemons_start_up_environment_is_not_readable_through_proc") {
+        return;
+    }
+    let mut g =
+        e2e::gate::Gate::start(|w| e2e::gate::rule(w, "ask", "timeout = \"20s\"\nfail = \"deny\""));
+    let secret = unique_secret("daemon-secret");
+    g.d.restart_with_env(&[("CONFGATE_E2E_SECRET", &secret)]);
+    let pid = g.d.pid();
+    for seen in environ_of(pid) {
+        assert!(
+            !holds(&seen, &secret),
+            "a root process read the secret in /proc/{pid}/environ"
+        );
+        assert!(
+            seen.iter().all(|&b| b == 0),
+            "/proc/{pid}/environ shows something: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
+    let o = g.d.in_session(
+        "snoop",
+        "e2e",
+        // The threads' copies too (one may end meanwhile: only the first read must work).
+        &format!(
+            "cat /proc/{pid}/environ && {{ cat /proc/{pid}/task/*/environ 2>/dev/null; true; }}"
+        ),
+    );
+    ok(&o);
+    assert!(
+        !holds(&o.stdout, &secret),
+        "a root agent session read the secret in /proc/{pid}/environ"
+    );
+    // The values stay in use: CONFGATE_LOG (`monitor=debug`) still applies after the
+    // restart (a debug line every start writes).
+    poll("the restarted daemon's debug lines", EVENT_TIMEOUT, || {
+        (g.d.log().matches("state directory is 0700").count() == 2).then_some(())
+    });
+    assert!(
+        g.d.log()
+            .contains("start-up environment copied and hidden from /proc/self/environ"),
+        "{}",
+        g.d.log()
+    );
+    // And it gates and reports as before.
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "a\n").expect("seed");
+    let c = g.spawn_in_session("claude", "echo b >> gated/app.conf");
+    let r = g.wait_request(&f);
+    ok(&g.cli(&[
+        "approvals",
+        "approve",
+        &e2e::gate::id_of(&r),
+        "--ttl",
+        "10m",
+    ]));
+    ok(&wait_child(c, Duration::from_secs(30)));
+    assert_eq!(std::fs::read_to_string(&f).expect("read"), "a\nb\n");
+    let want = f.display().to_string();
+    g.d.wait_for("the approved write's event", |ev| {
+        ev.iter().any(|e| {
+            e["kind"] == "write" && e["path"] == want.as_str() && e["session"]["agent"] == "claude"
+        })
+    });
+}
+
+/// The same for `confgate approver serve`: a secret in its environment is not in
+/// `/proc/<pid>/environ`, and the service answers afterwards.
+#[test]
+fn the_approval_services_start_up_environment_is_not_readable_through_proc() {
+    if !require_root("the_approval_services_start_up_environment_is_not_readable_through_proc") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display().to_string();
+    let config = dir.path().join("approver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"unix:{d}/approver.sock\"]\nstore = \"{d}/approver.redb\"\nledger = \"{d}/ledger.jsonl\"\n"
+        ),
+    )
+    .expect("approver.toml");
+    let log = dir.path().join("service.log");
+    let secret = unique_secret("service-secret");
+    let child = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["approver", "serve"])
+        .env("CONFGATE_E2E_SECRET", &secret)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("approver serve");
+    let mut child = KillOnDrop(child);
+    poll("the approval service", Duration::from_secs(20), || {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "approver serve exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("approval service listening")
+            .then_some(())
+    });
+    let pid = child.0.id();
+    for seen in environ_of(pid) {
+        assert!(
+            !holds(&seen, &secret),
+            "a root process read the secret in /proc/{pid}/environ"
+        );
+    }
+    let o = Command::new(confgate_bin())
+        .args([
+            "approvals",
+            "--approver",
+            &format!("unix:{d}/approver.sock"),
+        ])
+        .args(["list", "--json"])
+        .output()
+        .expect("approvals list");
+    ok(&o);
+}
+
+/// Kills the child when the test ends (or panics).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

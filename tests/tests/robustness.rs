@@ -232,3 +232,91 @@ fn long_paths_up_to_path_max() {
     assert!(p.len() > 3800);
     d.wait_for("long path create", |ev| has(ev, "create", &p));
 }
+
+/// A syscall enter whose exit does not arrive within 5 s (the pipeline's `ENTER_TIMEOUT`)
+/// is reported anyway, with `result: null`, and counted in `enters_without_exit` (README,
+/// "Nothing lost, nothing silent"). Provoked for real: a session opens a FIFO in the
+/// watched tree for writing, which blocks in `open()` until a reader comes. The exit that
+/// arrives once a reader opened it finds no enter: it is counted in `exits_without_enter`
+/// and reported no second time.
+#[test]
+fn an_open_that_blocks_past_the_enter_timeout_is_reported_with_result_null() {
+    if !require_root("an_open_that_blocks_past_the_enter_timeout_is_reported_with_result_null") {
+        return;
+    }
+    let d = Daemon::start();
+    let fifo = d.watched.join("slow.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+    let path = fifo.display().to_string();
+    let enters_before = d.stat("enters_without_exit");
+    let writer = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["run", "--agent", "claude", "--", "sh", "-c"])
+        .arg(format!("echo x > '{path}'"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("confgate run");
+    let mut writer = KillOnDrop(writer);
+    // `confgate run` execs the command: the shell that opens the FIFO has the child's pid.
+    let pid = writer.0.id();
+    let by_writer = |ev: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        ev.iter()
+            .filter(|e| e["path"] == path.as_str() && e["pid"] == pid)
+            .cloned()
+            .collect()
+    };
+    // Reported after ENTER_TIMEOUT (5 s) while the open is still blocked.
+    let started = Instant::now();
+    let flushed = poll(
+        "the blocked open reported with result null",
+        Duration::from_secs(30),
+        || {
+            by_writer(&d.events())
+                .into_iter()
+                .find(|e| e.get("result") == Some(&serde_json::Value::Null))
+        },
+    );
+    assert!(
+        writer.0.try_wait().expect("try_wait").is_none(),
+        "the writer was still blocked in open() when its open was reported: {flushed}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "reported before the enter timeout: {flushed}"
+    );
+    assert_eq!(flushed["kind"], "open_write", "{flushed}");
+    assert_eq!(flushed["session"]["agent"], "claude", "{flushed}");
+    d.wait_stat("enters_without_exit", |n| n > enters_before);
+
+    // A reader lets the open complete: its exit now has no enter.
+    let exits_before = d.stat("exits_without_enter");
+    let read = std::fs::read_to_string(&fifo).expect("read the FIFO");
+    assert_eq!(read, "x\n");
+    let status = poll("the writer to finish", EVENT_TIMEOUT, || {
+        writer.0.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "{status}");
+    d.wait_stat("exits_without_enter", |n| n > exits_before);
+    // Everything about the writer's open is in the file once the settle marker is: the
+    // open was reported once, with the result it had when it was flushed.
+    d.settle();
+    let ev = d.events();
+    let opens: Vec<_> = by_writer(&ev)
+        .into_iter()
+        .filter(|e| e["kind"] == "open_write" || e["kind"] == "create")
+        .collect();
+    assert_eq!(opens.len(), 1, "{opens:#?}");
+    assert!(opens[0]["result"].is_null(), "{opens:#?}");
+}
+
+/// Kills the child when the test ends (or panics).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

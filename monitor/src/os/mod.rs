@@ -13,7 +13,8 @@
 //! - [`clock`]: wall-clock instants as milliseconds or nanoseconds since the epoch, the
 //!   kernel's clocks (and boot time in clock ticks), RFC 3339, the local UTC offset.
 //! - [`poll`]: eventfd and `poll(2)`; [`limits`]: the open-file limit and the dumpable
-//!   attribute; [`memory`]: process-wide memory hints; [`host`]: this host's name.
+//!   attribute; [`memory`]: process-wide memory hints; [`host`]: this host's name;
+//!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`.
 //!
 //! Each wrapper returns `io::Result` (or an `Option` where "cannot tell" is an answer)
 //! with the errno of the failed call; no policy lives here.
@@ -23,6 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 pub mod clock;
+pub mod environ;
 pub mod fanotify;
 pub mod fs;
 pub mod host;
