@@ -527,3 +527,56 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// A held write released by a daemon crash, approved at the service while the daemon was
+/// down: at the restart the hold is closed as `released_by_crash` and its change reverted;
+/// the approval that then arrives makes no grant (nothing would be left for it to cover but
+/// later writes nobody approved), and says so in the ledger and the counters.
+#[test]
+fn an_approval_for_a_hold_a_crash_released_makes_no_grant() {
+    if !require_root("an_approval_for_a_hold_a_crash_released_makes_no_grant") {
+        return;
+    }
+    let svc = ApprovalService::start_unix();
+    let ep = svc.endpoint.clone();
+    let mut d = remote_daemon(format!("endpoint = {ep:?}"), |w| {
+        format!(
+            "[gate]\n[[gate.rule]]\nname = \"held\"\npaths = [\"{w}/gated/**\"]\nverdict = \"ask\"\nmode = \"hold\"\ntimeout = \"60s\"\nfail = \"deny\"\non_expiry = \"revert\"\n"
+        )
+    });
+    let f = d.watched.join("gated/app.env");
+    std::fs::write(&f, "DEBUG=false\n").unwrap();
+    let c = spawn_session(&d, "echo DEBUG=true > gated/app.env && echo written", &[]);
+    let r = Approver::at(&d, &ep).wait_pending(&f);
+    let host_id = r["host_request_id"].as_u64().expect("host_request_id");
+    // kill -9: the kernel answers the held open with allow, and the shell writes.
+    d.kill();
+    let o = finish(c);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "written\n", "{o:?}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=true\n");
+    decide_at_service(&d, &ep, "approve", &id_of(&r));
+    d.start_again();
+    poll(
+        "the approval ignored on the host",
+        Duration::from_secs(30),
+        || (!host_records(&d, "decision_ignored", host_id).is_empty()).then_some(()),
+    );
+    assert_eq!(
+        host_records(&d, "released_by_crash", host_id).len(),
+        1,
+        "{}",
+        d.log()
+    );
+    assert!(host_records(&d, "grant", host_id).is_empty());
+    assert_eq!(d.stat("gate_grants_live"), 0);
+    assert_eq!(d.stat("gate_decisions_for_closed_requests"), 1);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=false\n");
+    // A later write by a session is held again (no grant covers it).
+    let c = spawn_session(&d, "echo DEBUG=1 > gated/app.env", &[]);
+    let again = Approver::at(&d, &ep).wait_pending(&f);
+    assert_ne!(again["host_request_id"], r["host_request_id"]);
+    decide_at_service(&d, &ep, "deny", &id_of(&again));
+    let o = finish(c);
+    assert!(eperm(&o), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "DEBUG=false\n");
+}

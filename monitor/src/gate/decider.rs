@@ -56,6 +56,7 @@ pub struct GateMetrics {
     pub notes_dropped: AtomicU64,
     pub notices_dropped: AtomicU64,
     pub update_errors: AtomicU64,
+    pub decisions_for_closed: AtomicU64,
     pub store_errors: AtomicU64,
 }
 
@@ -104,6 +105,10 @@ impl GateMetrics {
             ("gate_notes_dropped", g(&self.notes_dropped)),
             ("gate_notices_dropped", g(&self.notices_dropped)),
             ("gate_update_errors", g(&self.update_errors)),
+            (
+                "gate_decisions_for_closed_requests",
+                g(&self.decisions_for_closed),
+            ),
             ("gate_store_errors", g(&self.store_errors)),
         ]
     }

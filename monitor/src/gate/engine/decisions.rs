@@ -62,6 +62,25 @@ impl Engine {
         }
     }
 
+    /// An approval for a request this host already closed: counted, logged, ledgered
+    /// (`decision_ignored`), and no grant.
+    async fn decision_for_closed(&self, host_request_id: u64, d: &pb::Decision) {
+        GateMetrics::inc(&self.state.metrics.decisions_for_closed);
+        warn!(
+            request = host_request_id,
+            by = %d.decided_by,
+            "an approval arrived for a request this host already closed (released by a crash, or ended): no grant"
+        );
+        self.ledger(
+            "decision_ignored",
+            json!({"host_request_id": host_request_id, "request_id": d.request_id,
+                   "state": "approved", "by": d.decided_by,
+                   "why": "the request is closed on this host (released by a crash, or its grant ended)"}),
+        )
+        .await;
+        lock(&self.open_requests).retain(|_, id| *id != host_request_id);
+    }
+
     /// The on_expiry of the rule that filed the request (`flag` if the rule is gone).
     pub(super) fn on_expiry_of(&self, rule: &str) -> OnExpiry {
         self.state
@@ -109,6 +128,14 @@ impl Engine {
                     }
                 };
                 let known = self.state.grants().get(grant.id).is_some();
+                if !known && filed_rule.is_none() {
+                    // No open waits on it and this host keeps no record of it: the request
+                    // was closed here before the approval arrived (a crash released its hold
+                    // and the change was settled, or its grant already ended). A grant now
+                    // would allow writes nobody approved in this context: none is made.
+                    self.decision_for_closed(host_request_id, &d).await;
+                    return;
+                }
                 // The open waiting on this request leaves the map now: its pre-image is kept
                 // in the grant's own commit (one disk wait, not two).
                 let mut waiter = lock(&self.waiters).remove(&host_request_id);
