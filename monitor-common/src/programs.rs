@@ -194,10 +194,13 @@ pub enum MapId {
     SyscallPacked,
     ExecScratch,
     ArgsScratch,
+    /// aya-log's ring buffer of the programs' diagnostics (defined and named by
+    /// `aya-log-ebpf`, opened by `aya-log`).
+    Logs,
 }
 
 impl MapId {
-    pub const ALL: [MapId; 12] = [
+    pub const ALL: [MapId; 13] = [
         MapId::Events,
         MapId::Sessions,
         MapId::Prefixes,
@@ -210,6 +213,7 @@ impl MapId {
         MapId::SyscallPacked,
         MapId::ExecScratch,
         MapId::ArgsScratch,
+        MapId::Logs,
     ];
 
     /// The map's name in the object (the name of its `static` on the eBPF side).
@@ -227,6 +231,7 @@ impl MapId {
             MapId::SyscallPacked => "SYSCALL_PACKED",
             MapId::ExecScratch => "EXEC_SCRATCH",
             MapId::ArgsScratch => "ARGS_SCRATCH",
+            MapId::Logs => "AYA_LOGS",
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Ring-buffer output: the common header, fixed-size records reserved in place, staged
 //! records cut after their last used byte, and the two-path syscall record (the second
 //! path packed right after the first). Every record is a `Record<B>` (header first);
-//! every lost record is counted.
+//! every lost record is counted, and logged at debug level (see `main.rs`).
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_uid_gid, bpf_ktime_get_ns,
     generated::bpf_probe_read_kernel,
 };
+use aya_log_ebpf::debug;
 use monitor_common::{
     Body, Counter, EventHeader, PATH_MAX, Record, SYSCALL_FLAG_PATH2, SYSCALL_PATH1_OFFSET,
     SYSCALL_PATH2_OFFSET, SyscallEvent,
@@ -45,6 +46,13 @@ pub(crate) fn fill_header<B: Body>(rec: &mut Record<B>, pid_tgid: u64, session_i
 pub(crate) fn emit<B: Body>(pid_tgid: u64, session_id: u64, flags: u32, body: B) {
     let Some(mut entry) = EVENTS.reserve::<Record<B>>(0) else {
         count(Counter::RingbufDrops);
+        debug!(
+            &(),
+            target: crate::LOG_TARGET,
+            "ring buffer full: a record of kind {} from tid {} lost",
+            B::KIND as u32,
+            pid_tgid as u32
+        );
         return;
     };
     entry.write(Record {
@@ -60,6 +68,12 @@ pub(crate) fn emit<B: Body>(pid_tgid: u64, session_id: u64, flags: u32, body: B)
 fn output(bytes: &[u8]) -> bool {
     if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         count(Counter::RingbufDrops);
+        debug!(
+            &(),
+            target: crate::LOG_TARGET,
+            "ring buffer full: a record of {} bytes lost",
+            bytes.len()
+        );
         return false;
     }
     count(Counter::EventsEmitted);

@@ -27,6 +27,11 @@
 //! `#[map]` a map after its static, so every program and map here is checked against that
 //! table at compile time ([`listed!`], [`map_listed!`]); a unit test of the daemon checks
 //! the other direction on the built object (nothing in the table is missing here).
+//!
+//! Diagnostics (a record lost to a full ring buffer, a path that could not be read) go
+//! through aya-log at debug/trace level. The daemon sets the level at load time
+//! (`AYA_LOG_LEVEL`, a read-only global), so below debug the verifier sees the logging
+//! branches as dead code: they cost nothing.
 #![no_std]
 #![no_main]
 
@@ -67,6 +72,9 @@ macro_rules! map_listed {
         );
     };
 }
+
+/// The `tracing` target of this crate's aya-log records in the daemon.
+const LOG_TARGET: &str = "monitor::kernel::ebpf";
 
 mod emit;
 mod fds;

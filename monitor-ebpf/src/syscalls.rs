@@ -12,6 +12,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };
+use aya_log_ebpf::{debug, trace};
 use monitor_common::{
     AT_FDCWD, Counter, FdKey, FdState, NO_FD, PATH_MAX, PENDING_DEFERRED, PENDING_EMITTED,
     PENDING_HAS_PATH2, PENDING_MATCH1, PREFIX_DIR, PREFIX_EXACT, PREFIX_KEY_LEN, Pending, SysOp,
@@ -267,7 +268,16 @@ fn on_enter(ctx: &TracePointContext, s: Spec) -> Result<(), ()> {
             pending.state |= PENDING_EMITTED;
         }
         // Decide at the exit, when the kernel has faulted the strings in.
-        _ => pending.state |= PENDING_DEFERRED,
+        _ => {
+            trace!(
+                &(),
+                target: crate::LOG_TARGET,
+                "path of op {} by tid {} not resident at enter: read at exit",
+                s.op as u32,
+                tid
+            );
+            pending.state |= PENDING_DEFERRED;
+        }
     }
     if PENDING.insert(&tid, &pending, 0).is_err() {
         count(Counter::PendingMapFull);
@@ -310,6 +320,13 @@ fn emit_deferred(p: &Pending, pid_tgid: u64, tgid: u32) -> bool {
     ) else {
         // Still unreadable: the record is lost for filtering; counted.
         count(Counter::PathReadErrors);
+        debug!(
+            &(),
+            target: crate::LOG_TARGET,
+            "path of op {} by tid {} unreadable at exit: record lost",
+            p.op,
+            pid_tgid as u32
+        );
         return false;
     };
     ev.body.path1_len = l1;

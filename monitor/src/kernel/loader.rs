@@ -15,6 +15,8 @@ use monitor_common::{
 use std::os::fd::AsFd;
 use thiserror::Error;
 
+use super::log::{self, EbpfLog};
+
 /// The compiled `monitor-ebpf` object, built by `build.rs` through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
@@ -46,6 +48,8 @@ pub enum KernelError {
     },
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
+    #[error(transparent)]
+    Log(#[from] super::log::LogError),
     #[error("watched prefix {0:?} is longer than {PREFIX_KEY_LEN} bytes")]
     PrefixTooLong(String),
 }
@@ -77,6 +81,8 @@ pub struct Kernel {
     prefixes: LpmTrie<MapData, [u8; PREFIX_KEY_LEN], PrefixValue>,
     tracked_fds: HashMap<MapData, FdKey, FdState>,
     counters: PerCpuArray<MapData, u64>,
+    /// Forwards the programs' diagnostics while they can log (debug level or more).
+    _log: Option<EbpfLog>,
 }
 
 /// Threads that detach the programs at shutdown. Detaching a syscall tracepoint program
@@ -111,12 +117,29 @@ impl Drop for Kernel {
 
 impl Kernel {
     /// Load and attach every program of the table. Non-essential tracepoints missing on
-    /// this kernel are reported, not fatal.
+    /// this kernel are reported, not fatal. The programs log (aya-log) at the level of the
+    /// `tracing` subscriber, into `tracing`.
     pub fn load(settings: &KernelSettings) -> Result<(Self, AttachReport), KernelError> {
+        Self::load_logging(settings, log::level(), tracing_log::LogTracer::new())
+    }
+
+    /// [`Kernel::load`] with the programs' log level (`aya_log::Level` as `u8`, 0 = off)
+    /// and the logger their records go to.
+    pub fn load_logging<L: ::log::Log + Send + 'static>(
+        settings: &KernelSettings,
+        log_level: u8,
+        logger: L,
+    ) -> Result<(Self, AttachReport), KernelError> {
         super::tracefs::ensure_mounted().map_err(KernelError::Tracefs)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MapId::Events.name(), settings.ringbuf_bytes)
+            .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)?;
+        let log = if log::logs_at(log_level) {
+            Some(EbpfLog::start(&mut ebpf, logger)?)
+        } else {
+            None
+        };
         // Loaded: the embedded object is not read again.
         crate::os::memory::forget_pages(EBPF_OBJECT);
 
@@ -173,6 +196,7 @@ impl Kernel {
                 prefixes,
                 tracked_fds,
                 counters,
+                _log: log,
             },
             report,
         ))
@@ -294,7 +318,10 @@ const _: () = assert!(size_of::<PrefixKey>() == size_of::<Key<[u8; PREFIX_KEY_LE
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::{
+        collections::BTreeSet,
+        sync::{Arc, Mutex},
+    };
 
     use monitor_common::programs::{Category, MapId, PROGRAMS, program};
 
@@ -358,5 +385,78 @@ mod tests {
                 "sys_enter_write",
             ]
         );
+    }
+
+    /// The programs, loaded with logging on, log a record lost to a full ring buffer,
+    /// and the record reaches the logger with its level and target.
+    #[test]
+    fn a_full_ring_buffer_is_logged() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: loading eBPF programs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let captured = Captured::default();
+        let settings = super::KernelSettings {
+            // One page, never read: a few records fill it.
+            ringbuf_bytes: 4096,
+            path_filter: true,
+        };
+        // Trace: every logging branch is live, and must pass the verifier too.
+        let (mut kernel, report) =
+            super::Kernel::load_logging(&settings, aya_log::Level::Trace as u8, captured.clone())
+                .unwrap();
+        assert!(report.missing.is_empty(), "{:?}", report.missing);
+        kernel
+            .add_prefix(format!("{}/", root.display()).as_bytes())
+            .unwrap();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"for i in $(seq 100); do : > "$D/f$i"; done"#)
+            .env("D", &root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let found = captured.0.lock().unwrap().iter().any(|(l, t, m)| {
+                *l == log::Level::Debug
+                    && t == "monitor::kernel::ebpf"
+                    && m.starts_with("ring buffer full")
+            });
+            if found {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no ring-buffer-full log record: {:?}",
+                captured.0.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let drops = kernel
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == "ringbuf_drops")
+            .map(|(_, v)| v);
+        assert!(drops > Some(0), "{drops:?}");
+    }
+
+    /// Collects the records aya-log hands over.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<(log::Level, String, String)>>>);
+
+    impl log::Log for Captured {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((r.level(), r.target().to_owned(), r.args().to_string()));
+        }
+        fn flush(&self) {}
     }
 }
