@@ -6,7 +6,7 @@
 //!   records.
 //! - `notify`: the fanotify notification group over the watched trees.
 //! - `observe`: the pipeline (syscalls, process table and path resolution, detection,
-//!   correlation of the two observers, sinks).
+//!   correlation of the two observers, attribution to writers and sessions, sinks).
 //! - `event`: the event contract and its byte-safe text encoding (`event::escape`).
 //! - `sessions`: agent sessions, their registry and persisted records.
 //! - `gate`: the permission group that holds opens of gated files (marks, intent,
