@@ -107,6 +107,17 @@ async fn decisions_and_revocations_round_trip_through_the_real_service() {
     assert!(g.covers(3, "codex", b"/etc/hosts", OpSet::WRITE, now));
     assert!(!g.covers(4, "codex", b"/etc/hosts", OpSet::WRITE, now));
 
+    // The first request's spool entry goes once the service acknowledged it as durable
+    // (which may come after its decision): wait for that, so that what the spool holds
+    // below is only what was filed during the outage.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !spool::Spool::new(store.clone()).load().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the first request leaves the spool");
+
     // The service goes away; a request filed meanwhile waits in the spool.
     server.stop().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
