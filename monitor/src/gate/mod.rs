@@ -36,6 +36,7 @@ pub mod marks;
 pub mod preimage;
 pub mod requests;
 pub mod reverse;
+pub mod session;
 
 #[cfg(test)]
 mod tests;

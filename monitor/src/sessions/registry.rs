@@ -21,6 +21,9 @@ struct Inner {
     /// overwrite a newer `end`. Never taken on the hot path.
     persist: Mutex<()>,
     state: Mutex<BTreeMap<u64, Entry>>,
+    /// Live sessions whose seccomp listener the daemon supervises (in memory: a restarted
+    /// daemon learns them again from the descriptors it gets back).
+    confined: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 struct Entry {
@@ -49,6 +52,7 @@ impl SessionRegistry {
                 store,
                 persist: Mutex::new(()),
                 state: Mutex::new(map),
+                confined: Mutex::new(std::collections::BTreeSet::new()),
             }),
         })
     }
@@ -130,6 +134,25 @@ impl SessionRegistry {
             .collect()
     }
 
+    /// Records that session `id` is confined (its listener is supervised).
+    pub fn mark_confined(&self, id: u64) {
+        lock(&self.inner.confined).insert(id);
+    }
+
+    /// Whether session `id` is confined.
+    pub fn is_confined(&self, id: u64) -> bool {
+        lock(&self.inner.confined).contains(&id)
+    }
+
+    /// Live sessions that are not confined (detected agents, `confgate run --no-confine`).
+    pub fn live_unconfined(&self) -> Vec<SessionInfo> {
+        let confined = lock(&self.inner.confined).clone();
+        self.live()
+            .into_iter()
+            .filter(|s| !confined.contains(&s.id))
+            .collect()
+    }
+
     /// Counts one event for session `id` (in memory only; see [`SessionRegistry::flush`]).
     /// Unknown ids are ignored.
     pub fn note_event(&self, id: u64) {
@@ -180,6 +203,7 @@ impl SessionRegistry {
             e.info.ended = info.ended.clone();
             e.persisted_events = info.events;
         }
+        lock(&self.inner.confined).remove(&id);
         tracing::info!(session = id, agent = %info.agent, events = info.events, "agent session ended");
         Ok(())
     }

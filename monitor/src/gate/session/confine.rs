@@ -1,0 +1,1 @@
+//! The helper side of confinement (`confgate-confine`). Filled in by the confine work.
