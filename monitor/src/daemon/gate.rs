@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::approver::{self, SessionOracle, config::ServiceConfig};
 use crate::config::{ApprovalMode, Config};
 use crate::event::{Event, Kind};
+use crate::gate::session::Supervisors;
 use crate::gate::{
     Engine, EngineInputs, EngineParts, EngineSettings, GateMetrics, IntentSource, Listener, Marks,
     Notice, PermGroup,
@@ -45,6 +46,7 @@ pub struct GateRuntime {
     uplink: UplinkHandle,
     ledger: SharedLedger,
     approver: Mutex<Option<approver::Server>>,
+    supervisors: Arc<Supervisors>,
 }
 
 /// The gate's part of the watch set: the directories its rules name (not confgate's own
@@ -148,6 +150,10 @@ impl GateRuntime {
             let k = kernel.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::new(IntentSource::from_kernel(&k).context("gate maps")?)
         };
+        // Confined sessions' supervisors decide with the same decider and hand held
+        // operations to the same engine queue as the fanotify listener.
+        let supervisors = Arc::new(Supervisors::default());
+        supervisors.wire(handles.decider.clone(), held_tx.clone(), policy.mark_roots());
         let listener = Listener::start(group, intent.clone(), handles.decider.clone(), held_tx)
             .context("gate listener")?;
         info!(
@@ -168,7 +174,13 @@ impl GateRuntime {
             uplink,
             ledger,
             approver: Mutex::new(approver),
+            supervisors,
         })
+    }
+
+    /// The supervisors of confined sessions.
+    pub fn supervisors(&self) -> Arc<Supervisors> {
+        self.supervisors.clone()
     }
 
     /// Every gate counter, for `confgate stats`.
@@ -179,6 +191,7 @@ impl GateRuntime {
             .unwrap_or_else(PoisonError::into_inner)
             .counters();
         out.extend(self.metrics.snapshot());
+        out.extend(self.supervisors.counters());
         out.extend(self.uplink.counters());
         out.extend(self.ledger.counters());
         if let Some(s) = self
@@ -268,6 +281,7 @@ impl GateRuntime {
 
     /// An agent session ended (its last member exited).
     pub fn on_session_ended(&self, id: u64) {
+        self.supervisors.ended(id);
         let engine = Arc::clone(&self.engine);
         tokio::spawn(async move { engine.session_ended(id).await });
     }

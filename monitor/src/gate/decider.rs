@@ -265,6 +265,9 @@ impl GateState {
 
 /// The operations of a held open; `created` as far as known.
 pub fn ops_of(ev: &PermEvent, created: bool) -> OpSet {
+    if let Some(op) = ev.op {
+        return op.ops;
+    }
     OpSet::from_open_flags(ev.intent.as_ref().map_or(0, |i| i.flags), created)
 }
 

@@ -112,6 +112,28 @@ pub struct PermEvent {
     pub intent: Option<Intent>,
     /// When the listener read the event.
     pub received: Instant,
+    /// Set for an operation held by a session supervisor (not a fanotify open): what it
+    /// does and whether its target existed. `fd` is then the target opened read-only by
+    /// the daemon when it is a regular file (else `/dev/null`).
+    pub op: Option<OpFacts>,
+}
+
+/// What a session supervisor knows of a held operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpFacts {
+    /// The operations on the path.
+    pub ops: crate::policy::OpSet,
+    /// Whether the path existed when the operation was held (`false`: it creates it).
+    pub existed: bool,
+    /// The syscall's short name (`unlink`, `rename`, ...).
+    pub name: &'static str,
+}
+
+/// Answers a supervised operation (see [`Held::for_op`]): `Allow` performs it on the
+/// caller's behalf, `Deny` fails it with `EPERM`. Called once.
+pub trait OpAnswer: Send + Sync + std::fmt::Debug {
+    /// Answer `verdict`.
+    fn answer(&mut self, verdict: Verdict) -> std::io::Result<()>;
 }
 
 impl PermEvent {
@@ -122,7 +144,7 @@ impl PermEvent {
 
     /// Whether the open carries a known write intent.
     pub fn is_write(&self) -> bool {
-        self.intent.is_some_and(|i| i.write)
+        self.op.is_some() || self.intent.is_some_and(|i| i.write)
     }
 }
 
@@ -134,8 +156,17 @@ impl PermEvent {
 pub struct Held {
     event: PermEvent,
     fail: Verdict,
-    group: Arc<PermGroup>,
+    to: AnswerTo,
     answered: bool,
+}
+
+/// Where a held event's answer goes.
+#[derive(Debug)]
+enum AnswerTo {
+    /// The fanotify group (the event's descriptor names the event).
+    Group(Arc<PermGroup>),
+    /// A session supervisor.
+    Op(Box<dyn OpAnswer>),
 }
 
 impl Held {
@@ -143,7 +174,18 @@ impl Held {
         Self {
             event,
             fail,
-            group,
+            to: AnswerTo::Group(group),
+            answered: false,
+        }
+    }
+
+    /// An operation held by a session supervisor (`event.op` is set); dropped unanswered,
+    /// it gets `fail`.
+    pub fn for_op(event: PermEvent, fail: Verdict, answer: Box<dyn OpAnswer>) -> Self {
+        Self {
+            event,
+            fail,
+            to: AnswerTo::Op(answer),
             answered: false,
         }
     }
@@ -172,7 +214,11 @@ impl Held {
     /// `ENOENT`: the opener was killed and the event is gone); it is counted too.
     pub fn answer(mut self, verdict: Verdict) -> Result<(), GateError> {
         self.answered = true;
-        respond(&self.group, &self.event.fd, verdict).map_err(GateError::Respond)
+        match &mut self.to {
+            AnswerTo::Group(g) => respond(g, &self.event.fd, verdict),
+            AnswerTo::Op(a) => a.answer(verdict),
+        }
+        .map_err(GateError::Respond)
     }
 }
 
@@ -182,14 +228,21 @@ impl Drop for Held {
             return;
         }
         self.answered = true;
-        GateCounters::add(&self.group.counters().held_dropped_fallback);
         debug!(
             tid = self.event.tid,
             path = %self.event.path().display(),
             verdict = ?self.fail,
             "gate: held open dropped unanswered; applying its failure verdict"
         );
-        let _ = respond(&self.group, &self.event.fd, self.fail);
+        match &mut self.to {
+            AnswerTo::Group(g) => {
+                GateCounters::add(&g.counters().held_dropped_fallback);
+                let _ = respond(g, &self.event.fd, self.fail);
+            }
+            AnswerTo::Op(a) => {
+                let _ = a.answer(self.fail);
+            }
+        }
     }
 }
 
@@ -457,6 +510,7 @@ impl Worker {
             path,
             intent,
             received: Instant::now(),
+            op: None,
         };
         let verdict = catch_unwind(AssertUnwindSafe(|| self.decider.decide(&event)))
             .unwrap_or_else(|_| {

@@ -42,6 +42,26 @@ pub struct PreImage {
     pub ctime: SystemTime,
 }
 
+impl PreImage {
+    /// The pre-image of a path that does not exist yet: empty, regular-file mode 0644,
+    /// owned by root. A change kept with it records "did not exist" (its revert removes
+    /// the path).
+    pub fn absent() -> PreImage {
+        PreImage {
+            content: Some(Vec::new()),
+            size: 0,
+            sha256: Sha256::digest(b"").into(),
+            mode: libc::S_IFREG | 0o644,
+            uid: 0,
+            gid: 0,
+            dev: 0,
+            ino: 0,
+            nlink: 0,
+            ctime: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
 /// Errors of [`capture`].
 #[derive(Debug, thiserror::Error)]
 pub enum PreImageError {

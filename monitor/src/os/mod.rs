@@ -24,6 +24,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 pub mod clock;
+pub mod creds;
 pub mod environ;
 pub mod fanotify;
 pub mod fs;
@@ -32,6 +33,7 @@ pub mod limits;
 pub mod memory;
 pub mod poll;
 pub mod procfs;
+pub mod seccomp;
 pub mod walk;
 
 /// The result of a libc call that returns -1 (and sets errno) on failure.

@@ -1,8 +1,12 @@
 //! [`OpSet`]: the operations an open (or a rename) performs on a gated file.
 //!
 //! A small bit set, written in configuration, requests and grants as a list of names:
-//! `"write"` (opened for writing), `"create"` (the open created the file), `"truncate"`
-//! (`O_TRUNC`), `"rename"` (a rename into the path; only seen by detection, never held).
+//! `"write"` (opened for writing), `"create"` (the open or a mkdir/mknod/symlink/link
+//! created the name), `"truncate"` (`O_TRUNC` or `truncate(2)`), `"rename"` (a rename into
+//! the path), `"remove"` (unlink, rmdir, or a rename away from the path), `"chmod"`,
+//! `"chown"`, `"xattr"` (extended attributes, ACLs included) and `"link"` (a new hard link
+//! to the gated file elsewhere). Opens name the first three; the session gate's supervisor
+//! names the others.
 use std::fmt;
 use std::str::FromStr;
 
@@ -11,14 +15,19 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A set of file operations. `OpSet::EMPTY` is the empty set; in a rule's `ops` it means
 /// "every operation".
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct OpSet(u8);
+pub struct OpSet(u16);
 
 /// One operation's bit and name, in display order.
-const NAMES: [(OpSet, &str); 4] = [
+const NAMES: [(OpSet, &str); 9] = [
     (OpSet::WRITE, "write"),
     (OpSet::CREATE, "create"),
     (OpSet::TRUNCATE, "truncate"),
     (OpSet::RENAME, "rename"),
+    (OpSet::REMOVE, "remove"),
+    (OpSet::CHMOD, "chmod"),
+    (OpSet::CHOWN, "chown"),
+    (OpSet::XATTR, "xattr"),
+    (OpSet::LINK, "link"),
 ];
 
 impl OpSet {
@@ -32,8 +41,18 @@ impl OpSet {
     pub const TRUNCATE: OpSet = OpSet(1 << 2);
     /// A rename into the path.
     pub const RENAME: OpSet = OpSet(1 << 3);
+    /// The name is removed: unlink, rmdir, or a rename away from it.
+    pub const REMOVE: OpSet = OpSet(1 << 4);
+    /// Its permission bits change.
+    pub const CHMOD: OpSet = OpSet(1 << 5);
+    /// Its owner or group changes.
+    pub const CHOWN: OpSet = OpSet(1 << 6);
+    /// An extended attribute (ACLs included) is set or removed.
+    pub const XATTR: OpSet = OpSet(1 << 7);
+    /// A new hard link to it is made elsewhere.
+    pub const LINK: OpSet = OpSet(1 << 8);
     /// Every operation.
-    pub const ALL: OpSet = OpSet(0b1111);
+    pub const ALL: OpSet = OpSet(0b1_1111_1111);
 
     /// The operations of an `open(2)` with `flags`; `created` says whether this open
     /// created the file (which the caller learns from `O_CREAT` plus the file's ctime, or
@@ -99,10 +118,13 @@ impl OpSet {
     }
 }
 
-/// An operation name that is not one of `write`, `create`, `truncate`, `rename`. Holds the
-/// name, escaped and shortened (it may come from the network).
+/// An operation name that is not one of [`OpSet`]'s. Holds the name, escaped and
+/// shortened (it may come from the network).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown operation {0}: expected \"write\", \"create\", \"truncate\" or \"rename\"")]
+#[error(
+    "unknown operation {0}: expected \"write\", \"create\", \"truncate\", \"rename\", \
+     \"remove\", \"chmod\", \"chown\", \"xattr\" or \"link\""
+)]
 pub struct UnknownOp(pub String);
 
 /// `{:?}` of at most the first 64 characters, so hostile input cannot flood a message.

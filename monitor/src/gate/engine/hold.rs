@@ -18,17 +18,22 @@ impl Engine {
         let ev = held.event();
         let session = self.state.sessions.get(ev.session);
         let root = session.as_ref().map_or(1, |s| s.root_pid);
-        let pre = match preimage::capture(&ev.fd, self.state.policy.max_preimage_bytes()) {
-            Ok(p) => Some(p),
-            Err(e) => {
+        let pre = match (ev.op, preimage::capture(&ev.fd, self.state.policy.max_preimage_bytes())) {
+            // A supervised operation on a path that does not exist yet: its pre-image is
+            // "did not exist" (a revert removes what it creates).
+            (Some(op), _) if !op.existed => Some(PreImage::absent()),
+            (_, Ok(p)) => Some(p),
+            (Some(_), Err(preimage::PreImageError::NotRegular { .. })) => None,
+            (_, Err(e)) => {
                 GateMetrics::inc(&self.state.metrics.preimage_errors);
                 warn!(path = %encode(&ev.path), error = %e, "cannot read the pre-image");
                 None
             }
         };
         let writer = context::writer(ev.tgid, root);
-        let created = match (&pre, ev.intent.as_ref()) {
-            (Some(p), Some(i)) => preimage::created_by_open(p, i),
+        let created = match (ev.op, &pre, ev.intent.as_ref()) {
+            (Some(op), _, _) => !op.existed,
+            (None, Some(p), Some(i)) => preimage::created_by_open(p, i),
             _ => false,
         };
         let agent = self.state.agent(ev.session);
@@ -175,7 +180,8 @@ impl Engine {
 
     /// Denies, first removing the file if this very open created it.
     pub(super) async fn deny(&self, held: Held, created: bool) {
-        if created {
+        // A supervised operation was never performed: there is nothing to remove.
+        if created && held.event().op.is_none() {
             let path = held.event().path.clone();
             let fd_stat = nix::sys::stat::fstat(&held.event().fd).ok();
             let removed = blocking(move || remove_if_same(&path, fd_stat))

@@ -17,6 +17,9 @@
 //!   the engine as held operations.
 pub mod confine;
 pub mod handoff;
+pub mod ops;
+pub mod perform;
+pub mod resolve;
 pub mod spec;
 pub mod supervisor;
 

@@ -1,8 +1,43 @@
-//! [`Supervisors`]: the daemon's supervisors of confined sessions, one per listener.
+//! [`Supervisors`]: the daemon's supervisors of confined sessions, one thread (and one
+//! performer thread) per session listener.
+//!
+//! For each notification the supervisor decodes the syscall, reads and resolves its paths
+//! ([`super::resolve`]) and checks that the caller is still the one that made it. Then:
+//! - every target covered by the session's Landlock rules and not a gated file under
+//!   another name: CONTINUE (Landlock checks the object the kernel really uses, so a path
+//!   swapped after this check gains nothing);
+//! - otherwise the gate's decider rules on each target, as it does for a fanotify open:
+//!   allow (the performer does it as the caller), deny (`EPERM`, recorded by the decider),
+//!   or defer: the operation goes to the engine as a [`Held`] whose answer performs or
+//!   denies it; a full queue applies the rule's failure verdict at once.
+//!
+//! A gated operation is never CONTINUEd. Nothing a caller sends can stop the thread: bad
+//! pointers, paths and flags are answered with the errno the kernel would give.
+use std::collections::HashMap;
+use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
 
 use super::ConfineSpec;
+use super::ops::{self, Kind, Op};
+use super::perform::{self, Job, PerformCounters};
+use super::resolve::{self, Target};
+use crate::gate::listener::{Decider, FastVerdict, Held, OpAnswer, OpFacts, PermEvent};
+use crate::gate::Verdict;
+use crate::os::creds;
+use crate::os::seccomp::notify::{self, Ready};
+
+/// How often a supervisor thread looks up from its listener (to notice a shutdown).
+const WAIT_MS: i32 = 1000;
+/// Operations queued for one session's performer.
+const PERFORM_QUEUE: usize = 1024;
 
 /// A session's seccomp listener, handed over by the helper or restored from systemd's
 /// descriptor store after a restart.
@@ -27,21 +62,524 @@ pub enum SupervisorError {
         session: u64,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: io::Error,
     },
+    /// The gate is not running (no decider to supervise with).
+    #[error("the gate is not running: session {0} cannot be supervised")]
+    NoGate(u64),
+    /// The session is already supervised.
+    #[error("session {0} is already supervised")]
+    Already(u64),
 }
 
-/// The daemon's session supervisors.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Counters of every supervisor since start-up (`confgate stats`: `session_*`).
+        #[derive(Debug, Default)]
+        pub struct SupervisorCounters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl SupervisorCounters {
+            /// Every counter with its name.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((concat!("session_", stringify!($name)), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Listeners attached.
+    attached,
+    /// Notifications received.
+    notifications,
+    /// Answered CONTINUE (every target covered by Landlock).
+    continued,
+    /// Allowed by the decider and performed by the supervisor.
+    allowed,
+    /// Denied by the decider (`EPERM`).
+    denied,
+    /// Handed to the engine.
+    deferred,
+    /// Could not be handed to the engine (queue full or closed): failure verdict applied.
+    defer_failed,
+    /// Paths that could not be read or resolved (answered with the errno).
+    resolve_errors,
+    /// Syscalls refused outright (`setxattrat`, unknown numbers): `ENOSYS`.
+    refused,
+    /// Callers gone before they were answered.
+    caller_gone,
+    /// Answers the kernel refused.
+    answer_errors,
+}
+
+struct Wiring {
+    decider: Arc<dyn Decider>,
+    held: mpsc::Sender<Held>,
+    /// The gated set (the policy's mark roots), for the index of gated hard links.
+    gated: Vec<PathBuf>,
+}
+
+/// The daemon's session supervisors. Created empty; [`Supervisors::wire`] connects it to
+/// the gate once the gate runs.
 #[derive(Default)]
-pub struct Supervisors {}
+pub struct Supervisors {
+    wiring: OnceLock<Wiring>,
+    live: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    counters: Arc<SupervisorCounters>,
+    perform: Arc<PerformCounters>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl Supervisors {
-    /// Starts supervising `a.listener`.
+    /// Connects the supervisors to the gate: its decider and the engine's queue of held
+    /// operations. Later calls do nothing.
+    pub fn wire(&self, decider: Arc<dyn Decider>, held: mpsc::Sender<Held>, gated: Vec<PathBuf>) {
+        let _ = self.wiring.set(Wiring {
+            decider,
+            held,
+            gated,
+        });
+    }
+
+    /// Counters, for `confgate stats`.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut v = self.counters.snapshot();
+        let p = &self.perform;
+        v.push(("session_performed", p.performed.load(Ordering::Relaxed)));
+        v.push(("session_perform_caller_gone", p.caller_gone.load(Ordering::Relaxed)));
+        v.push(("session_perform_unanswered", p.unanswered.load(Ordering::Relaxed)));
+        v.push(("session_perform_cred_errors", p.cred_errors.load(Ordering::Relaxed)));
+        v
+    }
+
+    /// Sessions supervised now.
+    pub fn live(&self) -> Vec<u64> {
+        lock(&self.live).keys().copied().collect()
+    }
+
+    /// Starts supervising `a.listener`: a supervisor thread and a performer thread, which
+    /// end when every process of the session is gone.
     pub fn attach(&self, a: Attach) -> Result<(), SupervisorError> {
-        let _ = a;
-        Err(SupervisorError::Start {
-            session: 0,
-            source: std::io::Error::from_raw_os_error(libc::ENOSYS),
+        let Some(w) = self.wiring.get() else {
+            return Err(SupervisorError::NoGate(a.session));
+        };
+        let session = a.session;
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let mut live = lock(&self.live);
+            if live.contains_key(&session) {
+                return Err(SupervisorError::Already(session));
+            }
+            live.insert(session, stop.clone());
+        }
+        let start = |source| SupervisorError::Start { session, source };
+        let fail = |e| {
+            lock(&self.live).remove(&session);
+            start(e)
+        };
+        notify::check_sizes().map_err(fail)?;
+        let sync = notify::set_sync_wake_up(&a.listener);
+        let listener = Arc::new(a.listener);
+        let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(PERFORM_QUEUE);
+        let perform_counters = self.perform.clone();
+        let l2 = listener.clone();
+        std::thread::Builder::new()
+            .name(format!("confgate-perform-{session}"))
+            .spawn(move || performer(l2, job_rx, perform_counters))
+            .map_err(fail)?;
+        let sup = Supervisor {
+            session,
+            listener,
+            spec: a.spec,
+            decider: w.decider.clone(),
+            held: w.held.clone(),
+            jobs: job_tx,
+            counters: self.counters.clone(),
+            stop,
+            gated_inodes: gated_links(&w.gated),
+        };
+        std::thread::Builder::new()
+            .name(format!("confgate-supervise-{session}"))
+            .spawn(move || sup.run())
+            .map_err(fail)?;
+        SupervisorCounters::inc(&self.counters.attached);
+        info!(session, root_pid = a.root_pid, sync_wake_up = sync, "session confined: supervising its listener");
+        Ok(())
+    }
+
+    /// Forgets a session whose supervisor ended (called by the daemon when the session
+    /// ends; the thread itself ends when the listener hangs up).
+    pub fn ended(&self, session: u64) {
+        if let Some(stop) = lock(&self.live).remove(&session) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl SupervisorCounters {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads `openat2`'s `open_how` (flags, mode) from the caller.
+pub fn read_open_how(tid: u32, how: u64, size: u64) -> io::Result<(i32, u32)> {
+    const VER0: u64 = 24;
+    if size < VER0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let b = notify::read_bytes(tid, how, VER0 as usize)?;
+    let word = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        u64::from_ne_bytes(a)
+    };
+    let (flags, mode) = (word(0), word(1));
+    let flags = i32::try_from(flags).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mode = u32::try_from(mode).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok((flags, mode))
+}
+
+fn performer(listener: Arc<OwnedFd>, jobs: std::sync::mpsc::Receiver<Job>, c: Arc<PerformCounters>) {
+    if let Err(e) = perform::unshare_fs() {
+        warn!(error = %e, "session performer: cannot unshare its filesystem context; callers' umask is not applied");
+    }
+    while let Ok(job) = jobs.recv() {
+        let r = perform::perform_and_answer(&listener, &job, &c);
+        debug!(id = job.id, op = job.op.name(), result = ?r.as_ref().map_err(|e| e.raw_os_error()), "performed for session");
+    }
+}
+
+/// The answer of a deferred operation: performs it (through the performer) or denies it.
+#[derive(Debug)]
+struct Deferred {
+    job: Option<Job>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    listener: Arc<OwnedFd>,
+}
+
+impl OpAnswer for Deferred {
+    fn answer(&mut self, verdict: Verdict) -> io::Result<()> {
+        let Some(job) = self.job.take() else {
+            return Ok(());
+        };
+        match verdict {
+            Verdict::Allow => self.jobs.try_send(job).map_err(|e| {
+                // The performer is gone or swamped: the caller must not wait forever.
+                let id = match &e {
+                    std::sync::mpsc::TrySendError::Full(j) | std::sync::mpsc::TrySendError::Disconnected(j) => j.id,
+                };
+                let _ = notify::respond_error(&*self.listener, id, libc::EAGAIN);
+                io::Error::from_raw_os_error(libc::EAGAIN)
+            }),
+            Verdict::Deny => notify::respond_error(&*self.listener, job.id, libc::EPERM),
+        }
+    }
+}
+
+struct Supervisor {
+    session: u64,
+    listener: Arc<OwnedFd>,
+    spec: Arc<ConfineSpec>,
+    decider: Arc<dyn Decider>,
+    held: mpsc::Sender<Held>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    counters: Arc<SupervisorCounters>,
+    stop: Arc<AtomicBool>,
+    /// Gated files with more than one name, by (device, inode): a write through another
+    /// name is decided as a write of the gated one.
+    gated_inodes: HashMap<(u64, u64), PathBuf>,
+}
+
+/// How one notification is answered.
+enum Plan {
+    Continue,
+    Error(i32),
+    Perform,
+    Deny,
+    Defer { primary: usize, fail: Verdict, path: Vec<u8>, facts: OpFacts },
+}
+
+impl Supervisor {
+    fn run(self) {
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match notify::wait(&*self.listener, WAIT_MS) {
+                Ok(Ready::Notification) => {}
+                Ok(Ready::Timeout) => continue,
+                Ok(Ready::Gone) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => {
+                    warn!(session = self.session, error = %e, "session supervisor: poll failed");
+                    break;
+                }
+            }
+            let n = match notify::recv(&*self.listener) {
+                Ok(n) => n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINTR)) => continue,
+                Err(e) => {
+                    warn!(session = self.session, error = %e, "session supervisor: receive failed");
+                    break;
+                }
+            };
+            SupervisorCounters::inc(&self.counters.notifications);
+            self.handle(n);
+        }
+        debug!(session = self.session, "session supervisor ends: no process of the session is left");
+    }
+
+    fn answer_error(&self, id: u64, errno: i32) {
+        if notify::respond_error(&*self.listener, id, errno).is_err() {
+            SupervisorCounters::inc(&self.counters.answer_errors);
+        }
+    }
+
+    fn handle(&self, n: notify::Notif) {
+        let Some(op) = ops::decode(n.nr, n.args) else {
+            SupervisorCounters::inc(&self.counters.refused);
+            return self.answer_error(n.id, libc::ENOSYS);
+        };
+        let tid = n.pid;
+        // An openat2 that only reads is not the gate's business (the filter cannot read
+        // its flags).
+        if let Kind::Open { how, how_size, .. } = op.kind
+            && how != 0
+        {
+            match read_open_how(tid, how, how_size) {
+                Ok((flags, _)) if !ops::open_writes(flags) => {
+                    return self.answer_continue(n.id);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    SupervisorCounters::inc(&self.counters.resolve_errors);
+                    return self.answer_error(n.id, e.raw_os_error().unwrap_or(libc::EFAULT));
+                }
+            }
+        }
+        if n.nr == 463 || n.nr == 466 {
+            // setxattrat / removexattrat: not performed on a caller's behalf.
+            SupervisorCounters::inc(&self.counters.refused);
+            return self.answer_error(n.id, libc::ENOSYS);
+        }
+        let targets = match self.targets(tid, &op) {
+            Ok(t) => t,
+            Err(e) => {
+                SupervisorCounters::inc(&self.counters.resolve_errors);
+                return self.answer_error(n.id, e.raw_os_error().unwrap_or(libc::EINVAL));
+            }
+        };
+        // What was read belongs to this caller only if the notification is still live.
+        if !notify::id_valid(&*self.listener, n.id) {
+            SupervisorCounters::inc(&self.counters.caller_gone);
+            return;
+        }
+        let tgid = crate::os::procfs::tgid_of(tid).unwrap_or(0);
+        match self.plan(tid, tgid, &op, &targets) {
+            Plan::Continue => self.answer_continue(n.id),
+            Plan::Error(errno) => self.answer_error(n.id, errno),
+            Plan::Deny => {
+                SupervisorCounters::inc(&self.counters.denied);
+                self.answer_error(n.id, libc::EPERM)
+            }
+            Plan::Perform => {
+                let Some(job) = self.job(n.id, tid, tgid, op, targets) else {
+                    return self.answer_error(n.id, libc::EPERM);
+                };
+                SupervisorCounters::inc(&self.counters.allowed);
+                if self.jobs.try_send(job).is_err() {
+                    self.answer_error(n.id, libc::EAGAIN);
+                }
+            }
+            Plan::Defer { primary, fail, path, facts } => {
+                let pre_fd = targets
+                    .get(primary)
+                    .filter(|t| t.found.is_some_and(|f| f.is_regular()))
+                    .and_then(|t| open_for_preimage(&t.path))
+                    .or_else(|| std::fs::File::open("/dev/null").ok().map(OwnedFd::from));
+                let Some(fd) = pre_fd else {
+                    return self.answer_error(n.id, libc::EMFILE);
+                };
+                let Some(job) = self.job(n.id, tid, tgid, op, targets) else {
+                    return self.answer_error(n.id, libc::EPERM);
+                };
+                let event = PermEvent {
+                    fd,
+                    tid,
+                    tgid,
+                    session: self.session,
+                    path,
+                    intent: None,
+                    received: Instant::now(),
+                    op: Some(facts),
+                };
+                let answer = Deferred {
+                    job: Some(job),
+                    jobs: self.jobs.clone(),
+                    listener: self.listener.clone(),
+                };
+                let held = Held::for_op(event, fail, Box::new(answer));
+                SupervisorCounters::inc(&self.counters.deferred);
+                // A full or closed queue drops `held`, which applies its failure verdict.
+                if self.held.try_send(held).is_err() {
+                    SupervisorCounters::inc(&self.counters.defer_failed);
+                }
+            }
+        }
+    }
+
+    fn answer_continue(&self, id: u64) {
+        SupervisorCounters::inc(&self.counters.continued);
+        if notify::respond_continue(&*self.listener, id).is_err() {
+            SupervisorCounters::inc(&self.counters.answer_errors);
+        }
+    }
+
+    fn job(&self, id: u64, tid: u32, tgid: u32, op: Op, targets: Vec<Target>) -> Option<Job> {
+        let creds = creds::of_thread(tid)?;
+        Some(Job {
+            id,
+            tid,
+            tgid,
+            op,
+            targets,
+            creds,
         })
     }
+
+    /// Reads and resolves every path of `op` (for descriptor operations: the file behind
+    /// the descriptor).
+    fn targets(&self, tid: u32, op: &Op) -> io::Result<Vec<Target>> {
+        let mut out = Vec::with_capacity(2);
+        match op.kind {
+            Kind::FdChmod { fd, .. } | Kind::FdChown { fd, .. } | Kind::FdXattr { fd, .. } => {
+                let base = resolve::base_of(tid, fd)?;
+                let found = std::fs::symlink_metadata(&base).ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    resolve::Found { dev: m.dev(), ino: m.ino(), mode: m.mode(), nlink: m.nlink() }
+                });
+                out.push(Target { path: base, found });
+                return Ok(out);
+            }
+            _ => {}
+        }
+        for (i, raw) in op.paths.iter().enumerate() {
+            let bytes = resolve::read(tid, *raw)?;
+            let names_itself = matches!(
+                op.kind,
+                Kind::Rename { .. } | Kind::Unlink { .. } | Kind::Mkdir { .. } | Kind::Mknod { .. } | Kind::Symlink { .. }
+            ) || matches!(op.kind, Kind::Link { .. } if i == 1);
+            if names_itself && resolve::ends_in_dots(&bytes) {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            out.push(resolve::resolve(tid, raw.dirfd, &bytes, op.follows(i))?);
+        }
+        Ok(out)
+    }
+
+    fn plan(&self, tid: u32, tgid: u32, op: &Op, targets: &[Target]) -> Plan {
+        let gated_name = |t: &Target| {
+            t.found
+                .filter(|f| f.is_regular())
+                .and_then(|f| self.gated_inodes.get(&(f.dev, f.ino)))
+                .filter(|p| **p != t.path)
+                .cloned()
+        };
+        let free = targets
+            .iter()
+            .all(|t| covers(&self.spec, &t.path) && gated_name(t).is_none());
+        if free {
+            return Plan::Continue;
+        }
+        let mut deferred = None;
+        for (i, t) in targets.iter().enumerate() {
+            let covered = covers(&self.spec, &t.path);
+            let alias = gated_name(t);
+            if covered && alias.is_none() {
+                continue;
+            }
+            let path = alias.unwrap_or_else(|| t.path.clone());
+            let facts = OpFacts {
+                ops: op.ops_on(i, t.found.is_some()),
+                existed: t.found.is_some(),
+                name: op.name(),
+            };
+            let Ok(fd) = std::fs::File::open("/dev/null") else {
+                return Plan::Error(libc::EMFILE);
+            };
+            let ev = PermEvent {
+                fd: fd.into(),
+                tid,
+                tgid,
+                session: self.session,
+                path: path.as_os_str().as_bytes().to_vec(),
+                intent: None,
+                received: Instant::now(),
+                op: Some(facts),
+            };
+            match self.decider.decide(&ev) {
+                FastVerdict::Allow => {}
+                FastVerdict::Deny => return Plan::Deny,
+                FastVerdict::Defer { fail } => {
+                    if deferred.is_none() {
+                        deferred = Some(Plan::Defer { primary: i, fail, path: ev.path, facts });
+                    }
+                }
+            }
+        }
+        deferred.unwrap_or(Plan::Perform)
+    }
+}
+
+/// Whether `path` (absolute, canonical) is beneath a path the session's Landlock rules
+/// allow writing to.
+fn covers(spec: &ConfineSpec, path: &Path) -> bool {
+    spec.write_allowed.iter().any(|a| path.starts_with(a))
+}
+
+/// The target, opened read-only for its pre-image (never blocking on a FIFO, never
+/// following a symlink).
+fn open_for_preimage(path: &Path) -> Option<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .ok()
+        .map(OwnedFd::from)
+}
+
+/// Regular files with more than one name beneath the paths the spec does not cover, by
+/// (device, inode) (at most [`MAX_LINKED`] are indexed; more are logged).
+fn gated_links(gated: &[PathBuf]) -> HashMap<(u64, u64), PathBuf> {
+    const MAX_LINKED: usize = 100_000;
+    const MAX_VISITED: usize = 1_000_000;
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = HashMap::new();
+    let mut visited = 0usize;
+    let mut stack: Vec<PathBuf> = gated.to_vec();
+    while let Some(p) = stack.pop() {
+        visited += 1;
+        if visited > MAX_VISITED || out.len() >= MAX_LINKED {
+            warn!(indexed = out.len(), "gated trees too large to index every hard link; writes through other names of the rest are decided by that name");
+            break;
+        }
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if m.is_file() && m.nlink() > 1 {
+            out.insert((m.dev(), m.ino()), p);
+        }
+    }
+    out
 }

@@ -1,0 +1,163 @@
+//! Acting with another process's filesystem credentials on the current thread.
+//!
+//! The session supervisor performs approved operations on a writer's behalf; the kernel
+//! must check them against the writer's credentials, not the daemon's. Linux keeps
+//! credentials per thread: the raw `setfsuid`, `setfsgid` and `setgroups` syscalls (not
+//! glibc's, which apply `setgroups` to every thread of the process) change only the
+//! calling thread, and changing the fsuid away from 0 drops the filesystem capabilities
+//! (`CAP_DAC_OVERRIDE`, `CAP_CHOWN`, `CAP_FOWNER`, ...) from it until it is set back.
+use std::io;
+
+/// The filesystem credentials of a thread, from `/proc/<tid>/status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsCreds {
+    /// Filesystem user id.
+    pub uid: u32,
+    /// Filesystem group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// File mode creation mask.
+    pub umask: u32,
+}
+
+/// Parses the `Uid:`, `Gid:`, `Groups:` and `Umask:` lines of a `/proc/<tid>/status` text.
+pub fn parse_status(text: &str) -> Option<FsCreds> {
+    let mut uid = None;
+    let mut gid = None;
+    let mut groups = Vec::new();
+    let mut umask = 0o022;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("Uid:") {
+            uid = v.split_whitespace().nth(3).and_then(|x| x.parse().ok());
+        } else if let Some(v) = line.strip_prefix("Gid:") {
+            gid = v.split_whitespace().nth(3).and_then(|x| x.parse().ok());
+        } else if let Some(v) = line.strip_prefix("Groups:") {
+            groups = v
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+        } else if let Some(v) = line.strip_prefix("Umask:") {
+            umask = u32::from_str_radix(v.trim(), 8).ok()?;
+        }
+    }
+    Some(FsCreds {
+        uid: uid?,
+        gid: gid?,
+        groups,
+        umask,
+    })
+}
+
+/// The filesystem credentials of thread `tid` (`None`: it is gone).
+pub fn of_thread(tid: u32) -> Option<FsCreds> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    parse_status(&text)
+}
+
+fn set_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the raw syscall reads `groups.len()` gids from the pointer, which is valid
+    // for that many; it changes this thread's credentials only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_setgroups,
+            groups.len() as libc::size_t,
+            groups.as_ptr(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn set_fsuid(uid: u32) -> u32 {
+    // SAFETY: setfsuid takes an id and returns the previous one; no memory is involved.
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as u32 }
+}
+
+fn set_fsgid(gid: u32) -> u32 {
+    // SAFETY: as `set_fsuid`.
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) as u32 }
+}
+
+/// Sets this thread's credentials back to the daemon's when dropped.
+struct Restore {
+    groups: Vec<u32>,
+    uid: u32,
+    gid: u32,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        set_fsuid(self.uid);
+        set_fsgid(self.gid);
+        let _ = set_groups(&self.groups);
+    }
+}
+
+/// Runs `f` on this thread with `creds` as its filesystem credentials, and puts the
+/// thread's own back afterwards (also if `f` panics). `f` must not move to another thread
+/// or yield to an async runtime.
+pub fn as_writer<T>(creds: &FsCreds, f: impl FnOnce() -> T) -> io::Result<T> {
+    let own_groups = nix::unistd::getgroups()
+        .map_err(io::Error::from)?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    let restore = Restore {
+        groups: own_groups,
+        uid: set_fsuid(u32::MAX),
+        gid: set_fsgid(u32::MAX),
+    };
+    set_groups(&creds.groups)?;
+    set_fsgid(creds.gid);
+    set_fsuid(creds.uid);
+    // setfsuid reports no errors: read the ids back.
+    if set_fsuid(u32::MAX) != creds.uid || set_fsgid(u32::MAX) != creds.gid {
+        drop(restore);
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    let out = f();
+    drop(restore);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_fs_ids_groups_and_umask() {
+        let text = "Name:\tx\nUmask:\t0027\nUid:\t1000\t1000\t1000\t1001\nGid:\t100\t100\t100\t101\nGroups:\t4 24 27 \n";
+        let c = parse_status(text).unwrap();
+        assert_eq!(c.uid, 1001);
+        assert_eq!(c.gid, 101);
+        assert_eq!(c.groups, vec![4, 24, 27]);
+        assert_eq!(c.umask, 0o027);
+        assert!(parse_status("Name:\tx\n").is_none());
+    }
+
+    #[test]
+    fn an_unprivileged_writer_cannot_write_a_root_only_file() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skip: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("root-only");
+        std::fs::write(&f, b"x").unwrap();
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let nobody = FsCreds {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![],
+            umask: 0o022,
+        };
+        let r = as_writer(&nobody, || std::fs::OpenOptions::new().write(true).open(&f)).unwrap();
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
+        // And the thread is root again afterwards.
+        std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+    }
+}
