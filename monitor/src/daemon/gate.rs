@@ -153,7 +153,11 @@ impl GateRuntime {
         // Confined sessions' supervisors decide with the same decider and hand held
         // operations to the same engine queue as the fanotify listener.
         let supervisors = Arc::new(Supervisors::default());
-        supervisors.wire(handles.decider.clone(), held_tx.clone(), policy.mark_roots());
+        supervisors.wire(
+            handles.decider.clone(),
+            held_tx.clone(),
+            policy.mark_roots(),
+        );
         let listener = Listener::start(group, intent.clone(), handles.decider.clone(), held_tx)
             .context("gate listener")?;
         info!(

@@ -40,6 +40,8 @@ pub(super) struct Runtime {
     pub(super) stats_tick: tokio::time::Interval,
     pub(super) signals: Signals,
     pub(super) server: Server,
+    /// Operations confined sessions' supervisors answered themselves.
+    pub(super) supervised: tokio::sync::mpsc::Receiver<crate::observe::supervised::Supervised>,
 }
 
 pub(super) struct Signals {
@@ -81,6 +83,10 @@ impl Runtime {
                     self.core.cadence.activity(Instant::now());
                 }
                 batch = self.core.fan.next_batch() => self.core.on_fanotify(batch),
+                Some(op) = self.supervised.recv() => {
+                    self.core.pipeline.on_supervised(op);
+                    self.core.cadence.activity(Instant::now());
+                }
                 _ = self.core.cadence.tick() => self.core.on_tick(self.ring.get_mut()),
                 _ = self.stats_tick.tick(), if self.stats_every > 0 => self.core.on_stats(),
                 res = &mut self.server.task => return Err(server_stopped(res)),

@@ -106,8 +106,14 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         sink,
         metrics: metrics.clone(),
     });
+    // Operations the session supervisors perform themselves are observed through them.
+    let (supervised_tx, supervised) = tokio::sync::mpsc::channel(SUPERVISED_QUEUE);
+    if let Some(g) = &gate {
+        g.supervisors().observe_into(supervised_tx);
+    }
     Ok(Runtime {
         ring,
+        supervised,
         core: Core::new(shared, pipeline, fan, consumers, gate, metrics, cadence),
         stats_every,
         stats_tick,
@@ -115,6 +121,9 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         server,
     })
 }
+
+/// Reports of supervised operations waiting for the event pipeline.
+const SUPERVISED_QUEUE: usize = 4096;
 
 /// The state directory (made 0700), the store in it and the sessions it holds.
 fn open_state(state_dir: &Path) -> anyhow::Result<(Store, SessionRegistry)> {

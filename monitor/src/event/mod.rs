@@ -109,6 +109,9 @@ pub enum Source {
     Ebpf,
     Fanotify,
     Both,
+    /// A confined session's supervisor, which held the operation (and performed it, or
+    /// refused it).
+    Supervisor,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

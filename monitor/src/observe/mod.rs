@@ -12,4 +12,5 @@ pub mod correlate;
 pub mod pipeline;
 pub mod procs;
 pub mod sink;
+pub mod supervised;
 pub mod syscalls;

@@ -137,6 +137,18 @@ impl Pipeline {
         }
     }
 
+    /// An operation a confined session's supervisor answered itself (the tracepoints
+    /// never saw it).
+    pub fn on_supervised(&mut self, s: crate::observe::supervised::Supervised) {
+        let obs = s.into_observation();
+        if matches!(obs.kind, Kind::OpenWrite | Kind::Create)
+            && let Some(fd) = obs.result.filter(|r| *r >= 0)
+        {
+            self.procs.set_fd(obs.tgid, fd as i32, obs.path.clone());
+        }
+        self.push_ebpf(obs);
+    }
+
     /// Handle one kernel record.
     pub fn on_record(&mut self, rec: Record) -> Vec<Action> {
         Metrics::inc(&self.metrics.records);

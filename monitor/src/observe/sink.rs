@@ -160,6 +160,7 @@ pub fn human(e: &Event) -> String {
             Source::Ebpf => "ebpf",
             Source::Fanotify => "fanotify",
             Source::Both => "both",
+            Source::Supervisor => "supervisor",
         },
     )
 }

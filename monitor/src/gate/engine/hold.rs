@@ -18,7 +18,10 @@ impl Engine {
         let ev = held.event();
         let session = self.state.sessions.get(ev.session);
         let root = session.as_ref().map_or(1, |s| s.root_pid);
-        let pre = match (ev.op, preimage::capture(&ev.fd, self.state.policy.max_preimage_bytes())) {
+        let pre = match (
+            ev.op,
+            preimage::capture(&ev.fd, self.state.policy.max_preimage_bytes()),
+        ) {
             // A supervised operation on a path that does not exist yet: its pre-image is
             // "did not exist" (a revert removes what it creates).
             (Some(op), _) if !op.existed => Some(PreImage::absent()),

@@ -190,6 +190,11 @@ impl Engine {
         let res = blocking(move || changes::restore_replacing(&store, &pre, &quarantine)).await;
         match res {
             Some(Ok(kept)) => {
+                // The restored file is a new inode at the path: the same rename reported
+                // again (a second source) must find it handled, not revert it once more.
+                if let Some((d, i)) = file_id(&to) {
+                    lock(&self.renames_seen).insert(to.clone(), (d, i, std::time::Instant::now()));
+                }
                 GateMetrics::inc(&self.state.metrics.changes_reverted);
                 body["quarantined_as"] = json!(encode(kept.as_os_str().as_bytes()));
                 body["restored"] = json!("restored");

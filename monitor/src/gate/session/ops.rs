@@ -28,24 +28,59 @@ pub enum Kind {
         how_size: u64,
     },
     /// `rename*`: paths `[from, to]`.
-    Rename { flags: u32 },
+    Rename {
+        flags: u32,
+    },
     /// `link*`: paths `[existing, new]`.
-    Link { flags: i32 },
+    Link {
+        flags: i32,
+    },
     /// `symlink*`: the link's content at `target`; paths `[new]`.
-    Symlink { target: u64 },
+    Symlink {
+        target: u64,
+    },
     /// `unlink*`, `rmdir`.
-    Unlink { dir: bool },
-    Mkdir { mode: u32 },
-    Mknod { mode: u32, dev: u64 },
-    Truncate { len: i64 },
-    Chmod { mode: u32, nofollow: bool },
-    Chown { uid: u32, gid: u32, nofollow: bool },
+    Unlink {
+        dir: bool,
+    },
+    Mkdir {
+        mode: u32,
+    },
+    Mknod {
+        mode: u32,
+        dev: u64,
+    },
+    Truncate {
+        len: i64,
+    },
+    Chmod {
+        mode: u32,
+        nofollow: bool,
+    },
+    Chown {
+        uid: u32,
+        gid: u32,
+        nofollow: bool,
+    },
     /// `fchmod`, `fchown`, `fsetxattr`, `fremovexattr`: on the caller's descriptor.
-    FdChmod { fd: i32, mode: u32 },
-    FdChown { fd: i32, uid: u32, gid: u32 },
+    FdChmod {
+        fd: i32,
+        mode: u32,
+    },
+    FdChown {
+        fd: i32,
+        uid: u32,
+        gid: u32,
+    },
     /// `*setxattr*` / `*removexattr*` (`set`: a value is written).
-    Xattr { nofollow: bool, set: bool },
-    FdXattr { fd: i32, set: bool },
+    Xattr {
+        nofollow: bool,
+        set: bool,
+    },
+    FdXattr {
+        fd: i32,
+        set: bool,
+    },
 }
 
 /// A decoded notification.
@@ -267,11 +302,14 @@ impl Op {
     pub fn follows(&self, index: usize) -> bool {
         match &self.kind {
             Kind::Open { flags, .. } => {
-                flags & libc::O_NOFOLLOW == 0 && flags & (libc::O_CREAT | libc::O_EXCL) != (libc::O_CREAT | libc::O_EXCL)
+                flags & libc::O_NOFOLLOW == 0
+                    && flags & (libc::O_CREAT | libc::O_EXCL) != (libc::O_CREAT | libc::O_EXCL)
             }
             Kind::Link { flags } if index == 0 => flags & libc::AT_SYMLINK_FOLLOW != 0,
             Kind::Truncate { .. } => true,
-            Kind::Chmod { nofollow, .. } | Kind::Chown { nofollow, .. } | Kind::Xattr { nofollow, .. } => !nofollow,
+            Kind::Chmod { nofollow, .. }
+            | Kind::Chown { nofollow, .. }
+            | Kind::Xattr { nofollow, .. } => !nofollow,
             _ => false,
         }
     }
@@ -301,7 +339,11 @@ mod tests {
 
     #[test]
     fn decodes_openat_and_renameat2() {
-        let o = decode(libc::SYS_openat, [(-100i64) as u64, 0x1000, libc::O_WRONLY as u64, 0o644, 0, 0]).unwrap();
+        let o = decode(
+            libc::SYS_openat,
+            [(-100i64) as u64, 0x1000, libc::O_WRONLY as u64, 0o644, 0, 0],
+        )
+        .unwrap();
         assert_eq!(o.paths, vec![p(CWD, 0x1000)]);
         assert!(matches!(o.kind, Kind::Open { flags, mode: 0o644, .. } if flags == libc::O_WRONLY));
         // AT_FDCWD passed as a 32-bit value.
@@ -317,11 +359,36 @@ mod tests {
 
     #[test]
     fn open_ops_and_following() {
-        let o = decode(libc::SYS_openat, [(-100i64) as u64, 1, (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64, 0, 0, 0]).unwrap();
-        assert_eq!(o.ops_on(0, false), OpSet::WRITE | OpSet::CREATE | OpSet::TRUNCATE);
+        let o = decode(
+            libc::SYS_openat,
+            [
+                (-100i64) as u64,
+                1,
+                (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            o.ops_on(0, false),
+            OpSet::WRITE | OpSet::CREATE | OpSet::TRUNCATE
+        );
         assert_eq!(o.ops_on(0, true), OpSet::WRITE | OpSet::TRUNCATE);
         assert!(o.follows(0));
-        let x = decode(libc::SYS_openat, [(-100i64) as u64, 1, (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u64, 0, 0, 0]).unwrap();
+        let x = decode(
+            libc::SYS_openat,
+            [
+                (-100i64) as u64,
+                1,
+                (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .unwrap();
         assert!(!x.follows(0));
         assert!(open_writes(libc::O_RDONLY | libc::O_TRUNC));
         assert!(!open_writes(libc::O_RDONLY | libc::O_CLOEXEC));

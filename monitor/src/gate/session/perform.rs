@@ -97,9 +97,12 @@ pub fn caller_fd(tgid: u32, fd: i32) -> io::Result<OwnedFd> {
 
 fn xattr_args(j: &Job) -> io::Result<(CString, Vec<u8>, i32)> {
     let (name_at, value_at, size, flags) = match j.op.kind {
-        Kind::Xattr { set: true, .. } | Kind::FdXattr { set: true, .. } => {
-            (j.op.args[1], j.op.args[2], j.op.args[3] as usize, j.op.args[4] as i32)
-        }
+        Kind::Xattr { set: true, .. } | Kind::FdXattr { set: true, .. } => (
+            j.op.args[1],
+            j.op.args[2],
+            j.op.args[3] as usize,
+            j.op.args[4] as i32,
+        ),
         _ => (j.op.args[1], 0, 0, 0),
     };
     let name = notify::read_cstr(j.tid, name_at, XATTR_NAME_MAX)
@@ -118,7 +121,12 @@ fn xattr_args(j: &Job) -> io::Result<(CString, Vec<u8>, i32)> {
 
 fn open_how(j: &Job) -> io::Result<(i32, u32)> {
     match j.op.kind {
-        Kind::Open { how: 0, flags, mode, .. } => Ok((flags, mode)),
+        Kind::Open {
+            how: 0,
+            flags,
+            mode,
+            ..
+        } => Ok((flags, mode)),
         Kind::Open { how, how_size, .. } => {
             let (flags, mode) = super::supervisor::read_open_how(j.tid, how, how_size)?;
             Ok((flags, mode))
@@ -130,7 +138,10 @@ fn open_how(j: &Job) -> io::Result<(i32, u32)> {
 /// Performs `j` as the caller (call on a performer thread).
 fn perform(j: &Job) -> io::Result<Done> {
     let t0 = j.targets.first().map(|t| t.path.as_path());
-    let path = || t0.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)).and_then(cstr);
+    let path = || {
+        t0.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+            .and_then(cstr)
+    };
     // SAFETY (for every libc call below): the C strings live until the call returns; the
     // other arguments are plain integers.
     match &j.op.kind {
@@ -147,18 +158,28 @@ fn perform(j: &Job) -> io::Result<Done> {
         Kind::Rename { flags } => {
             let (a, b) = two(j)?;
             let r = unsafe {
-                libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), *flags)
+                libc::syscall(
+                    libc::SYS_renameat2,
+                    libc::AT_FDCWD,
+                    a.as_ptr(),
+                    libc::AT_FDCWD,
+                    b.as_ptr(),
+                    *flags,
+                )
             };
             check(r as i32).map(Done::Value)
         }
         Kind::Link { .. } => {
             let (a, b) = two(j)?;
-            check(unsafe { libc::linkat(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), 0) })
-                .map(Done::Value)
+            check(unsafe {
+                libc::linkat(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), 0)
+            })
+            .map(Done::Value)
         }
         Kind::Symlink { target } => {
             let content = notify::read_cstr(j.tid, *target, super::resolve::MAX_PATH)?;
-            let content = CString::new(content).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let content =
+                CString::new(content).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             let p = path()?;
             check(unsafe { libc::symlink(content.as_ptr(), p.as_ptr()) }).map(Done::Value)
         }
@@ -181,17 +202,38 @@ fn perform(j: &Job) -> io::Result<Done> {
         }
         Kind::Chmod { mode, nofollow } => {
             let p = path()?;
-            let flags = if *nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
-            let r = unsafe { libc::syscall(libc::SYS_fchmodat2, libc::AT_FDCWD, p.as_ptr(), *mode, flags) };
-            if r < 0 && flags == 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-                return check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), *mode, 0) }).map(Done::Value);
+            let flags = if *nofollow {
+                libc::AT_SYMLINK_NOFOLLOW
+            } else {
+                0
+            };
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_fchmodat2,
+                    libc::AT_FDCWD,
+                    p.as_ptr(),
+                    *mode,
+                    flags,
+                )
+            };
+            if r < 0
+                && flags == 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
+            {
+                return check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), *mode, 0) })
+                    .map(Done::Value);
             }
             check(r as i32).map(Done::Value)
         }
         Kind::Chown { uid, gid, nofollow } => {
             let p = path()?;
-            let flags = if *nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
-            check(unsafe { libc::fchownat(libc::AT_FDCWD, p.as_ptr(), *uid, *gid, flags) }).map(Done::Value)
+            let flags = if *nofollow {
+                libc::AT_SYMLINK_NOFOLLOW
+            } else {
+                0
+            };
+            check(unsafe { libc::fchownat(libc::AT_FDCWD, p.as_ptr(), *uid, *gid, flags) })
+                .map(Done::Value)
         }
         Kind::FdChmod { fd, mode } => {
             let f = caller_fd(j.tgid, *fd)?;
@@ -205,8 +247,24 @@ fn perform(j: &Job) -> io::Result<Done> {
             let p = path()?;
             let (name, value, flags) = xattr_args(j)?;
             let r = match (set, nofollow) {
-                (true, false) => unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) },
-                (true, true) => unsafe { libc::lsetxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) },
+                (true, false) => unsafe {
+                    libc::setxattr(
+                        p.as_ptr(),
+                        name.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        flags,
+                    )
+                },
+                (true, true) => unsafe {
+                    libc::lsetxattr(
+                        p.as_ptr(),
+                        name.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        flags,
+                    )
+                },
                 (false, false) => unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) },
                 (false, true) => unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) },
             };
@@ -216,7 +274,15 @@ fn perform(j: &Job) -> io::Result<Done> {
             let f = caller_fd(j.tgid, *fd)?;
             let (name, value, flags) = xattr_args(j)?;
             let r = if *set {
-                unsafe { libc::fsetxattr(f.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) }
+                unsafe {
+                    libc::fsetxattr(
+                        f.as_raw_fd(),
+                        name.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        flags,
+                    )
+                }
             } else {
                 unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) }
             };

@@ -160,24 +160,59 @@ mod tests {
         std::fs::create_dir(root.join("real")).unwrap();
         std::os::unix::fs::symlink(root.join("real"), root.join("via")).unwrap();
         std::os::unix::fs::symlink(root.join("real/new.conf"), root.join("dangling")).unwrap();
-        let t = resolve(me(), libc::AT_FDCWD, root.join("via/x").as_os_str().as_bytes(), true).unwrap();
+        let t = resolve(
+            me(),
+            libc::AT_FDCWD,
+            root.join("via/x").as_os_str().as_bytes(),
+            true,
+        )
+        .unwrap();
         assert_eq!(t.path, root.join("real/x"));
         assert_eq!(t.found, None);
         // A dangling link followed: the path an O_CREAT open would create.
-        let t = resolve(me(), libc::AT_FDCWD, root.join("dangling").as_os_str().as_bytes(), true).unwrap();
+        let t = resolve(
+            me(),
+            libc::AT_FDCWD,
+            root.join("dangling").as_os_str().as_bytes(),
+            true,
+        )
+        .unwrap();
         assert_eq!(t.path, root.join("real/new.conf"));
         // Not followed: the link itself.
-        let t = resolve(me(), libc::AT_FDCWD, root.join("dangling").as_os_str().as_bytes(), false).unwrap();
+        let t = resolve(
+            me(),
+            libc::AT_FDCWD,
+            root.join("dangling").as_os_str().as_bytes(),
+            false,
+        )
+        .unwrap();
         assert_eq!(t.path, root.join("dangling"));
         assert!(t.found.is_some());
-        let t = resolve(me(), libc::AT_FDCWD, root.join("real/../via/.").as_os_str().as_bytes(), false).unwrap();
+        let t = resolve(
+            me(),
+            libc::AT_FDCWD,
+            root.join("real/../via/.").as_os_str().as_bytes(),
+            false,
+        )
+        .unwrap();
         assert_eq!(t.path, root.join("real"));
         assert!(ends_in_dots(b"a/b/.."));
         assert!(ends_in_dots(b"./"));
         assert!(!ends_in_dots(b"a/b.."));
-        let e = resolve(me(), libc::AT_FDCWD, root.join("nope/x").as_os_str().as_bytes(), true).unwrap_err();
+        let e = resolve(
+            me(),
+            libc::AT_FDCWD,
+            root.join("nope/x").as_os_str().as_bytes(),
+            true,
+        )
+        .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
-        assert_eq!(resolve(me(), libc::AT_FDCWD, b"", true).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(
+            resolve(me(), libc::AT_FDCWD, b"", true)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT)
+        );
     }
 
     #[test]
@@ -191,6 +226,9 @@ mod tests {
         assert_eq!(t.unwrap_err().raw_os_error(), Some(libc::ENOENT));
         let t = resolve(me(), fd, b"f", true).unwrap();
         assert_eq!(t.path, root.join("f"));
-        assert_eq!(base_of(me(), 987_654).unwrap_err().raw_os_error(), Some(libc::EBADF));
+        assert_eq!(
+            base_of(me(), 987_654).unwrap_err().raw_os_error(),
+            Some(libc::EBADF)
+        );
     }
 }

@@ -29,8 +29,10 @@ use super::ConfineSpec;
 use super::ops::{self, Kind, Op};
 use super::perform::{self, Job, PerformCounters};
 use super::resolve::{self, Target};
-use crate::gate::listener::{Decider, FastVerdict, Held, OpAnswer, OpFacts, PermEvent};
+use crate::event::Kind as EvKind;
 use crate::gate::Verdict;
+use crate::gate::listener::{Decider, FastVerdict, Held, OpAnswer, OpFacts, PermEvent};
+use crate::observe::supervised::Supervised;
 use crate::os::creds;
 use crate::os::seccomp::notify::{self, Ready};
 
@@ -112,6 +114,8 @@ counters! {
     caller_gone,
     /// Answers the kernel refused.
     answer_errors,
+    /// Reports of answered operations the event pipeline's queue had no room for.
+    observe_dropped,
 }
 
 struct Wiring {
@@ -126,6 +130,8 @@ struct Wiring {
 #[derive(Default)]
 pub struct Supervisors {
     wiring: OnceLock<Wiring>,
+    /// Where performed operations are reported for observation.
+    observed: OnceLock<mpsc::Sender<Supervised>>,
     live: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     counters: Arc<SupervisorCounters>,
     perform: Arc<PerformCounters>,
@@ -146,14 +152,29 @@ impl Supervisors {
         });
     }
 
+    /// Reports every operation a supervisor answers itself to `tx` (the event pipeline);
+    /// a full queue drops the report (counted in `session_observe_dropped`).
+    pub fn observe_into(&self, tx: mpsc::Sender<Supervised>) {
+        let _ = self.observed.set(tx);
+    }
+
     /// Counters, for `confgate stats`.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let mut v = self.counters.snapshot();
         let p = &self.perform;
         v.push(("session_performed", p.performed.load(Ordering::Relaxed)));
-        v.push(("session_perform_caller_gone", p.caller_gone.load(Ordering::Relaxed)));
-        v.push(("session_perform_unanswered", p.unanswered.load(Ordering::Relaxed)));
-        v.push(("session_perform_cred_errors", p.cred_errors.load(Ordering::Relaxed)));
+        v.push((
+            "session_perform_caller_gone",
+            p.caller_gone.load(Ordering::Relaxed),
+        ));
+        v.push((
+            "session_perform_unanswered",
+            p.unanswered.load(Ordering::Relaxed),
+        ));
+        v.push((
+            "session_perform_cred_errors",
+            p.cred_errors.load(Ordering::Relaxed),
+        ));
         v
     }
 
@@ -188,9 +209,14 @@ impl Supervisors {
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(PERFORM_QUEUE);
         let perform_counters = self.perform.clone();
         let l2 = listener.clone();
+        let report = Reporter {
+            session,
+            tx: self.observed.get().cloned(),
+            counters: self.counters.clone(),
+        };
         std::thread::Builder::new()
             .name(format!("confgate-perform-{session}"))
-            .spawn(move || performer(l2, job_rx, perform_counters))
+            .spawn(move || performer(l2, job_rx, perform_counters, report))
             .map_err(fail)?;
         let sup = Supervisor {
             session,
@@ -208,7 +234,12 @@ impl Supervisors {
             .spawn(move || sup.run())
             .map_err(fail)?;
         SupervisorCounters::inc(&self.counters.attached);
-        info!(session, root_pid = a.root_pid, sync_wake_up = sync, "session confined: supervising its listener");
+        info!(
+            session,
+            root_pid = a.root_pid,
+            sync_wake_up = sync,
+            "session confined: supervising its listener"
+        );
         Ok(())
     }
 
@@ -245,13 +276,102 @@ pub fn read_open_how(tid: u32, how: u64, size: u64) -> io::Result<(i32, u32)> {
     Ok((flags, mode))
 }
 
-fn performer(listener: Arc<OwnedFd>, jobs: std::sync::mpsc::Receiver<Job>, c: Arc<PerformCounters>) {
+fn performer(
+    listener: Arc<OwnedFd>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    c: Arc<PerformCounters>,
+    report: Reporter,
+) {
     if let Err(e) = perform::unshare_fs() {
         warn!(error = %e, "session performer: cannot unshare its filesystem context; callers' umask is not applied");
     }
     while let Ok(job) = jobs.recv() {
         let r = perform::perform_and_answer(&listener, &job, &c);
         debug!(id = job.id, op = job.op.name(), result = ?r.as_ref().map_err(|e| e.raw_os_error()), "performed for session");
+        let result = match &r {
+            Ok(v) => *v,
+            // The caller was gone: nothing happened and nobody saw a result.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) => -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
+        };
+        report.send(
+            &job.op,
+            job.tid,
+            job.tgid,
+            job.creds.uid,
+            &job.targets,
+            result,
+        );
+    }
+}
+
+/// Reports answered operations to the event pipeline.
+struct Reporter {
+    session: u64,
+    tx: Option<mpsc::Sender<Supervised>>,
+    counters: Arc<SupervisorCounters>,
+}
+
+impl Reporter {
+    fn send(&self, op: &Op, tid: u32, tgid: u32, uid: u32, targets: &[Target], result: i64) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        let (kind, flags, mode) = match op.kind {
+            Kind::Open { flags, mode, .. } => {
+                let created = targets.first().is_some_and(|t| t.found.is_none());
+                let k = if created && flags & libc::O_CREAT != 0 {
+                    EvKind::Create
+                } else {
+                    EvKind::OpenWrite
+                };
+                (
+                    k,
+                    flags as u32,
+                    (flags & libc::O_CREAT != 0).then_some(mode),
+                )
+            }
+            Kind::Rename { .. } => (EvKind::Rename, 0, None),
+            Kind::Link { .. } => (EvKind::Link, 0, None),
+            Kind::Symlink { .. } => (EvKind::Symlink, 0, None),
+            Kind::Unlink { .. } => (EvKind::Unlink, 0, None),
+            Kind::Mkdir { mode } => (EvKind::Mkdir, 0, Some(mode)),
+            Kind::Mknod { mode, .. } => (EvKind::Create, 0, Some(mode)),
+            Kind::Truncate { .. } => (EvKind::Truncate, 0, None),
+            Kind::Chmod { mode, .. } | Kind::FdChmod { mode, .. } => (EvKind::Chmod, 0, Some(mode)),
+            Kind::Chown { .. }
+            | Kind::FdChown { .. }
+            | Kind::Xattr { .. }
+            | Kind::FdXattr { .. } => (EvKind::Chown, 0, None),
+        };
+        let path = |i: usize| {
+            targets
+                .get(i)
+                .map(|t| t.path.as_os_str().as_bytes().to_vec())
+        };
+        let (path, target) = match op.kind {
+            Kind::Rename { .. } | Kind::Link { .. } => (path(0), path(1)),
+            _ => (path(0), None),
+        };
+        let Some(path) = path else {
+            return;
+        };
+        let s = Supervised {
+            kind,
+            path,
+            target,
+            tid,
+            tgid,
+            session: self.session,
+            uid: Some(uid),
+            result,
+            open_flags: flags,
+            mode,
+            time_ns: crate::os::clock::now_ns(),
+        };
+        if tx.try_send(s).is_err() {
+            SupervisorCounters::inc(&self.counters.observe_dropped);
+        }
     }
 }
 
@@ -272,7 +392,8 @@ impl OpAnswer for Deferred {
             Verdict::Allow => self.jobs.try_send(job).map_err(|e| {
                 // The performer is gone or swamped: the caller must not wait forever.
                 let id = match &e {
-                    std::sync::mpsc::TrySendError::Full(j) | std::sync::mpsc::TrySendError::Disconnected(j) => j.id,
+                    std::sync::mpsc::TrySendError::Full(j)
+                    | std::sync::mpsc::TrySendError::Disconnected(j) => j.id,
                 };
                 let _ = notify::respond_error(&*self.listener, id, libc::EAGAIN);
                 io::Error::from_raw_os_error(libc::EAGAIN)
@@ -302,7 +423,12 @@ enum Plan {
     Error(i32),
     Perform,
     Deny,
-    Defer { primary: usize, fail: Verdict, path: Vec<u8>, facts: OpFacts },
+    Defer {
+        primary: usize,
+        fail: Verdict,
+        path: Vec<u8>,
+        facts: OpFacts,
+    },
 }
 
 impl Supervisor {
@@ -323,7 +449,9 @@ impl Supervisor {
             }
             let n = match notify::recv(&*self.listener) {
                 Ok(n) => n,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINTR)) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EINTR)) => {
+                    continue;
+                }
                 Err(e) => {
                     warn!(session = self.session, error = %e, "session supervisor: receive failed");
                     break;
@@ -332,7 +460,10 @@ impl Supervisor {
             SupervisorCounters::inc(&self.counters.notifications);
             self.handle(n);
         }
-        debug!(session = self.session, "session supervisor ends: no process of the session is left");
+        debug!(
+            session = self.session,
+            "session supervisor ends: no process of the session is left"
+        );
     }
 
     fn answer_error(&self, id: u64, errno: i32) {
@@ -397,7 +528,12 @@ impl Supervisor {
                     self.answer_error(n.id, libc::EAGAIN);
                 }
             }
-            Plan::Defer { primary, fail, path, facts } => {
+            Plan::Defer {
+                primary,
+                fail,
+                path,
+                facts,
+            } => {
                 let pre_fd = targets
                     .get(primary)
                     .filter(|t| t.found.is_some_and(|f| f.is_regular()))
@@ -462,7 +598,12 @@ impl Supervisor {
                 let base = resolve::base_of(tid, fd)?;
                 let found = std::fs::symlink_metadata(&base).ok().map(|m| {
                     use std::os::unix::fs::MetadataExt as _;
-                    resolve::Found { dev: m.dev(), ino: m.ino(), mode: m.mode(), nlink: m.nlink() }
+                    resolve::Found {
+                        dev: m.dev(),
+                        ino: m.ino(),
+                        mode: m.mode(),
+                        nlink: m.nlink(),
+                    }
                 });
                 out.push(Target { path: base, found });
                 return Ok(out);
@@ -473,7 +614,11 @@ impl Supervisor {
             let bytes = resolve::read(tid, *raw)?;
             let names_itself = matches!(
                 op.kind,
-                Kind::Rename { .. } | Kind::Unlink { .. } | Kind::Mkdir { .. } | Kind::Mknod { .. } | Kind::Symlink { .. }
+                Kind::Rename { .. }
+                    | Kind::Unlink { .. }
+                    | Kind::Mkdir { .. }
+                    | Kind::Mknod { .. }
+                    | Kind::Symlink { .. }
             ) || matches!(op.kind, Kind::Link { .. } if i == 1);
             if names_itself && resolve::ends_in_dots(&bytes) {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -528,7 +673,12 @@ impl Supervisor {
                 FastVerdict::Deny => return Plan::Deny,
                 FastVerdict::Defer { fail } => {
                     if deferred.is_none() {
-                        deferred = Some(Plan::Defer { primary: i, fail, path: ev.path, facts });
+                        deferred = Some(Plan::Defer {
+                            primary: i,
+                            fail,
+                            path: ev.path,
+                            facts,
+                        });
                     }
                 }
             }
@@ -567,7 +717,10 @@ fn gated_links(gated: &[PathBuf]) -> HashMap<(u64, u64), PathBuf> {
     while let Some(p) = stack.pop() {
         visited += 1;
         if visited > MAX_VISITED || out.len() >= MAX_LINKED {
-            warn!(indexed = out.len(), "gated trees too large to index every hard link; writes through other names of the rest are decided by that name");
+            warn!(
+                indexed = out.len(),
+                "gated trees too large to index every hard link; writes through other names of the rest are decided by that name"
+            );
             break;
         }
         let Ok(m) = std::fs::symlink_metadata(&p) else {
