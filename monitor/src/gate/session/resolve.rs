@@ -102,9 +102,9 @@ pub fn ends_in_dots(bytes: &[u8]) -> bool {
     last == b"." || last == b".."
 }
 
-/// Resolves `bytes` (as thread `tid` named it, relative to `dirfd`); `follow`: the final
-/// component is followed when it is a symlink.
-pub fn resolve(tid: u32, dirfd: i32, bytes: &[u8], follow: bool) -> io::Result<Target> {
+/// Resolves `bytes` (as thread `tid` of process `tgid` named it, relative to `dirfd`);
+/// `follow`: the final component is followed when it is a symlink.
+pub fn resolve(tid: u32, tgid: u32, dirfd: i32, bytes: &[u8], follow: bool) -> io::Result<Target> {
     if bytes.is_empty() {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
@@ -114,35 +114,107 @@ pub fn resolve(tid: u32, dirfd: i32, bytes: &[u8], follow: bool) -> io::Result<T
     } else {
         base_of(tid, dirfd)?.join(given)
     };
-    if ends_in_dots(bytes) {
-        let path = std::fs::canonicalize(&full)?;
-        let found = lstat(&path)?;
-        return Ok(Target { path, found });
+    // A path ending in "." or ".." names the directory itself.
+    let follow = follow || ends_in_dots(bytes);
+    walk(tid, tgid, &full, follow)
+}
+
+/// The caller's view of `/proc/self` and `/proc/thread-self` (the daemon's own would be
+/// found by a plain lookup).
+fn proc_alias(tid: u32, tgid: u32, dir: &Path, name: &OsStr) -> Option<PathBuf> {
+    if dir != Path::new("/proc") {
+        return None;
     }
-    let mut current = full;
-    for _ in 0..=MAX_LINKS {
-        let (Some(parent), Some(name)) = (current.parent(), current.file_name()) else {
-            // "/" itself.
-            let found = lstat(Path::new("/"))?;
-            return Ok(Target {
-                path: PathBuf::from("/"),
-                found,
-            });
+    match name.as_bytes() {
+        b"self" => Some(PathBuf::from(format!("/proc/{tgid}"))),
+        b"thread-self" => Some(PathBuf::from(format!("/proc/{tgid}/task/{tid}"))),
+        _ => None,
+    }
+}
+
+/// Component by component, the way the kernel walks `path` (absolute) for the caller:
+/// `..` after symlinks are resolved, at most [`MAX_LINKS`] symlinks, `/proc/self` taken as
+/// the caller's. A `/proc` magic link that names no path (a pipe, a socket, a deleted
+/// file's descriptor) ends the walk at the link itself.
+fn walk(tid: u32, tgid: u32, path: &Path, follow_last: bool) -> io::Result<Target> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    fn push_components(todo: &mut VecDeque<std::ffi::OsString>, p: &Path, front: bool) {
+        let parts: Vec<std::ffi::OsString> = p
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        if front {
+            for part in parts.into_iter().rev() {
+                todo.push_front(part);
+            }
+        } else {
+            todo.extend(parts);
+        }
+    }
+    let mut todo = VecDeque::new();
+    push_components(&mut todo, path, false);
+    let mut out = PathBuf::from("/");
+    let mut links = 0usize;
+    while let Some(c) = todo.pop_front() {
+        if c == ".." {
+            out.pop();
+            continue;
+        }
+        let last = todo.is_empty();
+        let cand = proc_alias(tid, tgid, &out, &c).unwrap_or_else(|| out.join(&c));
+        let found = lstat(&cand)?;
+        let Some(f) = found else {
+            if last {
+                return Ok(Target {
+                    path: cand,
+                    found: None,
+                });
+            }
+            return Err(io::Error::from_raw_os_error(libc::ENOENT));
         };
-        let dir = std::fs::canonicalize(parent)?;
-        if !std::fs::metadata(&dir)?.is_dir() {
-            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        let is_link = f.mode & libc::S_IFMT == libc::S_IFLNK;
+        if is_link && (!last || follow_last) {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let to = std::fs::read_link(&cand)?;
+            if to.is_absolute() {
+                out = PathBuf::from("/");
+                push_components(&mut todo, &to, true);
+            } else if cand.starts_with("/proc") && to.as_os_str().as_bytes().contains(&b':') {
+                // "pipe:[123]", "socket:[..]", "anon_inode:[..]": no path behind it.
+                if last {
+                    return Ok(Target {
+                        path: cand,
+                        found: Some(f),
+                    });
+                }
+                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+            } else {
+                push_components(&mut todo, &to, true);
+            }
+            continue;
         }
-        let path = dir.join(name);
-        let found = lstat(&path)?;
-        let is_link = found.is_some_and(|f| f.mode & libc::S_IFMT == libc::S_IFLNK);
-        if !(follow && is_link) {
-            return Ok(Target { path, found });
+        if last || f.is_dir() {
+            out = cand;
+            if last {
+                return Ok(Target {
+                    path: out,
+                    found: Some(f),
+                });
+            }
+            continue;
         }
-        let to = std::fs::read_link(&path)?;
-        current = if to.is_absolute() { to } else { dir.join(to) };
+        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
     }
-    Err(io::Error::from_raw_os_error(libc::ELOOP))
+    let found = lstat(&out)?;
+    Ok(Target { path: out, found })
 }
 
 #[cfg(test)]
@@ -162,6 +234,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join("real/new.conf"), root.join("dangling")).unwrap();
         let t = resolve(
             me(),
+            me(),
             libc::AT_FDCWD,
             root.join("via/x").as_os_str().as_bytes(),
             true,
@@ -172,6 +245,7 @@ mod tests {
         // A dangling link followed: the path an O_CREAT open would create.
         let t = resolve(
             me(),
+            me(),
             libc::AT_FDCWD,
             root.join("dangling").as_os_str().as_bytes(),
             true,
@@ -180,6 +254,7 @@ mod tests {
         assert_eq!(t.path, root.join("real/new.conf"));
         // Not followed: the link itself.
         let t = resolve(
+            me(),
             me(),
             libc::AT_FDCWD,
             root.join("dangling").as_os_str().as_bytes(),
@@ -190,8 +265,9 @@ mod tests {
         assert!(t.found.is_some());
         let t = resolve(
             me(),
+            me(),
             libc::AT_FDCWD,
-            root.join("real/../via/.").as_os_str().as_bytes(),
+            root.join("via/../via/.").as_os_str().as_bytes(),
             false,
         )
         .unwrap();
@@ -201,6 +277,7 @@ mod tests {
         assert!(!ends_in_dots(b"a/b.."));
         let e = resolve(
             me(),
+            me(),
             libc::AT_FDCWD,
             root.join("nope/x").as_os_str().as_bytes(),
             true,
@@ -208,7 +285,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
         assert_eq!(
-            resolve(me(), libc::AT_FDCWD, b"", true)
+            resolve(me(), me(), libc::AT_FDCWD, b"", true)
                 .unwrap_err()
                 .raw_os_error(),
             Some(libc::ENOENT)
@@ -221,14 +298,40 @@ mod tests {
         let root = std::fs::canonicalize(d.path()).unwrap();
         let dir = std::fs::File::open(&root).unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
-        let t = resolve(me(), fd, b"sub/../f", true);
+        let t = resolve(me(), me(), fd, b"sub/../f", true);
         // "sub" does not exist: the kernel fails such a path too.
         assert_eq!(t.unwrap_err().raw_os_error(), Some(libc::ENOENT));
-        let t = resolve(me(), fd, b"f", true).unwrap();
+        let t = resolve(me(), me(), fd, b"f", true).unwrap();
         assert_eq!(t.path, root.join("f"));
         assert_eq!(
             base_of(me(), 987_654).unwrap_err().raw_os_error(),
             Some(libc::EBADF)
         );
+    }
+
+    #[test]
+    fn proc_self_is_the_callers_and_pipes_end_the_walk() {
+        // A "caller" that is another process: /proc/self must mean it, not us.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let t = resolve(pid, pid, libc::AT_FDCWD, b"/proc/self/fd/1", true).unwrap();
+        assert_eq!(t.path, PathBuf::from(format!("/proc/{pid}/fd/1")));
+        let t = resolve(pid, pid, libc::AT_FDCWD, b"/dev/stdout", true).unwrap();
+        assert_eq!(t.path, PathBuf::from(format!("/proc/{pid}/fd/1")));
+        let t = resolve(
+            pid,
+            pid,
+            libc::AT_FDCWD,
+            b"/proc/self/root/etc/hostname",
+            true,
+        )
+        .unwrap();
+        assert_eq!(t.path, PathBuf::from("/etc/hostname"));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

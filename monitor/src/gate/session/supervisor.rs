@@ -499,7 +499,8 @@ impl Supervisor {
             SupervisorCounters::inc(&self.counters.refused);
             return self.answer_error(n.id, libc::ENOSYS);
         }
-        let targets = match self.targets(tid, &op) {
+        let tgid = crate::os::procfs::tgid_of(tid).unwrap_or(tid);
+        let targets = match self.targets(tid, tgid, &op) {
             Ok(t) => t,
             Err(e) => {
                 SupervisorCounters::inc(&self.counters.resolve_errors);
@@ -511,7 +512,6 @@ impl Supervisor {
             SupervisorCounters::inc(&self.counters.caller_gone);
             return;
         }
-        let tgid = crate::os::procfs::tgid_of(tid).unwrap_or(0);
         match self.plan(tid, tgid, &op, &targets) {
             Plan::Continue => self.answer_continue(n.id),
             Plan::Error(errno) => self.answer_error(n.id, errno),
@@ -591,7 +591,7 @@ impl Supervisor {
 
     /// Reads and resolves every path of `op` (for descriptor operations: the file behind
     /// the descriptor).
-    fn targets(&self, tid: u32, op: &Op) -> io::Result<Vec<Target>> {
+    fn targets(&self, tid: u32, tgid: u32, op: &Op) -> io::Result<Vec<Target>> {
         let mut out = Vec::with_capacity(2);
         match op.kind {
             Kind::FdChmod { fd, .. } | Kind::FdChown { fd, .. } | Kind::FdXattr { fd, .. } => {
@@ -623,7 +623,13 @@ impl Supervisor {
             if names_itself && resolve::ends_in_dots(&bytes) {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
-            out.push(resolve::resolve(tid, raw.dirfd, &bytes, op.follows(i))?);
+            out.push(resolve::resolve(
+                tid,
+                tgid,
+                raw.dirfd,
+                &bytes,
+                op.follows(i),
+            )?);
         }
         Ok(out)
     }
