@@ -127,6 +127,8 @@ pub struct OpFacts {
     pub existed: bool,
     /// The syscall's short name (`unlink`, `rename`, ...).
     pub name: &'static str,
+    /// A hold taken again after a daemon restart: its request is already filed.
+    pub resumed: bool,
 }
 
 /// Answers a supervised operation (see [`Held::for_op`]): `Allow` performs it on the

@@ -17,8 +17,10 @@
 //!   the engine as held operations.
 pub mod confine;
 pub mod handoff;
+pub mod holds;
 pub mod ops;
 pub mod perform;
+mod report;
 pub mod resolve;
 pub mod spec;
 pub mod supervisor;
