@@ -150,10 +150,10 @@ impl Core {
         fan: NotifyWatcher,
         consumers: Consumers,
         gate: Option<Arc<GateRuntime>>,
-        metrics: Arc<Metrics>,
         cadence: Cadence,
         sd: Arc<SdNotify>,
     ) -> Self {
+        let metrics = shared.metrics.clone();
         Core {
             shared,
             pipeline,

@@ -125,7 +125,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     });
     Ok(Runtime {
         ring,
-        core: Core::new(shared, pipeline, fan, consumers, gate, metrics, cadence, sd),
+        core: Core::new(shared, pipeline, fan, consumers, gate, cadence, sd),
         stats_every,
         stats_tick,
         signals,
