@@ -93,6 +93,8 @@ impl GateRuntime {
         sessions: SessionRegistry,
         kernel: &Mutex<Kernel>,
         oracle: Arc<dyn SessionOracle>,
+        supervisors: Arc<Supervisors>,
+        resuming: std::collections::HashSet<u64>,
     ) -> anyhow::Result<GateRuntime> {
         let host = oracle.host();
         let oracle_key = oracle.attestation_key();
@@ -120,12 +122,14 @@ impl GateRuntime {
         let (held_tx, held_rx) = mpsc::channel(HELD_QUEUE);
         let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
         let policy = Arc::new(policy);
+        supervisors.persist_into(store.clone());
         let parts = EngineParts {
             policy: policy.clone(),
             sessions,
             store,
             ledger: ledger.clone(),
             uplink: uplink.clone(),
+            resuming,
         };
         let settings = EngineSettings {
             host,
@@ -152,7 +156,6 @@ impl GateRuntime {
         };
         // Confined sessions' supervisors decide with the same decider and hand held
         // operations to the same engine queue as the fanotify listener.
-        let supervisors = Arc::new(Supervisors::default());
         supervisors.wire(
             handles.decider.clone(),
             held_tx.clone(),
@@ -180,6 +183,11 @@ impl GateRuntime {
             approver: Mutex::new(approver),
             supervisors,
         })
+    }
+
+    /// The engine (for start-up steps that follow the gate's).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
     }
 
     /// The supervisors of confined sessions.

@@ -7,6 +7,7 @@
 //! - `shared`: state the loop shares with the gRPC handlers, and the API they serve.
 //! - `gate`: the gate inside the daemon; `protected`: what the built-in rule protects;
 //!   `cadence`: when the loop flushes.
+//! - `sdnotify`: systemd's `Type=notify` protocol: readiness, status, the watchdog.
 use std::path::Path;
 
 use crate::config::Config;
@@ -16,6 +17,7 @@ mod consumers;
 mod gate;
 mod protected;
 mod runtime;
+mod sdnotify;
 mod shared;
 mod startup;
 

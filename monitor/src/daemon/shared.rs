@@ -26,6 +26,8 @@ pub(super) struct Shared {
     pub(super) attestor: Option<crate::approver::attest::Attestor>,
     /// The host name attestations state (the host certificate's CN in remote mode).
     pub(super) attest_host: String,
+    /// The supervisors of confined sessions' seccomp listeners.
+    pub(super) supervisors: Arc<crate::gate::session::Supervisors>,
 }
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {

@@ -85,18 +85,18 @@ impl Supervisors {
     /// After a restart, once the restored listeners are attached: every recorded held
     /// operation whose caller still waits goes to the engine again (which attaches it to
     /// its pending request); the others are forgotten and counted. Returns (resumed, lost).
-    pub fn resume_holds(&self) -> (usize, usize) {
+    pub fn resume_holds(&self) -> (Vec<(u64, Vec<u8>)>, usize) {
         let (Some(store), Some(w)) = (self.store.get(), self.wiring.get()) else {
-            return (0, 0);
+            return (Vec::new(), 0);
         };
         let records = match store.scan(HOLDS) {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read the recorded held operations");
-                return (0, 0);
+                return (Vec::new(), 0);
             }
         };
-        let (mut resumed, mut lost) = (0, 0);
+        let (mut resumed, mut lost) = (Vec::new(), 0);
         for (id, r) in records {
             let handle = lock(&self.handles).get(&r.session).cloned();
             let live = handle
@@ -139,6 +139,7 @@ impl Supervisors {
                     resumed: true,
                 }),
             };
+            let key = (r.session, r.path.clone());
             let fail = if r.fail_allow {
                 Verdict::Allow
             } else {
@@ -154,7 +155,7 @@ impl Supervisors {
                 .try_send(Held::for_op(event, fail, Box::new(answer)))
                 .is_ok()
             {
-                resumed += 1;
+                resumed.push(key);
                 SupervisorCounters::inc(&self.counters.holds_resumed);
             }
         }
