@@ -221,6 +221,12 @@ impl Supervisors {
             start(e)
         };
         notify::check_sizes().map_err(fail)?;
+        if !notify::is_listener(&a.listener) {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor is not a seccomp notification listener",
+            )));
+        }
         let sync = notify::set_sync_wake_up(&a.listener);
         let listener = Arc::new(a.listener);
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(PERFORM_QUEUE);
