@@ -9,7 +9,7 @@
 //!   a permission wait (eBPF `PENDING`/`SESSIONS` maps, `/proc/<tid>/syscall` fallback).
 //! - [`listener`]: [`Listener`], the dedicated OS thread that reads events and answers them
 //!   at once or hands them to the engine as [`Held`]; the [`Decider`] trait is the seam to
-//!   policy.
+//!   policy. [`watchdog`]: answers in its place when it misses a deadline.
 //! - [`preimage`]: [`preimage::capture`] reads a held file's content and metadata from the
 //!   event descriptor before the open proceeds.
 //! - [`decider`]: [`GateDecider`], policy and grants on the listener thread, from memory.
@@ -37,6 +37,7 @@ pub mod preimage;
 pub mod requests;
 pub mod reverse;
 pub mod session;
+pub mod watchdog;
 
 #[cfg(test)]
 mod tests;
@@ -49,7 +50,7 @@ pub use decider::{GateDecider, GateMetrics};
 pub use engine::{Engine, EngineInputs, EngineParts, EngineSettings, GateHandles, Notice};
 pub use group::PermGroup;
 pub use intent::{Intent, IntentOrigin, IntentSource, Opener};
-pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent};
+pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent, WatchdogOptions};
 pub use marks::{MarkReport, Marks};
 pub use preimage::{PreImage, PreImageError};
 
@@ -198,6 +199,11 @@ counters! {
     decider_panics,
     /// Events whose opener is not visible in this pid namespace (pid 0; allowed).
     unknown_opener,
+    /// Events the watchdog answered with their failure verdict because the listener
+    /// missed its deadline (see [`watchdog`]).
+    watchdog_answered,
+    /// Events the listener finished after the watchdog had answered them (dropped).
+    watchdog_late,
 }
 
 impl GateCounters {
