@@ -5,7 +5,8 @@
 //! - `runtime`: the event loop, one method per source it waits on, and shutdown.
 //! - `consumers`: what is done with events (metrics, gate, events output).
 //! - `shared`: state the loop shares with the gRPC handlers, and the API they serve.
-//! - `gate`: the gate inside the daemon; `protected`: what the built-in rule protects;
+//! - `gate`: the gate inside the daemon; `fanmode`: its fanotify permission group, marks
+//!   and watchdog as `gate.fanotify` says; `protected`: what the built-in rule protects;
 //!   `cadence`: when the loop flushes.
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use crate::config::Config;
 
 mod cadence;
 mod consumers;
+mod fanmode;
 mod gate;
 mod protected;
 mod runtime;

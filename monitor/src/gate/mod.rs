@@ -4,7 +4,8 @@
 //! - [`group`]: the permission group ([`PermGroup`]): creation, marks, reading events, and
 //!   answering them (safe from any thread), over the raw calls of `crate::os::fanotify`.
 //! - [`marks`]: [`Marks`] puts `FAN_OPEN_PERM` marks on gated trees, new subdirectories and
-//!   single files.
+//!   single files; [`placement`]: [`Placement`] places and removes them as a whole
+//!   (`gate.fanotify`).
 //! - [`intent`]: [`IntentSource`] tells the write intent and session of the thread held in
 //!   a permission wait (eBPF `PENDING`/`SESSIONS` maps, `/proc/<tid>/syscall` fallback).
 //! - [`listener`]: [`Listener`], the dedicated OS thread that reads events and answers them
@@ -33,6 +34,7 @@ pub mod group;
 pub mod intent;
 pub mod listener;
 pub mod marks;
+pub mod placement;
 pub mod preimage;
 pub mod requests;
 pub mod reverse;
@@ -52,6 +54,7 @@ pub use group::PermGroup;
 pub use intent::{Intent, IntentOrigin, IntentSource, Opener};
 pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent, WatchdogOptions};
 pub use marks::{MarkReport, Marks};
+pub use placement::{Placed, Placement};
 pub use preimage::{PreImage, PreImageError};
 
 /// The answer written to the kernel for a permission event.

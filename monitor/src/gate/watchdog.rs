@@ -33,12 +33,6 @@ use super::{GateCounters, Verdict};
 use crate::os::fanotify::{FdEvent, parse_fd_events};
 use crate::os::poll::poll_readable;
 
-/// Default deadline (`gate.watchdog`).
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
-/// Bounds of `gate.watchdog`.
-pub const MIN_DEADLINE: Duration = Duration::from_millis(100);
-pub const MAX_DEADLINE: Duration = Duration::from_secs(60);
-
 /// What the watchdog tells the daemon (to log and ledger).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Episode {
