@@ -458,7 +458,10 @@ fn gate_fanotify_mode_and_watchdog() {
     match parse("[gate]\nfanotify = \"sometimes\"\n") {
         Err(e @ ConfigError::Parse { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("sometimes") && msg.contains("detected"), "{msg}");
+            assert!(
+                msg.contains("sometimes") && msg.contains("detected"),
+                "{msg}"
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -74,7 +74,9 @@ impl FanGate {
     pub(super) async fn start(cfg: &GateConfig, parts: FanParts) -> anyhow::Result<Option<Self>> {
         let mode = cfg.fanotify;
         if mode == FanotifyMode::Off {
-            info!("gate: gate.fanotify = \"off\": no fanotify permission group; unconfined sessions are observed, not held");
+            info!(
+                "gate: gate.fanotify = \"off\": no fanotify permission group; unconfined sessions are observed, not held"
+            );
             return Ok(None);
         }
         let group = Arc::new(PermGroup::new().context("fanotify permission group")?);

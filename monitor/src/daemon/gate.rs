@@ -10,10 +10,10 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::fanmode::{FanGate, FanParts};
 use crate::approver::{self, SessionOracle, config::ServiceConfig};
 use crate::config::{ApprovalMode, Config};
 use crate::event::{Event, Kind};
-use super::fanmode::{FanGate, FanParts};
 use crate::gate::{
     Engine, EngineInputs, EngineParts, EngineSettings, GateMetrics, IntentSource, Notice,
 };

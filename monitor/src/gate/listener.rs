@@ -288,7 +288,10 @@ impl Listener {
                     group: group.clone(),
                     inflight: inflight.clone(),
                     intent: intent.clone(),
-                    decider: decider.clone(),
+                    stall_verdict: {
+                        let d = decider.clone();
+                        Box::new(move |session, write| d.stall_verdict(session, write))
+                    },
                     deadline: o.deadline,
                     sink: o.sink,
                 };
@@ -351,11 +354,10 @@ impl Listener {
                 warn!("gate: the listener thread panicked");
             }
         }
-        for helper in [self.watchdog.take(), self.reporter.take()] {
-            if let Some((tx, h)) = helper {
-                drop(tx);
-                let _ = h.join();
-            }
+        let helpers = [self.watchdog.take(), self.reporter.take()];
+        for (tx, h) in helpers.into_iter().flatten() {
+            drop(tx);
+            let _ = h.join();
         }
     }
 

@@ -988,7 +988,10 @@ fn watchdog_answers_for_a_stalled_listener_until_it_recovers() {
     // Both get the watchdog's verdict while the listener is still stuck.
     assert_eq!(stalled.wait(), EPERM);
     assert_eq!(queued.wait(), EPERM);
-    assert!(started.elapsed() >= deadline, "answered before the deadline");
+    assert!(
+        started.elapsed() >= deadline,
+        "answered before the deadline"
+    );
     assert!(!*decider.released.lock().unwrap());
     assert_eq!(counter(&group, "perm_watchdog_answered"), 2);
     assert_eq!(std::fs::read(t.join("stall")).unwrap(), b"0");

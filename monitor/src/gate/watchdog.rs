@@ -13,7 +13,8 @@
 //! the slot is unanswered (the listener owns it and closes it only after its claim), so the
 //! watchdog never answers with a number the kernel may have reused.
 //!
-//! The failure verdict of an event the listener did not decide ([`Decider::stall_verdict`]):
+//! The failure verdict of an event the listener did not decide
+//! ([`super::Decider::stall_verdict`]):
 //! `FAN_DENY` for a member of an agent session, `FAN_ALLOW` for this process (the daemon
 //! opens gated files itself) and, by default, for everyone else (what the fast path answers
 //! them anyway). Counted in `perm_watchdog_answered`; every episode is logged and reported
@@ -28,7 +29,6 @@ use tracing::{info, warn};
 
 use super::group::PermGroup;
 use super::intent::IntentSource;
-use super::listener::Decider;
 use super::{GateCounters, Verdict};
 use crate::os::fanotify::{FdEvent, parse_fd_events};
 use crate::os::poll::poll_readable;
@@ -95,7 +95,7 @@ impl Inflight {
         b.read_at = Some(Instant::now());
         b.slots.clear();
         b.slots.extend(events.iter().map(|e| {
-            let fd = e.fd.as_ref().map_or(-1, |f| std::os::fd::AsRawFd::as_raw_fd(f));
+            let fd = e.fd.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
             Slot {
                 fd,
                 tid: u32::try_from(e.pid).unwrap_or(0),
@@ -131,7 +131,9 @@ impl Inflight {
 
     /// How long the current batch has been in the listener's hands.
     fn age(&self, now: Instant) -> Option<Duration> {
-        self.lock().read_at.map(|t| now.saturating_duration_since(t))
+        self.lock()
+            .read_at
+            .map(|t| now.saturating_duration_since(t))
     }
 
     /// Answer every pending slot with `verdict(tid)`; returns how many were answered.
@@ -163,12 +165,17 @@ fn answer(group: &PermGroup, fd: BorrowedFd<'_>, verdict: Verdict) {
     }
 }
 
+/// The failure verdict of an undecided open by a thread of session `.0` (0: none) with
+/// write intent `.1` if known.
+pub(crate) type StallVerdict = Box<dyn Fn(u64, Option<bool>) -> Verdict + Send>;
+
 /// What the watchdog thread needs.
 pub(crate) struct Watchdog {
     pub(crate) group: Arc<PermGroup>,
     pub(crate) inflight: Arc<Inflight>,
     pub(crate) intent: Arc<IntentSource>,
-    pub(crate) decider: Arc<dyn Decider>,
+    /// [`super::Decider::stall_verdict`] of the listener's decider.
+    pub(crate) stall_verdict: StallVerdict,
     pub(crate) deadline: Duration,
     pub(crate) sink: Option<EpisodeSink>,
 }
@@ -196,8 +203,7 @@ impl Watchdog {
         if tgid == Some(self_pid) {
             return Verdict::Allow;
         }
-        self.decider
-            .stall_verdict(session, pending.map(|i| i.write))
+        (self.stall_verdict)(session, pending.map(|i| i.write))
     }
 
     /// Runs until `stop` is signalled (or dropped).
