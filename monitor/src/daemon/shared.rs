@@ -178,6 +178,9 @@ impl DaemonApi for Shared {
             ));
         }
         info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, "session registered");
+        if let Some(g) = self.gate.get() {
+            g.wait_marks().await;
+        }
         Ok(info)
     }
 

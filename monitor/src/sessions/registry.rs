@@ -24,6 +24,9 @@ struct Inner {
     /// Live sessions whose seccomp listener the daemon supervises (in memory: a restarted
     /// daemon learns them again from the descriptors it gets back).
     confined: Mutex<std::collections::BTreeSet<u64>>,
+    /// Bumped whenever a session starts, ends or is confined (see
+    /// [`SessionRegistry::changes`]).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 struct Entry {
@@ -53,6 +56,7 @@ impl SessionRegistry {
                 persist: Mutex::new(()),
                 state: Mutex::new(map),
                 confined: Mutex::new(std::collections::BTreeSet::new()),
+                changed: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -102,6 +106,7 @@ impl SessionRegistry {
                 persisted_events: 0,
             },
         );
+        self.changed();
         tracing::info!(
             session = info.id,
             agent = %info.agent,
@@ -137,6 +142,17 @@ impl SessionRegistry {
     /// Records that session `id` is confined (its listener is supervised).
     pub fn mark_confined(&self, id: u64) {
         lock(&self.inner.confined).insert(id);
+        self.changed();
+    }
+
+    /// A receiver that sees a new value whenever a session starts, ends or is confined
+    /// (the gate places or removes its host-wide marks on that).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    fn changed(&self) {
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Whether session `id` is confined.
@@ -204,6 +220,7 @@ impl SessionRegistry {
             e.persisted_events = info.events;
         }
         lock(&self.inner.confined).remove(&id);
+        self.changed();
         tracing::info!(session = id, agent = %info.agent, events = info.events, "agent session ended");
         Ok(())
     }
