@@ -96,7 +96,8 @@ impl From<ApiError> for Status {
 pub trait DaemonApi: Send + Sync + 'static {
     /// Puts `caller.pid` into a new wrapper session. `agent` and `reason` have passed
     /// [`validate_agent`] / [`validate_reason`]; `reason` is `None` when empty. `command`
-    /// and `cwd` are the caller's claims, informational only.
+    /// and `cwd` are the caller's claims, informational only; `confine`: the caller is
+    /// about to confine itself (see [`crate::sessions::CONFINE_GRACE`]).
     async fn register_session(
         &self,
         caller: Caller,
@@ -104,6 +105,7 @@ pub trait DaemonApi: Send + Sync + 'static {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
+        confine: bool,
     ) -> Result<SessionInfo, ApiError>;
     /// Sessions by id; ended ones only if `include_ended`.
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo>;
@@ -329,7 +331,7 @@ impl pb::daemon_server::Daemon for DaemonService {
         tracing::debug!(pid = caller.pid, uid = caller.uid, agent = %r.agent, "RegisterSession");
         let info = self
             .api
-            .register_session(caller, r.agent, reason, r.command, r.cwd)
+            .register_session(caller, r.agent, reason, r.command, r.cwd, r.confine)
             .await?;
         Ok(Response::new(pb::SessionInfo::from(&info)))
     }

@@ -189,8 +189,20 @@ async fn reconcile(placement: Arc<Placement>, sessions: SessionRegistry, ledger:
             }
             _ => {}
         }
-        if changes.changed().await.is_err() {
-            return;
+        // Also wake when a session's confinement grace ends (it may still be unconfined).
+        let grace = sessions.next_confinement_deadline();
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = async {
+                match grace {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
 }

@@ -145,6 +145,7 @@ impl DaemonApi for Shared {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
+        confine: bool,
     ) -> Result<SessionInfo, ApiError> {
         let current = lock(&self.kernel).session_of(caller.pid);
         if current != 0 {
@@ -177,8 +178,12 @@ impl DaemonApi for Shared {
                 "could not tag the process in the kernel session map".into(),
             ));
         }
-        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, "session registered");
-        if let Some(g) = self.gate.get() {
+        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, confine, "session registered");
+        if confine {
+            // It confines itself next: host-wide marks are not placed for it (unless it
+            // is still unconfined after the grace).
+            self.registry.expect_confinement(info.id);
+        } else if let Some(g) = self.gate.get() {
             g.wait_marks().await;
         }
         Ok(info)
