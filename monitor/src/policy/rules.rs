@@ -736,7 +736,7 @@ mod tests {
 
         let mut r = rule("a", &["/etc"]);
         r.agents = vec!["".into(), "{x".into()];
-        r.ops = vec!["write".into(), "chmod".into()];
+        r.ops = vec!["write".into(), "chmode".into()];
         r.timeout = Some(HumanDuration(Duration::from_millis(10)));
         g.rules = vec![r];
         assert_eq!(
