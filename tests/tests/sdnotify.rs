@@ -317,3 +317,107 @@ fn a_restart_takes_back_the_listeners_of_live_sessions_only() {
     let _ = agent.kill();
     let _ = agent.wait();
 }
+
+/// Receives until an `FDSTORE=1` message for `name` arrives with its descriptor.
+fn take_stored(
+    sock: &UnixDatagram,
+    name: &str,
+    limit: Duration,
+    log: impl Fn() -> String,
+) -> OwnedFd {
+    let deadline = Instant::now() + limit;
+    let mut buf = vec![0u8; 4096];
+    let want = format!("FDNAME={name}");
+    let mut seen = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no FDSTORE for {name}; received {seen:?}\n--- daemon log ---\n{}",
+            log()
+        );
+        match monitor::os::sdnotify::recv_with_fds(sock, &mut buf) {
+            Ok((n, mut fds)) => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if text.lines().any(|l| l == "FDSTORE=1") && text.lines().any(|l| l == want) {
+                    assert_eq!(fds.len(), 1, "{text}");
+                    return fds.remove(0);
+                }
+                seen.push(text);
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("receiving a notification: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_held_operation_survives_a_daemon_crash_with_the_descriptor_store() {
+    if !require_root("a_held_operation_survives_a_daemon_crash_with_the_descriptor_store") {
+        return;
+    }
+    let g = e2e::gate::Gate::start(|w| {
+        e2e::gate::rule(
+            w,
+            "ask-hold",
+            "mode = \"hold\"\ntimeout = \"60s\"\nfail = \"deny\"",
+        )
+    });
+    let mut d = g.d;
+    let path = d.dir.path().join("notify.sock");
+    let m = Manager::bind(&path);
+    let notify = path.to_str().expect("UTF-8 path").to_owned();
+    d.restart_with_env(&[("NOTIFY_SOCKET", notify.as_str())]);
+    let f = d.watched.join("gated/kept.conf");
+    std::fs::write(&f, "old\n").unwrap();
+    let child = d
+        .session_command(
+            "claude",
+            Some("survive"),
+            "echo new > gated/kept.conf && echo written",
+        )
+        .spawn()
+        .expect("spawn the session");
+    let g = e2e::gate::Gate { d };
+    let r = g.wait_request(&f);
+    let session = r["context"]["session_id"].as_u64().expect("session id");
+    let listener = take_stored(
+        &m.sock,
+        &resume::fd_name(session),
+        Duration::from_secs(10),
+        || g.d.log(),
+    );
+    // A crash while the write is held; systemd keeps the listener and passes it back.
+    let mut d = g.d;
+    d.kill();
+    let log = d.dir.path().join("fdstore-daemon.log");
+    let mut daemon = spawn_with_fds(&d, &notify, &[(resume::fd_name(session), &listener)], &log);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut m = m;
+    m.until("READY=1", Duration::from_secs(60), log_text, |ms| {
+        count(ms, "READY=1") >= 1
+    });
+    drop(listener);
+    let g = e2e::gate::Gate { d };
+    // The request is still pending and its approval completes the held write, once.
+    e2e::ok(&g.cli(&["approvals", "approve", &e2e::gate::id_of(&r), "--ttl", "1m"]));
+    let out = e2e::gate::wait_child(child, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        e2e::output_text(&out),
+        log_text()
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "new\n");
+    assert!(
+        g.ledger().iter().any(|r| r["kind"] == "hold_resumed"),
+        "{}",
+        log_text()
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = daemon.wait();
+}

@@ -175,6 +175,22 @@ fn cases() -> Vec<Case> {
             denied: |w| assert!(!w.join("gated/d").exists()),
         },
         Case {
+            name: "write through /proc/self/root",
+            setup: |w| seed(w, "gated/pr.conf", "old\n"),
+            script: "echo new > /proc/self/root$PWD/gated/pr.conf",
+            requests: &["gated/pr.conf"],
+            approved: |w| assert_eq!(read(&w.join("gated/pr.conf")), "new\n"),
+            denied: |w| assert_eq!(read(&w.join("gated/pr.conf")), "old\n"),
+        },
+        Case {
+            name: "mmap writes through an approved open",
+            setup: |w| seed(w, "gated/mm.conf", "aaaa\n"),
+            script: "python3 -c 'import mmap,os; fd=os.open(\"gated/mm.conf\", os.O_RDWR); m=mmap.mmap(fd, 5); m[0:4]=b\"bbbb\"; m.flush()'",
+            requests: &["gated/mm.conf"],
+            approved: |w| assert_eq!(read(&w.join("gated/mm.conf")), "bbbb\n"),
+            denied: |w| assert_eq!(read(&w.join("gated/mm.conf")), "aaaa\n"),
+        },
+        Case {
             name: "write through a hard link made before the session",
             setup: |w| {
                 seed(w, "gated/hl.conf", "old\n");
@@ -242,4 +258,186 @@ fn every_operation_on_a_gated_path_is_held_and_changes_nothing_when_denied() {
         return;
     }
     run_cases(false);
+}
+
+#[test]
+fn a_dead_supervisor_fails_the_sessions_held_operation_and_nothing_else() {
+    if !require_root("a_dead_supervisor_fails_the_sessions_held_operation_and_nothing_else") {
+        return;
+    }
+    let mut g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let f = g.gated("held.conf");
+    std::fs::write(&f, "old\n").unwrap();
+    let child = g.spawn_with_reason("claude", "crash", "echo new > gated/held.conf");
+    g.wait_request(&f);
+    // Without a descriptor store, the listener dies with the daemon: the kernel fails the
+    // session's notified syscalls (ENOSYS) instead of letting them through.
+    g.d.kill();
+    let out = wait_child(child, Duration::from_secs(20));
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Function not implemented"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(read(&f), "old\n", "the held write never happened");
+    // Other processes on the host are not affected.
+    std::fs::write(&f, "admin\n").expect("a process outside the session writes");
+    assert_eq!(read(&f), "admin\n");
+    // At the next start, the request is closed; nothing changed under the session.
+    g.d.start_again();
+    let rec = g.wait_ledgered("released_by_crash", |b| {
+        b["path"] == f.display().to_string().as_str()
+    });
+    assert!(rec["changed"] == true || rec["changed"] == false, "{rec}");
+}
+
+#[test]
+fn a_session_cannot_read_confgates_own_files_or_signal_the_daemon() {
+    if !require_root("a_session_cannot_read_confgates_own_files_or_signal_the_daemon") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let state = g.d.state_dir();
+    let script = format!(
+        "cat {config} >/dev/null 2>&1 && echo config-read; \
+         ls {state} 2>/dev/null | grep -q redb && echo state-listed; \
+         cat {state}/confgate.redb >/dev/null 2>&1 && echo store-read; \
+         kill -STOP {pid} 2>/dev/null && echo stopped; \
+         kill -0 {pid} 2>/dev/null && echo signalled; \
+         echo done",
+        config = g.d.config.display(),
+        state = state.display(),
+        pid = g.d.pid(),
+    );
+    let o = g.d.in_session("claude", "probe", &script);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("done"), "{}", output_text(&o));
+    for leak in [
+        "config-read",
+        "state-listed",
+        "store-read",
+        "stopped",
+        "signalled",
+    ] {
+        assert!(!out.contains(leak), "{leak}: {}", output_text(&o));
+    }
+    // The daemon still answers.
+    assert!(g.stat("session_attached") >= 1);
+}
+
+#[test]
+fn a_session_cannot_route_around_its_confinement() {
+    if !require_root("a_session_cannot_route_around_its_confinement") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let f = g.gated("target.conf");
+    std::fs::write(&f, "old\n").unwrap();
+    let target = f.display().to_string();
+    // Each attempt prints its name only if it wrote; none may.
+    let script = format!(
+        r#"
+python3 - <<'PY'
+import ctypes, os, errno
+libc = ctypes.CDLL(None, use_errno=True)
+# bpf(2): a root session could otherwise delete itself from the kernel's session map.
+r = libc.syscall(321, 0, 0, 0)
+print("bpf", r, ctypes.get_errno())
+# the 32-bit ABI (int 0x80) is refused by the filter's architecture check: not tested
+# from Python; open_by_handle_at is refused outright.
+r = libc.syscall(304, -100, 0, 0)
+print("open_by_handle_at", r, ctypes.get_errno())
+PY
+unshare -m sh -c 'mount --bind /dev/null {target}' 2>/dev/null && echo mount-bind
+echo done
+"#
+    );
+    let o =
+        g.d.session_command("claude", Some("escape"), &script)
+            .output()
+            .expect("run");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("done"), "{}", output_text(&o));
+    assert!(
+        out.contains("bpf -1 1"),
+        "bpf(2) fails with EPERM: {}",
+        output_text(&o)
+    );
+    assert!(
+        out.contains("open_by_handle_at -1 1"),
+        "open_by_handle_at fails with EPERM: {}",
+        output_text(&o)
+    );
+    assert!(!out.contains("mount-bind"), "{}", output_text(&o));
+    assert_eq!(read(&f), "old\n");
+}
+
+#[test]
+fn a_path_swapped_after_the_check_gains_nothing() {
+    if !require_root("a_path_swapped_after_the_check_gains_nothing") {
+        return;
+    }
+    // A deny rule: every open the supervisor sees for the gated path fails at once; the
+    // race is between its check and the kernel's own use of the string.
+    let g = Gate::start(|w| {
+        format!("[[gate.rule]]\nname = \"no\"\npaths = [\"{w}/gated/**\"]\nverdict = \"deny\"\n")
+    });
+    let f = g.gated("race.conf");
+    std::fs::create_dir_all(g.d.watched.join("stage")).unwrap();
+    let gated = f.display().to_string();
+    let free = g.d.watched.join("stage/race.conf").display().to_string();
+    let script = format!(
+        r#"python3 - <<'PY'
+import ctypes, os, threading
+libc = ctypes.CDLL(None, use_errno=True)
+a = b"{free}\0"
+b = b"{gated}\0"
+n = max(len(a), len(b))
+buf = ctypes.create_string_buffer(n)
+ctypes.memmove(buf, a, len(a))
+stop = False
+def swap():
+    while not stop:
+        ctypes.memmove(buf, b, len(b))
+        ctypes.memmove(buf, a, len(a))
+t = threading.Thread(target=swap); t.start()
+ok = 0
+for _ in range(3000):
+    fd = libc.open(buf, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    if fd >= 0:
+        os.write(fd, b"x"); os.close(fd); ok += 1
+stop = True; t.join()
+print("opened", ok)
+PY
+"#
+    );
+    let o = g.d.in_session("claude", "race", &script);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        !f.exists(),
+        "the gated path was never created: {}",
+        output_text(&o)
+    );
+}
+
+#[test]
+fn processes_outside_sessions_pay_no_permission_events_by_default() {
+    if !require_root("processes_outside_sessions_pay_no_permission_events_by_default") {
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let f = g.gated("admin.conf");
+    for i in 0..50 {
+        std::fs::write(&f, format!("{i}\n")).unwrap();
+        let _ = std::fs::read(&f).unwrap();
+    }
+    // A confined session's own work does not place host-wide marks either.
+    ok(&g.d.in_session("claude", "", "echo x > stage-free.txt"));
+    assert_eq!(
+        g.stat("perm_events"),
+        0,
+        "no fanotify permission event at all"
+    );
+    assert_eq!(g.stat("gate_marks_placed"), 0);
 }
