@@ -24,6 +24,7 @@ use super::{
 use crate::{
     api::server::DaemonApi,
     config::{ApprovalMode, Config, watch::WatchSet},
+    gate::session::{Supervisors, handoff},
     kernel::{AttachReport, Kernel, KernelSettings},
     metrics::Metrics,
     notify::NotifyWatcher,
@@ -44,6 +45,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     let metrics = Arc::new(Metrics::default());
     let (store, registry) = open_state(&cfg.daemon.state_dir)?;
     let policy = gate_policy(&mut cfg, config_path)?;
+    let mark_roots = policy.as_ref().map(Policy::mark_roots).unwrap_or_default();
     let watch = WatchSet::new(&cfg.watch).context("watch set")?;
     let detector = Detector::new(&cfg.detect).context("detect rules")?;
     let Loaded {
@@ -68,6 +70,8 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     let shared = Arc::new(shared(&cfg, kernel, registry, &metrics, tx)?);
     restore_sessions(&shared, &mut pipeline);
     let gate = start_gate(&cfg, policy, &store, &shared).await?;
+    let supervisors = Arc::new(Supervisors::default());
+    start_handoff(&cfg, config_path, &mark_roots, &shared, supervisors);
     let server = serve_api(&cfg, &shared);
 
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both
@@ -321,6 +325,30 @@ async fn start_gate(
         warn!("gate disabled (gate.enabled = false): writes are observed, never held");
     }
     Ok(shared.gate.get().cloned())
+}
+
+/// Serves the supervise socket, where `confgate-confine` hands a session's seccomp listener
+/// over. Without it `confgate run` fails (closed); the daemon runs on.
+fn start_handoff(
+    cfg: &Config,
+    config_path: &Path,
+    mark_roots: &[PathBuf],
+    shared: &Shared,
+    supervisors: Arc<Supervisors>,
+) {
+    let (denied, hidden) = super::protected::confine_paths(cfg, config_path, mark_roots);
+    let settings = handoff::HandoffSettings {
+        socket: cfg.daemon.supervise_socket.clone(),
+        denied,
+        hidden,
+    };
+    if let Err(e) = handoff::start(settings, shared.registry.clone(), supervisors) {
+        tracing::error!(
+            socket = %cfg.daemon.supervise_socket.display(),
+            error = %e,
+            "cannot serve the supervise socket: `confgate run` sessions cannot be confined (they fail unless run with --no-confine)"
+        );
+    }
 }
 
 /// Serves the gRPC API on the daemon's socket until told to stop.

@@ -15,6 +15,8 @@
 //! - [`poll`]: eventfd and `poll(2)`; [`limits`]: the open-file limit and the dumpable
 //!   attribute; [`memory`]: process-wide memory hints; [`host`]: this host's name;
 //!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`.
+//! - [`landlock`], [`seccomp`]: what confines an agent session (installed by the
+//!   `confgate-confine` helper).
 //!
 //! Each wrapper returns `io::Result` (or an `Option` where "cannot tell" is an answer)
 //! with the errno of the failed call; no policy lives here.
@@ -28,10 +30,12 @@ pub mod environ;
 pub mod fanotify;
 pub mod fs;
 pub mod host;
+pub mod landlock;
 pub mod limits;
 pub mod memory;
 pub mod poll;
 pub mod procfs;
+pub mod seccomp;
 pub mod walk;
 
 /// The result of a libc call that returns -1 (and sets errno) on failure.

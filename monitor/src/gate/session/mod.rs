@@ -15,10 +15,12 @@
 //! - [`supervisor`]: one thread per session listener: receives notifications, decodes and
 //!   resolves them, answers the ones outside the gated set at once and hands the rest to
 //!   the engine as held operations.
+//! - [`wire`]: the supervise socket's messages.
 pub mod confine;
 pub mod handoff;
 pub mod spec;
 pub mod supervisor;
+pub mod wire;
 
 pub use spec::ConfineSpec;
 pub use supervisor::{Attach, Supervisors};
