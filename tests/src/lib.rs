@@ -327,7 +327,13 @@ impl Daemon {
         self.run_command(agent, reason, script, true)
     }
 
-    fn run_command(&self, agent: &str, reason: Option<&str>, script: &str, confine: bool) -> Command {
+    fn run_command(
+        &self,
+        agent: &str,
+        reason: Option<&str>,
+        script: &str,
+        confine: bool,
+    ) -> Command {
         let mut c = Command::new(confgate_bin());
         c.arg("--config")
             .arg(&self.config)

@@ -41,7 +41,10 @@ fn stub_supervisor_refuses_and_nothing_runs() {
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(125), "{text}");
     assert!(text.contains("cannot supervise session"), "{text}");
-    assert!(!marker.exists(), "the command ran although confinement failed");
+    assert!(
+        !marker.exists(),
+        "the command ran although confinement failed"
+    );
 }
 
 #[test]
@@ -60,11 +63,10 @@ fn no_supervise_socket_is_125_and_nothing_runs() {
     assert!(text.contains("supervise socket"), "{text}");
     assert!(!marker.exists());
     // --no-confine still runs it (observation only).
-    let out = g
-        .d
-        .session_command("free", Some("e2e"), &format!("touch {}", marker.display()))
-        .output()
-        .expect("confgate run");
+    let out =
+        g.d.session_command("free", Some("e2e"), &format!("touch {}", marker.display()))
+            .output()
+            .expect("confgate run");
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(marker.exists());
 }
@@ -182,7 +184,10 @@ fn sudo_works_inside_a_confined_session() {
         return;
     }
     if Command::new("sudo").arg("-V").output().is_err() {
-        skip("sudo_works_inside_a_confined_session", "sudo is not installed");
+        skip(
+            "sudo_works_inside_a_confined_session",
+            "sudo is not installed",
+        );
         return;
     }
     let g = gate();

@@ -122,19 +122,15 @@ fn filter_refuses_bpf_and_holds_write_opens_only() {
     );
     let mut b = [0u8; 1];
     // SAFETY: reads one byte into a live buffer.
-    assert_eq!(
-        unsafe { libc::read(ours.as_raw_fd(), b.as_mut_ptr().cast(), 1) },
-        1
-    );
+    let n = unsafe { libc::read(ours.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    assert_eq!(n, 1);
     assert!(
         !readable(listener.as_raw_fd(), 0),
         "a read-only open was notified"
     );
     // SAFETY: writes one byte from a live buffer.
-    assert_eq!(
-        unsafe { libc::write(ours.as_raw_fd(), b"G".as_ptr().cast(), 1) },
-        1
-    );
+    let n = unsafe { libc::write(ours.as_raw_fd(), b"G".as_ptr().cast(), 1) };
+    assert_eq!(n, 1);
 
     // The write open is held: a notification arrives and the child waits for the answer.
     if !readable(listener.as_raw_fd(), 10_000) {
@@ -164,11 +160,8 @@ fn filter_refuses_bpf_and_holds_write_opens_only() {
     while Instant::now() < deadline {
         let mut status = 0;
         // SAFETY: polls our own child without blocking.
-        assert_eq!(
-            unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) },
-            0,
-            "child ended while held"
-        );
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert_eq!(r, 0, "child ended while held");
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut resp = libc::seccomp_notif_resp {
