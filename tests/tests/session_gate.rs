@@ -218,14 +218,28 @@ fn run_cases(approve: bool) {
     );
     let w = g.d.watched.clone();
     for c in cases() {
-        let child = g.spawn_with_reason("claude", c.name, c.script);
-        for rel in c.requests {
-            let r = g.wait_request(&w.join(rel));
-            if approve {
+        let mut child = g.spawn_with_reason("claude", c.name, c.script);
+        if approve {
+            for rel in c.requests {
+                let r = g.wait_request(&w.join(rel));
                 ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "1m"]));
-            } else {
-                ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
-                break;
+            }
+        } else {
+            // Deny the first request; a tool that retries another way (mv after a
+            // refused rename) asks again and is denied again, until it gives up.
+            let r = g.wait_request(&w.join(c.requests[0]));
+            ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while child.try_wait().expect("wait").is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{}: still running",
+                    c.name
+                );
+                for r in g.pending() {
+                    let _ = g.cli(&["approvals", "deny", &id_of(&r)]);
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
         let out = wait_child(child, Duration::from_secs(20));

@@ -333,6 +333,40 @@ impl Op {
     }
 }
 
+/// The errno the kernel would fail `op` with, from what is at its resolved `targets`
+/// (`exists[i]`), for the cases that need no permission check: a name that must not
+/// exist and does, or one that must exist and does not.
+pub fn bound_to_fail(op: &Op, targets: &[super::resolve::Target]) -> Option<i32> {
+    let exists = |i: usize| targets.get(i).is_some_and(|t| t.found.is_some());
+    let must_exist = |i: usize| (!exists(i)).then_some(libc::ENOENT);
+    let must_not_exist = |i: usize| exists(i).then_some(libc::EEXIST);
+    match op.kind {
+        Kind::Open { flags, how: 0, .. } => {
+            let excl = flags & (libc::O_CREAT | libc::O_EXCL) == (libc::O_CREAT | libc::O_EXCL);
+            if excl {
+                must_not_exist(0)
+            } else if flags & libc::O_CREAT == 0 {
+                must_exist(0)
+            } else {
+                None
+            }
+        }
+        Kind::Rename { flags } => must_exist(0).or_else(|| {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                must_not_exist(1)
+            } else {
+                None
+            }
+        }),
+        Kind::Link { .. } => must_exist(0).or_else(|| must_not_exist(1)),
+        Kind::Symlink { .. } | Kind::Mkdir { .. } | Kind::Mknod { .. } => must_not_exist(0),
+        Kind::Unlink { .. } | Kind::Truncate { .. } | Kind::Chmod { .. } | Kind::Chown { .. } => {
+            must_exist(0)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

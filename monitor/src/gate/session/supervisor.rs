@@ -598,6 +598,12 @@ impl Supervisor {
         if free {
             return Plan::Continue;
         }
+        // What the kernel would refuse anyway is refused without asking anyone (an
+        // approver must not be asked about `mv`'s RENAME_NOREPLACE attempt that can only
+        // fail with EEXIST).
+        if let Some(errno) = ops::bound_to_fail(op, targets) {
+            return Plan::Error(errno);
+        }
         let mut deferred = None;
         for (i, t) in targets.iter().enumerate() {
             let covered = covers(&self.spec, &t.path);
