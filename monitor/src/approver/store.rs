@@ -676,11 +676,12 @@ mod tests {
         assert_eq!(again.deadline_unix_ms, 100);
         // Ids a crash could have taken with an unsynced submit are skipped at open.
         let (next, _, _) = s.submit(new_request("h3", 1, 100)).unwrap();
-        assert_eq!(next.id, 3 + crate::store::DEFERRED_ID_GAP);
+        let first = 1 + crate::store::DEFERRED_ID_GAP;
+        assert_eq!(next.id, first + 2 + crate::store::DEFERRED_ID_GAP);
         let listed = s.list_requests(false, 10).unwrap();
         assert_eq!(
             listed.iter().map(|r| r.id).collect::<Vec<_>>(),
-            [next.id, 2, 1]
+            [next.id, first + 1, first]
         );
         assert_eq!(s.list_requests(true, 1).unwrap().len(), 1);
     }

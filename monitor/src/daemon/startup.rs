@@ -411,7 +411,7 @@ fn attach_restored(
     shared: &Shared,
     store: &Store,
     passed_back: resume::Restored,
-) -> (usize, Vec<(u64, Vec<u8>)>) {
+) -> (usize, Vec<u64>) {
     let m = &shared.metrics;
     let resumed = resume::pair(passed_back, store, &shared.registry);
     m.fdstore_discarded

@@ -141,8 +141,8 @@ pub struct OpFacts {
     pub existed: bool,
     /// The syscall's short name (`unlink`, `rename`, ...).
     pub name: &'static str,
-    /// A hold taken again after a daemon restart: its request is already filed.
-    pub resumed: bool,
+    /// A hold taken again after a daemon restart: the request it filed then.
+    pub resumes: Option<u64>,
 }
 
 /// Answers a supervised operation (see [`Held::for_op`]): `Allow` performs it on the
@@ -150,6 +150,13 @@ pub struct OpFacts {
 pub trait OpAnswer: Send + Sync + std::fmt::Debug {
     /// Answer `verdict`.
     fn answer(&mut self, verdict: Verdict) -> std::io::Result<()>;
+
+    /// What must be recorded, with request `request_id`, for a restarted daemon to answer
+    /// this operation (key and JSON record), if anything.
+    fn hold_record(&self, request_id: u64) -> Option<(u64, serde_json::Value)> {
+        let _ = request_id;
+        None
+    }
 }
 
 impl PermEvent {
@@ -203,6 +210,14 @@ impl Held {
             fail,
             to: AnswerTo::Op(answer),
             answered: false,
+        }
+    }
+
+    /// What a restarted daemon needs to answer this hold (supervised operations only).
+    pub fn hold_record(&self, request_id: u64) -> Option<(u64, serde_json::Value)> {
+        match &self.to {
+            AnswerTo::Op(a) => a.hold_record(request_id),
+            AnswerTo::Group(_) => None,
         }
     }
 

@@ -13,6 +13,9 @@ pub const REQUESTS: RecordTable<RequestRecord> = RecordTable::new("gate_requests
 pub const GRANTS: RecordTable<Grant> = RecordTable::new("gate_grants");
 /// Sequence of host request ids.
 pub const REQUEST_IDS: &str = "gate_request";
+/// Held operations of confined sessions by notification id, written in the transaction
+/// that files their request (see `gate::session::holds`; JSON of its `HoldRecord`).
+pub const SESSION_HOLDS: RecordTable<serde_json::Value> = RecordTable::new("session_holds");
 /// Content of a held file while its request is undecided (files up to
 /// [`MAX_REQUEST_PREIMAGE`] bytes), by host request id: if the daemon dies while the open is
 /// held, the kernel lets the write through, and the next start diffs and reverts it from

@@ -405,7 +405,8 @@ impl Store {
         self.noted(r, true)
     }
 
-    /// Moves each named sequence that exists on by [`DEFERRED_ID_GAP`], durably: ids that
+    /// Moves each named sequence on by [`DEFERRED_ID_GAP`] (one with no value yet: from
+    /// its start), durably: ids that
     /// deferred commits handed out before a crash (and that did not reach the disk) are
     /// then never handed out again. Call once when the store is opened.
     pub fn skip_ids(&self, sequences: &[&str]) -> Result<(), StoreError> {
@@ -413,8 +414,11 @@ impl Store {
             let mut meta = tx.txn.open_table(META)?;
             for seq in sequences {
                 let key = format!("{META_SEQ_PREFIX}{seq}");
-                let Some(next) = meta.get(key.as_str())?.map(|v| v.value()) else {
-                    continue;
+                // A sequence with no durable value yet may still have lost ids: its first
+                // ids, taken by a commit a crash did not let reach the disk.
+                let next = match meta.get(key.as_str())?.map(|v| v.value()) {
+                    Some(next) => next,
+                    None => meta.get(META_ID_FLOOR)?.map_or(1, |v| v.value()),
                 };
                 let moved = next
                     .checked_add(DEFERRED_ID_GAP)
@@ -817,7 +821,11 @@ mod tests {
             store.write(|tx| tx.next_id("a")).unwrap(),
             2 + DEFERRED_ID_GAP
         );
-        assert_eq!(store.write(|tx| tx.next_id("never_used")).unwrap(), 1);
+        // A sequence never durably used may have lost its first ids too.
+        assert_eq!(
+            store.write(|tx| tx.next_id("never_used")).unwrap(),
+            1 + DEFERRED_ID_GAP
+        );
     }
 
     #[test]

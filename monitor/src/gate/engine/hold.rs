@@ -58,6 +58,7 @@ impl Engine {
                 (false, Verdict::Ask) => {
                     let asked = Asked {
                         ev,
+                        held: &held,
                         agent,
                         ops: q.ops,
                         session: session.as_ref(),
@@ -94,8 +95,10 @@ impl Engine {
         }
         let t_ask = ev.received.elapsed();
         // A held operation taken again after a restart waits on the request it filed then.
-        if ev.op.is_some_and(|o| o.resumed)
-            && let Some(request_id) = self.take_resumable(ev.session, &ev.path)
+        if let Some(request_id) = ev
+            .op
+            .and_then(|o| o.resumes)
+            .and_then(|id| self.take_resumable(id))
         {
             let (tx, rx) = oneshot::channel();
             let keep = a.pre.cloned().map(|pre| Keep {
@@ -155,6 +158,7 @@ impl Engine {
                 rule.timeout,
                 Some(waiter),
                 a.pre.map(|p| (p, a.created)),
+                Some(a.held),
             )
             .map(|(request_id, body)| {
                 let filed = Filed {
@@ -288,7 +292,7 @@ impl Engine {
         let me = Arc::clone(self);
         let r = Arc::clone(rule);
         let lifetime = self.state.policy.request_ttl();
-        let filed = blocking(move || me.file_now(ctx, &r, lifetime, None, None))
+        let filed = blocking(move || me.file_now(ctx, &r, lifetime, None, None, None))
             .await
             .flatten();
         match filed {
@@ -466,6 +470,7 @@ impl Engine {
         lifetime: Duration,
         waiter: Option<Waiter>,
         held: Option<(&PreImage, bool)>,
+        hold: Option<&Held>,
     ) -> Option<(u64, Value)> {
         let created = unix_ms(SystemTime::now());
         let deadline =
@@ -494,6 +499,7 @@ impl Engine {
             created_unix_ms: created,
             deadline_unix_ms: deadline,
         };
+        let mut resumable = false;
         let filed = self.uplink.submit_now(|tx| {
             let id = tx.next_id(REQUEST_IDS)?;
             tx.put(REQUESTS, id, &record)?;
@@ -501,6 +507,11 @@ impl Engine {
                 tx.put_blob(REQUEST_PREIMAGES, id, content)?;
             }
             allocated = id;
+            // A supervised operation: what a restarted daemon needs to answer it.
+            if let Some((key, rec)) = hold.and_then(|h| h.hold_record(id)) {
+                tx.put(SESSION_HOLDS, key, &rec)?;
+                resumable = true;
+            }
             if let Some(w) = waiter {
                 lock(&self.waiters).insert(id, w);
             }
@@ -508,6 +519,21 @@ impl Engine {
             Ok(submit)
         });
         let id = match filed {
+            Ok((id, unsynced)) if resumable => {
+                // The caller of a supervised operation waits on a notification that only
+                // this record lets a restarted daemon answer: durable now, not in 50 ms.
+                // (This runs on a blocking thread.)
+                let synced = tokio::runtime::Handle::try_current()
+                    .map(|h| h.block_on(self.uplink.sync(unsynced)));
+                if !matches!(synced, Ok(Ok(_))) {
+                    GateMetrics::inc(&self.state.metrics.store_errors);
+                    warn!(
+                        request = id,
+                        "cannot make a held operation's request durable"
+                    );
+                }
+                id
+            }
             Ok((id, unsynced)) => {
                 let uplink = self.uplink.clone();
                 let metrics = Arc::clone(&self.state.metrics);

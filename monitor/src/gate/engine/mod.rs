@@ -28,7 +28,7 @@ use super::decider::{GateDecider, GateMetrics, GateState, Note, ops_of};
 use super::listener::{Held, PermEvent};
 use super::preimage::{self, PreImage};
 use super::requests::{
-    GRANTS, REQUEST_IDS, REQUEST_PREIMAGES, REQUESTS, RequestPre, RequestRecord,
+    GRANTS, REQUEST_IDS, REQUEST_PREIMAGES, REQUESTS, RequestPre, RequestRecord, SESSION_HOLDS,
 };
 use crate::event::escape::encode;
 use crate::ledger::SharedLedger;
@@ -126,9 +126,9 @@ pub struct Engine {
     diff_scheduled: Mutex<HashMap<Vec<u8>, u64>>,
     /// Files renamed onto gated paths lately: path -> (device, inode, when).
     renames_seen: Mutex<HashMap<Vec<u8>, (u64, u64, std::time::Instant)>>,
-    /// Pending hold requests of sessions whose listener came back after a restart, by
-    /// (session, path): a held operation taken again waits on its request.
-    resumable: Mutex<HashMap<(u64, Vec<u8>), u64>>,
+    /// Pending hold requests of sessions whose listener came back after a restart (id ->
+    /// session, path): a held operation taken again waits on its request.
+    resumable: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
 }
 
 /// A held open waiting for the decision of its request.
@@ -179,6 +179,7 @@ struct Filed {
 /// What an `ask` knows of the held open (borrowed while it is prepared).
 struct Asked<'a> {
     ev: &'a PermEvent,
+    held: &'a Held,
     agent: &'a str,
     ops: OpSet,
     session: Option<&'a SessionInfo>,
@@ -287,9 +288,9 @@ impl Engine {
                 (Vec::new(), Vec::new())
             }
         };
-        let resumable: HashMap<(u64, Vec<u8>), u64> = resumable
+        let resumable: HashMap<u64, (u64, Vec<u8>)> = resumable
             .into_iter()
-            .map(|(id, r)| ((r.session, r.path), id))
+            .map(|(id, r)| (id, (r.session, r.path)))
             .collect();
         let mut changes: HashMap<u64, Vec<Change>> = HashMap::new();
         for (_, c) in store.scan(CHANGES)? {
@@ -357,19 +358,19 @@ impl Engine {
     /// After the held operations of restored sessions were taken again: their requests
     /// that no operation came back for are closed (`hold_lost`; the operation never
     /// happened, its caller is gone).
-    pub async fn close_unresumed(&self, resumed: &[(u64, Vec<u8>)]) {
-        let left: Vec<((u64, Vec<u8>), u64)> = {
+    pub async fn close_unresumed(&self, resumed: &[u64]) {
+        let left: Vec<(u64, (u64, Vec<u8>))> = {
             let mut map = lock(&self.resumable);
-            let gone: Vec<(u64, Vec<u8>)> = map
+            let gone: Vec<u64> = map
                 .keys()
                 .filter(|k| !resumed.contains(k))
-                .cloned()
+                .copied()
                 .collect();
             gone.into_iter()
-                .filter_map(|k| map.remove(&k).map(|id| (k, id)))
+                .filter_map(|k| map.remove(&k).map(|v| (k, v)))
                 .collect()
         };
-        for ((session, path), id) in left {
+        for (id, (session, path)) in left {
             GateMetrics::inc(&self.state.metrics.holds_lost);
             warn!(request = id, session, path = %encode(&path), "a held operation did not come back after the restart: its request is closed");
             self.mark_answered(id).await;
@@ -383,8 +384,10 @@ impl Engine {
     }
 
     /// The pending request a held operation taken again after a restart waits on.
-    pub(super) fn take_resumable(&self, session: u64, path: &[u8]) -> Option<u64> {
-        lock(&self.resumable).remove(&(session, path.to_vec()))
+    pub(super) fn take_resumable(&self, request_id: u64) -> Option<u64> {
+        lock(&self.resumable)
+            .remove(&request_id)
+            .map(|_| request_id)
     }
 
     /// The policy the gate runs.

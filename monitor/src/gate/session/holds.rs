@@ -21,11 +21,12 @@ use super::supervisor::{SupervisorCounters, Supervisors, lock, open_for_preimage
 use crate::gate::Verdict;
 use crate::gate::listener::{Held, OpAnswer, OpFacts, PermEvent};
 use crate::os::seccomp::notify;
-use crate::store::{RecordTable, Store};
+use crate::store::Store;
 
 /// Held operations by notification id (ids are per listener, 64-bit and start at a random
-/// value: the session is recorded and checked too).
-pub const HOLDS: RecordTable<HoldRecord> = RecordTable::new("session_holds");
+/// value: the session is recorded and checked too). Written by the engine in the
+/// transaction that files the request, made durable before the request leaves.
+pub use crate::gate::requests::SESSION_HOLDS as HOLDS;
 
 /// One held operation, as the engine got it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -41,6 +42,9 @@ pub struct HoldRecord {
     pub primary: usize,
     /// The failure verdict: allow (`true`) or deny.
     pub fail_allow: bool,
+    /// The request filed for it.
+    #[serde(default)]
+    pub request: Option<u64>,
 }
 
 /// The answer of a deferred operation: performs it (through the performer) or denies it.
@@ -51,9 +55,18 @@ pub(super) struct Deferred {
     pub(super) listener: Arc<OwnedFd>,
     /// Where the hold is recorded (forgotten once answered).
     pub(super) store: Option<Store>,
+    /// What is recorded when its request is filed.
+    pub(super) record: HoldRecord,
 }
 
 impl OpAnswer for Deferred {
+    fn hold_record(&self, request_id: u64) -> Option<(u64, serde_json::Value)> {
+        let job = self.job.as_ref()?;
+        let mut r = self.record.clone();
+        r.request = Some(request_id);
+        serde_json::to_value(&r).ok().map(|v| (job.id, v))
+    }
+
     fn answer(&mut self, verdict: Verdict) -> io::Result<()> {
         let Some(job) = self.job.take() else {
             return Ok(());
@@ -85,12 +98,19 @@ impl Supervisors {
     /// After a restart, once the restored listeners are attached: every recorded held
     /// operation whose caller still waits goes to the engine again (which attaches it to
     /// its pending request); the others are forgotten and counted. Returns (resumed, lost).
-    pub fn resume_holds(&self) -> (Vec<(u64, Vec<u8>)>, usize) {
+    pub fn resume_holds(&self) -> (Vec<u64>, usize) {
         let (Some(store), Some(w)) = (self.store.get(), self.wiring.get()) else {
             return (Vec::new(), 0);
         };
         let records = match store.scan(HOLDS) {
-            Ok(r) => r,
+            Ok(r) => r
+                .into_iter()
+                .filter_map(|(id, v)| {
+                    serde_json::from_value::<HoldRecord>(v)
+                        .ok()
+                        .map(|r| (id, r))
+                })
+                .collect::<Vec<_>>(),
             Err(e) => {
                 warn!(error = %e, "cannot read the recorded held operations");
                 return (Vec::new(), 0);
@@ -136,26 +156,27 @@ impl Supervisors {
                     ops,
                     existed: r.existed,
                     name: r.job.op.name(),
-                    resumed: true,
+                    resumes: r.request,
                 }),
             };
-            let key = (r.session, r.path.clone());
+            let key = r.request;
             let fail = if r.fail_allow {
                 Verdict::Allow
             } else {
                 Verdict::Deny
             };
             let answer = Deferred {
-                job: Some(r.job),
+                job: Some(r.job.clone()),
                 jobs,
                 listener,
                 store: Some(store.clone()),
+                record: r,
             };
             if w.held
                 .try_send(Held::for_op(event, fail, Box::new(answer)))
                 .is_ok()
             {
-                resumed.push(key);
+                resumed.extend(key);
                 SupervisorCounters::inc(&self.counters.holds_resumed);
             }
         }

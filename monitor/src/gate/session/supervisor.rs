@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::ConfineSpec;
-use super::holds::{Deferred, HOLDS, HoldRecord};
+use super::holds::{Deferred, HoldRecord};
 use super::ops::{self, Kind, Op};
 use super::perform::{self, Job, PerformCounters};
 use super::report::Reporter;
@@ -118,8 +118,6 @@ counters! {
     answer_errors,
     /// Reports of answered operations the event pipeline's queue had no room for.
     observe_dropped,
-    /// Held operations that could not be recorded for a restart.
-    hold_record_errors,
     /// Held operations taken again after a restart.
     holds_resumed,
     /// Recorded held operations whose caller was gone at a restart.
@@ -487,6 +485,7 @@ impl Supervisor {
                     existed: facts.existed,
                     primary,
                     fail_allow: fail == Verdict::Allow,
+                    request: None,
                 };
                 let event = PermEvent {
                     fd,
@@ -498,17 +497,12 @@ impl Supervisor {
                     received: Instant::now(),
                     op: Some(facts),
                 };
-                if let Some(store) = &self.store
-                    && let Err(e) = store.put(HOLDS, job.id, &record)
-                {
-                    SupervisorCounters::inc(&self.counters.hold_record_errors);
-                    warn!(session = self.session, error = %e, "cannot record a held operation: a daemon restart would lose it");
-                }
                 let answer = Deferred {
                     job: Some(job),
                     jobs: self.jobs.clone(),
                     listener: self.listener.clone(),
                     store: self.store.clone(),
+                    record,
                 };
                 let held = Held::for_op(event, fail, Box::new(answer));
                 SupervisorCounters::inc(&self.counters.deferred);
@@ -616,7 +610,7 @@ impl Supervisor {
                 ops: op.ops_on(i, t.found.is_some()),
                 existed: t.found.is_some(),
                 name: op.name(),
-                resumed: false,
+                resumes: None,
             };
             let Ok(fd) = std::fs::File::open("/dev/null") else {
                 return Plan::Error(libc::EMFILE);
