@@ -154,6 +154,9 @@ pub struct Daemon {
     child: Option<Child>,
     /// "confgate ready" lines in the log before the current daemon was spawned.
     ready_marks: usize,
+    /// Whether [`Daemon::session_command`] confines (the default of `confgate run`);
+    /// tests of the host-wide fanotify gate and of unconfined sessions set it false.
+    pub confine_sessions: bool,
 }
 
 impl Daemon {
@@ -229,6 +232,7 @@ impl Daemon {
             log,
             child: None,
             ready_marks: 0,
+            confine_sessions: true,
         };
         d.spawn();
         d
@@ -315,7 +319,7 @@ impl Daemon {
     /// [`Daemon::unconfined_session_command`] starts one with `--no-confine`, as a detected
     /// agent is: observed, and gated by the host-wide fanotify gate.
     pub fn session_command(&self, agent: &str, reason: Option<&str>, script: &str) -> Command {
-        self.run_command(agent, reason, script, true)
+        self.run_command(agent, reason, script, self.confine_sessions)
     }
 
     /// [`Daemon::session_command`], the same.

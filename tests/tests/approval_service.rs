@@ -171,7 +171,7 @@ fn a_host_without_a_valid_client_certificate_is_refused() {
 /// `unapproved_rename` ledger record about the file.
 fn rename_over_an_approved_change() -> (ApprovalService, Daemon, PathBuf, Value) {
     let svc = ApprovalService::start_unix();
-    let d = remote_daemon(format!("endpoint = {:?}", svc.endpoint), |w| {
+    let mut d = remote_daemon(format!("endpoint = {:?}", svc.endpoint), |w| {
         format!(
             "[gate]\n{}",
             rule(
@@ -181,6 +181,8 @@ fn rename_over_an_approved_change() -> (ApprovalService, Daemon, PathBuf, Value)
             )
         )
     });
+    // Renames are detected (not held) for unconfined sessions: what these tests cover.
+    d.confine_sessions = false;
     let approver = Approver::at(&d, &svc.endpoint);
     let f = d.watched.join("gated/app.env");
     std::fs::write(&f, "DEBUG=false\n").unwrap();
@@ -430,6 +432,8 @@ fn a_decision_committed_before_a_service_crash_applies_once_after_both_restart()
             "[gate]\n[[gate.rule]]\nname = \"dar\"\npaths = [\"{w}/gated/**\"]\nverdict = \"ask\"\nmode = \"deny-and-request\"\nfail = \"deny\"\n"
         )
     });
+    // The host-wide fanotify gate: an unconfined session's writes survive a restart.
+    d.confine_sessions = false;
     let f = d.watched.join("gated/app.env");
     std::fs::write(&f, "DEBUG=false\n").unwrap();
     let go = d.dir.path().join("go");
@@ -544,6 +548,8 @@ fn an_approval_for_a_hold_a_crash_released_makes_no_grant() {
             "[gate]\n[[gate.rule]]\nname = \"held\"\npaths = [\"{w}/gated/**\"]\nverdict = \"ask\"\nmode = \"hold\"\ntimeout = \"60s\"\nfail = \"deny\"\non_expiry = \"revert\"\n"
         )
     });
+    // The host-wide fanotify gate: a crash lets an unconfined session's held write through.
+    d.confine_sessions = false;
     let f = d.watched.join("gated/app.env");
     std::fs::write(&f, "DEBUG=false\n").unwrap();
     let c = spawn_session(&d, "echo DEBUG=true > gated/app.env && echo written", &[]);

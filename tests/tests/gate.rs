@@ -344,6 +344,15 @@ fn a_session_cannot_open_confgates_own_config() {
     }
     let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
     let cfg = g.d.config.display().to_string();
+    // A confined session: the file is hidden in its mount namespace (read nothing) and
+    // any write is refused.
+    let o = g.d.in_session("claude", "", &format!("cat {cfg}"));
+    assert!(!o.status.success() && o.stdout.is_empty(), "{o:?}");
+    let o = g.d.in_session("claude", "", &format!("echo x >> {cfg}"));
+    assert!(!o.status.success(), "{o:?}");
+    // An unconfined one: the built-in rule of the fanotify gate denies the opens.
+    let mut g = g;
+    g.d.confine_sessions = false;
     let o = g.d.in_session("claude", "", &format!("cat {cfg}"));
     assert!(failed_with_eperm(&o), "{o:?}");
     let o = g.d.in_session("claude", "", &format!("echo x >> {cfg}"));

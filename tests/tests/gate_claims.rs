@@ -313,6 +313,8 @@ fn an_undecided_request_survives_a_restart_and_its_approval_then_applies() {
             "mode = \"deny-and-request\"\nfail = \"deny\"\non_expiry = \"revert\"",
         )
     });
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    g.d.confine_sessions = false;
     let f = g.gated("app.env");
     std::fs::write(&f, "DEBUG=false\n").expect("seed");
     let go = g.d.dir.path().join("go");

@@ -12,7 +12,9 @@ fn detected_mode_marks_only_while_an_unconfined_session_is_live() {
     if !require_root("detected_mode_marks_only_while_an_unconfined_session_is_live") {
         return;
     }
-    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let mut g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    g.d.confine_sessions = false;
     let f = g.gated("app.conf");
     std::fs::write(&f, "a\n").expect("seed");
     assert_eq!(g.stat("gate_marks_placed"), 0);
@@ -57,7 +59,9 @@ fn off_mode_has_no_permission_group() {
     if !require_root("off_mode_has_no_permission_group") {
         return;
     }
-    let g = Gate::start(|w| format!("fanotify = \"off\"\n{}", rule(w, "ask-hold", HOLD)));
+    let mut g = Gate::start(|w| format!("fanotify = \"off\"\n{}", rule(w, "ask-hold", HOLD)));
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    g.d.confine_sessions = false;
     let f = g.gated("app.conf");
     std::fs::write(&f, "a\n").expect("seed");
     // Not held: the session's write lands at once (observed only).

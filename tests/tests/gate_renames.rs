@@ -29,7 +29,9 @@ fn a_failed_rename_changes_nothing_and_an_unrestorable_one_is_flagged_once() {
     if !require_root("a_failed_rename_changes_nothing_and_an_unrestorable_one_is_flagged_once") {
         return;
     }
-    let g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    let mut g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    g.d.confine_sessions = false;
     let x = g.gated("x.conf");
     std::fs::write(&x, "owner=ops\n").expect("seed");
     let scratch = g.d.dir.path();
@@ -104,7 +106,9 @@ fn an_approved_sed_in_place_edit_is_covered_by_its_grant() {
     if !require_root("an_approved_sed_in_place_edit_is_covered_by_its_grant") {
         return;
     }
-    let g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    let mut g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    g.d.confine_sessions = false;
     let z = g.gated("z.conf");
     std::fs::write(&z, "debug=false\nport=80\n").expect("seed");
     let child = g.spawn_in_session("claude", "sed -i s/debug=false/debug=true/ gated/z.conf");
@@ -143,6 +147,8 @@ fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
         return;
     }
     let mut g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    g.d.confine_sessions = false;
     let c = g.gated("c.conf");
     std::fs::write(&c, "pool=10\n").expect("seed");
     let child = g.spawn_in_session("claude", "echo pool=500 > gated/c.conf; echo done");
@@ -217,7 +223,9 @@ fn an_unapproved_rename_over_a_file_with_a_kept_pre_image_is_reverted_atomically
     ) {
         return;
     }
-    let g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    let mut g = Gate::start(|w| rule(w, "revert-renames", REVERT));
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    g.d.confine_sessions = false;
     let a = g.gated("a.conf");
     std::fs::write(&a, "port=80\n").expect("seed");
     // An approved write keeps a.conf's pre-image (under a grant for writes, not renames).

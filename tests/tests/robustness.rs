@@ -73,6 +73,8 @@ fn sessions_survive_a_daemon_restart() {
         return;
     }
     let mut d = Daemon::start();
+    // The host-wide fanotify gate and unconfined sessions (`--no-confine`).
+    d.confine_sessions = false;
     let mut agent = d
         .session_command("long-runner", None, "read x; echo after > restarted.conf")
         .stdin(Stdio::piped())

@@ -119,6 +119,13 @@ impl UplinkHandle {
         Ok((id, unsynced))
     }
 
+    /// [`UplinkHandle::sync`] from a thread that may block (never from async code): it
+    /// does not take another blocking thread, so a full pool cannot stall it.
+    pub fn sync_blocking(&self, u: Unsynced) -> Result<(), UplinkError> {
+        self.spool.sync(u)?;
+        Ok(())
+    }
+
     /// Makes a request spooled by [`UplinkHandle::submit_with`] durable: at once if a
     /// durable commit made meanwhile (a decision's) covered it, else by one of its own.
     pub async fn sync(&self, u: Unsynced) -> Result<(), UplinkError> {

@@ -523,9 +523,7 @@ impl Engine {
                 // The caller of a supervised operation waits on a notification that only
                 // this record lets a restarted daemon answer: durable now, not in 50 ms.
                 // (This runs on a blocking thread.)
-                let synced = tokio::runtime::Handle::try_current()
-                    .map(|h| h.block_on(self.uplink.sync(unsynced)));
-                if !matches!(synced, Ok(Ok(_))) {
+                if self.uplink.sync_blocking(unsynced).is_err() {
                     GateMetrics::inc(&self.state.metrics.store_errors);
                     warn!(
                         request = id,

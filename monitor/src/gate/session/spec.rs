@@ -51,6 +51,11 @@ impl ConfineSpec {
             allowed.insert(PathBuf::from("/"));
         }
         for dir in &to_list {
+            // A directory that is itself denied (or beneath a denied one, as /etc/systemd
+            // beneath /etc when both are gated) allows nothing beneath it.
+            if denied.iter().any(|d| dir.starts_with(d)) {
+                continue;
+            }
             let entries = match std::fs::read_dir(dir) {
                 Ok(e) => e,
                 // Not there (yet): nothing beneath it is allowed, which is the safe side.
@@ -201,5 +206,23 @@ mod tests {
         let spec = ConfineSpec::compute(&[], &[]).unwrap();
         assert_eq!(spec.write_allowed, vec![PathBuf::from("/")]);
         assert!(spec.covers(Path::new("/tmp")));
+    }
+
+    #[test]
+    fn nested_denied_paths_allow_nothing_beneath_the_outer_one() {
+        let d = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(d.path()).unwrap();
+        std::fs::create_dir_all(root.join("etc/systemd/system")).unwrap();
+        std::fs::write(root.join("etc/passwd"), "x").unwrap();
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        let spec = ConfineSpec::compute(&[root.join("etc"), root.join("etc/systemd/system")], &[])
+            .unwrap();
+        assert!(!spec.covers(&root.join("etc/passwd")), "{spec:?}");
+        assert!(!spec.covers(&root.join("etc/systemd/x")), "{spec:?}");
+        assert!(
+            !spec.covers(&root.join("etc/systemd/system/u.service")),
+            "{spec:?}"
+        );
+        assert!(spec.covers(&root.join("home/u")), "{spec:?}");
     }
 }

@@ -431,8 +431,9 @@ impl Supervisor {
             SupervisorCounters::inc(&self.counters.refused);
             return self.answer_error(n.id, libc::ENOSYS);
         }
-        let tgid = crate::os::procfs::tgid_of(tid).unwrap_or(tid);
-        let targets = match self.targets(tid, tgid, &op) {
+        // /proc/<tid> is the caller's view as /proc/self would be (same descriptors, cwd,
+        // root): the thread group id is only looked up when the operation is not free.
+        let targets = match self.targets(tid, tid, &op) {
             Ok(t) => t,
             Err(e) => {
                 SupervisorCounters::inc(&self.counters.resolve_errors);
@@ -444,7 +445,13 @@ impl Supervisor {
             SupervisorCounters::inc(&self.counters.caller_gone);
             return;
         }
-        match self.plan(tid, tgid, &op, &targets) {
+        let plan = self.plan(tid, &op, &targets);
+        let tgid = if matches!(plan, Plan::Continue | Plan::Error(_)) {
+            tid
+        } else {
+            crate::os::procfs::tgid_of(tid).unwrap_or(tid)
+        };
+        match plan {
             Plan::Continue => self.answer_continue(n.id),
             Plan::Error(errno) => self.answer_error(n.id, errno),
             Plan::Deny => {
@@ -578,7 +585,8 @@ impl Supervisor {
         Ok(out)
     }
 
-    fn plan(&self, tid: u32, tgid: u32, op: &Op, targets: &[Target]) -> Plan {
+    fn plan(&self, tid: u32, op: &Op, targets: &[Target]) -> Plan {
+        let tgid = crate::os::procfs::tgid_of(tid).unwrap_or(tid);
         let gated_name = |t: &Target| {
             t.found
                 .filter(|f| f.is_regular())
@@ -588,7 +596,7 @@ impl Supervisor {
         };
         let free = targets
             .iter()
-            .all(|t| covers(&self.spec, &t.path) && gated_name(t).is_none());
+            .all(|t| self.spec.covers(&t.path) && gated_name(t).is_none());
         if free {
             return Plan::Continue;
         }
@@ -600,7 +608,7 @@ impl Supervisor {
         }
         let mut deferred = None;
         for (i, t) in targets.iter().enumerate() {
-            let covered = covers(&self.spec, &t.path);
+            let covered = self.spec.covers(&t.path);
             let alias = gated_name(t);
             if covered && alias.is_none() {
                 continue;
@@ -642,12 +650,6 @@ impl Supervisor {
         }
         deferred.unwrap_or(Plan::Perform)
     }
-}
-
-/// Whether `path` (absolute, canonical) is beneath a path the session's Landlock rules
-/// allow writing to.
-fn covers(spec: &ConfineSpec, path: &Path) -> bool {
-    spec.write_allowed.iter().any(|a| path.starts_with(a))
 }
 
 /// The target, opened read-only for its pre-image (never blocking on a FIFO, never
