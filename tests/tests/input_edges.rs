@@ -409,8 +409,16 @@ fn a_recreated_gated_root_is_gated_again() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!target.exists() || std::fs::read(&target).unwrap().is_empty());
-    // A file made inside the new root is watched again too (events come back).
-    ok(&d.in_session("edges", "test", &format!("mkdir '{}/sub'", app.display())));
+    // A file made inside the new root is watched again too (events come back). An
+    // unconfined session: a confined one's mkdir in the gated root would be held.
+    ok(&d
+        .unconfined_session_command(
+            "edges",
+            Some("test"),
+            &format!("mkdir '{}/sub'", app.display()),
+        )
+        .output()
+        .expect("confgate run"));
     let sub = app.join("sub").display().to_string();
     d.wait_for("the mkdir in the recreated root", |ev| {
         has(ev, "mkdir", &sub)

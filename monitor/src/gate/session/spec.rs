@@ -16,10 +16,40 @@ pub struct ConfineSpec {
     /// Landlock grants write-class access beneath these (and only these) paths: the
     /// complement of the denied set, enumerated along the paths to it. The supervisor
     /// answers CONTINUE only for a target beneath one of them.
+    #[serde(with = "escaped_paths")]
     pub write_allowed: Vec<PathBuf>,
     /// Hidden from the session (an empty read-only mount over each in its own mount
     /// namespace): confgate's configuration, credentials and state.
+    #[serde(with = "escaped_paths")]
     pub hidden: Vec<PathBuf>,
+}
+
+/// Paths as the project's escaped text (`\xNN` for bytes that are not printable UTF-8):
+/// any file name, valid UTF-8 or not, survives the JSON of the supervise socket and the
+/// store (a name that is not UTF-8 in a listed directory must not make confinement fail).
+mod escaped_paths {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+    use std::path::PathBuf;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    use crate::event::escape::{decode, encode};
+
+    pub fn serialize<S: Serializer>(paths: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(paths.iter().map(|p| encode(p.as_os_str().as_bytes())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|t| {
+                decode(&t)
+                    .map(|b| PathBuf::from(OsString::from_vec(b)))
+                    .ok_or_else(|| D::Error::custom(format!("bad escaped path {t:?}")))
+            })
+            .collect()
+    }
 }
 
 impl ConfineSpec {
@@ -224,5 +254,19 @@ mod tests {
             "{spec:?}"
         );
         assert!(spec.covers(&root.join("home/u")), "{spec:?}");
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_survive_the_wire() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/a\xff\nb"));
+        let spec = ConfineSpec {
+            write_allowed: vec![odd.clone(), PathBuf::from("/home")],
+            hidden: vec![PathBuf::from("/etc/confgate")],
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: ConfineSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec);
+        assert!(!json.contains('\n'));
     }
 }
