@@ -328,8 +328,17 @@ pub fn perform_and_answer(
     counters.performed.fetch_add(1, Ordering::Relaxed);
     let (answered, result) = match done {
         Ok(Done::Fd(fd, cloexec)) => {
-            let r = notify::addfd_send(listener, j.id, fd.as_fd(), cloexec);
-            (r.is_ok(), r.map(i64::from))
+            // Installed first, our copy closed, then answered: the caller's close is then
+            // the last one, so the close-write the gate diffs on is reported as the
+            // caller's (not as the daemon's own, which is ignored).
+            match notify::addfd(listener, j.id, fd.as_fd(), cloexec) {
+                Ok(n) => {
+                    drop(fd);
+                    let v = i64::from(n);
+                    (notify::respond_value(listener, j.id, v).is_ok(), Ok(v))
+                }
+                Err(e) => (false, Err(e)),
+            }
         }
         Ok(Done::Value(v)) => (notify::respond_value(listener, j.id, v).is_ok(), Ok(v)),
         Err(e) => {

@@ -170,6 +170,23 @@ pub fn addfd_send(fd: impl AsFd, id: u64, src: BorrowedFd<'_>, cloexec: bool) ->
     )
 }
 
+/// Installs `src` in the caller's descriptor table without completing the syscall;
+/// returns the number it got there (answer it with [`respond_value`] after closing `src`).
+pub fn addfd(fd: impl AsFd, id: u64, src: BorrowedFd<'_>, cloexec: bool) -> io::Result<i32> {
+    let mut add = libc::seccomp_notif_addfd {
+        id,
+        flags: 0,
+        srcfd: src.as_raw_fd() as u32,
+        newfd: 0,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    ioctl(
+        fd.as_fd(),
+        libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+        (&mut add as *mut libc::seccomp_notif_addfd).cast(),
+    )
+}
+
 /// Reads a NUL-terminated string at `addr` in process `pid` (at most `max` bytes before
 /// the NUL). `ENAMETOOLONG` when there is no NUL within `max`; `EFAULT` for a bad address.
 pub fn read_cstr(pid: u32, addr: u64, max: usize) -> io::Result<Vec<u8>> {
