@@ -35,6 +35,7 @@ impl Default for KernelSection {
         KernelSection {
             ringbuf_bytes: 8 << 20,
             path_filter: true,
+            skip_programs: Vec::new(),
         }
     }
 }
