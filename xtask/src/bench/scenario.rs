@@ -37,6 +37,37 @@ pub struct Cx {
     /// On a tmpfs: a directory in the daemon's watch set, and one outside it.
     pub watched: PathBuf,
     pub unwatched: PathBuf,
+    /// What the measured build supports (probed at the start of the run).
+    pub features: Features,
+}
+
+/// Parts of the product that builds before issue 15 lack: scenarios that need them
+/// measure what the build has and say so.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// `gate.fanotify = "off" | "detected" | "always"`.
+    pub fanotify_modes: bool,
+    /// `confgate run` confines sessions (the `confgate-confine` helper beside the binary).
+    pub confine: bool,
+}
+
+impl Features {
+    pub fn probe(confgate: &Path, scratch: &Path) -> Features {
+        let file = scratch.join("probe.toml");
+        let fanotify_modes = std::fs::write(&file, "[gate]\nfanotify = \"off\"\n").is_ok()
+            && std::process::Command::new(confgate)
+                .arg("check-config")
+                .arg(&file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        let confine = confgate.with_file_name("confgate-confine").exists();
+        Features {
+            fanotify_modes,
+            confine,
+        }
+    }
 }
 
 impl Cx {
