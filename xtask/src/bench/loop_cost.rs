@@ -128,7 +128,7 @@ impl Scenario for LoopCost {
         if self.watched { &MODES_2 } else { &MODES_1 }
     }
 
-    fn daemon_toml(&self, cx: &Cx) -> Option<String> {
+    fn daemon_toml(&mut self, cx: &Cx) -> Option<String> {
         // Scenario 2's tree is gated (for sessions): every open there by the worker, which
         // is outside any session, passes the permission queue on the fast path.
         self.watched.then(|| {

@@ -7,8 +7,10 @@ mod daemon;
 mod gate_latency;
 mod idle;
 mod loop_cost;
+mod macro_build;
 mod report;
 mod scenario;
+mod session_opens;
 mod session_rate;
 mod startup;
 mod stats;
@@ -272,7 +274,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // default list, so the defaults are written out).
     let extra_toml: String = shipped_gate_rules()?
         + &scenarios
-            .iter()
+            .iter_mut()
             .filter_map(|s| s.daemon_toml(&cx))
             .collect::<String>();
     let spec = |mode: Mode| DaemonSpec {

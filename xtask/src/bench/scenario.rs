@@ -113,8 +113,9 @@ pub trait Scenario {
     fn key(&self) -> &'static str;
     /// Modes it measures in (empty: not measured, e.g. not built yet).
     fn modes(&self) -> &'static [Mode];
-    /// TOML tables it needs in the daemon's configuration file.
-    fn daemon_toml(&self, _cx: &Cx) -> Option<String> {
+    /// TOML tables it needs in the daemon's configuration file. Called once, before the
+    /// first daemon starts (scenarios also prepare their files here).
+    fn daemon_toml(&mut self, _cx: &Cx) -> Option<String> {
         None
     }
     /// Measure once in `round` with the daemon of `mode` (None when off).
@@ -142,8 +143,8 @@ pub trait Scenario {
 /// first (a fresh daemon), then start-up, then the workloads.
 pub fn all() -> Vec<Box<dyn Scenario>> {
     use super::{
-        gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, session_rate::SessionRate,
-        startup::Startup,
+        gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, macro_build::MacroBuild,
+        session_opens::SessionOpens, session_rate::SessionRate, startup::Startup,
     };
     vec![
         Box::new(Idle::default()),
@@ -153,5 +154,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(SessionRate::default()),
         Box::new(GateLatency::decision()),
         Box::new(GateLatency::round_trip()),
+        Box::new(SessionOpens::default()),
+        Box::new(MacroBuild::default()),
     ]
 }

@@ -88,7 +88,7 @@ pub fn syscall(cx: &Cx, dir: &Path, name: &str, ops: u64) -> anyhow::Result<f64>
     v["ns_per_op"].as_f64().context("worker output: ns_per_op")
 }
 
-/// How the worker of [`latency_with`] runs.
+/// How the worker of [`latency`] runs.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct How {
     /// Open read-only instead of for writing.
@@ -106,20 +106,8 @@ pub struct Latency {
 }
 
 /// Time `ops` opens of `files` existing files in `dir` (after `warmup` untimed ones),
-/// inside a session of `session` when given.
+/// inside a session of `session` when given, run as `how` says.
 pub fn latency(
-    cx: &Cx,
-    dir: &Path,
-    ops: u64,
-    files: u64,
-    warmup: u64,
-    session: Option<&Daemon>,
-) -> anyhow::Result<Latency> {
-    latency_with(cx, dir, ops, files, warmup, session, How::default())
-}
-
-/// [`latency`], run as `how` says.
-pub fn latency_with(
     cx: &Cx,
     dir: &Path,
     ops: u64,
