@@ -46,6 +46,13 @@ pub struct Args {
     /// `open-read` (open O_RDONLY + close of a file in `--dir`).
     #[arg(long)]
     syscall: Option<String>,
+    /// `--latency`: install a seccomp filter on the timing thread that notifies write
+    /// opens, answered by a supervisor thread of this process with the project's own
+    /// `monitor::os::seccomp::notify`: `continue`, `continue-sync` (with
+    /// SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP), `addfd-sync` (the supervisor opens the file
+    /// and injects the descriptor, as for an approved gated open).
+    #[arg(long)]
+    seccomp: Option<String>,
     /// `--latency`: open read-only instead of O_WRONLY|O_TRUNC.
     #[arg(long)]
     read: bool,
@@ -173,6 +180,10 @@ fn latency(a: &Args) -> anyhow::Result<()> {
             cstr(&p)
         })
         .collect::<anyhow::Result<_>>()?;
+    let _supervisor = match &a.seccomp {
+        Some(how) => Some(crate::notify_bench::supervise(how, &files[0])?),
+        None => None,
+    };
     let flags = if a.read {
         libc::O_RDONLY
     } else {

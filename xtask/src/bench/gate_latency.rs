@@ -251,6 +251,7 @@ impl Scenario for GateLatency {
             let how = How {
                 read: false,
                 no_confine: v != Variant::RoundTripConfined,
+                seccomp: None,
             };
             let l = workload::latency(cx, &dir, ops, files, warmup, daemon, how)?;
             self.samples.0.entry((v, mode)).or_default().push(l);

@@ -8,6 +8,7 @@ mod gate_latency;
 mod idle;
 mod loop_cost;
 mod macro_build;
+mod mechanisms;
 mod report;
 mod scenario;
 mod session_opens;

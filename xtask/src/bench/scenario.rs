@@ -144,7 +144,8 @@ pub trait Scenario {
 pub fn all() -> Vec<Box<dyn Scenario>> {
     use super::{
         gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, macro_build::MacroBuild,
-        session_opens::SessionOpens, session_rate::SessionRate, startup::Startup,
+        mechanisms::Mechanisms, session_opens::SessionOpens, session_rate::SessionRate,
+        startup::Startup,
     };
     vec![
         Box::new(Idle::default()),
@@ -156,5 +157,6 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(GateLatency::round_trip()),
         Box::new(SessionOpens::default()),
         Box::new(MacroBuild::default()),
+        Box::new(Mechanisms::default()),
     ]
 }

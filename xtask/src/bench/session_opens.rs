@@ -172,6 +172,7 @@ impl Scenario for SessionOpens {
             let how = How {
                 read: v == Variant::Read,
                 no_confine: false,
+                seccomp: None,
             };
             for inside in [false, true] {
                 let warmup = if v == Variant::Grant && inside {

@@ -95,6 +95,8 @@ pub struct How {
     pub read: bool,
     /// `confgate run --no-confine`: an unconfined session (fanotify gate).
     pub no_confine: bool,
+    /// `xtask worker --seccomp HOW` (scenario 10).
+    pub seccomp: Option<&'static str>,
 }
 
 /// Per-open latencies of `xtask worker --latency`.
@@ -123,6 +125,9 @@ pub fn latency(
         .args(["--warmup", &warmup.to_string()]);
     if how.read {
         cmd.arg("--read");
+    }
+    if let Some(s) = how.seccomp {
+        cmd.args(["--seccomp", s]);
     }
     parse_latency(&output_of(&mut cmd)?)
 }
