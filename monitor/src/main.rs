@@ -38,6 +38,11 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
+    /// PATH shims that start agents under `confgate run`: install, remove.
+    Shim {
+        #[command(subcommand)]
+        command: ShimCommand,
+    },
     /// List agent sessions.
     Sessions {
         #[arg(long)]
@@ -91,6 +96,27 @@ enum Command {
         /// /etc/confgate/approver.toml).
         #[arg(long)]
         approver: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShimCommand {
+    /// Install shims for AGENT commands (default: every known agent found in PATH: claude,
+    /// codex, aider, gemini, cursor-agent, opencode, goose, amp, qwen, crush). Each execs
+    /// `confgate run --agent NAME -- <the real binary>`, resolved now from PATH outside DIR;
+    /// a named agent that is not found is an error, an unnamed one is skipped.
+    Install {
+        /// Commands to shim.
+        agents: Vec<String>,
+        /// Shim directory (put it first in PATH).
+        #[arg(long, default_value = monitor::cli::shim::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Remove confgate's shims from DIR (files that are not confgate shims stay).
+    Remove {
+        /// Shim directory.
+        #[arg(long, default_value = monitor::cli::shim::DEFAULT_DIR)]
+        dir: PathBuf,
     },
 }
 
@@ -270,6 +296,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Shim {
+            command: ShimCommand::Install { agents, dir },
+        } => {
+            let mut global_args: Vec<OsString> = Vec::new();
+            if let Some(c) = &cli.config {
+                global_args.push("--config".into());
+                global_args.push(std::path::absolute(c)?.into());
+            }
+            if let Some(s) = &cli.socket {
+                global_args.push("--socket".into());
+                global_args.push(std::path::absolute(s)?.into());
+            }
+            let opts = monitor::cli::shim::Install {
+                dir: dir.clone(),
+                names: agents.clone(),
+                path_var: std::env::var_os("PATH").unwrap_or_default(),
+                confgate: std::env::current_exe().context("locating the confgate binary")?,
+                global_args,
+            };
+            monitor::cli::shim::install(&opts, &mut std::io::stdout().lock())
+        }
+        Command::Shim {
+            command: ShimCommand::Remove { dir },
+        } => monitor::cli::shim::remove(dir, &mut std::io::stdout().lock()),
         Command::Sessions { json, all } => {
             monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all)
         }

@@ -43,6 +43,11 @@ counters! {
     attest_issued: "decider attestations signed for callers outside every agent session",
     attest_refused: "decider attestations refused because the caller was inside an agent session",
     attest_key_errors: "failures to load or make the decider attestation key at start",
+    sd_notify_errors: "notifications the service manager could not be sent (NOTIFY_SOCKET)",
+    sd_watchdog_withheld: "systemd watchdog pings withheld because a critical loop did not answer",
+    fdstore_restored: "session listeners the service manager passed back at start and that were paired with their live session",
+    fdstore_discarded: "descriptors passed back at start and closed (not a session listener, session ended or unknown, no spec kept)",
+    fdstore_attach_errors: "restored session listeners the supervisor could not attach (closed: the session's notified syscalls fail)",
 }
 
 impl Metrics {

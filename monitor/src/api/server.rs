@@ -96,7 +96,8 @@ impl From<ApiError> for Status {
 pub trait DaemonApi: Send + Sync + 'static {
     /// Puts `caller.pid` into a new wrapper session. `agent` and `reason` have passed
     /// [`validate_agent`] / [`validate_reason`]; `reason` is `None` when empty. `command`
-    /// and `cwd` are the caller's claims, informational only.
+    /// and `cwd` are the caller's claims, informational only; `confine`: the caller is
+    /// about to confine itself (see [`crate::sessions::CONFINE_GRACE`]).
     async fn register_session(
         &self,
         caller: Caller,
@@ -104,6 +105,7 @@ pub trait DaemonApi: Send + Sync + 'static {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
+        confine: bool,
     ) -> Result<SessionInfo, ApiError>;
     /// Sessions by id; ended ones only if `include_ended`.
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo>;
@@ -151,6 +153,19 @@ pub async fn serve(
     api: Arc<dyn DaemonApi>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RpcError> {
+    bind(socket, mode).await?.serve(api, shutdown).await
+}
+
+/// The API's socket, bound and listening (connections queue until [`Bound::serve`]).
+pub struct Bound {
+    listener: UnixListener,
+    socket: std::path::PathBuf,
+    bound: std::fs::Metadata,
+}
+
+/// Binds the API's socket as [`serve`] does, so that a caller can tell others (systemd's
+/// `READY=1`) that it accepts connections before serving them.
+pub async fn bind(socket: &Path, mode: u32) -> Result<Bound, RpcError> {
     prepare_socket_path(socket).await?;
     let io = |action, source| RpcError::Io {
         action,
@@ -162,39 +177,61 @@ pub async fn serve(
         .map_err(|e| io("chmod", e))?;
     let bound = std::fs::symlink_metadata(socket).map_err(|e| io("stat", e))?;
     tracing::info!(socket = %socket.display(), mode = format_args!("{mode:o}"), "API listening");
+    Ok(Bound {
+        listener,
+        socket: socket.to_owned(),
+        bound,
+    })
+}
 
-    // Both reflection versions, listing only what this socket serves.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
-            .with_service_name("confgate.v1.Daemon")
-            .with_service_name("grpc.reflection.v1.ServerReflection")
-            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-    };
-    let v1 = reflection()
-        .build_v1()
-        .map_err(|e| RpcError::Reflection(e.to_string()))?;
-    let v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| RpcError::Reflection(e.to_string()))?;
-    let result = tonic::transport::Server::builder()
-        .add_service(pb::daemon_server::DaemonServer::new(DaemonService { api }))
-        .add_service(v1)
-        .add_service(v1alpha)
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener).map(|c| c.map(super::peer::Accepted::new)),
-            shutdown,
-        )
-        .await;
+impl Bound {
+    /// Serves the API until `shutdown` completes, then removes the socket (if it is still
+    /// the one bound).
+    pub async fn serve(
+        self,
+        api: Arc<dyn DaemonApi>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), RpcError> {
+        let Bound {
+            listener,
+            socket,
+            bound,
+        } = self;
+        let socket = socket.as_path();
 
-    // Remove the socket only if it is still the one we bound.
-    if let Ok(now) = std::fs::symlink_metadata(socket)
-        && (now.dev(), now.ino()) == (bound.dev(), bound.ino())
-        && let Err(e) = std::fs::remove_file(socket)
-    {
-        tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket");
+        // Both reflection versions, listing only what this socket serves.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(confgate_proto::FILE_DESCRIPTOR_SET)
+                .with_service_name("confgate.v1.Daemon")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        };
+        let v1 = reflection()
+            .build_v1()
+            .map_err(|e| RpcError::Reflection(e.to_string()))?;
+        let v1alpha = reflection()
+            .build_v1alpha()
+            .map_err(|e| RpcError::Reflection(e.to_string()))?;
+        let result = tonic::transport::Server::builder()
+            .add_service(pb::daemon_server::DaemonServer::new(DaemonService { api }))
+            .add_service(v1)
+            .add_service(v1alpha)
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener).map(|c| c.map(super::peer::Accepted::new)),
+                shutdown,
+            )
+            .await;
+
+        // Remove the socket only if it is still the one we bound.
+        if let Ok(now) = std::fs::symlink_metadata(socket)
+            && (now.dev(), now.ino()) == (bound.dev(), bound.ino())
+            && let Err(e) = std::fs::remove_file(socket)
+        {
+            tracing::warn!(socket = %socket.display(), error = %e, "cannot remove socket");
+        }
+        result.map_err(RpcError::from)
     }
-    result.map_err(RpcError::from)
 }
 
 /// Makes `socket` bindable: creates its parent directory (0755), removes a stale socket,
@@ -294,7 +331,7 @@ impl pb::daemon_server::Daemon for DaemonService {
         tracing::debug!(pid = caller.pid, uid = caller.uid, agent = %r.agent, "RegisterSession");
         let info = self
             .api
-            .register_session(caller, r.agent, reason, r.command, r.cwd)
+            .register_session(caller, r.agent, reason, r.command, r.cwd, r.confine)
             .await?;
         Ok(Response::new(pb::SessionInfo::from(&info)))
     }

@@ -117,6 +117,7 @@ impl DaemonApi for FakeDaemon {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
+        _confine: bool,
     ) -> Result<SessionInfo, ApiError> {
         let mut sessions = self.sessions.lock().unwrap();
         if let Some(s) = sessions.iter().find(|s| s.root_pid == caller.pid) {

@@ -12,6 +12,7 @@ pub mod grants;
 pub mod render;
 pub mod run;
 pub mod sessions;
+pub mod shim;
 pub mod stats;
 pub mod store_check;
 

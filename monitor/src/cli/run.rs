@@ -106,6 +106,7 @@ pub fn run(
         cwd: std::env::current_dir()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        confine: false,
     };
 
     let session = register(socket, request).map_err(RunError::confgate)?;

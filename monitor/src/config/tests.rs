@@ -454,3 +454,37 @@ fn load_and_load_or_default() {
         Err(ConfigError::Io { .. })
     ));
 }
+
+#[test]
+fn gate_fanotify_mode_and_watchdog() {
+    use crate::policy::FanotifyMode;
+    let d = parse("").unwrap();
+    assert_eq!(d.gate.fanotify, FanotifyMode::Detected);
+    assert_eq!(d.gate.watchdog.0, std::time::Duration::from_secs(2));
+    for (text, mode) in [
+        ("off", FanotifyMode::Off),
+        ("detected", FanotifyMode::Detected),
+        ("always", FanotifyMode::Always),
+    ] {
+        let c = parse(&format!("[gate]\nfanotify = \"{text}\"\n")).unwrap();
+        assert_eq!(c.gate.fanotify, mode);
+        assert_eq!(mode.to_string(), text);
+    }
+    match parse("[gate]\nfanotify = \"sometimes\"\n") {
+        Err(e @ ConfigError::Parse { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("sometimes") && msg.contains("detected"),
+                "{msg}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for bad in ["\"10ms\"", "\"2m\""] {
+        let (field, loc) = invalid_field(&format!("[gate]\nwatchdog = {bad}\n"));
+        assert_eq!(field, "gate.watchdog");
+        assert_eq!(loc, Some((2, 12)));
+    }
+    let c = parse("[gate]\nwatchdog = \"500ms\"\n").unwrap();
+    assert_eq!(c.gate.watchdog.0, std::time::Duration::from_millis(500));
+}

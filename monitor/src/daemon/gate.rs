@@ -1,7 +1,7 @@
 //! The gate inside the daemon: starts the ledger, the approval service (local mode), the
-//! uplink, the engine, the permission group, its marks and the listener, and feeds the
-//! engine what the event pipeline sees (close-writes of gated files, renames by sessions,
-//! new directories to mark).
+//! uplink, the engine, the permission group, its marks and the listener (as
+//! `gate.fanotify` says: [`super::fanmode`]), and feeds the engine what the event pipeline
+//! sees (close-writes of gated files, renames by sessions, new directories to mark).
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,13 +10,13 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::fanmode::{FanGate, FanParts};
 use crate::approver::{self, SessionOracle, config::ServiceConfig};
 use crate::config::{ApprovalMode, Config};
 use crate::event::{Event, Kind};
 use crate::gate::session::Supervisors;
 use crate::gate::{
-    Engine, EngineInputs, EngineParts, EngineSettings, GateMetrics, IntentSource, Listener, Marks,
-    Notice, PermGroup,
+    Engine, EngineInputs, EngineParts, EngineSettings, GateMetrics, IntentSource, Notice,
 };
 use crate::kernel::Kernel;
 use crate::ledger::{self, SharedLedger};
@@ -36,12 +36,10 @@ const NOTICE_QUEUE: usize = 4096;
 pub struct GateRuntime {
     engine: Arc<Engine>,
     metrics: Arc<GateMetrics>,
-    listener: Mutex<Listener>,
+    /// The fanotify permission gate (`None`: `gate.fanotify = "off"`).
+    fan: Option<FanGate>,
     /// The kernel's session map (who closed a tracked file).
     intent: Arc<IntentSource>,
-    marks: Marks,
-    /// Gated directory trees (new subdirectories below them are marked).
-    trees: Vec<PathBuf>,
     notices: mpsc::Sender<Notice>,
     uplink: UplinkHandle,
     ledger: SharedLedger,
@@ -93,6 +91,8 @@ impl GateRuntime {
         sessions: SessionRegistry,
         kernel: &Mutex<Kernel>,
         oracle: Arc<dyn SessionOracle>,
+        supervisors: Arc<Supervisors>,
+        resuming: std::collections::HashSet<u64>,
     ) -> anyhow::Result<GateRuntime> {
         let host = oracle.host();
         let oracle_key = oracle.attestation_key();
@@ -120,12 +120,14 @@ impl GateRuntime {
         let (held_tx, held_rx) = mpsc::channel(HELD_QUEUE);
         let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
         let policy = Arc::new(policy);
+        supervisors.persist_into(store.clone());
         let parts = EngineParts {
             policy: policy.clone(),
-            sessions,
+            sessions: sessions.clone(),
             store,
             ledger: ledger.clone(),
             uplink: uplink.clone(),
+            resuming,
         };
         let settings = EngineSettings {
             host,
@@ -138,31 +140,32 @@ impl GateRuntime {
         };
         let handles = Engine::start(parts, settings, inputs).context("starting the gate engine")?;
 
-        let group = Arc::new(PermGroup::new().context("fanotify permission group")?);
-        let marks = Marks::new(group.clone());
-        let mut trees = Vec::new();
-        for root in policy.mark_roots() {
-            if let Some(tree) = mark_root(&marks, &root) {
-                trees.push(tree);
-            }
-        }
         let intent = {
             let k = kernel.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::new(IntentSource::from_kernel(&k).context("gate maps")?)
         };
         // Confined sessions' supervisors decide with the same decider and hand held
         // operations to the same engine queue as the fanotify listener.
-        let supervisors = Arc::new(Supervisors::default());
         supervisors.wire(
             handles.decider.clone(),
             held_tx.clone(),
             policy.mark_roots(),
         );
-        let listener = Listener::start(group, intent.clone(), handles.decider.clone(), held_tx)
-            .context("gate listener")?;
+        let fan = FanGate::start(
+            &cfg.gate,
+            FanParts {
+                policy: policy.clone(),
+                sessions,
+                ledger: ledger.clone(),
+                intent: intent.clone(),
+                decider: handles.decider.clone(),
+                held: held_tx,
+            },
+        )
+        .await?;
         info!(
             rules = policy.rules().count(),
-            trees = trees.len(),
+            fanotify = %cfg.gate.fanotify,
             mode = ?cfg.approval.mode,
             endpoint = %client.endpoint,
             "gate ready"
@@ -170,16 +173,19 @@ impl GateRuntime {
         Ok(GateRuntime {
             engine: handles.engine,
             metrics: handles.metrics,
-            listener: Mutex::new(listener),
+            fan,
             intent,
-            marks,
-            trees,
             notices: notice_tx,
             uplink,
             ledger,
             approver: Mutex::new(approver),
             supervisors,
         })
+    }
+
+    /// The engine (for start-up steps that follow the gate's).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine.clone()
     }
 
     /// The supervisors of confined sessions.
@@ -189,11 +195,7 @@ impl GateRuntime {
 
     /// Every gate counter, for `confgate stats`.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        let mut out = self
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .counters();
+        let mut out = self.fan.as_ref().map(FanGate::counters).unwrap_or_default();
         out.extend(self.metrics.snapshot());
         out.extend(self.supervisors.counters());
         out.extend(self.uplink.counters());
@@ -218,11 +220,8 @@ impl GateRuntime {
             && ev.mask & (notify::FAN_CREATE | notify::FAN_RENAME | notify::FAN_MOVED_TO) != 0;
         if new_dir {
             let dir = ev.new_path.as_deref().unwrap_or(&ev.path);
-            if dir.is_absolute()
-                && self.trees.iter().any(|t| dir.starts_with(t))
-                && let Err(e) = self.marks.mark_dir(dir)
-            {
-                warn!(dir = %dir.display(), error = %e, "gate: cannot mark a new directory");
+            if let Some(f) = &self.fan {
+                f.placement.on_new_dir(dir);
             }
         }
         if ev.mask & notify::FAN_CLOSE_WRITE != 0 && !ev.is_dir {
@@ -283,6 +282,21 @@ impl GateRuntime {
         });
     }
 
+    /// A session was registered by `confgate run`: until its confinement is attached it
+    /// is unconfined, so in `detected` mode wait (at most a few seconds) for the marks the
+    /// registration makes the gate place, so that its first opens are held, not only
+    /// recorded. Returns at once when there is no permission group.
+    pub async fn wait_marks(&self) {
+        if let Some(f) = &self.fan
+            && !f
+                .placement
+                .wait_placed(std::time::Duration::from_secs(10))
+                .await
+        {
+            warn!("gate: marks still not placed 10s after a session registered; going on");
+        }
+    }
+
     /// An agent session ended (its last member exited).
     pub fn on_session_ended(&self, id: u64) {
         self.supervisors.ended(id);
@@ -299,10 +313,9 @@ impl GateRuntime {
     /// Stops the listener (marks removed; queued opens answered), the uplink and the
     /// local approval service.
     pub async fn stop(&self) {
-        self.listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stop();
+        if let Some(f) = &self.fan {
+            f.stop();
+        }
         self.uplink.shutdown().await;
         let server = self
             .approver
@@ -314,40 +327,5 @@ impl GateRuntime {
         {
             warn!(error = %e, "stopping the local approval service");
         }
-    }
-}
-
-/// Marks one root of the policy: a directory recursively, a file with an inode mark. A root
-/// that does not exist yet is covered by marking its nearest existing ancestor (so that
-/// its creation is gated too), never `/` itself. Returns the tree marked, if any.
-fn mark_root(marks: &Marks, root: &Path) -> Option<PathBuf> {
-    let mut target = root.to_path_buf();
-    while !target.exists() {
-        match target.parent() {
-            Some(p) if p != Path::new("/") && !p.as_os_str().is_empty() => {
-                target = p.to_path_buf();
-            }
-            _ => {
-                warn!(root = %root.display(), "gate: nothing to mark (no existing parent below /)");
-                return None;
-            }
-        }
-    }
-    if target.is_dir() {
-        match marks.mark_tree(&target) {
-            Ok(r) => {
-                info!(tree = %target.display(), dirs = r.dirs, files = r.files, errors = r.errors, "gate: tree marked");
-                Some(target)
-            }
-            Err(e) => {
-                warn!(tree = %target.display(), error = %e, "gate: cannot mark tree");
-                None
-            }
-        }
-    } else {
-        if let Err(e) = marks.mark_file(&target) {
-            warn!(file = %target.display(), error = %e, "gate: cannot mark file");
-        }
-        None
     }
 }

@@ -5,17 +5,21 @@
 //! - `runtime`: the event loop, one method per source it waits on, and shutdown.
 //! - `consumers`: what is done with events (metrics, gate, events output).
 //! - `shared`: state the loop shares with the gRPC handlers, and the API they serve.
-//! - `gate`: the gate inside the daemon; `protected`: what the built-in rule protects;
+//! - `gate`: the gate inside the daemon; `fanmode`: its fanotify permission group, marks
+//!   and watchdog as `gate.fanotify` says; `protected`: what the built-in rule protects;
 //!   `cadence`: when the loop flushes.
+//! - `sdnotify`: systemd's `Type=notify` protocol: readiness, status, the watchdog.
 use std::path::Path;
 
 use crate::config::Config;
 
 mod cadence;
 mod consumers;
+mod fanmode;
 mod gate;
 mod protected;
 mod runtime;
+mod sdnotify;
 mod shared;
 mod startup;
 

@@ -15,6 +15,7 @@ use super::{
     GateRuntime,
     cadence::Cadence,
     consumers::Consumers,
+    sdnotify::{Probe, SdNotify},
     shared::{Shared, lock},
 };
 use crate::{
@@ -42,6 +43,9 @@ pub(super) struct Runtime {
     pub(super) server: Server,
     /// Operations confined sessions' supervisors answered themselves.
     pub(super) supervised: tokio::sync::mpsc::Receiver<crate::observe::supervised::Supervised>,
+    /// The systemd watchdog's questions to this loop, and the task that asks them.
+    pub(super) probe: Arc<Probe>,
+    pub(super) watchdog: Option<JoinHandle<()>>,
 }
 
 pub(super) struct Signals {
@@ -64,6 +68,8 @@ pub(super) struct Core {
     gate: Option<Arc<GateRuntime>>,
     metrics: Arc<Metrics>,
     cadence: Cadence,
+    /// systemd's notification socket (when there is one).
+    sd: Arc<SdNotify>,
     /// Record count at the last tick.
     records_at_tick: u64,
     /// Record counts at the last session sweep and at the last heap trim.
@@ -89,6 +95,7 @@ impl Runtime {
                 }
                 _ = self.core.cadence.tick() => self.core.on_tick(self.ring.get_mut()),
                 _ = self.stats_tick.tick(), if self.stats_every > 0 => self.core.on_stats(),
+                _ = self.probe.asked() => self.probe.answer(),
                 res = &mut self.server.task => return Err(server_stopped(res)),
                 _ = self.signals.term.recv() => break,
                 _ = self.signals.int.recv() => break,
@@ -102,8 +109,15 @@ impl Runtime {
     async fn shutdown(self) {
         info!("shutting down");
         let Runtime {
-            mut core, server, ..
+            mut core,
+            server,
+            watchdog,
+            ..
         } = self;
+        core.sd.stopping();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         let all = Watermarks {
             ebpf: Some(Instant::now()),
             fanotify: Some(Instant::now()),
@@ -142,9 +156,10 @@ impl Core {
         fan: NotifyWatcher,
         consumers: Consumers,
         gate: Option<Arc<GateRuntime>>,
-        metrics: Arc<Metrics>,
         cadence: Cadence,
+        sd: Arc<SdNotify>,
     ) -> Self {
+        let metrics = shared.metrics.clone();
         Core {
             shared,
             pipeline,
@@ -153,6 +168,7 @@ impl Core {
             gate,
             metrics,
             cadence,
+            sd,
             records_at_tick: 0,
             records_at_sweep: 0,
             records_at_trim: 0,
@@ -282,6 +298,15 @@ impl Core {
             warn!(drops, "kernel events were dropped (ring buffer full)");
         }
         info!(counters = %line.join(" "), "stats");
+        if self.sd.active() {
+            let live = self.shared.registry.live().len();
+            let unconfined = self.shared.registry.live_unconfined().len();
+            self.sd.status(&format!(
+                "{live} live sessions ({} confined), {} events",
+                live - unconfined,
+                m.events_emitted.load(Ordering::Relaxed)
+            ));
+        }
     }
 
     /// Work the pipeline asks of the daemon.
@@ -330,6 +355,7 @@ impl Core {
                     if let Some(g) = &self.gate {
                         g.on_session_ended(id);
                     }
+                    self.sd.session_ended(id);
                 }
             }
         }

@@ -26,6 +26,8 @@ pub(super) struct Shared {
     pub(super) attestor: Option<crate::approver::attest::Attestor>,
     /// The host name attestations state (the host certificate's CN in remote mode).
     pub(super) attest_host: String,
+    /// The supervisors of confined sessions' seccomp listeners.
+    pub(super) supervisors: Arc<crate::gate::session::Supervisors>,
 }
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -143,6 +145,7 @@ impl DaemonApi for Shared {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
+        confine: bool,
     ) -> Result<SessionInfo, ApiError> {
         let current = lock(&self.kernel).session_of(caller.pid);
         if current != 0 {
@@ -175,7 +178,14 @@ impl DaemonApi for Shared {
                 "could not tag the process in the kernel session map".into(),
             ));
         }
-        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, "session registered");
+        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, confine, "session registered");
+        if confine {
+            // It confines itself next: host-wide marks are not placed for it (unless it
+            // is still unconfined after the grace).
+            self.registry.expect_confinement(info.id);
+        } else if let Some(g) = self.gate.get() {
+            g.wait_marks().await;
+        }
         Ok(info)
     }
 

@@ -19,11 +19,13 @@ use super::{
     consumers::{Consumers, Counted, Gated, Output},
     gate,
     runtime::{Core, Runtime, Server, Signals},
+    sdnotify::{Probe, SdNotify},
     shared::Shared,
 };
 use crate::{
     api::server::DaemonApi,
     config::{ApprovalMode, Config, watch::WatchSet},
+    gate::session::resume,
     kernel::{AttachReport, Kernel, KernelSettings},
     metrics::Metrics,
     notify::NotifyWatcher,
@@ -41,6 +43,11 @@ const ATTRIB_PRIME_LIMIT: usize = 100_000;
 /// use (protected by the gate's built-in rule even when it does not exist).
 pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result<Runtime> {
     let started = Instant::now();
+    // First: descriptors systemd passed back (session listeners) are ours from exec on.
+    let passed_back = resume::restored_listeners().unwrap_or_else(|e| {
+        warn!(error = %e, "cannot take the descriptors the service manager passed back");
+        resume::Restored::default()
+    });
     let metrics = Arc::new(Metrics::default());
     let (store, registry) = open_state(&cfg.daemon.state_dir)?;
     let policy = gate_policy(&mut cfg, config_path)?;
@@ -67,8 +74,15 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         .context("events output")?;
     let shared = Arc::new(shared(&cfg, kernel, registry, &metrics, tx)?);
     restore_sessions(&shared, &mut pipeline);
-    let gate = start_gate(&cfg, policy, &store, &shared).await?;
-    let server = serve_api(&cfg, &shared);
+    let resuming = passed_back.listeners.iter().map(|(s, _)| *s).collect();
+    let gate = start_gate(&cfg, policy, &store, &shared, resuming).await?;
+    let sd = SdNotify::new(metrics.clone(), store.clone());
+    let (resumed, holds) = attach_restored(&shared, &store, passed_back);
+    if let Some(g) = &gate {
+        // Requests of restored sessions whose held operation did not come back.
+        g.engine().close_unresumed(&holds).await;
+    }
+    let server = serve_api(&cfg, &shared).await?;
 
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both
     // are dropped together, with the runtime.
@@ -95,6 +109,14 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         startup_ms = started.elapsed().as_millis() as u64,
         "confgate ready"
     );
+    sd.ready(&format!(
+        "ready: {} fanotify marks, {} live sessions, {} session listeners resumed",
+        fan.marks(),
+        shared.registry.live().len(),
+        resumed
+    ));
+    let probe = Probe::new("event loop");
+    let watchdog = sd.start_watchdog(vec![probe.clone()], Vec::new());
 
     // What is done with each event, in this order.
     let mut consumers = Consumers::default();
@@ -114,11 +136,13 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     Ok(Runtime {
         ring,
         supervised,
-        core: Core::new(shared, pipeline, fan, consumers, gate, metrics, cadence),
+        core: Core::new(shared, pipeline, fan, consumers, gate, cadence, sd),
         stats_every,
         stats_tick,
         signals,
         server,
+        probe,
+        watchdog,
     })
 }
 
@@ -143,6 +167,7 @@ fn open_state(state_dir: &Path) -> anyhow::Result<(Store, SessionRegistry)> {
             crate::gate::changes::PREIMAGES.name(),
             crate::uplink::spool::SPOOL.name(),
             crate::uplink::spool::CURSOR.name(),
+            crate::gate::session::resume::SPECS.name(),
         ] {
             tx.ensure_table(table)?;
         }
@@ -254,6 +279,7 @@ fn shared(
     tx: broadcast::Sender<Arc<str>>,
 ) -> anyhow::Result<Shared> {
     Ok(Shared {
+        supervisors: Arc::new(crate::gate::session::Supervisors::default()),
         kernel: Mutex::new(kernel),
         registry,
         metrics: metrics.clone(),
@@ -317,6 +343,7 @@ async fn start_gate(
     policy: Option<Policy>,
     store: &Store,
     shared: &Arc<Shared>,
+    resuming: std::collections::HashSet<u64>,
 ) -> anyhow::Result<Option<Arc<GateRuntime>>> {
     if let Some(policy) = policy {
         let oracle: Arc<dyn crate::approver::SessionOracle> = shared.clone();
@@ -327,6 +354,8 @@ async fn start_gate(
             shared.registry.clone(),
             &shared.kernel,
             oracle,
+            shared.supervisors.clone(),
+            resuming,
         )
         .await?;
         let _ = shared.gate.set(Arc::new(g));
@@ -336,17 +365,63 @@ async fn start_gate(
     Ok(shared.gate.get().cloned())
 }
 
-/// Serves the gRPC API on the daemon's socket until told to stop.
-fn serve_api(cfg: &Config, shared: &Arc<Shared>) -> Server {
+/// Binds the gRPC API's socket (connections queue from here on: the daemon may say it is
+/// ready) and serves it until told to stop.
+async fn serve_api(cfg: &Config, shared: &Arc<Shared>) -> anyhow::Result<Server> {
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api: Arc<dyn DaemonApi> = shared.clone();
-    let socket = cfg.daemon.socket.clone();
-    let mode = cfg.daemon.socket_mode;
+    let bound = crate::api::server::bind(&cfg.daemon.socket, cfg.daemon.socket_mode)
+        .await
+        .context("gRPC API socket")?;
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = stop_rx.await;
         };
-        crate::api::server::serve(&socket, mode, api, shutdown).await
+        bound.serve(api, shutdown).await
     });
-    Server { task, stop }
+    Ok(Server { task, stop })
+}
+
+/// Attaches again the session listeners systemd passed back (`passed_back`), each paired
+/// with its spec and live session; the others are closed. Returns how many were attached.
+/// A listener that cannot be attached is closed and taken out of the descriptor store:
+/// its session's notified syscalls then fail (closed) instead of waiting for a supervisor
+/// that never comes.
+fn attach_restored(
+    shared: &Shared,
+    store: &Store,
+    passed_back: resume::Restored,
+) -> (usize, Vec<(u64, Vec<u8>)>) {
+    let m = &shared.metrics;
+    let resumed = resume::pair(passed_back, store, &shared.registry);
+    m.fdstore_discarded
+        .fetch_add(resumed.discarded, std::sync::atomic::Ordering::Relaxed);
+    let mut attached = 0;
+    for a in resumed.attach {
+        Metrics::inc(&m.fdstore_restored);
+        let session = a.session;
+        match shared.supervisors.attach(a) {
+            Ok(()) => {
+                shared.registry.mark_confined(session);
+                info!(session, "resumed supervising the session after a restart");
+                attached += 1;
+            }
+            Err(e) => {
+                Metrics::inc(&m.fdstore_attach_errors);
+                tracing::error!(session, error = %e, "cannot supervise a restored session listener; its notified syscalls will fail");
+                if let Err(e) = resume::remove_listener(session) {
+                    warn!(session, error = %e, "cannot remove the listener from the descriptor store");
+                }
+            }
+        }
+    }
+    // Held operations of the restored sessions: answered again, or counted lost.
+    let (holds, lost) = shared.supervisors.resume_holds();
+    if !holds.is_empty() || lost > 0 {
+        info!(
+            resumed = holds.len(),
+            lost, "held operations after the restart"
+        );
+    }
+    (attached, holds)
 }

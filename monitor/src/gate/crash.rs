@@ -90,9 +90,25 @@ impl Released {
 /// transaction. Undecodable records are not this function's business (the store skips and
 /// counts them). Blocks: call it on a blocking thread, before the engine takes requests.
 pub fn release_holds(store: &Store) -> Result<Vec<Released>, ChangeError> {
+    release_holds_except(store, &std::collections::HashSet::new()).map(|(r, _)| r)
+}
+
+/// [`release_holds`], except for the holds of `resuming` sessions (confined sessions whose
+/// listener the service manager passed back: their held operations were never let
+/// through and may still be waiting), which are returned as they are.
+#[allow(clippy::type_complexity)]
+pub fn release_holds_except(
+    store: &Store,
+    resuming: &std::collections::HashSet<u64>,
+) -> Result<(Vec<Released>, Vec<(u64, RequestRecord)>), ChangeError> {
     let mut out = Vec::new();
+    let mut resumable = Vec::new();
     for (id, record) in store.scan(REQUESTS)? {
         if record.mode != crate::policy::Mode::Hold.as_str() || record.answered {
+            continue;
+        }
+        if resuming.contains(&record.session) {
+            resumable.push((id, record));
             continue;
         }
         let now = read_now(&record.path).map_err(|source| ChangeError::Io {
@@ -148,7 +164,7 @@ pub fn release_holds(store: &Store) -> Result<Vec<Released>, ChangeError> {
             finding,
         });
     }
-    Ok(out)
+    Ok((out, resumable))
 }
 
 fn read_now(path: &[u8]) -> std::io::Result<Option<Vec<u8>>> {

@@ -51,6 +51,10 @@ pub struct GateMetrics {
     pub renames_covered: AtomicU64,
     pub renames_repeated: AtomicU64,
     pub released_by_crash: AtomicU64,
+    /// Held operations of confined sessions taken again after a restart / whose caller
+    /// was gone by then.
+    pub holds_resumed: AtomicU64,
+    pub holds_lost: AtomicU64,
     pub ledger_errors: AtomicU64,
     pub report_errors: AtomicU64,
     pub notes_dropped: AtomicU64,
@@ -100,6 +104,8 @@ impl GateMetrics {
             ("gate_renames_covered_by_grant", g(&self.renames_covered)),
             ("gate_renames_repeated", g(&self.renames_repeated)),
             ("gate_released_by_crash", g(&self.released_by_crash)),
+            ("gate_holds_resumed", g(&self.holds_resumed)),
+            ("gate_holds_lost", g(&self.holds_lost)),
             ("gate_ledger_errors", g(&self.ledger_errors)),
             ("gate_report_errors", g(&self.report_errors)),
             ("gate_notes_dropped", g(&self.notes_dropped)),

@@ -39,6 +39,7 @@ use tracing::{debug, info, warn};
 
 use super::group::PermGroup;
 use super::intent::{self, Intent, IntentSource, Opener};
+use super::watchdog::{EpisodeSink, Inflight, Watchdog};
 use super::{GateCounters, GateError, Verdict};
 use crate::os::fanotify::{FdEvent, parse_fd_events};
 use crate::os::limits::raise_nofile_limit;
@@ -72,6 +73,19 @@ pub trait Decider: Send + Sync {
     /// session is allowed on the fast path.
     fn wants_proc_fallback(&self) -> bool {
         false
+    }
+
+    /// The verdict the watchdog applies to an open the listener did not answer in time
+    /// (see [`super::watchdog`]); called on the watchdog's thread, from memory. `session`:
+    /// the opener's (0: none); `write`: its write intent if the eBPF `PENDING` map had it.
+    /// Default: `Deny` for session members and, when policy gates processes outside
+    /// sessions, for their known write opens; `Allow` otherwise.
+    fn stall_verdict(&self, session: u64, write: Option<bool>) -> Verdict {
+        if session != 0 || (write == Some(true) && self.wants_proc_fallback()) {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        }
     }
 }
 
@@ -127,6 +141,8 @@ pub struct OpFacts {
     pub existed: bool,
     /// The syscall's short name (`unlink`, `rename`, ...).
     pub name: &'static str,
+    /// A hold taken again after a daemon restart: its request is already filed.
+    pub resumed: bool,
 }
 
 /// Answers a supervised operation (see [`Held::for_op`]): `Allow` performs it on the
@@ -260,12 +276,24 @@ fn respond(group: &PermGroup, fd: &OwnedFd, verdict: Verdict) -> std::io::Result
     r
 }
 
+/// The watchdog of a listener (see [`super::watchdog`]).
+pub struct WatchdogOptions {
+    /// How long a read event may stay unanswered by the listener.
+    pub deadline: Duration,
+    /// Told when the watchdog takes over and when the listener recovers.
+    pub sink: Option<EpisodeSink>,
+}
+
+/// A helper thread of the listener and how to stop it.
+type Helper = Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>;
+
 /// The running listener. [`stop`](Listener::stop) (or drop) ends it.
 pub struct Listener {
     group: Arc<PermGroup>,
     wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
-    reporter: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
+    reporter: Helper,
+    watchdog: Helper,
 }
 
 impl std::fmt::Debug for Listener {
@@ -289,6 +317,17 @@ impl Listener {
         decider: Arc<dyn Decider>,
         tx: Sender<Held>,
     ) -> Result<Listener, GateError> {
+        Self::start_with(group, intent, decider, tx, None)
+    }
+
+    /// [`start`](Listener::start) with a watchdog thread (`None`: none).
+    pub fn start_with(
+        group: Arc<PermGroup>,
+        intent: Arc<IntentSource>,
+        decider: Arc<dyn Decider>,
+        tx: Sender<Held>,
+        watchdog: Option<WatchdogOptions>,
+    ) -> Result<Listener, GateError> {
         match raise_nofile_limit() {
             Ok((old, new)) if new > old => {
                 info!(old, new, "gate: raised the open-file limit for held events");
@@ -297,11 +336,35 @@ impl Listener {
             Err(e) => warn!(error = %e, "gate: cannot raise the open-file limit"),
         }
         let wake = Arc::new(eventfd().map_err(GateError::Start)?);
+        let inflight = Arc::new(Inflight::default());
+        let watchdog = match watchdog {
+            Some(o) => {
+                let dog = Watchdog {
+                    group: group.clone(),
+                    inflight: inflight.clone(),
+                    intent: intent.clone(),
+                    stall_verdict: {
+                        let d = decider.clone();
+                        Box::new(move |session, write| d.stall_verdict(session, write))
+                    },
+                    deadline: o.deadline,
+                    sink: o.sink,
+                };
+                let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+                let h = std::thread::Builder::new()
+                    .name("confgate-gate-dog".into())
+                    .spawn(move || dog.run(&stop_rx))
+                    .map_err(GateError::Start)?;
+                Some((stop_tx, h))
+            }
+            None => None,
+        };
         let worker = Worker {
             group: group.clone(),
             intent,
             decider,
             tx,
+            inflight,
             self_pid: std::process::id(),
             buf: vec![0u8; READ_BUF],
             events: Vec::with_capacity(READ_BUF / 24),
@@ -329,6 +392,7 @@ impl Listener {
             wake,
             thread: Some(thread),
             reporter,
+            watchdog,
         })
     }
 
@@ -345,7 +409,8 @@ impl Listener {
                 warn!("gate: the listener thread panicked");
             }
         }
-        if let Some((tx, h)) = self.reporter.take() {
+        let helpers = [self.watchdog.take(), self.reporter.take()];
+        for (tx, h) in helpers.into_iter().flatten() {
             drop(tx);
             let _ = h.join();
         }
@@ -373,6 +438,8 @@ struct Worker {
     intent: Arc<IntentSource>,
     decider: Arc<dyn Decider>,
     tx: Sender<Held>,
+    /// The batch being handled, shared with the watchdog.
+    inflight: Arc<Inflight>,
     self_pid: u32,
     buf: Vec<u8>,
     events: Vec<FdEvent>,
@@ -433,21 +500,36 @@ impl Worker {
         let malformed = parse_fd_events(&self.buf[..n], &mut events);
         c.malformed.fetch_add(malformed, Ordering::Relaxed);
         let count = events.len();
-        for ev in events.drain(..) {
-            self.handle(ev);
+        self.inflight.begin(&events);
+        for (i, ev) in events.drain(..).enumerate() {
+            self.handle(ev, i);
         }
+        self.inflight.end();
         self.events = events;
         count
     }
 
-    fn fast(&self, fd: &OwnedFd, counter: &AtomicU64) {
+    /// Whether this thread may answer slot `slot` of the batch: false when the watchdog
+    /// answered it (counted; the caller then drops the event unanswered).
+    fn claim(&self, slot: usize) -> bool {
+        let ok = self.inflight.claim(slot);
+        if !ok {
+            GateCounters::add(&self.group.counters().watchdog_late);
+        }
+        ok
+    }
+
+    fn fast(&self, fd: &OwnedFd, counter: &AtomicU64, slot: usize) {
+        if !self.claim(slot) {
+            return;
+        }
         GateCounters::add(counter);
         if self.group.respond(fd.as_fd(), Verdict::Allow).is_err() {
             GateCounters::add(&self.group.counters().response_errors);
         }
     }
 
-    fn handle(&self, ev: FdEvent) {
+    fn handle(&self, ev: FdEvent, slot: usize) {
         let c = self.group.counters();
         GateCounters::add(&c.events);
         let Some(fd) = ev.fd else {
@@ -456,18 +538,18 @@ impl Worker {
             return;
         };
         if ev.malformed || ev.mask & libc::FAN_OPEN_PERM == 0 {
-            return self.fast(&fd, &c.allowed_fast);
+            return self.fast(&fd, &c.allowed_fast, slot);
         }
         let Ok(tid) = u32::try_from(ev.pid) else {
             GateCounters::add(&c.unknown_opener);
-            return self.fast(&fd, &c.allowed_fast);
+            return self.fast(&fd, &c.allowed_fast, slot);
         };
         if tid == 0 {
             GateCounters::add(&c.unknown_opener);
-            return self.fast(&fd, &c.allowed_fast);
+            return self.fast(&fd, &c.allowed_fast, slot);
         }
         if tid == self.self_pid {
-            return self.fast(&fd, &c.allowed_self);
+            return self.fast(&fd, &c.allowed_self, slot);
         }
         let (opener, mut intent) = match self.intent.intent(tid) {
             Some(i) => {
@@ -481,10 +563,10 @@ impl Worker {
             None => (self.intent.opener(tid), None),
         };
         if opener.tgid == Some(self.self_pid) {
-            return self.fast(&fd, &c.allowed_self);
+            return self.fast(&fd, &c.allowed_self, slot);
         }
         if opener.session == 0 && !self.decider.wants_proc_fallback() {
-            return self.fast(&fd, &c.allowed_fast);
+            return self.fast(&fd, &c.allowed_fast, slot);
         }
         if intent.is_none() {
             intent = intent::proc_intent_for(tid, &opener);
@@ -493,7 +575,7 @@ impl Worker {
             }
         }
         if opener.session == 0 && !intent.is_some_and(|i| i.write) {
-            return self.fast(&fd, &c.allowed_fast);
+            return self.fast(&fd, &c.allowed_fast, slot);
         }
         let path = match self.paths.borrow_mut().path_of(fd.as_fd()) {
             Ok(p) => p,
@@ -517,6 +599,9 @@ impl Worker {
                 GateCounters::add(&c.decider_panics);
                 FastVerdict::Deny
             });
+        if !self.claim(slot) {
+            return;
+        }
         let fail = match verdict {
             FastVerdict::Allow => {
                 let _ = respond(&self.group, &event.fd, Verdict::Allow);

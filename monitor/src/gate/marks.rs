@@ -134,6 +134,11 @@ impl Marks {
             .map_err(|e| self.mark_error(file, e))
     }
 
+    /// Remove every mark of the group (`FAN_MARK_FLUSH`).
+    pub fn flush(&self) -> io::Result<()> {
+        self.group.flush_marks()
+    }
+
     fn check_fs(&self, fd: BorrowedFd<'_>, path: &Path) -> Result<(), GateError> {
         let info = fs::fstatfs(fd).map_err(|source| GateError::Mark {
             path: path.to_path_buf(),

@@ -4,12 +4,13 @@
 //! - [`group`]: the permission group ([`PermGroup`]): creation, marks, reading events, and
 //!   answering them (safe from any thread), over the raw calls of `crate::os::fanotify`.
 //! - [`marks`]: [`Marks`] puts `FAN_OPEN_PERM` marks on gated trees, new subdirectories and
-//!   single files.
+//!   single files; [`placement`]: [`Placement`] places and removes them as a whole
+//!   (`gate.fanotify`).
 //! - [`intent`]: [`IntentSource`] tells the write intent and session of the thread held in
 //!   a permission wait (eBPF `PENDING`/`SESSIONS` maps, `/proc/<tid>/syscall` fallback).
 //! - [`listener`]: [`Listener`], the dedicated OS thread that reads events and answers them
 //!   at once or hands them to the engine as [`Held`]; the [`Decider`] trait is the seam to
-//!   policy.
+//!   policy. [`watchdog`]: answers in its place when it misses a deadline.
 //! - [`preimage`]: [`preimage::capture`] reads a held file's content and metadata from the
 //!   event descriptor before the open proceeds.
 //! - [`decider`]: [`GateDecider`], policy and grants on the listener thread, from memory.
@@ -33,10 +34,12 @@ pub mod group;
 pub mod intent;
 pub mod listener;
 pub mod marks;
+pub mod placement;
 pub mod preimage;
 pub mod requests;
 pub mod reverse;
 pub mod session;
+pub mod watchdog;
 
 #[cfg(test)]
 mod tests;
@@ -49,8 +52,9 @@ pub use decider::{GateDecider, GateMetrics};
 pub use engine::{Engine, EngineInputs, EngineParts, EngineSettings, GateHandles, Notice};
 pub use group::PermGroup;
 pub use intent::{Intent, IntentOrigin, IntentSource, Opener};
-pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent};
+pub use listener::{Decider, FastVerdict, Held, Listener, PermEvent, WatchdogOptions};
 pub use marks::{MarkReport, Marks};
+pub use placement::{Placed, Placement};
 pub use preimage::{PreImage, PreImageError};
 
 /// The answer written to the kernel for a permission event.
@@ -198,6 +202,11 @@ counters! {
     decider_panics,
     /// Events whose opener is not visible in this pid namespace (pid 0; allowed).
     unknown_opener,
+    /// Events the watchdog answered with their failure verdict because the listener
+    /// missed its deadline (see [`watchdog`]).
+    watchdog_answered,
+    /// Events the listener finished after the watchdog had answered them (dropped).
+    watchdog_late,
 }
 
 impl GateCounters {

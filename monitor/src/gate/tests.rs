@@ -903,3 +903,163 @@ fn closing_the_group_lets_pending_opens_through() {
     assert_eq!(unread.wait(), 0);
     drop(events);
 }
+
+/// A decider that blocks (a stalled permission thread) on paths ending in `stall` until
+/// released; every other open is allowed. The watchdog's verdict is `Deny`, so an open the
+/// watchdog answered fails with EPERM and one the listener answered succeeds.
+struct StallingDecider {
+    released: Mutex<bool>,
+    cv: std::sync::Condvar,
+    stalled: std::sync::atomic::AtomicU64,
+}
+
+impl Decider for StallingDecider {
+    fn decide(&self, e: &PermEvent) -> FastVerdict {
+        if ends_with(e, "stall") {
+            self.stalled
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut r = self.released.lock().unwrap();
+            while !*r {
+                r = self.cv.wait(r).unwrap();
+            }
+        }
+        FastVerdict::Allow
+    }
+
+    fn wants_proc_fallback(&self) -> bool {
+        true
+    }
+
+    fn stall_verdict(&self, _session: u64, _write: Option<bool>) -> Verdict {
+        Verdict::Deny
+    }
+}
+
+impl StallingDecider {
+    fn release(&self) {
+        *self.released.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+#[test]
+fn watchdog_answers_for_a_stalled_listener_until_it_recovers() {
+    use watchdog::Episode;
+    let Some(group) = group_or_skip() else {
+        return;
+    };
+    let td = tempfile::tempdir().unwrap();
+    let t = std::fs::canonicalize(td.path()).unwrap();
+    for f in ["stall", "queued", "after"] {
+        std::fs::write(t.join(f), "0").unwrap();
+    }
+    let marks = Marks::new(group.clone());
+    marks.mark_tree(&t).unwrap();
+    let decider = Arc::new(StallingDecider {
+        released: Mutex::new(false),
+        cv: std::sync::Condvar::new(),
+        stalled: std::sync::atomic::AtomicU64::new(0),
+    });
+    let episodes = Arc::new(Mutex::new(Vec::new()));
+    let sink = {
+        let e = episodes.clone();
+        Box::new(move |ep: Episode| e.lock().unwrap().push(ep))
+    };
+    let deadline = Duration::from_millis(300);
+    let (tx, _rx) = mpsc::channel(16);
+    let mut listener = Listener::start_with(
+        group.clone(),
+        Arc::new(IntentSource::proc_only()),
+        decider.clone(),
+        tx,
+        Some(WatchdogOptions {
+            deadline,
+            sink: Some(sink),
+        }),
+    )
+    .unwrap();
+
+    // The listener stalls on the first open; a second one waits in the kernel's queue.
+    let started = Instant::now();
+    let stalled = Child::open(&t.join("stall"), How::Openat(WO), b"1");
+    wait_until("the listener to stall", || {
+        decider.stalled.load(std::sync::atomic::Ordering::SeqCst) == 1
+    });
+    let queued = Child::open(&t.join("queued"), How::Openat(WO), b"2");
+    // Both get the watchdog's verdict while the listener is still stuck.
+    assert_eq!(stalled.wait(), EPERM);
+    assert_eq!(queued.wait(), EPERM);
+    assert!(
+        started.elapsed() >= deadline,
+        "answered before the deadline"
+    );
+    assert!(!*decider.released.lock().unwrap());
+    assert_eq!(counter(&group, "perm_watchdog_answered"), 2);
+    assert_eq!(std::fs::read(t.join("stall")).unwrap(), b"0");
+    assert!(matches!(
+        episodes.lock().unwrap().first(),
+        Some(Episode::Fired { answered: 1, .. })
+    ));
+
+    // The listener recovers: the event the watchdog answered is dropped, not answered
+    // twice, and the listener answers again.
+    decider.release();
+    wait_until("the recovery", || {
+        matches!(
+            episodes.lock().unwrap().last(),
+            Some(Episode::Recovered { .. })
+        )
+    });
+    // (The test's own read of `stall` above was answered by the watchdog too: allowed.)
+    let answered = counter(&group, "perm_watchdog_answered");
+    assert_eq!(answered, 3);
+    assert!(
+        matches!(
+            episodes.lock().unwrap().last(),
+            Some(Episode::Recovered { answered: 3, .. })
+        ),
+        "{:?}",
+        episodes.lock().unwrap()
+    );
+    assert_eq!(counter(&group, "perm_watchdog_late"), 1);
+    let after = Child::open(&t.join("after"), How::Openat(WO), b"3");
+    assert_eq!(after.wait(), 0);
+    assert_eq!(std::fs::read(t.join("after")).unwrap(), b"3");
+    assert_eq!(counter(&group, "perm_watchdog_answered"), answered);
+    listener.stop();
+}
+
+#[test]
+fn without_a_watchdog_a_stalled_listener_holds_the_open() {
+    let Some(group) = group_or_skip() else {
+        return;
+    };
+    let td = tempfile::tempdir().unwrap();
+    let t = std::fs::canonicalize(td.path()).unwrap();
+    std::fs::write(t.join("stall"), "0").unwrap();
+    let marks = Marks::new(group.clone());
+    marks.mark_tree(&t).unwrap();
+    let decider = Arc::new(StallingDecider {
+        released: Mutex::new(false),
+        cv: std::sync::Condvar::new(),
+        stalled: std::sync::atomic::AtomicU64::new(0),
+    });
+    let (tx, _rx) = mpsc::channel(16);
+    let mut listener = Listener::start(
+        group.clone(),
+        Arc::new(IntentSource::proc_only()),
+        decider.clone(),
+        tx,
+    )
+    .unwrap();
+    let stalled = Child::open(&t.join("stall"), How::Openat(WO), b"1");
+    wait_until("the listener to stall", || {
+        decider.stalled.load(std::sync::atomic::Ordering::SeqCst) == 1
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    stalled.assert_blocked();
+    decider.release();
+    assert_eq!(stalled.wait(), 0);
+    assert_eq!(counter(&group, "perm_watchdog_answered"), 0);
+    listener.stop();
+}

@@ -9,7 +9,7 @@
 use std::io;
 
 /// The filesystem credentials of a thread, from `/proc/<tid>/status`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FsCreds {
     /// Filesystem user id.
     pub uid: u32,

@@ -14,7 +14,8 @@
 //!   kernel's clocks (and boot time in clock ticks), RFC 3339, the local UTC offset.
 //! - [`poll`]: eventfd and `poll(2)`; [`limits`]: the open-file limit and the dumpable
 //!   attribute; [`memory`]: process-wide memory hints; [`host`]: this host's name;
-//!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`.
+//!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`;
+//!   [`sdnotify`]: systemd's notification socket and the descriptors it passes back.
 //!
 //! Each wrapper returns `io::Result` (or an `Option` where "cannot tell" is an answer)
 //! with the errno of the failed call; no policy lives here.
@@ -33,6 +34,7 @@ pub mod limits;
 pub mod memory;
 pub mod poll;
 pub mod procfs;
+pub mod sdnotify;
 pub mod seccomp;
 pub mod walk;
 

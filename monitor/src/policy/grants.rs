@@ -433,7 +433,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            bad(&|g| g.operations = vec!["chmod".into()]),
+            bad(&|g| g.operations = vec!["chmode".into()]),
             GrantError::Ops { id: 9, .. }
         ));
         assert_eq!(bad(&|g| g.operations.clear()), GrantError::NoOps { id: 9 });

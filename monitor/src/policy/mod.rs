@@ -28,8 +28,8 @@ pub use builtin::{BUILTIN_RULE_NAME, ProtectedPaths};
 pub use grants::{Grant, GrantError, GrantScope, GrantSet, PathGlob};
 pub use ops::{OpSet, UnknownOp};
 pub use rules::{
-    FailVerdict, GateConfig, HumanDuration, Mode, OnExpiry, Rule, RuleConfig, Verdict,
-    default_gate_rules,
+    FailVerdict, FanotifyMode, GateConfig, HumanDuration, Mode, OnExpiry, Rule, RuleConfig,
+    Verdict, default_gate_rules,
 };
 
 use builtin::Builtin;

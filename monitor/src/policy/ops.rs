@@ -257,7 +257,10 @@ mod tests {
     #[test]
     fn strings_round_trip() {
         let all = OpSet::ALL;
-        assert_eq!(all.to_string(), "write,create,truncate,rename");
+        assert_eq!(
+            all.to_string(),
+            "write,create,truncate,rename,remove,chmod,chown,xattr,link"
+        );
         assert_eq!(all.to_string().parse::<OpSet>().unwrap(), all);
         assert_eq!(
             " create , write ".parse::<OpSet>().unwrap(),
@@ -278,8 +281,8 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors_and_bounded() {
-        let e = "write,chmod".parse::<OpSet>().unwrap_err();
-        assert_eq!(e, UnknownOp("\"chmod\"".into()));
+        let e = "write,chmode".parse::<OpSet>().unwrap_err();
+        assert_eq!(e, UnknownOp("\"chmode\"".into()));
         assert!(e.to_string().contains("expected \"write\""), "{e}");
         let long = "x\n".repeat(1000);
         let e = OpSet::parse_one(&long).unwrap_err();

@@ -48,6 +48,11 @@ pub struct GateConfig {
     /// keep mode, owner and hash only, and cannot have their content reverted. Default
     /// 16 MiB.
     pub max_preimage_bytes: u64,
+    /// When the host-wide `FAN_OPEN_PERM` marks are placed. Default `detected`.
+    pub fanotify: FanotifyMode,
+    /// How long the permission thread may leave a read event unanswered before its
+    /// watchdog answers it with its failure verdict. Default `2s`.
+    pub watchdog: HumanDuration,
     /// Extra directories to mark (recursively), besides those derived from rule paths.
     pub trees: Vec<PathBuf>,
     /// Extra single files to mark (inode marks: a hardlink elsewhere is gated too).
@@ -64,12 +69,48 @@ impl Default for GateConfig {
             default_timeout: HumanDuration(Duration::from_secs(30)),
             request_ttl: HumanDuration(Duration::from_secs(3600)),
             max_preimage_bytes: 16 << 20,
+            fanotify: FanotifyMode::Detected,
+            watchdog: HumanDuration(DEFAULT_WATCHDOG),
             trees: Vec::new(),
             files: Vec::new(),
             rules: default_gate_rules(),
         }
     }
 }
+
+/// `gate.fanotify`: when the host-wide fanotify permission marks are placed. Every
+/// process on the host that opens a marked file waits for the daemon's answer, reads
+/// included, so they cost the whole host; sessions confined by `confgate run` do not need
+/// them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FanotifyMode {
+    /// No permission group at all: unconfined sessions are observed (flag/revert), never
+    /// held.
+    Off,
+    /// Marks only while an unconfined session (detected agent, `confgate run
+    /// --no-confine`) is live, or always when policy gates processes outside sessions.
+    #[default]
+    Detected,
+    /// Marks from start-up to shutdown.
+    Always,
+}
+
+impl fmt::Display for FanotifyMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FanotifyMode::Off => "off",
+            FanotifyMode::Detected => "detected",
+            FanotifyMode::Always => "always",
+        })
+    }
+}
+
+/// Default `gate.watchdog`.
+pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(2);
+/// Bounds of `gate.watchdog`.
+pub const MIN_WATCHDOG: Duration = Duration::from_millis(100);
+pub const MAX_WATCHDOG: Duration = Duration::from_secs(60);
 
 /// `[[gate.rule]]`: one policy rule.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -357,6 +398,13 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
         g.request_ttl.0,
         MIN_REQUEST_TTL,
         MAX_REQUEST_TTL,
+    );
+    check_duration(
+        &mut p,
+        "gate.watchdog",
+        g.watchdog.0,
+        MIN_WATCHDOG,
+        MAX_WATCHDOG,
     );
     if !(1..=MAX_PREIMAGE_BYTES).contains(&g.max_preimage_bytes) {
         p.fail(
@@ -688,7 +736,7 @@ mod tests {
 
         let mut r = rule("a", &["/etc"]);
         r.agents = vec!["".into(), "{x".into()];
-        r.ops = vec!["write".into(), "chmod".into()];
+        r.ops = vec!["write".into(), "chmode".into()];
         r.timeout = Some(HumanDuration(Duration::from_millis(10)));
         g.rules = vec![r];
         assert_eq!(

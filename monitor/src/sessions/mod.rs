@@ -34,6 +34,10 @@ pub const MAX_REASON_BYTES: usize = 4096;
 /// Budget for the stored command line, in bytes over all arguments. Longer command lines are
 /// truncated (they are informational; the wrapper must not fail because a prompt is long).
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+/// How long a session registered by `confgate run` (which confines itself next) is not
+/// counted as unconfined: the helper installs Landlock and seccomp within milliseconds;
+/// a session still unconfined after this counts like a detected one.
+pub const CONFINE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Longest stored working directory, in bytes.
 pub const MAX_CWD_BYTES: usize = 4096;
 

@@ -24,6 +24,11 @@ struct Inner {
     /// Live sessions whose seccomp listener the daemon supervises (in memory: a restarted
     /// daemon learns them again from the descriptors it gets back).
     confined: Mutex<std::collections::BTreeSet<u64>>,
+    /// Sessions about to confine themselves, with the end of their grace.
+    confining: Mutex<BTreeMap<u64, std::time::Instant>>,
+    /// Bumped whenever a session starts, ends or is confined (see
+    /// [`SessionRegistry::changes`]).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 struct Entry {
@@ -53,6 +58,8 @@ impl SessionRegistry {
                 persist: Mutex::new(()),
                 state: Mutex::new(map),
                 confined: Mutex::new(std::collections::BTreeSet::new()),
+                confining: Mutex::new(BTreeMap::new()),
+                changed: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -102,6 +109,7 @@ impl SessionRegistry {
                 persisted_events: 0,
             },
         );
+        self.changed();
         tracing::info!(
             session = info.id,
             agent = %info.agent,
@@ -137,6 +145,35 @@ impl SessionRegistry {
     /// Records that session `id` is confined (its listener is supervised).
     pub fn mark_confined(&self, id: u64) {
         lock(&self.inner.confined).insert(id);
+        lock(&self.inner.confining).remove(&id);
+        self.changed();
+    }
+
+    /// A receiver that sees a new value whenever a session starts, ends or is confined
+    /// (the gate places or removes its host-wide marks on that).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    fn changed(&self) {
+        self.inner.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Session `id` is about to confine itself: until [`super::CONFINE_GRACE`] has passed
+    /// it is not listed by [`SessionRegistry::live_unconfined`].
+    pub fn expect_confinement(&self, id: u64) {
+        lock(&self.inner.confining).insert(id, std::time::Instant::now() + super::CONFINE_GRACE);
+        self.changed();
+    }
+
+    /// When the next grace of [`SessionRegistry::expect_confinement`] ends.
+    pub fn next_confinement_deadline(&self) -> Option<std::time::Instant> {
+        let now = std::time::Instant::now();
+        lock(&self.inner.confining)
+            .values()
+            .copied()
+            .filter(|d| *d > now)
+            .min()
     }
 
     /// Whether session `id` is confined.
@@ -147,9 +184,15 @@ impl SessionRegistry {
     /// Live sessions that are not confined (detected agents, `confgate run --no-confine`).
     pub fn live_unconfined(&self) -> Vec<SessionInfo> {
         let confined = lock(&self.inner.confined).clone();
+        let now = std::time::Instant::now();
+        let confining: Vec<u64> = lock(&self.inner.confining)
+            .iter()
+            .filter(|(_, d)| **d > now)
+            .map(|(id, _)| *id)
+            .collect();
         self.live()
             .into_iter()
-            .filter(|s| !confined.contains(&s.id))
+            .filter(|s| !confined.contains(&s.id) && !confining.contains(&s.id))
             .collect()
     }
 
@@ -204,6 +247,7 @@ impl SessionRegistry {
             e.persisted_events = info.events;
         }
         lock(&self.inner.confined).remove(&id);
+        self.changed();
         tracing::info!(session = id, agent = %info.agent, events = info.events, "agent session ended");
         Ok(())
     }

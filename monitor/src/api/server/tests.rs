@@ -11,6 +11,7 @@ fn register_req(agent: &str) -> pb::RegisterSessionRequest {
         reason: "testing".into(),
         command: vec!["agent".into(), "--flag".into()],
         cwd: "/work".into(),
+        confine: false,
     }
 }
 

@@ -93,6 +93,40 @@ impl Engine {
             return Next::DenyAndRequest(rule, a.ops);
         }
         let t_ask = ev.received.elapsed();
+        // A held operation taken again after a restart waits on the request it filed then.
+        if ev.op.is_some_and(|o| o.resumed)
+            && let Some(request_id) = self.take_resumable(ev.session, &ev.path)
+        {
+            let (tx, rx) = oneshot::channel();
+            let keep = a.pre.cloned().map(|pre| Keep {
+                pre,
+                path: ev.path.clone(),
+                session: ev.session,
+                created: a.created,
+            });
+            lock(&self.waiters).insert(
+                request_id,
+                Waiter {
+                    tx,
+                    rule: rule.name.clone(),
+                    keep,
+                },
+            );
+            GateMetrics::inc(&self.state.metrics.holds_resumed);
+            let body = json!({"host_request_id": request_id, "path": encode(&ev.path),
+                              "session": ev.session, "pid": ev.tgid, "rule": rule.name,
+                              "resumed": true});
+            let filed = Filed {
+                request_id,
+                rx,
+                t_ask,
+                t_filed: ev.received.elapsed(),
+            };
+            return Next::Hold {
+                rule,
+                filed: Some((filed, body)),
+            };
+        }
         let about = Subject {
             writer: a.writer,
             session: a.session,
@@ -174,7 +208,12 @@ impl Engine {
                     .await;
                     return;
                 };
-                self.ledger("request", body).await;
+                let kind = if body["resumed"] == true {
+                    "hold_resumed"
+                } else {
+                    "request"
+                };
+                self.ledger(kind, body).await;
                 self.await_decision(p.held, p.pre, p.created, &rule, filed)
                     .await
             }

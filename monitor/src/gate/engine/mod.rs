@@ -126,6 +126,9 @@ pub struct Engine {
     diff_scheduled: Mutex<HashMap<Vec<u8>, u64>>,
     /// Files renamed onto gated paths lately: path -> (device, inode, when).
     renames_seen: Mutex<HashMap<Vec<u8>, (u64, u64, std::time::Instant)>>,
+    /// Pending hold requests of sessions whose listener came back after a restart, by
+    /// (session, path): a held operation taken again waits on its request.
+    resumable: Mutex<HashMap<(u64, Vec<u8>), u64>>,
 }
 
 /// A held open waiting for the decision of its request.
@@ -204,6 +207,10 @@ pub struct EngineParts {
     pub store: Store,
     pub ledger: SharedLedger,
     pub uplink: UplinkHandle,
+    /// Confined sessions whose listener the service manager passed back: their pending
+    /// hold requests wait for the held operations to come back (see
+    /// [`Engine::close_unresumed`]) instead of being closed as released by a crash.
+    pub resuming: std::collections::HashSet<u64>,
 }
 
 /// What the engine's tasks read: held opens from the listener, the approval service's
@@ -246,6 +253,7 @@ impl Engine {
             store,
             ledger,
             uplink,
+            resuming,
         } = parts;
         let EngineInputs {
             held,
@@ -269,14 +277,20 @@ impl Engine {
             note_tx,
         ));
         // Holds a crash released: closed before anything else reads the requests.
-        let released = match crate::gate::crash::release_holds(&store) {
+        let (released, resumable) = match crate::gate::crash::release_holds_except(
+            &store, &resuming,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 GateMetrics::inc(&metrics.store_errors);
                 error!(error = %e, "cannot close the holds a crash released; they stay pending");
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         };
+        let resumable: HashMap<(u64, Vec<u8>), u64> = resumable
+            .into_iter()
+            .map(|(id, r)| ((r.session, r.path), id))
+            .collect();
         let mut changes: HashMap<u64, Vec<Change>> = HashMap::new();
         for (_, c) in store.scan(CHANGES)? {
             state.track(c.grant_id, &c.path);
@@ -300,6 +314,7 @@ impl Engine {
             renames_seen: Mutex::new(HashMap::new()),
             open_requests: Mutex::new(open_requests),
             changes: Mutex::new(changes),
+            resumable: Mutex::new(resumable),
         });
         tokio::spawn(engine.clone().held_loop(held));
         tokio::spawn(engine.clone().update_loop(updates));
@@ -337,6 +352,39 @@ impl Engine {
         }
         self.audit("session_ended", json!({"session": id, "grants": grants}))
             .await;
+    }
+
+    /// After the held operations of restored sessions were taken again: their requests
+    /// that no operation came back for are closed (`hold_lost`; the operation never
+    /// happened, its caller is gone).
+    pub async fn close_unresumed(&self, resumed: &[(u64, Vec<u8>)]) {
+        let left: Vec<((u64, Vec<u8>), u64)> = {
+            let mut map = lock(&self.resumable);
+            let gone: Vec<(u64, Vec<u8>)> = map
+                .keys()
+                .filter(|k| !resumed.contains(k))
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|k| map.remove(&k).map(|id| (k, id)))
+                .collect()
+        };
+        for ((session, path), id) in left {
+            GateMetrics::inc(&self.state.metrics.holds_lost);
+            warn!(request = id, session, path = %encode(&path), "a held operation did not come back after the restart: its request is closed");
+            self.mark_answered(id).await;
+            self.audit(
+                "hold_lost",
+                json!({"host_request_id": id, "session": session, "path": encode(&path),
+                       "why": "the held operation's caller was gone after the daemon restarted; nothing was performed"}),
+            )
+            .await;
+        }
+    }
+
+    /// The pending request a held operation taken again after a restart waits on.
+    pub(super) fn take_resumable(&self, session: u64, path: &[u8]) -> Option<u64> {
+        lock(&self.resumable).remove(&(session, path.to_vec()))
     }
 
     /// The policy the gate runs.

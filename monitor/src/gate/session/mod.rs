@@ -15,11 +15,16 @@
 //! - [`supervisor`]: one thread per session listener: receives notifications, decodes and
 //!   resolves them, answers the ones outside the gated set at once and hands the rest to
 //!   the engine as held operations.
+//! - [`resume`]: what outlives a daemon restart: the listeners in systemd's descriptor
+//!   store, the specs in the daemon's store, and pairing them again at start-up.
 pub mod confine;
 pub mod handoff;
+pub mod holds;
 pub mod ops;
 pub mod perform;
+mod report;
 pub mod resolve;
+pub mod resume;
 pub mod spec;
 pub mod supervisor;
 

@@ -10,14 +10,14 @@ const SYS_REMOVEXATTRAT: i64 = 466;
 
 /// A path argument: a pointer in the caller's memory, relative to `dirfd`
 /// (`AT_FDCWD`: the caller's working directory).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RawPath {
     pub dirfd: i32,
     pub addr: u64,
 }
 
 /// What a notified syscall does.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// `open`, `openat`, `creat`, `openat2` (its `open_how` read from `how`, `how_size`).
     Open {
@@ -84,7 +84,7 @@ pub enum Kind {
 }
 
 /// A decoded notification.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Op {
     pub kind: Kind,
     /// The path arguments, in the order [`Kind`] names them.

@@ -25,7 +25,7 @@ const XATTR_SIZE_MAX: usize = 65536;
 const XATTR_NAME_MAX: usize = 255;
 
 /// One operation to perform.
-#[derive(Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// The notification to answer.
     pub id: u64,

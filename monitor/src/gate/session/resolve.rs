@@ -23,7 +23,7 @@ pub const MAX_PATH: usize = libc::PATH_MAX as usize - 1;
 const MAX_LINKS: usize = 40;
 
 /// What is at a resolved path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Found {
     pub dev: u64,
     pub ino: u64,
@@ -42,7 +42,7 @@ impl Found {
 }
 
 /// A resolved path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     pub path: PathBuf,
     /// What is there now (`None`: nothing).

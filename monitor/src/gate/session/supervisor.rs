@@ -26,15 +26,17 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::ConfineSpec;
+use super::holds::{Deferred, HOLDS, HoldRecord};
 use super::ops::{self, Kind, Op};
 use super::perform::{self, Job, PerformCounters};
+use super::report::Reporter;
 use super::resolve::{self, Target};
-use crate::event::Kind as EvKind;
 use crate::gate::Verdict;
-use crate::gate::listener::{Decider, FastVerdict, Held, OpAnswer, OpFacts, PermEvent};
+use crate::gate::listener::{Decider, FastVerdict, Held, OpFacts, PermEvent};
 use crate::observe::supervised::Supervised;
 use crate::os::creds;
 use crate::os::seccomp::notify::{self, Ready};
+use crate::store::Store;
 
 /// How often a supervisor thread looks up from its listener (to notice a shutdown).
 const WAIT_MS: i32 = 1000;
@@ -116,11 +118,17 @@ counters! {
     answer_errors,
     /// Reports of answered operations the event pipeline's queue had no room for.
     observe_dropped,
+    /// Held operations that could not be recorded for a restart.
+    hold_record_errors,
+    /// Held operations taken again after a restart.
+    holds_resumed,
+    /// Recorded held operations whose caller was gone at a restart.
+    holds_lost,
 }
 
-struct Wiring {
-    decider: Arc<dyn Decider>,
-    held: mpsc::Sender<Held>,
+pub(super) struct Wiring {
+    pub(super) decider: Arc<dyn Decider>,
+    pub(super) held: mpsc::Sender<Held>,
     /// The gated set (the policy's mark roots), for the index of gated hard links.
     gated: Vec<PathBuf>,
 }
@@ -129,15 +137,19 @@ struct Wiring {
 /// the gate once the gate runs.
 #[derive(Default)]
 pub struct Supervisors {
-    wiring: OnceLock<Wiring>,
+    pub(super) wiring: OnceLock<Wiring>,
     /// Where performed operations are reported for observation.
-    observed: OnceLock<mpsc::Sender<Supervised>>,
-    live: Mutex<HashMap<u64, Arc<AtomicBool>>>,
-    counters: Arc<SupervisorCounters>,
-    perform: Arc<PerformCounters>,
+    pub(super) observed: OnceLock<mpsc::Sender<Supervised>>,
+    /// Where held operations are recorded for a restart.
+    pub(super) store: OnceLock<Store>,
+    /// Each supervised session's listener and performer queue (for resumed holds).
+    pub(super) handles: Mutex<HashMap<u64, (Arc<OwnedFd>, std::sync::mpsc::SyncSender<Job>)>>,
+    pub(super) live: Mutex<HashMap<u64, Arc<AtomicBool>>>,
+    pub(super) counters: Arc<SupervisorCounters>,
+    pub(super) perform: Arc<PerformCounters>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -156,6 +168,11 @@ impl Supervisors {
     /// a full queue drops the report (counted in `session_observe_dropped`).
     pub fn observe_into(&self, tx: mpsc::Sender<Supervised>) {
         let _ = self.observed.set(tx);
+    }
+
+    /// Records held operations in `store`, so that a restarted daemon can answer them.
+    pub fn persist_into(&self, store: Store) {
+        let _ = self.store.set(store);
     }
 
     /// Counters, for `confgate stats`.
@@ -204,9 +221,16 @@ impl Supervisors {
             start(e)
         };
         notify::check_sizes().map_err(fail)?;
+        if !notify::is_listener(&a.listener) {
+            return Err(fail(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor is not a seccomp notification listener",
+            )));
+        }
         let sync = notify::set_sync_wake_up(&a.listener);
         let listener = Arc::new(a.listener);
         let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(PERFORM_QUEUE);
+        lock(&self.handles).insert(session, (listener.clone(), job_tx.clone()));
         let perform_counters = self.perform.clone();
         let l2 = listener.clone();
         let report = Reporter {
@@ -220,6 +244,7 @@ impl Supervisors {
             .map_err(fail)?;
         let sup = Supervisor {
             session,
+            store: self.store.get().cloned(),
             listener,
             spec: a.spec,
             decider: w.decider.clone(),
@@ -246,6 +271,7 @@ impl Supervisors {
     /// Forgets a session whose supervisor ended (called by the daemon when the session
     /// ends; the thread itself ends when the listener hangs up).
     pub fn ended(&self, session: u64) {
+        lock(&self.handles).remove(&session);
         if let Some(stop) = lock(&self.live).remove(&session) {
             stop.store(true, Ordering::Relaxed);
         }
@@ -253,7 +279,7 @@ impl Supervisors {
 }
 
 impl SupervisorCounters {
-    fn inc(c: &AtomicU64) {
+    pub(super) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -305,106 +331,9 @@ fn performer(
     }
 }
 
-/// Reports answered operations to the event pipeline.
-struct Reporter {
-    session: u64,
-    tx: Option<mpsc::Sender<Supervised>>,
-    counters: Arc<SupervisorCounters>,
-}
-
-impl Reporter {
-    fn send(&self, op: &Op, tid: u32, tgid: u32, uid: u32, targets: &[Target], result: i64) {
-        let Some(tx) = &self.tx else {
-            return;
-        };
-        let (kind, flags, mode) = match op.kind {
-            Kind::Open { flags, mode, .. } => {
-                let created = targets.first().is_some_and(|t| t.found.is_none());
-                let k = if created && flags & libc::O_CREAT != 0 {
-                    EvKind::Create
-                } else {
-                    EvKind::OpenWrite
-                };
-                (
-                    k,
-                    flags as u32,
-                    (flags & libc::O_CREAT != 0).then_some(mode),
-                )
-            }
-            Kind::Rename { .. } => (EvKind::Rename, 0, None),
-            Kind::Link { .. } => (EvKind::Link, 0, None),
-            Kind::Symlink { .. } => (EvKind::Symlink, 0, None),
-            Kind::Unlink { .. } => (EvKind::Unlink, 0, None),
-            Kind::Mkdir { mode } => (EvKind::Mkdir, 0, Some(mode)),
-            Kind::Mknod { mode, .. } => (EvKind::Create, 0, Some(mode)),
-            Kind::Truncate { .. } => (EvKind::Truncate, 0, None),
-            Kind::Chmod { mode, .. } | Kind::FdChmod { mode, .. } => (EvKind::Chmod, 0, Some(mode)),
-            Kind::Chown { .. }
-            | Kind::FdChown { .. }
-            | Kind::Xattr { .. }
-            | Kind::FdXattr { .. } => (EvKind::Chown, 0, None),
-        };
-        let path = |i: usize| {
-            targets
-                .get(i)
-                .map(|t| t.path.as_os_str().as_bytes().to_vec())
-        };
-        let (path, target) = match op.kind {
-            Kind::Rename { .. } | Kind::Link { .. } => (path(0), path(1)),
-            _ => (path(0), None),
-        };
-        let Some(path) = path else {
-            return;
-        };
-        let s = Supervised {
-            kind,
-            path,
-            target,
-            tid,
-            tgid,
-            session: self.session,
-            uid: Some(uid),
-            result,
-            open_flags: flags,
-            mode,
-            time_ns: crate::os::clock::now_ns(),
-        };
-        if tx.try_send(s).is_err() {
-            SupervisorCounters::inc(&self.counters.observe_dropped);
-        }
-    }
-}
-
-/// The answer of a deferred operation: performs it (through the performer) or denies it.
-#[derive(Debug)]
-struct Deferred {
-    job: Option<Job>,
-    jobs: std::sync::mpsc::SyncSender<Job>,
-    listener: Arc<OwnedFd>,
-}
-
-impl OpAnswer for Deferred {
-    fn answer(&mut self, verdict: Verdict) -> io::Result<()> {
-        let Some(job) = self.job.take() else {
-            return Ok(());
-        };
-        match verdict {
-            Verdict::Allow => self.jobs.try_send(job).map_err(|e| {
-                // The performer is gone or swamped: the caller must not wait forever.
-                let id = match &e {
-                    std::sync::mpsc::TrySendError::Full(j)
-                    | std::sync::mpsc::TrySendError::Disconnected(j) => j.id,
-                };
-                let _ = notify::respond_error(&*self.listener, id, libc::EAGAIN);
-                io::Error::from_raw_os_error(libc::EAGAIN)
-            }),
-            Verdict::Deny => notify::respond_error(&*self.listener, job.id, libc::EPERM),
-        }
-    }
-}
-
 struct Supervisor {
     session: u64,
+    store: Option<Store>,
     listener: Arc<OwnedFd>,
     spec: Arc<ConfineSpec>,
     decider: Arc<dyn Decider>,
@@ -545,6 +474,15 @@ impl Supervisor {
                 let Some(job) = self.job(n.id, tid, tgid, op, targets) else {
                     return self.answer_error(n.id, libc::EPERM);
                 };
+                let record = HoldRecord {
+                    session: self.session,
+                    job: job.clone(),
+                    path: path.clone(),
+                    ops: facts.ops.to_strings(),
+                    existed: facts.existed,
+                    primary,
+                    fail_allow: fail == Verdict::Allow,
+                };
                 let event = PermEvent {
                     fd,
                     tid,
@@ -555,10 +493,17 @@ impl Supervisor {
                     received: Instant::now(),
                     op: Some(facts),
                 };
+                if let Some(store) = &self.store
+                    && let Err(e) = store.put(HOLDS, job.id, &record)
+                {
+                    SupervisorCounters::inc(&self.counters.hold_record_errors);
+                    warn!(session = self.session, error = %e, "cannot record a held operation: a daemon restart would lose it");
+                }
                 let answer = Deferred {
                     job: Some(job),
                     jobs: self.jobs.clone(),
                     listener: self.listener.clone(),
+                    store: self.store.clone(),
                 };
                 let held = Held::for_op(event, fail, Box::new(answer));
                 SupervisorCounters::inc(&self.counters.deferred);
@@ -660,6 +605,7 @@ impl Supervisor {
                 ops: op.ops_on(i, t.found.is_some()),
                 existed: t.found.is_some(),
                 name: op.name(),
+                resumed: false,
             };
             let Ok(fd) = std::fs::File::open("/dev/null") else {
                 return Plan::Error(libc::EMFILE);
@@ -701,7 +647,7 @@ fn covers(spec: &ConfineSpec, path: &Path) -> bool {
 
 /// The target, opened read-only for its pre-image (never blocking on a FIFO, never
 /// following a symlink).
-fn open_for_preimage(path: &Path) -> Option<OwnedFd> {
+pub(super) fn open_for_preimage(path: &Path) -> Option<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .read(true)

@@ -271,3 +271,13 @@ pub fn wait(fd: impl AsFd, timeout_ms: i32) -> io::Result<Ready> {
         Ready::Timeout
     })
 }
+
+/// Whether `fd` is a seccomp user-notification listener (its anonymous inode is
+/// `seccomp notify`), not some other descriptor handed over as one.
+pub fn is_listener(fd: impl AsFd) -> bool {
+    let link = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    std::fs::read_link(link).is_ok_and(|p| {
+        p.as_os_str() == "anon_inode:seccomp notify"
+            || p.as_os_str() == "anon_inode:[seccomp notify]"
+    })
+}
