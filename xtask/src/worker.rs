@@ -213,17 +213,21 @@ fn syscall(a: &Args, name: &str) -> anyhow::Result<()> {
     std::fs::write(&file, b"x")?;
     let (file, dir) = (cstr(&file)?, cstr(&a.dir)?);
     let byte = [b'x'];
-    // SAFETY (every arm): plain syscalls on live descriptors, NUL-terminated paths and a
-    // live buffer; descriptors made here are closed here.
     let call: Box<dyn Fn() -> bool> = match name {
+        // SAFETY: writing one byte of a live buffer to a live descriptor.
         "write" => Box::new(move || unsafe { libc::write(nfd, byte.as_ptr().cast(), 1) } == 1),
+        // SAFETY: closing fd -1 fails with EBADF and touches nothing.
         "close" => Box::new(|| unsafe { libc::close(-1) } == -1),
+        // SAFETY: duplicates a live descriptor and closes the duplicate it made.
         "dup" => Box::new(move || unsafe {
             let d = libc::dup(nfd);
             d >= 0 && libc::close(d) == 0
         }),
+        // SAFETY: reads the flags of a live descriptor.
         "fcntl" => Box::new(move || unsafe { libc::fcntl(nfd, libc::F_GETFD) } >= 0),
+        // SAFETY: a NUL-terminated path that lives as long as the closure.
         "chdir" => Box::new(move || unsafe { libc::chdir(dir.as_ptr()) } == 0),
+        // SAFETY: opens a NUL-terminated path and closes the descriptor it made.
         "open-read" => Box::new(move || unsafe {
             let d = libc::open(file.as_ptr(), libc::O_RDONLY);
             d >= 0 && libc::close(d) == 0

@@ -259,6 +259,24 @@ impl Daemon {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Waits (up to 10 s) until the daemon has no host-wide permission marks placed
+    /// (`gate.fanotify = "detected"` removes them when the last unconfined session ends);
+    /// builds without `gate.fanotify` have no such counter (their marks stay placed).
+    pub fn wait_marks_removed(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let placed = self.stats()?["gate_marks_placed"].as_u64();
+            if placed.is_none_or(|p| p == 0) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the daemon's host-wide marks stayed placed after its sessions ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// User + system CPU time used so far, in clock ticks (USER_HZ).
     pub fn cpu_ticks(&self) -> anyhow::Result<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;

@@ -171,6 +171,12 @@ impl Scenario for MacroBuild {
         let Some(tarball) = self.tarball.clone() else {
             return Ok(());
         };
+        if let Some(d) = daemon
+            && mode == Mode::On
+        {
+            // Outside sessions means without the marks of earlier scenarios' sessions.
+            d.wait_marks_removed()?;
+        }
         let s = self.build_once(cx, &tarball, None)?;
         self.secs.entry((mode, false)).or_default().push(s);
         if mode == Mode::On

@@ -167,14 +167,18 @@ impl Scenario for SessionOpens {
         self.confined = cx.features.confine;
         let approver = AutoApprover::start(&d.approver_socket)?;
         let ops = cx.plan.ops;
-        for v in Variant::ALL {
-            let dir = Self::path(cx, v)?;
-            let how = How {
-                read: v == Variant::Read,
-                no_confine: false,
-                seccomp: None,
-            };
-            for inside in [false, true] {
+        // Every baseline first, with no host-wide marks left by an earlier scenario's
+        // unconfined sessions ("detected" removes them when the last one ends); then the
+        // sessions.
+        d.wait_marks_removed()?;
+        for inside in [false, true] {
+            for v in Variant::ALL {
+                let dir = Self::path(cx, v)?;
+                let how = How {
+                    read: v == Variant::Read,
+                    no_confine: false,
+                    seccomp: None,
+                };
                 let warmup = if v == Variant::Grant && inside {
                     1
                 } else {
