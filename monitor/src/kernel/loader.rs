@@ -395,6 +395,28 @@ mod tests {
         );
     }
 
+    /// `kernel.skip_programs`: the named programs are reported skipped, not attached.
+    #[test]
+    fn skipped_programs_are_not_attached() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: loading eBPF programs needs root");
+            return;
+        }
+        let skip = ["sys_enter_close", "sys_enter_dup", "sys_exit_dup"];
+        let settings = super::KernelSettings {
+            ringbuf_bytes: 4096,
+            path_filter: true,
+            skip_programs: skip.iter().map(|s| s.to_string()).collect(),
+        };
+        let (_kernel, report) = super::Kernel::load(&settings).unwrap();
+        assert_eq!(report.skipped, skip);
+        assert!(report.attached.iter().all(|a| !skip.contains(&a.as_str())));
+        assert_eq!(
+            report.attached.len() + report.missing.len() + skip.len(),
+            PROGRAMS.len()
+        );
+    }
+
     /// The programs, loaded with logging on, log a record lost to a full ring buffer,
     /// and the record reaches the logger with its level and target.
     #[test]
