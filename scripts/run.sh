@@ -8,5 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet -p monitor --bin confgate
+cargo build --release --quiet -p monitor --bins
+# The session helper `confgate run` execs: setuid root, so unprivileged users' sessions
+# can be confined (root's work without the bit).
+chown root:root ./target/release/confgate-confine
+chmod 4755 ./target/release/confgate-confine
 exec ./target/release/confgate "$@" daemon

@@ -35,6 +35,10 @@ enum Command {
         /// Why the agent runs (travels with its events).
         #[arg(long)]
         reason: Option<OsString>,
+        /// Do not confine the session (no Landlock, no seccomp supervision): observation and
+        /// the fanotify gate only. For kernels without Landlock ABI 6 (Linux < 6.12).
+        #[arg(long)]
+        no_confine: bool,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
@@ -266,6 +270,7 @@ fn main() -> ExitCode {
         Command::Run {
             agent,
             reason,
+            no_confine,
             command,
         } => {
             // confgate's own failures exit 125 (like env(1)), before the command ever runs.
@@ -287,8 +292,21 @@ fn main() -> ExitCode {
                 );
                 return Ok(monitor::cli::run::EXIT_CONFGATE);
             };
+            let confine = if *no_confine {
+                monitor::cli::run::Confine::No
+            } else {
+                match load_config(&cli) {
+                    Ok(cfg) => monitor::cli::run::Confine::Helper {
+                        supervise_socket: cfg.daemon.supervise_socket,
+                    },
+                    Err(e) => {
+                        eprintln!("confgate: {e:#}; the command was not run");
+                        return Ok(monitor::cli::run::EXIT_CONFGATE);
+                    }
+                }
+            };
             // On success the command replaces this process; only failures return.
-            match monitor::cli::run::run(&socket, agent, reason, command) {
+            match monitor::cli::run::run(&socket, agent, reason, command, &confine) {
                 Ok(never) => match never {},
                 Err(e) => {
                     eprintln!("confgate: {e}");

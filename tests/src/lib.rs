@@ -102,7 +102,8 @@ pub fn confgate_bin() -> PathBuf {
             return PathBuf::from(p);
         }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "monitor", "--bin", "confgate"])
+            // --bins: the confinement helper (confgate-confine) is found beside confgate.
+            .args(["build", "--quiet", "-p", "monitor", "--bins"])
             .current_dir(workspace())
             .status()
             .expect("running cargo build");
@@ -179,10 +180,11 @@ impl Daemon {
             .collect();
         let config = root.join("config.toml");
         let toml = format!(
-            "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
+            "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\nsupervise_socket = {supervise:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
              [kernel]\npath_filter = {pf}\nringbuf_bytes = {rb}\n\n[watch]\npaths = [{paths}]\nproject_roots = [{roots}]\n\n[correlation]\nwindow_ms = {CORRELATION_WINDOW_MS}\n\n{extra}\n",
             socket = socket.display().to_string(),
             state = root.join("state").display().to_string(),
+            supervise = root.join("supervise.sock").display().to_string(),
             events = events_file.display().to_string(),
             pf = opts.path_filter,
             rb = opts.ringbuf_bytes,
@@ -308,11 +310,48 @@ impl Daemon {
     /// `confgate run --agent <agent> [--reason <reason>] -- sh -c <script>` in the watched
     /// tree, stdout and stderr piped, not started yet (add `.env(..)`, then `.spawn()` or
     /// `.output()`). Without a reason, `--reason` is left out (`CONFGATE_REASON` applies).
+    ///
+    /// Confined, as `confgate run` is by default (Landlock + the daemon's supervisor);
+    /// [`Daemon::unconfined_session_command`] starts one with `--no-confine`, as a detected
+    /// agent is: observed, and gated by the host-wide fanotify gate.
     pub fn session_command(&self, agent: &str, reason: Option<&str>, script: &str) -> Command {
+        self.run_command(agent, reason, script, true)
+    }
+
+    /// [`Daemon::session_command`], the same.
+    pub fn confined_session_command(
+        &self,
+        agent: &str,
+        reason: Option<&str>,
+        script: &str,
+    ) -> Command {
+        self.run_command(agent, reason, script, true)
+    }
+
+    /// [`Daemon::session_command`] with `--no-confine`.
+    pub fn unconfined_session_command(
+        &self,
+        agent: &str,
+        reason: Option<&str>,
+        script: &str,
+    ) -> Command {
+        self.run_command(agent, reason, script, false)
+    }
+
+    fn run_command(
+        &self,
+        agent: &str,
+        reason: Option<&str>,
+        script: &str,
+        confine: bool,
+    ) -> Command {
         let mut c = Command::new(confgate_bin());
         c.arg("--config")
             .arg(&self.config)
             .args(["run", "--agent", agent]);
+        if !confine {
+            c.arg("--no-confine");
+        }
         if let Some(reason) = reason {
             c.args(["--reason", reason]);
         }

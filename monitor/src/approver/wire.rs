@@ -34,8 +34,10 @@ pub const MAX_ANCESTRY: usize = 64;
 pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 /// Latest accepted deadline, relative to now (30 days).
 pub const MAX_DEADLINE_MS: i64 = 30 * 24 * 3600 * 1000;
-/// Operations a request may name.
-pub const OPERATIONS: [&str; 4] = ["write", "create", "truncate", "rename"];
+/// Operations a request may name (the names of [`crate::policy::OpSet`]).
+pub const OPERATIONS: [&str; 9] = [
+    "write", "create", "truncate", "rename", "remove", "chmod", "chown", "xattr", "link",
+];
 
 /// `INVALID_ARGUMENT` naming `field`.
 pub fn invalid(field: &str, message: impl std::fmt::Display) -> Status {

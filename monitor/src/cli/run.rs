@@ -5,6 +5,13 @@
 //! signals reach it directly, and its exit status is the wrapper's. The command never runs
 //! unmonitored: if the daemon cannot be reached or refuses, nothing is executed.
 //!
+//! Confinement (the default): the command is not exec'd directly but through the setuid-root
+//! helper `confgate-confine` (same pid), which installs Landlock and the seccomp filter the
+//! daemon supervises, drops back to the caller's credentials and execs the command. The
+//! helper is looked for beside this binary, then in `/usr/libexec/confgate/`; without a
+//! usable one (setuid root, or the caller is root) nothing is run. `--no-confine` execs the
+//! command directly (observation and the fanotify gate only).
+//!
 //! Exit codes on failure follow env(1): 125 confgate itself failed (daemon unreachable, session
 //! refused, bad arguments), 126 the command was found but could not be executed, 127 it was
 //! not found.
@@ -19,6 +26,7 @@ use anyhow::{Context, anyhow};
 use nix::errno::Errno;
 
 use crate::api::{client, pb};
+use crate::gate::session::confine::{HELPER_NAME, helper_candidates};
 use crate::sessions::{MAX_COMMAND_BYTES, SessionInfo, validate_agent, validate_reason};
 
 /// confgate failed; the command was not run.
@@ -73,8 +81,21 @@ impl fmt::Debug for RunError {
 
 impl std::error::Error for RunError {}
 
+/// How the command is started.
+#[derive(Clone, Debug)]
+pub enum Confine {
+    /// Through `confgate-confine`, which hands the listener over at this supervise socket.
+    Helper {
+        /// `daemon.supervise_socket`.
+        supervise_socket: std::path::PathBuf,
+    },
+    /// Exec'd directly (`--no-confine`).
+    No,
+}
+
 /// Registers an agent session for this process with the daemon at `socket` and execs
-/// `command` (searched in `PATH`) with `CONFGATE_SESSION=<id>` added to its environment.
+/// `command` (searched in `PATH`) with `CONFGATE_SESSION=<id>` added to its environment,
+/// through the confinement helper unless `confine` is [`Confine::No`].
 ///
 /// Returns only on failure; the caller prints the error and exits with
 /// [`RunError::exit_code`]. Call it before starting other threads that matter: `exec`
@@ -84,6 +105,7 @@ pub fn run(
     agent: &str,
     reason: Option<&str>,
     command: &[OsString],
+    confine: &Confine,
 ) -> Result<Infallible, RunError> {
     // Everything that can be checked locally is checked before the daemon hears of us.
     let Some(program) = command.first() else {
@@ -99,6 +121,12 @@ pub fn run(
     if let Some(r) = reason {
         validate_reason(r).map_err(|e| RunError::confgate(anyhow!("--reason: {e}")))?;
     }
+    let helper = match confine {
+        Confine::Helper { supervise_socket } => {
+            Some((find_helper().map_err(RunError::confgate)?, supervise_socket))
+        }
+        Confine::No => None,
+    };
     let request = pb::RegisterSessionRequest {
         agent: agent.to_owned(),
         reason: reason.unwrap_or_default().to_owned(),
@@ -106,13 +134,22 @@ pub fn run(
         cwd: std::env::current_dir()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        confine: false,
+        confine: matches!(confine, Confine::Helper { .. }),
     };
 
     let session = register(socket, request).map_err(RunError::confgate)?;
     let env = environment_with_session(session.id);
     tracing::debug!(session = session.id, agent, program = ?program, "session registered; exec");
 
+    if let Some((helper, supervise_socket)) = helper {
+        return Err(exec_helper(
+            &helper,
+            supervise_socket,
+            session.id,
+            command,
+            &env,
+        ));
+    }
     let Err(errno) = nix::unistd::execvpe(&argv[0], &argv, &env);
     let code = if errno == Errno::ENOENT {
         EXIT_NOT_FOUND
@@ -128,6 +165,78 @@ pub fn run(
             session.id
         ),
     })
+}
+
+/// The first usable helper of [`helper_candidates`]: setuid root, or any executable one
+/// when the caller is root. The error lists what was found and why it cannot be used.
+fn find_helper() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let root = nix::unistd::Uid::effective().is_root();
+    let mut found = Vec::new();
+    for c in helper_candidates() {
+        let Ok(m) = std::fs::metadata(&c) else {
+            continue;
+        };
+        let mode = m.permissions().mode();
+        let setuid_root = m.uid() == 0 && mode & 0o4000 != 0 && mode & 0o001 != 0;
+        if m.is_file() && (setuid_root || (root && mode & 0o111 != 0)) {
+            return Ok(c);
+        }
+        found.push(format!(
+            "{} (owner uid {}, mode {:04o})",
+            c.display(),
+            m.uid(),
+            mode & 0o7777
+        ));
+    }
+    let seen = if found.is_empty() {
+        format!(
+            "no {HELPER_NAME} found ({})",
+            helper_candidates()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else {
+        format!("not setuid root: {}", found.join(", "))
+    };
+    Err(anyhow!(
+        "cannot confine the session: {seen}; install the helper setuid root (chown root, chmod 4755) or run with --no-confine (observation only); the command was not run"
+    ))
+}
+
+/// Execs the helper in place of the command; returns why it could not.
+fn exec_helper(
+    helper: &Path,
+    supervise_socket: &Path,
+    session: u64,
+    command: &[OsString],
+    env: &[CString],
+) -> RunError {
+    let mut args: Vec<OsString> = vec![
+        helper.as_os_str().to_owned(),
+        "--socket".into(),
+        supervise_socket.as_os_str().to_owned(),
+        "--session".into(),
+        session.to_string().into(),
+        "--".into(),
+    ];
+    args.extend(command.iter().cloned());
+    let argv = match args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(v) => v,
+        Err(_) => return RunError::confgate(anyhow!("a path contains a NUL byte")),
+    };
+    let Err(errno) = nix::unistd::execve(&argv[0], &argv, env);
+    RunError::confgate(anyhow!(
+        "cannot execute the confinement helper {}: {} (agent session {session} was registered and ends with this process); the command was not run",
+        helper.display(),
+        errno.desc()
+    ))
 }
 
 /// Registers the session on a short-lived runtime; dropping it closes the connection before
@@ -233,6 +342,7 @@ mod tests {
             "child-agent",
             Some("exec test"),
             &os(&["sh", "-c", &script, &pid]),
+            &Confine::No,
         )
         .unwrap_err();
         eprintln!("confgate run failed: {err}");
@@ -285,7 +395,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("ran");
         let cmd = os(&["touch", marker.to_str().unwrap()]);
-        let err = run(&dir.path().join("confgate.sock"), "agent", None, &cmd).unwrap_err();
+        let err = run(
+            &dir.path().join("confgate.sock"),
+            "agent",
+            None,
+            &cmd,
+            &Confine::No,
+        )
+        .unwrap_err();
         assert_eq!(err.exit_code(), EXIT_CONFGATE);
         let msg = err.to_string();
         assert!(msg.contains("is `confgate daemon` running?"), "{msg}");
@@ -314,7 +431,7 @@ mod tests {
             ),
         ];
         for (agent, reason, cmd) in cases {
-            let err = run(&server.socket, agent, reason, &cmd).unwrap_err();
+            let err = run(&server.socket, agent, reason, &cmd, &Confine::No).unwrap_err();
             assert_eq!(err.exit_code(), EXIT_CONFGATE, "{err}");
         }
         assert!(fake.registered().is_empty());
@@ -332,6 +449,7 @@ mod tests {
             "agent",
             None,
             &os(&[missing.to_str().unwrap()]),
+            &Confine::No,
         )
         .unwrap_err();
         assert_eq!(err.exit_code(), EXIT_NOT_FOUND, "{err}");
@@ -344,6 +462,7 @@ mod tests {
             "other",
             None,
             &os(&[missing.to_str().unwrap()]),
+            &Confine::No,
         )
         .unwrap_err();
         assert_eq!(err.exit_code(), EXIT_CONFGATE, "{err}");
@@ -363,6 +482,7 @@ mod tests {
             "agent",
             None,
             &os(&[not_exec.to_str().unwrap()]),
+            &Confine::No,
         )
         .unwrap_err();
         // Root may ignore the missing x bit for reading but exec still needs one x bit.

@@ -193,7 +193,14 @@ mod tests {
         fake.set_admin(true);
         assert!(fetch(&server.socket, true).unwrap().is_empty());
         let missing = ["/nonexistent/confgate-test-agent".into()];
-        let err = crate::cli::run::run(&server.socket, "codex", Some("why"), &missing).unwrap_err();
+        let err = crate::cli::run::run(
+            &server.socket,
+            "codex",
+            Some("why"),
+            &missing,
+            &crate::cli::run::Confine::No,
+        )
+        .unwrap_err();
         assert_eq!(err.exit_code(), crate::cli::run::EXIT_NOT_FOUND, "{err}");
         let list = fetch(&server.socket, false).unwrap();
         assert_eq!(list.len(), 1);

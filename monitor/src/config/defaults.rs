@@ -16,6 +16,7 @@ impl Default for DaemonSection {
             socket_mode: 0o666,
             admin_group: None,
             state_dir: PathBuf::from("/var/lib/confgate"),
+            supervise_socket: PathBuf::from("/run/confgate/supervise.sock"),
         }
     }
 }

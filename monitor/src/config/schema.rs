@@ -38,6 +38,9 @@ pub struct DaemonSection {
     pub admin_group: Option<String>,
     /// Directory of the embedded store. Default `/var/lib/confgate`.
     pub state_dir: PathBuf,
+    /// Where `confgate-confine` hands a session's seccomp listener to the daemon
+    /// (`SOCK_SEQPACKET`, mode 0600). Default `/run/confgate/supervise.sock`.
+    pub supervise_socket: PathBuf,
 }
 
 /// `[output]`: where events go.

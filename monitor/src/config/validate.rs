@@ -53,6 +53,14 @@ impl Config {
                 format!("longer than {MAX_SOCKET_PATH} bytes (sun_path)"),
             );
         }
+        if c.abs_path("daemon.supervise_socket", &d.supervise_socket)
+            && d.supervise_socket.as_os_str().len() > MAX_SOCKET_PATH
+        {
+            c.fail(
+                "daemon.supervise_socket",
+                format!("longer than {MAX_SOCKET_PATH} bytes (sun_path)"),
+            );
+        }
         if d.socket_mode & !0o777 != 0 {
             c.fail(
                 "daemon.socket_mode",

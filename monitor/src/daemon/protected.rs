@@ -4,7 +4,7 @@
 //! state directory), so they are gathered here, where the daemon holds both, and handed to
 //! the policy as a [`ProtectedPaths`]: the policy does not depend on the configuration's
 //! schema.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::policy::ProtectedPaths;
@@ -45,6 +45,45 @@ pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
     p
 }
 
+/// What a confined session may not write to (`denied`) and does not see (`hidden`):
+/// denied are the gate's marked roots (its gated trees and files and everything
+/// [`protected_paths`] names), the helper binaries and raw memory devices (block devices
+/// are added when each session starts); hidden are confgate's configuration, the
+/// approval credentials and the state directory (the binaries stay visible: sessions may
+/// run `confgate`).
+pub fn confine_paths(
+    config: &Config,
+    config_path: &Path,
+    mark_roots: &[PathBuf],
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let protected = protected_paths(config, config_path);
+    let mut denied: Vec<PathBuf> = mark_roots.to_vec();
+    denied.extend(protected.trees().iter().cloned());
+    denied.extend(protected.files().iter().cloned());
+    denied.extend(crate::gate::session::confine::helper_candidates());
+    denied.extend(["/dev/mem", "/dev/kmem", "/dev/port"].map(PathBuf::from));
+    let mut hidden = vec![PathBuf::from(CONFIG_DIR), config_path.to_owned()];
+    let client = &config.approval.client;
+    hidden.extend(
+        [
+            &client.ca,
+            &client.cert,
+            &client.key,
+            &config.approval.local_config,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned(),
+    );
+    hidden.extend(config.approval.protected_credentials.iter().cloned());
+    hidden.push(config.daemon.state_dir.clone());
+    for v in [&mut denied, &mut hidden] {
+        v.sort();
+        v.dedup();
+    }
+    (denied, hidden)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +117,39 @@ mod tests {
         let p = protected_paths(&config, Path::new(DEFAULT_CONFIG_PATH));
         assert!(!p.files().contains(&PathBuf::from(DEFAULT_CONFIG_PATH)));
         assert!(Builtin::new(&p).matches(DEFAULT_CONFIG_PATH.as_bytes()));
+    }
+
+    #[test]
+    fn confined_sessions_are_denied_and_hidden_confgate_files() {
+        let mut config = Config::default();
+        config.daemon.state_dir = PathBuf::from("/var/lib/cg-state");
+        config.approval.client.key = Some(PathBuf::from("/etc/ssl/private/host.key"));
+        let (denied, hidden) = confine_paths(
+            &config,
+            Path::new("/opt/cg/custom.toml"),
+            &[PathBuf::from("/etc/app")],
+        );
+        for d in [
+            "/etc/app",
+            "/etc/confgate",
+            "/var/lib/cg-state",
+            "/etc/ssl/private/host.key",
+            "/opt/cg/custom.toml",
+            "/dev/mem",
+            crate::gate::session::confine::INSTALLED_HELPER,
+        ] {
+            assert!(denied.contains(&PathBuf::from(d)), "{d}");
+        }
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(denied.contains(&exe));
+        for h in [
+            "/etc/confgate",
+            "/var/lib/cg-state",
+            "/etc/ssl/private/host.key",
+            "/opt/cg/custom.toml",
+        ] {
+            assert!(hidden.contains(&PathBuf::from(h)), "{h}");
+        }
+        assert!(!hidden.contains(&exe));
     }
 }

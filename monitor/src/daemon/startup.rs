@@ -25,7 +25,7 @@ use super::{
 use crate::{
     api::server::DaemonApi,
     config::{ApprovalMode, Config, watch::WatchSet},
-    gate::session::resume,
+    gate::session::{handoff, resume},
     kernel::{AttachReport, Kernel, KernelSettings},
     metrics::Metrics,
     notify::NotifyWatcher,
@@ -51,6 +51,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     let metrics = Arc::new(Metrics::default());
     let (store, registry) = open_state(&cfg.daemon.state_dir)?;
     let policy = gate_policy(&mut cfg, config_path)?;
+    let mark_roots = policy.as_ref().map(Policy::mark_roots).unwrap_or_default();
     let watch = WatchSet::new(&cfg.watch).context("watch set")?;
     let detector = Detector::new(&cfg.detect).context("detect rules")?;
     let Loaded {
@@ -82,6 +83,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         // Requests of restored sessions whose held operation did not come back.
         g.engine().close_unresumed(&holds).await;
     }
+    start_handoff(&cfg, config_path, &mark_roots, &shared);
     let server = serve_api(&cfg, &shared).await?;
 
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both
@@ -363,6 +365,28 @@ async fn start_gate(
         warn!("gate disabled (gate.enabled = false): writes are observed, never held");
     }
     Ok(shared.gate.get().cloned())
+}
+
+/// Serves the supervise socket, where `confgate-confine` hands a session's seccomp listener
+/// over. Without it `confgate run` fails (closed); the daemon runs on.
+fn start_handoff(cfg: &Config, config_path: &Path, mark_roots: &[PathBuf], shared: &Shared) {
+    let (denied, hidden) = super::protected::confine_paths(cfg, config_path, mark_roots);
+    let settings = handoff::HandoffSettings {
+        socket: cfg.daemon.supervise_socket.clone(),
+        denied,
+        hidden,
+    };
+    if let Err(e) = handoff::start(
+        settings,
+        shared.registry.clone(),
+        shared.supervisors.clone(),
+    ) {
+        tracing::error!(
+            socket = %cfg.daemon.supervise_socket.display(),
+            error = %e,
+            "cannot serve the supervise socket: `confgate run` sessions cannot be confined (they fail unless run with --no-confine)"
+        );
+    }
 }
 
 /// Binds the gRPC API's socket (connections queue from here on: the daemon may say it is

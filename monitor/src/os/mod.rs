@@ -16,6 +16,9 @@
 //!   attribute; [`memory`]: process-wide memory hints; [`host`]: this host's name;
 //!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`;
 //!   [`sdnotify`]: systemd's notification socket and the descriptors it passes back.
+//!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`.
+//! - [`landlock`], [`seccomp`]: what confines an agent session (installed by the
+//!   `confgate-confine` helper).
 //!
 //! Each wrapper returns `io::Result` (or an `Option` where "cannot tell" is an answer)
 //! with the errno of the failed call; no policy lives here.
@@ -30,6 +33,7 @@ pub mod environ;
 pub mod fanotify;
 pub mod fs;
 pub mod host;
+pub mod landlock;
 pub mod limits;
 pub mod memory;
 pub mod poll;

@@ -17,6 +17,7 @@
 //!   the engine as held operations.
 //! - [`resume`]: what outlives a daemon restart: the listeners in systemd's descriptor
 //!   store, the specs in the daemon's store, and pairing them again at start-up.
+//! - [`wire`]: the supervise socket's messages.
 pub mod confine;
 pub mod handoff;
 pub mod holds;
@@ -27,6 +28,7 @@ pub mod resolve;
 pub mod resume;
 pub mod spec;
 pub mod supervisor;
+pub mod wire;
 
 pub use spec::ConfineSpec;
 pub use supervisor::{Attach, Supervisors};

@@ -170,6 +170,11 @@ impl Supervisors {
         let _ = self.observed.set(tx);
     }
 
+    /// The daemon's store, once [`Supervisors::persist_into`] was called.
+    pub fn store(&self) -> Option<Store> {
+        self.store.get().cloned()
+    }
+
     /// Records held operations in `store`, so that a restarted daemon can answer them.
     pub fn persist_into(&self, store: Store) {
         let _ = self.store.set(store);
