@@ -130,6 +130,9 @@ pub struct DaemonSpec {
     pub fanotify: Option<&'static str>,
     /// `kernel.skip_programs`.
     pub skip_programs: Vec<&'static str>,
+    /// Give the daemon its own `daemon.supervise_socket` (builds that confine sessions;
+    /// the default path is the host's).
+    pub supervise_socket: bool,
     /// TOML tables appended to the file (scenarios' own `[[gate.rule]]` tables).
     pub extra_toml: String,
 }
@@ -153,6 +156,11 @@ impl DaemonSpec {
                 .collect();
             format!("skip_programs = [{}]\n", names.join(", "))
         };
+        let supervise = if self.supervise_socket {
+            format!("supervise_socket = {}\n", q(&dir.join("supervise.sock")))
+        } else {
+            String::new()
+        };
         let gate = self
             .fanotify
             .map(|m| format!("[gate]\nfanotify = {m:?}\n"))
@@ -161,7 +169,7 @@ impl DaemonSpec {
         // `[[gate.rule]]` tables, which come last.
         format!(
             "detect = []\n\
-             [daemon]\nsocket = {}\nstate_dir = {}\n\
+             [daemon]\nsocket = {}\nstate_dir = {}\n{supervise}\
              [output]\nevents_file = {}\nstdout = \"off\"\nstats_interval_secs = 1\n\
              [kernel]\npath_filter = {}\n{skip}{ring}\
              [watch]\npaths = [{}]\nproject_roots = []\n\

@@ -5,7 +5,7 @@
 //!   project's permission listener (`monitor::gate::{PermGroup, Marks, Listener}`) marking
 //!   its directory and answering at once (a process outside sessions: the fast path);
 //! - seccomp user notification: write open + close by a thread whose filter notifies
-//!   write opens, answered by a supervisor thread with `monitor::os::seccomp::notify`
+//!   write opens (the product's filter), answered by a supervisor thread with `monitor::os::seccomp::notify`
 //!   (CONTINUE, CONTINUE with `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, and ADDFD of a file
 //!   the supervisor opened, with sync wake-up), against the same worker without a filter.
 use std::{collections::BTreeMap, sync::Arc};

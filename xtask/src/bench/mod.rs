@@ -291,6 +291,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Mode::Skip(h) => h.programs(),
             _ => Vec::new(),
         },
+        supervise_socket: cx.features.confine,
         extra_toml: extra_toml.clone(),
     };
     let modes: Vec<Mode> = Mode::every()
