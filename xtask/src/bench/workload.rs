@@ -54,7 +54,8 @@ pub fn run(cx: &Cx, dir: &Path, ops: u64, session: Option<&Daemon>) -> anyhow::R
     run_paced(cx, dir, ops, session, None)
 }
 
-/// [`run`], paced to `rate` iterations per second when given.
+/// [`run`], paced to `rate` iterations per second when given; a session is started with
+/// `--no-confine` (see scenario 3).
 pub fn run_paced(
     cx: &Cx,
     dir: &Path,
@@ -62,7 +63,7 @@ pub fn run_paced(
     session: Option<&Daemon>,
     rate: Option<u64>,
 ) -> anyhow::Result<f64> {
-    let mut cmd = worker_command(cx, session);
+    let mut cmd = worker_command_with(cx, session, true);
     cmd.arg("worker")
         .arg("--dir")
         .arg(dir)
