@@ -59,6 +59,7 @@ fn harness(test: &str) -> Option<&'static Harness> {
         let settings = KernelSettings {
             ringbuf_bytes: 4 << 20,
             path_filter: true,
+            skip_programs: Vec::new(),
         };
         let (mut kernel, report) = Kernel::load(&settings).expect("Kernel::load");
         assert!(

@@ -1,5 +1,6 @@
 //! Developer automation for confgate: `cargo xtask bench`.
 mod bench;
+mod notify_bench;
 mod worker;
 
 use clap::{Parser, Subcommand};

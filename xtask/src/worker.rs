@@ -40,6 +40,22 @@ pub struct Args {
     /// `--pingpong`: pin the worker and its child to one CPU.
     #[arg(long)]
     same_cpu: bool,
+    /// Time `--ops` calls of one system call instead of the loop (scenario 1's per-call
+    /// tax): `write` (1 byte to /dev/null), `close` (of fd -1: EBADF, the tracepoints
+    /// run all the same), `dup` (dup + close), `fcntl` (F_GETFD), `chdir` (to `--dir`),
+    /// `open-read` (open O_RDONLY + close of a file in `--dir`).
+    #[arg(long)]
+    syscall: Option<String>,
+    /// `--latency`: install a seccomp filter on the timing thread that notifies write
+    /// opens, answered by a supervisor thread of this process with the project's own
+    /// `monitor::os::seccomp::notify`: `continue`, `continue-sync` (with
+    /// SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP), `addfd-sync` (the supervisor opens the file
+    /// and injects the descriptor, as for an approved gated open).
+    #[arg(long)]
+    seccomp: Option<String>,
+    /// `--latency`: open read-only instead of O_WRONLY|O_TRUNC.
+    #[arg(long)]
+    read: bool,
     /// Echo each byte of stdin to stdout until end of file (the `--pingpong` child).
     #[arg(long, hide = true)]
     echo: bool,
@@ -54,10 +70,10 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn open_close(path: &CString) -> anyhow::Result<u64> {
+fn open_close(path: &CString, flags: i32) -> anyhow::Result<u64> {
     let t = Instant::now();
     // SAFETY: a plain syscall on a NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_TRUNC) };
+    let fd = unsafe { libc::open(path.as_ptr(), flags) };
     let ns = t.elapsed().as_nanos() as u64;
     anyhow::ensure!(fd >= 0, "open: {}", std::io::Error::last_os_error());
     // SAFETY: closing the descriptor just opened.
@@ -164,13 +180,22 @@ fn latency(a: &Args) -> anyhow::Result<()> {
             cstr(&p)
         })
         .collect::<anyhow::Result<_>>()?;
+    let _supervisor = match &a.seccomp {
+        Some(how) => Some(crate::notify_bench::supervise(how, &files[0])?),
+        None => None,
+    };
+    let flags = if a.read {
+        libc::O_RDONLY
+    } else {
+        libc::O_WRONLY | libc::O_TRUNC
+    };
     for i in 0..a.warmup {
-        open_close(&files[(i as usize) % files.len()])?;
+        open_close(&files[(i as usize) % files.len()], flags)?;
     }
     let start = Instant::now();
     let mut ns: Vec<u64> = Vec::with_capacity(a.ops as usize);
     for i in 0..a.ops {
-        ns.push(open_close(&files[(i as usize) % files.len()])?);
+        ns.push(open_close(&files[(i as usize) % files.len()], flags)?);
     }
     print_percentiles(a.ops, start.elapsed(), ns);
     Ok(())
@@ -180,9 +205,53 @@ fn cstr(p: &std::path::Path) -> anyhow::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).context("path with NUL")
 }
 
+/// `--syscall`: ns per call of one system call, `ops` calls in a tight loop.
+fn syscall(a: &Args, name: &str) -> anyhow::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    let nfd = std::os::fd::AsRawFd::as_raw_fd(&null);
+    let file = a.dir.join("syscall.f");
+    std::fs::write(&file, b"x")?;
+    let (file, dir) = (cstr(&file)?, cstr(&a.dir)?);
+    let byte = [b'x'];
+    let call: Box<dyn Fn() -> bool> = match name {
+        // SAFETY: writing one byte of a live buffer to a live descriptor.
+        "write" => Box::new(move || unsafe { libc::write(nfd, byte.as_ptr().cast(), 1) } == 1),
+        // SAFETY: closing fd -1 fails with EBADF and touches nothing.
+        "close" => Box::new(|| unsafe { libc::close(-1) } == -1),
+        // SAFETY: duplicates a live descriptor and closes the duplicate it made.
+        "dup" => Box::new(move || unsafe {
+            let d = libc::dup(nfd);
+            d >= 0 && libc::close(d) == 0
+        }),
+        // SAFETY: reads the flags of a live descriptor.
+        "fcntl" => Box::new(move || unsafe { libc::fcntl(nfd, libc::F_GETFD) } >= 0),
+        // SAFETY: a NUL-terminated path that lives as long as the closure.
+        "chdir" => Box::new(move || unsafe { libc::chdir(dir.as_ptr()) } == 0),
+        // SAFETY: opens a NUL-terminated path and closes the descriptor it made.
+        "open-read" => Box::new(move || unsafe {
+            let d = libc::open(file.as_ptr(), libc::O_RDONLY);
+            d >= 0 && libc::close(d) == 0
+        }),
+        other => anyhow::bail!("unknown --syscall {other}"),
+    };
+    for _ in 0..a.warmup {
+        anyhow::ensure!(call(), "{name}: {}", std::io::Error::last_os_error());
+    }
+    let start = Instant::now();
+    for _ in 0..a.ops {
+        anyhow::ensure!(call(), "{name}: {}", std::io::Error::last_os_error());
+    }
+    let ns = start.elapsed().as_nanos() as f64 / a.ops.max(1) as f64;
+    println!("{}", serde_json::json!({ "ops": a.ops, "ns_per_op": ns }));
+    Ok(())
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     if a.echo {
         return echo();
+    }
+    if let Some(name) = &a.syscall {
+        return syscall(&a, name);
     }
     if a.pingpong {
         return pingpong(&a);

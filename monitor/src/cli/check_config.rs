@@ -115,6 +115,13 @@ pub fn run_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> 
         prefixes.len(),
         join(prefixes.iter().map(|p| p.escape_ascii()))
     )?;
+    if !config.kernel.skip_programs.is_empty() {
+        writeln!(
+            out,
+            "  eBPF programs not attached: {}",
+            join(config.kernel.skip_programs.iter())
+        )?;
+    }
     writeln!(
         out,
         "  detect rules ({}): {}",

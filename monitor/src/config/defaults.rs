@@ -36,6 +36,7 @@ impl Default for KernelSection {
         KernelSection {
             ringbuf_bytes: 8 << 20,
             path_filter: true,
+            skip_programs: Vec::new(),
         }
     }
 }

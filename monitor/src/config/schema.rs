@@ -79,6 +79,12 @@ pub struct KernelSection {
     /// any session whose absolute path argument starts with a watched prefix; when false
     /// those are left to fanotify.
     pub path_filter: bool,
+    /// eBPF programs not to attach, by name (`sys_enter_close`, ...; `confgate
+    /// check-config` lists them). Every attached syscall tracepoint is run on that syscall
+    /// by every process on the host; a skipped one costs nothing and observes nothing (see
+    /// README "Kernel hooks"). The process-lifecycle programs (`sched_*`) cannot be
+    /// skipped. Default none.
+    pub skip_programs: Vec<String>,
 }
 
 /// `[watch]`: which paths are configuration. See [`crate::config::watch::WatchSet`].

@@ -198,6 +198,21 @@ fn an_empty_rule_list_means_no_rules() {
 }
 
 #[test]
+fn skip_programs_names_programs_of_the_object_but_not_process_tracking() {
+    let cfg =
+        parse("[kernel]\nskip_programs = [\"sys_enter_close\", \"sys_enter_dup\"]\n").unwrap();
+    assert_eq!(
+        cfg.kernel.skip_programs,
+        ["sys_enter_close", "sys_enter_dup"]
+    );
+    let (field, _) = invalid_field("[kernel]\nskip_programs = [\"sys_enter_nope\"]\n");
+    assert_eq!(field, "kernel.skip_programs[0]");
+    let (field, _) =
+        invalid_field("[kernel]\nskip_programs = [\"sys_enter_write\", \"sched_process_fork\"]\n");
+    assert_eq!(field, "kernel.skip_programs[1]");
+}
+
+#[test]
 fn ringbuf_must_be_a_power_of_two() {
     for bad in ["12345", "2048", "0"] {
         let (field, loc) = invalid_field(&format!("[kernel]\nringbuf_bytes = {bad}\n"));

@@ -2,6 +2,8 @@
 //! rules, the gate's policy and the approval section. Each problem names its field.
 use std::os::unix::ffi::OsStrExt;
 
+use monitor_common::programs::{Category, program};
+
 use super::schema::{ApprovalMode, Config, DetectRule, WatchSection};
 use super::toml_check::{Checker, ConfigError};
 use super::{MAX_COMM, MAX_KERNEL_PREFIX, client};
@@ -120,6 +122,20 @@ impl Config {
                 "kernel.ringbuf_bytes",
                 format!("{bytes} is not a power of two of at least 4096 (e.g. 8388608)"),
             );
+        }
+        for (i, name) in self.kernel.skip_programs.iter().enumerate() {
+            let field = format!("kernel.skip_programs[{i}]");
+            match program(name) {
+                None => c.fail(
+                    &field,
+                    format!("{name:?} is not a program of confgate's eBPF object"),
+                ),
+                Some(p) if p.category == Category::Sched => c.fail(
+                    &field,
+                    format!("{name} tracks processes into sessions: it cannot be skipped"),
+                ),
+                Some(_) => {}
+            }
         }
     }
 }

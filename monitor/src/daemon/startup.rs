@@ -226,8 +226,12 @@ fn load_kernel(cfg: &Config, watch: &WatchSet) -> anyhow::Result<Loaded> {
     let settings = KernelSettings {
         ringbuf_bytes: cfg.kernel.ringbuf_bytes,
         path_filter: cfg.kernel.path_filter,
+        skip_programs: cfg.kernel.skip_programs.clone(),
     };
     let (mut kernel, report) = Kernel::load(&settings).context("loading eBPF programs")?;
+    if !report.skipped.is_empty() {
+        info!(programs = %report.skipped.join(" "), "eBPF programs skipped by kernel.skip_programs");
+    }
     for (name, err) in &report.missing {
         warn!(program = %name, error = %err, "tracepoint not attached (not available on this kernel)");
     }

@@ -773,6 +773,7 @@ fn kernel_maps_give_intent_and_session() {
     let settings = crate::kernel::KernelSettings {
         ringbuf_bytes: 1 << 20,
         path_filter: false,
+        skip_programs: Vec::new(),
     };
     let (mut kernel, _report) = crate::kernel::Kernel::load(&settings).expect("Kernel::load");
     let source = IntentSource::from_kernel(&kernel).unwrap();

@@ -61,6 +61,8 @@ pub struct KernelSettings {
     pub ringbuf_bytes: u32,
     /// Report path operations of processes outside sessions by watched prefix.
     pub path_filter: bool,
+    /// Programs not to attach (`kernel.skip_programs`, checked by the configuration).
+    pub skip_programs: Vec<String>,
 }
 
 /// Which programs attached, and which tracepoints this kernel lacks.
@@ -68,6 +70,8 @@ pub struct KernelSettings {
 pub struct AttachReport {
     pub attached: Vec<String>,
     pub missing: Vec<(String, String)>,
+    /// Not attached because the configuration skips them.
+    pub skipped: Vec<String>,
 }
 
 pub struct Kernel {
@@ -156,6 +160,10 @@ impl Kernel {
         let mut report = AttachReport::default();
         let mut links = Vec::new();
         for p in PROGRAMS {
+            if settings.skip_programs.iter().any(|s| s == p.name) {
+                report.skipped.push(p.name.to_owned());
+                continue;
+            }
             let program = ebpf
                 .program_mut(p.name)
                 .ok_or(KernelError::MissingProgram(p.name))?;
@@ -387,6 +395,28 @@ mod tests {
         );
     }
 
+    /// `kernel.skip_programs`: the named programs are reported skipped, not attached.
+    #[test]
+    fn skipped_programs_are_not_attached() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: loading eBPF programs needs root");
+            return;
+        }
+        let skip = ["sys_enter_close", "sys_enter_dup", "sys_exit_dup"];
+        let settings = super::KernelSettings {
+            ringbuf_bytes: 4096,
+            path_filter: true,
+            skip_programs: skip.iter().map(|s| s.to_string()).collect(),
+        };
+        let (_kernel, report) = super::Kernel::load(&settings).unwrap();
+        assert_eq!(report.skipped, skip);
+        assert!(report.attached.iter().all(|a| !skip.contains(&a.as_str())));
+        assert_eq!(
+            report.attached.len() + report.missing.len() + skip.len(),
+            PROGRAMS.len()
+        );
+    }
+
     /// The programs, loaded with logging on, log a record lost to a full ring buffer,
     /// and the record reaches the logger with its level and target.
     #[test]
@@ -402,6 +432,7 @@ mod tests {
             // One page, never read: a few records fill it.
             ringbuf_bytes: 4096,
             path_filter: true,
+            skip_programs: Vec::new(),
         };
         // Trace: every logging branch is live, and must pass the verifier too.
         let (mut kernel, report) =

@@ -18,10 +18,105 @@ pub enum Mode {
     On,
     /// `kernel.path_filter = false`: processes outside sessions only through fanotify.
     OnNoFilter,
+    /// `gate.fanotify = "always"`: the host-wide permission marks from start-up.
+    FanAlways,
+    /// `gate.fanotify = "off"`: no permission group at all.
+    FanOff,
+    /// The default configuration with a group of eBPF programs left unattached
+    /// (`kernel.skip_programs`): one A/B column per group (scenario 1).
+    Skip(Hooks),
 }
 
 impl Mode {
+    /// The modes every build can run.
     pub const ALL: [Mode; 3] = [Mode::Off, Mode::On, Mode::OnNoFilter];
+    /// The `gate.fanotify` modes (builds that have the key).
+    pub const FANOTIFY: [Mode; 2] = [Mode::FanAlways, Mode::FanOff];
+
+    /// Every mode, in the order a round runs them (before rotation).
+    pub fn every() -> Vec<Mode> {
+        let mut v: Vec<Mode> = Mode::ALL.into_iter().chain(Mode::FANOTIFY).collect();
+        v.extend(Hooks::ALL.map(Mode::Skip));
+        v
+    }
+
+    /// Whether a daemon of this mode needs `gate.fanotify`.
+    pub fn needs_fanotify_modes(self) -> bool {
+        matches!(self, Mode::FanAlways | Mode::FanOff)
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Mode::Skip(h) => format!("Skip{h:?}"),
+            m => format!("{m:?}"),
+        }
+    }
+}
+
+/// Groups of eBPF programs a [`Mode::Skip`] daemon leaves unattached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Hooks {
+    /// `write`, `pwrite64`, `writev`, `pwritev`, `pwritev2`: first write through a tracked fd.
+    Writes,
+    /// `close`: forgetting a tracked fd.
+    Close,
+    /// `dup`, `dup2`, `dup3`, `fcntl` (enter and exit): tracking carried to duplicates.
+    Dups,
+    /// All of the above: no descriptor tracking at all.
+    Fds,
+    /// `chdir`, `fchdir` (enter and exit): sessions' working directories.
+    Chdir,
+}
+
+impl Hooks {
+    pub const ALL: [Hooks; 5] = [
+        Hooks::Writes,
+        Hooks::Close,
+        Hooks::Dups,
+        Hooks::Fds,
+        Hooks::Chdir,
+    ];
+
+    /// The programs the group names (`monitor_common::programs::PROGRAMS`).
+    pub fn programs(self) -> Vec<&'static str> {
+        const WRITES: &[&str] = &[
+            "sys_enter_write",
+            "sys_enter_pwrite64",
+            "sys_enter_writev",
+            "sys_enter_pwritev",
+            "sys_enter_pwritev2",
+        ];
+        const DUPS: &[&str] = &[
+            "sys_enter_dup",
+            "sys_exit_dup",
+            "sys_enter_dup2",
+            "sys_enter_dup3",
+            "sys_enter_fcntl",
+            "sys_exit_fcntl",
+        ];
+        match self {
+            Hooks::Writes => WRITES.to_vec(),
+            Hooks::Close => vec!["sys_enter_close"],
+            Hooks::Dups => DUPS.to_vec(),
+            Hooks::Fds => [WRITES, &["sys_enter_close"], DUPS].concat(),
+            Hooks::Chdir => vec![
+                "sys_enter_chdir",
+                "sys_exit_chdir",
+                "sys_enter_fchdir",
+                "sys_exit_fchdir",
+            ],
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Hooks::Writes => "write* (5 programs)",
+            Hooks::Close => "close",
+            Hooks::Dups => "dup*/fcntl (6 programs)",
+            Hooks::Fds => "all descriptor tracking (12 programs)",
+            Hooks::Chdir => "chdir/fchdir (4 programs)",
+        }
+    }
 }
 
 /// Everything that goes into one daemon's configuration file.
@@ -31,7 +126,14 @@ pub struct DaemonSpec {
     pub watch: Vec<PathBuf>,
     /// `kernel.ringbuf_bytes`; None keeps the daemon's default.
     pub ringbuf_bytes: Option<u32>,
-    /// TOML tables appended to the file (scenarios' own sections, e.g. `[gate]`).
+    /// `gate.fanotify` (None: the build's default; builds before it have no such key).
+    pub fanotify: Option<&'static str>,
+    /// `kernel.skip_programs`.
+    pub skip_programs: Vec<&'static str>,
+    /// Give the daemon its own `daemon.supervise_socket` (builds that confine sessions;
+    /// the default path is the host's).
+    pub supervise_socket: bool,
+    /// TOML tables appended to the file (scenarios' own `[[gate.rule]]` tables).
     pub extra_toml: String,
 }
 
@@ -43,14 +145,35 @@ impl DaemonSpec {
             .ringbuf_bytes
             .map(|b| format!("ringbuf_bytes = {b}\n"))
             .unwrap_or_default();
-        // Top-level keys (detect) must precede the tables; scenario tables come last.
+        // Only when set: builds before the key would refuse it (A/B runs with --confgate).
+        let skip = if self.skip_programs.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = self
+                .skip_programs
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect();
+            format!("skip_programs = [{}]\n", names.join(", "))
+        };
+        let supervise = if self.supervise_socket {
+            format!("supervise_socket = {}\n", q(&dir.join("supervise.sock")))
+        } else {
+            String::new()
+        };
+        let gate = self
+            .fanotify
+            .map(|m| format!("[gate]\nfanotify = {m:?}\n"))
+            .unwrap_or_default();
+        // Top-level keys (detect) must precede the tables; `[gate]` precedes the scenarios'
+        // `[[gate.rule]]` tables, which come last.
         format!(
             "detect = []\n\
-             [daemon]\nsocket = {}\nstate_dir = {}\n\
+             [daemon]\nsocket = {}\nstate_dir = {}\n{supervise}\
              [output]\nevents_file = {}\nstdout = \"off\"\nstats_interval_secs = 1\n\
-             [kernel]\npath_filter = {}\n{ring}\
+             [kernel]\npath_filter = {}\n{skip}{ring}\
              [watch]\npaths = [{}]\nproject_roots = []\n\
-             [approval]\nlocal_socket = {}\n{}",
+             [approval]\nlocal_socket = {}\n{gate}{}",
             q(&dir.join("s.sock")),
             q(&dir.join("state")),
             q(&dir.join("events.ndjson")),
@@ -142,6 +265,24 @@ impl Daemon {
             String::from_utf8_lossy(&out.stderr)
         );
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Waits (up to 10 s) until the daemon has no host-wide permission marks placed
+    /// (`gate.fanotify = "detected"` removes them when the last unconfined session ends);
+    /// builds without `gate.fanotify` have no such counter (their marks stay placed).
+    pub fn wait_marks_removed(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let placed = self.stats()?["gate_marks_placed"].as_u64();
+            if placed.is_none_or(|p| p == 0) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the daemon's host-wide marks stayed placed after its sessions ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// User + system CPU time used so far, in clock ticks (USER_HZ).

@@ -14,7 +14,12 @@
 //!    daemon can meet it; the table shows both in the same run.
 //! 5. Approval round trip: every timed open is of a new gated file, so each one is held
 //!    while the request goes through the real approval service (the daemon's local one,
-//!    over its Unix socket) to the auto-approver and the decision comes back.
+//!    over its Unix socket) to the auto-approver and the decision comes back. Builds with
+//!    the `confgate-confine` helper measure it twice: in a confined session (the seccomp
+//!    supervisor holds the open, then performs it and injects the descriptor) and in a
+//!    `--no-confine` session (the fanotify gate). Scenario 4 and scenario 5's first row
+//!    stay on the fanotify gate (`--no-confine`) there, so that they compare across
+//!    builds; scenario 8 measures the confined session's opens.
 use std::collections::BTreeMap;
 
 use anyhow::ensure;
@@ -24,7 +29,7 @@ use super::{
     auto_approver::AutoApprover,
     scenario::{Cx, Daemon, Mode, Row, Scenario, verdict},
     stats::Summary,
-    workload::{self, Latency},
+    workload::{self, How, Latency},
 };
 
 /// Which gate path a variant measures.
@@ -36,6 +41,8 @@ enum Variant {
     Grant,
     /// Scenario 5, one approval per open.
     RoundTrip,
+    /// Scenario 5 in a confined session (builds with the helper).
+    RoundTripConfined,
 }
 
 impl Variant {
@@ -44,6 +51,7 @@ impl Variant {
             Variant::Allow => "gate-allow",
             Variant::Grant => "gate-grant",
             Variant::RoundTrip => "gate-ask",
+            Variant::RoundTripConfined => "gate-ask-confined",
         }
     }
 
@@ -52,6 +60,7 @@ impl Variant {
             Variant::Allow => "allow rule",
             Variant::Grant => "live grant",
             Variant::RoundTrip => "approval round trip",
+            Variant::RoundTripConfined => "approval round trip, confined session (supervisor)",
         }
     }
 }
@@ -97,6 +106,7 @@ fn rule(cx: &Cx, v: Variant) -> String {
         Variant::Allow => ("bench-allow", "allow"),
         Variant::Grant => ("bench-grant", "ask"),
         Variant::RoundTrip => ("bench-ask", "ask"),
+        Variant::RoundTripConfined => ("bench-ask-confined", "ask"),
     };
     format!(
         "[[gate.rule]]\nname = {name:?}\npaths = [\"{}/**\"]\nverdict = {verdict:?}\ntimeout = \"20s\"\n",
@@ -110,6 +120,8 @@ pub struct GateLatency {
     /// Scenario 4: pipe round trips per round, keyed by "pinned to one CPU".
     floor: BTreeMap<bool, Vec<Latency>>,
     approved: u64,
+    /// The build confines `confgate run` sessions.
+    confine: bool,
 }
 
 impl GateLatency {
@@ -119,6 +131,7 @@ impl GateLatency {
             samples: Samples::default(),
             floor: BTreeMap::new(),
             approved: 0,
+            confine: false,
         }
     }
 
@@ -128,12 +141,15 @@ impl GateLatency {
             samples: Samples::default(),
             floor: BTreeMap::new(),
             approved: 0,
+            confine: false,
         }
     }
 
     fn variants(&self) -> &'static [Variant] {
         if self.id == 4 {
             &[Variant::Allow, Variant::Grant]
+        } else if self.confine {
+            &[Variant::RoundTrip, Variant::RoundTripConfined]
         } else {
             &[Variant::RoundTrip]
         }
@@ -146,7 +162,7 @@ impl GateLatency {
             Variant::Allow => (opens, 1, opens / 10),
             Variant::Grant => (opens, 1, 1),
             // A fresh set of files per round: each open needs its own approval.
-            Variant::RoundTrip => {
+            Variant::RoundTrip | Variant::RoundTripConfined => {
                 let n = if cx.plan.quick { 50 } else { 300 };
                 let _ = round;
                 (n, n, 0)
@@ -163,7 +179,7 @@ impl GateLatency {
     fn files(&self, cx: &Cx, v: Variant, round: usize) -> anyhow::Result<std::path::PathBuf> {
         // Round trips need files no grant covers yet: one directory per round (the same
         // for both modes of the round).
-        let sub = if v == Variant::RoundTrip {
+        let sub = if matches!(v, Variant::RoundTrip | Variant::RoundTripConfined) {
             format!("{}/r{round}", v.dir())
         } else {
             v.dir().to_string()
@@ -202,11 +218,12 @@ impl Scenario for GateLatency {
         &[Mode::Off, Mode::On]
     }
 
-    fn daemon_toml(&self, cx: &Cx) -> Option<String> {
+    fn daemon_toml(&mut self, cx: &Cx) -> Option<String> {
         // Every round's files exist before any daemon starts: a directory created inside a
         // gated tree while the daemon runs is marked only once the daemon has seen it
         // appear, and opens in it before that are not held (a round measured 2 µs "round
         // trips" that way).
+        self.confine = cx.features.confine;
         for &v in self.variants() {
             for round in 0..cx.plan.rounds {
                 if let Err(e) = self.files(cx, v, round) {
@@ -231,7 +248,12 @@ impl Scenario for GateLatency {
         for &v in self.variants() {
             let dir = self.files(cx, v, round)?;
             let (ops, files, warmup) = self.sizes(cx, v, round);
-            let l = workload::latency(cx, &dir, ops, files, warmup, daemon)?;
+            let how = How {
+                read: false,
+                no_confine: v != Variant::RoundTripConfined,
+                seccomp: None,
+            };
+            let l = workload::latency(cx, &dir, ops, files, warmup, daemon, how)?;
             self.samples.0.entry((v, mode)).or_default().push(l);
         }
         if let Some(a) = approver {

@@ -7,8 +7,11 @@ mod daemon;
 mod gate_latency;
 mod idle;
 mod loop_cost;
+mod macro_build;
+mod mechanisms;
 mod report;
 mod scenario;
+mod session_opens;
 mod session_rate;
 mod startup;
 mod stats;
@@ -24,7 +27,7 @@ use anyhow::{Context as _, ensure};
 use serde_json::{Value, json};
 
 use daemon::{Daemon, DaemonSpec, Mode};
-use scenario::{Cx, Plan};
+use scenario::{Cx, Features, Plan};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -141,12 +144,7 @@ fn machine() -> Value {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let load = loadavg();
     let bpf_stats = std::fs::read_to_string(BPF_STATS)
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
@@ -157,6 +155,16 @@ fn machine() -> Value {
         "loadavg_1m_at_start": load,
         "bpf_stats_enabled_before_run": bpf_stats,
     })
+}
+
+/// The 1-minute load average (the machine is shared: other builds run meanwhile).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 fn now_utc() -> String {
@@ -218,7 +226,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     eprintln!("building release binaries...");
     if a.confgate.is_none() {
-        cargo_build(&["-p", "monitor", "--bin", "confgate"])?;
+        // Every binary of the crate: `confgate` and, where the build has it, the
+        // `confgate-confine` helper that `confgate run` execs.
+        cargo_build(&["-p", "monitor", "--bins"])?;
     }
     cargo_build(&["-p", "xtask"])?;
     eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
@@ -241,7 +251,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         xtask: target_dir().join("release/xtask"),
         watched: fs.join("watched"),
         unwatched: fs.join("unwatched"),
+        features: Features::default(),
     };
+    let cx = Cx {
+        features: Features::probe(&cx.confgate, scratch.path()),
+        ..cx
+    };
+    eprintln!("daemon build: {:?}", cx.features);
     for d in [&cx.watched, &cx.unwatched] {
         std::fs::create_dir_all(d)?;
     }
@@ -259,17 +275,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     // default list, so the defaults are written out).
     let extra_toml: String = shipped_gate_rules()?
         + &scenarios
-            .iter()
+            .iter_mut()
             .filter_map(|s| s.daemon_toml(&cx))
             .collect::<String>();
-    let spec = |path_filter| DaemonSpec {
-        path_filter,
+    let spec = |mode: Mode| DaemonSpec {
+        path_filter: mode != Mode::OnNoFilter,
         watch: watch.clone(),
         ringbuf_bytes: a.ringbuf_bytes,
+        fanotify: match mode {
+            Mode::FanAlways => Some("always"),
+            Mode::FanOff => Some("off"),
+            _ => None,
+        },
+        skip_programs: match mode {
+            Mode::Skip(h) => h.programs(),
+            _ => Vec::new(),
+        },
+        supervise_socket: cx.features.confine,
         extra_toml: extra_toml.clone(),
     };
-    let modes: Vec<Mode> = Mode::ALL
+    let modes: Vec<Mode> = Mode::every()
         .into_iter()
+        .filter(|m| cx.features.fanotify_modes || !m.needs_fanotify_modes())
         .filter(|m| scenarios.iter().any(|s| s.modes().contains(m)))
         .collect();
 
@@ -279,10 +306,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let t = Instant::now();
             let daemon = match mode {
                 Mode::Off => None,
-                Mode::On => Some(Daemon::start(&cx.confgate, scratch.path(), &spec(true))?),
-                Mode::OnNoFilter => {
-                    Some(Daemon::start(&cx.confgate, scratch.path(), &spec(false))?)
-                }
+                m => Some(Daemon::start(&cx.confgate, scratch.path(), &spec(m))?),
             };
             for s in scenarios.iter_mut().filter(|s| s.modes().contains(&mode)) {
                 s.measure(&cx, round, mode, daemon.as_ref())
@@ -316,11 +340,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "ops_per_run": plan.ops,
         "ringbuf_bytes": a.ringbuf_bytes,
         "machine": machine,
+        "daemon_build": {
+            "gate_fanotify_modes": cx.features.fanotify_modes,
+            "confine_helper": cx.features.confine,
+        },
     });
     for s in &scenarios {
         results[s.key()] = s.results();
     }
     results["wall_secs"] = json!(started.elapsed().as_secs_f64());
+    results["machine"]["loadavg_1m_at_end"] = json!(loadavg());
     let rows: Vec<_> = scenarios.iter().flat_map(|s| s.rows()).collect();
     let table = report::render(&results, &rows);
     println!("{table}");

@@ -37,6 +37,37 @@ pub struct Cx {
     /// On a tmpfs: a directory in the daemon's watch set, and one outside it.
     pub watched: PathBuf,
     pub unwatched: PathBuf,
+    /// What the measured build supports (probed at the start of the run).
+    pub features: Features,
+}
+
+/// Parts of the product that builds before issue 15 lack: scenarios that need them
+/// measure what the build has and say so.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Features {
+    /// `gate.fanotify = "off" | "detected" | "always"`.
+    pub fanotify_modes: bool,
+    /// `confgate run` confines sessions (the `confgate-confine` helper beside the binary).
+    pub confine: bool,
+}
+
+impl Features {
+    pub fn probe(confgate: &Path, scratch: &Path) -> Features {
+        let file = scratch.join("probe.toml");
+        let fanotify_modes = std::fs::write(&file, "[gate]\nfanotify = \"off\"\n").is_ok()
+            && std::process::Command::new(confgate)
+                .arg("check-config")
+                .arg(&file)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        let confine = confgate.with_file_name("confgate-confine").exists();
+        Features {
+            fanotify_modes,
+            confine,
+        }
+    }
 }
 
 impl Cx {
@@ -82,8 +113,9 @@ pub trait Scenario {
     fn key(&self) -> &'static str;
     /// Modes it measures in (empty: not measured, e.g. not built yet).
     fn modes(&self) -> &'static [Mode];
-    /// TOML tables it needs in the daemon's configuration file.
-    fn daemon_toml(&self, _cx: &Cx) -> Option<String> {
+    /// TOML tables it needs in the daemon's configuration file. Called once, before the
+    /// first daemon starts (scenarios also prepare their files here).
+    fn daemon_toml(&mut self, _cx: &Cx) -> Option<String> {
         None
     }
     /// Measure once in `round` with the daemon of `mode` (None when off).
@@ -111,7 +143,8 @@ pub trait Scenario {
 /// first (a fresh daemon), then start-up, then the workloads.
 pub fn all() -> Vec<Box<dyn Scenario>> {
     use super::{
-        gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, session_rate::SessionRate,
+        gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, macro_build::MacroBuild,
+        mechanisms::Mechanisms, session_opens::SessionOpens, session_rate::SessionRate,
         startup::Startup,
     };
     vec![
@@ -122,5 +155,8 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(SessionRate::default()),
         Box::new(GateLatency::decision()),
         Box::new(GateLatency::round_trip()),
+        Box::new(SessionOpens::default()),
+        Box::new(MacroBuild::default()),
+        Box::new(Mechanisms::default()),
     ]
 }

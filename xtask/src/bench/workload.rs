@@ -8,17 +8,32 @@ use super::scenario::{Cx, Daemon};
 
 /// `xtask`, or `confgate run -- xtask` in a new session of `session`'s daemon.
 fn worker_command(cx: &Cx, session: Option<&Daemon>) -> Command {
+    worker_command_with(cx, session, false)
+}
+
+/// [`worker_command`]; `no_confine`: `confgate run --no-confine` (builds that confine).
+fn worker_command_with(cx: &Cx, session: Option<&Daemon>, no_confine: bool) -> Command {
     match session {
         Some(d) => {
-            let mut c = Command::new(&cx.confgate);
-            c.arg("--config")
-                .arg(&d.config)
-                .args(["run", "--agent", "bench", "--"])
-                .arg(&cx.xtask);
+            let mut c = session_command(cx, d, no_confine);
+            c.arg(&cx.xtask);
             c
         }
         None => Command::new(&cx.xtask),
     }
+}
+
+/// `confgate --config <daemon's> run --agent bench [--no-confine] --`: append the command.
+pub fn session_command(cx: &Cx, d: &Daemon, no_confine: bool) -> Command {
+    let mut c = Command::new(&cx.confgate);
+    c.arg("--config")
+        .arg(&d.config)
+        .args(["run", "--agent", "bench"]);
+    if no_confine && cx.features.confine {
+        c.arg("--no-confine");
+    }
+    c.arg("--");
+    c
 }
 
 /// Runs the worker and parses the JSON object it prints.
@@ -39,7 +54,8 @@ pub fn run(cx: &Cx, dir: &Path, ops: u64, session: Option<&Daemon>) -> anyhow::R
     run_paced(cx, dir, ops, session, None)
 }
 
-/// [`run`], paced to `rate` iterations per second when given.
+/// [`run`], paced to `rate` iterations per second when given; a session is started with
+/// `--no-confine` (see scenario 3).
 pub fn run_paced(
     cx: &Cx,
     dir: &Path,
@@ -47,7 +63,7 @@ pub fn run_paced(
     session: Option<&Daemon>,
     rate: Option<u64>,
 ) -> anyhow::Result<f64> {
-    let mut cmd = worker_command(cx, session);
+    let mut cmd = worker_command_with(cx, session, true);
     cmd.arg("worker")
         .arg("--dir")
         .arg(dir)
@@ -56,6 +72,32 @@ pub fn run_paced(
         .args(rate.map(|r| format!("--rate={r}")));
     let v = output_of(&mut cmd)?;
     v["ns_per_op"].as_f64().context("worker output: ns_per_op")
+}
+
+/// ns per call of one system call (`xtask worker --syscall NAME`), outside any session.
+pub fn syscall(cx: &Cx, dir: &Path, name: &str, ops: u64) -> anyhow::Result<f64> {
+    let mut cmd = worker_command(cx, None);
+    cmd.args(["worker", "--syscall", name, "--dir"])
+        .arg(dir)
+        .args([
+            "--ops",
+            &ops.to_string(),
+            "--warmup",
+            &(ops / 10).to_string(),
+        ]);
+    let v = output_of(&mut cmd)?;
+    v["ns_per_op"].as_f64().context("worker output: ns_per_op")
+}
+
+/// How the worker of [`latency`] runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct How {
+    /// Open read-only instead of for writing.
+    pub read: bool,
+    /// `confgate run --no-confine`: an unconfined session (fanotify gate).
+    pub no_confine: bool,
+    /// `xtask worker --seccomp HOW` (scenario 10).
+    pub seccomp: Option<&'static str>,
 }
 
 /// Per-open latencies of `xtask worker --latency`.
@@ -67,7 +109,7 @@ pub struct Latency {
 }
 
 /// Time `ops` opens of `files` existing files in `dir` (after `warmup` untimed ones),
-/// inside a session of `session` when given.
+/// inside a session of `session` when given, run as `how` says.
 pub fn latency(
     cx: &Cx,
     dir: &Path,
@@ -75,12 +117,19 @@ pub fn latency(
     files: u64,
     warmup: u64,
     session: Option<&Daemon>,
+    how: How,
 ) -> anyhow::Result<Latency> {
-    let mut cmd = worker_command(cx, session);
+    let mut cmd = worker_command_with(cx, session, how.no_confine);
     cmd.args(["worker", "--latency", "--dir"])
         .arg(dir)
         .args(["--ops", &ops.to_string(), "--files", &files.to_string()])
         .args(["--warmup", &warmup.to_string()]);
+    if how.read {
+        cmd.arg("--read");
+    }
+    if let Some(s) = how.seccomp {
+        cmd.args(["--seccomp", s]);
+    }
     parse_latency(&output_of(&mut cmd)?)
 }
 
