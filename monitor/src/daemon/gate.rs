@@ -81,6 +81,13 @@ fn local_service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
     Ok(sc)
 }
 
+/// The gate's part in confined sessions: their supervisors, and the sessions whose
+/// listeners the service manager passed back (their holds resume).
+pub struct ConfinedSessions {
+    pub supervisors: Arc<Supervisors>,
+    pub resuming: std::collections::HashSet<u64>,
+}
+
 impl GateRuntime {
     /// Starts everything the gate needs. `oracle` tells the local approval service the
     /// session of a caller (from the kernel's session map).
@@ -91,9 +98,12 @@ impl GateRuntime {
         sessions: SessionRegistry,
         kernel: &Mutex<Kernel>,
         oracle: Arc<dyn SessionOracle>,
-        supervisors: Arc<Supervisors>,
-        resuming: std::collections::HashSet<u64>,
+        confined: ConfinedSessions,
     ) -> anyhow::Result<GateRuntime> {
+        let ConfinedSessions {
+            supervisors,
+            resuming,
+        } = confined;
         let host = oracle.host();
         let oracle_key = oracle.attestation_key();
         let ledger_path = ledger::default_path(&cfg.daemon.state_dir);

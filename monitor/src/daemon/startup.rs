@@ -356,8 +356,10 @@ async fn start_gate(
             shared.registry.clone(),
             &shared.kernel,
             oracle,
-            shared.supervisors.clone(),
-            resuming,
+            gate::ConfinedSessions {
+                supervisors: shared.supervisors.clone(),
+                resuming,
+            },
         )
         .await?;
         let _ = shared.gate.set(Arc::new(g));

@@ -36,6 +36,7 @@ pub mod host;
 pub mod landlock;
 pub mod limits;
 pub mod memory;
+pub mod pathops;
 pub mod poll;
 pub mod procfs;
 pub mod sdnotify;

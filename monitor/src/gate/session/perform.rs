@@ -8,7 +8,7 @@
 //! (`unshare(CLONE_FS)`), so setting the caller's umask there leaves the daemon's alone.
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::ops::{Kind, Op};
 use super::resolve::Target;
 use crate::os::creds::{self, FsCreds};
+use crate::os::pathops;
 use crate::os::seccomp::notify;
 
 /// Longest xattr value a caller may set through the supervisor (the kernel's limit).
@@ -56,40 +57,15 @@ fn cstr(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-fn check(r: libc::c_int) -> io::Result<i64> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(i64::from(r))
-    }
-}
-
 /// What performing gave: a descriptor to inject, or a return value.
 enum Done {
     Fd(OwnedFd, bool),
     Value(i64),
 }
 
-fn pidfd_getfd(tgid: u32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, tgid as libc::pid_t, 0) };
-    if pidfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pidfd is a descriptor we own from here.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    // SAFETY: pidfd_getfd duplicates descriptor `fd` of the process into ours.
-    let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
-}
-
 /// A copy of the caller's descriptor `fd` (for fchmod, fchown, fsetxattr).
 pub fn caller_fd(tgid: u32, fd: i32) -> io::Result<OwnedFd> {
-    pidfd_getfd(tgid, fd).map_err(|e| match e.raw_os_error() {
+    pathops::pidfd_getfd(tgid, fd).map_err(|e| match e.raw_os_error() {
         Some(libc::EBADF) => e,
         _ => io::Error::from_raw_os_error(libc::EBADF),
     })
@@ -142,151 +118,65 @@ fn perform(j: &Job) -> io::Result<Done> {
         t0.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
             .and_then(cstr)
     };
-    // SAFETY (for every libc call below): the C strings live until the call returns; the
-    // other arguments are plain integers.
+    let value = |r: io::Result<i64>| r.map(Done::Value);
     match &j.op.kind {
         Kind::Open { .. } => {
             let (flags, mode) = open_how(j)?;
-            let existed = j.targets.first().is_some_and(|t| t.found.is_some());
-            let p = path()?;
-            let fd = check(unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
-            // SAFETY: open returned a new descriptor we own.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            let _ = existed;
+            let fd = pathops::open(&path()?, flags, mode)?;
             Ok(Done::Fd(fd, flags & libc::O_CLOEXEC != 0))
         }
         Kind::Rename { flags } => {
             let (a, b) = two(j)?;
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_renameat2,
-                    libc::AT_FDCWD,
-                    a.as_ptr(),
-                    libc::AT_FDCWD,
-                    b.as_ptr(),
-                    *flags,
-                )
-            };
-            check(r as i32).map(Done::Value)
+            value(pathops::rename(&a, &b, *flags))
         }
         Kind::Link { .. } => {
             let (a, b) = two(j)?;
-            check(unsafe {
-                libc::linkat(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), 0)
-            })
-            .map(Done::Value)
+            value(pathops::link(&a, &b))
         }
         Kind::Symlink { target } => {
             let content = notify::read_cstr(j.tid, *target, super::resolve::MAX_PATH)?;
             let content =
                 CString::new(content).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            let p = path()?;
-            check(unsafe { libc::symlink(content.as_ptr(), p.as_ptr()) }).map(Done::Value)
+            value(pathops::symlink(&content, &path()?))
         }
-        Kind::Unlink { dir } => {
-            let p = path()?;
-            let flag = if *dir { libc::AT_REMOVEDIR } else { 0 };
-            check(unsafe { libc::unlinkat(libc::AT_FDCWD, p.as_ptr(), flag) }).map(Done::Value)
-        }
-        Kind::Mkdir { mode } => {
-            let p = path()?;
-            check(unsafe { libc::mkdir(p.as_ptr(), *mode) }).map(Done::Value)
-        }
-        Kind::Mknod { mode, dev } => {
-            let p = path()?;
-            check(unsafe { libc::mknod(p.as_ptr(), *mode, *dev) }).map(Done::Value)
-        }
-        Kind::Truncate { len } => {
-            let p = path()?;
-            check(unsafe { libc::truncate(p.as_ptr(), *len) }).map(Done::Value)
-        }
-        Kind::Chmod { mode, nofollow } => {
-            let p = path()?;
-            let flags = if *nofollow {
-                libc::AT_SYMLINK_NOFOLLOW
-            } else {
-                0
-            };
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_fchmodat2,
-                    libc::AT_FDCWD,
-                    p.as_ptr(),
-                    *mode,
-                    flags,
-                )
-            };
-            if r < 0
-                && flags == 0
-                && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS)
-            {
-                return check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), *mode, 0) })
-                    .map(Done::Value);
-            }
-            check(r as i32).map(Done::Value)
-        }
+        Kind::Unlink { dir } => value(pathops::unlink(&path()?, *dir)),
+        Kind::Mkdir { mode } => value(pathops::mkdir(&path()?, *mode)),
+        Kind::Mknod { mode, dev } => value(pathops::mknod(&path()?, *mode, *dev)),
+        Kind::Truncate { len } => value(pathops::truncate(&path()?, *len)),
+        Kind::Chmod { mode, nofollow } => value(pathops::chmod(&path()?, *mode, *nofollow)),
         Kind::Chown { uid, gid, nofollow } => {
-            let p = path()?;
-            let flags = if *nofollow {
-                libc::AT_SYMLINK_NOFOLLOW
-            } else {
-                0
-            };
-            check(unsafe { libc::fchownat(libc::AT_FDCWD, p.as_ptr(), *uid, *gid, flags) })
-                .map(Done::Value)
+            value(pathops::chown(&path()?, *uid, *gid, *nofollow))
         }
         Kind::FdChmod { fd, mode } => {
             let f = caller_fd(j.tgid, *fd)?;
-            check(unsafe { libc::fchmod(f.as_raw_fd(), *mode) }).map(Done::Value)
+            value(pathops::fchmod(f.as_fd(), *mode))
         }
         Kind::FdChown { fd, uid, gid } => {
             let f = caller_fd(j.tgid, *fd)?;
-            check(unsafe { libc::fchown(f.as_raw_fd(), *uid, *gid) }).map(Done::Value)
+            value(pathops::fchown(f.as_fd(), *uid, *gid))
         }
         Kind::Xattr { nofollow, set } => {
             let p = path()?;
-            let (name, value, flags) = xattr_args(j)?;
-            let r = match (set, nofollow) {
-                (true, false) => unsafe {
-                    libc::setxattr(
-                        p.as_ptr(),
-                        name.as_ptr(),
-                        value.as_ptr().cast(),
-                        value.len(),
-                        flags,
-                    )
-                },
-                (true, true) => unsafe {
-                    libc::lsetxattr(
-                        p.as_ptr(),
-                        name.as_ptr(),
-                        value.as_ptr().cast(),
-                        value.len(),
-                        flags,
-                    )
-                },
-                (false, false) => unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) },
-                (false, true) => unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) },
+            let (name, v, flags) = xattr_args(j)?;
+            let on = pathops::XattrOn::Path {
+                path: &p,
+                nofollow: *nofollow,
             };
-            check(r).map(Done::Value)
+            value(pathops::xattr(
+                on,
+                &name,
+                set.then_some((v.as_slice(), flags)),
+            ))
         }
         Kind::FdXattr { fd, set } => {
             let f = caller_fd(j.tgid, *fd)?;
-            let (name, value, flags) = xattr_args(j)?;
-            let r = if *set {
-                unsafe {
-                    libc::fsetxattr(
-                        f.as_raw_fd(),
-                        name.as_ptr(),
-                        value.as_ptr().cast(),
-                        value.len(),
-                        flags,
-                    )
-                }
-            } else {
-                unsafe { libc::fremovexattr(f.as_raw_fd(), name.as_ptr()) }
-            };
-            check(r).map(Done::Value)
+            let (name, v, flags) = xattr_args(j)?;
+            let on = pathops::XattrOn::Fd(f.as_fd());
+            value(pathops::xattr(
+                on,
+                &name,
+                set.then_some((v.as_slice(), flags)),
+            ))
         }
     }
 }
@@ -311,11 +201,9 @@ pub fn perform_and_answer(
     }
     let umask = j.creds.umask;
     let done = match creds::as_writer(&j.creds, || {
-        // SAFETY: umask only swaps this thread's (unshared) mask.
-        let old = unsafe { libc::umask(umask as libc::mode_t) };
+        let old = pathops::umask(umask);
         let r = perform(j);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
+        pathops::umask(old);
         r
     }) {
         Ok(r) => r,
@@ -355,8 +243,7 @@ pub fn perform_and_answer(
 /// Gives the calling thread its own filesystem context (umask, cwd), so that a performer
 /// can set the caller's umask without touching the daemon's.
 pub fn unshare_fs() -> io::Result<()> {
-    // SAFETY: unshare(CLONE_FS) only copies this thread's fs_struct.
-    check(unsafe { libc::unshare(libc::CLONE_FS) }).map(|_| ())
+    pathops::unshare_fs()
 }
 
 /// Shared by a session's supervisor and performer.

@@ -124,6 +124,9 @@ counters! {
     holds_lost,
 }
 
+/// A supervised session's listener and its performer's queue.
+pub(super) type SessionHandle = (Arc<OwnedFd>, std::sync::mpsc::SyncSender<Job>);
+
 pub(super) struct Wiring {
     pub(super) decider: Arc<dyn Decider>,
     pub(super) held: mpsc::Sender<Held>,
@@ -141,7 +144,7 @@ pub struct Supervisors {
     /// Where held operations are recorded for a restart.
     pub(super) store: OnceLock<Store>,
     /// Each supervised session's listener and performer queue (for resumed holds).
-    pub(super) handles: Mutex<HashMap<u64, (Arc<OwnedFd>, std::sync::mpsc::SyncSender<Job>)>>,
+    pub(super) handles: Mutex<HashMap<u64, SessionHandle>>,
     pub(super) live: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     pub(super) counters: Arc<SupervisorCounters>,
     pub(super) perform: Arc<PerformCounters>,
