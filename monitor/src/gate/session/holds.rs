@@ -16,8 +16,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::common::{SessionHandle, SupervisorCounters, lock, open_for_preimage};
 use super::perform::Job;
-use super::supervisor::{SupervisorCounters, Supervisors, lock, open_for_preimage};
 use crate::gate::Verdict;
 use crate::gate::listener::{Held, OpAnswer, OpFacts, PermEvent};
 use crate::os::seccomp::notify;
@@ -94,14 +94,17 @@ impl OpAnswer for Deferred {
     }
 }
 
-impl Supervisors {
-    /// After a restart, once the restored listeners are attached: every recorded held
-    /// operation whose caller still waits goes to the engine again (which attaches it to
-    /// its pending request); the others are forgotten and counted. Returns (resumed, lost).
-    pub fn resume_holds(&self) -> (Vec<u64>, usize) {
-        let (Some(store), Some(w)) = (self.store.get(), self.wiring.get()) else {
-            return (Vec::new(), 0);
-        };
+/// After a restart, once the restored listeners are attached: every recorded held
+/// operation whose caller still waits goes to the engine again (which attaches it to its
+/// pending request); the others are forgotten and counted. Returns the request of each
+/// one resumed, and how many were lost.
+pub(super) fn resume(
+    store: &Store,
+    held: &tokio::sync::mpsc::Sender<Held>,
+    handles: &std::sync::Mutex<std::collections::HashMap<u64, SessionHandle>>,
+    counters: &SupervisorCounters,
+) -> (Vec<u64>, usize) {
+    {
         let records = match store.scan(HOLDS) {
             Ok(r) => r
                 .into_iter()
@@ -118,13 +121,13 @@ impl Supervisors {
         };
         let (mut resumed, mut lost) = (Vec::new(), 0);
         for (id, r) in records {
-            let handle = lock(&self.handles).get(&r.session).cloned();
+            let handle = lock(handles).get(&r.session).cloned();
             let live = handle
                 .as_ref()
                 .is_some_and(|(l, _)| r.job.id == id && notify::id_valid(&**l, id));
             let Some((listener, jobs)) = handle.filter(|_| live) else {
                 lost += 1;
-                SupervisorCounters::inc(&self.counters.holds_lost);
+                SupervisorCounters::inc(&counters.holds_lost);
                 warn!(
                     session = r.session,
                     notification = id,
@@ -172,12 +175,12 @@ impl Supervisors {
                 store: Some(store.clone()),
                 record: r,
             };
-            if w.held
+            if held
                 .try_send(Held::for_op(event, fail, Box::new(answer)))
                 .is_ok()
             {
                 resumed.extend(key);
-                SupervisorCounters::inc(&self.counters.holds_resumed);
+                SupervisorCounters::inc(&counters.holds_resumed);
             }
         }
         (resumed, lost)

@@ -18,6 +18,7 @@
 //! - [`resume`]: what outlives a daemon restart: the listeners in systemd's descriptor
 //!   store, the specs in the daemon's store, and pairing them again at start-up.
 //! - [`wire`]: the supervise socket's messages.
+mod common;
 pub mod confine;
 pub mod handoff;
 pub mod holds;

@@ -1,6 +1,9 @@
 //! Decoding a notified syscall into the operation it asks for: its kind, the paths it
 //! names (as the caller's pointers, read later) and its flags. Every value comes from the
 //! watched process; nothing here trusts it beyond its type.
+use std::io;
+
+use crate::os::seccomp::notify;
 use crate::policy::OpSet;
 
 /// `setxattrat(2)` and `removexattrat(2)` (Linux 6.13; the same number on every
@@ -334,10 +337,10 @@ impl Op {
 }
 
 /// The errno the kernel would fail `op` with, from what is at its resolved `targets`
-/// (`exists[i]`), for the cases that need no permission check: a name that must not
+/// (`exists[i]`: something is at path `i`), for the cases that need no permission check: a name that must not
 /// exist and does, or one that must exist and does not.
-pub fn bound_to_fail(op: &Op, targets: &[super::resolve::Target]) -> Option<i32> {
-    let exists = |i: usize| targets.get(i).is_some_and(|t| t.found.is_some());
+pub fn bound_to_fail(op: &Op, exists: &[bool]) -> Option<i32> {
+    let exists = |i: usize| exists.get(i).copied().unwrap_or(false);
     let must_exist = |i: usize| (!exists(i)).then_some(libc::ENOENT);
     let must_not_exist = |i: usize| exists(i).then_some(libc::EEXIST);
     match op.kind {
@@ -365,6 +368,24 @@ pub fn bound_to_fail(op: &Op, targets: &[super::resolve::Target]) -> Option<i32>
         }
         _ => None,
     }
+}
+
+/// Reads `openat2`'s `open_how` (flags, mode) from the caller.
+pub fn read_open_how(tid: u32, how: u64, size: u64) -> io::Result<(i32, u32)> {
+    const VER0: u64 = 24;
+    if size < VER0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let b = notify::read_bytes(tid, how, VER0 as usize)?;
+    let word = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[i * 8..i * 8 + 8]);
+        u64::from_ne_bytes(a)
+    };
+    let (flags, mode) = (word(0), word(1));
+    let flags = i32::try_from(flags).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mode = u32::try_from(mode).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok((flags, mode))
 }
 
 #[cfg(test)]

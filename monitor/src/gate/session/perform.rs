@@ -104,7 +104,7 @@ fn open_how(j: &Job) -> io::Result<(i32, u32)> {
             ..
         } => Ok((flags, mode)),
         Kind::Open { how, how_size, .. } => {
-            let (flags, mode) = super::supervisor::read_open_how(j.tid, how, how_size)?;
+            let (flags, mode) = super::ops::read_open_how(j.tid, how, how_size)?;
             Ok((flags, mode))
         }
         _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),

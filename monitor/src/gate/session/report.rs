@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::common::SupervisorCounters;
 use super::ops::{Kind, Op};
 use super::resolve::Target;
-use super::supervisor::SupervisorCounters;
 use crate::event::Kind as EvKind;
 use crate::observe::supervised::Supervised;
 

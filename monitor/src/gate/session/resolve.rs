@@ -14,7 +14,6 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use super::ops::RawPath;
 use crate::os::seccomp::notify::read_cstr;
 
 /// Longest path read from a caller (`PATH_MAX` without its NUL).
@@ -83,9 +82,9 @@ pub fn base_of(tid: u32, dirfd: i32) -> io::Result<PathBuf> {
     Ok(p)
 }
 
-/// Reads the path argument `raw` of thread `tid`.
-pub fn read(tid: u32, raw: RawPath) -> io::Result<Vec<u8>> {
-    read_cstr(tid, raw.addr, MAX_PATH)
+/// Reads the path argument at `addr` of thread `tid`.
+pub fn read(tid: u32, addr: u64) -> io::Result<Vec<u8>> {
+    read_cstr(tid, addr, MAX_PATH)
 }
 
 /// Whether the last component of `bytes` is `.` or `..` (the name itself cannot be made,

@@ -17,15 +17,16 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::ConfineSpec;
+use super::common::{SessionHandle, SupervisorCounters, lock, open_for_preimage};
 use super::holds::{Deferred, HoldRecord};
 use super::ops::{self, Kind, Op};
 use super::perform::{self, Job, PerformCounters};
@@ -76,57 +77,6 @@ pub enum SupervisorError {
     Already(u64),
 }
 
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
-        /// Counters of every supervisor since start-up (`confgate stats`: `session_*`).
-        #[derive(Debug, Default)]
-        pub struct SupervisorCounters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-
-        impl SupervisorCounters {
-            /// Every counter with its name.
-            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![$((concat!("session_", stringify!($name)), self.$name.load(Ordering::Relaxed)),)*]
-            }
-        }
-    };
-}
-
-counters! {
-    /// Listeners attached.
-    attached,
-    /// Notifications received.
-    notifications,
-    /// Answered CONTINUE (every target covered by Landlock).
-    continued,
-    /// Allowed by the decider and performed by the supervisor.
-    allowed,
-    /// Denied by the decider (`EPERM`).
-    denied,
-    /// Handed to the engine.
-    deferred,
-    /// Could not be handed to the engine (queue full or closed): failure verdict applied.
-    defer_failed,
-    /// Paths that could not be read or resolved (answered with the errno).
-    resolve_errors,
-    /// Syscalls refused outright (`setxattrat`, unknown numbers): `ENOSYS`.
-    refused,
-    /// Callers gone before they were answered.
-    caller_gone,
-    /// Answers the kernel refused.
-    answer_errors,
-    /// Reports of answered operations the event pipeline's queue had no room for.
-    observe_dropped,
-    /// Held operations taken again after a restart.
-    holds_resumed,
-    /// Recorded held operations whose caller was gone at a restart.
-    holds_lost,
-}
-
-/// A supervised session's listener and its performer's queue.
-pub(super) type SessionHandle = (Arc<OwnedFd>, std::sync::mpsc::SyncSender<Job>);
-
 pub(super) struct Wiring {
     pub(super) decider: Arc<dyn Decider>,
     pub(super) held: mpsc::Sender<Held>,
@@ -148,10 +98,6 @@ pub struct Supervisors {
     pub(super) live: Mutex<HashMap<u64, Arc<AtomicBool>>>,
     pub(super) counters: Arc<SupervisorCounters>,
     pub(super) perform: Arc<PerformCounters>,
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Supervisors {
@@ -179,6 +125,18 @@ impl Supervisors {
     /// Records held operations in `store`, so that a restarted daemon can answer them.
     pub fn persist_into(&self, store: Store) {
         let _ = self.store.set(store);
+    }
+
+    /// After a restart, once the restored listeners are attached: every recorded held
+    /// operation whose caller still waits goes to the engine again; see
+    /// [`super::holds::resume`].
+    pub fn resume_holds(&self) -> (Vec<u64>, usize) {
+        match (self.store.get(), self.wiring.get()) {
+            (Some(store), Some(w)) => {
+                super::holds::resume(store, &w.held, &self.handles, &self.counters)
+            }
+            _ => (Vec::new(), 0),
+        }
     }
 
     /// Counters, for `confgate stats`.
@@ -282,30 +240,6 @@ impl Supervisors {
             stop.store(true, Ordering::Relaxed);
         }
     }
-}
-
-impl SupervisorCounters {
-    pub(super) fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Reads `openat2`'s `open_how` (flags, mode) from the caller.
-pub fn read_open_how(tid: u32, how: u64, size: u64) -> io::Result<(i32, u32)> {
-    const VER0: u64 = 24;
-    if size < VER0 {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let b = notify::read_bytes(tid, how, VER0 as usize)?;
-    let word = |i: usize| {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[i * 8..i * 8 + 8]);
-        u64::from_ne_bytes(a)
-    };
-    let (flags, mode) = (word(0), word(1));
-    let flags = i32::try_from(flags).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mode = u32::try_from(mode).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    Ok((flags, mode))
 }
 
 fn performer(
@@ -418,7 +352,7 @@ impl Supervisor {
         if let Kind::Open { how, how_size, .. } = op.kind
             && how != 0
         {
-            match read_open_how(tid, how, how_size) {
+            match ops::read_open_how(tid, how, how_size) {
                 Ok((flags, _)) if !ops::open_writes(flags) => {
                     return self.answer_continue(n.id);
                 }
@@ -565,7 +499,7 @@ impl Supervisor {
             _ => {}
         }
         for (i, raw) in op.paths.iter().enumerate() {
-            let bytes = resolve::read(tid, *raw)?;
+            let bytes = resolve::read(tid, raw.addr)?;
             let names_itself = matches!(
                 op.kind,
                 Kind::Rename { .. }
@@ -606,7 +540,8 @@ impl Supervisor {
         // What the kernel would refuse anyway is refused without asking anyone (an
         // approver must not be asked about `mv`'s RENAME_NOREPLACE attempt that can only
         // fail with EEXIST).
-        if let Some(errno) = ops::bound_to_fail(op, targets) {
+        let exists: Vec<bool> = targets.iter().map(|t| t.found.is_some()).collect();
+        if let Some(errno) = ops::bound_to_fail(op, &exists) {
             return Plan::Error(errno);
         }
         let mut deferred = None;
@@ -653,18 +588,6 @@ impl Supervisor {
         }
         deferred.unwrap_or(Plan::Perform)
     }
-}
-
-/// The target, opened read-only for its pre-image (never blocking on a FIFO, never
-/// following a symlink).
-pub(super) fn open_for_preimage(path: &Path) -> Option<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .ok()
-        .map(OwnedFd::from)
 }
 
 /// Regular files with more than one name beneath the paths the spec does not cover, by
