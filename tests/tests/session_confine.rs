@@ -1,9 +1,5 @@
 //! Confined sessions (`confgate run` without `--no-confine`): the setuid helper, the
 //! supervise socket, and what a confined session can no longer do.
-//!
-//! The tests marked "needs the supervisor" fail until `Supervisors::attach` accepts a
-//! listener (issue 15, lead's part): today every confined run ends with 125, which is
-//! what `stub_supervisor_refuses_and_nothing_runs` checks (remove that one then).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -173,7 +169,14 @@ fn sudo_works_inside_a_confined_session() {
         );
         return;
     }
-    let g = gate();
+    // A hold rule: the write sudo's root shell makes is held and performed once approved.
+    let g = Gate::start(|w| {
+        e2e::gate::rule(
+            w,
+            "ask-hold",
+            "mode = \"hold\"\ntimeout = \"20s\"\nfail = \"deny\"",
+        )
+    });
     let user = format!("cgconf{}", std::process::id() % 100_000);
     let added = Command::new("useradd")
         .args(["--no-create-home", "--shell", "/bin/sh", &user])
@@ -195,8 +198,10 @@ fn sudo_works_inside_a_confined_session() {
     chmod(&helper_copy, 0o4755);
     chmod(g.d.dir.path(), 0o755);
     chmod(&g.d.config, 0o644);
+    chmod(&g.d.watched, 0o755);
+    chmod(&g.d.watched.join("gated"), 0o755);
     let script = format!(
-        "test \"$(sudo -n id -u)\" = 0 || exit 3; sudo -n sh -c 'echo x > {}' 2>/dev/null && exit 4; exit 0",
+        "test \"$(sudo -n id -u)\" = 0 || exit 3; sudo -n sh -c 'echo x > {}' || exit 4; exit 0",
         g.gated("f").display()
     );
     let uid = nix::unistd::User::from_name(&user)
@@ -204,18 +209,36 @@ fn sudo_works_inside_a_confined_session() {
         .expect("user exists")
         .uid
         .to_string();
-    let out = Command::new("setpriv")
+    let child = Command::new("setpriv")
         .args(["--reuid", &uid, "--regid", &uid, "--init-groups"])
         .arg(&bin)
         .arg("--config")
         .arg(&g.d.config)
         .args(["run", "--agent", "sudoer", "--", "sh", "-c", &script])
         .current_dir("/")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("setpriv");
+    // The write by sudo's root shell is held like any other of the session's.
+    let r = g.wait_request(&g.gated("f"));
+    assert_eq!(r["context"]["agent"], "sudoer", "{r}");
+    assert_eq!(
+        r["context"]["uid"].as_u64(),
+        Some(0),
+        "sudo's root writes: {r}"
+    );
+    e2e::ok(&g.cli(&["approvals", "approve", &e2e::gate::id_of(&r)]));
+    let out = e2e::gate::wait_child(child, std::time::Duration::from_secs(20));
     let text = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(!g.gated("f").exists());
+    assert_eq!(std::fs::read_to_string(g.gated("f")).unwrap(), "x\n");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(
+        std::fs::metadata(g.gated("f")).unwrap().uid(),
+        0,
+        "created as root"
+    );
 }
 
 /// Removes the test user and its sudoers entry.
