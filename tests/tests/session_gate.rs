@@ -455,3 +455,66 @@ fn processes_outside_sessions_pay_no_permission_events_by_default() {
     );
     assert_eq!(g.stat("gate_marks_placed"), 0);
 }
+
+/// An io_uring open (no syscall for seccomp to see) of a gated path: refused by Landlock.
+const URING_OPEN: &str = r#"
+#include <fcntl.h>
+#include <liburing.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    struct io_uring r;
+    if (io_uring_queue_init(4, &r, 0) != 0) { perror("io_uring_queue_init"); return 2; }
+    struct io_uring_sqe *s = io_uring_get_sqe(&r);
+    io_uring_prep_openat(s, AT_FDCWD, argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    io_uring_submit(&r);
+    struct io_uring_cqe *c;
+    if (io_uring_wait_cqe(&r, &c) != 0) { perror("io_uring_wait_cqe"); return 2; }
+    printf("%d\n", c->res);
+    return 0;
+}
+"#;
+
+#[test]
+fn an_io_uring_open_of_a_gated_path_is_refused_by_landlock() {
+    if !require_root("an_io_uring_open_of_a_gated_path_is_refused_by_landlock") {
+        return;
+    }
+    if !Path::new("/usr/include/liburing.h").exists() {
+        skip(
+            "an_io_uring_open_of_a_gated_path_is_refused_by_landlock",
+            "liburing-dev is not installed (scripts/bootstrap.sh installs it)",
+        );
+        return;
+    }
+    let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
+    let src = g.d.dir.path().join("uring.c");
+    let bin = g.d.dir.path().join("uring");
+    std::fs::write(&src, URING_OPEN).unwrap();
+    let cc = std::process::Command::new("gcc")
+        .arg("-O2")
+        .arg(&src)
+        .arg("-o")
+        .arg(&bin)
+        .arg("-luring")
+        .output()
+        .expect("gcc");
+    assert!(cc.status.success(), "{}", output_text(&cc));
+    std::fs::create_dir_all(g.d.watched.join("stage")).unwrap();
+    let script = format!(
+        "{b} gated/uring.conf; {b} stage/uring.conf",
+        b = bin.display()
+    );
+    let o = g.d.in_session("claude", "uring", &script);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let results: Vec<i64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(results.len(), 2, "{}", output_text(&o));
+    assert_eq!(
+        results[0],
+        -i64::from(libc::EACCES),
+        "gated: {}",
+        output_text(&o)
+    );
+    assert!(results[1] >= 0, "not gated: {}", output_text(&o));
+    assert!(!g.gated("uring.conf").exists());
+    assert!(g.d.watched.join("stage/uring.conf").exists());
+}
