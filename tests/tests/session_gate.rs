@@ -313,12 +313,15 @@ fn a_session_cannot_read_confgates_own_files_or_signal_the_daemon() {
     }
     let g = Gate::start(|w| rule(w, "ask-hold", HOLD));
     let state = g.d.state_dir();
+    let config_before = std::fs::read(&g.d.config).unwrap();
     let script = format!(
         "cat {config} >/dev/null 2>&1 && echo config-read; \
          ls {state} 2>/dev/null | grep -q redb && echo state-listed; \
          cat {state}/confgate.redb >/dev/null 2>&1 && echo store-read; \
          kill -STOP {pid} 2>/dev/null && echo stopped; \
          kill -0 {pid} 2>/dev/null && echo signalled; \
+         python3 -c 'import os; os.truncate(\"{state}/ledger.jsonl\", 0)' 2>/dev/null && echo ledger-truncated; \
+         echo x > cfg.new && mv cfg.new {config} 2>/dev/null && echo config-replaced; \
          echo done",
         config = g.d.config.display(),
         state = state.display(),
@@ -336,6 +339,7 @@ fn a_session_cannot_read_confgates_own_files_or_signal_the_daemon() {
     ] {
         assert!(!out.contains(leak), "{leak}: {}", output_text(&o));
     }
+    assert_eq!(std::fs::read(&g.d.config).unwrap(), config_before);
     // The daemon still answers.
     assert!(g.stat("session_attached") >= 1);
 }
