@@ -75,13 +75,16 @@ pub fn check_sizes() -> io::Result<()> {
 
 /// Asks for synchronous wake-ups on `fd` (ignored, with `false`, by kernels before 6.6).
 pub fn set_sync_wake_up(fd: impl AsFd) -> bool {
-    let mut flags = SYNC_WAKE_UP;
-    ioctl(
-        fd.as_fd(),
-        libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
-        (&mut flags as *mut u64).cast(),
-    )
-    .is_ok()
+    // The flags are the ioctl's argument itself, not a pointer to them.
+    // SAFETY: SET_FLAGS reads no memory; `fd` is live.
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_fd().as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS,
+            SYNC_WAKE_UP as libc::c_ulong,
+        )
+    };
+    r == 0
 }
 
 /// Receives the next notification (blocks if none is pending: poll the descriptor first).

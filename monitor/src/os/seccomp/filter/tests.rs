@@ -116,6 +116,11 @@ fn filter_refuses_bpf_and_holds_write_opens_only() {
     }
     drop(theirs);
     let listener = recv_fd(ours.as_raw_fd());
+    assert!(crate::os::seccomp::notify::is_listener(&listener));
+    assert!(
+        crate::os::seccomp::notify::set_sync_wake_up(&listener),
+        "the kernel (6.6+) takes SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP"
+    );
     assert!(
         readable(ours.as_raw_fd(), 10_000),
         "child did not finish the read open"
