@@ -17,14 +17,10 @@ use crate::policy::builtin::CONFIG_DIR;
 /// (store, ledger, pre-images), and the running confgate binary. The directories
 /// holding the credential files are not protected as a whole: a key under
 /// `/etc/ssl/private` protects that file, not every key beside it.
-pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
-    let mut p = ProtectedPaths::new();
-    p.tree(CONFIG_DIR);
-    if config_path.as_os_str() != DEFAULT_CONFIG_PATH {
-        p.file(config_path);
-    }
+/// The approval client's credentials and the local service's settings file, as configured.
+fn client_files(config: &Config) -> impl Iterator<Item = &PathBuf> {
     let client = &config.approval.client;
-    for file in [
+    [
         &client.ca,
         &client.cert,
         &client.key,
@@ -32,7 +28,15 @@ pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
     ]
     .into_iter()
     .flatten()
-    {
+}
+
+pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
+    let mut p = ProtectedPaths::new();
+    p.tree(CONFIG_DIR);
+    if config_path.as_os_str() != DEFAULT_CONFIG_PATH {
+        p.file(config_path);
+    }
+    for file in client_files(config) {
         p.file(file);
     }
     // Approver credentials an administrator keeps on this host: a directory protects
@@ -63,18 +67,7 @@ pub fn confine_paths(
     denied.extend(crate::gate::session::confine::helper_candidates());
     denied.extend(["/dev/mem", "/dev/kmem", "/dev/port"].map(PathBuf::from));
     let mut hidden = vec![PathBuf::from(CONFIG_DIR), config_path.to_owned()];
-    let client = &config.approval.client;
-    hidden.extend(
-        [
-            &client.ca,
-            &client.cert,
-            &client.key,
-            &config.approval.local_config,
-        ]
-        .into_iter()
-        .flatten()
-        .cloned(),
-    );
+    hidden.extend(client_files(config).cloned());
     hidden.extend(config.approval.protected_credentials.iter().cloned());
     hidden.push(config.daemon.state_dir.clone());
     for v in [&mut denied, &mut hidden] {

@@ -159,32 +159,37 @@ pub fn respond_value(fd: impl AsFd, id: u64, val: i64) -> io::Result<()> {
 /// Installs `src` in the caller's descriptor table and completes the syscall with its
 /// number, atomically (`SECCOMP_ADDFD_FLAG_SEND`); `cloexec` sets `O_CLOEXEC` on it.
 pub fn addfd_send(fd: impl AsFd, id: u64, src: BorrowedFd<'_>, cloexec: bool) -> io::Result<i32> {
-    let mut add = libc::seccomp_notif_addfd {
-        id,
-        flags: libc::SECCOMP_ADDFD_FLAG_SEND as u32,
-        srcfd: src.as_raw_fd() as u32,
-        newfd: 0,
-        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-    };
-    ioctl(
+    add_fd(
         fd.as_fd(),
-        libc::SECCOMP_IOCTL_NOTIF_ADDFD,
-        (&mut add as *mut libc::seccomp_notif_addfd).cast(),
+        id,
+        src,
+        cloexec,
+        libc::SECCOMP_ADDFD_FLAG_SEND as u32,
     )
 }
 
 /// Installs `src` in the caller's descriptor table without completing the syscall;
 /// returns the number it got there (answer it with [`respond_value`] after closing `src`).
 pub fn addfd(fd: impl AsFd, id: u64, src: BorrowedFd<'_>, cloexec: bool) -> io::Result<i32> {
+    add_fd(fd.as_fd(), id, src, cloexec, 0)
+}
+
+fn add_fd(
+    fd: BorrowedFd<'_>,
+    id: u64,
+    src: BorrowedFd<'_>,
+    cloexec: bool,
+    flags: u32,
+) -> io::Result<i32> {
     let mut add = libc::seccomp_notif_addfd {
         id,
-        flags: 0,
+        flags,
         srcfd: src.as_raw_fd() as u32,
         newfd: 0,
         newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
     };
     ioctl(
-        fd.as_fd(),
+        fd,
         libc::SECCOMP_IOCTL_NOTIF_ADDFD,
         (&mut add as *mut libc::seccomp_notif_addfd).cast(),
     )
