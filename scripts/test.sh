@@ -71,7 +71,7 @@ CARGO_ENCODED_RUSTFLAGS="--cfg=bpf_target_arch=\"$(uname -m)\"" \
     cargo +nightly clippy --quiet -p monitor-ebpf --bins --release --target bpfel-unknown-none \
     -Z build-std=core --target-dir target/ebpf-clippy -- -A warnings
 step "cargo build"
-cargo build --quiet -p monitor --bin confgate
+cargo build --quiet -p monitor --bins   # confgate and the session helper confgate-confine beside it
 export CONFGATE_BIN="$PWD/target/debug/confgate"
 step "cargo test"
 cargo test --quiet -- --test-threads=2
