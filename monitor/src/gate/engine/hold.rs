@@ -101,12 +101,7 @@ impl Engine {
             .and_then(|id| self.take_resumable(id))
         {
             let (tx, rx) = oneshot::channel();
-            let keep = a.pre.cloned().map(|pre| Keep {
-                pre,
-                path: ev.path.clone(),
-                session: ev.session,
-                created: a.created,
-            });
+            let keep = a.keep();
             lock(&self.waiters).insert(
                 request_id,
                 Waiter {
@@ -140,12 +135,7 @@ impl Engine {
         };
         let ctx = self.request_context(about, &rule);
         let (tx, rx) = oneshot::channel();
-        let keep = a.pre.cloned().map(|pre| Keep {
-            pre,
-            path: ev.path.clone(),
-            session: ev.session,
-            created: a.created,
-        });
+        let keep = a.keep();
         let waiter = Waiter {
             tx,
             rule: rule.name.clone(),

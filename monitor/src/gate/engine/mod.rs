@@ -188,6 +188,18 @@ struct Asked<'a> {
     writer: &'a context::Writer,
 }
 
+impl Asked<'_> {
+    /// What an approval must keep of this open before it may proceed.
+    fn keep(&self) -> Option<Keep> {
+        self.pre.cloned().map(|pre| Keep {
+            pre,
+            path: self.ev.path.clone(),
+            session: self.ev.session,
+            created: self.created,
+        })
+    }
+}
+
 /// What a request is about: the held open as the approver sees it (the writer's context
 /// was read while it was held).
 struct Subject<'a> {

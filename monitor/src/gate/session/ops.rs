@@ -448,4 +448,27 @@ mod tests {
         assert!(open_writes(libc::O_RDONLY | libc::O_TRUNC));
         assert!(!open_writes(libc::O_RDONLY | libc::O_CLOEXEC));
     }
+
+    #[test]
+    fn operations_the_kernel_would_refuse_anyway() {
+        let noreplace = decode(libc::SYS_renameat2, [3, 1, 3, 2, 1, 0]).unwrap();
+        assert_eq!(bound_to_fail(&noreplace, &[true, true]), Some(libc::EEXIST));
+        assert_eq!(bound_to_fail(&noreplace, &[true, false]), None);
+        assert_eq!(
+            bound_to_fail(&noreplace, &[false, false]),
+            Some(libc::ENOENT)
+        );
+        let plain = decode(libc::SYS_renameat2, [3, 1, 3, 2, 0, 0]).unwrap();
+        assert_eq!(bound_to_fail(&plain, &[true, true]), None);
+        let excl = (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u64;
+        let open_excl = decode(libc::SYS_openat, [3, 1, excl, 0o644, 0, 0]).unwrap();
+        assert_eq!(bound_to_fail(&open_excl, &[true]), Some(libc::EEXIST));
+        assert_eq!(bound_to_fail(&open_excl, &[false]), None);
+        let open_w = decode(libc::SYS_openat, [3, 1, libc::O_WRONLY as u64, 0, 0, 0]).unwrap();
+        assert_eq!(bound_to_fail(&open_w, &[false]), Some(libc::ENOENT));
+        let unlink = decode(libc::SYS_unlinkat, [3, 1, 0, 0, 0, 0]).unwrap();
+        assert_eq!(bound_to_fail(&unlink, &[false]), Some(libc::ENOENT));
+        let mkdir = decode(libc::SYS_mkdirat, [3, 1, 0o755, 0, 0, 0]).unwrap();
+        assert_eq!(bound_to_fail(&mkdir, &[true]), Some(libc::EEXIST));
+    }
 }
