@@ -51,8 +51,19 @@ pub fn parse_status(text: &str) -> Option<FsCreds> {
 
 /// The filesystem credentials of thread `tid` (`None`: it is gone).
 pub fn of_thread(tid: u32) -> Option<FsCreds> {
+    Some(status_of(tid)?.1)
+}
+
+/// Thread `tid`'s thread group id and filesystem credentials from one read of
+/// `/proc/<tid>/status` (the kernel builds that whole text, memory figures included, on
+/// every read: read it once per operation, and only when the answer needs it).
+pub fn status_of(tid: u32) -> Option<(u32, FsCreds)> {
     let text = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    parse_status(&text)
+    let tgid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some((tgid, parse_status(&text)?))
 }
 
 fn set_groups(groups: &[u32]) -> io::Result<()> {

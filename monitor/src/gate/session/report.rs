@@ -12,6 +12,7 @@ use crate::event::Kind as EvKind;
 use crate::observe::supervised::Supervised;
 
 /// Reports answered operations to the event pipeline.
+#[derive(Clone)]
 pub(super) struct Reporter {
     pub(super) session: u64,
     pub(super) tx: Option<mpsc::Sender<Supervised>>,
