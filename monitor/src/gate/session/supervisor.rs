@@ -32,6 +32,7 @@ use super::ops::{self, Kind, Op};
 use super::perform::{self, Job, PerformCounters};
 use super::report::Reporter;
 use super::resolve::{self, Target};
+use super::spec::CoverSet;
 use crate::gate::Verdict;
 use crate::gate::listener::{Decider, FastVerdict, Held, OpFacts, PermEvent};
 use crate::observe::supervised::Supervised;
@@ -214,7 +215,7 @@ impl Supervisors {
             session,
             store: self.store.get().cloned(),
             listener,
-            spec: a.spec,
+            cover: CoverSet::new(&a.spec),
             decider: w.decider.clone(),
             held: w.held.clone(),
             jobs: job_tx,
@@ -288,7 +289,7 @@ struct Supervisor {
     session: u64,
     store: Option<Store>,
     listener: Arc<OwnedFd>,
-    spec: Arc<ConfineSpec>,
+    cover: CoverSet,
     decider: Arc<dyn Decider>,
     held: mpsc::Sender<Held>,
     jobs: std::sync::mpsc::SyncSender<Job>,
@@ -580,7 +581,7 @@ impl Supervisor {
     fn free(&self, targets: &[Target]) -> bool {
         targets
             .iter()
-            .all(|t| self.spec.covers(&t.path) && self.gated_name(t).is_none())
+            .all(|t| self.cover.covers(&t.path) && self.gated_name(t).is_none())
     }
 
     fn plan(&self, tid: u32, tgid: u32, op: &Op, targets: &[Target]) -> Plan {
@@ -593,7 +594,7 @@ impl Supervisor {
         }
         let mut deferred = None;
         for (i, t) in targets.iter().enumerate() {
-            let covered = self.spec.covers(&t.path);
+            let covered = self.cover.covers(&t.path);
             let alias = self.gated_name(t);
             if covered && alias.is_none() {
                 continue;
