@@ -442,12 +442,16 @@ fn attach_restored(
         }
     }
     // Held operations of the restored sessions: answered again, or counted lost.
-    let (holds, lost) = shared.supervisors.resume_holds();
-    if !holds.is_empty() || lost > 0 {
+    // Their requests are closed and ledgered (`hold_lost`) by the engine when no operation
+    // came back for them, damaged records included.
+    let r = shared.supervisors.resume_holds();
+    if !r.requests.is_empty() || r.lost > 0 || r.unreadable > 0 {
         info!(
-            resumed = holds.len(),
-            lost, "held operations after the restart"
+            resumed = r.requests.len(),
+            lost = r.lost,
+            unreadable = r.unreadable,
+            "held operations after the restart"
         );
     }
-    (attached, holds)
+    (attached, r.requests)
 }

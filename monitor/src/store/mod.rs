@@ -524,6 +524,23 @@ impl Store {
         })
     }
 
+    /// The keys of `table`, in key order, whether or not their values decode (to find the
+    /// records [`Store::scan`] had to skip).
+    pub fn keys<V>(&self, table: RecordTable<V>) -> Result<Vec<u64>, StoreError> {
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                out.push(row?.0.value());
+            }
+            Ok(out)
+        })
+    }
+
     /// Reads every record of `table`, in key order. A record that cannot be decoded (a
     /// damaged or foreign value) is skipped, counted (`store_records_skipped`) and logged:
     /// one bad record must not keep the rest, or the daemon, from loading.

@@ -57,6 +57,9 @@ counters! {
     holds_resumed,
     /// Recorded held operations whose caller was gone at a restart.
     holds_lost,
+    /// Recorded held operations that could not be read back at a restart (a damaged
+    /// record): the caller, if still waiting, is answered `EPERM`.
+    holds_unreadable,
 }
 
 impl SupervisorCounters {

@@ -97,28 +97,37 @@ impl OpAnswer for Deferred {
 /// After a restart, once the restored listeners are attached: every recorded held
 /// operation whose caller still waits goes to the engine again (which attaches it to its
 /// pending request); the others are forgotten and counted. Returns the request of each
-/// one resumed, and how many were lost.
+/// one resumed, how many were lost and how many could not be read.
 pub(super) fn resume(
     store: &Store,
     held: &tokio::sync::mpsc::Sender<Held>,
     handles: &std::sync::Mutex<std::collections::HashMap<u64, SessionHandle>>,
     counters: &SupervisorCounters,
-) -> (Vec<u64>, usize) {
+) -> Resumed {
     {
-        let records = match store.scan(HOLDS) {
-            Ok(r) => r
-                .into_iter()
-                .filter_map(|(id, v)| {
-                    serde_json::from_value::<HoldRecord>(v)
-                        .ok()
-                        .map(|r| (id, r))
-                })
-                .collect::<Vec<_>>(),
+        let (records, unreadable) = match read_records(store) {
+            Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read the recorded held operations");
-                return (Vec::new(), 0);
+                return Resumed::default();
             }
         };
+        for id in &unreadable {
+            SupervisorCounters::inc(&counters.holds_unreadable);
+            // Whichever restored session the caller belongs to (ids are 64-bit and start
+            // at a random value per listener), it must not wait forever: fail closed.
+            let answered = lock(handles)
+                .values()
+                .filter(|(l, _)| notify::id_valid(&**l, *id))
+                .any(|(l, _)| notify::respond_error(&**l, *id, libc::EPERM).is_ok());
+            warn!(
+                notification = id,
+                caller_answered_eperm = answered,
+                "a recorded held operation cannot be read back (damaged record): removed"
+            );
+            let _ = store.write_lazy(|tx| tx.remove(HOLDS, *id).map(|_| ()));
+        }
+        let unreadable = unreadable.len();
         let (mut resumed, mut lost) = (Vec::new(), 0);
         for (id, r) in records {
             let handle = lock(handles).get(&r.session).cloned();
@@ -144,6 +153,14 @@ pub(super) fn resume(
                 .and_then(|t| open_for_preimage(&t.path))
                 .or_else(|| std::fs::File::open("/dev/null").ok().map(OwnedFd::from));
             let Some(fd) = fd else {
+                lost += 1;
+                SupervisorCounters::inc(&counters.holds_lost);
+                warn!(
+                    notification = id,
+                    "no descriptor for a resumed held operation: failure verdict applied"
+                );
+                let _ = notify::respond_error(&*listener, id, libc::EMFILE);
+                let _ = store.write_lazy(|tx| tx.remove(HOLDS, id).map(|_| ()));
                 continue;
             };
             let ops = crate::policy::OpSet::from_names(&r.ops).unwrap_or(crate::policy::OpSet::ALL);
@@ -181,8 +198,97 @@ pub(super) fn resume(
             {
                 resumed.extend(key);
                 SupervisorCounters::inc(&counters.holds_resumed);
+            } else {
+                // Dropping the held operation applied its failure verdict.
+                lost += 1;
+                SupervisorCounters::inc(&counters.holds_lost);
+                warn!(
+                    notification = id,
+                    "the engine's queue took no resumed held operation: failure verdict applied"
+                );
             }
         }
-        (resumed, lost)
+        Resumed {
+            requests: resumed,
+            lost,
+            unreadable,
+        }
+    }
+}
+
+/// What [`resume`] did.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// The pending requests resumed operations wait on.
+    pub requests: Vec<u64>,
+    /// Recorded operations whose caller was gone, or that could not be taken again.
+    pub lost: usize,
+    /// Records that could not be read back.
+    pub unreadable: usize,
+}
+
+/// Readable records by notification id, and the ids of the others.
+type Records = (Vec<(u64, HoldRecord)>, Vec<u64>);
+
+/// The decodable records, and the ids of those that are not (skipped by
+/// [`Store::scan`] at the byte level, or JSON that is not a [`HoldRecord`]).
+fn read_records(store: &Store) -> Result<Records, crate::store::StoreError> {
+    let keys = store.keys(HOLDS)?;
+    let mut records = Vec::new();
+    let mut readable = std::collections::HashSet::new();
+    let mut unreadable = Vec::new();
+    for (id, v) in store.scan(HOLDS)? {
+        readable.insert(id);
+        match serde_json::from_value::<HoldRecord>(v) {
+            Ok(r) => records.push((id, r)),
+            Err(_) => unreadable.push(id),
+        }
+    }
+    unreadable.extend(keys.into_iter().filter(|k| !readable.contains(k)));
+    Ok((records, unreadable))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// A damaged record (bytes that are not JSON, and JSON that is not a hold) neither
+    /// stops the others from being read nor goes unnoticed: it is counted and removed.
+    #[test]
+    fn damaged_hold_records_are_counted_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .write(|tx| tx.put(HOLDS, 7, &serde_json::json!({"not": "a hold"})))
+                .unwrap();
+        }
+        {
+            let db = redb::Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let def: redb::TableDefinition<'_, u64, &[u8]> =
+                    redb::TableDefinition::new("session_holds");
+                let mut t = tx.open_table(def).unwrap();
+                t.insert(9u64, b"\xff\x00 not json".as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let handles = std::sync::Mutex::new(std::collections::HashMap::new());
+        let counters = SupervisorCounters::default();
+        let r = resume(&store, &tx, &handles, &counters);
+        assert_eq!(r.unreadable, 2);
+        assert!(r.requests.is_empty());
+        assert_eq!(
+            counters
+                .holds_unreadable
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert!(store.keys(HOLDS).unwrap().is_empty());
     }
 }

@@ -131,12 +131,12 @@ impl Supervisors {
     /// After a restart, once the restored listeners are attached: every recorded held
     /// operation whose caller still waits goes to the engine again; see
     /// [`super::holds::resume`].
-    pub fn resume_holds(&self) -> (Vec<u64>, usize) {
+    pub fn resume_holds(&self) -> super::holds::Resumed {
         match (self.store.get(), self.wiring.get()) {
             (Some(store), Some(w)) => {
                 super::holds::resume(store, &w.held, &self.handles, &self.counters)
             }
-            _ => (Vec::new(), 0),
+            _ => super::holds::Resumed::default(),
         }
     }
 
