@@ -258,6 +258,59 @@ fn run_cases(approve: bool) {
     );
 }
 
+/// Nobody decides: each held operation ends with the rule's failure verdict when its
+/// hold times out (`fail = "deny"`: nothing changes; `fail = "allow"`: performed once).
+fn run_timeouts(fail: &str) {
+    let rule_text = format!("mode = \"hold\"\ntimeout = \"1s\"\nfail = \"{fail}\"");
+    let g = Gate::start_with(
+        |root| {
+            let w = root.join("watched");
+            std::fs::create_dir_all(w.join("stage")).unwrap();
+            for c in cases() {
+                (c.setup)(&w);
+            }
+        },
+        move |w| rule(w, "ask-hold", &rule_text),
+    );
+    let w = g.d.watched.clone();
+    for c in cases() {
+        let child = g.spawn_with_reason("claude", c.name, c.script);
+        let out = wait_child(child, Duration::from_secs(60));
+        if fail == "allow" {
+            assert!(out.status.success(), "{}: {}", c.name, output_text(&out));
+            (c.approved)(&w);
+        } else {
+            assert!(failed_with_eperm(&out), "{}: {}", c.name, output_text(&out));
+            (c.denied)(&w);
+        }
+    }
+    // Each case's hold ended by its failure verdict (the daemon's own timeout or the
+    // service expiring the request, whichever came first), at least once per case.
+    let fallback = g.stat(&format!("gate_fallback_{fail}"));
+    assert!(
+        fallback >= cases().len() as u64,
+        "every case ended with its failure verdict: {fallback}"
+    );
+    assert_eq!(
+        g.stat(&format!(
+            "gate_fallback_{}",
+            if fail == "allow" { "deny" } else { "allow" }
+        )),
+        0
+    );
+    assert_eq!(g.stat("session_attached"), cases().len() as u64);
+}
+
+#[test]
+fn every_held_operation_times_out_to_a_deny_verdict_and_changes_nothing() {
+    run_timeouts("deny");
+}
+
+#[test]
+fn every_held_operation_times_out_to_an_allow_verdict_and_is_performed_once() {
+    run_timeouts("allow");
+}
+
 #[test]
 fn every_operation_on_a_gated_path_is_held_and_performed_once_approved() {
     if !require_root("every_operation_on_a_gated_path_is_held_and_performed_once_approved") {
