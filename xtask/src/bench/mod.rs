@@ -57,6 +57,11 @@ pub struct Args {
     /// Print only: don't write bench/results or BENCHMARKS.md.
     #[arg(long)]
     no_write: bool,
+    /// Directory for the daemons' own directories (state store, ledger, sockets; default
+    /// /var/tmp). A tmpfs here (e.g. /dev/shm) takes the disk's fsync latency out of the
+    /// approval round trip, to see how much of it is the disk; implies --no-write.
+    #[arg(long)]
+    scratch: Option<PathBuf>,
 }
 
 fn root() -> PathBuf {
@@ -234,7 +239,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
     let scratch = tempfile::Builder::new()
         .prefix("confgate-bench-")
-        .tempdir_in("/var/tmp")?;
+        .tempdir_in(a.scratch.as_deref().unwrap_or(Path::new("/var/tmp")))?;
     // The workload runs on a tmpfs: on ext4, rename over a truncated file forces a data
     // flush (auto_da_alloc), so disk waits would swamp the CPU cost being measured. The
     // hooks (syscall tracepoints, fanotify) behave the same on tmpfs.
@@ -266,7 +271,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !a.only.is_empty() {
         scenarios.retain(|s| a.only.contains(&s.id()));
     }
-    let write = !a.no_write && a.only.is_empty() && a.confgate.is_none();
+    let write = !a.no_write && a.only.is_empty() && a.confgate.is_none() && a.scratch.is_none();
     // Every daemon watches the default set plus the benchmark's watched tree, with what
     // the scenarios add.
     let mut watch = default_watch_set();
