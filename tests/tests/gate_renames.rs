@@ -153,6 +153,9 @@ fn holds_released_by_a_crash_are_closed_and_reverted_at_the_next_start() {
     std::fs::write(&c, "pool=10\n").expect("seed");
     let child = g.spawn_in_session("claude", "echo pool=500 > gated/c.conf; echo done");
     g.wait_request(&c);
+    // Killed before its record is on disk (the request's group-commit grace), the hold
+    // is lost, as the README says; this test is about a hold that was recorded.
+    g.d.wait_stat("gate_requests_synced", |n| n >= 1);
     // kill -9: the kernel answers the held open with allow, and the shell writes.
     let killed = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(g.d.pid() as i32),

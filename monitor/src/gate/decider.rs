@@ -62,6 +62,9 @@ pub struct GateMetrics {
     pub update_errors: AtomicU64,
     pub decisions_for_closed: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Approval requests whose record is on disk (a crash after this point is recovered
+    /// as a released hold; before it, the record may be lost: see the README).
+    pub requests_synced: AtomicU64,
 }
 
 impl GateMetrics {
@@ -116,6 +119,7 @@ impl GateMetrics {
                 g(&self.decisions_for_closed),
             ),
             ("gate_store_errors", g(&self.store_errors)),
+            ("gate_requests_synced", g(&self.requests_synced)),
         ]
     }
 }

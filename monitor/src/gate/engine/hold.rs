@@ -519,6 +519,8 @@ impl Engine {
                         request = id,
                         "cannot make a held operation's request durable"
                     );
+                } else {
+                    GateMetrics::inc(&self.state.metrics.requests_synced);
                 }
                 id
             }
@@ -529,9 +531,12 @@ impl Engine {
                     // The grace is waited here, not on a blocking thread: a burst of
                     // requests must not park the blocking pool.
                     tokio::time::sleep(REQUEST_SYNC_GRACE).await;
-                    if let Err(e) = uplink.sync(unsynced).await {
-                        GateMetrics::inc(&metrics.store_errors);
-                        warn!(request = id, error = %e, "cannot make the approval request durable");
+                    match uplink.sync(unsynced).await {
+                        Ok(()) => GateMetrics::inc(&metrics.requests_synced),
+                        Err(e) => {
+                            GateMetrics::inc(&metrics.store_errors);
+                            warn!(request = id, error = %e, "cannot make the approval request durable");
+                        }
                     }
                 });
                 id
