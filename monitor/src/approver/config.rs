@@ -67,6 +67,8 @@ pub struct ServiceConfig {
     /// `cert:<CN>` or `token:<name>`: for people's workstations only, never a host where
     /// agents run. Default none: every certificate and token decision needs an attestation.
     pub workstation_approvers: Vec<String>,
+    /// `[http]`: the HTTP listener (web page, chat callbacks).
+    pub http: super::http::config::HttpSection,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -105,6 +107,7 @@ impl Default for ServiceConfig {
             default_lifetime_secs: 600,
             tokens: Vec::new(),
             workstation_approvers: Vec::new(),
+            http: Default::default(),
         }
     }
 }
@@ -296,6 +299,11 @@ impl ServiceConfig {
                 ),
             }
         }
+        self.http.check(
+            &mut c,
+            self.allow_plaintext,
+            self.tls.cert.is_some() && self.tls.key.is_some(),
+        );
         c.problems
     }
 
