@@ -171,7 +171,6 @@ fn context_html(r: &pb::ApprovalRequest) -> String {
         ("Rule", esc(&c.rule)),
         ("Mode", esc(&c.mode)),
         ("Reason", esc(&c.reason)),
-        ("Content SHA-256", esc(&c.content_sha256)),
         ("Filed", when(r.created_unix_ms)),
         (
             "Deadline",
@@ -182,6 +181,9 @@ fn context_html(r: &pb::ApprovalRequest) -> String {
             ),
         ),
     ];
+    if !c.content_sha256.is_empty() {
+        rows.push(("Content SHA-256", esc(&c.content_sha256)));
+    }
     if !c.ancestry.is_empty() {
         let chain = c
             .ancestry
