@@ -69,7 +69,7 @@ fi
 # 5. The web approval page's browser test (tests/tests/approver_web.rs): headless Chromium
 # with its WebDriver, node, and the local OpenID provider's npm packages (tests/oidc, from
 # its package-lock.json; node_modules is not committed).
-WEB_PKGS=(chromium chromium-driver nodejs npm)
+WEB_PKGS=(chromium chromium-driver nodejs npm curl)
 missing=()
 for p in "${WEB_PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -148,6 +148,29 @@ fn a_person_signs_in_sees_a_held_write_live_and_approves_it_in_a_browser() {
     );
     assert_eq!(r.status, 403, "{}", r.text());
 
+    // The same form posted from inside an agent session (the session's own request even):
+    // refused, the process behind the connection is in a session.
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("csrf field")
+        .to_owned();
+    let inside = g.d.in_session(
+        "demo",
+        "e2e",
+        &format!(
+            "curl -sS -w ' %{{http_code}}' -H 'Cookie: {cookie}' \
+             --data 'decision=approve&csrf={csrf}' {base}/web/requests/{id}/decide"
+        ),
+    );
+    let said = output_text(&inside);
+    assert!(
+        said.contains("403") && said.contains("inside agent session"),
+        "{said}"
+    );
+    assert_eq!(g.pending().len(), 1, "still pending");
+
     b.click("#approve");
     let out = wait_child(child, Duration::from_secs(30));
     assert!(out.status.success(), "{}", output_text(&out));

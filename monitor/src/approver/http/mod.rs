@@ -30,6 +30,11 @@ mod tls;
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);
 
+/// This end of an HTTP connection (the listener's address as the peer dialled it), for
+/// handlers (an axum extension).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalEnd(pub SocketAddr);
+
 /// Every route of the HTTP listener: `/healthz` and each feature's routes. Features add
 /// theirs here (one `.merge(...)` line each).
 pub fn router(shared: Arc<Shared>, cfg: &ServiceConfig) -> Result<Router, ApproverError> {
@@ -141,7 +146,11 @@ async fn serve(
                 continue;
             }
         };
-        let svc = router.clone().layer(axum::Extension(Peer(peer)));
+        let local = tcp.local_addr().unwrap_or(peer);
+        let svc = router
+            .clone()
+            .layer(axum::Extension(Peer(peer)))
+            .layer(axum::Extension(LocalEnd(local)));
         let acceptor = acceptor.clone();
         conns.spawn(async move {
             let svc = hyper_util::service::TowerToHyperService::new(svc);

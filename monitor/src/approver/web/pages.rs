@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,6 +16,7 @@ use tokio_stream::StreamExt as _;
 use super::html::{Live, esc, page, when};
 use super::links::{LINK_PATH, LinkError};
 use super::{Web, csrf_ok, refuse};
+use crate::approver::http::{LocalEnd, Peer};
 use crate::approver::service::ApproverService;
 use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
@@ -335,13 +337,33 @@ pub(super) fn decide_request(
     }
 }
 
+/// The connection's two ends, when served by the listener (not in unit tests).
+type Ends = (Option<Extension<Peer>>, Option<Extension<LocalEnd>>);
+
+/// The session of the process behind `ends` (see [`Web::caller_session`]), or a refusal.
+async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, Response> {
+    let (peer, local) = ends;
+    web.caller_session(peer.map(|p| p.0.0), local.map(|l| l.0.0))
+        .await
+        .map_err(|m| refuse(StatusCode::FORBIDDEN, &m))
+}
+
 /// Runs a decision as `who` and answers with the request's page.
-async fn run_decision(web: &Web, who: &str, id: u64, form: &HashMap<String, String>) -> Response {
+async fn run_decision(
+    web: &Web,
+    who: &str,
+    session: Option<u64>,
+    id: u64,
+    form: &HashMap<String, String>,
+) -> Response {
     let req = match decide_request(id, form) {
         Ok(r) => r,
         Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
     };
-    match svc(web).decide(Web::as_approver(who, req)).await {
+    match svc(web)
+        .decide(Web::as_approver_in(who, session, req))
+        .await
+    {
         Ok(_) => Redirect::to(&format!("/web/requests/{id}")).into_response(),
         Err(e) => status_page(&e),
     }
@@ -349,6 +371,8 @@ async fn run_decision(web: &Web, who: &str, id: u64, form: &HashMap<String, Stri
 
 async fn decide(
     State(web): State<Arc<Web>>,
+    peer: Option<Extension<Peer>>,
+    local: Option<Extension<LocalEnd>>,
     headers: HeaderMap,
     Path(id): Path<u64>,
     Form(form): Form<HashMap<String, String>>,
@@ -359,7 +383,11 @@ async fn decide(
     if !csrf_ok(&form, &s.csrf) {
         return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
-    run_decision(&web, &s.name, id, &form).await
+    let session = match session_of(&web, (peer, local)).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    run_decision(&web, &s.name, session, id, &form).await
 }
 
 async fn grants(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
@@ -613,6 +641,8 @@ async fn link_page(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Re
 
 async fn link_decide(
     State(web): State<Arc<Web>>,
+    peer: Option<Extension<Peer>>,
+    local: Option<Extension<LocalEnd>>,
     Path(token): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -622,6 +652,11 @@ async fn link_decide(
     if !ok {
         return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
+    // Checked before the link is spent: a refused caller leaves it to its approver.
+    let session = match session_of(&web, (peer, local)).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
     let now = now_ms();
     let link = match web.links.verify(&token, now) {
         Ok(l) => l,
@@ -644,7 +679,7 @@ async fn link_decide(
         Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
     };
     match svc(&web)
-        .decide(Web::as_approver(&link.approver, req))
+        .decide(Web::as_approver_in(&link.approver, session, req))
         .await
     {
         Ok(r) => {
