@@ -602,11 +602,42 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
 
 /// An action link's page: the request's full context and the forms, for the link's
 /// approver (nobody is signed in).
-async fn link_page(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Response {
+/// A link's claims, refused when the browser is signed in as someone else than the link's
+/// approver (a forwarded link is not the signed-in person's to use).
+fn verified_link(
+    web: &Web,
+    headers: &HeaderMap,
+    token: &str,
+    now: i64,
+) -> Result<super::links::ActionLink, Response> {
+    let link = web
+        .links
+        .verify(token, now)
+        .map_err(|e| refuse(StatusCode::FORBIDDEN, &e.to_string()))?;
+    if let Some(s) = web.session(headers)
+        && s.name != link.approver
+    {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} (you are signed in as {})",
+                LinkError::OtherApprover,
+                s.name
+            ),
+        ));
+    }
+    Ok(link)
+}
+
+async fn link_page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Response {
     let now = now_ms();
-    let link = match web.links.verify(&token, now) {
+    let link = match verified_link(&web, &headers, &token, now) {
         Ok(l) => l,
-        Err(e) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(r) => return r,
     };
     match web.links.is_used(web.shared.store.raw_store(), &link) {
         Ok(false) => {}
@@ -643,6 +674,7 @@ async fn link_decide(
     State(web): State<Arc<Web>>,
     peer: Option<Extension<Peer>>,
     local: Option<Extension<LocalEnd>>,
+    headers: HeaderMap,
     Path(token): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
@@ -658,9 +690,9 @@ async fn link_decide(
         Err(r) => return r,
     };
     let now = now_ms();
-    let link = match web.links.verify(&token, now) {
+    let link = match verified_link(&web, &headers, &token, now) {
         Ok(l) => l,
-        Err(e) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(r) => return r,
     };
     let store = web.shared.store.raw_store().clone();
     let links_ok = {

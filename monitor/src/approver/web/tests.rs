@@ -310,6 +310,25 @@ async fn action_links_open_one_request_once_for_their_approver() {
         .post(&path, None, &format!("decision=deny&csrf={csrf}"))
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // A browser signed in as someone else cannot use carol's link.
+    let token2 = h
+        .web
+        .links
+        .sign(other, "oidc:carol", now + 60_000, now)
+        .unwrap();
+    let (cookie, _) = h.sign_in("oidc:dave");
+    let (s, body) = h.get(&format!("{LINK_PATH}{token2}"), Some(&cookie)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(body.contains("another approver"), "{body}");
+    let csrf2 = h.web.links.mac(&[b"link-csrf", token2.as_bytes()]);
+    let (s, _) = h
+        .post(
+            &format!("{LINK_PATH}{token2}"),
+            Some(&cookie),
+            &format!("decision=approve&csrf={csrf2}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     // Expired and foreign links.
     let old = h
         .web
