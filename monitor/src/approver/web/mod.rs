@@ -33,6 +33,7 @@ use crate::os::clock::now_ms;
 pub mod config;
 pub mod html;
 pub mod httpc;
+mod link_pages;
 pub mod links;
 pub mod oidc;
 mod pages;

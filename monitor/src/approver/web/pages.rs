@@ -14,11 +14,10 @@ use axum::routing::get;
 use tokio_stream::StreamExt as _;
 
 use super::html::{Live, esc, page, when};
-use super::links::{LINK_PATH, LinkError};
+use super::links::LINK_PATH;
 use super::{Web, csrf_ok, refuse};
 use crate::approver::http::{LocalEnd, Peer};
 use crate::approver::service::ApproverService;
-use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
 
@@ -36,11 +35,11 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/web/events", get(events))
         .route(
             &format!("{LINK_PATH}{{token}}"),
-            get(link_page).post(link_decide),
+            get(super::link_pages::link_page).post(super::link_pages::link_decide),
         )
 }
 
-fn html(body: String) -> Response {
+pub(super) fn html(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
@@ -60,7 +59,7 @@ fn sign_in_page(web: &Web) -> Response {
         .into_response()
 }
 
-fn status_page(s: &tonic::Status) -> Response {
+pub(super) fn status_page(s: &tonic::Status) -> Response {
     let code = match s.code() {
         tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
         tonic::Code::NotFound => StatusCode::NOT_FOUND,
@@ -83,7 +82,7 @@ pub(super) fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn svc(web: &Web) -> ApproverService {
+pub(super) fn svc(web: &Web) -> ApproverService {
     ApproverService::new(Arc::clone(&web.shared))
 }
 
@@ -149,7 +148,7 @@ async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
 }
 
 /// The full context of a request, as a definition list.
-fn context_html(r: &pb::ApprovalRequest) -> String {
+pub(super) fn context_html(r: &pb::ApprovalRequest) -> String {
     let c = r.context.clone().unwrap_or_default();
     let mut rows: Vec<(&str, String)> = vec![
         ("Request", format!("{} ({})", r.id, state_name(r.state))),
@@ -232,7 +231,7 @@ fn shell_word(a: &str) -> String {
 }
 
 /// The approve and deny forms posting to `action` with `csrf`.
-fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) -> String {
+pub(super) fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) -> String {
     let c = r.context.clone().unwrap_or_default();
     format!(
         "<div class=\"decide\">\
@@ -259,7 +258,11 @@ fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) -> String {
     )
 }
 
-async fn get_request(web: &Web, who: &str, id: u64) -> Result<pb::ApprovalRequest, tonic::Status> {
+pub(super) async fn get_request(
+    web: &Web,
+    who: &str,
+    id: u64,
+) -> Result<pb::ApprovalRequest, tonic::Status> {
     svc(web)
         .get_request(Web::as_approver(who, pb::GetRequestRequest { id }))
         .await
@@ -338,10 +341,10 @@ pub(super) fn decide_request(
 }
 
 /// The connection's two ends, when served by the listener (not in unit tests).
-type Ends = (Option<Extension<Peer>>, Option<Extension<LocalEnd>>);
+pub(super) type Ends = (Option<Extension<Peer>>, Option<Extension<LocalEnd>>);
 
 /// The session of the process behind `ends` (see [`Web::caller_session`]), or a refusal.
-async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, Response> {
+pub(super) async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, Response> {
     let (peer, local) = ends;
     web.caller_session(peer.map(|p| p.0.0), local.map(|l| l.0.0))
         .await
@@ -598,137 +601,4 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-/// An action link's page: the request's full context and the forms, for the link's
-/// approver (nobody is signed in).
-/// A link's claims, refused when the browser is signed in as someone else than the link's
-/// approver (a forwarded link is not the signed-in person's to use).
-fn verified_link(
-    web: &Web,
-    headers: &HeaderMap,
-    token: &str,
-    now: i64,
-) -> Result<super::links::ActionLink, Response> {
-    let link = web
-        .links
-        .verify(token, now)
-        .map_err(|e| refuse(StatusCode::FORBIDDEN, &e.to_string()))?;
-    if let Some(s) = web.session(headers)
-        && s.name != link.approver
-    {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "{} (you are signed in as {})",
-                LinkError::OtherApprover,
-                s.name
-            ),
-        ));
-    }
-    Ok(link)
-}
-
-async fn link_page(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(token): Path<String>,
-) -> Response {
-    let now = now_ms();
-    let link = match verified_link(&web, &headers, &token, now) {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    match web.links.is_used(web.shared.store.raw_store(), &link) {
-        Ok(false) => {}
-        Ok(true) => return refuse(StatusCode::FORBIDDEN, &LinkError::Used.to_string()),
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-    let r = match get_request(&web, &link.approver, link.request_id).await {
-        Ok(r) => r,
-        Err(e) => return status_page(&e),
-    };
-    let mut body = format!(
-        "<p class=\"banner\">This link lets <b>{}</b> decide request {} once, until {}.</p>\
-         <h2>Request {}</h2>{}",
-        esc(&link.approver),
-        link.request_id,
-        when(link.expires_unix_ms),
-        link.request_id,
-        context_html(&r)
-    );
-    if r.state == pb::RequestState::Pending as i32 {
-        let csrf = web.links.mac(&[b"link-csrf", token.as_bytes()]);
-        body.push_str(&decide_forms(&format!("{LINK_PATH}{token}"), &csrf, &r));
-    }
-    html(page(
-        &format!("Request {}", link.request_id),
-        None,
-        None,
-        Live::Off,
-        &body,
-    ))
-}
-
-async fn link_decide(
-    State(web): State<Arc<Web>>,
-    peer: Option<Extension<Peer>>,
-    local: Option<Extension<LocalEnd>>,
-    headers: HeaderMap,
-    Path(token): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let ok = form
-        .get("csrf")
-        .is_some_and(|c| web.links.mac_ok(&[b"link-csrf", token.as_bytes()], c));
-    if !ok {
-        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-    }
-    // Checked before the link is spent: a refused caller leaves it to its approver.
-    let session = match session_of(&web, (peer, local)).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let now = now_ms();
-    let link = match verified_link(&web, &headers, &token, now) {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    let store = web.shared.store.raw_store().clone();
-    let links_ok = {
-        let web = Arc::clone(&web);
-        let token = token.clone();
-        tokio::task::spawn_blocking(move || web.links.redeem(&store, &token, link.request_id, now))
-            .await
-    };
-    match links_ok {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-    let req = match decide_request(link.request_id, &form) {
-        Ok(r) => r,
-        Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
-    };
-    match svc(&web)
-        .decide(Web::as_approver_in(&link.approver, session, req))
-        .await
-    {
-        Ok(r) => {
-            let r = r.into_inner();
-            html(page(
-                "Decided",
-                None,
-                None,
-                Live::Off,
-                &format!(
-                    "<p class=\"banner\">Request {} is now {}.</p>{}",
-                    r.id,
-                    state_name(r.state),
-                    context_html(&r)
-                ),
-            ))
-        }
-        Err(e) => status_page(&e),
-    }
 }
