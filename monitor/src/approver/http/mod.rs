@@ -24,16 +24,10 @@ use super::config::ServiceConfig;
 use super::service::Shared;
 
 pub mod config;
+pub mod conn;
 mod tls;
 
-/// The peer of an HTTP connection, for handlers (an axum extension).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
-
-/// This end of an HTTP connection (the listener's address as the peer dialled it), for
-/// handlers (an axum extension).
-#[derive(Clone, Copy, Debug)]
-pub struct LocalEnd(pub SocketAddr);
+pub use conn::{LocalEnd, Peer};
 
 /// Every route of the HTTP listener: `/healthz` and each feature's routes. Features add
 /// theirs here (one `.merge(...)` line each).

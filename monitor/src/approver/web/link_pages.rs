@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
 
@@ -17,7 +18,7 @@ use super::pages::{
     status_page, svc,
 };
 use super::{Web, refuse};
-use crate::approver::http::{LocalEnd, Peer};
+use crate::approver::http::conn::{LocalEnd, Peer};
 use crate::os::clock::now_ms;
 
 /// A link's claims, refused when the browser is signed in as someone else than the link's
@@ -27,24 +28,25 @@ fn verified_link(
     headers: &HeaderMap,
     token: &str,
     now: i64,
-) -> Result<ActionLink, Response> {
-    let link = web
-        .links
-        .verify(token, now)
-        .map_err(|e| refuse(StatusCode::FORBIDDEN, &e.to_string()))?;
+) -> Result<ActionLink, String> {
+    let link = web.links.verify(token, now).map_err(|e| e.to_string())?;
     if let Some(s) = web.session(headers)
         && s.name != link.approver
     {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "{} (you are signed in as {})",
-                LinkError::OtherApprover,
-                s.name
-            ),
+        return Err(format!(
+            "{} (you are signed in as {})",
+            LinkError::OtherApprover,
+            s.name
         ));
     }
     Ok(link)
+}
+
+pub(super) fn routes() -> Router<Arc<Web>> {
+    Router::new().route(
+        &format!("{LINK_PATH}{{token}}"),
+        get(link_page).post(link_decide),
+    )
 }
 
 /// An action link's page: the request's full context and the forms, for the link's
@@ -57,7 +59,7 @@ pub(super) async fn link_page(
     let now = now_ms();
     let link = match verified_link(&web, &headers, &token, now) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
     };
     match web.links.is_used(web.shared.store.raw_store(), &link) {
         Ok(false) => {}
@@ -107,12 +109,12 @@ pub(super) async fn link_decide(
     // Checked before the link is spent: a refused caller leaves it to its approver.
     let session = match session_of(&web, (peer, local)).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
     };
     let now = now_ms();
     let link = match verified_link(&web, &headers, &token, now) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
     };
     let store = web.shared.store.raw_store().clone();
     let links_ok = {

@@ -85,6 +85,7 @@ pub fn routes(shared: Arc<Shared>, cfg: &ServiceConfig) -> Result<Router, Approv
         session_ttl_ms: i64::try_from(cfg.web.session_ttl_secs).unwrap_or(i64::MAX / 1000) * 1000,
     });
     Ok(pages::routes()
+        .merge(link_pages::routes())
         .merge(oidc::routes())
         .route("/web/static/app.js", get(app_js))
         .route("/web/static/style.css", get(style_css))

@@ -14,9 +14,8 @@ use axum::routing::get;
 use tokio_stream::StreamExt as _;
 
 use super::html::{Live, esc, page, when};
-use super::links::LINK_PATH;
 use super::{Web, csrf_ok, refuse};
-use crate::approver::http::{LocalEnd, Peer};
+use crate::approver::http::conn::{LocalEnd, Peer};
 use crate::approver::service::ApproverService;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
@@ -33,10 +32,6 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/web/grants/{id}/revoke", axum::routing::post(revoke))
         .route("/web/ledger", get(ledger))
         .route("/web/events", get(events))
-        .route(
-            &format!("{LINK_PATH}{{token}}"),
-            get(super::link_pages::link_page).post(super::link_pages::link_decide),
-        )
 }
 
 pub(super) fn html(body: String) -> Response {
@@ -343,12 +338,11 @@ pub(super) fn decide_request(
 /// The connection's two ends, when served by the listener (not in unit tests).
 pub(super) type Ends = (Option<Extension<Peer>>, Option<Extension<LocalEnd>>);
 
-/// The session of the process behind `ends` (see [`Web::caller_session`]), or a refusal.
-pub(super) async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, Response> {
+/// The session of the process behind `ends` (see [`Web::caller_session`]), or why not.
+pub(super) async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, String> {
     let (peer, local) = ends;
     web.caller_session(peer.map(|p| p.0.0), local.map(|l| l.0.0))
         .await
-        .map_err(|m| refuse(StatusCode::FORBIDDEN, &m))
 }
 
 /// Runs a decision as `who` and answers with the request's page.
@@ -388,7 +382,7 @@ async fn decide(
     }
     let session = match session_of(&web, (peer, local)).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
     };
     run_decision(&web, &s.name, session, id, &form).await
 }

@@ -42,6 +42,7 @@ async fn harness() -> Harness {
 impl Harness {
     fn router(&self) -> axum::Router {
         pages::routes()
+            .merge(super::link_pages::routes())
             .with_state(Arc::clone(&self.web))
             .layer(axum::middleware::map_response(
                 crate::approver::http::security_headers,
