@@ -5,7 +5,8 @@
 //! it with a 15-minute grant, and the write proceeds. Along the way: the cookie's flags, a
 //! form without CSRF token and a request without session refused, and a hostile agent
 //! name, reason and path rendered inert. A screenshot of the request page is kept under
-//! target/e2e-artifacts/ (and copied to docs/ for the README).
+//! target/e2e-artifacts/ (and copied to docs/ for the README with
+//! `CONFGATE_UPDATE_SCREENSHOT=1`).
 use std::time::Duration;
 
 use e2e::browser::{Browser, free_port, http, missing_prerequisites, start_oidc};
@@ -132,7 +133,11 @@ fn a_person_signs_in_sees_a_held_write_live_and_approves_it_in_a_browser() {
     let artifacts = target_dir().join("e2e-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("approval-page.png"), &png).unwrap();
-    let _ = std::fs::write(workspace().join("docs/approval-page.png"), &png);
+    // The README's picture: refreshed on request (it is committed; runs leave it alone).
+    let docs = workspace().join("docs/approval-page.png");
+    if std::env::var_os("CONFGATE_UPDATE_SCREENSHOT").is_some() || !docs.exists() {
+        std::fs::write(&docs, &png).unwrap();
+    }
 
     // With the browser's own session cookie but no CSRF token: refused.
     let cookie = b.cookie_header();
