@@ -113,22 +113,53 @@ async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
             "<table><tr><th>#</th><th>Host</th><th>Agent</th><th>Session</th><th>Path</th>\
              <th>Operations</th><th>Reason</th><th>Deadline</th></tr>",
         );
+        // One group per session (host, session), oldest first within it: what one agent
+        // run asked for is reviewed together.
+        let mut groups: Vec<((String, u64), Vec<&pb::ApprovalRequest>)> = Vec::new();
         for r in &list {
-            let c = r.context.clone().unwrap_or_default();
+            let c = r.context.as_ref();
+            let key = (
+                c.map(|c| c.host.clone()).unwrap_or_default(),
+                c.map_or(0, |c| c.session_id),
+            );
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(r),
+                None => groups.push((key, vec![r])),
+            }
+        }
+        for ((host, session), mut rs) in groups {
+            rs.sort_by_key(|r| r.id);
+            let agent = rs
+                .first()
+                .and_then(|r| r.context.as_ref())
+                .map(|c| c.agent.clone())
+                .unwrap_or_default();
             let _ = write!(
                 body,
-                "<tr class=\"request\" id=\"request-{id}\"><td><a href=\"/web/requests/{id}\">{id}</a></td>\
-                 <td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td>\
-                 <td class=\"deadline\">{}</td></tr>",
-                esc(&c.host),
-                esc(&c.agent),
-                c.session_id,
-                esc(&c.path),
-                esc(&c.operations.join(", ")),
-                esc(&c.reason),
-                when(r.deadline_unix_ms),
-                id = r.id,
+                "<tbody class=\"session\"><tr class=\"group\"><th colspan=\"8\">Session {session} \
+                 of {} on {}: {} pending</th></tr>",
+                esc(&agent),
+                esc(&host),
+                rs.len()
             );
+            for r in rs {
+                let c = r.context.clone().unwrap_or_default();
+                let _ = write!(
+                    body,
+                    "<tr class=\"request\" id=\"request-{id}\"><td><a href=\"/web/requests/{id}\">{id}</a></td>\
+                     <td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td>\
+                     <td class=\"deadline\">{}</td></tr>",
+                    esc(&c.host),
+                    esc(&c.agent),
+                    c.session_id,
+                    esc(&c.path),
+                    esc(&c.operations.join(", ")),
+                    esc(&c.reason),
+                    when(r.deadline_unix_ms),
+                    id = r.id,
+                );
+            }
+            body.push_str("</tbody>");
         }
         body.push_str("</table>");
     }

@@ -144,9 +144,21 @@ async fn decisions_need_the_session_csrf_token_and_go_through_the_service() {
     let mut h = harness().await;
     let id = h.submit(testing::request(1, 7).build()).await;
     let (cookie, csrf) = h.sign_in("oidc:alice");
+    h.submit(testing::request(2, 7).path("/etc/app2.conf").build())
+        .await;
+    h.submit(testing::request(3, 9).build()).await;
     let (s, body) = h.get("/", Some(&cookie)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.contains(&format!("/web/requests/{id}")), "{body}");
+    // Grouped by session: session 7 with two requests, session 9 with one.
+    assert!(
+        body.contains("Session 7 of codex on") && body.contains(": 2 pending"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Session 9 of codex on") && body.contains(": 1 pending"),
+        "{body}"
+    );
     let (s, body) = h.get(&format!("/web/requests/{id}"), Some(&cookie)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.contains(&format!("value=\"{csrf}\"")), "{body}");
