@@ -41,14 +41,16 @@ pub enum Principal {
     },
 }
 
-/// Set as a request extension by the web page's handlers when they call the gRPC service
-/// in-process: the approver they authenticated, and the session of the process that sent
-/// the browser's request when it runs on this host. Extensions never come from the network.
+/// Set as a request extension by the web page's handlers (and other in-process channels)
+/// when they call the gRPC service in-process: the approver they authenticated.
+/// Extensions never come from the network.
 #[derive(Clone, Debug)]
-pub struct WebPrincipal {
-    pub name: String,
-    pub session: Option<u64>,
-}
+pub struct WebPrincipal(pub String);
+
+/// Set with a [`WebPrincipal`] when the process that sent the browser's request runs on
+/// this host: its agent session (0 for none), from the kernel's session map.
+#[derive(Clone, Copy, Debug)]
+pub struct WebCallerSession(pub u64);
 
 /// A Unix-socket caller as the kernel reported it at connect time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,10 +125,10 @@ impl Authenticator {
 
     /// Identifies the caller of `req` (`UNAUTHENTICATED` when it cannot be).
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        if let Some(w) = req.extensions().get::<WebPrincipal>() {
+        if let Some(WebPrincipal(name)) = req.extensions().get::<WebPrincipal>() {
             return Ok(Principal::Web {
-                name: w.name.clone(),
-                session: w.session,
+                name: name.clone(),
+                session: req.extensions().get::<WebCallerSession>().map(|s| s.0),
             });
         }
         let token = self.token(req)?;

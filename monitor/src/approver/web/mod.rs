@@ -26,7 +26,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 
 use super::ApproverError;
 use super::config::ServiceConfig;
-use super::identity::WebPrincipal;
+use super::identity::{WebCallerSession, WebPrincipal};
 use super::service::Shared;
 use crate::os::clock::now_ms;
 
@@ -198,10 +198,10 @@ impl Web {
     /// [`Web::as_approver`] for a caller whose process on this host is in `session`.
     pub(crate) fn as_approver_in<T>(name: &str, session: Option<u64>, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        req.extensions_mut().insert(WebPrincipal {
-            name: name.to_owned(),
-            session,
-        });
+        req.extensions_mut().insert(WebPrincipal(name.to_owned()));
+        if let Some(s) = session {
+            req.extensions_mut().insert(WebCallerSession(s));
+        }
         req
     }
 
