@@ -43,32 +43,6 @@ pub fn looks_like_approver(text: &str) -> bool {
         && !table.keys().any(|k| DAEMON_KEYS.contains(&k.as_str()))
 }
 
-/// The web page's address and sign-in, and a warning for a missing client secret file.
-fn web_summary(cfg: &ServiceConfig, out: &mut dyn Write) -> io::Result<()> {
-    let Some(listen) = &cfg.http.listen else {
-        return Ok(());
-    };
-    let sign_in = cfg.web.oidc.as_ref().map_or_else(
-        || "no sign-in (action links only)".to_owned(),
-        |o| format!("sign-in at {}", o.issuer),
-    );
-    writeln!(
-        out,
-        "  web page: {listen} (public {}), {sign_in}",
-        cfg.http.base_url().unwrap_or_default()
-    )?;
-    if let Some(f) = cfg
-        .web
-        .oidc
-        .as_ref()
-        .and_then(|o| o.client_secret_file.as_ref())
-        && !f.exists()
-    {
-        writeln!(out, "  warning: {} does not exist (yet)", f.display())?;
-    }
-    Ok(())
-}
-
 /// Checks the approver configuration at `path`: `ok: <path>` and a summary on `out` (0),
 /// or every problem (`path:line:column: ...`) on `err` (1).
 pub fn run_to(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Result<i32> {
@@ -105,9 +79,28 @@ pub fn run_to(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Resu
             writeln!(out, "  warning: {} does not exist (yet)", f.display())?;
         }
     }
-    web_summary(&cfg, out)?;
     writeln!(out, "  approver tokens: {}", cfg.tokens.len())?;
     writeln!(out, "  longest grant: {} s", cfg.max_ttl_secs)?;
+    if let Some(listen) = &cfg.http.listen {
+        let sign_in = cfg.web.oidc.as_ref().map_or_else(
+            || "no sign-in (action links only)".to_owned(),
+            |o| format!("sign-in at {}", o.issuer),
+        );
+        writeln!(
+            out,
+            "  web page: {listen} (public {}), {sign_in}",
+            cfg.http.base_url().unwrap_or_default()
+        )?;
+        if let Some(f) = cfg
+            .web
+            .oidc
+            .as_ref()
+            .and_then(|o| o.client_secret_file.as_ref())
+            && !f.exists()
+        {
+            writeln!(out, "  warning: {} does not exist (yet)", f.display())?;
+        }
+    }
     Ok(0)
 }
 
