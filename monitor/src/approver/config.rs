@@ -67,6 +67,10 @@ pub struct ServiceConfig {
     /// `cert:<CN>` or `token:<name>`: for people's workstations only, never a host where
     /// agents run. Default none: every certificate and token decision needs an attestation.
     pub workstation_approvers: Vec<String>,
+    /// `[http]`: the HTTP listener (web page, chat callbacks).
+    pub http: super::http::config::HttpSection,
+    /// `[web]`: the web approval page (OpenID Connect, action links).
+    pub web: super::web::config::WebSection,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -105,6 +109,8 @@ impl Default for ServiceConfig {
             default_lifetime_secs: 600,
             tokens: Vec::new(),
             workstation_approvers: Vec::new(),
+            http: Default::default(),
+            web: Default::default(),
         }
     }
 }
@@ -295,6 +301,15 @@ impl ServiceConfig {
                     format!("{w:?} is not `cert:<CN>` or `token:<name>`"),
                 ),
             }
+        }
+        self.http.check(
+            &mut c,
+            self.allow_plaintext,
+            self.tls.cert.is_some() && self.tls.key.is_some(),
+        );
+        self.web.check(&mut c);
+        if self.web.oidc.is_some() && self.http.listen.is_none() {
+            c.fail("web.oidc", "the web page needs [http] listen");
         }
         c.problems
     }

@@ -30,7 +30,27 @@ pub enum Principal {
     Approver { name: String },
     /// A process on a Unix socket.
     Unix(UnixPeer),
+    /// A person on the web page: signed in with OpenID Connect (`oidc:<user>`) or holding
+    /// a signed action link for this approver name. Only the service's own HTTP handlers
+    /// make it ([`WebPrincipal`]), never a gRPC caller.
+    Web {
+        name: String,
+        /// The agent session of the calling process when it runs on this host (local
+        /// mode: from the kernel's session map; 0 for none).
+        session: Option<u64>,
+    },
 }
+
+/// Set as a request extension by the web page's handlers (and other in-process channels)
+/// when they call the gRPC service in-process: the approver they authenticated.
+/// Extensions never come from the network.
+#[derive(Clone, Debug)]
+pub struct WebPrincipal(pub String);
+
+/// Set with a [`WebPrincipal`] when the process that sent the browser's request runs on
+/// this host: its agent session (0 for none), from the kernel's session map.
+#[derive(Clone, Copy, Debug)]
+pub struct WebCallerSession(pub u64);
 
 /// A Unix-socket caller as the kernel reported it at connect time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +109,12 @@ impl Authenticator {
         }
     }
 
+    /// The agent session of local process `pid` (0: none), when this service has the
+    /// kernel's session map (the daemon's, in local mode).
+    pub fn session_of_pid(&self, pid: u32) -> Option<u64> {
+        self.oracle.as_ref().map(|o| o.session_of_pid(pid))
+    }
+
     /// This host's name: the oracle's, or `gethostname`.
     pub fn local_host(&self) -> String {
         match &self.oracle {
@@ -99,6 +125,12 @@ impl Authenticator {
 
     /// Identifies the caller of `req` (`UNAUTHENTICATED` when it cannot be).
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        if let Some(WebPrincipal(name)) = req.extensions().get::<WebPrincipal>() {
+            return Ok(Principal::Web {
+                name: name.clone(),
+                session: req.extensions().get::<WebCallerSession>().map(|s| s.0),
+            });
+        }
         let token = self.token(req)?;
         if let Some(certs) = req.peer_certs()
             && let Some(leaf) = certs.first()
@@ -183,9 +215,11 @@ impl Authenticator {
     pub fn host(&self, p: &Principal, call: &str) -> Result<String, Status> {
         match p {
             Principal::Host { host } => Ok(host.clone()),
-            Principal::Approver { name } => Err(Status::permission_denied(format!(
-                "{call} is for hosts; {name} is an approver identity"
-            ))),
+            Principal::Approver { name } | Principal::Web { name, .. } => {
+                Err(Status::permission_denied(format!(
+                    "{call} is for hosts; {name} is an approver identity"
+                )))
+            }
             Principal::Unix(u) if u.uid != 0 => Err(Status::permission_denied(format!(
                 "{call} is for hosts: on the Unix socket only root (the local confgate daemon) \
                  acts as the host, not uid {}",
@@ -214,6 +248,14 @@ impl Authenticator {
                 unix: false,
                 workstation: self.workstation.contains(name),
             }),
+            // A person at a browser: like a workstation credential, and when the browser's
+            // connection comes from a process of this host, held to that process's session.
+            Principal::Web { name, session } => Ok(ApproverId {
+                name: name.clone(),
+                local: session.map(|s| (self.local_host(), s)),
+                unix: false,
+                workstation: true,
+            }),
             Principal::Unix(u) if !u.admin => Err(Status::permission_denied(format!(
                 "{call} needs root or membership in the approvers' admin group (uid {} is neither)",
                 u.uid
@@ -231,7 +273,9 @@ impl Authenticator {
     pub fn describe(&self, p: &Principal) -> Result<(String, &'static str), Status> {
         match p {
             Principal::Host { host } => Ok((format!("host:{host}"), "host")),
-            Principal::Approver { name } => Ok((name.clone(), "approver")),
+            Principal::Approver { name } | Principal::Web { name, .. } => {
+                Ok((name.clone(), "approver"))
+            }
             Principal::Unix(_) => Ok((self.approver(p, "WhoAmI")?.name, "approver")),
         }
     }
