@@ -62,6 +62,12 @@ pub struct GateMetrics {
     pub update_errors: AtomicU64,
     pub decisions_for_closed: AtomicU64,
     pub store_errors: AtomicU64,
+    /// Terminal notices written / not written (no controlling terminal, would block, rate
+    /// limit); see `gate::terminal`.
+    pub terminal_notices: AtomicU64,
+    pub terminal_no_terminal: AtomicU64,
+    pub terminal_dropped: AtomicU64,
+    pub terminal_rate_limited: AtomicU64,
 }
 
 impl GateMetrics {
@@ -116,6 +122,16 @@ impl GateMetrics {
                 g(&self.decisions_for_closed),
             ),
             ("gate_store_errors", g(&self.store_errors)),
+            ("gate_terminal_notices", g(&self.terminal_notices)),
+            (
+                "gate_terminal_notices_no_terminal",
+                g(&self.terminal_no_terminal),
+            ),
+            ("gate_terminal_notices_dropped", g(&self.terminal_dropped)),
+            (
+                "gate_terminal_notices_rate_limited",
+                g(&self.terminal_rate_limited),
+            ),
         ]
     }
 }

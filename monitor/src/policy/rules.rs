@@ -57,6 +57,14 @@ pub struct GateConfig {
     pub trees: Vec<PathBuf>,
     /// Extra single files to mark (inode marks: a hardlink elsewhere is gated too).
     pub files: Vec<PathBuf>,
+    /// Write a one-line notice to the session's controlling terminal when one of its
+    /// operations is held or denied-and-requested (the request id, what waits, how to
+    /// decide). Default true.
+    pub terminal_notice: bool,
+    /// Address of the approval service's web page (`https://host:port`); when set, the
+    /// terminal notice ends with `<approvals_url>/requests/ID`. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals_url: Option<String>,
     /// The rules, in order: the first that matches an open decides.
     #[serde(rename = "rule")]
     pub rules: Vec<RuleConfig>,
@@ -73,6 +81,8 @@ impl Default for GateConfig {
             watchdog: HumanDuration(DEFAULT_WATCHDOG),
             trees: Vec::new(),
             files: Vec::new(),
+            terminal_notice: true,
+            approvals_url: None,
             rules: default_gate_rules(),
         }
     }
@@ -187,6 +197,19 @@ pub fn default_gate_rules() -> Vec<RuleConfig> {
             &["/run/systemd/system/**", "/usr/lib/systemd/system/**"],
         ),
     ]
+}
+
+/// Whether `url` may end the terminal notice: `http(s)://` and printable ASCII only (it is
+/// written to a person's terminal), no query or fragment (`/requests/ID` is appended).
+fn valid_approvals_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && url.len() <= 512
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'?' | b'#' | b'<' | b'>'))
 }
 
 /// A duration written as a humantime string (`"30s"`, `"1h 30m"`, `"500ms"`).
@@ -413,6 +436,14 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
                 "{} is not between 1 and {MAX_PREIMAGE_BYTES} (1 GiB)",
                 g.max_preimage_bytes
             ),
+        );
+    }
+    if let Some(url) = &g.approvals_url
+        && !valid_approvals_url(url)
+    {
+        p.fail(
+            "gate.approvals_url".into(),
+            "expected an absolute http:// or https:// address of printable characters without spaces, quotes or a query",
         );
     }
     let mut trees = Vec::new();
@@ -754,6 +785,30 @@ mod tests {
         r.outside_sessions = true;
         g.rules = vec![r];
         assert_eq!(fields(&g), ["gate.rule[0].outside_sessions"]);
+    }
+
+    #[test]
+    fn approvals_url_is_checked() {
+        let mut g = GateConfig::default();
+        for ok in [
+            "https://approve.example:8443",
+            "http://127.0.0.1:8080/base/",
+        ] {
+            g.approvals_url = Some(ok.into());
+            assert!(fields(&g).is_empty(), "{ok}");
+        }
+        for bad in [
+            "approve.example",
+            "https://",
+            "https:///x",
+            "https://a b",
+            "https://a/?q=1",
+            "https://a/\u{1b}[0m",
+            "javascript:alert(1)",
+        ] {
+            g.approvals_url = Some(bad.into());
+            assert_eq!(fields(&g), ["gate.approvals_url"], "{bad}");
+        }
     }
 
     #[test]

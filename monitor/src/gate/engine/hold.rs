@@ -505,6 +505,8 @@ impl Engine {
             if let Some(w) = waiter {
                 lock(&self.waiters).insert(id, w);
             }
+            // Before the request can leave: its acknowledgement names the service's id.
+            self.await_acceptance(id, &ctx, rule, lifetime);
             submit.host_request_id = id;
             Ok(submit)
         });
@@ -540,6 +542,7 @@ impl Engine {
                 GateMetrics::inc(&self.state.metrics.request_errors);
                 warn!(error = %e, "cannot record and spool the approval request");
                 lock(&self.waiters).remove(&allocated);
+                lock(&self.to_tell).remove(&allocated);
                 return None;
             }
         };
@@ -552,6 +555,7 @@ impl Engine {
         });
         info!(request = id, path = %ctx.path, session = ctx.session_id, agent = %ctx.agent, rule = %ctx.rule, reason = %ctx.reason, "approval requested");
         GateMetrics::inc(&self.state.metrics.requests);
+
         Some((id, body))
     }
 
