@@ -89,6 +89,8 @@ pub struct TokenEntry {
     pub name: String,
     /// Lowercase or uppercase hex of the SHA-256 of the token (`sha256sum`).
     pub sha256: String,
+    /// Groups of this approver, for rules' `approvers = ["group:<name>"]`. Default none.
+    pub groups: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -297,6 +299,15 @@ impl ServiceConfig {
             }
         }
         c.problems
+    }
+
+    /// Groups of approver identities from the configuration (`groups` of each `[[token]]`).
+    pub fn approver_groups(&self) -> super::quorum::Groups {
+        super::quorum::Groups::new(
+            self.tokens
+                .iter()
+                .map(|t| (format!("token:{}", t.name), t.groups.clone())),
+        )
     }
 
     /// The configured tokens as `(name, digest)`; entries that fail validation are left out.

@@ -44,6 +44,7 @@ pub mod client;
 pub mod config;
 pub mod decider;
 pub mod identity;
+pub mod quorum;
 pub mod service;
 pub mod store;
 pub mod tls;
@@ -144,6 +145,7 @@ impl Server {
             default_lifetime_ms: ms(cfg.default_lifetime_secs),
         };
         let shared = Shared::new(store, auth, audit, limits)?;
+        shared.set_groups(cfg.approver_groups());
         let (stop, _) = watch::channel(false);
         let mut server = Server {
             sweeper: tokio::spawn(Arc::clone(&shared).sweeper()),

@@ -36,6 +36,16 @@ impl Shared {
         if req.state != State::Pending {
             return Err(not_pending(id, req.state));
         }
+        let groups = self.groups.get().map(|g| g.of(who)).unwrap_or_default();
+        if let Some(why) = super::super::quorum::refusal(
+            who,
+            &groups,
+            &req.context,
+            &super::super::quorum::of(req),
+        ) {
+            tracing::warn!(request = id, approver = %who.name, reason = %why, "decision by an approver the rule does not permit refused");
+            return Err(Status::permission_denied(why));
+        }
         if req.deadline_unix_ms <= now {
             self.sweep.notify_one();
             return Err(Status::failed_precondition(format!(

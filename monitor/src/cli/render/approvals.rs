@@ -48,9 +48,15 @@ pub fn render_list(requests: &[pb::ApprovalRequest], all: bool, now_ms: i64) -> 
             } else {
                 "-".to_owned()
             };
+            let state = match quorum_progress(r) {
+                Some((have, need, _)) if r.state == pb::RequestState::Pending as i32 => {
+                    format!("pending {have}/{need}")
+                }
+                _ => state_name(r.state).to_owned(),
+            };
             vec![
                 r.id.to_string(),
-                state_name(r.state).to_owned(),
+                state,
                 dash(&c.host),
                 c.session_id.to_string(),
                 dash(&c.agent),
@@ -103,6 +109,23 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         },
     );
     field("rule", dash(&c.rule));
+    if let Some(line) = approvals_line(r) {
+        field("approvals", line);
+    }
+    if let Some(q) = &c.quorum {
+        if !q.approvers.is_empty() {
+            field("approvers", term(&q.approvers.join(", ")));
+        }
+        if q.four_eyes {
+            field(
+                "four eyes",
+                "the session's user and login user cannot approve".to_owned(),
+            );
+        }
+        if !q.notify.is_empty() {
+            field("notify", term(&q.notify.join(", ")));
+        }
+    }
     field("mode", dash(&c.mode));
     field("fail verdict", dash(&c.fail_verdict));
     field(
@@ -122,6 +145,38 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         }
     }
     s
+}
+
+/// (approvals so far, approvals needed, who approved) of a request whose rule needs
+/// several, or that has approvals recorded; `None` for the usual single approval.
+pub fn quorum_progress(r: &pb::ApprovalRequest) -> Option<(usize, u32, Vec<String>)> {
+    let need = r
+        .context
+        .as_ref()
+        .and_then(|c| c.quorum.as_ref())
+        .map_or(1, |q| q.approvals.max(1));
+    if need <= 1 && r.approvals.is_empty() {
+        return None;
+    }
+    let who = r
+        .approvals
+        .iter()
+        .map(|a| term(a.by.split_once(':').map_or(a.by.as_str(), |(_, p)| p)))
+        .collect();
+    Some((r.approvals.len(), need, who))
+}
+
+/// `1 of 2 approvals (alice)`, for requests whose rule needs several.
+pub fn approvals_line(r: &pb::ApprovalRequest) -> Option<String> {
+    let (have, need, who) = quorum_progress(r)?;
+    let mut s = format!(
+        "{have} of {need} approval{}",
+        if need == 1 { "" } else { "s" }
+    );
+    if !who.is_empty() {
+        s.push_str(&format!(" ({})", who.join(", ")));
+    }
+    Some(s)
 }
 
 fn decision_line(d: &pb::Decision, now_ms: i64) -> String {
@@ -164,7 +219,11 @@ pub fn render_decided(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         .context
         .as_ref()
         .map_or_else(|| "-".to_owned(), |c| dash(&c.path));
-    let mut s = format!("request {} ({path}): {}\n", r.id, state_name(r.state));
+    let mut s = format!("request {} ({path}): {}", r.id, state_name(r.state));
+    if let Some(line) = approvals_line(r) {
+        s.push_str(&format!(", {line}"));
+    }
+    s.push('\n');
     if let Some(g) = r.decision.as_ref().and_then(|d| d.grant.as_ref()) {
         s.push_str(&format!("grant {}\n", grant_summary(g, now_ms)));
     }
@@ -193,6 +252,11 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
             "rule": c.rule,
             "mode": c.mode,
             "fail_verdict": c.fail_verdict,
+            "login_user": c.login_user,
+            "quorum": c.quorum.as_ref().map(|q| json!({
+                "approvals": q.approvals.max(1), "approvers": q.approvers,
+                "four_eyes": q.four_eyes, "notify": q.notify,
+            })),
         })
     });
     let decision = r.decision.as_ref().map(|d| {
@@ -216,6 +280,10 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
         "deadline": utc_time(r.deadline_unix_ms),
         "context": context,
         "decision": decision,
+        "approvals": r.approvals.iter().map(|a| json!({
+            "by": a.by, "unix_ms": a.unix_ms, "note": a.note,
+        })).collect::<Vec<_>>(),
+        "progress": approvals_line(r),
     })
 }
 
@@ -256,11 +324,14 @@ pub(crate) mod tests {
                 mode: "hold".into(),
                 fail_verdict: "deny".into(),
                 cwd: "/home/alice".into(),
+                quorum: None,
+                login_user: String::new(),
             }),
             created_unix_ms: NOW - 60_000,
             deadline_unix_ms: NOW + 252_000,
             state: pb::RequestState::Pending as i32,
             decision: None,
+            approvals: Vec::new(),
         }
     }
 

@@ -409,6 +409,12 @@ impl Engine {
             rule: &rule.name,
             mode: rule.mode.as_str(),
             fail_verdict: rule.fail.as_str(),
+            quorum: rule.quorum.as_ref().map(|q| pb::Quorum {
+                approvals: q.approvals,
+                approvers: q.approvers.clone(),
+                four_eyes: q.four_eyes,
+                notify: q.notify.clone(),
+            }),
         })
     }
 
