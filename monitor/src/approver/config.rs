@@ -301,15 +301,6 @@ impl ServiceConfig {
         c.problems
     }
 
-    /// Groups of approver identities from the configuration (`groups` of each `[[token]]`).
-    pub fn approver_groups(&self) -> super::quorum::Groups {
-        super::quorum::Groups::new(
-            self.tokens
-                .iter()
-                .map(|t| (format!("token:{}", t.name), t.groups.clone())),
-        )
-    }
-
     /// The configured tokens as `(name, digest)`; entries that fail validation are left out.
     pub fn token_digests(&self) -> Vec<(String, [u8; 32])> {
         self.tokens

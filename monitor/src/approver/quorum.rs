@@ -16,6 +16,7 @@
 //! before any of this (`approver::decider`), on every approval.
 use std::collections::HashMap;
 
+use super::config::ServiceConfig;
 use super::identity::ApproverId;
 use super::store::{ContextRec, QuorumRec, RequestRec};
 
@@ -33,6 +34,15 @@ impl Groups {
             by_identity.entry(name).or_default().extend(groups);
         }
         Groups { by_identity }
+    }
+
+    /// Groups from the service's configuration (`groups` of each `[[token]]`).
+    pub fn from_config(cfg: &ServiceConfig) -> Groups {
+        Groups::new(
+            cfg.tokens
+                .iter()
+                .map(|t| (format!("token:{}", t.name), t.groups.clone())),
+        )
     }
 
     /// The groups of `who`: configured ones, and a Unix approver's system groups.
