@@ -39,6 +39,7 @@ use service::{ApproverService, Limits, Shared};
 pub use crate::config::addr;
 pub mod attest;
 pub mod audit;
+pub mod burst;
 pub mod ca;
 pub mod client;
 pub mod config;

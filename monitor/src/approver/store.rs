@@ -72,6 +72,9 @@ pub struct ContextRec {
     /// The login user of the session's first process, when the host knows it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub login_user: String,
+    /// What a temporary name likely becomes (set by the service, see `approver::burst`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub likely_final: String,
 }
 
 /// A rule's quorum as the host sent it (see `approver::quorum`).
@@ -150,6 +153,11 @@ pub struct RequestRec {
     /// Where notifications of this request go (the rule's `notify`), for the outbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
+    /// Session-scoped glob suggestion and the paths it covers (see `approver::burst`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub suggested_glob: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggested_from: Vec<String>,
 }
 
 /// Who a grant covers.
@@ -214,6 +222,9 @@ pub struct NewRequest {
     pub context: ContextRec,
     /// The rule's `notify` entries.
     pub notify: Vec<String>,
+    /// Session-scoped glob suggestion and its paths (filled by the service at Submit).
+    pub suggested_glob: String,
+    pub suggested_from: Vec<String>,
     pub created_unix_ms: i64,
     pub deadline_unix_ms: i64,
 }
@@ -313,6 +324,8 @@ impl ApprovalStore {
                 context: new.context.clone(),
                 approvals: Vec::new(),
                 notify: new.notify.clone(),
+                suggested_glob: new.suggested_glob.clone(),
+                suggested_from: new.suggested_from.clone(),
             };
             tx.put(REQUESTS, id, &rec)?;
             tx.raw()
@@ -679,6 +692,8 @@ mod tests {
         NewRequest {
             host_request_id: hid,
             notify: Vec::new(),
+            suggested_glob: String::new(),
+            suggested_from: Vec::new(),
             context: ContextRec {
                 host: host.into(),
                 session_id: 7,

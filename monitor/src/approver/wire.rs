@@ -187,9 +187,12 @@ pub fn new_request(
         .as_ref()
         .map(|q| q.notify.clone())
         .unwrap_or_default();
+    let likely_final = super::burst::describe(&c.path).unwrap_or_default();
     Ok(NewRequest {
         host_request_id: r.host_request_id,
         notify,
+        suggested_glob: String::new(),
+        suggested_from: Vec::new(),
         created_unix_ms: created,
         deadline_unix_ms: deadline,
         context: ContextRec {
@@ -220,6 +223,7 @@ pub fn new_request(
             cwd: c.cwd,
             quorum,
             login_user: c.login_user,
+            likely_final,
         },
     })
 }
@@ -382,12 +386,15 @@ pub fn request(r: &RequestRec, g: Option<&GrantRec>) -> pb::ApprovalRequest {
                 }
             }),
             login_user: c.login_user.clone(),
+            likely_final: c.likely_final.clone(),
         }),
         created_unix_ms: r.created_unix_ms,
         deadline_unix_ms: r.deadline_unix_ms,
         state: pb::RequestState::from(r.state) as i32,
         decision: r.decision.as_ref().map(|d| decision(r.id, d, g)),
         approvals: r.approvals.iter().map(approval).collect(),
+        suggested_glob: r.suggested_glob.clone(),
+        suggested_from: r.suggested_from.clone(),
     }
 }
 

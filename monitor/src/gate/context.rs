@@ -176,6 +176,8 @@ pub fn request_context(i: ContextInput<'_>) -> pb::RequestContext {
         cwd: i.writer.cwd.clone(),
         quorum: i.quorum,
         login_user: s.and_then(|s| login_user(s.root_pid)).unwrap_or_default(),
+        // The service names it (from the path).
+        likely_final: String::new(),
     }
 }
 

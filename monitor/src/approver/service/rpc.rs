@@ -17,7 +17,12 @@ impl pb::approver_server::Approver for ApproverService {
             s.limits.default_lifetime_ms,
         )
         .inspect_err(|e| s.refused("Submit", e))?;
-        let (rec, created, unsynced) = s.db("submit", move |st| st.submit(new)).await?;
+        let (rec, created, unsynced) = s
+            .db("submit", move |st| {
+                let new = super::bursts::with_suggestion(st, new)?;
+                st.submit(new)
+            })
+            .await?;
         let out = wire::request(&rec, None);
         // Acknowledged only once durable (a crash before would lose the request, and the
         // host resends only what was not acknowledged). The grace is waited here, not on a

@@ -39,7 +39,17 @@ pub fn render_list(requests: &[pb::ApprovalRequest], all: bool, now_ms: i64) -> 
             "no pending approval requests\n".to_owned()
         };
     }
-    let rows: Vec<Vec<String>> = requests
+    // A session's requests together (sessions in the order of their newest request).
+    let mut order: Vec<(&str, u64)> = Vec::new();
+    for r in requests {
+        let key = session_key(r);
+        if !order.contains(&key) {
+            order.push(key);
+        }
+    }
+    let mut sorted: Vec<&pb::ApprovalRequest> = requests.iter().collect();
+    sorted.sort_by_key(|r| order.iter().position(|k| *k == session_key(r)));
+    let rows: Vec<Vec<String>> = sorted
         .iter()
         .map(|r| {
             let c = r.context.clone().unwrap_or_default();
@@ -63,16 +73,62 @@ pub fn render_list(requests: &[pb::ApprovalRequest], all: bool, now_ms: i64) -> 
                 dash(&c.user),
                 term(&c.operations.join(",")),
                 deadline,
-                ellipsize(&dash(&c.path), PATH_COLUMN),
+                ellipsize(&path_cell(&c), PATH_COLUMN),
             ]
         })
         .collect();
-    render_table(
+    let mut s = render_table(
         &[
             "ID", "STATE", "HOST", "SESSION", "AGENT", "USER", "OPS", "DEADLINE", "PATH",
         ],
         &rows,
-    )
+    );
+    s.push_str(&session_sets(&sorted, &order));
+    s
+}
+
+/// (host, session) of a request.
+fn session_key(r: &pb::ApprovalRequest) -> (&str, u64) {
+    r.context
+        .as_ref()
+        .map_or(("", 0), |c| (c.host.as_str(), c.session_id))
+}
+
+/// The path, with the likely final name of a temporary one.
+fn path_cell(c: &pb::RequestContext) -> String {
+    if c.likely_final.is_empty() {
+        dash(&c.path)
+    } else {
+        format!("{} -> {}", dash(&c.path), term(&c.likely_final))
+    }
+}
+
+/// One line per session with pending requests and a suggested glob: how many, the glob,
+/// and the command that approves the set.
+fn session_sets(sorted: &[&pb::ApprovalRequest], order: &[(&str, u64)]) -> String {
+    let mut s = String::new();
+    for key in order.iter().filter(|k| k.1 != 0) {
+        let pending: Vec<&&pb::ApprovalRequest> = sorted
+            .iter()
+            .filter(|r| session_key(r) == *key && r.state == pb::RequestState::Pending as i32)
+            .collect();
+        // The newest request's suggestion covers the most.
+        let Some(newest) = pending.iter().max_by_key(|r| r.id) else {
+            continue;
+        };
+        if newest.suggested_glob.is_empty() {
+            continue;
+        }
+        s.push_str(&format!(
+            "session {} on {}: {} pending, suggested glob {} (approve the set: confgate approvals approve --session-set {})\n",
+            key.1,
+            dash(key.0),
+            pending.len(),
+            term(&newest.suggested_glob),
+            newest.id
+        ));
+    }
+    s
 }
 
 /// The full human view of one request: everything an approver needs to decide.
@@ -99,6 +155,9 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         );
     }
     field("path", dash(&c.path));
+    if !c.likely_final.is_empty() {
+        field("likely final", term(&c.likely_final));
+    }
     field("operations", dash(&c.operations.join(", ")));
     field(
         "reason",
@@ -136,6 +195,20 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
             format!("sha256 {}", term(&c.content_sha256))
         },
     );
+    if !r.suggested_glob.is_empty() {
+        field(
+            "suggested",
+            format!(
+                "{} (session scope; approve --suggested {}, or --session-set {} for all its pending requests)",
+                term(&r.suggested_glob),
+                r.id,
+                r.id
+            ),
+        );
+        for (i, p) in r.suggested_from.iter().enumerate() {
+            field(if i == 0 { "  covering" } else { "" }, dash(p));
+        }
+    }
     field("created", when(r.created_unix_ms, now_ms));
     field("deadline", when(r.deadline_unix_ms, now_ms));
     if let Some(d) = &r.decision {
@@ -253,6 +326,7 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
             "mode": c.mode,
             "fail_verdict": c.fail_verdict,
             "login_user": c.login_user,
+            "likely_final": c.likely_final,
             "quorum": c.quorum.as_ref().map(|q| json!({
                 "approvals": q.approvals.max(1), "approvers": q.approvers,
                 "four_eyes": q.four_eyes, "notify": q.notify,
@@ -284,6 +358,8 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
             "by": a.by, "unix_ms": a.unix_ms, "note": a.note,
         })).collect::<Vec<_>>(),
         "progress": approvals_line(r),
+        "suggested_glob": r.suggested_glob,
+        "suggested_from": r.suggested_from,
     })
 }
 
@@ -326,12 +402,15 @@ pub(crate) mod tests {
                 cwd: "/home/alice".into(),
                 quorum: None,
                 login_user: String::new(),
+                likely_final: String::new(),
             }),
             created_unix_ms: NOW - 60_000,
             deadline_unix_ms: NOW + 252_000,
             state: pb::RequestState::Pending as i32,
             decision: None,
             approvals: Vec::new(),
+            suggested_glob: String::new(),
+            suggested_from: Vec::new(),
         }
     }
 
