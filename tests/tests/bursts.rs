@@ -63,8 +63,11 @@ fn a_dpkg_like_burst_is_approved_once_with_the_suggested_glob() {
     assert_eq!(g.stat("gate_unapproved_renames"), 0);
 }
 
-/// A small package with conffiles in `/etc` and nothing else to ask about.
-const PACKAGE: &str = "nginx-light";
+/// A small package with a conffile in `/etc` (`/etc/nanorc`) whose maintainer scripts
+/// also write there (`update-alternatives`: `/etc/alternatives/editor`, through a temp
+/// name renamed into place). (`nginx-light` also installs a systemd unit under
+/// `/usr/lib/systemd/system`, another gated tree: three decisions at least.)
+const PACKAGE: &str = "nano";
 
 fn apt_reaches_the_archive(pkg: &str) -> Result<(), String> {
     let installed = Command::new("dpkg-query")
@@ -116,7 +119,7 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
     let mut c = Command::new(confgate_bin());
     c.arg("--config")
         .arg(&g.d.config)
-        .args(["run", "--agent", "a", "--reason", "install nginx", "--"])
+        .args(["run", "--agent", "a", "--reason", "install an editor", "--"])
         .args([
             "apt-get",
             "install",
@@ -155,7 +158,7 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
     let out = output_text(&o);
     let purge = || {
         let _ = Command::new("apt-get")
-            .args(["purge", "-y", "--auto-remove", PACKAGE, "nginx-common"])
+            .args(["purge", "-y", PACKAGE])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .output();
@@ -164,14 +167,18 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
         purge();
         panic!("apt-get failed: {out}\n--- daemon log ---\n{}", g.d.log());
     }
-    let works = Command::new("nginx").arg("-t").output();
+    let works = Command::new("nano").arg("--version").output();
     let flagged = g.stat("gate_changes_flagged");
     let reverted = g.stat("gate_changes_reverted");
     let unapproved = g.stat("gate_unapproved_renames");
     let requests = g.stat("gate_requests");
     purge();
-    let works = works.expect("nginx -t");
-    assert!(works.status.success(), "nginx -t: {}", output_text(&works));
+    let works = works.expect("nano --version");
+    assert!(
+        works.status.success(),
+        "nano --version: {}",
+        output_text(&works)
+    );
     assert!(
         (1..=2).contains(&decisions),
         "{decisions} decisions ({requests} requests): {out}"
