@@ -219,6 +219,8 @@ mod tests {
             decision: None,
             approvals: Vec::new(),
             notify: Vec::new(),
+            suggested_glob: String::new(),
+            suggested_from: Vec::new(),
         };
         assert_eq!(progress(&r), "0 of 2 approvals");
         r.approvals.push(ApprovalRec {

@@ -122,7 +122,13 @@ impl TerminalNotices {
         } else {
             what
         };
-        let path = printable(n.path, MAX_PATH_CHARS);
+        let mut path = printable(n.path, MAX_PATH_CHARS);
+        if let Some(what) = crate::approver::burst::describe(n.path) {
+            path.push_str(&format!(
+                " (temp name: {})",
+                printable(&what, MAX_PATH_CHARS)
+            ));
+        }
         let id = n.request_id;
         let mut s = match n.waiting {
             Waiting::Held(t) => format!(
@@ -273,6 +279,15 @@ mod tests {
         ));
         assert!(line.contains("was denied and waits 1h"), "{line}");
         assert!(!line.contains("http"));
+        let line = none.line(&notice(
+            &ops,
+            "/etc/nginx/nginx.conf.dpkg-new",
+            Waiting::Held(Duration::from_secs(30)),
+        ));
+        assert!(
+            line.contains("(temp name: /etc/nginx/nginx.conf (new version unpacked by dpkg"),
+            "{line}"
+        );
         let long = "x".repeat(1000);
         assert!(printable(&long, 10).ends_with("..."));
         assert_eq!(printable(&long, 10).chars().count(), 13);

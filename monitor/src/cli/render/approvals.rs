@@ -103,7 +103,7 @@ fn path_cell(c: &pb::RequestContext) -> String {
     }
 }
 
-/// One line per session with pending requests and a suggested glob: how many, the glob,
+/// One line per session with several pending requests and a suggested glob: how many, the glob,
 /// and the command that approves the set.
 fn session_sets(sorted: &[&pb::ApprovalRequest], order: &[(&str, u64)]) -> String {
     let mut s = String::new();
@@ -113,6 +113,10 @@ fn session_sets(sorted: &[&pb::ApprovalRequest], order: &[(&str, u64)]) -> Strin
             .filter(|r| session_key(r) == *key && r.state == pb::RequestState::Pending as i32)
             .collect();
         // The newest request's suggestion covers the most.
+        // One request is its own set (`approvals show` has its suggestion).
+        if pending.len() < 2 {
+            continue;
+        }
         let Some(newest) = pending.iter().max_by_key(|r| r.id) else {
             continue;
         };
