@@ -73,7 +73,7 @@ pub fn render_list(requests: &[pb::ApprovalRequest], all: bool, now_ms: i64) -> 
                 dash(&c.user),
                 term(&c.operations.join(",")),
                 deadline,
-                ellipsize(&path_cell(&c), PATH_COLUMN),
+                path_cell(&c),
             ]
         })
         .collect();
@@ -96,10 +96,14 @@ fn session_key(r: &pb::ApprovalRequest) -> (&str, u64) {
 
 /// The path, with the likely final name of a temporary one.
 fn path_cell(c: &pb::RequestContext) -> String {
+    let path = ellipsize(&dash(&c.path), PATH_COLUMN);
     if c.likely_final.is_empty() {
-        dash(&c.path)
+        path
     } else {
-        format!("{} -> {}", dash(&c.path), term(&c.likely_final))
+        format!(
+            "{path} -> {}",
+            ellipsize(&term(&c.likely_final), PATH_COLUMN)
+        )
     }
 }
 
