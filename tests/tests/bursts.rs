@@ -182,3 +182,21 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
     );
     assert_eq!((flagged, reverted, unapproved), (0, 0, 0), "{}", g.d.log());
 }
+
+#[test]
+fn creating_dot_in_a_confined_session_fails_with_eexist_as_tar_expects() {
+    if !require_root("creating_dot_in_a_confined_session_fails_with_eexist_as_tar_expects") {
+        return;
+    }
+    let d = Daemon::start();
+    // What `dpkg-deb --control` does: tar extracting an archive of `.` into a directory.
+    let o = d.in_session(
+        "installer",
+        "e2e",
+        "set -e; mkdir -p src/d out; echo x > src/d/f; tar -C src -cf a.tar .; tar -C out -xf a.tar; \
+         python3 -c 'import os\ntry:\n os.mkdir(\".\")\nexcept OSError as e: print(\"errno\", e.errno)'; cat out/d/f",
+    );
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("errno 17") && out.contains('x'), "{out}");
+}
