@@ -729,6 +729,40 @@ mod tests {
     }
 
     #[test]
+    fn approvals_are_recorded_once_per_identity_and_only_while_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let (r, _, _) = s.submit(new_request("h1", 1, i64::MAX / 2)).unwrap();
+        let a = |by: &str| ApprovalRec {
+            by: by.into(),
+            unix_ms: 5,
+            note: String::new(),
+        };
+        let (rec, added) = s.add_approval(r.id, a("token:alice")).unwrap().unwrap();
+        assert!(added);
+        assert_eq!(rec.approvals.len(), 1);
+        let (rec, added) = s.add_approval(r.id, a("token:alice")).unwrap().unwrap();
+        assert!(!added);
+        assert_eq!(rec.approvals.len(), 1);
+        let (rec, _) = s.add_approval(r.id, a("token:bob")).unwrap().unwrap();
+        assert_eq!(s.request(r.id).unwrap().unwrap(), rec);
+        assert_eq!(rec.approvals.len(), 2);
+        let how = Resolution::Deny {
+            by: "token:carol".into(),
+            note: String::new(),
+        };
+        s.resolve(r.id, how, 9).unwrap().unwrap();
+        assert_eq!(
+            s.add_approval(r.id, a("token:dave")).unwrap(),
+            Err(Refusal::NotPending(State::Denied))
+        );
+        assert_eq!(
+            s.add_approval(999_999, a("x")).unwrap(),
+            Err(Refusal::NotFound)
+        );
+    }
+
+    #[test]
     fn submit_is_idempotent_per_host_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.redb");
