@@ -93,6 +93,8 @@ pub struct TokenEntry {
     pub name: String,
     /// Lowercase or uppercase hex of the SHA-256 of the token (`sha256sum`).
     pub sha256: String,
+    /// Groups of this approver, for rules' `approvers = ["group:<name>"]`. Default none.
+    pub groups: Vec<String>,
 }
 
 impl Default for ServiceConfig {

@@ -41,12 +41,14 @@ use service::{ApproverService, Limits, Shared};
 pub use crate::config::addr;
 pub mod attest;
 pub mod audit;
+pub mod burst;
 pub mod ca;
 pub mod client;
 pub mod config;
 pub mod decider;
 pub mod http;
 pub mod identity;
+pub mod quorum;
 pub mod service;
 pub mod store;
 pub mod tls;
@@ -150,6 +152,7 @@ impl Server {
             default_lifetime_ms: ms(cfg.default_lifetime_secs),
         };
         let shared = Shared::new(store, auth, audit, limits)?;
+        shared.set_groups(quorum::Groups::from_config(&cfg));
         let (stop, _) = watch::channel(false);
         let mut server = Server {
             sweeper: tokio::spawn(Arc::clone(&shared).sweeper()),

@@ -66,6 +66,36 @@ pub struct ContextRec {
     pub mode: String,
     pub fail_verdict: String,
     pub cwd: String,
+    /// What the rule asks of approvers (`None`: one approval by any approver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumRec>,
+    /// The login user of the session's first process, when the host knows it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub login_user: String,
+    /// What a temporary name likely becomes (set by the service, see `approver::burst`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub likely_final: String,
+}
+
+/// A rule's quorum as the host sent it (see `approver::quorum`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumRec {
+    /// Distinct approvals needed (at least 1).
+    pub approvals: u32,
+    /// Identity names and `group:<name>` entries; empty: every approver.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    #[serde(default)]
+    pub four_eyes: bool,
+}
+
+/// One approval recorded on a request that needs several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRec {
+    pub by: String,
+    pub unix_ms: i64,
+    #[serde(default)]
+    pub note: String,
 }
 
 /// State of a request.
@@ -117,6 +147,17 @@ pub struct RequestRec {
     pub deadline_unix_ms: i64,
     pub state: State,
     pub decision: Option<DecisionRec>,
+    /// Approvals recorded so far (distinct identities, in order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRec>,
+    /// Where notifications of this request go (the rule's `notify`), for the outbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    /// Session-scoped glob suggestion and the paths it covers (see `approver::burst`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub suggested_glob: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suggested_from: Vec<String>,
 }
 
 /// Who a grant covers.
@@ -179,6 +220,11 @@ pub enum UpdateKind {
 pub struct NewRequest {
     pub host_request_id: u64,
     pub context: ContextRec,
+    /// The rule's `notify` entries.
+    pub notify: Vec<String>,
+    /// Session-scoped glob suggestion and its paths (filled by the service at Submit).
+    pub suggested_glob: String,
+    pub suggested_from: Vec<String>,
     pub created_unix_ms: i64,
     pub deadline_unix_ms: i64,
 }
@@ -276,6 +322,10 @@ impl ApprovalStore {
                 state: State::Pending,
                 decision: None,
                 context: new.context.clone(),
+                approvals: Vec::new(),
+                notify: new.notify.clone(),
+                suggested_glob: new.suggested_glob.clone(),
+                suggested_from: new.suggested_from.clone(),
             };
             tx.put(REQUESTS, id, &rec)?;
             tx.raw()
@@ -493,6 +543,30 @@ impl ApprovalStore {
         })
     }
 
+    /// Records `approval` on pending request `id` (one per identity), durably. Returns
+    /// the request as recorded now, or why not: not found, no longer pending, or (`Ok`
+    /// with `false`) this identity had approved already.
+    pub fn add_approval(
+        &self,
+        id: u64,
+        approval: ApprovalRec,
+    ) -> Result<Result<(RequestRec, bool), Refusal>, StoreError> {
+        self.store.write(|tx| {
+            let Some(mut req) = tx.get(REQUESTS, id)? else {
+                return Ok(Err(Refusal::NotFound));
+            };
+            if req.state != State::Pending {
+                return Ok(Err(Refusal::NotPending(req.state)));
+            }
+            if req.approvals.iter().any(|a| a.by == approval.by) {
+                return Ok(Ok((req, false)));
+            }
+            req.approvals.push(approval);
+            tx.put(REQUESTS, id, &req)?;
+            Ok(Ok((req, true)))
+        })
+    }
+
     /// Revokes live grant `id`, durably, with its host update. Returns the grant and the
     /// update's seq.
     pub fn revoke(
@@ -623,6 +697,9 @@ mod tests {
     fn new_request(host: &str, hid: u64, deadline: i64) -> NewRequest {
         NewRequest {
             host_request_id: hid,
+            notify: Vec::new(),
+            suggested_glob: String::new(),
+            suggested_from: Vec::new(),
             context: ContextRec {
                 host: host.into(),
                 session_id: 7,
@@ -655,6 +732,40 @@ mod tests {
             revoked_by: None,
             session_ended_unix_ms: None,
         }
+    }
+
+    #[test]
+    fn approvals_are_recorded_once_per_identity_and_only_while_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let (r, _, _) = s.submit(new_request("h1", 1, i64::MAX / 2)).unwrap();
+        let a = |by: &str| ApprovalRec {
+            by: by.into(),
+            unix_ms: 5,
+            note: String::new(),
+        };
+        let (rec, added) = s.add_approval(r.id, a("token:alice")).unwrap().unwrap();
+        assert!(added);
+        assert_eq!(rec.approvals.len(), 1);
+        let (rec, added) = s.add_approval(r.id, a("token:alice")).unwrap().unwrap();
+        assert!(!added);
+        assert_eq!(rec.approvals.len(), 1);
+        let (rec, _) = s.add_approval(r.id, a("token:bob")).unwrap().unwrap();
+        assert_eq!(s.request(r.id).unwrap().unwrap(), rec);
+        assert_eq!(rec.approvals.len(), 2);
+        let how = Resolution::Deny {
+            by: "token:carol".into(),
+            note: String::new(),
+        };
+        s.resolve(r.id, how, 9).unwrap().unwrap();
+        assert_eq!(
+            s.add_approval(r.id, a("token:dave")).unwrap(),
+            Err(Refusal::NotPending(State::Denied))
+        );
+        assert_eq!(
+            s.add_approval(999_999, a("x")).unwrap(),
+            Err(Refusal::NotFound)
+        );
     }
 
     #[test]

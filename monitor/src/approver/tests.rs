@@ -28,6 +28,7 @@ fn base_config(dir: &Path) -> ServiceConfig {
         tokens: vec![TokenEntry {
             name: "ops".into(),
             sha256: hex(&Sha256::digest(TOKEN.as_bytes())),
+            groups: Vec::new(),
         }],
         ..testing::service_config(dir)
     }

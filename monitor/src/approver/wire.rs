@@ -16,7 +16,8 @@
 use tonic::Status;
 
 use super::store::{
-    ContextRec, DecisionRec, GrantRec, NewRequest, ProcessRec, RequestRec, Scope, State,
+    ApprovalRec, ContextRec, DecisionRec, GrantRec, NewRequest, ProcessRec, QuorumRec, RequestRec,
+    Scope, State,
 };
 use confgate_proto::v1 as pb;
 
@@ -34,6 +35,9 @@ pub const MAX_ANCESTRY: usize = 64;
 pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 /// Latest accepted deadline, relative to now (30 days).
 pub const MAX_DEADLINE_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Most approvals a rule may require, and most entries of its `approvers` and `notify`.
+pub const MAX_QUORUM: u32 = 16;
+pub const MAX_QUORUM_ENTRIES: usize = 64;
 /// Operations a request may name (the names of [`crate::policy::OpSet`]).
 pub const OPERATIONS: [&str; 9] = [
     "write", "create", "truncate", "rename", "remove", "chmod", "chown", "xattr", "link",
@@ -106,6 +110,10 @@ pub fn check_context(c: &pb::RequestContext) -> Result<(), Status> {
         check_bytes(&format!("context.ancestry[{i}].comm"), &p.comm, MAX_NAME)?;
         check_argv(&format!("context.ancestry[{i}].argv"), &p.argv)?;
     }
+    check_text("context.login_user", &c.login_user, MAX_NAME)?;
+    if let Some(q) = &c.quorum {
+        check_quorum(q)?;
+    }
     if c.operations.is_empty() {
         return Err(invalid("context.operations", "empty"));
     }
@@ -173,8 +181,18 @@ pub fn new_request(
             "out of range (at most 30 days ahead)",
         ));
     }
+    let quorum = quorum_rec(c.quorum.as_ref());
+    let notify = c
+        .quorum
+        .as_ref()
+        .map(|q| q.notify.clone())
+        .unwrap_or_default();
+    let likely_final = super::burst::describe(&c.path).unwrap_or_default();
     Ok(NewRequest {
         host_request_id: r.host_request_id,
+        notify,
+        suggested_glob: String::new(),
+        suggested_from: Vec::new(),
         created_unix_ms: created,
         deadline_unix_ms: deadline,
         context: ContextRec {
@@ -203,8 +221,55 @@ pub fn new_request(
             mode: c.mode,
             fail_verdict: c.fail_verdict,
             cwd: c.cwd,
+            quorum,
+            login_user: c.login_user,
+            likely_final,
         },
     })
+}
+
+/// A rule's quorum: bounded counts, names without control characters or spaces.
+fn check_quorum(q: &pb::Quorum) -> Result<(), Status> {
+    if q.approvals > MAX_QUORUM {
+        return Err(invalid(
+            "context.quorum.approvals",
+            format!("more than {MAX_QUORUM}"),
+        ));
+    }
+    for (field, list) in [
+        ("context.quorum.approvers", &q.approvers),
+        ("context.quorum.notify", &q.notify),
+    ] {
+        if list.len() > MAX_QUORUM_ENTRIES {
+            return Err(invalid(
+                field,
+                format!("more than {MAX_QUORUM_ENTRIES} entries"),
+            ));
+        }
+        for (i, v) in list.iter().enumerate() {
+            let f = format!("{field}[{i}]");
+            check_text(&f, v, MAX_NAME)?;
+            if v.is_empty() || v.chars().any(char::is_whitespace) {
+                return Err(invalid(&f, "empty, or contains whitespace"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stored form of a quorum (`None` for the default: one approval by anyone).
+fn quorum_rec(q: Option<&pb::Quorum>) -> Option<QuorumRec> {
+    let q = q?;
+    let rec = QuorumRec {
+        approvals: q.approvals.max(1),
+        approvers: q.approvers.clone(),
+        four_eyes: q.four_eyes,
+    };
+    (rec != QuorumRec {
+        approvals: 1,
+        ..QuorumRec::default()
+    })
+    .then_some(rec)
 }
 
 fn check_argv(field: &str, argv: &[String]) -> Result<(), Status> {
@@ -271,6 +336,15 @@ pub fn decision(request_id: u64, d: &DecisionRec, g: Option<&GrantRec>) -> pb::D
     }
 }
 
+/// The wire form of a recorded approval.
+pub fn approval(a: &ApprovalRec) -> pb::Approval {
+    pb::Approval {
+        by: a.by.clone(),
+        unix_ms: a.unix_ms,
+        note: a.note.clone(),
+    }
+}
+
 /// The wire form of a request; `g` is its grant, if any.
 pub fn request(r: &RequestRec, g: Option<&GrantRec>) -> pb::ApprovalRequest {
     let c = &r.context;
@@ -302,11 +376,25 @@ pub fn request(r: &RequestRec, g: Option<&GrantRec>) -> pb::ApprovalRequest {
             mode: c.mode.clone(),
             fail_verdict: c.fail_verdict.clone(),
             cwd: c.cwd.clone(),
+            quorum: (c.quorum.is_some() || !r.notify.is_empty()).then(|| {
+                let q = c.quorum.clone().unwrap_or_default();
+                pb::Quorum {
+                    approvals: q.approvals.max(1),
+                    approvers: q.approvers,
+                    four_eyes: q.four_eyes,
+                    notify: r.notify.clone(),
+                }
+            }),
+            login_user: c.login_user.clone(),
+            likely_final: c.likely_final.clone(),
         }),
         created_unix_ms: r.created_unix_ms,
         deadline_unix_ms: r.deadline_unix_ms,
         state: pb::RequestState::from(r.state) as i32,
         decision: r.decision.as_ref().map(|d| decision(r.id, d, g)),
+        approvals: r.approvals.iter().map(approval).collect(),
+        suggested_glob: r.suggested_glob.clone(),
+        suggested_from: r.suggested_from.clone(),
     }
 }
 

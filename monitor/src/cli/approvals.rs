@@ -100,8 +100,16 @@ pub enum ApprovalsCommand {
         #[arg(long, value_enum)]
         scope: Option<ScopeArg>,
         /// Widen the grant to this absolute path glob (default: the request's path).
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["suggested", "session_set"])]
         glob: Option<String>,
+        /// Widen the grant to the request's suggested glob (the narrowest directory of what
+        /// its session asked for so far; `approvals show` lists it), session scope.
+        #[arg(long, conflicts_with = "session_set")]
+        suggested: bool,
+        /// Approve every pending request of this request's session with one glob covering
+        /// them all and the session's earlier requests (session scope).
+        #[arg(long)]
+        session_set: bool,
         /// This machine runs no confgate daemon (a workstation): send no attestation. The
         /// service accepts the decision only from a credential it lists in
         /// `workstation_approvers`.
@@ -176,6 +184,7 @@ pub fn decide_request(
         decider_session: 0,
         attestation: attestation.map(|a| a.statement.clone()).unwrap_or_default(),
         attestation_signature: attestation.map(|a| a.signature.clone()).unwrap_or_default(),
+        operations: Vec::new(),
     })
 }
 
@@ -213,21 +222,43 @@ pub fn run(
                 note,
                 scope,
                 glob,
+                suggested,
+                session_set,
                 no_daemon,
                 json,
             } => {
-                let attestation = local_attestation(socket, *id, true, *no_daemon).await?;
-                let req = decide_request(
-                    *id,
-                    true,
-                    *ttl,
-                    note.as_deref(),
-                    *scope,
-                    glob.as_deref(),
-                    attestation.as_ref(),
-                )?;
                 let mut c = service(&client_cfg).await?;
-                decide(&mut c, req, *json, now_ms(), &mut out).await
+                let (ids, glob, scope) = if *session_set {
+                    let (ids, g) = super::approvals_set::session_set(&mut c, *id).await?;
+                    (ids, Some(g), Some(ScopeArg::Session))
+                } else if *suggested {
+                    let g = super::approvals_set::suggested_glob(&mut c, *id).await?;
+                    (vec![*id], Some(g), Some(ScopeArg::Session))
+                } else {
+                    (vec![*id], glob.clone(), *scope)
+                };
+                // A burst's grant covers what an installer does in the directory.
+                let every_op = *session_set || *suggested;
+                for id in ids {
+                    let attestation = local_attestation(socket, id, true, *no_daemon).await?;
+                    let mut req = decide_request(
+                        id,
+                        true,
+                        *ttl,
+                        note.as_deref(),
+                        scope,
+                        glob.as_deref(),
+                        attestation.as_ref(),
+                    )?;
+                    if every_op {
+                        req.operations = crate::approver::wire::OPERATIONS
+                            .iter()
+                            .map(|o| (*o).to_owned())
+                            .collect();
+                    }
+                    decide(&mut c, req, *json, now_ms(), &mut out).await?;
+                }
+                Ok(())
             }
             ApprovalsCommand::Deny {
                 id,

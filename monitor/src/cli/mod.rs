@@ -2,6 +2,7 @@
 pub mod approvals;
 #[cfg(test)]
 mod approvals_service_tests;
+mod approvals_set;
 pub mod approver;
 pub mod audit;
 pub mod audit_repair;

@@ -142,6 +142,8 @@ impl GateRuntime {
         let settings = EngineSettings {
             host,
             quarantine_dir: cfg.daemon.state_dir.join("quarantine"),
+            terminal_notice: cfg.gate.terminal_notice,
+            approvals_url: cfg.gate.approvals_url.clone(),
         };
         let inputs = EngineInputs {
             held: held_rx,

@@ -141,6 +141,8 @@ pub struct ContextInput<'a> {
     pub rule: &'a str,
     pub mode: &'a str,
     pub fail_verdict: &'a str,
+    /// The rule's quorum (`None`: the default, one approval by anyone).
+    pub quorum: Option<pb::Quorum>,
 }
 
 /// The stated reason: the writer's `CONFGATE_REASON` when set, else the session's
@@ -172,7 +174,19 @@ pub fn request_context(i: ContextInput<'_>) -> pb::RequestContext {
         mode: i.mode.to_string(),
         fail_verdict: i.fail_verdict.to_string(),
         cwd: i.writer.cwd.clone(),
+        quorum: i.quorum,
+        login_user: s.and_then(|s| login_user(s.root_pid)).unwrap_or_default(),
+        // The service names it (from the path).
+        likely_final: String::new(),
     }
+}
+
+/// The login user (`/proc/<pid>/loginuid`) of `pid`, when one is set: who logged in,
+/// whatever `sudo` or `su` made the session's uid.
+pub fn login_user(pid: u32) -> Option<String> {
+    let raw = procfs::read_at_most(pid, "loginuid", 32)?;
+    let uid: u32 = std::str::from_utf8(&raw).ok()?.trim().parse().ok()?;
+    (uid != u32::MAX).then(|| crate::sessions::user_name(uid))
 }
 
 #[cfg(test)]

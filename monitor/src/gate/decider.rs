@@ -65,6 +65,12 @@ pub struct GateMetrics {
     /// Approval requests whose record is on disk (a crash after this point is recovered
     /// as a released hold; before it, the record may be lost: see the README).
     pub requests_synced: AtomicU64,
+    /// Terminal notices written / not written (no controlling terminal, would block, rate
+    /// limit); see `gate::terminal`.
+    pub terminal_notices: AtomicU64,
+    pub terminal_no_terminal: AtomicU64,
+    pub terminal_dropped: AtomicU64,
+    pub terminal_rate_limited: AtomicU64,
 }
 
 impl GateMetrics {
@@ -120,6 +126,16 @@ impl GateMetrics {
             ),
             ("gate_store_errors", g(&self.store_errors)),
             ("gate_requests_synced", g(&self.requests_synced)),
+            ("gate_terminal_notices", g(&self.terminal_notices)),
+            (
+                "gate_terminal_notices_no_terminal",
+                g(&self.terminal_no_terminal),
+            ),
+            ("gate_terminal_notices_dropped", g(&self.terminal_dropped)),
+            (
+                "gate_terminal_notices_rate_limited",
+                g(&self.terminal_rate_limited),
+            ),
         ]
     }
 }

@@ -17,6 +17,8 @@
 //! - [`engine`]: [`Engine`], the async side: requests, waits, grants, failure verdicts,
 //!   diffs, expiry (flag or revert) and unapproved renames.
 //! - [`reverse`]: undoing one change's edit in a file others changed since.
+//! - [`terminal`]: the one-line notice on a session's controlling terminal when its
+//!   operation waits for a request.
 //! - [`crash`]: holds a daemon crash released, closed and settled at the next start.
 //! - [`changes`]: pre-images kept in the store, diffs, reverts; [`context`]: who asks and
 //!   why (from `/proc`); [`requests`]: the host's record of requests and grants.
@@ -39,6 +41,7 @@ pub mod preimage;
 pub mod requests;
 pub mod reverse;
 pub mod session;
+pub mod terminal;
 pub mod watchdog;
 
 #[cfg(test)]

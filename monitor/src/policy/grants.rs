@@ -382,6 +382,7 @@ mod tests {
             on_expiry: OnExpiry::Revert,
             ops: OpSet::ALL,
             outside_sessions: false,
+            quorum: None,
         };
         let g = Grant::try_from((&proto(4), &rule)).unwrap();
         assert_eq!((g.rule.as_str(), g.on_expiry), ("r", OnExpiry::Revert));

@@ -28,7 +28,7 @@ pub use builtin::{BUILTIN_RULE_NAME, ProtectedPaths};
 pub use grants::{Grant, GrantError, GrantScope, GrantSet, PathGlob};
 pub use ops::{OpSet, UnknownOp};
 pub use rules::{
-    FailVerdict, FanotifyMode, GateConfig, HumanDuration, Mode, OnExpiry, Rule, RuleConfig,
+    FailVerdict, FanotifyMode, GateConfig, HumanDuration, Mode, OnExpiry, Quorum, Rule, RuleConfig,
     Verdict, default_gate_rules,
 };
 
@@ -99,6 +99,7 @@ impl Policy {
             on_expiry: OnExpiry::Flag,
             ops: OpSet::ALL,
             outside_sessions: false,
+            quorum: None,
         });
         let mut dirs = compiled.trees;
         dirs.extend(protected.trees().iter().cloned());

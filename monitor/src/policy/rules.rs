@@ -57,6 +57,14 @@ pub struct GateConfig {
     pub trees: Vec<PathBuf>,
     /// Extra single files to mark (inode marks: a hardlink elsewhere is gated too).
     pub files: Vec<PathBuf>,
+    /// Write a one-line notice to the session's controlling terminal when one of its
+    /// operations is held or denied-and-requested (the request id, what waits, how to
+    /// decide). Default true.
+    pub terminal_notice: bool,
+    /// Address of the approval service's web page (`https://host:port`); when set, the
+    /// terminal notice ends with `<approvals_url>/requests/ID`. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals_url: Option<String>,
     /// The rules, in order: the first that matches an open decides.
     #[serde(rename = "rule")]
     pub rules: Vec<RuleConfig>,
@@ -73,6 +81,8 @@ impl Default for GateConfig {
             watchdog: HumanDuration(DEFAULT_WATCHDOG),
             trees: Vec::new(),
             files: Vec::new(),
+            terminal_notice: true,
+            approvals_url: None,
             rules: default_gate_rules(),
         }
     }
@@ -146,6 +156,22 @@ pub struct RuleConfig {
     /// Such a rule may not restrict `agents`.
     #[serde(default)]
     pub outside_sessions: bool,
+    /// Distinct approvers that must approve a request of this rule (`ask` only; 1..=16).
+    /// Default 1. Any deny ends the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// Who may decide its requests: approver names (`alice`, `token:ci-bot`) and
+    /// `group:<name>`. Default: every approver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// The session's user and the person who logged in to start it may not approve.
+    /// Default false (on a developer's own workstation that person is the usual approver).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub four_eyes: bool,
+    /// Where the approval service sends notifications of its requests (`slack:#ops`,
+    /// `webhook:siem`); carried with each request. Default: the service's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
 }
 
 /// The shipped rules. Reasoning:
@@ -178,6 +204,10 @@ pub fn default_gate_rules() -> Vec<RuleConfig> {
         timeout: None,
         on_expiry: OnExpiry::Flag,
         outside_sessions: false,
+        approvals: None,
+        approvers: Vec::new(),
+        four_eyes: false,
+        notify: Vec::new(),
     };
     vec![
         ask("system-config", &["/etc/**"]),
@@ -187,6 +217,75 @@ pub fn default_gate_rules() -> Vec<RuleConfig> {
             &["/run/systemd/system/**", "/usr/lib/systemd/system/**"],
         ),
     ]
+}
+
+/// Checks a rule's quorum keys; the compiled quorum, `None` for the default (one
+/// approval by anyone, no routing).
+fn check_quorum(p: &mut Problems, prefix: &str, r: &RuleConfig) -> Option<Quorum> {
+    let approvals = r.approvals.unwrap_or(1);
+    if !(1..=MAX_APPROVALS).contains(&approvals) {
+        p.fail(
+            format!("{prefix}.approvals"),
+            format!("{approvals} is not between 1 and {MAX_APPROVALS}"),
+        );
+    }
+    for (key, list) in [("approvers", &r.approvers), ("notify", &r.notify)] {
+        if list.len() > MAX_QUORUM_ENTRIES {
+            p.fail(
+                format!("{prefix}.{key}"),
+                format!("more than {MAX_QUORUM_ENTRIES} entries"),
+            );
+        }
+        for (j, v) in list.iter().enumerate() {
+            if v.is_empty()
+                || v.len() > 256
+                || v.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                p.fail(
+                    format!("{prefix}.{key}[{j}]"),
+                    "empty, longer than 256 bytes, or contains spaces or control characters",
+                );
+            } else if key == "approvers" && v.strip_prefix("group:").is_some_and(str::is_empty) {
+                p.fail(
+                    format!("{prefix}.{key}[{j}]"),
+                    "`group:` needs a group name",
+                );
+            }
+        }
+    }
+    let asks = r.verdict == Verdict::Ask;
+    if !asks && (r.approvals.is_some() || !r.approvers.is_empty() || r.four_eyes) {
+        p.fail(
+            format!("{prefix}.verdict"),
+            "`approvals`, `approvers` and `four_eyes` apply to `ask` rules only",
+        );
+    }
+    let q = Quorum {
+        approvals: approvals.clamp(1, MAX_APPROVALS),
+        approvers: r.approvers.clone(),
+        four_eyes: r.four_eyes,
+        notify: r.notify.clone(),
+    };
+    let default = Quorum {
+        approvals: 1,
+        approvers: Vec::new(),
+        four_eyes: false,
+        notify: Vec::new(),
+    };
+    (q != default).then_some(q)
+}
+
+/// Whether `url` may end the terminal notice: `http(s)://` and printable ASCII only (it is
+/// written to a person's terminal), no query or fragment (`/requests/ID` is appended).
+fn valid_approvals_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && url.len() <= 512
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'?' | b'#' | b'<' | b'>'))
 }
 
 /// A duration written as a humantime string (`"30s"`, `"1h 30m"`, `"500ms"`).
@@ -335,7 +434,23 @@ pub struct Rule {
     /// Operations the rule applies to; [`OpSet::ALL`] when the configuration lists none.
     pub ops: OpSet,
     pub outside_sessions: bool,
+    /// What approving its requests takes (`None`: one approval by any approver).
+    pub quorum: Option<Quorum>,
 }
+
+/// A rule's `approvals`, `approvers`, `four_eyes` and `notify`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quorum {
+    pub approvals: u32,
+    pub approvers: Vec<String>,
+    pub four_eyes: bool,
+    pub notify: Vec<String>,
+}
+
+/// Largest `approvals` of a rule.
+pub const MAX_APPROVALS: u32 = 16;
+/// Most entries of a rule's `approvers` or `notify`.
+pub const MAX_QUORUM_ENTRIES: usize = 64;
 
 /// A rule with its matchers.
 #[derive(Debug)]
@@ -413,6 +528,14 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
                 "{} is not between 1 and {MAX_PREIMAGE_BYTES} (1 GiB)",
                 g.max_preimage_bytes
             ),
+        );
+    }
+    if let Some(url) = &g.approvals_url
+        && !valid_approvals_url(url)
+    {
+        p.fail(
+            "gate.approvals_url".into(),
+            "expected an absolute http:// or https:// address of printable characters without spaces, quotes or a query",
         );
     }
     let mut trees = Vec::new();
@@ -503,6 +626,7 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
             );
         }
 
+        let quorum = check_quorum(&mut p, &prefix, r);
         let (Ok(paths), Ok(agents)) = (paths.build(), agents.build()) else {
             p.fail(prefix, "cannot build the rule's glob sets");
             continue;
@@ -517,6 +641,7 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
                 on_expiry: r.on_expiry,
                 ops: if ops.is_empty() { OpSet::ALL } else { ops },
                 outside_sessions: r.outside_sessions,
+                quorum,
             }),
             paths,
             agents: (!r.agents.is_empty()).then_some(agents),
@@ -682,6 +807,10 @@ mod tests {
             timeout: None,
             on_expiry: OnExpiry::Flag,
             outside_sessions: false,
+            approvals: None,
+            approvers: vec![],
+            four_eyes: false,
+            notify: vec![],
         }
     }
 
@@ -754,6 +883,30 @@ mod tests {
         r.outside_sessions = true;
         g.rules = vec![r];
         assert_eq!(fields(&g), ["gate.rule[0].outside_sessions"]);
+    }
+
+    #[test]
+    fn approvals_url_is_checked() {
+        let mut g = GateConfig::default();
+        for ok in [
+            "https://approve.example:8443",
+            "http://127.0.0.1:8080/base/",
+        ] {
+            g.approvals_url = Some(ok.into());
+            assert!(fields(&g).is_empty(), "{ok}");
+        }
+        for bad in [
+            "approve.example",
+            "https://",
+            "https:///x",
+            "https://a b",
+            "https://a/?q=1",
+            "https://a/\u{1b}[0m",
+            "javascript:alert(1)",
+        ] {
+            g.approvals_url = Some(bad.into());
+            assert_eq!(fields(&g), ["gate.approvals_url"], "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,10 @@ fn rule(name: &str, paths: &[&str], verdict: Verdict) -> RuleConfig {
         timeout: None,
         on_expiry: OnExpiry::Flag,
         outside_sessions: false,
+        approvals: None,
+        approvers: vec![],
+        four_eyes: false,
+        notify: vec![],
     }
 }
 

@@ -50,6 +50,12 @@ impl UplinkHandle {
         }
     }
 
+    /// Requests the service acknowledged from now on, as (host request id, the service's
+    /// request id: the one approvers name).
+    pub fn accepted(&self) -> tokio::sync::broadcast::Receiver<(u64, u64)> {
+        self.shared.accepted.0.subscribe()
+    }
+
     /// Spools `req` durably, then hands it to the background task, and returns: it never
     /// waits on the service. `req.host_request_id` must be set (unique per host; the
     /// service deduplicates resubmissions on it).

@@ -29,8 +29,8 @@ enum Call {
 
 /// How sending one entry ended.
 pub(super) enum Answer {
-    /// The service's answer, or the timeout's.
-    Rpc(Result<Result<(), tonic::Status>, tokio::time::error::Elapsed>),
+    /// The service's answer (for a request: the service's id of it), or the timeout's.
+    Rpc(Result<Result<Option<u64>, tonic::Status>, tokio::time::error::Elapsed>),
     Damaged,
 }
 
@@ -85,14 +85,14 @@ impl Task {
                 Call::Submit(req) => Answer::Rpc(
                     tokio::time::timeout(timeout, client.submit(*req))
                         .await
-                        .map(|r| r.map(drop)),
+                        .map(|r| r.map(|a| Some(a.into_inner().id))),
                 ),
                 Call::Report(req) => Answer::Rpc(
                     tokio::time::timeout(timeout, client.report(req))
                         .await
-                        .map(|r| r.map(drop)),
+                        .map(|r| r.map(|_| None)),
                 ),
-                Call::Nothing => Answer::Rpc(Ok(Ok(()))),
+                Call::Nothing => Answer::Rpc(Ok(Ok(None))),
                 Call::Damaged => Answer::Damaged,
             };
             (id, answer)
@@ -117,7 +117,17 @@ impl Task {
             }
         };
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(service_id)) => {
+                if let (
+                    Some(sid),
+                    SpoolEntry::Submit {
+                        host_request_id, ..
+                    },
+                ) = (service_id, &entry)
+                {
+                    // Nobody listening is fine (an error here only says so).
+                    let _ = self.shared.accepted.0.send((*host_request_id, sid));
+                }
                 self.forget(id).await;
                 let c = &self.shared.counters;
                 match (&entry, tried) {

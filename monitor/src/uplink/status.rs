@@ -40,6 +40,19 @@ pub(super) struct Counters {
 pub(super) struct Shared {
     pub(super) counters: Counters,
     pub(super) connected: AtomicBool,
+    /// Requests the service acknowledged: (host request id, service request id).
+    pub(super) accepted: Accepted,
+}
+
+/// Where the task announces acknowledged requests (a receiver that lags loses the
+/// oldest; nobody listening costs nothing).
+#[derive(Debug)]
+pub(super) struct Accepted(pub(super) tokio::sync::broadcast::Sender<(u64, u64)>);
+
+impl Default for Accepted {
+    fn default() -> Self {
+        Accepted(tokio::sync::broadcast::Sender::new(1024))
+    }
 }
 
 pub(super) fn bump(c: &AtomicU64) {

@@ -41,9 +41,11 @@ use crate::policy::grants::exact_glob;
 use crate::store::StoreError;
 use confgate_proto::v1 as pb;
 
+mod bursts;
 mod resolve;
 mod rpc;
 mod streams;
+mod tally;
 
 use resolve::*;
 use streams::*;
@@ -161,6 +163,8 @@ pub struct Shared {
     sweep: Notify,
     /// Becomes true when the service stops; streams end then.
     stopping: watch::Sender<bool>,
+    /// Groups of approver identities, for rules' `approvers` (see `approver::quorum`).
+    groups: std::sync::OnceLock<super::quorum::Groups>,
 }
 
 impl Shared {
@@ -188,7 +192,13 @@ impl Shared {
             pending: Mutex::new(pending),
             sweep: Notify::new(),
             stopping: watch::Sender::new(false),
+            groups: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets the groups of approver identities (once, at start; later calls are ignored).
+    pub fn set_groups(&self, groups: super::quorum::Groups) {
+        let _ = self.groups.set(groups);
     }
 
     /// Records `host`'s attestation key (see [`Deciders::set_host_key`]).

@@ -36,6 +36,16 @@ impl Shared {
         if req.state != State::Pending {
             return Err(not_pending(id, req.state));
         }
+        let groups = self.groups.get().map(|g| g.of(who)).unwrap_or_default();
+        if let Some(why) = super::super::quorum::refusal(
+            who,
+            &groups,
+            &req.context,
+            &super::super::quorum::of(req),
+        ) {
+            tracing::warn!(request = id, approver = %who.name, reason = %why, "decision by an approver the rule does not permit refused");
+            return Err(Status::permission_denied(why));
+        }
         if req.deadline_unix_ms <= now {
             self.sweep.notify_one();
             return Err(Status::failed_precondition(format!(
@@ -188,11 +198,31 @@ pub(super) fn check_decide(r: &pb::DecideRequest) -> Result<(), Status> {
     if pb::GrantScope::try_from(r.scope).is_err() {
         return Err(invalid("scope", format!("{} is not a GrantScope", r.scope)));
     }
-    if !r.approve && (r.ttl_seconds != 0 || !r.path_glob.is_empty() || r.scope != 0) {
+    if !r.approve
+        && (r.ttl_seconds != 0
+            || !r.path_glob.is_empty()
+            || r.scope != 0
+            || !r.operations.is_empty())
+    {
         return Err(invalid(
             "approve",
-            "ttl_seconds, scope and path_glob apply to approvals only",
+            "ttl_seconds, scope, path_glob and operations apply to approvals only",
         ));
+    }
+    if r.operations.len() > wire::OPERATIONS.len() {
+        return Err(invalid("operations", "too many entries"));
+    }
+    for op in &r.operations {
+        if !wire::OPERATIONS.contains(&op.as_str()) {
+            return Err(invalid(
+                "operations",
+                format!(
+                    "{:?} is not one of {:?}",
+                    op.chars().take(64).collect::<String>(),
+                    wire::OPERATIONS
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -249,7 +279,14 @@ pub(super) fn grant_for(
         session_id: req.context.session_id,
         agent: req.context.agent.clone(),
         path_glob,
-        operations: req.context.operations.clone(),
+        operations: if r.operations.is_empty() {
+            req.context.operations.clone()
+        } else {
+            let mut ops = r.operations.clone();
+            ops.sort();
+            ops.dedup();
+            ops
+        },
         created_unix_ms: now,
         expires_unix_ms: now.saturating_add(ttl_ms),
         granted_by: who.name.clone(),

@@ -17,7 +17,12 @@ impl pb::approver_server::Approver for ApproverService {
             s.limits.default_lifetime_ms,
         )
         .inspect_err(|e| s.refused("Submit", e))?;
-        let (rec, created, unsynced) = s.db("submit", move |st| st.submit(new)).await?;
+        let (rec, created, unsynced) = s
+            .db("submit", move |st| {
+                let new = super::bursts::with_suggestion(st, new)?;
+                st.submit(new)
+            })
+            .await?;
         let out = wire::request(&rec, None);
         // Acknowledged only once durable (a crash before would lose the request, and the
         // host resends only what was not acknowledged). The grace is waited here, not on a
@@ -212,17 +217,33 @@ impl pb::approver_server::Approver for ApproverService {
                     Ok(v) => v,
                     Err(status) => return Ok(Err(status)),
                 };
+                if r.approve
+                    && let Some(step) = super::tally::approve(st, &who, &r, &req, now)?
+                {
+                    return Ok(step.map(|req| Err(Box::new((req, decider)))));
+                }
                 Ok(match st.resolve(id, how, now)? {
-                    Ok(res) => Ok((res, decider)),
+                    Ok(res) => Ok(Ok((res, decider))),
                     Err(Refusal::NotPending(state)) => Err(not_pending(id, state)),
                     Err(_) => Err(Status::not_found(format!("no request {id}"))),
                 })
             })
             .await??;
-        let (resolved, decider) = resolved;
+        let (resolved, decider) = match resolved {
+            Ok(v) => v,
+            // One approval of several recorded: the request stays pending.
+            Err(recorded) => {
+                let (req, decider) = *recorded;
+                s.approval_recorded(&req, claims, decider).await;
+                return Ok(Response::new(wire::request(&req, None)));
+            }
+        };
         let mut extra = claims;
         if let Some(m) = extra.as_object_mut() {
             m.insert("decider".to_owned(), decider);
+            if !resolved.request.approvals.is_empty() {
+                m.insert("approvals".to_owned(), json!(resolved.request.approvals));
+            }
         }
         s.resolved(&resolved, extra).await;
         Ok(Response::new(wire::request(

@@ -39,7 +39,17 @@ pub fn render_list(requests: &[pb::ApprovalRequest], all: bool, now_ms: i64) -> 
             "no pending approval requests\n".to_owned()
         };
     }
-    let rows: Vec<Vec<String>> = requests
+    // A session's requests together (sessions in the order of their newest request).
+    let mut order: Vec<(&str, u64)> = Vec::new();
+    for r in requests {
+        let key = session_key(r);
+        if !order.contains(&key) {
+            order.push(key);
+        }
+    }
+    let mut sorted: Vec<&pb::ApprovalRequest> = requests.iter().collect();
+    sorted.sort_by_key(|r| order.iter().position(|k| *k == session_key(r)));
+    let rows: Vec<Vec<String>> = sorted
         .iter()
         .map(|r| {
             let c = r.context.clone().unwrap_or_default();
@@ -48,25 +58,85 @@ pub fn render_list(requests: &[pb::ApprovalRequest], all: bool, now_ms: i64) -> 
             } else {
                 "-".to_owned()
             };
+            let state = match quorum_progress(r) {
+                Some((have, need, _)) if r.state == pb::RequestState::Pending as i32 => {
+                    format!("pending {have}/{need}")
+                }
+                _ => state_name(r.state).to_owned(),
+            };
             vec![
                 r.id.to_string(),
-                state_name(r.state).to_owned(),
+                state,
                 dash(&c.host),
                 c.session_id.to_string(),
                 dash(&c.agent),
                 dash(&c.user),
                 term(&c.operations.join(",")),
                 deadline,
-                ellipsize(&dash(&c.path), PATH_COLUMN),
+                path_cell(&c),
             ]
         })
         .collect();
-    render_table(
+    let mut s = render_table(
         &[
             "ID", "STATE", "HOST", "SESSION", "AGENT", "USER", "OPS", "DEADLINE", "PATH",
         ],
         &rows,
-    )
+    );
+    s.push_str(&session_sets(&sorted, &order));
+    s
+}
+
+/// (host, session) of a request.
+fn session_key(r: &pb::ApprovalRequest) -> (&str, u64) {
+    r.context
+        .as_ref()
+        .map_or(("", 0), |c| (c.host.as_str(), c.session_id))
+}
+
+/// The path, with the likely final name of a temporary one.
+fn path_cell(c: &pb::RequestContext) -> String {
+    let path = ellipsize(&dash(&c.path), PATH_COLUMN);
+    if c.likely_final.is_empty() {
+        path
+    } else {
+        format!(
+            "{path} -> {}",
+            ellipsize(&term(&c.likely_final), PATH_COLUMN)
+        )
+    }
+}
+
+/// One line per session with several pending requests and a suggested glob: how many, the glob,
+/// and the command that approves the set.
+fn session_sets(sorted: &[&pb::ApprovalRequest], order: &[(&str, u64)]) -> String {
+    let mut s = String::new();
+    for key in order.iter().filter(|k| k.1 != 0) {
+        let pending: Vec<&&pb::ApprovalRequest> = sorted
+            .iter()
+            .filter(|r| session_key(r) == *key && r.state == pb::RequestState::Pending as i32)
+            .collect();
+        // The newest request's suggestion covers the most.
+        // One request is its own set (`approvals show` has its suggestion).
+        if pending.len() < 2 {
+            continue;
+        }
+        let Some(newest) = pending.iter().max_by_key(|r| r.id) else {
+            continue;
+        };
+        if newest.suggested_glob.is_empty() {
+            continue;
+        }
+        s.push_str(&format!(
+            "session {} on {}: {} pending, suggested glob {} (approve the set: confgate approvals approve --session-set {})\n",
+            key.1,
+            dash(key.0),
+            pending.len(),
+            term(&newest.suggested_glob),
+            newest.id
+        ));
+    }
+    s
 }
 
 /// The full human view of one request: everything an approver needs to decide.
@@ -93,6 +163,9 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         );
     }
     field("path", dash(&c.path));
+    if !c.likely_final.is_empty() {
+        field("likely final", term(&c.likely_final));
+    }
     field("operations", dash(&c.operations.join(", ")));
     field(
         "reason",
@@ -103,6 +176,23 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         },
     );
     field("rule", dash(&c.rule));
+    if let Some(line) = approvals_line(r) {
+        field("approvals", line);
+    }
+    if let Some(q) = &c.quorum {
+        if !q.approvers.is_empty() {
+            field("approvers", term(&q.approvers.join(", ")));
+        }
+        if q.four_eyes {
+            field(
+                "four eyes",
+                "the session's user and login user cannot approve".to_owned(),
+            );
+        }
+        if !q.notify.is_empty() {
+            field("notify", term(&q.notify.join(", ")));
+        }
+    }
     field("mode", dash(&c.mode));
     field("fail verdict", dash(&c.fail_verdict));
     field(
@@ -113,6 +203,20 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
             format!("sha256 {}", term(&c.content_sha256))
         },
     );
+    if !r.suggested_glob.is_empty() {
+        field(
+            "suggested",
+            format!(
+                "{} (session scope; approve --suggested {}, or --session-set {} for all its pending requests)",
+                term(&r.suggested_glob),
+                r.id,
+                r.id
+            ),
+        );
+        for (i, p) in r.suggested_from.iter().enumerate() {
+            field(if i == 0 { "  covering" } else { "" }, dash(p));
+        }
+    }
     field("created", when(r.created_unix_ms, now_ms));
     field("deadline", when(r.deadline_unix_ms, now_ms));
     if let Some(d) = &r.decision {
@@ -122,6 +226,38 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         }
     }
     s
+}
+
+/// (approvals so far, approvals needed, who approved) of a request whose rule needs
+/// several, or that has approvals recorded; `None` for the usual single approval.
+pub fn quorum_progress(r: &pb::ApprovalRequest) -> Option<(usize, u32, Vec<String>)> {
+    let need = r
+        .context
+        .as_ref()
+        .and_then(|c| c.quorum.as_ref())
+        .map_or(1, |q| q.approvals.max(1));
+    if need <= 1 && r.approvals.is_empty() {
+        return None;
+    }
+    let who = r
+        .approvals
+        .iter()
+        .map(|a| term(a.by.split_once(':').map_or(a.by.as_str(), |(_, p)| p)))
+        .collect();
+    Some((r.approvals.len(), need, who))
+}
+
+/// `1 of 2 approvals (alice)`, for requests whose rule needs several.
+pub fn approvals_line(r: &pb::ApprovalRequest) -> Option<String> {
+    let (have, need, who) = quorum_progress(r)?;
+    let mut s = format!(
+        "{have} of {need} approval{}",
+        if need == 1 { "" } else { "s" }
+    );
+    if !who.is_empty() {
+        s.push_str(&format!(" ({})", who.join(", ")));
+    }
+    Some(s)
 }
 
 fn decision_line(d: &pb::Decision, now_ms: i64) -> String {
@@ -164,7 +300,11 @@ pub fn render_decided(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         .context
         .as_ref()
         .map_or_else(|| "-".to_owned(), |c| dash(&c.path));
-    let mut s = format!("request {} ({path}): {}\n", r.id, state_name(r.state));
+    let mut s = format!("request {} ({path}): {}", r.id, state_name(r.state));
+    if let Some(line) = approvals_line(r) {
+        s.push_str(&format!(", {line}"));
+    }
+    s.push('\n');
     if let Some(g) = r.decision.as_ref().and_then(|d| d.grant.as_ref()) {
         s.push_str(&format!("grant {}\n", grant_summary(g, now_ms)));
     }
@@ -193,6 +333,12 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
             "rule": c.rule,
             "mode": c.mode,
             "fail_verdict": c.fail_verdict,
+            "login_user": c.login_user,
+            "likely_final": c.likely_final,
+            "quorum": c.quorum.as_ref().map(|q| json!({
+                "approvals": q.approvals.max(1), "approvers": q.approvers,
+                "four_eyes": q.four_eyes, "notify": q.notify,
+            })),
         })
     });
     let decision = r.decision.as_ref().map(|d| {
@@ -216,6 +362,12 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
         "deadline": utc_time(r.deadline_unix_ms),
         "context": context,
         "decision": decision,
+        "approvals": r.approvals.iter().map(|a| json!({
+            "by": a.by, "unix_ms": a.unix_ms, "note": a.note,
+        })).collect::<Vec<_>>(),
+        "progress": approvals_line(r),
+        "suggested_glob": r.suggested_glob,
+        "suggested_from": r.suggested_from,
     })
 }
 
@@ -256,11 +408,17 @@ pub(crate) mod tests {
                 mode: "hold".into(),
                 fail_verdict: "deny".into(),
                 cwd: "/home/alice".into(),
+                quorum: None,
+                login_user: String::new(),
+                likely_final: String::new(),
             }),
             created_unix_ms: NOW - 60_000,
             deadline_unix_ms: NOW + 252_000,
             state: pb::RequestState::Pending as i32,
             decision: None,
+            approvals: Vec::new(),
+            suggested_glob: String::new(),
+            suggested_from: Vec::new(),
         }
     }
 

@@ -409,6 +409,12 @@ impl Engine {
             rule: &rule.name,
             mode: rule.mode.as_str(),
             fail_verdict: rule.fail.as_str(),
+            quorum: rule.quorum.as_ref().map(|q| pb::Quorum {
+                approvals: q.approvals,
+                approvers: q.approvers.clone(),
+                four_eyes: q.four_eyes,
+                notify: q.notify.clone(),
+            }),
         })
     }
 
@@ -505,6 +511,8 @@ impl Engine {
             if let Some(w) = waiter {
                 lock(&self.waiters).insert(id, w);
             }
+            // Before the request can leave: its acknowledgement names the service's id.
+            self.await_acceptance(id, &ctx, rule, lifetime);
             submit.host_request_id = id;
             Ok(submit)
         });
@@ -545,6 +553,7 @@ impl Engine {
                 GateMetrics::inc(&self.state.metrics.request_errors);
                 warn!(error = %e, "cannot record and spool the approval request");
                 lock(&self.waiters).remove(&allocated);
+                lock(&self.to_tell).remove(&allocated);
                 return None;
             }
         };
@@ -557,6 +566,7 @@ impl Engine {
         });
         info!(request = id, path = %ctx.path, session = ctx.session_id, agent = %ctx.agent, rule = %ctx.rule, reason = %ctx.reason, "approval requested");
         GateMetrics::inc(&self.state.metrics.requests);
+
         Some((id, body))
     }
 

@@ -11,7 +11,8 @@
 //! This module holds the engine's state, start-up and audit helpers; its jobs are in
 //! [`hold`] (held opens and requests), [`decisions`] (the approval service's answers),
 //! [`expiry`] (grants ending, crash releases: flag or revert) and [`notices`] (close-writes
-//! and renames from the event pipeline).
+//! and renames from the event pipeline); [`tell`] writes the terminal notice once the
+//! service acknowledged a request.
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -45,6 +46,7 @@ mod decisions;
 mod expiry;
 mod hold;
 mod notices;
+mod tell;
 
 /// Notes from the permission thread (its own denies) waiting for the ledger.
 const NOTE_QUEUE: usize = 4096;
@@ -97,6 +99,10 @@ pub struct EngineSettings {
     pub host: String,
     /// Where unapproved files renamed into a gated tree are moved when reverted.
     pub quarantine_dir: std::path::PathBuf,
+    /// `gate.terminal_notice`.
+    pub terminal_notice: bool,
+    /// `gate.approvals_url`.
+    pub approvals_url: Option<String>,
 }
 
 /// Handles the daemon keeps.
@@ -129,6 +135,10 @@ pub struct Engine {
     /// Pending hold requests of sessions whose listener came back after a restart (id ->
     /// session, path): a held operation taken again waits on its request.
     resumable: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+    /// Notices on sessions' terminals.
+    terminal: super::terminal::TerminalNotices,
+    /// Filed requests whose terminal notice waits for the service's id of the request.
+    to_tell: Mutex<HashMap<u64, tell::ToTell>>,
 }
 
 /// A held open waiting for the decision of its request.
@@ -320,7 +330,6 @@ impl Engine {
             store,
             ledger,
             uplink,
-            settings,
             waiters: Arc::new(Mutex::new(HashMap::new())),
             diffed: Mutex::new(HashMap::new()),
             diff_scheduled: Mutex::new(HashMap::new()),
@@ -328,7 +337,14 @@ impl Engine {
             open_requests: Mutex::new(open_requests),
             changes: Mutex::new(changes),
             resumable: Mutex::new(resumable),
+            terminal: super::terminal::TerminalNotices::new(
+                settings.terminal_notice,
+                settings.approvals_url.clone(),
+            ),
+            settings,
+            to_tell: Mutex::new(HashMap::new()),
         });
+        tokio::spawn(engine.clone().accepted_loop(engine.uplink.accepted()));
         tokio::spawn(engine.clone().held_loop(held));
         tokio::spawn(engine.clone().update_loop(updates));
         tokio::spawn(engine.clone().notice_loop(notices));

@@ -554,7 +554,21 @@ impl Supervisor {
                     | Kind::Symlink { .. }
             ) || matches!(op.kind, Kind::Link { .. } if i == 1);
             if names_itself && resolve::ends_in_dots(&bytes) {
-                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                // What the kernel answers: a name ending in `.` or `..` always exists, so
+                // creating it fails with EEXIST (`tar` extracting into `.` relies on that);
+                // renaming or removing it is EINVAL.
+                let creates = matches!(
+                    op.kind,
+                    Kind::Mkdir { .. }
+                        | Kind::Mknod { .. }
+                        | Kind::Symlink { .. }
+                        | Kind::Link { .. }
+                );
+                return Err(io::Error::from_raw_os_error(if creates {
+                    libc::EEXIST
+                } else {
+                    libc::EINVAL
+                }));
             }
             out.push(resolve::resolve(
                 tid,
