@@ -67,6 +67,9 @@ pub struct ServiceConfig {
     /// `cert:<CN>` or `token:<name>`: for people's workstations only, never a host where
     /// agents run. Default none: every certificate and token decision needs an attestation.
     pub workstation_approvers: Vec<String>,
+    /// Notification sinks (webhooks, Slack, Teams): `[notify]`, see
+    /// [`super::outbox::config`].
+    pub notify: super::outbox::config::NotifySection,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -105,6 +108,7 @@ impl Default for ServiceConfig {
             default_lifetime_secs: 600,
             tokens: Vec::new(),
             workstation_approvers: Vec::new(),
+            notify: Default::default(),
         }
     }
 }
@@ -296,6 +300,7 @@ impl ServiceConfig {
                 ),
             }
         }
+        self.notify.check(&mut c);
         c.problems
     }
 

@@ -44,7 +44,9 @@ pub mod client;
 pub mod config;
 pub mod decider;
 pub mod identity;
+pub mod outbox;
 pub mod service;
+pub mod sinks;
 pub mod store;
 pub mod tls;
 pub mod wire;
@@ -126,7 +128,9 @@ impl Server {
                     .as_raw(),
             ),
         };
-        let store = store::ApprovalStore::open(&cfg.store)?;
+        // Notifications are written with the changes they announce (see `outbox`).
+        let router = Arc::new(outbox::Router::new(cfg.notify.routes()));
+        let store = store::ApprovalStore::open(&cfg.store)?.with_outbox(Arc::clone(&router));
         let audit = audit::Audit::open(&cfg.ledger)?;
         // A damaged store was moved aside and replaced while opening: say so in the ledger.
         if let Some(dir) = cfg.store.parent() {
@@ -144,6 +148,8 @@ impl Server {
             default_lifetime_ms: ms(cfg.default_lifetime_secs),
         };
         let shared = Shared::new(store, auth, audit, limits)?;
+        outbox::sender::start(&shared, &cfg.notify, router, None)
+            .map_err(|e| ApproverError::Config(format!("notify: {e}")))?;
         let (stop, _) = watch::channel(false);
         let mut server = Server {
             sweeper: tokio::spawn(Arc::clone(&shared).sweeper()),

@@ -9,13 +9,19 @@
 //!   replays. seq counts 1, 2, 3, ... per host (sequence `approver_update.<host>`).
 //! - `approver_reports`: (host, host_seq) → time, for idempotent Report.
 //!
+//! Notifications (`approver_outbox`, see [`super::outbox`]) are written in the same
+//! transaction as the change they announce, when an outbox router is set
+//! ([`ApprovalStore::with_outbox`]).
+//!
 //! The calls are blocking (disk I/O); async callers run them on the blocking pool.
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::outbox::{self, Event, Router};
 use crate::store::{RecordTable, Store, StoreError, Unsynced, WriteTx};
 
 const REQUESTS: RecordTable<RequestRec> = RecordTable::new("approver_requests");
@@ -227,6 +233,8 @@ pub struct Resolved {
 #[derive(Clone, Debug)]
 pub struct ApprovalStore {
     store: Store,
+    /// Which notification sinks want which change; `None`: no notifications.
+    outbox: Option<Arc<Router>>,
 }
 
 impl ApprovalStore {
@@ -242,12 +250,43 @@ impl ApprovalStore {
             t.open_table(PENDING)?;
             t.open_table(UPDATES)?;
             t.open_table(REPORTS)?;
+            outbox::create_tables(tx)?;
             Ok(())
         })?;
         // Requests are committed without waiting for the disk: an id a crash took with it
         // must not name another request (an approver may have seen it).
-        store.skip_ids(&[REQUEST_IDS])?;
-        Ok(ApprovalStore { store })
+        store.skip_ids(&[REQUEST_IDS, outbox::OUTBOX_IDS])?;
+        Ok(ApprovalStore {
+            store,
+            outbox: None,
+        })
+    }
+
+    /// From now on, every change is announced to the sinks of `router` (written to the
+    /// outbox in the change's own transaction).
+    pub fn with_outbox(mut self, router: Arc<Router>) -> ApprovalStore {
+        self.outbox = Some(router);
+        self
+    }
+
+    /// The underlying store, for the tables other modules own (the outbox).
+    pub(crate) fn inner(&self) -> &Store {
+        &self.store
+    }
+
+    /// Writes the notifications of `event` in `tx` (none without a router).
+    fn announce(&self, tx: &WriteTx<'_>, event: impl FnOnce() -> Event) -> Result<(), StoreError> {
+        match &self.outbox {
+            Some(r) => r.enqueue(tx, event()).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the outbox's sender that something may have been committed for it.
+    fn wake_outbox(&self) {
+        if let Some(r) = &self.outbox {
+            r.wake();
+        }
     }
 
     /// Files `new` for `host`, or returns the request already filed under
@@ -284,8 +323,12 @@ impl ApprovalStore {
             tx.raw()
                 .open_table(PENDING)?
                 .insert(id, new.deadline_unix_ms)?;
+            self.announce(tx, || Event::request_created(&rec))?;
             Ok((rec, true))
         })?;
+        if created {
+            self.wake_outbox();
+        }
         Ok((rec, created, unsynced))
     }
 
@@ -479,11 +522,17 @@ impl ApprovalStore {
                 req.host_request_id,
                 UpdateKind::Decision { request_id: id },
             )?;
+            self.announce(tx, || Event::resolved(&req, grant.as_ref(), now_ms))?;
             Ok(Ok(Resolved {
                 request: req,
                 grant,
                 update_seq,
             }))
+        })
+        .inspect(|r| {
+            if r.is_ok() {
+                self.wake_outbox();
+            }
         })
     }
 
@@ -516,7 +565,13 @@ impl ApprovalStore {
                 host_request_id,
                 UpdateKind::Revoked { grant_id: id },
             )?;
+            self.announce(tx, || Event::revoked(&g, now_ms))?;
             Ok(Ok((g, seq)))
+        })
+        .inspect(|r| {
+            if r.is_ok() {
+                self.wake_outbox();
+            }
         })
     }
 
@@ -559,14 +614,36 @@ impl ApprovalStore {
 
     /// Records that `host` reported `host_seq`; false if it already had (a resubmission).
     pub fn note_report(&self, host: &str, host_seq: u64, now_ms: i64) -> Result<bool, StoreError> {
-        self.store.write(|tx| {
-            let mut t = tx.raw().open_table(REPORTS)?;
-            if t.get((host, host_seq))?.is_some() {
-                return Ok(false);
+        self.note_report_of(host, host_seq, now_ms, "", &serde_json::Value::Null)
+    }
+
+    /// [`ApprovalStore::note_report`] of a report of `kind` with `record`, announced to
+    /// the notification sinks (`host.<kind>`) in the same transaction.
+    pub fn note_report_of(
+        &self,
+        host: &str,
+        host_seq: u64,
+        now_ms: i64,
+        kind: &str,
+        record: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let new = self.store.write(|tx| {
+            {
+                let mut t = tx.raw().open_table(REPORTS)?;
+                if t.get((host, host_seq))?.is_some() {
+                    return Ok(false);
+                }
+                t.insert((host, host_seq), now_ms)?;
             }
-            t.insert((host, host_seq), now_ms)?;
+            if !kind.is_empty() {
+                self.announce(tx, || Event::report(host, kind, record, now_ms))?;
+            }
             Ok(true)
-        })
+        })?;
+        if new {
+            self.wake_outbox();
+        }
+        Ok(new)
     }
 
     /// Forgets that `host` reported `host_seq` (its ledger record could not be written, so

@@ -41,6 +41,7 @@ use crate::policy::grants::exact_glob;
 use crate::store::StoreError;
 use confgate_proto::v1 as pb;
 
+mod channel;
 mod resolve;
 mod rpc;
 mod streams;
@@ -94,6 +95,11 @@ pub struct Counters {
     pub store_errors: AtomicU64,
     pub ledger_errors: AtomicU64,
     pub watch_lagged: AtomicU64,
+    /// Notifications delivered / given up / rescheduled after a failed attempt / waiting.
+    pub notify_sent: AtomicU64,
+    pub notify_failed: AtomicU64,
+    pub notify_retried: AtomicU64,
+    pub notify_pending: AtomicU64,
 }
 
 impl Counters {
@@ -128,6 +134,10 @@ impl Counters {
             ("approver_store_errors", c(&self.store_errors)),
             ("approver_ledger_errors", c(&self.ledger_errors)),
             ("approver_watch_lagged", c(&self.watch_lagged)),
+            ("approver_notify_sent", c(&self.notify_sent)),
+            ("approver_notify_failed", c(&self.notify_failed)),
+            ("approver_notify_retried", c(&self.notify_retried)),
+            ("approver_notify_pending", c(&self.notify_pending)),
         ]
     }
 }
@@ -161,6 +171,8 @@ pub struct Shared {
     sweep: Notify,
     /// Becomes true when the service stops; streams end then.
     stopping: watch::Sender<bool>,
+    /// The notification sinks (Slack's interactive endpoint verifies with their secrets).
+    sinks: std::sync::OnceLock<Arc<crate::approver::sinks::Sinks>>,
 }
 
 impl Shared {
@@ -188,6 +200,7 @@ impl Shared {
             pending: Mutex::new(pending),
             sweep: Notify::new(),
             stopping: watch::Sender::new(false),
+            sinks: std::sync::OnceLock::new(),
         }))
     }
 
