@@ -70,6 +70,8 @@ pub struct ServiceConfig {
     /// Notification sinks (webhooks, Slack, Teams): `[notify]`, see
     /// [`super::outbox::config`].
     pub notify: super::outbox::config::NotifySection,
+    /// `[http]`: the HTTP listener (web page, chat callbacks).
+    pub http: super::http::config::HttpSection,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -109,6 +111,7 @@ impl Default for ServiceConfig {
             tokens: Vec::new(),
             workstation_approvers: Vec::new(),
             notify: Default::default(),
+            http: Default::default(),
         }
     }
 }
@@ -301,6 +304,11 @@ impl ServiceConfig {
             }
         }
         self.notify.check(&mut c);
+        self.http.check(
+            &mut c,
+            self.allow_plaintext,
+            self.tls.cert.is_some() && self.tls.key.is_some(),
+        );
         c.problems
     }
 

@@ -13,6 +13,8 @@
 //! - [`service`]: the gRPC service, the deadline sweeper and the streams; [`wire`]: wire
 //!   conversions and input checks; [`audit`]: the service ledger.
 //! - [`ca`]: `confgate approver init-ca`.
+//! - [`http`]: the HTTP listener (`[http]`: the web page, chat callbacks, `/healthz`);
+//!   [`web`]: the web approval page, OpenID Connect sign-in, signed action links.
 //!
 //! [`Server::start`] / [`serve`] run the service on every configured listener.
 use std::future::Future;
@@ -43,12 +45,14 @@ pub mod ca;
 pub mod client;
 pub mod config;
 pub mod decider;
+pub mod http;
 pub mod identity;
 pub mod outbox;
 pub mod service;
 pub mod sinks;
 pub mod store;
 pub mod tls;
+pub mod web;
 pub mod wire;
 
 #[cfg(test)]
@@ -106,6 +110,8 @@ pub struct Server {
     stop: watch::Sender<bool>,
     /// Unix sockets bound, with (dev, ino) to remove only our own on stop.
     sockets: Vec<(PathBuf, u64, u64)>,
+    /// The HTTP listener (`[http]`), when configured.
+    http: Option<http::HttpListener>,
 }
 
 impl Server {
@@ -158,11 +164,27 @@ impl Server {
             listeners: JoinSet::new(),
             stop,
             sockets: Vec::new(),
+            http: None,
         };
         for l in &cfg.listen {
             let addr = Address::parse(l).map_err(|e| ApproverError::Config(e.0))?;
             if let Err(e) = server.listen(&cfg, addr).await {
                 // Already failing: the stop's own problems are logged there.
+                let _ = server.stop_now().await;
+                return Err(e);
+            }
+        }
+        let stop = server.stop.subscribe();
+        match http::start(
+            &cfg,
+            Arc::clone(&server.shared),
+            stop,
+            &mut server.listeners,
+        )
+        .await
+        {
+            Ok(h) => server.http = h,
+            Err(e) => {
                 let _ = server.stop_now().await;
                 return Err(e);
             }
@@ -306,6 +328,11 @@ impl Server {
     /// The addresses served, TCP ports as bound (port 0 resolved).
     pub fn addresses(&self) -> &[Address] {
         &self.addresses
+    }
+
+    /// The HTTP listener's bound address (port 0 resolved), when `[http]` is configured.
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(|h| h.address)
     }
 
     /// The service's counters (`approver_*`), for `confgate stats`. Ledger failures are

@@ -17,6 +17,7 @@ const APPROVER_KEYS: &[&str] = &[
     "tls",
     "token",
     "workstation_approvers",
+    "http",
 ];
 /// Top-level tables of the daemon's `config.toml`.
 const DAEMON_KEYS: &[&str] = &[

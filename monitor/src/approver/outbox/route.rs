@@ -58,10 +58,14 @@ impl Router {
     /// The sinks that get `event`: its filter accepts it, and the request's rule names the
     /// sink (or names none).
     pub fn targets(&self, event: &Event) -> Vec<&str> {
-        let named = event.routes();
+        self.targets_named(&event.event, &event.routes())
+    }
+
+    /// The sinks that get an event named `event` when the rule names `named`.
+    pub fn targets_named(&self, event: &str, named: &[String]) -> Vec<&str> {
         self.routes
             .iter()
-            .filter(|r| r.wants(&event.event))
+            .filter(|r| r.wants(event))
             .filter(|r| named.is_empty() || named.iter().any(|n| r.named_by(n)))
             .map(|r| r.id.as_str())
             .collect()

@@ -1,0 +1,101 @@
+use std::path::Path;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::approver::config::ServiceConfig;
+use crate::approver::{Server, testing};
+
+/// One plain HTTP/1.1 exchange with `addr`: the whole response as text.
+pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse(text: &str) -> Result<ServiceConfig, crate::config::ConfigError> {
+    ServiceConfig::parse(text, Path::new("/etc/confgate/approver.toml"))
+}
+
+#[test]
+fn http_section_follows_the_listener_rules() {
+    let field = |t: &str| match parse(t) {
+        Err(crate::config::ConfigError::Invalid { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(parse("").unwrap().http.listen, None);
+    assert_eq!(
+        field("[http]\nlisten = \"http://127.0.0.1:8080\"\n"),
+        "http.listen"
+    );
+    parse("allow_plaintext = true\n[http]\nlisten = \"http://127.0.0.1:8080\"\n").unwrap();
+    assert_eq!(
+        field("allow_plaintext = true\n[http]\nlisten = \"http://0.0.0.0:8080\"\n"),
+        "http.listen"
+    );
+    assert_eq!(
+        field("[http]\nlisten = \"https://0.0.0.0:8443\"\n"),
+        "http.listen"
+    );
+    assert_eq!(
+        field("[http]\nlisten = \"unix:/run/x.sock\"\n"),
+        "http.listen"
+    );
+    parse("[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[http]\nlisten = \"https://0.0.0.0:8443\"\npublic_url = \"https://a.example:8443/\"\n").unwrap();
+    assert_eq!(
+        field(
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n[http]\nlisten = \"https://0.0.0.0:8443\"\npublic_url = \"ftp://x\"\n"
+        ),
+        "http.public_url"
+    );
+    assert_eq!(
+        field("[http]\npublic_url = \"https://x\"\n"),
+        "http.public_url"
+    );
+    let h = parse("allow_plaintext = true\n[http]\nlisten = \"http://127.0.0.1:8080\"\npublic_url = \"https://a.example/\"\n").unwrap().http;
+    assert_eq!(h.base_url().as_deref(), Some("https://a.example"));
+}
+
+#[tokio::test]
+async fn healthz_and_security_headers_then_stops_with_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = testing::service_config(dir.path());
+    cfg.allow_plaintext = true;
+    cfg.http.listen = Some("http://127.0.0.1:0".to_owned());
+    let server = Server::start(cfg, None).await.unwrap();
+    let addr = server.http_address().unwrap();
+    assert_ne!(addr.port(), 0);
+    let res = http_get(addr, "/healthz").await;
+    assert!(res.starts_with("HTTP/1.1 200"), "{res}");
+    assert!(res.ends_with("ok\n"), "{res}");
+    let lower = res.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-security-policy: default-src 'none'"),
+        "{res}"
+    );
+    assert!(lower.contains("x-frame-options: deny"), "{res}");
+    assert!(http_get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+    server.stop().await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn https_listener_serves_with_the_service_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let mut cfg = testing::service_config(dir.path());
+    cfg.tls.cert = Some(cert);
+    cfg.tls.key = Some(key);
+    cfg.http.listen = Some("https://127.0.0.1:0".to_owned());
+    let server = Server::start(cfg, None).await.unwrap();
+    let addr = server.http_address().unwrap();
+    // A plaintext request on the TLS port gets no HTTP answer.
+    let res = http_get(addr, "/healthz").await;
+    assert!(!res.contains("200"), "{res}");
+    server.stop().await.unwrap();
+}
