@@ -354,3 +354,64 @@ pub fn url_problem(url: &str) -> Result<(), String> {
         _ => Err(format!("{url:?} is not an https:// URL")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::approver::config::ServiceConfig;
+
+    #[test]
+    fn sinks_parse_with_defaults_and_route_by_name() {
+        let text = r##"
+[notify]
+[[notify.webhook]]
+name = "siem"
+url = "https://siem.example/in"
+secret_file = "/etc/confgate/siem.key"
+events = ["request.*"]
+[[notify.slack]]
+channel = "#ops"
+bot_token_file = "/etc/confgate/slack-token"
+signing_secret_file = "/etc/confgate/slack-secret"
+users = { "U0123ABCD" = "alice" }
+[[notify.teams]]
+name = "ops"
+url_file = "/etc/confgate/teams-url"
+"##;
+        let cfg = ServiceConfig::parse(text, Path::new("approver.toml")).unwrap();
+        let n = &cfg.notify;
+        assert_eq!(n.max_age_secs, 86400);
+        assert_eq!(n.slack[0].api_base_url, "https://slack.com/api");
+        assert_eq!(n.slack[0].id(), "slack:#ops");
+        let ids: Vec<String> = n.routes().into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, ["webhook:siem", "slack:#ops", "teams:ops"]);
+    }
+
+    #[test]
+    fn problems_name_their_line_and_column() {
+        let text = "[notify]\nmax_backoff_secs = 0\n[[notify.webhook]]\nname = \"a b\"\nurl = \"http://example.com/x\"\nsecret_file = \"rel/key\"\nevents = [\"nope.*\"]\n[[notify.slack]]\nchannel = \"#ops\"\nbot_token_file = \"/t\"\nsigning_secret_file = \"/s\"\nusers = { \"alice\" = \"alice\" }\n";
+        let errs = crate::config::toml_check::parse_checked(
+            text,
+            Path::new("approver.toml"),
+            ServiceConfig::problems,
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        let find = |needle: &str| {
+            msgs.iter()
+                .find(|m| m.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {msgs:#?}"))
+                .clone()
+        };
+        assert!(find("notify.max_backoff_secs").starts_with("approver.toml:2:"));
+        assert!(find("notify.webhook[0].name").starts_with("approver.toml:4:"));
+        assert!(find("loopback address only").starts_with("approver.toml:5:"));
+        assert!(find("notify.webhook[0].secret_file").starts_with("approver.toml:6:"));
+        assert!(find("matches no event").starts_with("approver.toml:7:"));
+        assert!(find("not a Slack user id").starts_with("approver.toml:12:"));
+        // Unknown keys are errors with their position too.
+        let e = ServiceConfig::parse("[notify.slack2]\n", Path::new("approver.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("approver.toml:1:"), "{e}");
+    }
+}
