@@ -17,6 +17,7 @@ use std::{
 use serde_json::Value;
 
 pub mod gate;
+pub mod receiver;
 pub mod service;
 
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -452,88 +452,89 @@ impl ApprovalStore {
         how: Resolution,
         now_ms: i64,
     ) -> Result<Result<Resolved, Refusal>, StoreError> {
-        self.store.write(|tx| {
-            let Some(mut req) = tx.get(REQUESTS, id)? else {
-                return Ok(Err(Refusal::NotFound));
-            };
-            if req.state != State::Pending {
-                return Ok(Err(Refusal::NotPending(req.state)));
-            }
-            let (decision, grant) = match how {
-                Resolution::Approve { grant, note } => {
-                    let mut grant = *grant;
-                    grant.id = tx.next_id(GRANT_IDS)?;
-                    grant.request_id = id;
-                    grant.host = req.context.host.clone();
-                    tx.put(GRANTS, grant.id, &grant)?;
-                    let d = DecisionRec {
-                        state: State::Approved,
-                        decided_by: grant.granted_by.clone(),
-                        note,
-                        decided_unix_ms: now_ms,
-                        verdict: "allow".to_owned(),
-                        grant_id: Some(grant.id),
-                    };
-                    (d, Some(grant))
+        self.store
+            .write(|tx| {
+                let Some(mut req) = tx.get(REQUESTS, id)? else {
+                    return Ok(Err(Refusal::NotFound));
+                };
+                if req.state != State::Pending {
+                    return Ok(Err(Refusal::NotPending(req.state)));
                 }
-                Resolution::Deny { by, note } => (
-                    DecisionRec {
-                        state: State::Denied,
-                        decided_by: by,
-                        note,
-                        decided_unix_ms: now_ms,
-                        verdict: "deny".to_owned(),
-                        grant_id: None,
-                    },
-                    None,
-                ),
-                Resolution::Release { by } => (
-                    DecisionRec {
-                        state: State::Released,
-                        decided_by: by,
-                        note: "the host's daemon stopped while the operation was held: the \
+                let (decision, grant) = match how {
+                    Resolution::Approve { grant, note } => {
+                        let mut grant = *grant;
+                        grant.id = tx.next_id(GRANT_IDS)?;
+                        grant.request_id = id;
+                        grant.host = req.context.host.clone();
+                        tx.put(GRANTS, grant.id, &grant)?;
+                        let d = DecisionRec {
+                            state: State::Approved,
+                            decided_by: grant.granted_by.clone(),
+                            note,
+                            decided_unix_ms: now_ms,
+                            verdict: "allow".to_owned(),
+                            grant_id: Some(grant.id),
+                        };
+                        (d, Some(grant))
+                    }
+                    Resolution::Deny { by, note } => (
+                        DecisionRec {
+                            state: State::Denied,
+                            decided_by: by,
+                            note,
+                            decided_unix_ms: now_ms,
+                            verdict: "deny".to_owned(),
+                            grant_id: None,
+                        },
+                        None,
+                    ),
+                    Resolution::Release { by } => (
+                        DecisionRec {
+                            state: State::Released,
+                            decided_by: by,
+                            note: "the host's daemon stopped while the operation was held: the \
                                kernel let it through without a decision"
-                            .to_owned(),
-                        decided_unix_ms: now_ms,
-                        verdict: "allow".to_owned(),
-                        grant_id: None,
-                    },
-                    None,
-                ),
-                Resolution::Expire => (
-                    DecisionRec {
-                        state: State::Expired,
-                        decided_by: "timeout".to_owned(),
-                        note: String::new(),
-                        decided_unix_ms: now_ms,
-                        verdict: req.context.fail_verdict.clone(),
-                        grant_id: None,
-                    },
-                    None,
-                ),
-            };
-            req.state = decision.state;
-            req.decision = Some(decision);
-            tx.put(REQUESTS, id, &req)?;
-            tx.raw().open_table(PENDING)?.remove(id)?;
-            let update_seq = append_update(
-                tx,
-                &req.context.host,
-                req.host_request_id,
-                UpdateKind::Decision { request_id: id },
-            )?;
-            self.announce(tx, || Event::resolved(&req, grant.as_ref(), now_ms))?;
-            Ok(Ok(Resolved {
-                request: req,
-                grant,
-                update_seq,
-            }))
-        })
-        .inspect(|r| {
-            if r.is_ok() {
-                self.wake_outbox();
-            }
-        })
+                                .to_owned(),
+                            decided_unix_ms: now_ms,
+                            verdict: "allow".to_owned(),
+                            grant_id: None,
+                        },
+                        None,
+                    ),
+                    Resolution::Expire => (
+                        DecisionRec {
+                            state: State::Expired,
+                            decided_by: "timeout".to_owned(),
+                            note: String::new(),
+                            decided_unix_ms: now_ms,
+                            verdict: req.context.fail_verdict.clone(),
+                            grant_id: None,
+                        },
+                        None,
+                    ),
+                };
+                req.state = decision.state;
+                req.decision = Some(decision);
+                tx.put(REQUESTS, id, &req)?;
+                tx.raw().open_table(PENDING)?.remove(id)?;
+                let update_seq = append_update(
+                    tx,
+                    &req.context.host,
+                    req.host_request_id,
+                    UpdateKind::Decision { request_id: id },
+                )?;
+                self.announce(tx, || Event::resolved(&req, grant.as_ref(), now_ms))?;
+                Ok(Ok(Resolved {
+                    request: req,
+                    grant,
+                    update_seq,
+                }))
+            })
+            .inspect(|r| {
+                if r.is_ok() {
+                    self.wake_outbox();
+                }
+            })
     }
 
     /// Revokes live grant `id`, durably, with its host update. Returns the grant and the
@@ -544,35 +545,36 @@ impl ApprovalStore {
         by: &str,
         now_ms: i64,
     ) -> Result<Result<(GrantRec, u64), Refusal>, StoreError> {
-        self.store.write(|tx| {
-            let Some(mut g) = tx.get(GRANTS, id)? else {
-                return Ok(Err(Refusal::NotFound));
-            };
-            if !g.is_live(now_ms) {
-                return Ok(Err(Refusal::GrantNotLive {
-                    revoked: g.revoked_unix_ms.is_some(),
-                }));
-            }
-            g.revoked_unix_ms = Some(now_ms);
-            g.revoked_by = Some(by.to_owned());
-            tx.put(GRANTS, id, &g)?;
-            let host_request_id = tx
-                .get(REQUESTS, g.request_id)?
-                .map_or(0, |r| r.host_request_id);
-            let seq = append_update(
-                tx,
-                &g.host,
-                host_request_id,
-                UpdateKind::Revoked { grant_id: id },
-            )?;
-            self.announce(tx, || Event::revoked(&g, now_ms))?;
-            Ok(Ok((g, seq)))
-        })
-        .inspect(|r| {
-            if r.is_ok() {
-                self.wake_outbox();
-            }
-        })
+        self.store
+            .write(|tx| {
+                let Some(mut g) = tx.get(GRANTS, id)? else {
+                    return Ok(Err(Refusal::NotFound));
+                };
+                if !g.is_live(now_ms) {
+                    return Ok(Err(Refusal::GrantNotLive {
+                        revoked: g.revoked_unix_ms.is_some(),
+                    }));
+                }
+                g.revoked_unix_ms = Some(now_ms);
+                g.revoked_by = Some(by.to_owned());
+                tx.put(GRANTS, id, &g)?;
+                let host_request_id = tx
+                    .get(REQUESTS, g.request_id)?
+                    .map_or(0, |r| r.host_request_id);
+                let seq = append_update(
+                    tx,
+                    &g.host,
+                    host_request_id,
+                    UpdateKind::Revoked { grant_id: id },
+                )?;
+                self.announce(tx, || Event::revoked(&g, now_ms))?;
+                Ok(Ok((g, seq)))
+            })
+            .inspect(|r| {
+                if r.is_ok() {
+                    self.wake_outbox();
+                }
+            })
     }
 
     /// Up to `limit` updates of `host` with seq > `after`, in order.

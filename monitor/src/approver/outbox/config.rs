@@ -251,7 +251,10 @@ impl NotifySection {
                     format!("{name:?} is not a sink name (1-64 characters: letters, digits, `#`, `.`, `_`, `-`)"),
                 );
             } else if ids.contains(&id) {
-                c.fail(&format!("{field}.name"), format!("{id} is configured twice"));
+                c.fail(
+                    &format!("{field}.name"),
+                    format!("{id} is configured twice"),
+                );
             }
             ids.push(id);
             if let Some(list) = events {
@@ -265,7 +268,10 @@ impl NotifySection {
                 }
             }
             if !(1..=120).contains(&timeout) {
-                c.fail(&format!("{field}.timeout_secs"), "must be between 1 and 120");
+                c.fail(
+                    &format!("{field}.timeout_secs"),
+                    "must be between 1 and 120",
+                );
             }
             if let Some(p) = ca {
                 c.abs_path(&format!("{field}.ca_file"), p);
@@ -273,13 +279,29 @@ impl NotifySection {
         };
         for (i, w) in self.webhook.iter().enumerate() {
             let f = format!("notify.webhook[{i}]");
-            common(c, f.clone(), w.id(), &w.name, &w.events, w.timeout_secs, &w.ca_file);
+            common(
+                c,
+                f.clone(),
+                w.id(),
+                &w.name,
+                &w.events,
+                w.timeout_secs,
+                &w.ca_file,
+            );
             check_url(c, &format!("{f}.url"), &w.url);
             c.abs_path(&format!("{f}.secret_file"), &w.secret_file);
         }
         for (i, s) in self.slack.iter().enumerate() {
             let f = format!("notify.slack[{i}]");
-            common(c, f.clone(), s.id(), s.name(), &s.events, s.timeout_secs, &s.ca_file);
+            common(
+                c,
+                f.clone(),
+                s.id(),
+                s.name(),
+                &s.events,
+                s.timeout_secs,
+                &s.ca_file,
+            );
             if s.channel.is_empty() || s.channel.contains(char::is_whitespace) {
                 c.fail(
                     &format!("{f}.channel"),
@@ -306,7 +328,15 @@ impl NotifySection {
         }
         for (i, t) in self.teams.iter().enumerate() {
             let f = format!("notify.teams[{i}]");
-            common(c, f.clone(), t.id(), &t.name, &t.events, t.timeout_secs, &t.ca_file);
+            common(
+                c,
+                f.clone(),
+                t.id(),
+                &t.name,
+                &t.events,
+                t.timeout_secs,
+                &t.ca_file,
+            );
             c.abs_path(&format!("{f}.url_file"), &t.url_file);
         }
     }
@@ -337,9 +367,7 @@ pub fn url_problem(url: &str) -> Result<(), String> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("{url:?} names no host"))?;
+    let host = uri.host().ok_or_else(|| format!("{url:?} names no host"))?;
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") => {

@@ -28,7 +28,10 @@ impl Route {
     fn named_by(&self, entry: &str) -> bool {
         self.id == entry
             || self.aliases.iter().any(|a| a == entry)
-            || self.id.split_once(':').is_some_and(|(kind, _)| kind == entry)
+            || self
+                .id
+                .split_once(':')
+                .is_some_and(|(kind, _)| kind == entry)
     }
 }
 

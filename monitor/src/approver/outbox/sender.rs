@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 
 use super::config::NotifySection;
 use super::{OutboxEntry, Router};
-use crate::approver::sinks::teams::LinkMaker;
 use crate::approver::service::Shared;
+use crate::approver::sinks::teams::LinkMaker;
 use crate::approver::sinks::{Delivered, SinkError, Sinks};
 use crate::os::clock::now_ms;
 
@@ -83,7 +83,11 @@ pub fn start(
 ) -> Result<(), String> {
     let sinks = Arc::new(Sinks::load(cfg, links)?);
     shared.set_sinks(Arc::clone(&sinks));
-    let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+    let secs = |s: u64| {
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+    };
     let limits = Limits {
         max_age_ms: secs(cfg.max_age_secs),
         max_backoff_ms: secs(cfg.max_backoff_secs),
@@ -137,8 +141,9 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
             .map(|e| e.next_attempt_unix_ms)
             .min();
         let wait = match next_due {
-            Some(t) => Duration::from_millis(u64::try_from(t - now).unwrap_or(0).max(50))
-                .min(IDLE_SCAN),
+            Some(t) => {
+                Duration::from_millis(u64::try_from(t - now).unwrap_or(0).max(50)).min(IDLE_SCAN)
+            }
             None => IDLE_SCAN,
         };
         tokio::select! {
@@ -180,7 +185,10 @@ async fn finish(
             })
             .await;
             if !matches!(r, Ok(Ok(()))) {
-                tracing::error!(entry = entry.id, "cannot remove a delivered notification (it will be sent again)");
+                tracing::error!(
+                    entry = entry.id,
+                    "cannot remove a delivered notification (it will be sent again)"
+                );
             }
             c.notify_sent.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(entry = entry.id, sink = %entry.sink, event = %entry.event.event, "notification delivered");
@@ -201,7 +209,8 @@ async fn finish(
                 "error": e.to_string(),
             });
             let me = Arc::clone(shared);
-            let r = tokio::task::spawn_blocking(move || me.audit.append("notify_failed", body)).await;
+            let r =
+                tokio::task::spawn_blocking(move || me.audit.append("notify_failed", body)).await;
             if !matches!(r, Ok(Ok(()))) {
                 c.ledger_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(entry = entry.id, "cannot ledger a given-up notification");
@@ -211,7 +220,8 @@ async fn finish(
             let pause = backoff_ms(entry.attempts, limits.max_backoff_ms, fastrand::f64());
             let (id, msg) = (entry.id, e.to_string());
             let at = now.saturating_add(pause);
-            let _ = tokio::task::spawn_blocking(move || super::retry_at(&store, id, at, &msg)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || super::retry_at(&store, id, at, &msg)).await;
             c.notify_retried.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(entry = entry.id, sink = %entry.sink, event = %entry.event.event, attempts = entry.attempts + 1, retry_in_ms = pause, error = %e, "notification not delivered; will retry");
         }

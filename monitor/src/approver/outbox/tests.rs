@@ -61,13 +61,21 @@ fn changes_write_their_notifications_in_their_own_transaction_and_a_reopen_keeps
             note: "no".into(),
         };
         s.resolve(r.id, deny, 5).unwrap().unwrap();
-        assert!(s
-            .note_report_of("h1", 1, 6, "change_flagged", &serde_json::json!({"path": "/etc/x"}))
-            .unwrap());
+        assert!(
+            s.note_report_of(
+                "h1",
+                1,
+                6,
+                "change_flagged",
+                &serde_json::json!({"path": "/etc/x"})
+            )
+            .unwrap()
+        );
         // The same report again is a duplicate: nothing more.
-        assert!(!s
-            .note_report_of("h1", 1, 7, "change_flagged", &serde_json::json!({}))
-            .unwrap());
+        assert!(
+            !s.note_report_of("h1", 1, 7, "change_flagged", &serde_json::json!({}))
+                .unwrap()
+        );
     }
     // Nothing was delivered: after a restart, every notification is still waiting.
     let s = ApprovalStore::open(&path).unwrap();
@@ -84,7 +92,14 @@ fn changes_write_their_notifications_in_their_own_transaction_and_a_reopen_keeps
     );
     let denied = &all[2].event;
     assert_eq!(
-        denied.request.as_ref().unwrap().decision.as_ref().unwrap().decided_by,
+        denied
+            .request
+            .as_ref()
+            .unwrap()
+            .decision
+            .as_ref()
+            .unwrap()
+            .decided_by,
         "alice"
     );
     // Delivered entries leave; a Slack message's place is kept for its update.
@@ -95,7 +110,10 @@ fn changes_write_their_notifications_in_their_own_transaction_and_a_reopen_keeps
     let rid = all[1].event.request_id().unwrap();
     delivered(s.inner(), all[1].id, Some((rid, "slack:#ops", msg.clone()))).unwrap();
     delivered(s.inner(), all[0].id, None).unwrap();
-    assert_eq!(slack_message(s.inner(), rid, "slack:#ops").unwrap(), Some(msg));
+    assert_eq!(
+        slack_message(s.inner(), rid, "slack:#ops").unwrap(),
+        Some(msg)
+    );
     assert_eq!(slack_message(s.inner(), rid, "slack:other").unwrap(), None);
     retry_at(s.inner(), all[2].id, 99, "down").unwrap();
     give_up(s.inner(), all[4].id).unwrap();
@@ -110,15 +128,33 @@ fn a_rules_notify_list_picks_the_sinks() {
     let r = routes();
     let named = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     // No list: every sink whose filter accepts the event.
-    assert_eq!(r.targets_named("request.created", &[]), ["webhook:siem", "slack:#ops"]);
+    assert_eq!(
+        r.targets_named("request.created", &[]),
+        ["webhook:siem", "slack:#ops"]
+    );
     assert_eq!(r.targets_named("request.approved", &[]), ["webhook:siem"]);
     assert_eq!(r.targets_named("grant.revoked", &[]), Vec::<&str>::new());
     // By id, alias or kind; the filter still applies.
-    assert_eq!(r.targets_named("request.created", &named(&["slack:#ops"])), ["slack:#ops"]);
-    assert_eq!(r.targets_named("request.created", &named(&["slack:C123"])), ["slack:#ops"]);
-    assert_eq!(r.targets_named("request.created", &named(&["webhook"])), ["webhook:siem"]);
-    assert_eq!(r.targets_named("request.approved", &named(&["slack:#ops"])), Vec::<&str>::new());
-    assert_eq!(r.targets_named("request.created", &named(&["teams:x"])), Vec::<&str>::new());
+    assert_eq!(
+        r.targets_named("request.created", &named(&["slack:#ops"])),
+        ["slack:#ops"]
+    );
+    assert_eq!(
+        r.targets_named("request.created", &named(&["slack:C123"])),
+        ["slack:#ops"]
+    );
+    assert_eq!(
+        r.targets_named("request.created", &named(&["webhook"])),
+        ["webhook:siem"]
+    );
+    assert_eq!(
+        r.targets_named("request.approved", &named(&["slack:#ops"])),
+        Vec::<&str>::new()
+    );
+    assert_eq!(
+        r.targets_named("request.created", &named(&["teams:x"])),
+        Vec::<&str>::new()
+    );
     // The list is read from the stored request, wherever the record keeps it.
     let s = ApprovalStore::open(&tempfile::tempdir().unwrap().path().join("a.redb")).unwrap();
     let req = s.submit(new_request(1)).unwrap().0;
@@ -135,7 +171,10 @@ fn route_names_match_ids_aliases_and_kinds() {
     assert!(r.wants("request.expired"));
     assert!(!r.wants("grant.revoked"));
     assert!(route::pattern_matches("host.*", "host.reverted"));
-    assert!(!route::pattern_matches("host.reverted", "host.revert_failed"));
+    assert!(!route::pattern_matches(
+        "host.reverted",
+        "host.revert_failed"
+    ));
 }
 
 fn entry(id: u64, sink: &str, request: Option<u64>, next: i64) -> OutboxEntry {

@@ -36,7 +36,10 @@ impl Response {
 
     /// The start of the body, for error messages.
     pub fn excerpt(&self) -> String {
-        String::from_utf8_lossy(&self.body).chars().take(200).collect()
+        String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(200)
+            .collect()
     }
 }
 
@@ -88,9 +91,18 @@ impl HttpClient {
         content_type: &str,
         body: Vec<u8>,
     ) -> Result<Response, SinkError> {
-        tokio::time::timeout(self.timeout, self.post_now(url, headers, content_type, body))
-            .await
-            .map_err(|_| SinkError::Http(format!("no answer from {} within {:?}", redact(url), self.timeout)))?
+        tokio::time::timeout(
+            self.timeout,
+            self.post_now(url, headers, content_type, body),
+        )
+        .await
+        .map_err(|_| {
+            SinkError::Http(format!(
+                "no answer from {} within {:?}",
+                redact(url),
+                self.timeout
+            ))
+        })?
     }
 
     async fn post_now(
@@ -113,7 +125,10 @@ impl HttpClient {
             .host()
             .ok_or_else(|| err("no host in", &"URL"))?
             .to_owned();
-        let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let authority = uri
             .authority()
@@ -134,8 +149,7 @@ impl HttpClient {
             .await
             .map_err(|e| err("cannot connect to", &e))?;
         if https {
-            let name = ServerName::try_from(bare)
-                .map_err(|e| err("bad server name in", &e))?;
+            let name = ServerName::try_from(bare).map_err(|e| err("bad server name in", &e))?;
             let tls = self
                 .tls
                 .connect(name, tcp)

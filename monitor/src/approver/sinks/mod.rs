@@ -110,7 +110,11 @@ impl Sinks {
     }
 
     /// Delivers `entry` once.
-    pub async fn deliver(&self, store: &Store, entry: &OutboxEntry) -> Result<Delivered, SinkError> {
+    pub async fn deliver(
+        &self,
+        store: &Store,
+        entry: &OutboxEntry,
+    ) -> Result<Delivered, SinkError> {
         match self.by_id.get(&entry.sink) {
             Some(Sink::Webhook(w)) => w.deliver(entry).await,
             Some(Sink::Slack(s)) => s.deliver(store, entry).await,

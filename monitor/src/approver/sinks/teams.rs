@@ -47,7 +47,12 @@ impl Teams {
         let body = message(&card(&entry.event, self.links.as_ref()));
         let resp = self
             .client
-            .post(&self.url, &[], "application/json", serde_json::to_vec(&body).unwrap_or_default())
+            .post(
+                &self.url,
+                &[],
+                "application/json",
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
             .await?;
         if !resp.is_success() {
             return Err(SinkError::Rejected {
@@ -151,7 +156,8 @@ pub fn card(ev: &Event, links: Option<&LinkMaker>) -> Value {
             if let Some(l) = links {
                 for (title, approve) in [("Approve…", true), ("Deny…", false)] {
                     if let Some(url) = (l.0)(req.id, approve) {
-                        actions.push(json!({ "type": "Action.OpenUrl", "title": title, "url": url }));
+                        actions
+                            .push(json!({ "type": "Action.OpenUrl", "title": title, "url": url }));
                     }
                 }
             }
@@ -204,13 +210,20 @@ mod tests {
         }));
         let c = card(&Event::request_created(&req), Some(&links));
         let msg = message(&c);
-        assert_eq!(msg["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
+        assert_eq!(
+            msg["attachments"][0]["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
         assert_eq!(c["actions"][0]["url"], "https://approver/a/7/true");
         assert_eq!(c["actions"][1]["url"], "https://approver/a/7/false");
         let text = c.to_string();
         assert!(text.contains("codex") && text.contains("web-1"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
         // Without a web page, no links.
-        assert!(card(&Event::request_created(&req), None).get("actions").is_none());
+        assert!(
+            card(&Event::request_created(&req), None)
+                .get("actions")
+                .is_none()
+        );
     }
 }

@@ -118,11 +118,46 @@ mod tests {
     fn a_signature_verifies_and_a_changed_body_or_old_timestamp_does_not() {
         let sig = signature(b"k", "1700000000", b"{\"a\":1}");
         assert!(sig.starts_with("sha256="));
-        assert!(verify(b"k", "1700000000", b"{\"a\":1}", &sig, 1700000100, 300));
-        assert!(!verify(b"k", "1700000000", b"{\"a\":2}", &sig, 1700000100, 300));
-        assert!(!verify(b"x", "1700000000", b"{\"a\":1}", &sig, 1700000100, 300));
-        assert!(!verify(b"k", "1700000000", b"{\"a\":1}", &sig, 1700000400, 300));
-        assert!(!verify(b"k", "1700000000", b"{\"a\":1}", "sha256=zz", 1700000000, 300));
+        assert!(verify(
+            b"k",
+            "1700000000",
+            b"{\"a\":1}",
+            &sig,
+            1700000100,
+            300
+        ));
+        assert!(!verify(
+            b"k",
+            "1700000000",
+            b"{\"a\":2}",
+            &sig,
+            1700000100,
+            300
+        ));
+        assert!(!verify(
+            b"x",
+            "1700000000",
+            b"{\"a\":1}",
+            &sig,
+            1700000100,
+            300
+        ));
+        assert!(!verify(
+            b"k",
+            "1700000000",
+            b"{\"a\":1}",
+            &sig,
+            1700000400,
+            300
+        ));
+        assert!(!verify(
+            b"k",
+            "1700000000",
+            b"{\"a\":1}",
+            "sha256=zz",
+            1700000000,
+            300
+        ));
     }
 
     #[test]

@@ -58,7 +58,14 @@ fn context_blocks(req: &RequestRec) -> Vec<Value> {
     let c = &req.context;
     let title = format!(
         "*{}* wants to {} `{}` on *{}*",
-        esc(if c.agent.is_empty() { "an agent" } else { &c.agent }, 100),
+        esc(
+            if c.agent.is_empty() {
+                "an agent"
+            } else {
+                &c.agent
+            },
+            100
+        ),
         esc(&c.operations.join("/"), 100),
         esc(&c.path, FIELD_MAX),
         esc(&c.host, 200),
@@ -108,12 +115,14 @@ pub fn request_blocks(req: &RequestRec) -> Value {
             esc(&req.context.fail_verdict, 20)
         ),
     }]}));
-    blocks.push(json!({ "type": "actions", "block_id": "confgate_decide", "elements": [
-        button("Approve 15m", "approve_15m", req.id, Some("primary")),
-        button("Approve 1h", "approve_1h", req.id, None),
-        button("Approve…", "approve_custom", req.id, None),
-        button("Deny", "deny", req.id, Some("danger")),
-    ]}));
+    blocks.push(
+        json!({ "type": "actions", "block_id": "confgate_decide", "elements": [
+            button("Approve 15m", "approve_15m", req.id, Some("primary")),
+            button("Approve 1h", "approve_1h", req.id, None),
+            button("Approve…", "approve_custom", req.id, None),
+            button("Deny", "deny", req.id, Some("danger")),
+        ]}),
+    );
     json!({
         "text": format!("confgate request {}: {} wants to write {} on {}",
             req.id, esc(&req.context.agent, 100), esc(&req.context.path, FIELD_MAX), esc(&req.context.host, 200)),
@@ -226,11 +235,24 @@ pub fn summary(ev: &Event) -> String {
         );
     }
     if let Some(req) = &ev.request {
-        return format!("confgate request {}: {}", req.id, outcome_line(req, ev.grant.as_ref()));
+        return format!(
+            "confgate request {}: {}",
+            req.id,
+            outcome_line(req, ev.grant.as_ref())
+        );
     }
-    let kind = ev.event.strip_prefix("host.").unwrap_or(&ev.event).replace('_', " ");
+    let kind = ev
+        .event
+        .strip_prefix("host.")
+        .unwrap_or(&ev.event)
+        .replace('_', " ");
     let r = ev.report.clone().unwrap_or(Value::Null);
-    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |k: &str| {
+        r.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let mut line = format!(":mag: *{host}*: {kind}");
     for k in ["path", "from", "to"] {
         let v = s(k);

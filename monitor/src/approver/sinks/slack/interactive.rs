@@ -36,7 +36,10 @@ pub enum Unverified {
 
 /// `v0=<hex HMAC-SHA256(secret, "v0:" + ts + ":" + body)>`.
 pub fn sign(secret: &[u8], ts: &str, body: &[u8]) -> String {
-    format!("v0={}", crate::approver::sinks::hmac_hex(secret, &base(ts, body)))
+    format!(
+        "v0={}",
+        crate::approver::sinks::hmac_hex(secret, &base(ts, body))
+    )
 }
 
 fn base(ts: &str, body: &[u8]) -> Vec<u8> {
@@ -100,7 +103,10 @@ pub fn form_payload(body: &[u8]) -> Option<String> {
         if k != b"payload" {
             return None;
         }
-        let plus: Vec<u8> = v.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+        let plus: Vec<u8> = v
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b })
+            .collect();
         percent_encoding::percent_decode(&plus)
             .decode_utf8()
             .ok()
@@ -129,7 +135,10 @@ pub async fn handle(shared: Arc<Shared>, headers: HeaderMap, body: &[u8]) -> Ans
     else {
         return (StatusCode::BAD_REQUEST, "no JSON payload".into());
     };
-    let user = payload["user"]["id"].as_str().unwrap_or_default().to_owned();
+    let user = payload["user"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let who = slack.users.get(&user).cloned();
     match payload["type"].as_str() {
         Some("block_actions") => block_action(&shared, &slack, &payload, &user, who).await,
@@ -166,9 +175,16 @@ async fn block_action(
     let Some(id) = action["value"].as_str().and_then(|v| v.parse::<u64>().ok()) else {
         return (StatusCode::OK, String::new());
     };
-    let response_url = payload["response_url"].as_str().unwrap_or_default().to_owned();
+    let response_url = payload["response_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let Some(who) = who else {
-        tracing::warn!(slack_user = user, request = id, "Slack user not in the allow-list");
+        tracing::warn!(
+            slack_user = user,
+            request = id,
+            "Slack user not in the allow-list"
+        );
         bump_refused(shared);
         tell(slack, &response_url, &not_allowed(user)).await;
         return (StatusCode::OK, String::new());
@@ -191,7 +207,12 @@ async fn block_action(
                 Ok(Ok(Some(req))) => {
                     if let Err(e) = slack.api("views.open", &approve_modal(&req, trigger)).await {
                         tracing::warn!(error = %e, "Slack views.open failed");
-                        tell(slack, &response_url, &format!("Cannot open the approval dialog: {e}")).await;
+                        tell(
+                            slack,
+                            &response_url,
+                            &format!("Cannot open the approval dialog: {e}"),
+                        )
+                        .await;
                     }
                 }
                 _ => tell(slack, &response_url, &format!("No request {id}.")).await,
@@ -221,12 +242,24 @@ async fn view_submission(
         return errors("ttl", not_allowed(user));
     };
     let view = &payload["view"];
-    let Some(id) = view["private_metadata"].as_str().and_then(|v| v.parse::<u64>().ok()) else {
+    let Some(id) = view["private_metadata"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
         return errors("ttl", "this dialog names no request".into());
     };
     let values = &view["state"]["values"];
-    let selected = |b: &str| values[b][b]["selected_option"]["value"].as_str().unwrap_or_default();
-    let text = |b: &str| values[b][b]["value"].as_str().unwrap_or_default().to_owned();
+    let selected = |b: &str| {
+        values[b][b]["selected_option"]["value"]
+            .as_str()
+            .unwrap_or_default()
+    };
+    let text = |b: &str| {
+        values[b][b]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
     let ttl = selected("ttl").parse::<u64>().unwrap_or(3600);
     let scope = match selected("scope") {
         "agent" => pb::GrantScope::Agent,
@@ -264,7 +297,13 @@ async fn decide_as(
     match shared.decide_as(who, r, how).await {
         Ok(_) => Ok(()),
         Err(status) => {
-            tracing::info!(request = id, approver = who, slack_user = user, reason = status.message(), "Slack decision refused");
+            tracing::info!(
+                request = id,
+                approver = who,
+                slack_user = user,
+                reason = status.message(),
+                "Slack decision refused"
+            );
             Err(format!("Request {id}: {}", status.message()))
         }
     }
@@ -324,7 +363,10 @@ mod tests {
     #[test]
     fn slacks_documented_example_verifies() {
         assert_eq!(sign(SECRET, TS, BODY), SIG);
-        assert_eq!(verify(SECRET, Some(TS), Some(SIG), BODY, 1531420618 + 10), Ok(()));
+        assert_eq!(
+            verify(SECRET, Some(TS), Some(SIG), BODY, 1531420618 + 10),
+            Ok(())
+        );
     }
 
     #[test]
@@ -332,16 +374,43 @@ mod tests {
         let now = 1531420618;
         let mut body = BODY.to_vec();
         body[0] = b'T';
-        assert_eq!(verify(SECRET, Some(TS), Some(SIG), &body, now), Err(Unverified::BadSignature));
-        assert_eq!(verify(b"other", Some(TS), Some(SIG), BODY, now), Err(Unverified::BadSignature));
-        assert_eq!(verify(SECRET, Some(TS), Some("v0=zz"), BODY, now), Err(Unverified::BadSignature));
-        assert_eq!(verify(SECRET, Some(TS), Some("a2114d"), BODY, now), Err(Unverified::BadSignature));
-        assert_eq!(verify(SECRET, Some(TS), Some(SIG), BODY, now + 301), Err(Unverified::Stale));
-        assert_eq!(verify(SECRET, Some(TS), Some(SIG), BODY, now - 301), Err(Unverified::Stale));
-        assert_eq!(verify(SECRET, None, Some(SIG), BODY, now), Err(Unverified::Missing));
-        assert_eq!(verify(SECRET, Some(TS), None, BODY, now), Err(Unverified::Missing));
+        assert_eq!(
+            verify(SECRET, Some(TS), Some(SIG), &body, now),
+            Err(Unverified::BadSignature)
+        );
+        assert_eq!(
+            verify(b"other", Some(TS), Some(SIG), BODY, now),
+            Err(Unverified::BadSignature)
+        );
+        assert_eq!(
+            verify(SECRET, Some(TS), Some("v0=zz"), BODY, now),
+            Err(Unverified::BadSignature)
+        );
+        assert_eq!(
+            verify(SECRET, Some(TS), Some("a2114d"), BODY, now),
+            Err(Unverified::BadSignature)
+        );
+        assert_eq!(
+            verify(SECRET, Some(TS), Some(SIG), BODY, now + 301),
+            Err(Unverified::Stale)
+        );
+        assert_eq!(
+            verify(SECRET, Some(TS), Some(SIG), BODY, now - 301),
+            Err(Unverified::Stale)
+        );
+        assert_eq!(
+            verify(SECRET, None, Some(SIG), BODY, now),
+            Err(Unverified::Missing)
+        );
+        assert_eq!(
+            verify(SECRET, Some(TS), None, BODY, now),
+            Err(Unverified::Missing)
+        );
         // A timestamp that is not a number.
-        assert_eq!(verify(SECRET, Some("x"), Some(SIG), BODY, now), Err(Unverified::Stale));
+        assert_eq!(
+            verify(SECRET, Some("x"), Some(SIG), BODY, now),
+            Err(Unverified::Stale)
+        );
     }
 
     #[test]

@@ -64,10 +64,14 @@ impl Slack {
                 body: resp.excerpt(),
             });
         }
-        let v: Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| SinkError::Api(format!("{} {method}: answer is not JSON: {e}", self.id)))?;
+        let v: Value = serde_json::from_slice(&resp.body).map_err(|e| {
+            SinkError::Api(format!("{} {method}: answer is not JSON: {e}", self.id))
+        })?;
         if v.get("ok").and_then(Value::as_bool) != Some(true) {
-            let err = v.get("error").and_then(Value::as_str).unwrap_or("no error given");
+            let err = v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error given");
             return Err(SinkError::Api(format!("{} {method}: {err}", self.id)));
         }
         Ok(v)
@@ -92,7 +96,11 @@ impl Slack {
     }
 
     /// Delivers `entry`: a request's message, its update, or a short message.
-    pub async fn deliver(&self, store: &Store, entry: &OutboxEntry) -> Result<Delivered, SinkError> {
+    pub async fn deliver(
+        &self,
+        store: &Store,
+        entry: &OutboxEntry,
+    ) -> Result<Delivered, SinkError> {
         let ev = &entry.event;
         let request_id = ev.request_id();
         let known = match request_id {
