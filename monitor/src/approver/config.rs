@@ -72,6 +72,8 @@ pub struct ServiceConfig {
     pub notify: super::outbox::config::NotifySection,
     /// `[http]`: the HTTP listener (web page, chat callbacks).
     pub http: super::http::config::HttpSection,
+    /// `[web]`: the web approval page (OpenID Connect, action links).
+    pub web: super::web::config::WebSection,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -112,6 +114,7 @@ impl Default for ServiceConfig {
             workstation_approvers: Vec::new(),
             notify: Default::default(),
             http: Default::default(),
+            web: Default::default(),
         }
     }
 }
@@ -309,6 +312,10 @@ impl ServiceConfig {
             self.allow_plaintext,
             self.tls.cert.is_some() && self.tls.key.is_some(),
         );
+        self.web.check(&mut c);
+        if self.web.oidc.is_some() && self.http.listen.is_none() {
+            c.fail("web.oidc", "the web page needs [http] listen");
+        }
         c.problems
     }
 

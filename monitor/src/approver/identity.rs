@@ -30,7 +30,16 @@ pub enum Principal {
     Approver { name: String },
     /// A process on a Unix socket.
     Unix(UnixPeer),
+    /// A person on the web page: signed in with OpenID Connect (`oidc:<user>`) or holding
+    /// a signed action link for this approver name. Only the service's own HTTP handlers
+    /// make it ([`WebPrincipal`]), never a gRPC caller.
+    Web { name: String },
 }
+
+/// Set as a request extension by the web page's handlers when they call the gRPC service
+/// in-process: the approver they authenticated. Extensions never come from the network.
+#[derive(Clone, Debug)]
+pub struct WebPrincipal(pub String);
 
 /// A Unix-socket caller as the kernel reported it at connect time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +108,9 @@ impl Authenticator {
 
     /// Identifies the caller of `req` (`UNAUTHENTICATED` when it cannot be).
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        if let Some(WebPrincipal(name)) = req.extensions().get::<WebPrincipal>() {
+            return Ok(Principal::Web { name: name.clone() });
+        }
         let token = self.token(req)?;
         if let Some(certs) = req.peer_certs()
             && let Some(leaf) = certs.first()
@@ -183,9 +195,11 @@ impl Authenticator {
     pub fn host(&self, p: &Principal, call: &str) -> Result<String, Status> {
         match p {
             Principal::Host { host } => Ok(host.clone()),
-            Principal::Approver { name } => Err(Status::permission_denied(format!(
-                "{call} is for hosts; {name} is an approver identity"
-            ))),
+            Principal::Approver { name } | Principal::Web { name } => {
+                Err(Status::permission_denied(format!(
+                    "{call} is for hosts; {name} is an approver identity"
+                )))
+            }
             Principal::Unix(u) if u.uid != 0 => Err(Status::permission_denied(format!(
                 "{call} is for hosts: on the Unix socket only root (the local confgate daemon) \
                  acts as the host, not uid {}",
@@ -214,6 +228,13 @@ impl Authenticator {
                 unix: false,
                 workstation: self.workstation.contains(name),
             }),
+            // A person at a browser, outside any host: like a workstation credential.
+            Principal::Web { name } => Ok(ApproverId {
+                name: name.clone(),
+                local: None,
+                unix: false,
+                workstation: true,
+            }),
             Principal::Unix(u) if !u.admin => Err(Status::permission_denied(format!(
                 "{call} needs root or membership in the approvers' admin group (uid {} is neither)",
                 u.uid
@@ -231,7 +252,9 @@ impl Authenticator {
     pub fn describe(&self, p: &Principal) -> Result<(String, &'static str), Status> {
         match p {
             Principal::Host { host } => Ok((format!("host:{host}"), "host")),
-            Principal::Approver { name } => Ok((name.clone(), "approver")),
+            Principal::Approver { name } | Principal::Web { name } => {
+                Ok((name.clone(), "approver"))
+            }
             Principal::Unix(_) => Ok((self.approver(p, "WhoAmI")?.name, "approver")),
         }
     }

@@ -332,6 +332,12 @@ impl ApprovalStore {
         Ok((rec, created, unsynced))
     }
 
+    /// The underlying store, for tables other modules keep in the same file (the web page's
+    /// used action links).
+    pub(crate) fn raw_store(&self) -> &Store {
+        &self.store
+    }
+
     /// Makes a [`ApprovalStore::submit`] durable: at once if a durable commit (a decision's)
     /// has covered it since, else by a commit of its own. Callers wait
     /// [`SUBMIT_SYNC_GRACE`] first, off the blocking pool, to give a decision that chance.

@@ -18,6 +18,7 @@ const APPROVER_KEYS: &[&str] = &[
     "token",
     "workstation_approvers",
     "http",
+    "web",
 ];
 /// Top-level tables of the daemon's `config.toml`.
 const DAEMON_KEYS: &[&str] = &[

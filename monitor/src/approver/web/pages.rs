@@ -1,0 +1,665 @@
+//! The pages and form handlers of the web approval page.
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use tokio_stream::StreamExt as _;
+
+use super::html::{Live, esc, page, when};
+use super::links::{LINK_PATH, LinkError};
+use super::{Web, csrf_ok, refuse};
+use crate::approver::service::ApproverService;
+use crate::os::clock::now_ms;
+use confgate_proto::v1 as pb;
+use confgate_proto::v1::approver_server::Approver as _;
+
+/// Longest ledger listing shown.
+const LEDGER_ROWS: usize = 500;
+
+pub(super) fn routes() -> Router<Arc<Web>> {
+    Router::new()
+        .route("/", get(index))
+        .route("/web/requests/{id}", get(request_page))
+        .route("/web/requests/{id}/decide", axum::routing::post(decide))
+        .route("/web/grants", get(grants))
+        .route("/web/grants/{id}/revoke", axum::routing::post(revoke))
+        .route("/web/ledger", get(ledger))
+        .route("/web/events", get(events))
+        .route(
+            &format!("{LINK_PATH}{{token}}"),
+            get(link_page).post(link_decide),
+        )
+}
+
+fn html(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+/// The sign-in page for a request without a session.
+fn sign_in_page(web: &Web) -> Response {
+    let body = if web.oidc.is_some() {
+        "<p>Sign in to see and decide pending requests.</p>\
+         <p><a class=\"button\" id=\"sign-in\" href=\"/web/login\">Sign in</a></p>"
+    } else {
+        "<p>Sign-in is not configured on this service ([web.oidc] in approver.toml); \
+         action links from notifications still open their request.</p>"
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        html(page("Sign in", None, None, Live::Off, body)),
+    )
+        .into_response()
+}
+
+fn status_page(s: &tonic::Status) -> Response {
+    let code = match s.code() {
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refuse(code, s.message())
+}
+
+/// Short lowercase name of a request state.
+pub(super) fn state_name(state: i32) -> &'static str {
+    match pb::RequestState::try_from(state) {
+        Ok(pb::RequestState::Pending) => "pending",
+        Ok(pb::RequestState::Approved) => "approved",
+        Ok(pb::RequestState::Denied) => "denied",
+        Ok(pb::RequestState::Expired) => "expired",
+        Ok(pb::RequestState::Released) => "released",
+        _ => "unknown",
+    }
+}
+
+fn svc(web: &Web) -> ApproverService {
+    ApproverService::new(Arc::clone(&web.shared))
+}
+
+async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let Some(s) = web.session(&headers) else {
+        return sign_in_page(&web);
+    };
+    let list = svc(&web)
+        .list_requests(Web::as_approver(
+            &s.name,
+            pb::ListRequestsRequest {
+                all: false,
+                limit: 1000,
+            },
+        ))
+        .await;
+    let list = match list {
+        Ok(r) => r.into_inner().requests,
+        Err(e) => return status_page(&e),
+    };
+    let mut body = String::new();
+    let ids: Vec<String> = list.iter().map(|r| r.id.to_string()).collect();
+    let _ = write!(
+        body,
+        "<h2>Pending requests ({})</h2><div id=\"pending\" data-ids=\"{}\">",
+        list.len(),
+        ids.join(" ")
+    );
+    if list.is_empty() {
+        body.push_str("<p id=\"none\">Nothing waits for a decision.</p>");
+    } else {
+        body.push_str(
+            "<table><tr><th>#</th><th>Host</th><th>Agent</th><th>Session</th><th>Path</th>\
+             <th>Operations</th><th>Reason</th><th>Deadline</th></tr>",
+        );
+        for r in &list {
+            let c = r.context.clone().unwrap_or_default();
+            let _ = write!(
+                body,
+                "<tr class=\"request\" id=\"request-{id}\"><td><a href=\"/web/requests/{id}\">{id}</a></td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td>\
+                 <td class=\"deadline\">{}</td></tr>",
+                esc(&c.host),
+                esc(&c.agent),
+                c.session_id,
+                esc(&c.path),
+                esc(&c.operations.join(", ")),
+                esc(&c.reason),
+                when(r.deadline_unix_ms),
+                id = r.id,
+            );
+        }
+        body.push_str("</table>");
+    }
+    body.push_str("</div>");
+    html(page(
+        "Pending",
+        Some(&s.name),
+        Some(&s.csrf),
+        Live::List,
+        &body,
+    ))
+}
+
+/// The full context of a request, as a definition list.
+fn context_html(r: &pb::ApprovalRequest) -> String {
+    let c = r.context.clone().unwrap_or_default();
+    let mut rows: Vec<(&str, String)> = vec![
+        ("Request", format!("{} ({})", r.id, state_name(r.state))),
+        ("Host", esc(&c.host)),
+        ("Agent", esc(&c.agent)),
+        ("Session", c.session_id.to_string()),
+        ("User", format!("{} (uid {})", esc(&c.user), c.uid)),
+        ("Process", c.pid.to_string()),
+        (
+            "Command",
+            esc(&c
+                .command
+                .iter()
+                .map(|a| shell_word(a))
+                .collect::<Vec<_>>()
+                .join(" ")),
+        ),
+        ("Working directory", esc(&c.cwd)),
+        ("Path", esc(&c.path)),
+        ("Operations", esc(&c.operations.join(", "))),
+        ("Rule", esc(&c.rule)),
+        ("Mode", esc(&c.mode)),
+        ("Reason", esc(&c.reason)),
+        ("Content SHA-256", esc(&c.content_sha256)),
+        ("Filed", when(r.created_unix_ms)),
+        (
+            "Deadline",
+            format!(
+                "<span class=\"deadline\">{}</span> (then: {})",
+                when(r.deadline_unix_ms),
+                esc(&c.fail_verdict)
+            ),
+        ),
+    ];
+    if !c.ancestry.is_empty() {
+        let chain = c
+            .ancestry
+            .iter()
+            .map(|p| format!("{} {}", p.pid, esc(&p.comm)))
+            .collect::<Vec<_>>()
+            .join(" ← ");
+        rows.push(("Ancestry", chain));
+    }
+    if let Some(d) = &r.decision {
+        rows.push((
+            "Decision",
+            format!(
+                "{} by {} at {}{}",
+                state_name(d.state),
+                esc(&d.decided_by),
+                when(d.decided_unix_ms),
+                if d.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", esc(&d.note))
+                }
+            ),
+        ));
+    }
+    let mut out = String::from("<dl class=\"ctx\">");
+    for (k, v) in rows {
+        let _ = write!(out, "<dt>{k}</dt><dd>{v}</dd>");
+    }
+    out.push_str("</dl>");
+    out
+}
+
+/// `a` quoted for a shell when it needs it (display only; escaped by the caller).
+fn shell_word(a: &str) -> String {
+    if !a.is_empty()
+        && a.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        a.to_owned()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// The approve and deny forms posting to `action` with `csrf`.
+fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) -> String {
+    let c = r.context.clone().unwrap_or_default();
+    format!(
+        "<div class=\"decide\">\
+         <form method=\"post\" action=\"{action}\" id=\"approve-form\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"decision\" value=\"approve\">\
+         <label>Grant for <select name=\"ttl\" id=\"ttl\">\
+         <option value=\"15m\">15 minutes</option><option value=\"1h\" selected>1 hour</option>\
+         <option value=\"8h\">8 hours</option><option value=\"24h\">24 hours</option></select></label>\
+         <label>Scope <select name=\"scope\" id=\"scope\"><option value=\"session\">this session</option>\
+         <option value=\"agent\">every session of agent {agent}</option></select></label>\
+         <label>Paths (glob) <input name=\"glob\" id=\"glob\" size=\"50\" placeholder=\"{path}\"></label>\
+         <label>Note <input name=\"note\" id=\"approve-note\" size=\"50\"></label>\
+         <button type=\"submit\" class=\"approve\" id=\"approve\">Approve</button></form>\
+         <form method=\"post\" action=\"{action}\" id=\"deny-form\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <input type=\"hidden\" name=\"decision\" value=\"deny\">\
+         <label>Note <input name=\"note\" id=\"deny-note\" size=\"40\"></label>\
+         <button type=\"submit\" class=\"deny\" id=\"deny\">Deny</button></form></div>",
+        action = esc(action),
+        csrf = esc(csrf),
+        agent = esc(&c.agent),
+        path = esc(&c.path),
+    )
+}
+
+async fn get_request(web: &Web, who: &str, id: u64) -> Result<pb::ApprovalRequest, tonic::Status> {
+    svc(web)
+        .get_request(Web::as_approver(who, pb::GetRequestRequest { id }))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn request_page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+) -> Response {
+    let Some(s) = web.session(&headers) else {
+        return sign_in_page(&web);
+    };
+    let r = match get_request(&web, &s.name, id).await {
+        Ok(r) => r,
+        Err(e) => return status_page(&e),
+    };
+    let mut body = format!("<h2>Request {id}</h2>{}", context_html(&r));
+    if r.state == pb::RequestState::Pending as i32 {
+        body.push_str(&decide_forms(
+            &format!("/web/requests/{id}/decide"),
+            &s.csrf,
+            &r,
+        ));
+    }
+    html(page(
+        &format!("Request {id}"),
+        Some(&s.name),
+        Some(&s.csrf),
+        Live::Request(id),
+        &body,
+    ))
+}
+
+/// A decision form's fields as the service's `DecideRequest`.
+pub(super) fn decide_request(
+    id: u64,
+    form: &HashMap<String, String>,
+) -> Result<pb::DecideRequest, String> {
+    let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let note = field("note");
+    match field("decision").as_str() {
+        "deny" => Ok(pb::DecideRequest {
+            id,
+            approve: false,
+            note,
+            decider_host: "web".into(),
+            ..Default::default()
+        }),
+        "approve" => {
+            let ttl = match field("ttl").as_str() {
+                "" => 0,
+                t => humantime::parse_duration(t)
+                    .map_err(|e| format!("grant lifetime {t:?}: {e}"))?
+                    .as_secs(),
+            };
+            let scope = match field("scope").as_str() {
+                "" | "session" => pb::GrantScope::Session,
+                "agent" => pb::GrantScope::Agent,
+                other => return Err(format!("scope {other:?} is not session or agent")),
+            };
+            Ok(pb::DecideRequest {
+                id,
+                approve: true,
+                ttl_seconds: ttl,
+                note,
+                scope: scope as i32,
+                path_glob: field("glob"),
+                decider_host: "web".into(),
+                ..Default::default()
+            })
+        }
+        _ => Err("the form says neither approve nor deny".into()),
+    }
+}
+
+/// Runs a decision as `who` and answers with the request's page.
+async fn run_decision(web: &Web, who: &str, id: u64, form: &HashMap<String, String>) -> Response {
+    let req = match decide_request(id, form) {
+        Ok(r) => r,
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
+    };
+    match svc(web).decide(Web::as_approver(who, req)).await {
+        Ok(_) => Redirect::to(&format!("/web/requests/{id}")).into_response(),
+        Err(e) => status_page(&e),
+    }
+}
+
+async fn decide(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some(s) = web.session(&headers) else {
+        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
+    };
+    if !csrf_ok(&form, &s.csrf) {
+        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
+    }
+    run_decision(&web, &s.name, id, &form).await
+}
+
+async fn grants(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let Some(s) = web.session(&headers) else {
+        return sign_in_page(&web);
+    };
+    let list = match svc(&web)
+        .list_grants(Web::as_approver(
+            &s.name,
+            pb::ListGrantsRequest { all: false },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().grants,
+        Err(e) => return status_page(&e),
+    };
+    let mut body = format!("<h2>Live grants ({})</h2>", list.len());
+    if list.is_empty() {
+        body.push_str("<p>No live grant.</p>");
+    } else {
+        body.push_str(
+            "<table><tr><th>#</th><th>Host</th><th>Scope</th><th>Agent</th><th>Paths</th>\
+             <th>Expires</th><th>By</th><th></th></tr>",
+        );
+        for g in &list {
+            let scope = if g.scope == pb::GrantScope::Agent as i32 {
+                "agent".to_owned()
+            } else {
+                format!("session {}", g.session_id)
+            };
+            let _ = write!(
+                body,
+                "<tr id=\"grant-{id}\"><td>{id}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>\
+                 <form method=\"post\" action=\"/web/grants/{id}/revoke\" class=\"inline\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+                 <button type=\"submit\" class=\"deny\">Revoke</button></form></td></tr>",
+                esc(&g.host),
+                scope,
+                esc(&g.agent),
+                esc(&g.path_glob),
+                when(g.expires_unix_ms),
+                esc(&g.granted_by),
+                esc(&s.csrf),
+                id = g.id,
+            );
+        }
+        body.push_str("</table>");
+    }
+    html(page(
+        "Grants",
+        Some(&s.name),
+        Some(&s.csrf),
+        Live::Off,
+        &body,
+    ))
+}
+
+async fn revoke(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let Some(s) = web.session(&headers) else {
+        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
+    };
+    if !csrf_ok(&form, &s.csrf) {
+        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
+    }
+    let note = form.get("note").cloned().unwrap_or_default();
+    match svc(&web)
+        .revoke_grant(Web::as_approver(
+            &s.name,
+            pb::RevokeGrantRequest { id, note },
+        ))
+        .await
+    {
+        Ok(_) => Redirect::to("/web/grants").into_response(),
+        Err(e) => status_page(&e),
+    }
+}
+
+/// The ledger search: records whose body mentions `host`, `agent` and `path` (substrings,
+/// case-sensitive), between `since` and `until` (RFC 3339 or `YYYY-MM-DD`).
+async fn ledger(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(s) = web.session(&headers) else {
+        return sign_in_page(&web);
+    };
+    let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let (host, agent, path) = (get("host"), get("agent"), get("path"));
+    let (since, until) = (parse_time(&get("since")), parse_time(&get("until")));
+    let stream = svc(&web)
+        .audit_log(Web::as_approver(
+            &s.name,
+            pb::AuditLogRequest {
+                since_unix_ms: since.unwrap_or(0),
+            },
+        ))
+        .await;
+    let mut stream = match stream {
+        Ok(r) => r.into_inner(),
+        Err(e) => return status_page(&e),
+    };
+    let mut rows = Vec::new();
+    while let Some(item) = stream.next().await {
+        let Ok(entry) = item else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&entry.json) else {
+            continue;
+        };
+        let body = &v["body"];
+        let field = |k: &str| body.get(k).and_then(|x| x.as_str()).unwrap_or("");
+        let matches = |want: &str, k: &str| want.is_empty() || field(k).contains(want);
+        if !(matches(&host, "host") && matches(&agent, "agent") && matches(&path, "path")) {
+            continue;
+        }
+        let time = v["time"].as_str().unwrap_or("").to_owned();
+        if let Some(u) = until
+            && parse_time(&time).is_some_and(|t| t > u)
+        {
+            continue;
+        }
+        rows.push(v);
+    }
+    let shown = rows.len().min(LEDGER_ROWS);
+    let mut body = format!(
+        "<h2>Ledger</h2><form method=\"get\" action=\"/web/ledger\" id=\"ledger-search\">\
+         <label>Host <input name=\"host\" value=\"{}\"></label> \
+         <label>Agent <input name=\"agent\" value=\"{}\"></label> \
+         <label>Path <input name=\"path\" value=\"{}\"></label> \
+         <label>Since <input name=\"since\" value=\"{}\" placeholder=\"2026-01-31\"></label> \
+         <label>Until <input name=\"until\" value=\"{}\"></label> \
+         <button type=\"submit\">Search</button></form>\
+         <p>{} records match; the newest {shown} are shown.</p>\
+         <table><tr><th>#</th><th>Time</th><th>Kind</th><th>Host</th><th>Agent</th><th>Path</th>\
+         <th>Details</th></tr>",
+        esc(&host),
+        esc(&agent),
+        esc(&path),
+        esc(&get("since")),
+        esc(&get("until")),
+        rows.len(),
+    );
+    for v in rows.iter().rev().take(LEDGER_ROWS) {
+        let b = &v["body"];
+        let f = |k: &str| esc(b.get(k).and_then(|x| x.as_str()).unwrap_or(""));
+        let details = serde_json::to_string(b).unwrap_or_default();
+        let short: String = details.chars().take(300).collect();
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td>\
+             <td class=\"mono\">{}</td></tr>",
+            v["seq"].as_u64().unwrap_or(0),
+            esc(v["time"].as_str().unwrap_or("")),
+            esc(v["kind"].as_str().unwrap_or("")),
+            f("host"),
+            f("agent"),
+            f("path"),
+            esc(&short),
+        );
+    }
+    body.push_str("</table>");
+    html(page(
+        "Ledger",
+        Some(&s.name),
+        Some(&s.csrf),
+        Live::Off,
+        &body,
+    ))
+}
+
+/// `2026-01-31` or RFC 3339, as Unix ms.
+fn parse_time(s: &str) -> Option<i64> {
+    if s.is_empty() {
+        return None;
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .or_else(|| {
+            let d = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+                .ok()?;
+            Some(d.midnight().assume_utc())
+        })?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Server-sent events: `request` with `{"id", "state"}` for every pending request at
+/// first, then for every change.
+async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let Some(s) = web.session(&headers) else {
+        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
+    };
+    let stream = match svc(&web)
+        .watch_requests(Web::as_approver(&s.name, pb::WatchRequestsRequest {}))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(e) => return status_page(&e),
+    };
+    let events = stream.map_while(|item| item.ok()).map(|r| {
+        let data = serde_json::json!({ "id": r.id, "state": state_name(r.state) }).to_string();
+        Ok::<_, Infallible>(Event::default().event("request").data(data))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// An action link's page: the request's full context and the forms, for the link's
+/// approver (nobody is signed in).
+async fn link_page(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Response {
+    let now = now_ms();
+    let link = match web.links.verify(&token, now) {
+        Ok(l) => l,
+        Err(e) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
+    };
+    match web.links.is_used(web.shared.store.raw_store(), &link) {
+        Ok(false) => {}
+        Ok(true) => return refuse(StatusCode::FORBIDDEN, &LinkError::Used.to_string()),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    let r = match get_request(&web, &link.approver, link.request_id).await {
+        Ok(r) => r,
+        Err(e) => return status_page(&e),
+    };
+    let mut body = format!(
+        "<p class=\"banner\">This link lets <b>{}</b> decide request {} once, until {}.</p>\
+         <h2>Request {}</h2>{}",
+        esc(&link.approver),
+        link.request_id,
+        when(link.expires_unix_ms),
+        link.request_id,
+        context_html(&r)
+    );
+    if r.state == pb::RequestState::Pending as i32 {
+        let csrf = web.links.mac(&[b"link-csrf", token.as_bytes()]);
+        body.push_str(&decide_forms(&format!("{LINK_PATH}{token}"), &csrf, &r));
+    }
+    html(page(
+        &format!("Request {}", link.request_id),
+        None,
+        None,
+        Live::Off,
+        &body,
+    ))
+}
+
+async fn link_decide(
+    State(web): State<Arc<Web>>,
+    Path(token): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let ok = form
+        .get("csrf")
+        .is_some_and(|c| web.links.mac_ok(&[b"link-csrf", token.as_bytes()], c));
+    if !ok {
+        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
+    }
+    let now = now_ms();
+    let link = match web.links.verify(&token, now) {
+        Ok(l) => l,
+        Err(e) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
+    };
+    let store = web.shared.store.raw_store().clone();
+    let links_ok = {
+        let web = Arc::clone(&web);
+        let token = token.clone();
+        tokio::task::spawn_blocking(move || web.links.redeem(&store, &token, link.request_id, now))
+            .await
+    };
+    match links_ok {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    let req = match decide_request(link.request_id, &form) {
+        Ok(r) => r,
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
+    };
+    match svc(&web)
+        .decide(Web::as_approver(&link.approver, req))
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            html(page(
+                "Decided",
+                None,
+                None,
+                Live::Off,
+                &format!(
+                    "<p class=\"banner\">Request {} is now {}.</p>{}",
+                    r.id,
+                    state_name(r.state),
+                    context_html(&r)
+                ),
+            ))
+        }
+        Err(e) => status_page(&e),
+    }
+}
