@@ -36,6 +36,11 @@ fn notify_toml(secrets: &Path, recv: &Receiver, http_port: u16, slack: bool) -> 
     std::fs::write(secrets.join("webhook.key"), format!("{WEBHOOK_SECRET}\n")).unwrap();
     std::fs::write(secrets.join("slack-token"), "xoxb-test-token\n").unwrap();
     std::fs::write(secrets.join("slack-secret"), format!("{SIGNING_SECRET}\n")).unwrap();
+    std::fs::write(
+        secrets.join("teams-url"),
+        format!("{}/teams?sig=secret\n", recv.url),
+    )
+    .unwrap();
     let s = secrets.display();
     let ca = recv.ca_file.display();
     let url = &recv.url;
@@ -48,7 +53,8 @@ fn notify_toml(secrets: &Path, recv: &Receiver, http_port: u16, slack: bool) -> 
         t += &format!(
             "[[notify.slack]]\nchannel = \"#ops\"\nbot_token_file = \"{s}/slack-token\"\n\
              signing_secret_file = \"{s}/slack-secret\"\napi_base_url = \"{url}/api\"\nca_file = \"{ca}\"\n\
-             users = {{ \"U0ALICE\" = \"alice\" }}\n"
+             users = {{ \"U0ALICE\" = \"alice\" }}\n\
+             [[notify.teams]]\nname = \"ops\"\nurl_file = \"{s}/teams-url\"\nca_file = \"{ca}\"\napprovers = [\"alice\"]\n"
         );
     }
     t
@@ -194,6 +200,21 @@ fn a_signed_slack_click_approves_a_held_write_and_the_message_shows_who() {
         assert!(text.contains(want), "{want} not in {text}");
     }
     let id = request_id_of(&post);
+    // A Teams card with a signed action link to the web page for alice.
+    let r = recv.wait_for("the Teams card", |r| {
+        post_about(r, "/teams?sig=secret", "app.conf").is_some()
+    });
+    let card = post_about(&r, "/teams?sig=secret", "app.conf")
+        .unwrap()
+        .json();
+    let content = &card["attachments"][0]["content"];
+    assert_eq!(content["type"], "AdaptiveCard");
+    assert_eq!(content["actions"][0]["title"], "Approve / deny as alice");
+    let link = content["actions"][0]["url"].as_str().unwrap();
+    assert!(
+        link.starts_with(&format!("http://127.0.0.1:{port}/web/link/")),
+        "{link}"
+    );
     // And a signed webhook call.
     let r = recv.wait_for("webhook request.created", |r| {
         !hooks(r, "request.created").is_empty()

@@ -154,7 +154,7 @@ impl Server {
             default_lifetime_ms: ms(cfg.default_lifetime_secs),
         };
         let shared = Shared::new(store, auth, audit, limits)?;
-        outbox::sender::start(&shared, &cfg.notify, router, None)
+        outbox::sender::start(&shared, &cfg.notify, router, teams_links(&cfg)?)
             .map_err(|e| ApproverError::Config(format!("notify: {e}")))?;
         let (stop, _) = watch::channel(false);
         let mut server = Server {
@@ -387,6 +387,24 @@ impl Server {
         tracing::info!("approval service stopped");
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// The signed action links of Teams cards, when Teams sinks and the web page are
+/// configured.
+fn teams_links(cfg: &ServiceConfig) -> Result<Option<sinks::teams::LinkMaker>, ApproverError> {
+    if cfg.notify.teams.is_empty() {
+        return Ok(None);
+    }
+    let Some((key, base)) = web::links::for_service(cfg)? else {
+        return Ok(None);
+    };
+    let key = Arc::new(key);
+    Ok(Some(sinks::teams::LinkMaker(Arc::new(
+        move |id, who: &str, until| {
+            key.url(&base, id, who, until, crate::os::clock::now_ms())
+                .ok()
+        },
+    ))))
 }
 
 /// The IP socket address of a TCP listen address.

@@ -18,6 +18,7 @@
 //! [[notify.teams]]
 //! name = "ops"
 //! url_file = "/etc/confgate/teams-workflow-url"
+//! approvers = ["alice", "bob"]  # each gets a signed link to the web page on every card
 //! ```
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -121,6 +122,9 @@ pub struct TeamsSink {
     pub name: String,
     /// File holding the workflow's URL (it carries its own credential).
     pub url_file: PathBuf,
+    /// Approver identities that get a signed action link on each request card (links
+    /// need the web page: `[http] listen`).
+    pub approvers: Vec<String>,
     pub events: Option<Vec<String>>,
     pub timeout_secs: u64,
     pub ca_file: Option<PathBuf>,
@@ -160,6 +164,7 @@ impl Default for TeamsSink {
         TeamsSink {
             name: String::new(),
             url_file: PathBuf::new(),
+            approvers: Vec::new(),
             events: None,
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             ca_file: None,
@@ -338,6 +343,14 @@ impl NotifySection {
                 &t.ca_file,
             );
             c.abs_path(&format!("{f}.url_file"), &t.url_file);
+            for (j, a) in t.approvers.iter().enumerate() {
+                if a.is_empty() || a.len() > 256 || a.contains(char::is_control) {
+                    c.fail(
+                        &format!("{f}.approvers[{j}]"),
+                        format!("{a:?} is not an approver identity"),
+                    );
+                }
+            }
         }
     }
 }

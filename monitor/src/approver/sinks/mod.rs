@@ -98,7 +98,13 @@ impl Sinks {
                 .map_err(|e| format!("{}: {}", t.url_file.display(), http::redact(&e)))?;
             s.by_id.insert(
                 t.id(),
-                Sink::Teams(teams::Teams::new(t.id(), url, client, links.clone())),
+                Sink::Teams(teams::Teams::new(
+                    t.id(),
+                    url,
+                    client,
+                    links.clone(),
+                    t.approvers.clone(),
+                )),
             );
         }
         Ok(s)

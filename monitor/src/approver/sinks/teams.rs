@@ -1,7 +1,9 @@
 //! Microsoft Teams: an Adaptive Card per request, POSTed to a Workflows ("When a Teams
 //! webhook request is received") or incoming-webhook URL, in the message-with-attachments
-//! shape both accept. Approve and Deny are links to the service's web page, signed for the
-//! request ([`LinkMaker`]); the page shows the full context and asks for the click.
+//! shape both accept. Approve and Deny are signed one-time links to the service's web page
+//! ([`LinkMaker`], [`crate::approver::web::links`]), one per approver the sink names
+//! (`approvers`): a link is bound to the request and one approver, and lives at most 15
+//! minutes; the page shows the full context and asks for the click.
 //! Decisions, expiries and host reports are cards of one line.
 use std::sync::Arc;
 
@@ -12,10 +14,14 @@ use super::{Delivered, SinkError};
 use crate::approver::outbox::{Event, OutboxEntry};
 use crate::approver::store::{GrantRec, RequestRec, State};
 
-/// Makes the signed link that approves (`true`) or denies request `id` on the web page;
-/// `None` when the service has no web page to link to.
+/// Makes the signed action link of request `id` (first) for approver `approver` (second),
+/// valid until the request's deadline (third, Unix ms) or 15 minutes, whichever is first;
+/// `None` when it cannot.
+pub type LinkFn = dyn Fn(u64, &str, i64) -> Option<String> + Send + Sync;
+
+/// A [`LinkFn`] shared by the Teams sinks.
 #[derive(Clone)]
-pub struct LinkMaker(pub Arc<dyn Fn(u64, bool) -> Option<String> + Send + Sync>);
+pub struct LinkMaker(pub Arc<LinkFn>);
 
 impl std::fmt::Debug for LinkMaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,21 +36,31 @@ pub struct Teams {
     url: String,
     client: HttpClient,
     links: Option<LinkMaker>,
+    /// Who gets an action link on request cards.
+    approvers: Vec<String>,
 }
 
 impl Teams {
-    pub fn new(id: String, url: String, client: HttpClient, links: Option<LinkMaker>) -> Teams {
+    pub fn new(
+        id: String,
+        url: String,
+        client: HttpClient,
+        links: Option<LinkMaker>,
+        approvers: Vec<String>,
+    ) -> Teams {
         Teams {
             id,
             url,
             client,
             links,
+            approvers,
         }
     }
 
     /// POSTs the card of `entry`; any 2xx answer (Workflows answers 202) is a delivery.
     pub async fn deliver(&self, entry: &OutboxEntry) -> Result<Delivered, SinkError> {
-        let body = message(&card(&entry.event, self.links.as_ref()));
+        let links = self.links.as_ref().map(|l| (l, self.approvers.as_slice()));
+        let body = message(&card(&entry.event, links));
         let resp = self
             .client
             .post(
@@ -145,7 +161,7 @@ fn outcome(req: &RequestRec, grant: Option<&GrantRec>) -> String {
 }
 
 /// The Adaptive Card of `ev`.
-pub fn card(ev: &Event, links: Option<&LinkMaker>) -> Value {
+pub fn card(ev: &Event, links: Option<(&LinkMaker, &[String])>) -> Value {
     let mut body = Vec::new();
     let mut actions = Vec::new();
     match (&ev.request, ev.event.as_str()) {
@@ -153,9 +169,10 @@ pub fn card(ev: &Event, links: Option<&LinkMaker>) -> Value {
             body.push(json!({ "type": "TextBlock", "weight": "Bolder", "size": "Medium", "wrap": true,
                 "text": clean(&format!("{} wants to write {} on {}", req.context.agent, req.context.path, req.context.host), 600) }));
             body.push(facts(req));
-            if let Some(l) = links {
-                for (title, approve) in [("Approve…", true), ("Deny…", false)] {
-                    if let Some(url) = (l.0)(req.id, approve) {
+            if let Some((l, approvers)) = links {
+                for who in approvers {
+                    if let Some(url) = (l.0)(req.id, who, req.deadline_unix_ms) {
+                        let title = clean(&format!("Approve / deny as {who}"), 100);
                         actions
                             .push(json!({ "type": "Action.OpenUrl", "title": title, "url": url }));
                     }
@@ -205,17 +222,25 @@ mod tests {
             state: crate::approver::store::State::Pending,
             decision: None,
         };
-        let links = LinkMaker(Arc::new(|id, approve| {
-            Some(format!("https://approver/a/{id}/{approve}"))
+        let links = LinkMaker(Arc::new(|id, who: &str, until| {
+            Some(format!("https://approver/web/link/{id}.{who}.{until}"))
         }));
-        let c = card(&Event::request_created(&req), Some(&links));
+        let who = ["alice".to_owned(), "bob".to_owned()];
+        let c = card(&Event::request_created(&req), Some((&links, &who)));
         let msg = message(&c);
         assert_eq!(
             msg["attachments"][0]["contentType"],
             "application/vnd.microsoft.card.adaptive"
         );
-        assert_eq!(c["actions"][0]["url"], "https://approver/a/7/true");
-        assert_eq!(c["actions"][1]["url"], "https://approver/a/7/false");
+        assert_eq!(
+            c["actions"][0]["url"],
+            "https://approver/web/link/7.alice.60000"
+        );
+        assert_eq!(c["actions"][0]["title"], "Approve / deny as alice");
+        assert_eq!(
+            c["actions"][1]["url"],
+            "https://approver/web/link/7.bob.60000"
+        );
         let text = c.to_string();
         assert!(text.contains("codex") && text.contains("web-1"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
