@@ -136,7 +136,9 @@ impl Server {
         };
         // Notifications are written with the changes they announce (see `outbox`).
         let router = Arc::new(outbox::Router::new(cfg.notify.routes()));
-        let store = store::ApprovalStore::open(&cfg.store)?.with_outbox(Arc::clone(&router));
+        let store = store::ApprovalStore::open(&cfg.store)?;
+        outbox::skip_ids(store.raw_store())?;
+        let store = store.with_outbox(Arc::clone(&router) as Arc<dyn store::Announce>);
         let audit = audit::Audit::open(&cfg.ledger)?;
         // A damaged store was moved aside and replaced while opening: say so in the ledger.
         if let Some(dir) = cfg.store.parent() {

@@ -9,9 +9,8 @@
 //!   replays. seq counts 1, 2, 3, ... per host (sequence `approver_update.<host>`).
 //! - `approver_reports`: (host, host_seq) → time, for idempotent Report.
 //!
-//! Notifications (`approver_outbox`, see [`super::outbox`]) are written in the same
-//! transaction as the change they announce, when an outbox router is set
-//! ([`ApprovalStore::with_outbox`]).
+//! Notifications are written in the same transaction as the change they announce, by the
+//! [`Announce`] set with [`ApprovalStore::with_outbox`] (the outbox, [`super::outbox`]).
 //!
 //! The calls are blocking (disk I/O); async callers run them on the blocking pool.
 use std::path::Path;
@@ -21,7 +20,6 @@ use std::time::Duration;
 use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::outbox::{self, Event, Router};
 use crate::store::{RecordTable, Store, StoreError, Unsynced, WriteTx};
 
 const REQUESTS: RecordTable<RequestRec> = RecordTable::new("approver_requests");
@@ -229,12 +227,39 @@ pub struct Resolved {
     pub update_seq: u64,
 }
 
+/// A change that [`Announce`] is told about, inside its transaction.
+#[derive(Clone, Copy, Debug)]
+pub enum Change<'a> {
+    /// A new request was filed.
+    Created(&'a RequestRec),
+    /// A request was decided, expired or released (with its grant), at the time given.
+    Resolved(&'a RequestRec, Option<&'a GrantRec>, i64),
+    /// A grant was revoked at the time given.
+    Revoked(&'a GrantRec, i64),
+    /// `host` reported `kind` with `record` at `now_ms`.
+    Reported {
+        host: &'a str,
+        kind: &'a str,
+        record: &'a serde_json::Value,
+        now_ms: i64,
+    },
+}
+
+/// What announces changes: writes in the change's own transaction, so that a committed
+/// change never lacks its notifications (the notification outbox).
+pub trait Announce: Send + Sync + std::fmt::Debug {
+    /// Writes what `change` needs in `tx`.
+    fn announce(&self, tx: &WriteTx<'_>, change: Change<'_>) -> Result<(), StoreError>;
+    /// After the commit of a transaction that announced something.
+    fn committed(&self);
+}
+
 /// The service's tables on top of a [`Store`].
 #[derive(Clone, Debug)]
 pub struct ApprovalStore {
     store: Store,
-    /// Which notification sinks want which change; `None`: no notifications.
-    outbox: Option<Arc<Router>>,
+    /// Who is told of changes (the outbox); `None`: nobody.
+    announce: Option<Arc<dyn Announce>>,
 }
 
 impl ApprovalStore {
@@ -250,42 +275,35 @@ impl ApprovalStore {
             t.open_table(PENDING)?;
             t.open_table(UPDATES)?;
             t.open_table(REPORTS)?;
-            outbox::create_tables(tx)?;
             Ok(())
         })?;
         // Requests are committed without waiting for the disk: an id a crash took with it
         // must not name another request (an approver may have seen it).
-        store.skip_ids(&[REQUEST_IDS, outbox::OUTBOX_IDS])?;
+        store.skip_ids(&[REQUEST_IDS])?;
         Ok(ApprovalStore {
             store,
-            outbox: None,
+            announce: None,
         })
     }
 
-    /// From now on, every change is announced to the sinks of `router` (written to the
-    /// outbox in the change's own transaction).
-    pub fn with_outbox(mut self, router: Arc<Router>) -> ApprovalStore {
-        self.outbox = Some(router);
+    /// From now on, every change is announced to `a` in the change's own transaction.
+    pub fn with_outbox(mut self, a: Arc<dyn Announce>) -> ApprovalStore {
+        self.announce = Some(a);
         self
     }
 
-    /// The underlying store, for the tables other modules own (the outbox).
-    pub(crate) fn inner(&self) -> &Store {
-        &self.store
-    }
-
-    /// Writes the notifications of `event` in `tx` (none without a router).
-    fn announce(&self, tx: &WriteTx<'_>, event: impl FnOnce() -> Event) -> Result<(), StoreError> {
-        match &self.outbox {
-            Some(r) => r.enqueue(tx, event()).map(|_| ()),
+    /// Tells the announcer about `change` in `tx` (nothing without one).
+    fn announce(&self, tx: &WriteTx<'_>, change: Change<'_>) -> Result<(), StoreError> {
+        match &self.announce {
+            Some(a) => a.announce(tx, change),
             None => Ok(()),
         }
     }
 
-    /// Tells the outbox's sender that something may have been committed for it.
-    fn wake_outbox(&self) {
-        if let Some(r) = &self.outbox {
-            r.wake();
+    /// After a commit that announced something.
+    fn announced(&self) {
+        if let Some(a) = &self.announce {
+            a.committed();
         }
     }
 
@@ -323,11 +341,11 @@ impl ApprovalStore {
             tx.raw()
                 .open_table(PENDING)?
                 .insert(id, new.deadline_unix_ms)?;
-            self.announce(tx, || Event::request_created(&rec))?;
+            self.announce(tx, Change::Created(&rec))?;
             Ok((rec, true))
         })?;
         if created {
-            self.wake_outbox();
+            self.announced();
         }
         Ok((rec, created, unsynced))
     }
@@ -458,89 +476,87 @@ impl ApprovalStore {
         how: Resolution,
         now_ms: i64,
     ) -> Result<Result<Resolved, Refusal>, StoreError> {
-        self.store
-            .write(|tx| {
-                let Some(mut req) = tx.get(REQUESTS, id)? else {
-                    return Ok(Err(Refusal::NotFound));
-                };
-                if req.state != State::Pending {
-                    return Ok(Err(Refusal::NotPending(req.state)));
+        let done = self.store.write(|tx| {
+            let Some(mut req) = tx.get(REQUESTS, id)? else {
+                return Ok(Err(Refusal::NotFound));
+            };
+            if req.state != State::Pending {
+                return Ok(Err(Refusal::NotPending(req.state)));
+            }
+            let (decision, grant) = match how {
+                Resolution::Approve { grant, note } => {
+                    let mut grant = *grant;
+                    grant.id = tx.next_id(GRANT_IDS)?;
+                    grant.request_id = id;
+                    grant.host = req.context.host.clone();
+                    tx.put(GRANTS, grant.id, &grant)?;
+                    let d = DecisionRec {
+                        state: State::Approved,
+                        decided_by: grant.granted_by.clone(),
+                        note,
+                        decided_unix_ms: now_ms,
+                        verdict: "allow".to_owned(),
+                        grant_id: Some(grant.id),
+                    };
+                    (d, Some(grant))
                 }
-                let (decision, grant) = match how {
-                    Resolution::Approve { grant, note } => {
-                        let mut grant = *grant;
-                        grant.id = tx.next_id(GRANT_IDS)?;
-                        grant.request_id = id;
-                        grant.host = req.context.host.clone();
-                        tx.put(GRANTS, grant.id, &grant)?;
-                        let d = DecisionRec {
-                            state: State::Approved,
-                            decided_by: grant.granted_by.clone(),
-                            note,
-                            decided_unix_ms: now_ms,
-                            verdict: "allow".to_owned(),
-                            grant_id: Some(grant.id),
-                        };
-                        (d, Some(grant))
-                    }
-                    Resolution::Deny { by, note } => (
-                        DecisionRec {
-                            state: State::Denied,
-                            decided_by: by,
-                            note,
-                            decided_unix_ms: now_ms,
-                            verdict: "deny".to_owned(),
-                            grant_id: None,
-                        },
-                        None,
-                    ),
-                    Resolution::Release { by } => (
-                        DecisionRec {
-                            state: State::Released,
-                            decided_by: by,
-                            note: "the host's daemon stopped while the operation was held: the \
+                Resolution::Deny { by, note } => (
+                    DecisionRec {
+                        state: State::Denied,
+                        decided_by: by,
+                        note,
+                        decided_unix_ms: now_ms,
+                        verdict: "deny".to_owned(),
+                        grant_id: None,
+                    },
+                    None,
+                ),
+                Resolution::Release { by } => (
+                    DecisionRec {
+                        state: State::Released,
+                        decided_by: by,
+                        note: "the host's daemon stopped while the operation was held: the \
                                kernel let it through without a decision"
-                                .to_owned(),
-                            decided_unix_ms: now_ms,
-                            verdict: "allow".to_owned(),
-                            grant_id: None,
-                        },
-                        None,
-                    ),
-                    Resolution::Expire => (
-                        DecisionRec {
-                            state: State::Expired,
-                            decided_by: "timeout".to_owned(),
-                            note: String::new(),
-                            decided_unix_ms: now_ms,
-                            verdict: req.context.fail_verdict.clone(),
-                            grant_id: None,
-                        },
-                        None,
-                    ),
-                };
-                req.state = decision.state;
-                req.decision = Some(decision);
-                tx.put(REQUESTS, id, &req)?;
-                tx.raw().open_table(PENDING)?.remove(id)?;
-                let update_seq = append_update(
-                    tx,
-                    &req.context.host,
-                    req.host_request_id,
-                    UpdateKind::Decision { request_id: id },
-                )?;
-                self.announce(tx, || Event::resolved(&req, grant.as_ref(), now_ms))?;
-                Ok(Ok(Resolved {
-                    request: req,
-                    grant,
-                    update_seq,
-                }))
-            })
-            .inspect(|r| {
-                if r.is_ok() {
-                    self.wake_outbox();
-                }
-            })
+                            .to_owned(),
+                        decided_unix_ms: now_ms,
+                        verdict: "allow".to_owned(),
+                        grant_id: None,
+                    },
+                    None,
+                ),
+                Resolution::Expire => (
+                    DecisionRec {
+                        state: State::Expired,
+                        decided_by: "timeout".to_owned(),
+                        note: String::new(),
+                        decided_unix_ms: now_ms,
+                        verdict: req.context.fail_verdict.clone(),
+                        grant_id: None,
+                    },
+                    None,
+                ),
+            };
+            req.state = decision.state;
+            req.decision = Some(decision);
+            tx.put(REQUESTS, id, &req)?;
+            tx.raw().open_table(PENDING)?.remove(id)?;
+            let update_seq = append_update(
+                tx,
+                &req.context.host,
+                req.host_request_id,
+                UpdateKind::Decision { request_id: id },
+            )?;
+            self.announce(tx, Change::Resolved(&req, grant.as_ref(), now_ms))?;
+            Ok(Ok(Resolved {
+                request: req,
+                grant,
+                update_seq,
+            }))
+        })?;
+        if done.is_ok() {
+            self.announced();
+        }
+        Ok(done)
     }
 
     /// Revokes live grant `id`, durably, with its host update. Returns the grant and the
@@ -551,36 +567,34 @@ impl ApprovalStore {
         by: &str,
         now_ms: i64,
     ) -> Result<Result<(GrantRec, u64), Refusal>, StoreError> {
-        self.store
-            .write(|tx| {
-                let Some(mut g) = tx.get(GRANTS, id)? else {
-                    return Ok(Err(Refusal::NotFound));
-                };
-                if !g.is_live(now_ms) {
-                    return Ok(Err(Refusal::GrantNotLive {
-                        revoked: g.revoked_unix_ms.is_some(),
-                    }));
-                }
-                g.revoked_unix_ms = Some(now_ms);
-                g.revoked_by = Some(by.to_owned());
-                tx.put(GRANTS, id, &g)?;
-                let host_request_id = tx
-                    .get(REQUESTS, g.request_id)?
-                    .map_or(0, |r| r.host_request_id);
-                let seq = append_update(
-                    tx,
-                    &g.host,
-                    host_request_id,
-                    UpdateKind::Revoked { grant_id: id },
-                )?;
-                self.announce(tx, || Event::revoked(&g, now_ms))?;
-                Ok(Ok((g, seq)))
-            })
-            .inspect(|r| {
-                if r.is_ok() {
-                    self.wake_outbox();
-                }
-            })
+        let done = self.store.write(|tx| {
+            let Some(mut g) = tx.get(GRANTS, id)? else {
+                return Ok(Err(Refusal::NotFound));
+            };
+            if !g.is_live(now_ms) {
+                return Ok(Err(Refusal::GrantNotLive {
+                    revoked: g.revoked_unix_ms.is_some(),
+                }));
+            }
+            g.revoked_unix_ms = Some(now_ms);
+            g.revoked_by = Some(by.to_owned());
+            tx.put(GRANTS, id, &g)?;
+            let host_request_id = tx
+                .get(REQUESTS, g.request_id)?
+                .map_or(0, |r| r.host_request_id);
+            let seq = append_update(
+                tx,
+                &g.host,
+                host_request_id,
+                UpdateKind::Revoked { grant_id: id },
+            )?;
+            self.announce(tx, Change::Revoked(&g, now_ms))?;
+            Ok(Ok((g, seq)))
+        })?;
+        if done.is_ok() {
+            self.announced();
+        }
+        Ok(done)
     }
 
     /// Up to `limit` updates of `host` with seq > `after`, in order.
@@ -625,8 +639,8 @@ impl ApprovalStore {
         self.note_report_of(host, host_seq, now_ms, "", &serde_json::Value::Null)
     }
 
-    /// [`ApprovalStore::note_report`] of a report of `kind` with `record`, announced to
-    /// the notification sinks (`host.<kind>`) in the same transaction.
+    /// [`ApprovalStore::note_report`] of a report of `kind` with `record`, announced in
+    /// the same transaction (an empty `kind` announces nothing).
     pub fn note_report_of(
         &self,
         host: &str,
@@ -636,20 +650,25 @@ impl ApprovalStore {
         record: &serde_json::Value,
     ) -> Result<bool, StoreError> {
         let new = self.store.write(|tx| {
-            {
-                let mut t = tx.raw().open_table(REPORTS)?;
-                if t.get((host, host_seq))?.is_some() {
-                    return Ok(false);
-                }
-                t.insert((host, host_seq), now_ms)?;
+            let mut t = tx.raw().open_table(REPORTS)?;
+            if t.get((host, host_seq))?.is_some() {
+                return Ok(false);
             }
+            t.insert((host, host_seq), now_ms)?;
+            drop(t);
             if !kind.is_empty() {
-                self.announce(tx, || Event::report(host, kind, record, now_ms))?;
+                let change = Change::Reported {
+                    host,
+                    kind,
+                    record,
+                    now_ms,
+                };
+                self.announce(tx, change)?;
             }
             Ok(true)
         })?;
         if new {
-            self.wake_outbox();
+            self.announced();
         }
         Ok(new)
     }

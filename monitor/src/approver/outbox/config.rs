@@ -400,7 +400,28 @@ pub fn url_problem(url: &str) -> Result<(), String> {
 mod tests {
     use std::path::Path;
 
-    use crate::approver::config::ServiceConfig;
+    use serde::Deserialize;
+
+    use super::NotifySection;
+    use crate::config::toml_check::{Checker, ConfigError, parse_checked};
+
+    /// `[notify]` as approver.toml has it.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        notify: NotifySection,
+    }
+
+    fn problems(f: &File) -> Vec<ConfigError> {
+        let mut c = Checker::default();
+        f.notify.check(&mut c);
+        c.problems
+    }
+
+    fn parse(text: &str) -> Result<File, Vec<ConfigError>> {
+        parse_checked(text, Path::new("approver.toml"), problems)
+    }
 
     #[test]
     fn sinks_parse_with_defaults_and_route_by_name() {
@@ -420,7 +441,7 @@ users = { "U0123ABCD" = "alice" }
 name = "ops"
 url_file = "/etc/confgate/teams-url"
 "##;
-        let cfg = ServiceConfig::parse(text, Path::new("approver.toml")).unwrap();
+        let cfg = parse(text).unwrap();
         let n = &cfg.notify;
         assert_eq!(n.max_age_secs, 86400);
         assert_eq!(n.slack[0].api_base_url, "https://slack.com/api");
@@ -432,12 +453,7 @@ url_file = "/etc/confgate/teams-url"
     #[test]
     fn problems_name_their_line_and_column() {
         let text = "[notify]\nmax_backoff_secs = 0\n[[notify.webhook]]\nname = \"a b\"\nurl = \"http://example.com/x\"\nsecret_file = \"rel/key\"\nevents = [\"nope.*\"]\n[[notify.slack]]\nchannel = \"#ops\"\nbot_token_file = \"/t\"\nsigning_secret_file = \"/s\"\nusers = { \"alice\" = \"alice\" }\n";
-        let errs = crate::config::toml_check::parse_checked(
-            text,
-            Path::new("approver.toml"),
-            ServiceConfig::problems,
-        )
-        .unwrap_err();
+        let errs = parse(text).unwrap_err();
         let msgs: Vec<String> = errs.iter().map(ToString::to_string).collect();
         let find = |needle: &str| {
             msgs.iter()
@@ -452,7 +468,7 @@ url_file = "/etc/confgate/teams-url"
         assert!(find("matches no event").starts_with("approver.toml:7:"));
         assert!(find("not a Slack user id").starts_with("approver.toml:12:"));
         // Unknown keys are errors with their position too.
-        let e = ServiceConfig::parse("[notify.slack2]\n", Path::new("approver.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("approver.toml:1:"), "{e}");
+        let e = parse("[notify.slack2]\n").unwrap_err();
+        assert!(e[0].to_string().starts_with("approver.toml:1:"), "{e:?}");
     }
 }

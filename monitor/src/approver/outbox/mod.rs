@@ -3,10 +3,10 @@
 //! report (flags, reverts, unapproved renames).
 //!
 //! - [`Event`]: one announced change, as sinks receive it.
-//! - [`Router`]: which configured sink wants which event; [`Router::enqueue`] writes one
-//!   [`OutboxEntry`] per such sink in the transaction of the change itself
-//!   ([`super::store::ApprovalStore`] calls it), so a committed change is never without
-//!   its notifications, and a crash loses neither.
+//! - [`Router`]: which configured sink wants which event; as the store's
+//!   [`super::store::Announce`], it writes one [`OutboxEntry`] per such sink in the
+//!   transaction of the change itself, so a committed change is never without its
+//!   notifications, and a crash loses neither.
 //! - [`sender`]: the task that delivers the entries at least once, with backoff and
 //!   jitter, counts them and ledgers the ones it gives up on.
 //! - [`config`]: the `[notify]` section of approver.toml.
@@ -31,16 +31,10 @@ pub use route::Router;
 pub(crate) const OUTBOX: RecordTable<OutboxEntry> = RecordTable::new("approver_outbox");
 pub(crate) const SLACK_MESSAGES: RecordTable<SlackRefs> =
     RecordTable::new("approver_slack_messages");
-/// The sequence of entry ids (also the webhook delivery id): skipped ahead at open like
-/// the request ids, since a new request's entries are committed with it, without a sync.
+/// The sequence of entry ids (also the webhook delivery id): skipped ahead at start-up like
+/// the request ids ([`skip_ids`]), since a new request's entries are committed with it,
+/// without a sync.
 pub const OUTBOX_IDS: &str = "approver_outbox";
-
-/// Creates the outbox's tables (in the store's first transaction).
-pub fn create_tables(tx: &WriteTx<'_>) -> Result<(), StoreError> {
-    tx.ensure_table(OUTBOX.name())?;
-    tx.ensure_table(SLACK_MESSAGES.name())?;
-    Ok(())
-}
 
 /// Every event name, in the order the README lists them.
 pub const EVENTS: &[&str] = &[
@@ -189,6 +183,12 @@ pub struct SlackRefs {
 pub struct SlackMessage {
     pub channel: String,
     pub ts: String,
+}
+
+/// Moves the entry id sequence past any id a crash may have taken with an unsynced
+/// commit (at start-up).
+pub fn skip_ids(store: &Store) -> Result<(), StoreError> {
+    store.skip_ids(&[OUTBOX_IDS])
 }
 
 /// Writes `entries` (ids assigned here) in `tx`.

@@ -3,6 +3,7 @@
 use tokio::sync::Notify;
 
 use super::{Event, OutboxEntry, put_entries};
+use crate::approver::store::{Announce, Change};
 use crate::os::clock::now_ms;
 use crate::store::{StoreError, WriteTx};
 
@@ -106,5 +107,26 @@ impl Router {
     /// Whether any sink is configured.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+}
+
+impl Announce for Router {
+    fn announce(&self, tx: &WriteTx<'_>, change: Change<'_>) -> Result<(), StoreError> {
+        let event = match change {
+            Change::Created(r) => Event::request_created(r),
+            Change::Resolved(r, g, now) => Event::resolved(r, g, now),
+            Change::Revoked(g, now) => Event::revoked(g, now),
+            Change::Reported {
+                host,
+                kind,
+                record,
+                now_ms,
+            } => Event::report(host, kind, record, now_ms),
+        };
+        self.enqueue(tx, event).map(|_| ())
+    }
+
+    fn committed(&self) {
+        self.wake();
     }
 }

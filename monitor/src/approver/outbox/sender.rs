@@ -106,7 +106,7 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
             tasks.abort_all();
             return;
         }
-        let store = shared.store.inner().clone();
+        let store = shared.store.raw_store().clone();
         let entries = tokio::task::spawn_blocking(move || super::entries(&store)).await;
         let entries = match entries {
             Ok(Ok(e)) => e,
@@ -129,7 +129,7 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
                 break;
             }
             in_flight.insert(e.id);
-            let (sinks, store) = (Arc::clone(&sinks), shared.store.inner().clone());
+            let (sinks, store) = (Arc::clone(&sinks), shared.store.raw_store().clone());
             tasks.spawn(async move {
                 let r = sinks.deliver(&store, &e).await;
                 (e, r)
@@ -167,7 +167,7 @@ async fn finish(
     result: Result<Delivered, SinkError>,
     limits: Limits,
 ) {
-    let store = shared.store.inner().clone();
+    let store = shared.store.raw_store().clone();
     let c = &shared.counters;
     let now = now_ms();
     match result {

@@ -79,7 +79,7 @@ fn changes_write_their_notifications_in_their_own_transaction_and_a_reopen_keeps
     }
     // Nothing was delivered: after a restart, every notification is still waiting.
     let s = ApprovalStore::open(&path).unwrap();
-    let all = entries(s.inner()).unwrap();
+    let all = entries(s.raw_store()).unwrap();
     assert_eq!(
         sinks_of(&all),
         [
@@ -108,16 +108,24 @@ fn changes_write_their_notifications_in_their_own_transaction_and_a_reopen_keeps
         ts: "1.2".into(),
     };
     let rid = all[1].event.request_id().unwrap();
-    delivered(s.inner(), all[1].id, Some((rid, "slack:#ops", msg.clone()))).unwrap();
-    delivered(s.inner(), all[0].id, None).unwrap();
+    delivered(
+        s.raw_store(),
+        all[1].id,
+        Some((rid, "slack:#ops", msg.clone())),
+    )
+    .unwrap();
+    delivered(s.raw_store(), all[0].id, None).unwrap();
     assert_eq!(
-        slack_message(s.inner(), rid, "slack:#ops").unwrap(),
+        slack_message(s.raw_store(), rid, "slack:#ops").unwrap(),
         Some(msg)
     );
-    assert_eq!(slack_message(s.inner(), rid, "slack:other").unwrap(), None);
-    retry_at(s.inner(), all[2].id, 99, "down").unwrap();
-    give_up(s.inner(), all[4].id).unwrap();
-    let left = entries(s.inner()).unwrap();
+    assert_eq!(
+        slack_message(s.raw_store(), rid, "slack:other").unwrap(),
+        None
+    );
+    retry_at(s.raw_store(), all[2].id, 99, "down").unwrap();
+    give_up(s.raw_store(), all[4].id).unwrap();
+    let left = entries(s.raw_store()).unwrap();
     assert_eq!(left.len(), 2);
     assert_eq!((left[0].attempts, left[0].next_attempt_unix_ms), (1, 99));
     assert_eq!(left[0].last_error, "down");

@@ -165,7 +165,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Hex to bytes (either case); `None` if not hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     s.as_bytes()
