@@ -193,7 +193,11 @@ async fn finish(
             c.notify_sent.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(entry = entry.id, sink = %entry.sink, event = %entry.event.event, "notification delivered");
         }
-        Err(e) if now.saturating_sub(entry.created_unix_ms) >= limits.max_age_ms => {
+        // Too old, or for a sink no longer configured: given up.
+        Err(e)
+            if now.saturating_sub(entry.created_unix_ms) >= limits.max_age_ms
+                || matches!(e, SinkError::Unknown(_)) =>
+        {
             let id = entry.id;
             let _ = tokio::task::spawn_blocking(move || super::give_up(&store, id)).await;
             c.notify_failed.fetch_add(1, Ordering::Relaxed);
