@@ -408,3 +408,59 @@ fn notifications_pending_when_the_service_restarts_are_all_delivered() {
         "every attempted notification was delivered"
     );
 }
+
+#[test]
+fn the_daemons_local_service_notifies_too() {
+    if !require_root("the_daemons_local_service_notifies_too") {
+        return;
+    }
+    let recv = Receiver::start();
+    let (url, ca) = (recv.url.clone(), recv.ca_file.display().to_string());
+    let g = e2e::gate::Gate {
+        d: Daemon::start_with(DaemonOptions {
+            toml_for_dir: Some(Box::new(move |root| {
+                let watched = root.join("watched");
+                std::fs::create_dir_all(watched.join("gated")).unwrap();
+                std::fs::write(root.join("webhook.key"), WEBHOOK_SECRET).unwrap();
+                let r = root.display();
+                let approver = root.join("approver.toml");
+                std::fs::write(
+                &approver,
+                format!(
+                    "listen = [\"unix:{r}/approver.sock\"]\nstore = \"{r}/appr/approver.redb\"\nledger = \"{r}/appr/ledger.jsonl\"\n\
+                     [[notify.webhook]]\nname = \"siem\"\nurl = \"{url}/hook\"\nsecret_file = \"{r}/webhook.key\"\nca_file = \"{ca}\"\n"
+                ),
+            )
+            .unwrap();
+                format!(
+                    "{}local_config = {:?}\n\n[gate]\n{}",
+                    e2e::gate::local_approval(root),
+                    approver.display().to_string(),
+                    e2e::gate::rule(
+                        &watched.display().to_string(),
+                        "ask",
+                        "timeout = \"30s\"\nfail = \"deny\""
+                    )
+                )
+            })),
+            ..DaemonOptions::default()
+        }),
+    };
+    let f = g.gated("local.conf");
+    std::fs::write(&f, "a\n").unwrap();
+    let c = g.spawn_in_session("claude", "echo b > gated/local.conf");
+    let req = g.wait_request(&f);
+    let id = req["id"].as_u64().unwrap();
+    let r = recv.wait_for("webhook request.created", |r| {
+        !hooks(r, "request.created").is_empty()
+    });
+    assert_eq!(hooks(&r, "request.created")[0].json()["request"]["id"], id);
+    ok(&g.cli(&["approvals", "approve", &id.to_string(), "--ttl", "1h"]));
+    ok(&finish(c));
+    let r = recv.wait_for("webhook request.approved", |r| {
+        !hooks(r, "request.approved").is_empty()
+    });
+    let by = hooks(&r, "request.approved")[0].json()["request"]["decision"]["decided_by"].clone();
+    assert!(by.as_str().unwrap().starts_with("unix:"), "{by}");
+    g.d.wait_stat("approver_notify_sent", |n| n >= 2);
+}
