@@ -270,7 +270,11 @@ fn a_signed_slack_click_approves_a_held_write_and_the_message_shows_who() {
     });
     let approved = hooks(&r, "request.approved")[0].json();
     assert_eq!(approved["request"]["decision"]["decided_by"], "alice");
-    assert!(svc.ledger().contains("slack_signature"), "{}", svc.ledger());
+    assert!(
+        svc.ledger().contains("slack:U0ALICE@T0TEST"),
+        "{}",
+        svc.ledger()
+    );
 
     // Approve…: the modal opens, and its submission approves with its TTL and glob.
     let second = d.watched.join("gated/other.conf");

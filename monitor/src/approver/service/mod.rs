@@ -41,7 +41,7 @@ use crate::policy::grants::exact_glob;
 use crate::store::StoreError;
 use confgate_proto::v1 as pb;
 
-mod channel;
+mod notify;
 mod resolve;
 mod rpc;
 mod streams;

@@ -53,6 +53,15 @@ fn excerpt(req: &RequestRec) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The session-scoped glob suggested for the request, if it carries one.
+fn suggested_glob(req: &RequestRec) -> Option<String> {
+    let v = serde_json::to_value(req).ok()?;
+    v.get("suggested_glob")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
 /// The context of a request as section blocks.
 fn context_blocks(req: &RequestRec) -> Vec<Value> {
     let c = &req.context;
@@ -83,6 +92,10 @@ fn context_blocks(req: &RequestRec) -> Vec<Value> {
             field("Path", &c.path),
         ]}),
     ];
+    if let Some(g) = suggested_glob(req) {
+        blocks.push(json!({ "type": "context", "elements": [{ "type": "mrkdwn",
+            "text": format!("Suggested for this session: `{}` (Approve… offers it)", esc(&g, FIELD_MAX)) }] }));
+    }
     if let Some(x) = excerpt(req) {
         blocks.push(json!({ "type": "section", "text": {
             "type": "mrkdwn", "text": format!("```{}```", esc(&x, 1500).replace("```", "'''"))
@@ -192,7 +205,8 @@ pub fn approve_modal(req: &RequestRec, trigger_id: &str) -> Value {
         ("7 days", "604800"),
     ];
     let ttl_options: Vec<Value> = ttl.iter().map(|(t, v)| option(t, v)).collect();
-    let mut glob = exact_glob(&req.context.path);
+    // The session-scoped suggestion when the request carries one, else the path itself.
+    let mut glob = suggested_glob(req).unwrap_or_else(|| exact_glob(&req.context.path));
     glob.truncate(3000);
     json!({
         "trigger_id": trigger_id,

@@ -7,7 +7,7 @@
 //! user's Slack id must be in the sink's `users` allow-list, which names the approver
 //! identity the decision is made as; anyone else is told so (an ephemeral message, or an
 //! error in the modal) and nothing is decided. Decisions go through the service's own
-//! decision path ([`Shared::decide_as`]): the same checks as `Decide`.
+//! `Decide`, in process (see `decide_as`): the same checks as any other decision.
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, StatusCode};
@@ -15,10 +15,12 @@ use serde_json::{Value, json};
 
 use super::Slack;
 use super::blocks::{MODAL_CALLBACK, approve_modal, esc};
-use crate::approver::service::Shared;
+use crate::approver::identity::WebPrincipal;
+use crate::approver::service::{ApproverService, Shared};
 use crate::approver::sinks::Sinks;
 use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
+use confgate_proto::v1::approver_server::Approver as _;
 
 /// How far a callback's timestamp may be from now, in seconds.
 pub const WINDOW_SECS: i64 = 5 * 60;
@@ -280,21 +282,23 @@ async fn view_submission(
     }
 }
 
-/// Decides as `who` (from Slack user `user`); the error is a message for the user.
+/// Decides as `who` (from Slack user `user`) through the service's own `Decide`, in
+/// process, as the web page does ([`WebPrincipal`]): every check of a gRPC decision
+/// applies (no self-approval, quorum, the rule's limits) and the ledger records it with
+/// `decider_host` = `slack:<user id>@<team id>`. The error is a message for the user.
 async fn decide_as(
     shared: &Arc<Shared>,
     who: &str,
     user: &str,
     payload: &Value,
-    r: pb::DecideRequest,
+    mut r: pb::DecideRequest,
 ) -> Result<(), String> {
     let id = r.id;
-    let how = json!({
-        "by": "slack_signature",
-        "slack_user": user,
-        "slack_team": payload["team"]["id"],
-    });
-    match shared.decide_as(who, r, how).await {
+    let team = payload["team"]["id"].as_str().unwrap_or_default();
+    r.decider_host = esc(&format!("slack:{user}@{team}"), 120);
+    let mut req = tonic::Request::new(r);
+    req.extensions_mut().insert(WebPrincipal(who.to_owned()));
+    match ApproverService::new(Arc::clone(shared)).decide(req).await {
         Ok(_) => Ok(()),
         Err(status) => {
             tracing::info!(
