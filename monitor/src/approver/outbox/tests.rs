@@ -4,7 +4,7 @@ use std::sync::Arc;
 use super::route::Route;
 use super::sender::{backoff_ms, eligible};
 use super::*;
-use crate::approver::store::{ApprovalStore, ContextRec, NewRequest, Resolution};
+use crate::approver::store::{ApprovalStore, NewRequest, Resolution};
 
 fn routes() -> Arc<Router> {
     Arc::new(Router::new(vec![
@@ -21,21 +21,11 @@ fn routes() -> Arc<Router> {
     ]))
 }
 
+/// A request as a host files it (through the wire conversion, so that fields added to
+/// the record are filled in one place).
 fn new_request(hid: u64) -> NewRequest {
-    NewRequest {
-        host_request_id: hid,
-        context: ContextRec {
-            host: "h1".into(),
-            session_id: 7,
-            agent: "codex".into(),
-            path: "/etc/hosts".into(),
-            operations: vec!["write".into()],
-            fail_verdict: "deny".into(),
-            ..ContextRec::default()
-        },
-        created_unix_ms: 1,
-        deadline_unix_ms: i64::MAX,
-    }
+    let r = crate::approver::testing::submit_request(hid, 7);
+    crate::approver::wire::new_request(r, "h1", crate::os::clock::now_ms(), 600_000).unwrap()
 }
 
 fn sinks_of(entries: &[OutboxEntry]) -> Vec<(String, String)> {

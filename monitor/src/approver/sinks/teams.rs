@@ -208,20 +208,18 @@ mod tests {
 
     #[test]
     fn a_request_card_has_the_context_and_signed_links() {
-        let req = RequestRec {
-            id: 7,
-            host_request_id: 1,
-            context: ContextRec {
-                host: "web-1".into(),
-                agent: "codex".into(),
-                path: "/etc/x\u{1b}[31m".into(),
-                ..ContextRec::default()
-            },
-            created_unix_ms: 0,
-            deadline_unix_ms: 60_000,
-            state: crate::approver::store::State::Pending,
-            decision: None,
+        let context = ContextRec {
+            host: "web-1".into(),
+            agent: "codex".into(),
+            path: "/etc/x\u{1b}[31m".into(),
+            ..ContextRec::default()
         };
+        // From its stored form, so that fields the record gains take their defaults.
+        let req: RequestRec = serde_json::from_value(serde_json::json!({
+            "id": 7, "host_request_id": 1, "context": context, "created_unix_ms": 0,
+            "deadline_unix_ms": 60_000, "state": "pending", "decision": null,
+        }))
+        .unwrap();
         let links = LinkMaker(Arc::new(|id, who: &str, until| {
             Some(format!("https://approver/web/link/{id}.{who}.{until}"))
         }));
