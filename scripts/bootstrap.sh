@@ -66,7 +66,44 @@ else
     log "cargo-fuzz present"
 fi
 
-# 5. Kernel filesystems the daemon uses (the daemon mounts tracefs itself too).
+# 5. The web approval page's browser test (tests/tests/approver_web.rs): headless Chromium
+# with its WebDriver, node, and the local OpenID provider's npm packages (tests/oidc, from
+# its package-lock.json; node_modules is not committed).
+WEB_PKGS=(chromium chromium-driver nodejs npm curl)
+missing=()
+for p in "${WEB_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    # node/npm may come from elsewhere (a newer nodejs); install only what is absent.
+    want=()
+    for p in "${missing[@]}"; do
+        case "$p" in
+            nodejs) command -v node >/dev/null 2>&1 || want+=("$p") ;;
+            npm) command -v npm >/dev/null 2>&1 || want+=("$p") ;;
+            *) want+=("$p") ;;
+        esac
+    done
+    if [ "${#want[@]}" -gt 0 ]; then
+        log "installing Debian packages for the browser test: ${want[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        if ! apt-get install -y --no-install-recommends "${want[@]}" >/dev/null 2>&1; then
+            apt-get update >/dev/null
+            apt-get install -y --no-install-recommends "${want[@]}" >/dev/null
+        fi
+    fi
+fi
+OIDC_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/oidc"
+if [ ! -d "$OIDC_DIR/node_modules/oidc-provider" ] \
+    || ! cmp -s "$OIDC_DIR/package-lock.json" "$OIDC_DIR/node_modules/.package-lock.json.installed"; then
+    log "installing the test OpenID provider's npm packages (tests/oidc)"
+    (cd "$OIDC_DIR" && npm ci --no-audit --no-fund >/dev/null \
+        && cp package-lock.json node_modules/.package-lock.json.installed)
+else
+    log "test OpenID provider packages present"
+fi
+
+# 6. Kernel filesystems the daemon uses (the daemon mounts tracefs itself too).
 if [ -z "$(ls -A /sys/kernel/tracing 2>/dev/null)" ]; then
     log "mounting tracefs"
     mount -t tracefs none /sys/kernel/tracing

@@ -16,6 +16,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod browser;
 pub mod gate;
 pub mod receiver;
 pub mod service;
@@ -69,11 +70,11 @@ pub fn skip(test: &str, reason: &str) {
         });
 }
 
-fn workspace() -> PathBuf {
+pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))

@@ -33,13 +33,22 @@ pub enum Principal {
     /// A person on the web page: signed in with OpenID Connect (`oidc:<user>`) or holding
     /// a signed action link for this approver name. Only the service's own HTTP handlers
     /// make it ([`WebPrincipal`]), never a gRPC caller.
-    Web { name: String },
+    Web {
+        name: String,
+        /// The agent session of the calling process when it runs on this host (local
+        /// mode: from the kernel's session map; 0 for none).
+        session: Option<u64>,
+    },
 }
 
 /// Set as a request extension by the web page's handlers when they call the gRPC service
-/// in-process: the approver they authenticated. Extensions never come from the network.
+/// in-process: the approver they authenticated, and the session of the process that sent
+/// the browser's request when it runs on this host. Extensions never come from the network.
 #[derive(Clone, Debug)]
-pub struct WebPrincipal(pub String);
+pub struct WebPrincipal {
+    pub name: String,
+    pub session: Option<u64>,
+}
 
 /// A Unix-socket caller as the kernel reported it at connect time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +107,12 @@ impl Authenticator {
         }
     }
 
+    /// The agent session of local process `pid` (0: none), when this service has the
+    /// kernel's session map (the daemon's, in local mode).
+    pub fn session_of_pid(&self, pid: u32) -> Option<u64> {
+        self.oracle.as_ref().map(|o| o.session_of_pid(pid))
+    }
+
     /// This host's name: the oracle's, or `gethostname`.
     pub fn local_host(&self) -> String {
         match &self.oracle {
@@ -108,8 +123,11 @@ impl Authenticator {
 
     /// Identifies the caller of `req` (`UNAUTHENTICATED` when it cannot be).
     pub fn identify<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        if let Some(WebPrincipal(name)) = req.extensions().get::<WebPrincipal>() {
-            return Ok(Principal::Web { name: name.clone() });
+        if let Some(w) = req.extensions().get::<WebPrincipal>() {
+            return Ok(Principal::Web {
+                name: w.name.clone(),
+                session: w.session,
+            });
         }
         let token = self.token(req)?;
         if let Some(certs) = req.peer_certs()
@@ -195,7 +213,7 @@ impl Authenticator {
     pub fn host(&self, p: &Principal, call: &str) -> Result<String, Status> {
         match p {
             Principal::Host { host } => Ok(host.clone()),
-            Principal::Approver { name } | Principal::Web { name } => {
+            Principal::Approver { name } | Principal::Web { name, .. } => {
                 Err(Status::permission_denied(format!(
                     "{call} is for hosts; {name} is an approver identity"
                 )))
@@ -228,10 +246,11 @@ impl Authenticator {
                 unix: false,
                 workstation: self.workstation.contains(name),
             }),
-            // A person at a browser, outside any host: like a workstation credential.
-            Principal::Web { name } => Ok(ApproverId {
+            // A person at a browser: like a workstation credential, and when the browser's
+            // connection comes from a process of this host, held to that process's session.
+            Principal::Web { name, session } => Ok(ApproverId {
                 name: name.clone(),
-                local: None,
+                local: session.map(|s| (self.local_host(), s)),
                 unix: false,
                 workstation: true,
             }),
@@ -252,7 +271,7 @@ impl Authenticator {
     pub fn describe(&self, p: &Principal) -> Result<(String, &'static str), Status> {
         match p {
             Principal::Host { host } => Ok((format!("host:{host}"), "host")),
-            Principal::Approver { name } | Principal::Web { name } => {
+            Principal::Approver { name } | Principal::Web { name, .. } => {
                 Ok((name.clone(), "approver"))
             }
             Principal::Unix(_) => Ok((self.approver(p, "WhoAmI")?.name, "approver")),

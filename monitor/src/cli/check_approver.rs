@@ -82,6 +82,26 @@ pub fn run_to(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Resu
     }
     writeln!(out, "  approver tokens: {}", cfg.tokens.len())?;
     writeln!(out, "  longest grant: {} s", cfg.max_ttl_secs)?;
+    if let Some(listen) = &cfg.http.listen {
+        let sign_in = cfg.web.oidc.as_ref().map_or_else(
+            || "no sign-in (action links only)".to_owned(),
+            |o| format!("sign-in at {}", o.issuer),
+        );
+        writeln!(
+            out,
+            "  web page: {listen} (public {}), {sign_in}",
+            cfg.http.base_url().unwrap_or_default()
+        )?;
+        if let Some(f) = cfg
+            .web
+            .oidc
+            .as_ref()
+            .and_then(|o| o.client_secret_file.as_ref())
+            && !f.exists()
+        {
+            writeln!(out, "  warning: {} does not exist (yet)", f.display())?;
+        }
+    }
     notify_summary(&cfg, out)?;
     Ok(0)
 }

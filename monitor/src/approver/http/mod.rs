@@ -24,11 +24,10 @@ use super::config::ServiceConfig;
 use super::service::Shared;
 
 pub mod config;
+pub mod conn;
 mod tls;
 
-/// The peer of an HTTP connection, for handlers (an axum extension).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+pub use conn::{LocalEnd, Peer};
 
 /// Every route of the HTTP listener: `/healthz` and each feature's routes. Features add
 /// theirs here (one `.merge(...)` line each).
@@ -144,7 +143,11 @@ async fn serve(
                 continue;
             }
         };
-        let svc = router.clone().layer(axum::Extension(Peer(peer)));
+        let local = tcp.local_addr().unwrap_or(peer);
+        let svc = router
+            .clone()
+            .layer(axum::Extension(Peer(peer)))
+            .layer(axum::Extension(LocalEnd(local)));
         let acceptor = acceptor.clone();
         conns.spawn(async move {
             let svc = hyper_util::service::TowerToHyperService::new(svc);

@@ -97,5 +97,30 @@ async fn https_listener_serves_with_the_service_certificate() {
     // A plaintext request on the TLS port gets no HTTP answer.
     let res = http_get(addr, "/healthz").await;
     assert!(!res.contains("200"), "{res}");
+    // Over TLS, trusting the service's certificate: served.
+    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let res = String::from_utf8_lossy(&out);
+    assert!(
+        res.starts_with("HTTP/1.1 200") && res.ends_with("ok\n"),
+        "{res}"
+    );
     server.stop().await.unwrap();
 }

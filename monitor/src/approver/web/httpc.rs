@@ -99,8 +99,16 @@ impl Client {
     /// A client trusting the PEM certificates in `ca_file`, or the system's.
     pub fn new(ca_file: Option<&Path>) -> Result<Client, HttpError> {
         let path = ca_file.unwrap_or(Path::new(SYSTEM_CAS));
-        let pem = std::fs::read(path)
-            .map_err(|e| HttpError(format!("cannot read {}: {e}", path.display())))?;
+        let pem = match std::fs::read(path) {
+            Ok(pem) => pem,
+            // Without the system's bundle, https providers fail at sign-in (and say so);
+            // a loopback http provider still works.
+            Err(e) if ca_file.is_none() => {
+                tracing::warn!(path = %path.display(), error = %e, "no system CA bundle for the identity provider");
+                Vec::new()
+            }
+            Err(e) => return Err(HttpError(format!("cannot read {}: {e}", path.display()))),
+        };
         let mut roots = RootCertStore::empty();
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
             .filter_map(Result::ok)

@@ -14,6 +14,7 @@
 //!   ([`crate::approver::http::security_headers`]); every host string is escaped
 //!   ([`html::esc`]).
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -32,9 +33,11 @@ use crate::os::clock::now_ms;
 pub mod config;
 pub mod html;
 pub mod httpc;
+mod link_pages;
 pub mod links;
 pub mod oidc;
 mod pages;
+pub mod peer;
 
 #[cfg(test)]
 mod tests;
@@ -82,6 +85,7 @@ pub fn routes(shared: Arc<Shared>, cfg: &ServiceConfig) -> Result<Router, Approv
         session_ttl_ms: i64::try_from(cfg.web.session_ttl_secs).unwrap_or(i64::MAX / 1000) * 1000,
     });
     Ok(pages::routes()
+        .merge(link_pages::routes())
         .merge(oidc::routes())
         .route("/web/static/app.js", get(app_js))
         .route("/web/static/style.css", get(style_css))
@@ -188,9 +192,45 @@ impl Web {
 
     /// A tonic request carrying the web approver `name`, for the in-process service.
     pub(crate) fn as_approver<T>(name: &str, msg: T) -> tonic::Request<T> {
+        Self::as_approver_in(name, None, msg)
+    }
+
+    /// [`Web::as_approver`] for a caller whose process on this host is in `session`.
+    pub(crate) fn as_approver_in<T>(name: &str, session: Option<u64>, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        req.extensions_mut().insert(WebPrincipal(name.to_owned()));
+        req.extensions_mut().insert(WebPrincipal {
+            name: name.to_owned(),
+            session,
+        });
         req
+    }
+
+    /// The agent session of the process that sent a browser's request, when this service
+    /// has the kernel's session map (local mode) and the process runs on this host: a
+    /// decision from inside a session is refused like one on the Unix socket. A loopback
+    /// connection whose process cannot be found is refused outright.
+    pub(crate) async fn caller_session(
+        &self,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> Result<Option<u64>, String> {
+        let (Some(peer), Some(local)) = (peer, local) else {
+            return Ok(None);
+        };
+        if self.shared.auth.session_of_pid(0).is_none() {
+            return Ok(None);
+        }
+        let pid = tokio::task::spawn_blocking(move || peer::pid_of_client(peer, local))
+            .await
+            .map_err(|e| e.to_string())?;
+        match pid {
+            Some(pid) => Ok(self.shared.auth.session_of_pid(pid)),
+            None if peer.ip().is_loopback() => Err(format!(
+                "cannot tell which process on this host sent this request (from {peer});                  decisions must be traceable to a process outside any agent session"
+            )),
+            // Another machine.
+            None => Ok(None),
+        }
     }
 }
 

@@ -517,3 +517,164 @@ async fn callback(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ring::signature::{self, KeyPair as _};
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn b64j(v: &Value) -> String {
+        B64.encode(v.to_string())
+    }
+
+    /// An Ed25519 key: (JWKS entry, signer).
+    fn ed_key(kid: &str) -> (Value, signature::Ed25519KeyPair) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let kp = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig",
+            "x": B64.encode(kp.public_key().as_ref())});
+        (jwk, kp)
+    }
+
+    fn ed_jwt(kp: &signature::Ed25519KeyPair, kid: &str, claims: &Value) -> String {
+        let msg = format!(
+            "{}.{}",
+            b64j(&json!({"alg": "EdDSA", "kid": kid})),
+            b64j(claims)
+        );
+        format!("{msg}.{}", B64.encode(kp.sign(msg.as_bytes()).as_ref()))
+    }
+
+    fn claims() -> Value {
+        json!({"iss": "https://idp.test", "aud": "confgate", "exp": NOW / 1000 + 300,
+            "iat": NOW / 1000, "nonce": "n1", "preferred_username": "alice",
+            "groups": ["sre"]})
+    }
+
+    fn oidc() -> Oidc {
+        let cfg = OidcSection {
+            issuer: "https://idp.test".into(),
+            client_id: "confgate".into(),
+            approvers: vec!["group:sre".into(), "bob".into()],
+            ..OidcSection::default()
+        };
+        Oidc::new(&cfg, "https://approver.test").unwrap()
+    }
+
+    fn provider(keys: Vec<Value>) -> Provider {
+        Provider {
+            issuer: "https://idp.test".into(),
+            authorization_endpoint: String::new(),
+            token_endpoint: String::new(),
+            keys,
+        }
+    }
+
+    #[test]
+    fn signatures_verify_and_forgeries_do_not() {
+        let (jwk, kp) = ed_key("k1");
+        let keys = vec![jwk];
+        let good = ed_jwt(&kp, "k1", &claims());
+        assert_eq!(
+            verify_jwt(&keys, &good).unwrap()["preferred_username"],
+            "alice"
+        );
+        // Claims changed after signing.
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut c = claims();
+        c["preferred_username"] = json!("mallory");
+        let forged = format!("{}.{}.{}", parts[0], b64j(&c), parts[2]);
+        assert!(verify_jwt(&keys, &forged).is_err());
+        // alg none and HMAC are never accepted.
+        let none = format!(
+            "{}.{}.",
+            b64j(&json!({"alg": "none", "kid": "k1"})),
+            b64j(&claims())
+        );
+        assert!(verify_jwt(&keys, &none).is_err());
+        let hs = format!(
+            "{}.{}.{}",
+            b64j(&json!({"alg": "HS256", "kid": "k1"})),
+            b64j(&claims()),
+            parts[2]
+        );
+        assert!(verify_jwt(&keys, &hs).is_err());
+        // Another key, or a kid the provider does not have.
+        let (_, other) = ed_key("k1");
+        assert!(verify_jwt(&keys, &ed_jwt(&other, "k1", &claims())).is_err());
+        let e = verify_jwt(&keys, &ed_jwt(&kp, "k2", &claims())).unwrap_err();
+        assert!(e.to_string().contains("no key"), "{e}");
+        assert!(verify_jwt(&keys, "a.b").is_err());
+    }
+
+    #[test]
+    fn es256_tokens_verify() {
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+        let kp = signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+        let p = kp.public_key().as_ref();
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": "e1",
+            "x": B64.encode(&p[1..33]), "y": B64.encode(&p[33..65])});
+        let msg = format!(
+            "{}.{}",
+            b64j(&json!({"alg": "ES256", "kid": "e1"})),
+            b64j(&claims())
+        );
+        let sig = kp.sign(&rng, msg.as_bytes()).unwrap();
+        let jwt = format!("{msg}.{}", B64.encode(sig.as_ref()));
+        verify_jwt(&[jwk], &jwt).unwrap();
+    }
+
+    #[test]
+    fn claims_are_checked_and_approvers_enforced() {
+        let (jwk, kp) = ed_key("k1");
+        let o = oidc();
+        let p = provider(vec![jwk]);
+        let ok = o
+            .verify(&p, &ed_jwt(&kp, "k1", &claims()), "n1", NOW)
+            .unwrap();
+        assert_eq!(
+            o.signed_in(&ok).unwrap(),
+            SignedIn {
+                user: "alice".into(),
+                groups: vec!["sre".into()]
+            }
+        );
+        let with = |k: &str, v: Value| {
+            let mut c = claims();
+            c[k] = v;
+            ed_jwt(&kp, "k1", &c)
+        };
+        let refused =
+            |jwt: String, nonce: &str| o.verify(&p, &jwt, nonce, NOW).unwrap_err().to_string();
+        assert!(refused(with("iss", json!("https://evil.test")), "n1").contains("issuer"));
+        assert!(refused(with("aud", json!("other")), "n1").contains("audience"));
+        o.verify(&p, &with("aud", json!(["other", "confgate"])), "n1", NOW)
+            .unwrap();
+        assert!(refused(with("exp", json!(NOW / 1000 - 120)), "n1").contains("expired"));
+        assert!(refused(with("iat", json!(NOW / 1000 + 600)), "n1").contains("future"));
+        assert!(refused(ed_jwt(&kp, "k1", &claims()), "n2").contains("nonce"));
+        // Signed in at the provider, but not an approver here.
+        let mut c = claims();
+        c["groups"] = json!(["dev"]);
+        assert!(matches!(o.signed_in(&c), Err(OidcError::Refused(_))));
+        c["preferred_username"] = json!("bob");
+        assert_eq!(o.signed_in(&c).unwrap().user, "bob");
+        c["preferred_username"] = json!("bo\nb");
+        assert!(o.signed_in(&c).is_err());
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(
+            form_encode(&[("a b", "x&y=z/é"), ("k", "-_.~")]),
+            "a%20b=x%26y%3Dz%2F%C3%A9&k=-_.~"
+        );
+    }
+}

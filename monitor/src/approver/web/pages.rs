@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::fmt::Write;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,10 +14,9 @@ use axum::routing::get;
 use tokio_stream::StreamExt as _;
 
 use super::html::{Live, esc, page, when};
-use super::links::{LINK_PATH, LinkError};
 use super::{Web, csrf_ok, refuse};
+use crate::approver::http::conn::{LocalEnd, Peer};
 use crate::approver::service::ApproverService;
-use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
 
@@ -32,13 +32,9 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/web/grants/{id}/revoke", axum::routing::post(revoke))
         .route("/web/ledger", get(ledger))
         .route("/web/events", get(events))
-        .route(
-            &format!("{LINK_PATH}{{token}}"),
-            get(link_page).post(link_decide),
-        )
 }
 
-fn html(body: String) -> Response {
+pub(super) fn html(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 
@@ -58,7 +54,7 @@ fn sign_in_page(web: &Web) -> Response {
         .into_response()
 }
 
-fn status_page(s: &tonic::Status) -> Response {
+pub(super) fn status_page(s: &tonic::Status) -> Response {
     let code = match s.code() {
         tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
         tonic::Code::NotFound => StatusCode::NOT_FOUND,
@@ -81,7 +77,7 @@ pub(super) fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn svc(web: &Web) -> ApproverService {
+pub(super) fn svc(web: &Web) -> ApproverService {
     ApproverService::new(Arc::clone(&web.shared))
 }
 
@@ -117,22 +113,53 @@ async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
             "<table><tr><th>#</th><th>Host</th><th>Agent</th><th>Session</th><th>Path</th>\
              <th>Operations</th><th>Reason</th><th>Deadline</th></tr>",
         );
+        // One group per session (host, session), oldest first within it: what one agent
+        // run asked for is reviewed together.
+        let mut groups: Vec<((String, u64), Vec<&pb::ApprovalRequest>)> = Vec::new();
         for r in &list {
-            let c = r.context.clone().unwrap_or_default();
+            let c = r.context.as_ref();
+            let key = (
+                c.map(|c| c.host.clone()).unwrap_or_default(),
+                c.map_or(0, |c| c.session_id),
+            );
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(r),
+                None => groups.push((key, vec![r])),
+            }
+        }
+        for ((host, session), mut rs) in groups {
+            rs.sort_by_key(|r| r.id);
+            let agent = rs
+                .first()
+                .and_then(|r| r.context.as_ref())
+                .map(|c| c.agent.clone())
+                .unwrap_or_default();
             let _ = write!(
                 body,
-                "<tr class=\"request\" id=\"request-{id}\"><td><a href=\"/web/requests/{id}\">{id}</a></td>\
-                 <td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td>\
-                 <td class=\"deadline\">{}</td></tr>",
-                esc(&c.host),
-                esc(&c.agent),
-                c.session_id,
-                esc(&c.path),
-                esc(&c.operations.join(", ")),
-                esc(&c.reason),
-                when(r.deadline_unix_ms),
-                id = r.id,
+                "<tbody class=\"session\"><tr class=\"group\"><th colspan=\"8\">Session {session} \
+                 of {} on {}: {} pending</th></tr>",
+                esc(&agent),
+                esc(&host),
+                rs.len()
             );
+            for r in rs {
+                let c = r.context.clone().unwrap_or_default();
+                let _ = write!(
+                    body,
+                    "<tr class=\"request\" id=\"request-{id}\"><td><a href=\"/web/requests/{id}\">{id}</a></td>\
+                     <td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td>\
+                     <td class=\"deadline\">{}</td></tr>",
+                    esc(&c.host),
+                    esc(&c.agent),
+                    c.session_id,
+                    esc(&c.path),
+                    esc(&c.operations.join(", ")),
+                    esc(&c.reason),
+                    when(r.deadline_unix_ms),
+                    id = r.id,
+                );
+            }
+            body.push_str("</tbody>");
         }
         body.push_str("</table>");
     }
@@ -147,7 +174,7 @@ async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
 }
 
 /// The full context of a request, as a definition list.
-fn context_html(r: &pb::ApprovalRequest) -> String {
+pub(super) fn context_html(r: &pb::ApprovalRequest) -> String {
     let c = r.context.clone().unwrap_or_default();
     let mut rows: Vec<(&str, String)> = vec![
         ("Request", format!("{} ({})", r.id, state_name(r.state))),
@@ -171,7 +198,6 @@ fn context_html(r: &pb::ApprovalRequest) -> String {
         ("Rule", esc(&c.rule)),
         ("Mode", esc(&c.mode)),
         ("Reason", esc(&c.reason)),
-        ("Content SHA-256", esc(&c.content_sha256)),
         ("Filed", when(r.created_unix_ms)),
         (
             "Deadline",
@@ -182,6 +208,9 @@ fn context_html(r: &pb::ApprovalRequest) -> String {
             ),
         ),
     ];
+    if !c.content_sha256.is_empty() {
+        rows.push(("Content SHA-256", esc(&c.content_sha256)));
+    }
     if !c.ancestry.is_empty() {
         let chain = c
             .ancestry
@@ -228,7 +257,7 @@ fn shell_word(a: &str) -> String {
 }
 
 /// The approve and deny forms posting to `action` with `csrf`.
-fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) -> String {
+pub(super) fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) -> String {
     let c = r.context.clone().unwrap_or_default();
     format!(
         "<div class=\"decide\">\
@@ -255,7 +284,11 @@ fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) -> String {
     )
 }
 
-async fn get_request(web: &Web, who: &str, id: u64) -> Result<pb::ApprovalRequest, tonic::Status> {
+pub(super) async fn get_request(
+    web: &Web,
+    who: &str,
+    id: u64,
+) -> Result<pb::ApprovalRequest, tonic::Status> {
     svc(web)
         .get_request(Web::as_approver(who, pb::GetRequestRequest { id }))
         .await
@@ -333,13 +366,32 @@ pub(super) fn decide_request(
     }
 }
 
+/// The connection's two ends, when served by the listener (not in unit tests).
+pub(super) type Ends = (Option<Extension<Peer>>, Option<Extension<LocalEnd>>);
+
+/// The session of the process behind `ends` (see [`Web::caller_session`]), or why not.
+pub(super) async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, String> {
+    let (peer, local) = ends;
+    web.caller_session(peer.map(|p| p.0.0), local.map(|l| l.0.0))
+        .await
+}
+
 /// Runs a decision as `who` and answers with the request's page.
-async fn run_decision(web: &Web, who: &str, id: u64, form: &HashMap<String, String>) -> Response {
+async fn run_decision(
+    web: &Web,
+    who: &str,
+    session: Option<u64>,
+    id: u64,
+    form: &HashMap<String, String>,
+) -> Response {
     let req = match decide_request(id, form) {
         Ok(r) => r,
         Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
     };
-    match svc(web).decide(Web::as_approver(who, req)).await {
+    match svc(web)
+        .decide(Web::as_approver_in(who, session, req))
+        .await
+    {
         Ok(_) => Redirect::to(&format!("/web/requests/{id}")).into_response(),
         Err(e) => status_page(&e),
     }
@@ -347,6 +399,8 @@ async fn run_decision(web: &Web, who: &str, id: u64, form: &HashMap<String, Stri
 
 async fn decide(
     State(web): State<Arc<Web>>,
+    peer: Option<Extension<Peer>>,
+    local: Option<Extension<LocalEnd>>,
     headers: HeaderMap,
     Path(id): Path<u64>,
     Form(form): Form<HashMap<String, String>>,
@@ -357,7 +411,11 @@ async fn decide(
     if !csrf_ok(&form, &s.csrf) {
         return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
     }
-    run_decision(&web, &s.name, id, &form).await
+    let session = match session_of(&web, (peer, local)).await {
+        Ok(v) => v,
+        Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
+    };
+    run_decision(&web, &s.name, session, id, &form).await
 }
 
 async fn grants(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
@@ -568,98 +626,4 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-/// An action link's page: the request's full context and the forms, for the link's
-/// approver (nobody is signed in).
-async fn link_page(State(web): State<Arc<Web>>, Path(token): Path<String>) -> Response {
-    let now = now_ms();
-    let link = match web.links.verify(&token, now) {
-        Ok(l) => l,
-        Err(e) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
-    };
-    match web.links.is_used(web.shared.store.raw_store(), &link) {
-        Ok(false) => {}
-        Ok(true) => return refuse(StatusCode::FORBIDDEN, &LinkError::Used.to_string()),
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-    let r = match get_request(&web, &link.approver, link.request_id).await {
-        Ok(r) => r,
-        Err(e) => return status_page(&e),
-    };
-    let mut body = format!(
-        "<p class=\"banner\">This link lets <b>{}</b> decide request {} once, until {}.</p>\
-         <h2>Request {}</h2>{}",
-        esc(&link.approver),
-        link.request_id,
-        when(link.expires_unix_ms),
-        link.request_id,
-        context_html(&r)
-    );
-    if r.state == pb::RequestState::Pending as i32 {
-        let csrf = web.links.mac(&[b"link-csrf", token.as_bytes()]);
-        body.push_str(&decide_forms(&format!("{LINK_PATH}{token}"), &csrf, &r));
-    }
-    html(page(
-        &format!("Request {}", link.request_id),
-        None,
-        None,
-        Live::Off,
-        &body,
-    ))
-}
-
-async fn link_decide(
-    State(web): State<Arc<Web>>,
-    Path(token): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let ok = form
-        .get("csrf")
-        .is_some_and(|c| web.links.mac_ok(&[b"link-csrf", token.as_bytes()], c));
-    if !ok {
-        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-    }
-    let now = now_ms();
-    let link = match web.links.verify(&token, now) {
-        Ok(l) => l,
-        Err(e) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
-    };
-    let store = web.shared.store.raw_store().clone();
-    let links_ok = {
-        let web = Arc::clone(&web);
-        let token = token.clone();
-        tokio::task::spawn_blocking(move || web.links.redeem(&store, &token, link.request_id, now))
-            .await
-    };
-    match links_ok {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return refuse(StatusCode::FORBIDDEN, &e.to_string()),
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-    let req = match decide_request(link.request_id, &form) {
-        Ok(r) => r,
-        Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
-    };
-    match svc(&web)
-        .decide(Web::as_approver(&link.approver, req))
-        .await
-    {
-        Ok(r) => {
-            let r = r.into_inner();
-            html(page(
-                "Decided",
-                None,
-                None,
-                Live::Off,
-                &format!(
-                    "<p class=\"banner\">Request {} is now {}.</p>{}",
-                    r.id,
-                    state_name(r.state),
-                    context_html(&r)
-                ),
-            ))
-        }
-        Err(e) => status_page(&e),
-    }
 }

@@ -42,6 +42,7 @@ async fn harness() -> Harness {
 impl Harness {
     fn router(&self) -> axum::Router {
         pages::routes()
+            .merge(super::link_pages::routes())
             .with_state(Arc::clone(&self.web))
             .layer(axum::middleware::map_response(
                 crate::approver::http::security_headers,
@@ -143,9 +144,21 @@ async fn decisions_need_the_session_csrf_token_and_go_through_the_service() {
     let mut h = harness().await;
     let id = h.submit(testing::request(1, 7).build()).await;
     let (cookie, csrf) = h.sign_in("oidc:alice");
+    h.submit(testing::request(2, 7).path("/etc/app2.conf").build())
+        .await;
+    h.submit(testing::request(3, 9).build()).await;
     let (s, body) = h.get("/", Some(&cookie)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.contains(&format!("/web/requests/{id}")), "{body}");
+    // Grouped by session: session 7 with two requests, session 9 with one.
+    assert!(
+        body.contains("Session 7 of codex on") && body.contains(": 2 pending"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Session 9 of codex on") && body.contains(": 1 pending"),
+        "{body}"
+    );
     let (s, body) = h.get(&format!("/web/requests/{id}"), Some(&cookie)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.contains(&format!("value=\"{csrf}\"")), "{body}");
@@ -308,6 +321,25 @@ async fn action_links_open_one_request_once_for_their_approver() {
     assert!(body.contains("already used"), "{body}");
     let (s, _) = h
         .post(&path, None, &format!("decision=deny&csrf={csrf}"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // A browser signed in as someone else cannot use carol's link.
+    let token2 = h
+        .web
+        .links
+        .sign(other, "oidc:carol", now + 60_000, now)
+        .unwrap();
+    let (cookie, _) = h.sign_in("oidc:dave");
+    let (s, body) = h.get(&format!("{LINK_PATH}{token2}"), Some(&cookie)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(body.contains("another approver"), "{body}");
+    let csrf2 = h.web.links.mac(&[b"link-csrf", token2.as_bytes()]);
+    let (s, _) = h
+        .post(
+            &format!("{LINK_PATH}{token2}"),
+            Some(&cookie),
+            &format!("decision=approve&csrf={csrf2}"),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Expired and foreign links.

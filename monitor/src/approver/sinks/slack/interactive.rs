@@ -15,9 +15,15 @@ use serde_json::{Value, json};
 
 use super::Slack;
 use super::blocks::{MODAL_CALLBACK, approve_modal, esc};
+use std::net::SocketAddr;
+
+use axum::Extension;
+
+use crate::approver::http::conn::{LocalEnd, Peer};
 use crate::approver::identity::WebPrincipal;
 use crate::approver::service::{ApproverService, Shared};
 use crate::approver::sinks::Sinks;
+use crate::approver::web::peer::pid_of_client;
 use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
@@ -120,7 +126,12 @@ pub fn form_payload(body: &[u8]) -> Option<String> {
 pub type Answer = (StatusCode, String);
 
 /// Handles one callback (after routing): verification, then the action.
-pub async fn handle(shared: Arc<Shared>, headers: HeaderMap, body: &[u8]) -> Answer {
+pub async fn handle(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    body: &[u8],
+    ends: (Option<SocketAddr>, Option<SocketAddr>),
+) -> Answer {
     let Some(sinks) = shared.sinks() else {
         return (StatusCode::NOT_FOUND, "no Slack sink is configured".into());
     };
@@ -141,7 +152,13 @@ pub async fn handle(shared: Arc<Shared>, headers: HeaderMap, body: &[u8]) -> Ans
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let who = slack.users.get(&user).cloned();
+    // Slack's servers send these; a process on this host inside an agent session that
+    // holds the signing secret must still not decide (no self-approval).
+    let session = match caller_session(&shared, ends).await {
+        Ok(s) => s,
+        Err(m) => return (StatusCode::FORBIDDEN, m),
+    };
+    let who = slack.users.get(&user).cloned().map(|name| (name, session));
     match payload["type"].as_str() {
         Some("block_actions") => block_action(&shared, &slack, &payload, &user, who).await,
         Some("view_submission") if payload["view"]["callback_id"] == MODAL_CALLBACK => {
@@ -165,12 +182,16 @@ fn not_allowed(user: &str) -> String {
     )
 }
 
+/// The approver a callback decides as, and the agent session of the local process that
+/// sent it (`None`: not a process on this host, or no session map here).
+type Who = Option<(String, Option<u64>)>;
+
 async fn block_action(
     shared: &Arc<Shared>,
     slack: &Arc<Slack>,
     payload: &Value,
     user: &str,
-    who: Option<String>,
+    who: Who,
 ) -> Answer {
     let action = &payload["actions"][0];
     let action_id = action["action_id"].as_str().unwrap_or_default();
@@ -229,12 +250,7 @@ async fn block_action(
     (StatusCode::OK, String::new())
 }
 
-async fn view_submission(
-    shared: &Arc<Shared>,
-    payload: &Value,
-    user: &str,
-    who: Option<String>,
-) -> Answer {
+async fn view_submission(shared: &Arc<Shared>, payload: &Value, user: &str, who: Who) -> Answer {
     let errors = |block: &str, msg: String| {
         let body = json!({ "response_action": "errors", "errors": { block: msg } });
         (StatusCode::OK, body.to_string())
@@ -288,16 +304,20 @@ async fn view_submission(
 /// `decider_host` = `slack:<user id>@<team id>`. The error is a message for the user.
 async fn decide_as(
     shared: &Arc<Shared>,
-    who: &str,
+    who: &(String, Option<u64>),
     user: &str,
     payload: &Value,
     mut r: pb::DecideRequest,
 ) -> Result<(), String> {
+    let (who, session) = (who.0.as_str(), who.1);
     let id = r.id;
     let team = payload["team"]["id"].as_str().unwrap_or_default();
     r.decider_host = esc(&format!("slack:{user}@{team}"), 120);
     let mut req = tonic::Request::new(r);
-    req.extensions_mut().insert(WebPrincipal(who.to_owned()));
+    req.extensions_mut().insert(WebPrincipal {
+        name: who.to_owned(),
+        session,
+    });
     match ApproverService::new(Arc::clone(shared)).decide(req).await {
         Ok(_) => Ok(()),
         Err(status) => {
@@ -310,6 +330,30 @@ async fn decide_as(
             );
             Err(format!("Request {id}: {}", status.message()))
         }
+    }
+}
+
+/// The agent session of the process on this host behind a connection, found as the web
+/// page finds it (local mode only: the service has the kernel's session map then).
+async fn caller_session(
+    shared: &Shared,
+    ends: (Option<SocketAddr>, Option<SocketAddr>),
+) -> Result<Option<u64>, String> {
+    let (Some(peer), Some(local)) = ends else {
+        return Ok(None);
+    };
+    if shared.auth.session_of_pid(0).is_none() {
+        return Ok(None);
+    }
+    let pid = tokio::task::spawn_blocking(move || pid_of_client(peer, local))
+        .await
+        .map_err(|e| e.to_string())?;
+    match pid {
+        Some(pid) => Ok(shared.auth.session_of_pid(pid)),
+        None if peer.ip().is_loopback() => Err(format!(
+            "cannot tell which process on this host sent this callback (from {peer})"
+        )),
+        None => Ok(None),
     }
 }
 
@@ -339,18 +383,24 @@ pub fn routes(shared: Arc<Shared>) -> axum::Router {
     use axum::response::IntoResponse;
     axum::Router::new().route(
         "/slack/interactive",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let shared = Arc::clone(&shared);
-            async move {
-                let (status, text) = handle(shared, headers, &body).await;
-                let ct = if text.starts_with('{') {
-                    "application/json"
-                } else {
-                    "text/plain; charset=utf-8"
-                };
-                (status, [(axum::http::header::CONTENT_TYPE, ct)], text).into_response()
-            }
-        }),
+        axum::routing::post(
+            move |peer: Option<Extension<Peer>>,
+                  local: Option<Extension<LocalEnd>>,
+                  headers: HeaderMap,
+                  body: Bytes| {
+                let shared = Arc::clone(&shared);
+                let ends = (peer.map(|p| p.0.0), local.map(|l| l.0.0));
+                async move {
+                    let (status, text) = handle(shared, headers, &body, ends).await;
+                    let ct = if text.starts_with('{') {
+                        "application/json"
+                    } else {
+                        "text/plain; charset=utf-8"
+                    };
+                    (status, [(axum::http::header::CONTENT_TYPE, ct)], text).into_response()
+                }
+            },
+        ),
     )
 }
 
