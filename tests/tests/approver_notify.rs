@@ -420,19 +420,25 @@ fn the_daemons_local_service_notifies_too() {
     }
     let recv = Receiver::start();
     let (url, ca) = (recv.url.clone(), recv.ca_file.display().to_string());
+    let port = free_port();
     let g = e2e::gate::Gate {
         d: Daemon::start_with(DaemonOptions {
             toml_for_dir: Some(Box::new(move |root| {
                 let watched = root.join("watched");
                 std::fs::create_dir_all(watched.join("gated")).unwrap();
                 std::fs::write(root.join("webhook.key"), WEBHOOK_SECRET).unwrap();
+                std::fs::write(root.join("slack-token"), "xoxb-test-token").unwrap();
+                std::fs::write(root.join("slack-secret"), SIGNING_SECRET).unwrap();
                 let r = root.display();
                 let approver = root.join("approver.toml");
                 std::fs::write(
                 &approver,
                 format!(
                     "listen = [\"unix:{r}/approver.sock\"]\nstore = \"{r}/appr/approver.redb\"\nledger = \"{r}/appr/ledger.jsonl\"\n\
-                     [[notify.webhook]]\nname = \"siem\"\nurl = \"{url}/hook\"\nsecret_file = \"{r}/webhook.key\"\nca_file = \"{ca}\"\n"
+                     allow_plaintext = true\n[http]\nlisten = \"http://127.0.0.1:{port}\"\n\
+                     [[notify.webhook]]\nname = \"siem\"\nurl = \"{url}/hook\"\nsecret_file = \"{r}/webhook.key\"\nca_file = \"{ca}\"\n\
+                     [[notify.slack]]\nchannel = \"#ops\"\nbot_token_file = \"{r}/slack-token\"\nsigning_secret_file = \"{r}/slack-secret\"\n\
+                     api_base_url = \"{url}/api\"\nca_file = \"{ca}\"\nusers = {{ \"U0ALICE\" = \"alice\" }}\n"
                 ),
             )
             .unwrap();
@@ -459,6 +465,31 @@ fn the_daemons_local_service_notifies_too() {
         !hooks(r, "request.created").is_empty()
     });
     assert_eq!(hooks(&r, "request.created")[0].json()["request"]["id"], id);
+    // A correctly signed Slack click sent from inside an agent session is refused: the
+    // service knows the sending process's session in local mode.
+    let body = format!(
+        "payload={}",
+        urlencode(&button_click("U0ALICE", "approve_1h", id, &recv).to_string())
+    );
+    let body_file = g.d.dir.path().join("click.form");
+    std::fs::write(&body_file, &body).unwrap();
+    let ts = now_secs().to_string();
+    let sig = sign(SIGNING_SECRET.as_bytes(), &ts, body.as_bytes());
+    let script = format!(
+        "curl -s -o /dev/null -w '%{{http_code}}' -H 'content-type: application/x-www-form-urlencoded' \
+         -H 'x-slack-request-timestamp: {ts}' -H 'x-slack-signature: {sig}' \
+         --data-binary @{} http://127.0.0.1:{port}/slack/interactive",
+        body_file.display()
+    );
+    let inside = g.d.in_session("claude", "e2e", &script);
+    let r = recv.wait_for("the in-session refusal", |r| {
+        post_about(r, "/response", "agent session").is_some()
+    });
+    assert!(
+        post_about(&r, "/response", "agent session").is_some(),
+        "{inside:?}"
+    );
+    assert_eq!(g.pending().len(), 1, "still pending");
     ok(&g.cli(&["approvals", "approve", &id.to_string(), "--ttl", "1h"]));
     ok(&finish(c));
     let r = recv.wait_for("webhook request.approved", |r| {
