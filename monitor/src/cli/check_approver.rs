@@ -115,6 +115,12 @@ fn notify_summary(cfg: &ServiceConfig, out: &mut dyn Write) -> io::Result<()> {
     let ids: Vec<String> = routes.into_iter().map(|r| r.id).collect();
     writeln!(out, "  notify: {}", ids.join(", "))?;
     let n = &cfg.notify;
+    if !n.slack.is_empty() && cfg.http.listen.is_none() {
+        writeln!(
+            out,
+            "  warning: Slack's buttons call back to [http] listen + /slack/interactive, which is not set"
+        )?;
+    }
     let secrets = n
         .webhook
         .iter()
