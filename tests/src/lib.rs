@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub mod browser;
 pub mod gate;
+pub mod receiver;
 pub mod service;
 
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -67,6 +67,9 @@ pub struct ServiceConfig {
     /// `cert:<CN>` or `token:<name>`: for people's workstations only, never a host where
     /// agents run. Default none: every certificate and token decision needs an attestation.
     pub workstation_approvers: Vec<String>,
+    /// Notification sinks (webhooks, Slack, Teams): `[notify]`, see
+    /// [`super::outbox::config`].
+    pub notify: super::outbox::config::NotifySection,
     /// `[http]`: the HTTP listener (web page, chat callbacks).
     pub http: super::http::config::HttpSection,
     /// `[web]`: the web approval page (OpenID Connect, action links).
@@ -111,6 +114,7 @@ impl Default for ServiceConfig {
             default_lifetime_secs: 600,
             tokens: Vec::new(),
             workstation_approvers: Vec::new(),
+            notify: Default::default(),
             http: Default::default(),
             web: Default::default(),
         }
@@ -304,6 +308,7 @@ impl ServiceConfig {
                 ),
             }
         }
+        self.notify.check(&mut c);
         self.http.check(
             &mut c,
             self.allow_plaintext,

@@ -49,7 +49,9 @@ pub mod decider;
 pub mod http;
 pub mod identity;
 pub mod quorum;
+pub mod outbox;
 pub mod service;
+pub mod sinks;
 pub mod store;
 pub mod tls;
 pub mod web;
@@ -134,7 +136,11 @@ impl Server {
                     .as_raw(),
             ),
         };
+        // Notifications are written with the changes they announce (see `outbox`).
+        let router = Arc::new(outbox::Router::new(cfg.notify.routes()));
         let store = store::ApprovalStore::open(&cfg.store)?;
+        outbox::skip_ids(store.raw_store())?;
+        let store = store.with_outbox(Arc::clone(&router) as Arc<dyn store::Announce>);
         let audit = audit::Audit::open(&cfg.ledger)?;
         // A damaged store was moved aside and replaced while opening: say so in the ledger.
         if let Some(dir) = cfg.store.parent() {
@@ -153,6 +159,8 @@ impl Server {
         };
         let shared = Shared::new(store, auth, audit, limits)?;
         shared.set_groups(quorum::Groups::from_config(&cfg));
+        outbox::sender::start(&shared, &cfg.notify, router, teams_links(&cfg)?)
+            .map_err(|e| ApproverError::Config(format!("notify: {e}")))?;
         let (stop, _) = watch::channel(false);
         let mut server = Server {
             sweeper: tokio::spawn(Arc::clone(&shared).sweeper()),
@@ -384,6 +392,24 @@ impl Server {
         tracing::info!("approval service stopped");
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// The signed action links of Teams cards, when Teams sinks and the web page are
+/// configured.
+fn teams_links(cfg: &ServiceConfig) -> Result<Option<sinks::teams::LinkMaker>, ApproverError> {
+    if cfg.notify.teams.is_empty() {
+        return Ok(None);
+    }
+    let Some((key, base)) = web::links::for_service(cfg)? else {
+        return Ok(None);
+    };
+    let key = Arc::new(key);
+    Ok(Some(sinks::teams::LinkMaker(Arc::new(
+        move |id, who: &str, until| {
+            key.url(&base, id, who, until, crate::os::clock::now_ms())
+                .ok()
+        },
+    ))))
 }
 
 /// The IP socket address of a TCP listen address.

@@ -9,8 +9,12 @@
 //!   replays. seq counts 1, 2, 3, ... per host (sequence `approver_update.<host>`).
 //! - `approver_reports`: (host, host_seq) → time, for idempotent Report.
 //!
+//! Notifications are written in the same transaction as the change they announce, by the
+//! [`Announce`] set with [`ApprovalStore::with_outbox`] (the outbox, [`super::outbox`]).
+//!
 //! The calls are blocking (disk I/O); async callers run them on the blocking pool.
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{ReadableTable, TableDefinition};
@@ -269,10 +273,39 @@ pub struct Resolved {
     pub update_seq: u64,
 }
 
+/// A change that [`Announce`] is told about, inside its transaction.
+#[derive(Clone, Copy, Debug)]
+pub enum Change<'a> {
+    /// A new request was filed.
+    Created(&'a RequestRec),
+    /// A request was decided, expired or released (with its grant), at the time given.
+    Resolved(&'a RequestRec, Option<&'a GrantRec>, i64),
+    /// A grant was revoked at the time given.
+    Revoked(&'a GrantRec, i64),
+    /// `host` reported `kind` with `record` at `now_ms`.
+    Reported {
+        host: &'a str,
+        kind: &'a str,
+        record: &'a serde_json::Value,
+        now_ms: i64,
+    },
+}
+
+/// What announces changes: writes in the change's own transaction, so that a committed
+/// change never lacks its notifications (the notification outbox).
+pub trait Announce: Send + Sync + std::fmt::Debug {
+    /// Writes what `change` needs in `tx`.
+    fn announce(&self, tx: &WriteTx<'_>, change: Change<'_>) -> Result<(), StoreError>;
+    /// After the commit of a transaction that announced something.
+    fn committed(&self);
+}
+
 /// The service's tables on top of a [`Store`].
 #[derive(Clone, Debug)]
 pub struct ApprovalStore {
     store: Store,
+    /// Who is told of changes (the outbox); `None`: nobody.
+    announce: Option<Arc<dyn Announce>>,
 }
 
 impl ApprovalStore {
@@ -293,7 +326,31 @@ impl ApprovalStore {
         // Requests are committed without waiting for the disk: an id a crash took with it
         // must not name another request (an approver may have seen it).
         store.skip_ids(&[REQUEST_IDS])?;
-        Ok(ApprovalStore { store })
+        Ok(ApprovalStore {
+            store,
+            announce: None,
+        })
+    }
+
+    /// From now on, every change is announced to `a` in the change's own transaction.
+    pub fn with_outbox(mut self, a: Arc<dyn Announce>) -> ApprovalStore {
+        self.announce = Some(a);
+        self
+    }
+
+    /// Tells the announcer about `change` in `tx` (nothing without one).
+    fn announce(&self, tx: &WriteTx<'_>, change: Change<'_>) -> Result<(), StoreError> {
+        match &self.announce {
+            Some(a) => a.announce(tx, change),
+            None => Ok(()),
+        }
+    }
+
+    /// After a commit that announced something.
+    fn announced(&self) {
+        if let Some(a) = &self.announce {
+            a.committed();
+        }
     }
 
     /// Files `new` for `host`, or returns the request already filed under
@@ -334,8 +391,12 @@ impl ApprovalStore {
             tx.raw()
                 .open_table(PENDING)?
                 .insert(id, new.deadline_unix_ms)?;
+            self.announce(tx, Change::Created(&rec))?;
             Ok((rec, true))
         })?;
+        if created {
+            self.announced();
+        }
         Ok((rec, created, unsynced))
     }
 
@@ -465,7 +526,7 @@ impl ApprovalStore {
         how: Resolution,
         now_ms: i64,
     ) -> Result<Result<Resolved, Refusal>, StoreError> {
-        self.store.write(|tx| {
+        let done = self.store.write(|tx| {
             let Some(mut req) = tx.get(REQUESTS, id)? else {
                 return Ok(Err(Refusal::NotFound));
             };
@@ -535,12 +596,17 @@ impl ApprovalStore {
                 req.host_request_id,
                 UpdateKind::Decision { request_id: id },
             )?;
+            self.announce(tx, Change::Resolved(&req, grant.as_ref(), now_ms))?;
             Ok(Ok(Resolved {
                 request: req,
                 grant,
                 update_seq,
             }))
-        })
+        })?;
+        if done.is_ok() {
+            self.announced();
+        }
+        Ok(done)
     }
 
     /// Records `approval` on pending request `id` (one per identity), durably. Returns
@@ -575,7 +641,7 @@ impl ApprovalStore {
         by: &str,
         now_ms: i64,
     ) -> Result<Result<(GrantRec, u64), Refusal>, StoreError> {
-        self.store.write(|tx| {
+        let done = self.store.write(|tx| {
             let Some(mut g) = tx.get(GRANTS, id)? else {
                 return Ok(Err(Refusal::NotFound));
             };
@@ -596,8 +662,13 @@ impl ApprovalStore {
                 host_request_id,
                 UpdateKind::Revoked { grant_id: id },
             )?;
+            self.announce(tx, Change::Revoked(&g, now_ms))?;
             Ok(Ok((g, seq)))
-        })
+        })?;
+        if done.is_ok() {
+            self.announced();
+        }
+        Ok(done)
     }
 
     /// Up to `limit` updates of `host` with seq > `after`, in order.
@@ -639,14 +710,41 @@ impl ApprovalStore {
 
     /// Records that `host` reported `host_seq`; false if it already had (a resubmission).
     pub fn note_report(&self, host: &str, host_seq: u64, now_ms: i64) -> Result<bool, StoreError> {
-        self.store.write(|tx| {
+        self.note_report_of(host, host_seq, now_ms, "", &serde_json::Value::Null)
+    }
+
+    /// [`ApprovalStore::note_report`] of a report of `kind` with `record`, announced in
+    /// the same transaction (an empty `kind` announces nothing).
+    pub fn note_report_of(
+        &self,
+        host: &str,
+        host_seq: u64,
+        now_ms: i64,
+        kind: &str,
+        record: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let new = self.store.write(|tx| {
             let mut t = tx.raw().open_table(REPORTS)?;
             if t.get((host, host_seq))?.is_some() {
                 return Ok(false);
             }
             t.insert((host, host_seq), now_ms)?;
+            drop(t);
+            if !kind.is_empty() {
+                let change = Change::Reported {
+                    host,
+                    kind,
+                    record,
+                    now_ms,
+                };
+                self.announce(tx, change)?;
+            }
             Ok(true)
-        })
+        })?;
+        if new {
+            self.announced();
+        }
+        Ok(new)
     }
 
     /// Forgets that `host` reported `host_seq` (its ledger record could not be written, so

@@ -19,6 +19,7 @@ const APPROVER_KEYS: &[&str] = &[
     "workstation_approvers",
     "http",
     "web",
+    "notify",
 ];
 /// Top-level tables of the daemon's `config.toml`.
 const DAEMON_KEYS: &[&str] = &[
@@ -101,7 +102,41 @@ pub fn run_to(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Resu
             writeln!(out, "  warning: {} does not exist (yet)", f.display())?;
         }
     }
+    notify_summary(&cfg, out)?;
     Ok(0)
+}
+
+/// The notification sinks, and a warning for each secret file that cannot be read now.
+fn notify_summary(cfg: &ServiceConfig, out: &mut dyn Write) -> io::Result<()> {
+    let routes = cfg.notify.routes();
+    if routes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = routes.into_iter().map(|r| r.id).collect();
+    writeln!(out, "  notify: {}", ids.join(", "))?;
+    let n = &cfg.notify;
+    if !n.slack.is_empty() && cfg.http.listen.is_none() {
+        writeln!(
+            out,
+            "  warning: Slack's buttons call back to [http] listen + /slack/interactive, which is not set"
+        )?;
+    }
+    let secrets = n
+        .webhook
+        .iter()
+        .map(|w| &w.secret_file)
+        .chain(
+            n.slack
+                .iter()
+                .flat_map(|s| [&s.bot_token_file, &s.signing_secret_file]),
+        )
+        .chain(n.teams.iter().map(|t| &t.url_file));
+    for f in secrets {
+        if let Err(e) = crate::approver::sinks::read_secret(f) {
+            writeln!(out, "  warning: secret {e}")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -137,6 +172,16 @@ mod tests {
         )));
         assert!(!looks_like_approver("[gate]\nenabled = true\n"));
         assert!(!looks_like_approver("not toml ["));
+    }
+
+    #[test]
+    fn notify_sinks_are_listed_and_unreadable_secrets_warned() {
+        let (code, out, err) = check(
+            "[[notify.webhook]]\nname = \"siem\"\nurl = \"https://siem.example/in\"\nsecret_file = \"/nonexistent/key\"\n",
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("notify: webhook:siem"), "{out}");
+        assert!(out.contains("warning: secret /nonexistent/key"), "{out}");
     }
 
     #[test]

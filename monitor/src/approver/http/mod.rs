@@ -34,7 +34,10 @@ pub use conn::{LocalEnd, Peer};
 pub fn router(shared: Arc<Shared>, cfg: &ServiceConfig) -> Result<Router, ApproverError> {
     let router = Router::new()
         .route("/healthz", get(healthz))
-        .merge(super::web::routes(Arc::clone(&shared), cfg)?);
+        .merge(super::web::routes(Arc::clone(&shared), cfg)?)
+        .merge(super::sinks::slack::interactive::routes(Arc::clone(
+            &shared,
+        )));
     Ok(router.layer(axum::middleware::map_response(security_headers)))
 }
 

@@ -42,6 +42,7 @@ use crate::store::StoreError;
 use confgate_proto::v1 as pb;
 
 mod bursts;
+mod notify;
 mod resolve;
 mod rpc;
 mod streams;
@@ -96,6 +97,11 @@ pub struct Counters {
     pub store_errors: AtomicU64,
     pub ledger_errors: AtomicU64,
     pub watch_lagged: AtomicU64,
+    /// Notifications delivered / given up / rescheduled after a failed attempt / waiting.
+    pub notify_sent: AtomicU64,
+    pub notify_failed: AtomicU64,
+    pub notify_retried: AtomicU64,
+    pub notify_pending: AtomicU64,
 }
 
 impl Counters {
@@ -130,6 +136,10 @@ impl Counters {
             ("approver_store_errors", c(&self.store_errors)),
             ("approver_ledger_errors", c(&self.ledger_errors)),
             ("approver_watch_lagged", c(&self.watch_lagged)),
+            ("approver_notify_sent", c(&self.notify_sent)),
+            ("approver_notify_failed", c(&self.notify_failed)),
+            ("approver_notify_retried", c(&self.notify_retried)),
+            ("approver_notify_pending", c(&self.notify_pending)),
         ]
     }
 }
@@ -165,6 +175,8 @@ pub struct Shared {
     stopping: watch::Sender<bool>,
     /// Groups of approver identities, for rules' `approvers` (see `approver::quorum`).
     groups: std::sync::OnceLock<super::quorum::Groups>,
+    /// The notification sinks (Slack's interactive endpoint verifies with their secrets).
+    sinks: std::sync::OnceLock<Arc<crate::approver::sinks::Sinks>>,
 }
 
 impl Shared {
@@ -193,6 +205,7 @@ impl Shared {
             sweep: Notify::new(),
             stopping: watch::Sender::new(false),
             groups: std::sync::OnceLock::new(),
+            sinks: std::sync::OnceLock::new(),
         }))
     }
 

@@ -64,8 +64,11 @@ impl pb::approver_server::Approver for ApproverService {
         let r = request.into_inner();
         let record = check_report(&r).inspect_err(|e| s.refused("Report", e))?;
         let (h, seq) = (host.clone(), r.host_seq);
+        let (kind, rec) = (r.kind.clone(), record.clone());
         if !s
-            .db("report", move |st| st.note_report(&h, seq, now_ms()))
+            .db("report", move |st| {
+                st.note_report_of(&h, seq, now_ms(), &kind, &rec)
+            })
             .await?
         {
             bump(&s.counters.reports_duplicate);
