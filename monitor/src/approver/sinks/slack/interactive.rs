@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use axum::Extension;
 
 use crate::approver::http::conn::{LocalEnd, Peer};
-use crate::approver::identity::WebPrincipal;
+use crate::approver::identity::{WebCallerSession, WebPrincipal};
 use crate::approver::service::{ApproverService, Shared};
 use crate::approver::sinks::Sinks;
 use crate::approver::web::peer::pid_of_client;
@@ -314,10 +314,10 @@ async fn decide_as(
     let team = payload["team"]["id"].as_str().unwrap_or_default();
     r.decider_host = esc(&format!("slack:{user}@{team}"), 120);
     let mut req = tonic::Request::new(r);
-    req.extensions_mut().insert(WebPrincipal {
-        name: who.to_owned(),
-        session,
-    });
+    req.extensions_mut().insert(WebPrincipal(who.to_owned()));
+    if let Some(s) = session {
+        req.extensions_mut().insert(WebCallerSession(s));
+    }
     match ApproverService::new(Arc::clone(shared)).decide(req).await {
         Ok(_) => Ok(()),
         Err(status) => {
