@@ -94,10 +94,18 @@ pub fn message(card: &Value) -> Value {
 }
 
 /// Text for an Adaptive Card: control characters shown as `?`, cut at `max`.
+/// Text from a host as a card shows it: control characters as `?`, and brackets in
+/// their full-width forms, so that a hostile name or path cannot become a markdown link
+/// (`[Approve](https://...)`) beside the card's real actions.
 fn clean(s: &str, max: usize) -> String {
     s.chars()
         .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| match c {
+            c if c.is_control() => '?',
+            '[' => '［',
+            ']' => '］',
+            c => c,
+        })
         .collect()
 }
 
@@ -205,6 +213,13 @@ pub fn card(ev: &Event, links: Option<(&LinkMaker, &[String])>) -> Value {
 mod tests {
     use super::*;
     use crate::approver::store::ContextRec;
+
+    #[test]
+    fn host_text_cannot_become_a_link() {
+        let c = clean("[Approve here](https://evil.example/)\n", 500);
+        assert!(!c.contains('[') && !c.contains(']'), "{c}");
+        assert!(c.ends_with('?'), "{c}");
+    }
 
     #[test]
     fn a_request_card_has_the_context_and_signed_links() {

@@ -13,6 +13,9 @@ pub const MODAL_CALLBACK: &str = "confgate_approve";
 const FIELD_MAX: usize = 500;
 
 /// Escapes `s` for mrkdwn (`&`, `<`, `>`), control characters shown as `?`, cut at `max`.
+/// Text from a host cannot format the message either: a backtick (which would end the
+/// code span it is shown in) is shown as `ˋ` and an asterisk (bold: a fake "*Approved*")
+/// as `∗`.
 pub fn esc(s: &str, max: usize) -> String {
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -24,6 +27,8 @@ pub fn esc(s: &str, max: usize) -> String {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
+            '`' => out.push('ˋ'),
+            '*' => out.push('∗'),
             c if c.is_control() => out.push('?'),
             c => out.push(c),
         }
@@ -282,4 +287,15 @@ pub fn summary(ev: &Event) -> String {
         line.push_str(&format!(" agent {}", esc(&agent, 100)));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_text_cannot_format_the_message() {
+        let e = esc("*Approved* by `alice` <@U1> & co\n", 500);
+        assert_eq!(e, "∗Approved∗ by ˋaliceˋ &lt;@U1&gt; &amp; co?");
+    }
 }

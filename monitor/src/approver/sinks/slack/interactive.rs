@@ -68,7 +68,7 @@ pub fn verify(
         return Err(Unverified::Missing);
     };
     let t: i64 = ts.trim().parse().map_err(|_| Unverified::Stale)?;
-    if (now_secs - t).abs() > WINDOW_SECS {
+    if now_secs.abs_diff(t) > WINDOW_SECS.unsigned_abs() {
         return Err(Unverified::Stale);
     }
     let given = sig
@@ -421,6 +421,16 @@ mod tests {
             verify(SECRET, Some(TS), Some(SIG), BODY, 1531420618 + 10),
             Ok(())
         );
+    }
+
+    #[test]
+    fn extreme_timestamps_are_stale_not_a_panic() {
+        for ts in [i64::MIN.to_string(), i64::MAX.to_string(), "-1".into()] {
+            assert_eq!(
+                verify(SECRET, Some(&ts), Some(SIG), BODY, 1531420618),
+                Err(Unverified::Stale)
+            );
+        }
     }
 
     #[test]
