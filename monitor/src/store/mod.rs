@@ -38,7 +38,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, Durability, ReadableTable, TableDefinition, TableError};
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableError,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -524,6 +526,41 @@ impl Store {
         })
     }
 
+    /// The first `limit` decodable records of `table` in key order, and how many rows the
+    /// table holds in all (a bounded read of a table that may grow large, such as an
+    /// outbox whose sink is down). Undecodable records are skipped and counted as in
+    /// [`Store::scan`].
+    pub fn scan_first<V: DeserializeOwned>(
+        &self,
+        table: RecordTable<V>,
+        limit: usize,
+    ) -> Result<(Vec<(u64, V)>, u64), StoreError> {
+        self.read_raw(|txn| {
+            let t = match txn.open_table(table.def()) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), 0)),
+                Err(e) => return Err(e.into()),
+            };
+            let total = t.len()?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = row?;
+                let key = k.value();
+                match decode(table, key, v.value()) {
+                    Ok(rec) => out.push((key, rec)),
+                    Err(e) => {
+                        state::inc(&state::counters().records_skipped);
+                        tracing::error!(path = %self.inner.path.display(), error = %e, "skipping an undecodable store record");
+                    }
+                }
+            }
+            Ok((out, total))
+        })
+    }
+
     /// The keys of `table`, in key order, whether or not their values decode (to find the
     /// records [`Store::scan`] had to skip).
     pub fn keys<V>(&self, table: RecordTable<V>) -> Result<Vec<u64>, StoreError> {
@@ -885,6 +922,22 @@ mod tests {
         assert_eq!(store.get_blob(B, 1).unwrap().as_deref(), Some(&data[..]));
         assert!(store.write(|tx| tx.remove_blob(B, 1)).unwrap());
         assert_eq!(store.get_blob(B, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn scan_first_reads_the_oldest_and_counts_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        assert_eq!(store.scan_first(RECS, 2).unwrap(), (Vec::new(), 0));
+        for k in [5u64, 1, 3, 2, 4] {
+            store.put(RECS, k, &rec("x", k)).unwrap();
+        }
+        let (first, total) = store.scan_first(RECS, 2).unwrap();
+        assert_eq!(total, 5);
+        assert_eq!(
+            first.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
     }
 
     #[test]

@@ -210,6 +210,14 @@ pub fn entries(store: &Store) -> Result<Vec<OutboxEntry>, StoreError> {
     Ok(store.scan(OUTBOX)?.into_iter().map(|(_, e)| e).collect())
 }
 
+/// The oldest `limit` entries, by id, and how many the outbox holds: what the sender
+/// looks at per pass, so that a sink down for days costs a bounded amount of memory (the
+/// entries after them wait their turn; per sink and request the oldest goes first anyway).
+pub fn oldest_entries(store: &Store, limit: usize) -> Result<(Vec<OutboxEntry>, u64), StoreError> {
+    let (rows, total) = store.scan_first(OUTBOX, limit)?;
+    Ok((rows.into_iter().map(|(_, e)| e).collect(), total))
+}
+
 /// Removes delivered entry `id`; records where a Slack message went, if one was posted.
 pub fn delivered(
     store: &Store,

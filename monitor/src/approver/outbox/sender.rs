@@ -96,6 +96,9 @@ pub fn start(
     Ok(())
 }
 
+/// Entries the sender reads per pass (the oldest ones).
+const SCAN_LIMIT: usize = 1000;
+
 /// Runs until the service stops.
 pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, limits: Limits) {
     let mut stopping = shared.stop_signal();
@@ -107,22 +110,23 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
             return;
         }
         let store = shared.store.raw_store().clone();
-        let entries = tokio::task::spawn_blocking(move || super::entries(&store)).await;
-        let entries = match entries {
+        let entries =
+            tokio::task::spawn_blocking(move || super::oldest_entries(&store, SCAN_LIMIT)).await;
+        let (entries, total) = match entries {
             Ok(Ok(e)) => e,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the notification outbox");
-                Vec::new()
+                (Vec::new(), 0)
             }
             Err(e) => {
                 tracing::error!(error = %e, "outbox read task failed");
-                Vec::new()
+                (Vec::new(), 0)
             }
         };
         shared
             .counters
             .notify_pending
-            .store(entries.len() as u64, Ordering::Relaxed);
+            .store(total, Ordering::Relaxed);
         let now = now_ms();
         for e in eligible(&entries, &in_flight, now) {
             if in_flight.len() >= MAX_IN_FLIGHT {
