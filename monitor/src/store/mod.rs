@@ -585,26 +585,7 @@ impl Store {
         &self,
         table: RecordTable<V>,
     ) -> Result<Vec<(u64, V)>, StoreError> {
-        self.read_raw(|txn| {
-            let t = match txn.open_table(table.def()) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(e) => return Err(e.into()),
-            };
-            let mut out = Vec::new();
-            for row in t.iter()? {
-                let (k, v) = row?;
-                let key = k.value();
-                match decode(table, key, v.value()) {
-                    Ok(rec) => out.push((key, rec)),
-                    Err(e) => {
-                        state::inc(&state::counters().records_skipped);
-                        tracing::error!(path = %self.inner.path.display(), error = %e, "skipping an undecodable store record");
-                    }
-                }
-            }
-            Ok(out)
-        })
+        Ok(self.scan_first(table, usize::MAX)?.0)
     }
 }
 

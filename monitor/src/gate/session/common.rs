@@ -55,6 +55,8 @@ counters! {
     observe_dropped,
     /// Held operations taken again after a restart.
     holds_resumed,
+    /// Allowed operations the performer's queue had no room for (answered `EAGAIN`).
+    perform_queue_full,
     /// Recorded held operations whose caller was gone at a restart.
     holds_lost,
     /// Recorded held operations that could not be read back at a restart (a damaged

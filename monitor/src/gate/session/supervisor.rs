@@ -420,6 +420,14 @@ impl Supervisor {
             return self.answer_error(n.id, libc::ESRCH);
         };
         let plan = self.plan(tid, tgid, &op, &targets);
+        let job = Job {
+            id: n.id,
+            tid,
+            tgid,
+            op,
+            targets,
+            creds,
+        };
         match plan {
             Plan::Error(errno) => self.answer_error(n.id, errno),
             Plan::Deny => {
@@ -427,19 +435,16 @@ impl Supervisor {
                 self.answer_error(n.id, libc::EPERM)
             }
             Plan::Perform => {
-                let job = Job {
-                    id: n.id,
-                    tid,
-                    tgid,
-                    op,
-                    targets,
-                    creds,
-                };
                 SupervisorCounters::inc(&self.counters.allowed);
                 if self.performs_inline(&job) {
                     return perform_and_report(&self.listener, &job, &self.perform, &self.report);
                 }
                 if self.jobs.try_send(job).is_err() {
+                    SupervisorCounters::inc(&self.counters.perform_queue_full);
+                    warn!(
+                        session = self.session,
+                        "session performer queue full: operation answered EAGAIN"
+                    );
                     self.answer_error(n.id, libc::EAGAIN);
                 }
             }
@@ -449,21 +454,14 @@ impl Supervisor {
                 path,
                 facts,
             } => {
-                let pre_fd = targets
+                let pre_fd = job
+                    .targets
                     .get(primary)
                     .filter(|t| t.found.is_some_and(|f| f.is_regular()))
                     .and_then(|t| open_for_preimage(&t.path))
                     .or_else(|| self.null.try_clone().ok().map(OwnedFd::from));
                 let Some(fd) = pre_fd else {
                     return self.answer_error(n.id, libc::EMFILE);
-                };
-                let job = Job {
-                    id: n.id,
-                    tid,
-                    tgid,
-                    op,
-                    targets,
-                    creds,
                 };
                 let record = HoldRecord {
                     session: self.session,
