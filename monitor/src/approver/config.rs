@@ -67,6 +67,11 @@ pub struct ServiceConfig {
     /// `cert:<CN>` or `token:<name>`: for people's workstations only, never a host where
     /// agents run. Default none: every certificate and token decision needs an attestation.
     pub workstation_approvers: Vec<String>,
+    /// The persons behind approver identities: `[[person]]`. A person counts once toward
+    /// a rule's `approvals`, whichever channel they approve through, and is matched by
+    /// their name in `approvers` and `four_eyes`.
+    #[serde(rename = "person")]
+    pub persons: Vec<PersonEntry>,
     /// `[http]`: the HTTP listener (web page, chat callbacks).
     pub http: super::http::config::HttpSection,
     /// `[web]`: the web approval page (OpenID Connect, action links).
@@ -97,6 +102,27 @@ pub struct TokenEntry {
     pub groups: Vec<String>,
 }
 
+/// `[[person]]`: one person and the approver identities that are them.
+///
+/// ```toml
+/// [[person]]
+/// name = "alice"                     # the Unix user name, if alice has one
+/// identities = ["oidc:00u1a2b3", "slack:U012AB3CD", "token:alice-laptop"]
+/// groups = ["sre"]
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersonEntry {
+    /// The person: what rules' `approvers` and `four_eyes` compare with (a session's
+    /// user and login user are Unix names, so use the person's Unix name).
+    pub name: String,
+    /// Identities that are this person: `oidc:<claim>`, `slack:<user id>`,
+    /// `token:<name>`, `cert:<CN>`, `unix:<user>`.
+    pub identities: Vec<String>,
+    /// Groups of this person, for rules' `approvers = ["group:<name>"]`.
+    pub groups: Vec<String>,
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
@@ -111,6 +137,7 @@ impl Default for ServiceConfig {
             default_lifetime_secs: 600,
             tokens: Vec::new(),
             workstation_approvers: Vec::new(),
+            persons: Vec::new(),
             http: Default::default(),
             web: Default::default(),
         }
@@ -302,6 +329,29 @@ impl ServiceConfig {
                     &field,
                     format!("{w:?} is not `cert:<CN>` or `token:<name>`"),
                 ),
+            }
+        }
+        let mut claimed: Vec<&str> = Vec::new();
+        for (i, p) in self.persons.iter().enumerate() {
+            if p.name.is_empty() || p.name.contains(':') || p.name.chars().any(char::is_control) {
+                c.fail(
+                    &format!("person[{i}].name"),
+                    format!("{:?} is not a person's name (non-empty, no `:`)", p.name),
+                );
+            }
+            for (j, id) in p.identities.iter().enumerate() {
+                let field = format!("person[{i}].identities[{j}]");
+                match id.split_once(':') {
+                    Some((kind, rest)) if !kind.is_empty() && !rest.is_empty() => {}
+                    _ => c.fail(
+                        &field,
+                        format!("{id:?} is not `<kind>:<name>` (e.g. oidc:SUB)"),
+                    ),
+                }
+                if claimed.contains(&id.as_str()) {
+                    c.fail(&field, format!("{id:?} belongs to two persons"));
+                }
+                claimed.push(id);
             }
         }
         self.http.check(

@@ -152,7 +152,7 @@ impl Server {
             default_lifetime_ms: ms(cfg.default_lifetime_secs),
         };
         let shared = Shared::new(store, auth, audit, limits)?;
-        shared.set_groups(quorum::Groups::from_config(&cfg));
+        shared.set_people(quorum::People::from_config(&cfg));
         let (stop, _) = watch::channel(false);
         let mut server = Server {
             sweeper: tokio::spawn(Arc::clone(&shared).sweeper()),
