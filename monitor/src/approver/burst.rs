@@ -70,9 +70,69 @@ fn effective(path: &str) -> String {
     }
 }
 
+/// Fewest directory levels a suggested glob is anchored at: `/etc/nginx/**`, never
+/// `/etc/**` (every configuration file of the host).
+pub const MIN_SUGGESTION_DEPTH: usize = 2;
+
+/// confgate's own files: a suggestion never covers them (a grant there lets the agent
+/// change its own gate).
+const OWN_DIRS: [&str; 5] = [
+    "/etc/confgate",
+    "/var/lib/confgate",
+    "/run/confgate",
+    "/var/log/confgate",
+    "/usr/local/bin",
+];
+
+/// Why `glob` is too wide to approve a burst with, or `None`: anchored at fewer than
+/// [`MIN_SUGGESTION_DEPTH`] literal directories (`/etc/**`, `/etc/*/x`), or covering
+/// confgate's own files.
+pub fn too_wide(glob: &str) -> Option<String> {
+    let literal: Vec<String> = glob
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map_while(literal_component)
+        .collect();
+    let wild = literal.len() < glob.split('/').filter(|c| !c.is_empty()).count();
+    if wild && literal.len() < MIN_SUGGESTION_DEPTH {
+        return Some(format!(
+            "{glob} is anchored at fewer than {MIN_SUGGESTION_DEPTH} directory levels"
+        ));
+    }
+    let anchor = format!("/{}", literal.join("/"));
+    for own in OWN_DIRS {
+        let inside = anchor == own || anchor.starts_with(&format!("{own}/"));
+        let above = wild && own.starts_with(&format!("{anchor}/"));
+        if inside || above {
+            return Some(format!("{glob} covers confgate's own files ({own})"));
+        }
+    }
+    None
+}
+
+/// A glob's component as the name it matches, when it matches one name only (escapes
+/// such as `[[]` are literal characters).
+fn literal_component(c: &str) -> Option<String> {
+    let chars: Vec<char> = c.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(&ch) = chars.get(i) {
+        if ch == '[' && chars.get(i + 2) == Some(&']') {
+            out.push(*chars.get(i + 1)?);
+            i += 3;
+        } else if matches!(ch, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+            return None;
+        } else {
+            out.push(ch);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
 /// The narrowest directory glob (`/etc/nginx/**`) covering every path (their likely final
-/// names): the common directory of them all, never `/` itself. `None` when they share only
-/// `/` or there are none.
+/// names): the common directory of them all. `None` when there are none, or the glob
+/// would be [`too_wide`] (`/etc/**`, confgate's own directories).
 pub fn suggest<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut common: Option<Vec<String>> = None;
     for p in paths {
@@ -95,13 +155,11 @@ pub fn suggest<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<String> {
         });
     }
     let common = common?;
-    if common.is_empty() {
+    if common.len() < MIN_SUGGESTION_DEPTH {
         return None;
     }
-    Some(format!(
-        "{}/**",
-        exact_glob(&format!("/{}", common.join("/")))
-    ))
+    let glob = format!("{}/**", exact_glob(&format!("/{}", common.join("/"))));
+    too_wide(&glob).is_none().then_some(glob)
 }
 
 #[cfg(test)]
@@ -146,9 +204,17 @@ mod tests {
             .as_deref(),
             Some("/etc/nginx/**")
         );
+        // Never a whole top-level tree, nor confgate's own files.
         assert_eq!(
-            suggest(["/etc/nginx/a", "/etc/logrotate.d/nginx.dpkg-new"]).as_deref(),
-            Some("/etc/**")
+            suggest(["/etc/nginx/a", "/etc/logrotate.d/nginx.dpkg-new"]),
+            None
+        );
+        assert_eq!(suggest(["/etc/nanorc.dpkg-new"]), None);
+        assert_eq!(suggest(["/etc/confgate/config.toml.tmp"]), None);
+        assert_eq!(suggest(["/var/lib/a/x", "/var/lib/b/y"]), None);
+        assert_eq!(
+            suggest(["/var/lib/app/x", "/var/lib/app/y"]).as_deref(),
+            Some("/var/lib/app/**")
         );
         assert_eq!(suggest(["/etc/a", "/srv/b"]), None);
         assert_eq!(suggest(["/x"]), None);
@@ -163,5 +229,20 @@ mod tests {
             suggest(["/etc/a[1]/x"]).as_deref(),
             Some("/etc/a[[]1[]]/**")
         );
+    }
+
+    #[test]
+    fn wide_globs_are_named() {
+        assert!(too_wide("/etc/**").is_some());
+        assert!(too_wide("/etc/*/x").is_some());
+        assert!(too_wide("/**").is_some());
+        assert!(too_wide("/etc/confgate/**").is_some());
+        assert!(too_wide("/var/lib/**").is_some());
+        assert!(too_wide("/run/confgate/approver.sock").is_some());
+        assert_eq!(too_wide("/etc/nginx/**"), None);
+        assert_eq!(too_wide("/etc/nanorc"), None);
+        assert_eq!(too_wide("/var/lib/app/**"), None);
+        assert_eq!(too_wide("/etc/a[[]1[]]/**"), None);
+        assert!(too_wide("/etc/conf[g]ate/**").is_some());
     }
 }

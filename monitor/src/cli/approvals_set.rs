@@ -1,5 +1,7 @@
 //! `approvals approve --suggested` and `approvals approve --session-set`: approving a
-//! burst of one session's requests with the service's session-scoped glob suggestion.
+//! burst of one session's requests with the service's session-scoped glob suggestion,
+//! only as reviewed (`--expect-glob`, `--ids`), never with a glob anchored above two
+//! directory levels or over confgate's own files, and only for the operations asked for.
 use anyhow::{anyhow, bail};
 
 use super::connect::explain;
@@ -19,26 +21,93 @@ async fn get(
         .into_inner())
 }
 
-/// The glob `--suggested` approves request `id` with.
-pub async fn suggested_glob(
+/// What the approver reviewed: the glob shown, or the ids of the set.
+pub struct Reviewed<'a> {
+    pub glob: Option<&'a str>,
+    pub ids: &'a [u64],
+}
+
+/// What a `--suggested` or `--session-set` approval grants: each of `ids` with `glob`
+/// (session scope) and `operations`.
+#[derive(Debug)]
+pub struct Set {
+    pub ids: Vec<u64>,
+    pub glob: String,
+    pub operations: Vec<String>,
+}
+
+/// The operations `requests` asked for, and moving their temporary files into place
+/// (`rename`): never every operation.
+fn operations<'a>(requests: impl IntoIterator<Item = &'a pb::ApprovalRequest>) -> Vec<String> {
+    let mut ops: Vec<String> = Vec::new();
+    for r in requests {
+        let Some(c) = r.context.as_ref() else {
+            continue;
+        };
+        ops.extend(c.operations.iter().cloned());
+        if crate::approver::burst::likely_final(&c.path).is_some() {
+            ops.push("rename".to_owned());
+        }
+    }
+    ops.sort();
+    ops.dedup();
+    ops
+}
+
+/// Refuses a glob the approver did not review, or one too wide for a burst.
+fn check_glob(glob: &str, reviewed: &Reviewed<'_>) -> anyhow::Result<()> {
+    if let Some(why) = crate::approver::burst::too_wide(glob) {
+        bail!(
+            "the suggested glob is too wide to approve a burst with: {why}; approve the requests with narrower globs (--glob)"
+        );
+    }
+    if let Some(expected) = reviewed.glob
+        && expected != glob
+    {
+        bail!(
+            "the suggestion is now {glob}, not the {expected} you reviewed (the session asked for more meanwhile): review it again (approvals show)"
+        );
+    }
+    Ok(())
+}
+
+/// `--suggested`: request `id` with its suggested glob.
+pub async fn suggested(
     c: &mut ApproverClient<ApproverChannel>,
     id: u64,
-) -> anyhow::Result<String> {
+    reviewed: &Reviewed<'_>,
+) -> anyhow::Result<Set> {
+    if !reviewed.ids.is_empty() {
+        bail!("--ids goes with --session-set");
+    }
     let r = get(c, id).await?;
     if r.suggested_glob.is_empty() {
         bail!(
-            "request {id} has no suggested glob (its session's paths share no directory below /); approve it without --suggested"
+            "request {id} has no suggested glob (its session's paths share no directory two levels below /); approve it without --suggested"
         );
     }
-    Ok(r.suggested_glob)
+    check_glob(&r.suggested_glob, reviewed)?;
+    Ok(Set {
+        ids: vec![id],
+        glob: r.suggested_glob.clone(),
+        operations: operations([&r]),
+    })
 }
 
-/// The pending requests of request `id`'s session (`id` first, then the others oldest
-/// first) and the glob that covers all of them and the session's earlier paths.
+/// `--session-set`: the pending requests of request `id`'s session (`id` first, then the
+/// others oldest first) and the glob that covers all of them and the session's earlier
+/// paths, as reviewed: `--expect-glob` must be the glob, or `--ids` lists the requests
+/// (each in the set; only those are approved).
 pub async fn session_set(
     c: &mut ApproverClient<ApproverChannel>,
     id: u64,
-) -> anyhow::Result<(Vec<u64>, String)> {
+    reviewed: &Reviewed<'_>,
+) -> anyhow::Result<Set> {
+    if reviewed.glob.is_none() && reviewed.ids.is_empty() {
+        bail!(
+            "--session-set approves what you reviewed: add --expect-glob GLOB (the set's suggested glob that approvals list/show printed) or --ids ID,... (the requests you reviewed)"
+        );
+    }
     let r = get(c, id).await?;
     let ctx = r.context.clone().unwrap_or_default();
     if ctx.session_id == 0 {
@@ -63,6 +132,17 @@ pub async fn session_set(
         })
         .collect();
     set.sort_by_key(|p| p.id);
+    if !reviewed.ids.is_empty() {
+        for want in reviewed.ids {
+            if *want != id && !set.iter().any(|p| p.id == *want) {
+                bail!(
+                    "request {want} is not a pending request of session {} (the set of request {id})",
+                    ctx.session_id
+                );
+            }
+        }
+        set.retain(|p| reviewed.ids.contains(&p.id));
+    }
     let mut paths: Vec<&str> = vec![ctx.path.as_str()];
     paths.extend(r.suggested_from.iter().map(String::as_str));
     paths.extend(
@@ -71,11 +151,17 @@ pub async fn session_set(
     );
     let Some(glob) = suggest(paths.iter().copied()) else {
         bail!(
-            "the pending requests of session {} share no directory below /: approve them one by one",
+            "the pending requests of session {} share no directory two levels below / (or only confgate's own): approve them one by one (approvals approve ID)",
             ctx.session_id
         );
     };
+    check_glob(&glob, reviewed)?;
+    let operations = operations(std::iter::once(&r).chain(set.iter().copied()));
     let mut ids = vec![id];
     ids.extend(set.iter().map(|p| p.id));
-    Ok((ids, glob))
+    Ok(Set {
+        ids,
+        glob,
+        operations,
+    })
 }
