@@ -93,16 +93,30 @@ pub fn too_wide(glob: &str) -> Option<String> {
         .filter(|c| !c.is_empty())
         .map_while(literal_component)
         .collect();
-    let wild = literal.len() < glob.split('/').filter(|c| !c.is_empty()).count();
-    if wild && literal.len() < MIN_SUGGESTION_DEPTH {
+    let parts: Vec<&str> = glob.split('/').filter(|c| !c.is_empty()).collect();
+    let wild = literal.len() < parts.len();
+    // `/etc/nanorc*`: one file and its temporary names, anchored at that name.
+    let file_prefix = (wild && literal.len() + 1 == parts.len())
+        .then(|| parts.last().and_then(|c| c.strip_suffix('*')))
+        .flatten()
+        .and_then(literal_component)
+        .filter(|p| !p.is_empty());
+    let depth = literal.len() + usize::from(file_prefix.is_some());
+    if wild && depth < MIN_SUGGESTION_DEPTH {
         return Some(format!(
             "{glob} is anchored at fewer than {MIN_SUGGESTION_DEPTH} directory levels"
         ));
     }
-    let anchor = format!("/{}", literal.join("/"));
+    let mut anchor = format!("/{}", literal.join("/"));
+    if let Some(p) = &file_prefix {
+        anchor = format!("{}/{p}", anchor.trim_end_matches('/'));
+    }
     for own in OWN_DIRS {
         let inside = anchor == own || anchor.starts_with(&format!("{own}/"));
-        let above = wild && own.starts_with(&format!("{anchor}/"));
+        let above = match &file_prefix {
+            Some(_) => own.starts_with(&anchor),
+            None => wild && own.starts_with(&format!("{anchor}/")),
+        };
         if inside || above {
             return Some(format!("{glob} covers confgate's own files ({own})"));
         }
@@ -128,6 +142,47 @@ fn literal_component(c: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// The suggestion for a request for `own` from its session's `others` paths, and the
+/// paths it covers: the narrowest directory glob of `own` and those of `others` in the
+/// same tree [`MIN_SUGGESTION_DEPTH`] levels down (`/etc/nginx/**`); for a temporary file
+/// directly in a top-level directory, its final name and its temporary names
+/// (`/etc/nanorc*`). `None` when neither applies.
+pub fn suggest_for<'a>(
+    own: &'a str,
+    others: impl IntoIterator<Item = &'a str>,
+) -> Option<(String, Vec<String>)> {
+    let dirs = |p: &str| -> Vec<String> {
+        let eff = effective(p);
+        let mut parts: Vec<String> = eff
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        parts.pop();
+        parts
+    };
+    let mine = dirs(own);
+    if mine.len() < MIN_SUGGESTION_DEPTH {
+        let (target, _) = likely_final(own)?;
+        if target.is_empty() {
+            return None;
+        }
+        let glob = format!("{}*", exact_glob(&target));
+        return too_wide(&glob)
+            .is_none()
+            .then(|| (glob, vec![own.to_owned()]));
+    }
+    let tree = &mine[..MIN_SUGGESTION_DEPTH];
+    let mut from = vec![own.to_owned()];
+    for o in others {
+        if o != own && dirs(o).starts_with(tree) && !from.iter().any(|f| f == o) {
+            from.push(o.to_owned());
+        }
+    }
+    let glob = suggest(from.iter().map(String::as_str))?;
+    Some((glob, from))
 }
 
 /// The narrowest directory glob (`/etc/nginx/**`) covering every path (their likely final
@@ -244,5 +299,31 @@ mod tests {
         assert_eq!(too_wide("/var/lib/app/**"), None);
         assert_eq!(too_wide("/etc/a[[]1[]]/**"), None);
         assert!(too_wide("/etc/conf[g]ate/**").is_some());
+        assert_eq!(too_wide("/etc/nanorc*"), None);
+        assert!(too_wide("/etc/*").is_some());
+        assert!(too_wide("/etc/conf*").is_some());
+        assert!(too_wide("/var/li*").is_some());
+    }
+
+    #[test]
+    fn a_requests_suggestion_stays_in_its_own_tree() {
+        let others = ["/etc/nanorc.dpkg-new", "/etc/alternatives/editor.dpkg-tmp"];
+        let (glob, from) =
+            suggest_for("/etc/alternatives/pico.dpkg-tmp", others.iter().copied()).unwrap();
+        assert_eq!(glob, "/etc/alternatives/**");
+        assert_eq!(
+            from,
+            vec![
+                "/etc/alternatives/pico.dpkg-tmp".to_owned(),
+                "/etc/alternatives/editor.dpkg-tmp".to_owned()
+            ]
+        );
+        let (glob, from) = suggest_for("/etc/nanorc.dpkg-new", others.iter().copied()).unwrap();
+        assert_eq!((glob.as_str(), from.len()), ("/etc/nanorc*", 1));
+        assert_eq!(suggest_for("/etc/hosts", std::iter::empty()), None);
+        assert_eq!(
+            suggest_for("/etc/confgate.dpkg-new", std::iter::empty()),
+            None
+        );
     }
 }

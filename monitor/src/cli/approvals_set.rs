@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail};
 
 use super::connect::explain;
-use crate::approver::burst::suggest;
+use crate::approver::burst::suggest_for;
 use crate::approver::client::ApproverChannel;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_client::ApproverClient;
@@ -36,8 +36,15 @@ pub struct Set {
     pub operations: Vec<String>,
 }
 
-/// The operations `requests` asked for, and moving their temporary files into place
-/// (`rename`): never every operation.
+/// What an installer does to a temporary file it puts into place (`*.dpkg-new`): creates,
+/// writes, truncates, sets its mode and owner, renames it onto its final name (a rename
+/// removes the source name).
+const TEMP_FILE_OPS: [&str; 7] = [
+    "create", "write", "truncate", "chmod", "chown", "rename", "remove",
+];
+
+/// The operations `requests` asked for, and, for temporary files, what putting them into
+/// place takes ([`TEMP_FILE_OPS`]): never every operation (no `link`, `xattr`).
 fn operations<'a>(requests: impl IntoIterator<Item = &'a pb::ApprovalRequest>) -> Vec<String> {
     let mut ops: Vec<String> = Vec::new();
     for r in requests {
@@ -46,7 +53,7 @@ fn operations<'a>(requests: impl IntoIterator<Item = &'a pb::ApprovalRequest>) -
         };
         ops.extend(c.operations.iter().cloned());
         if crate::approver::burst::likely_final(&c.path).is_some() {
-            ops.push("rename".to_owned());
+            ops.extend(TEMP_FILE_OPS.iter().map(|o| (*o).to_owned()));
         }
     }
     ops.sort();
@@ -143,19 +150,20 @@ pub async fn session_set(
         }
         set.retain(|p| reviewed.ids.contains(&p.id));
     }
-    let mut paths: Vec<&str> = vec![ctx.path.as_str()];
-    paths.extend(r.suggested_from.iter().map(String::as_str));
+    let mut paths: Vec<&str> = r.suggested_from.iter().map(String::as_str).collect();
     paths.extend(
         set.iter()
             .filter_map(|p| p.context.as_ref().map(|c| c.path.as_str())),
     );
-    let Some(glob) = suggest(paths.iter().copied()) else {
+    let Some((glob, from)) = suggest_for(&ctx.path, paths.iter().copied()) else {
         bail!(
             "the pending requests of session {} share no directory two levels below / (or only confgate's own): approve them one by one (approvals approve ID)",
             ctx.session_id
         );
     };
     check_glob(&glob, reviewed)?;
+    // Only the requests the glob covers (the session's other trees are other sets).
+    set.retain(|p| p.context.as_ref().is_some_and(|c| from.contains(&c.path)));
     let operations = operations(std::iter::once(&r).chain(set.iter().copied()));
     let mut ids = vec![id];
     ids.extend(set.iter().map(|p| p.id));
