@@ -233,4 +233,61 @@ mod tests {
             vec!["write".to_owned()]
         );
     }
+
+    /// Root on the Unix socket (`unix:root`) and the same person signed in on the web
+    /// (`oidc:r00t`, mapped to `root`) count once; an unmapped web identity is nobody.
+    #[tokio::test]
+    async fn one_person_through_two_channels_counts_once() {
+        use crate::approver::config::PersonEntry;
+        use crate::approver::testing;
+        use crate::approver::web::Web;
+        use confgate_proto::v1::approver_server::Approver as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = testing::service_config(dir.path());
+        cfg.persons = vec![
+            PersonEntry {
+                name: "root".into(),
+                identities: vec!["oidc:r00t".into()],
+                groups: Vec::new(),
+            },
+            PersonEntry {
+                name: "bob".into(),
+                identities: vec!["oidc:b0b".into()],
+                groups: Vec::new(),
+            },
+        ];
+        let (server, mut c) = testing::start(cfg).await;
+        let mut sub = testing::request(1, 7).build();
+        testing::context(&mut sub).quorum = Some(pb::Quorum {
+            approvals: 2,
+            ..Default::default()
+        });
+        let r = c.submit(sub).await.unwrap().into_inner();
+        let first = c.decide(testing::approve(r.id)).await.unwrap().into_inner();
+        assert_eq!(first.state, pb::RequestState::Pending as i32);
+        let svc = ApproverService::new(Arc::clone(&server.shared));
+        let again = svc
+            .decide(Web::as_approver("oidc:r00t", testing::approve(r.id)))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+        assert!(
+            again.message().contains("root already approved")
+                && again.message().contains("a person counts once"),
+            "{}",
+            again.message()
+        );
+        let nobody = svc
+            .decide(Web::as_approver("oidc:root", testing::approve(r.id)))
+            .await
+            .unwrap_err();
+        assert!(nobody.message().contains("no known person"), "{nobody:?}");
+        let done = svc
+            .decide(Web::as_approver("oidc:b0b", testing::approve(r.id)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(done.state, pb::RequestState::Approved as i32);
+    }
 }
