@@ -47,7 +47,29 @@ fn a_dpkg_like_burst_is_approved_once_with_the_suggested_glob() {
     );
     let list = output_text(&g.cli(&["approvals", "list"]));
     assert!(list.contains(" -> ") && list.contains("dpkg"), "{list}");
-    ok(&g.cli(&["approvals", "approve", &id, "--suggested", "--ttl", "10m"]));
+    // A set approval needs the glob the approver reviewed.
+    let unreviewed = g.cli(&["approvals", "approve", "--session-set", &id]);
+    assert!(!unreviewed.status.success(), "{}", output_text(&unreviewed));
+    assert!(output_text(&unreviewed).contains("--expect-glob"));
+    let other = g.cli(&[
+        "approvals",
+        "approve",
+        "--session-set",
+        &id,
+        "--expect-glob",
+        "/etc/**",
+    ]);
+    assert!(!other.status.success(), "{}", output_text(&other));
+    ok(&g.cli(&[
+        "approvals",
+        "approve",
+        &id,
+        "--suggested",
+        "--expect-glob",
+        &glob,
+        "--ttl",
+        "10m",
+    ]));
     let o = wait_child(child, Duration::from_secs(30));
     assert!(o.status.success(), "{}", output_text(&o));
     for f in ["app.conf", "conf.d/a.conf", "conf.d/b.conf"] {
@@ -145,7 +167,22 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
                 "request {id}: {} ({}); suggested {}",
                 r["context"]["path"], r["context"]["likely_final"], r["suggested_glob"]
             );
-            let o = g.cli(&["approvals", "approve", "--session-set", &id, "--ttl", "30m"]);
+            // The set with the glob shown (never `/etc/**`), else the request alone.
+            let glob = r["suggested_glob"].as_str().unwrap_or_default();
+            let o = if glob.is_empty() {
+                g.cli(&["approvals", "approve", &id, "--ttl", "30m"])
+            } else {
+                g.cli(&[
+                    "approvals",
+                    "approve",
+                    "--session-set",
+                    &id,
+                    "--expect-glob",
+                    glob,
+                    "--ttl",
+                    "30m",
+                ])
+            };
             ok(&o);
             decisions += output_text(&o).matches(": approved").count();
         }

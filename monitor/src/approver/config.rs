@@ -70,6 +70,11 @@ pub struct ServiceConfig {
     /// Notification sinks (webhooks, Slack, Teams): `[notify]`, see
     /// [`super::outbox::config`].
     pub notify: super::outbox::config::NotifySection,
+    /// The persons behind approver identities: `[[person]]`. A person counts once toward
+    /// a rule's `approvals`, whichever channel they approve through, and is matched by
+    /// their name in `approvers` and `four_eyes`.
+    #[serde(rename = "person")]
+    pub persons: Vec<PersonEntry>,
     /// `[http]`: the HTTP listener (web page, chat callbacks).
     pub http: super::http::config::HttpSection,
     /// `[web]`: the web approval page (OpenID Connect, action links).
@@ -100,6 +105,27 @@ pub struct TokenEntry {
     pub groups: Vec<String>,
 }
 
+/// `[[person]]`: one person and the approver identities that are them.
+///
+/// ```toml
+/// [[person]]
+/// name = "alice"                     # the Unix user name, if alice has one
+/// identities = ["oidc:00u1a2b3", "slack:U012AB3CD", "token:alice-laptop"]
+/// groups = ["sre"]
+/// ```
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersonEntry {
+    /// The person: what rules' `approvers` and `four_eyes` compare with (a session's
+    /// user and login user are Unix names, so use the person's Unix name).
+    pub name: String,
+    /// Identities that are this person: `oidc:<claim>`, `slack:<user id>`,
+    /// `token:<name>`, `cert:<CN>`, `unix:<user>`.
+    pub identities: Vec<String>,
+    /// Groups of this person, for rules' `approvers = ["group:<name>"]`.
+    pub groups: Vec<String>,
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
@@ -115,6 +141,7 @@ impl Default for ServiceConfig {
             tokens: Vec::new(),
             workstation_approvers: Vec::new(),
             notify: Default::default(),
+            persons: Vec::new(),
             http: Default::default(),
             web: Default::default(),
         }
@@ -309,6 +336,29 @@ impl ServiceConfig {
             }
         }
         self.notify.check(&mut c);
+        let mut claimed: Vec<&str> = Vec::new();
+        for (i, p) in self.persons.iter().enumerate() {
+            if p.name.is_empty() || p.name.contains(':') || p.name.chars().any(char::is_control) {
+                c.fail(
+                    &format!("person[{i}].name"),
+                    format!("{:?} is not a person's name (non-empty, no `:`)", p.name),
+                );
+            }
+            for (j, id) in p.identities.iter().enumerate() {
+                let field = format!("person[{i}].identities[{j}]");
+                match id.split_once(':') {
+                    Some((kind, rest)) if !kind.is_empty() && !rest.is_empty() => {}
+                    _ => c.fail(
+                        &field,
+                        format!("{id:?} is not `<kind>:<name>` (e.g. oidc:SUB)"),
+                    ),
+                }
+                if claimed.contains(&id.as_str()) {
+                    c.fail(&field, format!("{id:?} belongs to two persons"));
+                }
+                claimed.push(id);
+            }
+        }
         self.http.check(
             &mut c,
             self.allow_plaintext,

@@ -38,6 +38,8 @@ pub enum Principal {
         /// The agent session of the calling process when it runs on this host (local
         /// mode: from the kernel's session map; 0 for none).
         session: Option<u64>,
+        /// Groups the sign-in established (the OpenID provider's groups claim).
+        groups: Vec<String>,
     },
 }
 
@@ -46,6 +48,11 @@ pub enum Principal {
 /// Extensions never come from the network.
 #[derive(Clone, Debug)]
 pub struct WebPrincipal(pub String);
+
+/// Set with a [`WebPrincipal`] by a channel that authenticated the approver's groups too
+/// (the web page: the OpenID provider's groups claim), for rules' `group:<name>`.
+#[derive(Clone, Debug)]
+pub struct WebGroups(pub Vec<String>);
 
 /// Set with a [`WebPrincipal`] when the process that sent the browser's request runs on
 /// this host: its agent session (0 for none), from the kernel's session map.
@@ -78,6 +85,9 @@ pub struct ApproverId {
     /// A certificate or token the configuration lists in `workstation_approvers`: it
     /// decides without a host's attestation.
     pub workstation: bool,
+    /// Groups the channel authenticated with the identity (a web sign-in's groups claim);
+    /// configured and system groups are added by `approver::quorum`.
+    pub groups: Vec<String>,
 }
 
 /// Turns transport facts into [`Principal`]s.
@@ -129,6 +139,11 @@ impl Authenticator {
             return Ok(Principal::Web {
                 name: name.clone(),
                 session: req.extensions().get::<WebCallerSession>().map(|s| s.0),
+                groups: req
+                    .extensions()
+                    .get::<WebGroups>()
+                    .map(|g| g.0.clone())
+                    .unwrap_or_default(),
             });
         }
         let token = self.token(req)?;
@@ -247,14 +262,20 @@ impl Authenticator {
                 local: None,
                 unix: false,
                 workstation: self.workstation.contains(name),
+                groups: Vec::new(),
             }),
             // A person at a browser: like a workstation credential, and when the browser's
             // connection comes from a process of this host, held to that process's session.
-            Principal::Web { name, session } => Ok(ApproverId {
+            Principal::Web {
+                name,
+                session,
+                groups,
+            } => Ok(ApproverId {
                 name: name.clone(),
                 local: session.map(|s| (self.local_host(), s)),
                 unix: false,
                 workstation: true,
+                groups: groups.clone(),
             }),
             Principal::Unix(u) if !u.admin => Err(Status::permission_denied(format!(
                 "{call} needs root or membership in the approvers' admin group (uid {} is neither)",
@@ -265,6 +286,7 @@ impl Authenticator {
                 local: u.session.map(|s| (self.local_host(), s)),
                 unix: true,
                 workstation: false,
+                groups: Vec::new(),
             }),
         }
     }

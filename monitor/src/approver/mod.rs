@@ -158,7 +158,7 @@ impl Server {
             default_lifetime_ms: ms(cfg.default_lifetime_secs),
         };
         let shared = Shared::new(store, auth, audit, limits)?;
-        shared.set_groups(quorum::Groups::from_config(&cfg));
+        shared.set_people(quorum::People::from_config(&cfg));
         outbox::sender::start(&shared, &cfg.notify, router, teams_links(&cfg)?)
             .map_err(|e| ApproverError::Config(format!("notify: {e}")))?;
         let (stop, _) = watch::channel(false);

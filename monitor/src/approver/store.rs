@@ -100,6 +100,35 @@ pub struct ApprovalRec {
     pub unix_ms: i64,
     #[serde(default)]
     pub note: String,
+    /// The person behind `by` (`approver::quorum`): a person counts once toward a quorum,
+    /// whichever channel they approve through. Empty in records made before persons:
+    /// `by` is the person then.
+    #[serde(default)]
+    pub person: String,
+    /// What this approver approved: the grant made when the quorum completes is the
+    /// intersection of every approval's terms.
+    #[serde(default)]
+    pub terms: Option<ApprovalTerms>,
+}
+
+impl ApprovalRec {
+    /// Who counts: the person, or the identity for records without one.
+    pub fn counted_as(&self) -> &str {
+        if self.person.is_empty() {
+            &self.by
+        } else {
+            &self.person
+        }
+    }
+}
+
+/// The grant one approver asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalTerms {
+    pub ttl_ms: i64,
+    pub scope: Scope,
+    pub path_glob: String,
+    pub operations: Vec<String>,
 }
 
 /// State of a request.
@@ -609,9 +638,10 @@ impl ApprovalStore {
         Ok(done)
     }
 
-    /// Records `approval` on pending request `id` (one per identity), durably. Returns
-    /// the request as recorded now, or why not: not found, no longer pending, or (`Ok`
-    /// with `false`) this identity had approved already.
+    /// Records `approval` on pending request `id` (one per person: the same person
+    /// through another channel counts once), durably. Returns the request as recorded
+    /// now, or why not: not found, no longer pending, or (`Ok` with `false`) this person
+    /// or identity had approved already.
     pub fn add_approval(
         &self,
         id: u64,
@@ -624,7 +654,11 @@ impl ApprovalStore {
             if req.state != State::Pending {
                 return Ok(Err(Refusal::NotPending(req.state)));
             }
-            if req.approvals.iter().any(|a| a.by == approval.by) {
+            if req
+                .approvals
+                .iter()
+                .any(|a| a.by == approval.by || a.counted_as() == approval.counted_as())
+            {
                 return Ok(Ok((req, false)));
             }
             req.approvals.push(approval);
@@ -841,6 +875,8 @@ mod tests {
             by: by.into(),
             unix_ms: 5,
             note: String::new(),
+            person: String::new(),
+            terms: None,
         };
         let (rec, added) = s.add_approval(r.id, a("token:alice")).unwrap().unwrap();
         assert!(added);
@@ -848,9 +884,22 @@ mod tests {
         let (rec, added) = s.add_approval(r.id, a("token:alice")).unwrap().unwrap();
         assert!(!added);
         assert_eq!(rec.approvals.len(), 1);
+        // The same person through another channel counts once.
+        let as_alice = |by: &str| ApprovalRec {
+            person: "alice".into(),
+            ..a(by)
+        };
+        let (rec, added) = s
+            .add_approval(r.id, as_alice("oidc:a1b2"))
+            .unwrap()
+            .unwrap();
+        assert!(added, "the first approval with a person");
+        let (rec2, added) = s.add_approval(r.id, as_alice("slack:U1")).unwrap().unwrap();
+        assert!(!added);
+        assert_eq!(rec2, rec);
         let (rec, _) = s.add_approval(r.id, a("token:bob")).unwrap().unwrap();
         assert_eq!(s.request(r.id).unwrap().unwrap(), rec);
-        assert_eq!(rec.approvals.len(), 2);
+        assert_eq!(rec.approvals.len(), 3);
         let how = Resolution::Deny {
             by: "token:carol".into(),
             note: String::new(),

@@ -107,9 +107,18 @@ pub enum ApprovalsCommand {
         #[arg(long, conflicts_with = "session_set")]
         suggested: bool,
         /// Approve every pending request of this request's session with one glob covering
-        /// them all and the session's earlier requests (session scope).
+        /// them all and the session's earlier requests (session scope). Needs the glob you
+        /// reviewed (`--expect-glob`) or the ids you reviewed (`--ids`).
         #[arg(long)]
         session_set: bool,
+        /// With `--suggested` or `--session-set`: the glob you reviewed (`approvals list` /
+        /// `show`); refused when the suggestion is now a different one.
+        #[arg(long, value_name = "GLOB")]
+        expect_glob: Option<String>,
+        /// With `--session-set`: approve only these requests of the set (comma-separated
+        /// ids, as reviewed); refused when one is not in the set.
+        #[arg(long, value_delimiter = ',', value_name = "ID,...")]
+        ids: Vec<u64>,
         /// This machine runs no confgate daemon (a workstation): send no attestation. The
         /// service accepts the decision only from a credential it lists in
         /// `workstation_approvers`.
@@ -224,21 +233,40 @@ pub fn run(
                 glob,
                 suggested,
                 session_set,
+                expect_glob,
+                ids: reviewed,
                 no_daemon,
                 json,
             } => {
                 let mut c = service(&client_cfg).await?;
-                let (ids, glob, scope) = if *session_set {
-                    let (ids, g) = super::approvals_set::session_set(&mut c, *id).await?;
-                    (ids, Some(g), Some(ScopeArg::Session))
-                } else if *suggested {
-                    let g = super::approvals_set::suggested_glob(&mut c, *id).await?;
-                    (vec![*id], Some(g), Some(ScopeArg::Session))
-                } else {
-                    (vec![*id], glob.clone(), *scope)
+                let reviewed = super::approvals_set::Reviewed {
+                    glob: expect_glob.as_deref(),
+                    ids: reviewed,
                 };
-                // A burst's grant covers what an installer does in the directory.
-                let every_op = *session_set || *suggested;
+                let (ids, glob, scope, ops) = if *session_set {
+                    let set = super::approvals_set::session_set(&mut c, *id, &reviewed).await?;
+                    (
+                        set.ids,
+                        Some(set.glob),
+                        Some(ScopeArg::Session),
+                        set.operations,
+                    )
+                } else if *suggested {
+                    let set = super::approvals_set::suggested(&mut c, *id, &reviewed).await?;
+                    (
+                        set.ids,
+                        Some(set.glob),
+                        Some(ScopeArg::Session),
+                        set.operations,
+                    )
+                } else {
+                    if expect_glob.is_some() || !reviewed.ids.is_empty() {
+                        anyhow::bail!(
+                            "--expect-glob and --ids go with --suggested or --session-set"
+                        );
+                    }
+                    (vec![*id], glob.clone(), *scope, Vec::new())
+                };
                 for id in ids {
                     let attestation = local_attestation(socket, id, true, *no_daemon).await?;
                     let mut req = decide_request(
@@ -250,12 +278,8 @@ pub fn run(
                         glob.as_deref(),
                         attestation.as_ref(),
                     )?;
-                    if every_op {
-                        req.operations = crate::approver::wire::OPERATIONS
-                            .iter()
-                            .map(|o| (*o).to_owned())
-                            .collect();
-                    }
+                    // A burst's grant: the operations its requests asked for.
+                    req.operations = ops.clone();
                     decide(&mut c, req, *json, now_ms(), &mut out).await?;
                 }
                 Ok(())

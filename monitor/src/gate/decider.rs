@@ -368,6 +368,7 @@ impl Decider for GateDecider {
                 let granted = st
                     .grants()
                     .find(
+                        &m.rule.name,
                         ev.session,
                         q.session.map_or("", |s| s.agent),
                         &ev.path,

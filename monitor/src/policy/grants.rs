@@ -272,11 +272,13 @@ impl GrantSet {
         self.grants.remove(&id)
     }
 
-    /// A live grant covering the open: same session (session scope) or agent (agent scope),
-    /// path matching its glob, every operation of `ops` covered, not expired at `now`.
-    /// Allocation-free.
+    /// A live grant covering the open under `rule`: granted for that rule (a grant
+    /// approved under a lenient rule never covers a path a stricter rule asks for), same
+    /// session (session scope) or agent (agent scope), path matching its glob, every
+    /// operation of `ops` covered, not expired at `now`. Allocation-free.
     pub fn find(
         &self,
+        rule: &str,
         session_id: u64,
         agent: &str,
         path: &[u8],
@@ -285,7 +287,7 @@ impl GrantSet {
     ) -> Option<&Grant> {
         self.grants
             .values()
-            .find(|g| g.covers(session_id, agent, path, ops, now))
+            .find(|g| g.rule == rule && g.covers(session_id, agent, path, ops, now))
     }
 
     /// Removes and returns every grant expired at `now` (expiry `<= now`), by id.
@@ -470,42 +472,74 @@ mod tests {
         let now = t(1_000);
         let w = OpSet::WRITE;
         let path = b"/etc/nginx/sites/default";
-        assert_eq!(set.find(7, "codex", path, w, now).map(|g| g.id), Some(1));
         assert_eq!(
-            set.find(7, "codex", path, w | OpSet::TRUNCATE, now)
+            set.find("system-config", 7, "codex", path, w, now)
+                .map(|g| g.id),
+            Some(1)
+        );
+        assert_eq!(
+            set.find("system-config", 7, "codex", path, w | OpSet::TRUNCATE, now)
                 .map(|g| g.id),
             Some(1)
         );
         // Another session of the same agent: session scope does not cover it.
-        assert!(set.find(8, "codex", path, w, now).is_none());
+        assert!(
+            set.find("system-config", 8, "codex", path, w, now)
+                .is_none()
+        );
         // An operation the grant does not cover.
-        assert!(set.find(7, "codex", path, w | OpSet::CREATE, now).is_none());
+        assert!(
+            set.find("system-config", 7, "codex", path, w | OpSet::CREATE, now)
+                .is_none()
+        );
         // Outside the glob (and `*`-free prefix trick).
-        assert!(set.find(7, "codex", b"/etc/nginx2/x", w, now).is_none());
-        assert!(set.find(7, "codex", b"/etc/passwd", w, now).is_none());
+        assert!(
+            set.find("system-config", 7, "codex", b"/etc/nginx2/x", w, now)
+                .is_none()
+        );
+        assert!(
+            set.find("system-config", 7, "codex", b"/etc/passwd", w, now)
+                .is_none()
+        );
         // Non-UTF-8 path under the glob.
         assert!(
-            set.find(7, "codex", b"/etc/nginx/\xff\xfe", w, now)
+            set.find("system-config", 7, "codex", b"/etc/nginx/\xff\xfe", w, now)
                 .is_some()
         );
         // Expired: exactly at expiry it is no longer live.
-        assert!(set.find(7, "codex", path, w, t(2_000)).is_none());
+        assert!(
+            set.find("system-config", 7, "codex", path, w, t(2_000))
+                .is_none()
+        );
 
         let mut p = proto(2);
         p.scope = v1::GrantScope::Agent as i32;
         p.path_glob = "/etc/hosts".into();
         set.insert(Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap());
         assert_eq!(
-            set.find(99, "codex", b"/etc/hosts", w, now).map(|g| g.id),
+            set.find("r", 99, "codex", b"/etc/hosts", w, now)
+                .map(|g| g.id),
             Some(2)
         );
-        assert!(set.find(99, "claude-code", b"/etc/hosts", w, now).is_none());
+        assert!(
+            set.find("r", 99, "claude-code", b"/etc/hosts", w, now)
+                .is_none()
+        );
+        // A grant covers only under the rule it was granted for.
+        assert!(
+            set.find("stricter", 99, "codex", b"/etc/hosts", w, now)
+                .is_none()
+        );
         // `*` in a grant glob stays in one component.
         let mut p = proto(3);
         p.path_glob = "/srv/*.env".into();
         set.insert(Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap());
-        assert!(set.find(7, "x", b"/srv/a.env", w, now).is_some());
-        assert!(set.find(7, "x", b"/srv/a/b.env", w, now).is_none());
+        assert!(set.find("r", 7, "x", b"/srv/a.env", w, now).is_some());
+        assert!(set.find("r", 7, "x", b"/srv/a/b.env", w, now).is_none());
+        assert!(
+            set.find("system-config", 7, "x", b"/srv/a.env", w, now)
+                .is_none()
+        );
     }
 
     #[test]
@@ -535,7 +569,7 @@ mod tests {
         let mut p = proto(10);
         p.path_glob = exact_glob(&encoded);
         set.insert(Grant::from_proto(&p, "r", OnExpiry::Flag).unwrap());
-        assert!(set.find(7, "x", raw, w, now).is_some());
+        assert!(set.find("r", 7, "x", raw, w, now).is_some());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The session-scoped glob suggestion of a new request: from the paths its session has
 //! asked for so far on its host (the newest requests, see `approver::burst`).
 use super::*;
-use crate::approver::burst::{MAX_SUGGESTION_PATHS, suggest};
+use crate::approver::burst::{MAX_SUGGESTION_PATHS, suggest_for};
 use crate::approver::store::NewRequest;
 
 /// Newest requests looked through for the session's earlier paths.
@@ -28,9 +28,9 @@ pub(super) fn with_suggestion(
             paths.push(r.context.path);
         }
     }
-    if let Some(glob) = suggest(paths.iter().map(String::as_str)) {
+    if let Some((glob, from)) = suggest_for(&paths[0], paths[1..].iter().map(String::as_str)) {
         new.suggested_glob = glob;
-        new.suggested_from = paths;
+        new.suggested_from = from;
     }
     Ok(new)
 }

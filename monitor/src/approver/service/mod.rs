@@ -173,8 +173,9 @@ pub struct Shared {
     sweep: Notify,
     /// Becomes true when the service stops; streams end then.
     stopping: watch::Sender<bool>,
-    /// Groups of approver identities, for rules' `approvers` (see `approver::quorum`).
-    groups: std::sync::OnceLock<super::quorum::Groups>,
+    /// Persons and groups of approver identities, for rules' quorums (see
+    /// `approver::quorum`).
+    people: std::sync::OnceLock<Arc<super::quorum::People>>,
     /// The notification sinks (Slack's interactive endpoint verifies with their secrets).
     sinks: std::sync::OnceLock<Arc<crate::approver::sinks::Sinks>>,
 }
@@ -204,14 +205,15 @@ impl Shared {
             pending: Mutex::new(pending),
             sweep: Notify::new(),
             stopping: watch::Sender::new(false),
-            groups: std::sync::OnceLock::new(),
+            people: std::sync::OnceLock::new(),
             sinks: std::sync::OnceLock::new(),
         }))
     }
 
-    /// Sets the groups of approver identities (once, at start; later calls are ignored).
-    pub fn set_groups(&self, groups: super::quorum::Groups) {
-        let _ = self.groups.set(groups);
+    /// Sets the persons and groups of approver identities (once, at start; later calls
+    /// are ignored).
+    pub fn set_people(&self, people: super::quorum::People) {
+        let _ = self.people.set(Arc::new(people));
     }
 
     /// Records `host`'s attestation key (see [`Deciders::set_host_key`]).

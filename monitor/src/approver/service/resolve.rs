@@ -4,15 +4,16 @@
 use super::*;
 
 impl Shared {
-    /// Whether `who` may decide `req` as `r` asks at `now`, how it resolves, and how the
-    /// decider was established (for the ledger): refusals are counted and logged here.
+    /// Whether `who` may decide `req` as `r` asks at `now`, how it resolves, how the
+    /// decider was established (for the ledger) and the person behind `who`: refusals
+    /// are counted and logged here.
     pub(super) fn check_decision(
         &self,
         who: &ApproverId,
         r: &pb::DecideRequest,
         req: &RequestRec,
         now: i64,
-    ) -> Result<(Resolution, serde_json::Value), Status> {
+    ) -> Result<(Resolution, serde_json::Value, Option<String>), Status> {
         let id = req.id;
         let decider = match self.deciders.check(who, r, req, now) {
             Ok(v) => v,
@@ -36,9 +37,12 @@ impl Shared {
         if req.state != State::Pending {
             return Err(not_pending(id, req.state));
         }
-        let groups = self.groups.get().map(|g| g.of(who)).unwrap_or_default();
+        let people = self.people.get().cloned().unwrap_or_default();
+        let person = people.person(who);
+        let groups = people.groups(who);
         if let Some(why) = super::super::quorum::refusal(
             who,
+            person.as_deref(),
             &groups,
             &req.context,
             &super::super::quorum::of(req),
@@ -67,7 +71,7 @@ impl Shared {
                 note: r.note.clone(),
             }
         };
-        Ok((how, decider))
+        Ok((how, decider, person))
     }
 
     /// A host reported that its daemon's crash let a held operation through: the request,

@@ -216,14 +216,21 @@ impl pb::approver_server::Approver for ApproverService {
                     return Ok(Err(Status::not_found(format!("no request {id}"))));
                 };
                 let now = now_ms();
-                let (how, decider) = match me.check_decision(&who, &r, &req, now) {
+                let (mut how, decider, person) = match me.check_decision(&who, &r, &req, now) {
                     Ok(v) => v,
                     Err(status) => return Ok(Err(status)),
                 };
-                if r.approve
-                    && let Some(step) = super::tally::approve(st, &who, &r, &req, now)?
-                {
-                    return Ok(step.map(|req| Err(Box::new((req, decider)))));
+                if let Resolution::Approve { grant, .. } = &mut how {
+                    use super::tally::Tally;
+                    match super::tally::approve(st, &who, person.as_deref(), &r, &req, grant, now)?
+                    {
+                        Tally::Alone => {}
+                        Tally::Recorded(req) => return Ok(Ok(Err(Box::new((req, decider))))),
+                        Tally::Refused(status) => return Ok(Err(status)),
+                        Tally::Complete(req) => {
+                            **grant = super::tally::combined((**grant).clone(), &req);
+                        }
+                    }
                 }
                 Ok(match st.resolve(id, how, now)? {
                     Ok(res) => Ok(Ok((res, decider))),

@@ -9,7 +9,7 @@
 //! client_id = "confgate"
 //! client_secret_file = "/etc/confgate/oidc-client-secret"
 //! scopes = ["openid", "profile", "email"]
-//! username_claim = "preferred_username"
+//! username_claim = "sub"        # or "email" (then only with email_verified = true)
 //! groups_claim = "groups"
 //! approvers = ["alice", "group:sre"]
 //! ```
@@ -55,7 +55,10 @@ pub struct OidcSection {
     /// PEM CA certificates that sign the issuer's TLS certificate. Default the system's.
     pub ca_file: Option<PathBuf>,
     pub scopes: Vec<String>,
-    /// Claim of the ID token that names the approver (`oidc:<value>`).
+    /// Claim of the ID token that names the approver (`oidc:<value>`). Default `sub`, the
+    /// provider's stable, unique subject; `email` is accepted only with `email_verified`
+    /// true. Not `preferred_username`: providers let people choose it, so it names nobody
+    /// for sure. Map the identity to its person with `[[person]]` for rules' quorums.
     pub username_claim: String,
     /// Claim of the ID token that lists the approver's groups.
     pub groups_claim: String,
@@ -71,7 +74,7 @@ impl Default for OidcSection {
             client_secret_file: None,
             ca_file: None,
             scopes: vec!["openid".into(), "profile".into(), "email".into()],
-            username_claim: "preferred_username".into(),
+            username_claim: "sub".into(),
             groups_claim: "groups".into(),
             approvers: Vec::new(),
         }

@@ -307,6 +307,14 @@ impl Oidc {
                 ))
             })?
             .to_owned();
+        // An address the provider has not verified can be anyone's.
+        if self.cfg.username_claim == "email"
+            && claims.get("email_verified").and_then(Value::as_bool) != Some(true)
+        {
+            return Err(OidcError::Token(
+                "the email claim names the approver but email_verified is not true".into(),
+            ));
+        }
         let groups = match claims.get(&self.cfg.groups_claim) {
             Some(Value::Array(a)) => a
                 .iter()
@@ -552,7 +560,7 @@ mod tests {
 
     fn claims() -> Value {
         json!({"iss": "https://idp.test", "aud": "confgate", "exp": NOW / 1000 + 300,
-            "iat": NOW / 1000, "nonce": "n1", "preferred_username": "alice",
+            "iat": NOW / 1000, "nonce": "n1", "sub": "alice", "preferred_username": "root",
             "groups": ["sre"]})
     }
 
@@ -580,10 +588,7 @@ mod tests {
         let (jwk, kp) = ed_key("k1");
         let keys = vec![jwk];
         let good = ed_jwt(&kp, "k1", &claims());
-        assert_eq!(
-            verify_jwt(&keys, &good).unwrap()["preferred_username"],
-            "alice"
-        );
+        assert_eq!(verify_jwt(&keys, &good).unwrap()["sub"], "alice");
         // Claims changed after signing.
         let parts: Vec<&str> = good.split('.').collect();
         let mut c = claims();
@@ -664,10 +669,36 @@ mod tests {
         let mut c = claims();
         c["groups"] = json!(["dev"]);
         assert!(matches!(o.signed_in(&c), Err(OidcError::Refused(_))));
-        c["preferred_username"] = json!("bob");
+        c["sub"] = json!("bob");
         assert_eq!(o.signed_in(&c).unwrap().user, "bob");
-        c["preferred_username"] = json!("bo\nb");
+        c["sub"] = json!("bo\nb");
         assert!(o.signed_in(&c).is_err());
+    }
+
+    #[test]
+    fn the_approver_is_the_subject_or_a_verified_email_never_a_chosen_name() {
+        let o = oidc();
+        let mut c = claims();
+        c["groups"] = json!(["sre"]);
+        // Default claim: `sub`, not the self-chosen preferred_username ("root").
+        assert_eq!(o.signed_in(&c).unwrap().user, "alice");
+        let by_email = Oidc::new(
+            &OidcSection {
+                issuer: "https://idp.test".into(),
+                client_id: "confgate".into(),
+                username_claim: "email".into(),
+                approvers: vec!["group:sre".into()],
+                ..OidcSection::default()
+            },
+            "https://approver.test",
+        )
+        .unwrap();
+        c["email"] = json!("alice@corp.test");
+        assert!(by_email.signed_in(&c).is_err(), "unverified email");
+        c["email_verified"] = json!(false);
+        assert!(by_email.signed_in(&c).is_err());
+        c["email_verified"] = json!(true);
+        assert_eq!(by_email.signed_in(&c).unwrap().user, "alice@corp.test");
     }
 
     #[test]

@@ -380,6 +380,7 @@ pub(super) async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, Str
 async fn run_decision(
     web: &Web,
     who: &str,
+    groups: &[String],
     session: Option<u64>,
     id: u64,
     form: &HashMap<String, String>,
@@ -389,7 +390,13 @@ async fn run_decision(
         Err(m) => return refuse(StatusCode::BAD_REQUEST, &m),
     };
     match svc(web)
-        .decide(Web::as_approver_in(who, session, req))
+        .decide({
+            // The sign-in's groups count for rules' `group:<name>` approvers.
+            let mut req = Web::as_approver_in(who, session, req);
+            req.extensions_mut()
+                .insert(crate::approver::identity::WebGroups(groups.to_vec()));
+            req
+        })
         .await
     {
         Ok(_) => Redirect::to(&format!("/web/requests/{id}")).into_response(),
@@ -415,7 +422,7 @@ async fn decide(
         Ok(v) => v,
         Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
     };
-    run_decision(&web, &s.name, session, id, &form).await
+    run_decision(&web, &s.name, &s.groups, session, id, &form).await
 }
 
 async fn grants(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {

@@ -128,12 +128,13 @@ fn session_sets(sorted: &[&pb::ApprovalRequest], order: &[(&str, u64)]) -> Strin
             continue;
         }
         s.push_str(&format!(
-            "session {} on {}: {} pending, suggested glob {} (approve the set: confgate approvals approve --session-set {})\n",
+            "session {} on {}: {} pending, suggested glob {} (approve the set: confgate approvals approve --session-set {} --expect-glob {})\n",
             key.1,
             dash(key.0),
             pending.len(),
             term(&newest.suggested_glob),
-            newest.id
+            newest.id,
+            shell_quoted(&term(&newest.suggested_glob))
         ));
     }
     s
@@ -207,10 +208,11 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
         field(
             "suggested",
             format!(
-                "{} (session scope; approve --suggested {}, or --session-set {} for all its pending requests)",
+                "{} (session scope; approve --suggested {}, or --session-set {} --expect-glob {} for all its pending requests)",
                 term(&r.suggested_glob),
                 r.id,
-                r.id
+                r.id,
+                shell_quoted(&term(&r.suggested_glob))
             ),
         );
         for (i, p) in r.suggested_from.iter().enumerate() {
@@ -369,6 +371,11 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
         "suggested_glob": r.suggested_glob,
         "suggested_from": r.suggested_from,
     })
+}
+
+/// `s` in single quotes for a shell (`/etc/nginx/**` must not expand).
+fn shell_quoted(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]

@@ -83,11 +83,14 @@ impl Engine {
     /// An `ask`: a live grant lets the open through; a hold files its request now.
     pub(super) fn ask(&self, a: Asked<'_>, rule: Arc<Rule>) -> Next {
         let ev = a.ev;
-        if let Some(g) =
-            self.state
-                .grants()
-                .find(ev.session, a.agent, &ev.path, a.ops, SystemTime::now())
-        {
+        if let Some(g) = self.state.grants().find(
+            &rule.name,
+            ev.session,
+            a.agent,
+            &ev.path,
+            a.ops,
+            SystemTime::now(),
+        ) {
             return Next::Granted(g.id);
         }
         if rule.mode == Mode::DenyAndRequest {

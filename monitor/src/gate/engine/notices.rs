@@ -140,7 +140,7 @@ impl Engine {
             if self
                 .state
                 .grants()
-                .find(session, agent, &to, ops, now)
+                .find(&m.rule.name, session, agent, &to, ops, now)
                 .is_some()
             {
                 return;
