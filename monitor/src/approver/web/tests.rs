@@ -30,6 +30,7 @@ async fn harness() -> Harness {
         oidc: None,
         sessions: Mutex::new(HashMap::new()),
         session_ttl_ms: 3_600_000,
+        streams: Arc::default(),
     });
     Harness {
         _dir: dir,
@@ -304,6 +305,7 @@ async fn action_links_decide_only_for_their_signed_in_approver_once() {
         ),
         sessions: Mutex::new(HashMap::new()),
         session_ttl_ms: 3_600_000,
+        streams: Arc::default(),
     });
     let res = super::link_pages::link_page(
         axum::extract::State(with_oidc),
@@ -457,6 +459,65 @@ fn sign_in_returns_only_to_pages_of_this_site() {
     ] {
         assert_eq!(local_next(bad), None, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn a_session_holds_a_bounded_number_of_event_streams() {
+    let h = harness().await;
+    let (cookie, _) = h.sign_in("oidc:alice");
+    let open = || async {
+        h.router()
+            .oneshot(
+                Request::get("/web/events")
+                    .header(header::COOKIE, &cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..super::MAX_STREAMS_PER_SESSION {
+        let r = open().await;
+        assert_eq!(r.status(), StatusCode::OK);
+        streams.push(r);
+    }
+    assert_eq!(open().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another session has its own.
+    let (bob, _) = h.sign_in("oidc:bob");
+    let r = h
+        .router()
+        .oneshot(
+            Request::get("/web/events")
+                .header(header::COOKIE, &bob)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A closed stream gives its slot back.
+    streams.pop();
+    assert_eq!(open().await.status(), StatusCode::OK);
+    drop(streams);
+    h.server.stop().await.unwrap();
+}
+
+#[test]
+fn the_ledger_search_keeps_only_the_newest_matches() {
+    let mut n = pages::Newest::new(3);
+    for i in 0..10_000 {
+        n.push(i);
+        assert!(n.kept.len() <= 3);
+    }
+    assert_eq!(n.seen, 10_000);
+    assert_eq!(
+        n.kept.iter().copied().collect::<Vec<_>>(),
+        [9997, 9998, 9999]
+    );
+    let mut none = pages::Newest::new(0);
+    none.push(1);
+    assert!(none.kept.is_empty() && none.seen == 1);
 }
 
 #[test]
