@@ -311,7 +311,11 @@ exit $r
         .output()
         .expect("confgate run");
     let text = output_text(&out);
-    assert!(out.status.success(), "{text}\n--- daemon log ---\n{}", d.log());
+    assert!(
+        out.status.success(),
+        "{text}\n--- daemon log ---\n{}",
+        d.log()
+    );
     // Outside the session they are as written.
     assert_eq!(
         std::fs::read_to_string(secrets.join("oidc-secret")).unwrap(),

@@ -156,7 +156,8 @@ pub(crate) async fn serve(
             }
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(peer = %peer, max = limits.max_connections, "approval HTTP: too many connections, one refused");
+            // Not a warning each: under a flood that would flood the log too.
+            tracing::debug!(peer = %peer, max = limits.max_connections, "approval HTTP: too many connections, one refused");
             drop(tcp);
             continue;
         };
