@@ -214,4 +214,53 @@ fn a_person_signs_in_sees_a_held_write_live_and_approves_it_in_a_browser() {
     let _ = hostile.kill();
     let _ = hostile.wait();
     drop(b);
+
+    // An action link (as a Teams card carries one per approver) decides nothing by
+    // itself: without a session it only redirects to sign-in; a fresh browser signs in as
+    // the link's approver, comes back to the link's page and decides there.
+    let child = g.spawn_in_session("demo", "printf 'linked\\n' > gated/linked.conf");
+    let id = g.wait_request(&g.gated("linked.conf"))["id"]
+        .as_u64()
+        .unwrap();
+    let key = monitor::approver::web::links::LinkKey::load_or_create(
+        &logs.join("approver-state/web-link.key"),
+    )
+    .unwrap();
+    let now = monitor::os::clock::now_ms();
+    let url = key.url(&base, id, "alice", now + 600_000, now).unwrap();
+    let path = url.strip_prefix(&base).unwrap();
+    let r = http("GET", &web_addr, path, &[], b"");
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert!(
+        r.header("location")
+            .is_some_and(|l| l.starts_with("/web/login?next=%2Fweb%2Flink%2F")),
+        "{:?}",
+        r.header("location")
+    );
+    assert!(!r.text().contains("linked.conf"));
+    let r = http(
+        "POST",
+        &web_addr,
+        path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"decision=approve",
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let b = Browser::start(&logs.join("chromedriver-link.log"));
+    b.goto(&url);
+    b.type_into("#username", "alice");
+    b.click("#idp-submit");
+    b.wait_for("#approve-form", Duration::from_secs(30));
+    assert!(b.url().contains("/web/link/"), "{}", b.url());
+    assert!(b.source().contains("linked.conf"), "{}", b.source());
+    b.click("#approve");
+    let out = wait_child(child, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", output_text(&out));
+    let all = g.cli(&["approvals", "list", "--all", "--json"]);
+    let decided = parse_json_list(&all.stdout)
+        .into_iter()
+        .find(|r| r["id"].as_u64() == Some(id))
+        .expect("the linked request");
+    assert!(decided.to_string().contains("oidc:alice"), "{decided}");
+    drop(b);
 }

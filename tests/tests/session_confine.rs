@@ -250,3 +250,75 @@ impl Drop for Cleanup {
         let _ = Command::new("userdel").arg(&self.0).status();
     }
 }
+
+/// In local mode, the secret files the approval service's settings name (and the action
+/// link key it generates beside its store) cannot be read from a confined session: with
+/// them an agent could sign chat callbacks or action links.
+#[test]
+fn confined_session_cannot_read_the_approval_services_secrets() {
+    const NAME: &str = "confined_session_cannot_read_the_approval_services_secrets";
+    if !require_root(NAME) {
+        return;
+    }
+    let d = e2e::Daemon::start_with(e2e::DaemonOptions {
+        toml_for_dir: Some(Box::new(|root| {
+            let watched = root.join("watched");
+            std::fs::create_dir_all(watched.join("gated")).unwrap();
+            let secrets = root.join("secrets");
+            std::fs::create_dir_all(&secrets).unwrap();
+            std::fs::write(secrets.join("oidc-secret"), "oidc-secret-value\n").unwrap();
+            std::fs::write(secrets.join("link.key"), [7u8; 32]).unwrap();
+            let approver = root.join("approver.toml");
+            let sock = root.join("approver.sock");
+            std::fs::write(
+                &approver,
+                format!(
+                    "listen = [\"unix:{sock}\"]\nallow_plaintext = true\n\
+                     store = \"{state}/approver.redb\"\nledger = \"{state}/ledger.jsonl\"\n\
+                     [http]\nlisten = \"http://127.0.0.1:0\"\n\
+                     [web]\nlink_key_file = \"{secrets}/link.key\"\n\
+                     [web.oidc]\nissuer = \"https://idp.example\"\nclient_id = \"confgate\"\n\
+                     client_secret_file = \"{secrets}/oidc-secret\"\napprovers = [\"alice\"]\n",
+                    sock = sock.display(),
+                    state = root.join("approver-state").display(),
+                    secrets = secrets.display(),
+                ),
+            )
+            .unwrap();
+            format!(
+                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nlocal_config = \"{}\"\n\n[gate]\n\
+                 [[gate.rule]]\nname = \"no-gated\"\npaths = [\"{}/gated/**\"]\nverdict = \"deny\"\n",
+                sock.display(),
+                approver.display(),
+                watched.display(),
+            )
+        })),
+        ..e2e::DaemonOptions::default()
+    });
+    let secrets = d.dir.path().join("secrets");
+    let script = format!(
+        r#"r=0
+for f in {s}/oidc-secret {s}/link.key; do
+  if cat "$f" 2>/dev/null | grep -q .; then echo "UNEXPECTED: read $f"; r=1; fi
+  if echo x 2>/dev/null > "$f"; then echo "UNEXPECTED: wrote $f"; r=1; fi
+done
+exit $r
+"#,
+        s = secrets.display()
+    );
+    let out = d
+        .confined_session_command("confined", Some("e2e"), &script)
+        .output()
+        .expect("confgate run");
+    let text = output_text(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n--- daemon log ---\n{}",
+        d.log()
+    );
+    // Outside the session they are as written.
+    assert_eq!(
+        std::fs::read_to_string(secrets.join("oidc-secret")).unwrap(),
+        "oidc-secret-value\n"
+    );
+}

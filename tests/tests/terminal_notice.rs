@@ -83,7 +83,7 @@ fn a_held_write_is_announced_on_the_sessions_terminal() {
         line.contains(&format!("confgate approvals approve {id}")),
         "{line}"
     );
-    assert!(line.contains(&format!("{URL}/requests/{id}")), "{line}");
+    assert!(line.contains(&format!("{URL}/web/requests/{id}")), "{line}");
     ok(&g.cli(&["approvals", "approve", &id, "--ttl", "1m"]));
     drop(child.stdin.take());
     let o = wait_child(child, Duration::from_secs(20));

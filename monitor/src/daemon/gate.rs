@@ -15,6 +15,7 @@ use crate::approver::{self, SessionOracle, config::ServiceConfig};
 use crate::config::{ApprovalMode, Config};
 use crate::event::{Event, Kind};
 use crate::gate::session::Supervisors;
+use crate::gate::terminal::SessionLookup;
 use crate::gate::{
     Engine, EngineInputs, EngineParts, EngineSettings, GateMetrics, IntentSource, Notice,
 };
@@ -81,6 +82,15 @@ fn local_service_config(cfg: &Config) -> anyhow::Result<ServiceConfig> {
     Ok(sc)
 }
 
+/// The base URL of the terminal notice's link: `gate.approvals_url`, else in local mode
+/// (`local`: the in-process service's settings) the service's `[http]` public URL.
+fn notice_url(cfg: &Config, local: Option<&ServiceConfig>) -> Option<String> {
+    cfg.gate
+        .approvals_url
+        .clone()
+        .or_else(|| local.and_then(|sc| sc.http.base_url()))
+}
+
 /// The gate's part in confined sessions: their supervisors, and the sessions whose
 /// listeners the service manager passed back (their holds resume).
 pub struct ConfinedSessions {
@@ -109,9 +119,11 @@ impl GateRuntime {
         let ledger_path = ledger::default_path(&cfg.daemon.state_dir);
         let ledger = SharedLedger::open(&ledger_path)
             .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+        let mut approvals_url = cfg.gate.approvals_url.clone();
         let approver = match cfg.approval.mode {
             ApprovalMode::Local => {
                 let sc = local_service_config(cfg)?;
+                approvals_url = notice_url(cfg, Some(&sc));
                 let server = approver::Server::start(sc, Some(oracle))
                     .await
                     .context("starting the local approval service")?;
@@ -139,11 +151,20 @@ impl GateRuntime {
             uplink: uplink.clone(),
             resuming,
         };
+        let intent = {
+            let k = kernel.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::new(IntentSource::from_kernel(&k).context("gate maps")?)
+        };
+        let session_of = {
+            let intent = Arc::clone(&intent);
+            SessionLookup(Arc::new(move |pid| intent.session_of_tid(pid)))
+        };
         let settings = EngineSettings {
             host,
             quarantine_dir: cfg.daemon.state_dir.join("quarantine"),
             terminal_notice: cfg.gate.terminal_notice,
-            approvals_url: cfg.gate.approvals_url.clone(),
+            approvals_url,
+            session_of: Some(session_of),
         };
         let inputs = EngineInputs {
             held: held_rx,
@@ -151,11 +172,6 @@ impl GateRuntime {
             notices: notice_rx,
         };
         let handles = Engine::start(parts, settings, inputs).context("starting the gate engine")?;
-
-        let intent = {
-            let k = kernel.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::new(IntentSource::from_kernel(&k).context("gate maps")?)
-        };
         // Confined sessions' supervisors decide with the same decider and hand held
         // operations to the same engine queue as the fanotify listener.
         supervisors.wire(
@@ -339,5 +355,30 @@ impl GateRuntime {
         {
             warn!(error = %e, "stopping the local approval service");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notice_links_to_the_local_services_page_unless_configured() {
+        let mut cfg = Config::default();
+        let mut sc = ServiceConfig::default();
+        assert_eq!(notice_url(&cfg, Some(&sc)), None);
+        sc.http.listen = Some("https://0.0.0.0:8443".into());
+        sc.http.public_url = Some("https://approve.example:8443/".into());
+        assert_eq!(
+            notice_url(&cfg, Some(&sc)).as_deref(),
+            Some("https://approve.example:8443")
+        );
+        // Remote mode: no local service to link to.
+        assert_eq!(notice_url(&cfg, None), None);
+        cfg.gate.approvals_url = Some("https://elsewhere.example".into());
+        assert_eq!(
+            notice_url(&cfg, Some(&sc)).as_deref(),
+            Some("https://elsewhere.example")
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! schema.
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::{ApprovalMode, Config, DEFAULT_CONFIG_PATH};
 use crate::policy::ProtectedPaths;
 use crate::policy::builtin::CONFIG_DIR;
 
@@ -30,6 +30,82 @@ fn client_files(config: &Config) -> impl Iterator<Item = &PathBuf> {
     .flatten()
 }
 
+/// Keys of `approver.toml` whose values name secret files, in any section: `[notify]`
+/// sinks' `secret_file`, `bot_token_file`, `signing_secret_file`, `url_file`, `[web]
+/// link_key_file`, `[web.oidc] client_secret_file`.
+const SECRET_KEYS: &[&str] = &[
+    "secret_file",
+    "bot_token_file",
+    "signing_secret_file",
+    "url_file",
+    "link_key_file",
+    "client_secret_file",
+];
+
+/// The secret files of the in-process approval service (local mode with
+/// `approval.local_config`): every file its settings name under a [`SECRET_KEYS`] key, its
+/// TLS key, and the action link key it generates beside its store (unless `[web]
+/// link_key_file` names one). A session that read one could sign chat callbacks or action
+/// links. Without `local_config` the service keeps everything under the state directory,
+/// protected as a whole. The file is read as plain TOML (whatever sections it has), so
+/// sections this build does not know still have their secrets covered.
+fn approver_secret_files(config: &Config) -> Vec<PathBuf> {
+    let Some(file) = &config.approval.local_config else {
+        return Vec::new();
+    };
+    if config.approval.mode != ApprovalMode::Local {
+        return Vec::new();
+    }
+    let Some(table) = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    collect_secret_files(&toml::Value::Table(table.clone()), &mut out);
+    let str_at = |path: &[&str]| -> Option<PathBuf> {
+        let mut v = table.get(*path.first()?)?;
+        for k in path.get(1..)? {
+            v = v.get(k)?;
+        }
+        v.as_str().map(PathBuf::from)
+    };
+    if let Some(key) = str_at(&["tls", "key"]) {
+        out.push(key);
+    }
+    if str_at(&["web", "link_key_file"]).is_none() {
+        let store = str_at(&["store"])
+            .unwrap_or_else(|| crate::approver::config::ServiceConfig::default().store);
+        out.push(
+            store
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("web-link.key"),
+        );
+    }
+    out.retain(|p| p.is_absolute());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Adds the string values of [`SECRET_KEYS`] keys anywhere under `v` to `out`.
+fn collect_secret_files(v: &toml::Value, out: &mut Vec<PathBuf>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                match v.as_str() {
+                    Some(s) if SECRET_KEYS.contains(&k.as_str()) => out.push(PathBuf::from(s)),
+                    _ => collect_secret_files(v, out),
+                }
+            }
+        }
+        toml::Value::Array(a) => a.iter().for_each(|v| collect_secret_files(v, out)),
+        _ => {}
+    }
+}
+
 pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
     let mut p = ProtectedPaths::new();
     p.tree(CONFIG_DIR);
@@ -38,6 +114,9 @@ pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
     }
     for file in client_files(config) {
         p.file(file);
+    }
+    for file in approver_secret_files(config) {
+        p.file(&file);
     }
     // Approver credentials an administrator keeps on this host: a directory protects
     // everything below it.
@@ -53,8 +132,8 @@ pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
 /// denied are the gate's marked roots (its gated trees and files and everything
 /// [`protected_paths`] names), the helper binaries and raw memory devices (block devices
 /// are added when each session starts); hidden are confgate's configuration, the
-/// approval credentials and the state directory (the binaries stay visible: sessions may
-/// run `confgate`).
+/// approval credentials, the local approval service's secret files and the state
+/// directory (the binaries stay visible: sessions may run `confgate`).
 pub fn confine_paths(
     config: &Config,
     config_path: &Path,
@@ -68,6 +147,7 @@ pub fn confine_paths(
     denied.extend(["/dev/mem", "/dev/kmem", "/dev/port"].map(PathBuf::from));
     let mut hidden = vec![PathBuf::from(CONFIG_DIR), config_path.to_owned()];
     hidden.extend(client_files(config).cloned());
+    hidden.extend(approver_secret_files(config));
     hidden.extend(config.approval.protected_credentials.iter().cloned());
     hidden.push(config.daemon.state_dir.clone());
     for v in [&mut denied, &mut hidden] {
@@ -110,6 +190,62 @@ mod tests {
         let p = protected_paths(&config, Path::new(DEFAULT_CONFIG_PATH));
         assert!(!p.files().contains(&PathBuf::from(DEFAULT_CONFIG_PATH)));
         assert!(Builtin::new(&p).matches(DEFAULT_CONFIG_PATH.as_bytes()));
+    }
+
+    #[test]
+    fn the_local_services_secret_files_are_protected_and_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let approver = dir.path().join("approver.toml");
+        std::fs::write(
+            &approver,
+            r#"store = "/srv/cg/approver/approver.redb"
+[tls]
+cert = "/srv/cg/tls/c.pem"
+key = "/srv/cg/tls/k.pem"
+[web.oidc]
+client_secret_file = "/srv/cg/oidc-secret"
+[[notify.webhook]]
+url = "https://siem.example/hook"
+secret_file = "/srv/cg/webhook-secret"
+[[notify.slack]]
+bot_token_file = "/srv/cg/slack-bot"
+signing_secret_file = "/srv/cg/slack-signing"
+[[notify.teams]]
+url_file = "/srv/cg/teams-url"
+"#,
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.approval.mode = ApprovalMode::Local;
+        config.approval.local_config = Some(approver.clone());
+        let want = [
+            "/srv/cg/tls/k.pem",
+            "/srv/cg/oidc-secret",
+            "/srv/cg/webhook-secret",
+            "/srv/cg/slack-bot",
+            "/srv/cg/slack-signing",
+            "/srv/cg/teams-url",
+            // Generated beside the store.
+            "/srv/cg/approver/web-link.key",
+        ];
+        let p = protected_paths(&config, Path::new(DEFAULT_CONFIG_PATH));
+        let (denied, hidden) = confine_paths(&config, Path::new(DEFAULT_CONFIG_PATH), &[]);
+        for f in want {
+            let f = PathBuf::from(f);
+            assert!(p.files().contains(&f), "{f:?} not protected");
+            assert!(denied.contains(&f), "{f:?} not denied");
+            assert!(hidden.contains(&f), "{f:?} not hidden");
+        }
+        assert!(!hidden.contains(&PathBuf::from("/srv/cg/tls/c.pem")));
+        // A configured link key instead of the generated one.
+        std::fs::write(&approver, "[web]\nlink_key_file = \"/srv/keys/link.key\"\n").unwrap();
+        let (_, hidden) = confine_paths(&config, Path::new(DEFAULT_CONFIG_PATH), &[]);
+        assert!(hidden.contains(&PathBuf::from("/srv/keys/link.key")));
+        assert!(!hidden.contains(&PathBuf::from("/srv/cg/approver/web-link.key")));
+        // Remote mode: no local service, nothing of it.
+        config.approval.mode = ApprovalMode::Remote;
+        let (_, hidden) = confine_paths(&config, Path::new(DEFAULT_CONFIG_PATH), &[]);
+        assert!(!hidden.contains(&PathBuf::from("/srv/keys/link.key")));
     }
 
     #[test]

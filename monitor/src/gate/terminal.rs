@@ -2,19 +2,22 @@
 //! session is held or denied-and-requested, the person at the agent's terminal learns that
 //! a request exists, what waits, for how long, and how to decide it.
 //!
-//! The notice never goes into a descriptor of the agent's (its stdout may be a pipe or a
-//! file another program parses): the daemon opens the terminal device itself. It is found
-//! from the session's first process (`tty_nr` of `/proc/<pid>/stat`, else the writer's),
-//! checked to be a character device of a terminal major with that very number, opened
-//! `O_WRONLY | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW` and checked again through the open
-//! descriptor (`isatty`, same device number). A write that would block is dropped and
+//! The notice never goes into a pipe or file of the agent's (its stdout may be a pipe or a
+//! file another program parses): only the session's controlling terminal gets it. For the
+//! session's first process (else the writer), still in the session by the kernel's session
+//! map, the terminal is `tty_nr` of `/proc/<pid>/stat` (a terminal major); it is opened
+//! through the process's own standard descriptors `/proc/<pid>/fd/{0,1,2}`, the first that
+//! is a character device with exactly that device number, `O_WRONLY | O_NOCTTY |
+//! O_NONBLOCK`, and checked again through the open descriptor (`isatty`, same device
+//! number) and the process's session once more. Never `/dev/pts/N` in the daemon's own
+//! namespace: a container's private devpts has its own terminal with the same number, and
+//! a pid may have been reused. A write that would block is dropped and
 //! counted; notices of one session are rate-limited; what is echoed from the session (the
 //! path) is stripped to printable text.
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
-use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::decider::GateMetrics;
@@ -25,6 +28,9 @@ use crate::os::procfs;
 pub const MIN_INTERVAL: Duration = Duration::from_secs(2);
 /// Most characters of the path echoed in a notice.
 const MAX_PATH_CHARS: usize = 200;
+/// The web page of a request under `gate.approvals_url` (the approval service's
+/// `/web/requests/{id}` route).
+pub const WEB_REQUEST_PATH: &str = "/web/requests/";
 /// Sessions remembered by the rate limiter before old entries are pruned.
 const MAX_REMEMBERED: usize = 4096;
 
@@ -50,20 +56,34 @@ pub struct Notice<'a> {
     pub waiting: Waiting,
 }
 
+/// The session of a process (0: none), from the kernel's session map.
+#[derive(Clone)]
+pub struct SessionLookup(pub Arc<dyn Fn(u32) -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for SessionLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionLookup")
+    }
+}
+
 /// Writes terminal notices (see the module documentation).
 #[derive(Debug)]
 pub struct TerminalNotices {
     enabled: bool,
     /// `gate.approvals_url` without a trailing `/`.
     url: Option<String>,
+    /// Which session a process is in; without it no notice is written (nothing can tell
+    /// that a pid is still the session's).
+    session_of: Option<SessionLookup>,
     last: Mutex<HashMap<u64, Instant>>,
 }
 
 impl TerminalNotices {
-    pub fn new(enabled: bool, url: Option<String>) -> Self {
+    pub fn new(enabled: bool, url: Option<String>, session_of: Option<SessionLookup>) -> Self {
         TerminalNotices {
             enabled,
             url: url.map(|u| u.trim_end_matches('/').to_owned()),
+            session_of,
             last: Mutex::new(HashMap::new()),
         }
     }
@@ -79,10 +99,14 @@ impl TerminalNotices {
             GateMetrics::inc(&m.terminal_rate_limited);
             return;
         }
+        let in_session = |pid: u32| {
+            self.session_of
+                .as_ref()
+                .is_some_and(|l| pid != 0 && (l.0)(pid) == n.session)
+        };
         let Some(mut tty) = [root_pid, writer_pid]
             .into_iter()
-            .filter(|&p| p != 0)
-            .find_map(open_terminal_of)
+            .find_map(|pid| open_terminal_of(pid, &in_session))
         else {
             GateMetrics::inc(&m.terminal_no_terminal);
             return;
@@ -141,7 +165,7 @@ impl TerminalNotices {
             ),
         };
         if let Some(url) = &self.url {
-            s.push_str(&format!(" or {url}/requests/{id}"));
+            s.push_str(&format!(" or {url}{WEB_REQUEST_PATH}{id}"));
         }
         s
     }
@@ -168,30 +192,45 @@ pub fn printable(text: &str, max: usize) -> String {
     out
 }
 
-/// The controlling terminal of `pid`, opened for a notice and verified, or `None`.
-fn open_terminal_of(pid: u32) -> Option<std::fs::File> {
+/// The controlling terminal of `pid`, opened for a notice through the process's own
+/// descriptors and verified, or `None`. `in_session` tells whether a pid is (still) the
+/// session's.
+fn open_terminal_of(pid: u32, in_session: &dyn Fn(u32) -> bool) -> Option<std::fs::File> {
+    if !in_session(pid) {
+        return None;
+    }
     let stat = procfs::read(pid, "stat")?;
     let tty_nr = tty_nr_of(&stat)?;
     let (major, minor) = split_dev(tty_nr);
-    let path = device_path(major, minor)?;
-    let m = std::fs::symlink_metadata(&path).ok()?;
-    if !m.file_type().is_char_device() || m.rdev() != nix::sys::stat::makedev(major, minor) {
+    if !is_terminal(major, minor) {
         return None;
     }
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .ok()?;
-    // What was opened is that terminal (not something put at the path meanwhile).
-    let opened = f.metadata().ok()?;
-    if !opened.file_type().is_char_device()
-        || opened.rdev() != m.rdev()
-        || !nix::unistd::isatty(&f).unwrap_or(false)
-    {
-        return None;
-    }
-    Some(f)
+    let f = open_std_fd_device(pid, nix::sys::stat::makedev(major, minor))?;
+    // The process did not end (and its pid go to another) while the device was opened.
+    in_session(pid).then_some(f)
+}
+
+/// The first of `/proc/<pid>/fd/{0,1,2}` that is the character device `rdev`, opened for
+/// writing (not as a controlling terminal, never blocking) and checked through the open
+/// descriptor: still that device, and a terminal.
+fn open_std_fd_device(pid: u32, rdev: u64) -> Option<std::fs::File> {
+    (0..3).find_map(|fd| {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let m = std::fs::metadata(&path).ok()?;
+        if !m.file_type().is_char_device() || m.rdev() != rdev {
+            return None;
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .ok()?;
+        let opened = f.metadata().ok()?;
+        (opened.file_type().is_char_device()
+            && opened.rdev() == rdev
+            && nix::unistd::isatty(&f).unwrap_or(false))
+        .then_some(f)
+    })
 }
 
 /// Field 7 (`tty_nr`) of `/proc/<pid>/stat`; `None` when 0 (no controlling terminal).
@@ -212,17 +251,13 @@ fn split_dev(dev: u64) -> (u64, u64) {
     (major, minor)
 }
 
-/// The device file of a terminal: Unix98 pseudo-terminals (`/dev/pts/N`, majors 136-143)
-/// and virtual consoles (`/dev/ttyN`, major 4, minors 1-63). Other devices are not
-/// terminals a notice goes to.
-fn device_path(major: u64, minor: u64) -> Option<PathBuf> {
+/// Whether a device number is a terminal a notice goes to: Unix98 pseudo-terminals
+/// (majors 136-143) and virtual consoles (major 4, minors 1-63).
+fn is_terminal(major: u64, minor: u64) -> bool {
     match major {
-        136..=143 => Some(PathBuf::from(format!(
-            "/dev/pts/{}",
-            (major - 136) * 256 + minor
-        ))),
-        4 if (1..64).contains(&minor) => Some(PathBuf::from(format!("/dev/tty{minor}"))),
-        _ => None,
+        136..=143 => true,
+        4 => (1..64).contains(&minor),
+        _ => false,
     }
 }
 
@@ -246,18 +281,15 @@ mod tests {
         assert_eq!(tty_nr_of(stat), Some(34817));
         assert_eq!(tty_nr_of(b"1 (init) S 0 1 1 0 -1 4194560"), None);
         assert_eq!(split_dev(34817), (136, 1));
-        assert_eq!(device_path(136, 1), Some(PathBuf::from("/dev/pts/1")));
-        assert_eq!(device_path(137, 3), Some(PathBuf::from("/dev/pts/259")));
-        assert_eq!(device_path(4, 2), Some(PathBuf::from("/dev/tty2")));
-        assert_eq!(device_path(4, 64), None);
-        assert_eq!(device_path(1, 3), None);
+        assert!(is_terminal(136, 1) && is_terminal(143, 3) && is_terminal(4, 2));
+        assert!(!is_terminal(4, 64) && !is_terminal(4, 0) && !is_terminal(1, 3));
         // A large minor (pts number above 255 in one major's range).
         assert_eq!(split_dev((136 << 8) | 0x5 | (0x3 << 20)), (136, 0x305));
     }
 
     #[test]
     fn the_line_is_printable_and_says_how_to_decide() {
-        let n = TerminalNotices::new(true, Some("https://approve.example:8443/".into()));
+        let n = TerminalNotices::new(true, Some("https://approve.example:8443/".into()), None);
         let ops = vec!["write".to_owned()];
         let hostile = "/etc/x\u{1b}]0;pwned\u{7}\n\u{202e}txt";
         let line = n.line(&notice(
@@ -270,8 +302,8 @@ mod tests {
         assert!(line.contains("request 42"));
         assert!(line.contains("for up to 30s"));
         assert!(line.contains("confgate approvals approve 42"));
-        assert!(line.ends_with(" or https://approve.example:8443/requests/42"));
-        let none = TerminalNotices::new(true, None);
+        assert!(line.ends_with(" or https://approve.example:8443/web/requests/42"));
+        let none = TerminalNotices::new(true, None, None);
         let line = none.line(&notice(
             &ops,
             "/etc/demo.env",
@@ -295,7 +327,7 @@ mod tests {
 
     #[test]
     fn notices_of_one_session_are_rate_limited() {
-        let n = TerminalNotices::new(true, None);
+        let n = TerminalNotices::new(true, None, None);
         let t0 = Instant::now();
         assert!(n.admit(1, t0));
         assert!(!n.admit(1, t0 + Duration::from_millis(500)));
@@ -303,11 +335,94 @@ mod tests {
         assert!(n.admit(1, t0 + MIN_INTERVAL));
     }
 
+    /// A pseudo-terminal: (master, slave) opened by this process.
+    fn pty() -> (std::fs::File, std::fs::File) {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: posix_openpt returns a new descriptor (or -1), owned by the File below.
+        let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+        assert!(m >= 0);
+        // SAFETY: `m` is a valid descriptor this function owns.
+        let master = unsafe { std::fs::File::from_raw_fd(m) };
+        // SAFETY: plain calls on the master descriptor; ptsname's static buffer is copied
+        // at once, in this single test thread's use.
+        let name = unsafe {
+            assert_eq!(libc::grantpt(m), 0);
+            assert_eq!(libc::unlockpt(m), 0);
+            std::ffi::CStr::from_ptr(libc::ptsname(m))
+                .to_string_lossy()
+                .into_owned()
+        };
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(name)
+            .unwrap();
+        (master, slave)
+    }
+
+    #[test]
+    fn the_terminal_is_opened_through_the_processs_own_descriptors() {
+        use std::io::Read as _;
+        use std::process::{Command, Stdio};
+        let (mut master, slave) = pty();
+        let rdev = slave.metadata().unwrap().rdev();
+        // A process whose stdin is a pipe, stdout a file, stderr the terminal.
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(dir.path().join("out")).unwrap())
+            .stderr(slave.try_clone().unwrap())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut f = open_std_fd_device(pid, rdev).expect("the terminal on fd 2");
+        f.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        let k = master.read(&mut buf).unwrap();
+        assert_eq!(&buf[..k], b"hello");
+        // Another device number (another devpts's terminal 136:N, say): nothing opened;
+        // the pipe and the file are never candidates.
+        assert!(open_std_fd_device(pid, rdev + 1).is_none());
+        // A pid that is not (or no longer) the session's: nothing, before any /proc read.
+        assert!(open_terminal_of(pid, &|_| false).is_none());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(open_std_fd_device(pid, rdev).is_none(), "gone");
+    }
+
+    #[test]
+    fn without_a_session_lookup_or_outside_the_session_no_notice_is_written() {
+        let ops = vec!["write".to_owned()];
+        let me = std::process::id();
+        for lookup in [None, Some(SessionLookup(Arc::new(|_| 99)))] {
+            let m = GateMetrics::default();
+            let n = TerminalNotices::new(true, None, lookup);
+            n.notify(
+                &notice(&ops, "/etc/x", Waiting::Held(Duration::ZERO)),
+                me,
+                me,
+                &m,
+            );
+            assert_eq!(
+                m.terminal_notices
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0
+            );
+            assert_eq!(
+                m.terminal_no_terminal
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1
+            );
+        }
+    }
+
     #[test]
     fn off_or_outside_sessions_writes_nothing() {
         let ops = vec!["write".to_owned()];
         let m = GateMetrics::default();
-        let off = TerminalNotices::new(false, None);
+        let off = TerminalNotices::new(false, None, None);
         off.notify(
             &notice(&ops, "/etc/x", Waiting::Held(Duration::ZERO)),
             1,
@@ -316,7 +431,7 @@ mod tests {
         );
         let mut n = notice(&ops, "/etc/x", Waiting::Held(Duration::ZERO));
         n.session = 0;
-        let on = TerminalNotices::new(true, None);
+        let on = TerminalNotices::new(true, None, None);
         on.notify(&n, 1, 1, &m);
         assert!(
             m.snapshot()

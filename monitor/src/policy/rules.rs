@@ -62,7 +62,8 @@ pub struct GateConfig {
     /// decide). Default true.
     pub terminal_notice: bool,
     /// Address of the approval service's web page (`https://host:port`); when set, the
-    /// terminal notice ends with `<approvals_url>/requests/ID`. Default none.
+    /// terminal notice ends with `<approvals_url>/web/requests/ID`. Default: in local mode
+    /// the in-process service's `[http] public_url` (or `listen`), else none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approvals_url: Option<String>,
     /// The rules, in order: the first that matches an open decides.

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +25,7 @@ use super::service::Shared;
 
 pub mod config;
 pub mod conn;
+pub mod limits;
 mod tls;
 
 pub use conn::{LocalEnd, Peer};
@@ -38,7 +39,11 @@ pub fn router(shared: Arc<Shared>, cfg: &ServiceConfig) -> Result<Router, Approv
         .merge(super::sinks::slack::interactive::routes(Arc::clone(
             &shared,
         )));
-    Ok(router.layer(axum::middleware::map_response(security_headers)))
+    Ok(router
+        .layer(axum::extract::DefaultBodyLimit::max(
+            limits::Limits::default().max_body_bytes,
+        ))
+        .layer(axum::middleware::map_response(security_headers)))
 }
 
 async fn healthz() -> &'static str {
@@ -115,19 +120,29 @@ pub async fn start(
     })?;
     let tls = acceptor.is_some();
     tracing::info!(address = %address, tls, "approval service HTTP listening");
-    tasks.spawn(serve(listener, acceptor, router, stop));
+    tasks.spawn(serve(
+        listener,
+        acceptor,
+        router,
+        stop,
+        limits::Limits::default(),
+    ));
     Ok(Some(HttpListener { address, tls }))
 }
 
 /// Accepts connections until `stop`; each is served by hyper (HTTP/1.1) in its own task,
-/// all ended on stop (event streams never end by themselves).
-async fn serve(
+/// all ended on stop (event streams never end by themselves). At most
+/// `limits.max_connections` at once (more are closed when accepted); each has a header
+/// read and an idle timeout.
+pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     router: Router,
     mut stop: watch::Receiver<bool>,
+    limits: limits::Limits,
 ) -> Result<(), ApproverError> {
     let mut conns = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => Some(r),
@@ -143,6 +158,12 @@ async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Not a warning each: under a flood that would flood the log too.
+            tracing::debug!(peer = %peer, max = limits.max_connections, "approval HTTP: too many connections, one refused");
+            drop(tcp);
+            continue;
+        };
         let local = tcp.local_addr().unwrap_or(peer);
         let svc = router
             .clone()
@@ -150,8 +171,18 @@ async fn serve(
             .layer(axum::Extension(LocalEnd(local)));
         let acceptor = acceptor.clone();
         conns.spawn(async move {
+            let _slot = slot;
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(32);
+            let tcp = limits::Idle::new(tcp, limits.idle_timeout);
             let r = match acceptor {
                 Some(a) => {
                     match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, a.accept(tcp)).await {

@@ -124,3 +124,106 @@ async fn https_listener_serves_with_the_service_certificate() {
     );
     server.stop().await.unwrap();
 }
+
+/// A listener serving `/healthz` with `limits`; its address and the stop switch.
+async fn limited(
+    limits: super::limits::Limits,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(super::serve(l, None, router, rx, limits));
+    (addr, tx)
+}
+
+/// Reads until the server closes `s` (within 5 s, else panics); what it sent.
+async fn closed_by_server(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+use std::time::Duration;
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_and_slots_come_back() {
+    let (addr, _stop) = limited(super::limits::Limits {
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await;
+    let a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Both served slots taken (the accept loop took them): the third is closed unanswered.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(closed_by_server(&mut third).await, "");
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let res = http_get(addr, "/healthz").await;
+        if res.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    let (addr, _stop) = limited(super::limits::Limits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    // Headers trickling in: cut at the header read timeout, well before the idle one.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut s).await;
+    let (addr, _stop) = limited(super::limits::Limits {
+        header_read_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    // A connection that says nothing, and one idle after a keep-alive request.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    closed_by_server(&mut s).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_by_server(&mut s).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn large_bodies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = testing::service_config(dir.path());
+    cfg.allow_plaintext = true;
+    cfg.http.listen = Some("http://127.0.0.1:0".to_owned());
+    let server = Server::start(cfg, None).await.unwrap();
+    let addr = server.http_address().unwrap();
+    let body = vec![b'a'; super::limits::Limits::default().max_body_bytes + 1];
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /web/logout HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let _ = s.write_all(&body).await;
+    let res = closed_by_server(&mut s).await;
+    assert!(res.starts_with("HTTP/1.1 413"), "{res}");
+    server.stop().await.unwrap();
+}

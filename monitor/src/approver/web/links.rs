@@ -4,9 +4,11 @@
 //! The token is `base64url(payload) "." base64url(HMAC-SHA256(key, payload))` with the
 //! payload `{"r": request id, "a": approver, "e": expiry (Unix ms), "n": nonce}`. The key
 //! is 32 random bytes from a file (generated with mode 0600 in the service's state
-//! directory unless `[web] link_key_file` names one). A link signs nobody in: its page
-//! shows the request's full context and asks for the click; the decision it makes is
-//! recorded as its approver's, and its nonce is recorded in the store so that a second
+//! directory unless `[web] link_key_file` names one). A link signs nobody in and never
+//! decides by itself: its page needs a signed-in web session whose identity is the link's
+//! approver (`alice` or `oidc:alice` for the person signed in as `oidc:alice`), shows the
+//! request's full context and asks for the click. The decision is the signed-in approver's;
+//! the link's nonce is recorded in the store when the decision is taken, so that a second
 //! use is refused, across restarts too.
 //!
 //! Other channels (Teams cards, Slack messages) make links with [`for_service`] and
@@ -261,6 +263,18 @@ impl LinkKey {
         Ok(link)
     }
 
+    /// Forgets that `link` was used: its decision was not taken (the service refused it),
+    /// so the link stays usable until it expires.
+    pub fn release(&self, store: &Store, link: &ActionLink) -> Result<(), LinkError> {
+        store
+            .write(|tx| {
+                let mut t = tx.raw().open_table(USED_LINKS)?;
+                t.remove(link.nonce.as_str())?;
+                Ok(())
+            })
+            .map_err(|e: StoreError| LinkError::Store(e.to_string()))
+    }
+
     /// Whether `token`'s nonce was used (for showing a page: the click redeems).
     pub fn is_used(&self, store: &Store, link: &ActionLink) -> Result<bool, LinkError> {
         store
@@ -271,30 +285,6 @@ impl LinkKey {
                 Ok(t.get(link.nonce.as_str())?.is_some())
             })
             .map_err(|e: StoreError| LinkError::Store(e.to_string()))
-    }
-
-    /// An HMAC of `parts` under this key (CSRF tokens of the pages).
-    pub(crate) fn mac(&self, parts: &[&[u8]]) -> String {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        for p in parts {
-            ctx.update(&(p.len() as u64).to_be_bytes());
-            ctx.update(p);
-        }
-        B64.encode(ctx.sign().as_ref())
-    }
-
-    /// Whether `tag` is [`LinkKey::mac`] of `parts`, compared in constant time.
-    pub(crate) fn mac_ok(&self, parts: &[&[u8]], tag: &str) -> bool {
-        let Ok(tag) = B64.decode(tag) else {
-            return false;
-        };
-        let mut ctx = hmac::Context::with_key(&self.key);
-        for p in parts {
-            ctx.update(&(p.len() as u64).to_be_bytes());
-            ctx.update(p);
-        }
-        let want = ctx.sign();
-        subtle::ConstantTimeEq::ct_eq(want.as_ref(), tag.as_slice()).into()
     }
 }
 

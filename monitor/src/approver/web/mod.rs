@@ -46,6 +46,8 @@ mod tests;
 const SESSION_COOKIE: &str = "cg_session";
 /// Sessions kept at once; the oldest is dropped beyond.
 const MAX_SESSIONS: usize = 10_000;
+/// Live event streams one signed-in session may hold open at once (a page each).
+pub(crate) const MAX_STREAMS_PER_SESSION: usize = 8;
 
 /// A signed-in approver.
 #[derive(Clone, Debug)]
@@ -65,6 +67,26 @@ pub struct Web {
     pub(crate) oidc: Option<oidc::Oidc>,
     sessions: Mutex<HashMap<String, WebSession>>,
     session_ttl_ms: i64,
+    /// Open event streams per session (keyed by the session's CSRF token, unique to it).
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open event stream of a session, given back when dropped.
+pub(crate) struct StreamSlot {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut s = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = s.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The web page's routes; none without `[http] listen`.
@@ -83,6 +105,7 @@ pub fn routes(shared: Arc<Shared>, cfg: &ServiceConfig) -> Result<Router, Approv
         oidc,
         sessions: Mutex::new(HashMap::new()),
         session_ttl_ms: i64::try_from(cfg.web.session_ttl_secs).unwrap_or(i64::MAX / 1000) * 1000,
+        streams: Arc::default(),
     });
     Ok(pages::routes()
         .merge(link_pages::routes())
@@ -180,6 +203,21 @@ impl Web {
         set_cookie(SESSION_COOKIE, &id, "Strict", self.session_ttl_ms / 1000)
     }
 
+    /// A slot for one more event stream of `session`, or `None` when it has
+    /// [`MAX_STREAMS_PER_SESSION`] open.
+    pub(crate) fn stream_slot(&self, session: &WebSession) -> Option<StreamSlot> {
+        let mut s = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = s.entry(session.csrf.clone()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            streams: Arc::clone(&self.streams),
+            key: session.csrf.clone(),
+        })
+    }
+
     /// Ends the session of `headers`.
     fn sign_out(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers, SESSION_COOKIE) {
@@ -207,8 +245,8 @@ impl Web {
 
     /// The agent session of the process that sent a browser's request, when this service
     /// has the kernel's session map (local mode) and the process runs on this host: a
-    /// decision from inside a session is refused like one on the Unix socket. A loopback
-    /// connection whose process cannot be found is refused outright.
+    /// decision from inside a session is refused like one on the Unix socket. A client on
+    /// this host whose process cannot be found is refused outright ([`peer::locate_client`]).
     pub(crate) async fn caller_session(
         &self,
         peer: Option<SocketAddr>,
@@ -220,16 +258,16 @@ impl Web {
         if self.shared.auth.session_of_pid(0).is_none() {
             return Ok(None);
         }
-        let pid = tokio::task::spawn_blocking(move || peer::pid_of_client(peer, local))
+        let client = tokio::task::spawn_blocking(move || peer::locate_client(peer, local))
             .await
             .map_err(|e| e.to_string())?;
-        match pid {
-            Some(pid) => Ok(self.shared.auth.session_of_pid(pid)),
-            None if peer.ip().is_loopback() => Err(format!(
-                "cannot tell which process on this host sent this request (from {peer});                  decisions must be traceable to a process outside any agent session"
+        match client {
+            peer::Client::Process(pid) => Ok(self.shared.auth.session_of_pid(pid)),
+            peer::Client::OnThisHost => Err(format!(
+                "cannot tell which process on this host sent this request (from {peer}); \
+                 decisions must be traceable to a process outside any agent session"
             )),
-            // Another machine.
-            None => Ok(None),
+            peer::Client::Elsewhere => Ok(None),
         }
     }
 }

@@ -54,6 +54,8 @@ struct PendingLogin {
     nonce: String,
     binding: String,
     started_ms: i64,
+    /// Where the browser goes once signed in (a path of this site).
+    next: Option<String>,
 }
 
 /// What a verified sign-in says.
@@ -155,7 +157,8 @@ impl Oidc {
     }
 
     /// Starts a login: the provider URL to send the browser to, and the binding cookie.
-    async fn start(&self) -> Result<(String, String), OidcError> {
+    /// `next` is where the browser goes once signed in (checked by [`local_next`]).
+    async fn start(&self, next: Option<String>) -> Result<(String, String), OidcError> {
         let p = self.provider(false).await?;
         let (state, nonce, verifier, binding) = (
             random_token(),
@@ -178,6 +181,7 @@ impl Oidc {
                     nonce: nonce.clone(),
                     binding: binding.clone(),
                     started_ms: now,
+                    next,
                 },
             );
         }
@@ -203,8 +207,13 @@ impl Oidc {
     }
 
     /// Finishes a login: checks `state` against the browser's `binding`, exchanges `code`,
-    /// verifies the ID token.
-    async fn finish(&self, state: &str, code: &str, binding: &str) -> Result<SignedIn, OidcError> {
+    /// verifies the ID token. Also returns where the browser goes next.
+    async fn finish(
+        &self,
+        state: &str,
+        code: &str,
+        binding: &str,
+    ) -> Result<(SignedIn, Option<String>), OidcError> {
         let login = self
             .logins
             .lock()
@@ -257,7 +266,7 @@ impl Oidc {
             }
             other => other?,
         };
-        self.signed_in(&claims)
+        Ok((self.signed_in(&claims)?, login.next))
     }
 
     /// Verifies the ID token's signature and claims; its claims.
@@ -444,14 +453,26 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route(CALLBACK_PATH, get(callback))
 }
 
-async fn login(State(web): State<Arc<Web>>) -> Response {
+/// `next` when it is a path of this page a sign-in may return to (`/web/...`, nothing that
+/// could leave the site), else `None`.
+pub(crate) fn local_next(next: &str) -> Option<String> {
+    let ok = next.starts_with("/web/")
+        && next.len() <= 2048
+        && !next.contains("//")
+        && !next.contains(['\\', '"', '\'', '<', '>', ' ', ';'])
+        && !next.chars().any(char::is_control);
+    ok.then(|| next.to_owned())
+}
+
+async fn login(State(web): State<Arc<Web>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let Some(oidc) = &web.oidc else {
         return refuse(
             StatusCode::NOT_FOUND,
             "sign-in is not configured ([web.oidc])",
         );
     };
-    match oidc.start().await {
+    let next = q.get("next").and_then(|n| local_next(n));
+    match oidc.start(next).await {
         Ok((url, binding)) => {
             let mut res = Redirect::to(&url).into_response();
             res.headers_mut().insert(
@@ -498,19 +519,28 @@ async fn callback(
     };
     let binding = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     match oidc.finish(&state, &code, &binding).await {
-        Ok(who) => {
+        Ok((who, next)) => {
             let session = web.sign_in(format!("oidc:{}", who.user), who.groups);
-            // A page of this site moves on, so that the Strict session cookie is sent.
+            // A page of this site moves on, so that the Strict session cookie is sent:
+            // to the page the sign-in started from (an action link), else `/`.
+            let next = html::esc(
+                next.as_deref()
+                    .and_then(local_next)
+                    .as_deref()
+                    .unwrap_or("/"),
+            );
             let body = html::page(
                 "Signed in",
                 None,
                 None,
                 html::Live::Off,
-                "<p>Signed in. <a href=\"/\" id=\"continue\">Continue</a></p>",
+                &format!("<p>Signed in. <a href=\"{next}\" id=\"continue\">Continue</a></p>"),
             )
             .replace(
                 "<meta charset=\"utf-8\">",
-                "<meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url=/\">",
+                &format!(
+                    "<meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={next}\">"
+                ),
             );
             let mut res =
                 ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();

@@ -531,7 +531,8 @@ async fn ledger(
         Ok(r) => r.into_inner(),
         Err(e) => return status_page(&e),
     };
-    let mut rows = Vec::new();
+    // Only the newest LEDGER_ROWS matches are kept while scanning (the ledger is long).
+    let mut rows = Newest::new(LEDGER_ROWS);
     while let Some(item) = stream.next().await {
         let Ok(entry) = item else { break };
         let Ok(v) = serde_json::from_str::<serde_json::Value>(&entry.json) else {
@@ -551,7 +552,8 @@ async fn ledger(
         }
         rows.push(v);
     }
-    let shown = rows.len().min(LEDGER_ROWS);
+    let (matched, rows) = (rows.seen, rows.kept);
+    let shown = rows.len();
     let mut body = format!(
         "<h2>Ledger</h2><form method=\"get\" action=\"/web/ledger\" id=\"ledger-search\">\
          <label>Host <input name=\"host\" value=\"{}\"></label> \
@@ -568,9 +570,9 @@ async fn ledger(
         esc(&path),
         esc(&get("since")),
         esc(&get("until")),
-        rows.len(),
+        matched,
     );
-    for v in rows.iter().rev().take(LEDGER_ROWS) {
+    for v in rows.iter().rev() {
         let b = &v["body"];
         let f = |k: &str| esc(b.get(k).and_then(|x| x.as_str()).unwrap_or(""));
         let details = serde_json::to_string(b).unwrap_or_default();
@@ -598,6 +600,34 @@ async fn ledger(
     ))
 }
 
+/// The last `cap` items pushed, and how many were pushed.
+pub(super) struct Newest<T> {
+    cap: usize,
+    pub(super) seen: usize,
+    pub(super) kept: std::collections::VecDeque<T>,
+}
+
+impl<T> Newest<T> {
+    pub(super) fn new(cap: usize) -> Self {
+        Newest {
+            cap,
+            seen: 0,
+            kept: std::collections::VecDeque::with_capacity(cap.min(1024)),
+        }
+    }
+
+    pub(super) fn push(&mut self, item: T) {
+        self.seen += 1;
+        if self.cap == 0 {
+            return;
+        }
+        if self.kept.len() == self.cap {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(item);
+    }
+}
+
 /// `2026-01-31` or RFC 3339, as Unix ms.
 fn parse_time(s: &str) -> Option<i64> {
     if s.is_empty() {
@@ -619,6 +649,12 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
     let Some(s) = web.session(&headers) else {
         return refuse(StatusCode::UNAUTHORIZED, "not signed in");
     };
+    let Some(slot) = web.stream_slot(&s) else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many live pages open for this session; close some",
+        );
+    };
     let stream = match svc(&web)
         .watch_requests(Web::as_approver(&s.name, pb::WatchRequestsRequest {}))
         .await
@@ -626,7 +662,9 @@ async fn events(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
         Ok(r) => r.into_inner(),
         Err(e) => return status_page(&e),
     };
-    let events = stream.map_while(|item| item.ok()).map(|r| {
+    let events = stream.map_while(|item| item.ok()).map(move |r| {
+        // Held by the stream: the slot is given back when the stream is dropped.
+        let _slot = &slot;
         let data = serde_json::json!({ "id": r.id, "state": state_name(r.state) }).to_string();
         Ok::<_, Infallible>(Event::default().event("request").data(data))
     });

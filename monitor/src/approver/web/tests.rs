@@ -30,6 +30,7 @@ async fn harness() -> Harness {
         oidc: None,
         sessions: Mutex::new(HashMap::new()),
         session_ttl_ms: 3_600_000,
+        streams: Arc::default(),
     });
     Harness {
         _dir: dir,
@@ -269,42 +270,104 @@ async fn hostile_request_strings_render_inert() {
 }
 
 #[tokio::test]
-async fn action_links_open_one_request_once_for_their_approver() {
+async fn action_links_decide_only_for_their_signed_in_approver_once() {
     let mut h = harness().await;
     let id = h.submit(testing::request(1, 7).build()).await;
     let other = h.submit(testing::request(2, 7).build()).await;
     let now = now_ms();
-    let token = h
-        .web
-        .links
-        .sign(id, "oidc:carol", now + 60_000, now)
-        .unwrap();
+    // A Teams sink names bare approvers: `carol` is the person signed in as oidc:carol.
+    let token = h.web.links.sign(id, "carol", now + 60_000, now).unwrap();
     let path = format!("{LINK_PATH}{token}");
-    // The page shows the context and asks for the click; nobody is signed in by it.
+    // Nobody signed in: no context, no form, and no decision (sign-in is not configured
+    // in this harness: refused; with OIDC the page redirects to sign in, see below).
     let (s, body) = h.get(&path, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(!body.contains("/etc/app.conf"), "{body}");
+    for form in ["decision=deny&note=no", "decision=approve&csrf=x"] {
+        let (s, _) = h.post(&path, None, form).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(h.state(id).await, pb::RequestState::Pending as i32);
+    // With sign-in configured, the page sends the browser to sign in and back.
+    let with_oidc = Arc::new(Web {
+        shared: Arc::clone(&h.web.shared),
+        links: LinkKey::from_bytes(&[9u8; 32]),
+        oidc: Some(
+            super::oidc::Oidc::new(
+                &super::config::OidcSection {
+                    issuer: "https://idp.test".into(),
+                    client_id: "confgate".into(),
+                    ..Default::default()
+                },
+                "https://approver.test",
+            )
+            .unwrap(),
+        ),
+        sessions: Mutex::new(HashMap::new()),
+        session_ttl_ms: 3_600_000,
+        streams: Arc::default(),
+    });
+    let res = super::link_pages::link_page(
+        axum::extract::State(with_oidc),
+        axum::http::HeaderMap::new(),
+        axum::extract::Path(token.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let to = res.headers()[header::LOCATION].to_str().unwrap();
+    assert_eq!(
+        to,
+        format!(
+            "/web/login?{}",
+            super::oidc::form_encode(&[("next", &path)])
+        )
+    );
+    // Signed in as someone else: refused, page and form.
+    let (dave, dave_csrf) = h.sign_in("oidc:dave");
+    let (s, body) = h.get(&path, Some(&dave)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(body.contains("another approver"), "{body}");
+    let (s, _) = h
+        .post(
+            &path,
+            Some(&dave),
+            &format!("decision=approve&csrf={dave_csrf}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(h.state(id).await, pb::RequestState::Pending as i32);
+    // Signed in as the link's approver: the context and the click.
+    let (carol, csrf) = h.sign_in("oidc:carol");
+    let (s, body) = h.get(&path, Some(&carol)).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert!(
         body.contains("/etc/app.conf") && body.contains("oidc:carol"),
         "{body}"
     );
-    let (s, _) = h.get("/", None).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let csrf = h.web.links.mac(&[b"link-csrf", token.as_bytes()]);
-    // Without (or with another link's) CSRF token: refused, the link is not spent.
-    let (s, _) = h.post(&path, None, "decision=approve").await;
+    assert!(body.contains(&format!("value=\"{csrf}\"")), "{body}");
+    // Without the session's CSRF token, or with a malformed form: refused, not spent.
+    let (s, _) = h.post(&path, Some(&carol), "decision=approve").await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let other_token = h
-        .web
-        .links
-        .sign(other, "oidc:carol", now + 60_000, now)
-        .unwrap();
-    let other_csrf = h.web.links.mac(&[b"link-csrf", other_token.as_bytes()]);
     let (s, _) = h
-        .post(&path, None, &format!("decision=approve&csrf={other_csrf}"))
+        .post(&path, Some(&carol), &format!("decision=maybe&csrf={csrf}"))
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = h
+        .post(
+            &path,
+            Some(&carol),
+            &format!("decision=approve&ttl=soon&csrf={csrf}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, body) = h.get(&path, Some(&carol)).await;
+    assert_eq!(s, StatusCode::OK, "still usable: {body}");
     let (s, body) = h
-        .post(&path, None, &format!("decision=deny&note=no&csrf={csrf}"))
+        .post(
+            &path,
+            Some(&carol),
+            &format!("decision=deny&note=no&csrf={csrf}"),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let r = h
@@ -316,48 +379,145 @@ async fn action_links_open_one_request_once_for_their_approver() {
     assert_eq!(r.state, pb::RequestState::Denied as i32);
     assert_eq!(r.decision.unwrap().decided_by, "oidc:carol");
     // Used: the page and the form refuse it now.
-    let (s, body) = h.get(&path, None).await;
+    let (s, body) = h.get(&path, Some(&carol)).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(body.contains("already used"), "{body}");
     let (s, _) = h
-        .post(&path, None, &format!("decision=deny&csrf={csrf}"))
+        .post(&path, Some(&carol), &format!("decision=deny&csrf={csrf}"))
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    // A browser signed in as someone else cannot use carol's link.
+    // A decision the service refuses does not spend the link: `other` decided elsewhere
+    // first, then the link's click is refused and the link stays unused.
     let token2 = h
         .web
         .links
         .sign(other, "oidc:carol", now + 60_000, now)
         .unwrap();
-    let (cookie, _) = h.sign_in("oidc:dave");
-    let (s, body) = h.get(&format!("{LINK_PATH}{token2}"), Some(&cookie)).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    assert!(body.contains("another approver"), "{body}");
-    let csrf2 = h.web.links.mac(&[b"link-csrf", token2.as_bytes()]);
+    let path2 = format!("{LINK_PATH}{token2}");
+    let (bob, bob_csrf) = h.sign_in("oidc:bob");
     let (s, _) = h
         .post(
-            &format!("{LINK_PATH}{token2}"),
-            Some(&cookie),
-            &format!("decision=approve&csrf={csrf2}"),
+            &format!("/web/requests/{other}/decide"),
+            Some(&bob),
+            &format!("decision=approve&csrf={bob_csrf}"),
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (s, _) = h
+        .post(&path2, Some(&carol), &format!("decision=deny&csrf={csrf}"))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let l = h.web.links.verify(&token2, now_ms()).unwrap();
+    assert!(
+        !h.web
+            .links
+            .is_used(h.web.shared.store.raw_store(), &l)
+            .unwrap()
+    );
     // Expired and foreign links.
     let old = h
         .web
         .links
         .sign(other, "oidc:carol", now - 1, now - 10)
         .unwrap();
-    let (s, body) = h.get(&format!("{LINK_PATH}{old}"), None).await;
+    let (s, body) = h.get(&format!("{LINK_PATH}{old}"), Some(&carol)).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert!(body.contains("expired"), "{body}");
     let foreign = LinkKey::from_bytes(&[1u8; 32])
         .sign(other, "oidc:carol", now + 60_000, now)
         .unwrap();
-    let (s, _) = h.get(&format!("{LINK_PATH}{foreign}"), None).await;
+    let (s, _) = h.get(&format!("{LINK_PATH}{foreign}"), Some(&carol)).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    assert_eq!(h.state(other).await, pb::RequestState::Pending as i32);
     h.server.stop().await.unwrap();
+}
+
+#[test]
+fn a_links_approver_is_the_signed_in_name_or_its_oidc_identity() {
+    use super::link_pages::is_links_approver;
+    assert!(is_links_approver("oidc:alice", "alice"));
+    assert!(is_links_approver("oidc:alice", "oidc:alice"));
+    assert!(!is_links_approver("oidc:alice", "bob"));
+    assert!(!is_links_approver("oidc:alice", "oidc:alice2"));
+    assert!(!is_links_approver("alice", "oidc:alice"));
+    assert!(!is_links_approver("oidc:", ""));
+}
+
+#[test]
+fn sign_in_returns_only_to_pages_of_this_site() {
+    use super::oidc::local_next;
+    let ok = "/web/link/eyJy.abc_-";
+    assert_eq!(local_next(ok).as_deref(), Some(ok));
+    for bad in [
+        "https://evil.example/",
+        "//evil.example/web/",
+        "/web//evil",
+        "/\\evil",
+        "/other",
+        "/web/x\"><script>",
+        "/web/x;url=https://evil",
+        "/web/x\ny",
+    ] {
+        assert_eq!(local_next(bad), None, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn a_session_holds_a_bounded_number_of_event_streams() {
+    let h = harness().await;
+    let (cookie, _) = h.sign_in("oidc:alice");
+    let open = || async {
+        h.router()
+            .oneshot(
+                Request::get("/web/events")
+                    .header(header::COOKIE, &cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..super::MAX_STREAMS_PER_SESSION {
+        let r = open().await;
+        assert_eq!(r.status(), StatusCode::OK);
+        streams.push(r);
+    }
+    assert_eq!(open().await.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another session has its own.
+    let (bob, _) = h.sign_in("oidc:bob");
+    let r = h
+        .router()
+        .oneshot(
+            Request::get("/web/events")
+                .header(header::COOKIE, &bob)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A closed stream gives its slot back.
+    streams.pop();
+    assert_eq!(open().await.status(), StatusCode::OK);
+    drop(streams);
+    h.server.stop().await.unwrap();
+}
+
+#[test]
+fn the_ledger_search_keeps_only_the_newest_matches() {
+    let mut n = pages::Newest::new(3);
+    for i in 0..10_000 {
+        n.push(i);
+        assert!(n.kept.len() <= 3);
+    }
+    assert_eq!(n.seen, 10_000);
+    assert_eq!(
+        n.kept.iter().copied().collect::<Vec<_>>(),
+        [9997, 9998, 9999]
+    );
+    let mut none = pages::Newest::new(0);
+    none.push(1);
+    assert!(none.kept.is_empty() && none.seen == 1);
 }
 
 #[test]

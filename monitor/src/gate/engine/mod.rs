@@ -101,8 +101,10 @@ pub struct EngineSettings {
     pub quarantine_dir: std::path::PathBuf,
     /// `gate.terminal_notice`.
     pub terminal_notice: bool,
-    /// `gate.approvals_url`.
+    /// `gate.approvals_url` (in local mode defaulting to the service's `[http]` URL).
     pub approvals_url: Option<String>,
+    /// Which session a process is in (the kernel's map), for terminal notices.
+    pub session_of: Option<super::terminal::SessionLookup>,
 }
 
 /// Handles the daemon keeps.
@@ -340,6 +342,7 @@ impl Engine {
             terminal: super::terminal::TerminalNotices::new(
                 settings.terminal_notice,
                 settings.approvals_url.clone(),
+                settings.session_of.clone(),
             ),
             settings,
             to_tell: Mutex::new(HashMap::new()),
