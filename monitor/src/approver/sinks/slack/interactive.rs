@@ -23,7 +23,7 @@ use crate::approver::http::conn::{LocalEnd, Peer};
 use crate::approver::identity::{WebCallerSession, WebPrincipal};
 use crate::approver::service::{ApproverService, Shared};
 use crate::approver::sinks::Sinks;
-use crate::approver::web::peer::pid_of_client;
+use crate::approver::web::peer::{Client, locate_client};
 use crate::os::clock::now_ms;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
@@ -345,15 +345,17 @@ async fn caller_session(
     if shared.auth.session_of_pid(0).is_none() {
         return Ok(None);
     }
-    let pid = tokio::task::spawn_blocking(move || pid_of_client(peer, local))
+    // The same answer as the web page's (IPv4-mapped addresses, the host's own
+    // addresses, a local client whose process cannot be found: refused).
+    let client = tokio::task::spawn_blocking(move || locate_client(peer, local))
         .await
         .map_err(|e| e.to_string())?;
-    match pid {
-        Some(pid) => Ok(shared.auth.session_of_pid(pid)),
-        None if peer.ip().is_loopback() => Err(format!(
+    match client {
+        Client::Process(pid) => Ok(shared.auth.session_of_pid(pid)),
+        Client::OnThisHost => Err(format!(
             "cannot tell which process on this host sent this callback (from {peer})"
         )),
-        None => Ok(None),
+        Client::Elsewhere => Ok(None),
     }
 }
 
