@@ -255,8 +255,25 @@ impl Core {
         self.records_at_tick = records;
         self.cadence.ticked(now, quiet);
         if self.cadence.sweep_due(now) {
-            let live: Vec<u64> = self.shared.registry.live().iter().map(|s| s.id).collect();
-            let ended = self.pipeline.ended_sessions(&live);
+            let sessions = self.shared.registry.live();
+            let live: Vec<u64> = sessions.iter().map(|s| s.id).collect();
+            // The process table learns a new session's members from their first kernel
+            // records; until then a session just registered has none there. Its root is
+            // alive while the kernel's session map still tags it (the entry goes at exit):
+            // such a session has not ended.
+            let ended: Vec<Action> = {
+                let k = lock(&self.shared.kernel);
+                self.pipeline
+                    .ended_sessions(&live)
+                    .into_iter()
+                    .filter(|a| match a {
+                        Action::SessionEnded(id) => !sessions
+                            .iter()
+                            .any(|s| s.id == *id && k.session_of(s.root_pid) == *id),
+                        _ => true,
+                    })
+                    .collect()
+            };
             self.act(ended);
             // A burst is over (no record for a second): give its heap back.
             if records == self.records_at_sweep && records != self.records_at_trim {
