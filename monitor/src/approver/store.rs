@@ -79,6 +79,13 @@ pub struct ContextRec {
     /// What a temporary name likely becomes (set by the service, see `approver::burst`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub likely_final: String,
+    /// What the approver sees of the content (see `RequestContext.excerpt`): escaped,
+    /// bounded, secrets masked by the host.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub excerpt: String,
+    /// `content` (the file now) or `diff` (the change); empty without an excerpt.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub excerpt_kind: String,
 }
 
 /// A rule's quorum as the host sent it (see `approver::quorum`).

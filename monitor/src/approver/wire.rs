@@ -34,6 +34,10 @@ pub const MAX_ANCESTRY: usize = 64;
 /// Largest encoded request context, in bytes.
 pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 /// Latest accepted deadline, relative to now (30 days).
+/// Longest `context.excerpt` (a few bytes over the host's own bound: its cut marker).
+pub const MAX_EXCERPT: usize = crate::event::excerpt::MAX_BYTES + 256;
+/// Most bytes of one line of `context.excerpt`.
+pub const MAX_EXCERPT_LINE: usize = MAX_TEXT;
 pub const MAX_DEADLINE_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Most approvals a rule may require, and most entries of its `approvers` and `notify`.
 pub const MAX_QUORUM: u32 = 16;
@@ -137,6 +141,15 @@ pub fn check_context(c: &pb::RequestContext) -> Result<(), Status> {
             ),
         ));
     }
+    check_excerpt(&c.excerpt)?;
+    if !matches!(c.excerpt_kind.as_str(), "" | "content" | "diff")
+        || c.excerpt.is_empty() != c.excerpt_kind.is_empty()
+    {
+        return Err(invalid(
+            "context.excerpt_kind",
+            "must be \"content\" or \"diff\" with an excerpt, empty without one",
+        ));
+    }
     if !(c.content_sha256.is_empty()
         || (c.content_sha256.len() == 64
             && c.content_sha256.bytes().all(|b| b.is_ascii_hexdigit())))
@@ -145,6 +158,20 @@ pub fn check_context(c: &pb::RequestContext) -> Result<(), Status> {
             "context.content_sha256",
             "neither empty nor 64 hex digits",
         ));
+    }
+    Ok(())
+}
+
+/// An excerpt: lines of text without control characters, each bounded.
+fn check_excerpt(s: &str) -> Result<(), Status> {
+    if s.len() > MAX_EXCERPT {
+        return Err(invalid(
+            "context.excerpt",
+            format!("longer than {MAX_EXCERPT} bytes"),
+        ));
+    }
+    for line in s.split('\n') {
+        check_text("context.excerpt", line, MAX_EXCERPT_LINE)?;
     }
     Ok(())
 }
@@ -224,6 +251,8 @@ pub fn new_request(
             quorum,
             login_user: c.login_user,
             likely_final,
+            excerpt: c.excerpt,
+            excerpt_kind: c.excerpt_kind,
         },
     })
 }
@@ -387,6 +416,8 @@ pub fn request(r: &RequestRec, g: Option<&GrantRec>) -> pb::ApprovalRequest {
             }),
             login_user: c.login_user.clone(),
             likely_final: c.likely_final.clone(),
+            excerpt: c.excerpt.clone(),
+            excerpt_kind: c.excerpt_kind.clone(),
         }),
         created_unix_ms: r.created_unix_ms,
         deadline_unix_ms: r.deadline_unix_ms,

@@ -2,6 +2,7 @@
 //! written as NDJSON. External consumers depend on it: change it only by adding fields,
 //! or by bumping the version.
 pub mod escape;
+pub mod excerpt;
 
 use std::sync::Arc;
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::event::escape::encode;
+use crate::event::excerpt::Masker;
 use crate::gate::preimage::{PreImage, hex};
 use crate::ledger::canonical::sha256_hex;
 use crate::store::{BlobTable, RecordTable, Store, StoreError, WriteTx};
@@ -26,6 +27,8 @@ pub const POSTIMAGES: BlobTable = BlobTable::new("gate_postimages");
 const CHANGE_IDS: &str = "gate_change";
 /// Longest diff kept in a ledger record, in bytes; longer diffs are cut and say so.
 pub const MAX_DIFF_BYTES: usize = 64 * 1024;
+/// Most lines of a diff kept in the ledger.
+pub const MAX_DIFF_LINES: usize = 4000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -202,17 +205,17 @@ pub struct Diff {
     pub truncated: bool,
     /// Either side is not text (NUL bytes or invalid UTF-8): only hashes are compared.
     pub binary: bool,
+    /// The path's content is never shown (`gate.no_excerpt`): only hashes are compared.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub withheld: bool,
 }
 
-fn is_text(b: &[u8]) -> bool {
-    !b.contains(&0) && std::str::from_utf8(b).is_ok()
-}
 
 /// Diff of the file now against the change's pre-image.
-pub fn diff(store: &Store, change: &Change) -> Result<Diff, ChangeError> {
+pub fn diff(store: &Store, change: &Change, masker: &Masker) -> Result<Diff, ChangeError> {
     let now = read_now(change)?;
     let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
-    diff_with(store, change, now, after_sha256)
+    diff_with(store, change, now, after_sha256, masker)
 }
 
 /// [`diff`], or `None` when the file's content hash is still `recorded` (the after-hash of
@@ -222,13 +225,14 @@ pub fn diff_if_changed(
     store: &Store,
     change: &Change,
     recorded: Option<&str>,
+    masker: &Masker,
 ) -> Result<Option<Diff>, ChangeError> {
     let now = read_now(change)?;
     let after_sha256 = now.as_deref().map(sha256_hex).unwrap_or_default();
     if recorded == Some(after_sha256.as_str()) {
         return Ok(None);
     }
-    diff_with(store, change, now, after_sha256).map(Some)
+    diff_with(store, change, now, after_sha256, masker).map(Some)
 }
 
 /// The file's content now (`None`: it is gone).
@@ -249,6 +253,7 @@ fn diff_with(
     change: &Change,
     now: Option<Vec<u8>>,
     after_sha256: String,
+    masker: &Masker,
 ) -> Result<Diff, ChangeError> {
     let before = if change.content_kept {
         store.get_blob(PREIMAGES, change.id)?
@@ -265,28 +270,17 @@ fn diff_with(
         diff: None,
         truncated: false,
         binary: false,
+        withheld: false,
     };
     if let (Some(before), Some(after)) = (before.as_deref(), now.as_deref()) {
-        if is_text(before) && is_text(after) {
-            let (b, a) = (
-                String::from_utf8_lossy(before),
-                String::from_utf8_lossy(after),
-            );
-            let text = similar::TextDiff::from_lines(b.as_ref(), a.as_ref())
-                .unified_diff()
-                .context_radius(3)
-                .header("before", "after")
-                .to_string();
-            if text.len() > MAX_DIFF_BYTES {
-                let mut cut = MAX_DIFF_BYTES;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                out.diff = Some(text[..cut].to_string());
-                out.truncated = true;
-            } else {
-                out.diff = Some(text);
-            }
+        if masker.withholds(&change.path) {
+            out.withheld = true;
+        } else if let Some(d) =
+            masker.diff_within(&change.path, before, after, MAX_DIFF_LINES, MAX_DIFF_BYTES)
+        {
+            // Equal contents: no hunk, only the two header lines.
+            out.diff = Some(if before == after { String::new() } else { d.text });
+            out.truncated = d.truncated;
         } else {
             out.binary = true;
         }
@@ -316,6 +310,7 @@ pub fn diff_own_close(
     change: &Change,
     recorded: Option<&str>,
     max_bytes: u64,
+    masker: &Masker,
 ) -> Result<Option<Diff>, ChangeError> {
     // Another file renamed over the path since (its diff and revert are the rename
     // handler's): not what this grant's writer left.
@@ -335,7 +330,7 @@ pub fn diff_own_close(
             store.write_lazy(|tx| tx.remove_blob(POSTIMAGES, change.id).map(|_| ()))?;
         }
     }
-    diff_with(store, change, now, after_sha256).map(Some)
+    diff_with(store, change, now, after_sha256, masker).map(Some)
 }
 
 /// Whether another file (device and inode) than the one the change was kept for is at the
@@ -590,7 +585,7 @@ mod tests {
         std::fs::write(&f, b"base=0\n").unwrap();
         let a = keep(&store, &f, b"base=0\n", true);
         std::fs::write(&f, b"base=0\na=1\n").unwrap();
-        diff_own_close(&store, &a, None, 1 << 20).unwrap().unwrap();
+        diff_own_close(&store, &a, None, 1 << 20, &Masker::default()).unwrap().unwrap();
         // Someone else's approved change after it.
         std::fs::write(&f, b"base=0\na=1\nb=1\n").unwrap();
         assert_eq!(revert_own(&store, &a).unwrap(), Reverted::ReverseApplied);
@@ -603,7 +598,7 @@ mod tests {
         let f = dir.path().join("app.conf");
         let a = keep(&store, &f, b"pool=10\n", true);
         std::fs::write(&f, b"pool=50\n").unwrap();
-        diff_own_close(&store, &a, None, 1 << 20).unwrap().unwrap();
+        diff_own_close(&store, &a, None, 1 << 20, &Masker::default()).unwrap().unwrap();
         std::fs::write(&f, b"pool=80\n").unwrap();
         assert!(matches!(
             revert_own(&store, &a),
@@ -678,7 +673,7 @@ mod tests {
         std::fs::write(&f, b"pool=500\ndebug=true\n").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
 
-        let d = diff(&store, &c).unwrap();
+        let d = diff(&store, &c, &Masker::default()).unwrap();
         let text = d.diff.unwrap();
         assert!(
             text.contains("-pool=10") && text.contains("+debug=true"),
@@ -717,7 +712,7 @@ mod tests {
             revert(&store, &c),
             Err(ChangeError::NoContent { .. })
         ));
-        assert!(diff(&store, &c).unwrap().diff.is_none());
+        assert!(diff(&store, &c, &Masker::default()).unwrap().diff.is_none());
     }
 
     #[test]
@@ -727,21 +722,21 @@ mod tests {
         std::fs::write(&f, b"a=1\n").unwrap();
         let c = keep(&store, &f, b"a=1\n", true);
         std::fs::write(&f, b"a=2\n").unwrap();
-        let first = diff_if_changed(&store, &c, None).unwrap().unwrap();
+        let first = diff_if_changed(&store, &c, None, &Masker::default()).unwrap().unwrap();
         assert!(first.diff.as_deref().unwrap().contains("+a=2"));
         // Closed again with the same content: nothing new.
-        let again = diff_if_changed(&store, &c, Some(&first.after_sha256)).unwrap();
+        let again = diff_if_changed(&store, &c, Some(&first.after_sha256), &Masker::default()).unwrap();
         assert!(again.is_none());
         // Changed again: a new diff, still against the pre-image.
         std::fs::write(&f, b"a=3\n").unwrap();
-        let third = diff_if_changed(&store, &c, Some(&first.after_sha256))
+        let third = diff_if_changed(&store, &c, Some(&first.after_sha256), &Masker::default())
             .unwrap()
             .unwrap();
         assert!(third.diff.as_deref().unwrap().contains("-a=1"));
         assert_ne!(third.after_sha256, first.after_sha256);
         // Removed: recorded as gone.
         std::fs::remove_file(&f).unwrap();
-        let gone = diff_if_changed(&store, &c, Some(&third.after_sha256))
+        let gone = diff_if_changed(&store, &c, Some(&third.after_sha256), &Masker::default())
             .unwrap()
             .unwrap();
         assert!(!gone.exists);
@@ -753,7 +748,7 @@ mod tests {
         let f = dir.path().join("bin");
         std::fs::write(&f, b"\0\x01").unwrap();
         let c = keep(&store, &f, b"\0\x02", true);
-        let d = diff(&store, &c).unwrap();
+        let d = diff(&store, &c, &Masker::default()).unwrap();
         assert!(d.binary && d.diff.is_none());
     }
 

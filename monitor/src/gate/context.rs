@@ -138,6 +138,8 @@ pub struct ContextInput<'a> {
     pub path: &'a [u8],
     pub operations: Vec<String>,
     pub content_sha256: String,
+    /// What the approver sees of the content (`gate.mask` applied), if anything.
+    pub excerpt: Option<(crate::event::excerpt::Excerpt, &'static str)>,
     pub rule: &'a str,
     pub mode: &'a str,
     pub fail_verdict: &'a str,
@@ -178,6 +180,8 @@ pub fn request_context(i: ContextInput<'_>) -> pb::RequestContext {
         login_user: s.and_then(|s| login_user(s.root_pid)).unwrap_or_default(),
         // The service names it (from the path).
         likely_final: String::new(),
+        excerpt_kind: i.excerpt.as_ref().map(|e| e.1.to_string()).unwrap_or_default(),
+        excerpt: i.excerpt.map(|e| e.0.text).unwrap_or_default(),
     }
 }
 

@@ -83,6 +83,7 @@ pub struct Policy {
     mark_roots: Vec<PathBuf>,
     request_ttl: Duration,
     max_preimage_bytes: u64,
+    masker: Arc<crate::event::excerpt::Masker>,
 }
 
 impl Policy {
@@ -115,6 +116,11 @@ impl Policy {
             mark_roots: mark_roots(dirs, files),
             request_ttl: config.request_ttl.0,
             max_preimage_bytes: config.max_preimage_bytes,
+            // Checked by `compile_rules` above.
+            masker: Arc::new(
+                crate::event::excerpt::Masker::new(&config.mask, &config.no_excerpt)
+                    .unwrap_or_default(),
+            ),
         })
     }
 
@@ -201,6 +207,11 @@ impl Policy {
     /// `gate.request_ttl`.
     pub fn request_ttl(&self) -> Duration {
         self.request_ttl
+    }
+
+    /// `gate.mask` and `gate.no_excerpt`: what approvers see of a file's content.
+    pub fn masker(&self) -> &Arc<crate::event::excerpt::Masker> {
+        &self.masker
     }
 
     /// `gate.max_preimage_bytes`.

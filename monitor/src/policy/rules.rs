@@ -66,6 +66,15 @@ pub struct GateConfig {
     /// the in-process service's `[http] public_url` (or `listen`), else none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approvals_url: Option<String>,
+    /// Key names (case-insensitive globs) whose values are masked in what approvers and
+    /// the ledger see of a file (`KEY=value`, `key: value`, `"key": value` lines). Default
+    /// `["*KEY*", "*SECRET*", "*TOKEN*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*"]`.
+    /// Pre-images and the baseline keep the real bytes.
+    pub mask: Vec<String>,
+    /// Paths (globs) whose content is never shown to approvers or in the ledger's diffs,
+    /// only its hash. Default: shadow files, SSH host keys, `*.key`, `*.pem`, `*.p12`,
+    /// private SSH keys.
+    pub no_excerpt: Vec<String>,
     /// The rules, in order: the first that matches an open decides.
     #[serde(rename = "rule")]
     pub rules: Vec<RuleConfig>,
@@ -84,6 +93,8 @@ impl Default for GateConfig {
             files: Vec::new(),
             terminal_notice: true,
             approvals_url: None,
+            mask: crate::event::excerpt::default_masks(),
+            no_excerpt: crate::event::excerpt::default_no_excerpt(),
             rules: default_gate_rules(),
         }
     }
@@ -537,6 +548,12 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
         p.fail(
             "gate.approvals_url".into(),
             "expected an absolute http:// or https:// address of printable characters without spaces, quotes or a query",
+        );
+    }
+    if let Err(e) = crate::event::excerpt::Masker::new(&g.mask, &g.no_excerpt) {
+        p.fail(
+            e.field.into(),
+            format!("{:?} is not a valid glob: {}", e.pattern, e.reason),
         );
     }
     let mut trees = Vec::new();

@@ -177,6 +177,11 @@ pub fn card(ev: &Event, links: Option<(&LinkMaker, &[String])>) -> Value {
             body.push(json!({ "type": "TextBlock", "weight": "Bolder", "size": "Medium", "wrap": true,
                 "text": clean(&format!("{} wants to write {} on {}", req.context.agent, req.context.path, req.context.host), 600) }));
             body.push(facts(req));
+            // One monospace line per excerpt line: a card's text would read markdown.
+            for line in req.context.excerpt.lines().take(60) {
+                body.push(json!({ "type": "TextBlock", "fontType": "Monospace", "wrap": true,
+                    "spacing": "None", "size": "Small", "text": clean(line, 300) }));
+            }
             if let Some((l, approvers)) = links {
                 for who in approvers {
                     if let Some(url) = (l.0)(req.id, who, req.deadline_unix_ms) {

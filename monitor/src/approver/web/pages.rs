@@ -211,6 +211,16 @@ pub(super) fn context_html(r: &pb::ApprovalRequest) -> String {
     if !c.content_sha256.is_empty() {
         rows.push(("Content SHA-256", esc(&c.content_sha256)));
     }
+    if !c.excerpt.is_empty() {
+        rows.push((
+            if c.excerpt_kind == "diff" {
+                "Change"
+            } else {
+                "Content now"
+            },
+            format!("<pre class=\"excerpt\">{}</pre>", esc(&c.excerpt)),
+        ));
+    }
     if !c.ancestry.is_empty() {
         let chain = c
             .ancestry

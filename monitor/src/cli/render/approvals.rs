@@ -204,6 +204,14 @@ pub fn render_request(r: &pb::ApprovalRequest, now_ms: i64) -> String {
             format!("sha256 {}", term(&c.content_sha256))
         },
     );
+    for (i, line) in c.excerpt.lines().enumerate() {
+        let label = match (i, c.excerpt_kind.as_str()) {
+            (0, "diff") => "change",
+            (0, _) => "content now",
+            _ => "",
+        };
+        field(label, term(line));
+    }
     if !r.suggested_glob.is_empty() {
         field(
             "suggested",
@@ -337,6 +345,8 @@ pub fn request_json(r: &pb::ApprovalRequest) -> Value {
             "fail_verdict": c.fail_verdict,
             "login_user": c.login_user,
             "likely_final": c.likely_final,
+            "excerpt": c.excerpt,
+            "excerpt_kind": c.excerpt_kind,
             "quorum": c.quorum.as_ref().map(|q| json!({
                 "approvals": q.approvals.max(1), "approvers": q.approvers,
                 "four_eyes": q.four_eyes, "notify": q.notify,
@@ -418,6 +428,8 @@ pub(crate) mod tests {
                 quorum: None,
                 login_user: String::new(),
                 likely_final: String::new(),
+                excerpt: "PORT=80\nAPI_KEY=********\n".into(),
+                excerpt_kind: "content".into(),
             }),
             created_unix_ms: NOW - 60_000,
             deadline_unix_ms: NOW + 252_000,
@@ -450,6 +462,8 @@ pub(crate) mod tests {
             "mode         hold",
             "fail verdict deny",
             "content      sha256 abab",
+            "content now  PORT=80",
+            "             API_KEY=********",
             "(1m ago)",
             "(in 4m 12s)",
         ] {
@@ -460,7 +474,7 @@ pub(crate) mod tests {
             "escape sequence reached the terminal"
         );
         let lines = s.lines().count();
-        assert_eq!(lines, 19, "one line per field:\n{s}");
+        assert_eq!(lines, 21, "one line per field and excerpt line:\n{s}");
         let mut gone = request();
         if let Some(c) = gone.context.as_mut() {
             c.content_sha256.clear();

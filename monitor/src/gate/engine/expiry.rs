@@ -61,8 +61,9 @@ impl Engine {
             (Some(_), OnExpiry::Revert) => OnExpiry::Flag,
             (_, a) => a,
         };
+        let masker = self.state.policy.masker().clone();
         let res = blocking(move || {
-            let diff = changes::diff(&store, &c);
+            let diff = changes::diff(&store, &c, &masker);
             let reverted = match action {
                 OnExpiry::Revert => Some(changes::revert_own(&store, &c)),
                 OnExpiry::Flag => None,

@@ -409,6 +409,12 @@ impl Engine {
                 .filter(|_| !created)
                 .map(|p| preimage::hex(&p.sha256))
                 .unwrap_or_default(),
+            excerpt: pre
+                .filter(|_| !created)
+                .and_then(|p| p.content.as_deref())
+                .and_then(|c| self.state.policy.masker().excerpt(path, c))
+                .filter(|e| !e.text.is_empty())
+                .map(|e| (e, "content")),
             rule: &rule.name,
             mode: rule.mode.as_str(),
             fail_verdict: rule.fail.as_str(),

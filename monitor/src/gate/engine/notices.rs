@@ -64,9 +64,11 @@ impl Engine {
             let cc = c.clone();
             let recorded = lock(&self.diffed).get(&c.id).cloned();
             let max = self.state.policy.max_preimage_bytes();
-            let res =
-                blocking(move || changes::diff_own_close(&store, &cc, recorded.as_deref(), max))
-                    .await;
+            let masker = self.state.policy.masker().clone();
+            let res = blocking(move || {
+                changes::diff_own_close(&store, &cc, recorded.as_deref(), max, &masker)
+            })
+            .await;
             if let Some(Ok(None)) = res {
                 GateMetrics::inc(&self.state.metrics.diffs_unchanged);
             }

@@ -47,15 +47,29 @@ fn date(ms: i64) -> String {
     format!("<!date^{secs}^{{date_short_pretty}} {{time_secs}}|{secs}>")
 }
 
-/// A content excerpt or diff, if the record carries one.
+/// The request's content excerpt or diff (escaped, bounded and masked by the host), its
+/// lines escaped for mrkdwn one by one (a backtick cannot end the code block), labelled.
 fn excerpt(req: &RequestRec) -> Option<String> {
-    let v = serde_json::to_value(req).ok()?;
-    let c = v.get("context")?;
-    ["diff", "excerpt", "content_excerpt"]
-        .iter()
-        .find_map(|k| c.get(*k).and_then(Value::as_str))
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    let c = &req.context;
+    if c.excerpt.is_empty() {
+        return None;
+    }
+    let mut left = 1500usize;
+    let mut lines = Vec::new();
+    for line in c.excerpt.lines() {
+        if left == 0 {
+            lines.push("…".to_owned());
+            break;
+        }
+        lines.push(esc(line, left));
+        left = left.saturating_sub(line.chars().count().max(1));
+    }
+    let label = if c.excerpt_kind == "diff" {
+        "Change"
+    } else {
+        "Content now"
+    };
+    Some(format!("*{label}*\n```{}```", lines.join("\n")))
 }
 
 /// The session-scoped glob suggested for the request, if it carries one.
@@ -102,9 +116,7 @@ fn context_blocks(req: &RequestRec) -> Vec<Value> {
             "text": format!("Suggested for this session: `{}` (Approve… offers it)", esc(&g, FIELD_MAX)) }] }));
     }
     if let Some(x) = excerpt(req) {
-        blocks.push(json!({ "type": "section", "text": {
-            "type": "mrkdwn", "text": format!("```{}```", esc(&x, 1500).replace("```", "'''"))
-        }}));
+        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": x }}));
     }
     blocks
 }
