@@ -20,6 +20,7 @@ pub mod browser;
 pub mod gate;
 pub mod receiver;
 pub mod service;
+pub mod slack;
 
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -24,7 +24,12 @@ pub struct Recorded {
     /// What it answered.
     pub status: u16,
     pub answer: Value,
+    /// When its body had been read in full.
+    pub received: SystemTime,
 }
+
+/// Called with each request once it is answered (see [`Receiver::on_request`]).
+type Hook = Box<dyn Fn(&Recorded) + Send + Sync>;
 
 impl Recorded {
     /// A header's value (name in lowercase).
@@ -49,6 +54,7 @@ pub struct Receiver {
     pub ca_file: PathBuf,
     log: Arc<Mutex<Vec<Recorded>>>,
     down: Arc<AtomicBool>,
+    hook: Arc<Mutex<Option<Hook>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -85,17 +91,19 @@ impl Receiver {
         let url = format!("https://{}", listener.local_addr().expect("addr"));
         let log = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(AtomicBool::new(false));
-        let (l, d) = (Arc::clone(&log), Arc::clone(&down));
+        let hook: Arc<Mutex<Option<Hook>>> = Arc::new(Mutex::new(None));
+        let (l, d, h) = (Arc::clone(&log), Arc::clone(&down), Arc::clone(&hook));
         std::thread::spawn(move || {
             let ts = Arc::new(AtomicU64::new(1));
             for conn in listener.incoming().flatten() {
-                let (config, l, d, ts) = (
-                    Arc::clone(&config),
-                    Arc::clone(&l),
-                    Arc::clone(&d),
-                    Arc::clone(&ts),
-                );
-                std::thread::spawn(move || serve(conn, config, l, d, ts));
+                let shared = Shared {
+                    config: Arc::clone(&config),
+                    log: Arc::clone(&l),
+                    down: Arc::clone(&d),
+                    hook: Arc::clone(&h),
+                    ts: Arc::clone(&ts),
+                };
+                std::thread::spawn(move || serve(conn, shared));
             }
         });
         Receiver {
@@ -103,8 +111,15 @@ impl Receiver {
             ca_file,
             log,
             down,
+            hook,
             _dir: dir,
         }
+    }
+
+    /// Calls `f` with every request from now on, after it is answered, on the connection's
+    /// thread (the benchmark's auto-approver clicks the buttons of each posted message).
+    pub fn on_request(&self, f: impl Fn(&Recorded) + Send + Sync + 'static) {
+        *self.hook.lock().expect("hook") = Some(Box::new(f));
     }
 
     /// Every request so far.
@@ -144,13 +159,23 @@ impl Receiver {
     }
 }
 
-fn serve(
-    tcp: TcpStream,
+/// What every connection's thread shares.
+struct Shared {
     config: Arc<rustls::ServerConfig>,
     log: Arc<Mutex<Vec<Recorded>>>,
     down: Arc<AtomicBool>,
+    hook: Arc<Mutex<Option<Hook>>>,
     ts: Arc<AtomicU64>,
-) {
+}
+
+fn serve(tcp: TcpStream, sh: Shared) {
+    let Shared {
+        config,
+        log,
+        down,
+        hook,
+        ts,
+    } = sh;
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(conn) = rustls::ServerConnection::new(config) else {
         return;
@@ -186,6 +211,7 @@ fn serve(
         return;
     }
     drop(reader);
+    let received = SystemTime::now();
     let n = ts.fetch_add(1, Ordering::SeqCst);
     let (status, answer) = match path.as_str() {
         "/api/chat.postMessage" => (
@@ -204,13 +230,15 @@ fn serve(
         "/hook" if down.load(Ordering::SeqCst) => (503, json!({ "error": "down" })),
         _ => (200, json!({ "ok": true })),
     };
-    log.lock().expect("log").push(Recorded {
+    let rec = Recorded {
         path,
         headers,
         body,
         status,
         answer: answer.clone(),
-    });
+        received,
+    };
+    log.lock().expect("log").push(rec.clone());
     let text = answer.to_string();
     let reason = if status == 200 {
         "OK"
@@ -225,4 +253,8 @@ fn serve(
     let _ = tls.flush();
     tls.conn.send_close_notify();
     let _ = tls.flush();
+    drop(tls);
+    if let Some(f) = hook.lock().expect("hook").as_ref() {
+        f(&rec);
+    }
 }

@@ -3,7 +3,6 @@
 //! interactive callbacks signed as Slack documents, approving a held write of a confined
 //! session; refused callbacks; and the outbox across a restart of the service.
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +11,7 @@ use e2e::receiver::{Receiver, Recorded};
 use e2e::service::{
     ApprovalService, Approver, free_port, gate_asking, remote_daemon, spawn_session,
 };
+use e2e::slack;
 use e2e::*;
 use monitor::approver::sinks::slack::interactive::sign;
 use monitor::approver::sinks::webhook;
@@ -60,18 +60,6 @@ fn notify_toml(secrets: &Path, recv: &Receiver, http_port: u16, slack: bool) -> 
     t
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_owned(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// POSTs `payload` to `/slack/interactive` as Slack does: form-encoded, signed with
 /// `secret` at `ts` (or with `signature` instead). Returns status and body.
 fn slack_callback(
@@ -81,56 +69,21 @@ fn slack_callback(
     ts: i64,
     signature: Option<&str>,
 ) -> (u16, String) {
-    let body = format!("payload={}", urlencode(&payload.to_string()));
+    let body = slack::form_body(payload);
     let ts = ts.to_string();
     let sig = signature
         .map(str::to_owned)
         .unwrap_or_else(|| sign(secret.as_bytes(), &ts, body.as_bytes()));
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect http");
-    write!(
-        s,
-        "POST /slack/interactive HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/x-www-form-urlencoded\r\n\
-         x-slack-request-timestamp: {ts}\r\nx-slack-signature: {sig}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let text = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    (status, text)
+    slack::post_interactive(port, &body, &ts, &sig).expect("POST /slack/interactive")
 }
 
 fn button_click(user: &str, action: &str, request_id: u64, recv: &Receiver) -> Value {
-    json!({
-        "type": "block_actions",
-        "user": { "id": user, "username": "someone", "team_id": "T0TEST" },
-        "team": { "id": "T0TEST", "domain": "test" },
-        "api_app_id": "A0TEST",
-        "trigger_id": "12345.98765.abcd",
-        "response_url": format!("{}/response", recv.url),
-        "container": { "type": "message", "message_ts": "1700000000.000001", "channel_id": "C0TEST" },
-        "channel": { "id": "C0TEST", "name": "ops" },
-        "actions": [{ "type": "button", "action_id": action, "block_id": "confgate_decide",
-                      "value": request_id.to_string(), "action_ts": "1700000001.0" }],
-    })
+    slack::button_click(user, action, request_id, &recv.url)
 }
 
 /// The request id on the decision buttons of a posted request message.
 fn request_id_of(post: &Recorded) -> u64 {
-    let blocks = post.json()["blocks"].clone();
-    blocks
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["type"] == "actions")
-        .and_then(|b| b["elements"][0]["value"].as_str())
-        .and_then(|v| v.parse().ok())
-        .expect("buttons with the request id")
+    slack::request_id_of(post).expect("buttons with the request id")
 }
 
 fn post_about<'a>(r: &'a [Recorded], path: &str, needle: &str) -> Option<&'a Recorded> {
@@ -175,7 +128,8 @@ fn a_signed_slack_click_approves_a_held_write_and_the_message_shows_who() {
     let d = remote_daemon(format!("endpoint = {ep:?}"), |w| gate_asking(w, "60s"));
     let approver = Approver::at(&d, &ep);
     let file = d.watched.join("gated/app.conf");
-    std::fs::write(&file, "a\n").unwrap();
+    // A secret in the file: approvers see the line, never the value.
+    std::fs::write(&file, "a\nAPI_KEY=supersecret\n").unwrap();
 
     // The held write becomes a Slack message with the context and the buttons.
     let c = spawn_session(&d, "echo b > gated/app.conf", &[]);
@@ -199,6 +153,12 @@ fn a_signed_slack_click_approves_a_held_write_and_the_message_shows_who() {
     ] {
         assert!(text.contains(want), "{want} not in {text}");
     }
+    // Slack's text neutralizes mrkdwn's `*` as `∗`.
+    assert!(
+        text.contains("Content now") && text.contains("API_KEY=∗∗∗∗∗∗∗∗"),
+        "the excerpt, masked: {text}"
+    );
+    assert!(!text.contains("supersecret"), "{text}");
     let id = request_id_of(&post);
     // A Teams card with a signed action link to the web page for alice.
     let r = recv.wait_for("the Teams card", |r| {
@@ -209,6 +169,11 @@ fn a_signed_slack_click_approves_a_held_write_and_the_message_shows_who() {
         .json();
     let content = &card["attachments"][0]["content"];
     assert_eq!(content["type"], "AdaptiveCard");
+    let card_text = content.to_string();
+    assert!(
+        card_text.contains("API_KEY=********") && !card_text.contains("supersecret"),
+        "{card_text}"
+    );
     assert_eq!(content["actions"][0]["title"], "Approve / deny as alice");
     let link = content["actions"][0]["url"].as_str().unwrap();
     assert!(
@@ -222,6 +187,24 @@ fn a_signed_slack_click_approves_a_held_write_and_the_message_shows_who() {
     let created = hooks(&r, "request.created")[0].json();
     assert_eq!(created["request"]["id"], id);
     assert_eq!(created["sink"], "webhook:siem");
+    let ctx = &created["request"]["context"];
+    assert_eq!(ctx["excerpt_kind"], "content", "{ctx}");
+    assert_eq!(ctx["excerpt"], "a\nAPI_KEY=********\n", "{ctx}");
+    assert!(!created.to_string().contains("supersecret"));
+    let shown = d.cli(&[
+        "approvals",
+        "--approver",
+        &ep,
+        "show",
+        &id.to_string(),
+        "--json",
+    ]);
+    ok(&shown);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("API_KEY=********") && !shown.contains("supersecret"),
+        "{shown}"
+    );
 
     // Refused: a bad signature, an old timestamp, a user not in the allow-list.
     let click = button_click("U0ALICE", "approve_1h", id, &recv);
@@ -249,6 +232,14 @@ fn a_signed_slack_click_approves_a_held_write_and_the_message_shows_who() {
     let o = finish(c);
     ok(&o);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "b\n");
+    for r in recv.requests() {
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("supersecret"),
+            "{}",
+            r.path
+        );
+    }
+    assert!(!svc.ledger().contains("supersecret"));
     assert_eq!(approver.state_of(&id.to_string()), "approved");
 
     // The message is updated in place with the outcome and who decided.
@@ -480,10 +471,7 @@ fn the_daemons_local_service_notifies_too() {
     assert_eq!(hooks(&r, "request.created")[0].json()["request"]["id"], id);
     // A correctly signed Slack click sent from inside an agent session is refused: the
     // service knows the sending process's session in local mode.
-    let body = format!(
-        "payload={}",
-        urlencode(&button_click("U0ALICE", "approve_1h", id, &recv).to_string())
-    );
+    let body = slack::form_body(&button_click("U0ALICE", "approve_1h", id, &recv));
     let body_file = g.d.dir.path().join("click.form");
     std::fs::write(&body_file, &body).unwrap();
     let ts = now_secs().to_string();

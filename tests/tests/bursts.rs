@@ -4,13 +4,16 @@
 //!   approving it with `--suggested` lets the rest of the burst through with no further
 //!   request, nothing flagged, nothing reverted.
 //! - The real thing: `apt-get install -y` of a small Debian package with conffiles in
-//!   `/etc`, inside a confined session under the shipped rules, approved through the CLI
-//!   with the suggested glob when a request appears: one or two decisions, the package
-//!   works, nothing flagged or reverted. Skipped (with the reason) when apt cannot reach
-//!   the archive or the package is installed already.
+//!   `/etc`, inside a confined session under the shipped rules, approved on the web page
+//!   (headless Chromium signed in at the test OpenID provider) with one click on the
+//!   session's set and its suggested glob when a request appears: one or two decisions,
+//!   the package works, nothing flagged or reverted. Skipped (with the reason) when apt
+//!   cannot reach the archive, the package is installed already, or the browser's
+//!   prerequisites are missing.
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e::browser::{Browser, free_port, missing_prerequisites, start_oidc};
 use e2e::gate::{Gate, id_of, parse_json_list, rule, wait_child};
 use e2e::*;
 
@@ -113,28 +116,76 @@ fn apt_reaches_the_archive(pkg: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A daemon under the shipped rules whose local approval service serves the web page on
+/// `http://127.0.0.1:web_port`, with sign-in at the test provider on `oidc_port`.
+fn gate_with_page(web_port: u16, oidc_port: u16) -> Gate {
+    Gate {
+        d: Daemon::start_with(DaemonOptions {
+            toml_for_dir: Some(Box::new(move |root| {
+                let secret = root.join("oidc-client-secret");
+                std::fs::write(&secret, "confgate-test-secret\n").unwrap();
+                let approver = root.join("approver.toml");
+                let sock = root.join("approver.sock");
+                std::fs::write(
+                    &approver,
+                    format!(
+                        "listen = [\"unix:{sock}\"]\nallow_plaintext = true\n\
+                         store = \"{state}/approver.redb\"\nledger = \"{state}/ledger.jsonl\"\n\
+                         [http]\nlisten = \"http://127.0.0.1:{web_port}\"\n\
+                         [web.oidc]\nissuer = \"http://127.0.0.1:{oidc_port}\"\n\
+                         client_id = \"confgate\"\nclient_secret_file = \"{secret}\"\n\
+                         scopes = [\"openid\", \"profile\", \"email\", \"groups\"]\n\
+                         approvers = [\"group:sre\"]\n",
+                        sock = sock.display(),
+                        state = root.join("approver-state").display(),
+                        secret = secret.display(),
+                    ),
+                )
+                .unwrap();
+                // The shipped rules (ask about every session write under /etc).
+                format!(
+                    "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nlocal_config = \"{}\"\n\n\
+                     [gate]\ndefault_timeout = \"60s\"\n",
+                    sock.display(),
+                    approver.display(),
+                )
+            })),
+            ..DaemonOptions::default()
+        }),
+    }
+}
+
 #[test]
 fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
     let test = "apt_get_install_in_a_session_ends_with_one_or_two_decisions";
     if !require_root(test) {
         return;
     }
+    if let Some(why) = missing_prerequisites() {
+        skip(test, &why);
+        return;
+    }
     if let Err(why) = apt_reaches_the_archive(PACKAGE) {
         skip(test, &why);
         return;
     }
-    // The shipped rules (ask about every session write under /etc), local service.
-    let g = Gate {
-        d: Daemon::start_with(DaemonOptions {
-            toml_for_dir: Some(Box::new(|root| {
-                format!(
-                    "{}\n[gate]\ndefault_timeout = \"60s\"\n",
-                    e2e::gate::local_approval(root)
-                )
-            })),
-            ..DaemonOptions::default()
-        }),
-    };
+    let (web_port, oidc_port) = (free_port(), free_port());
+    let base = format!("http://127.0.0.1:{web_port}");
+    let g = gate_with_page(web_port, oidc_port);
+    let logs = g.d.dir.path().to_owned();
+    let _idp = start_oidc(
+        oidc_port,
+        &format!("{base}/web/callback"),
+        &logs.join("oidc.log"),
+    );
+    // A person signs in to the page (a real browser, a real OpenID provider).
+    let b = Browser::start(&logs.join("chromedriver.log"));
+    b.goto(&format!("{base}/"));
+    b.click("#sign-in");
+    b.type_into("#username", "alice");
+    b.click("#idp-submit");
+    b.wait_for("#none", Duration::from_secs(30));
+
     let mut c = Command::new(confgate_bin());
     c.arg("--config")
         .arg(&g.d.config)
@@ -151,9 +202,12 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("confgate run apt-get");
-    // Approve each request that appears with its session's suggested glob (the set).
+    // Each request that appears is opened on the page, and its session's set approved
+    // there with the suggested glob in one click (the request alone when it has no set).
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut decisions = 0;
+    let mut set_clicks = 0;
+    let mut seen = Vec::new();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -161,30 +215,29 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
         assert!(Instant::now() < deadline, "apt-get did not finish");
         let o = g.cli(&["approvals", "list", "--json"]);
         ok(&o);
-        if let Some(r) = parse_json_list(&o.stdout).first() {
+        let list = parse_json_list(&o.stdout);
+        if let Some(r) = list.iter().find(|r| !seen.contains(&id_of(r))) {
             let id = id_of(r);
+            seen.push(id.clone());
             eprintln!(
                 "request {id}: {} ({}); suggested {}",
                 r["context"]["path"], r["context"]["likely_final"], r["suggested_glob"]
             );
-            // The set with the glob shown (never `/etc/**`), else the request alone.
-            let glob = r["suggested_glob"].as_str().unwrap_or_default();
-            let o = if glob.is_empty() {
-                g.cli(&["approvals", "approve", &id, "--ttl", "30m"])
+            b.goto(&format!("{base}/web/requests/{id}"));
+            b.wait_for("#approve-form", Duration::from_secs(15));
+            let page = b.source();
+            if b.find_all("#approve-set").is_empty() {
+                b.click("#approve");
             } else {
-                g.cli(&[
-                    "approvals",
-                    "approve",
-                    "--session-set",
-                    &id,
-                    "--expect-glob",
-                    glob,
-                    "--ttl",
-                    "30m",
-                ])
-            };
-            ok(&o);
-            decisions += output_text(&o).matches(": approved").count();
+                // The set shows its glob (never `/etc/**`) and its requests.
+                let glob = r["suggested_glob"].as_str().unwrap_or_default();
+                assert!(!glob.is_empty() && page.contains(glob), "{page}");
+                assert!(!page.contains("<code id=\"set-glob\">/etc/**</code>"));
+                b.click("#approve-set");
+                set_clicks += 1;
+            }
+            decisions += 1;
+            b.wait_for("dl.ctx", Duration::from_secs(15));
         }
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -206,6 +259,13 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
     let reverted = g.stat("gate_changes_reverted");
     let unapproved = g.stat("gate_unapproved_renames");
     let requests = g.stat("gate_requests");
+    // Every decision was the signed-in person's, made on the page.
+    let all = g.cli(&["approvals", "list", "--all", "--json"]);
+    ok(&all);
+    let approved: Vec<_> = parse_json_list(&all.stdout)
+        .into_iter()
+        .filter(|r| r["state"] == "approved")
+        .collect();
     purge();
     let works = works.expect("nano --version");
     assert!(
@@ -217,6 +277,11 @@ fn apt_get_install_in_a_session_ends_with_one_or_two_decisions() {
         (1..=2).contains(&decisions),
         "{decisions} decisions ({requests} requests): {out}"
     );
+    assert!(!approved.is_empty());
+    assert!(set_clicks >= 1, "the page offered no session set");
+    for r in &approved {
+        assert_eq!(r["decision"]["decided_by"], "oidc:alice", "{r}");
+    }
     assert_eq!((flagged, reverted, unapproved), (0, 0, 0), "{}", g.d.log());
 }
 

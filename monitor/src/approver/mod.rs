@@ -51,6 +51,7 @@ pub mod identity;
 pub mod outbox;
 pub mod quorum;
 pub mod service;
+pub mod session_set;
 pub mod sinks;
 pub mod store;
 pub mod tls;

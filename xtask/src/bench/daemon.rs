@@ -25,6 +25,9 @@ pub enum Mode {
     /// The default configuration with a group of eBPF programs left unattached
     /// (`kernel.skip_programs`): one A/B column per group (scenario 1).
     Skip(Hooks),
+    /// The default configuration, its local approval service notifying a webhook and
+    /// Slack (`[approval] local_config`, scenario 11).
+    Notify,
 }
 
 impl Mode {
@@ -37,6 +40,7 @@ impl Mode {
     pub fn every() -> Vec<Mode> {
         let mut v: Vec<Mode> = Mode::ALL.into_iter().chain(Mode::FANOTIFY).collect();
         v.extend(Hooks::ALL.map(Mode::Skip));
+        v.push(Mode::Notify);
         v
     }
 
@@ -135,6 +139,8 @@ pub struct DaemonSpec {
     pub supervise_socket: bool,
     /// TOML tables appended to the file (scenarios' own `[[gate.rule]]` tables).
     pub extra_toml: String,
+    /// `approval.local_config`: the local approval service's own settings.
+    pub local_config: Option<PathBuf>,
 }
 
 impl DaemonSpec {
@@ -161,6 +167,11 @@ impl DaemonSpec {
         } else {
             String::new()
         };
+        let local = self
+            .local_config
+            .as_ref()
+            .map(|p| format!("local_config = {}\n", q(p)))
+            .unwrap_or_default();
         let gate = self
             .fanotify
             .map(|m| format!("[gate]\nfanotify = {m:?}\n"))
@@ -173,7 +184,7 @@ impl DaemonSpec {
              [output]\nevents_file = {}\nstdout = \"off\"\nstats_interval_secs = 1\n\
              [kernel]\npath_filter = {}\n{skip}{ring}\
              [watch]\npaths = [{}]\nproject_roots = []\n\
-             [approval]\nlocal_socket = {}\n{gate}{}",
+             [approval]\nlocal_socket = {}\n{local}{gate}{}",
             q(&dir.join("s.sock")),
             q(&dir.join("state")),
             q(&dir.join("events.ndjson")),

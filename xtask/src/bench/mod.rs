@@ -2,6 +2,7 @@
 //! the same run, interleaved over several rounds (see [`scenario`]); median and spread per
 //! mode; results to `bench/results/*.json` and, for a full run, the table in
 //! `BENCHMARKS.md`.
+mod approvers;
 mod auto_approver;
 mod daemon;
 mod gate_latency;
@@ -283,6 +284,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .iter_mut()
             .filter_map(|s| s.daemon_toml(&cx))
             .collect::<String>();
+    let local_config = scenarios.iter().find_map(|s| s.approval_config());
     let spec = |mode: Mode| DaemonSpec {
         path_filter: mode != Mode::OnNoFilter,
         watch: watch.clone(),
@@ -298,6 +300,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         supervise_socket: cx.features.confine,
         extra_toml: extra_toml.clone(),
+        local_config: match mode {
+            Mode::Notify => local_config.clone(),
+            _ => None,
+        },
     };
     let modes: Vec<Mode> = Mode::every()
         .into_iter()

@@ -118,6 +118,11 @@ pub trait Scenario {
     fn daemon_toml(&mut self, _cx: &Cx) -> Option<String> {
         None
     }
+    /// The local approval service's settings file for [`Mode::Notify`] daemons (written by
+    /// `daemon_toml`).
+    fn approval_config(&self) -> Option<PathBuf> {
+        None
+    }
     /// Measure once in `round` with the daemon of `mode` (None when off).
     fn measure(
         &mut self,
@@ -143,9 +148,9 @@ pub trait Scenario {
 /// first (a fresh daemon), then start-up, then the workloads.
 pub fn all() -> Vec<Box<dyn Scenario>> {
     use super::{
-        gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, macro_build::MacroBuild,
-        mechanisms::Mechanisms, session_opens::SessionOpens, session_rate::SessionRate,
-        startup::Startup,
+        approvers::Approvers, gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost,
+        macro_build::MacroBuild, mechanisms::Mechanisms, session_opens::SessionOpens,
+        session_rate::SessionRate, startup::Startup,
     };
     vec![
         Box::new(Idle::default()),
@@ -158,5 +163,6 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(SessionOpens::default()),
         Box::new(MacroBuild::default()),
         Box::new(Mechanisms::default()),
+        Box::new(Approvers::default()),
     ]
 }

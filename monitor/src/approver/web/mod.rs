@@ -38,6 +38,7 @@ pub mod links;
 pub mod oidc;
 mod pages;
 pub mod peer;
+mod sets;
 
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,10 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/", get(index))
         .route("/web/requests/{id}", get(request_page))
         .route("/web/requests/{id}/decide", axum::routing::post(decide))
+        .route(
+            "/web/requests/{id}/decide-set",
+            axum::routing::post(super::sets::decide_set),
+        )
         .route("/web/grants", get(grants))
         .route("/web/grants/{id}/revoke", axum::routing::post(revoke))
         .route("/web/ledger", get(ledger))
@@ -324,6 +328,7 @@ async fn request_page(
             &s.csrf,
             &r,
         ));
+        body.push_str(&super::sets::section(&web, &s.name, &s.csrf, &r).await);
     }
     html(page(
         &format!("Request {id}"),

@@ -543,3 +543,102 @@ fn decision_forms_map_to_decide_requests() {
     assert!(pages::decide_request(3, &f("decision=approve&ttl=soon")).is_err());
     assert!(pages::decide_request(3, &f("decision=approve&scope=world")).is_err());
 }
+
+#[tokio::test]
+async fn a_sessions_set_is_approved_in_one_form_only_as_reviewed() {
+    let mut h = harness().await;
+    let a = h
+        .submit(testing::request(1, 7).path("/etc/nginx/nginx.conf").build())
+        .await;
+    let b = h
+        .submit(testing::request(2, 7).path("/etc/nginx/mime.types").build())
+        .await;
+    let other = h
+        .submit(testing::request(3, 9).path("/etc/nginx/x.conf").build())
+        .await;
+    let (cookie, csrf) = h.sign_in("oidc:alice");
+    let (s, body) = h.get(&format!("/web/requests/{a}"), Some(&cookie)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("id=\"approve-set\""), "{body}");
+    assert!(
+        body.contains("<code id=\"set-glob\">/etc/nginx/**</code>"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("name=\"ids\" value=\"{a},{b}\"")),
+        "{body}"
+    );
+    let path = format!("/web/requests/{a}/decide-set");
+    let form = |glob: &str, ids: &str, csrf: &str| {
+        format!(
+            "expect_glob={}&ids={ids}&ttl=15m&csrf={csrf}",
+            glob.replace('/', "%2F")
+        )
+    };
+    let (s, _) = h
+        .post(&path, None, &form("/etc/nginx/**", "1", &csrf))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = h
+        .post(
+            &path,
+            Some(&cookie),
+            &form("/etc/nginx/**", &a.to_string(), "x"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Not what the set is now: refused, nothing decided.
+    let (s, body) = h
+        .post(
+            &path,
+            Some(&cookie),
+            &form("/etc/nginx/conf.d/**", &a.to_string(), &csrf),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let (s, _) = h
+        .post(
+            &path,
+            Some(&cookie),
+            &form("/etc/nginx/**", &other.to_string(), &csrf),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "another session's request is not in the set"
+    );
+    assert_eq!(h.state(a).await, pb::RequestState::Pending as i32);
+    let (s, body) = h
+        .post(
+            &path,
+            Some(&cookie),
+            &form("/etc/nginx/**", &format!("{a},{b}"), &csrf),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER, "{body}");
+    for id in [a, b] {
+        let r = h
+            .client
+            .get_request(pb::GetRequestRequest { id })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.state, pb::RequestState::Approved as i32);
+        let d = r.decision.unwrap();
+        assert_eq!(d.decided_by, "oidc:alice");
+    }
+    assert_eq!(h.state(other).await, pb::RequestState::Pending as i32);
+    let grants = h
+        .client
+        .list_grants(pb::ListGrantsRequest { all: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert!(
+        grants.iter().all(|g| g.path_glob == "/etc/nginx/**"),
+        "{grants:?}"
+    );
+    h.server.stop().await.unwrap();
+}

@@ -47,6 +47,8 @@ counters! {
     resolve_errors,
     /// Syscalls refused outright (`setxattrat`, unknown numbers): `ENOSYS`.
     refused,
+    /// `io_uring_setup` refused (`EPERM`): a ring's operations pass no notification.
+    io_uring_refused,
     /// Callers gone before they were answered.
     caller_gone,
     /// Answers the kernel refused.

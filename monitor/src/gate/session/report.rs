@@ -91,3 +91,24 @@ impl Reporter {
         }
     }
 }
+
+/// Counts and logs (the 1st, 2nd, 4th, ... time) an `io_uring_setup` of session `session`'s
+/// process `pid`, which the supervisor refuses with `EPERM`: a ring's opens, renames and
+/// unlinks pass no notification (Landlock would still refuse those beneath gated trees,
+/// but silently), so sessions get no io_uring, as under Docker's default seccomp profile.
+pub(super) fn io_uring_refused(counters: &SupervisorCounters, session: u64, pid: u32) {
+    let total = counters
+        .io_uring_refused
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
+    if total.is_power_of_two() {
+        let comm = std::fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
+        tracing::warn!(
+            session,
+            pid,
+            comm = %crate::event::escape::for_terminal(comm.trim_ascii_end()),
+            refused_so_far = total,
+            "confined session: io_uring_setup refused (EPERM); io_uring is not available in sessions"
+        );
+    }
+}

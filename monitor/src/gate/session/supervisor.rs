@@ -371,6 +371,10 @@ impl Supervisor {
     }
 
     fn handle(&self, n: notify::Notif) {
+        if n.nr == libc::SYS_io_uring_setup {
+            super::report::io_uring_refused(&self.counters, self.session, n.pid);
+            return self.answer_error(n.id, libc::EPERM);
+        }
         let Some(op) = ops::decode(n.nr, n.args) else {
             SupervisorCounters::inc(&self.counters.refused);
             return self.answer_error(n.id, libc::ENOSYS);

@@ -57,8 +57,11 @@ pub fn refused() -> Vec<i64> {
 }
 
 /// Always notified to the supervisor (`open`/`openat` are notified by their flags).
+/// `io_uring_setup` is among them: io_uring submits opens, renames and unlinks that no
+/// notification shows, so the supervisor refuses it (`EPERM`) and records the attempt.
 pub fn notified() -> Vec<i64> {
     let mut v = vec![
+        libc::SYS_io_uring_setup,
         SYS_OPENAT2,
         libc::SYS_renameat,
         libc::SYS_renameat2,
