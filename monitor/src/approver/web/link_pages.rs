@@ -15,12 +15,10 @@ use axum::{Extension, Router};
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
 
+use super::calls::{get_request, session_of, status_page, svc};
 use super::html::{Live, esc, page, when};
 use super::links::{ActionLink, LINK_PATH, LinkError};
-use super::pages::{
-    context_html, decide_forms, decide_request, get_request, html, session_of, state_name,
-    status_page, svc,
-};
+use super::pages::{context_html, decide_forms, decide_request, html, state_name};
 use super::{Web, WebSession, csrf_ok, refuse};
 use crate::approver::http::conn::{LocalEnd, Peer};
 use crate::os::clock::now_ms;

@@ -30,6 +30,7 @@ use super::identity::{WebCallerSession, WebPrincipal};
 use super::service::Shared;
 use crate::os::clock::now_ms;
 
+mod calls;
 pub mod config;
 pub mod html;
 pub mod httpc;

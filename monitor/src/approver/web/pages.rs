@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio_stream::StreamExt as _;
 
+use super::calls::{get_request, session_of, status_page, svc};
 use super::html::{Live, esc, page, when};
 use super::{Web, csrf_ok, refuse};
 use crate::approver::http::conn::{LocalEnd, Peer};
-use crate::approver::service::ApproverService;
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
 
@@ -58,17 +58,6 @@ fn sign_in_page(web: &Web) -> Response {
         .into_response()
 }
 
-pub(super) fn status_page(s: &tonic::Status) -> Response {
-    let code = match s.code() {
-        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
-        tonic::Code::NotFound => StatusCode::NOT_FOUND,
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => StatusCode::CONFLICT,
-        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    refuse(code, s.message())
-}
-
 /// Short lowercase name of a request state.
 pub(super) fn state_name(state: i32) -> &'static str {
     match pb::RequestState::try_from(state) {
@@ -79,10 +68,6 @@ pub(super) fn state_name(state: i32) -> &'static str {
         Ok(pb::RequestState::Released) => "released",
         _ => "unknown",
     }
-}
-
-pub(super) fn svc(web: &Web) -> ApproverService {
-    ApproverService::new(Arc::clone(&web.shared))
 }
 
 async fn index(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
@@ -298,17 +283,6 @@ pub(super) fn decide_forms(action: &str, csrf: &str, r: &pb::ApprovalRequest) ->
     )
 }
 
-pub(super) async fn get_request(
-    web: &Web,
-    who: &str,
-    id: u64,
-) -> Result<pb::ApprovalRequest, tonic::Status> {
-    svc(web)
-        .get_request(Web::as_approver(who, pb::GetRequestRequest { id }))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 async fn request_page(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
@@ -379,16 +353,6 @@ pub(super) fn decide_request(
         }
         _ => Err("the form says neither approve nor deny".into()),
     }
-}
-
-/// The connection's two ends, when served by the listener (not in unit tests).
-pub(super) type Ends = (Option<Extension<Peer>>, Option<Extension<LocalEnd>>);
-
-/// The session of the process behind `ends` (see [`Web::caller_session`]), or why not.
-pub(super) async fn session_of(web: &Web, ends: Ends) -> Result<Option<u64>, String> {
-    let (peer, local) = ends;
-    web.caller_session(peer.map(|p| p.0.0), local.map(|l| l.0.0))
-        .await
 }
 
 /// Runs a decision as `who` and answers with the request's page.

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
 
+use super::calls::{get_request, session_of, status_page, svc};
 use super::html::esc;
-use super::pages::{get_request, session_of, status_page, svc};
 use super::{Web, csrf_ok, refuse};
 use crate::approver::burst::describe;
 use crate::approver::http::conn::{LocalEnd, Peer};
