@@ -25,11 +25,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::event::escape::encode;
-use crate::gate::preimage::hex;
+use crate::ledger::canonical::hex;
 
 pub mod attribute;
 pub mod drift;
 pub mod restore;
+pub mod service;
 #[cfg(test)]
 mod tests;
 
@@ -289,7 +290,7 @@ impl Baseline {
         let limit = usize::try_from(e.size).unwrap_or(usize::MAX);
         let data = miniz_oxide::inflate::decompress_to_vec_with_limit(&raw, limit.max(1))
             .map_err(|_| BaselineError::Object(e.sha256.clone()))?;
-        if hex(&Sha256::digest(&data).into()) != e.sha256 {
+        if hex(&Sha256::digest(&data)) != e.sha256 {
             return Err(BaselineError::Object(e.sha256.clone()));
         }
         Ok(Some(data))
@@ -617,7 +618,7 @@ pub fn read_live(path: &[u8], max_bytes: u64) -> Result<Option<Live>, BaselineEr
         let t = std::fs::read_link(p).map_err(io_err(path))?;
         let t = t.as_os_str().as_bytes().to_vec();
         entry.kind = FileKind::Symlink;
-        entry.sha256 = hex(&Sha256::digest(&t).into());
+        entry.sha256 = hex(&Sha256::digest(&t));
         entry.size = t.len() as u64;
         entry.target = Some(t);
         return Ok(Some(Live {
@@ -659,6 +660,6 @@ pub fn read_live(path: &[u8], max_bytes: u64) -> Result<Option<Live>, BaselineEr
         }
     }
     entry.size = total;
-    entry.sha256 = hex(&hasher.finalize().into());
+    entry.sha256 = hex(&hasher.finalize());
     Ok(Some(Live { entry, content }))
 }
