@@ -115,7 +115,11 @@ fn baseline_drift_attribution_and_revert() {
     let o = g.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ok(&o);
     assert_eq!(std::fs::read_to_string(&a).unwrap(), "a=1\nb=2\n");
-    assert_eq!(std::fs::metadata(&a).unwrap().ino(), ino, "restored in place");
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().ino(),
+        ino,
+        "restored in place"
+    );
     assert_eq!(std::fs::metadata(&b).unwrap().mode() & 0o7777, 0o644);
     assert_eq!(std::fs::read_to_string(&c).unwrap(), "c=1\n");
     assert!(!new.exists());
@@ -123,13 +127,24 @@ fn baseline_drift_attribution_and_revert() {
     assert!(items.is_empty(), "{items:#?}");
     let reverts = g.ledgered("baseline_revert");
     assert_eq!(reverts.len(), 4, "{reverts:?}");
-    assert!(reverts.iter().all(|r| r["by"]["uid"] == 0 && r["by"]["session"] == 0));
-    let res: Vec<&str> = reverts.iter().filter_map(|r| r["result"].as_str()).collect();
+    assert!(
+        reverts
+            .iter()
+            .all(|r| r["by"]["uid"] == 0 && r["by"]["session"] == 0)
+    );
+    let res: Vec<&str> = reverts
+        .iter()
+        .filter_map(|r| r["result"].as_str())
+        .collect();
     assert_eq!(res, ["restored", "metadata", "recreated", "removed"]);
     // A path outside the baseline is refused.
     let o = g.cli(&["revert", "/nonexistent-confgate/x"]);
     assert!(!o.status.success());
-    assert!(output_text(&o).contains("not in the baseline"), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("not in the baseline"),
+        "{}",
+        output_text(&o)
+    );
 
     // 4. A change made while the daemon was stopped: "daemon down".
     g.d.shut_down();
@@ -176,7 +191,10 @@ fn expiry_and_an_unapproved_rename_land_on_the_baseline() {
     let y = g.gated("y.conf");
     // 1. Approved for 3 s, changed twice (the second edit under the same grant), then
     //    expired: back to the baseline, not to a pre-image of the last write.
-    let child = g.spawn_in_session("claude", "echo x=new > gated/x.conf; echo x=newer >> gated/x.conf");
+    let child = g.spawn_in_session(
+        "claude",
+        "echo x=new > gated/x.conf; echo x=newer >> gated/x.conf",
+    );
     let r = g.wait_request(&x);
     ok(&g.cli(&["approvals", "approve", &id_of(&r), "--ttl", "3s"]));
     ok(&wait_child(child, Duration::from_secs(15)));
@@ -189,7 +207,10 @@ fn expiry_and_an_unapproved_rename_land_on_the_baseline() {
         assert_eq!(it["attribution"]["approved"], true, "{it}");
         assert_eq!(it["attribution"]["by"], "session", "{it}");
         assert_eq!(it["attribution"]["agent"], "claude", "{it}");
-        assert!(it["attribution"]["expires_unix_ms"].as_i64().is_some(), "{it}");
+        assert!(
+            it["attribution"]["expires_unix_ms"].as_i64().is_some(),
+            "{it}"
+        );
     }
     let rec = g.wait_ledgered("baseline_revert", |b| b["path"] == want.as_str());
     assert_eq!(rec["why"], "expired", "{rec}");

@@ -139,7 +139,9 @@ pub trait DaemonApi: Send + Sync + 'static {
         _paths: Vec<Vec<u8>>,
         _note: String,
     ) -> Result<String, ApiError> {
-        Err(ApiError::Unavailable("this daemon keeps no baseline".into()))
+        Err(ApiError::Unavailable(
+            "this daemon keeps no baseline".into(),
+        ))
     }
 }
 
@@ -439,7 +441,9 @@ impl pb::daemon_server::Daemon for DaemonService {
             }
         }
         if r.note.len() > 4096 {
-            return Err(Status::invalid_argument("the note is longer than 4096 bytes"));
+            return Err(Status::invalid_argument(
+                "the note is longer than 4096 bytes",
+            ));
         }
         let json = self.api.baseline(caller, op, r.paths, r.note).await?;
         Ok(Response::new(pb::BaselineResponse { json }))

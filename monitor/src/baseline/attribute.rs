@@ -100,8 +100,7 @@ impl History {
                     if let (Some(p), Some(g), Some(ms)) = (path, grant, ms)
                         && g != 0
                     {
-                        h.changes
-                            .insert(p.to_owned(), Approval { ms, grant: g });
+                        h.changes.insert(p.to_owned(), Approval { ms, grant: g });
                     }
                 }
                 "grant" => {

@@ -67,7 +67,9 @@ pub enum BaselineError {
     },
     #[error("{0}: not in the baseline (outside the watched and gated trees)")]
     NotInScope(String),
-    #[error("{0}: its content is not in the baseline (larger than the size limits): only its hash is kept")]
+    #[error(
+        "{0}: its content is not in the baseline (larger than the size limits): only its hash is kept"
+    )]
     NoContent(String),
     #[error("baseline object {0}: missing or damaged")]
     Object(String),
@@ -339,7 +341,9 @@ impl Baseline {
             let _ = std::fs::remove_file(&tmp);
             return Err(err(e));
         }
-        self.counters.stored_bytes.fetch_add(size, Ordering::Relaxed);
+        self.counters
+            .stored_bytes
+            .fetch_add(size, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -430,7 +434,11 @@ impl Baseline {
                 }
                 seen += 1;
                 if seen.is_multiple_of(PROGRESS_EVERY) {
-                    tracing::info!(files = seen, elapsed_ms = started.elapsed().as_millis() as u64, "taking the initial baseline");
+                    tracing::info!(
+                        files = seen,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "taking the initial baseline"
+                    );
                 }
             });
         }
@@ -452,7 +460,14 @@ impl Baseline {
             unreadable: c.unreadable.load(Ordering::Relaxed),
             millis: started.elapsed().as_millis() as u64,
         };
-        tracing::info!(files = taken.files, bytes_stored = taken.bytes_stored, skipped_too_large = taken.skipped_too_large, skipped_total_limit = taken.skipped_total_limit, millis = taken.millis, "initial baseline taken");
+        tracing::info!(
+            files = taken.files,
+            bytes_stored = taken.bytes_stored,
+            skipped_too_large = taken.skipped_too_large,
+            skipped_total_limit = taken.skipped_total_limit,
+            millis = taken.millis,
+            "initial baseline taken"
+        );
         Ok(Some(taken))
     }
 
@@ -496,8 +511,7 @@ impl Baseline {
                 out.push((f, before, after));
             }
             for (f, before) in known {
-                if std::fs::symlink_metadata(Path::new(std::ffi::OsStr::from_bytes(&f))).is_err()
-                {
+                if std::fs::symlink_metadata(Path::new(std::ffi::OsStr::from_bytes(&f))).is_err() {
                     out.push((f, Some(before), None));
                 }
             }

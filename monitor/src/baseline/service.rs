@@ -165,20 +165,27 @@ impl BaselineService {
                 return Err(BaselineError::NotInScope(encode(p)));
             }
         }
+        // What is undone, for the ledger (one comparison for all the paths).
+        let undone = self.drift(paths).unwrap_or_default();
         let mut out = Vec::new();
         for p in paths {
-            out.push(self.revert_one(p, json!({"by": who}), "revert"));
+            let diff = undone.iter().find(|i| i.raw == *p);
+            out.push(self.revert_one(p, json!({"by": who}), "revert", diff));
         }
         Ok(out)
     }
 
+    /// [`BaselineService::revert_one`], with what is undone compared first.
+    pub fn revert_path(&self, path: &[u8], extra: Value, why: &str) -> Value {
+        let undone = self.drift(&[path.to_vec()]).unwrap_or_default();
+        let diff = undone.iter().find(|i| i.raw == path);
+        self.revert_one(path, extra, why, diff)
+    }
+
     /// Puts `path` back to its baseline, ledgered as `baseline_revert` with `extra`'s
-    /// fields; the record's body is returned (with `error` when it failed).
-    pub fn revert_one(&self, path: &[u8], extra: Value, why: &str) -> Value {
-        let before = self.drift(&[path.to_vec()]).ok();
-        let diff = before
-            .as_ref()
-            .and_then(|b| b.iter().find(|i| i.raw == path).cloned());
+    /// fields and what is undone (`diff`); the record's body is returned (with `error`
+    /// when it failed).
+    fn revert_one(&self, path: &[u8], extra: Value, why: &str, diff: Option<&Item>) -> Value {
         let mut body = json!({"path": encode(path), "why": why,
                               "to": self.baseline.get(path).ok().flatten().map(|e| drift::State::from(&e))});
         if let (Value::Object(b), Value::Object(x)) = (&mut body, extra) {
@@ -224,7 +231,12 @@ impl BaselineService {
 
     /// Moves the baseline of `paths` to what they are now, ledgered as `baseline_moved`
     /// (one record per call, listing each path's before and after).
-    pub fn accept(&self, paths: &[Vec<u8>], source: &str, extra: Value) -> Result<Value, BaselineError> {
+    pub fn accept(
+        &self,
+        paths: &[Vec<u8>],
+        source: &str,
+        extra: Value,
+    ) -> Result<Value, BaselineError> {
         let moved = self.baseline.accept(paths, source)?;
         let state = |e: &Option<Entry>| e.as_ref().map(drift::State::from);
         let files: Vec<Value> = moved
@@ -251,7 +263,10 @@ impl BaselineService {
         loop {
             tokio::time::sleep(every).await;
             let me = Arc::clone(&self);
-            if tokio::task::spawn_blocking(move || me.check()).await.is_err() {
+            if tokio::task::spawn_blocking(move || me.check())
+                .await
+                .is_err()
+            {
                 warn!("drift check: its thread ended abnormally");
             }
         }

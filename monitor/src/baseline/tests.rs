@@ -43,7 +43,9 @@ fn the_initial_baseline_keeps_every_file_deduplicated_and_large_ones_by_hash() {
     assert!(b.take_initial().unwrap().is_none(), "taken once");
     let e = b.get(&bytes(&root.join("a.conf"))).unwrap().unwrap();
     assert_eq!(
-        b.content(&bytes(&root.join("a.conf")), &e).unwrap().unwrap(),
+        b.content(&bytes(&root.join("a.conf")), &e)
+            .unwrap()
+            .unwrap(),
         b"a=1\nb=2\n"
     );
     let link = b.get(&bytes(&root.join("link"))).unwrap().unwrap();
@@ -74,8 +76,11 @@ fn drift_sees_content_mode_created_deleted_and_renamed_and_restore_undoes_them()
     let a = root.join("a.conf");
     let ino = std::fs::metadata(&a).unwrap().ino();
     std::fs::write(&a, "a=1\nb=3\n").unwrap();
-    std::fs::set_permissions(root.join("sub/same1"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        root.join("sub/same1"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(root.join("new"), "new\n").unwrap();
     std::fs::rename(root.join("sub/same2"), root.join("moved")).unwrap();
     std::fs::remove_file(root.join("link")).unwrap();
@@ -87,7 +92,13 @@ fn drift_sees_content_mode_created_deleted_and_renamed_and_restore_undoes_them()
             .unwrap_or_else(|| panic!("{n}: {items:#?}"))
     };
     assert_eq!(by("a.conf").what, vec!["content"]);
-    assert!(by("a.conf").diff.as_deref().unwrap().contains("-b=2\n+b=3\n"));
+    assert!(
+        by("a.conf")
+            .diff
+            .as_deref()
+            .unwrap()
+            .contains("-b=2\n+b=3\n")
+    );
     assert_eq!(by("sub/same1").what, vec!["mode"]);
     assert_eq!(by("new").change, "created");
     assert_eq!(by("moved").change, "renamed");
@@ -104,7 +115,10 @@ fn drift_sees_content_mode_created_deleted_and_renamed_and_restore_undoes_them()
     assert_eq!(std::fs::read(&a).unwrap(), b"a=1\nb=2\n");
     assert_eq!(std::fs::metadata(&a).unwrap().ino(), ino, "same inode");
     assert!(!root.join("new").exists());
-    assert_eq!(std::fs::read_link(root.join("link")).unwrap(), Path::new("a.conf"));
+    assert_eq!(
+        std::fs::read_link(root.join("link")).unwrap(),
+        Path::new("a.conf")
+    );
     // Outside the roots: refused.
     assert!(matches!(
         restore::restore(&b, b"/nonexistent/x"),
@@ -133,4 +147,33 @@ fn accept_moves_the_baseline_and_a_damaged_object_is_an_error() {
         b.accept(&[b"/elsewhere".to_vec()], "accept"),
         Err(BaselineError::NotInScope(_))
     ));
+}
+
+#[test]
+#[ignore = "measures the baseline of this host's /etc (run with --ignored --nocapture)"]
+fn timing_of_the_baseline_of_etc() {
+    let d = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_file_bytes: 1 << 20,
+        max_total_bytes: 256 << 20,
+    };
+    let b = Baseline::open(d.path(), vec![PathBuf::from("/etc")], limits).unwrap();
+    let t = b.take_initial().unwrap().unwrap();
+    let on_disk: u64 = b
+        .entries_under(b"/etc")
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| e.stored)
+        .map(|(_, e)| e.sha256.clone())
+        .collect::<std::collections::HashSet<_>>()
+        .iter()
+        .map(|s| std::fs::metadata(b.object_path(s)).map_or(0, |m| m.len()))
+        .sum();
+    let s = std::time::Instant::now();
+    let items = drift::compare(&b, &[], &masker(), 1 << 20).unwrap();
+    eprintln!(
+        "/etc: {t:?}, {on_disk} bytes compressed on disk; drift: {} items in {:?}",
+        items.len(),
+        s.elapsed()
+    );
 }

@@ -154,11 +154,7 @@ pub fn revert(socket: &Path, paths: &[OsString], json: bool) -> anyhow::Result<i
                 failed = true;
                 eprintln!("confgate: cannot revert {path}: {e}");
             }
-            None if !json => writeln!(
-                out,
-                "{path}: {}",
-                r["result"].as_str().unwrap_or_default()
-            )?,
+            None if !json => writeln!(out, "{path}: {}", r["result"].as_str().unwrap_or_default())?,
             None => {}
         }
     }
@@ -176,7 +172,11 @@ pub fn accept(socket: &Path, paths: &[OsString], note: &str, json: bool) -> anyh
     } else {
         let files = v["files"].as_array().cloned().unwrap_or_default();
         for f in &files {
-            let state = if f["after"].is_null() { "removed from the baseline" } else { "accepted" };
+            let state = if f["after"].is_null() {
+                "removed from the baseline"
+            } else {
+                "accepted"
+            };
             writeln!(out, "{}: {state}", f["path"].as_str().unwrap_or_default())?;
         }
         if files.is_empty() {

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use super::client;
 use super::schema::{
-    ApprovalMode, ApprovalSection, BaselineSection, Config, CorrelationSection, DaemonSection, DetectRule, DriftSection,
-    KernelSection, OutputSection, StdoutMode, WatchSection,
+    ApprovalMode, ApprovalSection, BaselineSection, Config, CorrelationSection, DaemonSection,
+    DetectRule, DriftSection, KernelSection, OutputSection, StdoutMode, WatchSection,
 };
 use crate::policy::GateConfig;
 

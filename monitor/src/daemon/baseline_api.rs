@@ -56,7 +56,11 @@ pub(super) async fn call(
                 b.accept(&paths, "accept", json!({"by": who, "note": note}))
                     .map_err(api_error)?
             }
-            other => return Err(ApiError::InvalidArgument(format!("unknown operation {other:?}"))),
+            other => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "unknown operation {other:?}"
+                )));
+            }
         };
         serde_json::to_string(&value).map_err(|e| ApiError::Internal(e.to_string()))
     };

@@ -74,7 +74,8 @@ async fn start_baseline(
         quarantine: cfg.daemon.state_dir.join("quarantine"),
     };
     let ledger = ledger.clone();
-    let started = tokio::task::spawn_blocking(move || BaselineService::start(settings, ledger)).await;
+    let started =
+        tokio::task::spawn_blocking(move || BaselineService::start(settings, ledger)).await;
     match started {
         Ok(Ok(b)) => {
             let b = Arc::new(b);

@@ -182,7 +182,7 @@ fn baseline_revert(
     c: &Change,
     why: &str,
 ) -> Result<changes::Reverted, changes::ChangeError> {
-    let body = b.revert_one(
+    let body = b.revert_path(
         &c.path,
         json!({"grant": c.grant_id, "session": c.session_id}),
         why,

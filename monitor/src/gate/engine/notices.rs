@@ -201,7 +201,8 @@ impl Engine {
             match blocking(move || b.restore_replacing(&path)).await {
                 Some(Ok(kept)) => {
                     if let Some((d, i)) = file_id(&to) {
-                        lock(&self.renames_seen).insert(to.clone(), (d, i, std::time::Instant::now()));
+                        lock(&self.renames_seen)
+                            .insert(to.clone(), (d, i, std::time::Instant::now()));
                     }
                     GateMetrics::inc(&self.state.metrics.changes_reverted);
                     body["quarantined_as"] = json!(encode(kept.as_os_str().as_bytes()));
