@@ -30,9 +30,16 @@ pub const MASK: &str = "********";
 
 /// Default `gate.mask`: key names whose values are never shown.
 pub fn default_masks() -> Vec<String> {
-    ["*KEY*", "*SECRET*", "*TOKEN*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*"]
-        .map(String::from)
-        .to_vec()
+    [
+        "*KEY*",
+        "*SECRET*",
+        "*TOKEN*",
+        "*PASSWORD*",
+        "*PASSWD*",
+        "*CREDENTIAL*",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Default `gate.no_excerpt`: paths whose content is never shown.
@@ -115,7 +122,8 @@ impl Masker {
 
     /// Whether the content of `path` is never shown.
     pub fn withholds(&self, path: &[u8]) -> bool {
-        self.withheld.is_match_candidate(&Candidate::from_bytes(path))
+        self.withheld
+            .is_match_candidate(&Candidate::from_bytes(path))
     }
 
     /// `line` with the value masked when its key matches.
@@ -278,7 +286,10 @@ impl Masker {
         if self.withholds(path) || !is_text(before) || !is_text(after) {
             return None;
         }
-        let (b, a) = (String::from_utf8_lossy(before), String::from_utf8_lossy(after));
+        let (b, a) = (
+            String::from_utf8_lossy(before),
+            String::from_utf8_lossy(after),
+        );
         let diff = similar::TextDiff::from_lines(b.as_ref(), a.as_ref());
         let mut out = self.bounded(max_lines, max_bytes);
         out.push("", "--- before");
@@ -317,14 +328,23 @@ mod tests {
         let m = m();
         for (line, want) in [
             ("API_KEY=abc123", "API_KEY=********"),
-            ("export AWS_SECRET_ACCESS_KEY=\"x y\"", "export AWS_SECRET_ACCESS_KEY=********"),
+            (
+                "export AWS_SECRET_ACCESS_KEY=\"x y\"",
+                "export AWS_SECRET_ACCESS_KEY=********",
+            ),
             ("db_password: hunter2", "db_password: ********"),
             ("  token = 'abc'", "  token = ********"),
-            ("\"client_secret\": \"s3cr3t\",", "\"client_secret\": ********"),
+            (
+                "\"client_secret\": \"s3cr3t\",",
+                "\"client_secret\": ********",
+            ),
             ("- github_token: ghp_x", "- github_token: ********"),
             ("DEBUG=true", "DEBUG=true"),
             ("PASSWORD=", "PASSWORD="),
-            ("# the api_key is rotated weekly", "# the api_key is rotated weekly"),
+            (
+                "# the api_key is rotated weekly",
+                "# the api_key is rotated weekly",
+            ),
             ("url: https://user:pass@host", "url: https://user:pass@host"),
         ] {
             assert_eq!(m.mask_line(line), want, "{line}");
@@ -346,11 +366,18 @@ mod tests {
         let e = m.excerpt(b"/etc/x", long.as_bytes()).unwrap();
         assert!(e.truncated);
         assert_eq!(e.text.lines().count(), MAX_LINES + 1);
-        assert!(e.text.ends_with("[confgate: excerpt cut, 940 more lines not shown]\n"));
+        assert!(
+            e.text
+                .ends_with("[confgate: excerpt cut, 940 more lines not shown]\n")
+        );
 
         let wide = "x".repeat(MAX_BYTES * 2);
         let e = m.excerpt(b"/etc/x", wide.as_bytes()).unwrap();
-        assert!(e.truncated && e.text.len() <= MAX_BYTES + 80, "{}", e.text.len());
+        assert!(
+            e.truncated && e.text.len() <= MAX_BYTES + 80,
+            "{}",
+            e.text.len()
+        );
     }
 
     #[test]

@@ -210,7 +210,6 @@ pub struct Diff {
     pub withheld: bool,
 }
 
-
 /// Diff of the file now against the change's pre-image.
 pub fn diff(store: &Store, change: &Change, masker: &Masker) -> Result<Diff, ChangeError> {
     let now = read_now(change)?;
@@ -279,7 +278,11 @@ fn diff_with(
             masker.diff_within(&change.path, before, after, MAX_DIFF_LINES, MAX_DIFF_BYTES)
         {
             // Equal contents: no hunk, only the two header lines.
-            out.diff = Some(if before == after { String::new() } else { d.text });
+            out.diff = Some(if before == after {
+                String::new()
+            } else {
+                d.text
+            });
             out.truncated = d.truncated;
         } else {
             out.binary = true;
@@ -585,7 +588,9 @@ mod tests {
         std::fs::write(&f, b"base=0\n").unwrap();
         let a = keep(&store, &f, b"base=0\n", true);
         std::fs::write(&f, b"base=0\na=1\n").unwrap();
-        diff_own_close(&store, &a, None, 1 << 20, &Masker::default()).unwrap().unwrap();
+        diff_own_close(&store, &a, None, 1 << 20, &Masker::default())
+            .unwrap()
+            .unwrap();
         // Someone else's approved change after it.
         std::fs::write(&f, b"base=0\na=1\nb=1\n").unwrap();
         assert_eq!(revert_own(&store, &a).unwrap(), Reverted::ReverseApplied);
@@ -598,7 +603,9 @@ mod tests {
         let f = dir.path().join("app.conf");
         let a = keep(&store, &f, b"pool=10\n", true);
         std::fs::write(&f, b"pool=50\n").unwrap();
-        diff_own_close(&store, &a, None, 1 << 20, &Masker::default()).unwrap().unwrap();
+        diff_own_close(&store, &a, None, 1 << 20, &Masker::default())
+            .unwrap()
+            .unwrap();
         std::fs::write(&f, b"pool=80\n").unwrap();
         assert!(matches!(
             revert_own(&store, &a),
@@ -722,10 +729,13 @@ mod tests {
         std::fs::write(&f, b"a=1\n").unwrap();
         let c = keep(&store, &f, b"a=1\n", true);
         std::fs::write(&f, b"a=2\n").unwrap();
-        let first = diff_if_changed(&store, &c, None, &Masker::default()).unwrap().unwrap();
+        let first = diff_if_changed(&store, &c, None, &Masker::default())
+            .unwrap()
+            .unwrap();
         assert!(first.diff.as_deref().unwrap().contains("+a=2"));
         // Closed again with the same content: nothing new.
-        let again = diff_if_changed(&store, &c, Some(&first.after_sha256), &Masker::default()).unwrap();
+        let again =
+            diff_if_changed(&store, &c, Some(&first.after_sha256), &Masker::default()).unwrap();
         assert!(again.is_none());
         // Changed again: a new diff, still against the pre-image.
         std::fs::write(&f, b"a=3\n").unwrap();

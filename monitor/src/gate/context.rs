@@ -180,7 +180,11 @@ pub fn request_context(i: ContextInput<'_>) -> pb::RequestContext {
         login_user: s.and_then(|s| login_user(s.root_pid)).unwrap_or_default(),
         // The service names it (from the path).
         likely_final: String::new(),
-        excerpt_kind: i.excerpt.as_ref().map(|e| e.1.to_string()).unwrap_or_default(),
+        excerpt_kind: i
+            .excerpt
+            .as_ref()
+            .map(|e| e.1.to_string())
+            .unwrap_or_default(),
         excerpt: i.excerpt.map(|e| e.0.text).unwrap_or_default(),
     }
 }

@@ -179,8 +179,10 @@ pub fn card(ev: &Event, links: Option<(&LinkMaker, &[String])>) -> Value {
             body.push(facts(req));
             // One monospace line per excerpt line: a card's text would read markdown.
             for line in req.context.excerpt.lines().take(60) {
-                body.push(json!({ "type": "TextBlock", "fontType": "Monospace", "wrap": true,
-                    "spacing": "None", "size": "Small", "text": clean(line, 300) }));
+                body.push(
+                    json!({ "type": "TextBlock", "fontType": "Monospace", "wrap": true,
+                    "spacing": "None", "size": "Small", "text": clean(line, 300) }),
+                );
             }
             if let Some((l, approvers)) = links {
                 for who in approvers {
