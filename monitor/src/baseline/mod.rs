@@ -170,8 +170,8 @@ fn now_ms() -> i64 {
 
 impl Baseline {
     /// Opens (creating) the baseline under `state_dir`, for `roots`. A damaged index is
-    /// moved aside (`index.redb.damaged-<ms>`, logged) and a new one started: the next
-    /// start takes a new initial baseline.
+    /// moved aside (`index.redb.damaged-<ms>`, logged) and a new one started: a new
+    /// initial baseline is then taken (of the tree as it is at that start).
     pub fn open(
         state_dir: &Path,
         roots: Vec<PathBuf>,
