@@ -23,6 +23,7 @@
 //! - `daemon`, `cli`: wiring and the commands people type.
 pub mod api;
 pub mod approver;
+pub mod baseline;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -76,6 +76,31 @@ enum Command {
         #[command(subcommand)]
         command: monitor::cli::grants::GrantsCommand,
     },
+    /// Every difference between the live tree and the approved baseline, attributed, with
+    /// a diff (exit 1 when there is any).
+    Drift {
+        /// Paths (files or directories) to compare; default: every watched and gated tree.
+        paths: Vec<OsString>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put paths back to the approved baseline: content, mode and owner in place; deleted
+    /// files recreated, created ones removed (root).
+    Revert {
+        #[arg(required = true)]
+        paths: Vec<OsString>,
+        /// What to revert to (only the baseline for now).
+        #[arg(long, value_parser = ["baseline"], default_value = "baseline")]
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The approved baseline: accept what a path is now as approved (root, outside any
+    /// agent session).
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
     /// Read and check the host's hash-chained audit ledger.
     Audit {
         #[command(subcommand)]
@@ -100,6 +125,20 @@ enum Command {
         /// /etc/confgate/approver.toml).
         #[arg(long)]
         approver: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BaselineCommand {
+    /// Move the baseline of each path (a directory: everything below it) to what it is now.
+    Accept {
+        #[arg(required = true)]
+        paths: Vec<OsString>,
+        /// Why (kept in the ledger).
+        #[arg(long)]
+        note: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -354,6 +393,15 @@ fn main() -> ExitCode {
         Command::Grants { conn, command } => {
             monitor::cli::grants::run(command, conn, &load_config(&cli)?)
         }
+        Command::Drift { paths, json } => {
+            monitor::cli::baseline::drift(&socket(&cli)?, paths, *json)
+        }
+        Command::Revert { paths, json, .. } => {
+            monitor::cli::baseline::revert(&socket(&cli)?, paths, *json)
+        }
+        Command::Baseline {
+            command: BaselineCommand::Accept { paths, note, json },
+        } => monitor::cli::baseline::accept(&socket(&cli)?, paths, note, *json),
         Command::Audit { command } => {
             Ok(monitor::cli::audit::run(command, || default_ledger(&cli)))
         }

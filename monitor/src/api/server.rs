@@ -130,6 +130,19 @@ pub trait DaemonApi: Send + Sync + 'static {
             "this daemon makes no attestations".into(),
         ))
     }
+    /// The approved baseline: `op` is `drift`, `revert` or `accept` (authorized by the
+    /// RPC layer as the proto says); the answer is JSON.
+    async fn baseline(
+        &self,
+        _caller: Caller,
+        _op: String,
+        _paths: Vec<Vec<u8>>,
+        _note: String,
+    ) -> Result<String, ApiError> {
+        Err(ApiError::Unavailable(
+            "this daemon keeps no baseline".into(),
+        ))
+    }
 }
 
 /// Events that `SubscribeEvents` streams skipped because their subscriber fell behind, since
@@ -315,6 +328,9 @@ impl DaemonService {
     }
 }
 
+/// Most paths in one `Baseline` call.
+const MAX_BASELINE_PATHS: usize = 4096;
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::EventRecord, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -385,6 +401,52 @@ impl pb::daemon_server::Daemon for DaemonService {
             signature,
             host,
         }))
+    }
+
+    async fn baseline(
+        &self,
+        request: Request<pb::BaselineRequest>,
+    ) -> Result<Response<pb::BaselineResponse>, Status> {
+        let op = request.get_ref().op.clone();
+        let caller = match op.as_str() {
+            "drift" => self.admin(&request, "Baseline drift")?,
+            "revert" | "accept" => {
+                let c = caller(&request)?;
+                if c.uid != 0 {
+                    return Err(Status::permission_denied(format!(
+                        "baseline {op} needs root (uid {} is not)",
+                        c.uid
+                    )));
+                }
+                c
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown baseline operation {:?}",
+                    other.chars().take(32).collect::<String>()
+                )));
+            }
+        };
+        let r = request.into_inner();
+        if r.paths.len() > MAX_BASELINE_PATHS {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BASELINE_PATHS} paths per call"
+            )));
+        }
+        for p in &r.paths {
+            if p.is_empty() || p.len() > 4096 || p.contains(&0) || p[0] != b'/' {
+                return Err(Status::invalid_argument(
+                    "paths must be absolute, at most 4096 bytes, without NUL",
+                ));
+            }
+        }
+        if r.note.len() > 4096 {
+            return Err(Status::invalid_argument(
+                "the note is longer than 4096 bytes",
+            ));
+        }
+        let json = self.api.baseline(caller, op, r.paths, r.note).await?;
+        Ok(Response::new(pb::BaselineResponse { json }))
     }
 
     type SubscribeEventsStream = EventStream;

@@ -6,6 +6,7 @@ mod approvals_set;
 pub mod approver;
 pub mod audit;
 pub mod audit_repair;
+pub mod baseline;
 pub mod check_approver;
 pub mod check_config;
 pub mod connect;

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use super::client;
 use super::schema::{
-    ApprovalMode, ApprovalSection, Config, CorrelationSection, DaemonSection, DetectRule,
-    KernelSection, OutputSection, StdoutMode, WatchSection,
+    ApprovalMode, ApprovalSection, BaselineSection, Config, CorrelationSection, DaemonSection,
+    DetectRule, DriftSection, KernelSection, OutputSection, StdoutMode, WatchSection,
 };
 use crate::policy::GateConfig;
 
@@ -68,6 +68,23 @@ impl Default for WatchSection {
     }
 }
 
+impl Default for BaselineSection {
+    fn default() -> Self {
+        BaselineSection {
+            max_file_bytes: 1 << 20,
+            max_total_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Default for DriftSection {
+    fn default() -> Self {
+        DriftSection {
+            interval: crate::policy::HumanDuration(std::time::Duration::from_secs(300)),
+        }
+    }
+}
+
 impl Default for CorrelationSection {
     fn default() -> Self {
         CorrelationSection { window_ms: 250 }
@@ -97,6 +114,8 @@ impl Default for Config {
             detect: default_detect_rules(),
             gate: GateConfig::default(),
             approval: ApprovalSection::default(),
+            baseline: BaselineSection::default(),
+            drift: DriftSection::default(),
         }
     }
 }

@@ -24,8 +24,8 @@ pub mod watch;
 
 pub use defaults::default_detect_rules;
 pub use schema::{
-    ApprovalMode, ApprovalSection, Config, CorrelationSection, DaemonSection, DetectRule,
-    KernelSection, OutputSection, StdoutMode, WatchSection,
+    ApprovalMode, ApprovalSection, BaselineSection, Config, CorrelationSection, DaemonSection,
+    DetectRule, DriftSection, KernelSection, OutputSection, StdoutMode, WatchSection,
 };
 pub(crate) use toml_check::{Checker, parse_checked, read_text};
 pub use toml_check::{ConfigError, line_column};

@@ -22,6 +22,30 @@ pub struct Config {
     pub gate: GateConfig,
     /// Where approval requests go (the approval service).
     pub approval: ApprovalSection,
+    /// The approved baseline of the watched and gated trees (see [`crate::baseline`]).
+    pub baseline: BaselineSection,
+    /// The periodic drift check against the baseline.
+    pub drift: DriftSection,
+}
+
+/// `[baseline]`: size limits of the approved baseline.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BaselineSection {
+    /// Larger files are kept by hash, mode and owner only (cannot be reverted). Default
+    /// 1 MiB.
+    pub max_file_bytes: u64,
+    /// Content kept in all (uncompressed bytes); past it files are kept by hash only.
+    /// Default 256 MiB.
+    pub max_total_bytes: u64,
+}
+
+/// `[drift]`: the periodic drift check.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftSection {
+    /// Time between two checks (`"5m"`); `"0s"` turns it off. Default 5 minutes.
+    pub interval: crate::policy::HumanDuration,
 }
 
 /// `[daemon]`: the control socket and where state lives.

@@ -12,6 +12,8 @@ use tracing::{info, warn};
 
 use super::fanmode::{FanGate, FanParts};
 use crate::approver::{self, SessionOracle, config::ServiceConfig};
+use crate::baseline::Limits;
+use crate::baseline::service::{BaselineService, Settings as BaselineSettings};
 use crate::config::{ApprovalMode, Config};
 use crate::event::{Event, Kind};
 use crate::gate::session::Supervisors;
@@ -46,6 +48,49 @@ pub struct GateRuntime {
     ledger: SharedLedger,
     approver: Mutex<Option<approver::Server>>,
     supervisors: Arc<Supervisors>,
+    baseline: Option<Arc<BaselineService>>,
+}
+
+/// Opens the approved baseline of the watched and gated trees, taking it at the first
+/// start (before the gate runs: what is there now is the approved state), and starts the
+/// periodic drift check. `None` (logged, counted nowhere else) when it cannot be opened:
+/// the gate runs on, and reverts use the kept pre-images.
+async fn start_baseline(
+    cfg: &Config,
+    policy: &Policy,
+    ledger: &SharedLedger,
+) -> Option<Arc<BaselineService>> {
+    let mut roots: Vec<PathBuf> = cfg.watch.paths.clone();
+    roots.extend(watched_roots(policy, cfg));
+    let settings = BaselineSettings {
+        state_dir: cfg.daemon.state_dir.clone(),
+        roots,
+        limits: Limits {
+            max_file_bytes: cfg.baseline.max_file_bytes,
+            max_total_bytes: cfg.baseline.max_total_bytes,
+        },
+        events_file: cfg.output.events_file.clone(),
+        masker: policy.masker().clone(),
+        quarantine: cfg.daemon.state_dir.join("quarantine"),
+    };
+    let ledger = ledger.clone();
+    let started =
+        tokio::task::spawn_blocking(move || BaselineService::start(settings, ledger)).await;
+    match started {
+        Ok(Ok(b)) => {
+            let b = Arc::new(b);
+            tokio::spawn(Arc::clone(&b).drift_loop(cfg.drift.interval.0));
+            Some(b)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot open the approved baseline: drift and revert are unavailable");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the baseline's start-up thread failed");
+            None
+        }
+    }
 }
 
 /// The gate's part of the watch set: the directories its rules name (not confgate's own
@@ -119,6 +164,16 @@ impl GateRuntime {
         let ledger_path = ledger::default_path(&cfg.daemon.state_dir);
         let ledger = SharedLedger::open(&ledger_path)
             .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+        if let Err(e) = ledger
+            .append_async(
+                "daemon_started",
+                serde_json::json!({"pid": std::process::id(), "version": env!("CARGO_PKG_VERSION")}),
+            )
+            .await
+        {
+            warn!(error = %e, "cannot record the start in the ledger");
+        }
+        let baseline = start_baseline(cfg, &policy, &ledger).await;
         let mut approvals_url = cfg.gate.approvals_url.clone();
         let approver = match cfg.approval.mode {
             ApprovalMode::Local => {
@@ -150,6 +205,7 @@ impl GateRuntime {
             ledger: ledger.clone(),
             uplink: uplink.clone(),
             resuming,
+            baseline: baseline.clone(),
         };
         let intent = {
             let k = kernel.lock().unwrap_or_else(PoisonError::into_inner);
@@ -208,7 +264,13 @@ impl GateRuntime {
             ledger,
             approver: Mutex::new(approver),
             supervisors,
+            baseline,
         })
+    }
+
+    /// The approved baseline (`None`: it could not be opened; logged at start).
+    pub fn baseline(&self) -> Option<Arc<BaselineService>> {
+        self.baseline.clone()
     }
 
     /// The engine (for start-up steps that follow the gate's).
@@ -228,6 +290,9 @@ impl GateRuntime {
         out.extend(self.supervisors.counters());
         out.extend(self.uplink.counters());
         out.extend(self.ledger.counters());
+        if let Some(b) = &self.baseline {
+            out.extend(b.counters());
+        }
         if let Some(s) = self
             .approver
             .lock()
@@ -343,6 +408,16 @@ impl GateRuntime {
     pub async fn stop(&self) {
         if let Some(f) = &self.fan {
             f.stop();
+        }
+        if let Err(e) = self
+            .ledger
+            .append_async(
+                "daemon_stopped",
+                serde_json::json!({"pid": std::process::id()}),
+            )
+            .await
+        {
+            warn!(error = %e, "cannot record the stop in the ledger");
         }
         self.uplink.shutdown().await;
         let server = self

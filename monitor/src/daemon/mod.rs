@@ -13,6 +13,7 @@ use std::path::Path;
 
 use crate::config::Config;
 
+mod baseline_api;
 mod cadence;
 mod consumers;
 mod fanmode;

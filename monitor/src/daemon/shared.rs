@@ -189,6 +189,18 @@ impl DaemonApi for Shared {
         Ok(info)
     }
 
+    async fn baseline(
+        &self,
+        caller: Caller,
+        op: String,
+        paths: Vec<Vec<u8>>,
+        note: String,
+    ) -> Result<String, ApiError> {
+        let session = lock(&self.kernel).session_of(caller.pid);
+        let service = self.gate.get().and_then(|g| g.baseline());
+        super::baseline_api::call(service, caller, session, op, paths, note).await
+    }
+
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {
         if include_ended {
             self.registry.all()

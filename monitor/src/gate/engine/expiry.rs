@@ -1,6 +1,7 @@
 //! The end of grants (expiry, revocation) and of what a crash released: each change is
 //! flagged or reverted, only the change its grant made.
 use super::*;
+use crate::baseline::service::BaselineService;
 
 impl Engine {
     pub(super) async fn expiry_loop(self: Arc<Self>) {
@@ -62,10 +63,15 @@ impl Engine {
             (_, a) => a,
         };
         let masker = self.state.policy.masker().clone();
+        let baseline = self.baseline.clone();
         let res = blocking(move || {
             let diff = changes::diff(&store, &c, &masker);
             let reverted = match action {
-                OnExpiry::Revert => Some(changes::revert_own(&store, &c)),
+                OnExpiry::Revert => Some(match baseline.filter(|b| to_baseline(b, &c)) {
+                    // The last approved state, whatever was done since.
+                    Some(b) => baseline_revert(&b, &c, why),
+                    None => changes::revert_own(&store, &c),
+                }),
                 OnExpiry::Flag => None,
             };
             (diff, reverted)
@@ -153,4 +159,43 @@ impl Engine {
         list.retain(|c| c.id != id);
         list.len() != before
     }
+}
+
+/// Whether `change` is reverted to the baseline: its path is in it with content to put
+/// back, or not in it and the change created it (then it is removed). A file that the
+/// baseline does not know but that existed before the change is left to the pre-image:
+/// restoring the baseline would remove it.
+fn to_baseline(b: &BaselineService, c: &Change) -> bool {
+    if !b.baseline.in_scope(&c.path) {
+        return false;
+    }
+    match b.baseline.get(&c.path) {
+        Ok(Some(_)) => b.restorable(&c.path),
+        Ok(None) => !c.existed,
+        Err(_) => false,
+    }
+}
+
+/// Restores `c`'s path to the baseline (ledgered by the service as `baseline_revert`).
+fn baseline_revert(
+    b: &BaselineService,
+    c: &Change,
+    why: &str,
+) -> Result<changes::Reverted, changes::ChangeError> {
+    let body = b.revert_path(
+        &c.path,
+        json!({"grant": c.grant_id, "session": c.session_id}),
+        why,
+    );
+    if let Some(e) = body["error"].as_str() {
+        return Err(changes::ChangeError::Io {
+            path: c.path_text(),
+            source: std::io::Error::other(e.to_owned()),
+        });
+    }
+    Ok(match body["result"].as_str() {
+        Some("removed") => changes::Reverted::Removed,
+        Some("unchanged") => changes::Reverted::Unchanged,
+        _ => changes::Reverted::Restored,
+    })
 }

@@ -31,6 +31,7 @@ use super::preimage::{self, PreImage};
 use super::requests::{
     GRANTS, REQUEST_IDS, REQUEST_PREIMAGES, REQUESTS, RequestPre, RequestRecord, SESSION_HOLDS,
 };
+use crate::baseline::service::BaselineService;
 use crate::event::escape::encode;
 use crate::ledger::SharedLedger;
 use crate::os::clock::unix_ms;
@@ -141,6 +142,8 @@ pub struct Engine {
     terminal: super::terminal::TerminalNotices,
     /// Filed requests whose terminal notice waits for the service's id of the request.
     to_tell: Mutex<HashMap<u64, tell::ToTell>>,
+    /// The approved baseline (see [`crate::baseline`]).
+    baseline: Option<Arc<BaselineService>>,
 }
 
 /// A held open waiting for the decision of its request.
@@ -236,6 +239,8 @@ pub struct EngineParts {
     /// hold requests wait for the held operations to come back (see
     /// [`Engine::close_unresumed`]) instead of being closed as released by a crash.
     pub resuming: std::collections::HashSet<u64>,
+    /// The approved baseline: moved by approved changes, what reverts restore.
+    pub baseline: Option<Arc<BaselineService>>,
 }
 
 /// What the engine's tasks read: held opens from the listener, the approval service's
@@ -279,6 +284,7 @@ impl Engine {
             ledger,
             uplink,
             resuming,
+            baseline,
         } = parts;
         let EngineInputs {
             held,
@@ -346,6 +352,7 @@ impl Engine {
             ),
             settings,
             to_tell: Mutex::new(HashMap::new()),
+            baseline,
         });
         tokio::spawn(engine.clone().accepted_loop(engine.uplink.accepted()));
         tokio::spawn(engine.clone().held_loop(held));

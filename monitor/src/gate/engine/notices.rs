@@ -80,7 +80,34 @@ impl Engine {
                     json!({"grant": c.grant_id, "session": c.session_id, "diff": d}),
                 )
                 .await;
+                self.move_baseline(&c).await;
             }
+        }
+    }
+
+    /// An approved change was closed: the baseline of its path moves to it when its grant
+    /// keeps it (`on_expiry = "flag"`). A grant whose rule reverts at its end approves
+    /// only for its lifetime: the baseline stays, and `drift` shows the change as approved
+    /// until its expiry.
+    async fn move_baseline(&self, c: &Change) {
+        let Some(b) = self.baseline.clone() else {
+            return;
+        };
+        let Some(grant) = self.state.grants().get(c.grant_id).cloned() else {
+            return;
+        };
+        if grant.on_expiry != OnExpiry::Flag || !b.baseline.in_scope(&c.path) {
+            return;
+        }
+        let path = c.path.clone();
+        let extra = json!({"grant": c.grant_id, "session": c.session_id});
+        let source = format!("grant {}", c.grant_id);
+        match blocking(move || b.accept(&[path], &source, extra)).await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                warn!(path = %c.path_text(), error = %e, "cannot move the baseline to an approved change")
+            }
+            None => {}
         }
     }
 
@@ -166,9 +193,33 @@ impl Engine {
             self.audit("unapproved_rename", body).await;
             return;
         }
-        // Undo: put the last kept pre-image of that path back over the renamed-in file
-        // (kept in quarantine). Without one there is nothing to restore: moving the file
-        // away would leave the path with nothing, so it is flagged instead.
+        // Undo: put the path's baseline (its last approved state) back over the
+        // renamed-in file (kept in quarantine).
+        if let Some(b) = self.baseline.clone().filter(|b| b.restorable(&to)) {
+            warn!(path = %encode(&to), session, agent, pid, "unapproved rename into a gated tree: restoring the baseline");
+            let path = to.clone();
+            match blocking(move || b.restore_replacing(&path)).await {
+                Some(Ok(kept)) => {
+                    if let Some((d, i)) = file_id(&to) {
+                        lock(&self.renames_seen)
+                            .insert(to.clone(), (d, i, std::time::Instant::now()));
+                    }
+                    GateMetrics::inc(&self.state.metrics.changes_reverted);
+                    body["quarantined_as"] = json!(encode(kept.as_os_str().as_bytes()));
+                    body["restored"] = json!("baseline");
+                    self.audit("unapproved_rename", body).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    warn!(path = %encode(&to), error = %e, "cannot restore the baseline over an unapproved rename; trying the kept pre-image");
+                    body["baseline_error"] = json!(e.to_string());
+                }
+                None => {}
+            }
+        }
+        // Else the last kept pre-image of that path. Without one there is nothing to
+        // restore: moving the file away would leave the path with nothing, so it is
+        // flagged instead.
         let pre: Option<Change> = lock(&self.changes)
             .values()
             .flatten()
@@ -181,7 +232,7 @@ impl Engine {
             error!(path = %encode(&to), session, agent, pid, "unapproved rename into a gated tree cannot be reverted: no pre-image of the path is kept; the renamed-in file is left in place (flagged)");
             body["action"] = json!("flag");
             body["why"] = json!(
-                "no pre-image of this path is kept: nothing to restore; the renamed-in file is left in place"
+                "neither the baseline nor a pre-image of this path keeps its content: nothing to restore; the renamed-in file is left in place"
             );
             self.audit("unapproved_rename", body).await;
             return;
