@@ -97,6 +97,7 @@ impl Default for Config {
             detect: default_detect_rules(),
             gate: GateConfig::default(),
             approval: ApprovalSection::default(),
+            metrics: crate::prom::MetricsSection::default(),
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Config {
     pub gate: GateConfig,
     /// Where approval requests go (the approval service).
     pub approval: ApprovalSection,
+    /// The Prometheus endpoint (`[metrics] listen`); off by default.
+    pub metrics: crate::prom::MetricsSection,
 }
 
 /// `[daemon]`: the control socket and where state lives.

@@ -174,6 +174,7 @@ mod tests {
         Event {
             v: SCHEMA_VERSION,
             time: "2026-11-22T00:00:00Z".into(),
+            time_ns: 0,
             id: "x-1".into(),
             kind: Kind::Rename,
             path: path.into(),
