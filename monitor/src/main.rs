@@ -60,8 +60,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stream events from the running daemon as NDJSON.
-    Events,
+    /// Stream events from the running daemon (NDJSON, or compact lines), optionally filtered.
+    Events {
+        #[command(flatten)]
+        filters: monitor::cli::events::Filters,
+        /// Output format: the daemon's NDJSON lines, or one compact line per event.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "json")]
+        output: monitor::cli::events::Output,
+    },
     /// Approval requests of the gate: list, watch, show, approve, deny.
     Approvals {
         #[command(flatten)]
@@ -342,7 +348,9 @@ fn main() -> ExitCode {
             monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all)
         }
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
-        Command::Events => monitor::cli::stats::events(&socket(&cli)?),
+        Command::Events { filters, output } => {
+            monitor::cli::events::events(&socket(&cli)?, filters, *output)
+        }
         Command::Approvals { conn, command } => {
             let cfg = load_config(&cli)?;
             let socket = cli

@@ -9,6 +9,7 @@ pub mod audit_repair;
 pub mod check_approver;
 pub mod check_config;
 pub mod connect;
+pub mod events;
 pub mod grants;
 pub mod render;
 pub mod run;
