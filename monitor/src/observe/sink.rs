@@ -78,8 +78,10 @@ impl Sink {
             StdoutMode::Human => Stdout::Human,
             StdoutMode::Json => Stdout::Json,
             StdoutMode::Off => Stdout::Off,
-            StdoutMode::Auto if std::io::stdout().is_terminal() => Stdout::Human,
-            StdoutMode::Auto => Stdout::Json,
+            StdoutMode::Auto => auto_stdout(
+                std::io::stdout().is_terminal(),
+                crate::os::journal::stdout_is_journal(),
+            ),
         };
         Ok(Sink {
             path: path.to_owned(),
@@ -130,6 +132,17 @@ impl Sink {
 }
 
 /// One line for people: time, kind, path, writer, session.
+/// What `stdout = "auto"` prints: human lines on a terminal; nothing when stdout is the
+/// journal (under systemd the events file is the record: NDJSON in the journal would store
+/// every event twice); NDJSON otherwise (a pipe, a file).
+fn auto_stdout(terminal: bool, journal: bool) -> Stdout {
+    match (terminal, journal) {
+        (true, _) => Stdout::Human,
+        (false, true) => Stdout::Off,
+        (false, false) => Stdout::Json,
+    }
+}
+
 pub fn human(e: &Event) -> String {
     let term = |s: &str| escape::for_terminal(s.as_bytes());
     let target = e
@@ -201,6 +214,13 @@ mod tests {
             source: Source::Both,
             details: None,
         }
+    }
+
+    #[test]
+    fn auto_prints_nothing_to_the_journal() {
+        assert!(matches!(auto_stdout(true, false), Stdout::Human));
+        assert!(matches!(auto_stdout(false, true), Stdout::Off));
+        assert!(matches!(auto_stdout(false, false), Stdout::Json));
     }
 
     #[test]
