@@ -61,7 +61,8 @@ pub struct OutputSection {
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StdoutMode {
-    /// Human-readable lines when stdout is a terminal, NDJSON otherwise.
+    /// Human-readable lines when stdout is a terminal, nothing when it is systemd's
+    /// journal stream (`JOURNAL_STREAM`), NDJSON otherwise.
     #[default]
     Auto,
     Human,
