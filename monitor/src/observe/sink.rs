@@ -83,6 +83,9 @@ impl Sink {
                 crate::os::journal::stdout_is_journal(),
             ),
         };
+        if mode == StdoutMode::Auto && stdout == Stdout::Off {
+            tracing::info!(events_file = %path.display(), "stdout is the journal: events are not printed there (the events file is the record)");
+        }
         Ok(Sink {
             path: path.to_owned(),
             file: BufWriter::with_capacity(FILE_BUFFER, file),

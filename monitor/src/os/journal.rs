@@ -29,8 +29,7 @@ pub fn is_stream(fd: impl AsFd, stream: Option<(u64, u64)>) -> bool {
     let Some((dev, ino)) = stream else {
         return false;
     };
-    nix::sys::stat::fstat(fd.as_fd())
-        .is_ok_and(|st| st.st_dev as u64 == dev && st.st_ino as u64 == ino)
+    nix::sys::stat::fstat(fd.as_fd()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
 /// Whether stdout is the journal stream of `JOURNAL_STREAM`.

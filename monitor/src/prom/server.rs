@@ -63,9 +63,13 @@ pub async fn start(address: SocketAddr, exporter: Arc<Exporter>) -> Result<Endpo
     })
 }
 
+/// Accepts until aborted; the connections are in `conns`, so aborting this task (dropping
+/// the [`Endpoint`]) ends them too.
 async fn accept_loop(listener: TcpListener, exporter: Arc<Exporter>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -79,7 +83,7 @@ async fn accept_loop(listener: TcpListener, exporter: Arc<Exporter>) {
             continue;
         };
         let exporter = Arc::clone(&exporter);
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let exporter = Arc::clone(&exporter);
@@ -89,9 +93,9 @@ async fn accept_loop(listener: TcpListener, exporter: Arc<Exporter>) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), svc);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "metrics connection ended"),
-                Ok(Ok(())) | Err(_) => {}
+            // A connection past its lifetime is closed (the scraper reconnects).
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                tracing::debug!(peer = %peer, error = %e, "metrics connection ended");
             }
         });
     }
