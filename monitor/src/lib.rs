@@ -17,6 +17,7 @@
 //!   set derived from it (`config::watch`).
 //! - `store`, `ledger`, `state`, `metrics`: the embedded store, the hash-chained audit
 //!   ledger, damaged state files and the state directory's mode, counters.
+//! - `prom`: the Prometheus endpoints of the daemon and the approval service (`[metrics]`).
 //! - `api`: the daemon's gRPC API over its Unix socket.
 //! - `uplink`: the daemon's spooled, reconnecting client of the approval service.
 //! - `approver`: the approval service and its client transport.
@@ -36,6 +37,7 @@ pub mod notify;
 pub mod observe;
 pub mod os;
 pub mod policy;
+pub mod prom;
 pub mod sessions;
 pub mod state;
 pub mod store;

@@ -60,8 +60,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stream events from the running daemon as NDJSON.
-    Events,
+    /// Stream events from the running daemon (NDJSON, or compact lines), optionally filtered.
+    Events {
+        #[command(flatten)]
+        filters: monitor::cli::events::Filters,
+        /// Output format: the daemon's NDJSON lines, or one compact line per event.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "json")]
+        output: monitor::cli::events::Output,
+    },
     /// Approval requests of the gate: list, watch, show, approve, deny.
     Approvals {
         #[command(flatten)]
@@ -201,10 +207,38 @@ enum ApproverCommand {
 }
 
 /// Logs go to stderr; `CONFGATE_LOG` overrides the level (daemon: info, commands: warn).
+/// A service (the daemon, `approver serve`) whose stderr is systemd's journal stream logs
+/// to the journal's native socket instead, each field of an event as a journal field
+/// (`CONFGATE_SESSION=3`, ...; `journalctl -u confgate CONFGATE_SESSION=3`).
 fn init_logging(daemon: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONFGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let journal = monitor::os::journal::logs_to_journal(
+        daemon,
+        monitor::os::journal::stderr_is_journal(),
+        monitor::os::journal::socket_exists(),
+    );
+    if journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_syslog_identifier("confgate".to_owned())
+                    .with_field_prefix(Some("CONFGATE".to_owned()));
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => eprintln!(
+                "confgate: cannot log to the journal ({}: {e}); logging to stderr",
+                monitor::os::journal::SOCKET
+            ),
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -381,7 +415,9 @@ fn main() -> ExitCode {
             monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all)
         }
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
-        Command::Events => monitor::cli::stats::events(&socket(&cli)?),
+        Command::Events { filters, output } => {
+            monitor::cli::events::events(&socket(&cli)?, filters, *output)
+        }
         Command::Approvals { conn, command } => {
             let cfg = load_config(&cli)?;
             let socket = cli

@@ -12,6 +12,8 @@ macro_rules! counters {
                 vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
             }
         }
+        /// Each counter's name and description (the help text of its Prometheus metric).
+        pub const DOCS: &[(&str, &str)] = &[$((stringify!($name), $doc),)*];
     };
 }
 

@@ -503,3 +503,206 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+
+/// `confgate events` with a filter, its lines collected on a thread; killed when dropped.
+struct Stream {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Stream {
+    fn start(d: &Daemon, args: &[&str]) -> Stream {
+        use std::io::BufRead as _;
+        let mut child = Command::new(confgate_bin())
+            .arg("--config")
+            .arg(&d.config)
+            .arg("events")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("confgate events");
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Stream { child, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a line satisfies `pred` (the stream has processed every event before it).
+    fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        poll(what, EVENT_TIMEOUT, || {
+            self.lines().iter().any(|l| pred(l)).then_some(())
+        });
+    }
+
+    fn json(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ends(e: &Value, suffix: &str) -> bool {
+    e["path"].as_str().is_some_and(|p| p.ends_with(suffix))
+}
+
+#[test]
+fn events_command_filters_and_compact_view() {
+    if !require_root("events_command_filters_and_compact_view") {
+        return;
+    }
+    let d = Daemon::start();
+    let root = d.dir.path().canonicalize().unwrap();
+    let (flag, ready, flag2) = (root.join("go"), root.join("ready"), root.join("end"));
+    std::fs::write(d.watched.join("gone.conf"), "x\n").unwrap();
+    // Session alpha probes (a .yaml file created and chmod-ed every 100 ms) until every
+    // stream is subscribed, then makes its changes, then one last change when told.
+    let script = format!(
+        "n=0; while [ ! -e {flag} ]; do echo p > probe-$n.yaml; chmod 600 probe-$n.yaml; n=$((n+1)); sleep 0.1; done; \
+         echo a > real.conf; echo b > real.yaml; rm gone.conf; touch {ready}; \
+         while [ ! -e {flag2} ]; do sleep 0.05; done; echo z > end.yaml; chmod 600 end.yaml",
+        flag = flag.display(),
+        ready = ready.display(),
+        flag2 = flag2.display()
+    );
+    let alpha = d
+        .session_command("alpha", None, &script)
+        .spawn()
+        .expect("session alpha");
+    let alpha = scopeguard(alpha);
+    let sessions = poll("session alpha", EVENT_TIMEOUT, || {
+        let v = d.cli_json(&["sessions", "--json"]);
+        v.as_array()?
+            .iter()
+            .find(|s| s["agent"] == "alpha")
+            .and_then(|s| s["id"].as_u64())
+    });
+    let s1 = sessions.to_string();
+    let by_agent = Stream::start(&d, &["--agent", "alpha"]);
+    let by_session = Stream::start(&d, &["--session", &s1]);
+    let by_path = Stream::start(&d, &["--path", "**/*.yaml"]);
+    let by_kind = Stream::start(&d, &["--kind", "unlink,chmod"]);
+    let compact = Stream::start(&d, &["-o", "compact", "--kind", "chmod"]);
+    for (s, what) in [
+        (&by_agent, "agent"),
+        (&by_session, "session"),
+        (&by_path, "path"),
+        (&by_kind, "kind"),
+        (&compact, "compact"),
+    ] {
+        s.wait_line(&format!("a probe through the {what} stream"), |l| {
+            l.contains("/probe-")
+        });
+    }
+    std::fs::write(&flag, "").unwrap();
+    poll("alpha's changes", EVENT_TIMEOUT, || {
+        ready.exists().then_some(())
+    });
+    ok(&d.in_session("beta", "", "echo c > beta.conf && chmod 600 beta.conf"));
+    ok(&sh(&d.watched, "echo d > outside.yaml"));
+    let (beta_conf, outside) = (d.w("beta.conf"), d.w("outside.yaml"));
+    d.wait_for("beta's chmod and the outside write", |ev| {
+        has(ev, "chmod", &beta_conf) && has(ev, "write", &outside)
+    });
+    std::fs::write(&flag2, "").unwrap();
+    let mut alpha = alpha;
+    assert!(alpha.0.wait().expect("wait").success());
+    // Every stream has handled each event before alpha's last chmod once it printed it.
+    for s in [&by_agent, &by_session, &by_path, &by_kind, &compact] {
+        s.wait_line("alpha's last change", |l| {
+            l.contains("/end.yaml") && l.contains("chmod")
+        });
+    }
+
+    let ev = by_agent.json();
+    assert!(
+        ev.iter().all(|e| e["session"]["agent"] == "alpha"),
+        "{ev:#?}"
+    );
+    assert!(ev.iter().any(|e| ends(e, "/real.conf")) && ev.iter().any(|e| ends(e, "/real.yaml")));
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "unlink" && ends(e, "/gone.conf"))
+    );
+
+    let ev = by_session.json();
+    assert!(ev.iter().all(|e| e["session"]["id"] == sessions), "{ev:#?}");
+    assert!(ev.iter().any(|e| ends(e, "/real.conf")));
+
+    let ev = by_path.json();
+    assert!(ev.iter().all(|e| ends(e, ".yaml")), "{ev:#?}");
+    assert!(ev.iter().any(|e| ends(e, "/real.yaml")));
+    assert!(
+        ev.iter()
+            .any(|e| ends(e, "/outside.yaml") && e["session"].is_null()),
+        "writes outside sessions pass a path filter: {ev:#?}"
+    );
+
+    let ev = by_kind.json();
+    assert!(
+        ev.iter()
+            .all(|e| e["kind"] == "unlink" || e["kind"] == "chmod"),
+        "{ev:#?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "unlink" && ends(e, "/gone.conf"))
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e["kind"] == "chmod" && e["path"] == beta_conf.as_str())
+    );
+
+    let lines = compact.lines();
+    assert!(
+        lines
+            .iter()
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.split_whitespace().nth(1) == Some("chmod")),
+        "{lines:#?}"
+    );
+    let beta_line = lines
+        .iter()
+        .find(|l| l.contains(&beta_conf))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        beta_line.contains(" by chmod[") && beta_line.contains(" session=beta#"),
+        "{beta_line}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/end.yaml") && l.contains(&format!("session=alpha#{s1} "))),
+        "{lines:#?}"
+    );
+
+    // A filter that cannot match is refused before connecting.
+    let bad = d.cli(&["events", "--kind", "delete"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not an event kind"),
+        "{bad:?}"
+    );
+}

@@ -79,6 +79,9 @@ pub struct ServiceConfig {
     pub http: super::http::config::HttpSection,
     /// `[web]`: the web approval page (OpenID Connect, action links).
     pub web: super::web::config::WebSection,
+    /// `[metrics]`: the service's Prometheus endpoint (`listen = "127.0.0.1:9465"`); off
+    /// by default. In local mode the daemon's own `[metrics]` covers the service.
+    pub metrics: crate::prom::MetricsSection,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -144,6 +147,7 @@ impl Default for ServiceConfig {
             persons: Vec::new(),
             http: Default::default(),
             web: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -336,6 +340,9 @@ impl ServiceConfig {
             }
         }
         self.notify.check(&mut c);
+        for (field, message) in self.metrics.problems() {
+            c.fail(&format!("metrics.{field}"), message);
+        }
         let mut claimed: Vec<&str> = Vec::new();
         for (i, p) in self.persons.iter().enumerate() {
             if p.name.is_empty() || p.name.contains(':') || p.name.chars().any(char::is_control) {

@@ -115,6 +115,8 @@ pub struct Server {
     sockets: Vec<(PathBuf, u64, u64)>,
     /// The HTTP listener (`[http]`), when configured.
     http: Option<http::HttpListener>,
+    /// The Prometheus endpoint (`[metrics]`), when configured; stops when dropped.
+    metrics: Option<crate::prom::server::Endpoint>,
 }
 
 impl Server {
@@ -171,6 +173,7 @@ impl Server {
             stop,
             sockets: Vec::new(),
             http: None,
+            metrics: None,
         };
         for l in &cfg.listen {
             let addr = Address::parse(l).map_err(|e| ApproverError::Config(e.0))?;
@@ -195,7 +198,32 @@ impl Server {
                 return Err(e);
             }
         }
+        if let Some(addr) = cfg.metrics.address() {
+            let shared = Arc::clone(&server.shared);
+            let exporter = crate::prom::Exporter::new(
+                crate::prom::Service::Approver,
+                Arc::new(move || {
+                    shared
+                        .stats()
+                        .into_iter()
+                        .map(|(n, v)| (n.to_owned(), v))
+                        .collect()
+                }),
+            );
+            match crate::prom::server::start(addr, Arc::new(exporter)).await {
+                Ok(m) => server.metrics = Some(m),
+                Err(e) => {
+                    let _ = server.stop_now().await;
+                    return Err(ApproverError::Config(e.to_string()));
+                }
+            }
+        }
         Ok(server)
+    }
+
+    /// The Prometheus endpoint's bound address (port 0 resolved), when `[metrics]` is set.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.address)
     }
 
     async fn listen(&mut self, cfg: &ServiceConfig, addr: Address) -> Result<(), ApproverError> {
@@ -345,7 +373,7 @@ impl Server {
     /// `approver_ledger_errors`; the ledger's own counters are left out so that they do
     /// not collide with the daemon's ledger.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.shared.counters.snapshot()
+        self.shared.stats()
     }
 
     /// Records `key` as `host`'s attestation key, as an `Updates` call of that host does.
@@ -370,6 +398,7 @@ impl Server {
     }
 
     async fn stop_now(&mut self) -> Result<(), ApproverError> {
+        self.metrics = None;
         self.shared.stop();
         self.stop.send_replace(true);
         let mut first_err = None;

@@ -10,6 +10,7 @@ pub mod baseline;
 pub mod check_approver;
 pub mod check_config;
 pub mod connect;
+pub mod events;
 pub mod grants;
 pub mod render;
 pub mod run;

@@ -1,8 +1,8 @@
-//! `confgate stats` and `confgate events`: read-only views of the running daemon.
+//! `confgate stats`: the running daemon's counters (`confgate events` is in `events.rs`).
 use std::path::Path;
 
 use anyhow::Context as _;
-use confgate_proto::v1::{GetStatsRequest, SubscribeEventsRequest};
+use confgate_proto::v1::GetStatsRequest;
 
 use crate::api::client::connect;
 
@@ -43,29 +43,6 @@ pub fn stats(socket: &Path, json: bool) -> anyhow::Result<i32> {
             }
         }
         out.flush()?;
-        Ok(0)
-    })
-}
-
-/// Stream events as NDJSON until the daemon stops or the pipe closes.
-pub fn events(socket: &Path) -> anyhow::Result<i32> {
-    use std::io::Write as _;
-    runtime()?.block_on(async {
-        let mut client = connect(socket).await?;
-        let mut stream = client
-            .subscribe_events(SubscribeEventsRequest {})
-            .await
-            .context("SubscribeEvents")?
-            .into_inner();
-        let mut out = std::io::stdout().lock();
-        while let Some(rec) = stream.message().await.context("event stream")? {
-            if writeln!(out, "{}", rec.json)
-                .and_then(|()| out.flush())
-                .is_err()
-            {
-                break;
-            }
-        }
         Ok(0)
     })
 }

@@ -116,6 +116,7 @@ impl Default for Config {
             approval: ApprovalSection::default(),
             baseline: BaselineSection::default(),
             drift: DriftSection::default(),
+            metrics: crate::prom::MetricsSection::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Config {
     pub baseline: BaselineSection,
     /// The periodic drift check against the baseline.
     pub drift: DriftSection,
+    /// The Prometheus endpoint (`[metrics] listen`); off by default.
+    pub metrics: crate::prom::MetricsSection,
 }
 
 /// `[baseline]`: size limits of the approved baseline.
@@ -83,7 +85,8 @@ pub struct OutputSection {
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StdoutMode {
-    /// Human-readable lines when stdout is a terminal, NDJSON otherwise.
+    /// Human-readable lines when stdout is a terminal, nothing when it is systemd's
+    /// journal stream (`JOURNAL_STREAM`), NDJSON otherwise.
     #[default]
     Auto,
     Human,

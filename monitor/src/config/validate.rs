@@ -41,6 +41,9 @@ impl Config {
             c.fail(&field, message);
         }
         self.check_approval(&mut c);
+        for (field, message) in self.metrics.problems() {
+            c.fail(&format!("metrics.{field}"), message);
+        }
         c.problems
     }
 

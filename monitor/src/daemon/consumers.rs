@@ -69,12 +69,13 @@ impl Consumers {
     }
 }
 
-/// Counts the events emitted.
+/// Counts the events emitted, and observes their delay since the operation.
 pub(super) struct Counted(pub(super) Arc<Metrics>);
 
 impl Consumer for Counted {
-    fn on_event(&mut self, _event: &Event) {
+    fn on_event(&mut self, event: &Event) {
         Metrics::inc(&self.0.events_emitted);
+        crate::prom::histograms::observe_event_delay(event.time_ns);
     }
 }
 

@@ -287,6 +287,9 @@ impl GateRuntime {
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let mut out = self.fan.as_ref().map(FanGate::counters).unwrap_or_default();
         out.extend(self.metrics.snapshot());
+        let (held, oldest) = crate::gate::held_now::now();
+        out.push(("gate_held_now", held));
+        out.push(("gate_oldest_hold_seconds", oldest.as_secs()));
         out.extend(self.supervisors.counters());
         out.extend(self.uplink.counters());
         out.extend(self.ledger.counters());

@@ -46,6 +46,8 @@ pub(super) struct Runtime {
     /// The systemd watchdog's questions to this loop, and the task that asks them.
     pub(super) probe: Arc<Probe>,
     pub(super) watchdog: Option<JoinHandle<()>>,
+    /// The Prometheus endpoint, when configured (stops when dropped).
+    pub(super) metrics_endpoint: Option<crate::prom::server::Endpoint>,
 }
 
 pub(super) struct Signals {
@@ -112,8 +114,10 @@ impl Runtime {
             mut core,
             server,
             watchdog,
+            metrics_endpoint,
             ..
         } = self;
+        drop(metrics_endpoint);
         core.sd.stopping();
         if let Some(w) = watchdog {
             w.abort();

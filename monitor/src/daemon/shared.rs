@@ -233,6 +233,10 @@ impl DaemonApi for Shared {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v)),
         );
+        out.push((
+            "sessions_live".to_owned(),
+            self.registry.live().len() as u64,
+        ));
         out
     }
 

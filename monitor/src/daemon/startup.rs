@@ -85,6 +85,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     }
     start_handoff(&cfg, config_path, &mark_roots, &shared);
     let server = serve_api(&cfg, &shared).await?;
+    let metrics_endpoint = serve_metrics(&cfg, &shared).await?;
 
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both
     // are dropped together, with the runtime.
@@ -145,7 +146,25 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         server,
         probe,
         watchdog,
+        metrics_endpoint,
     })
+}
+
+/// The Prometheus endpoint (`[metrics] listen`), when configured: it reads what
+/// `confgate stats` reads ([`DaemonApi::stats`]).
+async fn serve_metrics(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<Option<crate::prom::server::Endpoint>> {
+    let Some(addr) = cfg.metrics.address() else {
+        return Ok(None);
+    };
+    let s = shared.clone();
+    let exporter =
+        crate::prom::Exporter::new(crate::prom::Service::Daemon, Arc::new(move || s.stats()));
+    Ok(Some(
+        crate::prom::server::start(addr, Arc::new(exporter)).await?,
+    ))
 }
 
 /// Reports of supervised operations waiting for the event pipeline.

@@ -138,6 +138,10 @@ pub struct Event {
     pub v: u32,
     /// RFC 3339 UTC with nanoseconds.
     pub time: String,
+    /// `time` as nanoseconds since the Unix epoch (not serialized: for the pipeline delay
+    /// histogram).
+    #[serde(skip)]
+    pub time_ns: i128,
     /// Unique event id.
     pub id: String,
     pub kind: Kind,

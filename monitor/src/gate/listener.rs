@@ -181,6 +181,8 @@ pub struct Held {
     fail: Verdict,
     to: AnswerTo,
     answered: bool,
+    /// Its ticket in [`super::held_now`].
+    ticket: u64,
 }
 
 /// Where a held event's answer goes.
@@ -195,6 +197,7 @@ enum AnswerTo {
 impl Held {
     fn new(event: PermEvent, fail: Verdict, group: Arc<PermGroup>) -> Self {
         Self {
+            ticket: super::held_now::enter(event.received),
             event,
             fail,
             to: AnswerTo::Group(group),
@@ -206,6 +209,7 @@ impl Held {
     /// it gets `fail`.
     pub fn for_op(event: PermEvent, fail: Verdict, answer: Box<dyn OpAnswer>) -> Self {
         Self {
+            ticket: super::held_now::enter(event.received),
             event,
             fail,
             to: AnswerTo::Op(answer),
@@ -245,6 +249,10 @@ impl Held {
     /// `ENOENT`: the opener was killed and the event is gone); it is counted too.
     pub fn answer(mut self, verdict: Verdict) -> Result<(), GateError> {
         self.answered = true;
+        crate::prom::histograms::observe_since(
+            &crate::prom::histograms::GATE_DECISION,
+            self.event.received,
+        );
         match &mut self.to {
             AnswerTo::Group(g) => respond(g, &self.event.fd, verdict),
             AnswerTo::Op(a) => a.answer(verdict),
@@ -255,10 +263,15 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        super::held_now::leave(self.ticket);
         if self.answered {
             return;
         }
         self.answered = true;
+        crate::prom::histograms::observe_since(
+            &crate::prom::histograms::GATE_DECISION,
+            self.event.received,
+        );
         debug!(
             tid = self.event.tid,
             path = %self.event.path().display(),

@@ -33,6 +33,7 @@ pub mod crash;
 pub mod decider;
 pub mod engine;
 pub mod group;
+pub mod held_now;
 pub mod intent;
 pub mod listener;
 pub mod marks;

@@ -160,6 +160,7 @@ impl Attributor {
         Event {
             v: SCHEMA_VERSION,
             time: clock::rfc3339_ns(o.time_ns),
+            time_ns: o.time_ns,
             id,
             kind: o.kind,
             path: encode(&o.path),

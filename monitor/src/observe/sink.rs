@@ -78,9 +78,14 @@ impl Sink {
             StdoutMode::Human => Stdout::Human,
             StdoutMode::Json => Stdout::Json,
             StdoutMode::Off => Stdout::Off,
-            StdoutMode::Auto if std::io::stdout().is_terminal() => Stdout::Human,
-            StdoutMode::Auto => Stdout::Json,
+            StdoutMode::Auto => auto_stdout(
+                std::io::stdout().is_terminal(),
+                crate::os::journal::stdout_is_journal(),
+            ),
         };
+        if mode == StdoutMode::Auto && stdout == Stdout::Off {
+            tracing::info!(events_file = %path.display(), "stdout is the journal: events are not printed there (the events file is the record)");
+        }
         Ok(Sink {
             path: path.to_owned(),
             file: BufWriter::with_capacity(FILE_BUFFER, file),
@@ -130,6 +135,17 @@ impl Sink {
 }
 
 /// One line for people: time, kind, path, writer, session.
+/// What `stdout = "auto"` prints: human lines on a terminal; nothing when stdout is the
+/// journal (under systemd the events file is the record: NDJSON in the journal would store
+/// every event twice); NDJSON otherwise (a pipe, a file).
+fn auto_stdout(terminal: bool, journal: bool) -> Stdout {
+    match (terminal, journal) {
+        (true, _) => Stdout::Human,
+        (false, true) => Stdout::Off,
+        (false, false) => Stdout::Json,
+    }
+}
+
 pub fn human(e: &Event) -> String {
     let term = |s: &str| escape::for_terminal(s.as_bytes());
     let target = e
@@ -174,6 +190,7 @@ mod tests {
         Event {
             v: SCHEMA_VERSION,
             time: "2026-11-22T00:00:00Z".into(),
+            time_ns: 0,
             id: "x-1".into(),
             kind: Kind::Rename,
             path: path.into(),
@@ -200,6 +217,13 @@ mod tests {
             source: Source::Both,
             details: None,
         }
+    }
+
+    #[test]
+    fn auto_prints_nothing_to_the_journal() {
+        assert!(matches!(auto_stdout(true, false), Stdout::Human));
+        assert!(matches!(auto_stdout(false, true), Stdout::Off));
+        assert!(matches!(auto_stdout(false, false), Stdout::Json));
     }
 
     #[test]

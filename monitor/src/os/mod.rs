@@ -15,7 +15,8 @@
 //! - [`poll`]: eventfd and `poll(2)`; [`limits`]: the open-file limit and the dumpable
 //!   attribute; [`memory`]: process-wide memory hints; [`host`]: this host's name;
 //!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`;
-//!   [`sdnotify`]: systemd's notification socket and the descriptors it passes back.
+//!   [`sdnotify`]: systemd's notification socket and the descriptors it passes back;
+//!   [`journal`]: whether stdout/stderr are systemd's journal stream.
 //!   [`environ`]: the start-up environment hidden from `/proc/<pid>/environ`.
 //! - [`landlock`], [`seccomp`]: what confines an agent session (installed by the
 //!   `confgate-confine` helper).
@@ -33,6 +34,7 @@ pub mod environ;
 pub mod fanotify;
 pub mod fs;
 pub mod host;
+pub mod journal;
 pub mod landlock;
 pub mod limits;
 pub mod memory;

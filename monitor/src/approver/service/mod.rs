@@ -181,6 +181,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The service's counters and its gauge of pending requests, for `confgate stats`
+    /// and the Prometheus endpoint.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let mut v = self.counters.snapshot();
+        let pending = self.pending_lock().len();
+        v.push(("approver_requests_pending", pending as u64));
+        v
+    }
+
     /// Builds the shared state; loads the pending requests from the store.
     pub fn new(
         store: ApprovalStore,

@@ -324,6 +324,12 @@ impl Engine {
         lock(&self.waiters).remove(&request_id);
         let received = held.event().received;
         let t_decided = received.elapsed();
+        if let Ok(Ok(Outcome::Approved(..) | Outcome::Denied | Outcome::Rejected)) = &outcome {
+            crate::prom::histograms::observe(
+                &crate::prom::histograms::APPROVAL_ROUND_TRIP,
+                t_decided.saturating_sub(t_filed),
+            );
+        }
         match outcome {
             Ok(Ok(Outcome::Approved(grant_id, kept))) => {
                 match kept {
