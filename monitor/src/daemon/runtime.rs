@@ -15,6 +15,7 @@ use super::{
     GateRuntime,
     cadence::Cadence,
     consumers::Consumers,
+    reload::{Parts, ReloadAsk, Reloader},
     sdnotify::{Probe, SdNotify},
     shared::{Shared, lock},
 };
@@ -46,11 +47,15 @@ pub(super) struct Runtime {
     /// The systemd watchdog's questions to this loop, and the task that asks them.
     pub(super) probe: Arc<Probe>,
     pub(super) watchdog: Option<JoinHandle<()>>,
+    /// Reloads asked over the API (SIGHUP is in `signals`).
+    pub(super) reloads: tokio::sync::mpsc::Receiver<ReloadAsk>,
+    pub(super) reloader: Reloader,
 }
 
 pub(super) struct Signals {
     pub(super) term: Signal,
     pub(super) int: Signal,
+    pub(super) hup: Signal,
 }
 
 /// The gRPC server's task, and how to tell it to stop.
@@ -97,12 +102,30 @@ impl Runtime {
                 _ = self.stats_tick.tick(), if self.stats_every > 0 => self.core.on_stats(),
                 _ = self.probe.asked() => self.probe.answer(),
                 res = &mut self.server.task => return Err(server_stopped(res)),
+                _ = self.signals.hup.recv() => self.reload(None).await,
+                Some(ask) = self.reloads.recv() => self.reload(Some(ask)).await,
                 _ = self.signals.term.recv() => break,
                 _ = self.signals.int.recv() => break,
             }
         }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// Re-reads the configuration (see `reload`). Events still buffered are emitted
+    /// first, to the events file open until now and by the rules in force when they
+    /// were observed.
+    async fn reload(&mut self, ask: Option<ReloadAsk>) {
+        self.core.on_tick(self.ring.get_mut());
+        let core = &mut self.core;
+        let parts = Parts {
+            shared: &core.shared,
+            pipeline: &mut core.pipeline,
+            fan: &mut core.fan,
+            consumers: &mut core.consumers,
+            gate: core.gate.as_ref(),
+        };
+        self.reloader.reload(parts, ask).await;
     }
 
     /// Emit what is still buffered, then stop the gate and the API.

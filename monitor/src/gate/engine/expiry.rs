@@ -61,7 +61,7 @@ impl Engine {
             (Some(_), OnExpiry::Revert) => OnExpiry::Flag,
             (_, a) => a,
         };
-        let masker = self.state.policy.masker().clone();
+        let masker = self.state.policy().masker().clone();
         let res = blocking(move || {
             let diff = changes::diff(&store, &c, &masker);
             let reverted = match action {
