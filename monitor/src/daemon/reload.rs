@@ -343,7 +343,7 @@ fn keep_running(cfg: &mut Config, running: &Config) {
     cfg.watch.rename_sources = running.watch.rename_sources;
     cfg.gate.enabled = running.gate.enabled;
     cfg.gate.fanotify = running.gate.fanotify;
-    cfg.gate.watchdog = running.gate.watchdog.clone();
+    cfg.gate.watchdog = running.gate.watchdog;
     cfg.gate.terminal_notice = running.gate.terminal_notice;
     cfg.gate.approvals_url = running.gate.approvals_url.clone();
 }
