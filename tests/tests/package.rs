@@ -73,7 +73,6 @@ fn the_package_installs_checks_and_purges_cleanly() {
     let o = Command::new(env!("CARGO"))
         .args(["xtask", "deb"])
         .current_dir(workspace())
-        .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
         .output()
         .unwrap();
     ok(&o);
@@ -162,7 +161,8 @@ fn the_package_installs_checks_and_purges_cleanly() {
     } else {
         skip(TEST, "no man (man-db): `man -w confgate` not checked");
     }
-    if has("systemd-analyze", "--version") && Path::new("/run/systemd/system").exists() {
+    // `verify` loads the units offline: no running systemd needed.
+    if has("systemd-analyze", "--version") {
         let o = Command::new("systemd-analyze")
             .args([
                 "verify",
@@ -175,7 +175,7 @@ fn the_package_installs_checks_and_purges_cleanly() {
     } else {
         skip(
             TEST,
-            "systemd-analyze verify not run: no systemd-analyze or systemd is not running",
+            "systemd-analyze verify not run: no systemd-analyze (package systemd)",
         );
     }
 
