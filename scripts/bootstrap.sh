@@ -17,8 +17,9 @@ need_root
 export PATH="$HOME/.cargo/bin:$PATH"
 CARGO_FUZZ_VERSION=0.13.2
 
-# 1. Debian packages: LLVM 22 for bpf-linker, protoc for the gRPC build, tools the e2e tests drive.
-PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev protobuf-compiler cron python3 sudo gcc liburing-dev)
+# 1. Debian packages: LLVM 22 for bpf-linker, protoc for the gRPC build, tools the e2e tests drive
+# (logrotate: tests/tests/reload.rs rotates the events file with it).
+PKGS=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev protobuf-compiler cron python3 sudo gcc liburing-dev logrotate)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -103,7 +104,29 @@ else
     log "test OpenID provider packages present"
 fi
 
-# 6. Kernel filesystems the daemon uses (the daemon mounts tracefs itself too).
+# 6. The Debian package (`cargo xtask deb`, tests/tests/package.rs): cargo-deb, and man-db
+# and systemd for `man -w` and `systemd-analyze verify` of the installed package.
+DEB_PKGS=(man-db systemd gzip binutils)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        apt-get update >/dev/null
+        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+if ! cargo deb --version >/dev/null 2>&1; then
+    log "installing cargo-deb (takes a few minutes)"
+    cargo install --locked cargo-deb 2>&1 | tail -n 3
+else
+    log "cargo-deb present"
+fi
+
+# 7. Kernel filesystems the daemon uses (the daemon mounts tracefs itself too).
 if [ -z "$(ls -A /sys/kernel/tracing 2>/dev/null)" ]; then
     log "mounting tracefs"
     mount -t tracefs none /sys/kernel/tracing

@@ -50,6 +50,8 @@ counters! {
     fdstore_restored: "session listeners the service manager passed back at start and that were paired with their live session",
     fdstore_discarded: "descriptors passed back at start and closed (not a session listener, session ended or unknown, no spec kept)",
     fdstore_attach_errors: "restored session listeners the supervisor could not attach (closed: the session's notified syscalls fail)",
+    config_reloads: "configuration reloads that took effect (SIGHUP, `confgate reload`)",
+    config_reloads_refused: "configuration reloads refused (the file did not validate or could not be applied; the running configuration stayed)",
 }
 
 impl Metrics {

@@ -1,5 +1,6 @@
-//! Developer automation for confgate: `cargo xtask bench`.
+//! Developer automation for confgate: `cargo xtask bench`, `cargo xtask deb`.
 mod bench;
+mod deb;
 mod notify_bench;
 mod worker;
 
@@ -18,11 +19,14 @@ enum Cmd {
     Bench(bench::Args),
     /// The benchmark workload (internal; run by `bench`).
     Worker(worker::Args),
+    /// Build the Debian package target/debian/confgate_<version>_amd64.deb (cargo-deb).
+    Deb(deb::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Worker(a) => worker::run(a),
+        Cmd::Deb(a) => deb::run(a),
     }
 }

@@ -9,6 +9,7 @@
 //! | `ListSessions`, `GetStats`, `SubscribeEvents` | [`DaemonApi::is_admin`] callers |
 //! | `CallerSession`   | anyone (it describes the caller)                            |
 //! | `Attest`          | anyone outside every agent session (kernel session map)     |
+//! | `Reload`          | [`DaemonApi::is_admin`] callers outside every agent session |
 //!
 //! The socket's file mode is a second fence, not the authorization.
 use std::future::Future;
@@ -142,6 +143,13 @@ pub trait DaemonApi: Send + Sync + 'static {
         Err(ApiError::Unavailable(
             "this daemon keeps no baseline".into(),
         ))
+    }
+
+    /// Re-reads the configuration for `caller` (an admin; refused inside an agent
+    /// session): see `daemon::reload`. A refused file is
+    /// [`ApiError::FailedPrecondition`] with the loader's line:column message.
+    async fn reload(&self, _caller: Caller) -> Result<pb::ReloadResponse, ApiError> {
+        Err(ApiError::Unavailable("this daemon cannot reload".into()))
     }
 }
 
@@ -447,6 +455,14 @@ impl pb::daemon_server::Daemon for DaemonService {
         }
         let json = self.api.baseline(caller, op, r.paths, r.note).await?;
         Ok(Response::new(pb::BaselineResponse { json }))
+    }
+
+    async fn reload(
+        &self,
+        request: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        let caller = self.admin(&request, "Reload")?;
+        Ok(Response::new(self.api.reload(caller).await?))
     }
 
     type SubscribeEventsStream = EventStream;

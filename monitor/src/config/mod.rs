@@ -27,7 +27,7 @@ pub use schema::{
     ApprovalMode, ApprovalSection, BaselineSection, Config, CorrelationSection, DaemonSection,
     DetectRule, DriftSection, KernelSection, OutputSection, StdoutMode, WatchSection,
 };
-pub(crate) use toml_check::{Checker, parse_checked, read_text};
+pub(crate) use toml_check::{Checker, decode_text, parse_checked, read_text};
 pub use toml_check::{ConfigError, line_column};
 pub(crate) use validate::{build_glob, check_watch, split_project_root};
 

@@ -161,6 +161,12 @@ pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
         path: path.to_owned(),
         cause,
     })?;
+    decode_text(path, bytes)
+}
+
+/// The bytes read from `path` as text (TOML is UTF-8; else an error with the line and
+/// column of the first invalid byte).
+pub(crate) fn decode_text(path: &Path, bytes: Vec<u8>) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let text = String::from_utf8_lossy(e.as_bytes());

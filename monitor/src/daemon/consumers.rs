@@ -27,6 +27,9 @@ pub(super) trait Consumer {
 
     /// The daemon is stopping: nothing follows the final events.
     fn close(&mut self) {}
+
+    /// A reload: the events output takes `file` (opened at `path`) from now on.
+    fn reopen(&mut self, _file: &mut Option<(std::path::PathBuf, std::fs::File)>) {}
 }
 
 /// The consumers, in the order each event is handed to them.
@@ -65,6 +68,14 @@ impl Consumers {
     pub(super) fn close(&mut self) {
         for c in &mut self.0 {
             c.close();
+        }
+    }
+
+    /// The events output writes `file`, opened at `path`, from now on.
+    pub(super) fn reopen(&mut self, path: std::path::PathBuf, file: std::fs::File) {
+        let mut file = Some((path, file));
+        for c in &mut self.0 {
+            c.reopen(&mut file);
         }
     }
 }
@@ -121,5 +132,14 @@ impl Consumer for Output {
 
     fn close(&mut self) {
         let _ = self.sink.flush();
+    }
+
+    fn reopen(&mut self, file: &mut Option<(std::path::PathBuf, std::fs::File)>) {
+        if let Some((path, file)) = file.take()
+            && let Err(e) = self.sink.reopen(&path, file)
+        {
+            Metrics::inc(&self.metrics.sink_errors);
+            warn!(error = %e, "flushing the events file before reopening it");
+        }
     }
 }

@@ -132,6 +132,22 @@ impl FanGate {
         }))
     }
 
+    /// A reloaded policy names `roots`: if the marks are placed, they are placed again so
+    /// that the new roots are marked before the policy is swapped in (ledgered as every
+    /// placement is). Marks of roots no longer named stay until the next removal.
+    pub(super) async fn reroot(&self, roots: Vec<std::path::PathBuf>, ledger: &SharedLedger) {
+        if !self.placement.set_roots(roots) {
+            return;
+        }
+        let p = self.placement.clone();
+        match tokio::task::spawn_blocking(move || p.place()).await {
+            Ok(placed) => {
+                ledger_placed(ledger, json!({"reason": "configuration reloaded"}), &placed).await;
+            }
+            Err(e) => warn!(error = %e, "gate: placing the marks of the reloaded policy failed"),
+        }
+    }
+
     /// Listener counters and the placement's.
     pub(super) fn counters(&self) -> Vec<(&'static str, u64)> {
         let mut out = self

@@ -278,6 +278,22 @@ impl GateRuntime {
         self.engine.clone()
     }
 
+    /// The host ledger the gate writes.
+    pub fn ledger(&self) -> &SharedLedger {
+        &self.ledger
+    }
+
+    /// Puts a reloaded policy in force: the marks of its roots first (when placed), then
+    /// the policy itself, in one swap, for the fanotify gate and the confined sessions'
+    /// supervisors alike (they share the decider).
+    pub async fn set_policy(&self, policy: Policy) {
+        let policy = Arc::new(policy);
+        if let Some(f) = &self.fan {
+            f.reroot(policy.mark_roots(), &self.ledger).await;
+        }
+        self.engine.set_policy(policy);
+    }
+
     /// The supervisors of confined sessions.
     pub fn supervisors(&self) -> Arc<Supervisors> {
         self.supervisors.clone()

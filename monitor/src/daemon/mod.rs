@@ -1,5 +1,5 @@
 //! `confgate daemon`: wires the kernel programs, fanotify, the pipeline, the outputs and
-//! the gRPC API together and runs until SIGTERM/SIGINT.
+//! the gRPC API together and runs until SIGTERM/SIGINT; SIGHUP reloads the configuration.
 //!
 //! - `startup`: everything built from the configuration, in the order that matters.
 //! - `runtime`: the event loop, one method per source it waits on, and shutdown.
@@ -8,6 +8,7 @@
 //! - `gate`: the gate inside the daemon; `fanmode`: its fanotify permission group, marks
 //!   and watchdog as `gate.fanotify` says; `protected`: what the built-in rule protects;
 //!   `cadence`: when the loop flushes.
+//! - `reload`: re-reading the configuration (SIGHUP, `confgate reload`).
 //! - `sdnotify`: systemd's `Type=notify` protocol: readiness, status, the watchdog.
 use std::path::Path;
 
@@ -19,6 +20,7 @@ mod consumers;
 mod fanmode;
 mod gate;
 mod protected;
+mod reload;
 mod runtime;
 mod sdnotify;
 mod shared;

@@ -15,6 +15,7 @@ use super::{
     GateRuntime,
     cadence::Cadence,
     consumers::Consumers,
+    reload::{Parts, ReloadAsk, Reloader},
     sdnotify::{Probe, SdNotify},
     shared::{Shared, lock},
 };
@@ -48,11 +49,15 @@ pub(super) struct Runtime {
     pub(super) watchdog: Option<JoinHandle<()>>,
     /// The Prometheus endpoint, when configured (stops when dropped).
     pub(super) metrics_endpoint: Option<crate::prom::server::Endpoint>,
+    /// Reloads asked over the API (SIGHUP is in `signals`).
+    pub(super) reloads: tokio::sync::mpsc::Receiver<ReloadAsk>,
+    pub(super) reloader: Reloader,
 }
 
 pub(super) struct Signals {
     pub(super) term: Signal,
     pub(super) int: Signal,
+    pub(super) hup: Signal,
 }
 
 /// The gRPC server's task, and how to tell it to stop.
@@ -99,12 +104,30 @@ impl Runtime {
                 _ = self.stats_tick.tick(), if self.stats_every > 0 => self.core.on_stats(),
                 _ = self.probe.asked() => self.probe.answer(),
                 res = &mut self.server.task => return Err(server_stopped(res)),
+                _ = self.signals.hup.recv() => self.reload(None).await,
+                Some(ask) = self.reloads.recv() => self.reload(Some(ask)).await,
                 _ = self.signals.term.recv() => break,
                 _ = self.signals.int.recv() => break,
             }
         }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// Re-reads the configuration (see `reload`). Events still buffered are emitted
+    /// first, to the events file open until now and by the rules in force when they
+    /// were observed.
+    async fn reload(&mut self, ask: Option<ReloadAsk>) {
+        self.core.on_tick(self.ring.get_mut());
+        let core = &mut self.core;
+        let parts = Parts {
+            shared: &core.shared,
+            pipeline: &mut core.pipeline,
+            fan: &mut core.fan,
+            consumers: &mut core.consumers,
+            gate: core.gate.as_ref(),
+        };
+        self.reloader.reload(parts, ask).await;
     }
 
     /// Emit what is still buffered, then stop the gate and the API.

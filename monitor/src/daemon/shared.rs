@@ -13,6 +13,10 @@ use crate::{
     sessions::{NewSession, SessionError, SessionInfo, SessionRegistry, SessionSource},
 };
 
+/// A reload asked over the API: the answer goes back to the caller (see `reload`).
+pub(super) type ReloadAsk =
+    tokio::sync::oneshot::Sender<Result<crate::api::pb::ReloadResponse, ApiError>>;
+
 /// State shared between the event loop and the gRPC handlers.
 pub(super) struct Shared {
     pub(super) kernel: Mutex<Kernel>,
@@ -28,6 +32,10 @@ pub(super) struct Shared {
     pub(super) attest_host: String,
     /// The supervisors of confined sessions' seccomp listeners.
     pub(super) supervisors: Arc<crate::gate::session::Supervisors>,
+    /// `daemon.state_dir` (where the host ledger is).
+    pub(super) state_dir: std::path::PathBuf,
+    /// Reloads asked over the API, for the event loop.
+    pub(super) reloads: tokio::sync::mpsc::Sender<ReloadAsk>,
 }
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -199,6 +207,29 @@ impl DaemonApi for Shared {
         let session = lock(&self.kernel).session_of(caller.pid);
         let service = self.gate.get().and_then(|g| g.baseline());
         super::baseline_api::call(service, caller, session, op, paths, note).await
+    }
+
+    async fn reload(&self, caller: Caller) -> Result<crate::api::pb::ReloadResponse, ApiError> {
+        let session = lock(&self.kernel).session_of(caller.pid);
+        if session != 0 {
+            warn!(
+                pid = caller.pid,
+                session, "reload refused: the caller is inside an agent session"
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "process {} is inside agent session {session}: the configuration is reloaded \
+                 from outside any agent session",
+                caller.pid
+            )));
+        }
+        info!(pid = caller.pid, uid = caller.uid, "reload asked");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.reloads
+            .send(tx)
+            .await
+            .map_err(|_| ApiError::Unavailable("the daemon is stopping".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Unavailable("the daemon is stopping".into()))?
     }
 
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {

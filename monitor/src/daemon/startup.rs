@@ -18,6 +18,7 @@ use super::{
     cadence::Cadence,
     consumers::{Consumers, Counted, Gated, Output},
     gate,
+    reload::{ATTRIB_PRIME_LIMIT, Reloader},
     runtime::{Core, Runtime, Server, Signals},
     sdnotify::{Probe, SdNotify},
     shared::Shared,
@@ -36,8 +37,6 @@ use crate::{
 };
 
 const BROADCAST_CAPACITY: usize = 8192;
-/// Files primed into the chmod/chown classification cache per watched tree.
-const ATTRIB_PRIME_LIMIT: usize = 100_000;
 
 /// Builds everything from `cfg`, ready to run. `config_path` is the configuration file in
 /// use (protected by the gate's built-in rule even when it does not exist).
@@ -49,6 +48,9 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         resume::Restored::default()
     });
     let metrics = Arc::new(Metrics::default());
+    // The configuration as the file says, before the gate's roots join the watch paths:
+    // what a reload compares the file with.
+    let as_loaded = cfg.clone();
     let (store, registry) = open_state(&cfg.daemon.state_dir)?;
     let policy = gate_policy(&mut cfg, config_path)?;
     let mark_roots = policy.as_ref().map(Policy::mark_roots).unwrap_or_default();
@@ -73,7 +75,8 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
     let sink = Sink::open(&cfg.output.events_file, cfg.output.stdout, tx.clone())
         .context("events output")?;
-    let shared = Arc::new(shared(&cfg, kernel, registry, &metrics, tx)?);
+    let (reloads_tx, reloads) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
+    let shared = Arc::new(shared(&cfg, kernel, registry, &metrics, tx, reloads_tx)?);
     restore_sessions(&shared, &mut pipeline);
     let resuming = passed_back.listeners.iter().map(|(s, _)| *s).collect();
     let gate = start_gate(&cfg, policy, &store, &shared, resuming).await?;
@@ -83,7 +86,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         // Requests of restored sessions whose held operation did not come back.
         g.engine().close_unresumed(&holds).await;
     }
-    start_handoff(&cfg, config_path, &mark_roots, &shared);
+    let confine = start_handoff(&cfg, config_path, &mark_roots, &shared);
     let server = serve_api(&cfg, &shared).await?;
     let metrics_endpoint = serve_metrics(&cfg, &shared).await?;
 
@@ -97,6 +100,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     let signals = Signals {
         term: tokio::signal::unix::signal(SignalKind::terminate())?,
         int: tokio::signal::unix::signal(SignalKind::interrupt())?,
+        hup: tokio::signal::unix::signal(SignalKind::hangup())?,
     };
     // Start-up (the eBPF loader above all) freed ~12 MiB of heap: give it back, and unmap
     // the code that start-up ran (see memory::forget_code).
@@ -147,6 +151,8 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         probe,
         watchdog,
         metrics_endpoint,
+        reloads,
+        reloader: Reloader::new(config_path, as_loaded, confine),
     })
 }
 
@@ -166,6 +172,9 @@ async fn serve_metrics(
         crate::prom::server::start(addr, Arc::new(exporter)).await?,
     ))
 }
+
+/// Reloads asked over the API and not yet taken by the event loop.
+const RELOAD_QUEUE: usize = 4;
 
 /// Reports of supervised operations waiting for the event pipeline.
 const SUPERVISED_QUEUE: usize = 4096;
@@ -298,9 +307,12 @@ fn shared(
     registry: SessionRegistry,
     metrics: &Arc<Metrics>,
     tx: broadcast::Sender<Arc<str>>,
+    reloads: tokio::sync::mpsc::Sender<super::shared::ReloadAsk>,
 ) -> anyhow::Result<Shared> {
     Ok(Shared {
         supervisors: Arc::new(crate::gate::session::Supervisors::default()),
+        state_dir: cfg.daemon.state_dir.clone(),
+        reloads,
         kernel: Mutex::new(kernel),
         registry,
         metrics: metrics.clone(),
@@ -389,24 +401,34 @@ async fn start_gate(
 }
 
 /// Serves the supervise socket, where `confgate-confine` hands a session's seccomp listener
-/// over. Without it `confgate run` fails (closed); the daemon runs on.
-fn start_handoff(cfg: &Config, config_path: &Path, mark_roots: &[PathBuf], shared: &Shared) {
+/// over. Without it `confgate run` fails (closed); the daemon runs on. Returns the paths
+/// new sessions are confined to, for reloads.
+fn start_handoff(
+    cfg: &Config,
+    config_path: &Path,
+    mark_roots: &[PathBuf],
+    shared: &Shared,
+) -> Option<handoff::ConfinePaths> {
     let (denied, hidden) = super::protected::confine_paths(cfg, config_path, mark_roots);
     let settings = handoff::HandoffSettings {
         socket: cfg.daemon.supervise_socket.clone(),
         denied,
         hidden,
     };
-    if let Err(e) = handoff::start(
+    match handoff::start(
         settings,
         shared.registry.clone(),
         shared.supervisors.clone(),
     ) {
-        tracing::error!(
-            socket = %cfg.daemon.supervise_socket.display(),
-            error = %e,
-            "cannot serve the supervise socket: `confgate run` sessions cannot be confined (they fail unless run with --no-confine)"
-        );
+        Ok((_, paths)) => Some(paths),
+        Err(e) => {
+            tracing::error!(
+                socket = %cfg.daemon.supervise_socket.display(),
+                error = %e,
+                "cannot serve the supervise socket: `confgate run` sessions cannot be confined (they fail unless run with --no-confine)"
+            );
+            None
+        }
     }
 }
 

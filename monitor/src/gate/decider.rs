@@ -153,7 +153,9 @@ pub struct Note {
 /// State shared by the permission thread and the engine's tasks. Every lock here is held
 /// only for in-memory work, never across I/O.
 pub struct GateState {
-    pub policy: Arc<Policy>,
+    /// The policy in force: swapped whole by a configuration reload, so each decision
+    /// reads one policy from start to end ([`GateState::policy`]).
+    policy: RwLock<Arc<Policy>>,
     grants: RwLock<GrantSet>,
     /// Paths whose pre-image is kept, with the grants (0: a failure verdict) they were
     /// kept under: further opens under the same grant pass without I/O. The grant that let
@@ -186,7 +188,7 @@ impl GateState {
             .grants_live
             .store(grants.len() as u64, Ordering::Relaxed);
         GateState {
-            policy,
+            policy: RwLock::new(policy),
             grants: RwLock::new(grants),
             tracked: RwLock::new(HashMap::new()),
             agents: RwLock::new(HashMap::new()),
@@ -194,6 +196,16 @@ impl GateState {
             metrics,
             notes,
         }
+    }
+
+    /// The policy in force now (one decision keeps the one it took).
+    pub fn policy(&self) -> Arc<Policy> {
+        read(&self.policy).clone()
+    }
+
+    /// Puts `policy` in force (a configuration reload): the next decision uses it.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        *write(&self.policy) = policy;
     }
 
     /// The agent of `session` (`None` outside sessions or for an unknown session).
@@ -344,7 +356,8 @@ impl Decider for GateDecider {
             ops: ops_of(ev, created),
             write: ev.is_write(),
         };
-        let Some(m) = st.policy.evaluate(&q) else {
+        let policy = st.policy();
+        let Some(m) = policy.evaluate(&q) else {
             return FastVerdict::Allow;
         };
         if m.builtin {
@@ -393,6 +406,6 @@ impl Decider for GateDecider {
     }
 
     fn wants_proc_fallback(&self) -> bool {
-        self.state.policy.gates_outside_sessions()
+        self.state.policy().gates_outside_sessions()
     }
 }

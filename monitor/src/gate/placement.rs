@@ -36,7 +36,8 @@ struct State {
 #[derive(Debug)]
 pub struct Placement {
     marks: Marks,
-    roots: Vec<PathBuf>,
+    /// The policy's mark roots (replaced by a configuration reload).
+    roots: Mutex<Vec<PathBuf>>,
     state: Mutex<State>,
     placements: AtomicU64,
     removals: AtomicU64,
@@ -49,7 +50,7 @@ impl Placement {
     pub fn new(marks: Marks, roots: Vec<PathBuf>) -> Self {
         Self {
             marks,
-            roots,
+            roots: Mutex::new(roots),
             state: Mutex::new(State::default()),
             placements: AtomicU64::new(0),
             removals: AtomicU64::new(0),
@@ -76,12 +77,29 @@ impl Placement {
             s.trees = trees;
         }
         let mut out = Placed::default();
-        for root in &self.roots {
+        for root in &self.roots() {
             mark_root(&self.marks, root, &mut out);
         }
         self.placements.fetch_add(1, Ordering::Relaxed);
         self.done.send_replace(true);
         out
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        self.roots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The policy's mark roots changed (a configuration reload): placements from now on
+    /// mark `roots`. Returns whether the marks are placed now (then the caller places them
+    /// again, which adds the new roots' marks; marks of roots no longer named stay until
+    /// the next removal, and their opens are decided by the new policy, which names them
+    /// no more).
+    pub fn set_roots(&self, roots: Vec<PathBuf>) -> bool {
+        *self.roots.lock().unwrap_or_else(PoisonError::into_inner) = roots;
+        self.is_placed()
     }
 
     /// Wait until the marks are placed (walk done), at most `limit`; false on timeout.
@@ -130,7 +148,7 @@ impl Placement {
 
     /// The directory each root is marked as (see [`mark_target`]).
     fn existing_trees(&self) -> Vec<PathBuf> {
-        self.roots
+        self.roots()
             .iter()
             .filter_map(|r| mark_target(r))
             .filter(|t| t.is_dir())

@@ -97,6 +97,14 @@ impl Pipeline {
         &self.watch
     }
 
+    /// A configuration reload: observations from now on are filtered by `watch` and
+    /// processes exec'd from now on are matched against `detector` (sessions already
+    /// detected stay).
+    pub fn reconfigure(&mut self, watch: WatchSet, detector: Detector) {
+        self.watch = watch;
+        self.detector = detector;
+    }
+
     fn watched(&self, o: &Observation) -> bool {
         let m = |p: &[u8]| self.watch.matches(Path::new(OsStr::from_bytes(p)));
         m(&o.path) || (o.kind != Kind::Symlink && o.target.as_deref().is_some_and(m))

@@ -56,24 +56,7 @@ impl Sink {
         mode: StdoutMode,
         tx: broadcast::Sender<Arc<str>>,
     ) -> Result<Sink, SinkError> {
-        let io = |source| SinkError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            use std::os::unix::fs::DirBuilderExt as _;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(dir)
-                .map_err(io)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(io)?;
+        let file = open_file(path)?;
         let stdout = match mode {
             StdoutMode::Human => Stdout::Human,
             StdoutMode::Json => Stdout::Json,
@@ -125,6 +108,26 @@ impl Sink {
         })
     }
 
+    /// Writes the buffered lines to the file open now, then writes to `file` (opened by
+    /// [`open_file`] at `path`) from the next event on: a configuration reload, or the
+    /// events file renamed away by logrotate (`create`) and a new one opened. Lines already
+    /// written stay in the old file; none is lost between the two. A failed flush of the
+    /// old file is returned after the switch (its lines are counted lost by the caller).
+    pub fn reopen(&mut self, path: &Path, file: File) -> Result<(), SinkError> {
+        let flushed = self.flush();
+        let old = std::mem::replace(&mut self.file, BufWriter::with_capacity(FILE_BUFFER, file));
+        // The buffer is empty after a successful flush; after a failed one its lines
+        // cannot be written anywhere else (into_parts drops them without another write).
+        let _ = old.into_parts();
+        self.path = path.to_owned();
+        flushed
+    }
+
+    /// The events file written now.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Flush buffered lines to the file (called after each batch).
     pub fn flush(&mut self) -> Result<(), SinkError> {
         self.file.flush().map_err(|source| SinkError::Io {
@@ -132,6 +135,29 @@ impl Sink {
             source,
         })
     }
+}
+
+/// Opens (append, mode 0640 when created) the events file `path`, creating its directory
+/// (mode 0750).
+pub fn open_file(path: &Path) -> Result<File, SinkError> {
+    let io = |source| SinkError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(io)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(io)
 }
 
 /// One line for people: time, kind, path, writer, session.

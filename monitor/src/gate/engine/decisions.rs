@@ -84,7 +84,7 @@ impl Engine {
     /// The on_expiry of the rule that filed the request (`flag` if the rule is gone).
     pub(super) fn on_expiry_of(&self, rule: &str) -> OnExpiry {
         self.state
-            .policy
+            .policy()
             .rule(rule)
             .map_or(OnExpiry::Flag, |r| r.on_expiry)
     }

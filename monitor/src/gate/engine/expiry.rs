@@ -62,7 +62,7 @@ impl Engine {
             (Some(_), OnExpiry::Revert) => OnExpiry::Flag,
             (_, a) => a,
         };
-        let masker = self.state.policy.masker().clone();
+        let masker = self.state.policy().masker().clone();
         let baseline = self.baseline.clone();
         let res = blocking(move || {
             let diff = changes::diff(&store, &c, &masker);

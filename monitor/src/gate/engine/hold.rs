@@ -20,7 +20,7 @@ impl Engine {
         let root = session.as_ref().map_or(1, |s| s.root_pid);
         let pre = match (
             ev.op,
-            preimage::capture(&ev.fd, self.state.policy.max_preimage_bytes()),
+            preimage::capture(&ev.fd, self.state.policy().max_preimage_bytes()),
         ) {
             // A supervised operation on a path that does not exist yet: its pre-image is
             // "did not exist" (a revert removes what it creates).
@@ -50,7 +50,8 @@ impl Engine {
             ops: ops_of(ev, created),
             write: ev.is_write(),
         };
-        let next = match self.state.policy.evaluate(&q) {
+        let policy = self.state.policy();
+        let next = match policy.evaluate(&q) {
             None => Next::Allow,
             Some(m) => match (m.builtin, m.rule.verdict) {
                 (false, Verdict::Allow) => Next::Allow,
@@ -284,7 +285,7 @@ impl Engine {
         };
         let me = Arc::clone(self);
         let r = Arc::clone(rule);
-        let lifetime = self.state.policy.request_ttl();
+        let lifetime = self.state.policy().request_ttl();
         let filed = blocking(move || me.file_now(ctx, &r, lifetime, None, None, None))
             .await
             .flatten();
@@ -418,7 +419,7 @@ impl Engine {
             excerpt: pre
                 .filter(|_| !created)
                 .and_then(|p| p.content.as_deref())
-                .and_then(|c| self.state.policy.masker().excerpt(path, c))
+                .and_then(|c| self.state.policy().masker().excerpt(path, c))
                 .filter(|e| !e.text.is_empty())
                 .map(|e| (e, "content")),
             rule: &rule.name,

@@ -428,9 +428,14 @@ impl Engine {
             .map(|_| request_id)
     }
 
-    /// The policy the gate runs.
-    pub fn policy(&self) -> &Policy {
-        &self.state.policy
+    /// The policy the gate runs now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.state.policy()
+    }
+
+    /// Puts `policy` in force (a configuration reload): every decision from now on uses it.
+    pub fn set_policy(&self, policy: Arc<Policy>) {
+        self.state.set_policy(policy);
     }
 
     // ---- audit -------------------------------------------------------------------------

@@ -63,8 +63,8 @@ impl Engine {
             let store = self.store.clone();
             let cc = c.clone();
             let recorded = lock(&self.diffed).get(&c.id).cloned();
-            let max = self.state.policy.max_preimage_bytes();
-            let masker = self.state.policy.masker().clone();
+            let max = self.state.policy().max_preimage_bytes();
+            let masker = self.state.policy().masker().clone();
             let res = blocking(move || {
                 changes::diff_own_close(&store, &cc, recorded.as_deref(), max, &masker)
             })
@@ -151,7 +151,8 @@ impl Engine {
             ops,
             write: true,
         };
-        let Some(m) = self.state.policy.unheld_rule(&q) else {
+        let policy = self.state.policy();
+        let Some(m) = policy.unheld_rule(&q) else {
             return;
         };
         // What is at the target now: nothing (moved on already) is nothing to act on, and

@@ -41,9 +41,29 @@ pub struct HandoffSettings {
     pub hidden: Vec<PathBuf>,
 }
 
+/// What new sessions are confined to: `denied` and `hidden` of [`HandoffSettings`],
+/// replaced by a configuration reload (sessions already confined keep theirs: Landlock
+/// rules cannot be changed for a running process).
+#[derive(Clone, Debug, Default)]
+pub struct ConfinePaths(Arc<std::sync::RwLock<(Vec<PathBuf>, Vec<PathBuf>)>>);
+
+impl ConfinePaths {
+    /// Sessions confined from now on get `denied` and `hidden`.
+    pub fn set(&self, denied: Vec<PathBuf>, hidden: Vec<PathBuf>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = (denied, hidden);
+    }
+
+    fn get(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// What each connection needs.
 struct Ctx {
-    settings: HandoffSettings,
+    paths: ConfinePaths,
     registry: SessionRegistry,
     supervisors: Arc<Supervisors>,
     /// Sessions whose helper is between its hello and its listener.
@@ -51,24 +71,27 @@ struct Ctx {
 }
 
 /// Binds the supervise socket (replacing a stale one) and serves it on a task until the
-/// runtime ends.
+/// runtime ends. Returns the task and the paths new sessions are confined to (to replace
+/// them on a reload).
 pub fn start(
     settings: HandoffSettings,
     registry: SessionRegistry,
     supervisors: Arc<Supervisors>,
-) -> io::Result<JoinHandle<()>> {
+) -> io::Result<(JoinHandle<()>, ConfinePaths)> {
     let listener = bind_socket(&settings.socket)?;
     // SAFETY: the socket's descriptor is owned by the value moved into the AsyncFd and is
     // closed only when the AsyncFd (and with it the registration) is dropped.
     let fd = unsafe { AsyncFd::register(listener) }?;
     info!(socket = %settings.socket.display(), "supervise socket ready");
+    let paths = ConfinePaths::default();
+    paths.set(settings.denied, settings.hidden);
     let ctx = Arc::new(Ctx {
-        settings,
+        paths: paths.clone(),
         registry,
         supervisors,
         in_flight: Mutex::new(BTreeSet::new()),
     });
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let mut guard = match fd.readable().await {
                 Ok(g) => g,
@@ -88,7 +111,8 @@ pub fn start(
                 Err(e) => warn!(error = %e, "supervise socket: accept failed"),
             }
         }
-    }))
+    });
+    Ok((task, paths))
 }
 
 fn bind_socket(path: &Path) -> io::Result<OwnedFd> {
@@ -182,9 +206,9 @@ fn exchange(ctx: &Ctx, conn: &OwnedFd, in_flight: &mut Option<u64>) -> Result<u6
         return Err(format!("session {id} is being confined by another helper"));
     }
     *in_flight = Some(id);
-    let mut denied = ctx.settings.denied.clone();
+    let (mut denied, hidden) = ctx.paths.get();
     denied.extend(block_devices(Path::new("/dev"), 2));
-    let spec = ConfineSpec::compute(&denied, &ctx.settings.hidden)
+    let spec = ConfineSpec::compute(&denied, &hidden)
         .map_err(|e| format!("computing the confinement: {e}"))?;
     let spec = Arc::new(spec);
     let reply = Reply {

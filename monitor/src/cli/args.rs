@@ -1,0 +1,218 @@
+//! The `confgate` command line (clap): what `main.rs` parses, and what `cargo xtask deb`
+//! renders as man pages and shell completions ([`command`]).
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{CommandFactory as _, Parser, Subcommand};
+
+/// The whole command line as clap's [`clap::Command`] (for man pages and completions).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+#[derive(Parser)]
+#[command(
+    name = "confgate",
+    version,
+    about = "Detect, attribute and gate configuration writes by AI agents"
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "CONFGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Daemon socket (default: daemon.socket from the configuration).
+    #[arg(long, global = true, env = "CONFGATE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the host daemon (root): load the eBPF programs, watch the configured paths.
+    Daemon,
+    /// Run a command as an agent session: every write it or its descendants make is attributed.
+    Run {
+        /// Agent name shown in events and approvals.
+        // OsString: a name that is not UTF-8 is refused by confgate (exit 125), not by clap.
+        #[arg(long)]
+        agent: OsString,
+        /// Why the agent runs (travels with its events).
+        #[arg(long)]
+        reason: Option<OsString>,
+        /// Do not confine the session (no Landlock, no seccomp supervision): observation and
+        /// the fanotify gate only. For kernels without Landlock ABI 6 (Linux < 6.12).
+        #[arg(long)]
+        no_confine: bool,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// PATH shims that start agents under `confgate run`: install, remove.
+    Shim {
+        #[command(subcommand)]
+        command: ShimCommand,
+    },
+    /// List agent sessions.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+        /// Include ended sessions.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show the daemon's counters (kernel drops, fallbacks, errors).
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream events from the running daemon (NDJSON, or compact lines), optionally filtered.
+    Events {
+        #[command(flatten)]
+        filters: crate::cli::events::Filters,
+        /// Output format: the daemon's NDJSON lines, or one compact line per event.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "json")]
+        output: crate::cli::events::Output,
+    },
+    /// Make the running daemon re-read its configuration (as SIGHUP does): a file that
+    /// does not validate is refused (exit 1, line and column shown) and the running
+    /// configuration stays; settings that need a restart are listed.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approval requests of the gate: list, watch, show, approve, deny.
+    Approvals {
+        #[command(flatten)]
+        conn: crate::cli::connect::ApproverArgs,
+        #[command(subcommand)]
+        command: crate::cli::approvals::ApprovalsCommand,
+    },
+    /// Grants created by approvals: list, revoke.
+    Grants {
+        #[command(flatten)]
+        conn: crate::cli::connect::ApproverArgs,
+        #[command(subcommand)]
+        command: crate::cli::grants::GrantsCommand,
+    },
+    /// Every difference between the live tree and the approved baseline, attributed, with
+    /// a diff (exit 1 when there is any).
+    Drift {
+        /// Paths (files or directories) to compare; default: every watched and gated tree.
+        paths: Vec<OsString>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put paths back to the approved baseline: content, mode and owner in place; deleted
+    /// files recreated, created ones removed (root).
+    Revert {
+        #[arg(required = true)]
+        paths: Vec<OsString>,
+        /// What to revert to (only the baseline for now).
+        #[arg(long, value_parser = ["baseline"], default_value = "baseline")]
+        to: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The approved baseline: accept what a path is now as approved (root, outside any
+    /// agent session).
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCommand,
+    },
+    /// Read and check the host's hash-chained audit ledger.
+    Audit {
+        #[command(subcommand)]
+        command: crate::cli::audit::AuditCommand,
+    },
+    /// Check the embedded stores without changing them.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// The approval service: run it, or make its certificates.
+    Approver {
+        #[command(subcommand)]
+        command: ApproverCommand,
+    },
+    /// Validate a configuration file (errors with line and column).
+    CheckConfig {
+        /// File to check (default: --config or /etc/confgate/config.toml). An approval
+        /// service's approver.toml is recognised by its keys.
+        path: Option<PathBuf>,
+        /// Check it as an approval service's approver.toml (default path
+        /// /etc/confgate/approver.toml).
+        #[arg(long)]
+        approver: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BaselineCommand {
+    /// Move the baseline of each path (a directory: everything below it) to what it is now.
+    Accept {
+        #[arg(required = true)]
+        paths: Vec<OsString>,
+        /// Why (kept in the ledger).
+        #[arg(long)]
+        note: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ShimCommand {
+    /// Install shims for AGENT commands (default: every known agent found in PATH: claude,
+    /// codex, aider, gemini, cursor-agent, opencode, goose, amp, qwen, crush). Each execs
+    /// `confgate run --agent NAME -- <the real binary>`, resolved now from PATH outside DIR;
+    /// a named agent that is not found is an error, an unnamed one is skipped.
+    Install {
+        /// Commands to shim.
+        agents: Vec<String>,
+        /// Shim directory (put it first in PATH).
+        #[arg(long, default_value = crate::cli::shim::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+    /// Remove confgate's shims from DIR (files that are not confgate shims stay).
+    Remove {
+        /// Shim directory.
+        #[arg(long, default_value = crate::cli::shim::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Check each store file (default: <daemon.state_dir>/confgate.redb and the local
+    /// approval service's approver/approver.redb): exit 0 when intact, 1 when damaged or
+    /// holding records that do not decode, 2 when a file could not be checked (e.g. the
+    /// daemon holds it: stop it first).
+    Check {
+        /// Store files to check instead of the defaults.
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApproverCommand {
+    /// Run the approval service (settings: --config, default /etc/confgate/approver.toml).
+    Serve,
+    /// Make a CA and issue host, approver and server certificates (rcgen, ECDSA P-256).
+    InitCa {
+        /// Directory of the CA and certificates (created 0700).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Issue a host certificate (CN=NAME, OU=host); repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Issue an approver certificate (CN=NAME, OU=approver); repeatable.
+        #[arg(long = "approver", value_name = "NAME")]
+        approvers: Vec<String>,
+        /// Name or IP of the service for its certificate (the first is its CN); repeatable.
+        /// Added to localhost, 127.0.0.1, ::1 and this host's name, which are always in it.
+        #[arg(long = "server-name", value_name = "DNS")]
+        server_names: Vec<String>,
+        /// Replace an existing CA and existing certificate files.
+        #[arg(long)]
+        force: bool,
+    },
+}
