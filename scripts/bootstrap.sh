@@ -16,6 +16,7 @@ need_root
 
 export PATH="$HOME/.cargo/bin:$PATH"
 CARGO_FUZZ_VERSION=0.13.2
+CARGO_DEB_VERSION=3.8.0
 
 # 1. Debian packages: LLVM 22 for bpf-linker, protoc for the gRPC build, tools the e2e tests drive
 # (logrotate: tests/tests/reload.rs rotates the events file with it).
@@ -119,9 +120,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
         apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
     fi
 fi
+# Built with light optimisation (the tool packages one file set per test run; a full
+# release build of it took minutes of CI time).
 if ! cargo deb --version >/dev/null 2>&1; then
     log "installing cargo-deb (takes a few minutes)"
-    cargo install --locked cargo-deb 2>&1 | tail -n 3
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_LTO=false \
+        CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_DEBUG=0 \
+        cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION" 2>&1 | tail -n 3
 else
     log "cargo-deb present"
 fi

@@ -4,7 +4,7 @@
 # cannot run records why in target/e2e-skips.txt), a short run of every fuzz target, and
 # the benchmark harness in its quick mode. Ends with one summary line.
 #
-# CONFGATE_FUZZ_SECS: seconds per fuzz target (default 30; 0 skips fuzzing, counted as a skip).
+# CONFGATE_FUZZ_SECS: seconds per fuzz target (default 20; 0 skips fuzzing, counted as a skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
@@ -27,7 +27,7 @@ step() {
 export CONFGATE_E2E_SKIPS="$PWD/target/e2e-skips.txt"
 mkdir -p target
 : >"$CONFGATE_E2E_SKIPS"
-FUZZ_SECS="${CONFGATE_FUZZ_SECS:-30}"
+FUZZ_SECS="${CONFGATE_FUZZ_SECS:-20}"
 fuzz_summary="not run"
 
 summary() {

@@ -453,29 +453,30 @@ fn a_tampered_ledger_fails_verify() {
     let text = std::fs::read_to_string(&path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.len() >= 4, "{text}");
-    let tampered = lines[1].replacen("\"deny\"", "\"allow\"", 1);
-    assert_ne!(
-        tampered, lines[1],
-        "line 2 has a verdict to change: {}",
-        lines[1]
-    );
+    // The first record with a verdict (the daemon's start and its baseline come first).
+    let at = lines
+        .iter()
+        .position(|l| l.contains("\"deny\""))
+        .unwrap_or_else(|| panic!("a record with a verdict to change: {text}"));
+    let tampered = lines[at].replacen("\"deny\"", "\"allow\"", 1);
     let mut edited: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-    edited[1] = tampered;
+    edited[at] = tampered;
     std::fs::write(&path, edited.join("\n") + "\n").unwrap();
     let v = g.cli(&["audit", "verify"]);
     assert_eq!(v.status.code(), Some(1), "{v:?}");
     let msg = output_text(&v);
-    let seq = serde_json::from_str::<Value>(lines[1]).expect("line 2 is JSON")["seq"]
+    let seq = serde_json::from_str::<Value>(lines[at]).expect("a JSON line")["seq"]
         .as_u64()
         .expect("seq");
+    let line = at + 1;
     assert!(
-        msg.contains(&format!("line 2: seq {seq}: content changed")),
+        msg.contains(&format!("line {line}: seq {seq}: content changed")),
         "names the changed record: {msg}"
     );
-    for other in (1..=lines.len()).filter(|&l| l != 2) {
+    for other in (1..=lines.len()).filter(|&l| l != line) {
         assert!(
             !msg.contains(&format!("line {other}:")),
-            "only line 2 was changed: {msg}"
+            "only line {line} was changed: {msg}"
         );
     }
 }

@@ -59,6 +59,11 @@ pub struct Approvers {
     seen: usize,
     /// Timed opens made in sessions (each needs its own approval).
     held: u64,
+    service_dir: Option<PathBuf>,
+    ca: String,
+    recv_url: String,
+    /// Daemons started so far (each gets its own service store).
+    generation: u32,
 }
 
 impl Approvers {
@@ -87,21 +92,11 @@ impl Approvers {
         std::fs::write(dir.join("slack-token"), "xoxb-bench-token")?;
         std::fs::write(dir.join("slack-secret"), SIGNING_SECRET)?;
         self.port = e2e::service::free_port();
-        let (d, url, ca) = (dir.display(), &recv.url, recv.ca_file.display().to_string());
         let config = dir.join("approver.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = [\"unix:{d}/approver.sock\"]\nstore = \"{d}/state/approver.redb\"\n\
-                 ledger = \"{d}/state/ledger.jsonl\"\nallow_plaintext = true\n\
-                 [http]\nlisten = \"http://127.0.0.1:{port}\"\n\
-                 [[notify.webhook]]\nname = \"bench\"\nurl = \"{url}/hook\"\nsecret_file = \"{d}/webhook.key\"\nca_file = \"{ca}\"\n\
-                 [[notify.slack]]\nchannel = \"#ops\"\nbot_token_file = \"{d}/slack-token\"\n\
-                 signing_secret_file = \"{d}/slack-secret\"\napi_base_url = \"{url}/api\"\nca_file = \"{ca}\"\n\
-                 users = {{ \"{SLACK_USER}\" = \"bench-approver\" }}\n",
-                port = self.port
-            ),
-        )?;
+        self.service_dir = Some(dir.clone());
+        self.ca = recv.ca_file.display().to_string();
+        self.recv_url = recv.url.clone();
+        self.write_config(&config)?;
         let (port, recv_url, clicks) = (self.port, recv.url.clone(), Arc::clone(&self.clicks));
         recv.on_request(move |r| {
             if r.path != "/api/chat.postMessage" {
@@ -142,6 +137,27 @@ impl Approvers {
         ))
     }
 
+    /// The service's settings, with a store and ledger of their own for each daemon (a
+    /// new daemon's request ids start again; the service must not know the old ones).
+    fn write_config(&self, config: &std::path::Path) -> anyhow::Result<()> {
+        let dir = self.service_dir.as_ref().context("not prepared")?;
+        let (d, url, ca, g) = (dir.display(), &self.recv_url, &self.ca, self.generation);
+        std::fs::write(
+            config,
+            format!(
+                "listen = [\"unix:{d}/approver.sock\"]\nstore = \"{d}/state-{g}/approver.redb\"\n\
+                 ledger = \"{d}/state-{g}/ledger.jsonl\"\nallow_plaintext = true\n\
+                 [http]\nlisten = \"http://127.0.0.1:{port}\"\n\
+                 [[notify.webhook]]\nname = \"bench\"\nurl = \"{url}/hook\"\nsecret_file = \"{d}/webhook.key\"\nca_file = \"{ca}\"\n\
+                 [[notify.slack]]\nchannel = \"#ops\"\nbot_token_file = \"{d}/slack-token\"\n\
+                 signing_secret_file = \"{d}/slack-secret\"\napi_base_url = \"{url}/api\"\nca_file = \"{ca}\"\n\
+                 users = {{ \"{SLACK_USER}\" = \"bench-approver\" }}\n",
+                port = self.port
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Delivery latencies of the requests notified since the last call.
     fn collect(&mut self) {
         let Some(recv) = &self.recv else {
@@ -158,14 +174,17 @@ impl Approvers {
             };
             let at = unix_ms(r.received);
             self.notify_ms.push((at - created) as f64);
-            // The same request's Slack message, if it came.
+            // The same request's Slack message, if it came (ids start again with each
+            // daemon's service: the first post for this id at or after its creation).
             let id = body["request"]["id"].as_u64();
-            if let Some(post) = all
+            if let Some(post_ms) = all
                 .iter()
-                .find(|p| p.path == "/api/chat.postMessage" && slack::request_id_of(p) == id)
+                .filter(|p| p.path == "/api/chat.postMessage" && slack::request_id_of(p) == id)
+                .map(|p| unix_ms(p.received))
+                .filter(|at| *at >= created)
+                .min()
             {
-                self.slack_ms
-                    .push((unix_ms(post.received) - created) as f64);
+                self.slack_ms.push((post_ms - created) as f64);
             }
         }
         self.seen = all.len();
@@ -222,6 +241,18 @@ impl Scenario for Approvers {
         self.config.clone()
     }
 
+    fn daemon_stopped(&mut self, mode: Mode, _took_ms: f64) {
+        if mode != Mode::Notify {
+            return;
+        }
+        self.generation += 1;
+        if let Some(c) = self.config.clone()
+            && let Err(e) = self.write_config(&c)
+        {
+            eprintln!("scenario 11: cannot rewrite the service's settings: {e:#}");
+        }
+    }
+
     fn measure(
         &mut self,
         cx: &Cx,
@@ -236,7 +267,12 @@ impl Scenario for Approvers {
             no_confine: false,
             seccomp: None,
         };
-        let l = workload::latency(cx, &dir, n, n, 0, daemon, how)?;
+        let l = workload::latency(cx, &dir, n, n, 0, daemon, how).with_context(|| {
+            let log = daemon.map(Daemon::log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("the daemon's log ends:\n{}", tail.join("\n"))
+        })?;
         self.opens.push((mode, l));
         if mode == Mode::Notify {
             self.held += n;
