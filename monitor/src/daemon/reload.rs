@@ -249,6 +249,7 @@ impl Reloader {
             }
         }
         pipeline.reconfigure(p.watch, p.detector);
+        notes.extend(placement_caveats(&self.running, &p.cfg));
         if let (Some(g), Some(policy)) = (gate, p.policy) {
             let mark_roots = policy.mark_roots();
             g.set_policy(policy).await;
@@ -333,6 +334,40 @@ async fn ledger_to(
     if let Err(e) = result {
         warn!(kind, error = %e, "cannot record the configuration reload in the ledger");
     }
+}
+
+/// What a reload of the gate's rules does not redo until a restart, said rather than left
+/// silent: where the host-wide fanotify marks go for processes outside sessions
+/// (`outside_sessions` rules in `gate.fanotify = "detected"` mode are placed as at start),
+/// and the supervisors' index of hard links to gated files (taken at start).
+fn placement_caveats(running: &Config, new: &Config) -> Vec<String> {
+    let outside = |c: &Config| -> Vec<String> {
+        c.gate
+            .rules
+            .iter()
+            .filter(|r| r.outside_sessions)
+            .map(|r| format!("{}:{:?}", r.name, r.paths))
+            .collect()
+    };
+    let mut out = Vec::new();
+    if outside(running) != outside(new)
+        && new.gate.fanotify == crate::policy::FanotifyMode::Detected
+    {
+        let note = "rules with outside_sessions changed: with gate.fanotify = \"detected\" the \
+                    host-wide marks for processes outside sessions are placed as at start until \
+                    a restart"
+            .to_owned();
+        warn!("{note}");
+        out.push(note);
+    }
+    if running.gate.rules != new.gate.rules {
+        out.push(
+            "hard links to gated files (writes to a gated inode through another path) are \
+             indexed at start: links of newly gated paths are held from the next restart"
+                .to_owned(),
+        );
+    }
+    out
 }
 
 /// `cfg` (from the file) with the restart-only settings of `running`.
@@ -433,5 +468,25 @@ mod tests {
         assert_eq!(cfg.watch, file.watch);
         assert_eq!(applied_changes(&running, &cfg), vec!["watch set"]);
         assert!(restart_only_changes(&running, &running).is_empty());
+    }
+
+    #[test]
+    fn what_a_reload_does_not_redo_is_said() {
+        let rule = |outside: bool| {
+            format!(
+                "[[gate.rule]]\nname = \"r\"\npaths = [\"/etc/x/**\"]\nverdict = \"ask\"\n{}",
+                if outside {
+                    "outside_sessions = true\n"
+                } else {
+                    ""
+                }
+            )
+        };
+        let running = parse(&rule(false));
+        assert!(placement_caveats(&running, &running).is_empty());
+        let notes = placement_caveats(&running, &parse(&rule(true)));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("outside_sessions"), "{notes:?}");
+        assert!(notes[1].contains("hard links"), "{notes:?}");
     }
 }
