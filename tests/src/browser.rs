@@ -424,3 +424,35 @@ fn wd(addr: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
     }
     v["value"].clone()
 }
+
+/// Writes, in the test daemon's directory `root`, the local approval service's settings
+/// that serve the web page on `http://127.0.0.1:web_port` with sign-in at the test OpenID
+/// provider on `oidc_port` (approvers: group `sre`), and returns the `[approval]` table
+/// that names them (the caller appends the rest of the daemon's configuration).
+pub fn local_web_approval(root: &Path, web_port: u16, oidc_port: u16) -> String {
+    let secret = root.join("oidc-client-secret");
+    std::fs::write(&secret, "confgate-test-secret\n").unwrap();
+    let approver = root.join("approver.toml");
+    let sock = root.join("approver.sock");
+    std::fs::write(
+        &approver,
+        format!(
+            "listen = [\"unix:{sock}\"]\nallow_plaintext = true\n\
+             store = \"{state}/approver.redb\"\nledger = \"{state}/ledger.jsonl\"\n\
+             [http]\nlisten = \"http://127.0.0.1:{web_port}\"\n\
+             [web.oidc]\nissuer = \"http://127.0.0.1:{oidc_port}\"\n\
+             client_id = \"confgate\"\nclient_secret_file = \"{secret}\"\n\
+             scopes = [\"openid\", \"profile\", \"email\", \"groups\"]\n\
+             approvers = [\"group:sre\"]\n",
+            sock = sock.display(),
+            state = root.join("approver-state").display(),
+            secret = secret.display(),
+        ),
+    )
+    .unwrap();
+    format!(
+        "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nlocal_config = \"{}\"\n",
+        sock.display(),
+        approver.display()
+    )
+}

@@ -9,7 +9,9 @@
 //! `CONFGATE_UPDATE_SCREENSHOT=1`).
 use std::time::Duration;
 
-use e2e::browser::{Browser, free_port, http, missing_prerequisites, start_oidc};
+use e2e::browser::{
+    Browser, free_port, http, local_web_approval, missing_prerequisites, start_oidc,
+};
 use e2e::gate::{Gate, parse_json_list, rule, wait_child};
 use e2e::*;
 
@@ -22,30 +24,9 @@ fn gate_with_web(web_port: u16, oidc_port: u16) -> Gate {
         toml_for_dir: Some(Box::new(move |root| {
             let watched = root.join("watched");
             std::fs::create_dir_all(watched.join("gated")).unwrap();
-            let secret = root.join("oidc-client-secret");
-            std::fs::write(&secret, "confgate-test-secret\n").unwrap();
-            let approver = root.join("approver.toml");
-            let sock = root.join("approver.sock");
-            std::fs::write(
-                &approver,
-                format!(
-                    "listen = [\"unix:{sock}\"]\nallow_plaintext = true\n\
-                     store = \"{state}/approver.redb\"\nledger = \"{state}/ledger.jsonl\"\n\
-                     [http]\nlisten = \"http://127.0.0.1:{web_port}\"\n\
-                     [web.oidc]\nissuer = \"http://127.0.0.1:{oidc_port}\"\n\
-                     client_id = \"confgate\"\nclient_secret_file = \"{secret}\"\n\
-                     scopes = [\"openid\", \"profile\", \"email\", \"groups\"]\n\
-                     approvers = [\"group:sre\"]\n",
-                    sock = sock.display(),
-                    state = root.join("approver-state").display(),
-                    secret = secret.display(),
-                ),
-            )
-            .unwrap();
             format!(
-                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nlocal_config = \"{}\"\n\n[gate]\n{}",
-                sock.display(),
-                approver.display(),
+                "{}\n[gate]\n{}",
+                local_web_approval(root, web_port, oidc_port),
                 rule(&watched.display().to_string(), "ask-hold", HOLD)
             )
         })),

@@ -13,7 +13,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::browser::{Browser, free_port, missing_prerequisites, start_oidc};
+use e2e::browser::{Browser, free_port, local_web_approval, missing_prerequisites, start_oidc};
 use e2e::gate::{Gate, id_of, parse_json_list, rule, wait_child};
 use e2e::*;
 
@@ -122,32 +122,10 @@ fn gate_with_page(web_port: u16, oidc_port: u16) -> Gate {
     Gate {
         d: Daemon::start_with(DaemonOptions {
             toml_for_dir: Some(Box::new(move |root| {
-                let secret = root.join("oidc-client-secret");
-                std::fs::write(&secret, "confgate-test-secret\n").unwrap();
-                let approver = root.join("approver.toml");
-                let sock = root.join("approver.sock");
-                std::fs::write(
-                    &approver,
-                    format!(
-                        "listen = [\"unix:{sock}\"]\nallow_plaintext = true\n\
-                         store = \"{state}/approver.redb\"\nledger = \"{state}/ledger.jsonl\"\n\
-                         [http]\nlisten = \"http://127.0.0.1:{web_port}\"\n\
-                         [web.oidc]\nissuer = \"http://127.0.0.1:{oidc_port}\"\n\
-                         client_id = \"confgate\"\nclient_secret_file = \"{secret}\"\n\
-                         scopes = [\"openid\", \"profile\", \"email\", \"groups\"]\n\
-                         approvers = [\"group:sre\"]\n",
-                        sock = sock.display(),
-                        state = root.join("approver-state").display(),
-                        secret = secret.display(),
-                    ),
-                )
-                .unwrap();
                 // The shipped rules (ask about every session write under /etc).
                 format!(
-                    "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nlocal_config = \"{}\"\n\n\
-                     [gate]\ndefault_timeout = \"60s\"\n",
-                    sock.display(),
-                    approver.display(),
+                    "{}\n[gate]\ndefault_timeout = \"60s\"\n",
+                    local_web_approval(root, web_port, oidc_port)
                 )
             })),
             ..DaemonOptions::default()

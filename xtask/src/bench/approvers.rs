@@ -191,6 +191,19 @@ impl Approvers {
     }
 }
 
+impl Approvers {
+    /// The per-round percentile `f` of the timed opens in mode `m`, in ms.
+    fn opens_ms(&self, m: Mode, f: fn(&Latency) -> f64) -> Summary {
+        Summary::of(
+            self.opens
+                .iter()
+                .filter(|(mode, _)| *mode == m)
+                .map(|(_, l)| f(l) / 1e6)
+                .collect(),
+        )
+    }
+}
+
 fn unix_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -291,15 +304,7 @@ impl Scenario for Approvers {
     }
 
     fn results(&self) -> Value {
-        let per = |m: Mode, f: fn(&Latency) -> f64| {
-            Summary::of(
-                self.opens
-                    .iter()
-                    .filter(|(mode, _)| *mode == m)
-                    .map(|(_, l)| f(l) / 1e6)
-                    .collect(),
-            )
-        };
+        let per = |m: Mode, f: fn(&Latency) -> f64| self.opens_ms(m, f);
         let (n50, n99) = percentiles(&self.notify_ms);
         let (s50, s99) = percentiles(&self.slack_ms);
         json!({
@@ -317,15 +322,7 @@ impl Scenario for Approvers {
     }
 
     fn rows(&self) -> Vec<Row> {
-        let ms = |m: Mode, f: fn(&Latency) -> f64| {
-            Summary::of(
-                self.opens
-                    .iter()
-                    .filter(|(mode, _)| *mode == m)
-                    .map(|(_, l)| f(l) / 1e6)
-                    .collect(),
-            )
-        };
+        let ms = |m: Mode, f: fn(&Latency) -> f64| self.opens_ms(m, f);
         let (n50, n99) = percentiles(&self.notify_ms);
         let (s50, s99) = percentiles(&self.slack_ms);
         let on99 = ms(Mode::Notify, |l| l.p99_ns);

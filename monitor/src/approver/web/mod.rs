@@ -164,6 +164,25 @@ pub(crate) fn set_cookie(name: &str, value: &str, same_site: &str, max_age: i64)
 
 impl Web {
     /// The signed-in session of a request, if any (expired ones are dropped).
+    /// The session of a form POST: signed in (else 401) and the form's CSRF token its own
+    /// (else 403); the refusal as the response to send.
+    pub(crate) fn posted_session(
+        &self,
+        headers: &HeaderMap,
+        form: &HashMap<String, String>,
+    ) -> Result<WebSession, Box<Response>> {
+        let Some(s) = self.session(headers) else {
+            return Err(Box::new(refuse(StatusCode::UNAUTHORIZED, "not signed in")));
+        };
+        if !csrf_ok(form, &s.csrf) {
+            return Err(Box::new(refuse(
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token",
+            )));
+        }
+        Ok(s)
+    }
+
     pub(crate) fn session(&self, headers: &HeaderMap) -> Option<WebSession> {
         let id = cookie(headers, SESSION_COOKIE)?;
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -309,11 +328,8 @@ async fn logout(
     headers: HeaderMap,
     axum::Form(form): axum::Form<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = web.session(&headers) else {
-        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
-    };
-    if !csrf_ok(&form, &s.csrf) {
-        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
+    if let Err(refused) = web.posted_session(&headers, &form) {
+        return *refused;
     }
     web.sign_out(&headers);
     let mut res = axum::response::Redirect::to("/").into_response();

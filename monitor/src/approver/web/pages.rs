@@ -15,7 +15,7 @@ use tokio_stream::StreamExt as _;
 
 use super::calls::{get_request, session_of, status_page, svc};
 use super::html::{Live, esc, page, when};
-use super::{Web, csrf_ok, refuse};
+use super::{Web, refuse};
 use crate::approver::http::conn::{LocalEnd, Peer};
 use confgate_proto::v1 as pb;
 use confgate_proto::v1::approver_server::Approver as _;
@@ -391,12 +391,10 @@ async fn decide(
     Path(id): Path<u64>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = web.session(&headers) else {
-        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
+    let s = match web.posted_session(&headers, &form) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
     };
-    if !csrf_ok(&form, &s.csrf) {
-        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-    }
     let session = match session_of(&web, (peer, local)).await {
         Ok(v) => v,
         Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
@@ -466,12 +464,10 @@ async fn revoke(
     Path(id): Path<u64>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = web.session(&headers) else {
-        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
+    let s = match web.posted_session(&headers, &form) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
     };
-    if !csrf_ok(&form, &s.csrf) {
-        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-    }
     let note = form.get("note").cloned().unwrap_or_default();
     match svc(&web)
         .revoke_grant(Web::as_approver(

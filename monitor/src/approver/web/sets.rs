@@ -17,7 +17,7 @@ use confgate_proto::v1::approver_server::Approver as _;
 
 use super::calls::{get_request, session_of, status_page, svc};
 use super::html::esc;
-use super::{Web, csrf_ok, refuse};
+use super::{Web, refuse};
 use crate::approver::burst::describe;
 use crate::approver::http::conn::{LocalEnd, Peer};
 use crate::approver::session_set::{Reviewed, Set, session_set};
@@ -98,12 +98,10 @@ pub(super) async fn decide_set(
     Path(id): Path<u64>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let Some(s) = web.session(&headers) else {
-        return refuse(StatusCode::UNAUTHORIZED, "not signed in");
+    let s = match web.posted_session(&headers, &form) {
+        Ok(s) => s,
+        Err(refused) => return *refused,
     };
-    if !csrf_ok(&form, &s.csrf) {
-        return refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
-    }
     let caller = match session_of(&web, (peer, local)).await {
         Ok(v) => v,
         Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
