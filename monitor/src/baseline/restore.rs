@@ -142,60 +142,12 @@ pub fn restore_replacing(
         return Err(BaselineError::NoContent(encode(path)));
     };
     let p = Path::new(OsStr::from_bytes(path));
-    let (Some(dir), Some(name)) = (p.parent(), p.file_name()) else {
-        return Err(io_err(path)(std::io::ErrorKind::InvalidInput.into()));
-    };
-    let stamp = crate::os::clock::now_ms();
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".confgate-restore-{stamp}"));
-    let tmp = dir.join(tmp_name);
-    let write_tmp = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(want.mode)
-            .open(&tmp)?;
-        f.write_all(&content)?;
-        std::os::unix::fs::fchown(&f, Some(want.uid), Some(want.gid))?;
-        f.set_permissions(std::fs::Permissions::from_mode(want.mode))?;
-        f.sync_all()
-    };
-    if let Err(e) = write_tmp() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    let keep = || -> std::io::Result<std::path::PathBuf> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(quarantine)?;
-        let mut q = std::ffi::OsString::from(format!("{stamp}-"));
-        q.push(name);
-        let dst = quarantine.join(q);
-        match std::fs::hard_link(p, &dst) {
-            Ok(()) => Ok(dst),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                if std::fs::symlink_metadata(p)?.is_file() {
-                    std::fs::copy(p, &dst)?;
-                }
-                Ok(dst)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dst),
-            Err(e) => Err(e),
-        }
-    };
-    let kept = match keep() {
-        Ok(k) => k,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_err(path)(e));
-        }
-    };
-    if let Err(e) = std::fs::rename(&tmp, p) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    Ok(kept)
+    crate::os::fs::replace_keeping(
+        p,
+        &content,
+        (want.mode, want.uid, want.gid),
+        quarantine,
+        true,
+    )
+    .map_err(io_err(path))
 }

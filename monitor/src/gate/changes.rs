@@ -466,7 +466,6 @@ pub fn restore_replacing(
     change: &Change,
     quarantine: &Path,
 ) -> Result<std::path::PathBuf, ChangeError> {
-    use std::os::unix::fs::DirBuilderExt as _;
     let io = |source| ChangeError::Io {
         path: change.path_text(),
         source,
@@ -482,63 +481,14 @@ pub fn restore_replacing(
             path: change.path_text(),
         });
     };
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
-    };
-    let stamp = crate::os::clock::now_ms();
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".confgate-restore-{stamp}"));
-    let tmp = dir.join(tmp_name);
-    let write_tmp = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(change.mode & 0o7777)
-            .open(&tmp)?;
-        f.write_all(&content)?;
-        std::os::unix::fs::fchown(&f, Some(change.uid), Some(change.gid))?;
-        f.set_permissions(std::fs::Permissions::from_mode(change.mode & 0o7777))?;
-        f.sync_all()
-    };
-    if let Err(e) = write_tmp() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    let keep = || -> std::io::Result<std::path::PathBuf> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(quarantine)?;
-        let mut q = std::ffi::OsString::from(format!("{stamp}-"));
-        q.push(name);
-        let dst = quarantine.join(q);
-        match std::fs::hard_link(path, &dst) {
-            Ok(()) => Ok(dst),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                // Across filesystems: copy a regular file's bytes; anything else (a
-                // symlink, a fifo) is recorded by its name only.
-                if std::fs::symlink_metadata(path)?.is_file() {
-                    std::fs::copy(path, &dst)?;
-                }
-                Ok(dst)
-            }
-            Err(e) => Err(e),
-        }
-    };
-    let kept = match keep() {
-        Ok(k) => k,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(e));
-        }
-    };
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
-    }
-    Ok(kept)
+    crate::os::fs::replace_keeping(
+        path,
+        &content,
+        (change.mode & 0o7777, change.uid, change.gid),
+        quarantine,
+        false,
+    )
+    .map_err(io)
 }
 
 #[cfg(test)]

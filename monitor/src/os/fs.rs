@@ -292,3 +292,67 @@ pub(crate) fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Resu
     // SAFETY: buf is a valid writable region of buf.len() bytes.
     cvt_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), off) })
 }
+
+/// Puts `content` (`mode`, owner `uid`:`gid`) at `path` without a moment with nothing
+/// there: written to a temporary file beside it (`O_NOFOLLOW`, created new, synced), the
+/// file now at `path` kept in `quarantine` (a hard link; across filesystems a regular
+/// file's copy, anything else by name only; with `missing_ok`, nothing at `path` is fine),
+/// then renamed over it. Returns where the replaced file was kept. On an error the
+/// temporary file is removed and `path` is as it was.
+pub fn replace_keeping(
+    path: &Path,
+    content: &[u8],
+    (mode, uid, gid): (u32, u32, u32),
+    quarantine: &Path,
+    missing_ok: bool,
+) -> io::Result<PathBuf> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let stamp = super::clock::now_ms();
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".confgate-restore-{stamp}"));
+    let tmp = dir.join(tmp_name);
+    let write_tmp = || -> io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(content)?;
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()
+    };
+    let keep = || -> io::Result<PathBuf> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(quarantine)?;
+        let mut q = std::ffi::OsString::from(format!("{stamp}-"));
+        q.push(name);
+        let dst = quarantine.join(q);
+        match std::fs::hard_link(path, &dst) {
+            Ok(()) => Ok(dst),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                if std::fs::symlink_metadata(path)?.is_file() {
+                    std::fs::copy(path, &dst)?;
+                }
+                Ok(dst)
+            }
+            Err(e) if missing_ok && e.kind() == io::ErrorKind::NotFound => Ok(dst),
+            Err(e) => Err(e),
+        }
+    };
+    let done = write_tmp()
+        .and_then(|()| keep())
+        .and_then(|kept| std::fs::rename(&tmp, path).map(|()| kept));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
+}
