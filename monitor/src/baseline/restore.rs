@@ -4,13 +4,15 @@
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
+use nix::fcntl::OFlag;
 use serde::Serialize;
 
 use super::{Baseline, BaselineError, Entry, FileKind, io_err, read_live, same_state};
 use crate::event::escape::encode;
+use crate::os::beneath::Beneath;
 
 /// What a restore did.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -37,13 +39,12 @@ pub fn restore(b: &Baseline, path: &[u8]) -> Result<Restored, BaselineError> {
     }
     let want = b.get(path)?;
     let live = read_live(path, 0)?;
-    let p = Path::new(OsStr::from_bytes(path));
     let Some(want) = want else {
         // Created since the baseline: removed (never a directory).
         return match live {
             None => Ok(Restored::Unchanged),
             Some(_) => {
-                std::fs::remove_file(p).map_err(io_err(path))?;
+                beneath(b, path, false)?.unlink().map_err(io_err(path))?;
                 Ok(Restored::Removed)
             }
         };
@@ -55,27 +56,30 @@ pub fn restore(b: &Baseline, path: &[u8]) -> Result<Restored, BaselineError> {
     match want.kind {
         FileKind::Symlink => {
             let target = want.target.clone().unwrap_or_default();
+            let at = beneath(b, path, true)?;
             if live.is_some() {
-                std::fs::remove_file(p).map_err(io_err(path))?;
+                at.unlink().map_err(io_err(path))?;
             }
-            make_parents(p, path)?;
-            std::os::unix::fs::symlink(OsStr::from_bytes(&target), p).map_err(io_err(path))?;
-            std::os::unix::fs::lchown(p, Some(want.uid), Some(want.gid)).map_err(io_err(path))?;
+            at.symlink(OsStr::from_bytes(&target), want.uid, want.gid)
+                .map_err(io_err(path))?;
             Ok(Restored::Recreated)
         }
         FileKind::File => restore_file(b, path, &want, live.as_ref()),
     }
 }
 
-fn make_parents(p: &Path, path: &[u8]) -> Result<(), BaselineError> {
-    if let Some(dir) = p.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)
-            .map_err(io_err(path))?;
-    }
-    Ok(())
+/// The entry `path` reached from its baseline root without following a symlink on the
+/// way (a directory replaced by a symlink must not redirect a restore made as root);
+/// `create`: missing directories are made again.
+fn beneath(b: &Baseline, path: &[u8], create: bool) -> Result<Beneath, BaselineError> {
+    let p = Path::new(OsStr::from_bytes(path));
+    let root = b
+        .roots()
+        .iter()
+        .filter(|r| p.starts_with(r))
+        .max_by_key(|r| r.as_os_str().len())
+        .ok_or_else(|| BaselineError::NotInScope(encode(path)))?;
+    Beneath::new(root, p, create).map_err(io_err(path))
 }
 
 fn restore_file(
@@ -84,7 +88,6 @@ fn restore_file(
     want: &Entry,
     live: Option<&Entry>,
 ) -> Result<Restored, BaselineError> {
-    let p = Path::new(OsStr::from_bytes(path));
     let in_place = live.is_some_and(|l| l.kind == FileKind::File);
     let content_ok = in_place && live.is_some_and(|l| l.sha256 == want.sha256);
     let content = if content_ok {
@@ -92,22 +95,19 @@ fn restore_file(
     } else {
         b.content(path, want)?
     };
+    let at = beneath(b, path, !in_place)?;
     if live.is_some() && !in_place {
         // A symlink where a file was: it goes (never followed), the file comes back.
-        std::fs::remove_file(p).map_err(io_err(path))?;
+        at.unlink().map_err(io_err(path))?;
     }
-    if !in_place {
-        make_parents(p, path)?;
-    }
-    // O_NOFOLLOW: a symlink planted at the path must not redirect the restore.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(!in_place)
-        .create_new(!in_place)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(want.mode)
-        .open(p)
-        .map_err(io_err(path))?;
+    // O_NOFOLLOW (always, in `Beneath::open`): a symlink planted at the path must not
+    // redirect the restore.
+    let flags = if in_place {
+        OFlag::O_WRONLY
+    } else {
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL
+    };
+    let mut f = at.open(flags, want.mode).map_err(io_err(path))?;
     if let Some(c) = content.as_deref() {
         f.set_len(0).map_err(io_err(path))?;
         f.write_all(c).map_err(io_err(path))?;
@@ -141,13 +141,7 @@ pub fn restore_replacing(
     let Some(content) = b.content(path, &want)? else {
         return Err(BaselineError::NoContent(encode(path)));
     };
-    let p = Path::new(OsStr::from_bytes(path));
-    crate::os::fs::replace_keeping(
-        p,
-        &content,
-        (want.mode, want.uid, want.gid),
-        quarantine,
-        true,
-    )
-    .map_err(io_err(path))
+    beneath(b, path, true)?
+        .replace_keeping(&content, (want.mode, want.uid, want.gid), quarantine, true)
+        .map_err(io_err(path))
 }

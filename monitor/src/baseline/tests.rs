@@ -127,6 +127,35 @@ fn drift_sees_content_mode_created_deleted_and_renamed_and_restore_undoes_them()
 }
 
 #[test]
+fn a_restore_does_not_follow_a_directory_replaced_by_a_symlink() {
+    // A user who owns a watched directory replaces it with a symlink to a directory of
+    // root's: the restore (made as root) must not write the baseline's content there, nor
+    // remove a file there.
+    let (d, root, b) = setup();
+    b.take_initial().unwrap().expect("taken");
+    let victim = d.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("same1"), "root's\n").unwrap();
+    std::fs::rename(root.join("sub"), d.path().join("sub.moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, root.join("sub")).unwrap();
+    for n in ["sub/same1", "sub/same2"] {
+        assert!(
+            matches!(
+                restore::restore(&b, &bytes(&root.join(n))),
+                Err(BaselineError::Io { .. })
+            ),
+            "{n} restored through a symlink"
+        );
+    }
+    assert_eq!(std::fs::read(victim.join("same1")).unwrap(), b"root's\n");
+    assert!(!victim.join("same2").exists());
+    // Put back, the directory is a directory again and the restore works.
+    std::fs::remove_file(root.join("sub")).unwrap();
+    restore::restore(&b, &bytes(&root.join("sub/same1"))).unwrap();
+    assert_eq!(std::fs::read(root.join("sub/same1")).unwrap(), b"same\n");
+}
+
+#[test]
 fn accept_moves_the_baseline_and_a_damaged_object_is_an_error() {
     let (_d, root, b) = setup();
     b.take_initial().unwrap();

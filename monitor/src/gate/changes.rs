@@ -5,18 +5,19 @@
 //! Pre-images live in the daemon's store (they must survive a restart to be reverted at a
 //! grant's expiry): the record in [`CHANGES`], the content in the blob table [`PREIMAGES`]
 //! under the same id.
-use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
+use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
 
 use crate::event::escape::encode;
 use crate::event::excerpt::Masker;
 use crate::gate::preimage::{PreImage, hex};
 use crate::ledger::canonical::sha256_hex;
+use crate::os::beneath::Beneath;
 use crate::store::{BlobTable, RecordTable, Store, StoreError, WriteTx};
 
 pub const CHANGES: RecordTable<Change> = RecordTable::new("gate_changes");
@@ -390,16 +391,12 @@ pub fn revert_own(store: &Store, change: &Change) -> Result<Reverted, ChangeErro
     };
     let merged = super::reverse::reverse_apply(pre, post, now)
         .map_err(|c| conflict(&format!("changed again since: {}", c.0)))?;
-    let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
     let io = |source| ChangeError::Io {
         path: change.path_text(),
         source,
     };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+    let mut f = beneath(change, false)
+        .and_then(|at| at.open(OFlag::O_WRONLY | OFlag::O_TRUNC, 0))
         .map_err(io)?;
     f.write_all(merged.as_bytes()).map_err(io)?;
     f.sync_data().map_err(io)?;
@@ -415,7 +412,7 @@ pub fn revert(store: &Store, change: &Change) -> Result<Reverted, ChangeError> {
     };
     let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
     if !change.existed {
-        return match std::fs::remove_file(path) {
+        return match beneath(change, false).and_then(|at| at.unlink()) {
             Ok(()) => Ok(Reverted::Removed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Reverted::Unchanged),
             Err(e) => Err(io(e)),
@@ -438,14 +435,15 @@ pub fn revert(store: &Store, change: &Change) -> Result<Reverted, ChangeError> {
     {
         return Ok(Reverted::Unchanged);
     }
-    // O_NOFOLLOW: a symlink planted at the path must not redirect the restore.
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(change.mode & 0o7777)
-        .open(path)
+    // O_NOFOLLOW (in `Beneath::open`): a symlink planted at the path must not redirect
+    // the restore, nor one on its directories (`beneath`).
+    let mut f = beneath(change, true)
+        .and_then(|at| {
+            at.open(
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+                change.mode & 0o7777,
+            )
+        })
         .map_err(io)?;
     f.write_all(&content).map_err(io)?;
     f.sync_data().map_err(io)?;
@@ -470,7 +468,6 @@ pub fn restore_replacing(
         path: change.path_text(),
         source,
     };
-    let path = Path::new(std::ffi::OsStr::from_bytes(&change.path));
     let content = match store.get_blob(POSTIMAGES, change.id)? {
         Some(post) => Some(post),
         None if change.content_kept => store.get_blob(PREIMAGES, change.id)?,
@@ -481,14 +478,28 @@ pub fn restore_replacing(
             path: change.path_text(),
         });
     };
-    crate::os::fs::replace_keeping(
-        path,
-        &content,
-        (change.mode & 0o7777, change.uid, change.gid),
-        quarantine,
-        false,
+    beneath(change, true)
+        .and_then(|at| {
+            at.replace_keeping(
+                &content,
+                (change.mode & 0o7777, change.uid, change.gid),
+                quarantine,
+                false,
+            )
+        })
+        .map_err(io)
+}
+
+/// The change's path reached from `/` without following a symlink on the way: the gate's
+/// paths are canonical (reported by the kernel or resolved by the supervisor), so a
+/// symlink in their directories now was planted since and must not redirect a revert
+/// made as root.
+fn beneath(change: &Change, create: bool) -> std::io::Result<Beneath> {
+    Beneath::new(
+        Path::new("/"),
+        Path::new(std::ffi::OsStr::from_bytes(&change.path)),
+        create,
     )
-    .map_err(io)
 }
 
 #[cfg(test)]

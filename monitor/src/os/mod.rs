@@ -28,6 +28,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+pub mod beneath;
 pub mod clock;
 pub mod creds;
 pub mod environ;
