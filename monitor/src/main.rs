@@ -295,7 +295,12 @@ fn main() -> ExitCode {
         // For `approver serve`, --config names the service's approver.toml.
         Command::Approver {
             command: ApproverCommand::Serve,
-        } => monitor::cli::approver::serve(cli.config.as_deref()),
+        } => {
+            // It holds the signing keys, the OIDC client secret and every host's pending
+            // requests: no core dumps, no ptrace by same-uid processes.
+            make_undumpable();
+            monitor::cli::approver::serve(cli.config.as_deref())
+        }
         Command::Approver {
             command:
                 ApproverCommand::InitCa {
