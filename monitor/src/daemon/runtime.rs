@@ -84,6 +84,11 @@ pub(super) struct Core {
     records_at_trim: u64,
 }
 
+/// Ring-buffer records read per wake-up before the event loop serves its other sources.
+const RING_BATCH: usize = 4096;
+/// Records read by one flush tick at most (its watermark needs a complete drain).
+const RING_TICK_LIMIT: usize = 1 << 18;
+
 impl Runtime {
     /// Runs until a termination signal (or until the gRPC server stops, an error).
     pub(super) async fn run(mut self) -> anyhow::Result<()> {
@@ -91,8 +96,11 @@ impl Runtime {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard.context("ring buffer poll")?;
-                    self.core.on_ring(guard.get_inner_mut());
-                    guard.clear_ready();
+                    // A full batch leaves the readiness set: the loop serves its other
+                    // sources (supervised operations, signals, the API) and comes back.
+                    if self.core.on_ring(guard.get_inner_mut(), RING_BATCH) {
+                        guard.clear_ready();
+                    }
                     self.core.cadence.activity(Instant::now());
                 }
                 batch = self.core.fan.next_batch() => self.core.on_fanotify(batch),
@@ -202,9 +210,13 @@ impl Core {
         }
     }
 
-    /// The ring buffer is readable: process every record in it now.
-    fn on_ring(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
+    /// The ring buffer is readable: process up to `limit` records now. Returns whether it
+    /// was drained (false: `limit` records were read and more may wait).
+    fn on_ring(&mut self, ring: &mut RingBuf<MapData>, limit: usize) -> bool {
+        for _ in 0..limit {
+            let Some(item) = ring.next() else {
+                return true;
+            };
             let decoded = decode(&item);
             drop(item);
             match decoded {
@@ -218,6 +230,7 @@ impl Core {
                 }
             }
         }
+        false
     }
 
     /// A batch of fanotify events arrived.
@@ -252,7 +265,10 @@ impl Core {
     /// periodic duties when they are due.
     fn on_tick(&mut self, ring: &mut RingBuf<MapData>) {
         let ebpf_mark = Instant::now();
-        self.on_ring(ring);
+        // The eBPF watermark says "everything before it was read": only a complete drain
+        // may set it. Under a producer faster than the daemon the drain is cut, the mark
+        // stays unset and buffered observations wait (or are released as `forced`).
+        let ring_drained = self.on_ring(ring, RING_TICK_LIMIT);
         let fan_mark = Instant::now();
         let mut drained = 0usize;
         match self.fan.drain() {
@@ -265,7 +281,7 @@ impl Core {
             Err(e) => warn!(error = %e, "fanotify read failed"),
         }
         let marks = Watermarks {
-            ebpf: Some(ebpf_mark),
+            ebpf: ring_drained.then_some(ebpf_mark),
             fanotify: Some(fan_mark),
         };
         let consumers = &mut self.consumers;
