@@ -4,6 +4,7 @@
 //! `BENCHMARKS.md`.
 mod approvers;
 mod auto_approver;
+mod baseline_drift;
 mod daemon;
 mod gate_latency;
 mod idle;

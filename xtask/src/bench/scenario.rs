@@ -148,13 +148,15 @@ pub trait Scenario {
 /// first (a fresh daemon), then start-up, then the workloads.
 pub fn all() -> Vec<Box<dyn Scenario>> {
     use super::{
-        approvers::Approvers, gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost,
-        macro_build::MacroBuild, mechanisms::Mechanisms, session_opens::SessionOpens,
-        session_rate::SessionRate, startup::Startup,
+        approvers::Approvers, baseline_drift::BaselineDrift, gate_latency::GateLatency, idle::Idle,
+        loop_cost::LoopCost, macro_build::MacroBuild, mechanisms::Mechanisms,
+        session_opens::SessionOpens, session_rate::SessionRate, startup::Startup,
     };
     vec![
         Box::new(Idle::default()),
         Box::new(Startup::default()),
+        // Before the workloads: drift then compares the baseline with an untouched tree.
+        Box::new(BaselineDrift::default()),
         Box::new(LoopCost::unwatched()),
         Box::new(LoopCost::watched()),
         Box::new(SessionRate::default()),
