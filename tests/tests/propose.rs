@@ -422,3 +422,55 @@ fn a_session_proposes_over_mcp() {
     assert!(o.status.success(), "{}", output_text(&o));
     eprintln!("a_session_proposes_over_mcp: {:?}", t0.elapsed());
 }
+
+/// Remote mode: the proposal goes to a central `confgate approver serve` (TLS, host
+/// certificate); an approver there (with this host's attestation) approves it, and the
+/// host applies it.
+#[test]
+fn a_proposal_through_the_central_service() {
+    if !require_root("a_proposal_through_the_central_service") {
+        return;
+    }
+    let t0 = Instant::now();
+    let svc = e2e::service::ApprovalService::start_tls("");
+    let d = e2e::service::remote_daemon(svc.host_client(), |w| {
+        std::fs::write(format!("{w}/gated/r.conf"), "r=1\n").unwrap();
+        e2e::service::gate_asking(w, "30s")
+    });
+    e2e::service::wait_connected(&d, &svc);
+    let alice = e2e::service::Approver::tls(&d, &svc, "alice");
+    let f = d.watched.join("gated/r.conf");
+    let child = d
+        .session_command(
+            "claude",
+            Some("remote"),
+            &format!(
+                "printf 'r=2\\n' | {} --socket {} propose gated/r.conf --from - --reason 'raise r' --wait; echo rc=$?",
+                bin(),
+                d.socket.display()
+            ),
+        )
+        .spawn()
+        .expect("confgate run");
+    let r = alice.wait_pending(&f);
+    assert_eq!(r["context"]["mode"], "propose", "{r}");
+    assert!(
+        r["context"]["excerpt"]
+            .as_str()
+            .unwrap()
+            .contains("-r=1\n+r=2\n"),
+        "{r}"
+    );
+    ok(&alice.run(&["approve", &id_of(&r)]));
+    let o = wait_child(child, Duration::from_secs(30));
+    let out = output_text(&o);
+    assert!(out.contains("applied") && out.contains("rc=0"), "{out}");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "r=2\n");
+    let applied = poll("proposal_applied", Duration::from_secs(10), || {
+        d.ledger()
+            .into_iter()
+            .find(|v| v["kind"] == "proposal_applied")
+    });
+    assert_eq!(applied["body"]["decided_by"], "cert:alice", "{applied}");
+    eprintln!("a_proposal_through_the_central_service: {:?}", t0.elapsed());
+}

@@ -214,10 +214,8 @@ pub async fn handle(socket: &Path, msg: Value) -> Option<Value> {
         }
         return Some(error(reply_id, INVALID_REQUEST, "no method"));
     };
-    if id.is_none() {
-        // Notifications: initialized, cancelled, ... need no answer.
-        return None;
-    }
+    // Notifications (no id: initialized, cancelled, ...) need no answer.
+    id.as_ref()?;
     if matches!(
         id,
         Some(Value::Null | Value::Bool(_) | Value::Array(_) | Value::Object(_))

@@ -554,12 +554,18 @@ impl Proposals {
             diff: diff_text,
         };
         let saved = rec.clone();
+        let known = &self.known;
+        let inserted = &std::cell::Cell::new(None);
         let (id, unsynced) = self
             .uplink
             .submit_now(move |tx| {
                 let id = tx.next_id(REQUEST_IDS)?;
                 tx.put(PROPOSALS, id, &saved)?;
                 tx.put_blob(PROPOSAL_CONTENT, id, &content)?;
+                // Known before the request leaves: the service's acknowledgement (its id
+                // for the request) may come back at once. Removed again if this fails.
+                lock(known).insert(id, saved);
+                inserted.set(Some(id));
                 Ok(pb::SubmitRequest {
                     host_request_id: id,
                     context: Some(ctx),
@@ -567,8 +573,12 @@ impl Proposals {
                     deadline_unix_ms: deadline,
                 })
             })
-            .map_err(|e| ProposeError::Internal(format!("cannot file the proposal: {e}")))?;
-        lock(&self.known).insert(id, rec.clone());
+            .map_err(|e| {
+                if let Some(id) = inserted.get() {
+                    lock(known).remove(&id);
+                }
+                ProposeError::Internal(format!("cannot file the proposal: {e}"))
+            })?;
         self.uplink
             .sync_blocking(unsynced)
             .map_err(|e| ProposeError::Internal(format!("cannot store the proposal: {e}")))?;
@@ -609,7 +619,7 @@ impl Proposals {
             .filter(|(_, r)| r.belongs_to(&who))
             .map(|(id, r)| r.to_pb(*id))
             .collect();
-        out.sort_by(|a, b| b.id.cmp(&a.id));
+        out.sort_by_key(|p| std::cmp::Reverse(p.id));
         out.truncate(MAX_LISTED);
         out
     }
