@@ -38,6 +38,7 @@ pub mod observe;
 pub mod os;
 pub mod policy;
 pub mod prom;
+pub mod propose;
 pub mod sessions;
 pub mod state;
 pub mod store;

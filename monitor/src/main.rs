@@ -76,6 +76,15 @@ fn socket(cli: &Cli) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The daemon's socket for commands agents run (`propose`, `mcp`): `--socket`, else the
+/// configuration's, else the default (a confined session cannot read the configuration).
+fn agent_socket(cli: &Cli) -> PathBuf {
+    socket(cli)
+        .ok()
+        .or_else(|| lenient_socket(cli))
+        .unwrap_or_else(|| PathBuf::from(monitor::api::DEFAULT_SOCKET))
+}
+
 /// `daemon.socket` of a configuration file that is TOML but does not validate (the
 /// default socket when it names none); `None` when it is not TOML at all.
 fn lenient_socket(cli: &Cli) -> Option<PathBuf> {
@@ -317,6 +326,20 @@ fn main() -> ExitCode {
             server_names: server_names.clone(),
             force: *force,
         }),
+        Command::Propose {
+            path,
+            from,
+            reason,
+            ttl,
+            wait,
+            json,
+        } => {
+            monitor::cli::propose::run(&agent_socket(&cli), path, from, reason, *ttl, *wait, *json)
+        }
+        Command::Proposals { id, wait, json } => {
+            monitor::cli::propose::show(&agent_socket(&cli), *id, *wait, *json)
+        }
+        Command::Mcp => monitor::cli::mcp::serve(&agent_socket(&cli)),
         Command::CheckConfig { path, approver } => {
             let path = path.clone().or_else(|| cli.config.clone());
             monitor::cli::check_config::run(path.as_deref(), *approver)

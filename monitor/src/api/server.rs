@@ -10,6 +10,7 @@
 //! | `CallerSession`   | anyone (it describes the caller)                            |
 //! | `Attest`          | anyone outside every agent session (kernel session map)     |
 //! | `Reload`          | [`DaemonApi::is_admin`] callers outside every agent session |
+//! | `Propose`, `GetProposal`, `ListProposals` | anyone (their own proposals)      |
 //!
 //! The socket's file mode is a second fence, not the authorization.
 use std::future::Future;
@@ -62,6 +63,12 @@ pub enum ApiError {
     /// `INTERNAL`
     #[error("{0}")]
     Internal(String),
+    /// `NOT_FOUND`
+    #[error("{0}")]
+    NotFound(String),
+    /// `RESOURCE_EXHAUSTED`: e.g. too many undecided proposals.
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 impl From<SessionError> for ApiError {
@@ -85,6 +92,8 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::Internal(_) => Status::internal(msg),
+            ApiError::NotFound(_) => Status::not_found(msg),
+            ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
         }
     }
 }
@@ -150,6 +159,36 @@ pub trait DaemonApi: Send + Sync + 'static {
     /// [`ApiError::FailedPrecondition`] with the loader's line:column message.
     async fn reload(&self, _caller: Caller) -> Result<pb::ReloadResponse, ApiError> {
         Err(ApiError::Unavailable("this daemon cannot reload".into()))
+    }
+
+    /// Files a proposed change for `caller` (see `crate::propose`).
+    async fn propose(
+        &self,
+        _caller: Caller,
+        _r: pb::ProposeRequest,
+    ) -> Result<pb::Proposal, ApiError> {
+        Err(ApiError::Unavailable(
+            "this daemon takes no proposals".into(),
+        ))
+    }
+
+    /// One of `caller`'s proposals, waiting at most `wait_ms` for its decision.
+    async fn get_proposal(
+        &self,
+        _caller: Caller,
+        _id: u64,
+        _wait_ms: u64,
+    ) -> Result<pb::Proposal, ApiError> {
+        Err(ApiError::Unavailable(
+            "this daemon takes no proposals".into(),
+        ))
+    }
+
+    /// `caller`'s own proposals, newest first.
+    async fn list_proposals(&self, _caller: Caller) -> Result<Vec<pb::Proposal>, ApiError> {
+        Err(ApiError::Unavailable(
+            "this daemon takes no proposals".into(),
+        ))
     }
 }
 
@@ -463,6 +502,41 @@ impl pb::daemon_server::Daemon for DaemonService {
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         let caller = self.admin(&request, "Reload")?;
         Ok(Response::new(self.api.reload(caller).await?))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::Proposal>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        if r.path.is_empty() || r.path.len() > 4096 || r.path.contains(&0) || r.path[0] != b'/' {
+            return Err(Status::invalid_argument(
+                "the path must be absolute, at most 4096 bytes, without NUL",
+            ));
+        }
+        Ok(Response::new(self.api.propose(caller, r).await?))
+    }
+
+    async fn get_proposal(
+        &self,
+        request: Request<pb::GetProposalRequest>,
+    ) -> Result<Response<pb::Proposal>, Status> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.api.get_proposal(caller, r.id, r.wait_ms).await?,
+        ))
+    }
+
+    async fn list_proposals(
+        &self,
+        request: Request<pb::ListProposalsRequest>,
+    ) -> Result<Response<pb::ListProposalsResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(pb::ListProposalsResponse {
+            proposals: self.api.list_proposals(caller).await?,
+        }))
     }
 
     type SubscribeEventsStream = EventStream;

@@ -143,6 +143,52 @@ pub enum Command {
         #[arg(long)]
         approver: bool,
     },
+    /// Propose the exact new content of a configuration file (for agents): filed as an
+    /// approval request with the diff; on approval the daemon writes it atomically (mode
+    /// and owner kept) unless the file changed since (conflict). Prints the request id; with
+    /// --wait, the outcome (exit 0 applied, 2 denied, 3 conflict, 4 expired, 5 other).
+    Propose {
+        /// The file to change (under the watched or gated trees).
+        path: OsString,
+        /// Where the new content is: a file, or - for standard input (at most 1 MiB).
+        #[arg(long, value_name = "FILE|-")]
+        from: PathBuf,
+        /// Why (approvers see it).
+        #[arg(long)]
+        reason: String,
+        /// How long approvers have (default: gate.request_ttl; 10s .. 7d).
+        #[arg(long, value_parser = parse_proposal_ttl)]
+        ttl: Option<std::time::Duration>,
+        /// Wait for the decision and print the outcome.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your own proposals (this agent session's; outside sessions: your user's), or one of
+    /// them by id; with --wait, wait for its decision (exit status as `propose --wait`).
+    Proposals {
+        /// A proposal id (default: list them all).
+        id: Option<u64>,
+        /// Wait for the decision of ID.
+        #[arg(long, requires = "id")]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the Model Context Protocol over stdio (JSON-RPC 2.0, one message a line) for
+    /// an agent: tools propose_change, request_status, list_my_requests.
+    Mcp,
+}
+
+/// Parses `propose --ttl`.
+fn parse_proposal_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (\"30m\", \"2h\", \"1d\"): {e}"))?;
+    if d < crate::propose::MIN_TTL || d > crate::propose::MAX_TTL {
+        return Err(format!("{s:?}: between 10s and 7d"));
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand)]

@@ -13,6 +13,8 @@ pub mod check_config;
 pub mod connect;
 pub mod events;
 pub mod grants;
+pub mod mcp;
+pub mod propose;
 pub mod reload;
 pub mod render;
 pub mod run;

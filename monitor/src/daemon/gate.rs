@@ -25,6 +25,7 @@ use crate::kernel::Kernel;
 use crate::ledger::{self, SharedLedger};
 use crate::notify::{self, FanEvent};
 use crate::policy::{GateQuery, OpSet, Policy, SessionRef as PolicySession};
+use crate::propose::Proposals;
 use crate::sessions::SessionRegistry;
 use crate::store::Store;
 use crate::uplink::{Uplink, UplinkHandle, UplinkOptions};
@@ -49,6 +50,32 @@ pub struct GateRuntime {
     approver: Mutex<Option<approver::Server>>,
     supervisors: Arc<Supervisors>,
     baseline: Option<Arc<BaselineService>>,
+    proposals: Option<Arc<Proposals>>,
+}
+
+/// The proposals of this host (they need the baseline: `None` without one, or when their
+/// records cannot be read, logged).
+fn start_proposals(
+    store: &Store,
+    ledger: &SharedLedger,
+    uplink: &UplinkHandle,
+    baseline: Option<&Arc<BaselineService>>,
+    sessions: &SessionRegistry,
+) -> Option<Arc<Proposals>> {
+    let baseline = baseline?;
+    match Proposals::open(
+        store.clone(),
+        ledger.clone(),
+        uplink.clone(),
+        Arc::clone(baseline),
+        sessions.clone(),
+    ) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the proposals in the store: `confgate propose` is unavailable");
+            None
+        }
+    }
 }
 
 /// Opens the approved baseline of the watched and gated trees, taking it at the first
@@ -194,6 +221,13 @@ impl GateRuntime {
         };
         let (uplink, updates) =
             Uplink::start_with(client.clone(), store.clone(), host.clone(), options);
+        // Proposed changes (they need the baseline): their service updates are taken
+        // out of the engine's input.
+        let proposals = start_proposals(&store, &ledger, &uplink, baseline.as_ref(), &sessions);
+        let updates = match &proposals {
+            Some(p) => crate::propose::route_updates(updates, Arc::clone(p)),
+            None => updates,
+        };
         let (held_tx, held_rx) = mpsc::channel(HELD_QUEUE);
         let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
         let policy = Arc::new(policy);
@@ -228,6 +262,9 @@ impl GateRuntime {
             notices: notice_rx,
         };
         let handles = Engine::start(parts, settings, inputs).context("starting the gate engine")?;
+        if let Some(p) = &proposals {
+            p.attach(handles.engine.clone());
+        }
         // Confined sessions' supervisors decide with the same decider and hand held
         // operations to the same engine queue as the fanotify listener.
         supervisors.wire(
@@ -265,7 +302,13 @@ impl GateRuntime {
             approver: Mutex::new(approver),
             supervisors,
             baseline,
+            proposals,
         })
+    }
+
+    /// Changes agents propose (`None`: no baseline).
+    pub fn proposals(&self) -> Option<Arc<Proposals>> {
+        self.proposals.clone()
     }
 
     /// The approved baseline (`None`: it could not be opened; logged at start).
@@ -311,6 +354,9 @@ impl GateRuntime {
         out.extend(self.ledger.counters());
         if let Some(b) = &self.baseline {
             out.extend(b.counters());
+        }
+        if let Some(p) = &self.proposals {
+            out.extend(p.snapshot());
         }
         if let Some(s) = self
             .approver

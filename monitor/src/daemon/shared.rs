@@ -58,6 +58,19 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The gate's proposals (`None`: no gate, or no baseline).
+    fn proposals(&self) -> Option<Arc<crate::propose::Proposals>> {
+        self.gate.get().and_then(|g| g.proposals())
+    }
+
+    /// Who proposes: the caller's pid, uid and agent session (the kernel's session map).
+    fn proposer(&self, caller: &Caller) -> Result<crate::propose::Proposer, ApiError> {
+        let session = lock(&self.kernel).session_of(caller.pid);
+        super::propose_api::proposer(caller, session, self.is_admin(caller))
+    }
+}
+
 /// The local approval service asks the kernel's session map who its callers are.
 impl crate::approver::SessionOracle for Shared {
     fn host(&self) -> String {
@@ -230,6 +243,33 @@ impl DaemonApi for Shared {
             .map_err(|_| ApiError::Unavailable("the daemon is stopping".into()))?;
         rx.await
             .map_err(|_| ApiError::Unavailable("the daemon is stopping".into()))?
+    }
+
+    async fn propose(
+        &self,
+        caller: Caller,
+        r: crate::api::pb::ProposeRequest,
+    ) -> Result<crate::api::pb::Proposal, ApiError> {
+        let who = self.proposer(&caller)?;
+        super::propose_api::propose(self.proposals(), who, r).await
+    }
+
+    async fn get_proposal(
+        &self,
+        caller: Caller,
+        id: u64,
+        wait_ms: u64,
+    ) -> Result<crate::api::pb::Proposal, ApiError> {
+        let who = self.proposer(&caller)?;
+        super::propose_api::get(self.proposals(), who, id, wait_ms).await
+    }
+
+    async fn list_proposals(
+        &self,
+        caller: Caller,
+    ) -> Result<Vec<crate::api::pb::Proposal>, ApiError> {
+        let who = self.proposer(&caller)?;
+        super::propose_api::list(self.proposals(), who)
     }
 
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {
