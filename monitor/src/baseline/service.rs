@@ -107,6 +107,11 @@ impl BaselineService {
     /// Every difference under `paths` (all roots when empty), attributed.
     pub fn drift(&self, paths: &[Vec<u8>]) -> Result<Vec<Item>, BaselineError> {
         let mut items = drift::compare(&self.baseline, paths, &self.masker, self.max_file_bytes)?;
+        if items.is_empty() {
+            // Nothing to attribute: the ledger and the events file are not read (the
+            // periodic check of an undrifted tree costs the tree's walk only).
+            return Ok(items);
+        }
         let ledger: Vec<crate::ledger::LedgerRecord> =
             crate::ledger::read_lenient(&self.ledger_path, None)
                 .map(|o| o.records.into_iter().map(|(_, r)| r).collect())

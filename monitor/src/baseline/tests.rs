@@ -177,32 +177,3 @@ fn accept_moves_the_baseline_and_a_damaged_object_is_an_error() {
         Err(BaselineError::NotInScope(_))
     ));
 }
-
-#[test]
-#[ignore = "measures the baseline of this host's /etc (run with --ignored --nocapture)"]
-fn timing_of_the_baseline_of_etc() {
-    let d = tempfile::tempdir().unwrap();
-    let limits = Limits {
-        max_file_bytes: 1 << 20,
-        max_total_bytes: 256 << 20,
-    };
-    let b = Baseline::open(d.path(), vec![PathBuf::from("/etc")], limits).unwrap();
-    let t = b.take_initial().unwrap().unwrap();
-    let on_disk: u64 = b
-        .entries_under(b"/etc")
-        .unwrap()
-        .iter()
-        .filter(|(_, e)| e.stored)
-        .map(|(_, e)| e.sha256.clone())
-        .collect::<std::collections::HashSet<_>>()
-        .iter()
-        .map(|s| std::fs::metadata(b.object_path(s)).map_or(0, |m| m.len()))
-        .sum();
-    let s = std::time::Instant::now();
-    let items = drift::compare(&b, &[], &masker(), 1 << 20).unwrap();
-    eprintln!(
-        "/etc: {t:?}, {on_disk} bytes compressed on disk; drift: {} items in {:?}",
-        items.len(),
-        s.elapsed()
-    );
-}
