@@ -30,6 +30,8 @@ counters! {
     events_emitted: "events written to the outputs",
     sink_errors: "failed writes to the events file (the event still went to stdout/subscribers)",
     subscriber_lag: "events skipped by slow gRPC subscribers",
+    audit_events_queued: "ledger records queued for the outputs as audit events",
+    audit_events_dropped: "ledger records that did not become audit events (queue full; the ledger has them)",
     sessions_detected: "sessions created by detection rules",
     session_tag_errors: "failures to tag a process into a session in the kernel map",
     correlated_merged: "fanotify observations merged into an eBPF event (source: both)",

@@ -154,6 +154,7 @@ impl GateRuntime {
         kernel: &Mutex<Kernel>,
         oracle: Arc<dyn SessionOracle>,
         confined: ConfinedSessions,
+        audit: crate::ledger::Tap,
     ) -> anyhow::Result<GateRuntime> {
         let ConfinedSessions {
             supervisors,
@@ -164,6 +165,8 @@ impl GateRuntime {
         let ledger_path = ledger::default_path(&cfg.daemon.state_dir);
         let ledger = SharedLedger::open(&ledger_path)
             .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+        // Every record from here on is also an audit event in the outputs.
+        ledger.set_tap(audit).context("the ledger's audit tap")?;
         if let Err(e) = ledger
             .append_async(
                 "daemon_started",
