@@ -102,6 +102,10 @@ impl Consumer for Counted {
         Metrics::inc(&self.0.events_emitted);
         crate::prom::histograms::observe_event_delay(event.time_ns);
     }
+
+    fn on_audit(&mut self, _event: &AuditEvent) {
+        Metrics::inc(&self.0.events_emitted);
+    }
 }
 
 /// The gate: marks new directories in gated trees and learns of closes after writing
