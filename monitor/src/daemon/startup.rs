@@ -408,11 +408,11 @@ async fn start_gate(
             shared.registry.clone(),
             &shared.kernel,
             oracle,
-            gate::ConfinedSessions {
+            gate::Attached {
                 supervisors: shared.supervisors.clone(),
                 resuming,
+                audit: audit.tap(),
             },
-            audit.tap(),
         )
         .await?;
         let _ = shared.gate.set(Arc::new(g));

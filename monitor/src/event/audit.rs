@@ -121,7 +121,7 @@ impl AuditQueue {
                 let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 // The first drop and then one line per 1000: a stuck loop must not flood
                 // the log from under the ledger's lock.
-                if n == 1 || n % 1000 == 0 {
+                if n == 1 || n.is_multiple_of(1000) {
                     let why = match e {
                         mpsc::error::TrySendError::Full(_) => "the queue is full",
                         mpsc::error::TrySendError::Closed(_) => "the event loop is gone",
