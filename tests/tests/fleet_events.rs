@@ -63,7 +63,7 @@ fn gate_outcomes_are_audit_events_and_every_event_names_its_host() {
     if !require_root("gate_outcomes_are_audit_events_and_every_event_names_its_host") {
         return;
     }
-    let g = gate("");
+    let mut g = gate("");
     denied_write(&g);
     let path = g.d.w("notes.conf");
     g.d.wait_for("the session's write of notes.conf", |ev| {
@@ -97,12 +97,19 @@ fn gate_outcomes_are_audit_events_and_every_event_names_its_host() {
     for k in ["daemon_started", "request", "decision"] {
         assert!(kinds.contains(&k), "{k} in {kinds:?}");
     }
-    assert_eq!(
-        g.stat("events_emitted") as usize,
-        g.d.all_events().len(),
-        "every line counted"
-    );
+    // Every line is counted (the counter moves just before its line is flushed).
+    poll("events_emitted = lines", Duration::from_secs(10), || {
+        (g.stat("events_emitted") as usize == g.d.all_events().len()).then_some(())
+    });
     assert_eq!(g.stat("audit_events_dropped"), 0);
+    // The last record, written as the daemon stops, is still written out.
+    g.d.shut_down();
+    let last = g.d.audit_events().pop().expect("audit events");
+    assert_eq!(last["kind"], "daemon_stopped", "{last}");
+    assert_eq!(
+        g.ledger().last().map(|r| r["hash"].clone()),
+        Some(last["ledger"]["hash"].clone())
+    );
 }
 
 #[test]
@@ -113,14 +120,21 @@ fn ocsf_output_holds_file_activities_and_base_events() {
     let g = gate("format = \"ocsf\"\n");
     denied_write(&g);
     let path = g.d.w("notes.conf");
+    // The session's write and the decision (written out after its ledger record).
     let lines = poll(
-        "the open of app.conf in OCSF",
+        "the session's write and the decision in OCSF",
         Duration::from_secs(10),
         || {
             let all = g.d.all_events();
-            all.iter()
-                .any(|e| e["class_uid"] == 1001 && e["file"]["path"] == path)
-                .then_some(all)
+            let write = all.iter().any(|e| {
+                e["class_uid"] == 1001
+                    && e["file"]["path"] == path
+                    && e["actor"]["session"].is_object()
+            });
+            let decision = all
+                .iter()
+                .any(|e| e["class_uid"] == 0 && e["activity_name"] == "decision");
+            (write && decision).then_some(all)
         },
     );
     let mut classes = std::collections::BTreeSet::new();

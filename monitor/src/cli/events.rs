@@ -78,7 +78,8 @@ pub struct Filters {
     #[arg(long, value_name = "GLOB")]
     pub path: Vec<String>,
     /// Only events of this kind (open_write, create, write, rename, unlink, truncate,
-    /// chmod, chown, link, symlink, mkdir); repeatable.
+    /// chmod, chown, link, symlink, mkdir; or a ledger record's: request, decision, grant,
+    /// grant_ended, drift_detected, ...); repeatable.
     #[arg(long, value_delimiter = ',', value_name = "KIND")]
     pub kind: Vec<String>,
 }

@@ -325,6 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn audit_line_for_people_is_one_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = crate::ledger::Ledger::open(&dir.path().join("l.jsonl")).expect("ledger");
+        let rec = l
+            .append(
+                "decision",
+                serde_json::json!({"path": "/etc/a\nFAKE", "session": 3}),
+            )
+            .expect("append");
+        let line = human_audit(&AuditEvent::from_record(&rec));
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.ends_with(" audit decision /etc/a\\nFAKE session=#3 (ledger #1)"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn json_line_round_trips_odd_bytes() {
         let e = event("/etc/a\nb\\xff");
         let line = serde_json::to_string(&e).expect("serialize");
