@@ -27,7 +27,7 @@ counters! {
     fanotify_events: "fanotify events read",
     fanotify_overflows: "fanotify queue overflows (events lost in the kernel queue)",
     fanotify_unresolved: "fanotify file handles that could not be resolved to a path",
-    events_emitted: "events written to the outputs",
+    events_emitted: "events written to the outputs (file operations, and ledger records as audit events)",
     sink_errors: "failed writes to the events file (the event still went to stdout/subscribers)",
     subscriber_lag: "events skipped by slow gRPC subscribers",
     audit_events_queued: "ledger records queued for the outputs as audit events",
