@@ -128,6 +128,8 @@ pub struct DaemonOptions {
     /// More TOML, made from the scratch directory (the watched tree is `<dir>/watched`):
     /// for sections that name paths inside it.
     pub toml_for_dir: Option<TomlForDir>,
+    /// More keys of `[output]` (e.g. `format = "ocsf"`).
+    pub output_toml: String,
 }
 
 /// Makes TOML from the daemon's scratch directory.
@@ -142,6 +144,7 @@ impl Default for DaemonOptions {
             project_roots: Vec::new(),
             ringbuf_bytes: 4 << 20,
             toml_for_dir: None,
+            output_toml: String::new(),
         }
     }
 }
@@ -186,7 +189,7 @@ impl Daemon {
             .collect();
         let config = root.join("config.toml");
         let toml = format!(
-            "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\nsupervise_socket = {supervise:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n\n\
+            "{top}[daemon]\nsocket = {socket:?}\nstate_dir = {state:?}\nsupervise_socket = {supervise:?}\n\n[output]\nevents_file = {events:?}\nstdout = \"off\"\nstats_interval_secs = 1\n{output}\n\
              [kernel]\npath_filter = {pf}\nringbuf_bytes = {rb}\n\n[watch]\npaths = [{paths}]\nproject_roots = [{roots}]\n\n[correlation]\nwindow_ms = {CORRELATION_WINDOW_MS}\n\n{extra}\n",
             socket = socket.display().to_string(),
             state = root.join("state").display().to_string(),
@@ -208,6 +211,7 @@ impl Daemon {
                 ""
             },
             extra = opts.extra_toml,
+            output = opts.output_toml,
         );
         let for_dir = opts
             .toml_for_dir
@@ -410,6 +414,22 @@ impl Daemon {
 
     /// All events written so far.
     pub fn events(&self) -> Vec<Value> {
+        self.all_events()
+            .into_iter()
+            .filter(|e| e["class"] != "audit")
+            .collect()
+    }
+
+    /// The ledger records' events (`class: "audit"`) in the events file.
+    pub fn audit_events(&self) -> Vec<Value> {
+        self.all_events()
+            .into_iter()
+            .filter(|e| e["class"] == "audit")
+            .collect()
+    }
+
+    /// Every line of the events file, parsed (any line that is not JSON fails the test).
+    pub fn all_events(&self) -> Vec<Value> {
         let Ok(text) = std::fs::read(&self.events_file) else {
             return Vec::new();
         };

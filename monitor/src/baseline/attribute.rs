@@ -79,6 +79,25 @@ fn ms_of(time: &str) -> Option<i64> {
         .map(|d| d.as_millis() as i64)
 }
 
+/// The fields attribution reads, from an OCSF File System Activity written by
+/// `event::ocsf` (what OCSF has no place for is under `unmapped.confgate`).
+fn from_ocsf(v: &Value) -> Value {
+    let c = &v["unmapped"]["confgate"];
+    let p = &v["actor"]["process"];
+    let argv: Vec<&str> = p["cmd_line"].as_str().map(|l| vec![l]).unwrap_or_default();
+    serde_json::json!({
+        "time": c["time"],
+        "result": c["result"],
+        "path": v["file"]["path"],
+        "target": c["target"],
+        "argv": argv,
+        "comm": p["name"],
+        "pid": p["pid"],
+        "uid": p["user"]["uid"].as_str().and_then(|u| u.parse::<u32>().ok()),
+        "session": c["session"],
+    })
+}
+
 impl History {
     /// Reads the end of the events file (at most [`MAX_EVENTS_BYTES`]) and the ledger's
     /// records.
@@ -140,6 +159,13 @@ impl History {
         for line in buf.split(|&b| b == b'\n') {
             let Ok(v) = serde_json::from_slice::<Value>(line) else {
                 continue;
+            };
+            // Only file operations (a ledger record's event is an `audit` event, or an
+            // OCSF Base Event); OCSF lines (`output.format = "ocsf"`) read as confgate's.
+            let v = match (v.get("class_uid"), v["class"].as_str()) {
+                (Some(c), _) if c == 1001 => from_ocsf(&v),
+                (Some(_), _) | (None, Some("audit")) => continue,
+                (None, _) => v,
             };
             let Some(ms) = v["time"].as_str().and_then(ms_of) else {
                 continue;
@@ -217,5 +243,79 @@ impl History {
             }
         }
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, FileClass, Kind, SCHEMA_VERSION, SessionRef, Source};
+
+    fn event(path: &str) -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            class: FileClass,
+            time: "2026-12-07T10:00:00.000000001Z".into(),
+            time_ns: 1_796_637_600_000_000_001,
+            id: "1-1".into(),
+            host: "h",
+            boot_id: "b",
+            kind: Kind::Write,
+            path: path.into(),
+            target: None,
+            result: Some(5),
+            pid: 42,
+            tid: 42,
+            ppid: None,
+            uid: Some(1000),
+            comm: "sed".into(),
+            exe: None,
+            argv: vec!["sed".into(), "-i".into()].into(),
+            cwd: None,
+            ancestors: Vec::new().into(),
+            session: Some(
+                SessionRef {
+                    id: 9,
+                    agent: "claude".into(),
+                    reason: None,
+                    root_pid: 42,
+                }
+                .into(),
+            ),
+            source: Source::Ebpf,
+            details: None,
+        }
+    }
+
+    /// Attribution reads confgate and OCSF lines alike, and no ledger record's event.
+    #[test]
+    fn attribution_reads_both_formats_and_skips_audit_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ledger = crate::ledger::Ledger::open(&dir.path().join("l.jsonl")).expect("ledger");
+        let rec = ledger
+            .append("drift_detected", serde_json::json!({"path": "/etc/b"}))
+            .expect("append");
+        let audit = crate::event::audit::AuditEvent::from_record(&rec);
+        let lines = [
+            serde_json::to_string(&event("/etc/a")).expect("json"),
+            crate::event::ocsf::file_activity(&event("/etc/b")).to_string(),
+            serde_json::to_string(&audit).expect("json"),
+            crate::event::ocsf::audit_event(&audit).to_string(),
+        ];
+        let file = dir.path().join("events.ndjson");
+        std::fs::write(&file, lines.join("\n")).expect("write");
+        let h = History::load(&file, &[]);
+        for path in ["/etc/a", "/etc/b"] {
+            let a = h.attribute(path, 0, Some(1_796_637_600_000));
+            assert_eq!(a.by, "session", "{path}");
+            assert_eq!(a.session, Some(9));
+            assert_eq!(a.agent.as_deref(), Some("claude"));
+            assert_eq!(a.command.as_deref(), Some("sed -i"));
+            assert_eq!(a.pid, Some(42));
+            assert_eq!(a.uid, Some(1000));
+            assert_eq!(a.time.as_deref(), Some("2026-12-07T10:00:00.000000001Z"));
+        }
+        // The drift's own event (later, path /etc/b) did not replace the write.
+        assert_eq!(h.events.len(), 2);
     }
 }

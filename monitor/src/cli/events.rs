@@ -30,6 +30,30 @@ pub const KINDS: &[&str] = &[
     "mkdir",
 ];
 
+/// Kinds of the ledger records most asked for as `audit` events (any ledger kind may
+/// appear in the stream; these are the gate's outcomes).
+pub const AUDIT_KINDS: &[&str] = &[
+    "request",
+    "decision",
+    "grant",
+    "grant_ended",
+    "change",
+    "change_flagged",
+    "reverted",
+    "revert_failed",
+    "unapproved_rename",
+    "denied_by_policy",
+    "denied_builtin",
+    "request_rejected",
+    "fallback_verdict",
+    "hold_lost",
+    "baseline_moved",
+    "baseline_revert",
+    "drift_detected",
+    "daemon_started",
+    "daemon_stopped",
+];
+
 /// How events are printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -54,7 +78,8 @@ pub struct Filters {
     #[arg(long, value_name = "GLOB")]
     pub path: Vec<String>,
     /// Only events of this kind (open_write, create, write, rename, unlink, truncate,
-    /// chmod, chown, link, symlink, mkdir); repeatable.
+    /// chmod, chown, link, symlink, mkdir; or a ledger record's: request, decision, grant,
+    /// grant_ended, drift_detected, ...); repeatable.
     #[arg(long, value_delimiter = ',', value_name = "KIND")]
     pub kind: Vec<String>,
 }
@@ -72,10 +97,11 @@ impl Matcher {
     /// Checks the filters: an unknown kind or a bad glob is an error naming it.
     pub fn new(f: &Filters) -> anyhow::Result<Matcher> {
         for k in &f.kind {
-            if !KINDS.contains(&k.as_str()) {
+            if !KINDS.contains(&k.as_str()) && !AUDIT_KINDS.contains(&k.as_str()) {
                 anyhow::bail!(
-                    "--kind {k:?}: not an event kind (one of {})",
-                    KINDS.join(", ")
+                    "--kind {k:?}: not an event kind (one of {}; or a ledger record's: {})",
+                    KINDS.join(", "),
+                    AUDIT_KINDS.join(", ")
                 );
             }
         }
@@ -109,26 +135,36 @@ impl Matcher {
     /// Whether event `e` passes every filter.
     pub fn matches(&self, e: &Value) -> bool {
         let s = |v: &Value| v.as_str().map(str::to_owned);
+        // A ledger record's event: its body names the path and the session (an id, or
+        // an object with `id` and `agent`).
+        let audit = e["class"] == "audit";
+        let body_session = |k: &str| -> Value {
+            let s = &e["body"]["session"];
+            match k {
+                "id" => s.as_u64().map_or_else(|| s["id"].clone(), Value::from),
+                _ => s[k].clone(),
+            }
+        };
+        let (agent, session_id) = if audit {
+            (body_session("agent"), body_session("id"))
+        } else {
+            (e["session"]["agent"].clone(), e["session"]["id"].clone())
+        };
         if !self.kinds.is_empty() && !self.kinds.iter().any(|k| e["kind"] == k.as_str()) {
             return false;
         }
-        if !self.agents.is_empty()
-            && !self
-                .agents
-                .iter()
-                .any(|a| e["session"]["agent"] == a.as_str())
-        {
+        if !self.agents.is_empty() && !self.agents.iter().any(|a| agent == a.as_str()) {
             return false;
         }
         if !self.sessions.is_empty()
-            && !e["session"]["id"]
+            && !session_id
                 .as_u64()
                 .is_some_and(|id| self.sessions.contains(&id))
         {
             return false;
         }
         if let Some(globs) = &self.paths {
-            let hit = [s(&e["path"]), s(&e["target"])]
+            let hit = [s(&e["path"]), s(&e["target"]), s(&e["body"]["path"])]
                 .into_iter()
                 .flatten()
                 .any(|p| globs.is_match(&p));
@@ -144,6 +180,19 @@ impl Matcher {
 /// uid=UID[ session=AGENT#ID] (SOURCE)`, every name made safe for a terminal.
 pub fn compact(e: &Value) -> String {
     let text = |v: &Value| for_terminal(v.as_str().unwrap_or("?").as_bytes());
+    if e["class"] == "audit" {
+        // `TIME KIND PATH (ledger #SEQ)`: a ledger record.
+        let path = e["body"]["path"]
+            .as_str()
+            .map(|p| format!(" {}", for_terminal(p.as_bytes())))
+            .unwrap_or_default();
+        return format!(
+            "{} {:<10}{path} (ledger #{})",
+            text(&e["time"]),
+            text(&e["kind"]),
+            e["ledger"]["seq"].as_u64().unwrap_or(0)
+        );
+    }
     let target = e["target"]
         .as_str()
         .map(|t| format!(" -> {}", for_terminal(t.as_bytes())))
@@ -249,6 +298,26 @@ mod tests {
         let outside = json!({"kind":"write","path":"/etc/a","session":null});
         assert!(!m(f(&["claude"], &[], &[], &[])).matches(&outside));
         assert!(!m(f(&[], &[3], &[], &[])).matches(&outside));
+    }
+
+    #[test]
+    fn ledger_records_match_on_their_body_and_print_compactly() {
+        let a = json!({"v":2,"class":"audit","time":"2026-12-07T12:00:00.001Z","kind":"decision",
+                       "ledger":{"seq":12,"hash":"ab"},
+                       "body":{"path":"/etc/app\u{1b}.conf","session":3,"verdict":"deny"}});
+        let f = |session: &[u64], path: &[&str], kind: &[&str]| Filters {
+            session: session.to_vec(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+            kind: kind.iter().map(|s| s.to_string()).collect(),
+            ..Filters::default()
+        };
+        assert!(m(f(&[3], &["/etc/**"], &["decision"])).matches(&a));
+        assert!(!m(f(&[4], &[], &[])).matches(&a));
+        assert!(!m(f(&[], &[], &["request"])).matches(&a));
+        assert_eq!(
+            compact(&a),
+            "2026-12-07T12:00:00.001Z decision   /etc/app\\u{1b}.conf (ledger #12)"
+        );
     }
 
     #[test]

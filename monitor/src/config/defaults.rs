@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::client;
 use super::schema::{
     ApprovalMode, ApprovalSection, BaselineSection, Config, CorrelationSection, DaemonSection,
-    DetectRule, DriftSection, KernelSection, OutputSection, StdoutMode, WatchSection,
+    DetectRule, DriftSection, KernelSection, OutputFormat, OutputSection, StdoutMode, WatchSection,
 };
 use crate::policy::GateConfig;
 
@@ -27,6 +27,7 @@ impl Default for OutputSection {
             events_file: PathBuf::from("/var/log/confgate/events.ndjson"),
             stdout: StdoutMode::Auto,
             stats_interval_secs: 60,
+            format: OutputFormat::Confgate,
         }
     }
 }

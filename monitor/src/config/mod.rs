@@ -25,7 +25,7 @@ pub mod watch;
 pub use defaults::default_detect_rules;
 pub use schema::{
     ApprovalMode, ApprovalSection, BaselineSection, Config, CorrelationSection, DaemonSection,
-    DetectRule, DriftSection, KernelSection, OutputSection, StdoutMode, WatchSection,
+    DetectRule, DriftSection, KernelSection, OutputFormat, OutputSection, StdoutMode, WatchSection,
 };
 pub(crate) use toml_check::{Checker, decode_text, parse_checked, read_text};
 pub use toml_check::{ConfigError, line_column};

@@ -79,6 +79,21 @@ pub struct OutputSection {
     pub stdout: StdoutMode,
     /// Seconds between counter lines in the log; 0 turns them off. Default 60.
     pub stats_interval_secs: u64,
+    /// Format of the events file and of stdout's JSON lines. Default `confgate`.
+    pub format: OutputFormat,
+}
+
+/// Format of the events written to the events file and stdout (the gRPC stream
+/// `confgate events` reads is always `confgate`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// The event schema of the README ("Event schema").
+    #[default]
+    Confgate,
+    /// OCSF 1.x: File System Activity (1001) for file operations, Base Event for ledger
+    /// records (see `event::ocsf`).
+    Ocsf,
 }
 
 /// Format of the daemon's stdout.

@@ -7,7 +7,12 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::GateRuntime;
-use crate::{event::Event, metrics::Metrics, notify::FanEvent, observe::sink::Sink};
+use crate::{
+    event::{Event, audit::AuditEvent},
+    metrics::Metrics,
+    notify::FanEvent,
+    observe::sink::Sink,
+};
 
 /// One consumer of the pipeline's output.
 pub(super) trait Consumer {
@@ -17,6 +22,9 @@ pub(super) trait Consumer {
 
     /// An attributed event.
     fn on_event(&mut self, event: &Event);
+
+    /// A ledger record's event (written out at once).
+    fn on_audit(&mut self, _event: &AuditEvent) {}
 
     /// The flush that emitted the events before it is over.
     fn flushed(&mut self) {}
@@ -50,6 +58,12 @@ impl Consumers {
     pub(super) fn on_event(&mut self, event: &Event) {
         for c in &mut self.0 {
             c.on_event(event);
+        }
+    }
+
+    pub(super) fn on_audit(&mut self, event: &AuditEvent) {
+        for c in &mut self.0 {
+            c.on_audit(event);
         }
     }
 
@@ -88,6 +102,10 @@ impl Consumer for Counted {
         Metrics::inc(&self.0.events_emitted);
         crate::prom::histograms::observe_event_delay(event.time_ns);
     }
+
+    fn on_audit(&mut self, _event: &AuditEvent) {
+        Metrics::inc(&self.0.events_emitted);
+    }
 }
 
 /// The gate: marks new directories in gated trees and learns of closes after writing
@@ -116,6 +134,14 @@ impl Consumer for Output {
         if let Err(e) = self.sink.emit(event) {
             Metrics::inc(&self.metrics.sink_errors);
             warn!(error = %e, "event not written to the events file");
+        }
+    }
+
+    fn on_audit(&mut self, event: &AuditEvent) {
+        let written = self.sink.emit_audit(event).and_then(|()| self.sink.flush());
+        if let Err(e) = written {
+            Metrics::inc(&self.metrics.sink_errors);
+            warn!(error = %e, kind = %event.kind, "audit event not written to the events file");
         }
     }
 

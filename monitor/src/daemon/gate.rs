@@ -163,11 +163,13 @@ fn notice_url(cfg: &Config, local: Option<&ServiceConfig>) -> Option<String> {
         .or_else(|| local.and_then(|sc| sc.http.base_url()))
 }
 
-/// The gate's part in confined sessions: their supervisors, and the sessions whose
-/// listeners the service manager passed back (their holds resume).
-pub struct ConfinedSessions {
+/// What the gate is attached to outside itself: confined sessions' supervisors, the
+/// sessions whose listeners the service manager passed back (their holds resume), and the
+/// outputs, which get each ledger record as an audit event.
+pub struct Attached {
     pub supervisors: Arc<Supervisors>,
     pub resuming: std::collections::HashSet<u64>,
+    pub audit: crate::ledger::Tap,
 }
 
 impl GateRuntime {
@@ -180,17 +182,20 @@ impl GateRuntime {
         sessions: SessionRegistry,
         kernel: &Mutex<Kernel>,
         oracle: Arc<dyn SessionOracle>,
-        confined: ConfinedSessions,
+        attached: Attached,
     ) -> anyhow::Result<GateRuntime> {
-        let ConfinedSessions {
+        let Attached {
             supervisors,
             resuming,
-        } = confined;
+            audit,
+        } = attached;
         let host = oracle.host();
         let oracle_key = oracle.attestation_key();
         let ledger_path = ledger::default_path(&cfg.daemon.state_dir);
         let ledger = SharedLedger::open(&ledger_path)
             .with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+        // Every record from here on is also an audit event in the outputs.
+        ledger.set_tap(audit).context("the ledger's audit tap")?;
         if let Err(e) = ledger
             .append_async(
                 "daemon_started",

@@ -53,6 +53,7 @@ const RESTART_ONLY: &[&str] = &[
     "correlation",
     "approval",
     "output.stdout",
+    "output.format",
     "output.stats_interval_secs",
     "watch.rename_sources",
     "gate.enabled",

@@ -42,6 +42,8 @@ pub(super) struct Runtime {
     pub(super) stats_tick: tokio::time::Interval,
     pub(super) signals: Signals,
     pub(super) server: Server,
+    /// Ledger records on their way to the outputs (see `event::audit`).
+    pub(super) audit: tokio::sync::mpsc::Receiver<crate::event::audit::AuditEvent>,
     /// Operations confined sessions' supervisors answered themselves.
     pub(super) supervised: tokio::sync::mpsc::Receiver<crate::observe::supervised::Supervised>,
     /// The systemd watchdog's questions to this loop, and the task that asks them.
@@ -104,6 +106,7 @@ impl Runtime {
                     self.core.cadence.activity(Instant::now());
                 }
                 batch = self.core.fan.next_batch() => self.core.on_fanotify(batch),
+                Some(a) = self.audit.recv() => self.core.consumers.on_audit(&a),
                 Some(op) = self.supervised.recv() => {
                     self.core.pipeline.on_supervised(op);
                     self.core.cadence.activity(Instant::now());
@@ -146,6 +149,7 @@ impl Runtime {
             server,
             watchdog,
             metrics_endpoint,
+            mut audit,
             ..
         } = self;
         drop(metrics_endpoint);
@@ -164,11 +168,15 @@ impl Runtime {
         ) {
             core.consumers.on_final_event(&event);
         }
-        core.consumers.close();
         let _ = core.shared.registry.flush();
         if let Some(g) = &core.gate {
             g.stop().await;
         }
+        // The ledger's last records (`daemon_stopped` among them) before the outputs close.
+        while let Ok(a) = audit.try_recv() {
+            core.consumers.on_audit(&a);
+        }
+        core.consumers.close();
         let _ = server.stop.send(());
         let _ = server.task.await;
     }

@@ -36,6 +36,8 @@ pub(super) struct Shared {
     pub(super) state_dir: std::path::PathBuf,
     /// Reloads asked over the API, for the event loop.
     pub(super) reloads: tokio::sync::mpsc::Sender<ReloadAsk>,
+    /// Ledger records queued and dropped on their way to the outputs.
+    pub(super) audit: Arc<crate::event::audit::AuditCounters>,
 }
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -288,6 +290,13 @@ impl DaemonApi for Shared {
             .collect();
         self.metrics.subscriber_lag.store(
             crate::api::server::subscriber_lagged_total(),
+            Ordering::Relaxed,
+        );
+        let m = &self.metrics;
+        m.audit_events_queued
+            .store(self.audit.queued.load(Ordering::Relaxed), Ordering::Relaxed);
+        m.audit_events_dropped.store(
+            self.audit.dropped.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
         out.extend(

@@ -26,6 +26,7 @@ use super::{
 use crate::{
     api::server::DaemonApi,
     config::{ApprovalMode, Config, watch::WatchSet},
+    event::audit::AuditQueue,
     gate::session::{handoff, resume},
     kernel::{AttachReport, Kernel, KernelSettings},
     metrics::Metrics,
@@ -73,13 +74,27 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     let fan = watch_files(&cfg, &mut pipeline)?;
 
     let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-    let sink = Sink::open(&cfg.output.events_file, cfg.output.stdout, tx.clone())
-        .context("events output")?;
+    let sink = Sink::open(
+        &cfg.output.events_file,
+        cfg.output.stdout,
+        cfg.output.format,
+        tx.clone(),
+    )
+    .context("events output")?;
     let (reloads_tx, reloads) = tokio::sync::mpsc::channel(RELOAD_QUEUE);
-    let shared = Arc::new(shared(&cfg, kernel, registry, &metrics, tx, reloads_tx)?);
+    // Ledger records on their way to the outputs (see event::audit).
+    let (audit_queue, audit) = AuditQueue::new(crate::event::audit::QUEUE);
+    let shared = Arc::new(shared(
+        &cfg,
+        kernel,
+        registry,
+        &metrics,
+        (tx, audit_queue.counters()),
+        reloads_tx,
+    )?);
     restore_sessions(&shared, &mut pipeline);
     let resuming = passed_back.listeners.iter().map(|(s, _)| *s).collect();
-    let gate = start_gate(&cfg, policy, &store, &shared, resuming).await?;
+    let gate = start_gate(&cfg, policy, &store, &shared, resuming, audit_queue).await?;
     let sd = SdNotify::new(metrics.clone(), store.clone());
     let (resumed, holds) = attach_restored(&shared, &store, passed_back);
     if let Some(g) = &gate {
@@ -142,6 +157,7 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     }
     Ok(Runtime {
         ring,
+        audit,
         supervised,
         core: Core::new(shared, pipeline, fan, consumers, gate, cadence, sd),
         stats_every,
@@ -306,10 +322,14 @@ fn shared(
     kernel: Kernel,
     registry: SessionRegistry,
     metrics: &Arc<Metrics>,
-    tx: broadcast::Sender<Arc<str>>,
+    (tx, audit): (
+        broadcast::Sender<Arc<str>>,
+        Arc<crate::event::audit::AuditCounters>,
+    ),
     reloads: tokio::sync::mpsc::Sender<super::shared::ReloadAsk>,
 ) -> anyhow::Result<Shared> {
     Ok(Shared {
+        audit,
         supervisors: Arc::new(crate::gate::session::Supervisors::default()),
         state_dir: cfg.daemon.state_dir.clone(),
         reloads,
@@ -377,6 +397,7 @@ async fn start_gate(
     store: &Store,
     shared: &Arc<Shared>,
     resuming: std::collections::HashSet<u64>,
+    audit: AuditQueue,
 ) -> anyhow::Result<Option<Arc<GateRuntime>>> {
     if let Some(policy) = policy {
         let oracle: Arc<dyn crate::approver::SessionOracle> = shared.clone();
@@ -387,9 +408,10 @@ async fn start_gate(
             shared.registry.clone(),
             &shared.kernel,
             oracle,
-            gate::ConfinedSessions {
+            gate::Attached {
                 supervisors: shared.supervisors.clone(),
                 resuming,
+                audit: audit.tap(),
             },
         )
         .await?;

@@ -1,15 +1,29 @@
 //! The event contract (schema version [`SCHEMA_VERSION`]): one JSON object per operation,
 //! written as NDJSON. External consumers depend on it: change it only by adding fields,
 //! or by bumping the version.
+pub mod audit;
 pub mod escape;
 pub mod excerpt;
+pub mod ocsf;
+pub mod origin;
 
 use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `class`, `host` and `boot_id` on every event; ledger records as `audit` events.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The `class` of a file operation's event: `"file"` (a ledger record's is `"audit"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileClass;
+
+impl Serialize for FileClass {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("file")
+    }
+}
 
 /// What happened to `path`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -136,6 +150,8 @@ pub struct SessionRef {
 pub struct Event {
     /// Schema version of this object.
     pub v: u32,
+    /// Always `"file"` (ledger records are [`audit::AuditEvent`]s, class `"audit"`).
+    pub class: FileClass,
     /// RFC 3339 UTC with nanoseconds.
     pub time: String,
     /// `time` as nanoseconds since the Unix epoch (not serialized: for the pipeline delay
@@ -144,6 +160,9 @@ pub struct Event {
     pub time_ns: i128,
     /// Unique event id.
     pub id: String,
+    /// This host's name and boot id ([`origin::origin`]).
+    pub host: &'static str,
+    pub boot_id: &'static str,
     pub kind: Kind,
     /// Canonical absolute path of the object.
     pub path: String,

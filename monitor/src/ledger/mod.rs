@@ -20,6 +20,7 @@ pub mod canonical;
 mod read;
 mod record;
 mod restart;
+mod tap;
 mod verify;
 
 #[cfg(test)]
@@ -38,6 +39,7 @@ use serde_json::{Value, json};
 
 pub use read::{ReadOutcome, SkippedLine, read, read_lenient};
 pub use record::{GENESIS_PREV, LedgerRecord, format_time, parse_time};
+pub use tap::Tap;
 pub use verify::{Anchor, Head, Problem, VerifyReport, verify, verify_anchored};
 
 /// Longest record line accepted by [`Ledger::append`], newline included. Callers with
@@ -178,6 +180,8 @@ pub struct Ledger {
     len: u64,
     poisoned: bool,
     counters: Arc<LedgerCounters>,
+    /// Called with each record appended (see [`Tap`]).
+    tap: Option<Tap>,
 }
 
 impl Ledger {
@@ -293,6 +297,7 @@ impl Ledger {
             len: tail.complete_end,
             poisoned: false,
             counters,
+            tap: None,
         };
         if let Some(torn) = &tail.torn {
             let cut_sha256 = canonical::sha256_hex(torn);
@@ -337,7 +342,12 @@ impl Ledger {
     pub fn append(&mut self, kind: &str, body: Value) -> Result<LedgerRecord, LedgerError> {
         let result = self.try_append(kind, body);
         match &result {
-            Ok(_) => self.counters.appended.fetch_add(1, Ordering::Relaxed),
+            Ok(record) => {
+                if let Some(tap) = &self.tap {
+                    tap.call(record);
+                }
+                self.counters.appended.fetch_add(1, Ordering::Relaxed)
+            }
             Err(e) => {
                 tracing::error!(path = %self.path.display(), kind, error = %e, "ledger append failed");
                 self.counters.append_failed.fetch_add(1, Ordering::Relaxed)
@@ -404,6 +414,11 @@ impl Ledger {
         Ok(record)
     }
 
+    /// From now on `tap` is called with each record appended.
+    pub fn set_tap(&mut self, tap: Tap) {
+        self.tap = Some(tap);
+    }
+
     /// Seq and hash of the last record (0 and 64 zeros when empty).
     pub fn head(&self) -> (u64, &str) {
         (self.seq, &self.prev)
@@ -452,6 +467,16 @@ impl SharedLedger {
             .lock()
             .map_err(|_| LedgerError::Shared("a thread panicked while appending".into()))?;
         ledger.append(kind, body)
+    }
+
+    /// [`Ledger::set_tap`] on the shared ledger.
+    pub fn set_tap(&self, tap: Tap) -> Result<(), LedgerError> {
+        let mut ledger = self
+            .inner
+            .lock()
+            .map_err(|_| LedgerError::Shared("a thread panicked while appending".into()))?;
+        ledger.set_tap(tap);
+        Ok(())
     }
 
     /// [`SharedLedger::append`] on tokio's blocking pool.

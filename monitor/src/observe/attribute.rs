@@ -157,11 +157,15 @@ impl Attributor {
         } else {
             encode(&o.comm)
         };
+        let origin = crate::event::origin::origin();
         Event {
             v: SCHEMA_VERSION,
+            class: crate::event::FileClass,
             time: clock::rfc3339_ns(o.time_ns),
             time_ns: o.time_ns,
             id,
+            host: &origin.host,
+            boot_id: &origin.boot_id,
             kind: o.kind,
             path: encode(&o.path),
             target: o.target.as_deref().map(encode),

@@ -12,9 +12,9 @@ use thiserror::Error;
 use tokio::sync::broadcast;
 
 use crate::{
-    config::StdoutMode,
+    config::{OutputFormat, StdoutMode},
     event::escape,
-    event::{Event, Source},
+    event::{Event, Source, audit::AuditEvent, ocsf},
 };
 
 #[derive(Debug, Error)]
@@ -47,6 +47,10 @@ pub struct Sink {
     tx: broadcast::Sender<Arc<str>>,
     /// The line being written, reused from event to event.
     line: Vec<u8>,
+    /// Format of the file and stdout's JSON (subscribers always get `confgate`).
+    format: OutputFormat,
+    /// The confgate line for subscribers when the file's format is another.
+    confgate_line: Vec<u8>,
 }
 
 impl Sink {
@@ -54,6 +58,7 @@ impl Sink {
     pub fn open(
         path: &Path,
         mode: StdoutMode,
+        format: OutputFormat,
         tx: broadcast::Sender<Arc<str>>,
     ) -> Result<Sink, SinkError> {
         let file = open_file(path)?;
@@ -75,21 +80,40 @@ impl Sink {
             stdout,
             tx,
             line: Vec::new(),
+            format,
+            confgate_line: Vec::new(),
         })
     }
 
     /// Write one event everywhere. An events-file error is returned after the event has
     /// still been delivered to stdout and subscribers.
     pub fn emit(&mut self, event: &Event) -> Result<(), SinkError> {
+        self.write(event, || ocsf::file_activity(event), || human(event))
+    }
+
+    /// Write one ledger record's event everywhere (like [`Sink::emit`]).
+    pub fn emit_audit(&mut self, event: &AuditEvent) -> Result<(), SinkError> {
+        self.write(event, || ocsf::audit_event(event), || human_audit(event))
+    }
+
+    /// `confgate`: `event`'s line; `ocsf`: `as_ocsf()`'s in the file and on stdout, and
+    /// `event`'s to subscribers.
+    fn write<T: serde::Serialize>(
+        &mut self,
+        event: &T,
+        as_ocsf: impl FnOnce() -> serde_json::Value,
+        human: impl FnOnce() -> String,
+    ) -> Result<(), SinkError> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, event)?;
+        match self.format {
+            OutputFormat::Confgate => serde_json::to_writer(&mut self.line, event)?,
+            OutputFormat::Ocsf => serde_json::to_writer(&mut self.line, &as_ocsf())?,
+        }
         self.line.push(b'\n');
         let file_result = self.file.write_all(&self.line);
-        // serde_json writes UTF-8 (checked only when text is needed, never copied for it).
-        let text = || std::str::from_utf8(&self.line[..self.line.len() - 1]).unwrap_or_default();
         let printed = match self.stdout {
-            Stdout::Human => writeln!(std::io::stdout(), "{}", human(event)),
-            Stdout::Json => writeln!(std::io::stdout(), "{}", text()),
+            Stdout::Human => writeln!(std::io::stdout(), "{}", human()),
+            Stdout::Json => std::io::stdout().write_all(&self.line),
             Stdout::Off => Ok(()),
         };
         if let Err(e) = printed {
@@ -100,7 +124,16 @@ impl Sink {
         }
         // No receiver is not an error: nobody is subscribed (then nothing is copied).
         if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::from(text()));
+            let line = match self.format {
+                OutputFormat::Confgate => &self.line,
+                OutputFormat::Ocsf => {
+                    self.confgate_line.clear();
+                    serde_json::to_writer(&mut self.confgate_line, event)?;
+                    self.confgate_line.push(b'\n');
+                    &self.confgate_line
+                }
+            };
+            let _ = self.tx.send(Arc::from(text(line)));
         }
         file_result.map_err(|source| SinkError::Io {
             path: self.path.clone(),
@@ -137,6 +170,11 @@ impl Sink {
     }
 }
 
+/// A line's text without its newline (serde_json writes UTF-8: checked, never copied).
+fn text(line: &[u8]) -> &str {
+    std::str::from_utf8(&line[..line.len().saturating_sub(1)]).unwrap_or_default()
+}
+
 /// Opens (append, mode 0640 when created) the events file `path`, creating its directory
 /// (mode 0750).
 pub fn open_file(path: &Path) -> Result<File, SinkError> {
@@ -170,6 +208,26 @@ fn auto_stdout(terminal: bool, journal: bool) -> Stdout {
         (false, true) => Stdout::Off,
         (false, false) => Stdout::Json,
     }
+}
+
+/// One line for people about a ledger record: time, `audit`, kind, path, ledger seq.
+pub fn human_audit(a: &AuditEvent) -> String {
+    let path = a
+        .path()
+        .map(|p| format!(" {}", escape::for_terminal(p.as_bytes())))
+        .unwrap_or_default();
+    let session = a
+        .session()
+        .map(|s| format!(" session=#{s}"))
+        .unwrap_or_default();
+    format!(
+        "{} audit {}{}{} (ledger #{})",
+        a.time,
+        escape::for_terminal(a.kind.as_bytes()),
+        path,
+        session,
+        a.ledger.seq
+    )
 }
 
 pub fn human(e: &Event) -> String {
@@ -215,9 +273,12 @@ mod tests {
     fn event(path: &str) -> Event {
         Event {
             v: SCHEMA_VERSION,
+            class: crate::event::FileClass,
             time: "2026-11-22T00:00:00Z".into(),
             time_ns: 0,
             id: "x-1".into(),
+            host: "h1",
+            boot_id: "b1",
             kind: Kind::Rename,
             path: path.into(),
             target: Some("/etc/app.conf".into()),
@@ -259,6 +320,24 @@ mod tests {
         assert!(line.contains("/etc/evil\\nFAKE"), "{line}");
         assert!(
             line.contains("-> /etc/app.conf FAILED(-17) by mv[7] uid=0 session=claude#3 (both)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn audit_line_for_people_is_one_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = crate::ledger::Ledger::open(&dir.path().join("l.jsonl")).expect("ledger");
+        let rec = l
+            .append(
+                "decision",
+                serde_json::json!({"path": "/etc/a\nFAKE", "session": 3}),
+            )
+            .expect("append");
+        let line = human_audit(&AuditEvent::from_record(&rec));
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.ends_with(" audit decision /etc/a\\nFAKE session=#3 (ledger #1)"),
             "{line}"
         );
     }
