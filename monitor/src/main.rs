@@ -162,6 +162,8 @@ fn main() -> ExitCode {
             agent,
             reason,
             no_confine,
+            scope,
+            scope_file,
             command,
         } => {
             // confgate's own failures exit 125 (like env(1)), before the command ever runs.
@@ -183,12 +185,26 @@ fn main() -> ExitCode {
                 );
                 return Ok(monitor::cli::run::EXIT_CONFGATE);
             };
+            let scope = match monitor::cli::run::declared_scope(scope, scope_file.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("confgate: {e:#}; the command was not run");
+                    return Ok(monitor::cli::run::EXIT_CONFGATE);
+                }
+            };
+            if *no_confine && !scope.is_empty() {
+                eprintln!(
+                    "confgate: --scope is enforced by the session's confinement and cannot be combined with --no-confine; the command was not run"
+                );
+                return Ok(monitor::cli::run::EXIT_CONFGATE);
+            }
             let confine = if *no_confine {
                 monitor::cli::run::Confine::No
             } else {
                 match load_config(&cli) {
                     Ok(cfg) => monitor::cli::run::Confine::Helper {
                         supervise_socket: cfg.daemon.supervise_socket,
+                        scope,
                     },
                     Err(e) => {
                         eprintln!("confgate: {e:#}; the command was not run");

@@ -107,6 +107,7 @@ pub trait DaemonApi: Send + Sync + 'static {
         command: Vec<String>,
         cwd: String,
         confine: bool,
+        scope: Vec<String>,
     ) -> Result<SessionInfo, ApiError>;
     /// Sessions by id; ended ones only if `include_ended`.
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo>;
@@ -355,7 +356,9 @@ impl pb::daemon_server::Daemon for DaemonService {
         tracing::debug!(pid = caller.pid, uid = caller.uid, agent = %r.agent, "RegisterSession");
         let info = self
             .api
-            .register_session(caller, r.agent, reason, r.command, r.cwd, r.confine)
+            .register_session(
+                caller, r.agent, reason, r.command, r.cwd, r.confine, r.scope,
+            )
             .await?;
         Ok(Response::new(pb::SessionInfo::from(&info)))
     }

@@ -118,6 +118,7 @@ impl DaemonApi for FakeDaemon {
         command: Vec<String>,
         cwd: String,
         _confine: bool,
+        scope: Vec<String>,
     ) -> Result<SessionInfo, ApiError> {
         let mut sessions = self.sessions.lock().unwrap();
         if let Some(s) = sessions.iter().find(|s| s.root_pid == caller.pid) {
@@ -146,6 +147,7 @@ impl DaemonApi for FakeDaemon {
             cwd,
             events: 0,
             ended: None,
+            scope,
         };
         sessions.push(info.clone());
         Ok(info)

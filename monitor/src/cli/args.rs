@@ -43,6 +43,14 @@ pub enum Command {
         /// the fanotify gate only. For kernels without Landlock ABI 6 (Linux < 6.12).
         #[arg(long)]
         no_confine: bool,
+        /// Declared scope: an absolute glob of paths the session may write at all (repeatable;
+        /// `*` stays within one component, `**` crosses them). Writes outside it are refused
+        /// at once (EACCES), counted and recorded as `scope_denied`. Needs confinement.
+        #[arg(long = "scope", value_name = "GLOB")]
+        scope: Vec<String>,
+        /// Read more scope globs from FILE, one per line (blank lines and `#` comments skipped).
+        #[arg(long, value_name = "FILE")]
+        scope_file: Option<std::path::PathBuf>,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },

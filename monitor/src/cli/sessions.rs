@@ -141,6 +141,7 @@ mod tests {
             cwd: "/".into(),
             events: id * 10,
             ended: ended.map(Into::into),
+            scope: vec![],
         }
     }
 

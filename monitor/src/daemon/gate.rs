@@ -378,6 +378,7 @@ impl GateRuntime {
             session: Some(PolicySession {
                 id: session.id,
                 agent: &session.agent,
+                within_scope: self.engine.within_scope(session.id, &to),
             }),
             ops: OpSet::RENAME,
             write: true,

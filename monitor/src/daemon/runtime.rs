@@ -373,6 +373,7 @@ impl Core {
                         },
                         command,
                         cwd,
+                        scope: Vec::new(),
                     };
                     match self.shared.registry.create(new) {
                         Ok(info) => {

@@ -154,7 +154,14 @@ impl DaemonApi for Shared {
         command: Vec<String>,
         cwd: String,
         confine: bool,
+        scope: Vec<String>,
     ) -> Result<SessionInfo, ApiError> {
+        crate::gate::session::scope::validate(&scope).map_err(ApiError::InvalidArgument)?;
+        if !scope.is_empty() && !confine {
+            return Err(ApiError::InvalidArgument(
+                "a scope is enforced by the session's confinement: an unconfined session cannot declare one".into(),
+            ));
+        }
         let current = lock(&self.kernel).session_of(caller.pid);
         if current != 0 {
             return Err(ApiError::AlreadyInSession {
@@ -172,6 +179,7 @@ impl DaemonApi for Shared {
                 source: SessionSource::Wrapper,
                 command,
                 cwd,
+                scope,
             })
             .map_err(|e| match e {
                 SessionError::Invalid(m) => ApiError::InvalidArgument(m),

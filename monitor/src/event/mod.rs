@@ -196,6 +196,10 @@ pub struct Details {
     /// best effort, e.g. relative to an unknown directory.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unresolved: bool,
+    /// A confined session's declared scope refused the operation at once (`result` is
+    /// `-EACCES`; nothing was written). Ledgered as `scope_denied`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scope_denied: bool,
 }
 
 /// Render `O_*` flags of an open as names.

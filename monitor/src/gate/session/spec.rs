@@ -23,6 +23,11 @@ pub struct ConfineSpec {
     /// namespace): confgate's configuration, credentials and state.
     #[serde(with = "escaped_paths")]
     pub hidden: Vec<PathBuf>,
+    /// The session's declared scope (`confgate run --scope`), its literal prefixes resolved
+    /// ([`super::scope::resolve`]); empty: no scope. `write_allowed` is already narrowed to
+    /// the globs' roots; the supervisor refuses every target outside the globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
 }
 
 /// Paths as the project's escaped text (`\xNN` for bytes that are not printable UTF-8):
@@ -118,7 +123,21 @@ impl ConfineSpec {
         Ok(ConfineSpec {
             write_allowed: allowed.into_iter().collect(),
             hidden,
+            scope: Vec::new(),
         })
+    }
+
+    /// This spec narrowed to a declared scope: Landlock allows writes only beneath the
+    /// globs' roots (and [`super::scope::ALWAYS_WRITABLE`]) where it allowed them before;
+    /// the supervisor matches the globs themselves. No globs: unchanged.
+    pub fn with_scope(mut self, globs: &[String]) -> ConfineSpec {
+        if globs.is_empty() {
+            return self;
+        }
+        let (roots, resolved) = super::scope::resolve(globs);
+        self.write_allowed = super::scope::intersect(&self.write_allowed, &roots);
+        self.scope = resolved;
+        self
     }
 
     /// Whether Landlock lets the session write at `path` (a canonical absolute path):
@@ -202,7 +221,7 @@ impl CoverSet {
 
 /// `path` with its longest existing prefix resolved (symbolic links, `..`), the rest
 /// appended as given.
-fn resolve(path: &Path) -> PathBuf {
+pub(super) fn resolve(path: &Path) -> PathBuf {
     let mut rest = Vec::new();
     let mut cur = path;
     loop {
@@ -323,6 +342,7 @@ mod tests {
         let spec = ConfineSpec {
             write_allowed: vec![odd.clone(), PathBuf::from("/home")],
             hidden: vec![PathBuf::from("/etc/confgate")],
+            scope: vec![],
         };
         let json = serde_json::to_string(&spec).unwrap();
         let back: ConfineSpec = serde_json::from_str(&json).unwrap();
@@ -343,6 +363,7 @@ mod tests {
         let spec = ConfineSpec {
             write_allowed,
             hidden: vec![],
+            scope: vec![],
         };
         let set = CoverSet::new(&spec);
         for p in [
@@ -371,6 +392,7 @@ mod tests {
         let root = CoverSet::new(&ConfineSpec {
             write_allowed: vec![PathBuf::from("/")],
             hidden: vec![],
+            scope: vec![],
         });
         assert!(root.covers(Path::new("/x/y")));
     }

@@ -1,0 +1,219 @@
+//! A confined session's declared scope (`confgate run --scope GLOB`): writes outside it are
+//! refused at once (EACCES, no request, no hold), counted, reported as events and ledgered;
+//! inside it the gate's rules apply, and rules can test `within_scope`.
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use e2e::gate::Gate;
+use e2e::{confgate_bin, output_text, require_root};
+use serde_json::Value;
+
+/// Gated: `<w>/gated/**`. `<w>/gated/ok/**` is allowed to sessions writing within their
+/// scope; everything else gated is denied.
+fn gate() -> Gate {
+    Gate::start_with(
+        |root| {
+            for d in [
+                "watched/gated/ok",
+                "watched/gated/no",
+                "watched/app",
+                "watched/other",
+            ] {
+                std::fs::create_dir_all(root.join(d)).expect("mkdir");
+            }
+        },
+        |w| {
+            format!(
+                "[[gate.rule]]\nname = \"scoped-ok\"\npaths = [\"{w}/gated/ok/**\"]\nverdict = \"allow\"\nwithin_scope = true\n\
+                 [[gate.rule]]\nname = \"no-gated\"\npaths = [\"{w}/gated/**\"]\nverdict = \"deny\"\n"
+            )
+        },
+    )
+}
+
+/// `confgate run --agent AGENT [--scope G]... -- sh -c SCRIPT` in the watched tree.
+fn run(g: &Gate, agent: &str, scope: &[String], script: &str) -> Output {
+    let mut c = Command::new(confgate_bin());
+    c.arg("--config")
+        .arg(&g.d.config)
+        .args(["run", "--agent", agent, "--reason", "e2e"]);
+    for s in scope {
+        c.args(["--scope", s]);
+    }
+    c.args(["--", "sh", "-c", script])
+        .current_dir(&g.d.watched)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("confgate run")
+}
+
+fn p(g: &Gate, rel: &str) -> String {
+    g.d.watched.join(rel).display().to_string()
+}
+
+fn scope_denied_events(g: &Gate) -> Vec<Value> {
+    g.d.events()
+        .into_iter()
+        .filter(|e| e["details"]["scope_denied"] == true)
+        .collect()
+}
+
+/// Inside the scope the rules apply (a `within_scope` allow, a deny); outside it, gated or
+/// not, the write is refused with EACCES at once: nothing asked, nothing written, recorded
+/// (counter, event, ledger). Without a scope the `within_scope` rule does not apply.
+#[test]
+fn outside_the_scope_is_refused_at_once_and_recorded() {
+    if !require_root("outside_the_scope_is_refused_at_once_and_recorded") {
+        return;
+    }
+    let g = gate();
+    let scope = vec![
+        format!("{}/**", p(&g, "app")),
+        format!("{}/**", p(&g, "gated/ok")),
+        format!("{}/**", p(&g, "gated/no")),
+    ];
+    let script = format!(
+        r#"set -u
+r=0
+no() {{ echo "UNEXPECTED: $*"; r=1; }}
+eacces() {{ grep -q 'Permission denied' "$1" || no "$2: $(cat "$1")"; }}
+echo a > {app}/f || no "inside, not gated"
+mkdir {app}/sub && mv {app}/f {app}/sub/f || no "rename inside"
+echo b > {ok}/f || no "inside, gated, allowed by the within_scope rule"
+e={app}/err
+{{ echo c > {gno}/f; }} 2>$e && no "inside, gated, denied"
+grep -q 'not permitted' $e || no "deny is EPERM: $(cat $e)"
+{{ echo d > {other}/f; }} 2>$e && no "outside, not gated"
+eacces $e "outside, not gated"
+{{ echo e > {gated}/x; }} 2>$e && no "outside, gated"
+eacces $e "outside, gated"
+mv {app}/sub/f {other}/moved 2>$e && no "renamed out of the scope"
+eacces $e "rename out"
+echo f > /dev/null || no "/dev/null"
+exit $r
+"#,
+        app = p(&g, "app"),
+        ok = p(&g, "gated/ok"),
+        gno = p(&g, "gated/no"),
+        other = p(&g, "other"),
+        gated = p(&g, "gated"),
+    );
+    let start = std::time::Instant::now();
+    let out = run(&g, "scoped", &scope, &script);
+    let text = output_text(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n--- daemon log ---\n{}",
+        g.d.log()
+    );
+    // Refusals are answered at once (no hold: the rule's timeout is 30 s).
+    assert!(start.elapsed().as_secs() < 15, "{:?}", start.elapsed());
+    assert_eq!(std::fs::read_to_string(p(&g, "gated/ok/f")).unwrap(), "b\n");
+    for never in ["other/f", "gated/x", "other/moved", "gated/no/f"] {
+        assert!(!Path::new(&p(&g, never)).exists(), "{never}");
+    }
+    assert!(Path::new(&p(&g, "app/sub/f")).exists());
+    // Counted, reported, ledgered; nobody asked.
+    assert!(g.stat("session_scope_denied") >= 3);
+    let refused = [p(&g, "other/f"), p(&g, "gated/x")];
+    let events = g.d.wait_for("scope_denied events", |_| {
+        let ev = scope_denied_events(&g);
+        refused
+            .iter()
+            .all(|r| ev.iter().any(|e| e["path"] == r.as_str()))
+    });
+    for e in events
+        .iter()
+        .filter(|e| e["details"]["scope_denied"] == true)
+    {
+        assert_eq!(e["result"], -13, "{e}");
+        assert_eq!(e["source"], "supervisor", "{e}");
+        assert_eq!(e["session"]["agent"], "scoped", "{e}");
+    }
+    for r in &refused {
+        g.wait_ledgered("scope_denied", |b| b["path"] == r.as_str());
+    }
+    assert!(g.pending().is_empty(), "{:?}", g.pending());
+    let policy_denied = g.ledgered("denied_by_policy");
+    assert!(
+        policy_denied
+            .iter()
+            .all(|b| b["path"] != p(&g, "gated/x").as_str()),
+        "{policy_denied:?}"
+    );
+    // The session lists its scope.
+    let sessions = g.d.cli_json(&["sessions", "--all", "--json"]);
+    let mine = sessions
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["agent"] == "scoped"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        mine["scope"].as_array().map(Vec::len),
+        Some(3),
+        "{sessions}"
+    );
+
+    // No scope: the within_scope rule does not apply, the deny rule does.
+    let out = run(
+        &g,
+        "unscoped",
+        &[],
+        &format!("echo x > {}/g", p(&g, "gated/ok")),
+    );
+    assert!(!out.status.success());
+    assert!(
+        output_text(&out).contains("not permitted"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!Path::new(&p(&g, "gated/ok/g")).exists());
+}
+
+/// A scope that is not absolute, or combined with --no-confine, is refused before
+/// anything runs (125).
+#[test]
+fn bad_scopes_are_refused_before_the_command_runs() {
+    if !require_root("bad_scopes_are_refused_before_the_command_runs") {
+        return;
+    }
+    let g = gate();
+    let marker = g.d.dir.path().join("ran");
+    let touch = format!("touch {}", marker.display());
+    let out = run(&g, "bad", &["relative/**".into()], &touch);
+    assert_eq!(out.status.code(), Some(125), "{}", output_text(&out));
+    assert!(output_text(&out).contains("not an absolute path"));
+    let out = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&g.d.config)
+        .args([
+            "run",
+            "--agent",
+            "bad",
+            "--no-confine",
+            "--scope",
+            "/srv/**",
+        ])
+        .args(["--", "sh", "-c", &touch])
+        .output()
+        .expect("confgate run");
+    assert_eq!(out.status.code(), Some(125), "{}", output_text(&out));
+    let file = g.d.dir.path().join("scope.txt");
+    std::fs::write(&file, "# comment\n\n/srv/app/**\nnot/absolute\n").expect("scope file");
+    let out = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&g.d.config)
+        .args(["run", "--agent", "bad", "--scope-file"])
+        .arg(&file)
+        .args(["--", "sh", "-c", &touch])
+        .output()
+        .expect("confgate run");
+    assert_eq!(out.status.code(), Some(125), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("not/absolute"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!marker.exists());
+}
