@@ -217,3 +217,104 @@ fn bad_scopes_are_refused_before_the_command_runs() {
     );
     assert!(!marker.exists());
 }
+
+/// The session's start record: who, where, what it may write, what is gated, and the names
+/// of the credential-like variables it was given, never their values (a planted
+/// `API_TOKEN=secret123` appears nowhere: events, ledger, requests, sessions, daemon log).
+/// The end record follows with its counts.
+#[test]
+fn start_record_lists_credential_names_never_values() {
+    if !require_root("start_record_lists_credential_names_never_values") {
+        return;
+    }
+    let g = gate();
+    let scope = vec![format!("{}/**", p(&g, "app"))];
+    let mut c = Command::new(confgate_bin());
+    c.arg("--config")
+        .arg(&g.d.config)
+        .args(["run", "--agent", "recorded", "--reason", "e2e"])
+        .args(["--scope", &scope[0]])
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "echo $API_TOKEN > {}/f; echo x > {}/f 2>/dev/null; true",
+            p(&g, "app"),
+            p(&g, "gated/no")
+        ))
+        .env("API_TOKEN", "secret123")
+        .env("AWS_PROFILE", "dev")
+        .current_dir(&g.d.watched);
+    let out = c.output().expect("confgate run");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let start = g.wait_ledgered("session_start", |b| b["agent"] == "recorded");
+    let id = start["session"].as_u64().expect("session id");
+    assert_eq!(start["reason"], "e2e");
+    assert_eq!(
+        (start["uid"].as_u64(), start["gid"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(start["user"], "root");
+    assert!(start["groups"].is_array(), "{start}");
+    assert_eq!(start["cwd"], g.d.watched.display().to_string());
+    assert!(
+        start["argv"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "sh")),
+        "{start}"
+    );
+    assert!(
+        start["cgroup"].as_str().is_some_and(|c| c.contains("0::")),
+        "{start}"
+    );
+    assert_eq!(start["scope"][0], scope[0].as_str());
+    assert_eq!(start["confined"], true);
+    let gated = p(&g, "gated");
+    assert!(
+        start["gated"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == gated.as_str())),
+        "{start}"
+    );
+    let names: Vec<&str> = start["credential_env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(
+        names.contains(&"API_TOKEN") && names.contains(&"AWS_PROFILE"),
+        "{start}"
+    );
+    let end = g.wait_ledgered("session_end", |b| b["session"] == id);
+    assert!(end["ended"].is_string(), "{end}");
+    // The value was written into a file in scope (the session saw it); nothing confgate
+    // keeps or prints has it.
+    g.d.wait_for("the session's write", |ev| {
+        ev.iter()
+            .any(|e| e["path"] == format!("{}/f", p(&g, "app")).as_str())
+    });
+    assert_eq!(
+        std::fs::read_to_string(p(&g, "app/f")).unwrap(),
+        "secret123\n"
+    );
+    let sessions = g.cli(&["sessions", "--all", "--json"]);
+    let requests = g.cli(&["approvals", "list", "--json"]);
+    for (what, text) in [
+        (
+            "events",
+            std::fs::read_to_string(&g.d.events_file).unwrap_or_default(),
+        ),
+        (
+            "ledger",
+            std::fs::read_to_string(g.d.ledger_path()).unwrap_or_default(),
+        ),
+        ("daemon log", g.d.log()),
+        (
+            "sessions",
+            String::from_utf8_lossy(&sessions.stdout).into_owned(),
+        ),
+        (
+            "requests",
+            String::from_utf8_lossy(&requests.stdout).into_owned(),
+        ),
+    ] {
+        assert!(!text.contains("secret123"), "the value is in the {what}");
+    }
+}

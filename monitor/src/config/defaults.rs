@@ -9,6 +9,25 @@ use super::schema::{
 };
 use crate::policy::GateConfig;
 
+/// `daemon.credential_env`: names of environment variables that commonly hold
+/// credentials (globs, case-insensitive).
+pub const DEFAULT_CREDENTIAL_ENV: &[&str] = &[
+    "*_KEY",
+    "*_TOKEN",
+    "*SECRET*",
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*CREDENTIAL*",
+    "AWS_*",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_*",
+    "KUBECONFIG",
+    "SSH_AUTH_SOCK",
+    "VAULT_*",
+    "NPM_TOKEN",
+    "DOCKER_AUTH_CONFIG",
+];
+
 impl Default for DaemonSection {
     fn default() -> Self {
         DaemonSection {
@@ -17,6 +36,10 @@ impl Default for DaemonSection {
             admin_group: None,
             state_dir: PathBuf::from("/var/lib/confgate"),
             supervise_socket: PathBuf::from("/run/confgate/supervise.sock"),
+            credential_env: DEFAULT_CREDENTIAL_ENV
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }

@@ -410,6 +410,13 @@ impl GateRuntime {
         }
     }
 
+    /// Appends a `kind` record to the host ledger (on a task; failures are counted and
+    /// logged by the engine).
+    pub fn record(&self, kind: &'static str, body: serde_json::Value) {
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move { engine.record(kind, body).await });
+    }
+
     /// An agent session ended (its last member exited).
     pub fn on_session_ended(&self, id: u64) {
         self.supervisors.ended(id);

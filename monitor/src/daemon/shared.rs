@@ -36,6 +36,8 @@ pub(super) struct Shared {
     pub(super) state_dir: std::path::PathBuf,
     /// Reloads asked over the API, for the event loop.
     pub(super) reloads: tokio::sync::mpsc::Sender<ReloadAsk>,
+    /// `daemon.credential_env`, compiled: names listed in sessions' start records.
+    pub(super) credential_env: globset::GlobSet,
 }
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -44,6 +46,24 @@ pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
 }
 
 impl Shared {
+    /// Ledgers the `session_start` record of `info` (through the gate, whose ledger it
+    /// is; without a gate there is no ledger to write).
+    pub(super) fn record_start(&self, info: &crate::sessions::SessionInfo, confined: bool) {
+        let Some(g) = self.gate.get() else {
+            return;
+        };
+        let gated = g.engine().policy().mark_roots();
+        let body = super::session_record::start(info, &self.credential_env, &gated, confined);
+        g.record("session_start", body);
+    }
+
+    /// Ledgers the `session_end` record of session `id` (ended in the registry).
+    pub(super) fn record_end(&self, id: u64) {
+        if let (Some(g), Some(info)) = (self.gate.get(), self.registry.get(id)) {
+            g.record("session_end", super::session_record::end(&info));
+        }
+    }
+
     /// Tag `pid` into `session` in the kernel's session map (a failure is logged and
     /// counted).
     pub(super) fn tag(&self, pid: u32, session: u64) -> bool {
@@ -195,6 +215,7 @@ impl DaemonApi for Shared {
             ));
         }
         info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, confine, "session registered");
+        self.record_start(&info, confine);
         if confine {
             // It confines itself next: host-wide marks are not placed for it (unless it
             // is still unconfined after the grace).

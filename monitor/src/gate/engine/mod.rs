@@ -452,6 +452,11 @@ impl Engine {
         }
     }
 
+    /// A host ledger record (a session's start or end record).
+    pub async fn record(&self, kind: &'static str, body: Value) {
+        self.ledger(kind, body).await;
+    }
+
     /// A host ledger record that is also reported to the approval service.
     async fn audit(&self, kind: &'static str, body: Value) {
         if let Err(e) = self.uplink.report(kind, body.clone()).await {
