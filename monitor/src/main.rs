@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser as _;
 use monitor::cli::args::{
-    ApproverCommand, BaselineCommand, Cli, Command, ShimCommand, StoreCommand,
+    ApproverCommand, BaselineCommand, Cli, Command, SessionsCommand, ShimCommand, StoreCommand,
 };
 use monitor::config::{Config, DEFAULT_CONFIG_PATH};
 
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Shim {
-            command: ShimCommand::Install { agents, dir },
+            command: ShimCommand::Install { agents, dir, scope },
         } => {
             let mut global_args: Vec<OsString> = Vec::new();
             if let Some(c) = &cli.config {
@@ -239,14 +239,38 @@ fn main() -> ExitCode {
                 path_var: std::env::var_os("PATH").unwrap_or_default(),
                 confgate: std::env::current_exe().context("locating the confgate binary")?,
                 global_args,
+                scope: monitor::cli::run::declared_scope(scope, None)?,
             };
             monitor::cli::shim::install(&opts, &mut std::io::stdout().lock())
         }
         Command::Shim {
             command: ShimCommand::Remove { dir },
         } => monitor::cli::shim::remove(dir, &mut std::io::stdout().lock()),
-        Command::Sessions { json, all } => {
-            monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all)
+        Command::Sessions {
+            command: Some(SessionsCommand::Show { id, json }),
+            ..
+        } => {
+            let cfg = load_config(&cli)?;
+            monitor::cli::session_report::show(
+                &socket(&cli)?,
+                &cfg.daemon.state_dir.join(monitor::ledger::FILE_NAME),
+                &cfg.output.events_file,
+                *id,
+                *json,
+            )
+        }
+        Command::Sessions {
+            json,
+            all,
+            agent,
+            since,
+            command: None,
+        } => {
+            let since = since
+                .as_deref()
+                .map(monitor::cli::session_report::parse_since)
+                .transpose()?;
+            monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all, agent.as_deref(), since)
         }
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
         Command::Events { filters, output } => {

@@ -318,3 +318,118 @@ fn start_record_lists_credential_names_never_values() {
         assert!(!text.contains("secret123"), "the value is in the {what}");
     }
 }
+
+/// `confgate sessions show ID`: after a session that wrote in its scope, was refused
+/// outside it, and was approved with a TTL that expired and reverted the change.
+#[test]
+fn sessions_show_reconstructs_a_session() {
+    if !require_root("sessions_show_reconstructs_a_session") {
+        return;
+    }
+    let g = Gate::start_with(
+        |root| {
+            for d in ["watched/app", "watched/other"] {
+                std::fs::create_dir_all(root.join(d)).expect("mkdir");
+            }
+        },
+        |w| {
+            e2e::gate::rule(
+                w,
+                "expiring",
+                "mode = \"hold\"\ntimeout = \"20s\"\nfail = \"deny\"\non_expiry = \"revert\"",
+            )
+        },
+    );
+    let f = g.gated("limits.conf");
+    std::fs::write(&f, "max=1\n").expect("gated file");
+    let scope = [
+        format!("{}/**", p(&g, "app")),
+        format!("{}/**", p(&g, "gated")),
+    ];
+    let child = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&g.d.config)
+        .args(["run", "--agent", "reported", "--reason", "incident drill"])
+        .args(["--scope", &scope[0], "--scope", &scope[1]])
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "echo a > {app}/f; echo b > {other}/f 2>/dev/null; echo max=999 > {f}",
+            app = p(&g, "app"),
+            other = p(&g, "other"),
+            f = f.display()
+        ))
+        .current_dir(&g.d.watched)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("confgate run");
+    let r = g.wait_request(&f);
+    e2e::ok(&g.cli(&["approvals", "approve", &e2e::gate::id_of(&r), "--ttl", "3s"]));
+    e2e::ok(&e2e::gate::wait_child(
+        child,
+        std::time::Duration::from_secs(15),
+    ));
+    let fs = f.display().to_string();
+    g.wait_ledgered("reverted", |b| b["path"] == fs.as_str());
+    let id = g.wait_ledgered("session_start", |b| b["agent"] == "reported")["session"]
+        .as_u64()
+        .expect("session id");
+    g.wait_ledgered("session_end", |b| b["session"] == id);
+    let report =
+        g.d.cli_json(&["sessions", "show", &id.to_string(), "--json"]);
+    assert_eq!(report["session"]["agent"], "reported", "{report}");
+    assert_eq!(report["start"]["reason"], "incident drill", "{report}");
+    assert!(report["end"].is_object(), "{report}");
+    let events = report["events"].as_array().cloned().unwrap_or_default();
+    let at = |path: &str| events.iter().any(|e| e["path"] == path);
+    assert!(at(&format!("{}/f", p(&g, "app"))), "{report}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["path"] == format!("{}/f", p(&g, "other")).as_str()
+                && e["details"]["scope_denied"] == true),
+        "{report}"
+    );
+    assert!(at(&fs), "{report}");
+    let kinds: Vec<&str> = report["ledger"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| r["kind"].as_str()).collect())
+        .unwrap_or_default();
+    for k in ["request", "grant", "reverted", "scope_denied"] {
+        assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
+    }
+    let grants = report["grants"].as_array().cloned().unwrap_or_default();
+    assert_eq!(grants.len(), 1, "{report}");
+    assert_eq!(grants[0]["live"], false, "{report}");
+    assert!(grants[0]["by"].is_string(), "{report}");
+    assert_eq!(report["reverted"].as_array().map(Vec::len), Some(1));
+    assert_eq!(report["scope_denied"], 1);
+    // The diff of the reverted change is in the report.
+    assert!(report.to_string().contains("+max=999"), "{report}");
+    // The text form says the same.
+    let text = g.cli(&["sessions", "show", &id.to_string()]);
+    e2e::ok(&text);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("reverted: 1") && text.contains("refused outside scope: 1"),
+        "{text}"
+    );
+    // The list's filters.
+    let by_agent =
+        g.d.cli_json(&["sessions", "--all", "--json", "--agent", "reported"]);
+    assert_eq!(by_agent.as_array().map(Vec::len), Some(1), "{by_agent}");
+    let none =
+        g.d.cli_json(&["sessions", "--all", "--json", "--agent", "nobody"]);
+    assert_eq!(none.as_array().map(Vec::len), Some(0), "{none}");
+    let future = g.d.cli_json(&[
+        "sessions",
+        "--all",
+        "--json",
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert_eq!(future.as_array().map(Vec::len), Some(0), "{future}");
+    let recent =
+        g.d.cli_json(&["sessions", "--all", "--json", "--since", "1h"]);
+    assert_eq!(recent.as_array().map(Vec::len), Some(1), "{recent}");
+}

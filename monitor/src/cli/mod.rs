@@ -16,6 +16,7 @@ pub mod grants;
 pub mod reload;
 pub mod render;
 pub mod run;
+pub mod session_report;
 pub mod sessions;
 pub mod shim;
 pub mod stats;

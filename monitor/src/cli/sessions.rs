@@ -12,8 +12,14 @@ const REASON_COLUMN: usize = 60;
 
 /// Prints the daemon's live sessions (all with `all`) as a table, or as one JSON array of
 /// session objects with `json`. Returns the exit code.
-pub fn sessions(socket: &Path, json: bool, all: bool) -> anyhow::Result<i32> {
-    let list = fetch(socket, all)?;
+pub fn sessions(
+    socket: &Path,
+    json: bool,
+    all: bool,
+    agent: Option<&str>,
+    since: Option<time::OffsetDateTime>,
+) -> anyhow::Result<i32> {
+    let list = super::session_report::filter(fetch(socket, all)?, agent, since);
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &list).context("writing JSON")?;
@@ -25,7 +31,7 @@ pub fn sessions(socket: &Path, json: bool, all: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn fetch(socket: &Path, all: bool) -> anyhow::Result<Vec<SessionInfo>> {
+pub(super) fn fetch(socket: &Path, all: bool) -> anyhow::Result<Vec<SessionInfo>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
