@@ -433,3 +433,53 @@ fn sessions_show_reconstructs_a_session() {
         g.d.cli_json(&["sessions", "--all", "--json", "--since", "1h"]);
     assert_eq!(recent.as_array().map(Vec::len), Some(1), "{recent}");
 }
+
+/// Infrastructure as code under a project root is watched by default and labelled
+/// `details.class = "iac"`; other project files are not labelled.
+#[test]
+fn iac_under_a_project_root_is_labelled() {
+    if !require_root("iac_under_a_project_root_is_labelled") {
+        return;
+    }
+    let projects = tempfile::Builder::new()
+        .prefix("confgate-iac-")
+        .tempdir_in("/var/tmp")
+        .expect("tmp");
+    let root = projects.path().canonicalize().expect("canonical");
+    std::fs::create_dir_all(root.join("alice/infra")).expect("mkdir");
+    let d = e2e::Daemon::start_with(e2e::DaemonOptions {
+        project_roots: vec![format!("{}/*", root.display())],
+        ..e2e::DaemonOptions::default()
+    });
+    let out = d
+        .session_command(
+            "claude",
+            None,
+            "echo 'resource \"x\" \"y\" {}' > main.tf; echo FROM scratch > Dockerfile; echo A=1 > .env",
+        )
+        .current_dir(root.join("alice/infra"))
+        .output()
+        .expect("run");
+    e2e::ok(&out);
+    let at = |name: &str| root.join("alice/infra").join(name).display().to_string();
+    let (tf, docker, env) = (at("main.tf"), at("Dockerfile"), at(".env"));
+    let ev = d.wait_for("main.tf, Dockerfile and .env events", |ev| {
+        [&tf, &docker, &env]
+            .iter()
+            .all(|p| ev.iter().any(|e| e["path"] == p.as_str()))
+    });
+    for p in [&tf, &docker] {
+        let mine: Vec<&Value> = ev.iter().filter(|e| e["path"] == p.as_str()).collect();
+        assert!(
+            mine.iter().all(|e| e["details"]["class"] == "iac"),
+            "{p}: {mine:?}"
+        );
+        assert_eq!(mine[0]["session"]["agent"], "claude");
+    }
+    assert!(
+        ev.iter()
+            .filter(|e| e["path"] == env.as_str())
+            .all(|e| e["details"]["class"].is_null()),
+        "{ev:?}"
+    );
+}

@@ -83,9 +83,15 @@ impl Default for WatchSection {
             paths: paths.iter().map(PathBuf::from).collect(),
             exclude: Vec::new(),
             project_roots: strings(&["/srv", "/opt", "/root", "/home/*"]),
-            project_globs: strings(&[
-                ".env", ".env.*", "*.conf", "*.toml", "*.yaml", "*.yml", "*.ini", "*.json",
-            ]),
+            project_globs: strings(
+                &[
+                    &[
+                        ".env", ".env.*", "*.conf", "*.toml", "*.yaml", "*.yml", "*.ini", "*.json",
+                    ][..],
+                    super::iac::IAC_GLOBS,
+                ]
+                .concat(),
+            ),
             rename_sources: false,
         }
     }
