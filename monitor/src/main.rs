@@ -268,7 +268,7 @@ fn main() -> ExitCode {
         } => {
             let since = since
                 .as_deref()
-                .map(monitor::cli::session_report::parse_since)
+                .map(monitor::cli::sessions::parse_since)
                 .transpose()?;
             monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all, agent.as_deref(), since)
         }

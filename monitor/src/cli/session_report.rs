@@ -15,40 +15,11 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::sessions::{SessionInfo, escape_text};
 
 /// Most events of one session kept in a report (the rest are counted).
 const MAX_EVENTS: usize = 10_000;
-
-/// `--since`: RFC 3339 (`2026-01-02T03:04:05Z`) or a duration back from now (`2h`, `3d`).
-pub fn parse_since(s: &str) -> anyhow::Result<OffsetDateTime> {
-    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(t);
-    }
-    let d = humantime::parse_duration(s).map_err(|_| {
-        anyhow!("--since {s:?}: neither an RFC 3339 time nor a duration such as 2h or 3d")
-    })?;
-    Ok(OffsetDateTime::now_utc() - d)
-}
-
-/// The sessions of `agent` (exact name) that started at or after `since`.
-pub fn filter(
-    list: Vec<SessionInfo>,
-    agent: Option<&str>,
-    since: Option<OffsetDateTime>,
-) -> Vec<SessionInfo> {
-    list.into_iter()
-        .filter(|s| agent.is_none_or(|a| s.agent == a))
-        .filter(|s| {
-            since.is_none_or(|t| {
-                OffsetDateTime::parse(&s.started, &Rfc3339).is_ok_and(|started| started >= t)
-            })
-        })
-        .collect()
-}
 
 /// The ledger records about session `id`, in order: those naming it, and those naming a
 /// request or grant of it.
@@ -345,4 +316,88 @@ pub fn show(
     }
     out.flush()?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::sessions::{filter, parse_since};
+    use time::OffsetDateTime;
+
+    fn info(id: u64, agent: &str, started: &str) -> SessionInfo {
+        SessionInfo {
+            id,
+            agent: agent.into(),
+            reason: None,
+            root_pid: 1,
+            uid: 0,
+            user: "root".into(),
+            started: started.into(),
+            source: crate::sessions::SessionSource::Wrapper,
+            command: vec![],
+            cwd: "/".into(),
+            events: 0,
+            ended: None,
+            scope: vec![],
+        }
+    }
+
+    #[test]
+    fn filters_by_agent_and_start() {
+        let list = vec![
+            info(1, "codex", "2026-01-01T00:00:00Z"),
+            info(2, "claude-code", "2026-02-01T00:00:00.5Z"),
+            info(3, "codex", "2026-03-01T00:00:00Z"),
+        ];
+        let since = parse_since("2026-01-15T00:00:00Z").unwrap();
+        let ids = |v: Vec<SessionInfo>| v.iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(ids(filter(list.clone(), Some("codex"), None)), [1, 3]);
+        assert_eq!(ids(filter(list.clone(), None, Some(since))), [2, 3]);
+        assert_eq!(ids(filter(list.clone(), Some("codex"), Some(since))), [3]);
+        assert!(parse_since("2h").unwrap() < OffsetDateTime::now_utc());
+        assert!(parse_since("yesterday-ish").is_err());
+    }
+
+    #[test]
+    fn ledger_records_follow_requests_and_grants() {
+        let d = tempfile::tempdir().unwrap();
+        let ledger = d.path().join("ledger.jsonl");
+        let lines = [
+            json!({"kind": "session_start", "body": {"session": 7}}),
+            json!({"kind": "request", "body": {"session": 7, "host_request_id": 3}}),
+            json!({"kind": "request", "body": {"session": 8, "host_request_id": 4}}),
+            json!({"kind": "grant", "body": {"grant": 11, "host_request_id": 3, "by": "alice",
+                   "expires_unix_ms": 1000}}),
+            json!({"kind": "grant", "body": {"grant": 12, "host_request_id": 4}}),
+            json!({"kind": "reverted", "body": {"grant": 11, "session": 7, "path": "/etc/x"}}),
+            json!({"kind": "change", "body": {"grant": 12, "session": 8}}),
+        ];
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&ledger, format!("{text}not json\n")).unwrap();
+        let r = ledger_records(&ledger, 7).unwrap();
+        let kinds: Vec<_> = r.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["session_start", "request", "grant", "reverted"]);
+        let rep = report(
+            &info(7, "codex", "t"),
+            r,
+            (vec![], 0),
+            Value::String("no baseline".into()),
+            2000,
+        );
+        assert_eq!(rep["grants"][0]["by"], "alice");
+        assert_eq!(rep["grants"][0]["live"], false);
+        assert_eq!(rep["reverted"].as_array().map(Vec::len), Some(1));
+        let mut text = Vec::new();
+        render(&rep, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("reverted: 1") && text.contains("drift now: unknown"),
+            "{text}"
+        );
+        assert!(
+            ledger_records(&d.path().join("missing"), 7)
+                .unwrap()
+                .is_empty()
+        );
+    }
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use super::ConfineSpec;
 use super::common::SupervisorCounters;
 use super::ops::Op;
 use super::report::Reporter;
@@ -132,6 +133,19 @@ pub fn resolve(globs: &[String]) -> (Vec<PathBuf>, Vec<String>) {
     roots.sort();
     roots.dedup();
     (roots, resolved)
+}
+
+/// `spec` narrowed to a declared scope: Landlock allows writes only beneath the globs'
+/// roots (and [`ALWAYS_WRITABLE`]) where it allowed them before; the supervisor matches
+/// the globs themselves. No globs: unchanged.
+pub fn narrow(mut spec: ConfineSpec, globs: &[String]) -> ConfineSpec {
+    if globs.is_empty() {
+        return spec;
+    }
+    let (roots, resolved) = resolve(globs);
+    spec.write_allowed = intersect(&spec.write_allowed, &roots);
+    spec.scope = resolved;
+    spec
 }
 
 /// `allowed` (what the rest of the confinement allows beneath) narrowed to beneath

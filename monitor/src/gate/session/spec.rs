@@ -24,7 +24,7 @@ pub struct ConfineSpec {
     #[serde(with = "escaped_paths")]
     pub hidden: Vec<PathBuf>,
     /// The session's declared scope (`confgate run --scope`), its literal prefixes resolved
-    /// ([`super::scope::resolve`]); empty: no scope. `write_allowed` is already narrowed to
+    /// (see `scope::narrow`); empty: no scope. `write_allowed` is already narrowed to
     /// the globs' roots; the supervisor refuses every target outside the globs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scope: Vec<String>,
@@ -125,19 +125,6 @@ impl ConfineSpec {
             hidden,
             scope: Vec::new(),
         })
-    }
-
-    /// This spec narrowed to a declared scope: Landlock allows writes only beneath the
-    /// globs' roots (and [`super::scope::ALWAYS_WRITABLE`]) where it allowed them before;
-    /// the supervisor matches the globs themselves. No globs: unchanged.
-    pub fn with_scope(mut self, globs: &[String]) -> ConfineSpec {
-        if globs.is_empty() {
-            return self;
-        }
-        let (roots, resolved) = super::scope::resolve(globs);
-        self.write_allowed = super::scope::intersect(&self.write_allowed, &roots);
-        self.scope = resolved;
-        self
     }
 
     /// Whether Landlock lets the session write at `path` (a canonical absolute path):
