@@ -228,7 +228,7 @@ fn start_record_lists_credential_names_never_values() {
         return;
     }
     let g = gate();
-    let scope = vec![format!("{}/**", p(&g, "app"))];
+    let scope = [format!("{}/**", p(&g, "app"))];
     let mut c = Command::new(confgate_bin());
     c.arg("--config")
         .arg(&g.d.config)

@@ -173,9 +173,9 @@ impl DaemonApi for Shared {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
-        confine: bool,
-        scope: Vec<String>,
+        confinement: crate::api::server::Confinement,
     ) -> Result<SessionInfo, ApiError> {
+        let crate::api::server::Confinement { confine, scope } = confinement;
         crate::gate::session::scope::validate(&scope).map_err(ApiError::InvalidArgument)?;
         if !scope.is_empty() && !confine {
             return Err(ApiError::InvalidArgument(

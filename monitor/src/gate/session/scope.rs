@@ -220,7 +220,7 @@ impl ScopeMatcher {
             let magic = t.path.starts_with("/proc")
                 && t.found
                     .is_some_and(|f| f.mode & libc::S_IFMT == libc::S_IFLNK);
-            !magic && !(t.path.is_absolute() && self.contains(&t.path))
+            !(magic || t.path.is_absolute() && self.contains(&t.path))
         })
     }
 }
