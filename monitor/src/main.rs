@@ -4,7 +4,7 @@ use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser as _;
 use monitor::cli::args::{
-    ApproverCommand, BaselineCommand, Cli, Command, ShimCommand, StoreCommand,
+    ApproverCommand, BaselineCommand, Cli, Command, SessionsCommand, ShimCommand, StoreCommand,
 };
 use monitor::config::{Config, DEFAULT_CONFIG_PATH};
 
@@ -171,6 +171,8 @@ fn main() -> ExitCode {
             agent,
             reason,
             no_confine,
+            scope,
+            scope_file,
             command,
         } => {
             // confgate's own failures exit 125 (like env(1)), before the command ever runs.
@@ -192,12 +194,26 @@ fn main() -> ExitCode {
                 );
                 return Ok(monitor::cli::run::EXIT_CONFGATE);
             };
+            let scope = match monitor::cli::run::declared_scope(scope, scope_file.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("confgate: {e:#}; the command was not run");
+                    return Ok(monitor::cli::run::EXIT_CONFGATE);
+                }
+            };
+            if *no_confine && !scope.is_empty() {
+                eprintln!(
+                    "confgate: --scope is enforced by the session's confinement and cannot be combined with --no-confine; the command was not run"
+                );
+                return Ok(monitor::cli::run::EXIT_CONFGATE);
+            }
             let confine = if *no_confine {
                 monitor::cli::run::Confine::No
             } else {
                 match load_config(&cli) {
                     Ok(cfg) => monitor::cli::run::Confine::Helper {
                         supervise_socket: cfg.daemon.supervise_socket,
+                        scope,
                     },
                     Err(e) => {
                         eprintln!("confgate: {e:#}; the command was not run");
@@ -215,7 +231,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Shim {
-            command: ShimCommand::Install { agents, dir },
+            command: ShimCommand::Install { agents, dir, scope },
         } => {
             let mut global_args: Vec<OsString> = Vec::new();
             if let Some(c) = &cli.config {
@@ -232,14 +248,38 @@ fn main() -> ExitCode {
                 path_var: std::env::var_os("PATH").unwrap_or_default(),
                 confgate: std::env::current_exe().context("locating the confgate binary")?,
                 global_args,
+                scope: monitor::cli::run::declared_scope(scope, None)?,
             };
             monitor::cli::shim::install(&opts, &mut std::io::stdout().lock())
         }
         Command::Shim {
             command: ShimCommand::Remove { dir },
         } => monitor::cli::shim::remove(dir, &mut std::io::stdout().lock()),
-        Command::Sessions { json, all } => {
-            monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all)
+        Command::Sessions {
+            command: Some(SessionsCommand::Show { id, json }),
+            ..
+        } => {
+            let cfg = load_config(&cli)?;
+            monitor::cli::session_report::show(
+                &socket(&cli)?,
+                &cfg.daemon.state_dir.join(monitor::ledger::FILE_NAME),
+                &cfg.output.events_file,
+                *id,
+                *json,
+            )
+        }
+        Command::Sessions {
+            json,
+            all,
+            agent,
+            since,
+            command: None,
+        } => {
+            let since = since
+                .as_deref()
+                .map(monitor::cli::sessions::parse_since)
+                .transpose()?;
+            monitor::cli::sessions::sessions(&socket(&cli)?, *json, *all, agent.as_deref(), since)
         }
         Command::Stats { json } => monitor::cli::stats::stats(&socket(&cli)?, *json),
         Command::Events { filters, output } => {

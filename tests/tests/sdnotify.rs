@@ -244,6 +244,7 @@ fn a_restart_takes_back_the_listeners_of_live_sessions_only() {
         let spec = ConfineSpec {
             write_allowed: vec!["/tmp".into()],
             hidden: vec![],
+            ..ConfineSpec::default()
         };
         resume::remember_spec(&store, session, &spec).expect("keep the spec");
     }

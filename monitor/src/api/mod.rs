@@ -86,6 +86,7 @@ impl From<&SessionInfo> for pb::SessionInfo {
             cwd: s.cwd.clone(),
             events: s.events,
             ended: s.ended.clone().unwrap_or_default(),
+            scope: s.scope.clone(),
         }
     }
 }
@@ -111,6 +112,7 @@ impl TryFrom<pb::SessionInfo> for SessionInfo {
             cwd: p.cwd,
             events: p.events,
             ended: non_empty(p.ended),
+            scope: p.scope,
         })
     }
 }
@@ -136,6 +138,7 @@ mod tests {
             cwd: "/src".into(),
             events: 3,
             ended: None,
+            scope: vec!["/srv/app/**".into()],
         };
         let p = pb::SessionInfo::from(&s);
         assert_eq!(

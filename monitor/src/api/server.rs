@@ -102,12 +102,22 @@ impl From<ApiError> for Status {
 /// admin check and validates input shape; the daemon enforces everything that needs its
 /// state (e.g. refusing a caller that is already in a session with
 /// [`ApiError::AlreadyInSession`]).
+/// What a registering caller says of its confinement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// It is about to confine itself (`confgate run` without `--no-confine`).
+    pub confine: bool,
+    /// Its declared scope (`--scope`); empty: none.
+    pub scope: Vec<String>,
+}
+
 #[tonic::async_trait]
 pub trait DaemonApi: Send + Sync + 'static {
     /// Puts `caller.pid` into a new wrapper session. `agent` and `reason` have passed
     /// [`validate_agent`] / [`validate_reason`]; `reason` is `None` when empty. `command`
     /// and `cwd` are the caller's claims, informational only; `confine`: the caller is
-    /// about to confine itself (see [`crate::sessions::CONFINE_GRACE`]).
+    /// about to confine itself (see [`crate::sessions::CONFINE_GRACE`]), with its declared
+    /// scope.
     async fn register_session(
         &self,
         caller: Caller,
@@ -115,7 +125,7 @@ pub trait DaemonApi: Send + Sync + 'static {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
-        confine: bool,
+        confine: Confinement,
     ) -> Result<SessionInfo, ApiError>;
     /// Sessions by id; ended ones only if `include_ended`.
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo>;
@@ -394,7 +404,17 @@ impl pb::daemon_server::Daemon for DaemonService {
         tracing::debug!(pid = caller.pid, uid = caller.uid, agent = %r.agent, "RegisterSession");
         let info = self
             .api
-            .register_session(caller, r.agent, reason, r.command, r.cwd, r.confine)
+            .register_session(
+                caller,
+                r.agent,
+                reason,
+                r.command,
+                r.cwd,
+                Confinement {
+                    confine: r.confine,
+                    scope: r.scope,
+                },
+            )
             .await?;
         Ok(Response::new(pb::SessionInfo::from(&info)))
     }

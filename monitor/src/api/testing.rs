@@ -117,8 +117,9 @@ impl DaemonApi for FakeDaemon {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
-        _confine: bool,
+        confine: super::server::Confinement,
     ) -> Result<SessionInfo, ApiError> {
+        let scope = confine.scope;
         let mut sessions = self.sessions.lock().unwrap();
         if let Some(s) = sessions.iter().find(|s| s.root_pid == caller.pid) {
             return Err(ApiError::AlreadyInSession {
@@ -146,6 +147,7 @@ impl DaemonApi for FakeDaemon {
             cwd,
             events: 0,
             ended: None,
+            scope,
         };
         sessions.push(info.clone());
         Ok(info)

@@ -43,6 +43,14 @@ pub enum Command {
         /// the fanotify gate only. For kernels without Landlock ABI 6 (Linux < 6.12).
         #[arg(long)]
         no_confine: bool,
+        /// Declared scope: an absolute glob of paths the session may write at all (repeatable;
+        /// `*` stays within one component, `**` crosses them). Writes outside it are refused
+        /// at once (EACCES), counted and recorded as `scope_denied`. Needs confinement.
+        #[arg(long = "scope", value_name = "GLOB")]
+        scope: Vec<String>,
+        /// Read more scope globs from FILE, one per line (blank lines and `#` comments skipped).
+        #[arg(long, value_name = "FILE")]
+        scope_file: Option<std::path::PathBuf>,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
@@ -51,13 +59,22 @@ pub enum Command {
         #[command(subcommand)]
         command: ShimCommand,
     },
-    /// List agent sessions.
+    /// List agent sessions; `sessions show ID`: one session's report.
+    #[command(args_conflicts_with_subcommands = true)]
     Sessions {
         #[arg(long)]
         json: bool,
         /// Include ended sessions.
         #[arg(long)]
         all: bool,
+        /// Only sessions of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only sessions started since: an RFC 3339 time or a duration back from now (2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
     },
     /// Show the daemon's counters (kernel drops, fallbacks, errors).
     Stats {
@@ -206,6 +223,18 @@ pub enum BaselineCommand {
 }
 
 #[derive(Subcommand)]
+pub enum SessionsCommand {
+    /// One session's report: its start record, changes, gate decisions and who made them,
+    /// grants and expiry, flags and reverts, and what of it is drift now (root).
+    Show {
+        /// The session's id.
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ShimCommand {
     /// Install shims for AGENT commands (default: every known agent found in PATH: claude,
     /// codex, aider, gemini, cursor-agent, opencode, goose, amp, qwen, crush). Each execs
@@ -217,6 +246,9 @@ pub enum ShimCommand {
         /// Shim directory (put it first in PATH).
         #[arg(long, default_value = crate::cli::shim::DEFAULT_DIR)]
         dir: PathBuf,
+        /// Declared scope baked into the shims (`confgate run --scope GLOB`); repeatable.
+        #[arg(long = "scope", value_name = "GLOB")]
+        scope: Vec<String>,
     },
     /// Remove confgate's shims from DIR (files that are not confgate shims stay).
     Remove {

@@ -31,7 +31,12 @@ fn absolute(paths: &[OsString]) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn call(socket: &Path, op: &str, paths: Vec<Vec<u8>>, note: String) -> anyhow::Result<Value> {
+pub(super) fn call(
+    socket: &Path,
+    op: &str,
+    paths: Vec<Vec<u8>>,
+    note: String,
+) -> anyhow::Result<Value> {
     runtime()?.block_on(async {
         let mut c = connect(socket).await?;
         let r = c

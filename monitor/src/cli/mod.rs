@@ -18,6 +18,7 @@ pub mod propose;
 pub mod reload;
 pub mod render;
 pub mod run;
+pub mod session_report;
 pub mod sessions;
 pub mod shim;
 pub mod stats;

@@ -88,6 +88,8 @@ pub enum Confine {
     Helper {
         /// `daemon.supervise_socket`.
         supervise_socket: std::path::PathBuf,
+        /// The declared scope (`--scope`, `--scope-file`); empty: none.
+        scope: Vec<String>,
     },
     /// Exec'd directly (`--no-confine`).
     No,
@@ -122,9 +124,9 @@ pub fn run(
         validate_reason(r).map_err(|e| RunError::confgate(anyhow!("--reason: {e}")))?;
     }
     let helper = match confine {
-        Confine::Helper { supervise_socket } => {
-            Some((find_helper().map_err(RunError::confgate)?, supervise_socket))
-        }
+        Confine::Helper {
+            supervise_socket, ..
+        } => Some((find_helper().map_err(RunError::confgate)?, supervise_socket)),
         Confine::No => None,
     };
     let request = pb::RegisterSessionRequest {
@@ -135,6 +137,10 @@ pub fn run(
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default(),
         confine: matches!(confine, Confine::Helper { .. }),
+        scope: match confine {
+            Confine::Helper { scope, .. } => scope.clone(),
+            Confine::No => Vec::new(),
+        },
     };
 
     let session = register(socket, request).map_err(RunError::confgate)?;
@@ -165,6 +171,26 @@ pub fn run(
             session.id
         ),
     })
+}
+
+/// The scope a session declares: `--scope` globs, then those of `--scope-file` (one per
+/// line; blank lines and lines starting with `#` skipped), checked as the daemon checks
+/// them ([`crate::gate::session::scope::validate`]).
+pub fn declared_scope(globs: &[String], file: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    let mut all = globs.to_vec();
+    if let Some(f) = file {
+        let text = std::fs::read(f).with_context(|| format!("--scope-file {}", f.display()))?;
+        let text = String::from_utf8(text)
+            .map_err(|_| anyhow!("--scope-file {}: not UTF-8", f.display()))?;
+        all.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    crate::gate::session::scope::validate(&all).map_err(|e| anyhow!("--scope: {e}"))?;
+    Ok(all)
 }
 
 /// The first usable helper of [`helper_candidates`]: setuid root, or any executable one

@@ -5,6 +5,9 @@ use std::path::Path;
 use anyhow::{Context, anyhow};
 
 use crate::api::{client, pb};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
 use crate::sessions::{SessionInfo, escape_text};
 
 /// Longest reason shown in the table, in characters (`--json` has it whole).
@@ -12,8 +15,14 @@ const REASON_COLUMN: usize = 60;
 
 /// Prints the daemon's live sessions (all with `all`) as a table, or as one JSON array of
 /// session objects with `json`. Returns the exit code.
-pub fn sessions(socket: &Path, json: bool, all: bool) -> anyhow::Result<i32> {
-    let list = fetch(socket, all)?;
+pub fn sessions(
+    socket: &Path,
+    json: bool,
+    all: bool,
+    agent: Option<&str>,
+    since: Option<OffsetDateTime>,
+) -> anyhow::Result<i32> {
+    let list = filter(fetch(socket, all)?, agent, since);
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &list).context("writing JSON")?;
@@ -25,7 +34,7 @@ pub fn sessions(socket: &Path, json: bool, all: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn fetch(socket: &Path, all: bool) -> anyhow::Result<Vec<SessionInfo>> {
+pub(super) fn fetch(socket: &Path, all: bool) -> anyhow::Result<Vec<SessionInfo>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -41,6 +50,33 @@ fn fetch(socket: &Path, all: bool) -> anyhow::Result<Vec<SessionInfo>> {
         .sessions
         .into_iter()
         .map(|s| SessionInfo::try_from(s).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// `--since`: RFC 3339 (`2026-01-02T03:04:05Z`) or a duration back from now (`2h`, `3d`).
+pub fn parse_since(s: &str) -> anyhow::Result<OffsetDateTime> {
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let d = humantime::parse_duration(s).map_err(|_| {
+        anyhow!("--since {s:?}: neither an RFC 3339 time nor a duration such as 2h or 3d")
+    })?;
+    Ok(OffsetDateTime::now_utc() - d)
+}
+
+/// The sessions of `agent` (exact name) that started at or after `since`.
+pub fn filter(
+    list: Vec<SessionInfo>,
+    agent: Option<&str>,
+    since: Option<OffsetDateTime>,
+) -> Vec<SessionInfo> {
+    list.into_iter()
+        .filter(|s| agent.is_none_or(|a| s.agent == a))
+        .filter(|s| {
+            since.is_none_or(|t| {
+                OffsetDateTime::parse(&s.started, &Rfc3339).is_ok_and(|started| started >= t)
+            })
+        })
         .collect()
 }
 
@@ -141,6 +177,7 @@ mod tests {
             cwd: "/".into(),
             events: id * 10,
             ended: ended.map(Into::into),
+            scope: vec![],
         }
     }
 

@@ -89,6 +89,8 @@ pub struct Install {
     pub confgate: PathBuf,
     /// Global options baked into the shims (`--config FILE`, `--socket PATH`), when given.
     pub global_args: Vec<OsString>,
+    /// The declared scope baked into the shims (`--scope GLOB` each).
+    pub scope: Vec<String>,
 }
 
 /// `confgate shim install`. Returns the exit status: 0, or 1 when a named agent could not
@@ -145,7 +147,13 @@ pub fn install(opts: &Install, out: &mut dyn Write) -> anyhow::Result<i32> {
             status = 1;
             continue;
         }
-        let text = render(&agent, &opts.confgate, &opts.global_args, &real);
+        let text = render(
+            &agent,
+            &opts.confgate,
+            &opts.global_args,
+            &opts.scope,
+            &real,
+        );
         write_executable(&target, &text)?;
         writeln!(
             out,
@@ -201,14 +209,24 @@ fn agent_for(command: &str) -> String {
 }
 
 /// The shim's text.
-pub fn render(agent: &str, confgate: &Path, global_args: &[OsString], real: &Path) -> String {
+pub fn render(
+    agent: &str,
+    confgate: &Path,
+    global_args: &[OsString],
+    scope: &[String],
+    real: &Path,
+) -> String {
     let globals: String = global_args
         .iter()
         .map(|a| format!(" {}", quote(a)))
         .collect();
+    let scope: String = scope
+        .iter()
+        .map(|g| format!(" --scope {}", quote(OsStr::new(g))))
+        .collect();
     format!(
         "#!/bin/sh\n{MARKER} agent={agent}\n# Made by `confgate shim install`; `confgate shim remove` deletes it.\n\
-         exec {confgate}{globals} run --agent {agent_q} -- {real} \"$@\"\n",
+         exec {confgate}{globals} run --agent {agent_q}{scope} -- {real} \"$@\"\n",
         confgate = quote(confgate.as_os_str()),
         agent_q = quote(OsStr::new(agent)),
         real = quote(real.as_os_str()),
@@ -293,6 +311,7 @@ mod tests {
             path_var: path,
             confgate: PathBuf::from("/usr/bin/confgate"),
             global_args: vec!["--config".into(), "/etc/x y.toml".into()],
+            scope: vec![],
         }
     }
 
@@ -389,6 +408,7 @@ mod tests {
         let mut o = opts(&shims, &bin, &["amp"]);
         o.confgate = fake;
         o.global_args.clear();
+        o.scope = vec!["/srv/it's/**".into()];
         assert_eq!(run_install(&o).0, 0);
         let out = std::process::Command::new(shims.join("amp"))
             .args(["-p", "it's"])
@@ -398,7 +418,7 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "[run]\n[--agent]\n[amp]\n[--]\n[{}]\n[-p]\n[it's]\n",
+                "[run]\n[--agent]\n[amp]\n[--scope]\n[/srv/it's/**]\n[--]\n[{}]\n[-p]\n[it's]\n",
                 bin.join("amp").display()
             )
         );

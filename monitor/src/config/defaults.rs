@@ -9,6 +9,25 @@ use super::schema::{
 };
 use crate::policy::GateConfig;
 
+/// `daemon.credential_env`: names of environment variables that commonly hold
+/// credentials (globs, case-insensitive).
+pub const DEFAULT_CREDENTIAL_ENV: &[&str] = &[
+    "*_KEY",
+    "*_TOKEN",
+    "*SECRET*",
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*CREDENTIAL*",
+    "AWS_*",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_*",
+    "KUBECONFIG",
+    "SSH_AUTH_SOCK",
+    "VAULT_*",
+    "NPM_TOKEN",
+    "DOCKER_AUTH_CONFIG",
+];
+
 impl Default for DaemonSection {
     fn default() -> Self {
         DaemonSection {
@@ -17,6 +36,10 @@ impl Default for DaemonSection {
             admin_group: None,
             state_dir: PathBuf::from("/var/lib/confgate"),
             supervise_socket: PathBuf::from("/run/confgate/supervise.sock"),
+            credential_env: DEFAULT_CREDENTIAL_ENV
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -61,9 +84,15 @@ impl Default for WatchSection {
             paths: paths.iter().map(PathBuf::from).collect(),
             exclude: Vec::new(),
             project_roots: strings(&["/srv", "/opt", "/root", "/home/*"]),
-            project_globs: strings(&[
-                ".env", ".env.*", "*.conf", "*.toml", "*.yaml", "*.yml", "*.ini", "*.json",
-            ]),
+            project_globs: strings(
+                &[
+                    &[
+                        ".env", ".env.*", "*.conf", "*.toml", "*.yaml", "*.yml", "*.ini", "*.json",
+                    ][..],
+                    super::iac::IAC_GLOBS,
+                ]
+                .concat(),
+            ),
             rename_sources: false,
         }
     }

@@ -17,6 +17,7 @@ use std::path::Path;
 pub mod addr;
 pub mod client;
 mod defaults;
+pub mod iac;
 mod schema;
 pub mod toml_check;
 mod validate;

@@ -67,6 +67,9 @@ pub struct DaemonSection {
     /// Where `confgate-confine` hands a session's seccomp listener to the daemon
     /// (`SOCK_SEQPACKET`, mode 0600). Default `/run/confgate/supervise.sock`.
     pub supervise_socket: PathBuf,
+    /// Globs (case-insensitive) on environment variable names: a session's start record
+    /// lists the names (never the values) of those its root process was given.
+    pub credential_env: Vec<String>,
 }
 
 /// `[output]`: where events go.

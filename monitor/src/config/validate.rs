@@ -84,6 +84,11 @@ impl Config {
             );
         }
         c.abs_path("daemon.state_dir", &d.state_dir);
+        for (i, g) in d.credential_env.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(g) {
+                c.fail(&format!("daemon.credential_env[{i}]"), e.to_string());
+            }
+        }
     }
 
     fn check_approval(&self, c: &mut Checker) {

@@ -263,6 +263,13 @@ impl WatchSet {
             && self.roots.iter().any(|r| r.contains(p))
     }
 
+    /// Whether a canonical absolute path is an IaC file ([`crate::config::iac`]) strictly
+    /// below a project root: its events are labelled `details.class = "iac"`.
+    pub fn is_iac(&self, p: &[u8]) -> bool {
+        let name = p.rsplit(|b| *b == b'/').next().unwrap_or(p);
+        crate::config::iac::is_iac_name(name) && self.roots.iter().any(|r| r.contains(p))
+    }
+
     /// Whether `p` or one of its ancestors matches an exclude glob.
     fn excluded(&self, p: &[u8]) -> bool {
         if self.exclude.is_empty() {

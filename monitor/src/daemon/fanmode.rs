@@ -281,6 +281,7 @@ mod tests {
             cwd: String::new(),
             events: 0,
             ended: None,
+            scope: Vec::new(),
         }
     }
 

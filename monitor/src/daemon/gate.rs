@@ -429,6 +429,7 @@ impl GateRuntime {
             session: Some(PolicySession {
                 id: session.id,
                 agent: &session.agent,
+                within_scope: self.engine.within_scope(session.id, &to),
             }),
             ops: OpSet::RENAME,
             write: true,
@@ -458,6 +459,13 @@ impl GateRuntime {
         {
             warn!("gate: marks still not placed 10s after a session registered; going on");
         }
+    }
+
+    /// Appends a `kind` record to the host ledger (on a task; failures are counted and
+    /// logged by the engine).
+    pub fn record(&self, kind: &'static str, body: serde_json::Value) {
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move { engine.record(kind, body).await });
     }
 
     /// An agent session ended (its last member exited).

@@ -24,6 +24,7 @@ mod protected;
 mod reload;
 mod runtime;
 mod sdnotify;
+mod session_record;
 mod shared;
 mod startup;
 

@@ -397,6 +397,7 @@ impl Core {
                         },
                         command,
                         cwd,
+                        scope: Vec::new(),
                     };
                     match self.shared.registry.create(new) {
                         Ok(info) => {
@@ -405,6 +406,7 @@ impl Core {
                             self.pipeline
                                 .tag_descendants(pid, info.id, |m| shared.tag(m, info.id));
                             info!(session = info.id, agent = %info.agent, pid, rule = %detection.rule, "agent detected");
+                            self.shared.record_start(&info, false);
                         }
                         Err(e) => warn!(pid, error = %e, "could not create a detected session"),
                     }
@@ -420,6 +422,7 @@ impl Core {
                     if let Err(e) = self.shared.registry.end(id) {
                         warn!(session = id, error = %e, "could not record session end");
                     }
+                    self.shared.record_end(id);
                     if let Some(g) = &self.gate {
                         g.on_session_ended(id);
                     }

@@ -38,6 +38,8 @@ pub(super) struct Shared {
     pub(super) reloads: tokio::sync::mpsc::Sender<ReloadAsk>,
     /// Ledger records queued and dropped on their way to the outputs.
     pub(super) audit: Arc<crate::event::audit::AuditCounters>,
+    /// `daemon.credential_env`, compiled: names listed in sessions' start records.
+    pub(super) credential_env: globset::GlobSet,
 }
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -46,6 +48,24 @@ pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
 }
 
 impl Shared {
+    /// Ledgers the `session_start` record of `info` (through the gate, whose ledger it
+    /// is; without a gate there is no ledger to write).
+    pub(super) fn record_start(&self, info: &crate::sessions::SessionInfo, confined: bool) {
+        let Some(g) = self.gate.get() else {
+            return;
+        };
+        let gated = g.engine().policy().mark_roots();
+        let body = super::session_record::start(info, &self.credential_env, &gated, confined);
+        g.record("session_start", body);
+    }
+
+    /// Ledgers the `session_end` record of session `id` (ended in the registry).
+    pub(super) fn record_end(&self, id: u64) {
+        if let (Some(g), Some(info)) = (self.gate.get(), self.registry.get(id)) {
+            g.record("session_end", super::session_record::end(&info));
+        }
+    }
+
     /// Tag `pid` into `session` in the kernel's session map (a failure is logged and
     /// counted).
     pub(super) fn tag(&self, pid: u32, session: u64) -> bool {
@@ -168,8 +188,15 @@ impl DaemonApi for Shared {
         reason: Option<String>,
         command: Vec<String>,
         cwd: String,
-        confine: bool,
+        confinement: crate::api::server::Confinement,
     ) -> Result<SessionInfo, ApiError> {
+        let crate::api::server::Confinement { confine, scope } = confinement;
+        crate::gate::session::scope::validate(&scope).map_err(ApiError::InvalidArgument)?;
+        if !scope.is_empty() && !confine {
+            return Err(ApiError::InvalidArgument(
+                "a scope is enforced by the session's confinement: an unconfined session cannot declare one".into(),
+            ));
+        }
         let current = lock(&self.kernel).session_of(caller.pid);
         if current != 0 {
             return Err(ApiError::AlreadyInSession {
@@ -187,6 +214,7 @@ impl DaemonApi for Shared {
                 source: SessionSource::Wrapper,
                 command,
                 cwd,
+                scope,
             })
             .map_err(|e| match e {
                 SessionError::Invalid(m) => ApiError::InvalidArgument(m),
@@ -202,6 +230,7 @@ impl DaemonApi for Shared {
             ));
         }
         info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, confine, "session registered");
+        self.record_start(&info, confine);
         if confine {
             // It confines itself next: host-wide marks are not placed for it (unless it
             // is still unconfined after the grace).

@@ -333,6 +333,7 @@ fn shared(
         supervisors: Arc::new(crate::gate::session::Supervisors::default()),
         state_dir: cfg.daemon.state_dir.clone(),
         reloads,
+        credential_env: super::session_record::credential_matcher(&cfg.daemon.credential_env),
         kernel: Mutex::new(kernel),
         registry,
         metrics: metrics.clone(),

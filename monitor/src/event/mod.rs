@@ -215,6 +215,15 @@ pub struct Details {
     /// best effort, e.g. relative to an unknown directory.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unresolved: bool,
+    /// A confined session's declared scope refused the operation at once (`result` is
+    /// `-EACCES`; nothing was written). Ledgered as `scope_denied`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scope_denied: bool,
+    /// What kind of file: `"iac"` for infrastructure-as-code under a project root
+    /// (`*.tf`, `*.tfvars`, `*.hcl`, `Dockerfile`, `*.service`, `*.timer`, Helm and
+    /// Kustomize manifests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'static str>,
 }
 
 /// Render `O_*` flags of an open as names.

@@ -12,8 +12,11 @@ use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 
+use std::os::unix::ffi::OsStrExt as _;
+
 use super::Verdict as Answer;
 use super::listener::{Decider, FastVerdict, PermEvent};
+use super::session::scope::ScopeMatcher;
 use crate::policy::grants::GrantSet;
 use crate::policy::{FailVerdict, GateQuery, Mode, OpSet, Policy, SessionRef, Verdict};
 use crate::sessions::SessionRegistry;
@@ -163,6 +166,8 @@ pub struct GateState {
     tracked: RwLock<HashMap<Vec<u8>, Vec<u64>>>,
     /// Agent name per session (cached: the registry clones whole records).
     agents: RwLock<HashMap<u64, Arc<str>>>,
+    /// Declared scope per session (`None`: none), for rules' `within_scope`.
+    scopes: RwLock<HashMap<u64, Option<Arc<ScopeMatcher>>>>,
     pub sessions: SessionRegistry,
     pub metrics: Arc<GateMetrics>,
     notes: mpsc::Sender<Note>,
@@ -192,6 +197,7 @@ impl GateState {
             grants: RwLock::new(grants),
             tracked: RwLock::new(HashMap::new()),
             agents: RwLock::new(HashMap::new()),
+            scopes: RwLock::new(HashMap::new()),
             sessions,
             metrics,
             notes,
@@ -220,6 +226,32 @@ impl GateState {
         let a: Arc<str> = Arc::from(info.agent.as_str());
         write(&self.agents).insert(session, a.clone());
         Some(a)
+    }
+
+    /// Whether `path` is inside `session`'s declared scope (`None`: no session, or one
+    /// that declared no scope). The globs are compiled once per session, their literal
+    /// prefixes resolved as the session's confinement resolved them.
+    pub fn within_scope(&self, session: u64, path: &[u8]) -> Option<bool> {
+        if session == 0 {
+            return None;
+        }
+        let cached = read(&self.scopes).get(&session).cloned();
+        let m = match cached {
+            Some(m) => m,
+            None => {
+                let info = self.sessions.get(session)?;
+                let m = if info.scope.is_empty() {
+                    None
+                } else {
+                    let (_, globs) = crate::gate::session::scope::resolve(&info.scope);
+                    ScopeMatcher::new(&globs).map(Arc::new)
+                };
+                write(&self.scopes).insert(session, m.clone());
+                m
+            }
+        };
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+        m.map(|m| m.contains(path))
     }
 
     pub fn grants(&self) -> RwLockReadGuard<'_, GrantSet> {
@@ -346,6 +378,7 @@ impl Decider for GateDecider {
         let session = (ev.session != 0).then(|| SessionRef {
             id: ev.session,
             agent: agent.as_deref().unwrap_or(""),
+            within_scope: st.within_scope(ev.session, &ev.path),
         });
         // Whether this open creates the file is only known after an fstat: take `O_CREAT`
         // as creating here so that create-only rules match (the engine checks).
@@ -407,5 +440,18 @@ impl Decider for GateDecider {
 
     fn wants_proc_fallback(&self) -> bool {
         self.state.policy().gates_outside_sessions()
+    }
+
+    fn scope_denied(&self, session: u64, pid: u32, path: &[u8]) {
+        let note = Note {
+            kind: "scope_denied",
+            path: path.to_vec(),
+            session,
+            pid,
+            rule: String::new(),
+        };
+        if self.state.notes.try_send(note).is_err() {
+            GateMetrics::inc(&self.state.metrics.notes_dropped);
+        }
     }
 }

@@ -75,6 +75,11 @@ pub trait Decider: Send + Sync {
         false
     }
 
+    /// A confined session's supervisor refused an operation on `path` by process `pid`
+    /// because it is outside the session's declared scope (already answered `EACCES`):
+    /// the decider records it (the gate's ledger). Default: nothing to record.
+    fn scope_denied(&self, _session: u64, _pid: u32, _path: &[u8]) {}
+
     /// The verdict the watchdog applies to an open the listener did not answer in time
     /// (see [`super::watchdog`]); called on the watchdog's thread, from memory. `session`:
     /// the opener's (0: none); `write`: its write intent if the eBPF `PENDING` map had it.

@@ -391,7 +391,12 @@ impl Pipeline {
         let mut ready = std::mem::take(&mut self.ready);
         self.correlator
             .flush_into(now, marks, &|tid| enters.contains_key(&tid), &mut ready);
-        for o in ready.drain(..) {
+        for mut o in ready.drain(..) {
+            if self.watch.is_iac(&o.path)
+                || o.target.as_deref().is_some_and(|t| self.watch.is_iac(t))
+            {
+                o.details.class = Some("iac");
+            }
             if o.source == Source::Fanotify {
                 self.dirs
                     .note_unpaired(o.kind, &o.path, o.target.as_deref());

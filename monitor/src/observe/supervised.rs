@@ -31,6 +31,8 @@ pub struct Supervised {
     pub mode: Option<u32>,
     /// Wall clock, ns since the epoch.
     pub time_ns: i128,
+    /// Refused because it is outside the session's declared scope.
+    pub scope_denied: bool,
 }
 
 impl Supervised {
@@ -50,6 +52,7 @@ impl Supervised {
             time_ns: self.time_ns,
             details: Details {
                 mode: self.mode.map(|m| format!("{m:o}")),
+                scope_denied: self.scope_denied,
                 ..Details::default()
             },
             session: self.session,

@@ -48,6 +48,8 @@ pub enum PolicyError {
 pub struct SessionRef<'a> {
     pub id: u64,
     pub agent: &'a str,
+    /// Whether the path is inside the session's declared scope; `None`: it declared none.
+    pub within_scope: Option<bool>,
 }
 
 /// One open (or rename) to decide on.
@@ -146,9 +148,11 @@ impl Policy {
                 r.ops.is_none_or(|ops| ops.intersects(q.ops))
                     && match q.session {
                         None => r.rule.outside_sessions,
-                        Some(s) => r.agents.as_ref().is_none_or(|a| {
-                            a.is_match_candidate(&Candidate::from_bytes(s.agent.as_bytes()))
-                        }),
+                        Some(s) => {
+                            r.agents.as_ref().is_none_or(|a| {
+                                a.is_match_candidate(&Candidate::from_bytes(s.agent.as_bytes()))
+                            }) && r.within_scope.is_none_or(|w| s.within_scope == Some(w))
+                        }
                     }
                     && r.paths.is_match_candidate(&candidate)
             })

@@ -184,6 +184,11 @@ pub struct RuleConfig {
     /// `webhook:siem`); carried with each request. Default: the service's defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
+    /// `true`: the rule applies only to writes inside the session's declared scope
+    /// (`confgate run --scope`); `false`: only outside it. Either way only to sessions
+    /// that declared a scope. Default: regardless of scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within_scope: Option<bool>,
 }
 
 /// The shipped rules. Reasoning:
@@ -220,6 +225,7 @@ pub fn default_gate_rules() -> Vec<RuleConfig> {
         approvers: Vec::new(),
         four_eyes: false,
         notify: Vec::new(),
+        within_scope: None,
     };
     vec![
         ask("system-config", &["/etc/**"]),
@@ -473,6 +479,8 @@ pub(crate) struct CompiledRule {
     pub(crate) agents: Option<GlobSet>,
     /// `None`: every operation.
     pub(crate) ops: Option<OpSet>,
+    /// `Some(w)`: only queries whose `within_scope` is `Some(w)`.
+    pub(crate) within_scope: Option<bool>,
 }
 
 /// What compiling the configured rules yields.
@@ -637,6 +645,12 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
                 MAX_TIMEOUT,
             );
         }
+        if r.outside_sessions && r.within_scope.is_some() {
+            p.fail(
+                format!("{prefix}.within_scope"),
+                "a rule that applies outside sessions cannot test a session's scope",
+            );
+        }
         if r.outside_sessions && !r.agents.is_empty() {
             p.fail(
                 format!("{prefix}.outside_sessions"),
@@ -664,6 +678,7 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
             paths,
             agents: (!r.agents.is_empty()).then_some(agents),
             ops: (!ops.is_empty()).then_some(ops),
+            within_scope: r.within_scope,
         });
     }
     if !p.0.is_empty() {
@@ -829,6 +844,7 @@ mod tests {
             approvers: vec![],
             four_eyes: false,
             notify: vec![],
+            within_scope: None,
         }
     }
 

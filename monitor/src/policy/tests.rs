@@ -20,6 +20,7 @@ fn rule(name: &str, paths: &[&str], verdict: Verdict) -> RuleConfig {
         approvers: vec![],
         four_eyes: false,
         notify: vec![],
+        within_scope: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn compile(rules: Vec<RuleConfig>) -> Policy {
 const CODEX: SessionRef<'static> = SessionRef {
     id: 7,
     agent: "codex",
+    within_scope: None,
 };
 
 fn write(path: &[u8]) -> GateQuery<'_> {
@@ -127,7 +129,11 @@ fn agent_globs() {
         rule("rest", &["/etc/**"], Verdict::Ask),
     ]);
     let q = |agent: &'static str| GateQuery {
-        session: Some(SessionRef { id: 1, agent }),
+        session: Some(SessionRef {
+            id: 1,
+            agent,
+            within_scope: None,
+        }),
         ..write(b"/etc/x")
     };
     assert_eq!(decide(&p, &q("codex")), "codex");
@@ -447,4 +453,35 @@ fn config_file_errors_name_the_field() {
     assert_eq!(c.gate.rules.len(), 1);
     assert_eq!(c.gate.request_ttl, GateConfig::default().request_ttl);
     assert!(Policy::compile(&c.gate, &protected()).is_ok());
+}
+
+#[test]
+fn within_scope_conditions() {
+    let mut inside = rule("inside", &["/etc/**"], Verdict::Allow);
+    inside.within_scope = Some(true);
+    let mut outside = rule("outside", &["/etc/**"], Verdict::Ask);
+    outside.within_scope = Some(false);
+    let p = compile(vec![
+        inside,
+        outside,
+        rule("rest", &["/etc/**"], Verdict::Deny),
+    ]);
+    let q = |within_scope| GateQuery {
+        session: Some(SessionRef {
+            id: 1,
+            agent: "codex",
+            within_scope,
+        }),
+        ..write(b"/etc/x")
+    };
+    assert_eq!(decide(&p, &q(Some(true))), "inside");
+    assert_eq!(decide(&p, &q(Some(false))), "outside");
+    // A session that declared no scope: neither condition applies.
+    assert_eq!(decide(&p, &q(None)), "rest");
+    // A rule for processes outside sessions cannot test a scope.
+    let mut bad = rule("bad", &["/etc/**"], Verdict::Ask);
+    bad.outside_sessions = true;
+    bad.within_scope = Some(true);
+    let e = Policy::compile(&gate(vec![bad]), &protected()).unwrap_err();
+    assert!(e.to_string().contains("within_scope"), "{e}");
 }

@@ -68,6 +68,10 @@ pub struct SessionInfo {
     pub events: u64,
     /// End time, RFC 3339 UTC; `None` while live.
     pub ended: Option<String>,
+    /// Declared scope: absolute globs of the paths the session may write at all (see
+    /// `gate::session::scope`); empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
 }
 
 /// How a session came to be. Serialized as a string: `"wrapper"` or `"detect:<rule agent>"`,
@@ -131,6 +135,8 @@ pub struct NewSession {
     pub source: SessionSource,
     pub command: Vec<String>,
     pub cwd: String,
+    /// Declared scope (validated by the registry).
+    pub scope: Vec<String>,
 }
 
 /// Errors of the session registry.

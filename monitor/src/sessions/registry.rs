@@ -96,6 +96,7 @@ impl SessionRegistry {
             cwd: truncate_bytes(escape_text(&new.cwd), MAX_CWD_BYTES),
             events: 0,
             ended: None,
+            scope: new.scope,
         };
         let _persist = lock(&self.inner.persist);
         self.inner.store.write(|tx| {

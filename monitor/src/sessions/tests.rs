@@ -12,6 +12,7 @@ fn new(agent: &str) -> NewSession {
         source: SessionSource::Wrapper,
         command: vec!["claude".into(), "-p".into(), "hi".into()],
         cwd: "/home/dev/project".into(),
+        scope: vec![],
     }
 }
 

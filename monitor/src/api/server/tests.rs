@@ -12,6 +12,7 @@ fn register_req(agent: &str) -> pb::RegisterSessionRequest {
         command: vec!["agent".into(), "--flag".into()],
         cwd: "/work".into(),
         confine: false,
+        scope: vec![],
     }
 }
 

@@ -46,6 +46,7 @@ impl Engine {
             session: (ev.session != 0).then_some(SessionRef {
                 id: ev.session,
                 agent,
+                within_scope: self.state.within_scope(ev.session, &ev.path),
             }),
             ops: ops_of(ev, created),
             write: ev.is_write(),

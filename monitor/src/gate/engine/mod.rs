@@ -433,6 +433,11 @@ impl Engine {
         self.state.policy()
     }
 
+    /// Whether `path` is inside `session`'s declared scope (see [`GateState::within_scope`]).
+    pub fn within_scope(&self, session: u64, path: &[u8]) -> Option<bool> {
+        self.state.within_scope(session, path)
+    }
+
     /// Puts `policy` in force (a configuration reload): every decision from now on uses it.
     pub fn set_policy(&self, policy: Arc<Policy>) {
         self.state.set_policy(policy);
@@ -447,6 +452,11 @@ impl Engine {
         }
     }
 
+    /// A host ledger record (a session's start or end record).
+    pub async fn record(&self, kind: &'static str, body: Value) {
+        self.ledger(kind, body).await;
+    }
+
     /// A host ledger record that is also reported to the approval service.
     async fn audit(&self, kind: &'static str, body: Value) {
         if let Err(e) = self.uplink.report(kind, body.clone()).await {
@@ -458,6 +468,16 @@ impl Engine {
 
     async fn note_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Note>) {
         while let Some(n) = rx.recv().await {
+            if n.kind == "scope_denied" {
+                // Outside the session's declared scope: a host record (the supervisor
+                // counts and logs them), not a gate decision to report to the service.
+                self.ledger(
+                    n.kind,
+                    json!({"path": encode(&n.path), "session": n.session, "pid": n.pid}),
+                )
+                .await;
+                continue;
+            }
             warn!(kind = n.kind, path = %encode(&n.path), session = n.session, pid = n.pid, rule = %n.rule, "gate denied an open");
             self.audit(
                 n.kind,

@@ -147,7 +147,11 @@ impl Engine {
         let ops = OpSet::RENAME;
         let q = GateQuery {
             path: &to,
-            session: Some(SessionRef { id: session, agent }),
+            session: Some(SessionRef {
+                id: session,
+                agent,
+                within_scope: self.state.within_scope(session, &to),
+            }),
             ops,
             write: true,
         };

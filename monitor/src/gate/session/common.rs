@@ -49,6 +49,8 @@ counters! {
     refused,
     /// `io_uring_setup` refused (`EPERM`): a ring's operations pass no notification.
     io_uring_refused,
+    /// Operations outside the session's declared scope, refused at once (`EACCES`).
+    scope_denied,
     /// Callers gone before they were answered.
     caller_gone,
     /// Answers the kernel refused.

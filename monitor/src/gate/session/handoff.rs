@@ -208,8 +208,10 @@ fn exchange(ctx: &Ctx, conn: &OwnedFd, in_flight: &mut Option<u64>) -> Result<u6
     *in_flight = Some(id);
     let (mut denied, hidden) = ctx.paths.get();
     denied.extend(block_devices(Path::new("/dev"), 2));
+    // A declared scope narrows what Landlock allows to the globs' roots (see `scope`).
     let spec = ConfineSpec::compute(&denied, &hidden)
         .map_err(|e| format!("computing the confinement: {e}"))?;
+    let spec = super::scope::narrow(spec, &info.scope);
     let spec = Arc::new(spec);
     let reply = Reply {
         ok: true,

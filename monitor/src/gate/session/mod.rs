@@ -27,6 +27,7 @@ pub mod perform;
 mod report;
 pub mod resolve;
 pub mod resume;
+pub mod scope;
 pub mod spec;
 pub mod supervisor;
 pub mod wire;

@@ -29,6 +29,18 @@ impl Reporter {
         targets: &[Target],
         result: i64,
     ) {
+        self.send_as(op, (tid, tgid, uid), targets, result, false)
+    }
+
+    /// [`Reporter::send`], marked as refused by the session's scope or not.
+    pub(super) fn send_as(
+        &self,
+        op: &Op,
+        (tid, tgid, uid): (u32, u32, u32),
+        targets: &[Target],
+        result: i64,
+        scope_denied: bool,
+    ) {
         let Some(tx) = &self.tx else {
             return;
         };
@@ -83,6 +95,7 @@ impl Reporter {
             open_flags: flags,
             mode,
             time_ns: crate::os::clock::now_ns(),
+            scope_denied,
         };
         if tx.try_send(s).is_err() {
             self.counters

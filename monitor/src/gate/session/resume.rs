@@ -266,6 +266,7 @@ mod tests {
             source: SessionSource::Wrapper,
             command: vec![],
             cwd: "/".into(),
+            scope: vec![],
         };
         let live = registry.create(new(std::process::id())).unwrap().id;
         let ended = registry.create(new(1)).unwrap().id;
@@ -274,6 +275,7 @@ mod tests {
         let spec = ConfineSpec {
             write_allowed: vec!["/tmp".into()],
             hidden: vec!["/etc/confgate".into()],
+            ..ConfineSpec::default()
         };
         remember_spec(&store, live, &spec).unwrap();
         remember_spec(&store, ended, &spec).unwrap();

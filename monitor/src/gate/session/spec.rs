@@ -23,6 +23,11 @@ pub struct ConfineSpec {
     /// namespace): confgate's configuration, credentials and state.
     #[serde(with = "escaped_paths")]
     pub hidden: Vec<PathBuf>,
+    /// The session's declared scope (`confgate run --scope`), its literal prefixes resolved
+    /// (see `scope::narrow`); empty: no scope. `write_allowed` is already narrowed to
+    /// the globs' roots; the supervisor refuses every target outside the globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope: Vec<String>,
 }
 
 /// Paths as the project's escaped text (`\xNN` for bytes that are not printable UTF-8):
@@ -118,6 +123,7 @@ impl ConfineSpec {
         Ok(ConfineSpec {
             write_allowed: allowed.into_iter().collect(),
             hidden,
+            scope: Vec::new(),
         })
     }
 
@@ -202,7 +208,7 @@ impl CoverSet {
 
 /// `path` with its longest existing prefix resolved (symbolic links, `..`), the rest
 /// appended as given.
-fn resolve(path: &Path) -> PathBuf {
+pub(super) fn resolve(path: &Path) -> PathBuf {
     let mut rest = Vec::new();
     let mut cur = path;
     loop {
@@ -323,6 +329,7 @@ mod tests {
         let spec = ConfineSpec {
             write_allowed: vec![odd.clone(), PathBuf::from("/home")],
             hidden: vec![PathBuf::from("/etc/confgate")],
+            scope: vec![],
         };
         let json = serde_json::to_string(&spec).unwrap();
         let back: ConfineSpec = serde_json::from_str(&json).unwrap();
@@ -343,6 +350,7 @@ mod tests {
         let spec = ConfineSpec {
             write_allowed,
             hidden: vec![],
+            scope: vec![],
         };
         let set = CoverSet::new(&spec);
         for p in [
@@ -371,6 +379,7 @@ mod tests {
         let root = CoverSet::new(&ConfineSpec {
             write_allowed: vec![PathBuf::from("/")],
             hidden: vec![],
+            scope: vec![],
         });
         assert!(root.covers(Path::new("/x/y")));
     }

@@ -226,6 +226,7 @@ impl Supervisors {
             counters: self.counters.clone(),
             stop,
             gated_inodes: gated_links(&w.gated),
+            scope: super::scope::ScopeMatcher::new(&a.spec.scope),
         };
         std::thread::Builder::new()
             .name(format!("confgate-supervise-{session}"))
@@ -305,6 +306,8 @@ struct Supervisor {
     /// Gated files with more than one name, by (device, inode): a write through another
     /// name is decided as a write of the gated one.
     gated_inodes: HashMap<(u64, u64), PathBuf>,
+    /// The declared scope (`None`: none): targets outside it are refused at once.
+    scope: Option<super::scope::ScopeMatcher>,
 }
 
 /// How one notification is answered.
@@ -414,6 +417,13 @@ impl Supervisor {
         if !notify::id_valid(&*self.listener, n.id) {
             SupervisorCounters::inc(&self.counters.caller_gone);
             return;
+        }
+        // Outside the declared scope: refused before Landlock or the rules see it.
+        if let Some(i) = self.scope.as_ref().and_then(|s| s.first_outside(&targets)) {
+            self.answer_error(n.id, libc::EACCES);
+            let (tgid, uid) = creds::status_of(tid).map_or((tid, 0), |(g, c)| (g, c.uid));
+            let (c, r, d) = (&self.counters, &self.report, &*self.decider);
+            return super::scope::refused(c, r, d, &op, (tid, tgid, uid), &targets, i);
         }
         if self.free(&targets) {
             return self.answer_continue(n.id);

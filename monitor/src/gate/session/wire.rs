@@ -159,6 +159,7 @@ mod tests {
         let spec = ConfineSpec {
             write_allowed: vec![PathBuf::from("/tmp")],
             hidden: vec![],
+            ..ConfineSpec::default()
         };
         let r = Reply {
             ok: true,
