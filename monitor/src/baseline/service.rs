@@ -212,6 +212,11 @@ impl BaselineService {
         body
     }
 
+    /// Largest file whose content is compared (`baseline.max_file_bytes`).
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
+    }
+
     /// Whether `path` is in the baseline and its content can be put back.
     pub fn restorable(&self, path: &[u8]) -> bool {
         matches!(self.baseline.get(path), Ok(Some(e)) if e.stored || e.kind == super::FileKind::Symlink)
