@@ -2,7 +2,8 @@
 //! and the in-process approval service: a session's write returns at once; at its close
 //! the change is sent for approval with its unified diff against the baseline (checked
 //! exactly, masked); approve moves the baseline, deny and no answer restore it; a second
-//! write before the decision replaces the request (one request, the latest diff).
+//! write before the decision replaces the request (one request, the latest diff); a
+//! review undecided at a restart is filed again.
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -155,4 +156,27 @@ fn review_approve_deny_supersede_and_timeout() {
     assert_eq!(g.stat("gate_reviews_superseded"), 1);
     assert_eq!(g.stat("gate_reviews_timed_out"), 1);
     assert_eq!(g.stat("gate_review_errors"), 0);
+
+    // 5. Undecided when the daemon restarts: closed, and reviewed again with the diff the
+    //    path has then; denied, restored.
+    g.d.confine_sessions = true;
+    write_unheld(&g, "claude", "echo d=9 > gated/deny.conf");
+    let before = g.wait_request(&deny);
+    g.d.restart();
+    let again = poll("the review filed again", Duration::from_secs(20), || {
+        requests_for(&g, &deny)
+            .into_iter()
+            .find(|r| r["id"] != before["id"])
+    });
+    assert_eq!(
+        excerpt(&again),
+        "--- before\n+++ after\n@@ -1 +1 @@\n-d=1\n+d=9\n"
+    );
+    let old = before["host_request_id"].clone();
+    let rec = g.wait_ledgered("review_superseded", |b| b["host_request_id"] == old);
+    assert_eq!(rec["reviewed_again"], true, "{rec}");
+    ok(&g.cli(&["approvals", "deny", &id_of(&again)]));
+    let new = again["host_request_id"].clone();
+    g.wait_ledgered("review_reverted", |b| b["host_request_id"] == new);
+    assert_eq!(std::fs::read_to_string(&deny).unwrap(), "d=1\n");
 }

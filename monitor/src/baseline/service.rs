@@ -51,6 +51,10 @@ pub struct BaselineService {
     quarantine: PathBuf,
     /// Keys of the drifts already recorded by the periodic check.
     reported: Mutex<HashSet<String>>,
+    /// `drift_detected` events for the event stream, and their receiving end until the
+    /// pipeline takes it (see [`super::events`]).
+    events: super::events::DriftEvents,
+    events_rx: Mutex<Option<std::sync::mpsc::Receiver<super::events::DaemonEvent>>>,
 }
 
 /// `roots` without the ones inside another (walked once), in order.
@@ -86,7 +90,10 @@ impl BaselineService {
                 }
             }
         }
+        let (events, events_rx) = super::events::channel();
         Ok(BaselineService {
+            events,
+            events_rx: Mutex::new(Some(events_rx)),
             baseline,
             ledger,
             ledger_path: ledger_path(&s.state_dir),
@@ -153,6 +160,7 @@ impl BaselineService {
                 "drift_detected",
                 serde_json::to_value(&it).unwrap_or(Value::Null),
             );
+            self.events.send(&it, crate::os::clock::now_ns());
             new.push(it);
         }
         new
@@ -171,6 +179,66 @@ impl BaselineService {
         for p in paths {
             let diff = undone.iter().find(|i| i.raw == *p);
             out.push(self.revert_one(p, json!({"by": who}), "revert", diff));
+        }
+        Ok(out)
+    }
+
+    /// Puts each path back to the state ledger record `seq` left it in (see
+    /// [`super::revert_to`]). Every path is checked first (in scope, recorded there, its
+    /// content kept): nothing is touched unless all can be. The baseline does not move
+    /// (`baseline accept` approves the result); each path is ledgered as a
+    /// `baseline_revert` with `to_seq`.
+    pub fn revert_to(
+        &self,
+        paths: &[Vec<u8>],
+        seq: u64,
+        who: &Requester,
+    ) -> Result<Vec<Value>, BaselineError> {
+        for p in paths {
+            if !self.baseline.in_scope(p) {
+                return Err(BaselineError::NotInScope(encode(p)));
+            }
+        }
+        let records = crate::ledger::read_lenient(&self.ledger_path, None)
+            .map_err(|e| BaselineError::NotRecorded(format!("cannot read the ledger: {e}")))?;
+        let Some(rec) = records
+            .records
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.seq == seq)
+        else {
+            return Err(BaselineError::NotRecorded(format!(
+                "the ledger in use has no record {seq}"
+            )));
+        };
+        let mut wants = Vec::new();
+        for p in paths {
+            let want = super::revert_to::state_at(&rec, p)?;
+            if let Some(e) = &want {
+                super::revert_to::check_kept(&self.baseline, p, e, seq)?;
+            }
+            wants.push(want);
+        }
+        let mut out = Vec::new();
+        for (p, want) in paths.iter().zip(wants) {
+            let mut body = json!({"path": encode(p), "why": "revert", "to_seq": seq,
+                                  "to_kind": rec.kind, "by": who,
+                                  "to": want.as_ref().map(drift::State::from)});
+            let c = &self.baseline.counters;
+            match restore::restore_to(&self.baseline, p, want) {
+                Ok(r) => {
+                    c.reverts.fetch_add(1, Ordering::Relaxed);
+                    info!(path = %encode(p), result = ?r, seq, "restored to a ledger record's state");
+                    body["result"] = json!(r);
+                }
+                Err(e) => {
+                    c.revert_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(path = %encode(p), error = %e, seq, "cannot restore to a ledger record's state");
+                    body["error"] = json!(e.to_string());
+                }
+            }
+            self.record("baseline_revert", body.clone());
+            out.push(body);
         }
         Ok(out)
     }
@@ -277,9 +345,22 @@ impl BaselineService {
         }
     }
 
+    /// The receiving end of the `drift_detected` events (once: the event output's).
+    pub fn take_events(&self) -> Option<std::sync::mpsc::Receiver<super::events::DaemonEvent>> {
+        self.events_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
     /// Counters for `confgate stats`.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.baseline.snapshot()
+        let mut out = self.baseline.snapshot();
+        out.push((
+            "drift_events_dropped",
+            self.events.dropped.load(Ordering::Relaxed),
+        ));
+        out
     }
 }
 

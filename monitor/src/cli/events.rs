@@ -28,6 +28,8 @@ pub const KINDS: &[&str] = &[
     "link",
     "symlink",
     "mkdir",
+    // Made by the daemon's periodic drift check (see README "Baseline, drift and revert").
+    "drift_detected",
 ];
 
 /// How events are printed.
@@ -54,7 +56,7 @@ pub struct Filters {
     #[arg(long, value_name = "GLOB")]
     pub path: Vec<String>,
     /// Only events of this kind (open_write, create, write, rename, unlink, truncate,
-    /// chmod, chown, link, symlink, mkdir); repeatable.
+    /// chmod, chown, link, symlink, mkdir, drift_detected); repeatable.
     #[arg(long, value_delimiter = ',', value_name = "KIND")]
     pub kind: Vec<String>,
 }
@@ -144,6 +146,18 @@ impl Matcher {
 /// uid=UID[ session=AGENT#ID] (SOURCE)`, every name made safe for a terminal.
 pub fn compact(e: &Value) -> String {
     let text = |v: &Value| for_terminal(v.as_str().unwrap_or("?").as_bytes());
+    if e["kind"] == "drift_detected" {
+        // No process made it: the drift's change and attribution instead.
+        return format!(
+            "{} {:<10} {} {} by {} ({})",
+            text(&e["time"]),
+            text(&e["kind"]),
+            text(&e["path"]),
+            text(&e["drift"]["change"]),
+            text(&e["drift"]["attribution"]["by"]),
+            text(&e["source"]),
+        );
+    }
     let target = e["target"]
         .as_str()
         .map(|t| format!(" -> {}", for_terminal(t.as_bytes())))

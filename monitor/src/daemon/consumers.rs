@@ -7,7 +7,10 @@ use std::sync::Arc;
 use tracing::warn;
 
 use super::GateRuntime;
-use crate::{event::Event, metrics::Metrics, notify::FanEvent, observe::sink::Sink};
+use crate::{
+    baseline::events::DaemonEvent, event::Event, metrics::Metrics, notify::FanEvent,
+    observe::sink::Sink,
+};
 
 /// One consumer of the pipeline's output.
 pub(super) trait Consumer {
@@ -109,6 +112,23 @@ impl Consumer for Gated {
 pub(super) struct Output {
     pub(super) sink: Sink,
     pub(super) metrics: Arc<Metrics>,
+    /// Events the daemon makes itself (`drift_detected`), written at each flush.
+    pub(super) daemon_events: Option<std::sync::mpsc::Receiver<DaemonEvent>>,
+}
+
+impl Output {
+    fn daemon_events(&mut self) {
+        let Some(rx) = &self.daemon_events else {
+            return;
+        };
+        while let Ok(ev) = rx.try_recv() {
+            Metrics::inc(&self.metrics.events_emitted);
+            if let Err(e) = self.sink.emit_line(&ev.json, &ev.human) {
+                Metrics::inc(&self.metrics.sink_errors);
+                warn!(error = %e, "event not written to the events file");
+            }
+        }
+    }
 }
 
 impl Consumer for Output {
@@ -120,6 +140,7 @@ impl Consumer for Output {
     }
 
     fn flushed(&mut self) {
+        self.daemon_events();
         if let Err(e) = self.sink.flush() {
             Metrics::inc(&self.metrics.sink_errors);
             warn!(error = %e, "flushing the events file");
@@ -131,6 +152,7 @@ impl Consumer for Output {
     }
 
     fn close(&mut self) {
+        self.daemon_events();
         let _ = self.sink.flush();
     }
 

@@ -134,6 +134,10 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
     consumers.add(Output {
         sink,
         metrics: metrics.clone(),
+        daemon_events: gate
+            .as_ref()
+            .and_then(|g| g.baseline())
+            .and_then(|b| b.take_events()),
     });
     // Operations the session supervisors perform themselves are observed through them.
     let (supervised_tx, supervised) = tokio::sync::mpsc::channel(SUPERVISED_QUEUE);

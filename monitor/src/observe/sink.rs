@@ -108,6 +108,32 @@ impl Sink {
         })
     }
 
+    /// Write one event the daemon made itself (a `drift_detected`; see
+    /// `baseline::events`) everywhere, as [`Sink::emit`] does: its JSON line to the file,
+    /// to stdout (or its human line) and to subscribers.
+    pub fn emit_line(&mut self, json: &str, human: &str) -> Result<(), SinkError> {
+        self.line.clear();
+        self.line.extend_from_slice(json.as_bytes());
+        self.line.push(b'\n');
+        let file_result = self.file.write_all(&self.line);
+        let printed = match self.stdout {
+            Stdout::Human => writeln!(std::io::stdout(), "{human}"),
+            Stdout::Json => writeln!(std::io::stdout(), "{json}"),
+            Stdout::Off => Ok(()),
+        };
+        if let Err(e) = printed {
+            tracing::warn!(error = %e, "cannot write events to stdout; stdout output turned off");
+            self.stdout = Stdout::Off;
+        }
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::from(json));
+        }
+        file_result.map_err(|source| SinkError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// Writes the buffered lines to the file open now, then writes to `file` (opened by
     /// [`open_file`] at `path`) from the next event on: a configuration reload, or the
     /// events file renamed away by logrotate (`create`) and a new one opened. Lines already

@@ -337,9 +337,12 @@ impl Engine {
             changes.entry(c.grant_id).or_default().push(c);
         }
         let mut open_requests = HashMap::new();
+        let mut reviews_before = Vec::new();
         for (id, r) in store.scan(REQUESTS)? {
             if r.mode == Mode::DenyAndRequest.as_str() {
                 open_requests.insert((r.session, r.path.clone()), id);
+            } else if r.mode == Mode::Review.as_str() && !r.answered {
+                reviews_before.push((id, r));
             }
         }
         let engine = Arc::new(Engine {
@@ -372,6 +375,9 @@ impl Engine {
         tokio::spawn(engine.clone().expiry_loop());
         if !released.is_empty() {
             tokio::spawn(engine.clone().settle_released(released));
+        }
+        if !reviews_before.is_empty() {
+            tokio::spawn(engine.clone().review_again(reviews_before));
         }
         Ok(GateHandles {
             engine,

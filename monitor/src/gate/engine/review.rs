@@ -241,6 +241,32 @@ impl Engine {
         tokio::spawn(async move { me.await_review(path, id, rx, rule.timeout).await });
     }
 
+    /// At start: the reviews the previous run left undecided are closed (the service
+    /// releases them) and their paths reviewed again, with the diff they have now and a
+    /// new timeout. A path whose rule is no longer a review rule is left to `drift`.
+    pub(super) async fn review_again(self: Arc<Self>, before: Vec<(u64, RequestRecord)>) {
+        for (id, r) in before {
+            self.forget_request(id).await;
+            let rule = self
+                .state
+                .policy()
+                .rule(&r.rule)
+                .filter(|rule| rule.mode == Mode::Review && rule.verdict == Verdict::Ask);
+            info!(request = id, path = %encode(&r.path), again = rule.is_some(), "an undecided review of the previous run is closed");
+            self.audit(
+                "review_superseded",
+                json!({"host_request_id": id, "path": encode(&r.path), "session": r.session,
+                       "why": "the daemon restarted before a decision",
+                       "reviewed_again": rule.is_some()}),
+            )
+            .await;
+            if let Some(rule) = rule {
+                self.state.mark_review(&r.path, r.session, &rule);
+                self.schedule_close(r.path, r.session, 0);
+            }
+        }
+    }
+
     /// Files the request of a review (its ledger line carries the diff).
     async fn file_review(
         self: &Arc<Self>,
@@ -344,8 +370,10 @@ impl Engine {
                 "denied"
             }
             Ok(Ok(Outcome::Expired(_))) => {
+                // The service's deadline is the rule's timeout: the same case, told first
+                // by the service.
                 GateMetrics::inc(&self.state.metrics.reviews_timed_out);
-                "the approval service expired the request"
+                "no answer before the rule's timeout"
             }
             Ok(Ok(Outcome::Rejected)) => {
                 GateMetrics::inc(&self.state.metrics.review_errors);
