@@ -224,7 +224,8 @@ fn baseline_drift_attribution_and_revert() {
     let o = g.cli(&["revert", &down_s, "--to", &d2]);
     ok(&o);
     assert_eq!(std::fs::read_to_string(&down).unwrap(), "d=2\n");
-    let rec = g.wait_ledgered("baseline_revert", |b| b["to_seq"].to_string() == d2);
+    let d2n: u64 = d2.parse().unwrap();
+    let rec = g.wait_ledgered("baseline_revert", |b| b["to_seq"] == d2n);
     assert_eq!(rec["result"], "restored", "{rec}");
     let (items, _) = drift(&g, &[&down]);
     assert_eq!(item(&items, &down)["what"], serde_json::json!(["content"]));

@@ -173,6 +173,9 @@ pub struct Note {
     pub rule: String,
 }
 
+/// The session whose review-mode change of a path waits for review, and its rule.
+type Reviewer = (u64, Arc<Rule>);
+
 /// State shared by the permission thread and the engine's tasks. Every lock here is held
 /// only for in-memory work, never across I/O.
 pub struct GateState {
@@ -186,7 +189,7 @@ pub struct GateState {
     tracked: RwLock<HashMap<Vec<u8>, Vec<u64>>>,
     /// Paths changed in review mode whose review is not settled yet, with the session
     /// whose operation the decider let through last (see `gate::engine::review`).
-    reviewing: RwLock<HashMap<Vec<u8>, (u64, Arc<Rule>)>>,
+    reviewing: RwLock<HashMap<Vec<u8>, Reviewer>>,
     /// Agent name per session (cached: the registry clones whole records).
     agents: RwLock<HashMap<u64, Arc<str>>>,
     pub sessions: SessionRegistry,
