@@ -1,7 +1,8 @@
 //! End-to-end: `mode = "review"` (issue 17, item 4) on the real kernel, with the real CLI
 //! and the in-process approval service: a session's write returns at once; at its close
 //! the change is sent for approval with its unified diff against the baseline (checked
-//! exactly, masked); approve moves the baseline, deny and no answer restore it; a second
+//! exactly, masked; also for a chmod and a rename onto the path); approve moves the
+//! baseline, deny and no answer restore it; a second
 //! write before the decision replaces the request (one request, the latest diff); a
 //! review undecided at a restart is filed again.
 use std::os::unix::fs::MetadataExt as _;
@@ -52,6 +53,7 @@ fn review_approve_deny_supersede_and_timeout() {
             std::fs::write(w.join("app.env"), "A=1\nB=2\nAPI_TOKEN=old-secret\n").unwrap();
             std::fs::write(w.join("deny.conf"), "d=1\n").unwrap();
             std::fs::write(w.join("late.conf"), "l=1\n").unwrap();
+            std::fs::write(w.join("mv.conf"), "m=1\n").unwrap();
         },
         |w| rule(w, "review", REVIEW),
     );
@@ -136,6 +138,35 @@ fn review_approve_deny_supersede_and_timeout() {
     assert_eq!(rec["result"], "removed", "{rec}");
     assert!(!created.exists());
 
+    // 3b. A chmod completes at once: reviewed (its header lines), denied, mode restored.
+    write_unheld(&g, "claude", "chmod 600 gated/deny.conf");
+    let r = g.wait_request(&deny);
+    assert_eq!(excerpt(&r), "old mode 0644\nnew mode 0600\n");
+    ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
+    let id = r["host_request_id"].clone();
+    let rec = g.wait_ledgered("review_reverted", |b| b["host_request_id"] == id);
+    assert_eq!(rec["result"], "metadata", "{rec}");
+    assert_eq!(std::fs::metadata(&deny).unwrap().mode() & 0o7777, 0o644);
+
+    // 3c. A rename onto a reviewed path: reviewed against the baseline, denied, restored.
+    let mvp = g.gated("mv.conf");
+    let evil = g.d.dir.path().join("evil");
+    std::fs::write(&evil, "m=evil\n").unwrap();
+    write_unheld(
+        &g,
+        "claude",
+        &format!("mv {} gated/mv.conf", evil.display()),
+    );
+    let r = g.wait_request(&mvp);
+    assert_eq!(
+        excerpt(&r),
+        "--- before\n+++ after\n@@ -1 +1 @@\n-m=1\n+m=evil\n"
+    );
+    ok(&g.cli(&["approvals", "deny", &id_of(&r)]));
+    let id = r["host_request_id"].clone();
+    g.wait_ledgered("review_reverted", |b| b["host_request_id"] == id);
+    assert_eq!(std::fs::read_to_string(&mvp).unwrap(), "m=1\n");
+
     // 4. No answer before the rule's timeout (5 s), an unconfined session (the host-wide
     //    fanotify gate): restored.
     g.d.confine_sessions = false;
@@ -150,9 +181,9 @@ fn review_approve_deny_supersede_and_timeout() {
     assert_eq!(rec["why"], "no answer before the rule's timeout", "{rec}");
     assert_eq!(std::fs::read_to_string(&late).unwrap(), "l=1\n");
 
-    assert_eq!(g.stat("gate_reviews_filed"), 5);
+    assert_eq!(g.stat("gate_reviews_filed"), 7);
     assert_eq!(g.stat("gate_reviews_approved"), 1);
-    assert_eq!(g.stat("gate_reviews_denied"), 2);
+    assert_eq!(g.stat("gate_reviews_denied"), 4);
     assert_eq!(g.stat("gate_reviews_superseded"), 1);
     assert_eq!(g.stat("gate_reviews_timed_out"), 1);
     assert_eq!(g.stat("gate_review_errors"), 0);
