@@ -54,8 +54,15 @@ fn review_approve_deny_supersede_and_timeout() {
             std::fs::write(w.join("deny.conf"), "d=1\n").unwrap();
             std::fs::write(w.join("late.conf"), "l=1\n").unwrap();
             std::fs::write(w.join("mv.conf"), "m=1\n").unwrap();
+            std::fs::create_dir(w.join("rv")).unwrap();
+            std::fs::write(w.join("rv/x.conf"), "x=1\n").unwrap();
         },
-        |w| rule(w, "review", REVIEW),
+        |w| {
+            format!(
+                "[[gate.rule]]\nname = \"review-revert\"\npaths = [\"{w}/gated/rv/**\"]\nverdict = \"ask\"\nmode = \"review\"\ntimeout = \"5s\"\non_expiry = \"revert\"\n{}",
+                rule(w, "review", REVIEW)
+            )
+        },
     );
     g.wait_ledgered("baseline_taken", |_| true);
     let env = g.gated("app.env");
@@ -93,6 +100,33 @@ fn review_approve_deny_supersede_and_timeout() {
     );
     let o = g.cli(&["drift", "--json", &envs]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+
+    // 1b. Under `on_expiry = "revert"` an approval holds for its grant's lifetime: the
+    //     agent's next write is covered (no new review), and at the grant's end the
+    //     path is back at the baseline.
+    let rvx = g.gated("rv/x.conf");
+    write_unheld(&g, "claude", "echo x=2 > gated/rv/x.conf");
+    let r = g.wait_request(&rvx);
+    ok(&g.cli(&[
+        "approvals",
+        "approve",
+        &id_of(&r),
+        "--ttl",
+        "3s",
+        "--scope",
+        "agent",
+    ]));
+    let rvs = rvx.display().to_string();
+    let rec = g.wait_ledgered("review_approved", |b| b["path"] == rvs.as_str());
+    assert_eq!(rec["baseline"], "kept until the grant ends", "{rec}");
+    write_unheld(&g, "claude", "echo x=3 >> gated/rv/x.conf");
+    g.wait_ledgered("change", |b| b["diff"]["path"] == rvs.as_str());
+    assert!(requests_for(&g, &rvx).is_empty(), "covered by the grant");
+    let rec = g.wait_ledgered("baseline_revert", |b| {
+        b["path"] == rvs.as_str() && b["why"] == "expired"
+    });
+    assert_eq!(rec["result"], "restored", "{rec}");
+    assert_eq!(std::fs::read_to_string(&rvx).unwrap(), "x=1\n");
 
     // 2. Two writes before a decision: one request, showing the latest diff; denied,
     //    the file is restored to the baseline in place.
@@ -181,8 +215,8 @@ fn review_approve_deny_supersede_and_timeout() {
     assert_eq!(rec["why"], "no answer before the rule's timeout", "{rec}");
     assert_eq!(std::fs::read_to_string(&late).unwrap(), "l=1\n");
 
-    assert_eq!(g.stat("gate_reviews_filed"), 7);
-    assert_eq!(g.stat("gate_reviews_approved"), 1);
+    assert_eq!(g.stat("gate_reviews_filed"), 8);
+    assert_eq!(g.stat("gate_reviews_approved"), 2);
     assert_eq!(g.stat("gate_reviews_denied"), 4);
     assert_eq!(g.stat("gate_reviews_superseded"), 1);
     assert_eq!(g.stat("gate_reviews_timed_out"), 1);

@@ -201,6 +201,24 @@ impl Engine {
             // The request shows this very change already.
             return;
         }
+        let agent = self.state.agent(session);
+        let covered = self
+            .state
+            .grants()
+            .find(
+                &rule.name,
+                session,
+                agent.as_deref().unwrap_or(""),
+                &path,
+                ops_of_change(view.change),
+                SystemTime::now(),
+            )
+            .is_some();
+        if covered && !reviews.contains_key(&path) {
+            // Approved already: a live grant (a review approved under `on_expiry =
+            // "revert"`, or another approval) covers it; its own tracking settles it.
+            return;
+        }
         let Some((id, rx)) = self.file_review(&path, session, pid, &rule, &view).await else {
             // Nobody can approve it: what no answer means.
             drop(reviews);
@@ -296,11 +314,7 @@ impl Engine {
                 writer.command = s.command.clone();
                 writer.cwd = s.cwd.clone();
             }
-            let ops = match v.change {
-                "created" => vec!["create".to_owned(), "write".to_owned()],
-                "deleted" => vec!["remove".to_owned()],
-                _ => vec!["write".to_owned()],
-            };
+            let ops = ops_of_change(v.change).to_strings();
             let ctx = context::request_context(context::ContextInput {
                 host: &me.settings.host,
                 session: info.as_ref(),
@@ -493,6 +507,15 @@ impl Engine {
             }
         }
         self.audit("review_reverted", body).await;
+    }
+}
+
+/// The operations a review's request names (and its grant then covers).
+fn ops_of_change(change: &str) -> OpSet {
+    match change {
+        "created" => OpSet::CREATE | OpSet::WRITE,
+        "deleted" => OpSet::REMOVE,
+        _ => OpSet::WRITE,
     }
 }
 
