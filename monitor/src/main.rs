@@ -320,8 +320,8 @@ fn main() -> ExitCode {
         Command::Drift { paths, json } => {
             monitor::cli::baseline::drift(&socket(&cli)?, paths, *json)
         }
-        Command::Revert { paths, json, .. } => {
-            monitor::cli::baseline::revert(&socket(&cli)?, paths, *json)
+        Command::Revert { paths, json, to } => {
+            monitor::cli::baseline::revert(&socket(&cli)?, paths, *to, *json)
         }
         Command::Baseline {
             command: BaselineCommand::Accept { paths, note, json },

@@ -65,6 +65,14 @@ fn baseline_drift_attribution_and_revert() {
     assert_eq!(g.stat("baseline_files"), 5);
 
     // 2. A change by a process outside any session (this test): attributed to it.
+    //    Its drift is also an event: in the events file and on `confgate events`.
+    let mut stream = std::process::Command::new(confgate_bin())
+        .args(["--config", &g.d.config.display().to_string()])
+        .args(["events", "--kind", "drift_detected"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("confgate events");
+    std::thread::sleep(Duration::from_millis(300));
     let plain = w.join("plain.conf");
     std::fs::write(&plain, "p=2\n").unwrap();
     let plain_s = g.d.w("plain.conf");
@@ -84,6 +92,39 @@ fn baseline_drift_attribution_and_revert() {
     // The periodic check (every second) ledgers it, once.
     let rec = g.wait_ledgered("drift_detected", |b| b["path"] == plain_s.as_str());
     assert_eq!(rec["attribution"]["by"], "process", "{rec}");
+    // As every ledger record, an `audit` event (h19b's tap), once per drift.
+    let is_it = |e: &Value| e["kind"] == "drift_detected" && e["body"]["path"] == plain_s.as_str();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ev = loop {
+        if let Some(e) = g.d.audit_events().into_iter().find(|e| is_it(e)) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drift_detected event"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(ev["v"], 2, "{ev}");
+    assert_eq!(ev["class"], "audit", "{ev}");
+    assert_eq!(ev["body"]["key"], rec["key"], "{ev}");
+    assert_eq!(ev["body"]["diff"], rec["diff"], "{ev}");
+    assert_eq!(ev["body"]["attribution"]["pid"], std::process::id(), "{ev}");
+    // The same line reached the gRPC stream (`confgate events`).
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = stream.kill();
+    let out = stream.wait_with_output().expect("events output");
+    let streamed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("event JSON"))
+        .collect();
+    assert!(
+        streamed
+            .iter()
+            .any(|e| e["body"]["path"] == plain_s.as_str() && e["id"] == ev["id"]),
+        "{streamed:?}"
+    );
+    assert!(streamed.iter().all(|e| e["kind"] == "drift_detected"));
     std::thread::sleep(Duration::from_millis(2500));
     let n = g
         .ledgered("drift_detected")
@@ -170,6 +211,48 @@ fn baseline_drift_attribution_and_revert() {
     assert_eq!(moved["note"], "ops change", "{moved}");
     let (items, code) = drift(&g, &[&down]);
     assert!(items.is_empty() && code == 0, "{items:#?}");
+
+    // 5. `revert --to SEQ`: the state a ledger record left the path in, not the baseline.
+    let seq_of = |kind: &str, pred: &dyn Fn(&Value) -> bool| -> String {
+        g.ledger()
+            .iter()
+            .rfind(|r| r["kind"] == kind && pred(&r["body"]))
+            .map(|r| r["seq"].as_u64().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {kind} record"))
+    };
+    let down_s = down.display().to_string();
+    let d2 = seq_of("baseline_moved", &|b| b["note"] == "ops change");
+    std::fs::write(&down, "d=3\n").unwrap();
+    ok(&g.cli(&["baseline", "accept", &down_s, "--note", "d=3"]));
+    g.wait_ledgered("baseline_moved", |b| b["note"] == "d=3");
+    let o = g.cli(&["revert", &down_s, "--to", &d2]);
+    ok(&o);
+    assert_eq!(std::fs::read_to_string(&down).unwrap(), "d=2\n");
+    let d2n: u64 = d2.parse().unwrap();
+    let rec = g.wait_ledgered("baseline_revert", |b| b["to_seq"] == d2n);
+    assert_eq!(rec["result"], "restored", "{rec}");
+    let (items, _) = drift(&g, &[&down]);
+    assert_eq!(item(&items, &down)["what"], serde_json::json!(["content"]));
+    // Refused, nothing changed: a drift whose content was never in the baseline, and a
+    // record that does not name the path.
+    let p2 = seq_of("drift_detected", &|b| b["path"] == plain_s.as_str());
+    let o = g.cli(&["revert", &plain_s, &down_s, "--to", &p2]);
+    assert!(!o.status.success());
+    assert!(
+        output_text(&o).contains("is not kept"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&down).unwrap(), "d=2\n");
+    assert_eq!(std::fs::read_to_string(&plain).unwrap(), "p=2\n");
+    let o = g.cli(&["revert", &down_s, "--to", &p2]);
+    assert!(
+        output_text(&o).contains("records no state of this path"),
+        "{}",
+        output_text(&o)
+    );
+    let o = g.cli(&["revert", &down_s, "--to", "nope"]);
+    assert!(!o.status.success());
 }
 
 #[test]

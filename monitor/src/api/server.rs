@@ -151,13 +151,15 @@ pub trait DaemonApi: Send + Sync + 'static {
         ))
     }
     /// The approved baseline: `op` is `drift`, `revert` or `accept` (authorized by the
-    /// RPC layer as the proto says); the answer is JSON.
+    /// RPC layer as the proto says), `to_seq` a revert's ledger record (0: the baseline);
+    /// the answer is JSON.
     async fn baseline(
         &self,
         _caller: Caller,
         _op: String,
         _paths: Vec<Vec<u8>>,
         _note: String,
+        _to_seq: u64,
     ) -> Result<String, ApiError> {
         Err(ApiError::Unavailable(
             "this daemon keeps no baseline".into(),
@@ -512,7 +514,13 @@ impl pb::daemon_server::Daemon for DaemonService {
                 "the note is longer than 4096 bytes",
             ));
         }
-        let json = self.api.baseline(caller, op, r.paths, r.note).await?;
+        if r.to_seq != 0 && op != "revert" {
+            return Err(Status::invalid_argument("to_seq is for revert only"));
+        }
+        let json = self
+            .api
+            .baseline(caller, op, r.paths, r.note, r.to_seq)
+            .await?;
         Ok(Response::new(pb::BaselineResponse { json }))
     }
 

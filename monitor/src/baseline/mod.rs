@@ -30,6 +30,7 @@ use crate::ledger::canonical::hex;
 pub mod attribute;
 pub mod drift;
 pub mod restore;
+pub mod revert_to;
 pub mod service;
 #[cfg(test)]
 mod tests;
@@ -73,6 +74,10 @@ pub enum BaselineError {
     NoContent(String),
     #[error("baseline object {0}: missing or damaged")]
     Object(String),
+    /// `revert --to SEQ`: the ledger record does not say what the path was, or its content
+    /// is not kept (see [`revert_to`]).
+    #[error("{0}")]
+    NotRecorded(String),
 }
 
 fn index_err(e: impl std::fmt::Display) -> BaselineError {

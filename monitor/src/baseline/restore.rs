@@ -38,6 +38,16 @@ pub fn restore(b: &Baseline, path: &[u8]) -> Result<Restored, BaselineError> {
         return Err(BaselineError::NotInScope(encode(path)));
     }
     let want = b.get(path)?;
+    restore_to(b, path, want)
+}
+
+/// Puts `path` in the state `want` (`None`: no file there), its content from the object
+/// store, as [`restore`] does for the baseline's state.
+pub fn restore_to(
+    b: &Baseline,
+    path: &[u8],
+    want: Option<Entry>,
+) -> Result<Restored, BaselineError> {
     let live = read_live(path, 0)?;
     let Some(want) = want else {
         // Created since the baseline: removed (never a directory).

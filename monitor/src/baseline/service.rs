@@ -180,6 +180,66 @@ impl BaselineService {
         Ok(out)
     }
 
+    /// Puts each path back to the state ledger record `seq` left it in (see
+    /// [`super::revert_to`]). Every path is checked first (in scope, recorded there, its
+    /// content kept): nothing is touched unless all can be. The baseline does not move
+    /// (`baseline accept` approves the result); each path is ledgered as a
+    /// `baseline_revert` with `to_seq`.
+    pub fn revert_to(
+        &self,
+        paths: &[Vec<u8>],
+        seq: u64,
+        who: &Requester,
+    ) -> Result<Vec<Value>, BaselineError> {
+        for p in paths {
+            if !self.baseline.in_scope(p) {
+                return Err(BaselineError::NotInScope(encode(p)));
+            }
+        }
+        let records = crate::ledger::read_lenient(&self.ledger_path, None)
+            .map_err(|e| BaselineError::NotRecorded(format!("cannot read the ledger: {e}")))?;
+        let Some(rec) = records
+            .records
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| r.seq == seq)
+        else {
+            return Err(BaselineError::NotRecorded(format!(
+                "the ledger in use has no record {seq}"
+            )));
+        };
+        let mut wants = Vec::new();
+        for p in paths {
+            let want = super::revert_to::state_at(&rec, p)?;
+            if let Some(e) = &want {
+                super::revert_to::check_kept(&self.baseline, p, e, seq)?;
+            }
+            wants.push(want);
+        }
+        let mut out = Vec::new();
+        for (p, want) in paths.iter().zip(wants) {
+            let mut body = json!({"path": encode(p), "why": "revert", "to_seq": seq,
+                                  "to_kind": rec.kind, "by": who,
+                                  "to": want.as_ref().map(drift::State::from)});
+            let c = &self.baseline.counters;
+            match restore::restore_to(&self.baseline, p, want) {
+                Ok(r) => {
+                    c.reverts.fetch_add(1, Ordering::Relaxed);
+                    info!(path = %encode(p), result = ?r, seq, "restored to a ledger record's state");
+                    body["result"] = json!(r);
+                }
+                Err(e) => {
+                    c.revert_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(path = %encode(p), error = %e, seq, "cannot restore to a ledger record's state");
+                    body["error"] = json!(e.to_string());
+                }
+            }
+            self.record("baseline_revert", body.clone());
+            out.push(body);
+        }
+        Ok(out)
+    }
+
     /// [`BaselineService::revert_one`], with what is undone compared first.
     pub fn revert_path(&self, path: &[u8], extra: Value, why: &str) -> Value {
         let undone = self.drift(&[path.to_vec()]).unwrap_or_default();
@@ -215,6 +275,11 @@ impl BaselineService {
         }
         self.record("baseline_revert", body.clone());
         body
+    }
+
+    /// Largest file whose content is compared (`baseline.max_file_bytes`).
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 
     /// Whether `path` is in the baseline and its content can be put back.

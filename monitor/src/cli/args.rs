@@ -118,14 +118,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Put paths back to the approved baseline: content, mode and owner in place; deleted
-    /// files recreated, created ones removed (root).
+    /// Put paths back to the approved baseline (or to the state ledger record SEQ left
+    /// them in): content, mode and owner in place; deleted files recreated, created ones
+    /// removed (root).
     Revert {
         #[arg(required = true)]
         paths: Vec<OsString>,
-        /// What to revert to (only the baseline for now).
-        #[arg(long, value_parser = ["baseline"], default_value = "baseline")]
-        to: String,
+        /// What to revert to: `baseline`, or SEQ, a ledger record (`baseline_moved`,
+        /// `baseline_revert`, `drift_detected`; see `confgate audit log`).
+        #[arg(long, value_name = "baseline|SEQ", value_parser = crate::cli::baseline::parse_to, default_value = "baseline")]
+        to: u64,
         #[arg(long)]
         json: bool,
     },

@@ -31,11 +31,34 @@ fn absolute(paths: &[OsString]) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// `--to`: `baseline` (0) or a ledger record's sequence number.
+pub fn parse_to(s: &str) -> Result<u64, String> {
+    if s == "baseline" {
+        return Ok(0);
+    }
+    match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{s:?} is neither `baseline` nor a ledger record's sequence number (1, 2, ...)"
+        )),
+    }
+}
+
 pub(super) fn call(
     socket: &Path,
     op: &str,
     paths: Vec<Vec<u8>>,
     note: String,
+) -> anyhow::Result<Value> {
+    call_to(socket, op, paths, note, 0)
+}
+
+fn call_to(
+    socket: &Path,
+    op: &str,
+    paths: Vec<Vec<u8>>,
+    note: String,
+    to_seq: u64,
 ) -> anyhow::Result<Value> {
     runtime()?.block_on(async {
         let mut c = connect(socket).await?;
@@ -44,6 +67,7 @@ pub(super) fn call(
                 op: op.to_owned(),
                 paths,
                 note,
+                to_seq,
             })
             .await
             .map_err(|s| anyhow::anyhow!("{}", explain(&s)))?
@@ -143,9 +167,10 @@ fn render(out: &mut dyn Write, it: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `confgate revert PATH...`: exit 0 when every path was restored, 1 otherwise.
-pub fn revert(socket: &Path, paths: &[OsString], json: bool) -> anyhow::Result<i32> {
-    let v = call(socket, "revert", absolute(paths)?, String::new())?;
+/// `confgate revert PATH... [--to baseline|SEQ]`: exit 0 when every path was restored, 1
+/// otherwise.
+pub fn revert(socket: &Path, paths: &[OsString], to_seq: u64, json: bool) -> anyhow::Result<i32> {
+    let v = call_to(socket, "revert", absolute(paths)?, String::new(), to_seq)?;
     let results = v.as_array().cloned().unwrap_or_default();
     let mut out = std::io::stdout().lock();
     let mut failed = false;

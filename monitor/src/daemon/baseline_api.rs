@@ -10,20 +10,35 @@ use crate::baseline::service::{BaselineService, Requester};
 
 fn api_error(e: BaselineError) -> ApiError {
     match e {
-        e @ BaselineError::NotInScope(_) => ApiError::FailedPrecondition(e.to_string()),
+        e @ (BaselineError::NotInScope(_) | BaselineError::NotRecorded(_)) => {
+            ApiError::FailedPrecondition(e.to_string())
+        }
         e => ApiError::Internal(e.to_string()),
     }
 }
 
-/// Runs `op` for `caller` (in agent session `session`, 0: none).
+/// What a `Baseline` call asks for.
+pub(super) struct What {
+    pub(super) op: String,
+    pub(super) paths: Vec<Vec<u8>>,
+    pub(super) note: String,
+    /// `revert --to SEQ` (0: the baseline).
+    pub(super) to_seq: u64,
+}
+
+/// Runs `what` for `caller` (in agent session `session`, 0: none).
 pub(super) async fn call(
     service: Option<Arc<BaselineService>>,
     caller: Caller,
     session: u64,
-    op: String,
-    paths: Vec<Vec<u8>>,
-    note: String,
+    what: What,
 ) -> Result<String, ApiError> {
+    let What {
+        op,
+        paths,
+        note,
+        to_seq,
+    } = what;
     let Some(b) = service else {
         return Err(ApiError::Unavailable(
             "this daemon keeps no baseline (the gate is disabled, or the baseline could not be opened: see its log)".into(),
@@ -47,7 +62,11 @@ pub(super) async fn call(
                 if paths.is_empty() {
                     return Err(ApiError::InvalidArgument("name the paths to revert".into()));
                 }
-                json!(b.revert(&paths, &who).map_err(api_error)?)
+                if to_seq != 0 {
+                    json!(b.revert_to(&paths, to_seq, &who).map_err(api_error)?)
+                } else {
+                    json!(b.revert(&paths, &who).map_err(api_error)?)
+                }
             }
             "accept" => {
                 if paths.is_empty() {

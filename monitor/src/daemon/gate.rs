@@ -397,6 +397,7 @@ impl GateRuntime {
                 self.notify(Notice::Closed {
                     path: path.to_vec(),
                     session,
+                    pid: ev.pid,
                 });
             }
         }
@@ -409,7 +410,16 @@ impl GateRuntime {
     /// one for every rename of a session (most of them outside gated trees) cost the
     /// pipeline ~30% of its CPU in an agent's write loop (BENCHMARKS.md, scenario 3).
     pub fn on_event(&self, ev: &Event) {
-        if ev.kind != Kind::Rename {
+        let unheld = match ev.kind {
+            Kind::Rename => None,
+            Kind::Unlink => Some(OpSet::REMOVE),
+            Kind::Chmod => Some(OpSet::CHMOD),
+            Kind::Chown => Some(OpSet::CHOWN),
+            Kind::Truncate => Some(OpSet::TRUNCATE),
+            _ => return,
+        };
+        if let Some(ops) = unheld {
+            self.on_unheld(ev, ops);
             return;
         }
         // A rename that failed (`mv -n`'s RENAME_NOREPLACE onto an existing name, EPERM,
@@ -444,6 +454,31 @@ impl GateRuntime {
             from: crate::event::escape::decode(&ev.path),
             to,
         });
+    }
+
+    /// A session's unlink, chmod, chown or truncate that succeeded: when it completes a
+    /// review-mode change (`mode = "review"`), the engine reviews the path. Rare events,
+    /// so the policy may be asked for each.
+    fn on_unheld(&self, ev: &Event, ops: OpSet) {
+        if ev.result.is_some_and(|r| r < 0) {
+            return;
+        }
+        let Some(session) = ev.session.as_ref() else {
+            return;
+        };
+        let Some(path) = crate::event::escape::decode(&ev.path) else {
+            return;
+        };
+        if self
+            .engine
+            .completes_review(&path, session.id, &session.agent, ops)
+        {
+            self.notify(Notice::Closed {
+                path,
+                session: session.id,
+                pid: ev.pid,
+            });
+        }
     }
 
     /// A session was registered by `confgate run`: until its confinement is attached it

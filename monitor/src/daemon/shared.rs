@@ -247,10 +247,17 @@ impl DaemonApi for Shared {
         op: String,
         paths: Vec<Vec<u8>>,
         note: String,
+        to_seq: u64,
     ) -> Result<String, ApiError> {
         let session = lock(&self.kernel).session_of(caller.pid);
         let service = self.gate.get().and_then(|g| g.baseline());
-        super::baseline_api::call(service, caller, session, op, paths, note).await
+        let what = super::baseline_api::What {
+            op,
+            paths,
+            note,
+            to_seq,
+        };
+        super::baseline_api::call(service, caller, session, what).await
     }
 
     async fn reload(&self, caller: Caller) -> Result<crate::api::pb::ReloadResponse, ApiError> {

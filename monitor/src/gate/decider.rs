@@ -18,7 +18,7 @@ use super::Verdict as Answer;
 use super::listener::{Decider, FastVerdict, PermEvent};
 use super::session::scope::ScopeMatcher;
 use crate::policy::grants::GrantSet;
-use crate::policy::{FailVerdict, GateQuery, Mode, OpSet, Policy, SessionRef, Verdict};
+use crate::policy::{FailVerdict, GateQuery, Mode, OpSet, Policy, Rule, SessionRef, Verdict};
 use crate::sessions::SessionRegistry;
 
 /// Gate counters, for `confgate stats`.
@@ -74,6 +74,20 @@ pub struct GateMetrics {
     pub terminal_no_terminal: AtomicU64,
     pub terminal_dropped: AtomicU64,
     pub terminal_rate_limited: AtomicU64,
+    /// Review mode (see `gate::engine::review`): operations let through at once to be
+    /// reviewed; requests filed; approved; restored after a deny / no answer in time;
+    /// requests replaced by a later change / withdrawn (the change was undone meanwhile);
+    /// completed operations that left nothing to review; failures (no baseline, a
+    /// restore or a baseline move that failed: the change stays, flagged).
+    pub reviews_passed: AtomicU64,
+    pub reviews_filed: AtomicU64,
+    pub reviews_approved: AtomicU64,
+    pub reviews_denied: AtomicU64,
+    pub reviews_timed_out: AtomicU64,
+    pub reviews_superseded: AtomicU64,
+    pub reviews_withdrawn: AtomicU64,
+    pub reviews_unchanged: AtomicU64,
+    pub review_errors: AtomicU64,
 }
 
 impl GateMetrics {
@@ -139,6 +153,15 @@ impl GateMetrics {
                 "gate_terminal_notices_rate_limited",
                 g(&self.terminal_rate_limited),
             ),
+            ("gate_reviews_passed", g(&self.reviews_passed)),
+            ("gate_reviews_filed", g(&self.reviews_filed)),
+            ("gate_reviews_approved", g(&self.reviews_approved)),
+            ("gate_reviews_denied", g(&self.reviews_denied)),
+            ("gate_reviews_timed_out", g(&self.reviews_timed_out)),
+            ("gate_reviews_superseded", g(&self.reviews_superseded)),
+            ("gate_reviews_withdrawn", g(&self.reviews_withdrawn)),
+            ("gate_reviews_unchanged", g(&self.reviews_unchanged)),
+            ("gate_review_errors", g(&self.review_errors)),
         ]
     }
 }
@@ -153,6 +176,9 @@ pub struct Note {
     pub rule: String,
 }
 
+/// The session whose review-mode change of a path waits for review, and its rule.
+type Reviewer = (u64, Arc<Rule>);
+
 /// State shared by the permission thread and the engine's tasks. Every lock here is held
 /// only for in-memory work, never across I/O.
 pub struct GateState {
@@ -164,6 +190,9 @@ pub struct GateState {
     /// kept under: further opens under the same grant pass without I/O. The grant that let
     /// the latest write open through is last: a close-write's change is that grant's.
     tracked: RwLock<HashMap<Vec<u8>, Vec<u64>>>,
+    /// Paths changed in review mode whose review is not settled yet, with the session
+    /// whose operation the decider let through last (see `gate::engine::review`).
+    reviewing: RwLock<HashMap<Vec<u8>, Reviewer>>,
     /// Agent name per session (cached: the registry clones whole records).
     agents: RwLock<HashMap<u64, Arc<str>>>,
     /// Declared scope per session (`None`: none), for rules' `within_scope`.
@@ -196,6 +225,7 @@ impl GateState {
             policy: RwLock::new(policy),
             grants: RwLock::new(grants),
             tracked: RwLock::new(HashMap::new()),
+            reviewing: RwLock::new(HashMap::new()),
             agents: RwLock::new(HashMap::new()),
             scopes: RwLock::new(HashMap::new()),
             sessions,
@@ -309,6 +339,34 @@ impl GateState {
         read(&self.tracked).get(path).cloned().unwrap_or_default()
     }
 
+    /// `session` changes `path` in review mode under `rule`: its completion is reviewed.
+    /// (A read lock when already so, the common case of an agent writing one file in a
+    /// loop.)
+    pub fn mark_review(&self, path: &[u8], session: u64, rule: &Arc<Rule>) {
+        if read(&self.reviewing)
+            .get(path)
+            .is_some_and(|(s, r)| *s == session && Arc::ptr_eq(r, rule))
+        {
+            return;
+        }
+        write(&self.reviewing).insert(path.to_vec(), (session, Arc::clone(rule)));
+    }
+
+    /// Whether `path` has a review-mode change whose review is not settled.
+    pub fn is_reviewing(&self, path: &[u8]) -> bool {
+        read(&self.reviewing).contains_key(path)
+    }
+
+    /// The session and rule of the review-mode change of `path` not yet settled.
+    pub fn reviewer(&self, path: &[u8]) -> Option<(u64, Arc<Rule>)> {
+        read(&self.reviewing).get(path).cloned()
+    }
+
+    /// The review of `path` is settled (its change approved, restored, or gone).
+    pub fn unmark_review(&self, path: &[u8]) {
+        write(&self.reviewing).remove(path);
+    }
+
     pub fn untrack(&self, grant: u64, path: &[u8]) {
         let mut t = write(&self.tracked);
         if let Some(grants) = t.get_mut(path) {
@@ -349,7 +407,8 @@ pub fn may_create(ev: &PermEvent) -> bool {
 }
 
 /// The failure verdict of a deferred `ask`: what the open gets if the engine never
-/// answers it. `deny-and-request` always denies the open itself.
+/// answers it. `deny-and-request` always denies the open itself; a `review` rule's open is
+/// deferred only to keep the pre-image of a grant that covers it (its failure: deny).
 pub fn fail_answer(mode: Mode, fail: FailVerdict) -> Answer {
     if mode == Mode::Hold && fail == FailVerdict::Allow {
         Answer::Allow
@@ -429,6 +488,13 @@ impl Decider for GateDecider {
                         st.touch_writer(id, &ev.path);
                     }
                     GateMetrics::inc(&st.metrics.allowed_by_grant);
+                    return FastVerdict::Allow;
+                }
+                if m.rule.mode == Mode::Review && granted.is_none() {
+                    // Nothing blocks: the operation proceeds, and its result is reviewed
+                    // when it completes (the engine, told by the event pipeline).
+                    st.mark_review(&ev.path, ev.session, &m.rule);
+                    GateMetrics::inc(&st.metrics.reviews_passed);
                     return FastVerdict::Allow;
                 }
                 FastVerdict::Defer {

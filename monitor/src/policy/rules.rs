@@ -158,7 +158,8 @@ pub struct RuleConfig {
     /// How an `ask` waits. Default `hold`.
     #[serde(default)]
     pub mode: Mode,
-    /// Hold time (`hold` mode); default `gate.default_timeout`.
+    /// Hold time (`hold` mode), or how long a `review` waits for its decision before the
+    /// path is restored; default `gate.default_timeout` (`review`: `gate.request_ttl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
     /// What happens to a change once no live approval covers it. Default `flag`.
@@ -413,7 +414,7 @@ named_enum!(
 named_enum!(
     /// How an `ask` waits for its answer.
     #[derive(Default)]
-    Mode, "mode", "\"hold\" or \"deny-and-request\"",
+    Mode, "mode", "\"hold\", \"deny-and-request\" or \"review\"",
     {
         /// The open blocks until an answer or the rule's timeout.
         #[default]
@@ -421,6 +422,12 @@ named_enum!(
         /// The open fails with `EPERM` at once and a request is filed; once approved, a
         /// retry of the same operation passes under the grant.
         DenyAndRequest = "deny-and-request",
+        /// The operation proceeds at once; when it completes (the writer closes the file,
+        /// or a rename, unlink, chmod, chown or truncate was performed) its diff against
+        /// the approved baseline is sent for approval. Approved: the baseline moves (or,
+        /// under `on_expiry = "revert"`, holds for the grant's lifetime); denied or not
+        /// answered before the rule's timeout: the path is restored to the baseline.
+        Review = "review",
     }
 );
 
@@ -636,13 +643,25 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
             }
         }
 
+        // A review holds nobody: it may wait as long as a request may.
+        let max_timeout = if r.mode == Mode::Review {
+            MAX_REQUEST_TTL
+        } else {
+            MAX_TIMEOUT
+        };
         if let Some(t) = r.timeout {
             check_duration(
                 &mut p,
                 &format!("{prefix}.timeout"),
                 t.0,
                 MIN_TIMEOUT,
-                MAX_TIMEOUT,
+                max_timeout,
+            );
+        }
+        if r.mode == Mode::Review && r.fail == FailVerdict::Allow {
+            p.fail(
+                format!("{prefix}.fail"),
+                "a `review` rule restores the baseline when no answer comes in time; `fail = \"allow\"` has no meaning there (leave it out)",
             );
         }
         if r.outside_sessions && r.within_scope.is_some() {
@@ -669,7 +688,12 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
                 verdict: r.verdict,
                 fail: r.fail,
                 mode: r.mode,
-                timeout: r.timeout.unwrap_or(g.default_timeout).0,
+                timeout: match (r.timeout, r.mode) {
+                    (Some(t), _) => t.0,
+                    // Nothing waits on a review: it gets a request's lifetime.
+                    (None, Mode::Review) => g.request_ttl.0,
+                    (None, _) => g.default_timeout.0,
+                },
                 on_expiry: r.on_expiry,
                 ops: if ops.is_empty() { OpSet::ALL } else { ops },
                 outside_sessions: r.outside_sessions,

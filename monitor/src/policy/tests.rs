@@ -485,3 +485,29 @@ fn within_scope_conditions() {
     let e = Policy::compile(&gate(vec![bad]), &protected()).unwrap_err();
     assert!(e.to_string().contains("within_scope"), "{e}");
 }
+
+#[test]
+fn review_rules_wait_like_requests_and_cannot_fail_open() {
+    let mut r = rule("app", &["/srv/**"], Verdict::Ask);
+    r.mode = Mode::Review;
+    // Default: the request lifetime, not the hold timeout.
+    let p = compile(vec![r.clone()]);
+    let got = p.rule("app").unwrap();
+    assert_eq!(got.mode, Mode::Review);
+    assert_eq!(got.timeout, GateConfig::default().request_ttl.0);
+    // Longer than a hold may last: allowed (nothing waits on a review).
+    r.timeout = Some(HumanDuration(Duration::from_secs(7 * 24 * 3600)));
+    assert!(Policy::compile(&gate(vec![r.clone()]), &protected()).is_ok());
+    let mut hold = r.clone();
+    hold.mode = Mode::Hold;
+    assert!(Policy::compile(&gate(vec![hold]), &protected()).is_err());
+    // No answer restores the baseline: `fail = "allow"` is refused, by field.
+    r.fail = FailVerdict::Allow;
+    let problems = gate(vec![r]).problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].to_string().contains("gate.rule[0].fail"),
+        "{problems:?}"
+    );
+    assert_eq!("review".parse::<Mode>(), Ok(Mode::Review));
+}

@@ -467,6 +467,7 @@ impl Proposals {
             session: session.as_ref().map(|s| SessionRef {
                 id: s.id,
                 agent: &s.agent,
+                within_scope: engine.within_scope(s.id, &path),
             }),
             ops,
             write: true,

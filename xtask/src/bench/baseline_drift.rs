@@ -152,9 +152,9 @@ impl Scenario for BaselineDrift {
         vec![
             Row {
                 scenario: "12 baseline of the watch set".into(),
-                measure: "taken at first start: files; bytes kept (compressed on disk); ms".into(),
+                measure: "taken at first start: files; content kept (disk used by its objects and index, in blocks); ms".into(),
                 on: format!(
-                    "{:.0} files; {:.1} MB ({:.1} MB on disk); {}",
+                    "{:.0} files; {:.1} MB ({:.1} MB used on disk); {}",
                     med(&self.files),
                     med(&self.bytes_stored) / 1e6,
                     med(&self.bytes_on_disk) / 1e6,

@@ -90,7 +90,12 @@ impl pb::approver_server::Approver for ApproverService {
             ));
         }
         bump(&s.counters.reports);
-        if r.kind == "released_by_crash" {
+        // A hold a crash let through, or a review the host replaced by a newer one or
+        // withdrew (the path is back at its baseline): nobody should decide it any more.
+        if matches!(
+            r.kind.as_str(),
+            "released_by_crash" | "review_superseded" | "review_withdrawn"
+        ) {
             s.release(&host, &record).await;
         }
         if r.kind == "session_ended"

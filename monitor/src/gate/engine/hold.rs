@@ -98,6 +98,12 @@ impl Engine {
         if rule.mode == Mode::DenyAndRequest {
             return Next::DenyAndRequest(rule, a.ops);
         }
+        if rule.mode == Mode::Review {
+            // Deferred for a grant that ended meanwhile: reviewed at completion instead.
+            self.state.mark_review(&ev.path, ev.session, &rule);
+            GateMetrics::inc(&self.state.metrics.reviews_passed);
+            return Next::Allow;
+        }
         let t_ask = ev.received.elapsed();
         // A held operation taken again after a restart waits on the request it filed then.
         if let Some(request_id) = ev

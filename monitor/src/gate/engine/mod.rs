@@ -47,6 +47,7 @@ mod decisions;
 mod expiry;
 mod hold;
 mod notices;
+mod review;
 mod tell;
 
 /// Notes from the permission thread (its own denies) waiting for the ledger.
@@ -70,7 +71,12 @@ const RENAME_MEMORY: Duration = Duration::from_secs(30);
 pub enum Notice {
     /// A gated file was closed after writing by a process of `session` (0: none or
     /// unknown): record its diff.
-    Closed { path: Vec<u8>, session: u64 },
+    Closed {
+        path: Vec<u8>,
+        session: u64,
+        /// The process that closed it (0: unknown).
+        pid: u32,
+    },
     /// A session renamed `from` (when known) onto `to`.
     Renamed {
         session: u64,
@@ -131,8 +137,9 @@ pub struct Engine {
     /// After-hash of the last diff recorded per change id (a close without a new change
     /// records nothing).
     diffed: Mutex<HashMap<u64, String>>,
-    /// Paths with a diff scheduled (closes within [`DIFF_DELAY`] share it).
-    diff_scheduled: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Paths with a diff scheduled (closes within [`DIFF_DELAY`] share it), with the
+    /// session and process of the latest close.
+    diff_scheduled: Mutex<HashMap<Vec<u8>, (u64, u32)>>,
     /// Files renamed onto gated paths lately: path -> (device, inode, when).
     renames_seen: Mutex<HashMap<Vec<u8>, (u64, u64, std::time::Instant)>>,
     /// Pending hold requests of sessions whose listener came back after a restart (id ->
@@ -144,6 +151,8 @@ pub struct Engine {
     to_tell: Mutex<HashMap<u64, tell::ToTell>>,
     /// The approved baseline (see [`crate::baseline`]).
     baseline: Option<Arc<BaselineService>>,
+    /// Undecided reviews by path (see [`review`]); one step of a path's review at a time.
+    reviews: tokio::sync::Mutex<HashMap<Vec<u8>, review::Review>>,
 }
 
 /// A held open waiting for the decision of its request.
@@ -328,9 +337,12 @@ impl Engine {
             changes.entry(c.grant_id).or_default().push(c);
         }
         let mut open_requests = HashMap::new();
+        let mut reviews_before = Vec::new();
         for (id, r) in store.scan(REQUESTS)? {
             if r.mode == Mode::DenyAndRequest.as_str() {
                 open_requests.insert((r.session, r.path.clone()), id);
+            } else if r.mode == Mode::Review.as_str() && !r.answered {
+                reviews_before.push((id, r));
             }
         }
         let engine = Arc::new(Engine {
@@ -353,6 +365,7 @@ impl Engine {
             settings,
             to_tell: Mutex::new(HashMap::new()),
             baseline,
+            reviews: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(engine.clone().accepted_loop(engine.uplink.accepted()));
         tokio::spawn(engine.clone().held_loop(held));
@@ -363,6 +376,9 @@ impl Engine {
         if !released.is_empty() {
             tokio::spawn(engine.clone().settle_released(released));
         }
+        if !reviews_before.is_empty() {
+            tokio::spawn(engine.clone().review_again(reviews_before));
+        }
         Ok(GateHandles {
             engine,
             decider: Arc::new(GateDecider::new(state)),
@@ -370,9 +386,46 @@ impl Engine {
         })
     }
 
-    /// Whether a pre-image of `path` is kept (its close-writes are worth a diff).
+    /// Whether a pre-image of `path` is kept or its review-mode change is not settled (its
+    /// close-writes are worth a diff or a review).
     pub fn tracks(&self, path: &[u8]) -> bool {
-        self.state.is_tracked_path(path)
+        self.state.is_tracked_path(path) || self.state.is_reviewing(path)
+    }
+
+    /// A session's operation the gate could not hold (`ops`: unlink, chmod, chown,
+    /// truncate), seen in the event stream: whether it completes a review-mode change of
+    /// `path` (then its review is due; see [`review`]). Marks the path when the operation
+    /// came from a process the decider did not see (an unconfined session).
+    pub fn completes_review(&self, path: &[u8], session: u64, agent: &str, ops: OpSet) -> bool {
+        if self.state.is_reviewing(path) {
+            return true;
+        }
+        let q = GateQuery {
+            path,
+            session: Some(SessionRef {
+                id: session,
+                agent,
+                within_scope: self.state.within_scope(session, path),
+            }),
+            ops,
+            write: true,
+        };
+        let Some(m) = self.state.policy().unheld_rule(&q) else {
+            return false;
+        };
+        if m.builtin || m.rule.verdict != Verdict::Ask || m.rule.mode != Mode::Review {
+            return false;
+        }
+        if self
+            .state
+            .grants()
+            .find(&m.rule.name, session, agent, path, ops, SystemTime::now())
+            .is_some()
+        {
+            return false;
+        }
+        self.state.mark_review(path, session, &m.rule);
+        true
     }
 
     /// Session `id` ended: its session-scoped grants can no longer cover anything. They

@@ -6,24 +6,12 @@ impl Engine {
     pub(super) async fn notice_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Notice>) {
         while let Some(n) = rx.recv().await {
             match n {
-                Notice::Closed { path, session } => {
+                Notice::Closed { path, session, pid } => {
                     // Closes of the same file within DIFF_DELAY are diffed once, after the
                     // last of them (whose session owns the change): an agent that opens and
                     // closes a file in a loop costs one read of it per DIFF_DELAY, not one
                     // per close.
-                    if lock(&self.diff_scheduled)
-                        .insert(path.clone(), session)
-                        .is_none()
-                    {
-                        let me = Arc::clone(&self);
-                        tokio::spawn(async move {
-                            tokio::time::sleep(DIFF_DELAY).await;
-                            let closer = lock(&me.diff_scheduled).remove(&path).unwrap_or(0);
-                            me.on_closed(path, closer).await;
-                        });
-                    } else {
-                        GateMetrics::inc(&self.state.metrics.diffs_coalesced);
-                    }
+                    self.schedule_close(path, session, pid);
                 }
                 Notice::Renamed {
                     session,
@@ -33,6 +21,27 @@ impl Engine {
                     to,
                 } => self.on_renamed(session, &agent, pid, from, to).await,
             }
+        }
+    }
+
+    /// A close-write (or another completed operation) of `path`: its diff and review are
+    /// taken [`DIFF_DELAY`] later, once for all the closes meanwhile (the last closer's).
+    pub(super) fn schedule_close(self: &Arc<Self>, path: Vec<u8>, session: u64, pid: u32) {
+        if lock(&self.diff_scheduled)
+            .insert(path.clone(), (session, pid))
+            .is_none()
+        {
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(DIFF_DELAY).await;
+                let (closer, pid) = lock(&me.diff_scheduled).remove(&path).unwrap_or((0, 0));
+                if me.reviewing(&path) {
+                    me.review_completed(path.clone(), closer, pid).await;
+                }
+                me.on_closed(path, closer).await;
+            });
+        } else {
+            GateMetrics::inc(&self.state.metrics.diffs_coalesced);
         }
     }
 
@@ -137,7 +146,7 @@ impl Engine {
     /// `on_expiry` is `revert` (or the path is confgate's own) and a pre-image of the path
     /// is kept; with nothing to restore it is flagged, never removed.
     pub(super) async fn on_renamed(
-        &self,
+        self: &Arc<Self>,
         session: u64,
         agent: &str,
         pid: u32,
@@ -167,6 +176,23 @@ impl Engine {
         };
         if !self.first_sight(&to, dev, ino) {
             GateMetrics::inc(&self.state.metrics.renames_repeated);
+            return;
+        }
+        if !m.builtin && m.rule.verdict == Verdict::Ask && m.rule.mode == Mode::Review {
+            // Review mode: the rename completes a change of `to` (and of `from`, when it
+            // is reviewed too); each is reviewed against the baseline.
+            let covered = self
+                .state
+                .grants()
+                .find(&m.rule.name, session, agent, &to, ops, SystemTime::now())
+                .is_some();
+            if !covered {
+                self.state.mark_review(&to, session, &m.rule);
+                self.schedule_close(to, session, pid);
+            }
+            if let Some(from) = from.filter(|f| self.reviewing(f)) {
+                self.schedule_close(from, session, pid);
+            }
             return;
         }
         if !m.builtin && m.rule.verdict == Verdict::Ask {

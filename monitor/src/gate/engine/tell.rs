@@ -35,6 +35,8 @@ impl Engine {
         let waiting = match rule.mode {
             Mode::Hold => Waiting::Held(lifetime),
             Mode::DenyAndRequest => Waiting::Denied(lifetime),
+            // Nothing waits on a review: the session is not interrupted.
+            Mode::Review => return,
         };
         let mut map = lock(&self.to_tell);
         if map.len() >= PRUNE_ABOVE {
