@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Output};
 use std::time::Duration;
 
-use e2e::gate::id_of;
+use e2e::gate::{id_of, wait_child};
 use e2e::service::{ApprovalService, Approver, gate_asking, remote_daemon, spawn_session};
 use e2e::*;
 use monitor::approver::pg::cluster::TestCluster;

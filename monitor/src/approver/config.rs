@@ -552,6 +552,39 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_store_and_what_it_cannot_be_combined_with() {
+        let pg = "store = \"postgres://confgate:pw@db.example/confgate\"\n";
+        let c = parse(pg).unwrap();
+        assert_eq!(
+            c.store_url(),
+            Some("postgres://confgate:pw@db.example/confgate")
+        );
+        assert_eq!(c.store_file(), None);
+        assert_eq!(
+            c.store_display(),
+            "postgres://confgate:***@db.example/confgate"
+        );
+        parse("store = \"postgresql:///confgate?host=/run/postgresql\"\n").unwrap();
+        let redb = parse("").unwrap();
+        assert_eq!(redb.store_file(), Some(redb.store.as_path()));
+        assert_eq!(
+            field("store = \"postgres://h/d?sslmode=require\"\n"),
+            "store"
+        );
+        assert_eq!(field("store = \"postgres://h/d?bogus=1\"\n"), "store");
+        assert_eq!(
+            field(&format!(
+                "{pg}[[notify.webhook]]\nname = \"siem\"\nurl = \"https://siem.example/hook\"\nsecret_file = \"/etc/k\"\n"
+            )),
+            "notify"
+        );
+        assert_eq!(
+            field(&format!("{pg}[http]\nlisten = \"http://127.0.0.1:8080\"\n")),
+            "web.link_key_file"
+        );
+    }
+
+    #[test]
     fn tokens() {
         let c = parse(&format!(
             "[[token]]\nname = \"ops\"\nsha256 = \"{}\"\n",
