@@ -199,6 +199,28 @@ impl ApprovalStore {
         }
     }
 
+    /// Shares `host`'s attestation key with the other replicas (PostgreSQL; the embedded
+    /// store has no others, and keeps none).
+    pub fn set_host_key(&self, host: &str, key: &[u8]) -> Result<(), StoreError> {
+        match self {
+            ApprovalStore::Redb(_) => Ok(()),
+            ApprovalStore::Postgres(s) => s.set_host_key(host, key),
+        }
+    }
+
+    /// `host`'s attestation key as another replica recorded it (`None` on redb).
+    pub fn host_key(&self, host: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            ApprovalStore::Redb(_) => Ok(None),
+            ApprovalStore::Postgres(s) => s.host_key(host),
+        }
+    }
+
+    /// Whether several replicas may share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, ApprovalStore::Postgres(_))
+    }
+
     pub fn forget_report(&self, host: &str, host_seq: u64) -> Result<(), StoreError> {
         both!(self, s => s.forget_report(host, host_seq))
     }

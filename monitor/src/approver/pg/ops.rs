@@ -563,6 +563,39 @@ impl PgStore {
         })
     }
 
+    /// Records `key` as `host`'s attestation key (what its `Updates` subscription presented
+    /// to one replica), for every replica.
+    pub fn set_host_key(&self, host: &str, key: &[u8]) -> Result<(), StoreError> {
+        let (host, key) = (host.to_owned(), key.to_vec());
+        let now = crate::os::clock::now_ms();
+        on_conn!(self, |c| {
+            c.execute(
+                "INSERT INTO approver_host_keys (host, key, updated_unix_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (host) DO UPDATE SET key = $2, updated_unix_ms = $3
+                 WHERE approver_host_keys.key <> $2",
+                &[&host, &key, &now],
+            )
+            .await
+            .map_err(|e| db_err("host key", e))?;
+            Ok(())
+        })
+    }
+
+    /// `host`'s attestation key, as the replica it last subscribed to recorded it.
+    pub fn host_key(&self, host: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let host = host.to_owned();
+        on_conn!(self, |c| {
+            let row = c
+                .query_opt(
+                    "SELECT key FROM approver_host_keys WHERE host = $1",
+                    &[&host],
+                )
+                .await
+                .map_err(|e| db_err("host key", e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
     /// Every host that has an update log with its last seq (for tests and checks).
     pub fn hosts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         on_conn!(self, |c| {

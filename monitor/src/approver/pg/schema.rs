@@ -23,10 +23,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Append only: an applied one is never changed.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "requests, grants, per-host update logs, reports",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "requests, grants, per-host update logs, reports",
+        sql: "
 CREATE TABLE approver_requests (
     id BIGINT PRIMARY KEY,
     host TEXT NOT NULL,
@@ -65,7 +66,19 @@ CREATE TABLE approver_reports (
     PRIMARY KEY (host, host_seq)
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "hosts' attestation keys, shared by the replicas",
+        sql: "
+CREATE TABLE approver_host_keys (
+    host TEXT PRIMARY KEY,
+    key BYTEA NOT NULL,
+    updated_unix_ms BIGINT NOT NULL
+);
+",
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest() -> i32 {

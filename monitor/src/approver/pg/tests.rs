@@ -429,6 +429,10 @@ fn odd_input_round_trips(url: &str) {
     assert_eq!(s.note_session_ended("h1", u64::MAX - 1, 6).unwrap(), 1);
     let ups = s.updates_after("h1", 0, 10).unwrap();
     assert_eq!(ups[0].host_request_id, u64::MAX);
+    assert_eq!(s.host_key("h1").unwrap(), None);
+    s.set_host_key("h1", &[1; 32]).unwrap();
+    s.set_host_key("h1", &[2; 32]).unwrap();
+    assert_eq!(s.host_key("h1").unwrap(), Some(vec![2; 32]));
     assert!(redacted("postgres://u:pw@h:5/d").ends_with("u:***@h:5/d"));
     assert_eq!(redacted("postgres://h/d?x=@"), "postgres://h/d?x=@");
     assert!(url_problem("postgres://h/d?sslmode=require").is_some());
