@@ -136,4 +136,24 @@ if [ -z "$(ls -A /sys/kernel/tracing 2>/dev/null)" ]; then
     log "mounting tracefs"
     mount -t tracefs none /sys/kernel/tracing
 fi
+# 8. PostgreSQL for the approval service's PostgreSQL backend (its unit tests, tests/tests/
+# fleet_pg.rs, the fleet benchmark): only the binaries. Each test runs its own throwaway
+# cluster (initdb in a temporary directory, as the postgres user); no system cluster is
+# created, and none is used.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    log "installing PostgreSQL (binaries only, no system cluster)"
+    mkdir -p /etc/postgresql-common
+    if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    # Our createcluster.conf is kept (confold) when the package brings its own.
+    PG_OPTS=(-y --no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+    if ! apt-get install "${PG_OPTS[@]}" postgresql >/dev/null 2>&1; then
+        apt-get update >/dev/null
+        apt-get install "${PG_OPTS[@]}" postgresql >/dev/null
+    fi
+else
+    log "PostgreSQL present"
+fi
 log "done"

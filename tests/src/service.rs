@@ -16,6 +16,8 @@ pub struct ApprovalService {
     config: PathBuf,
     /// What it listens on (`unix:…` or `https://…`): the approvals CLI's `--approver`.
     pub endpoint: String,
+    /// A replica's TLS address ([`ApprovalService::replica`]).
+    pub https: Option<String>,
     child: Option<Child>,
 }
 
@@ -27,13 +29,46 @@ impl ApprovalService {
     }
 
     fn start_in(dir: tempfile::TempDir, listen: &str, extra: &str) -> ApprovalService {
+        Self::start_on(dir, &[listen], "{dir}/approver.redb", extra)
+    }
+
+    /// A replica of a service on a PostgreSQL database (`store`, a URL): on a Unix socket in
+    /// its scratch directory (its `endpoint`: root approves there) and on loopback TLS
+    /// ([`ApprovalService::https`]) with the certificates in `tls` (an `init-ca` directory
+    /// shared by the replicas).
+    pub fn replica(tls: &Path, store: &str) -> ApprovalService {
+        let t = tls.display();
+        let extra = format!(
+            "[tls]\ncert = \"{t}/server.pem\"\nkey = \"{t}/server.key\"\nclient_ca = \"{t}/ca.pem\"\n"
+        );
+        let https = format!("https://127.0.0.1:{}", free_port());
+        let listen = ["unix:{dir}/approver.sock", &https];
+        let mut s = Self::start_on(
+            tempfile::tempdir().expect("tempdir"),
+            &listen,
+            store,
+            &extra,
+        );
+        s.https = Some(https);
+        s
+    }
+
+    /// Listening on `listen` (the first is its `endpoint`), on `store`.
+    fn start_on(
+        dir: tempfile::TempDir,
+        listen: &[&str],
+        store: &str,
+        extra: &str,
+    ) -> ApprovalService {
         let d = dir.path().display().to_string();
-        let endpoint = listen.replace("{dir}", &d);
+        let listen: Vec<String> = listen.iter().map(|l| l.replace("{dir}", &d)).collect();
+        let endpoint = listen[0].clone();
+        let store = store.replace("{dir}", &d);
         let config = dir.path().join("approver.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = [{endpoint:?}]\nstore = \"{d}/approver.redb\"\nledger = \"{d}/ledger.jsonl\"\n{}\n",
+                "listen = {listen:?}\nstore = {store:?}\nledger = \"{d}/ledger.jsonl\"\n{}\n",
                 extra.replace("{dir}", &d)
             ),
         )
@@ -42,6 +77,7 @@ impl ApprovalService {
             dir,
             config,
             endpoint,
+            https: None,
             child: None,
         };
         s.spawn();

@@ -205,6 +205,48 @@ impl ServiceConfig {
         parse_checked(text, origin, ServiceConfig::problems).map_err(|mut e| e.swap_remove(0))
     }
 
+    /// The PostgreSQL URL `store` names (`postgres://...`), if it names one.
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.to_str().filter(|s| super::pg::is_url(s))
+    }
+
+    /// The redb file `store` names, unless it names a PostgreSQL database.
+    pub fn store_file(&self) -> Option<&Path> {
+        match self.store_url() {
+            Some(_) => None,
+            None => Some(&self.store),
+        }
+    }
+
+    /// `store` for people: the path, or the URL without its password.
+    pub fn store_display(&self) -> String {
+        match self.store_url() {
+            Some(url) => super::pg::redacted(url),
+            None => self.store.display().to_string(),
+        }
+    }
+
+    /// What a PostgreSQL store cannot be combined with (yet).
+    fn check_postgres(&self, url: &str, c: &mut Checker) {
+        if let Some(why) = super::pg::url_problem(url) {
+            c.fail("store", why);
+        }
+        if !self.notify.routes().is_empty() {
+            c.fail(
+                "notify",
+                "notifications are not available with a PostgreSQL store yet (their outbox is \
+                 kept in the embedded store, written with each change): remove [notify] or \
+                 use a redb store",
+            );
+        }
+        if self.http.listen.is_some() && self.web.link_key_file.is_none() {
+            c.fail(
+                "web.link_key_file",
+                "set it when the store is PostgreSQL (its default is beside a store file)",
+            );
+        }
+    }
+
     /// The first validation problem.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.problems().into_iter().next() {
@@ -276,7 +318,12 @@ impl ServiceConfig {
                 c.abs_path(key, p);
             }
         }
-        c.abs_path("store", &self.store);
+        match self.store_url() {
+            Some(url) => self.check_postgres(url, &mut c),
+            None => {
+                c.abs_path("store", &self.store);
+            }
+        }
         c.abs_path("ledger", &self.ledger);
         if let Some(group) = &self.admin_group
             && (group.is_empty()
@@ -502,6 +549,39 @@ mod tests {
             parse("listen_on = []\n"),
             Err(ConfigError::Parse { line: 1, .. })
         ));
+    }
+
+    #[test]
+    fn a_postgres_store_and_what_it_cannot_be_combined_with() {
+        let pg = "store = \"postgres://confgate:pw@db.example/confgate\"\n";
+        let c = parse(pg).unwrap();
+        assert_eq!(
+            c.store_url(),
+            Some("postgres://confgate:pw@db.example/confgate")
+        );
+        assert_eq!(c.store_file(), None);
+        assert_eq!(
+            c.store_display(),
+            "postgres://confgate:***@db.example/confgate"
+        );
+        parse("store = \"postgresql:///confgate?host=/run/postgresql\"\n").unwrap();
+        let redb = parse("").unwrap();
+        assert_eq!(redb.store_file(), Some(redb.store.as_path()));
+        assert_eq!(
+            field("store = \"postgres://h/d?sslmode=require\"\n"),
+            "store"
+        );
+        assert_eq!(field("store = \"postgres://h/d?bogus=1\"\n"), "store");
+        assert_eq!(
+            field(&format!(
+                "{pg}[[notify.webhook]]\nname = \"siem\"\nurl = \"https://siem.example/hook\"\nsecret_file = \"/etc/k\"\n"
+            )),
+            "notify"
+        );
+        assert_eq!(
+            field(&format!("{pg}[http]\nlisten = \"http://127.0.0.1:8080\"\n")),
+            "web.link_key_file"
+        );
     }
 
     #[test]

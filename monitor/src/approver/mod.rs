@@ -41,6 +41,7 @@ use service::{ApproverService, Limits, Shared};
 pub use crate::config::addr;
 pub mod attest;
 pub mod audit;
+pub mod backend;
 pub mod burst;
 pub mod ca;
 pub mod client;
@@ -49,6 +50,7 @@ pub mod decider;
 pub mod http;
 pub mod identity;
 pub mod outbox;
+pub mod pg;
 pub mod quorum;
 pub mod service;
 pub mod session_set;
@@ -141,12 +143,14 @@ impl Server {
         };
         // Notifications are written with the changes they announce (see `outbox`).
         let router = Arc::new(outbox::Router::new(cfg.notify.routes()));
-        let store = store::ApprovalStore::open(&cfg.store)?;
-        outbox::skip_ids(store.raw_store())?;
+        let store = backend::ApprovalStore::open_location(&cfg.store)?;
+        if let Some(raw) = store.raw_store() {
+            outbox::skip_ids(raw)?;
+        }
         let store = store.with_outbox(Arc::clone(&router) as Arc<dyn store::Announce>);
         let audit = audit::Audit::open(&cfg.ledger)?;
         // A damaged store was moved aside and replaced while opening: say so in the ledger.
-        if let Some(dir) = cfg.store.parent() {
+        if let Some(dir) = cfg.store_file().and_then(|f| f.parent()) {
             crate::state::ledger_notes(dir, |kind, body| audit.append(kind, body));
         }
         let auth = identity::Authenticator::new(
@@ -164,6 +168,10 @@ impl Server {
         shared.set_people(quorum::People::from_config(&cfg));
         outbox::sender::start(&shared, &cfg.notify, router, teams_links(&cfg)?)
             .map_err(|e| ApproverError::Config(format!("notify: {e}")))?;
+        // Several replicas on PostgreSQL: the others' changes reach this one's streams.
+        if let Some(rx) = shared.store.fanout() {
+            tokio::spawn(Arc::clone(&shared).fanout(rx));
+        }
         let (stop, _) = watch::channel(false);
         let mut server = Server {
             sweeper: tokio::spawn(Arc::clone(&shared).sweeper()),

@@ -1,4 +1,7 @@
-//! Durable state of the approval service, in one redb file through [`crate::store::Store`].
+//! Durable state of the approval service, in one redb file through [`crate::store::Store`]
+//! (the embedded default; [`super::pg`] keeps the same in PostgreSQL, and
+//! [`super::backend::ApprovalStore`] is the one the service uses). The record types here
+//! are shared by both.
 //!
 //! Tables (every change is one transaction, fsync'd before the call returns):
 //! - `approver_requests`: request id → [`RequestRec`] (JSON), decision included.
@@ -10,7 +13,7 @@
 //! - `approver_reports`: (host, host_seq) → time, for idempotent Report.
 //!
 //! Notifications are written in the same transaction as the change they announce, by the
-//! [`Announce`] set with [`ApprovalStore::with_outbox`] (the outbox, [`super::outbox`]).
+//! [`Announce`] set with [`RedbStore::with_outbox`] (the outbox, [`super::outbox`]).
 //!
 //! The calls are blocking (disk I/O); async callers run them on the blocking pool.
 use std::path::Path;
@@ -338,15 +341,15 @@ pub trait Announce: Send + Sync + std::fmt::Debug {
 
 /// The service's tables on top of a [`Store`].
 #[derive(Clone, Debug)]
-pub struct ApprovalStore {
+pub struct RedbStore {
     store: Store,
     /// Who is told of changes (the outbox); `None`: nobody.
     announce: Option<Arc<dyn Announce>>,
 }
 
-impl ApprovalStore {
+impl RedbStore {
     /// Opens (or creates) the store file at `path` (parent directories 0700, file 0600).
-    pub fn open(path: &Path) -> Result<ApprovalStore, StoreError> {
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         // The tables are opened in the store's first transaction: a file with one of them
         // of another type is damaged, and moved aside like any other.
         let store = Store::open_with(path, |tx| {
@@ -362,14 +365,14 @@ impl ApprovalStore {
         // Requests are committed without waiting for the disk: an id a crash took with it
         // must not name another request (an approver may have seen it).
         store.skip_ids(&[REQUEST_IDS])?;
-        Ok(ApprovalStore {
+        Ok(RedbStore {
             store,
             announce: None,
         })
     }
 
     /// From now on, every change is announced to `a` in the change's own transaction.
-    pub fn with_outbox(mut self, a: Arc<dyn Announce>) -> ApprovalStore {
+    pub fn with_outbox(mut self, a: Arc<dyn Announce>) -> RedbStore {
         self.announce = Some(a);
         self
     }
@@ -391,7 +394,7 @@ impl ApprovalStore {
 
     /// Files `new` for `host`, or returns the request already filed under
     /// (host, host_request_id). The bool says whether it was created now.
-    /// The commit does not wait for the disk: the caller syncs it ([`ApprovalStore::sync`])
+    /// The commit does not wait for the disk: the caller syncs it ([`RedbStore::sync`])
     /// before acknowledging it.
     pub fn submit(&self, new: NewRequest) -> Result<(RequestRec, bool, Unsynced), StoreError> {
         let ((rec, created), unsynced) = self.store.write_deferred(|tx| {
@@ -442,7 +445,7 @@ impl ApprovalStore {
         &self.store
     }
 
-    /// Makes a [`ApprovalStore::submit`] durable: at once if a durable commit (a decision's)
+    /// Makes a [`RedbStore::submit`] durable: at once if a durable commit (a decision's)
     /// has covered it since, else by a commit of its own. Callers wait
     /// [`SUBMIT_SYNC_GRACE`] first, off the blocking pool, to give a decision that chance.
     pub fn sync(&self, u: Unsynced) -> Result<(), StoreError> {
@@ -569,59 +572,18 @@ impl ApprovalStore {
             if req.state != State::Pending {
                 return Ok(Err(Refusal::NotPending(req.state)));
             }
-            let (decision, grant) = match how {
-                Resolution::Approve { grant, note } => {
-                    let mut grant = *grant;
+            let grant = match &how {
+                Resolution::Approve { grant, .. } => {
+                    let mut grant = (**grant).clone();
                     grant.id = tx.next_id(GRANT_IDS)?;
                     grant.request_id = id;
                     grant.host = req.context.host.clone();
                     tx.put(GRANTS, grant.id, &grant)?;
-                    let d = DecisionRec {
-                        state: State::Approved,
-                        decided_by: grant.granted_by.clone(),
-                        note,
-                        decided_unix_ms: now_ms,
-                        verdict: "allow".to_owned(),
-                        grant_id: Some(grant.id),
-                    };
-                    (d, Some(grant))
+                    Some(grant)
                 }
-                Resolution::Deny { by, note } => (
-                    DecisionRec {
-                        state: State::Denied,
-                        decided_by: by,
-                        note,
-                        decided_unix_ms: now_ms,
-                        verdict: "deny".to_owned(),
-                        grant_id: None,
-                    },
-                    None,
-                ),
-                Resolution::Release { by } => (
-                    DecisionRec {
-                        state: State::Released,
-                        decided_by: by,
-                        note: "the host's daemon stopped while the operation was held: the \
-                               kernel let it through without a decision"
-                            .to_owned(),
-                        decided_unix_ms: now_ms,
-                        verdict: "allow".to_owned(),
-                        grant_id: None,
-                    },
-                    None,
-                ),
-                Resolution::Expire => (
-                    DecisionRec {
-                        state: State::Expired,
-                        decided_by: "timeout".to_owned(),
-                        note: String::new(),
-                        decided_unix_ms: now_ms,
-                        verdict: req.context.fail_verdict.clone(),
-                        grant_id: None,
-                    },
-                    None,
-                ),
+                _ => None,
             };
+            let decision = decision_for(how, &req, grant.as_ref(), now_ms);
             req.state = decision.state;
             req.decision = Some(decision);
             tx.put(REQUESTS, id, &req)?;
@@ -754,7 +716,7 @@ impl ApprovalStore {
         self.note_report_of(host, host_seq, now_ms, "", &serde_json::Value::Null)
     }
 
-    /// [`ApprovalStore::note_report`] of a report of `kind` with `record`, announced in
+    /// [`RedbStore::note_report`] of a report of `kind` with `record`, announced in
     /// the same transaction (an empty `kind` announces nothing).
     pub fn note_report_of(
         &self,
@@ -795,6 +757,51 @@ impl ApprovalStore {
             tx.raw().open_table(REPORTS)?.remove((host, host_seq))?;
             Ok(())
         })
+    }
+}
+
+/// The decision `how` records on `req` at `now_ms` (`grant`: the one an approval made).
+pub(crate) fn decision_for(
+    how: Resolution,
+    req: &RequestRec,
+    grant: Option<&GrantRec>,
+    now_ms: i64,
+) -> DecisionRec {
+    match how {
+        Resolution::Approve { note, grant: asked } => DecisionRec {
+            state: State::Approved,
+            decided_by: asked.granted_by,
+            note,
+            decided_unix_ms: now_ms,
+            verdict: "allow".to_owned(),
+            grant_id: grant.map(|g| g.id),
+        },
+        Resolution::Deny { by, note } => DecisionRec {
+            state: State::Denied,
+            decided_by: by,
+            note,
+            decided_unix_ms: now_ms,
+            verdict: "deny".to_owned(),
+            grant_id: None,
+        },
+        Resolution::Release { by } => DecisionRec {
+            state: State::Released,
+            decided_by: by,
+            note: "the host's daemon stopped while the operation was held: the \
+                   kernel let it through without a decision"
+                .to_owned(),
+            decided_unix_ms: now_ms,
+            verdict: "allow".to_owned(),
+            grant_id: None,
+        },
+        Resolution::Expire => DecisionRec {
+            state: State::Expired,
+            decided_by: "timeout".to_owned(),
+            note: String::new(),
+            decided_unix_ms: now_ms,
+            verdict: req.context.fail_verdict.clone(),
+            grant_id: None,
+        },
     }
 }
 
@@ -876,7 +883,7 @@ mod tests {
     #[test]
     fn approvals_are_recorded_once_per_identity_and_only_while_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let s = RedbStore::open(&dir.path().join("a.redb")).unwrap();
         let (r, _, _) = s.submit(new_request("h1", 1, i64::MAX / 2)).unwrap();
         let a = |by: &str| ApprovalRec {
             by: by.into(),
@@ -927,7 +934,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.redb");
         {
-            let s = ApprovalStore::open(&path).unwrap();
+            let s = RedbStore::open(&path).unwrap();
             let (a, created, _) = s.submit(new_request("h1", 5, 100)).unwrap();
             assert!(created);
             let (b, created, _) = s.submit(new_request("h1", 5, 999)).unwrap();
@@ -940,7 +947,7 @@ mod tests {
             // Syncing the last one makes every earlier one durable too.
             s.sync(unsynced).unwrap();
         }
-        let s = ApprovalStore::open(&path).unwrap();
+        let s = RedbStore::open(&path).unwrap();
         assert_eq!(s.pending().unwrap().len(), 2);
         let (again, created, _) = s.submit(new_request("h1", 5, 1)).unwrap();
         assert!(!created);
@@ -960,7 +967,7 @@ mod tests {
     #[test]
     fn a_session_end_marks_only_that_hosts_session_grants() {
         let dir = tempfile::tempdir().unwrap();
-        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let s = RedbStore::open(&dir.path().join("a.redb")).unwrap();
         let mut ids = Vec::new();
         for (host, hid) in [("h1", 1), ("h2", 2)] {
             let (r, _, _) = s.submit(new_request(host, hid, 100)).unwrap();
@@ -982,7 +989,7 @@ mod tests {
     #[test]
     fn a_request_released_by_a_host_crash_is_found_by_its_host_id_and_closed() {
         let dir = tempfile::tempdir().unwrap();
-        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let s = RedbStore::open(&dir.path().join("a.redb")).unwrap();
         let (r1, _, _) = s.submit(new_request("h1", 7, 100)).unwrap();
         let _other = s.submit(new_request("h2", 7, 100)).unwrap();
         assert_eq!(s.by_host_request("h1", 7).unwrap(), Some(r1.id));
@@ -1006,7 +1013,7 @@ mod tests {
     #[test]
     fn resolve_once_and_log_updates_per_host() {
         let dir = tempfile::tempdir().unwrap();
-        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let s = RedbStore::open(&dir.path().join("a.redb")).unwrap();
         let (r1, _, _) = s.submit(new_request("h1", 1, 100)).unwrap();
         let (r2, _, _) = s.submit(new_request("h1", 2, 100)).unwrap();
         let (r3, _, _) = s.submit(new_request("h2", 1, 100)).unwrap();
@@ -1081,7 +1088,7 @@ mod tests {
     #[test]
     fn reports_are_noted_once() {
         let dir = tempfile::tempdir().unwrap();
-        let s = ApprovalStore::open(&dir.path().join("a.redb")).unwrap();
+        let s = RedbStore::open(&dir.path().join("a.redb")).unwrap();
         assert!(s.note_report("h1", 1, 5).unwrap());
         assert!(!s.note_report("h1", 1, 6).unwrap());
         assert!(s.note_report("h2", 1, 6).unwrap());

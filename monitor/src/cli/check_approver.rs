@@ -59,7 +59,7 @@ pub fn run_to(path: &Path, out: &mut dyn Write, err: &mut dyn Write) -> io::Resu
     };
     writeln!(out, "ok: {} (approval service)", path.display())?;
     writeln!(out, "  listen: {}", cfg.listen.join(", "))?;
-    writeln!(out, "  store: {}", cfg.store.display())?;
+    writeln!(out, "  store: {}", cfg.store_display())?;
     writeln!(out, "  ledger: {}", cfg.ledger.display())?;
     let show = |p: &Option<std::path::PathBuf>| {
         p.as_ref()

@@ -16,10 +16,14 @@ pub const MAX_TOKEN: usize = 4096;
 /// How to reach the approval service. Every field has a default (a Unix socket at
 /// [`DEFAULT_ENDPOINT`], no TLS material, no token, no plaintext TCP).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "ClientToml", into = "ClientToml")]
 pub struct ClientConfig {
-    /// `unix:/path`, `https://host:port` or `http://127.0.0.1:port`.
+    /// `unix:/path`, `https://host:port` or `http://127.0.0.1:port`: the first of the
+    /// configured endpoints.
     pub endpoint: String,
+    /// The other endpoints (`endpoint = ["https://a:7443", "https://b:7443"]`): replicas of
+    /// the same service, tried in turn when the current one fails (see `uplink`).
+    pub more_endpoints: Vec<String>,
     /// PEM CA certificate that signed the service's certificate (https only; required there).
     pub ca: Option<PathBuf>,
     /// PEM client certificate (https only); needs `key`.
@@ -36,6 +40,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             endpoint: DEFAULT_ENDPOINT.to_owned(),
+            more_endpoints: Vec::new(),
             ca: None,
             cert: None,
             key: None,
@@ -45,10 +50,116 @@ impl Default for ClientConfig {
     }
 }
 
+/// `endpoint` as written: one string or a list.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// [`ClientConfig`] as written in TOML.
+#[derive(Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+struct ClientToml {
+    endpoint: OneOrMany,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    token: Option<String>,
+    allow_plaintext: bool,
+}
+
+impl Default for ClientToml {
+    fn default() -> Self {
+        ClientConfig::default().into()
+    }
+}
+
+impl From<ClientToml> for ClientConfig {
+    fn from(t: ClientToml) -> Self {
+        let (endpoint, more_endpoints) = match t.endpoint {
+            OneOrMany::One(e) => (e, Vec::new()),
+            // An empty list leaves `endpoint` empty: `problems` says so.
+            OneOrMany::Many(mut v) if !v.is_empty() => {
+                let first = v.remove(0);
+                (first, v)
+            }
+            OneOrMany::Many(_) => (String::new(), Vec::new()),
+        };
+        ClientConfig {
+            endpoint,
+            more_endpoints,
+            ca: t.ca,
+            cert: t.cert,
+            key: t.key,
+            token: t.token,
+            allow_plaintext: t.allow_plaintext,
+        }
+    }
+}
+
+impl From<ClientConfig> for ClientToml {
+    fn from(c: ClientConfig) -> Self {
+        let endpoint = if c.more_endpoints.is_empty() {
+            OneOrMany::One(c.endpoint)
+        } else {
+            OneOrMany::Many(
+                std::iter::once(c.endpoint)
+                    .chain(c.more_endpoints)
+                    .collect(),
+            )
+        };
+        ClientToml {
+            endpoint,
+            ca: c.ca,
+            cert: c.cert,
+            key: c.key,
+            token: c.token,
+            allow_plaintext: c.allow_plaintext,
+        }
+    }
+}
+
 impl ClientConfig {
+    /// How many endpoints are configured (at least 1).
+    pub fn endpoint_count(&self) -> usize {
+        1 + self.more_endpoints.len()
+    }
+
+    /// This configuration with only its `i`th endpoint (modulo their number): what one
+    /// connection attempt uses.
+    pub fn nth_endpoint(&self, i: usize) -> ClientConfig {
+        let i = i % self.endpoint_count();
+        let endpoint = match i {
+            0 => self.endpoint.clone(),
+            _ => self.more_endpoints[i - 1].clone(),
+        };
+        ClientConfig {
+            endpoint,
+            more_endpoints: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// Every problem of this configuration as `(field, message)`, without touching files.
-    /// An empty list means [`connect`] can try it.
+    /// An empty list means [`connect`] can try it (each endpoint is checked).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = self.problems_of_one();
+        for (i, e) in self.more_endpoints.iter().enumerate() {
+            if *e == self.endpoint || self.more_endpoints[..i].contains(e) {
+                out.push(("endpoint", format!("{e} is listed twice")));
+            }
+            for p in self.nth_endpoint(i + 1).problems_of_one() {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    fn problems_of_one(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         let addr = match Address::parse(&self.endpoint) {
             Ok(a) => Some(a),

@@ -261,6 +261,54 @@ fn daemon_checks() {
 }
 
 #[test]
+fn approval_client_takes_one_endpoint_or_several() {
+    let tls = "ca = \"/etc/confgate/ca.pem\"\ncert = \"/etc/confgate/host.pem\"\nkey = \"/etc/confgate/host.key\"\n";
+    let c = parse(&format!(
+        "[approval]\nmode = \"remote\"\n[approval.client]\nendpoint = [\"https://a:7443\", \"https://b:7443\"]\n{tls}"
+    ))
+    .unwrap();
+    let client = &c.approval.client;
+    assert_eq!(client.endpoint, "https://a:7443");
+    assert_eq!(client.more_endpoints, ["https://b:7443"]);
+    assert_eq!(client.endpoint_count(), 2);
+    assert_eq!(client.nth_endpoint(1).endpoint, "https://b:7443");
+    assert_eq!(client.nth_endpoint(2).endpoint, "https://a:7443");
+    assert!(client.nth_endpoint(1).more_endpoints.is_empty());
+    assert_eq!(client.nth_endpoint(1).ca, client.ca);
+    // Written back as a list; one endpoint as a string.
+    let text = toml::to_string(client).unwrap();
+    assert!(
+        text.contains("endpoint = [\"https://a:7443\", \"https://b:7443\"]"),
+        "{text}"
+    );
+    let one = parse(&format!(
+        "[approval.client]\nendpoint = [\"https://a:7443\"]\n{tls}"
+    ))
+    .unwrap();
+    assert!(one.approval.client.more_endpoints.is_empty());
+    assert!(
+        toml::to_string(&one.approval.client)
+            .unwrap()
+            .contains("endpoint = \"https://a:7443\"")
+    );
+    // Every endpoint is checked; an empty list, a repeated or a bad one is refused.
+    for bad in [
+        "[]",
+        "[\"https://a:7443\", \"https://a:7443\"]",
+        "[\"https://a:7443\", \"http://10.0.0.5:80\"]",
+    ] {
+        let (field, _) = invalid_field(&format!("[approval.client]\nendpoint = {bad}\n{tls}"));
+        assert!(field.starts_with("approval.client"), "{bad}: {field}");
+    }
+    assert!(
+        parse(&format!(
+            "[approval.client]\nendpoint = [\"https://a:7443\", 5]\n{tls}"
+        ))
+        .is_err()
+    );
+}
+
+#[test]
 fn approval_section() {
     let c = parse("").unwrap();
     assert_eq!(c.approval.mode, ApprovalMode::Local);

@@ -98,6 +98,10 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Db(Box<redb::Error>),
+    /// The approval service's PostgreSQL backend failed (connection, query or commit):
+    /// nothing of the call was committed unless the message says otherwise.
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("store table {table}, key {key}: cannot encode/decode record: {source}")]
     Codec {
         table: &'static str,

@@ -23,6 +23,8 @@ pub(super) struct Counters {
     pub(super) connect_failures: AtomicU64,
     /// Connections established after the first.
     pub(super) reconnects: AtomicU64,
+    /// Moves to the next of several endpoints after the current one failed.
+    pub(super) failovers: AtomicU64,
     /// Updates handed to the receiver.
     pub(super) updates_applied: AtomicU64,
     /// Updates without content, or not newer than the cursor, skipped.
@@ -79,6 +81,7 @@ impl Shared {
             ("uplink_damaged", v(&c.damaged)),
             ("uplink_connect_failures", v(&c.connect_failures)),
             ("uplink_reconnects", v(&c.reconnects)),
+            ("uplink_failovers", v(&c.failovers)),
             ("uplink_updates_applied", v(&c.updates_applied)),
             ("uplink_updates_skipped", v(&c.updates_skipped)),
             ("uplink_cursor_resets", v(&c.cursor_resets)),

@@ -95,13 +95,20 @@ impl Task {
         }
         let mut backoff = Backoff::new(self.options.min_backoff, self.options.max_backoff);
         let mut logged_down = false;
+        // The endpoint tried next, and how many failed in a row since one worked.
+        let (mut current, mut tried) = (0usize, 0usize);
         loop {
             if self.updates.is_closed() {
                 return;
             }
-            let end = match connect(&self.cfg).await {
+            let cfg = self.cfg.nth_endpoint(current);
+            let end = match connect(&cfg).await {
                 Ok(client) => {
                     logged_down = false;
+                    tried = 0;
+                    if self.cfg.endpoint_count() > 1 {
+                        tracing::info!(endpoint = %cfg.endpoint, "uplink: connected");
+                    }
                     self.connection(client, &mut backoff).await
                 }
                 Err(e) => {
@@ -118,7 +125,17 @@ impl Task {
             self.shared.connected.store(false, Ordering::Relaxed);
             match end {
                 End::Stop => return,
+                // Several endpoints (replicas of one service): the next one at once, until
+                // each was tried since the last connection that worked; then the backoff.
+                End::Broken(reason) if tried + 1 < self.cfg.endpoint_count() => {
+                    tried += 1;
+                    current = (current + 1) % self.cfg.endpoint_count();
+                    bump(&self.shared.counters.failovers);
+                    tracing::info!(%reason, from = %cfg.endpoint, to = %self.cfg.nth_endpoint(current).endpoint, "uplink: failing over to the next endpoint");
+                }
                 End::Broken(reason) => {
+                    tried = 0;
+                    current = (current + 1) % self.cfg.endpoint_count();
                     let mut delay = backoff.next_delay();
                     if self.awaiting_decision() {
                         // Someone may be deciding right now: do not make them wait 10 s.

@@ -23,6 +23,7 @@ use crate::approver::service::Shared;
 use crate::approver::sinks::teams::LinkMaker;
 use crate::approver::sinks::{Delivered, SinkError, Sinks};
 use crate::os::clock::now_ms;
+use crate::store::Store;
 
 /// Deliveries in progress at once.
 pub const MAX_IN_FLIGHT: usize = 8;
@@ -92,7 +93,11 @@ pub fn start(
         max_age_ms: secs(cfg.max_age_secs),
         max_backoff_ms: secs(cfg.max_backoff_secs),
     };
-    tokio::spawn(run(Arc::clone(shared), sinks, router, limits));
+    // On PostgreSQL there is no outbox (the configuration refuses routes there).
+    let Some(store) = shared.store.raw_store().cloned() else {
+        return Ok(());
+    };
+    tokio::spawn(run(Arc::clone(shared), store, sinks, router, limits));
     Ok(())
 }
 
@@ -100,7 +105,13 @@ pub fn start(
 const SCAN_LIMIT: usize = 1000;
 
 /// Runs until the service stops.
-pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, limits: Limits) {
+pub async fn run(
+    shared: Arc<Shared>,
+    store: Store,
+    sinks: Arc<Sinks>,
+    router: Arc<Router>,
+    limits: Limits,
+) {
     let mut stopping = shared.stop_signal();
     let mut in_flight: HashSet<u64> = HashSet::new();
     let mut tasks: JoinSet<(OutboxEntry, Result<Delivered, SinkError>)> = JoinSet::new();
@@ -109,9 +120,9 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
             tasks.abort_all();
             return;
         }
-        let store = shared.store.raw_store().clone();
+        let st = store.clone();
         let entries =
-            tokio::task::spawn_blocking(move || super::oldest_entries(&store, SCAN_LIMIT)).await;
+            tokio::task::spawn_blocking(move || super::oldest_entries(&st, SCAN_LIMIT)).await;
         let (entries, total) = match entries {
             Ok(Ok(e)) => e,
             Ok(Err(e)) => {
@@ -133,9 +144,9 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
                 break;
             }
             in_flight.insert(e.id);
-            let (sinks, store) = (Arc::clone(&sinks), shared.store.raw_store().clone());
+            let (sinks, st) = (Arc::clone(&sinks), store.clone());
             tasks.spawn(async move {
-                let r = sinks.deliver(&store, &e).await;
+                let r = sinks.deliver(&st, &e).await;
                 (e, r)
             });
         }
@@ -154,7 +165,7 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok((entry, result)) = done {
                     in_flight.remove(&entry.id);
-                    finish(&shared, entry, result, limits).await;
+                    finish(&shared, &store, entry, result, limits).await;
                 }
             }
             _ = router.woken() => {}
@@ -167,11 +178,12 @@ pub async fn run(shared: Arc<Shared>, sinks: Arc<Sinks>, router: Arc<Router>, li
 /// Records the outcome of one attempt.
 async fn finish(
     shared: &Arc<Shared>,
+    store: &Store,
     entry: OutboxEntry,
     result: Result<Delivered, SinkError>,
     limits: Limits,
 ) {
-    let store = shared.store.raw_store().clone();
+    let store = store.clone();
     let c = &shared.counters;
     let now = now_ms();
     match result {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use super::route::Route;
 use super::sender::{backoff_ms, eligible};
 use super::*;
-use crate::approver::store::{ApprovalStore, NewRequest, Resolution};
+use crate::approver::store::{NewRequest, RedbStore, Resolution};
 
 fn routes() -> Arc<Router> {
     Arc::new(Router::new(vec![
@@ -40,7 +40,7 @@ fn changes_write_their_notifications_in_their_own_transaction_and_a_reopen_keeps
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.redb");
     {
-        let s = ApprovalStore::open(&path).unwrap().with_outbox(routes());
+        let s = RedbStore::open(&path).unwrap().with_outbox(routes());
         let (r, created, u) = s.submit(new_request(1)).unwrap();
         assert!(created);
         s.sync(u).unwrap();
@@ -68,7 +68,7 @@ fn changes_write_their_notifications_in_their_own_transaction_and_a_reopen_keeps
         );
     }
     // Nothing was delivered: after a restart, every notification is still waiting.
-    let s = ApprovalStore::open(&path).unwrap();
+    let s = RedbStore::open(&path).unwrap();
     let all = entries(s.raw_store()).unwrap();
     assert_eq!(
         sinks_of(&all),
@@ -154,7 +154,7 @@ fn a_rules_notify_list_picks_the_sinks() {
         Vec::<&str>::new()
     );
     // The list is read from the stored request, wherever the record keeps it.
-    let s = ApprovalStore::open(&tempfile::tempdir().unwrap().path().join("a.redb")).unwrap();
+    let s = RedbStore::open(&tempfile::tempdir().unwrap().path().join("a.redb")).unwrap();
     let req = s.submit(new_request(1)).unwrap().0;
     assert!(Event::request_created(&req).routes().is_empty());
 }
@@ -178,7 +178,7 @@ fn route_names_match_ids_aliases_and_kinds() {
 fn entry(id: u64, sink: &str, request: Option<u64>, next: i64) -> OutboxEntry {
     let mut ev = Event::report("h", "reverted", &serde_json::json!({}), 0);
     if let Some(rid) = request {
-        let s = ApprovalStore::open(&tempfile::tempdir().unwrap().path().join("a.redb")).unwrap();
+        let s = RedbStore::open(&tempfile::tempdir().unwrap().path().join("a.redb")).unwrap();
         let mut r = s.submit(new_request(1)).unwrap().0;
         r.id = rid;
         ev = Event::request_created(&r);

@@ -29,11 +29,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::audit::Audit;
+use super::backend::ApprovalStore;
 use super::decider::{self, Deciders, Refused};
 use super::identity::{ApproverId, Authenticator};
 use super::store::{
-    ApprovalStore, GrantRec, Refusal, RequestRec, Resolution, Resolved, SUBMIT_SYNC_GRACE, Scope,
-    State, UpdateKind, UpdateRec,
+    GrantRec, Refusal, RequestRec, Resolution, Resolved, SUBMIT_SYNC_GRACE, Scope, State,
+    UpdateKind, UpdateRec,
 };
 use super::wire::{self, MAX_NAME, MAX_PATH, MAX_TEXT, check_text, invalid};
 use crate::os::clock::now_ms;
@@ -42,6 +43,7 @@ use crate::store::StoreError;
 use confgate_proto::v1 as pb;
 
 mod bursts;
+mod fanout;
 mod notify;
 mod resolve;
 mod rpc;
@@ -279,7 +281,8 @@ impl Shared {
     }
 
     /// Hands a committed host update to the `Updates` streams (none listening is fine: a
-    /// host that connects later reads the log).
+    /// host that connects later reads the log). An empty `host` with no update: every
+    /// stream reads its host's log again.
     fn push_update(&self, host: &str, update: Option<pb::HostUpdate>) {
         let _ = self.updates.send(Arc::new(Pushed {
             host: host.to_owned(),

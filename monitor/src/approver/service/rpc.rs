@@ -120,9 +120,15 @@ impl pb::approver_server::Approver for ApproverService {
     ) -> Result<Response<Self::UpdatesStream>, Status> {
         let s = Arc::clone(&self.shared);
         let host = s.identify_host(&request, "Updates")?;
+        let key = request.get_ref().attestation_key.clone();
         s.deciders
-            .set_host_key(&host, &request.get_ref().attestation_key)
+            .set_host_key(&host, &key)
             .inspect_err(|e| s.refused("Updates", e))?;
+        if !key.is_empty() && s.store.is_shared() {
+            // The other replicas verify this host's attestations too.
+            let h = host.clone();
+            s.db("updates", move |st| st.set_host_key(&h, &key)).await?;
+        }
         let after = request.get_ref().after_seq;
         let h = host.clone();
         let last = s.db("updates", move |st| st.last_update_seq(&h)).await?;
@@ -221,6 +227,13 @@ impl pb::approver_server::Approver for ApproverService {
                     return Ok(Err(Status::not_found(format!("no request {id}"))));
                 };
                 let now = now_ms();
+                if !r.attestation.is_empty()
+                    && let Some(key) = st.host_key(&req.context.host)?
+                {
+                    // Its host may be connected to another replica: the key it presented
+                    // there (the one verified by the mTLS host channel, as here).
+                    let _ = me.deciders.set_host_key(&req.context.host, &key);
+                }
                 let (mut how, decider, person) = match me.check_decision(&who, &r, &req, now) {
                     Ok(v) => v,
                     Err(status) => return Ok(Err(status)),

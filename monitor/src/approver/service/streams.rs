@@ -47,7 +47,7 @@ pub(super) async fn updates_stream(
         loop {
             tokio::select! {
                 m = pushed.recv() => match m {
-                    Ok(p) if p.host != host => {}
+                    Ok(p) if p.host != host && !p.host.is_empty() => {}
                     Ok(p) => match &p.update {
                         Some(u) if u.seq <= after => {}
                         Some(u) if u.seq == after + 1 => {

@@ -87,6 +87,10 @@ pub(super) fn routes() -> Router<Arc<Web>> {
     )
 }
 
+/// Action links are kept in the embedded store; a service on PostgreSQL refuses `[web]`
+/// at start, so this is only a guard.
+const NO_LINKS: &str = "action links need the embedded store (store = a redb file)";
+
 /// An action link's page: the request's full context and the forms, for the link's
 /// approver once signed in.
 pub(super) async fn link_page(
@@ -99,7 +103,10 @@ pub(super) async fn link_page(
         Ok(v) => v,
         Err(why) => return not_yours(&web, &token, why),
     };
-    match web.links.is_used(web.shared.store.raw_store(), &link) {
+    let Some(store) = web.shared.store.raw_store() else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, NO_LINKS);
+    };
+    match web.links.is_used(store, &link) {
         Ok(false) => {}
         Ok(true) => return refuse(StatusCode::FORBIDDEN, &LinkError::Used.to_string()),
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -155,7 +162,9 @@ pub(super) async fn link_decide(
         Ok(v) => v,
         Err(m) => return refuse(StatusCode::FORBIDDEN, &m),
     };
-    let store = web.shared.store.raw_store().clone();
+    let Some(store) = web.shared.store.raw_store().cloned() else {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, NO_LINKS);
+    };
     let spent = {
         let web = Arc::clone(&web);
         let token = token.clone();

@@ -411,7 +411,7 @@ async fn action_links_decide_only_for_their_signed_in_approver_once() {
     assert!(
         !h.web
             .links
-            .is_used(h.web.shared.store.raw_store(), &l)
+            .is_used(h.web.shared.store.raw_store().unwrap(), &l)
             .unwrap()
     );
     // Expired and foreign links.
