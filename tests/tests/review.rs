@@ -84,6 +84,15 @@ fn review_approve_deny_supersede_and_timeout() {
         "{r}"
     );
     assert!(!excerpt(&r).contains("secret"), "{r}");
+    // Nor anywhere else in the request: the writer's command line carried the value too
+    // (`printf ... API_TOKEN=new-secret ...`), masked by key name like the excerpt.
+    assert!(!r.to_string().contains("new-secret"), "{r}");
+    assert!(
+        r["context"]["command"]
+            .to_string()
+            .contains("API_TOKEN=********"),
+        "{r}"
+    );
     assert_eq!(r["context"]["agent"], "claude", "{r}");
     ok(&g.cli(&["approvals", "approve", &id_of(&r), "--note", "ok"]));
     let envs = env.display().to_string();

@@ -142,6 +142,79 @@ impl Masker {
     }
 }
 
+impl Masker {
+    /// `text` (one command-line entry, a stated reason) with the value of every
+    /// `KEY=VALUE` whose key matches masked (`API_TOKEN=abc`, `--password=abc`,
+    /// `PGPASSWORD='a b'`): the value runs to the next space, quote or shell operator, or
+    /// within its quotes when quoted.
+    pub fn mask_words<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let b = text.as_bytes();
+        let is_key = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.');
+        let is_end = |c: u8| {
+            c.is_ascii_whitespace() || matches!(c, b'"' | b'\'' | b';' | b'&' | b'|' | b')' | b'`')
+        };
+        let (mut out, mut last, mut i) = (String::new(), 0, 0);
+        while let Some(off) = text[i..].find('=') {
+            let eq = i + off;
+            let mut k = eq;
+            while k > 0 && is_key(b[k - 1]) {
+                k -= 1;
+            }
+            // The value: quoted (to its closing quote) or bare.
+            let (from, to) = match b.get(eq + 1) {
+                Some(&q @ (b'"' | b'\'')) => {
+                    let end = text[eq + 2..]
+                        .find(q as char)
+                        .map_or(b.len(), |e| eq + 2 + e);
+                    (eq + 2, end)
+                }
+                _ => {
+                    let mut v = eq + 1;
+                    while v < b.len() && !is_end(b[v]) {
+                        v += 1;
+                    }
+                    (eq + 1, v)
+                }
+            };
+            let key = text[k..eq].trim_start_matches('-');
+            if !key.is_empty() && to > from && self.keys.is_match(key) {
+                out.push_str(&text[last..from]);
+                out.push_str(MASK);
+                last = to;
+                i = to;
+            } else {
+                // An unmasked value may hold another assignment (`A=1\nAPI_TOKEN=x`).
+                i = eq + 1;
+            }
+        }
+        if last == 0 {
+            return Cow::Borrowed(text);
+        }
+        out.push_str(&text[last..]);
+        Cow::Owned(out)
+    }
+
+    /// A command line (`argv` entries) with secrets masked: [`Masker::mask_words`] in each
+    /// entry, and the entry after a flag whose name matches (`--password hunter2`,
+    /// `-token x`) replaced whole.
+    pub fn mask_argv(&self, argv: &[String]) -> Vec<String> {
+        let mut out = Vec::with_capacity(argv.len());
+        let mut mask_next = false;
+        for a in argv {
+            if mask_next {
+                out.push(MASK.to_owned());
+                mask_next = false;
+                continue;
+            }
+            let flag = a.strip_prefix('-').map(|f| f.trim_start_matches('-'));
+            mask_next =
+                flag.is_some_and(|f| !f.is_empty() && !f.contains('=') && self.keys.is_match(f));
+            out.push(self.mask_words(a).into_owned());
+        }
+        out
+    }
+}
+
 /// The key of an assignment line and where its value starts (after the separator and
 /// spaces): `KEY=v`, `export KEY=v`, `key: v`, `key = v`, `"key": v`, `- key: v`.
 fn split_assignment(line: &str) -> Option<(&str, usize)> {
@@ -312,6 +385,38 @@ impl Masker {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn secrets_in_command_lines_are_masked() {
+        let m = Masker::default();
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            "echo API_TOKEN=new-secret > f; PGPASSWORD='a b' psql",
+            "--password",
+            "hunter2",
+            "--db-secret=s3",
+            "PATH=/bin",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = m.mask_argv(&argv).join(" ");
+        for secret in ["new-secret", "a b", "hunter2", "s3"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains("API_TOKEN=******** > f"), "{out}");
+        assert!(out.contains("PGPASSWORD='********' psql"), "{out}");
+        assert!(out.contains("--password ********"), "{out}");
+        assert!(out.contains("PATH=/bin"), "{out}");
+        assert_eq!(m.mask_words("no secrets = here"), "no secrets = here");
+        assert_eq!(m.mask_words("TOKEN="), "TOKEN=");
+        assert_eq!(
+            m.mask_words(r"printf 'A=1\nAPI_TOKEN=s\n' > f"),
+            r"printf 'A=1\nAPI_TOKEN=********' > f"
+        );
+    }
+
     use super::*;
 
     fn m() -> Masker {

@@ -145,6 +145,8 @@ pub struct ContextInput<'a> {
     pub fail_verdict: &'a str,
     /// The rule's quorum (`None`: the default, one approval by anyone).
     pub quorum: Option<pb::Quorum>,
+    /// `gate.mask`: applied to command lines and the stated reason as to the excerpt.
+    pub masker: &'a crate::event::excerpt::Masker,
 }
 
 /// The stated reason: the writer's `CONFGATE_REASON` when set, else the session's
@@ -166,11 +168,19 @@ pub fn request_context(i: ContextInput<'_>) -> pb::RequestContext {
         uid: i.writer.uid,
         user: crate::sessions::user_name(i.writer.uid),
         pid: i.writer.pid,
-        command: i.writer.command.clone(),
-        ancestry: i.writer.ancestry.clone(),
+        command: i.masker.mask_argv(&i.writer.command),
+        ancestry: i
+            .writer
+            .ancestry
+            .iter()
+            .map(|a| pb::ProcessInfo {
+                argv: i.masker.mask_argv(&a.argv),
+                ..a.clone()
+            })
+            .collect(),
         path: encode(i.path),
         operations: i.operations,
-        reason: reason(i.writer, s),
+        reason: i.masker.mask_words(&reason(i.writer, s)).into_owned(),
         content_sha256: i.content_sha256,
         rule: i.rule.to_string(),
         mode: i.mode.to_string(),

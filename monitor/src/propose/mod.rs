@@ -525,8 +525,9 @@ impl Proposals {
             mode: "propose",
             fail_verdict: "deny",
             quorum,
+            masker,
         });
-        ctx.reason = reason.clone();
+        ctx.reason = masker.mask_words(&reason).into_owned();
         ctx.uid = who.uid;
         ctx.user = crate::sessions::user_name(who.uid);
         let created = now_ms();

@@ -438,6 +438,7 @@ impl Engine {
                 four_eyes: q.four_eyes,
                 notify: q.notify.clone(),
             }),
+            masker: &self.state.policy().masker().clone(),
         })
     }
 

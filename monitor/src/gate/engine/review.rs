@@ -332,6 +332,7 @@ impl Engine {
                     four_eyes: q.four_eyes,
                     notify: q.notify.clone(),
                 }),
+                masker: &me.state.policy().masker().clone(),
             });
             me.file_now(ctx, &r, r.timeout, Some(waiter), None, None)
         })
