@@ -315,3 +315,51 @@ fn expiry_and_an_unapproved_rename_land_on_the_baseline() {
     let q = rec["quarantined_as"].as_str().expect("quarantined");
     assert_eq!(std::fs::read_to_string(q).unwrap(), "y=evil\n");
 }
+
+#[test]
+fn approved_operations_that_write_no_content_move_the_baseline() {
+    if !require_root("approved_operations_that_write_no_content_move_the_baseline") {
+        return;
+    }
+    // A rule that keeps approved changes (`on_expiry = "flag"`): an approved chmod and an
+    // approved unlink, performed by the supervisor for a confined session, are approved
+    // states, as an approved write closed is.
+    let keep = "mode = \"hold\"\ntimeout = \"30s\"\nfail = \"deny\"\non_expiry = \"flag\"";
+    let g = Gate::start_with(
+        |root| {
+            let w = root.join("watched");
+            std::fs::write(w.join("gated/m.conf"), "m=1\n").unwrap();
+            std::fs::write(w.join("gated/u.conf"), "u=1\n").unwrap();
+        },
+        |w| rule(w, "keep", keep),
+    );
+    g.wait_ledgered("baseline_taken", |_| true);
+    let m = g.gated("m.conf");
+    let u = g.gated("u.conf");
+    let child = g.spawn_in_session("claude", "chmod 600 gated/m.conf && rm gated/u.conf");
+    let r = g.wait_request(&m);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r)]));
+    let r = g.wait_request(&u);
+    ok(&g.cli(&["approvals", "approve", &id_of(&r)]));
+    ok(&wait_child(child, Duration::from_secs(15)));
+    assert_eq!(std::fs::metadata(&m).unwrap().mode() & 0o777, 0o600);
+    assert!(!u.exists());
+    for p in [&m, &u] {
+        let want = p.display().to_string();
+        let rec = g.wait_ledgered("baseline_moved", |b| {
+            b["paths"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|x| x == want.as_str()))
+        });
+        assert!(
+            rec["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("grant ")),
+            "{rec}"
+        );
+    }
+    // Nothing left to drift: the approved states are the baseline.
+    let (items, code) = drift(&g, &[&m, &u]);
+    assert!(items.is_empty(), "{items:#?}");
+    assert_eq!(code, 0);
+}

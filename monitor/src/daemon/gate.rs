@@ -478,6 +478,15 @@ impl GateRuntime {
                 session: session.id,
                 pid: ev.pid,
             });
+        } else if let Some(grant) =
+            self.engine
+                .approving_grant(&path, session.id, &session.agent, ops)
+        {
+            self.notify(Notice::ApprovedOp {
+                path,
+                grant,
+                session: session.id,
+            });
         }
     }
 

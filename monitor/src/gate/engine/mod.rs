@@ -85,6 +85,13 @@ pub enum Notice {
         from: Option<Vec<u8>>,
         to: Vec<u8>,
     },
+    /// A session's unlink, chmod, chown or truncate of `path` succeeded under live grant
+    /// `grant` (an approved operation, see [`Engine::approving_grant`]).
+    ApprovedOp {
+        path: Vec<u8>,
+        grant: u64,
+        session: u64,
+    },
 }
 
 /// How a request ended, for the open waiting on it.
@@ -489,6 +496,37 @@ impl Engine {
     /// Whether `path` is inside `session`'s declared scope (see [`GateState::within_scope`]).
     pub fn within_scope(&self, session: u64, path: &[u8]) -> Option<bool> {
         self.state.within_scope(session, path)
+    }
+
+    /// The live grant that approved `ops` on `path` for `session` (an `ask` rule's grant
+    /// whose rule keeps approved changes, `on_expiry = "flag"`), if any: an operation made
+    /// under it moves the baseline like an approved write does.
+    pub fn approving_grant(
+        &self,
+        path: &[u8],
+        session: u64,
+        agent: &str,
+        ops: OpSet,
+    ) -> Option<u64> {
+        let q = GateQuery {
+            path,
+            session: Some(SessionRef {
+                id: session,
+                agent,
+                within_scope: self.state.within_scope(session, path),
+            }),
+            ops,
+            write: true,
+        };
+        let policy = self.state.policy();
+        let m = policy.unheld_rule(&q)?;
+        if m.builtin || m.rule.verdict != Verdict::Ask || m.rule.on_expiry != OnExpiry::Flag {
+            return None;
+        }
+        self.state
+            .grants()
+            .find(&m.rule.name, session, agent, path, ops, SystemTime::now())
+            .map(|g| g.id)
     }
 
     /// Puts `policy` in force (a configuration reload): every decision from now on uses it.

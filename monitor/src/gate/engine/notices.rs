@@ -20,6 +20,11 @@ impl Engine {
                     from,
                     to,
                 } => self.on_renamed(session, &agent, pid, from, to).await,
+                Notice::ApprovedOp {
+                    path,
+                    grant,
+                    session,
+                } => self.move_paths(vec![path], grant, session).await,
             }
         }
     }
@@ -99,22 +104,37 @@ impl Engine {
     /// only for its lifetime: the baseline stays, and `drift` shows the change as approved
     /// until its expiry.
     async fn move_baseline(&self, c: &Change) {
-        let Some(b) = self.baseline.clone() else {
-            return;
-        };
         let Some(grant) = self.state.grants().get(c.grant_id).cloned() else {
             return;
         };
-        if grant.on_expiry != OnExpiry::Flag || !b.baseline.in_scope(&c.path) {
+        if grant.on_expiry != OnExpiry::Flag {
             return;
         }
-        let path = c.path.clone();
-        let extra = json!({"grant": c.grant_id, "session": c.session_id});
-        let source = format!("grant {}", c.grant_id);
-        match blocking(move || b.accept(&[path], &source, extra)).await {
+        self.move_paths(vec![c.path.clone()], c.grant_id, c.session_id)
+            .await;
+    }
+
+    /// Moves the baseline of `paths` (those in its scope) to what they are now, approved
+    /// under `grant` (a closed change, or an approved rename, unlink, chmod, chown or
+    /// truncate: a path that is gone leaves the baseline).
+    pub(super) async fn move_paths(&self, paths: Vec<Vec<u8>>, grant: u64, session: u64) {
+        let Some(b) = self.baseline.clone() else {
+            return;
+        };
+        let paths: Vec<Vec<u8>> = paths
+            .into_iter()
+            .filter(|p| b.baseline.in_scope(p))
+            .collect();
+        if paths.is_empty() {
+            return;
+        }
+        let shown: Vec<String> = paths.iter().map(|p| encode(p)).collect();
+        let extra = json!({"grant": grant, "session": session});
+        let source = format!("grant {grant}");
+        match blocking(move || b.accept(&paths, &source, extra)).await {
             Some(Ok(_)) => {}
             Some(Err(e)) => {
-                warn!(path = %c.path_text(), error = %e, "cannot move the baseline to an approved change")
+                warn!(paths = ?shown, error = %e, "cannot move the baseline to an approved change")
             }
             None => {}
         }
@@ -197,12 +217,19 @@ impl Engine {
         }
         if !m.builtin && m.rule.verdict == Verdict::Ask {
             let now = SystemTime::now();
-            if self
+            let covering = self
                 .state
                 .grants()
                 .find(&m.rule.name, session, agent, &to, ops, now)
-                .is_some()
-            {
+                .map(|g| (g.id, g.on_expiry));
+            if let Some((grant, on_expiry)) = covering {
+                // An approved rename: under a grant that keeps its changes, the baseline
+                // moves for both names (the old one left it, the new one holds the file).
+                if on_expiry == OnExpiry::Flag {
+                    let mut paths = vec![to];
+                    paths.extend(from);
+                    self.move_paths(paths, grant, session).await;
+                }
                 return;
             }
             if let Some(from) = from.as_deref()
