@@ -127,11 +127,7 @@ fn render(out: &mut dyn Write, it: &Value) -> anyhow::Result<()> {
     if a["approved"].as_bool() == Some(true) {
         let exp = a["expires_unix_ms"]
             .as_i64()
-            .map(|ms| {
-                crate::ledger::format_time(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
-                )
-            })
+            .map(crate::ledger::format_unix_ms)
             .unwrap_or_default();
         writeln!(
             out,

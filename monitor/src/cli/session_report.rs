@@ -250,11 +250,7 @@ pub fn render(r: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
     for g in r["grants"].as_array().cloned().unwrap_or_default() {
         let exp = g["expires_unix_ms"]
             .as_i64()
-            .map(|ms| {
-                crate::ledger::format_time(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
-                )
-            })
+            .map(crate::ledger::format_unix_ms)
             .unwrap_or_default();
         writeln!(
             out,

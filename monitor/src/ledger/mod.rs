@@ -38,7 +38,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 
 pub use read::{ReadOutcome, SkippedLine, read, read_lenient};
-pub use record::{GENESIS_PREV, LedgerRecord, format_time, parse_time};
+pub use record::{GENESIS_PREV, LedgerRecord, format_time, format_unix_ms, parse_time};
 pub use tap::Tap;
 pub use verify::{Anchor, Head, Problem, VerifyReport, verify, verify_anchored};
 

@@ -103,6 +103,11 @@ impl LedgerRecord {
 }
 
 /// Formats `t` as the ledger writes times: RFC 3339, UTC, milliseconds.
+/// [`format_time`] of a time in milliseconds since the epoch (before it: the epoch).
+pub fn format_unix_ms(ms: i64) -> String {
+    format_time(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
 pub fn format_time(t: SystemTime) -> String {
     let fmt =
         format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");

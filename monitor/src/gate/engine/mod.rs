@@ -399,15 +399,15 @@ impl Engine {
         self.state.is_tracked_path(path) || self.state.is_reviewing(path)
     }
 
-    /// A session's operation the gate could not hold (`ops`: unlink, chmod, chown,
-    /// truncate), seen in the event stream: whether it completes a review-mode change of
-    /// `path` (then its review is due; see [`review`]). Marks the path when the operation
-    /// came from a process the decider did not see (an unconfined session).
-    pub fn completes_review(&self, path: &[u8], session: u64, agent: &str, ops: OpSet) -> bool {
-        if self.state.is_reviewing(path) {
-            return true;
-        }
-        let q = GateQuery {
+    /// The policy's question about `ops` on `path` by `session` of `agent` (a write).
+    fn session_query<'a>(
+        &self,
+        path: &'a [u8],
+        session: u64,
+        agent: &'a str,
+        ops: OpSet,
+    ) -> GateQuery<'a> {
+        GateQuery {
             path,
             session: Some(SessionRef {
                 id: session,
@@ -416,7 +416,18 @@ impl Engine {
             }),
             ops,
             write: true,
-        };
+        }
+    }
+
+    /// A session's operation the gate could not hold (`ops`: unlink, chmod, chown,
+    /// truncate), seen in the event stream: whether it completes a review-mode change of
+    /// `path` (then its review is due; see [`review`]). Marks the path when the operation
+    /// came from a process the decider did not see (an unconfined session).
+    pub fn completes_review(&self, path: &[u8], session: u64, agent: &str, ops: OpSet) -> bool {
+        if self.state.is_reviewing(path) {
+            return true;
+        }
+        let q = self.session_query(path, session, agent, ops);
         let Some(m) = self.state.policy().unheld_rule(&q) else {
             return false;
         };
@@ -508,16 +519,7 @@ impl Engine {
         agent: &str,
         ops: OpSet,
     ) -> Option<u64> {
-        let q = GateQuery {
-            path,
-            session: Some(SessionRef {
-                id: session,
-                agent,
-                within_scope: self.state.within_scope(session, path),
-            }),
-            ops,
-            write: true,
-        };
+        let q = self.session_query(path, session, agent, ops);
         let policy = self.state.policy();
         let m = policy.unheld_rule(&q)?;
         if m.builtin || m.rule.verdict != Verdict::Ask || m.rule.on_expiry != OnExpiry::Flag {
