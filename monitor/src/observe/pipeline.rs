@@ -148,7 +148,13 @@ impl Pipeline {
     /// An operation a confined session's supervisor answered itself (the tracepoints
     /// never saw it).
     pub fn on_supervised(&mut self, s: crate::observe::supervised::Supervised) {
-        let obs = s.into_observation();
+        let mut obs = s.into_observation();
+        if obs.comm.is_empty()
+            && let Some(p) = self.procs.get(obs.tgid)
+        {
+            // Gone before anyone read /proc: the process table knows it from its exec.
+            obs.comm = crate::kernel::decode::Comm::new(&p.comm);
+        }
         if matches!(obs.kind, Kind::OpenWrite | Kind::Create)
             && let Some(fd) = obs.result.filter(|r| *r >= 0)
         {

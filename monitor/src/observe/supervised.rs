@@ -33,12 +33,17 @@ pub struct Supervised {
     pub time_ns: i128,
     /// Refused because it is outside the session's declared scope.
     pub scope_denied: bool,
+    /// The caller's `comm`, read by the supervisor as it answered (the caller may have
+    /// exited by the time the event loop takes this); `None`: unreadable then.
+    pub comm: Option<Vec<u8>>,
 }
 
 impl Supervised {
     /// The observation the correlator takes.
     pub fn into_observation(self) -> Observation {
-        let comm = crate::os::procfs::read_at_most(self.tid, "comm", 32)
+        let comm = self
+            .comm
+            .or_else(|| crate::os::procfs::read_at_most(self.tid, "comm", 32))
             .map(|c| Comm::new(c.strip_suffix(b"\n").unwrap_or(&c)))
             .unwrap_or_else(|| Comm::new(b""));
         Observation {

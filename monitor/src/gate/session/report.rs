@@ -96,6 +96,7 @@ impl Reporter {
             mode,
             time_ns: crate::os::clock::now_ns(),
             scope_denied,
+            comm: crate::os::procfs::read_at_most(tid, "comm", 32),
         };
         if tx.try_send(s).is_err() {
             self.counters
