@@ -9,10 +9,10 @@
 //!   large);
 //! - the same over MCP: `confgate mcp` in a session, driven over its stdin/stdout by a
 //!   JSON-RPC client here, approve and deny.
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
-use std::process::{ChildStdin, ChildStdout, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
 use e2e::gate::{Gate, id_of, rule, wait_child};
@@ -268,6 +268,7 @@ fn a_session_proposes_over_the_cli_and_a_person_decides() {
 struct Mcp {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
+    stderr: Option<ChildStderr>,
     next: u64,
 }
 
@@ -282,7 +283,14 @@ impl Mcp {
     fn recv(&mut self) -> Value {
         let mut line = String::new();
         let n = self.stdout.read_line(&mut line).unwrap();
-        assert!(n > 0, "confgate mcp closed its output");
+        if n == 0 {
+            // Say why: `confgate run` or `confgate mcp` wrote it to stderr.
+            let mut err = String::new();
+            if let Some(mut e) = self.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("confgate mcp closed its output; stderr: {err}");
+        }
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
@@ -334,6 +342,7 @@ fn a_session_proposes_over_mcp() {
     let mut c = Mcp {
         stdin: child.stdin.take().unwrap(),
         stdout: BufReader::new(child.stdout.take().unwrap()),
+        stderr: child.stderr.take(),
         next: 0,
     };
     let init = c.call(
