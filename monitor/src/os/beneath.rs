@@ -86,6 +86,16 @@ impl Beneath {
         Ok(Beneath { dir, name })
     }
 
+    /// The directory holding the entry.
+    pub fn dir(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.dir)
+    }
+
+    /// The entry's name in [`Beneath::dir`].
+    pub fn name(&self) -> &std::ffi::CStr {
+        &self.name
+    }
+
     /// Opens the entry with `flags` (plus `O_NOFOLLOW | O_CLOEXEC`), `mode` if created.
     pub fn open(&self, flags: OFlag, mode: u32) -> io::Result<File> {
         let fd = openat(

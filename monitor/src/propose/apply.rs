@@ -8,12 +8,14 @@
 //! file. The path never has a moment with nothing there.
 use std::ffi::{CStr, CString};
 use std::io::{self, Read as _, Write as _};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 
 use sha2::{Digest as _, Sha256};
 
 use crate::gate::preimage::hex;
-use crate::os::fs::{fstat, fstatat_nofollow, is_reg, open_dir, openat_dir};
+use crate::os::beneath::Beneath;
+use crate::os::fs::{fstat, fstatat_nofollow, is_reg};
 
 /// Most bytes of the current file read into memory for the approver's diff (a larger
 /// file is hashed only).
@@ -72,8 +74,8 @@ impl Current {
 }
 
 /// The directory holding `path` (opened component by component without following
-/// symlinks) and the last component.
-fn parent_of(path: &[u8]) -> Result<(OwnedFd, CString), ApplyError> {
+/// symlinks, [`Beneath`]) and the last component.
+fn parent_of(path: &[u8]) -> Result<Beneath, ApplyError> {
     let bad =
         |why: &str| ApplyError::BadPath(format!("{why}: {}", crate::event::escape::encode(path)));
     if path.first() != Some(&b'/') {
@@ -91,29 +93,21 @@ fn parent_of(path: &[u8]) -> Result<(OwnedFd, CString), ApplyError> {
             "the path must be normalized (no empty, `.` or `..` components, no trailing `/`)",
         ));
     }
-    let Some((last, dirs)) = parts.split_last() else {
-        return Err(bad("no file name"));
-    };
-    let mut dir = open_dir(std::path::Path::new("/")).map_err(io_err("opening /"))?;
-    for d in dirs {
-        let name = CString::new(*d).map_err(|_| bad("the path holds a NUL byte"))?;
-        dir = openat_dir(dir.as_fd(), &name).map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP | libc::ENOTDIR) => ApplyError::Refused(format!(
-                "{}: a directory on the path is a symbolic link or not a directory (proposals never follow links)",
-                crate::event::escape::encode(path)
-            )),
-            Some(libc::ENOENT) => ApplyError::Refused(format!(
-                "{}: its directory does not exist (a proposal writes one file, it makes no directories)",
-                crate::event::escape::encode(path)
-            )),
-            _ => ApplyError::Io {
-                what: "opening a directory of the path",
-                source: e,
-            },
-        })?;
-    }
-    let name = CString::new(*last).map_err(|_| bad("the path holds a NUL byte"))?;
-    Ok((dir, name))
+    let os_path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    Beneath::new(std::path::Path::new("/"), os_path, false).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => ApplyError::Refused(format!(
+            "{}: a directory on the path is a symbolic link or not a directory (proposals never follow links)",
+            crate::event::escape::encode(path)
+        )),
+        Some(libc::ENOENT) => ApplyError::Refused(format!(
+            "{}: its directory does not exist (a proposal writes one file, it makes no directories)",
+            crate::event::escape::encode(path)
+        )),
+        _ => ApplyError::Io {
+            what: "opening a directory of the path",
+            source: e,
+        },
+    })
 }
 
 fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
@@ -215,8 +209,8 @@ fn read_at(dir: BorrowedFd<'_>, name: &CStr, shown: &[u8]) -> Result<Current, Ap
 
 /// The file at `path` now (its directories walked without following links).
 pub fn current(path: &[u8]) -> Result<Current, ApplyError> {
-    let (dir, name) = parent_of(path)?;
-    read_at(dir.as_fd(), &name, path)
+    let at = parent_of(path)?;
+    read_at(at.dir(), at.name(), path)
 }
 
 /// What [`apply`] did.
@@ -253,9 +247,9 @@ pub fn apply(
     base: Option<&str>,
     tag: u64,
 ) -> Result<Applied, ApplyError> {
-    let (dir, name) = parent_of(path)?;
-    let dir = dir.as_fd();
-    let now = read_at(dir, &name, path)?;
+    let at = parent_of(path)?;
+    let (dir, name) = (at.dir(), at.name());
+    let now = read_at(dir, name, path)?;
     let proposed = hex(&Sha256::digest(content).into());
     if now.sha256() == Some(proposed.as_str()) && base != Some(proposed.as_str()) {
         let Current::File { mode, uid, gid, .. } = now else {
@@ -309,7 +303,7 @@ pub fn apply(
         return Err(io_err("writing the temporary file")(e));
     }
     let swapped = match &now {
-        Current::Absent => renameat2(dir, &tmp, &name, libc::RENAME_NOREPLACE).map_err(|e| {
+        Current::Absent => renameat2(dir, &tmp, name, libc::RENAME_NOREPLACE).map_err(|e| {
             let _ = unlinkat(dir, &tmp);
             if e.raw_os_error() == Some(libc::EEXIST) {
                 ApplyError::Conflict(format!(
@@ -320,7 +314,7 @@ pub fn apply(
                 io_err("renaming the new file into place")(e)
             }
         }),
-        Current::File { .. } => swap_checked(dir, &tmp, &name, path, base),
+        Current::File { .. } => swap_checked(dir, &tmp, name, path, base),
     };
     swapped?;
     // The rename itself on disk.
@@ -390,7 +384,6 @@ fn swap_checked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
     fn b(p: &std::path::Path) -> Vec<u8> {
