@@ -149,7 +149,9 @@ pub enum State {
     Approved,
     Denied,
     Expired,
-    /// The host released the held operation without a decision (its daemon crashed).
+    /// Closed by the host without a decision: a held operation its daemon's crash let
+    /// through, or a review superseded by a newer change or withdrawn (proto
+    /// `REQUEST_STATE_RELEASED`).
     Released,
 }
 
@@ -286,10 +288,12 @@ pub enum Resolution {
     },
     /// Deadline passed: the request's failure verdict applies.
     Expire,
-    /// The host says the held operation went through without a decision (a crash of its
-    /// daemon released it); `by` names the host.
+    /// The host closed the request without a decision (a crash of its daemon released
+    /// the held operation, or it superseded or withdrew a review); `by` names the host,
+    /// `note` says why.
     Release {
         by: String,
+        note: String,
     },
 }
 
@@ -784,12 +788,10 @@ pub(crate) fn decision_for(
             verdict: "deny".to_owned(),
             grant_id: None,
         },
-        Resolution::Release { by } => DecisionRec {
+        Resolution::Release { by, note } => DecisionRec {
             state: State::Released,
             decided_by: by,
-            note: "the host's daemon stopped while the operation was held: the \
-                   kernel let it through without a decision"
-                .to_owned(),
+            note,
             decided_unix_ms: now_ms,
             verdict: "allow".to_owned(),
             grant_id: None,
@@ -996,6 +998,7 @@ mod tests {
         assert_eq!(s.by_host_request("h1", 8).unwrap(), None);
         let by = Resolution::Release {
             by: "host:h1".into(),
+            note: "released by a crash".into(),
         };
         let done = s.resolve(r1.id, by, 50).unwrap().unwrap();
         assert_eq!(done.request.state, State::Released);

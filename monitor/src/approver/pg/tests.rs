@@ -235,6 +235,7 @@ fn sessions_releases_and_reports(url: &str) {
     let (r1, _) = s.submit(new_request("h1", 7, 100)).unwrap();
     let rel = Resolution::Release {
         by: "host:h1".into(),
+        note: "released by a crash".into(),
     };
     let done = s.resolve(r1.id, rel, 50).unwrap().unwrap();
     assert_eq!(done.request.state, State::Released);

@@ -74,10 +74,16 @@ impl Shared {
         Ok((how, decider, person))
     }
 
-    /// A host reported that its daemon's crash let a held operation through: the request,
-    /// if still pending, is closed as released (never expired or decided later as if the
-    /// operation had waited). Failures are logged; the host's own ledger has the record.
-    pub(super) async fn release(self: &Arc<Self>, host: &str, record: &serde_json::Value) {
+    /// A host reported that its daemon's crash let a held operation through, or that it
+    /// superseded or withdrew a review: the request, if still pending, is closed as
+    /// released (never expired or decided later as if the operation had waited).
+    /// Failures are logged; the host's own ledger has the record.
+    pub(super) async fn release(
+        self: &Arc<Self>,
+        host: &str,
+        kind: &str,
+        record: &serde_json::Value,
+    ) {
         let Some(host_request_id) = record.get("host_request_id").and_then(|v| v.as_u64()) else {
             return;
         };
@@ -89,10 +95,19 @@ impl Shared {
             return;
         };
         let by = format!("host:{host}");
+        let note = match kind {
+            "review_superseded" => "a newer change of the same path replaced this review",
+            "review_withdrawn" => "the path is back at its baseline: nothing left to review",
+            _ => {
+                "the host's daemon stopped while the operation was held: the kernel let it \
+                 through without a decision"
+            }
+        }
+        .to_owned();
         let now = now_ms();
         if let Ok(Ok(r)) = self
             .db("release", move |s| {
-                s.resolve(id, Resolution::Release { by }, now)
+                s.resolve(id, Resolution::Release { by, note }, now)
             })
             .await
         {

@@ -96,7 +96,7 @@ impl pb::approver_server::Approver for ApproverService {
             r.kind.as_str(),
             "released_by_crash" | "review_superseded" | "review_withdrawn"
         ) {
-            s.release(&host, &record).await;
+            s.release(&host, &r.kind, &record).await;
         }
         if r.kind == "session_ended"
             && let Some(session) = record.get("session").and_then(|v| v.as_u64())
