@@ -1,0 +1,213 @@
+//! The publisher task: connects (and reconnects) to NATS, makes sure of the stream, and
+//! sends the buffer's records in order with `Nats-Msg-Id`, keeping up to [`WINDOW`]
+//! acknowledgements outstanding. A record leaves the buffer when its acknowledgement
+//! (and every earlier one) has come; on any error the unacknowledged records are sent
+//! again from the first of them after a pause.
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+
+use super::{
+    Counters, NatsConfig,
+    buffer::{Buffer, Decoded, MAX_BODY, Pos, decode, read_at},
+};
+
+/// Acknowledgements awaited at once.
+const WINDOW: usize = 512;
+/// Bytes read from a segment at a time.
+const READ: u64 = 1 << 20;
+/// How long an acknowledgement may take before the record is sent again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after an error before sending again (doubling up to [`MAX_PAUSE`]).
+const PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+pub(super) async fn run(
+    cfg: NatsConfig,
+    buffer: Arc<Buffer>,
+    wake: Arc<tokio::sync::Notify>,
+    counters: Arc<Counters>,
+) {
+    let client = match connect(&cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Only bad local settings (unreadable files) get here: the server being down
+            // is retried by the client itself.
+            tracing::error!(error = %e, "NATS: cannot set up the client; events stay in the buffer, not published");
+            return;
+        }
+    };
+    let js = jetstream::ContextBuilder::new()
+        .timeout(ACK_TIMEOUT)
+        .ack_timeout(ACK_TIMEOUT)
+        .max_ack_inflight(WINDOW * 2)
+        .build(client.clone());
+    let mut stream_ready = false;
+    let mut pause = PAUSE;
+    // Next record to send, and first record not yet acknowledged.
+    let mut acked = Pos::default();
+    loop {
+        counters.connected.store(
+            u64::from(client.connection_state() == async_nats::connection::State::Connected),
+            Relaxed,
+        );
+        if !stream_ready {
+            match ensure_stream(&js, &cfg).await {
+                Ok(()) => stream_ready = true,
+                Err(e) => {
+                    counters.publish_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(stream = %cfg.stream, error = %e, "NATS: stream not available yet; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                    continue;
+                }
+            }
+        }
+        match send_from(&js, &buffer, &counters, &mut acked).await {
+            Ok(true) => pause = PAUSE,
+            Ok(false) => {
+                // All sent and acknowledged: wait for more (or re-check the connection).
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            }
+            Err(e) => {
+                counters.publish_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "NATS: publishing failed; unacknowledged events stay buffered and are sent again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
+async fn connect(cfg: &NatsConfig) -> anyhow::Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("confgate")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|e| async move {
+            tracing::info!(event = %e, "NATS connection");
+        });
+    if let Some(ca) = &cfg.ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
+        opts = opts
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    if let Some(creds) = &cfg.creds {
+        opts = opts
+            .credentials_file(creds)
+            .await
+            .map_err(|e| anyhow::anyhow!("NATS creds file {}: {e}", creds.display()))?;
+    }
+    Ok(opts.connect(cfg.servers.clone()).await?)
+}
+
+async fn ensure_stream(js: &jetstream::Context, cfg: &NatsConfig) -> anyhow::Result<()> {
+    if cfg.create_stream {
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: cfg.stream.clone(),
+            subjects: vec![format!("{}.>", cfg.subject_prefix)],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    } else {
+        js.get_stream(&cfg.stream).await?;
+    }
+    Ok(())
+}
+
+/// Sends everything readable from `acked` on and awaits the acknowledgements, advancing
+/// `acked` (and freeing the buffer) as they come in order. `Ok(false)`: nothing to send.
+async fn send_from(
+    js: &jetstream::Context,
+    buffer: &Buffer,
+    counters: &Counters,
+    acked: &mut Pos,
+) -> anyhow::Result<bool> {
+    let mut next = *acked;
+    let mut inflight: VecDeque<(PublishAckFuture, Pos, u64)> = VecDeque::new();
+    let mut chunk: VecDeque<(jetstream::message::PublishMessage, String, Pos, u64)> =
+        VecDeque::new();
+    let mut any = false;
+    loop {
+        while inflight.len() < WINDOW {
+            if chunk.is_empty() {
+                next = read_chunk(buffer, next, &mut chunk);
+                if chunk.is_empty() {
+                    if inflight.is_empty() && next > *acked {
+                        // Skipped damage moves the acknowledged position too.
+                        *acked = next;
+                        buffer.acked(next, 0, 0);
+                    }
+                    break;
+                }
+            }
+            let Some((msg, subject, end, len)) = chunk.pop_front() else {
+                break;
+            };
+            let fut = js.send_publish(subject, msg).await?;
+            counters.published.fetch_add(1, Relaxed);
+            inflight.push_back((fut, end, len));
+            any = true;
+        }
+        let Some((fut, end, len)) = inflight.pop_front() else {
+            return Ok(any);
+        };
+        fut.await?;
+        counters.acked.fetch_add(1, Relaxed);
+        counters.connected.store(1, Relaxed);
+        *acked = end;
+        buffer.acked(end, len, 1);
+    }
+}
+
+/// Reads the records after `from` into `out` (up to [`READ`] bytes); returns the position
+/// after them. Damage is skipped (counted by the buffer).
+fn read_chunk(
+    buffer: &Buffer,
+    from: Pos,
+    out: &mut VecDeque<(PublishMessage, String, Pos, u64)>,
+) -> Pos {
+    let Some((mut pos, avail)) = buffer.readable(from) else {
+        return from;
+    };
+    // A record larger than one read is read again whole (at most its maximum size).
+    for size in [avail.min(READ), avail.min(MAX_BODY as u64 + 9)] {
+        let data = match read_at(buffer, pos, size) {
+            Ok(d) => d,
+            Err(e) => return buffer.skip_damaged(pos, &format!("reading: {e}")),
+        };
+        let mut at = 0usize;
+        while at < data.len() {
+            match decode(&data[at..]) {
+                Decoded::Record(r, n) => {
+                    at += n;
+                    pos.offset += n as u64;
+                    let msg = PublishMessage::build()
+                        .payload(r.payload.into())
+                        .message_id(&r.id);
+                    out.push_back((msg, r.subject, pos, n as u64));
+                }
+                Decoded::Short if at == 0 && (data.len() as u64) < avail => break,
+                Decoded::Short if at == 0 => {
+                    return buffer.skip_damaged(pos, "record runs past the written length");
+                }
+                Decoded::Short => return pos,
+                // Send what came before it first; the damage is met on the next read.
+                Decoded::Damaged(_) if !out.is_empty() => return pos,
+                Decoded::Damaged(why) => return buffer.skip_damaged(pos, &why),
+            }
+        }
+        if at > 0 {
+            return pos;
+        }
+    }
+    pos
+}

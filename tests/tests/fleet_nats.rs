@@ -1,0 +1,275 @@
+//! End-to-end: `[output.nats]` against a real nats-server (JetStream, started here in a
+//! temporary directory, killed on drop) and the real kernel. A session's writes reach a
+//! JetStream consumer, every one, on `confgate.events.<host>.<kind>`; the server stopped
+//! for 10 s under load and started again on the same port and store: everything buffered
+//! is delivered and nothing dropped; a tiny buffer with the server down: the events that
+//! do not fit are dropped, counted exactly and ledgered.
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::Value;
+
+const STREAM: &str = "CONFGATE_EVENTS";
+
+/// A throwaway nats-server with JetStream.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+fn nats_server_bin() -> Option<PathBuf> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+impl NatsServer {
+    /// On a free port, or `None` (printed skip) without nats-server.
+    fn start(test: &str) -> Option<NatsServer> {
+        if !require_root(test) {
+            return None;
+        }
+        if nats_server_bin().is_none() {
+            skip(test, "no nats-server (scripts/bootstrap.sh installs it)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut s = NatsServer {
+            child: None,
+            port,
+            store: tempfile::tempdir().expect("tempdir"),
+        };
+        s.up();
+        Some(s)
+    }
+
+    fn up(&mut self) {
+        let bin = nats_server_bin().expect("nats-server");
+        let child = Command::new(bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        poll("nats-server listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()
+        });
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn daemon(url: &str, extra: &str) -> Daemon {
+    let section = format!("[output.nats]\nservers = [{url:?}]\n{extra}\n");
+    Daemon::start_with(DaemonOptions {
+        toml_for_dir: Some(Box::new(move |_: &Path| section.clone())),
+        ..DaemonOptions::default()
+    })
+}
+
+/// Every message in the stream: (subject, payload).
+fn stream_messages(url: &str) -> Vec<(String, Value)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(STREAM).await.expect("stream");
+        let info = stream.info().await.expect("info").state.clone();
+        let mut out = Vec::new();
+        for seq in info.first_sequence..=info.last_sequence {
+            if info.messages == 0 {
+                break;
+            }
+            let m = stream.get_raw_message(seq).await.expect("message");
+            let v: Value = serde_json::from_slice(&m.payload).expect("payload is JSON");
+            out.push((m.subject.to_string(), v));
+        }
+        out
+    })
+}
+
+fn ids(events: &[Value]) -> BTreeSet<String> {
+    events
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// Waits until the daemon's buffer is empty and stays so for a moment.
+fn drained(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut quiet = 0;
+    while quiet < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "NATS buffer never drained\n{}",
+            d.log()
+        );
+        if d.stat("nats_buffered_events") == 0 && d.stat("nats_connected") == 1 {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn token(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_event_reaches_a_jetstream_consumer() {
+    let Some(nats) = NatsServer::start("every_event_reaches_a_jetstream_consumer") else {
+        return;
+    };
+    let d = daemon(&nats.url(), "");
+    ok(&d.in_session(
+        "claude",
+        "tune",
+        "for i in $(seq 1 40); do echo $i > f$i.conf; done",
+    ));
+    d.settle();
+    drained(&d);
+    let file = d.all_events();
+    let got = stream_messages(&nats.url());
+    let payloads: Vec<Value> = got.iter().map(|(_, v)| v.clone()).collect();
+    let missing: Vec<_> = ids(&file).difference(&ids(&payloads)).cloned().collect();
+    assert!(missing.is_empty(), "missing on the bus: {missing:?}");
+    for i in 1..=40 {
+        assert!(
+            has(&payloads, "create", &d.w(&format!("f{i}.conf"))),
+            "f{i}"
+        );
+    }
+    for (subject, v) in &got {
+        let host = v["host"].as_str().expect("host field");
+        assert!(v["boot_id"].is_string(), "{v}");
+        let kind = v["kind"].as_str().expect("kind");
+        assert_eq!(
+            subject,
+            &format!("confgate.events.{}.{}", token(host), token(kind))
+        );
+    }
+    assert_eq!(d.stat("nats_events_dropped"), 0);
+}
+
+#[test]
+fn a_broker_outage_under_load_loses_nothing() {
+    let Some(mut nats) = NatsServer::start("a_broker_outage_under_load_loses_nothing") else {
+        return;
+    };
+    let d = daemon(&nats.url(), "");
+    // ~14 s of writes; the server is away for 10 s of them.
+    let writer = d
+        .session_command(
+            "claude",
+            Some("load"),
+            "for i in $(seq 1 140); do echo $i > l$((i % 20)).conf; sleep 0.1; done",
+        )
+        .spawn()
+        .expect("session");
+    std::thread::sleep(Duration::from_secs(2));
+    nats.down();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        d.stat("nats_buffered_events") > 0,
+        "events buffered while down"
+    );
+    nats.up();
+    let out = writer.wait_with_output().expect("session");
+    ok(&out);
+    d.settle();
+    drained(&d);
+    let file = d.all_events();
+    let got: Vec<Value> = stream_messages(&nats.url())
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let missing: Vec<_> = ids(&file).difference(&ids(&got)).cloned().collect();
+    assert!(missing.is_empty(), "{} missing: {missing:?}", missing.len());
+    assert_eq!(d.stat("nats_events_dropped"), 0);
+    assert!(d.stat("nats_publish_errors") > 0, "the outage was seen");
+}
+
+#[test]
+fn past_a_full_buffer_drops_are_counted_exactly_and_ledgered() {
+    let test = "past_a_full_buffer_drops_are_counted_exactly_and_ledgered";
+    let Some(mut nats) = NatsServer::start(test) else {
+        return;
+    };
+    nats.down();
+    let d = daemon(&nats.url(), "buffer_max_bytes = 8192");
+    ok(&d.in_session(
+        "claude",
+        "fill",
+        "for i in $(seq 1 60); do echo $i > d$i.conf; done",
+    ));
+    d.settle();
+    d.wait_stat("nats_events_dropped", |n| n > 0);
+    let ledgered = poll(
+        "a drop record in the ledger",
+        Duration::from_secs(5),
+        || {
+            d.ledger()
+                .into_iter()
+                .find(|r| r["kind"] == "nats_events_dropped")
+        },
+    );
+    assert!(ledgered.to_string().contains("\"dropped\""), "{ledgered}");
+    nats.up();
+    drained(&d);
+    let file = d.all_events();
+    let got: Vec<Value> = stream_messages(&nats.url())
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let missing = ids(&file).difference(&ids(&got)).count() as u64;
+    let dropped = d.stat("nats_events_dropped");
+    assert!(missing > 0);
+    assert_eq!(missing, dropped, "every missing event is a counted drop");
+}
