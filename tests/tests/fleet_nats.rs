@@ -273,3 +273,110 @@ fn past_a_full_buffer_drops_are_counted_exactly_and_ledgered() {
     assert!(missing > 0);
     assert_eq!(missing, dropped, "every missing event is a counted drop");
 }
+
+/// Every message of `stream` (subject, payload as JSON).
+fn messages_of(url: &str, stream: &str) -> Vec<(String, Value)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        let Ok(mut s) = js.get_stream(stream).await else {
+            return Vec::new();
+        };
+        let info = s.info().await.expect("info").state.clone();
+        let mut out = Vec::new();
+        for seq in info.first_sequence..=info.last_sequence {
+            if info.messages == 0 {
+                break;
+            }
+            let m = s.get_raw_message(seq).await.expect("message");
+            out.push((
+                m.subject.to_string(),
+                serde_json::from_slice(&m.payload).expect("JSON"),
+            ));
+        }
+        out
+    })
+}
+
+#[test]
+fn the_approval_service_publishes_requests_and_decisions() {
+    use e2e::gate::{Gate, id_of, rule, wait_child};
+    let Some(nats) = NatsServer::start("the_approval_service_publishes_requests_and_decisions")
+    else {
+        return;
+    };
+    let url = nats.url();
+    let for_config = url.clone();
+    let d = Daemon::start_with(DaemonOptions {
+        toml_for_dir: Some(Box::new(move |root: &Path| {
+            let url = &for_config;
+            let watched = root.join("watched");
+            std::fs::create_dir_all(watched.join("gated")).expect("mkdir gated");
+            let svc = root.join("approver.toml");
+            std::fs::write(
+                &svc,
+                format!(
+                    "listen = [\"unix:{sock}\"]\nstore = \"{r}/approver/approver.redb\"\n\
+                     ledger = \"{r}/approver/ledger.jsonl\"\n[nats]\nservers = [{url:?}]\n",
+                    sock = root.join("approver.sock").display(),
+                    r = root.display()
+                ),
+            )
+            .expect("approver.toml");
+            format!(
+                "[approval]\nmode = \"local\"\nlocal_socket = \"{}\"\nlocal_config = \"{}\"\n\n[gate]\n{}",
+                root.join("approver.sock").display(),
+                svc.display(),
+                rule(
+                    &watched.display().to_string(),
+                    "ask-hold",
+                    "mode = \"hold\"\ntimeout = \"20s\"\nfail = \"deny\""
+                )
+            )
+        })),
+        ..DaemonOptions::default()
+    });
+    let g = Gate { d };
+    let f = g.gated("app.conf");
+    std::fs::write(&f, "keep\n").expect("seed");
+    let child = g.spawn_with_reason("claude", "tune", "echo evil > gated/app.conf");
+    let r = g.wait_request(&f);
+    ok(&g.cli(&["approvals", "deny", &id_of(&r), "--note", "no"]));
+    let out = wait_child(child, Duration::from_secs(15));
+    assert!(!out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let m = messages_of(&url, "CONFGATE_APPROVALS");
+        if m.iter()
+            .any(|(s, _)| s == "confgate.approvals.request_denied")
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision on the bus: {m:?}\n--- daemon log ---\n{}",
+            g.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let submit = got
+        .iter()
+        .find(|(s, _)| s == "confgate.approvals.request_submitted")
+        .unwrap_or_else(|| panic!("no request record on the bus: {got:?}"));
+    assert_eq!(submit.1["body"]["context"]["reason"], "tune");
+    assert!(
+        submit.1["hash"].is_string(),
+        "a ledger record: {}",
+        submit.1
+    );
+    for (s, v) in &got {
+        assert_eq!(
+            s,
+            &format!("confgate.approvals.{}", v["kind"].as_str().expect("kind"))
+        );
+    }
+}

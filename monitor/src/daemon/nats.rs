@@ -49,7 +49,7 @@ pub(super) fn start(cfg: &Config, shared: &Arc<Shared>) -> anyhow::Result<Option
 
 /// The consumer that hands each event to the sink.
 pub(super) struct Published {
-    sink: Sink,
+    sink: Option<Sink>,
     format: OutputFormat,
     /// `<subject_prefix>.<host>.`
     prefix: String,
@@ -59,7 +59,7 @@ impl Published {
     pub(super) fn new(sink: Sink, cfg: &Config) -> Published {
         let host = crate::event::origin::origin().host.as_str();
         Published {
-            sink,
+            sink: Some(sink),
             format: cfg.output.format,
             prefix: format!("{}.{}.", cfg.output.nats.subject_prefix, token(host)),
         }
@@ -72,17 +72,20 @@ impl Published {
         kind: &str,
         as_ocsf: impl FnOnce() -> serde_json::Value,
     ) {
+        let Some(sink) = &self.sink else {
+            return;
+        };
         let payload = match self.format {
             OutputFormat::Confgate => serde_json::to_vec(event),
             OutputFormat::Ocsf => serde_json::to_vec(&as_ocsf()),
         };
         let Ok(payload) = payload else {
             // Serializing our own types does not fail; were it to, it is a drop.
-            self.sink.send_failed();
+            sink.send_failed();
             return;
         };
         let (host, boot, id) = ids;
-        self.sink.send(Record {
+        sink.send(Record {
             subject: format!("{}{}", self.prefix, token(kind)),
             id: format!("{host}:{boot}:{id}"),
             payload,
@@ -105,5 +108,12 @@ impl Consumer for Published {
 
     fn on_final_event(&mut self, e: &Event) {
         self.on_event(e);
+    }
+
+    /// Everything handed over is in the on-disk buffer before the daemon exits.
+    fn close(&mut self) {
+        if let Some(s) = self.sink.take() {
+            s.close();
+        }
     }
 }

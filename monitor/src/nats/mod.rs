@@ -74,6 +74,11 @@ impl NatsConfig {
         }
     }
 
+    /// The approval service's defaults.
+    pub fn approvals() -> NatsConfig {
+        NatsConfig::with_names("confgate.approvals", "CONFGATE_APPROVALS")
+    }
+
     pub fn enabled(&self) -> bool {
         !self.servers.is_empty()
     }
@@ -139,6 +144,19 @@ impl NatsConfig {
         }
         out
     }
+}
+
+/// Deserializes the approval service's `[nats]`: the same keys, with `subject_prefix`
+/// `confgate.approvals` and `stream` `CONFGATE_APPROVALS` when not given.
+pub fn approvals_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NatsConfig, D::Error> {
+    use serde::de::Error as _;
+    let mut t = toml::Table::deserialize(d)?;
+    let defaults = NatsConfig::approvals();
+    t.entry("subject_prefix")
+        .or_insert_with(|| defaults.subject_prefix.clone().into());
+    t.entry("stream")
+        .or_insert_with(|| defaults.stream.clone().into());
+    toml::Value::Table(t).try_into().map_err(D::Error::custom)
 }
 
 /// Whether `s` is a valid literal subject: tokens of printable ASCII without `*`, `>`.
@@ -234,6 +252,7 @@ pub type DropReport = Arc<dyn Fn(serde_json::Value) + Send + Sync>;
 pub struct Sink {
     tx: tokio::sync::mpsc::Sender<Record>,
     counters: Arc<Counters>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl Sink {
@@ -251,12 +270,30 @@ impl Sink {
         let wake = Arc::new(tokio::sync::Notify::new());
         let w = wake.clone();
         let c = counters.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("nats-buffer".into())
             .spawn(move || write_loop(rx, writer, w, c))?;
         tokio::spawn(publish::run(cfg.clone(), buffer, wake, counters.clone()));
         tokio::spawn(report_drops(counters.clone(), report, cfg.buffer_max_bytes));
-        Ok(Sink { tx, counters })
+        Ok(Sink {
+            tx,
+            counters,
+            writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+        })
+    }
+
+    /// At shutdown: closes the channel and waits until the writer has put everything it
+    /// held into the buffer (sent after the next start if not acknowledged before).
+    pub fn close(self) {
+        let Sink { tx, writer, .. } = self;
+        drop(tx);
+        let handle = writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            // Other clones keep the channel open; then there is nothing to wait for.
+            if Arc::strong_count(&writer) == 1 && h.join().is_err() {
+                tracing::error!("NATS buffer writer panicked");
+            }
+        }
     }
 
     /// Queues one message; a full channel (the writer behind) is a counted drop.

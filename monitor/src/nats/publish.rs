@@ -75,6 +75,8 @@ pub(super) async fn run(
             }
             Err(e) => {
                 counters.publish_errors.fetch_add(1, Relaxed);
+                // The server may have come back without the stream: check it again.
+                stream_ready = false;
                 tracing::warn!(error = %e, "NATS: publishing failed; unacknowledged events stay buffered and are sent again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_PAUSE);
