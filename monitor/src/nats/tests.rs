@@ -44,3 +44,21 @@ fn settings_are_checked_with_clear_messages() {
         assert!(p.contains(want), "{want} missing in:\n{p}");
     }
 }
+
+#[test]
+fn the_approval_services_section_has_its_own_names() {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(deserialize_with = "approvals_section")]
+        nats: NatsConfig,
+    }
+    let f: File = toml::from_str("[nats]\nservers = [\"nats://127.0.0.1:4222\"]\n").expect("parse");
+    assert_eq!(f.nats.subject_prefix, "confgate.approvals");
+    assert_eq!(f.nats.stream, "CONFGATE_APPROVALS");
+    let f: File = toml::from_str("[nats]\nsubject_prefix = \"x.y\"\n").expect("parse");
+    assert_eq!(f.nats.subject_prefix, "x.y");
+    let e = toml::from_str::<File>("[nats]\nserver = []\n")
+        .err()
+        .expect("unknown key");
+    assert!(e.to_string().contains("unknown field `server`"), "{e}");
+}
