@@ -380,3 +380,36 @@ fn the_approval_service_publishes_requests_and_decisions() {
         );
     }
 }
+
+#[test]
+fn buffered_events_survive_a_daemon_crash() {
+    let Some(mut nats) = NatsServer::start("buffered_events_survive_a_daemon_crash") else {
+        return;
+    };
+    nats.down();
+    let mut d = daemon(&nats.url(), "");
+    ok(&d.in_session(
+        "claude",
+        "crash",
+        "for i in $(seq 1 20); do echo $i > c$i.conf; done",
+    ));
+    d.settle();
+    let before = ids(&d.all_events());
+    // Everything so far is in the buffer on disk (the gauge counts only synced records).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.stat("nats_buffered_events") < before.len() as u64 {
+        assert!(Instant::now() < deadline, "not all buffered\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill();
+    d.start_again();
+    nats.up();
+    drained(&d);
+    let got: Vec<Value> = stream_messages(&nats.url())
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    let missing: Vec<_> = before.difference(&ids(&got)).cloned().collect();
+    assert!(missing.is_empty(), "lost in the crash: {missing:?}");
+    assert_eq!(d.stat("nats_events_dropped"), 0);
+}

@@ -25,6 +25,8 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after an error before sending again (doubling up to [`MAX_PAUSE`]).
 const PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Longest wait between two attempts to reach a server.
+const MAX_RECONNECT: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(
     cfg: NatsConfig,
@@ -90,6 +92,10 @@ async fn connect(cfg: &NatsConfig) -> anyhow::Result<async_nats::Client> {
         .name("confgate")
         .retry_on_initial_connect()
         .max_reconnects(None)
+        // Back at most 2 s after the server is (the default waits up to several seconds).
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5))).min(MAX_RECONNECT)
+        })
         .event_callback(|e| async move {
             tracing::info!(event = %e, "NATS connection");
         });
