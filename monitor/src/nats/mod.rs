@@ -241,6 +241,31 @@ pub const GAUGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Help texts of the counters among [`Counters::snapshot`]'s names.
+pub const DOCS: &[(&str, &str)] = &[
+    (
+        "nats_events_published",
+        "messages sent to NATS JetStream (re-sends included)",
+    ),
+    (
+        "nats_events_acked",
+        "messages acknowledged by JetStream (and removed from the buffer)",
+    ),
+    (
+        "nats_publish_errors",
+        "failed NATS publishes, acknowledgement timeouts and stream checks (then retried)",
+    ),
+    (
+        "nats_events_dropped",
+        "events not published to NATS: buffer full, channel full or buffer write failed",
+    ),
+    (
+        "nats_buffer_damaged",
+        "damaged NATS buffer segments (the rest of each skipped)",
+    ),
+    ("nats_buffer_errors", "failed writes to the NATS buffer"),
+];
+
 /// Messages waiting in the channel to the buffer's writer.
 const CHANNEL: usize = 16384;
 

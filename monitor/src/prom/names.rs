@@ -49,6 +49,7 @@ pub fn help(name: &str) -> String {
     GAUGES
         .iter()
         .chain(crate::nats::GAUGES)
+        .chain(crate::nats::DOCS)
         .chain(crate::metrics::DOCS)
         .find(|(n, _)| *n == name)
         .map(|(_, h)| (*h).to_owned())
