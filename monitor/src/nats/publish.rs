@@ -24,7 +24,7 @@ const READ: u64 = 1 << 20;
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after an error before sending again (doubling up to [`MAX_PAUSE`]).
 const PAUSE: Duration = Duration::from_millis(250);
-const MAX_PAUSE: Duration = Duration::from_secs(5);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// Longest wait between two attempts to reach a server.
 const MAX_RECONNECT: Duration = Duration::from_secs(2);
 
