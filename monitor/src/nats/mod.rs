@@ -321,8 +321,16 @@ impl Sink {
         }
     }
 
-    /// Queues one message; a full channel (the writer behind) is a counted drop.
-    pub fn send(&self, record: Record) {
+    /// Queues one message; a full channel (the writer behind) is a counted drop. Bytes of
+    /// the id that cannot be in a header value (controls, space, non-ASCII) become `_`.
+    pub fn send(&self, mut record: Record) {
+        if !record.id.bytes().all(|b| b.is_ascii_graphic()) {
+            record.id = record
+                .id
+                .chars()
+                .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+                .collect();
+        }
         if self.tx.try_send(record).is_err() {
             self.counters.dropped.fetch_add(1, Relaxed);
         }

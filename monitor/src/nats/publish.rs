@@ -69,7 +69,8 @@ pub(super) async fn run(
                 }
             }
         }
-        match send_from(&js, &buffer, &counters, &mut acked).await {
+        let max_payload = client.server_info().max_payload;
+        match send_from(&js, max_payload, &buffer, &counters, &mut acked).await {
             Ok(true) => pause = PAUSE,
             Ok(false) => {
                 // All sent and acknowledged: wait for more (or re-check the connection).
@@ -131,18 +132,31 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &NatsConfig) -> anyhow::Res
     Ok(())
 }
 
+/// A record read from the buffer, ready to send.
+struct Pending {
+    msg: PublishMessage,
+    subject: String,
+    /// Position after it, and its size in the buffer.
+    end: Pos,
+    len: u64,
+    payload_len: usize,
+}
+
 /// Sends everything readable from `acked` on and awaits the acknowledgements, advancing
 /// `acked` (and freeing the buffer) as they come in order. `Ok(false)`: nothing to send.
+/// A record larger than the server's `max_payload` can never be accepted: it is dropped
+/// (counted, logged) instead of blocking every record after it.
 async fn send_from(
     js: &jetstream::Context,
+    max_payload: usize,
     buffer: &Buffer,
     counters: &Counters,
     acked: &mut Pos,
 ) -> anyhow::Result<bool> {
     let mut next = *acked;
-    let mut inflight: VecDeque<(PublishAckFuture, Pos, u64)> = VecDeque::new();
-    let mut chunk: VecDeque<(jetstream::message::PublishMessage, String, Pos, u64)> =
-        VecDeque::new();
+    // `None`: dropped as too large, nothing to await.
+    let mut inflight: VecDeque<(Option<PublishAckFuture>, Pos, u64)> = VecDeque::new();
+    let mut chunk: VecDeque<Pending> = VecDeque::new();
     let mut any = false;
     loop {
         while inflight.len() < WINDOW {
@@ -157,20 +171,29 @@ async fn send_from(
                     break;
                 }
             }
-            let Some((msg, subject, end, len)) = chunk.pop_front() else {
+            let Some(p) = chunk.pop_front() else {
                 break;
             };
-            let fut = js.send_publish(subject, msg).await?;
-            counters.published.fetch_add(1, Relaxed);
-            inflight.push_back((fut, end, len));
             any = true;
+            if max_payload > 0 && p.payload_len > max_payload {
+                counters.dropped.fetch_add(1, Relaxed);
+                tracing::warn!(subject = %p.subject, bytes = p.payload_len, max_payload,
+                    "NATS: event larger than the server's max_payload dropped (counted in nats_events_dropped)");
+                inflight.push_back((None, p.end, p.len));
+                continue;
+            }
+            let fut = js.send_publish(p.subject, p.msg).await?;
+            counters.published.fetch_add(1, Relaxed);
+            inflight.push_back((Some(fut), p.end, p.len));
         }
         let Some((fut, end, len)) = inflight.pop_front() else {
             return Ok(any);
         };
-        fut.await?;
-        counters.acked.fetch_add(1, Relaxed);
-        counters.connected.store(1, Relaxed);
+        if let Some(fut) = fut {
+            fut.await?;
+            counters.acked.fetch_add(1, Relaxed);
+            counters.connected.store(1, Relaxed);
+        }
         *acked = end;
         buffer.acked(end, len, 1);
     }
@@ -178,11 +201,7 @@ async fn send_from(
 
 /// Reads the records after `from` into `out` (up to [`READ`] bytes); returns the position
 /// after them. Damage is skipped (counted by the buffer).
-fn read_chunk(
-    buffer: &Buffer,
-    from: Pos,
-    out: &mut VecDeque<(PublishMessage, String, Pos, u64)>,
-) -> Pos {
+fn read_chunk(buffer: &Buffer, from: Pos, out: &mut VecDeque<Pending>) -> Pos {
     let Some((mut pos, avail)) = buffer.readable(from) else {
         return from;
     };
@@ -198,10 +217,17 @@ fn read_chunk(
                 Decoded::Record(r, n) => {
                     at += n;
                     pos.offset += n as u64;
+                    let payload_len = r.payload.len();
                     let msg = PublishMessage::build()
                         .payload(r.payload.into())
                         .message_id(&r.id);
-                    out.push_back((msg, r.subject, pos, n as u64));
+                    out.push_back(Pending {
+                        msg,
+                        subject: r.subject,
+                        end: pos,
+                        len: n as u64,
+                        payload_len,
+                    });
                 }
                 Decoded::Short if at == 0 && (data.len() as u64) < avail => break,
                 Decoded::Short if at == 0 => {
