@@ -156,4 +156,20 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
 else
     log "PostgreSQL present"
 fi
+# 9. nats-server for `[output.nats]` (tests/tests/fleet_nats.rs): only the binary. Each test
+# runs its own throwaway server (`nats-server -js -a 127.0.0.1 -p <free port> -sd <tempdir>`);
+# the packaged system service is not used (stopped and disabled where systemd runs).
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    log "installing nats-server (binary only, the system service is not used)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends nats-server >/dev/null 2>&1; then
+        apt-get update >/dev/null
+        apt-get install -y --no-install-recommends nats-server >/dev/null
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now nats-server >/dev/null 2>&1 || true
+    fi
+else
+    log "nats-server present"
+fi
 log "done"

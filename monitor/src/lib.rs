@@ -33,6 +33,7 @@ pub mod gate;
 pub mod kernel;
 pub mod ledger;
 pub mod metrics;
+pub mod nats;
 pub mod notify;
 pub mod observe;
 pub mod os;

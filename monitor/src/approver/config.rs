@@ -82,6 +82,10 @@ pub struct ServiceConfig {
     /// `[metrics]`: the service's Prometheus endpoint (`listen = "127.0.0.1:9465"`); off
     /// by default. In local mode the daemon's own `[metrics]` covers the service.
     pub metrics: crate::prom::MetricsSection,
+    /// `[nats]`: every ledger record (requests, decisions, grants, ...) also published to
+    /// NATS JetStream on `confgate.approvals.<kind>` (off while `servers` is empty).
+    #[serde(deserialize_with = "crate::nats::approvals_section")]
+    pub nats: crate::nats::NatsConfig,
 }
 
 /// `[tls]`: PEM files of the TLS listeners.
@@ -148,6 +152,7 @@ impl Default for ServiceConfig {
             http: Default::default(),
             web: Default::default(),
             metrics: Default::default(),
+            nats: crate::nats::NatsConfig::approvals(),
         }
     }
 }
@@ -258,6 +263,9 @@ impl ServiceConfig {
     /// Every validation problem, with its field (`listen[1]`, `token[0].sha256`).
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut c = Checker::default();
+        for (field, message) in self.nats.problems("nats") {
+            c.fail(&field, message);
+        }
         if self.listen.is_empty() {
             c.fail("listen", "no address to serve on");
         }

@@ -149,6 +149,9 @@ impl Server {
         }
         let store = store.with_outbox(Arc::clone(&router) as Arc<dyn store::Announce>);
         let audit = audit::Audit::open(&cfg.ledger)?;
+        audit
+            .publish_to_nats(&cfg.nats)
+            .map_err(|e| ApproverError::Config(format!("[nats]: {e:#}")))?;
         // A damaged store was moved aside and replaced while opening: say so in the ledger.
         if let Some(dir) = cfg.store_file().and_then(|f| f.parent()) {
             crate::state::ledger_notes(dir, |kind, body| audit.append(kind, body));

@@ -51,6 +51,7 @@ impl Default for OutputSection {
             stdout: StdoutMode::Auto,
             stats_interval_secs: 60,
             format: OutputFormat::Confgate,
+            nats: crate::nats::NatsConfig::default(),
         }
     }
 }

@@ -84,6 +84,9 @@ pub struct OutputSection {
     pub stats_interval_secs: u64,
     /// Format of the events file and of stdout's JSON lines. Default `confgate`.
     pub format: OutputFormat,
+    /// `[output.nats]`: events also published to NATS JetStream (off while `servers` is
+    /// empty).
+    pub nats: crate::nats::NatsConfig,
 }
 
 /// Format of the events written to the events file and stdout (the gRPC stream

@@ -121,6 +121,9 @@ impl Config {
 
     fn check_output(&self, c: &mut Checker) {
         c.abs_path("output.events_file", &self.output.events_file);
+        for (field, message) in self.output.nats.problems("output.nats") {
+            c.fail(&field, message);
+        }
     }
 
     fn check_kernel(&self, c: &mut Checker) {

@@ -19,6 +19,7 @@ mod cadence;
 mod consumers;
 mod fanmode;
 mod gate;
+mod nats;
 mod propose_api;
 mod protected;
 mod reload;

@@ -54,6 +54,7 @@ const RESTART_ONLY: &[&str] = &[
     "approval",
     "output.stdout",
     "output.format",
+    "output.nats",
     "output.stats_interval_secs",
     "watch.rename_sources",
     "gate.enabled",
@@ -379,6 +380,7 @@ fn keep_running(cfg: &mut Config, running: &Config) {
     cfg.approval = running.approval.clone();
     cfg.output.stdout = running.output.stdout;
     cfg.output.stats_interval_secs = running.output.stats_interval_secs;
+    cfg.output.nats = running.output.nats.clone();
     cfg.watch.rename_sources = running.watch.rename_sources;
     cfg.gate.enabled = running.gate.enabled;
     cfg.gate.fanotify = running.gate.fanotify;

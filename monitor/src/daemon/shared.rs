@@ -40,6 +40,8 @@ pub(super) struct Shared {
     pub(super) audit: Arc<crate::event::audit::AuditCounters>,
     /// `daemon.credential_env`, compiled: names listed in sessions' start records.
     pub(super) credential_env: globset::GlobSet,
+    /// The NATS publisher's counters, when `[output.nats]` is on.
+    pub(super) nats: std::sync::OnceLock<Arc<crate::nats::Counters>>,
 }
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
@@ -349,6 +351,9 @@ impl DaemonApi for Shared {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v)),
         );
+        if let Some(n) = self.nats.get() {
+            out.extend(n.snapshot().into_iter().map(|(k, v)| (k.to_string(), v)));
+        }
         out.push((
             "sessions_live".to_owned(),
             self.registry.live().len() as u64,

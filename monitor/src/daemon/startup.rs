@@ -150,6 +150,9 @@ pub(super) async fn start(mut cfg: Config, config_path: &Path) -> anyhow::Result
         sink,
         metrics: metrics.clone(),
     });
+    if let Some(n) = super::nats::start(&cfg, &shared).context("[output.nats]")? {
+        consumers.add(super::nats::Published::new(n, &cfg));
+    }
     // Operations the session supervisors perform themselves are observed through them.
     let (supervised_tx, supervised) = tokio::sync::mpsc::channel(SUPERVISED_QUEUE);
     if let Some(g) = &gate {
@@ -340,6 +343,7 @@ fn shared(
         tx,
         admin_gid: admin_gid(cfg.daemon.admin_group.as_deref())?,
         gate: std::sync::OnceLock::new(),
+        nats: std::sync::OnceLock::new(),
         attestor: attestor(&cfg.daemon.state_dir, metrics),
         attest_host: match cfg.approval.mode {
             ApprovalMode::Remote => crate::approver::attest::host_name_for(

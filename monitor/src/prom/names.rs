@@ -38,13 +38,18 @@ pub const GAUGES: &[(&str, &str)] = &[
 
 /// Whether the stats value `name` is a gauge.
 pub fn is_gauge(name: &str) -> bool {
-    GAUGES.iter().any(|(n, _)| *n == name)
+    GAUGES
+        .iter()
+        .chain(crate::nats::GAUGES)
+        .any(|(n, _)| *n == name)
 }
 
 /// The help text of `name`: its own when known, else where it is described.
 pub fn help(name: &str) -> String {
     GAUGES
         .iter()
+        .chain(crate::nats::GAUGES)
+        .chain(crate::nats::DOCS)
         .chain(crate::metrics::DOCS)
         .find(|(n, _)| *n == name)
         .map(|(_, h)| (*h).to_owned())

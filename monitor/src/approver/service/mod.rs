@@ -189,6 +189,7 @@ impl Shared {
         let mut v = self.counters.snapshot();
         let pending = self.pending_lock().len();
         v.push(("approver_requests_pending", pending as u64));
+        v.extend(self.audit.nats_counters());
         v
     }
 
