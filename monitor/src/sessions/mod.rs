@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
 
+pub mod exit;
 mod registry;
 mod store;
 mod text;
