@@ -594,3 +594,122 @@ fn session_end_has_the_exit_status_and_counts() {
         "{end}"
     );
 }
+
+/// A `[[detect]]` rule's `scope`: the detected (unconfined) session records it; a gated
+/// path outside it is refused by the fanotify gate before the rules (`scope_denied`), a
+/// write outside it nothing can hold is recorded (`out_of_scope`), and inside it the
+/// rules apply (a `within_scope = true` allow).
+#[test]
+fn detected_session_scope_refuses_gated_and_records_the_rest() {
+    if !require_root("detected_session_scope_refuses_gated_and_records_the_rest") {
+        return;
+    }
+    // `[[detect]]` needs the scratch directory's path: the rules are written with the
+    // gate's (a non-empty `extra_toml` keeps the harness from adding `detect = []`).
+    let d = e2e::Daemon::start_with(e2e::DaemonOptions {
+        extra_toml: "# [[detect]] follows [gate]\n".into(),
+        toml_for_dir: Some(Box::new(|root| {
+            for d in ["gated/ok", "gated/no", "app", "other"] {
+                std::fs::create_dir_all(root.join("watched").join(d)).expect("mkdir");
+            }
+            let w = root.join("watched").display().to_string();
+            format!(
+                "{}\n[gate]\n\
+                 [[gate.rule]]\nname = \"scoped-ok\"\npaths = [\"{w}/gated/ok/**\"]\nverdict = \"allow\"\nwithin_scope = true\n\
+                 [[gate.rule]]\nname = \"no-gated\"\npaths = [\"{w}/gated/**\"]\nverdict = \"deny\"\n\
+                 [[detect]]\nagent = \"scoped-detected\"\ncomm = [\"cg-scoped-agent\"]\nscope = [\"{w}/app/**\", \"{w}/gated/ok/**\"]\n",
+                e2e::gate::local_approval(root)
+            )
+        })),
+        ..e2e::DaemonOptions::default()
+    });
+    let g = Gate { d };
+    let flag = g.d.dir.path().join("go");
+    let script = format!(
+        r#"while [ ! -e {flag} ]; do sleep 0.05; done
+r=0
+no() {{ echo "UNEXPECTED: $*"; r=1; }}
+echo a > {app}/f || no "inside, not gated"
+echo b > {ok}/f || no "inside, gated, allowed by the within_scope rule"
+{{ echo c > {gno}/f; }} 2>/dev/null && no "outside, gated: not refused"
+echo d > {other}/f || no "outside, not gated (observed only)"
+exit $r
+"#,
+        flag = flag.display(),
+        app = p(&g, "app"),
+        ok = p(&g, "gated/ok"),
+        gno = p(&g, "gated/no"),
+        other = p(&g, "other"),
+    );
+    // Detected by its name (its `sleep` children do not match: only the shell is the
+    // session's root).
+    let agent = g.d.dir.path().join("cg-scoped-agent");
+    std::fs::copy("/bin/sh", &agent).expect("copy sh");
+    let child = Command::new(&agent)
+        .args(["-c", &script])
+        .current_dir(&g.d.watched)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let start = g.wait_ledgered("session_start", |b| b["agent"] == "scoped-detected");
+    assert_eq!(start["source"], "detect:scoped-detected", "{start}");
+    assert_eq!(
+        start["scope"][0],
+        format!("{}/**", p(&g, "app")).as_str(),
+        "{start}"
+    );
+    g.wait_ledgered("gate_marks_placed", |_| true);
+    std::fs::write(&flag, "").expect("flag");
+    let out = e2e::gate::wait_child(child, std::time::Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "{}\n--- daemon log ---\n{}",
+        output_text(&out),
+        g.d.log()
+    );
+    assert_eq!(std::fs::read_to_string(p(&g, "gated/ok/f")).unwrap(), "b\n");
+    assert!(
+        !Path::new(&p(&g, "gated/no/f")).exists(),
+        "refused, and the file it created removed"
+    );
+    let gno = format!("{}/f", p(&g, "gated/no"));
+    let denied = g.wait_ledgered("scope_denied", |b| b["path"] == gno.as_str());
+    assert_eq!(
+        denied["session"],
+        start["session"],
+        "{denied}\n{:?}",
+        g.ledgered("session_start")
+    );
+    assert!(
+        g.ledgered("denied_by_policy").is_empty(),
+        "refused before the rules"
+    );
+    let other = format!("{}/f", p(&g, "other"));
+    let seen = g.wait_ledgered("out_of_scope", |b| b["path"] == other.as_str());
+    assert_eq!(seen["session"], start["session"], "{seen}");
+    let app = format!("{}/f", p(&g, "app"));
+    assert!(
+        !g.ledgered("out_of_scope")
+            .iter()
+            .any(|b| b["path"] == app.as_str()),
+        "inside the scope is not out of it"
+    );
+    assert!(g.stat("gate_scope_denied") >= 1 && g.stat("gate_out_of_scope") >= 1);
+    let end = g.wait_ledgered("session_end", |b| b["session"] == start["session"]);
+    assert_eq!(
+        [
+            &end["counts"]["scope_denied"],
+            &end["counts"]["out_of_scope"],
+            &end["exit"]["reported"]
+        ],
+        [
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(false)
+        ],
+        "{end}\n{:?}\n{}",
+        g.ledgered("out_of_scope"),
+        std::fs::read_to_string(&g.d.events_file).unwrap_or_default()
+    );
+}

@@ -21,6 +21,7 @@ use crate::store::StoreError;
 
 pub mod exit;
 mod registry;
+pub mod scope;
 mod store;
 mod text;
 

@@ -192,6 +192,9 @@ enum Next {
     Allow,
     /// A deny rule (or the built-in self-protection rule) matched.
     Deny(Arc<Rule>),
+    /// A write by a session outside its declared scope (an unconfined session's: a
+    /// confined one's is refused by its supervisor before).
+    ScopeDenied,
     /// An `ask` that this live grant covers.
     Granted(u64),
     DenyAndRequest(Arc<Rule>, OpSet),
@@ -550,6 +553,11 @@ impl Engine {
             GateMetrics::inc(&self.state.metrics.ledger_errors);
             warn!(kind, error = %e, "cannot append to the ledger");
         }
+    }
+
+    /// The paths outside sessions' scopes already recorded or refused.
+    pub fn scope_seen(&self) -> &super::out_of_scope::Seen {
+        &self.state.scope_seen
     }
 
     /// Session `id` started: its counts start (see [`tally`]).
