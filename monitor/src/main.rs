@@ -221,14 +221,11 @@ fn main() -> ExitCode {
                     }
                 }
             };
-            // On success the command replaces this process; only failures return.
-            match monitor::cli::run::run(&socket, agent, reason, command, &confine) {
-                Ok(never) => match never {},
-                Err(e) => {
-                    eprintln!("confgate: {e}");
-                    Ok(e.exit_code())
-                }
-            }
+            // The command runs in a child (the session's root process); this process waits
+            // for it, reports its exit status to the daemon and ends the same way.
+            Ok(monitor::cli::launch::launch(
+                &socket, agent, reason, command, &confine,
+            ))
         }
         Command::Shim {
             command: ShimCommand::Install { agents, dir, scope },

@@ -9,7 +9,8 @@ use e2e::{confgate_bin, output_text, require_root};
 use serde_json::Value;
 
 /// Gated: `<w>/gated/**`. `<w>/gated/ok/**` is allowed to sessions writing within their
-/// scope; everything else gated is denied.
+/// scope; everything else gated is denied. `<w>/elsewhere/**` is gated for agent
+/// `someone-else` only.
 fn gate() -> Gate {
     Gate::start_with(
         |root| {
@@ -18,6 +19,7 @@ fn gate() -> Gate {
                 "watched/gated/no",
                 "watched/app",
                 "watched/other",
+                "watched/elsewhere",
             ] {
                 std::fs::create_dir_all(root.join(d)).expect("mkdir");
             }
@@ -25,7 +27,8 @@ fn gate() -> Gate {
         |w| {
             format!(
                 "[[gate.rule]]\nname = \"scoped-ok\"\npaths = [\"{w}/gated/ok/**\"]\nverdict = \"allow\"\nwithin_scope = true\n\
-                 [[gate.rule]]\nname = \"no-gated\"\npaths = [\"{w}/gated/**\"]\nverdict = \"deny\"\n"
+                 [[gate.rule]]\nname = \"no-gated\"\npaths = [\"{w}/gated/**\"]\nverdict = \"deny\"\n\
+                 [[gate.rule]]\nname = \"not-for-you\"\npaths = [\"{w}/elsewhere/**\"]\nverdict = \"deny\"\nagents = [\"someone-else\"]\n"
             )
         },
     )
@@ -274,6 +277,19 @@ fn start_record_lists_credential_names_never_values() {
             .is_some_and(|a| a.iter().any(|x| x == gated.as_str())),
         "{start}"
     );
+    // Only what applies to this agent: not the tree of a rule for another agent.
+    let elsewhere = p(&g, "elsewhere");
+    assert!(
+        start["gated"]
+            .as_array()
+            .is_some_and(|a| !a.iter().any(|x| x == elsewhere.as_str())),
+        "{start}"
+    );
+    assert_eq!(
+        start["rules"],
+        serde_json::json!(["scoped-ok", "no-gated"]),
+        "{start}"
+    );
     let names: Vec<&str> = start["credential_env"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -374,7 +390,19 @@ fn sessions_show_reconstructs_a_session() {
     let id = g.wait_ledgered("session_start", |b| b["agent"] == "reported")["session"]
         .as_u64()
         .expect("session id");
-    g.wait_ledgered("session_end", |b| b["session"] == id);
+    let end = g.wait_ledgered("session_end", |b| b["session"] == id);
+    // Its counts as of its end (the revert came after).
+    let c = &end["counts"];
+    assert_eq!(
+        [
+            &c["requests"],
+            &c["approved"],
+            &c["scope_denied"],
+            &end["exit"]["code"]
+        ],
+        [1, 1, 1, 0],
+        "{end}"
+    );
     let report =
         g.d.cli_json(&["sessions", "show", &id.to_string(), "--json"]);
     assert_eq!(report["session"]["agent"], "reported", "{report}");
@@ -481,5 +509,207 @@ fn iac_under_a_project_root_is_labelled() {
             .filter(|e| e["path"] == env.as_str())
             .all(|e| e["details"]["class"].is_null()),
         "{ev:?}"
+    );
+}
+
+/// `session_end` says how the session's root process ended, as `confgate run` (the
+/// launcher, which waits for it) reported it: an exit code, a signal, or not reported when
+/// the launcher was killed (the command dies with it). And the session's counts.
+#[test]
+fn session_end_has_the_exit_status_and_counts() {
+    if !require_root("session_end_has_the_exit_status_and_counts") {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let g = gate();
+    let end_of = |agent: &str| {
+        let id = g.wait_ledgered("session_start", |b| b["agent"] == agent)["session"].clone();
+        g.wait_ledgered("session_end", |b| b["session"] == id)
+    };
+    let scope = vec![format!("{}/**", p(&g, "app"))];
+    let out = run(
+        &g,
+        "exits-3",
+        &scope,
+        &format!("echo x > {}/f 2>/dev/null; exit 3", p(&g, "other")),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    let end = end_of("exits-3");
+    assert_eq!(
+        end["exit"],
+        serde_json::json!({"reported": true, "code": 3})
+    );
+    let c = &end["counts"];
+    assert_eq!(
+        (c["scope_denied"].as_u64(), c["complete"].as_bool()),
+        (Some(1), Some(true)),
+        "{end}"
+    );
+    assert_eq!(
+        (c["requests"].as_u64(), c["denied"].as_u64()),
+        (Some(0), Some(0)),
+        "{end}"
+    );
+
+    // Killed by a signal: `confgate run` ends by the same signal.
+    let out = run(&g, "killed", &[], "kill -TERM $$; sleep 5");
+    assert_eq!(out.status.signal(), Some(15), "{}", output_text(&out));
+    let end = end_of("killed");
+    assert_eq!(end["exit"]["signal"], 15, "{end}");
+    assert_eq!(end["exit"]["signal_name"], "SIGTERM", "{end}");
+
+    // The launcher killed (SIGKILL, it cannot report): the command (the session's root
+    // process; not its descendants) is killed with it and the end record says the status
+    // was not reported.
+    let mut launcher = Command::new(confgate_bin())
+        .arg("--config")
+        .arg(&g.d.config)
+        .args([
+            "run",
+            "--agent",
+            "orphaned",
+            "--",
+            "sh",
+            "-c",
+            "exec sleep 30",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("confgate run");
+    g.wait_ledgered("session_start", |b| b["agent"] == "orphaned");
+    let _ = launcher.kill();
+    let _ = launcher.wait();
+    let start = std::time::Instant::now();
+    let end = end_of("orphaned");
+    assert!(
+        start.elapsed().as_secs() < 10,
+        "the command outlived its launcher"
+    );
+    assert_eq!(end["exit"]["reported"], false, "{end}");
+    assert!(
+        end["exit"]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("killed")),
+        "{end}"
+    );
+}
+
+/// A `[[detect]]` rule's `scope`: the detected (unconfined) session records it; a gated
+/// path outside it is refused by the fanotify gate before the rules (`scope_denied`), a
+/// write outside it nothing can hold is recorded (`out_of_scope`), and inside it the
+/// rules apply (a `within_scope = true` allow).
+#[test]
+fn detected_session_scope_refuses_gated_and_records_the_rest() {
+    if !require_root("detected_session_scope_refuses_gated_and_records_the_rest") {
+        return;
+    }
+    // `[[detect]]` needs the scratch directory's path: the rules are written with the
+    // gate's (a non-empty `extra_toml` keeps the harness from adding `detect = []`).
+    let d = e2e::Daemon::start_with(e2e::DaemonOptions {
+        extra_toml: "# [[detect]] follows [gate]\n".into(),
+        toml_for_dir: Some(Box::new(|root| {
+            for d in ["gated/ok", "gated/no", "app", "other"] {
+                std::fs::create_dir_all(root.join("watched").join(d)).expect("mkdir");
+            }
+            let w = root.join("watched").display().to_string();
+            format!(
+                "{}\n[gate]\n\
+                 [[gate.rule]]\nname = \"scoped-ok\"\npaths = [\"{w}/gated/ok/**\"]\nverdict = \"allow\"\nwithin_scope = true\n\
+                 [[gate.rule]]\nname = \"no-gated\"\npaths = [\"{w}/gated/**\"]\nverdict = \"deny\"\n\
+                 [[detect]]\nagent = \"scoped-detected\"\ncomm = [\"cg-scoped-agent\"]\nscope = [\"{w}/app/**\", \"{w}/gated/ok/**\"]\n",
+                e2e::gate::local_approval(root)
+            )
+        })),
+        ..e2e::DaemonOptions::default()
+    });
+    let g = Gate { d };
+    let flag = g.d.dir.path().join("go");
+    let script = format!(
+        r#"while [ ! -e {flag} ]; do sleep 0.05; done
+r=0
+no() {{ echo "UNEXPECTED: $*"; r=1; }}
+echo a > {app}/f || no "inside, not gated"
+echo b > {ok}/f || no "inside, gated, allowed by the within_scope rule"
+{{ echo c > {gno}/f; }} 2>/dev/null && no "outside, gated: not refused"
+echo d > {other}/f || no "outside, not gated (observed only)"
+exit $r
+"#,
+        flag = flag.display(),
+        app = p(&g, "app"),
+        ok = p(&g, "gated/ok"),
+        gno = p(&g, "gated/no"),
+        other = p(&g, "other"),
+    );
+    // Detected by its name (its `sleep` children do not match: only the shell is the
+    // session's root).
+    let agent = g.d.dir.path().join("cg-scoped-agent");
+    std::fs::copy("/bin/sh", &agent).expect("copy sh");
+    let child = Command::new(&agent)
+        .args(["-c", &script])
+        .current_dir(&g.d.watched)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let start = g.wait_ledgered("session_start", |b| b["agent"] == "scoped-detected");
+    assert_eq!(start["source"], "detect:scoped-detected", "{start}");
+    assert_eq!(
+        start["scope"][0],
+        format!("{}/**", p(&g, "app")).as_str(),
+        "{start}"
+    );
+    g.wait_ledgered("gate_marks_placed", |_| true);
+    std::fs::write(&flag, "").expect("flag");
+    let out = e2e::gate::wait_child(child, std::time::Duration::from_secs(15));
+    assert!(
+        out.status.success(),
+        "{}\n--- daemon log ---\n{}",
+        output_text(&out),
+        g.d.log()
+    );
+    assert_eq!(std::fs::read_to_string(p(&g, "gated/ok/f")).unwrap(), "b\n");
+    assert!(
+        !Path::new(&p(&g, "gated/no/f")).exists(),
+        "refused, and the file it created removed"
+    );
+    let gno = format!("{}/f", p(&g, "gated/no"));
+    let denied = g.wait_ledgered("scope_denied", |b| b["path"] == gno.as_str());
+    assert_eq!(
+        denied["session"],
+        start["session"],
+        "{denied}\n{:?}",
+        g.ledgered("session_start")
+    );
+    assert!(
+        g.ledgered("denied_by_policy").is_empty(),
+        "refused before the rules"
+    );
+    let other = format!("{}/f", p(&g, "other"));
+    let seen = g.wait_ledgered("out_of_scope", |b| b["path"] == other.as_str());
+    assert_eq!(seen["session"], start["session"], "{seen}");
+    let app = format!("{}/f", p(&g, "app"));
+    assert!(
+        !g.ledgered("out_of_scope")
+            .iter()
+            .any(|b| b["path"] == app.as_str()),
+        "inside the scope is not out of it"
+    );
+    assert!(g.stat("gate_scope_denied") >= 1 && g.stat("gate_out_of_scope") >= 1);
+    let end = g.wait_ledgered("session_end", |b| b["session"] == start["session"]);
+    assert_eq!(
+        [
+            &end["counts"]["scope_denied"],
+            &end["counts"]["out_of_scope"],
+            &end["exit"]["reported"]
+        ],
+        [
+            &serde_json::json!(1),
+            &serde_json::json!(1),
+            &serde_json::json!(false)
+        ],
+        "{end}\n{:?}\n{}",
+        g.ledgered("out_of_scope"),
+        std::fs::read_to_string(&g.d.events_file).unwrap_or_default()
     );
 }

@@ -6,6 +6,7 @@
 //! | call              | who                                                         |
 //! |-------------------|-------------------------------------------------------------|
 //! | `RegisterSession` | anyone (it puts the caller itself into a session)           |
+//! | `ReportSessionExit` | anyone holding the session's exit report key              |
 //! | `ListSessions`, `GetStats`, `SubscribeEvents` | [`DaemonApi::is_admin`] callers |
 //! | `CallerSession`   | anyone (it describes the caller)                            |
 //! | `Attest`          | anyone outside every agent session (kernel session map)     |
@@ -109,6 +110,9 @@ pub struct Confinement {
     pub confine: bool,
     /// Its declared scope (`--scope`); empty: none.
     pub scope: Vec<String>,
+    /// The key its launcher will report the root process's exit status with
+    /// (validated: empty or 16-64 bytes).
+    pub exit_report_key: Vec<u8>,
 }
 
 #[tonic::async_trait]
@@ -127,6 +131,17 @@ pub trait DaemonApi: Send + Sync + 'static {
         cwd: String,
         confine: Confinement,
     ) -> Result<SessionInfo, ApiError>;
+    /// The launcher holding `key` reports how its session's root process ended
+    /// (validated): the session id, [`ApiError::NotFound`] when no session awaits `key`.
+    async fn report_session_exit(
+        &self,
+        _key: Vec<u8>,
+        _status: crate::sessions::exit::ExitStatus,
+    ) -> Result<u64, ApiError> {
+        Err(ApiError::Unavailable(
+            "this daemon takes no exit reports".into(),
+        ))
+    }
     /// Sessions by id; ended ones only if `include_ended`.
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo>;
     /// Named counters, in a stable order.
@@ -415,10 +430,44 @@ impl pb::daemon_server::Daemon for DaemonService {
                 Confinement {
                     confine: r.confine,
                     scope: r.scope,
+                    exit_report_key: r.exit_report_key,
                 },
             )
             .await?;
         Ok(Response::new(pb::SessionInfo::from(&info)))
+    }
+
+    async fn report_session_exit(
+        &self,
+        request: Request<pb::ReportSessionExitRequest>,
+    ) -> Result<Response<pb::ReportSessionExitResponse>, Status> {
+        use crate::sessions::exit::{ExitStatus, MAX_KEY, MIN_KEY};
+        use pb::report_session_exit_request::Status as S;
+        let r = request.into_inner();
+        if !(MIN_KEY..=MAX_KEY).contains(&r.exit_report_key.len()) {
+            return Err(Status::invalid_argument(format!(
+                "exit_report_key must be {MIN_KEY} to {MAX_KEY} bytes"
+            )));
+        }
+        let status = match r.status {
+            Some(S::ExitCode(c)) => ExitStatus::Code(c),
+            Some(S::Signal(signal)) => ExitStatus::Signal {
+                signal,
+                core_dumped: r.core_dumped,
+            },
+            None => {
+                return Err(Status::invalid_argument(
+                    "one of exit_code and signal is needed",
+                ));
+            }
+        }
+        .validate()
+        .map_err(Status::invalid_argument)?;
+        let session_id = self
+            .api
+            .report_session_exit(r.exit_report_key, status)
+            .await?;
+        Ok(Response::new(pb::ReportSessionExitResponse { session_id }))
     }
 
     async fn list_sessions(

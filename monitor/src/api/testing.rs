@@ -18,7 +18,10 @@ pub(crate) struct Registration {
     pub reason: Option<String>,
     pub command: Vec<String>,
     pub cwd: String,
+    pub exit_report_key: Vec<u8>,
 }
+
+type ExitReport = (Vec<u8>, crate::sessions::exit::ExitStatus);
 
 /// Records registrations, refuses a pid that already has a session (as the daemon must), and
 /// has a switchable admin verdict.
@@ -26,6 +29,7 @@ pub(crate) struct FakeDaemon {
     admin: AtomicBool,
     registered: Mutex<Vec<Registration>>,
     sessions: Mutex<Vec<SessionInfo>>,
+    exit_reports: Mutex<Vec<ExitReport>>,
     events: broadcast::Sender<Arc<str>>,
     /// A real attestation key in a temporary directory.
     attestor: crate::approver::attest::Attestor,
@@ -47,6 +51,7 @@ impl FakeDaemon {
             admin: AtomicBool::new(admin),
             registered: Mutex::default(),
             sessions: Mutex::default(),
+            exit_reports: Mutex::default(),
             events: broadcast::channel(capacity).0,
             attestor,
             _key_dir: key_dir,
@@ -64,6 +69,11 @@ impl FakeDaemon {
 
     pub fn registered(&self) -> Vec<Registration> {
         self.registered.lock().unwrap().clone()
+    }
+
+    /// The exit reports accepted, in order.
+    pub fn exit_reports(&self) -> Vec<ExitReport> {
+        self.exit_reports.lock().unwrap().clone()
     }
 
     pub fn publish(&self, line: &str) {
@@ -120,6 +130,7 @@ impl DaemonApi for FakeDaemon {
         confine: super::server::Confinement,
     ) -> Result<SessionInfo, ApiError> {
         let scope = confine.scope;
+        let exit_report_key = confine.exit_report_key;
         let mut sessions = self.sessions.lock().unwrap();
         if let Some(s) = sessions.iter().find(|s| s.root_pid == caller.pid) {
             return Err(ApiError::AlreadyInSession {
@@ -133,6 +144,7 @@ impl DaemonApi for FakeDaemon {
             reason: reason.clone(),
             command: command.clone(),
             cwd: cwd.clone(),
+            exit_report_key,
         });
         let info = SessionInfo {
             id: FIRST_FAKE_ID + sessions.len() as u64,
@@ -151,6 +163,19 @@ impl DaemonApi for FakeDaemon {
         };
         sessions.push(info.clone());
         Ok(info)
+    }
+
+    async fn report_session_exit(
+        &self,
+        key: Vec<u8>,
+        status: crate::sessions::exit::ExitStatus,
+    ) -> Result<u64, ApiError> {
+        let registered = self.registered.lock().unwrap();
+        let Some(i) = registered.iter().position(|r| r.exit_report_key == key) else {
+            return Err(ApiError::NotFound("no session awaits this key".into()));
+        };
+        self.exit_reports.lock().unwrap().push((key, status));
+        Ok(FIRST_FAKE_ID + i as u64)
     }
 
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {

@@ -13,6 +13,7 @@ pub mod check_config;
 pub mod connect;
 pub mod events;
 pub mod grants;
+pub mod launch;
 pub mod mcp;
 pub mod propose;
 pub mod reload;

@@ -109,6 +109,27 @@ pub fn run(
     command: &[OsString],
     confine: &Confine,
 ) -> Result<Infallible, RunError> {
+    run_reporting(socket, agent, reason, command, confine, None)
+}
+
+/// This process was forked by `confgate run`'s launcher ([`super::launch`]).
+pub struct Launched {
+    /// The launcher's pid: the command is killed (SIGKILL) when it dies.
+    pub launcher: nix::unistd::Pid,
+    /// The key the launcher reports the command's exit status with (empty, or 16-64
+    /// bytes; empty: it will not report).
+    pub exit_report_key: Vec<u8>,
+}
+
+/// [`run`] in a process the launcher forked (`launched`), or as [`run`] (`None`).
+pub fn run_reporting(
+    socket: &Path,
+    agent: &str,
+    reason: Option<&str>,
+    command: &[OsString],
+    confine: &Confine,
+    launched: Option<Launched>,
+) -> Result<Infallible, RunError> {
     // Everything that can be checked locally is checked before the daemon hears of us.
     let Some(program) = command.first() else {
         return Err(RunError::confgate(anyhow!("no command given")));
@@ -141,7 +162,22 @@ pub fn run(
             Confine::Helper { scope, .. } => scope.clone(),
             Confine::No => Vec::new(),
         },
+        exit_report_key: launched
+            .as_ref()
+            .map(|l| l.exit_report_key.clone())
+            .unwrap_or_default(),
     };
+    if let Some(l) = &launched {
+        // As if the command were the launcher: killing `confgate run` kills it. (The
+        // confinement helper sets it again after its credential changes, which clear it.)
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| RunError::confgate(anyhow!("PR_SET_PDEATHSIG: {e}")))?;
+        if nix::unistd::getppid() != l.launcher {
+            return Err(RunError::confgate(anyhow!(
+                "confgate run exited before the command started; the command was not run"
+            )));
+        }
+    }
 
     let session = register(socket, request).map_err(RunError::confgate)?;
     let env = environment_with_session(session.id);
@@ -154,6 +190,7 @@ pub fn run(
             session.id,
             command,
             &env,
+            launched.is_some(),
         ));
     }
     let Err(errno) = nix::unistd::execvpe(&argv[0], &argv, &env);
@@ -239,6 +276,7 @@ fn exec_helper(
     session: u64,
     command: &[OsString],
     env: &[CString],
+    die_with_parent: bool,
 ) -> RunError {
     let mut args: Vec<OsString> = vec![
         helper.as_os_str().to_owned(),
@@ -246,8 +284,11 @@ fn exec_helper(
         supervise_socket.as_os_str().to_owned(),
         "--session".into(),
         session.to_string().into(),
-        "--".into(),
     ];
+    if die_with_parent {
+        args.push("--die-with-parent".into());
+    }
+    args.push("--".into());
     args.extend(command.iter().cloned());
     let argv = match args
         .iter()

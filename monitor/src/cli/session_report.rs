@@ -7,8 +7,8 @@
 //! - the host ledger (`<state_dir>/ledger.jsonl`): its start and end records, and every
 //!   gate record about it: requests, decisions with who made them (`grant.by`), denials,
 //!   scope refusals, changes with their diffs, flags, reverts, its grants and their expiry;
-//! - the events file (`output.events_file`, the current file only, not rotated ones): every
-//!   operation attributed to it.
+//! - the events file (`output.events_file`) and its rotated copies (logrotate's names:
+//!   `FILE.1`, `FILE.2.gz`, ...; see `deploy/logrotate`): every operation attributed to it.
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -59,18 +59,69 @@ pub fn ledger_records(ledger: &Path, id: u64) -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
-/// The events attributed to session `id` in `events_file` (at most [`MAX_EVENTS`]), and
-/// how many more there were.
-pub fn session_events(events_file: &Path, id: u64) -> anyhow::Result<(Vec<Value>, u64)> {
-    let f = match std::fs::File::open(events_file) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", events_file.display())),
-    };
+/// Most rotated events files looked for (`FILE.1` ... `FILE.N`, plain or `.gz`).
+const MAX_ROTATED: usize = 1000;
+
+/// The events file and its rotated copies that exist, oldest first: logrotate's numbered
+/// names (`FILE.N`, or `FILE.N.gz` once compressed), `N` from 1 up to the first missing.
+pub fn event_files(events_file: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for n in 1..=MAX_ROTATED {
+        let plain = std::path::PathBuf::from(format!("{}.{n}", events_file.display()));
+        let gz = std::path::PathBuf::from(format!("{}.{n}.gz", events_file.display()));
+        match (plain.exists(), gz.exists()) {
+            (true, _) => files.push(plain),
+            (false, true) => files.push(gz),
+            (false, false) => break,
+        }
+    }
+    files.reverse();
+    files.push(events_file.to_path_buf());
+    files
+}
+
+/// The events of session `id` in every file of [`event_files`] (at most [`MAX_EVENTS`],
+/// oldest first), how many more there were, the files read, and why any could not be read
+/// (a rotated file that is unreadable or corrupt is reported, not fatal).
+pub fn all_session_events(
+    events_file: &Path,
+    id: u64,
+) -> (Vec<Value>, u64, Vec<String>, Vec<String>) {
+    let (mut out, mut more, mut read, mut errors) = (Vec::new(), 0u64, Vec::new(), Vec::new());
+    for f in event_files(events_file) {
+        let opened = match std::fs::File::open(&f) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                errors.push(format!("{}: {e}", f.display()));
+                continue;
+            }
+        };
+        let reader: Box<dyn std::io::Read> = if f.extension().is_some_and(|x| x == "gz") {
+            Box::new(flate2::read::MultiGzDecoder::new(opened))
+        } else {
+            Box::new(opened)
+        };
+        match session_events_in(reader, &f, id, &mut out, &mut more) {
+            Ok(()) => read.push(f.display().to_string()),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    (out, more, read, errors)
+}
+
+/// Adds the events of session `id` read from `r` (the file `name`) to `out` (at most
+/// [`MAX_EVENTS`] in all), counting the others in `more`.
+fn session_events_in(
+    r: impl std::io::Read,
+    name: &Path,
+    id: u64,
+    out: &mut Vec<Value>,
+    more: &mut u64,
+) -> anyhow::Result<()> {
     let needle = format!("\"session\":{{\"id\":{id},");
-    let (mut out, mut more) = (Vec::new(), 0u64);
-    for line in std::io::BufReader::new(f).split(b'\n') {
-        let line = line.with_context(|| format!("reading {}", events_file.display()))?;
+    for line in std::io::BufReader::new(r).split(b'\n') {
+        let line = line.with_context(|| format!("reading {}", name.display()))?;
         if !line.windows(needle.len()).any(|w| w == needle.as_bytes()) {
             continue;
         }
@@ -83,10 +134,10 @@ pub fn session_events(events_file: &Path, id: u64) -> anyhow::Result<(Vec<Value>
         if out.len() < MAX_EVENTS {
             out.push(e);
         } else {
-            more += 1;
+            *more += 1;
         }
     }
-    Ok((out, more))
+    Ok(())
 }
 
 /// The report of `session` from its ledger records, events and the drift items now.
@@ -200,6 +251,9 @@ pub fn render(r: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "start: no session_start record in the ledger")?;
     }
     let events = r["events"].as_array().cloned().unwrap_or_default();
+    for e in r["events_errors"].as_array().into_iter().flatten() {
+        writeln!(out, "events file not read: {}", t(e))?;
+    }
     writeln!(
         out,
         "\nchanges ({} events{}):",
@@ -297,12 +351,15 @@ pub fn show(
         .find(|s| s.id == id)
         .ok_or_else(|| anyhow!("no session {id}"))?;
     let records = ledger_records(ledger, id)?;
-    let events = session_events(events_file, id)?;
+    let (events, more, files, errors) = all_session_events(events_file, id);
+    let events = (events, more);
     let drift = match super::baseline::call(socket, "drift", Vec::new(), String::new()) {
         Ok(v) => v,
         Err(e) => Value::String(format!("{e:#}")),
     };
-    let r = report(&session, records, events, drift, crate::os::clock::now_ms());
+    let mut r = report(&session, records, events, drift, crate::os::clock::now_ms());
+    r["events_files"] = json!(files);
+    r["events_errors"] = json!(errors);
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer(&mut out, &r).context("writing JSON")?;
@@ -395,5 +452,45 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn events_are_read_from_rotated_files_oldest_first() {
+        use std::io::Write as _;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("events.ndjson");
+        let ev =
+            |n: u64, s: u64| format!("{{\"n\":{n},\"session\":{{\"id\":{s},\"agent\":\"a\"}}}}\n");
+        let gz = |path: &std::path::Path, text: &str| {
+            let mut e = flate2::write::GzEncoder::new(
+                std::fs::File::create(path).unwrap(),
+                flate2::Compression::fast(),
+            );
+            e.write_all(text.as_bytes()).unwrap();
+            e.finish().unwrap();
+        };
+        gz(
+            &d.path().join("events.ndjson.3.gz"),
+            &(ev(1, 7) + &ev(2, 8)),
+        );
+        gz(&d.path().join("events.ndjson.2.gz"), &ev(3, 7));
+        std::fs::write(d.path().join("events.ndjson.1"), ev(4, 7)).unwrap();
+        std::fs::write(&f, ev(5, 7) + "not json\n").unwrap();
+        // After a gap: not a rotation of this file.
+        std::fs::write(d.path().join("events.ndjson.5"), ev(9, 7)).unwrap();
+        let (events, more, files, errors) = all_session_events(&f, 7);
+        let ns: Vec<u64> = events.iter().filter_map(|e| e["n"].as_u64()).collect();
+        assert_eq!(ns, [1, 3, 4, 5]);
+        assert_eq!((more, files.len(), errors.len()), (0, 4, 0), "{errors:?}");
+        // A corrupt compressed file is reported and the others still read.
+        std::fs::remove_file(d.path().join("events.ndjson.5")).unwrap();
+        std::fs::write(d.path().join("events.ndjson.4.gz"), "not gzip").unwrap();
+        let (events, _, files, errors) = all_session_events(&f, 7);
+        assert_eq!(events.len(), 4);
+        assert_eq!((files.len(), errors.len()), (4, 1), "{errors:?}");
+        assert!(errors[0].contains("events.ndjson.4.gz"), "{errors:?}");
+        // Nothing there at all: no events, no error.
+        let (events, _, _, errors) = all_session_events(&d.path().join("none"), 7);
+        assert!(events.is_empty() && errors.is_empty());
     }
 }

@@ -164,6 +164,7 @@ fn rule(agent: &str, exe: &[&str], comm: &[&str], argv: &[&str], env: &[&str]) -
         argv: strings(argv),
         env: strings(env),
         cgroup: Vec::new(),
+        scope: Vec::new(),
     }
 }
 

@@ -233,6 +233,11 @@ pub struct DetectRule {
     pub env: Vec<String>,
     /// Globs on the cgroup v2 path, e.g. `/system.slice/agent-*.service`.
     pub cgroup: Vec<String>,
+    /// The declared scope of the sessions the rule detects: absolute globs of the paths
+    /// they may write (checked as `confgate run --scope`). Detected sessions are not
+    /// confined: a gated path outside it is refused (`scope_denied`), any other write
+    /// outside it is recorded (`out_of_scope`). Empty: none.
+    pub scope: Vec<String>,
 }
 
 impl DetectRule {

@@ -427,6 +427,21 @@ fn rule_checks() {
         invalid_field("[[detect]]\nagent = \"a\"\nexe = [\"[\"]\n").0,
         "detect[0].exe[0]"
     );
+    // A detected session's scope is checked as `confgate run --scope`.
+    for bad in [
+        "[\"relative/**\"]",
+        "[\"/srv/../etc/**\"]",
+        "[\"/srv/app/\"]",
+    ] {
+        assert_eq!(
+            invalid_field(&format!(
+                "[[detect]]\nagent = \"a\"\ncomm = [\"a\"]\nscope = {bad}\n"
+            ))
+            .0,
+            "detect[0].scope",
+            "{bad}"
+        );
+    }
     assert_eq!(
         invalid_field("[[detect]]\nagent = \"a\"\ncgroup = [\"system.slice\"]\n").0,
         "detect[0].cgroup[0]"

@@ -262,6 +262,9 @@ fn check_rule(prefix: &str, r: &DetectRule, c: &mut Checker) {
     if r.agent.trim().is_empty() || r.agent.chars().any(char::is_control) {
         c.fail(&format!("{prefix}.agent"), "every rule needs an agent name");
     }
+    if let Err(e) = crate::sessions::scope::validate(&r.scope) {
+        c.fail(&format!("{prefix}.scope"), e);
+    }
     if !r.has_criteria() {
         c.fail(
             prefix,

@@ -410,6 +410,7 @@ impl GateRuntime {
     /// one for every rename of a session (most of them outside gated trees) cost the
     /// pipeline ~30% of its CPU in an agent's write loop (BENCHMARKS.md, scenario 3).
     pub fn on_event(&self, ev: &Event) {
+        self.check_scope(ev);
         let unheld = match ev.kind {
             Kind::Rename => None,
             Kind::Unlink => Some(OpSet::REMOVE),
@@ -512,8 +513,41 @@ impl GateRuntime {
         tokio::spawn(async move { engine.record(kind, body).await });
     }
 
+    /// A session's successful write outside its declared scope (which the gate could not
+    /// refuse): ledgered once per session and path (`out_of_scope`), counted.
+    fn check_scope(&self, ev: &Event) {
+        use crate::gate::out_of_scope::First;
+        let Some(session) = ev.session.as_ref() else {
+            return;
+        };
+        if ev.result.is_some_and(|r| r < 0) {
+            return;
+        }
+        for p in std::iter::once(&ev.path).chain(ev.target.as_ref()) {
+            let Some(path) = crate::event::escape::decode(p) else {
+                continue;
+            };
+            if self.engine.within_scope(session.id, &path) != Some(false) {
+                continue;
+            }
+            match self.engine.scope_seen().first(session.id, &path) {
+                First::Ledger => {
+                    GateMetrics::inc(&self.metrics.out_of_scope);
+                    self.record(
+                        "out_of_scope",
+                        serde_json::json!({"path": p, "session": session.id, "pid": ev.pid,
+                                           "kind": ev.kind.as_str()}),
+                    );
+                }
+                First::Again => {}
+                First::OverLimit => GateMetrics::inc(&self.metrics.out_of_scope_unledgered),
+            }
+        }
+    }
+
     /// An agent session ended (its last member exited).
     pub fn on_session_ended(&self, id: u64) {
+        self.engine.scope_seen().forget(id);
         self.supervisors.ended(id);
         let engine = Arc::clone(&self.engine);
         tokio::spawn(async move { engine.session_ended(id).await });

@@ -397,7 +397,7 @@ impl Core {
                         },
                         command,
                         cwd,
-                        scope: Vec::new(),
+                        scope: detection.scope.clone(),
                     };
                     match self.shared.registry.create(new) {
                         Ok(info) => {

@@ -92,15 +92,23 @@ pub(super) fn start(
     })
 }
 
-/// The `session_end` record of `info` (ended): its counts. The root process's exit
-/// status is not observed (the daemon learns only that the session's last process left).
-pub(super) fn end(info: &SessionInfo) -> Value {
+/// The `session_end` record of `info` (ended): how its root process ended (as its
+/// launcher reported it, or why not reported) and its counts.
+pub(super) fn end(
+    info: &SessionInfo,
+    exit: crate::sessions::exit::Known,
+    counts: &crate::gate::engine::SessionCounts,
+) -> Value {
+    let mut c = serde_json::to_value(counts).unwrap_or(Value::Null);
+    c["events"] = json!(info.events);
     json!({
         "session": info.id,
         "agent": info.agent,
         "started": info.started,
         "ended": info.ended,
+        "exit": crate::sessions::exit::exit_json(exit),
         "events": info.events,
+        "counts": c,
         "scope": info.scope,
     })
 }
@@ -159,5 +167,38 @@ mod tests {
         if std::env::var_os("HOME").is_some() {
             assert_eq!(r["credential_env"][0], "HOME");
         }
+    }
+
+    #[test]
+    fn end_record_has_the_exit_status_and_counts() {
+        use crate::sessions::exit::{ExitStatus, Known};
+        let info = SessionInfo {
+            id: 4,
+            agent: "a".into(),
+            reason: None,
+            root_pid: 1,
+            uid: 0,
+            user: "root".into(),
+            started: "t".into(),
+            source: crate::sessions::SessionSource::Wrapper,
+            command: vec![],
+            cwd: "/".into(),
+            events: 9,
+            ended: Some("u".into()),
+            scope: vec![],
+        };
+        let counts = crate::gate::engine::SessionCounts {
+            denied: 2,
+            complete: true,
+            ..Default::default()
+        };
+        let r = end(&info, Known::Reported(ExitStatus::Code(3)), &counts);
+        assert_eq!(r["exit"], serde_json::json!({"reported": true, "code": 3}));
+        assert_eq!(r["counts"]["events"], 9);
+        assert_eq!(r["counts"]["denied"], 2);
+        assert_eq!(r["counts"]["complete"], true);
+        let r = end(&info, Known::NoLauncher, &counts);
+        assert_eq!(r["exit"]["reported"], false);
+        assert!(r["exit"]["why"].is_string(), "{r}");
     }
 }

@@ -42,7 +42,14 @@ pub(super) struct Shared {
     pub(super) credential_env: globset::GlobSet,
     /// The NATS publisher's counters, when `[output.nats]` is on.
     pub(super) nats: std::sync::OnceLock<Arc<crate::nats::Counters>>,
+    /// Launchers' exit report keys and the statuses they reported.
+    pub(super) exits: crate::sessions::exit::ExitReports,
 }
+
+/// How long a session's end record waits for its launcher's exit report when the
+/// session's last process left first (the launcher, outside the session, reports as soon
+/// as its `waitpid` returns: milliseconds).
+const EXIT_REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub(super) fn lock(k: &Mutex<Kernel>) -> std::sync::MutexGuard<'_, Kernel> {
     // A panic while holding the lock leaves the maps valid: keep going.
@@ -56,16 +63,28 @@ impl Shared {
         let Some(g) = self.gate.get() else {
             return;
         };
-        let gated = g.engine().policy().mark_roots();
-        let body = super::session_record::start(info, &self.credential_env, &gated, confined);
+        let (gated, rules) = g
+            .engine()
+            .policy()
+            .gated_for(&info.agent, !info.scope.is_empty());
+        let mut body = super::session_record::start(info, &self.credential_env, &gated, confined);
+        body["rules"] = serde_json::json!(rules);
+        g.engine().session_began(info.id);
         g.record("session_start", body);
     }
 
-    /// Ledgers the `session_end` record of session `id` (ended in the registry).
-    pub(super) fn record_end(&self, id: u64) {
-        if let (Some(g), Some(info)) = (self.gate.get(), self.registry.get(id)) {
-            g.record("session_end", super::session_record::end(&info));
-        }
+    /// Ledgers the `session_end` record of session `id` (ended in the registry), on a
+    /// task: it waits up to [`EXIT_REPORT_GRACE`] for an exit report still awaited.
+    pub(super) fn record_end(self: &Arc<Self>, id: u64) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let exit = me.exits.take(id, EXIT_REPORT_GRACE).await;
+            if let (Some(g), Some(info)) = (me.gate.get(), me.registry.get(id)) {
+                let counts = g.engine().session_counts(id);
+                let body = super::session_record::end(&info, exit, &counts);
+                g.record("session_end", body);
+            }
+        });
     }
 
     /// Tag `pid` into `session` in the kernel's session map (a failure is logged and
@@ -192,8 +211,13 @@ impl DaemonApi for Shared {
         cwd: String,
         confinement: crate::api::server::Confinement,
     ) -> Result<SessionInfo, ApiError> {
-        let crate::api::server::Confinement { confine, scope } = confinement;
+        let crate::api::server::Confinement {
+            confine,
+            scope,
+            exit_report_key,
+        } = confinement;
         crate::gate::session::scope::validate(&scope).map_err(ApiError::InvalidArgument)?;
+        crate::sessions::exit::validate_key(&exit_report_key).map_err(ApiError::InvalidArgument)?;
         if !scope.is_empty() && !confine {
             return Err(ApiError::InvalidArgument(
                 "a scope is enforced by the session's confinement: an unconfined session cannot declare one".into(),
@@ -231,7 +255,14 @@ impl DaemonApi for Shared {
                 "could not tag the process in the kernel session map".into(),
             ));
         }
-        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, confine, "session registered");
+        let reports = !exit_report_key.is_empty();
+        if !self.exits.expect(info.id, exit_report_key) {
+            warn!(
+                session = info.id,
+                "exit report key already in use by another session: this session's exit status will not be recorded"
+            );
+        }
+        info!(session = info.id, agent = %info.agent, pid = caller.pid, uid = caller.uid, confine, reports, "session registered");
         self.record_start(&info, confine);
         if confine {
             // It confines itself next: host-wide marks are not placed for it (unless it
@@ -310,6 +341,22 @@ impl DaemonApi for Shared {
     ) -> Result<Vec<crate::api::pb::Proposal>, ApiError> {
         let who = self.proposer(&caller)?;
         super::propose_api::list(self.proposals(), who)
+    }
+
+    async fn report_session_exit(
+        &self,
+        key: Vec<u8>,
+        status: crate::sessions::exit::ExitStatus,
+    ) -> Result<u64, ApiError> {
+        match self.exits.report(&key, status) {
+            Some(id) => {
+                info!(session = id, ?status, "session root process exit reported");
+                Ok(id)
+            }
+            None => Err(ApiError::NotFound(
+                "no live session awaits an exit report with this key".into(),
+            )),
+        }
     }
 
     fn sessions(&self, include_ended: bool) -> Vec<SessionInfo> {

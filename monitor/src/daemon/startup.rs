@@ -337,6 +337,7 @@ fn shared(
         state_dir: cfg.daemon.state_dir.clone(),
         reloads,
         credential_env: super::session_record::credential_matcher(&cfg.daemon.credential_env),
+        exits: Default::default(),
         kernel: Mutex::new(kernel),
         registry,
         metrics: metrics.clone(),

@@ -33,6 +33,12 @@ pub struct GateMetrics {
     pub denied_by_approver: AtomicU64,
     pub denied_by_policy: AtomicU64,
     pub denied_builtin: AtomicU64,
+    /// Writes of unconfined sessions refused outside their declared scope (gated paths).
+    pub scope_denied: AtomicU64,
+    /// Writes of sessions outside their declared scope that could only be observed
+    /// (ledgered `out_of_scope`), and those not ledgered (past the per-session limit).
+    pub out_of_scope: AtomicU64,
+    pub out_of_scope_unledgered: AtomicU64,
     pub allowed_by_grant: AtomicU64,
     pub fallback_allow: AtomicU64,
     pub fallback_deny: AtomicU64,
@@ -106,6 +112,12 @@ impl GateMetrics {
             ("gate_denied_by_approver", g(&self.denied_by_approver)),
             ("gate_denied_by_policy", g(&self.denied_by_policy)),
             ("gate_denied_builtin", g(&self.denied_builtin)),
+            ("gate_scope_denied", g(&self.scope_denied)),
+            ("gate_out_of_scope", g(&self.out_of_scope)),
+            (
+                "gate_out_of_scope_unledgered",
+                g(&self.out_of_scope_unledgered),
+            ),
             ("gate_allowed_by_grant", g(&self.allowed_by_grant)),
             ("gate_fallback_allow", g(&self.fallback_allow)),
             ("gate_fallback_deny", g(&self.fallback_deny)),
@@ -200,6 +212,8 @@ pub struct GateState {
     pub sessions: SessionRegistry,
     pub metrics: Arc<GateMetrics>,
     notes: mpsc::Sender<Note>,
+    /// Paths outside sessions' scopes recorded or refused (see [`super::out_of_scope`]).
+    pub scope_seen: super::out_of_scope::Seen,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -228,6 +242,7 @@ impl GateState {
             reviewing: RwLock::new(HashMap::new()),
             agents: RwLock::new(HashMap::new()),
             scopes: RwLock::new(HashMap::new()),
+            scope_seen: Default::default(),
             sessions,
             metrics,
             notes,
@@ -448,6 +463,19 @@ impl Decider for GateDecider {
             ops: ops_of(ev, created),
             write: ev.is_write(),
         };
+        if q.write && session.is_some_and(|s| s.within_scope == Some(false)) {
+            // Outside the session's declared scope (an unconfined session: a confined
+            // one's is refused by its supervisor before): refused before the rules. A file
+            // this open created must be removed: the engine does it.
+            let _ = st.scope_seen.first(ev.session, &ev.path);
+            if created {
+                return FastVerdict::Defer { fail: Answer::Deny };
+            }
+            GateMetrics::inc(&st.metrics.scope_denied);
+            GateMetrics::inc(&st.metrics.denied);
+            st.note("scope_denied", ev, "");
+            return FastVerdict::Deny;
+        }
         let policy = st.policy();
         let Some(m) = policy.evaluate(&q) else {
             return FastVerdict::Allow;

@@ -37,6 +37,7 @@ pub mod held_now;
 pub mod intent;
 pub mod listener;
 pub mod marks;
+pub mod out_of_scope;
 pub mod placement;
 pub mod preimage;
 pub mod requests;

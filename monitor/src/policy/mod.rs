@@ -83,6 +83,9 @@ pub struct Policy {
     any_path: globset::GlobSet,
     outside_sessions: bool,
     mark_roots: Vec<PathBuf>,
+    /// What is marked whatever the rules: `gate.trees` and the protected trees, and
+    /// `gate.files` and the protected files.
+    base_marks: (Vec<PathBuf>, Vec<PathBuf>),
     request_ttl: Duration,
     max_preimage_bytes: u64,
     masker: Arc<crate::event::excerpt::Masker>,
@@ -109,6 +112,9 @@ impl Policy {
         let mut files = compiled.files;
         files.extend(protected.files().iter().cloned());
         let outside_sessions = compiled.rules.iter().any(|r| r.rule.outside_sessions);
+        let mut base_dirs = config.trees.clone();
+        base_dirs.extend(protected.trees().iter().cloned());
+        let base_marks = (base_dirs, files.clone());
         Ok(Policy {
             builtin: Builtin::new(protected),
             builtin_rule,
@@ -116,6 +122,7 @@ impl Policy {
             any_path: compiled.any_path,
             outside_sessions,
             mark_roots: mark_roots(dirs, files),
+            base_marks,
             request_ttl: config.request_ttl.0,
             max_preimage_bytes: config.max_preimage_bytes,
             // Checked by `compile_rules` above.
@@ -189,6 +196,25 @@ impl Policy {
     /// exist yet.
     pub fn mark_roots(&self) -> Vec<PathBuf> {
         self.mark_roots.clone()
+    }
+
+    /// What the gate watches for a session of `agent` (`scoped`: it declared a scope):
+    /// the trees of the configured rules that can apply to it (a rule whose `agents` do
+    /// not match it, or with `within_scope` when it has no scope, cannot), `gate.trees`,
+    /// `gate.files` and confgate's protected paths, as [`Policy::mark_roots`] lists them;
+    /// and the names of those rules, in evaluation order.
+    pub fn gated_for(&self, agent: &str, scoped: bool) -> (Vec<PathBuf>, Vec<String>) {
+        let who = Candidate::from_bytes(agent.as_bytes());
+        let (mut dirs, files) = self.base_marks.clone();
+        let mut names = Vec::new();
+        for r in &self.rules {
+            let agent_ok = r.agents.as_ref().is_none_or(|a| a.is_match_candidate(&who));
+            if agent_ok && (scoped || r.within_scope.is_none()) {
+                dirs.extend(r.roots.iter().cloned());
+                names.push(r.rule.name.clone());
+            }
+        }
+        (mark_roots(dirs, files), names)
     }
 
     /// The configured rule named `name` (e.g. to find the `on_expiry` of a request's rule);

@@ -488,6 +488,8 @@ pub(crate) struct CompiledRule {
     pub(crate) ops: Option<OpSet>,
     /// `Some(w)`: only queries whose `within_scope` is `Some(w)`.
     pub(crate) within_scope: Option<bool>,
+    /// The literal directory prefixes of its path globs (the trees it gates).
+    pub(crate) roots: Vec<PathBuf>,
 }
 
 /// What compiling the configured rules yields.
@@ -598,12 +600,14 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
             );
         }
         let mut paths = GlobSetBuilder::new();
+        let mut roots = Vec::new();
         for (j, pattern) in r.paths.iter().enumerate() {
             let field = format!("{prefix}.paths[{j}]");
             if let Some(glob) = check_path_glob(&mut p, &field, pattern) {
                 match literal_root(pattern) {
                     Some(root) => {
                         let root = PathBuf::from(root);
+                        roots.push(root.clone());
                         if !trees.contains(&root) {
                             trees.push(root);
                         }
@@ -703,6 +707,7 @@ pub(crate) fn compile_rules(g: &GateConfig) -> Result<CompiledRules, Vec<PolicyE
             agents: (!r.agents.is_empty()).then_some(agents),
             ops: (!ops.is_empty()).then_some(ops),
             within_scope: r.within_scope,
+            roots,
         });
     }
     if !p.0.is_empty() {

@@ -341,6 +341,38 @@ fn mark_roots_are_derived() {
 }
 
 #[test]
+fn gated_for_lists_only_what_applies_to_the_agent() {
+    let mut codex = rule("codex-only", &["/srv/codex/**"], Verdict::Ask);
+    codex.agents = vec!["codex*".into()];
+    let mut scoped = rule("own", &["/opt/app/**"], Verdict::Allow);
+    scoped.within_scope = Some(true);
+    let mut g = gate(vec![
+        codex,
+        scoped,
+        rule("all", &["/etc/ssh/**"], Verdict::Ask),
+    ]);
+    g.files = vec![PathBuf::from("/root/.bashrc")];
+    let p = Policy::compile(&g, &protected()).unwrap();
+    let (trees, rules) = p.gated_for("claude-code", false);
+    assert_eq!(rules, ["all"]);
+    let trees: Vec<&str> = trees.iter().filter_map(|t| t.to_str()).collect();
+    assert_eq!(
+        trees,
+        [
+            "/etc/confgate",
+            "/etc/ssh",
+            "/root/.bashrc",
+            "/usr/local/bin/confgate",
+            "/var/lib/confgate"
+        ]
+    );
+    let (trees, rules) = p.gated_for("codex-nightly", true);
+    assert_eq!(rules, ["codex-only", "own", "all"]);
+    assert!(trees.contains(&PathBuf::from("/srv/codex")));
+    assert!(trees.contains(&PathBuf::from("/opt/app")));
+}
+
+#[test]
 fn default_policy() {
     let p = Policy::compile(&GateConfig::default(), &protected()).unwrap();
     assert!(!p.gates_outside_sessions());

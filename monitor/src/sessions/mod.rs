@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
 
+pub mod exit;
 mod registry;
+pub mod scope;
 mod store;
 mod text;
 

@@ -13,6 +13,7 @@ fn register_req(agent: &str) -> pb::RegisterSessionRequest {
         cwd: "/work".into(),
         confine: false,
         scope: vec![],
+        exit_report_key: vec![],
     }
 }
 

@@ -52,7 +52,9 @@ impl Engine {
             write: ev.is_write(),
         };
         let policy = self.state.policy();
+        let outside = q.write && q.session.is_some_and(|s| s.within_scope == Some(false));
         let next = match policy.evaluate(&q) {
+            _ if outside => Next::ScopeDenied,
             None => Next::Allow,
             Some(m) => match (m.builtin, m.rule.verdict) {
                 (false, Verdict::Allow) => Next::Allow,
@@ -190,6 +192,16 @@ impl Engine {
                 GateMetrics::inc(&self.state.metrics.denied_by_policy);
                 self.deny(p.held, p.created).await;
                 self.audit("denied_by_policy", body).await;
+            }
+            Next::ScopeDenied => {
+                let ev = p.held.event();
+                let body = json!({"path": encode(&ev.path), "session": ev.session,
+                                  "pid": ev.tgid, "source": "fanotify"});
+                GateMetrics::inc(&self.state.metrics.scope_denied);
+                GateMetrics::inc(&self.state.metrics.denied);
+                warn!(path = %encode(&ev.path), session = ev.session, pid = ev.tgid, "gate refused a write outside the session's declared scope");
+                self.deny(p.held, p.created).await;
+                self.ledger("scope_denied", body).await;
             }
             Next::Granted(grant_id) => {
                 let ev = p.held.event();

@@ -23,6 +23,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
+pub use tally::SessionCounts;
+
 use super::changes::{self, CHANGES, Change};
 use super::context;
 use super::decider::{GateDecider, GateMetrics, GateState, Note, ops_of};
@@ -48,6 +50,7 @@ mod expiry;
 mod hold;
 mod notices;
 mod review;
+mod tally;
 mod tell;
 
 /// Notes from the permission thread (its own denies) waiting for the ledger.
@@ -160,6 +163,8 @@ pub struct Engine {
     baseline: Option<Arc<BaselineService>>,
     /// Undecided reviews by path (see [`review`]); one step of a path's review at a time.
     reviews: tokio::sync::Mutex<HashMap<Vec<u8>, review::Review>>,
+    /// Per-session counts of the records ledgered (for `session_end`).
+    tally: tally::Tally,
 }
 
 /// A held open waiting for the decision of its request.
@@ -187,6 +192,9 @@ enum Next {
     Allow,
     /// A deny rule (or the built-in self-protection rule) matched.
     Deny(Arc<Rule>),
+    /// A write by a session outside its declared scope (an unconfined session's: a
+    /// confined one's is refused by its supervisor before).
+    ScopeDenied,
     /// An `ask` that this live grant covers.
     Granted(u64),
     DenyAndRequest(Arc<Rule>, OpSet),
@@ -373,6 +381,7 @@ impl Engine {
             to_tell: Mutex::new(HashMap::new()),
             baseline,
             reviews: tokio::sync::Mutex::new(HashMap::new()),
+            tally: tally::Tally::default(),
         });
         tokio::spawn(engine.clone().accepted_loop(engine.uplink.accepted()));
         tokio::spawn(engine.clone().held_loop(held));
@@ -539,10 +548,26 @@ impl Engine {
     // ---- audit -------------------------------------------------------------------------
 
     async fn ledger(&self, kind: &'static str, body: Value) {
+        self.tally.note(kind, &body);
         if let Err(e) = self.ledger.append_async(kind, body).await {
             GateMetrics::inc(&self.state.metrics.ledger_errors);
             warn!(kind, error = %e, "cannot append to the ledger");
         }
+    }
+
+    /// The paths outside sessions' scopes already recorded or refused.
+    pub fn scope_seen(&self) -> &super::out_of_scope::Seen {
+        &self.state.scope_seen
+    }
+
+    /// Session `id` started: its counts start (see [`tally`]).
+    pub fn session_began(&self, id: u64) {
+        self.tally.begin(id);
+    }
+
+    /// Session `id`'s counts of ledgered records, forgotten here.
+    pub fn session_counts(&self, id: u64) -> SessionCounts {
+        self.tally.take(id)
     }
 
     /// A host ledger record (a session's start or end record).

@@ -57,6 +57,9 @@ pub struct Args {
     pub session: u64,
     /// The command to exec (searched in `PATH`).
     pub command: Vec<OsString>,
+    /// `--die-with-parent`: the command gets SIGKILL when the process that started the
+    /// helper (`confgate run`'s launcher) dies, as it would if it were that process.
+    pub die_with_parent: bool,
 }
 
 /// A failure, and the exit code it ends the helper with.
@@ -80,8 +83,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, Fail
     let mut it = args.into_iter();
     let mut socket = None;
     let mut session = None;
+    let mut die_with_parent = false;
     while let Some(a) = it.next() {
         match a.as_bytes() {
+            b"--die-with-parent" => die_with_parent = true,
             b"--socket" => socket = it.next().map(PathBuf::from),
             b"--session" => {
                 session = it
@@ -98,9 +103,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args, Fail
             socket,
             session,
             command,
+            die_with_parent,
         }),
         _ => Err(fail(
-            "usage: confgate-confine --socket PATH --session ID -- COMMAND... (run by `confgate run`)",
+            "usage: confgate-confine --socket PATH --session ID [--die-with-parent] -- COMMAND... (run by `confgate run`)",
         )),
     }
 }
@@ -116,6 +122,7 @@ pub fn confine_and_exec(args: &Args) -> Failure {
         Ok(v) => v,
         Err(_) => return fail("a command argument contains a NUL byte"),
     };
+    let parent = nix::unistd::getppid();
     let (ruid, rgid) = match (getresuid(), getresgid()) {
         (Ok(u), Ok(g)) => (u.real, g.real),
         _ => return fail("cannot read this process's credentials"),
@@ -130,6 +137,12 @@ pub fn confine_and_exec(args: &Args) -> Failure {
         return e;
     }
     if let Err(e) = drop_privileges(ruid, rgid) {
+        return e;
+    }
+    // Set after the last change of credentials (which clears it).
+    if args.die_with_parent
+        && let Err(e) = die_with(parent)
+    {
         return e;
     }
     let Err(errno) = nix::unistd::execvp(&argv[0], &argv);
@@ -281,6 +294,18 @@ fn hide(spec: &ConfineSpec) -> io::Result<()> {
     Ok(())
 }
 
+/// SIGKILL when `parent` dies; fails if it has died already.
+fn die_with(parent: nix::unistd::Pid) -> Result<(), Failure> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| fail(format!("PR_SET_PDEATHSIG: {}", e.desc())))?;
+    if nix::unistd::getppid() != parent {
+        return Err(fail(
+            "confgate run exited before the command started; the command was not run",
+        ));
+    }
+    Ok(())
+}
+
 /// Back to the caller's real uid and gid (saved ids too; supplementary groups were never
 /// changed by the setuid exec). Checks that root cannot be regained.
 fn drop_privileges(ruid: Uid, rgid: Gid) -> Result<(), Failure> {
@@ -309,6 +334,7 @@ mod tests {
             "/run/s",
             "--session",
             "12",
+            "--die-with-parent",
             "--",
             "sh",
             "-c",
@@ -318,6 +344,7 @@ mod tests {
         assert_eq!(a.socket, PathBuf::from("/run/s"));
         assert_eq!(a.session, 12);
         assert_eq!(a.command, os(&["sh", "-c", "x"]));
+        assert!(a.die_with_parent);
         for bad in [
             &["--socket", "/s", "--session", "x", "--", "sh"][..],
             &["--socket", "/s", "--session", "1", "--"],

@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 
 use super::ConfineSpec;
 use super::common::SupervisorCounters;
@@ -28,11 +28,9 @@ use super::ops::Op;
 use super::report::Reporter;
 use super::resolve::Target;
 use crate::gate::listener::Decider;
+use crate::sessions::scope::glob;
 
-/// Most globs a session may declare.
-pub const MAX_SCOPE_GLOBS: usize = 64;
-/// Longest glob, in bytes.
-pub const MAX_SCOPE_GLOB_BYTES: usize = 4096;
+pub use crate::sessions::scope::{MAX_SCOPE_GLOB_BYTES, MAX_SCOPE_GLOBS, validate};
 
 /// Always writable by a scoped session (terminals and the null devices: a shell's
 /// `2>/dev/null` must keep working). Each is a path or a directory (everything beneath).
@@ -44,48 +42,6 @@ pub const ALWAYS_WRITABLE: &[&str] = &[
     "/dev/ptmx",
     "/dev/pts",
 ];
-
-/// Checks what a caller declares as a session's scope: at most [`MAX_SCOPE_GLOBS`] absolute
-/// globs of at most [`MAX_SCOPE_GLOB_BYTES`] bytes, no control characters, each compiling.
-pub fn validate(globs: &[String]) -> Result<(), String> {
-    if globs.len() > MAX_SCOPE_GLOBS {
-        return Err(format!(
-            "at most {MAX_SCOPE_GLOBS} scope globs ({} given)",
-            globs.len()
-        ));
-    }
-    for g in globs {
-        let shown = crate::sessions::escape_text(g);
-        if g.len() > MAX_SCOPE_GLOB_BYTES {
-            return Err(format!(
-                "scope glob longer than {MAX_SCOPE_GLOB_BYTES} bytes"
-            ));
-        }
-        if !g.starts_with('/') {
-            return Err(format!("scope glob {shown:?} is not an absolute path"));
-        }
-        if g.chars().any(char::is_control) {
-            return Err(format!("scope glob {shown:?} contains a control character"));
-        }
-        if g.ends_with('/') {
-            return Err(format!("scope glob {shown:?} ends with `/` (use `DIR/**`)"));
-        }
-        if g.split('/').any(|c| c == ".." || c == ".") {
-            return Err(format!(
-                "scope glob {shown:?} contains a `.` or `..` component"
-            ));
-        }
-        glob(g).map_err(|e| format!("scope glob {shown:?}: {e}"))?;
-    }
-    Ok(())
-}
-
-fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-}
 
 fn is_meta(c: char) -> bool {
     matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\')

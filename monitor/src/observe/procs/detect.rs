@@ -25,10 +25,13 @@ pub struct Detection {
     pub agent: String,
     /// The rule's name (its configured `agent`).
     pub rule: String,
+    /// The rule's `scope` (validated by the configuration check).
+    pub scope: Vec<String>,
 }
 
 struct Rule {
     agent: String,
+    scope: Vec<String>,
     exe: GlobSet,
     comm: Vec<Vec<u8>>,
     argv: GlobSet,
@@ -85,6 +88,7 @@ impl Detector {
             .map(|r| {
                 Ok(Rule {
                     agent: r.agent.clone(),
+                    scope: r.scope.clone(),
                     exe: globs(&r.agent, &r.exe)?,
                     comm: r.comm.iter().map(|c| c.as_bytes().to_vec()).collect(),
                     argv: globs(&r.agent, &r.argv)?,
@@ -127,6 +131,7 @@ impl Detector {
                 return Some(Detection {
                     agent: r.agent.clone(),
                     rule: r.agent.clone(),
+                    scope: r.scope.clone(),
                 });
             }
             if !r.env.is_empty() {
@@ -146,6 +151,7 @@ impl Detector {
                                 return Some(Detection {
                                     agent,
                                     rule: r.agent.clone(),
+                                    scope: r.scope.clone(),
                                 });
                             }
                         }
@@ -161,6 +167,7 @@ impl Detector {
                     return Some(Detection {
                         agent: r.agent.clone(),
                         rule: r.agent.clone(),
+                        scope: r.scope.clone(),
                     });
                 }
             }
