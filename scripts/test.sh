@@ -83,7 +83,7 @@ cargo test --quiet -- --test-threads=2
 # fuzz/artifacts/<target>/.
 if [ "$FUZZ_SECS" -gt 0 ]; then
     step "cargo fuzz build"
-    cargo +nightly fuzz build --fuzz-dir fuzz -O -a
+    cargo +nightly fuzz build --fuzz-dir fuzz -O -a --codegen-units 16
     targets=$(cargo +nightly fuzz list --fuzz-dir fuzz)
     n=0
     for t in $targets; do
@@ -91,7 +91,7 @@ if [ "$FUZZ_SECS" -gt 0 ]; then
         scratch="fuzz/target/corpus/$t"
         mkdir -p "$scratch" "fuzz/corpus/$t"
         log="fuzz/target/$t.log"
-        if ! cargo +nightly fuzz run --fuzz-dir fuzz -O -a "$t" "$scratch" "fuzz/corpus/$t" -- \
+        if ! cargo +nightly fuzz run --fuzz-dir fuzz -O -a --codegen-units 16 "$t" "$scratch" "fuzz/corpus/$t" -- \
             -max_total_time="$FUZZ_SECS" -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
             tail -n 60 "$log"
             echo "fuzz target $t failed: the input is in fuzz/artifacts/$t/" >&2

@@ -64,15 +64,22 @@ pub struct Args {
     /// approval round trip, to see how much of it is the disk; implies --no-write.
     #[arg(long)]
     scratch: Option<PathBuf>,
+    /// Measure the debug build (`cargo build`, target/debug) instead of building optimized
+    /// binaries: CI runs the quick bench this way so that the harness is exercised without
+    /// a second, optimized build of the workspace (~9 min on 2 cores). Its figures are
+    /// not the project's; implies --no-write.
+    #[arg(long)]
+    debug_build: bool,
 }
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
+fn cargo_build(release: bool, args: &[&str]) -> anyhow::Result<()> {
     let st = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet"])
+        .args(["build", "--quiet"])
+        .args(release.then_some("--release"))
         .args(args)
         .current_dir(root())
         .status()?;
@@ -231,13 +238,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ops: a.ops.unwrap_or(if a.quick { 20_000 } else { 100_000 }),
         idle_secs: a.idle_secs.unwrap_or(if a.quick { 3 } else { 60 }),
     };
-    eprintln!("building release binaries...");
+    let (release, profile) = if a.debug_build {
+        (false, "debug")
+    } else {
+        (true, "release")
+    };
+    eprintln!("building {profile} binaries...");
     if a.confgate.is_none() {
         // Every binary of the crate: `confgate` and, where the build has it, the
         // `confgate-confine` helper that `confgate run` execs.
-        cargo_build(&["-p", "monitor", "--bins"])?;
+        cargo_build(release, &["-p", "monitor", "--bins"])?;
     }
-    cargo_build(&["-p", "xtask"])?;
+    cargo_build(release, &["-p", "xtask"])?;
     eprintln!("built in {:.1} s", started.elapsed().as_secs_f64());
     let scratch = tempfile::Builder::new()
         .prefix("confgate-bench-")
@@ -254,8 +266,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         confgate: a
             .confgate
             .clone()
-            .unwrap_or_else(|| target_dir().join("release/confgate")),
-        xtask: target_dir().join("release/xtask"),
+            .unwrap_or_else(|| target_dir().join(profile).join("confgate")),
+        xtask: target_dir().join(profile).join("xtask"),
         watched: fs.join("watched"),
         unwatched: fs.join("unwatched"),
         features: Features::default(),
@@ -273,7 +285,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !a.only.is_empty() {
         scenarios.retain(|s| a.only.contains(&s.id()));
     }
-    let write = !a.no_write && a.only.is_empty() && a.confgate.is_none() && a.scratch.is_none();
+    let write = !a.no_write
+        && !a.debug_build
+        && a.only.is_empty()
+        && a.confgate.is_none()
+        && a.scratch.is_none();
     // Every daemon watches the default set plus the benchmark's watched tree, with what
     // the scenarios add.
     let mut watch = default_watch_set();
@@ -348,6 +364,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut results = json!({
         "date": date,
         "quick": plan.quick,
+        "build": profile,
         "rounds": plan.rounds,
         "ops_per_run": plan.ops,
         "ringbuf_bytes": a.ringbuf_bytes,
