@@ -101,28 +101,9 @@ fn daemon(url: &str, extra: &str) -> Daemon {
     })
 }
 
-/// Every message in the stream: (subject, payload).
+/// Every message in the daemon's stream: (subject, payload).
 fn stream_messages(url: &str) -> Vec<(String, Value)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("connect");
-        let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream(STREAM).await.expect("stream");
-        let info = stream.info().await.expect("info").state.clone();
-        let mut out = Vec::new();
-        for seq in info.first_sequence..=info.last_sequence {
-            if info.messages == 0 {
-                break;
-            }
-            let m = stream.get_raw_message(seq).await.expect("message");
-            let v: Value = serde_json::from_slice(&m.payload).expect("payload is JSON");
-            out.push((m.subject.to_string(), v));
-        }
-        out
-    })
+    messages_of(url, STREAM)
 }
 
 fn ids(events: &[Value]) -> BTreeSet<String> {
@@ -307,7 +288,7 @@ fn past_a_full_buffer_drops_are_counted_exactly_and_ledgered() {
     assert_eq!(missing, dropped, "every missing event is a counted drop");
 }
 
-/// Every message of `stream` (subject, payload as JSON).
+/// Every message of `stream` (subject, payload as JSON); none when it does not exist.
 fn messages_of(url: &str, stream: &str) -> Vec<(String, Value)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
