@@ -22,6 +22,7 @@ counters! {
     decode_errors: "ring-buffer records that could not be decoded (malformed or unknown)",
     exits_without_enter: "syscall exits with no matching enter (enter lost or raced the daemon start)",
     enters_without_exit: "syscall enters whose exit never arrived (flushed as result unknown)",
+    exits_lost: "session processes found gone without their exit record (ring buffer full): marked exited so that their sessions end",
     unresolved_paths: "paths whose base directory could not be determined",
     unwatched_dropped: "session operations on paths outside the watch set (not reported)",
     fanotify_events: "fanotify events read",

@@ -306,6 +306,22 @@ impl Core {
         self.records_at_tick = records;
         self.cadence.ticked(now, quiet);
         if self.cadence.sweep_due(now) {
+            // An exit record lost to a full ring buffer would keep its process a member,
+            // and its session (with its host-wide marks, and its end record unwritten)
+            // alive forever: members the kernel no longer has are marked exited here.
+            let (forget, lost) = self
+                .pipeline
+                .reap_vanished(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if lost > 0 {
+                self.metrics
+                    .exits_lost
+                    .fetch_add(lost as u64, Ordering::Relaxed);
+                warn!(
+                    lost,
+                    "session processes exited without their exit record (ring buffer full): marked exited"
+                );
+                self.act(forget);
+            }
             let sessions = self.shared.registry.live();
             let live: Vec<u64> = sessions.iter().map(|s| s.id).collect();
             // The process table learns a new session's members from their first kernel

@@ -447,6 +447,21 @@ impl Pipeline {
     }
 
     /// Of the live `sessions`, those whose last process has exited.
+    /// Session members whose exit record was lost (`alive` says they are gone) are
+    /// marked exited, so that their sessions end (and a dropped exit does not keep a
+    /// session, its host-wide marks and its missing end record alive forever). Returns
+    /// the kernel-map cleanups and how many were reaped.
+    pub fn reap_vanished(&mut self, alive: impl Fn(u32) -> bool) -> (Vec<Action>, usize) {
+        let gone = self.procs.reap_vanished(alive);
+        let n = gone.len();
+        let actions = gone
+            .into_iter()
+            .filter(|(_, fds)| !fds.is_empty())
+            .map(|(tgid, fds)| Action::ForgetFds { tgid, fds })
+            .collect();
+        (actions, n)
+    }
+
     pub fn ended_sessions(&self, sessions: &[u64]) -> Vec<Action> {
         self.procs
             .sessions_without_members(sessions)

@@ -294,6 +294,42 @@ impl ProcTable {
     }
 
     /// Of `sessions`, those with no live process left (one pass over the table).
+    /// Session members not known to have exited for which `alive` says no: their exit
+    /// record was lost (ring buffer full). Each is marked exited now, like an exit record
+    /// would, so its session can end; returns each one's tracked descriptors (for the
+    /// kernel map), as [`ProcTable::on_exit`] does.
+    pub fn reap_vanished(&mut self, alive: impl Fn(u32) -> bool) -> Vec<(u32, Vec<i32>)> {
+        let gone: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(pid, p)| p.exited.is_none() && p.session != 0 && !alive(**pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        let now = Instant::now();
+        let mut out = Vec::with_capacity(gone.len());
+        for pid in gone {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                if p.tentative {
+                    self.procs.remove(&pid);
+                    self.generation += 1;
+                } else {
+                    p.exited = Some(now);
+                }
+            }
+            let mut fds = Vec::new();
+            self.fds.retain(|(tgid, fd), _| {
+                if *tgid == pid {
+                    fds.push(*fd);
+                    false
+                } else {
+                    true
+                }
+            });
+            out.push((pid, fds));
+        }
+        out
+    }
+
     pub fn sessions_without_members(&self, sessions: &[u64]) -> Vec<u64> {
         let alive: std::collections::HashSet<u64> = self
             .procs
@@ -410,6 +446,36 @@ mod tests {
         assert_eq!(t.sessions_without_members(&[7, 0]), vec![7, 0]);
         t.gc(Instant::now() + EXITED_RETENTION + Duration::from_secs(1));
         assert!(t.get(11).is_none());
+    }
+
+    #[test]
+    fn a_member_gone_without_its_exit_record_is_reaped() {
+        let mut t = ProcTable::default();
+        for (pid, session) in [(20, 7), (21, 7), (22, 0)] {
+            t.procs.insert(
+                pid,
+                Proc {
+                    pid,
+                    ppid: 1,
+                    session,
+                    ..Proc::default()
+                },
+            );
+        }
+        t.set_fd(21, 4, b"/etc/x"[..].into());
+        assert!(t.sessions_without_members(&[7]).is_empty());
+        // 21's exit record was lost; 20 is alive; 22 belongs to no session (not checked).
+        let gone = t.reap_vanished(|pid| pid == 20);
+        assert_eq!(gone, vec![(21, vec![4])]);
+        assert!(t.get(21).is_some_and(|p| p.exited.is_some()));
+        assert!(t.get(22).is_some_and(|p| p.exited.is_none()));
+        assert!(
+            t.sessions_without_members(&[7]).is_empty(),
+            "20 is still there"
+        );
+        assert_eq!(t.reap_vanished(|_| false), vec![(20, vec![])]);
+        assert_eq!(t.sessions_without_members(&[7]), vec![7]);
+        assert!(t.reap_vanished(|_| false).is_empty(), "reaped once");
     }
 
     #[test]
