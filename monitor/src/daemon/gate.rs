@@ -547,7 +547,7 @@ impl GateRuntime {
 
     /// An agent session ended (its last member exited).
     pub fn on_session_ended(&self, id: u64) {
-        self.engine.scope_seen().forget(id);
+        self.engine.forget_session_scope(id);
         self.supervisors.ended(id);
         let engine = Arc::clone(&self.engine);
         tokio::spawn(async move { engine.session_ended(id).await });

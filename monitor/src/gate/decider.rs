@@ -273,6 +273,11 @@ impl GateState {
         Some(a)
     }
 
+    /// Session `id` ended: its compiled scope is dropped (ids are not reused).
+    pub fn forget_scope(&self, id: u64) {
+        write(&self.scopes).remove(&id);
+    }
+
     /// Whether `path` is inside `session`'s declared scope (`None`: no session, or one
     /// that declared no scope). The globs are compiled once per session, their literal
     /// prefixes resolved as the session's confinement resolved them.

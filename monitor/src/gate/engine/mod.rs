@@ -555,6 +555,12 @@ impl Engine {
         }
     }
 
+    /// Session `id` ended: what was kept per session for scope checks goes.
+    pub fn forget_session_scope(&self, id: u64) {
+        self.state.scope_seen.forget(id);
+        self.state.forget_scope(id);
+    }
+
     /// The paths outside sessions' scopes already recorded or refused.
     pub fn scope_seen(&self) -> &super::out_of_scope::Seen {
         &self.state.scope_seen
