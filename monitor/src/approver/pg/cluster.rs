@@ -5,7 +5,7 @@
 //! PostgreSQL refuses to run as root: as root, the cluster's commands run as the `postgres`
 //! user (the Debian package's), which then owns the directory. The binaries are taken from
 //! `$CONFGATE_PG_BIN`, else the newest `/usr/lib/postgresql/<version>/bin`.
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt as _};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -213,6 +213,55 @@ impl TestCluster {
     /// Starts it again on the same port.
     pub fn restart(&self) -> Result<(), Missing> {
         self.pg_start()
+    }
+
+    /// Turns TLS on with this certificate and key (PEM), and requires it for loopback TCP
+    /// connections (`hostssl` only): a client that does not speak TLS is refused.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), Missing> {
+        let data = PathBuf::from(self.data());
+        let write = |name: &str, text: &str| -> Result<(), Missing> {
+            let p = data.join(name);
+            std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        write("server.crt", cert_pem)?;
+        write("server.key", key_pem)?;
+        let append = |name: &str, text: &str| -> Result<(), Missing> {
+            use std::io::Write as _;
+            let p = data.join(name);
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| format!("{}: {e}", p.display()))
+        };
+        append(
+            "postgresql.conf",
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )?;
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("host ") {
+                    format!("hostssl{}\n", &l[4..])
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&hba, text).map_err(|e| e.to_string())?;
+        self.run("pg_ctl", &["-D", &self.data(), "reload"])
+            .map(|_| ())?;
+        // The reload is asynchronous: give the postmaster a moment.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Ok(())
     }
 
     /// The server's log so far (for a failing test's message).

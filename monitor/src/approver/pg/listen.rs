@@ -40,31 +40,60 @@ pub(super) struct Payload {
     pub change: Fanout,
 }
 
+/// The connection's messages on a channel, read by a task (`Some(error)` when it ends
+/// with one).
+#[allow(clippy::type_complexity)]
+fn drive<S, T>(
+    client: tokio_postgres::Client,
+    mut conn: tokio_postgres::Connection<S, T>,
+) -> (
+    tokio_postgres::Client,
+    mpsc::UnboundedReceiver<AsyncMessage>,
+    tokio::task::JoinHandle<Option<String>>,
+)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (msgs_tx, msgs) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(m)) => {
+                    if msgs_tx.send(m).is_err() {
+                        return None;
+                    }
+                }
+                Some(Err(e)) => return Some(e.to_string()),
+                None => return None,
+            }
+        }
+    });
+    (client, msgs, driver)
+}
+
 /// Listens until `tx` is closed; skips the changes of `origin` (0: skips none).
 pub(super) async fn run(
     config: tokio_postgres::Config,
+    tls: Option<tokio_rustls::rustls::ClientConfig>,
     origin: u64,
     tx: mpsc::Sender<Fanout>,
     url: String,
 ) {
     let mut logged_down = false;
     while !tx.is_closed() {
-        match config.connect(NoTls).await {
-            Ok((client, mut conn)) => {
-                let (msgs_tx, mut msgs) = mpsc::unbounded_channel();
-                let driver = tokio::spawn(async move {
-                    loop {
-                        match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                            Some(Ok(m)) => {
-                                if msgs_tx.send(m).is_err() {
-                                    return None;
-                                }
-                            }
-                            Some(Err(e)) => return Some(e.to_string()),
-                            None => return None,
-                        }
-                    }
-                });
+        let connected = match &tls {
+            Some(c) => config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(c.clone()))
+                .await
+                .map(|(client, conn)| drive(client, conn)),
+            None => config
+                .connect(NoTls)
+                .await
+                .map(|(client, conn)| drive(client, conn)),
+        };
+        match connected {
+            Ok((client, mut msgs, driver)) => {
                 match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                     Ok(()) => {
                         if logged_down {

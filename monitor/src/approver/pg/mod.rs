@@ -25,6 +25,7 @@ mod ops;
 pub mod schema;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -34,6 +35,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls::ClientConfig;
 
 use crate::store::StoreError;
 
@@ -74,21 +77,29 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// The client library's configuration and the TLS client configuration (`None`: plain
+/// connections) for `url`, or why it cannot be used.
+fn parse(url: &str) -> Result<(tokio_postgres::Config, Option<ClientConfig>), String> {
+    let (rest, files) = tls::split(url)?;
+    let config = tokio_postgres::Config::from_str(&rest)
+        .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
+    if config.get_hosts().is_empty() {
+        return Err("names no host (give one, or host=/run/postgresql for the socket)".to_owned());
+    }
+    let tls = tls::client_config(&files)?;
+    if tls.is_none() && config.get_ssl_mode() == SslMode::Require {
+        return Err(
+            "sslmode=require needs sslrootcert=/path/to/ca.pem: the server's certificate is \
+             verified against it (and its name or address), never trusted blindly"
+                .to_owned(),
+        );
+    }
+    Ok((config, tls))
+}
+
 /// Why `url` cannot be used, or `None` (for the configuration check).
 pub fn url_problem(url: &str) -> Option<String> {
-    match tokio_postgres::Config::from_str(url) {
-        Err(e) => Some(format!("not a PostgreSQL connection URL: {e}")),
-        Ok(c) if c.get_ssl_mode() == SslMode::Require => Some(
-            "sslmode=require: this build connects to PostgreSQL without TLS; use a Unix socket \
-             (host=/run/postgresql), a loopback or private address, or a TLS tunnel, with \
-             sslmode=disable or prefer"
-                .to_owned(),
-        ),
-        Ok(c) if c.get_hosts().is_empty() => {
-            Some("names no host (give one, or host=/run/postgresql for the socket)".to_owned())
-        }
-        Ok(_) => None,
-    }
+    parse(url).err()
 }
 
 /// The service's state in PostgreSQL.
@@ -104,6 +115,8 @@ struct Inner {
     handle: tokio::runtime::Handle,
     pool: Pool,
     config: tokio_postgres::Config,
+    /// TLS to the server (`sslrootcert` given), for the listening connection too.
+    tls: Option<ClientConfig>,
     /// Tells this replica's own notifications from the others'.
     origin: u64,
     redacted: String,
@@ -159,11 +172,7 @@ impl PgStore {
     /// pool of connections. Fails when the database cannot be reached or its schema is
     /// newer than this build knows.
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        if let Some(why) = url_problem(url) {
-            return Err(pg_err(&redacted(url), why));
-        }
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| pg_err(&redacted(url), e))?;
+        let (mut config, tls) = parse(url).map_err(|e| pg_err(&redacted(url), e))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -177,13 +186,15 @@ impl PgStore {
             .build()
             .map_err(|e| pg_err("runtime", e))?;
         let handle = rt.handle().clone();
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let mc = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(c) => {
+                Manager::from_config(config.clone(), MakeRustlsConnect::new(c.clone()), mc())
+            }
+            None => Manager::from_config(config.clone(), NoTls, mc()),
+        };
         let pool = {
             let _guard = handle.enter();
             Pool::builder(manager)
@@ -201,6 +212,7 @@ impl PgStore {
                 handle,
                 pool,
                 config,
+                tls,
                 origin: fastrand::u64(1..),
                 redacted: redacted(url),
             }),
@@ -245,6 +257,7 @@ impl PgStore {
         let origin = if own { 0 } else { self.inner.origin };
         self.inner.handle.spawn(listen::run(
             self.inner.config.clone(),
+            self.inner.tls.clone(),
             origin,
             tx,
             self.inner.redacted.clone(),

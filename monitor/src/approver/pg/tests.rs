@@ -439,3 +439,80 @@ fn odd_input_round_trips(url: &str) {
     assert!(url_problem("postgres://h/d?sslmode=require").is_some());
     assert!(url_problem("postgresql://u@h:5432/d").is_none());
 }
+
+/// A CA and a server certificate for 127.0.0.1 (PEM): (ca, cert, key).
+fn tls_material() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn the_postgres_store_speaks_tls_verified_against_sslrootcert() {
+    let cluster = match TestCluster::start() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("SKIP: no PostgreSQL to test with: {why}");
+            return;
+        }
+    };
+    let (ca, cert, key) = tls_material();
+    cluster.enable_tls(&cert, &key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca).unwrap();
+    let (other_ca, _, _) = tls_material();
+    let other_path = dir.path().join("other-ca.pem");
+    std::fs::write(&other_path, &other_ca).unwrap();
+    let base = cluster.url().replace("?sslmode=disable", "");
+
+    // Plain connections are refused now (hostssl only).
+    let plain = PgStore::open(&format!("{base}?sslmode=disable")).unwrap_err();
+    assert!(plain.to_string().contains("confgate"), "{plain}");
+
+    // TLS, the server verified: the store works, and its connection is encrypted.
+    let url = format!("{base}?sslmode=require&sslrootcert={}", ca_path.display());
+    let s = PgStore::open(&url).unwrap_or_else(|e| panic!("{e}\n{}", cluster.log()));
+    let (r, _) = s.submit(new_request("h1", 1, 100)).unwrap();
+    assert!(s.request(r.id).unwrap().is_some());
+    let pool = s.pool();
+    let ssl: bool = s
+        .run(async move {
+            let c = pool.get().await.map_err(|e| pg_err("pool", e))?;
+            let row = c
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(|e| db_err("query", e))?;
+            Ok(row.get::<_, bool>(0))
+        })
+        .unwrap();
+    assert!(ssl, "the store's connection is TLS");
+    // Replicas' notifications travel over TLS too.
+    let mut rx = s.listen(true);
+    assert_eq!(rx.blocking_recv(), Some(Fanout::Resync));
+
+    // A server certificate from another CA is refused, with the reason.
+    let bad = format!(
+        "{base}?sslmode=require&sslrootcert={}",
+        other_path.display()
+    );
+    let e = PgStore::open(&bad).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    // require without a CA to verify against is refused before connecting.
+    assert!(
+        url_problem(&format!("{base}?sslmode=require"))
+            .unwrap()
+            .contains("sslrootcert")
+    );
+}
