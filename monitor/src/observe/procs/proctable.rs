@@ -146,10 +146,21 @@ impl ProcTable {
     pub fn on_fork(&mut self, parent: &Header, child_pid: u32) {
         let mut child = match self.procs.get(&parent.tgid) {
             Some(p) => p.clone(),
-            None => Proc {
-                comm: parent.comm.to_vec(),
-                uid: parent.uid,
-                ..Proc::default()
+            // A parent the daemon never saw start (a session's root, started before its
+            // session): described from procfs now, its working directory above all. The
+            // child's own, read later when a relative path needs it, may have moved on by
+            // then (`mkdir -p c/d` creates `c`, then chdirs into it at once).
+            None => match proc_from_procfs(parent.tgid) {
+                Some(mut p) => {
+                    p.session = parent.session_id;
+                    self.procs.insert(parent.tgid, p.clone());
+                    p
+                }
+                None => Proc {
+                    comm: parent.comm.to_vec(),
+                    uid: parent.uid,
+                    ..Proc::default()
+                },
             },
         };
         child.pid = child_pid;
@@ -384,6 +395,9 @@ mod tests {
     use super::*;
     use crate::kernel::decode::Comm;
 
+    /// A pid no live process can have (above the kernel's maximum).
+    const PID_UNUSED: u32 = 4_194_304 + 11;
+
     fn hdr(tgid: u32, tid: u32, session: u64) -> Header {
         Header {
             flags: 0,
@@ -446,6 +460,23 @@ mod tests {
         assert_eq!(t.sessions_without_members(&[7, 0]), vec![7, 0]);
         t.gc(Instant::now() + EXITED_RETENTION + Duration::from_secs(1));
         assert!(t.get(11).is_none());
+    }
+
+    #[test]
+    fn a_child_of_an_unknown_parent_gets_the_parents_cwd_at_once() {
+        let mut t = ProcTable::default();
+        let me = std::process::id();
+        let mut h = hdr(me, me, 9);
+        h.uid = 0;
+        t.on_fork(&h, PID_UNUSED);
+        let cwd = std::env::current_dir().unwrap();
+        let want = Some(cwd.as_os_str().as_encoded_bytes().to_vec());
+        assert_eq!(t.get(PID_UNUSED).and_then(|p| p.cwd.clone()), want);
+        assert_eq!(
+            t.get(me).map(|p| p.session),
+            Some(9),
+            "the parent is known now"
+        );
     }
 
     #[test]
