@@ -261,11 +261,12 @@ fn an_open_that_blocks_past_the_enter_timeout_is_reported_with_result_null() {
         .spawn()
         .expect("confgate run");
     let mut writer = KillOnDrop(writer);
-    // `confgate run` execs the command: the shell that opens the FIFO has the child's pid.
-    let pid = writer.0.id();
+    // `confgate run` forks the session's root, which execs the command (the launcher
+    // waits for its exit status): the shell that opens the FIFO is the launcher's child.
+    let launcher = writer.0.id();
     let by_writer = |ev: &[serde_json::Value]| -> Vec<serde_json::Value> {
         ev.iter()
-            .filter(|e| e["path"] == path.as_str() && e["pid"] == pid)
+            .filter(|e| e["path"] == path.as_str() && e["ppid"] == launcher)
             .cloned()
             .collect()
     };
