@@ -106,6 +106,11 @@ fn stream_messages(url: &str) -> Vec<(String, Value)> {
     messages_of(url, STREAM)
 }
 
+/// The payloads of every message in the daemon's stream.
+fn published(url: &str) -> Vec<Value> {
+    stream_messages(url).into_iter().map(|(_, v)| v).collect()
+}
+
 fn ids(events: &[Value]) -> BTreeSet<String> {
     events
         .iter()
@@ -203,10 +208,7 @@ fn every_event_reaches_a_jetstream_consumer() {
     d.start_again();
     nats.up();
     drained(&d);
-    let got: Vec<Value> = stream_messages(&nats.url())
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let got = published(&nats.url());
     let missing: Vec<_> = before.difference(&ids(&got)).cloned().collect();
     assert!(missing.is_empty(), "lost in the crash: {missing:?}");
     assert_eq!(d.stat("nats_events_dropped"), 0);
@@ -240,10 +242,7 @@ fn a_broker_outage_under_load_loses_nothing() {
     d.settle();
     drained(&d);
     let file = d.all_events();
-    let got: Vec<Value> = stream_messages(&nats.url())
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let got = published(&nats.url());
     let missing: Vec<_> = ids(&file).difference(&ids(&got)).cloned().collect();
     assert!(missing.is_empty(), "{} missing: {missing:?}", missing.len());
     assert_eq!(d.stat("nats_events_dropped"), 0);
@@ -278,10 +277,7 @@ fn past_a_full_buffer_drops_are_counted_exactly_and_ledgered() {
     nats.up();
     drained(&d);
     let file = d.all_events();
-    let got: Vec<Value> = stream_messages(&nats.url())
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
+    let got = published(&nats.url());
     let missing = ids(&file).difference(&ids(&got)).count() as u64;
     let dropped = d.stat("nats_events_dropped");
     assert!(missing > 0);
