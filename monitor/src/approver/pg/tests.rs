@@ -53,14 +53,17 @@ fn approve() -> Resolution {
     }
 }
 
+/// A throwaway cluster, or `None` with the reason printed (no PostgreSQL here).
+fn cluster() -> Option<TestCluster> {
+    TestCluster::start()
+        .inspect_err(|why| eprintln!("SKIP: no PostgreSQL to test with: {why}"))
+        .ok()
+}
+
 #[test]
 fn the_postgres_store_keeps_the_embedded_stores_rules_across_replicas() {
-    let cluster = match TestCluster::start() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("SKIP: no PostgreSQL to test with: {why}");
-            return;
-        }
+    let Some(cluster) = cluster() else {
+        return;
     };
     let db = |name: &str| cluster.create_db(name).unwrap();
     resolve_once_and_log_updates_per_host(&db("resolve"));
@@ -456,12 +459,8 @@ fn tls_material() -> (String, String, String) {
 
 #[test]
 fn the_postgres_store_speaks_tls_verified_against_sslrootcert() {
-    let cluster = match TestCluster::start() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!("SKIP: no PostgreSQL to test with: {why}");
-            return;
-        }
+    let Some(cluster) = cluster() else {
+        return;
     };
     let (ca, cert, key) = tls_material();
     cluster.enable_tls(&cert, &key).unwrap();
