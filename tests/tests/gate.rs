@@ -357,6 +357,18 @@ fn a_session_cannot_open_confgates_own_config() {
     assert!(failed_with_eperm(&o), "{o:?}");
     let o = g.d.in_session("claude", "", &format!("echo x >> {cfg}"));
     assert!(failed_with_eperm(&o), "{o:?}");
+    // confgate's binary is protected from writes only: sessions run it (`confgate propose`,
+    // `confgate mcp`), and an exec is an open the gate cannot tell from a read. (`: >>`
+    // opens for writing and writes nothing, should the protection fail.)
+    let bin = confgate_bin().display().to_string();
+    let o = g.d.in_session(
+        "claude",
+        "",
+        &format!("{bin} --version && cat {bin} >/dev/null"),
+    );
+    assert!(o.status.success(), "{o:?}");
+    let o = g.d.in_session("claude", "", &format!(": >> {bin}"));
+    assert!(!o.status.success(), "{o:?}");
     // Outside a session, reading it is fine.
     ok(&sh(&g.d.watched, &format!("cat {cfg} >/dev/null")));
     assert!(g.stat("gate_denied_builtin") >= 2);

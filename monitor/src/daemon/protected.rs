@@ -10,13 +10,6 @@ use crate::config::{ApprovalMode, Config, DEFAULT_CONFIG_PATH};
 use crate::policy::ProtectedPaths;
 use crate::policy::builtin::CONFIG_DIR;
 
-/// What the daemon protects: `/etc/confgate` (configuration, and by convention the
-/// PKI and tokens), the configuration file in use (`config_path`, wherever it is), the
-/// approval client's CA, certificate and key files and the in-process approval
-/// service's settings file (`[approval]`, wherever they are), the state directory
-/// (store, ledger, pre-images), and the running confgate binary. The directories
-/// holding the credential files are not protected as a whole: a key under
-/// `/etc/ssl/private` protects that file, not every key beside it.
 /// The approval client's credentials and the local service's settings file, as configured.
 fn client_files(config: &Config) -> impl Iterator<Item = &PathBuf> {
     let client = &config.approval.client;
@@ -106,6 +99,14 @@ fn collect_secret_files(v: &toml::Value, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// What the daemon protects: `/etc/confgate` (configuration, and by convention the
+/// PKI and tokens), the configuration file in use (`config_path`, wherever it is), the
+/// approval client's CA, certificate and key files and the in-process approval
+/// service's settings file (`[approval]`, wherever they are), the state directory
+/// (store, ledger, pre-images), and the running confgate binary (from writes
+/// only: sessions run it). The directories
+/// holding the credential files are not protected as a whole: a key under
+/// `/etc/ssl/private` protects that file, not every key beside it.
 pub fn protected_paths(config: &Config, config_path: &Path) -> ProtectedPaths {
     let mut p = ProtectedPaths::new();
     p.tree(CONFIG_DIR);
@@ -185,7 +186,7 @@ mod tests {
         assert!(b.matches(b"/etc/ssl/private/host.key"));
         assert!(!b.matches(b"/etc/ssl/private/other.key"));
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        assert!(p.files().contains(&exe));
+        assert!(p.files().contains(&exe) && p.readable().contains(&exe));
         // The default config path is inside CONFIG_DIR already.
         let p = protected_paths(&config, Path::new(DEFAULT_CONFIG_PATH));
         assert!(!p.files().contains(&PathBuf::from(DEFAULT_CONFIG_PATH)));

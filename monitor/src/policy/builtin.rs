@@ -1,7 +1,9 @@
 //! The built-in self-protection rule.
 //!
 //! Every agent session is denied **any** open (read or write) of confgate's own
-//! configuration, credentials, state (store, ledger) and binary. The rule is evaluated
+//! configuration, credentials and state (store, ledger), and any write of its binary. The
+//! binary is readable: sessions run `confgate propose` and `confgate mcp`, and an exec
+//! opens the file without a write intent the gate could tell from a read. The rule is evaluated
 //! before every configured rule and cannot be disabled or overridden by configuration: a
 //! `[[gate.rule]]` with `verdict = "allow"` on these paths never gets to decide, because
 //! [`super::Policy::evaluate`] returns the built-in match first. Reads are included because
@@ -28,6 +30,8 @@ pub const CONFIG_DIR: &str = "/etc/confgate";
 pub struct ProtectedPaths {
     trees: Vec<PathBuf>,
     files: Vec<PathBuf>,
+    /// Those of `files` that sessions may read and execute (not write).
+    readable: Vec<PathBuf>,
 }
 
 impl ProtectedPaths {
@@ -48,12 +52,20 @@ impl ProtectedPaths {
         self
     }
 
-    /// Protects the binary this process runs (the target of `/proc/self/exe`, read now).
-    /// When it cannot be read, that is logged and nothing is added.
+    /// Protects a single file from writes only: sessions may read and execute it.
+    pub fn executable(&mut self, path: impl AsRef<Path>) -> &mut Self {
+        add(&mut self.files, path.as_ref());
+        add(&mut self.readable, path.as_ref());
+        self
+    }
+
+    /// Protects the binary this process runs (the target of `/proc/self/exe`, read now)
+    /// from writes ([`ProtectedPaths::executable`]). When it cannot be read, that is
+    /// logged and nothing is added.
     pub fn current_binary(&mut self) -> &mut Self {
         match std::fs::read_link("/proc/self/exe") {
             Ok(exe) => {
-                self.file(exe);
+                self.executable(exe);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot resolve /proc/self/exe; the confgate binary is not self-protected")
@@ -67,9 +79,15 @@ impl ProtectedPaths {
         &self.trees
     }
 
-    /// Protected files (each with its canonical form when that differs).
+    /// Protected files (each with its canonical form when that differs), the readable
+    /// ones among them.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// The files protected from writes only (each with its canonical form).
+    pub fn readable(&self) -> &[PathBuf] {
+        &self.readable
     }
 }
 
@@ -105,6 +123,7 @@ fn strip_trailing_slashes(path: &Path) -> PathBuf {
 pub(crate) struct Builtin {
     trees: Vec<Vec<u8>>,
     files: Vec<Vec<u8>>,
+    readable: Vec<Vec<u8>>,
 }
 
 impl Builtin {
@@ -117,6 +136,7 @@ impl Builtin {
         Builtin {
             trees: bytes(&p.trees),
             files: bytes(&p.files),
+            readable: bytes(&p.readable),
         }
     }
 
@@ -124,6 +144,15 @@ impl Builtin {
     pub(crate) fn matches(&self, path: &[u8]) -> bool {
         self.files.iter().any(|f| f.as_slice() == path)
             || self.trees.iter().any(|t| within(path, t))
+    }
+
+    /// Whether an open of `path` (`write`: with a known write intent) is denied: any open
+    /// of a protected path, except a read (or exec) of a readable file.
+    pub(crate) fn denies(&self, path: &[u8], write: bool) -> bool {
+        self.matches(path)
+            && (write
+                || self.trees.iter().any(|t| within(path, t))
+                || !self.readable.iter().any(|f| f.as_slice() == path))
     }
 }
 
@@ -163,6 +192,23 @@ mod tests {
         let b = Builtin::new(&p);
         assert!(b.matches(real.join("store.redb").as_os_str().as_bytes()));
         assert!(b.matches(link.join("x").as_os_str().as_bytes()));
+    }
+
+    #[test]
+    fn a_readable_file_is_protected_from_writes_only() {
+        let mut p = ProtectedPaths::new();
+        p.executable("/usr/bin/confgate").file("/etc/x.toml");
+        assert_eq!(p.readable(), [PathBuf::from("/usr/bin/confgate")]);
+        let b = Builtin::new(&p);
+        assert!(b.matches(b"/usr/bin/confgate"));
+        assert!(b.denies(b"/usr/bin/confgate", true));
+        assert!(!b.denies(b"/usr/bin/confgate", false));
+        assert!(b.denies(b"/etc/x.toml", false));
+        assert!(!b.denies(b"/usr/bin/other", true));
+        // Readable inside a protected tree is still protected as the tree is.
+        p.tree("/usr/bin");
+        let b = Builtin::new(&p);
+        assert!(b.denies(b"/usr/bin/confgate", false));
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Policy {
     /// The rule deciding `q`, or `None` when no rule applies (the open is allowed).
     /// Allocation-free.
     pub fn evaluate(&self, q: &GateQuery<'_>) -> Option<RuleMatch> {
-        if q.session.is_some() && self.builtin.matches(q.path) {
+        if q.session.is_some() && self.builtin.denies(q.path, q.write) {
             return Some(RuleMatch {
                 rule: Arc::clone(&self.builtin_rule),
                 builtin: true,

@@ -35,7 +35,7 @@ fn protected() -> ProtectedPaths {
     let mut p = ProtectedPaths::new();
     p.tree("/etc/confgate")
         .tree("/var/lib/confgate")
-        .file("/usr/local/bin/confgate");
+        .executable("/usr/local/bin/confgate");
     p
 }
 
@@ -218,6 +218,12 @@ fn reads_only_match_the_builtin_rule() {
         BUILTIN_RULE_NAME
     );
     assert_eq!(decide(&p, &write(b"/etc/shadow")), "etc");
+    // confgate's binary: sessions run it (an exec is an open without a write intent).
+    assert_eq!(decide(&p, &read(b"/usr/local/bin/confgate")), "-");
+    assert_eq!(
+        decide(&p, &write(b"/usr/local/bin/confgate")),
+        BUILTIN_RULE_NAME
+    );
 }
 
 #[test]
