@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub mod browser;
 pub mod gate;
+pub mod nats;
 pub mod receiver;
 pub mod service;
 pub mod slack;
@@ -98,8 +99,15 @@ pub fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
 }
 
 /// The `confgate` binary: $CONFGATE_BIN, or the workspace's debug build (built on demand).
+static BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes [`confgate_bin`] return `path` (the benchmark measures the binary it is given).
+/// False when [`confgate_bin`] had already decided.
+pub fn use_confgate_bin(path: PathBuf) -> bool {
+    BIN.set(path).is_ok()
+}
+
 pub fn confgate_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("CONFGATE_BIN") {
             return PathBuf::from(p);

@@ -6,90 +6,26 @@
 //! the daemon; a tiny buffer with the server down: the events that
 //! do not fit are dropped, counted exactly and ledgered.
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use e2e::nats::{NatsServer, messages_of};
 use e2e::*;
 use serde_json::Value;
 
 const STREAM: &str = "CONFGATE_EVENTS";
 
-/// A throwaway nats-server with JetStream.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    store: tempfile::TempDir,
-}
-
-fn nats_server_bin() -> Option<PathBuf> {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-impl NatsServer {
-    /// On a free port, or `None` (printed skip) without nats-server.
-    fn start(test: &str) -> Option<NatsServer> {
-        if !require_root(test) {
-            return None;
+/// The server, or `None` (printed skip) when not root or without nats-server.
+fn nats_server(test: &str) -> Option<NatsServer> {
+    if !require_root(test) {
+        return None;
+    }
+    match NatsServer::start() {
+        Ok(s) => Some(s),
+        Err(why) => {
+            skip(test, &why);
+            None
         }
-        if nats_server_bin().is_none() {
-            skip(test, "no nats-server (scripts/bootstrap.sh installs it)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let mut s = NatsServer {
-            child: None,
-            port,
-            store: tempfile::tempdir().expect("tempdir"),
-        };
-        s.up();
-        Some(s)
-    }
-
-    fn up(&mut self) {
-        let bin = nats_server_bin().expect("nats-server");
-        let child = Command::new(bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        poll("nats-server listening", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()
-        });
-    }
-
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.down();
     }
 }
 
@@ -152,7 +88,7 @@ fn token(s: &str) -> String {
 /// Also: events buffered while the broker is down survive a crash of the daemon.
 #[test]
 fn every_event_reaches_a_jetstream_consumer() {
-    let Some(nats) = NatsServer::start("every_event_reaches_a_jetstream_consumer") else {
+    let Some(nats) = nats_server("every_event_reaches_a_jetstream_consumer") else {
         return;
     };
     let d = daemon(&nats.url(), "");
@@ -216,7 +152,7 @@ fn every_event_reaches_a_jetstream_consumer() {
 
 #[test]
 fn a_broker_outage_under_load_loses_nothing() {
-    let Some(mut nats) = NatsServer::start("a_broker_outage_under_load_loses_nothing") else {
+    let Some(mut nats) = nats_server("a_broker_outage_under_load_loses_nothing") else {
         return;
     };
     let d = daemon(&nats.url(), "");
@@ -252,7 +188,7 @@ fn a_broker_outage_under_load_loses_nothing() {
 #[test]
 fn past_a_full_buffer_drops_are_counted_exactly_and_ledgered() {
     let test = "past_a_full_buffer_drops_are_counted_exactly_and_ledgered";
-    let Some(mut nats) = NatsServer::start(test) else {
+    let Some(mut nats) = nats_server(test) else {
         return;
     };
     nats.down();
@@ -284,39 +220,10 @@ fn past_a_full_buffer_drops_are_counted_exactly_and_ledgered() {
     assert_eq!(missing, dropped, "every missing event is a counted drop");
 }
 
-/// Every message of `stream` (subject, payload as JSON); none when it does not exist.
-fn messages_of(url: &str, stream: &str) -> Vec<(String, Value)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("connect");
-        let js = async_nats::jetstream::new(client);
-        let Ok(mut s) = js.get_stream(stream).await else {
-            return Vec::new();
-        };
-        let info = s.info().await.expect("info").state.clone();
-        let mut out = Vec::new();
-        for seq in info.first_sequence..=info.last_sequence {
-            if info.messages == 0 {
-                break;
-            }
-            let m = s.get_raw_message(seq).await.expect("message");
-            out.push((
-                m.subject.to_string(),
-                serde_json::from_slice(&m.payload).expect("JSON"),
-            ));
-        }
-        out
-    })
-}
-
 #[test]
 fn the_approval_service_publishes_requests_and_decisions() {
     use e2e::gate::{Gate, id_of, rule, wait_child};
-    let Some(nats) = NatsServer::start("the_approval_service_publishes_requests_and_decisions")
-    else {
+    let Some(nats) = nats_server("the_approval_service_publishes_requests_and_decisions") else {
         return;
     };
     let url = nats.url();

@@ -6,6 +6,7 @@ mod approvers;
 mod auto_approver;
 mod baseline_drift;
 mod daemon;
+mod fleet;
 mod gate_latency;
 mod idle;
 mod loop_cost;
@@ -277,6 +278,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..cx
     };
     eprintln!("daemon build: {:?}", cx.features);
+    // The approval services scenario 13 starts are this binary too.
+    e2e::use_confgate_bin(cx.confgate.clone());
     for d in [&cx.watched, &cx.unwatched] {
         std::fs::create_dir_all(d)?;
     }

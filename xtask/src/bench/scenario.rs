@@ -148,9 +148,10 @@ pub trait Scenario {
 /// first (a fresh daemon), then start-up, then the workloads.
 pub fn all() -> Vec<Box<dyn Scenario>> {
     use super::{
-        approvers::Approvers, baseline_drift::BaselineDrift, gate_latency::GateLatency, idle::Idle,
-        loop_cost::LoopCost, macro_build::MacroBuild, mechanisms::Mechanisms,
-        session_opens::SessionOpens, session_rate::SessionRate, startup::Startup,
+        approvers::Approvers, baseline_drift::BaselineDrift, fleet::Fleet,
+        gate_latency::GateLatency, idle::Idle, loop_cost::LoopCost, macro_build::MacroBuild,
+        mechanisms::Mechanisms, session_opens::SessionOpens, session_rate::SessionRate,
+        startup::Startup,
     };
     vec![
         Box::new(Idle::default()),
@@ -166,5 +167,6 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(MacroBuild::default()),
         Box::new(Mechanisms::default()),
         Box::new(Approvers::default()),
+        Box::new(Fleet::default()),
     ]
 }
