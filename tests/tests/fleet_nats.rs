@@ -4,7 +4,8 @@
 //! for 10 s under load and started again on the same port and store: everything buffered
 //! is delivered and nothing dropped; events buffered while it is down survive a kill -9 of
 //! the daemon; a tiny buffer with the server down: the events that
-//! do not fit are dropped, counted exactly and ledgered.
+//! do not fit are dropped, counted exactly and ledgered; OCSF output reaches the stream as
+//! OCSF; the approval service publishes a decision made while the broker was down.
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -262,10 +263,16 @@ fn the_approval_service_publishes_requests_and_decisions() {
     std::fs::write(&f, "keep\n").expect("seed");
     let child = g.spawn_with_reason("claude", "tune", "echo evil > gated/app.conf");
     let r = g.wait_request(&f);
+    // The decision is made while the broker is away: the service buffers its record and
+    // publishes it when the broker is back.
+    let mut nats = nats;
+    nats.down();
     ok(&g.cli(&["approvals", "deny", &id_of(&r), "--note", "no"]));
     let out = wait_child(child, Duration::from_secs(15));
     assert!(!out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    std::thread::sleep(Duration::from_secs(2));
+    nats.up();
+    let deadline = Instant::now() + Duration::from_secs(20);
     let got = loop {
         let m = messages_of(&url, "CONFGATE_APPROVALS");
         if m.iter()
@@ -296,4 +303,73 @@ fn the_approval_service_publishes_requests_and_decisions() {
             &format!("confgate.approvals.{}", v["kind"].as_str().expect("kind"))
         );
     }
+}
+
+#[test]
+fn ocsf_output_reaches_the_stream_as_ocsf() {
+    let Some(nats) = nats_server("ocsf_output_reaches_the_stream_as_ocsf") else {
+        return;
+    };
+    let section = format!("[output.nats]\nservers = [{:?}]\n", nats.url());
+    let d = Daemon::start_with(DaemonOptions {
+        output_toml: "format = \"ocsf\"\n".into(),
+        toml_for_dir: Some(Box::new(move |_: &Path| section.clone())),
+        ..DaemonOptions::default()
+    });
+    ok(&d.in_session(
+        "claude",
+        "ocsf",
+        "for i in $(seq 1 10); do echo $i > o$i.conf; done",
+    ));
+    // (`settle` looks for its marker in confgate's format: wait for the last write.)
+    let last = d.w("o10.conf");
+    poll(
+        "the last write in the events file",
+        Duration::from_secs(10),
+        || {
+            d.all_events()
+                .iter()
+                .any(|e| e["class_uid"] == 1001 && e["file"]["path"] == last)
+                .then_some(())
+        },
+    );
+    drained(&d);
+    // The file and the stream hold the same OCSF records (metadata.uid is confgate's id).
+    let uids = |v: &[Value]| -> BTreeSet<String> {
+        v.iter()
+            .map(|e| {
+                e["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("no metadata.uid: {e}"))
+                    .to_owned()
+            })
+            .collect()
+    };
+    let file = d.all_events();
+    let got = stream_messages(&nats.url());
+    let payloads: Vec<Value> = got.iter().map(|(_, v)| v.clone()).collect();
+    let missing: Vec<_> = uids(&file).difference(&uids(&payloads)).cloned().collect();
+    assert!(missing.is_empty(), "missing on the bus: {missing:?}");
+    for i in 1..=10 {
+        let path = d.w(&format!("o{i}.conf"));
+        assert!(
+            payloads
+                .iter()
+                .any(|e| e["class_uid"] == 1001 && e["file"]["path"] == path),
+            "no File System Activity for {path}"
+        );
+    }
+    for (subject, e) in &got {
+        let class = e["class_uid"].as_u64().unwrap_or_else(|| panic!("{e}"));
+        assert!(class == 1001 || class == 0, "{e}");
+        let activity = e["activity_id"].as_u64().expect("activity_id");
+        assert_eq!(e["type_uid"].as_u64(), Some(class * 100 + activity), "{e}");
+        assert_eq!(e["metadata"]["version"], "1.8.0");
+        let host = e["device"]["hostname"].as_str().expect("device.hostname");
+        assert!(
+            subject.starts_with(&format!("confgate.events.{}.", token(host))),
+            "{subject}"
+        );
+    }
+    assert_eq!(d.stat("nats_events_dropped"), 0);
 }
