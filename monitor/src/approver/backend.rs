@@ -216,6 +216,22 @@ impl ApprovalStore {
         }
     }
 
+    /// Records a used attestation nonce where every replica sees it; false when it was
+    /// used before (PostgreSQL). The embedded store has one process, whose own cache
+    /// ([`super::decider::Deciders`]) is the record: always true.
+    pub fn claim_nonce(
+        &self,
+        host: &str,
+        nonce: &str,
+        expires_unix_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            ApprovalStore::Redb(_) => Ok(true),
+            ApprovalStore::Postgres(s) => s.claim_nonce(host, nonce, expires_unix_ms, now_ms),
+        }
+    }
+
     /// Whether several replicas may share this store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self, ApprovalStore::Postgres(_))

@@ -171,6 +171,7 @@ impl Deciders {
             "pid": st.pid,
             "uid": st.uid,
             "nonce": st.nonce,
+            "expires_unix_ms": st.expires_unix_ms,
         }))
     }
 }

@@ -581,6 +581,36 @@ impl PgStore {
         })
     }
 
+    /// Records that `host`'s attestation `nonce` (valid until `expires_unix_ms`) was used;
+    /// false when some replica recorded it before (a replay). Expired nonces are removed
+    /// first (their attestations fail verification anyway).
+    pub fn claim_nonce(
+        &self,
+        host: &str,
+        nonce: &str,
+        expires_unix_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let (host, nonce) = (host.to_owned(), nonce.to_owned());
+        on_conn!(self, |c| {
+            c.execute(
+                "DELETE FROM approver_attestation_nonces WHERE expires_unix_ms <= $1",
+                &[&now_ms],
+            )
+            .await
+            .map_err(|e| db_err("attestation nonces", e))?;
+            let n = c
+                .execute(
+                    "INSERT INTO approver_attestation_nonces (host, nonce, expires_unix_ms)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    &[&host, &nonce, &expires_unix_ms],
+                )
+                .await
+                .map_err(|e| db_err("attestation nonces", e))?;
+            Ok(n == 1)
+        })
+    }
+
     /// `host`'s attestation key, as the replica it last subscribed to recorded it.
     pub fn host_key(&self, host: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let host = host.to_owned();

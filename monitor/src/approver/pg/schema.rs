@@ -78,6 +78,18 @@ CREATE TABLE approver_host_keys (
 );
 ",
     },
+    Migration {
+        version: 3,
+        name: "attestation nonces used, shared by the replicas (an attestation is used once)",
+        sql: "
+CREATE TABLE approver_attestation_nonces (
+    host TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    expires_unix_ms BIGINT NOT NULL,
+    PRIMARY KEY (host, nonce)
+);
+",
+    },
 ];
 
 /// The newest schema version this build knows.

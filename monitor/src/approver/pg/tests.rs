@@ -515,3 +515,101 @@ fn the_postgres_store_speaks_tls_verified_against_sslrootcert() {
             .contains("sslrootcert")
     );
 }
+
+/// An attestation is used once across the replicas: replayed on the other replica (by
+/// another approver, for a request that still needs a second approval) it is refused, as it
+/// is on the replica that took it. Two in-process services on one database, over TLS.
+#[test]
+fn an_attestation_used_on_one_replica_is_refused_on_the_other() {
+    use crate::approver::Server;
+    use crate::approver::ca::{CaRequest, init_ca};
+    use crate::approver::client::{ClientConfig, connect};
+    use crate::approver::config::TlsSection;
+    use crate::approver::testing;
+    use crate::os::clock::now_ms;
+    use confgate_proto::v1 as pb;
+
+    let Some(cluster) = cluster() else {
+        return;
+    };
+    let url = cluster.create_db("replay").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    init_ca(&CaRequest {
+        dir: tls.clone(),
+        hosts: vec!["web-1".into()],
+        approvers: vec!["alice".into(), "bob".into()],
+        server_names: vec![],
+        force: false,
+    })
+    .unwrap();
+    let client = |endpoint: &str, id: &str| ClientConfig {
+        endpoint: endpoint.to_owned(),
+        ca: Some(tls.join("ca.pem")),
+        cert: Some(tls.join(format!("{id}.pem"))),
+        key: Some(tls.join(format!("{id}.key"))),
+        ..ClientConfig::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut servers = Vec::new();
+        for name in ["a", "b"] {
+            let sub = dir.path().join(name);
+            std::fs::create_dir_all(&sub).unwrap();
+            let mut cfg = testing::service_config(&sub);
+            cfg.store = url.clone().into();
+            cfg.listen = vec!["https://127.0.0.1:0".into()];
+            cfg.tls = TlsSection {
+                cert: Some(tls.join("server.pem")),
+                key: Some(tls.join("server.key")),
+                client_ca: Some(tls.join("ca.pem")),
+            };
+            servers.push(Server::start(cfg, None).await.unwrap());
+        }
+        let (a, b) = (
+            servers[0].addresses()[0].to_string(),
+            servers[1].addresses()[0].to_string(),
+        );
+        let key = dir.path().join("web-1.attest");
+        let web1 = crate::approver::attest::Attestor::load_or_create(&key).unwrap();
+        let mut host = connect(&client(&a, "host-web-1")).await.unwrap();
+        let _updates = host
+            .updates(pb::UpdatesRequest {
+                after_seq: 0,
+                attestation_key: web1.public_key().to_vec(),
+            })
+            .await
+            .unwrap();
+        let mut req = testing::request(1, 3).build();
+        testing::context(&mut req).quorum = Some(pb::Quorum {
+            approvals: 2,
+            ..Default::default()
+        });
+        let r = host.submit(req).await.unwrap().into_inner();
+        let mut d = testing::approve(r.id);
+        let (st, sig) = web1.attest("web-1", r.id, true, 99, 0, now_ms()).unwrap();
+        d.attestation = st;
+        d.attestation_signature = sig;
+        // Alice's approval, attested, on replica a: one of two.
+        let mut alice = connect(&client(&a, "approver-alice")).await.unwrap();
+        let first = alice.decide(d.clone()).await.unwrap().into_inner();
+        assert_eq!(first.state, pb::RequestState::Pending as i32, "{first:?}");
+        // Bob replays the same attestation on replica b, then on a.
+        for endpoint in [&b, &a] {
+            let mut bob = connect(&client(endpoint, "approver-bob")).await.unwrap();
+            let e = bob.decide(d.clone()).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+            assert!(e.message().contains("used before"), "{endpoint}: {e}");
+        }
+        // A fresh attestation for bob completes the quorum.
+        let (st, sig) = web1.attest("web-1", r.id, true, 100, 0, now_ms()).unwrap();
+        d.attestation = st;
+        d.attestation_signature = sig;
+        let mut bob = connect(&client(&b, "approver-bob")).await.unwrap();
+        let done = bob.decide(d).await.unwrap().into_inner();
+        assert_eq!(done.state, pb::RequestState::Approved as i32, "{done:?}");
+        for s in servers {
+            s.stop().await.unwrap();
+        }
+    });
+}

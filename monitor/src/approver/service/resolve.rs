@@ -74,6 +74,38 @@ impl Shared {
         Ok((how, decider, person))
     }
 
+    /// An attested decision's nonce, recorded where every replica sees it (`decider` as
+    /// [`Shared::check_decision`] returned it): this replica's cache knows only the
+    /// attestations used here, and one replayed on another replica would pass there. A
+    /// nonce some replica used before refuses the decision (counted as unattested).
+    pub(super) fn claim_attestation(
+        &self,
+        st: &ApprovalStore,
+        who: &ApproverId,
+        id: u64,
+        decider: &serde_json::Value,
+        now: i64,
+    ) -> Result<Result<(), Status>, StoreError> {
+        if decider["by"] != "host_attestation" || !st.is_shared() {
+            return Ok(Ok(()));
+        }
+        let (Some(host), Some(nonce), Some(expires)) = (
+            decider["host"].as_str(),
+            decider["nonce"].as_str(),
+            decider["expires_unix_ms"].as_i64(),
+        ) else {
+            return Ok(Ok(()));
+        };
+        if st.claim_nonce(host, nonce, expires, now)? {
+            return Ok(Ok(()));
+        }
+        bump(&self.counters.refused_unattested);
+        tracing::warn!(request = id, approver = %who.name, host, "decision with an attestation another replica already took refused (a replay)");
+        Ok(Err(Status::permission_denied(
+            "the attestation was used before (on another replica)",
+        )))
+    }
+
     /// A host reported that its daemon's crash let a held operation through, or that it
     /// superseded or withdrew a review: the request, if still pending, is closed as
     /// released (never expired or decided later as if the operation had waited).

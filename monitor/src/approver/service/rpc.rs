@@ -238,6 +238,9 @@ impl pb::approver_server::Approver for ApproverService {
                     Ok(v) => v,
                     Err(status) => return Ok(Err(status)),
                 };
+                if let Err(status) = me.claim_attestation(st, &who, id, &decider, now)? {
+                    return Ok(Err(status));
+                }
                 if let Resolution::Approve { grant, .. } = &mut how {
                     use super::tally::Tally;
                     match super::tally::approve(st, &who, person.as_deref(), &r, &req, grant, now)?
