@@ -85,8 +85,12 @@ impl Drop for NatsServer {
     }
 }
 
-/// Every message of `stream` (subject, payload as JSON); none when it does not exist.
-pub fn messages_of(url: &str, stream: &str) -> Vec<(String, Value)> {
+/// Runs `f` on `stream` of the server at `url` (`None`: the stream does not exist).
+fn on_stream<T>(
+    url: &str,
+    stream: &str,
+    f: impl AsyncFnOnce(Option<async_nats::jetstream::stream::Stream>) -> T,
+) -> T {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -94,7 +98,14 @@ pub fn messages_of(url: &str, stream: &str) -> Vec<(String, Value)> {
     rt.block_on(async {
         let client = async_nats::connect(url).await.expect("connect");
         let js = async_nats::jetstream::new(client);
-        let Ok(mut s) = js.get_stream(stream).await else {
+        f(js.get_stream(stream).await.ok()).await
+    })
+}
+
+/// Every message of `stream` (subject, payload as JSON); none when it does not exist.
+pub fn messages_of(url: &str, stream: &str) -> Vec<(String, Value)> {
+    on_stream(url, stream, async |s| {
+        let Some(mut s) = s else {
             return Vec::new();
         };
         let info = s.info().await.expect("info").state.clone();
@@ -115,16 +126,8 @@ pub fn messages_of(url: &str, stream: &str) -> Vec<(String, Value)> {
 
 /// How many messages `stream` holds (0 when it does not exist).
 pub fn message_count(url: &str, stream: &str) -> u64 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.expect("connect");
-        let js = async_nats::jetstream::new(client);
-        match js.get_stream(stream).await {
-            Ok(mut s) => s.info().await.expect("info").state.messages,
-            Err(_) => 0,
-        }
+    on_stream(url, stream, async |s| match s {
+        Some(mut s) => s.info().await.expect("info").state.messages,
+        None => 0,
     })
 }

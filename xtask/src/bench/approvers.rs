@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::{
     scenario::{Cx, Daemon, Mode, Row, Scenario, verdict},
-    stats::Summary,
+    stats::{Summary, percentiles},
     workload::{self, How, Latency},
 };
 
@@ -211,20 +211,6 @@ fn unix_ms(t: SystemTime) -> i64 {
 
 fn now_ms() -> i64 {
     unix_ms(SystemTime::now())
-}
-
-/// p50 and p99 of pooled samples (nearest rank).
-fn percentiles(samples: &[f64]) -> (f64, f64) {
-    let mut v = samples.to_vec();
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1]
-    };
-    (at(0.50), at(0.99))
 }
 
 impl Scenario for Approvers {

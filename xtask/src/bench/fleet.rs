@@ -236,17 +236,10 @@ fn sample_event() -> Vec<u8> {
 }
 
 fn percentiles(ms: &[f64]) -> Run {
-    let mut v = ms.to_vec();
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
-    };
+    let (p50_ms, p99_ms) = super::stats::percentiles(ms);
     Run {
-        p50_ms: at(0.50),
-        p99_ms: at(0.99),
+        p50_ms,
+        p99_ms,
         ..Run::default()
     }
 }

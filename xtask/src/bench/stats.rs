@@ -46,6 +46,20 @@ impl Summary {
     }
 }
 
+/// p50 and p99 of `samples` (nearest rank; NaN when empty).
+pub fn percentiles(samples: &[f64]) -> (f64, f64) {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1]
+    };
+    (at(0.50), at(0.99))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
