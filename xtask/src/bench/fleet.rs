@@ -53,6 +53,9 @@ struct Run {
     requests_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// p99 of the hosts on the approver's replica, and of those on the other one.
+    p99_local_ms: f64,
+    p99_cross_ms: f64,
     decided: u64,
     approved: u64,
     errors: u64,
@@ -143,8 +146,14 @@ impl Fleet {
         let hosts = run_hosts(&tls, &endpoints, Duration::from_secs(Self::secs(cx)));
         let approved = approver.stop()?;
         drop(services);
-        let (rtts, errors, wall) = hosts?;
+        let (by_replica, errors, wall) = hosts?;
+        let rtts: Vec<f64> = by_replica.concat();
         let mut run = percentiles(&rtts);
+        // Hosts on the approver's replica, and on the other (their decisions cross).
+        run.p99_local_ms = super::stats::percentiles(&by_replica[0]).1;
+        run.p99_cross_ms = by_replica
+            .get(1)
+            .map_or(f64::NAN, |v| super::stats::percentiles(v).1);
         run.decided = rtts.len() as u64;
         run.requests_per_sec = rtts.len() as f64 / wall.as_secs_f64();
         run.approved = approved;
@@ -244,13 +253,13 @@ fn percentiles(ms: &[f64]) -> Run {
     }
 }
 
-/// The hosts, spread over `endpoints`, for `secs`: round trips (ms) of the requests
-/// decided in that time, failed calls, and the wall time.
+/// The hosts, spread over `endpoints`, for `run_for`: round trips (ms) of the requests
+/// decided in that time per endpoint its hosts used, failed calls, and the wall time.
 fn run_hosts(
     tls: &Path,
     endpoints: &[String],
     run_for: Duration,
-) -> anyhow::Result<(Vec<f64>, u64, Duration)> {
+) -> anyhow::Result<(Vec<Vec<f64>>, u64, Duration)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -281,7 +290,8 @@ fn run_hosts(
         let start = Instant::now();
         let end = start + run_for;
         let mut tasks = Vec::with_capacity(HOSTS);
-        for (name, mut client, mut updates) in hosts {
+        for (i, (name, mut client, mut updates)) in hosts.into_iter().enumerate() {
+            let replica = i % endpoints.len();
             let errors = errors.clone();
             tasks.push(tokio::spawn(async move {
                 let mut rtts = Vec::new();
@@ -326,19 +336,20 @@ fn run_hosts(
                             Ok(Ok(Some(_))) => {}
                             _ => {
                                 errors.fetch_add(1, Ordering::Relaxed);
-                                return rtts;
+                                return (replica, rtts);
                             }
                         }
                     }
                 }
-                rtts
+                (replica, rtts)
             }));
         }
-        let mut all = Vec::new();
+        let mut by_replica = vec![Vec::new(); endpoints.len()];
         for t in tasks {
-            all.extend(t.await.context("a host task")?);
+            let (replica, rtts) = t.await.context("a host task")?;
+            by_replica[replica].extend(rtts);
         }
-        Ok((all, errors.load(Ordering::Relaxed), run_for))
+        Ok((by_replica, errors.load(Ordering::Relaxed), run_for))
     })
 }
 
@@ -371,8 +382,15 @@ impl Scenario for Fleet {
                 .measure_store(cx, store, round)
                 .with_context(|| format!("scenario 13, {store}"))?;
             eprintln!(
-                "  scenario 13 ({store}): {:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms, {} decided, {} errors",
-                run.requests_per_sec, run.p50_ms, run.p99_ms, run.decided, run.errors
+                "  scenario 13 ({store}): {:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms \
+                 (approver's replica {:.1}, other {:.1}), {} decided, {} errors",
+                run.requests_per_sec,
+                run.p50_ms,
+                run.p99_ms,
+                run.p99_local_ms,
+                run.p99_cross_ms,
+                run.decided,
+                run.errors
             );
             self.runs.entry(store).or_default().push(run);
         }
@@ -391,6 +409,8 @@ impl Scenario for Fleet {
                 "requests_per_sec": self.summary(s, |r| r.requests_per_sec),
                 "round_trip_p50_ms": self.summary(s, |r| r.p50_ms),
                 "round_trip_p99_ms": self.summary(s, |r| r.p99_ms),
+                "round_trip_p99_ms_approvers_replica": self.summary(s, |r| r.p99_local_ms),
+                "round_trip_p99_ms_other_replica": self.summary(s, |r| r.p99_cross_ms),
                 "decided": runs.iter().map(|r| r.decided).sum::<u64>(),
                 "approved": runs.iter().map(|r| r.approved).sum::<u64>(),
                 "errors": runs.iter().map(|r| r.errors).sum::<u64>(),
@@ -415,12 +435,21 @@ impl Scenario for Fleet {
             if rate.is_empty() {
                 return String::new();
             }
-            format!(
+            let mut out = format!(
                 "{}; p50 {} / p99 {}",
                 rate.show("req/s", 0),
                 self.summary(s, |r| r.p50_ms).show("ms", 1),
                 self.summary(s, |r| r.p99_ms).show("ms", 1)
-            )
+            );
+            let cross = self.summary(s, |r| r.p99_cross_ms);
+            if cross.median.is_finite() {
+                out.push_str(&format!(
+                    " (p99 of hosts on the approver's replica {}, on the other {})",
+                    self.summary(s, |r| r.p99_local_ms).show("ms", 1),
+                    cross.show("ms", 1)
+                ));
+            }
+            out
         };
         let ratio = {
             let (r, p) = (

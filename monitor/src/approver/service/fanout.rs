@@ -34,8 +34,12 @@ impl Shared {
             Fanout::Resolved { id, host, .. } => {
                 // The streams find the decision in the log (the update is not in memory).
                 self.push_update(&host, None);
-                if let Some(deadline) = self.watchers_see(id).await {
-                    self.pending_lock().remove(&(deadline, id));
+                // No longer pending here either. The request is read back only for this
+                // replica's `approvals watch` streams: a read per decision, one at a time,
+                // would hold up the changes behind it.
+                self.pending_lock().retain(|&(_, p)| p != id);
+                if self.requests.receiver_count() > 0 {
+                    self.watchers_see(id).await;
                 }
             }
             Fanout::Revoked { host, .. } => self.push_update(&host, None),
